@@ -1,0 +1,117 @@
+/**
+ * Plugin contracts (DESIGN §2). A node attestor is two halves sharing a name:
+ * the attester half (agent) produces evidence, the verifier half (verifier)
+ * checks it. Both halves publish a JSON Schema for their config block.
+ *
+ * Protocol (DESIGN §3): the agent sends every attester's `hello` in one
+ * POST /v1/attest together with its CSR; the verifier draws a session nonce,
+ * computes binding = SHA-256("sigil-attest-v1" ‖ nonce ‖ SHA-256(SPKI of CSR key)),
+ * and calls `begin` on each verifier half, which returns that attestor's challenge.
+ * The agent calls `respond` on each attester half with its challenge and the
+ * binding; the verifier calls `finish` with the response. Evidence must be bound
+ * to `binding` so it cannot be replayed or moved to another key.
+ */
+import type { Logger } from 'pino';
+
+/** JSON Schema object (draft 2020-12 / draft-07 subset that ajv accepts). */
+export type JsonSchema = Record<string, unknown>;
+
+/** Selectors are strings `type:value` where type is the attestor name; value may contain ':'. */
+export type Selector = string;
+
+export interface AttestorResult {
+  /** Verified selectors, each prefixed with the attestor name, e.g. `tpm:ek_pubhash:ab…`. */
+  selectors: Selector[];
+  /** Verified facts for the attestation result (EAR-style submod claims). JSON-serialisable. */
+  claims: Record<string, unknown>;
+  /** Agent ID suffix; the agent ID is spiffe://<td>/sigil/agent/<attestor>/<suffix>. Must be a valid SPIFFE path segment sequence. */
+  agentIdSuffix: string;
+  /** "warning" lets an attestor accept with a caveat; default "affirming". */
+  status?: 'affirming' | 'warning';
+}
+
+/** Small persistent key/value space per attestor (e.g. TPM monotonic counters per agent). */
+export interface PluginStateStore {
+  get(key: string): Promise<unknown | undefined>;
+  put(key: string, value: unknown): Promise<void>;
+}
+
+export interface VerifierPluginDeps {
+  trustDomain: string;
+  logger: Logger;
+  now: () => Date;
+  state: PluginStateStore;
+  /** Directory of the config file, for resolving relative paths in plugin config. */
+  configDir: string;
+}
+
+export interface SessionInput {
+  /** 32 random bytes drawn for this session. */
+  nonce: Buffer;
+  /** SHA-256("sigil-attest-v1" ‖ nonce ‖ SHA-256(csrSpki)). */
+  binding: Buffer;
+  /** DER SubjectPublicKeyInfo of the key in the agent's CSR. */
+  csrSpki: Buffer;
+  now: Date;
+}
+
+export interface NodeAttestorVerifier {
+  /** Check the hello payload and produce a challenge (JSON-serialisable). `state` stays on the verifier. */
+  begin(hello: unknown, session: SessionInput): Promise<{ challenge: unknown; state: unknown }>;
+  /** Check the response against the state and session; return verified selectors or throw SigilError. */
+  finish(response: unknown, state: unknown, session: SessionInput): Promise<AttestorResult>;
+}
+
+export interface NodeAttestorVerifierPlugin {
+  name: string;
+  configSchema: JsonSchema;
+  create(config: unknown, deps: VerifierPluginDeps): Promise<NodeAttestorVerifier> | NodeAttestorVerifier;
+}
+
+export interface AgentPluginDeps {
+  trustDomain: string;
+  logger: Logger;
+  dataDir: string;
+  configDir: string;
+  now: () => Date;
+}
+
+export interface NodeAttestorAgent {
+  /** First-round payload (JSON-serialisable), sent before the nonce is known. */
+  hello(): Promise<unknown>;
+  /** Answer the verifier's challenge with evidence bound to `session.binding`. */
+  respond(challenge: unknown, session: { nonce: Buffer; binding: Buffer; csrSpki: Buffer }): Promise<unknown>;
+  close?(): Promise<void>;
+}
+
+export interface NodeAttestorAgentPlugin {
+  name: string;
+  configSchema: JsonSchema;
+  create(config: unknown, deps: AgentPluginDeps): Promise<NodeAttestorAgent> | NodeAttestorAgent;
+}
+
+export interface WorkloadCaller {
+  pid: number;
+  uid: number;
+  gid: number;
+  /** pidfd from SO_PEERPIDFD when the kernel supports it. */
+  pidfd?: number;
+}
+
+export interface WorkloadAttestor {
+  /** Selectors for the caller, each prefixed with the attestor name. Throw SigilError on failure. */
+  attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]>;
+}
+
+export interface WorkloadAttestorPlugin {
+  name: string;
+  configSchema: JsonSchema;
+  create(config: unknown, deps: AgentPluginDeps): Promise<WorkloadAttestor> | WorkloadAttestor;
+}
+
+/** What a third-party plugin module exports (default export or named `plugin`/`plugins`). */
+export interface PluginModule {
+  nodeAttestorVerifier?: NodeAttestorVerifierPlugin;
+  nodeAttestorAgent?: NodeAttestorAgentPlugin;
+  workloadAttestor?: WorkloadAttestorPlugin;
+}
