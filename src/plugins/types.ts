@@ -43,6 +43,15 @@ export interface VerifierPluginDeps {
   state: PluginStateStore;
   /** Directory of the config file, for resolving relative paths in plugin config. */
   configDir: string;
+  /** Verifier-internal services for built-in plugins; third-party plugins should not rely on them. */
+  services?: VerifierServices;
+}
+
+export interface VerifierServices {
+  /** Look a join token up without using it; throws SigilError if unknown, used or expired. */
+  checkJoinToken(token: string, now: Date): Promise<{ tokenId: string }>;
+  /** Use a join token (atomically, once); throws SigilError if unknown, used or expired. */
+  consumeJoinToken(token: string, now: Date): Promise<{ tokenId: string }>;
 }
 
 export interface SessionInput {
