@@ -1,0 +1,335 @@
+/**
+ * SQLite datastore (better-sqlite3, WAL, synchronous=FULL so an acknowledged write survives a crash
+ * or kill -9 of the verifier). Schema changes are versioned migrations applied in one transaction.
+ */
+import Database from 'better-sqlite3';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { SigilError } from '../errors.js';
+import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, RegistrationEntry } from './types.js';
+
+/** Migrations, in order; index + 1 = schema version. Never edit a shipped migration: add a new one. */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+   INSERT INTO meta (key, value) VALUES ('entries_revision', '0');
+   CREATE TABLE entries (
+     id TEXT PRIMARY KEY,
+     spiffe_id TEXT NOT NULL,
+     parent_id TEXT NOT NULL,
+     selectors TEXT NOT NULL,
+     x509_ttl INTEGER NOT NULL DEFAULT 0,
+     jwt_ttl INTEGER NOT NULL DEFAULT 0,
+     dns_names TEXT NOT NULL DEFAULT '[]',
+     hint TEXT NOT NULL DEFAULT '',
+     admin INTEGER NOT NULL DEFAULT 0,
+     expires_at TEXT,
+     created_at TEXT NOT NULL,
+     revision INTEGER NOT NULL
+   );
+   CREATE INDEX entries_parent ON entries(parent_id);
+   CREATE INDEX entries_spiffe ON entries(spiffe_id);
+   CREATE TABLE agents (
+     id TEXT PRIMARY KEY,
+     attestors TEXT NOT NULL,
+     selectors TEXT NOT NULL,
+     serial TEXT NOT NULL,
+     svid_expires_at TEXT NOT NULL,
+     attested_at TEXT NOT NULL,
+     banned INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE TABLE join_tokens (
+     id TEXT PRIMARY KEY,
+     secret_hash TEXT NOT NULL UNIQUE,
+     expires_at TEXT NOT NULL,
+     used_at TEXT,
+     spiffe_id TEXT,
+     created_at TEXT NOT NULL
+   );
+   CREATE TABLE ca_journal (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+   CREATE TABLE plugin_state (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (plugin, key));`,
+];
+
+interface EntryRow {
+  id: string;
+  spiffe_id: string;
+  parent_id: string;
+  selectors: string;
+  x509_ttl: number;
+  jwt_ttl: number;
+  dns_names: string;
+  hint: string;
+  admin: number;
+  expires_at: string | null;
+  created_at: string;
+  revision: number;
+}
+
+function rowToEntry(r: EntryRow): RegistrationEntry {
+  return {
+    id: r.id,
+    spiffeId: r.spiffe_id,
+    parentId: r.parent_id,
+    selectors: JSON.parse(r.selectors) as string[],
+    x509SvidTtl: r.x509_ttl,
+    jwtSvidTtl: r.jwt_ttl,
+    dnsNames: JSON.parse(r.dns_names) as string[],
+    hint: r.hint,
+    admin: r.admin === 1,
+    expiresAt: r.expires_at,
+    createdAt: r.created_at,
+    revisionNumber: r.revision,
+  };
+}
+
+interface AgentRow {
+  id: string;
+  attestors: string;
+  selectors: string;
+  serial: string;
+  svid_expires_at: string;
+  attested_at: string;
+  banned: number;
+}
+
+function rowToAgent(r: AgentRow): AgentRecord {
+  return {
+    id: r.id,
+    attestors: JSON.parse(r.attestors) as string[],
+    selectors: JSON.parse(r.selectors) as string[],
+    serial: r.serial,
+    svidExpiresAt: r.svid_expires_at,
+    attestedAt: r.attested_at,
+    banned: r.banned === 1,
+  };
+}
+
+interface TokenRow {
+  id: string;
+  secret_hash: string;
+  expires_at: string;
+  used_at: string | null;
+  spiffe_id: string | null;
+  created_at: string;
+}
+
+function rowToToken(r: TokenRow): JoinTokenRecord {
+  return { id: r.id, secretHash: r.secret_hash, expiresAt: r.expires_at, usedAt: r.used_at, spiffeId: r.spiffe_id, createdAt: r.created_at };
+}
+
+export class SqliteStore implements DataStore {
+  readonly kind = 'sqlite';
+  private readonly db: Database.Database;
+  private readonly stmt: Record<string, Database.Statement>;
+
+  constructor(path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    try {
+      this.db = new Database(path);
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('foreign_keys = ON');
+      this.db.pragma('busy_timeout = 5000');
+      this.migrate();
+    } catch (e) {
+      if (e instanceof SigilError) throw e;
+      throw new SigilError('store.open_failed', `cannot open SQLite datastore at ${path}: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    }
+    const db = this.db;
+    this.stmt = {
+      insertEntry: db.prepare(
+        `INSERT INTO entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, hint, admin, expires_at, created_at, revision)
+         VALUES (@id, @spiffe_id, @parent_id, @selectors, @x509_ttl, @jwt_ttl, @dns_names, @hint, @admin, @expires_at, @created_at, @revision)`,
+      ),
+      getEntry: db.prepare('SELECT * FROM entries WHERE id = ?'),
+      deleteEntry: db.prepare('DELETE FROM entries WHERE id = ?'),
+      bumpRevision: db.prepare(`UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'entries_revision' RETURNING CAST(value AS INTEGER) AS v`),
+      revision: db.prepare(`SELECT CAST(value AS INTEGER) AS v FROM meta WHERE key = 'entries_revision'`),
+      countEntries: db.prepare('SELECT COUNT(*) AS n FROM entries'),
+      upsertAgent: db.prepare(
+        `INSERT INTO agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned)
+         VALUES (@id, @attestors, @selectors, @serial, @svid_expires_at, @attested_at, @banned)
+         ON CONFLICT(id) DO UPDATE SET attestors = excluded.attestors, selectors = excluded.selectors, serial = excluded.serial,
+           svid_expires_at = excluded.svid_expires_at, attested_at = excluded.attested_at, banned = excluded.banned`,
+      ),
+      getAgent: db.prepare('SELECT * FROM agents WHERE id = ?'),
+      listAgents: db.prepare('SELECT * FROM agents ORDER BY id'),
+      deleteAgent: db.prepare('DELETE FROM agents WHERE id = ?'),
+      banAgent: db.prepare(`UPDATE agents SET banned = 1, serial = '' WHERE id = ?`),
+      insertToken: db.prepare(
+        'INSERT INTO join_tokens (id, secret_hash, expires_at, used_at, spiffe_id, created_at) VALUES (@id, @secret_hash, @expires_at, NULL, @spiffe_id, @created_at)',
+      ),
+      tokenByHash: db.prepare('SELECT * FROM join_tokens WHERE secret_hash = ?'),
+      useToken: db.prepare('UPDATE join_tokens SET used_at = @now WHERE secret_hash = @hash AND used_at IS NULL AND expires_at > @now RETURNING *'),
+      loadJournal: db.prepare('SELECT body FROM ca_journal WHERE id = 1'),
+      saveJournal: db.prepare('INSERT INTO ca_journal (id, body) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body'),
+      getState: db.prepare('SELECT value FROM plugin_state WHERE plugin = ? AND key = ?'),
+      putState: db.prepare('INSERT INTO plugin_state (plugin, key, value) VALUES (?, ?, ?) ON CONFLICT(plugin, key) DO UPDATE SET value = excluded.value'),
+    };
+  }
+
+  private migrate(): void {
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version > MIGRATIONS.length) {
+      throw new SigilError('store.schema_too_new', `datastore schema version ${version} is newer than this Sigil (knows ${MIGRATIONS.length}); upgrade Sigil`, { status: 500 });
+    }
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      const sql = MIGRATIONS[v] as string;
+      this.db.transaction(() => {
+        this.db.exec(sql);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  async ping(): Promise<void> {
+    this.db.prepare('SELECT 1').get();
+  }
+
+  private insertEntryRow(e: NewEntry): RegistrationEntry {
+    const rev = (this.stmt.bumpRevision!.get() as { v: number }).v;
+    const row: EntryRow = {
+      id: e.id ?? randomUUID(),
+      spiffe_id: e.spiffeId,
+      parent_id: e.parentId,
+      selectors: JSON.stringify([...e.selectors].sort()),
+      x509_ttl: e.x509SvidTtl,
+      jwt_ttl: e.jwtSvidTtl,
+      dns_names: JSON.stringify(e.dnsNames),
+      hint: e.hint,
+      admin: e.admin ? 1 : 0,
+      expires_at: e.expiresAt,
+      created_at: new Date().toISOString(),
+      revision: rev,
+    };
+    try {
+      this.stmt.insertEntry!.run(row);
+    } catch (err) {
+      if (String(err).includes('UNIQUE')) throw new SigilError('entry.exists', `an entry with id ${row.id} already exists`, { status: 409 });
+      throw err;
+    }
+    return rowToEntry(row);
+  }
+
+  async createEntry(e: NewEntry): Promise<RegistrationEntry> {
+    return this.db.transaction(() => this.insertEntryRow(e))();
+  }
+
+  async getEntry(id: string): Promise<RegistrationEntry | undefined> {
+    const r = this.stmt.getEntry!.get(id) as EntryRow | undefined;
+    return r ? rowToEntry(r) : undefined;
+  }
+
+  async deleteEntry(id: string): Promise<boolean> {
+    return this.db.transaction(() => {
+      const n = this.stmt.deleteEntry!.run(id).changes;
+      if (n > 0) this.stmt.bumpRevision!.get();
+      return n > 0;
+    })();
+  }
+
+  async listEntries(opts: { parentId?: string; spiffeId?: string; limit?: number; offset?: number } = {}): Promise<RegistrationEntry[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (opts.parentId !== undefined) {
+      where.push('parent_id = ?');
+      args.push(opts.parentId);
+    }
+    if (opts.spiffeId !== undefined) {
+      where.push('spiffe_id = ?');
+      args.push(opts.spiffeId);
+    }
+    const sql = `SELECT * FROM entries ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at, id LIMIT ? OFFSET ?`;
+    args.push(opts.limit ?? -1, opts.offset ?? 0);
+    return (this.db.prepare(sql).all(...args) as EntryRow[]).map(rowToEntry);
+  }
+
+  async entriesByParents(parentIds: string[]): Promise<RegistrationEntry[]> {
+    if (parentIds.length === 0) return [];
+    const out: RegistrationEntry[] = [];
+    // Chunk to stay under SQLite's bound-parameter limit.
+    for (let i = 0; i < parentIds.length; i += 500) {
+      const chunk = parentIds.slice(i, i + 500);
+      const rows = this.db.prepare(`SELECT * FROM entries WHERE parent_id IN (${chunk.map(() => '?').join(',')})`).all(...chunk) as EntryRow[];
+      for (const r of rows) out.push(rowToEntry(r));
+    }
+    return out;
+  }
+
+  async entriesRevision(): Promise<number> {
+    return (this.stmt.revision!.get() as { v: number }).v;
+  }
+
+  async countEntries(): Promise<number> {
+    return (this.stmt.countEntries!.get() as { n: number }).n;
+  }
+
+  async upsertAgent(a: AgentRecord): Promise<void> {
+    this.stmt.upsertAgent!.run({
+      id: a.id,
+      attestors: JSON.stringify(a.attestors),
+      selectors: JSON.stringify(a.selectors),
+      serial: a.serial,
+      svid_expires_at: a.svidExpiresAt,
+      attested_at: a.attestedAt,
+      banned: a.banned ? 1 : 0,
+    });
+  }
+
+  async getAgent(id: string): Promise<AgentRecord | undefined> {
+    const r = this.stmt.getAgent!.get(id) as AgentRow | undefined;
+    return r ? rowToAgent(r) : undefined;
+  }
+
+  async listAgents(): Promise<AgentRecord[]> {
+    return (this.stmt.listAgents!.all() as AgentRow[]).map(rowToAgent);
+  }
+
+  async evictAgent(id: string, ban: boolean): Promise<boolean> {
+    const stmt = ban ? this.stmt.banAgent! : this.stmt.deleteAgent!;
+    return stmt.run(id).changes > 0;
+  }
+
+  async createJoinToken(t: JoinTokenRecord): Promise<void> {
+    this.stmt.insertToken!.run({ id: t.id, secret_hash: t.secretHash, expires_at: t.expiresAt, spiffe_id: t.spiffeId, created_at: t.createdAt });
+  }
+
+  async getJoinTokenByHash(secretHash: string): Promise<JoinTokenRecord | undefined> {
+    const r = this.stmt.tokenByHash!.get(secretHash) as TokenRow | undefined;
+    return r ? rowToToken(r) : undefined;
+  }
+
+  async useJoinToken(secretHash: string, now: Date): Promise<JoinTokenRecord | undefined> {
+    const r = this.stmt.useToken!.get({ hash: secretHash, now: now.toISOString() }) as TokenRow | undefined;
+    return r ? rowToToken(r) : undefined;
+  }
+
+  async createJoinTokenWithAlias(t: JoinTokenRecord, alias: NewEntry): Promise<RegistrationEntry> {
+    return this.db.transaction(() => {
+      this.stmt.insertToken!.run({ id: t.id, secret_hash: t.secretHash, expires_at: t.expiresAt, spiffe_id: t.spiffeId, created_at: t.createdAt });
+      return this.insertEntryRow(alias);
+    })();
+  }
+
+  async loadCaJournal(): Promise<CaJournal | undefined> {
+    const r = this.stmt.loadJournal!.get() as { body: string } | undefined;
+    return r ? (JSON.parse(r.body) as CaJournal) : undefined;
+  }
+
+  async saveCaJournal(j: CaJournal): Promise<void> {
+    this.stmt.saveJournal!.run(JSON.stringify(j));
+  }
+
+  async getPluginState(plugin: string, key: string): Promise<unknown | undefined> {
+    const r = this.stmt.getState!.get(plugin, key) as { value: string } | undefined;
+    return r ? (JSON.parse(r.value) as unknown) : undefined;
+  }
+
+  async putPluginState(plugin: string, key: string, value: unknown): Promise<void> {
+    this.stmt.putState!.run(plugin, key, JSON.stringify(value));
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * The datastore contract. Callers only see this interface; SQLite is the embedded default and a
+ * PostgreSQL implementation can be added behind the same methods (all async for that reason).
+ * Every method that acknowledges a write returns only after the write is durable.
+ */
+
+export interface RegistrationEntry {
+  id: string;
+  spiffeId: string;
+  parentId: string;
+  selectors: string[];
+  /** Seconds; 0 = verifier default. */
+  x509SvidTtl: number;
+  /** Seconds; 0 = verifier default. */
+  jwtSvidTtl: number;
+  dnsNames: string[];
+  hint: string;
+  admin: boolean;
+  /** ISO time after which the entry no longer applies, or null. */
+  expiresAt: string | null;
+  createdAt: string;
+  /** Bumped on every change; also the global revision at which it was written. */
+  revisionNumber: number;
+}
+
+export type NewEntry = Omit<RegistrationEntry, 'id' | 'createdAt' | 'revisionNumber'> & { id?: string };
+
+export interface AgentRecord {
+  id: string;
+  attestors: string[];
+  selectors: string[];
+  /** Hex serial of the agent's current node SVID; only that one is accepted on mTLS calls. */
+  serial: string;
+  svidExpiresAt: string;
+  attestedAt: string;
+  banned: boolean;
+}
+
+export interface JoinTokenRecord {
+  id: string;
+  /** SHA-256 of the token secret (hex); the secret itself is never stored. */
+  secretHash: string;
+  expiresAt: string;
+  usedAt: string | null;
+  spiffeId: string | null;
+  createdAt: string;
+}
+
+/** The CA journal: every CA and JWT key the verifier has made, with its state. */
+export interface CaJournal {
+  x509: CaSlot[];
+  jwt: JwtKeySlot[];
+}
+
+export interface CaSlot {
+  id: string;
+  keyType: string;
+  /** DER of the CA certificate, base64. */
+  certDer: string;
+  /** DER of the chain up to (not including) the upstream root, base64, when running under an upstream CA. */
+  upstreamChain: string[];
+  /** File name of the PKCS#8 key in dataDir/keys. */
+  keyFile: string;
+  notBefore: string;
+  notAfter: string;
+  state: 'prepared' | 'active' | 'old';
+}
+
+export interface JwtKeySlot {
+  kid: string;
+  keyType: string;
+  keyFile: string;
+  /** SPKI DER base64 */
+  publicKey: string;
+  notBefore: string;
+  notAfter: string;
+  state: 'prepared' | 'active' | 'old';
+}
+
+export interface DataStore {
+  readonly kind: string;
+  /** Check the store answers (readiness). */
+  ping(): Promise<void>;
+
+  createEntry(e: NewEntry): Promise<RegistrationEntry>;
+  getEntry(id: string): Promise<RegistrationEntry | undefined>;
+  deleteEntry(id: string): Promise<boolean>;
+  listEntries(opts?: { parentId?: string; spiffeId?: string; limit?: number; offset?: number }): Promise<RegistrationEntry[]>;
+  /** Entries whose parentId is one of `parentIds` (used to walk the authorization tree). */
+  entriesByParents(parentIds: string[]): Promise<RegistrationEntry[]>;
+  /** Current global entries revision; changes on every entry write. */
+  entriesRevision(): Promise<number>;
+  countEntries(): Promise<number>;
+
+  upsertAgent(a: AgentRecord): Promise<void>;
+  getAgent(id: string): Promise<AgentRecord | undefined>;
+  listAgents(): Promise<AgentRecord[]>;
+  /** Remove the agent record (its SVID stops being accepted). With ban, keep the record as banned. */
+  evictAgent(id: string, ban: boolean): Promise<boolean>;
+
+  createJoinToken(t: JoinTokenRecord): Promise<void>;
+  getJoinTokenByHash(secretHash: string): Promise<JoinTokenRecord | undefined>;
+  /** Mark the token used if it is unused and unexpired at `now`; returns the record or undefined. Atomic. */
+  useJoinToken(secretHash: string, now: Date): Promise<JoinTokenRecord | undefined>;
+  /** Create an entry and a join token in one transaction (node alias). */
+  createJoinTokenWithAlias(t: JoinTokenRecord, alias: NewEntry): Promise<RegistrationEntry>;
+
+  loadCaJournal(): Promise<CaJournal | undefined>;
+  saveCaJournal(j: CaJournal): Promise<void>;
+
+  getPluginState(plugin: string, key: string): Promise<unknown | undefined>;
+  putPluginState(plugin: string, key: string, value: unknown): Promise<void>;
+
+  close(): Promise<void>;
+}
