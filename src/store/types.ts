@@ -50,6 +50,8 @@ export interface JoinTokenRecord {
 export interface CaJournal {
   x509: CaSlot[];
   jwt: JwtKeySlot[];
+  /** spiffe_sequence of the published bundle; bumped whenever its content changes. */
+  sequence: number;
 }
 
 export interface CaSlot {

@@ -1,0 +1,174 @@
+/** Agent-facing HTTPS routes (DESIGN §3, docs/api.md). */
+import { X509Certificate, createHash } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { SigilError } from '../errors.js';
+import { parseCsr } from '../spiffe/csr.js';
+import type { AgentRecord } from '../store/types.js';
+import { authorizedEntries } from './authorization.js';
+import { b64String } from './http-common.js';
+import type { VerifierCore } from './core.js';
+
+function peerAgentId(req: FastifyRequest): { id: string; serial: string } {
+  const sock = req.raw.socket as TLSSocket;
+  if (typeof sock.getPeerX509Certificate !== 'function') throw new SigilError('agent.no_client_cert', 'this call needs TLS with a client certificate', { status: 401 });
+  const cert = sock.getPeerX509Certificate();
+  if (!cert) throw new SigilError('agent.no_client_cert', 'this call needs the agent\'s node SVID as TLS client certificate', { status: 401 });
+  if (!sock.authorized) {
+    throw new SigilError('agent.bad_client_cert', `client certificate not trusted: ${String(sock.authorizationError ?? 'unknown reason')}`, { status: 401 });
+  }
+  const uris = (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:'));
+  if (uris.length !== 1) throw new SigilError('agent.bad_client_cert', 'client certificate must carry exactly one URI SAN', { status: 401 });
+  return { id: (uris[0] as string).slice(4), serial: cert.serialNumber };
+}
+
+export async function requireAgent(core: VerifierCore, req: FastifyRequest): Promise<AgentRecord> {
+  const { id, serial } = peerAgentId(req);
+  const agent = await core.store.getAgent(id);
+  if (!agent) throw new SigilError('agent.unknown', `${id} is not an attested agent (evicted or never attested); attest again`, { status: 401 });
+  if (agent.banned) throw new SigilError('agent.banned', `${id} is banned`, { status: 403 });
+  if (agent.serial !== serial) throw new SigilError('agent.stale_svid', 'this node SVID was superseded by a newer one; use the current SVID or attest again', { status: 401 });
+  return agent;
+}
+
+const csrBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['csr'],
+  properties: { csr: b64String },
+} as const;
+
+export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): void {
+  app.post<{ Body: { attestors: Record<string, unknown>; csr: string } }>(
+    '/v1/attest',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['attestors', 'csr'],
+          properties: { attestors: { type: 'object', minProperties: 1, maxProperties: 8 }, csr: b64String },
+        },
+      },
+    },
+    async (req) => core.attestation.begin(req.body),
+  );
+
+  app.post<{ Params: { session: string }; Body: { responses: Record<string, unknown> } }>(
+    '/v1/attest/:session',
+    {
+      schema: {
+        params: { type: 'object', properties: { session: { type: 'string', pattern: '^[0-9a-f]{32}$' } }, required: ['session'] },
+        body: { type: 'object', additionalProperties: false, required: ['responses'], properties: { responses: { type: 'object', maxProperties: 8 } } },
+      },
+    },
+    async (req) => core.attestation.finish(req.params.session, req.body),
+  );
+
+  app.post<{ Body: { csr: string } }>('/v1/agent/renew', { schema: { body: csrBody } }, async (req) => {
+    const agent = await requireAgent(core, req);
+    const csr = parseCsr(Buffer.from(req.body.csr, 'base64'));
+    const { chain, notAfter } = core.ca.signX509Svid(csr.spki, agent.id, core.config.agentSvidTtlSeconds);
+    await core.store.upsertAgent({ ...agent, serial: new X509Certificate(chain[0] as Buffer).serialNumber, svidExpiresAt: notAfter.toISOString() });
+    core.metrics.svids.inc({ type: 'node' });
+    return { svid: chain.map((c) => c.toString('base64')), bundle: core.ca.bundle().toJwks() };
+  });
+
+  app.get('/v1/entries/authorized', async (req, reply) => {
+    const agent = await requireAgent(core, req);
+    const rev = await core.store.entriesRevision();
+    const revision = createHash('sha256').update(`${rev}|${agent.id}|${agent.selectors.join('\n')}`).digest('base64url').slice(0, 22);
+    if (req.headers['if-none-match'] === revision) return reply.code(304).send();
+    const { entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
+    reply.header('etag', revision);
+    return { entries, revision };
+  });
+
+  app.post<{ Body: { csrs: { entryId: string; csr: string }[] } }>(
+    '/v1/svid/x509',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['csrs'],
+          properties: {
+            csrs: {
+              type: 'array',
+              minItems: 1,
+              maxItems: 500,
+              items: { type: 'object', additionalProperties: false, required: ['entryId', 'csr'], properties: { entryId: { type: 'string', minLength: 1, maxLength: 64 }, csr: b64String } },
+            },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const agent = await requireAgent(core, req);
+      const { entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
+      const byId = new Map(entries.map((e) => [e.id, e]));
+      // Check everything first: nothing is signed unless every request is authorized and well formed.
+      const work = req.body.csrs.map((c) => {
+        const entry = byId.get(c.entryId);
+        if (!entry) throw new SigilError('svid.entry_not_authorized', `entry ${c.entryId} is not authorized for ${agent.id}`, { status: 403 });
+        return { entry, csr: parseCsr(Buffer.from(c.csr, 'base64')) };
+      });
+      const svids = work.map(({ entry, csr }) => {
+        const ttl = entry.x509SvidTtl || core.config.svid.x509TtlSeconds;
+        const { chain, notAfter } = core.ca.signX509Svid(csr.spki, entry.spiffeId, ttl, entry.dnsNames);
+        return { entryId: entry.id, spiffeId: entry.spiffeId, chain: chain.map((d) => d.toString('base64')), expiresAt: notAfter.toISOString() };
+      });
+      core.metrics.svids.inc({ type: 'x509' }, svids.length);
+      return { svids };
+    },
+  );
+
+  app.post<{ Body: { entryId: string; audience: string[] } }>(
+    '/v1/svid/jwt',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['entryId', 'audience'],
+          properties: {
+            entryId: { type: 'string', minLength: 1, maxLength: 64 },
+            audience: { type: 'array', minItems: 1, maxItems: 100, items: { type: 'string', minLength: 1, maxLength: 256 } },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const agent = await requireAgent(core, req);
+      const { entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
+      const entry = entries.find((e) => e.id === req.body.entryId);
+      if (!entry) throw new SigilError('svid.entry_not_authorized', `entry ${req.body.entryId} is not authorized for ${agent.id}`, { status: 403 });
+      const ttl = entry.jwtSvidTtl || core.config.svid.jwtTtlSeconds;
+      const { token, expiresAt } = await core.ca.mintJwtSvid(entry.spiffeId, req.body.audience, ttl);
+      core.metrics.svids.inc({ type: 'jwt' });
+      return { token, spiffeId: entry.spiffeId, expiresAt: expiresAt.toISOString() };
+    },
+  );
+
+  app.get('/v1/bundle', async () => core.ca.bundle().toJwks());
+}
+
+export function registerHealthRoutes(app: FastifyInstance, core: VerifierCore): void {
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    const problems: string[] = [];
+    try {
+      await core.store.ping();
+    } catch (e) {
+      problems.push(`datastore: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    if (!core.ca.ready()) problems.push('no active CA');
+    if (problems.length) return reply.code(503).send({ status: 'not ready', problems });
+    return { status: 'ready' };
+  });
+  app.get('/metrics', async (_req, reply) => {
+    core.metrics.bundleSequence.set(core.ca.bundle().sequence);
+    reply.header('content-type', core.metrics.registry.contentType);
+    return core.metrics.registry.metrics();
+  });
+}

@@ -1,0 +1,182 @@
+/**
+ * Node attestation sessions (DESIGN §3): one session per agent attempt, with a single-use 32-byte
+ * nonce that expires after 60 s. All factors presented must pass; `requireAttestors` must all be
+ * among them. Selectors of all factors are unioned; the agent ID comes from the first attestor in
+ * the agent's hello.
+ */
+import { randomBytes, X509Certificate } from 'node:crypto';
+import type { Logger } from 'pino';
+import { SigilError } from '../errors.js';
+import { sessionBinding } from '../plugins/binding.js';
+import type { AttestorResult, NodeAttestorVerifier, SessionInput } from '../plugins/types.js';
+import { parseCsr } from '../spiffe/csr.js';
+import { SpiffeId } from '../spiffe/id.js';
+import type { DataStore } from '../store/types.js';
+import type { CertificateAuthority } from './ca.js';
+import type { VerifierMetrics } from './metrics.js';
+
+export const SESSION_TTL_MS = 60_000;
+export const MAX_SESSIONS = 10_000;
+
+interface Session {
+  id: string;
+  nonce: Buffer;
+  binding: Buffer;
+  csrSpki: Buffer;
+  attestors: string[];
+  states: Map<string, unknown>;
+  expiresAt: number;
+}
+
+export interface AttestationResult {
+  status: 'affirming' | 'warning' | 'contraindicated';
+  submods: Record<string, { status: string; selectors: string[]; claims: Record<string, unknown> }>;
+  nonce: string;
+  issuedAt: string;
+}
+
+export interface AttestOptions {
+  store: DataStore;
+  ca: CertificateAuthority;
+  trustDomain: string;
+  attestors: Map<string, NodeAttestorVerifier>;
+  requireAttestors: string[];
+  agentSvidTtlSeconds: number;
+  now: () => Date;
+  logger: Logger;
+  metrics: VerifierMetrics;
+}
+
+function b64(v: unknown, what: string, maxBytes: number): Buffer {
+  if (typeof v !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(v)) throw new SigilError('attest.bad_request', `${what} must be standard base64`);
+  const b = Buffer.from(v, 'base64');
+  if (b.length === 0 || b.length > maxBytes) throw new SigilError('attest.bad_request', `${what} must be 1–${maxBytes} bytes`);
+  return b;
+}
+
+export class AttestationService {
+  private sessions = new Map<string, Session>();
+
+  constructor(private readonly o: AttestOptions) {}
+
+  private sweep(now: number): void {
+    for (const [id, s] of this.sessions) if (s.expiresAt <= now) this.sessions.delete(id);
+  }
+
+  async begin(body: { attestors: Record<string, unknown>; csr: string }): Promise<{ session: string; nonce: string; challenges: Record<string, unknown> }> {
+    const now = this.o.now();
+    this.sweep(now.getTime());
+    if (this.sessions.size >= MAX_SESSIONS) throw new SigilError('attest.busy', 'too many attestation sessions in progress; retry shortly', { status: 503 });
+    const names = Object.keys(body.attestors);
+    if (names.length === 0) throw new SigilError('attest.no_attestors', 'the hello names no node attestor');
+    for (const n of names) {
+      if (!this.o.attestors.has(n)) {
+        throw new SigilError('attest.unknown_attestor', `node attestor "${n}" is not enabled on this verifier (enabled: ${[...this.o.attestors.keys()].join(', ')})`);
+      }
+    }
+    for (const r of this.o.requireAttestors) {
+      if (!names.includes(r)) throw new SigilError('attest.missing_attestor', `this verifier requires the "${r}" attestor; the agent presented ${names.join(', ')}`, { status: 403 });
+    }
+    const csr = parseCsr(b64(body.csr, 'csr', 16 * 1024));
+    const nonce = randomBytes(32);
+    const binding = sessionBinding(nonce, csr.spki);
+    const input: SessionInput = { nonce, binding, csrSpki: csr.spki, now };
+    const states = new Map<string, unknown>();
+    const challenges: Record<string, unknown> = {};
+    await Promise.all(
+      names.map(async (n) => {
+        try {
+          const { challenge, state } = await (this.o.attestors.get(n) as NodeAttestorVerifier).begin(body.attestors[n], input);
+          states.set(n, state);
+          challenges[n] = challenge;
+        } catch (e) {
+          this.o.metrics.attestations.inc({ attestor: n, result: 'rejected' });
+          throw prefixed(e, n);
+        }
+      }),
+    );
+    const id = randomBytes(16).toString('hex');
+    this.sessions.set(id, { id, nonce, binding, csrSpki: csr.spki, attestors: names, states, expiresAt: now.getTime() + SESSION_TTL_MS });
+    return { session: id, nonce: nonce.toString('base64'), challenges };
+  }
+
+  async finish(sessionId: string, body: { responses: Record<string, unknown> }): Promise<{ agentId: string; svid: string[]; bundle: unknown; result: AttestationResult }> {
+    const now = this.o.now();
+    const s = this.sessions.get(sessionId);
+    // Single use: the session (and its nonce) is gone whatever the outcome.
+    this.sessions.delete(sessionId);
+    if (!s) throw new SigilError('attest.session_unknown', 'attestation session is unknown or was already used', { status: 401 });
+    if (s.expiresAt <= now.getTime()) throw new SigilError('attest.session_expired', 'attestation session expired (sessions live 60 s)', { status: 401 });
+    const given = Object.keys(body.responses);
+    for (const n of given) {
+      if (!s.attestors.includes(n)) throw new SigilError('attest.unexpected_response', `response for "${n}", which was not in the hello`);
+    }
+    const input: SessionInput = { nonce: s.nonce, binding: s.binding, csrSpki: s.csrSpki, now };
+    const results = new Map<string, AttestorResult>();
+    await Promise.all(
+      s.attestors.map(async (n) => {
+        if (!(n in body.responses)) throw new SigilError('attest.missing_response', `no response for attestor "${n}"`);
+        try {
+          const r = await (this.o.attestors.get(n) as NodeAttestorVerifier).finish(body.responses[n], s.states.get(n), input);
+          for (const sel of r.selectors) {
+            if (!sel.startsWith(`${n}:`)) throw new SigilError('attest.bad_selector', `attestor "${n}" produced selector "${sel}" outside its own type`, { status: 500 });
+          }
+          results.set(n, r);
+          this.o.metrics.attestations.inc({ attestor: n, result: 'accepted' });
+        } catch (e) {
+          this.o.metrics.attestations.inc({ attestor: n, result: 'rejected' });
+          throw prefixed(e, n);
+        }
+      }),
+    );
+    const first = s.attestors[0] as string;
+    const firstResult = results.get(first) as AttestorResult;
+    let agentId: string;
+    try {
+      agentId = SpiffeId.fromPath(this.o.trustDomain, `/sigil/agent/${first}/${firstResult.agentIdSuffix}`).toString();
+    } catch (e) {
+      throw new SigilError('attest.bad_agent_id', `attestor "${first}" produced an agent ID suffix that is not a valid SPIFFE path: ${(e as Error).message}`, { status: 500 });
+    }
+    const existing = await this.o.store.getAgent(agentId);
+    if (existing?.banned) throw new SigilError('attest.agent_banned', `agent ${agentId} is banned; an operator must remove the ban first`, { status: 403 });
+    const selectors = [...new Set([...results.values()].flatMap((r) => r.selectors))].sort();
+    const { chain, notAfter } = this.o.ca.signX509Svid(s.csrSpki, agentId, this.o.agentSvidTtlSeconds);
+    const serial = new X509Certificate(chain[0] as Buffer).serialNumber;
+    await this.o.store.upsertAgent({
+      id: agentId,
+      attestors: s.attestors,
+      selectors,
+      serial,
+      svidExpiresAt: notAfter.toISOString(),
+      attestedAt: now.toISOString(),
+      banned: false,
+    });
+    this.o.metrics.svids.inc({ type: 'node' });
+    const submods: AttestationResult['submods'] = {};
+    let status: AttestationResult['status'] = 'affirming';
+    for (const [n, r] of results) {
+      const st = r.status ?? 'affirming';
+      if (st === 'warning') status = 'warning';
+      submods[n] = { status: st, selectors: r.selectors, claims: r.claims };
+    }
+    this.o.logger.info({ agentId, attestors: s.attestors, selectors: selectors.length }, 'agent attested');
+    return {
+      agentId,
+      svid: chain.map((c) => c.toString('base64')),
+      bundle: this.o.ca.bundle().toJwks(),
+      result: { status, submods, nonce: s.nonce.toString('base64'), issuedAt: now.toISOString() },
+    };
+  }
+
+  /** Number of open sessions (for metrics/tests). */
+  openSessions(): number {
+    return this.sessions.size;
+  }
+}
+
+function prefixed(e: unknown, attestor: string): SigilError {
+  if (e instanceof SigilError) {
+    return new SigilError(e.code, `${attestor}: ${e.message}`, { status: e.status === 400 ? 401 : e.status, details: e.details, cause: e });
+  }
+  return new SigilError('attest.attestor_failed', `${attestor}: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+}

@@ -1,0 +1,57 @@
+/**
+ * Which entries an agent may issue SVIDs for (DESIGN §5).
+ *
+ * 1. The agent's node identities: its own agent ID, plus every node entry (parent = the verifier's
+ *    ID) whose selectors are all among the agent's node selectors. Each agent also carries the
+ *    implicit node selector `sigil:agent_id:<agent id>` so a node entry can name one agent (that is
+ *    how join-token aliases work).
+ * 2. Workload entries parented by any of those IDs, then — recursively — entries parented by the
+ *    SPIFFE ID of an entry already authorized (bounded depth, cycles ignored).
+ * Node entries themselves are never handed to workloads.
+ */
+import type { DataStore, RegistrationEntry } from '../store/types.js';
+import { entryLive, verifierId } from './entries.js';
+
+export const MAX_DEPTH = 8;
+
+export function agentNodeSelectors(agentId: string, selectors: string[]): Set<string> {
+  return new Set([...selectors, `sigil:agent_id:${agentId}`]);
+}
+
+export interface Authorization {
+  /** Node entries that matched (their IDs are aliases of the agent). */
+  nodeEntries: RegistrationEntry[];
+  /** Workload entries the agent may serve. */
+  entries: RegistrationEntry[];
+}
+
+export async function authorizedEntries(store: DataStore, trustDomain: string, agentId: string, selectors: string[], now: Date): Promise<Authorization> {
+  const vid = verifierId(trustDomain);
+  const nodeSel = agentNodeSelectors(agentId, selectors);
+  const nodeEntries = (await store.entriesByParents([vid])).filter((e) => entryLive(e, now) && e.selectors.every((s) => nodeSel.has(s)));
+  const seenIds = new Set<string>([agentId, vid]);
+  let frontier = [agentId];
+  for (const n of nodeEntries) {
+    if (!seenIds.has(n.spiffeId)) {
+      seenIds.add(n.spiffeId);
+      frontier.push(n.spiffeId);
+    }
+  }
+  const out: RegistrationEntry[] = [];
+  const seenEntries = new Set<string>();
+  for (let depth = 0; depth < MAX_DEPTH && frontier.length > 0; depth++) {
+    const children = await store.entriesByParents(frontier);
+    frontier = [];
+    for (const e of children) {
+      if (seenEntries.has(e.id) || !entryLive(e, now)) continue;
+      seenEntries.add(e.id);
+      out.push(e);
+      if (!seenIds.has(e.spiffeId)) {
+        seenIds.add(e.spiffeId);
+        frontier.push(e.spiffeId);
+      }
+    }
+  }
+  out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return { nodeEntries, entries: out };
+}

@@ -1,0 +1,349 @@
+/**
+ * The trust domain CA (DESIGN §6): X.509 CA and JWT signing keys with SPIRE's rotation rhythm.
+ * A successor is prepared at half the active key's life (and published in the bundle at once, so
+ * relying parties learn it before it signs anything) and activated at five sixths; the old key
+ * stays in the bundle until it expires. Keys are PKCS#8 files (0600) in dataDir/keys; the journal
+ * of slots lives in the datastore. Time comes from the injected clock, so rotation is testable.
+ */
+import { randomUUID, createHash, type KeyObject } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { SigilError } from '../errors.js';
+import type { CaJournal, CaSlot, DataStore, JwtKeySlot } from '../store/types.js';
+import { generateKey, loadPrivateKeyPkcs8, publicKeyOf, savePrivateKeyPkcs8, spkiDer, type KeyType } from '../spiffe/keys.js';
+import { issueCaCertificate, issueX509Svid, pemToDers } from '../spiffe/x509svid.js';
+import { mintJwtSvid } from '../spiffe/jwtsvid.js';
+import { SpiffeBundle } from '../spiffe/bundle.js';
+import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
+
+export interface CaOptions {
+  trustDomain: string;
+  dataDir: string;
+  keyType: KeyType;
+  jwtKeyType: KeyType;
+  ttlSeconds: number;
+  upstream?: { cert: string; key: string };
+  now: () => Date;
+  logger: Logger;
+}
+
+interface Upstream {
+  key: KeyObject;
+  /** Upstream signing certificate first, its chain after; the last one is the root published in the bundle. */
+  chain: Buffer[];
+  notAfter: Date;
+}
+
+interface LoadedX509 {
+  slot: CaSlot;
+  key: KeyObject;
+  certDer: Buffer;
+  /** Certificates to send after the leaf: this CA, then the upstream chain without the root. */
+  chainTail: Buffer[];
+}
+
+interface LoadedJwt {
+  slot: JwtKeySlot;
+  key: KeyObject;
+  publicKey: KeyObject;
+}
+
+export class CertificateAuthority {
+  private journal: CaJournal = { x509: [], jwt: [], sequence: 0 };
+  private x509Keys = new Map<string, LoadedX509>();
+  private jwtKeys = new Map<string, LoadedJwt>();
+  private upstream: Upstream | undefined;
+  private readonly keysDir: string;
+  private cachedBundle: SpiffeBundle | undefined;
+  private listeners = new Set<() => void>();
+
+  constructor(
+    private readonly store: DataStore,
+    private readonly opts: CaOptions,
+  ) {
+    this.keysDir = join(opts.dataDir, 'keys');
+  }
+
+  /** Subscribe to bundle/active-key changes (e.g. to refresh the TLS certificate). */
+  onChange(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  async init(): Promise<void> {
+    mkdirSync(this.keysDir, { recursive: true, mode: 0o700 });
+    if (this.opts.upstream) this.upstream = loadUpstream(this.opts.upstream);
+    const j = await this.store.loadCaJournal();
+    if (j) {
+      this.journal = { x509: j.x509, jwt: j.jwt, sequence: j.sequence ?? 0 };
+      for (const slot of this.journal.x509) this.loadX509(slot);
+      for (const slot of this.journal.jwt) this.loadJwt(slot);
+    }
+    await this.rotate();
+  }
+
+  private loadX509(slot: CaSlot): void {
+    const path = join(this.keysDir, slot.keyFile);
+    if (!existsSync(path)) {
+      throw new SigilError('ca.key_missing', `CA key file ${path} for CA ${slot.id} is missing; restore dataDir/keys from backup or move dataDir aside to start a new CA`, { status: 500 });
+    }
+    const certDer = Buffer.from(slot.certDer, 'base64');
+    const chainTail = [certDer, ...slot.upstreamChain.map((c) => Buffer.from(c, 'base64'))];
+    this.x509Keys.set(slot.id, { slot, key: loadPrivateKeyPkcs8(path), certDer, chainTail });
+  }
+
+  private loadJwt(slot: JwtKeySlot): void {
+    const path = join(this.keysDir, slot.keyFile);
+    if (!existsSync(path)) {
+      throw new SigilError('ca.key_missing', `JWT key file ${path} (kid ${slot.kid}) is missing`, { status: 500 });
+    }
+    this.jwtKeys.set(slot.kid, {
+      slot,
+      key: loadPrivateKeyPkcs8(path),
+      publicKey: createPublicKey({ key: Buffer.from(slot.publicKey, 'base64'), format: 'der', type: 'spki' }),
+    });
+  }
+
+  private newX509Slot(state: CaSlot['state']): CaSlot {
+    const now = this.opts.now();
+    const id = randomUUID();
+    const kp = generateKey(this.opts.keyType);
+    let notAfter = new Date(now.getTime() + this.opts.ttlSeconds * 1000);
+    let certDer: Buffer;
+    let upstreamChain: Buffer[] = [];
+    const notBefore = new Date(now.getTime() - 30_000); // tolerate small clock skew at relying parties
+    if (this.upstream) {
+      if (this.upstream.notAfter.getTime() < notAfter.getTime()) notAfter = this.upstream.notAfter;
+      if (notAfter.getTime() <= now.getTime()) {
+        throw new SigilError('ca.upstream_expired', 'the upstream CA certificate has expired; install a new one (ca.upstream.cert)', { status: 500 });
+      }
+      certDer = issueCaCertificate({
+        subjectKey: kp.publicKey,
+        signerKey: this.upstream.key,
+        issuerCertDer: this.upstream.chain[0],
+        trustDomain: this.opts.trustDomain,
+        commonName: `Sigil CA ${this.opts.trustDomain}`,
+        notBefore,
+        notAfter,
+        pathLen: 0,
+      });
+      upstreamChain = this.upstream.chain.slice(0, -1);
+    } else {
+      certDer = issueCaCertificate({
+        subjectKey: kp.publicKey,
+        signerKey: kp.privateKey,
+        trustDomain: this.opts.trustDomain,
+        commonName: `Sigil CA ${this.opts.trustDomain}`,
+        notBefore,
+        notAfter,
+        pathLen: 0,
+      });
+    }
+    const keyFile = `x509-${id}.pem`;
+    savePrivateKeyPkcs8(join(this.keysDir, keyFile), kp.privateKey);
+    const slot: CaSlot = {
+      id,
+      keyType: this.opts.keyType,
+      certDer: certDer.toString('base64'),
+      upstreamChain: upstreamChain.map((c) => c.toString('base64')),
+      keyFile,
+      notBefore: now.toISOString(),
+      notAfter: notAfter.toISOString(),
+      state,
+    };
+    this.x509Keys.set(id, { slot, key: kp.privateKey, certDer, chainTail: [certDer, ...upstreamChain] });
+    this.opts.logger.info({ caId: id, state, notAfter: slot.notAfter }, 'made X.509 CA');
+    return slot;
+  }
+
+  private newJwtSlot(state: JwtKeySlot['state']): JwtKeySlot {
+    const now = this.opts.now();
+    const kp = generateKey(this.opts.jwtKeyType);
+    const pub = spkiDer(kp.publicKey);
+    const kid = createHash('sha256').update(pub).digest('base64url').slice(0, 32);
+    const keyFile = `jwt-${kid}.pem`;
+    savePrivateKeyPkcs8(join(this.keysDir, keyFile), kp.privateKey);
+    let notAfter = new Date(now.getTime() + this.opts.ttlSeconds * 1000);
+    if (this.upstream && this.upstream.notAfter.getTime() < notAfter.getTime()) notAfter = this.upstream.notAfter;
+    const slot: JwtKeySlot = { kid, keyType: this.opts.jwtKeyType, keyFile, publicKey: pub.toString('base64'), notBefore: now.toISOString(), notAfter: notAfter.toISOString(), state };
+    this.jwtKeys.set(kid, { slot, key: kp.privateKey, publicKey: kp.publicKey });
+    this.opts.logger.info({ kid, state, notAfter: slot.notAfter }, 'made JWT signing key');
+    return slot;
+  }
+
+  /**
+   * Advance the rotation state machine to the injected clock's now. Returns true when anything
+   * changed (the journal is then saved before returning, so a crash never loses a key in use).
+   */
+  async rotate(): Promise<boolean> {
+    const now = this.opts.now().getTime();
+    const changedX = advance(this.journal.x509, now, (st) => this.newX509Slot(st), (s) => this.dropX509(s));
+    const changedJ = advance(this.journal.jwt, now, (st) => this.newJwtSlot(st), (s) => this.dropJwt(s));
+    if (changedX || changedJ) {
+      this.journal.sequence += 1;
+      this.cachedBundle = undefined;
+      await this.store.saveCaJournal(this.journal);
+      for (const fn of this.listeners) fn();
+      return true;
+    }
+    return false;
+  }
+
+  private dropX509(s: CaSlot): void {
+    this.x509Keys.delete(s.id);
+    rmSync(join(this.keysDir, s.keyFile), { force: true });
+    this.opts.logger.info({ caId: s.id }, 'dropped expired X.509 CA');
+  }
+
+  private dropJwt(s: JwtKeySlot): void {
+    this.jwtKeys.delete(s.kid);
+    rmSync(join(this.keysDir, s.keyFile), { force: true });
+    this.opts.logger.info({ kid: s.kid }, 'dropped expired JWT key');
+  }
+
+  private activeX509(): LoadedX509 {
+    const slot = this.journal.x509.find((s) => s.state === 'active');
+    const loaded = slot && this.x509Keys.get(slot.id);
+    if (!loaded) throw new SigilError('ca.not_ready', 'no active X.509 CA', { status: 503 });
+    return loaded;
+  }
+
+  private activeJwt(): LoadedJwt {
+    const slot = this.journal.jwt.find((s) => s.state === 'active');
+    const loaded = slot && this.jwtKeys.get(slot.kid);
+    if (!loaded) throw new SigilError('ca.not_ready', 'no active JWT signing key', { status: 503 });
+    return loaded;
+  }
+
+  ready(): boolean {
+    return this.journal.x509.some((s) => s.state === 'active') && this.journal.jwt.some((s) => s.state === 'active');
+  }
+
+  /** Active CA's notAfter, so callers can clip SVID lifetimes. */
+  activeNotAfter(): Date {
+    return new Date(this.activeX509().slot.notAfter);
+  }
+
+  /** Sign an X.509-SVID; returns the chain to send (leaf first, then the CA and any upstream intermediates). */
+  signX509Svid(subjectSpki: Buffer, spiffeId: string, ttlSeconds: number, dnsNames: string[] = []): { chain: Buffer[]; notAfter: Date } {
+    const ca = this.activeX509();
+    const now = this.opts.now();
+    const caNotAfter = new Date(ca.slot.notAfter);
+    let notAfter = new Date(now.getTime() + ttlSeconds * 1000);
+    if (notAfter > caNotAfter) notAfter = caNotAfter;
+    const leaf = issueX509Svid({
+      caCertDer: ca.certDer,
+      caKey: ca.key,
+      subjectSpki,
+      spiffeId,
+      notBefore: new Date(now.getTime() - 10_000),
+      notAfter,
+      dnsNames,
+    });
+    return { chain: [leaf, ...ca.chainTail], notAfter };
+  }
+
+  async mintJwtSvid(spiffeId: string, audience: string[], ttlSeconds: number): Promise<{ token: string; expiresAt: Date }> {
+    const k = this.activeJwt();
+    const now = this.opts.now();
+    let expiresAt = new Date(now.getTime() + ttlSeconds * 1000);
+    const keyNotAfter = new Date(k.slot.notAfter);
+    if (expiresAt > keyNotAfter) expiresAt = keyNotAfter;
+    const token = await mintJwtSvid({ privateKey: k.key, kid: k.slot.kid, spiffeId, audience, notAfter: expiresAt, now });
+    return { token, expiresAt };
+  }
+
+  /** X.509 authorities relying parties must trust: our CAs (self-signed) or the upstream root. */
+  x509Authorities(): Buffer[] {
+    if (this.upstream) return [this.upstream.chain[this.upstream.chain.length - 1] as Buffer];
+    return this.journal.x509.map((s) => Buffer.from(s.certDer, 'base64'));
+  }
+
+  bundle(): SpiffeBundle {
+    if (!this.cachedBundle) {
+      const b = new SpiffeBundle(this.opts.trustDomain);
+      b.x509Authorities = this.x509Authorities();
+      b.jwtAuthorities = this.journal.jwt.map((s) => ({ kid: s.kid, publicKey: (this.jwtKeys.get(s.kid) as LoadedJwt).publicKey }));
+      b.sequence = this.journal.sequence;
+      b.refreshHintSeconds = Math.max(60, Math.floor(this.opts.ttlSeconds / 12));
+      this.cachedBundle = b;
+    }
+    return this.cachedBundle;
+  }
+
+  /** The journal (for `sigil bundle show`/admin views and tests). */
+  slots(): CaJournal {
+    return structuredClone(this.journal);
+  }
+}
+
+/**
+ * One rotation step for a list of slots. Rules, with L = the active slot's lifetime:
+ * no usable active → make one active now; at notBefore + L/2 with no prepared → prepare one;
+ * at notBefore + 5L/6 → prepared becomes active and active becomes old; drop slots past notAfter.
+ */
+function advance<S extends { state: 'prepared' | 'active' | 'old'; notBefore: string; notAfter: string }>(
+  slots: S[],
+  now: number,
+  make: (state: S['state']) => S,
+  drop: (s: S) => void,
+): boolean {
+  let changed = false;
+  for (let i = slots.length - 1; i >= 0; i--) {
+    const s = slots[i] as S;
+    if (Date.parse(s.notAfter) <= now) {
+      slots.splice(i, 1);
+      drop(s);
+      changed = true;
+    }
+  }
+  let active = slots.find((s) => s.state === 'active');
+  let prepared = slots.find((s) => s.state === 'prepared');
+  if (!active) {
+    if (prepared) {
+      prepared.state = 'active';
+      active = prepared;
+      prepared = undefined;
+    } else {
+      active = make('active');
+      slots.push(active);
+    }
+    changed = true;
+  }
+  const start = Date.parse(active.notBefore);
+  const life = Date.parse(active.notAfter) - start;
+  if (!prepared && now >= start + life / 2) {
+    prepared = make('prepared');
+    slots.push(prepared);
+    changed = true;
+  }
+  if (prepared && now >= start + (life * 5) / 6) {
+    active.state = 'old';
+    prepared.state = 'active';
+    changed = true;
+  }
+  return changed;
+}
+
+function loadUpstream(u: { cert: string; key: string }): Upstream {
+  let chain: Buffer[];
+  let key: KeyObject;
+  try {
+    chain = pemToDers(readFileSync(u.cert, 'utf8'));
+  } catch (e) {
+    throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert}: ${e instanceof Error ? e.message : String(e)}`, { status: 500 });
+  }
+  if (chain.length === 0) throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert} holds no certificate`, { status: 500 });
+  try {
+    key = createPrivateKey(readFileSync(u.key));
+  } catch (e) {
+    throw new SigilError('ca.upstream_invalid', `ca.upstream.key ${u.key}: ${e instanceof Error ? e.message : String(e)}`, { status: 500 });
+  }
+  const signer = new X509Certificate(chain[0] as Buffer);
+  if (!signer.publicKey.equals(publicKeyOf(key))) {
+    throw new SigilError('ca.upstream_invalid', `ca.upstream.key does not match the first certificate in ${u.cert}`, { status: 500 });
+  }
+  if (!signer.ca) throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert}: first certificate is not a CA (basicConstraints cA=false)`, { status: 500 });
+  return { key, chain, notAfter: new Date(signer.validTo) };
+}

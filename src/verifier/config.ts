@@ -1,0 +1,151 @@
+/**
+ * Verifier configuration (DESIGN §8): YAML or JSON, validated with JSON Schema before anything starts.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { SigilError } from '../errors.js';
+import { validateAgainstSchema } from '../plugins/validate.js';
+import { durationSchema, parseDuration } from '../util/duration.js';
+import { parseTrustDomain } from '../spiffe/id.js';
+
+export interface VerifierConfig {
+  trustDomain: string;
+  listen: { address: string; port: number };
+  adminSocket: string;
+  dataDir: string;
+  datastore: { kind: 'sqlite' } | { kind: 'postgres'; url: string };
+  ca: { keyType: 'ec-p256' | 'ec-p384' | 'rsa-2048'; ttlSeconds: number; upstream?: { cert: string; key: string } };
+  svid: { x509TtlSeconds: number; jwtTtlSeconds: number };
+  jwtKeyType: 'ec-p256' | 'ec-p384' | 'rsa-2048';
+  requireAttestors: string[];
+  nodeAttestors: Record<string, unknown>;
+  plugins: Record<string, string>;
+  agentSvidTtlSeconds: number;
+  logLevel: string;
+  /** Directory of the config file; relative paths in the config resolve against it. */
+  configDir: string;
+}
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['trustDomain', 'dataDir'],
+  properties: {
+    trustDomain: { type: 'string', minLength: 1, maxLength: 255 },
+    listen: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { address: { type: 'string', minLength: 1, default: '127.0.0.1' }, port: { type: 'integer', minimum: 0, maximum: 65535, default: 8443 } },
+      default: {},
+    },
+    adminSocket: { type: 'string', minLength: 1, default: '/run/sigil/admin.sock' },
+    dataDir: { type: 'string', minLength: 1 },
+    datastore: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['kind'],
+      properties: { kind: { enum: ['sqlite', 'postgres'] }, url: { type: 'string', minLength: 1 } },
+      default: { kind: 'sqlite' },
+    },
+    ca: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        keyType: { enum: ['ec-p256', 'ec-p384', 'rsa-2048'], default: 'ec-p256' },
+        ttl: { ...durationSchema, default: '24h' },
+        upstream: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['cert', 'key'],
+          properties: { cert: { type: 'string', minLength: 1 }, key: { type: 'string', minLength: 1 } },
+        },
+      },
+      default: {},
+    },
+    svid: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { x509Ttl: { ...durationSchema, default: '1h' }, jwtTtl: { ...durationSchema, default: '5m' }, agentTtl: { ...durationSchema, default: '1h' } },
+      default: {},
+    },
+    jwtKeyType: { enum: ['ec-p256', 'ec-p384', 'rsa-2048'], default: 'ec-p256' },
+    requireAttestors: { type: 'array', items: { type: 'string', minLength: 1 }, uniqueItems: true, default: [] },
+    nodeAttestors: { type: 'object', minProperties: 1, additionalProperties: { type: 'object' } },
+    plugins: { type: 'object', additionalProperties: { type: 'string', minLength: 1 }, default: {} },
+    logLevel: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+  },
+} as const;
+
+interface RawConfig {
+  trustDomain: string;
+  listen: { address: string; port: number };
+  adminSocket: string;
+  dataDir: string;
+  datastore: { kind: 'sqlite' | 'postgres'; url?: string };
+  ca: { keyType: 'ec-p256' | 'ec-p384' | 'rsa-2048'; ttl: string | number; upstream?: { cert: string; key: string } };
+  svid: { x509Ttl: string | number; jwtTtl: string | number; agentTtl: string | number };
+  jwtKeyType: 'ec-p256' | 'ec-p384' | 'rsa-2048';
+  requireAttestors: string[];
+  nodeAttestors?: Record<string, unknown>;
+  plugins: Record<string, string>;
+  logLevel: string;
+}
+
+/** Validate a parsed config object. `configDir` anchors relative paths. */
+export function verifierConfigFrom(raw: unknown, configDir: string): VerifierConfig {
+  const c = validateAgainstSchema<RawConfig>(schema, structuredClone(raw ?? {}), 'verifier config');
+  const trustDomain = parseTrustDomain(c.trustDomain);
+  if (c.datastore.kind === 'postgres') {
+    throw new SigilError('config.invalid', 'verifier config: /datastore/kind "postgres" is not available in this build yet; use "sqlite"');
+  }
+  const nodeAttestors = c.nodeAttestors ?? { join_token: {} };
+  for (const name of c.requireAttestors) {
+    if (!(name in nodeAttestors)) {
+      throw new SigilError('config.invalid', `verifier config: /requireAttestors lists "${name}" but /nodeAttestors has no "${name}" block`);
+    }
+  }
+  const ca = {
+    keyType: c.ca.keyType,
+    ttlSeconds: parseDuration(c.ca.ttl, 'ca.ttl'),
+    ...(c.ca.upstream ? { upstream: { cert: resolve(configDir, c.ca.upstream.cert), key: resolve(configDir, c.ca.upstream.key) } } : {}),
+  };
+  const svid = { x509TtlSeconds: parseDuration(c.svid.x509Ttl, 'svid.x509Ttl'), jwtTtlSeconds: parseDuration(c.svid.jwtTtl, 'svid.jwtTtl') };
+  if (ca.ttlSeconds < 60) throw new SigilError('config.invalid', 'verifier config: /ca/ttl must be at least 60s');
+  if (svid.x509TtlSeconds < 1 || svid.jwtTtlSeconds < 1) throw new SigilError('config.invalid', 'verifier config: /svid TTLs must be at least 1s');
+  if (svid.x509TtlSeconds > ca.ttlSeconds / 6) {
+    throw new SigilError('config.invalid', `verifier config: /svid/x509Ttl (${svid.x509TtlSeconds}s) must be at most a sixth of /ca/ttl (${ca.ttlSeconds}s) so SVIDs never outlive the CA's overlap`);
+  }
+  return {
+    trustDomain,
+    listen: c.listen,
+    adminSocket: resolve(configDir, c.adminSocket),
+    dataDir: resolve(configDir, c.dataDir),
+    datastore: { kind: 'sqlite' },
+    ca,
+    svid,
+    agentSvidTtlSeconds: parseDuration(c.svid.agentTtl, 'svid.agentTtl'),
+    jwtKeyType: c.jwtKeyType,
+    requireAttestors: c.requireAttestors,
+    nodeAttestors,
+    plugins: c.plugins,
+    logLevel: c.logLevel,
+    configDir,
+  };
+}
+
+export function loadVerifierConfig(path: string): VerifierConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new SigilError('config.unreadable', `cannot read config ${path}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (e) {
+    throw new SigilError('config.parse_failed', `config ${path} is not valid YAML/JSON: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}`);
+  }
+  return verifierConfigFrom(raw, dirname(resolve(path)));
+}

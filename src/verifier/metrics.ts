@@ -1,0 +1,30 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface VerifierMetrics {
+  registry: Registry;
+  attestations: Counter<'attestor' | 'result'>;
+  svids: Counter<'type'>;
+  http: Histogram<'route' | 'method' | 'status'>;
+  bundleSequence: Gauge;
+  agents: Gauge;
+}
+
+/** A registry per verifier instance (so several can run in one process, e.g. in tests). */
+export function createMetrics(): VerifierMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'sigil_verifier_' });
+  return {
+    registry,
+    attestations: new Counter({ name: 'sigil_attestations_total', help: 'Node attestation outcomes per attestor', labelNames: ['attestor', 'result'], registers: [registry] }),
+    svids: new Counter({ name: 'sigil_svids_issued_total', help: 'SVIDs issued', labelNames: ['type'], registers: [registry] }),
+    http: new Histogram({
+      name: 'sigil_http_request_duration_seconds',
+      help: 'HTTP request latency',
+      labelNames: ['route', 'method', 'status'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+      registers: [registry],
+    }),
+    bundleSequence: new Gauge({ name: 'sigil_bundle_sequence', help: 'spiffe_sequence of the published bundle', registers: [registry] }),
+    agents: new Gauge({ name: 'sigil_attested_agents', help: 'Attested agents known to this verifier', registers: [registry] }),
+  };
+}

@@ -1,0 +1,173 @@
+/**
+ * `sigil verifier run`: wires the datastore, CA, node attestors, the agent-facing HTTPS API and the
+ * admin API on a Unix socket. Time is injectable (`now`) so rotation can be tested with a fake clock.
+ */
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { connect } from 'node:net';
+import { dirname, join } from 'node:path';
+import type { AddressInfo } from 'node:net';
+import type { FastifyInstance, FastifyServerOptions } from 'fastify';
+import type { Server as HttpsServer } from 'node:https';
+import { pino, type Logger } from 'pino';
+import { SigilError } from '../errors.js';
+import { loadNodeAttestorVerifiers } from '../plugins/loader.js';
+import { generateKey, spkiDer } from '../spiffe/keys.js';
+import { certsToPem } from '../spiffe/x509svid.js';
+import { SqliteStore } from '../store/sqlite.js';
+import type { DataStore } from '../store/types.js';
+import { registerAdminRoutes } from './admin-api.js';
+import { registerAgentRoutes, registerHealthRoutes } from './agent-api.js';
+import { AttestationService } from './attestation.js';
+import { CertificateAuthority } from './ca.js';
+import type { VerifierConfig } from './config.js';
+import type { VerifierCore } from './core.js';
+import { verifierId } from './entries.js';
+import { Fastify, baseOptions, installErrorHandling, instrument } from './http-common.js';
+import { createMetrics } from './metrics.js';
+import { joinTokenServices } from './tokens.js';
+
+export interface StartOptions {
+  now?: () => Date;
+  logger?: Logger;
+  /** Rotation check interval in ms (default 10 s). 0 disables the timer (tests call tick()). */
+  tickMs?: number;
+}
+
+export interface RunningVerifier {
+  core: VerifierCore;
+  /** Actual HTTPS port (useful with listen.port 0). */
+  port: number;
+  address: string;
+  adminSocket: string;
+  /** Run one rotation step now (CA, JWT keys, the verifier's own TLS certificate). */
+  tick(): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function prepareSocketPath(path: string): Promise<void> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  if (!existsSync(path)) return;
+  if (!lstatSync(path).isSocket()) throw new SigilError('verifier.admin_socket_exists', `adminSocket ${path} exists and is not a socket; remove it or choose another path`, { status: 500 });
+  const inUse = await new Promise<boolean>((res) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      res(true);
+    });
+    s.once('error', () => res(false));
+  });
+  if (inUse) throw new SigilError('verifier.admin_socket_in_use', `another process is serving ${path}; is a verifier already running?`, { status: 500 });
+  unlinkSync(path);
+}
+
+export async function startVerifier(config: VerifierConfig, opts: StartOptions = {}): Promise<RunningVerifier> {
+  const now = opts.now ?? (() => new Date());
+  const logger = opts.logger ?? pino({ level: config.logLevel, base: { svc: 'sigil-verifier' } });
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const store: DataStore = new SqliteStore(join(config.dataDir, 'sigil.db'));
+  const closers: (() => Promise<void>)[] = [() => store.close()];
+  const closeAll = async () => {
+    for (const c of closers.reverse()) await c().catch((e) => logger.warn({ err: e }, 'error while closing'));
+  };
+  try {
+    const metrics = createMetrics();
+    const ca = new CertificateAuthority(store, {
+      trustDomain: config.trustDomain,
+      dataDir: config.dataDir,
+      keyType: config.ca.keyType,
+      jwtKeyType: config.jwtKeyType,
+      ttlSeconds: config.ca.ttlSeconds,
+      ...(config.ca.upstream ? { upstream: config.ca.upstream } : {}),
+      now,
+      logger,
+    });
+    await ca.init();
+    const services = joinTokenServices(store);
+    const attestors = await loadNodeAttestorVerifiers(
+      config.nodeAttestors,
+      (name) => ({
+        trustDomain: config.trustDomain,
+        logger: logger.child({ plugin: name }),
+        now,
+        configDir: config.configDir,
+        services,
+        state: { get: (k) => store.getPluginState(name, k), put: (k, v) => store.putPluginState(name, k, v) },
+      }),
+      config.plugins,
+      config.configDir,
+    );
+    const attestation = new AttestationService({
+      store,
+      ca,
+      trustDomain: config.trustDomain,
+      attestors,
+      requireAttestors: config.requireAttestors,
+      agentSvidTtlSeconds: config.agentSvidTtlSeconds,
+      now,
+      logger,
+      metrics,
+    });
+    const core: VerifierCore = { config, store, ca, attestation, metrics, logger, now };
+
+    // The verifier's own X.509-SVID for its HTTPS endpoint.
+    const tlsKey = generateKey('ec-p256');
+    let tlsNotAfter = 0;
+    let tlsIssuedAt = 0;
+    const tlsMaterial = () => {
+      const ttl = Math.min(config.svid.x509TtlSeconds, 3600);
+      const { chain, notAfter } = ca.signX509Svid(spkiDer(tlsKey.publicKey), verifierId(config.trustDomain), ttl);
+      tlsNotAfter = notAfter.getTime();
+      tlsIssuedAt = now().getTime();
+      return {
+        key: tlsKey.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string,
+        cert: certsToPem(chain),
+        ca: certsToPem(ca.x509Authorities()),
+      };
+    };
+    // fastify's overloads pick the http2 typing for an `https` options object; the instance is HTTP/1.1 over TLS.
+    const app = Fastify({
+      ...baseOptions(),
+      https: { ...tlsMaterial(), requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' },
+    } as FastifyServerOptions) as unknown as FastifyInstance;
+    installErrorHandling(app, logger);
+    instrument(app, metrics);
+    registerHealthRoutes(app, core);
+    registerAgentRoutes(app, core);
+    await app.listen({ host: config.listen.address, port: config.listen.port });
+    closers.push(() => app.close());
+    const httpsServer = app.server as unknown as HttpsServer;
+    const refreshTls = () => httpsServer.setSecureContext({ ...tlsMaterial(), minVersion: 'TLSv1.2' });
+    ca.onChange(refreshTls);
+
+    const admin = Fastify(baseOptions());
+    installErrorHandling(admin, logger);
+    instrument(admin, metrics);
+    registerHealthRoutes(admin, core);
+    registerAdminRoutes(admin, core);
+    await prepareSocketPath(config.adminSocket);
+    await admin.listen({ path: config.adminSocket });
+    chmodSync(config.adminSocket, 0o600);
+    closers.push(() => admin.close());
+
+    const tick = async () => {
+      const changed = await ca.rotate();
+      const t = now().getTime();
+      if (!changed && t >= tlsIssuedAt + (tlsNotAfter - tlsIssuedAt) / 2) refreshTls();
+      metrics.agents.set((await store.listAgents()).length);
+    };
+    const tickMs = opts.tickMs ?? 10_000;
+    if (tickMs > 0) {
+      const timer = setInterval(() => {
+        tick().catch((e) => logger.error({ err: e }, 'rotation step failed'));
+      }, tickMs);
+      timer.unref();
+      closers.push(async () => clearInterval(timer));
+    }
+    const addr = app.server.address() as AddressInfo;
+    logger.info({ trustDomain: config.trustDomain, port: addr.port, adminSocket: config.adminSocket, attestors: [...attestors.keys()] }, 'verifier running');
+    return { core, port: addr.port, address: addr.address, adminSocket: config.adminSocket, tick, close: closeAll };
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+}

@@ -1,0 +1,67 @@
+/** Join tokens: single use, expiring; only a SHA-256 of the secret is stored. */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { SigilError } from '../errors.js';
+import type { DataStore, NewEntry } from '../store/types.js';
+import type { VerifierServices } from '../plugins/types.js';
+import { verifierId } from './entries.js';
+
+export function hashToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+export interface GeneratedToken {
+  token: string;
+  tokenId: string;
+  agentId: string;
+  expiresAt: string;
+  aliasEntryId?: string;
+}
+
+export async function generateJoinToken(store: DataStore, trustDomain: string, ttlSeconds: number, now: Date, aliasSpiffeId?: string): Promise<GeneratedToken> {
+  if (!Number.isFinite(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > 30 * 86400) {
+    throw new SigilError('token.invalid_ttl', 'token TTL must be between 1 second and 30 days');
+  }
+  const token = randomBytes(32).toString('base64url');
+  const tokenId = randomUUID();
+  const expiresAt = new Date(now.getTime() + ttlSeconds * 1000).toISOString();
+  const agentId = `spiffe://${trustDomain}/sigil/agent/join_token/${tokenId}`;
+  const rec = { id: tokenId, secretHash: hashToken(token), expiresAt, usedAt: null, spiffeId: aliasSpiffeId ?? null, createdAt: now.toISOString() };
+  if (aliasSpiffeId) {
+    const alias: NewEntry = {
+      spiffeId: aliasSpiffeId,
+      parentId: verifierId(trustDomain),
+      selectors: [`sigil:agent_id:${agentId}`],
+      x509SvidTtl: 0,
+      jwtSvidTtl: 0,
+      dnsNames: [],
+      hint: 'join token node alias',
+      admin: false,
+      expiresAt: null,
+    };
+    const e = await store.createJoinTokenWithAlias(rec, alias);
+    return { token, tokenId, agentId, expiresAt, aliasEntryId: e.id };
+  }
+  await store.createJoinToken(rec);
+  return { token, tokenId, agentId, expiresAt };
+}
+
+export function joinTokenServices(store: DataStore): VerifierServices {
+  return {
+    async checkJoinToken(token, now) {
+      const t = await store.getJoinTokenByHash(hashToken(token));
+      if (!t) throw new SigilError('join_token.unknown', 'join token is not known', { status: 401 });
+      if (t.usedAt) throw new SigilError('join_token.used', 'join token was already used', { status: 401 });
+      if (Date.parse(t.expiresAt) <= now.getTime()) throw new SigilError('join_token.expired', `join token expired at ${t.expiresAt}`, { status: 401 });
+      return { tokenId: t.id };
+    },
+    async consumeJoinToken(token, now) {
+      const t = await store.useJoinToken(hashToken(token), now);
+      if (!t) {
+        // Say precisely why (the lookup is by hash, so this reveals nothing about the secret).
+        await this.checkJoinToken(token, now);
+        throw new SigilError('join_token.used', 'join token was already used', { status: 401 });
+      }
+      return { tokenId: t.id };
+    },
+  };
+}
