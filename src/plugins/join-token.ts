@@ -1,8 +1,8 @@
 /**
  * join_token node attestor (DESIGN §4): the operator makes a single-use, expiring token with
  * `sigil token generate`; the agent presents it in its hello. No selectors; the agent ID suffix is
- * the token's id (never the secret itself). The token is checked at `begin` and used up at
- * `finish`, so a session that fails on another factor leaves the token usable.
+ * the token's id (never the secret itself). The token is checked at `begin` and `finish` and used up
+ * at `commit`, after every factor passed, so a session that fails on another factor leaves the token usable.
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -33,8 +33,11 @@ export const joinTokenVerifierPlugin: NodeAttestorVerifierPlugin = {
       },
       async finish(_response, state, session) {
         const { token } = state as { token: string };
-        const { tokenId } = await services.consumeJoinToken(token, session.now);
+        const { tokenId } = await services.checkJoinToken(token, session.now);
         return { selectors: [], claims: { tokenId }, agentIdSuffix: tokenId };
+      },
+      async commit(state, session) {
+        await services.consumeJoinToken((state as { token: string }).token, session.now);
       },
     };
   },

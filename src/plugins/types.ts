@@ -69,6 +69,12 @@ export interface NodeAttestorVerifier {
   begin(hello: unknown, session: SessionInput): Promise<{ challenge: unknown; state: unknown }>;
   /** Check the response against the state and session; return verified selectors or throw SigilError. */
   finish(response: unknown, state: unknown, session: SessionInput): Promise<AttestorResult>;
+  /**
+   * Optional: make this factor's side effects durable (use up a join token, record TPM counters).
+   * Called only after every factor of the session passed `finish`, so a failure in another factor
+   * never consumes this one. May still throw (e.g. the token was used concurrently).
+   */
+  commit?(state: unknown, session: SessionInput): Promise<void>;
 }
 
 export interface NodeAttestorVerifierPlugin {

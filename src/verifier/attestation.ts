@@ -139,6 +139,17 @@ export class AttestationService {
     }
     const existing = await this.o.store.getAgent(agentId);
     if (existing?.banned) throw new SigilError('attest.agent_banned', `agent ${agentId} is banned; an operator must remove the ban first`, { status: 403 });
+    // Every factor passed: now make their side effects durable (each once; a failure here still fails the session).
+    for (const n of s.attestors) {
+      const a = this.o.attestors.get(n) as NodeAttestorVerifier;
+      if (a.commit) {
+        try {
+          await a.commit(s.states.get(n), input);
+        } catch (e) {
+          throw prefixed(e, n);
+        }
+      }
+    }
     const selectors = [...new Set([...results.values()].flatMap((r) => r.selectors))].sort();
     const { chain, notAfter } = this.o.ca.signX509Svid(s.csrSpki, agentId, this.o.agentSvidTtlSeconds);
     const serial = new X509Certificate(chain[0] as Buffer).serialNumber;
