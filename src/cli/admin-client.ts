@@ -15,6 +15,7 @@ export async function adminCall<T>(socketPath: string, method: string, path: str
         path,
         headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
         timeout: timeoutMs,
+        agent: false,
       },
       (res) => {
         const chunks: Buffer[] = [];
