@@ -215,6 +215,10 @@ export class SqliteStore implements DataStore {
     return this.db.transaction(() => this.insertEntryRow(e))();
   }
 
+  async createEntries(es: NewEntry[]): Promise<RegistrationEntry[]> {
+    return this.db.transaction(() => es.map((e) => this.insertEntryRow(e)))();
+  }
+
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
     const r = this.stmt.getEntry!.get(id) as EntryRow | undefined;
     return r ? rowToEntry(r) : undefined;
@@ -250,10 +254,20 @@ export class SqliteStore implements DataStore {
     // Chunk to stay under SQLite's bound-parameter limit.
     for (let i = 0; i < parentIds.length; i += 500) {
       const chunk = parentIds.slice(i, i + 500);
-      const rows = this.db.prepare(`SELECT * FROM entries WHERE parent_id IN (${chunk.map(() => '?').join(',')})`).all(...chunk) as EntryRow[];
+      const rows = this.inStatement(chunk.length).all(...chunk) as EntryRow[];
       for (const r of rows) out.push(rowToEntry(r));
     }
     return out;
+  }
+
+  private inCache = new Map<number, Database.Statement>();
+  private inStatement(n: number): Database.Statement {
+    let st = this.inCache.get(n);
+    if (!st) {
+      st = this.db.prepare(`SELECT * FROM entries WHERE parent_id IN (${Array.from({ length: n }, () => '?').join(',')})`);
+      if (this.inCache.size < 64) this.inCache.set(n, st);
+    }
+    return st;
   }
 
   async entriesRevision(): Promise<number> {

@@ -85,6 +85,8 @@ export interface DataStore {
   ping(): Promise<void>;
 
   createEntry(e: NewEntry): Promise<RegistrationEntry>;
+  /** Create many entries in one transaction (all or nothing). */
+  createEntries(es: NewEntry[]): Promise<RegistrationEntry[]>;
   getEntry(id: string): Promise<RegistrationEntry | undefined>;
   deleteEntry(id: string): Promise<boolean>;
   listEntries(opts?: { parentId?: string; spiffeId?: string; limit?: number; offset?: number }): Promise<RegistrationEntry[]>;
