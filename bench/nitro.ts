@@ -1,0 +1,86 @@
+/**
+ * Nitro attestation document verification throughput on one core (run: npx tsx bench/nitro.ts).
+ *
+ *  raw  Node's crypto.verify ES384 (P-384, ieee-p1363) over a document-sized message: the floor.
+ *  (a)  the same enclave's document again and again, intermediates cached (real marlin-aws.cbor
+ *       when ../shared/testdata is present, and a synthetic one).
+ *  (b)  200 synthetic documents with distinct leaf certificates under the same intermediates; each
+ *       pass uses a fresh cache warmed with one other document, so every leaf is new to it.
+ *
+ * Each verification does at least two P-384 verifies (leaf certificate + COSE signature), so the
+ * ideal ratio to the raw rate is 0.5.
+ */
+import 'reflect-metadata';
+import { generateKeyPairSync, sign, verify } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { NitroCertCache } from '../src/nitro/certs.js';
+import { verifyNitroDocument } from '../src/nitro/verify.js';
+import { makeDocument, makeLeaf, makePki } from '../test/nitro/fixtures.js';
+import { TESTDATA } from '../test/support/testdata.js';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+
+function rate(fn: () => void): number {
+  for (let i = 0; i < 50; i++) fn();
+  const end = performance.now() + SECONDS * 1000;
+  const t0 = performance.now();
+  let n = 0;
+  while (performance.now() < end) {
+    fn();
+    n++;
+  }
+  return n / ((performance.now() - t0) / 1000);
+}
+
+const fmt = (r: number) => r.toFixed(0).padStart(6);
+
+async function main(): Promise<void> {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-384' });
+  const msg = Buffer.alloc(4500, 7);
+  const sig = sign('sha384', msg, { key: privateKey, dsaEncoding: 'ieee-p1363' });
+  const raw = rate(() => {
+    if (!verify('sha384', msg, { key: publicKey, dsaEncoding: 'ieee-p1363' }, sig)) throw new Error('raw verify failed');
+  });
+  console.log(`raw P-384 verify (node:crypto)            ${fmt(raw)} /s`);
+
+  const realFile = `${TESTDATA}/nitro/marlin-aws.cbor`;
+  if (existsSync(realFile)) {
+    const doc = readFileSync(realFile);
+    const at = new Date('2024-12-13T07:37:58.960Z');
+    const cache = new NitroCertCache();
+    const r = rate(() => void verifyNitroDocument(doc, { at, cache }));
+    console.log(`(a) same document, real (marlin-aws)      ${fmt(r)} /s  ratio ${(r / raw).toFixed(3)}  goal >= 600/s: ${r >= 600 ? 'met' : 'NOT met'}`);
+  } else {
+    console.log(`(a) real document skipped: ${realFile} not found`);
+  }
+
+  const pki = await makePki({ name: 'bench' });
+  const T0 = Date.UTC(2025, 5, 1, 12, 0, 0);
+  const at = new Date(T0);
+  const leaves = await Promise.all(Array.from({ length: 201 }, () => makeLeaf(pki)));
+  const docs = leaves.map((l, i) => makeDocument(pki, l, { timestamp: T0 - i, nonce: Buffer.alloc(32, i & 0xff), publicKey: Buffer.alloc(91, 1) }));
+  const warm = docs.pop() as Buffer;
+
+  const sameCache = new NitroCertCache();
+  const same = docs[0] as Buffer;
+  const ra = rate(() => void verifyNitroDocument(same, { at, rootSha256: pki.rootSha256, cache: sameCache }));
+  console.log(`(a) same document, synthetic              ${fmt(ra)} /s  ratio ${(ra / raw).toFixed(3)}`);
+
+  let done = 0;
+  const t0 = performance.now();
+  const end = t0 + SECONDS * 1000;
+  while (performance.now() < end) {
+    const cache = new NitroCertCache();
+    verifyNitroDocument(warm, { at, rootSha256: pki.rootSha256, cache });
+    for (const d of docs) verifyNitroDocument(d, { at, rootSha256: pki.rootSha256, cache });
+    if (cache.size.leaf !== docs.length + 1) throw new Error('expected every leaf to be new to the cache');
+    done += docs.length;
+  }
+  const rb = done / ((performance.now() - t0) / 1000);
+  console.log(`(b) ${docs.length} distinct leaves, intermediates cached ${fmt(rb)} /s  ratio ${(rb / raw).toFixed(3)}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exitCode = 1;
+});

@@ -1,0 +1,84 @@
+/**
+ * `sigil evidence verify aws-nitro FILE [--at ISO] [--allow-debug] [--nonce HEX] [--root PEM] [--json]`
+ *
+ * Verifies a Nitro attestation document offline. Without --at the current time is used. maxAge is
+ * not applied offline (there is no session to be fresh for); certificate validity is always checked
+ * at the verification time. Without --root the built-in AWS Nitro Enclaves Root-G1 pin is used.
+ */
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { SigilError } from '../errors.js';
+import { pemCertificateToDer, sha256Hex } from '../nitro/certs.js';
+import { nitroClaims, nitroSelectors, verifyNitroDocument } from '../nitro/verify.js';
+import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
+import { EXIT_USAGE, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
+
+const ATTESTOR = 'aws_nitro';
+
+interface NitroCliOptions {
+  at?: string;
+  allowDebug?: boolean;
+  nonce?: string;
+  root?: string;
+  json?: boolean;
+}
+
+function parseAt(v: string | undefined): Date {
+  if (v === undefined) return new Date();
+  const t = Date.parse(v);
+  if (!/^\d{4}-\d{2}-\d{2}T/.test(v) || !Number.isFinite(t)) throw new UsageError(`--at must be an ISO 8601 time such as 2024-12-13T07:37:58.960Z, got "${v}"`);
+  return new Date(t);
+}
+
+function readFileOrFail(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+/** Run the command; returns the exit code. Exported for in-process tests. */
+export function runNitroEvidence(file: string, opts: NitroCliOptions): number {
+  const json = opts.json === true;
+  let at: Date;
+  let nonce: Buffer | undefined;
+  try {
+    at = parseAt(opts.at);
+    nonce = opts.nonce === undefined ? undefined : parseHexArg('--nonce', opts.nonce);
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    if (json) printEvidenceOutcome(rejectedOutcome(ATTESTOR, new UsageError(msg)), true);
+    else process.stderr.write(`error: ${msg}\n`);
+    return EXIT_USAGE;
+  }
+  try {
+    const rootSha256 = opts.root === undefined ? undefined : sha256Hex(pemCertificateToDer(readFileOrFail(opts.root, '--root').toString('utf8'), `--root ${opts.root}`));
+    const doc = decodeEvidenceBytes(readFileOrFail(file, 'evidence file'));
+    const v = verifyNitroDocument(doc, {
+      at,
+      ...(rootSha256 === undefined ? {} : { rootSha256 }),
+      allowDebug: opts.allowDebug === true,
+      ...(nonce === undefined ? {} : { expectedNonce: nonce }),
+    });
+    return printEvidenceOutcome({ ok: true, attestor: ATTESTOR, selectors: nitroSelectors(v), claims: nitroClaims(v) }, json);
+  } catch (e) {
+    return printEvidenceOutcome(rejectedOutcome(ATTESTOR, e), json);
+  }
+}
+
+/** Add `aws-nitro` under `sigil evidence verify`. */
+export function registerNitroEvidence(verifyCmd: Command): void {
+  verifyCmd
+    .command('aws-nitro')
+    .description('verify an AWS Nitro Enclaves attestation document (raw CBOR, hex or base64) offline')
+    .argument('<file>', 'attestation document (COSE_Sign1)')
+    .option('--at <iso-time>', 'verification time (default: now); certificate validity is checked at this time')
+    .option('--allow-debug', 'accept a debug-mode enclave (PCR0, PCR1, PCR2 all zero)')
+    .option('--nonce <hex>', 'require the document nonce to equal this value')
+    .option('--root <pem>', 'trust this root certificate (PEM) instead of the built-in AWS Nitro Enclaves Root-G1')
+    .option('--json', 'print one JSON object')
+    .action((file: string, opts: NitroCliOptions) => {
+      process.exitCode = runNitroEvidence(file, opts);
+    });
+}

@@ -1,0 +1,203 @@
+/**
+ * Decoding of a Nitro attestation document: COSE_Sign1 (RFC 9052 §4.2; tagged with 18 or
+ * untagged) around a CBOR map (AWS attestation document spec, aws-nitro-enclaves-nsm-api
+ * docs/attestation_process.md). CBOR is decoded with cbor2 under strict options; every field is
+ * checked for presence, type and size. Nothing here checks signatures: see verify.ts.
+ */
+import { decode, Tag, type DecodeOptions } from 'cbor2';
+import { SigilError } from '../errors.js';
+
+/** Protected header bytes every Nitro document carries: {1: -35} = { alg: ES384 }. */
+export const ES384_PROTECTED_HEADER = Buffer.from('a1013822', 'hex');
+/** Payload is at most 16 KiB (AWS spec); the COSE envelope adds well under 1 KiB. */
+export const MAX_PAYLOAD_BYTES = 16384;
+export const MAX_DOCUMENT_BYTES = MAX_PAYLOAD_BYTES + 1024;
+export const MAX_CABUNDLE_ENTRIES = 16;
+export const MAX_USER_BYTES = 1024;
+
+/**
+ * Strict cbor2 options: duplicate map keys, indefinite-length items, floats, unusual simple
+ * values, `undefined` and big integers are rejected; maps always decode as Map (no prototype
+ * tricks through string keys); tags are never interpreted (an unexpected tag fails the type
+ * checks); nesting is bounded (a Nitro document needs depth 3). cbor2 itself rejects trailing
+ * bytes and truncated items.
+ */
+export const STRICT_CBOR: DecodeOptions = {
+  maxDepth: 8,
+  rejectDuplicateKeys: true,
+  rejectStreaming: true,
+  preferMap: true,
+  ignoreGlobalTags: true,
+  rejectFloats: true,
+  rejectSimple: true,
+  rejectUndefined: true,
+  rejectBigInts: true,
+  rejectLargeNegatives: true,
+};
+
+function bad(code: string, message: string): SigilError {
+  return new SigilError(code, message, { status: 400 });
+}
+
+/** Decode one CBOR item with the strict options; any decoder failure becomes SigilError(code). */
+export function decodeStrict(bytes: Uint8Array, what: string, code = 'nitro.cbor_invalid'): unknown {
+  try {
+    return decode(bytes, STRICT_CBOR);
+  } catch (e) {
+    throw bad(code, `${what} is not valid CBOR under the strict profile: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+function isBytes(v: unknown): v is Uint8Array {
+  return v instanceof Uint8Array;
+}
+
+function view(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+export interface CoseSign1 {
+  /** The protected header byte string exactly as received. */
+  protectedHeader: Buffer;
+  /** The payload byte string exactly as received. */
+  payload: Buffer;
+  /** Raw r‖s, 96 bytes. */
+  signature: Buffer;
+  tagged: boolean;
+}
+
+/** Parse the COSE_Sign1 envelope and check its headers. Byte strings are views into `bytes`. */
+export function parseCoseSign1(bytes: Uint8Array): CoseSign1 {
+  if (bytes.length === 0) throw bad('nitro.cbor_invalid', 'attestation document is empty');
+  if (bytes.length > MAX_DOCUMENT_BYTES) {
+    throw bad('nitro.too_large', `attestation document is ${bytes.length} bytes (limit ${MAX_DOCUMENT_BYTES})`);
+  }
+  let top = decodeStrict(bytes, 'attestation document');
+  let tagged = false;
+  if (top instanceof Tag) {
+    if (top.tag !== 18 && top.tag !== 18n) throw bad('nitro.cose_invalid', `COSE tag ${String(top.tag)} is not COSE_Sign1 (18)`);
+    top = top.contents;
+    tagged = true;
+  }
+  if (!Array.isArray(top) || top.length !== 4) throw bad('nitro.cose_invalid', 'COSE_Sign1 must be an array of 4 items');
+  const [prot, unprot, payload, sig] = top as unknown[];
+  if (!isBytes(prot)) throw bad('nitro.cose_invalid', 'COSE_Sign1 protected header must be a byte string');
+  if (!view(prot).equals(ES384_PROTECTED_HEADER)) {
+    throw bad('nitro.bad_protected_header', `protected header must be exactly a1013822 ({alg: ES384}), got ${view(prot).subarray(0, 32).toString('hex')}`);
+  }
+  // AWS documents carry an empty map here ("We have nothing in unprotected"); COSE requires a map.
+  if (!(unprot instanceof Map)) throw bad('nitro.bad_unprotected_header', 'unprotected header must be a map');
+  if (unprot.size !== 0) throw bad('nitro.bad_unprotected_header', `unprotected header must be empty, has ${unprot.size} entries`);
+  if (!isBytes(payload)) throw bad('nitro.cose_invalid', 'COSE_Sign1 payload must be a byte string (detached payloads are not accepted)');
+  if (payload.length === 0 || payload.length > MAX_PAYLOAD_BYTES) {
+    throw bad('nitro.cose_invalid', `payload is ${payload.length} bytes (must be 1..${MAX_PAYLOAD_BYTES})`);
+  }
+  if (!isBytes(sig)) throw bad('nitro.cose_invalid', 'COSE_Sign1 signature must be a byte string');
+  if (sig.length !== 96) throw bad('nitro.cose_invalid', `ES384 signature must be 96 bytes (r‖s), got ${sig.length}`);
+  return { protectedHeader: view(prot), payload: view(payload), signature: view(sig), tagged };
+}
+
+function bstrHead(len: number): Buffer {
+  if (len < 24) return Buffer.from([0x40 | len]);
+  if (len < 0x100) return Buffer.from([0x58, len]);
+  if (len < 0x10000) return Buffer.from([0x59, len >> 8, len & 0xff]);
+  const b = Buffer.alloc(5);
+  b[0] = 0x5a;
+  b.writeUInt32BE(len, 1);
+  return b;
+}
+
+/** "Signature1" as a CBOR text string (0x6a = text, length 10). */
+const SIGNATURE1 = Buffer.from('6a5369676e617475726531', 'hex');
+
+/**
+ * Sig_structure = ["Signature1", protected, external_aad = h'', payload] (RFC 9052 §4.4), built by
+ * concatenating CBOR heads with the received byte strings, so nothing is ever re-encoded.
+ */
+export function sigStructure(protectedHeader: Uint8Array, payload: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from([0x84]), SIGNATURE1, bstrHead(protectedHeader.length), protectedHeader, Buffer.from([0x40]), bstrHead(payload.length), payload]);
+}
+
+/** The decoded payload. Byte strings are copies. Not authenticated by itself. */
+export interface NitroDocumentFields {
+  moduleId: string;
+  digest: 'SHA384';
+  /** Milliseconds since the Unix epoch. */
+  timestamp: number;
+  /** PCR index → value, sorted by index. */
+  pcrs: Map<number, Buffer>;
+  certificate: Buffer;
+  /** Root first, then intermediates (as AWS sends it). */
+  cabundle: Buffer[];
+  publicKey: Buffer | null;
+  userData: Buffer | null;
+  nonce: Buffer | null;
+}
+
+const REQUIRED = ['module_id', 'digest', 'timestamp', 'pcrs', 'certificate', 'cabundle'] as const;
+const OPTIONAL = ['public_key', 'user_data', 'nonce'] as const;
+const ALLOWED = new Set<string>([...REQUIRED, ...OPTIONAL]);
+/** module_id becomes the agent ID suffix, so it is limited to SPIFFE path-segment characters. */
+const MODULE_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
+
+function badField(field: string, msg: string): SigilError {
+  return bad('nitro.payload_bad_field', `payload field "${field}" ${msg}`);
+}
+
+function optionalBytes(v: unknown, field: string, min: number, max: number): Buffer | null {
+  if (v === null || v === undefined) return null; // CBOR null means absent
+  if (!isBytes(v)) throw badField(field, 'must be a byte string or null');
+  if (v.length < min || v.length > max) throw badField(field, `is ${v.length} bytes (must be ${min}..${max})`);
+  return Buffer.from(v);
+}
+
+/** Decode and check the attestation document payload (the map inside COSE_Sign1). */
+export function parseNitroPayload(payload: Uint8Array): NitroDocumentFields {
+  const m = decodeStrict(payload, 'attestation document payload');
+  if (!(m instanceof Map)) throw bad('nitro.payload_invalid', 'payload must be a CBOR map');
+  for (const k of m.keys()) {
+    if (typeof k !== 'string') throw bad('nitro.payload_unknown_field', 'payload has a non-text key');
+    if (!ALLOWED.has(k)) throw bad('nitro.payload_unknown_field', `payload has unknown field "${k.slice(0, 64)}"`);
+  }
+  for (const k of REQUIRED) {
+    const v: unknown = m.get(k);
+    if (v === undefined || v === null) throw bad('nitro.payload_missing_field', `payload lacks required field "${k}"`);
+  }
+  const moduleId: unknown = m.get('module_id');
+  if (typeof moduleId !== 'string' || !MODULE_ID_RE.test(moduleId) || moduleId === '.' || moduleId === '..') {
+    throw badField('module_id', 'must be 1..128 characters of A-Z a-z 0-9 . _ -');
+  }
+  if (m.get('digest') !== 'SHA384') throw badField('digest', 'must be "SHA384"');
+  const ts: unknown = m.get('timestamp');
+  if (typeof ts !== 'number' || !Number.isSafeInteger(ts) || ts <= 0) throw badField('timestamp', 'must be a positive integer (ms since the epoch)');
+  const pcrsIn: unknown = m.get('pcrs');
+  if (!(pcrsIn instanceof Map)) throw badField('pcrs', 'must be a map');
+  if (pcrsIn.size < 1 || pcrsIn.size > 32) throw badField('pcrs', `has ${pcrsIn.size} entries (must be 1..32)`);
+  const pcrs = new Map<number, Buffer>();
+  for (const [k, v] of pcrsIn as Map<unknown, unknown>) {
+    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k > 31) throw badField('pcrs', 'has a key that is not an integer 0..31');
+    if (!isBytes(v) || (v.length !== 32 && v.length !== 48 && v.length !== 64)) throw badField('pcrs', `entry ${k} must be a byte string of 32, 48 or 64 bytes`);
+    pcrs.set(k, Buffer.from(v));
+  }
+  const certificate: unknown = m.get('certificate');
+  if (!isBytes(certificate) || certificate.length < 1 || certificate.length > 1024) throw badField('certificate', 'must be a byte string of 1..1024 bytes');
+  const cabundleIn: unknown = m.get('cabundle');
+  if (!Array.isArray(cabundleIn) || cabundleIn.length < 1 || cabundleIn.length > MAX_CABUNDLE_ENTRIES) {
+    throw badField('cabundle', `must be an array of 1..${MAX_CABUNDLE_ENTRIES} certificates`);
+  }
+  const cabundle = (cabundleIn as unknown[]).map((c, i) => {
+    if (!isBytes(c) || c.length < 1 || c.length > 1024) throw badField('cabundle', `entry ${i} must be a byte string of 1..1024 bytes`);
+    return Buffer.from(c);
+  });
+  return {
+    moduleId,
+    digest: 'SHA384',
+    timestamp: ts,
+    pcrs: new Map([...pcrs.entries()].sort((a, b) => a[0] - b[0])),
+    certificate: Buffer.from(certificate),
+    cabundle,
+    publicKey: optionalBytes(m.get('public_key'), 'public_key', 1, MAX_USER_BYTES),
+    userData: optionalBytes(m.get('user_data'), 'user_data', 0, MAX_USER_BYTES),
+    nonce: optionalBytes(m.get('nonce'), 'nonce', 0, MAX_USER_BYTES),
+  };
+}
