@@ -29,6 +29,8 @@ function isPathChar(c: number): boolean {
 
 function checkTrustDomainName(td: string, whole: string): void {
   if (td.length === 0) throw err('spiffe.id_missing_trust_domain', `SPIFFE ID "${clip(whole)}" has no trust domain`);
+  // userinfo is reported first: in "user:pw@host" the ':' belongs to the userinfo, not a port.
+  if (td.includes('@')) throw err('spiffe.id_has_userinfo', `trust domain of "${clip(whole)}" contains userinfo ('@')`);
   for (let i = 0; i < td.length; i++) {
     const c = td.charCodeAt(i);
     if (isTdChar(c)) continue;

@@ -92,13 +92,13 @@ function decodeSegment(seg: string, what: string): Record<string, unknown> {
 }
 
 /** Parse the header and claims of a JWT-SVID without verifying anything (for routing/logging). */
-export function decodeJwtSvidUnverified(token: string): { header: Record<string, unknown>; claims: Record<string, unknown> } {
+export function decodeJwtSvidUnverified(token: string): { header: Record<string, unknown>; claims: Record<string, unknown>; signature: string } {
   if (typeof token !== 'string' || token.length === 0) throw err('jwtsvid.malformed', 'token is empty');
   if (token.length > JWT_SVID_MAX_BYTES) throw err('jwtsvid.malformed', `token is longer than ${JWT_SVID_MAX_BYTES} bytes`);
   const parts = token.split('.');
   if (parts.length !== 3) throw err('jwtsvid.malformed', 'token is not a JWS compact serialization (three parts)');
-  if (parts[2]!.length === 0 || !B64URL.test(parts[2]!)) throw err('jwtsvid.malformed', 'JWT signature is not base64url');
-  return { header: decodeSegment(parts[0]!, 'header'), claims: decodeSegment(parts[1]!, 'payload') };
+  if (!B64URL.test(parts[2]!) || parts[2]!.length % 4 === 1) throw err('jwtsvid.malformed', 'JWT signature is not base64url');
+  return { header: decodeSegment(parts[0]!, 'header'), claims: decodeSegment(parts[1]!, 'payload'), signature: parts[2]! };
 }
 
 function keyFitsAlg(key: KeyObject, alg: string): boolean {
@@ -121,7 +121,7 @@ function keyFitsAlg(key: KeyObject, alg: string): boolean {
  * expiry (with leeway), nbf, and that `audience` is among aud.
  */
 export async function validateJwtSvid(token: string, opts: ValidateJwtSvidOptions): Promise<ValidatedJwtSvid> {
-  const { header, claims } = decodeJwtSvidUnverified(token);
+  const { header, claims, signature } = decodeJwtSvidUnverified(token);
   for (const k of Object.keys(header)) {
     if (!ALLOWED_HEADER.has(k)) throw err('jwtsvid.bad_header', `JWT header parameter "${k}" is not allowed (only alg, kid, typ)`);
   }
@@ -129,6 +129,7 @@ export async function validateJwtSvid(token: string, opts: ValidateJwtSvidOption
   if (typeof alg !== 'string' || !ALG_SET.has(alg)) {
     throw err('jwtsvid.bad_alg', `JWT alg ${JSON.stringify(alg ?? null)} is not allowed (RS/ES/PS 256-512 only)`);
   }
+  if (signature.length === 0) throw err('jwtsvid.malformed', 'JWT has no signature');
   if (typeof header.kid !== 'string' || header.kid.length === 0) throw err('jwtsvid.missing_kid', 'JWT header has no kid');
   if (header.typ !== undefined && header.typ !== 'JWT' && header.typ !== 'JOSE') {
     throw err('jwtsvid.bad_typ', `JWT typ ${JSON.stringify(header.typ)} must be JWT or JOSE`);

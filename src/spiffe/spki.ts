@@ -49,7 +49,7 @@ function stripZeros(b: Buffer): Buffer {
  * Classify an SPKI and check its shape. `malformedCode` is used for framing errors,
  * `unsupportedCode` for well-formed keys Sigil does not accept.
  */
-export function inspectSpki(der: Uint8Array, malformedCode: string, unsupportedCode: string, strict = true): SpkiInfo {
+export function inspectSpki(der: Uint8Array, malformedCode: string, unsupportedCode: string, strict = true, withJwk = true): SpkiInfo {
   if (strict) checkStrictDer(der, malformedCode);
   const top = readSingle(der, malformedCode, TAG.SEQUENCE);
   const parts = children(der, top, malformedCode);
@@ -80,7 +80,7 @@ export function inspectSpki(der: Uint8Array, malformedCode: string, unsupportedC
     let jwk: Record<string, string> | undefined;
     if (keyBits[0] === 0x04) {
       if (keyBits.length !== 1 + 2 * size) fail(malformedCode, 'EC point has the wrong length');
-      jwk = {
+      if (withJwk) jwk = {
         kty: 'EC',
         crv: family === 'ec-p256' ? 'P-256' : 'P-384',
         x: keyBits.subarray(1, 1 + size).toString('base64url'),
@@ -111,7 +111,7 @@ export function inspectSpki(der: Uint8Array, malformedCode: string, unsupportedC
       family: 'rsa',
       bits,
       keyBits,
-      jwk: { kty: 'RSA', n: stripZeros(Buffer.from(n)).toString('base64url'), e: eb.toString('base64url') },
+      jwk: withJwk ? { kty: 'RSA', n: stripZeros(Buffer.from(n)).toString('base64url'), e: eb.toString('base64url') } : undefined,
     };
   }
   fail(unsupportedCode, `public key algorithm ${oid} is not accepted; use EC P-256/P-384 or RSA`);
@@ -147,6 +147,6 @@ export function classifySpki(der: Uint8Array, malformedCode: string, unsupported
   if (b.length === 120 && b.compare(P384_PREFIX, 0, P384_PREFIX.length, 0, P384_PREFIX.length) === 0) {
     return { family: 'ec-p384', keyBits: b.subarray(P384_PREFIX.length - 1) };
   }
-  const info = inspectSpki(der, malformedCode, unsupportedCode);
+  const info = inspectSpki(der, malformedCode, unsupportedCode, true, false);
   return { family: info.family, keyBits: info.keyBits };
 }

@@ -375,6 +375,19 @@ export interface VerifiedX509Svid {
   chain: Buffer[];
 }
 
+// Parsed signing certificates (bundle authorities, intermediates) by Buffer identity, so that a
+// bundle held by the caller is parsed and its keys imported once. The cached copy is compared
+// byte-for-byte before use, so a Buffer mutated in place is simply parsed again.
+const signingCertCache = new WeakMap<Buffer, ParsedCertificate>();
+
+function parseSigningCert(der: Buffer, what: string): ParsedCertificate {
+  const hit = Buffer.isBuffer(der) ? signingCertCache.get(der) : undefined;
+  if (hit && hit.der.equals(der)) return hit;
+  const c = parseOrWrap(der, what);
+  if (Buffer.isBuffer(der)) signingCertCache.set(der, c);
+  return c;
+}
+
 function parseOrWrap(der: Buffer, what: string): ParsedCertificate {
   try {
     return parseCertificate(der);
@@ -480,8 +493,8 @@ export function verifyX509Svid(
   // --- trust anchors of the leaf's trust domain
   const rootDers = bundleFor(spiffeId.trustDomain);
   if (!rootDers || rootDers.length === 0) throw err('x509svid.no_bundle', `no X.509 authorities for trust domain ${spiffeId.trustDomain}`);
-  const roots = rootDers.map((d, i) => parseOrWrap(d, `bundle authority #${i}`));
-  const intermediates = chainDer.slice(1).map((d, i) => parseOrWrap(d, `intermediate #${i + 1}`));
+  const roots = rootDers.map((d, i) => parseSigningCert(d, `bundle authority #${i}`));
+  const intermediates = chainDer.slice(1).map((d, i) => parseSigningCert(d, `intermediate #${i + 1}`));
 
   // --- path building: depth-first from the leaf, preferring the presented order.
   let last: Problem = { code: 'x509svid.untrusted', msg: 'no bundle authority or presented intermediate issued the chain' };
