@@ -39,7 +39,7 @@ interface LoadedX509 {
   slot: CaSlot;
   key: KeyObject;
   certDer: Buffer;
-  /** Certificates to send after the leaf: this CA, then the upstream chain without the root. */
+  /** Certificates to send after the leaf: under an upstream CA, this CA then the upstream chain without the root; nothing for a self-signed CA. */
   chainTail: Buffer[];
 }
 
@@ -89,7 +89,8 @@ export class CertificateAuthority {
       throw new SigilError('ca.key_missing', `CA key file ${path} for CA ${slot.id} is missing; restore dataDir/keys from backup or move dataDir aside to start a new CA`, { status: 500 });
     }
     const certDer = Buffer.from(slot.certDer, 'base64');
-    const chainTail = [certDer, ...slot.upstreamChain.map((c) => Buffer.from(c, 'base64'))];
+    // A self-signed CA is a root: relying parties have it in the bundle, so it is not sent in chains.
+    const chainTail = slot.upstreamChain.length > 0 || this.upstream ? [certDer, ...slot.upstreamChain.map((c) => Buffer.from(c, 'base64'))] : [];
     this.x509Keys.set(slot.id, { slot, key: loadPrivateKeyPkcs8(path), certDer, chainTail });
   }
 
@@ -152,7 +153,7 @@ export class CertificateAuthority {
       notAfter: notAfter.toISOString(),
       state,
     };
-    this.x509Keys.set(id, { slot, key: kp.privateKey, certDer, chainTail: [certDer, ...upstreamChain] });
+    this.x509Keys.set(id, { slot, key: kp.privateKey, certDer, chainTail: this.upstream ? [certDer, ...upstreamChain] : [] });
     this.opts.logger.info({ caId: id, state, notAfter: slot.notAfter }, 'made X.509 CA');
     return slot;
   }
