@@ -1,0 +1,149 @@
+/**
+ * `sigil evidence verify sev-snp FILE [--vcek F] [--ca F] [--collateral-dir DIR] [--at ISO]
+ *   [--allow-debug] [--vmpl N…] [--report-data HEX] [--ark-sha256 HEX] [--json]`
+ *
+ * Verifies an SEV-SNP attestation report offline. FILE is the 0x4A0-byte report (raw, hex or
+ * base64). --vcek is the VCEK or VLEK (DER or PEM); --ca the ASK+ARK (or ASVK+ARK) PEM as AMD
+ * KDS serves it. Trust always comes from the built-in ARK pins (or --ark-sha256): --ca only
+ * supplies certificates. Without --vcek/--ca, --collateral-dir is searched
+ * (<dir>/<product>/<hwid>-<tcb>.der, <dir>/ask_ark_<product>.pem). Never touches the network.
+ */
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { SigilError } from '../errors.js';
+import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert } from '../sev/certs.js';
+import { SnpCollateralSource } from '../sev/collateral.js';
+import { type SnpProduct, SNP_PRODUCTS, parseSnpReport, productFromReport } from '../sev/report.js';
+import { SEV_ATTESTOR, verifySnpEvidence } from '../sev/verify.js';
+import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
+import { EXIT_USAGE, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
+
+export interface SevCliOptions {
+  vcek?: string;
+  ca?: string;
+  collateralDir?: string;
+  at?: string;
+  allowDebug?: boolean;
+  vmpl?: string[];
+  reportData?: string;
+  arkSha256?: string;
+  json?: boolean;
+}
+
+function parseAt(v: string | undefined): Date {
+  if (v === undefined) return new Date();
+  const t = Date.parse(v);
+  if (!/^\d{4}-\d{2}-\d{2}T/.test(v) || !Number.isFinite(t)) throw new UsageError(`--at must be an ISO 8601 time such as 2025-01-01T00:00:00Z, got "${v}"`);
+  return new Date(t);
+}
+
+function parseVmpls(v: string[] | undefined): number[] | undefined {
+  if (v === undefined) return undefined;
+  return v.map((s) => {
+    if (!/^[0-3]$/.test(s)) throw new UsageError(`--vmpl takes integers 0..3, got "${s}"`);
+    return Number(s);
+  });
+}
+
+function readFileOrFail(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+/** Run the command; resolves to the exit code. Exported for in-process tests. */
+export async function runSevEvidence(file: string, opts: SevCliOptions): Promise<number> {
+  const json = opts.json === true;
+  let at: Date;
+  let vmpls: number[] | undefined;
+  let reportData: Buffer | undefined;
+  let arkSha256: string | undefined;
+  try {
+    at = parseAt(opts.at);
+    vmpls = parseVmpls(opts.vmpl);
+    if (opts.reportData !== undefined) {
+      const rd = parseHexArg('--report-data', opts.reportData);
+      // A 32-byte value is a session binding: REPORT_DATA = binding ‖ 32 zero bytes (DESIGN §3).
+      if (rd.length === 32) reportData = Buffer.concat([rd, Buffer.alloc(32)]);
+      else if (rd.length === 64) reportData = rd;
+      else throw new UsageError(`--report-data must be 64 bytes (or a 32-byte binding), got ${rd.length}`);
+    }
+    if (opts.arkSha256 !== undefined) {
+      if (!/^[0-9a-fA-F]{64}$/.test(opts.arkSha256)) throw new UsageError('--ark-sha256 must be 64 hex digits');
+      arkSha256 = opts.arkSha256.toLowerCase();
+    }
+    if (opts.vcek === undefined && opts.collateralDir === undefined) throw new UsageError('give --vcek FILE (the VCEK or VLEK) or --collateral-dir DIR');
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    if (json) printEvidenceOutcome(rejectedOutcome(SEV_ATTESTOR, new UsageError(msg)), true);
+    else process.stderr.write(`error: ${msg}\n`);
+    return EXIT_USAGE;
+  }
+  try {
+    const reportBytes = decodeEvidenceBytes(readFileOrFail(file, 'report file'));
+    const report = parseSnpReport(reportBytes);
+    const reportProduct = productFromReport(report);
+    const collateral = opts.collateralDir === undefined ? undefined : new SnpCollateralSource({ dir: opts.collateralDir });
+
+    let endorsement: Buffer | undefined;
+    if (opts.vcek !== undefined) {
+      const certs = certificatesFromFile(readFileOrFail(opts.vcek, '--vcek'), `--vcek ${opts.vcek}`);
+      if (certs.length !== 1) throw new SigilError('sev.cert_malformed', `--vcek ${opts.vcek} must hold exactly one certificate, found ${certs.length}`);
+      endorsement = certs[0];
+    } else if (collateral) {
+      endorsement = await collateral.vcek(reportProduct ? [reportProduct] : SNP_PRODUCTS, report.chipId, report.reportedTcb);
+    }
+
+    const chain: Buffer[] = [];
+    if (opts.ca !== undefined) chain.push(...certificatesFromFile(readFileOrFail(opts.ca, '--ca'), `--ca ${opts.ca}`));
+    let product: SnpProduct | undefined = reportProduct;
+    if (!product && endorsement) {
+      const leaf = parseSevCert(endorsement, 'VCEK/VLEK');
+      product = productFromEndorsementCert(leaf, parseAmdExtensions(leaf));
+    }
+    if (chain.length === 0 && collateral && product) chain.push(...((await collateral.chain(product, report.signingKey)) ?? []));
+    if (chain.length === 0 && endorsement) {
+      const p = product ?? '<product>';
+      throw new SigilError(
+        'sev.chain_incomplete',
+        `no ${report.signingKey === 'vcek' ? 'ASK' : 'ASVK'}+ARK chain: pass --ca ${report.signingKey === 'vcek' ? 'ask' : 'asvk'}_ark_${p}.pem (AMD KDS /${report.signingKey}/v1/<Product>/cert_chain) or --collateral-dir holding it`,
+      );
+    }
+
+    const v = verifySnpEvidence(
+      { report: reportBytes, ...(endorsement ? { endorsementCert: endorsement } : {}), chain },
+      {
+        now: at,
+        allowDebug: opts.allowDebug === true,
+        ...(vmpls ? { vmpls } : {}),
+        ...(reportData ? { expectedReportData: reportData } : {}),
+        ...(arkSha256 ? { arkSha256: { milan: arkSha256, genoa: arkSha256, turin: arkSha256 } } : {}),
+      },
+    );
+    return printEvidenceOutcome({ ok: true, attestor: SEV_ATTESTOR, selectors: v.selectors, claims: v.claims }, json);
+  } catch (e) {
+    return printEvidenceOutcome(rejectedOutcome(SEV_ATTESTOR, e), json);
+  }
+}
+
+/** Add `sev-snp` under `sigil evidence verify`. */
+export function registerSevEvidence(verifyCmd: Command): void {
+  verifyCmd
+    .command('sev-snp')
+    .description('verify an AMD SEV-SNP attestation report (raw, hex or base64) offline')
+    .argument('<file>', 'attestation report (0x4A0 bytes)')
+    .option('--vcek <file>', 'VCEK or VLEK certificate (DER or PEM)')
+    .option('--ca <pem>', 'ASK+ARK (or ASVK+ARK) certificates, PEM; the ARK must match the built-in pin (or --ark-sha256)')
+    .option('--collateral-dir <dir>', 'look up the VCEK (<product>/<hwid>-<tcb>.der) and ask_ark_<product>.pem here')
+    .option('--at <iso-time>', 'verification time (default: now); certificate validity is checked at this time')
+    .option('--allow-debug', 'accept a guest whose policy allows debugging')
+    .option('--vmpl <n...>', 'allowed VMPLs (default 0)')
+    .option('--report-data <hex>', 'require REPORT_DATA to equal this (64 bytes, or a 32-byte binding padded with zeros)')
+    .option('--ark-sha256 <hex>', 'trust the ARK with this SHA-256 (DER) instead of the built-in AMD pins')
+    .option('--json', 'print one JSON object')
+    .action(async (file: string, opts: SevCliOptions) => {
+      process.exitCode = await runSevEvidence(file, opts);
+    });
+}

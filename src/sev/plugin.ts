@@ -1,0 +1,318 @@
+/**
+ * `sev_snp` node attestor (DESIGN §2–§4): the attester half runs in an SEV-SNP guest and sends an
+ * attestation report whose REPORT_DATA = binding ‖ 32 zero bytes; the verifier half verifies it
+ * with verifySnpEvidence at the session time.
+ *
+ * Protocol:
+ *   hello     `{}` or `{ certs: { vcek?, vlek?, ask?, ark? } }`   (base64 DER, from agent config files)
+ *   challenge `{}`
+ *   response  `{ report: <base64 0x4A0 bytes>, certs?: { vcek?, vlek?, ask?, ark? } }` (from the host's certificate table)
+ * Missing certificates come from `collateralDir` and, if enabled, AMD KDS.
+ */
+import { readFile } from 'node:fs/promises';
+import { isAbsolute, resolve } from 'node:path';
+import { Ajv, type ValidateFunction } from 'ajv';
+import type {
+  AgentPluginDeps,
+  AttestorResult,
+  JsonSchema,
+  NodeAttestorAgent,
+  NodeAttestorAgentPlugin,
+  NodeAttestorVerifier,
+  NodeAttestorVerifierPlugin,
+  SessionInput,
+  VerifierPluginDeps,
+} from '../plugins/types.js';
+import { SigilError, asSigilError } from '../errors.js';
+import { type SnpReportSource, type TsmFs, DEFAULT_CONFIGFS_ROOT, createSnpReportSource } from './attester.js';
+import { certBundleFromTable, type SnpCertBundle } from './certtable.js';
+import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert } from './certs.js';
+import { DEFAULT_KDS_BASE_URL, type FetchLike, SnpCollateralSource } from './collateral.js';
+import { type SnpProduct, SNP_PRODUCTS, SNP_REPORT_SIZE, parseSnpReport, productFromReport } from './report.js';
+import { type SnpMinTcb, SEV_ATTESTOR, reportDataForBinding, verifySnpEvidence } from './verify.js';
+
+const CERT_KINDS = ['vcek', 'vlek', 'ask', 'ark'] as const;
+type CertKind = (typeof CERT_KINDS)[number];
+const MAX_CERT_B64 = Math.ceil((16 * 1024) / 3) * 4;
+
+const hex64 = { type: 'string', pattern: '^[0-9a-fA-F]{64}$' };
+const spl = { type: 'integer', minimum: 0, maximum: 255 };
+
+export const sevVerifierConfigSchema: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    allowDebug: { type: 'boolean', default: false },
+    vmpls: { type: 'array', items: { type: 'integer', minimum: 0, maximum: 3 }, minItems: 1, uniqueItems: true, default: [0] },
+    products: { type: 'array', items: { enum: [...SNP_PRODUCTS] }, minItems: 1, uniqueItems: true, default: [...SNP_PRODUCTS] },
+    minTcb: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { bootloader: spl, tee: spl, snp: spl, microcode: spl, fmc: spl },
+    },
+    minGuestSvn: { type: 'integer', minimum: 0, maximum: 4294967295 },
+    measurements: { type: 'array', items: { type: 'string', pattern: '^[0-9a-fA-F]{96}$' } },
+    arkSha256: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { milan: hex64, genoa: hex64, turin: hex64 },
+    },
+    collateralDir: { type: 'string', minLength: 1 },
+    kds: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['enabled'],
+      properties: {
+        enabled: { type: 'boolean', default: false },
+        baseUrl: { type: 'string', pattern: '^https?://[^\\s]+$', default: DEFAULT_KDS_BASE_URL },
+      },
+    },
+  },
+};
+
+export const sevAgentConfigSchema: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    transport: { enum: ['auto', 'configfs', 'ioctl'], default: 'auto' },
+    configfsRoot: { type: 'string', minLength: 1, default: DEFAULT_CONFIGFS_ROOT },
+    privlevel: { type: 'integer', minimum: 0, maximum: 3 },
+    certsBufferLen: { type: 'integer', minimum: 4096, maximum: 16384 },
+    certFiles: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { vcek: { type: 'string' }, vlek: { type: 'string' }, ask: { type: 'string' }, ark: { type: 'string' } },
+    },
+  },
+};
+
+export interface SevVerifierConfig {
+  allowDebug?: boolean;
+  vmpls?: number[];
+  products?: SnpProduct[];
+  minTcb?: SnpMinTcb;
+  minGuestSvn?: number;
+  measurements?: string[];
+  arkSha256?: Partial<Record<SnpProduct, string>>;
+  collateralDir?: string;
+  kds?: { enabled: boolean; baseUrl?: string };
+}
+
+export interface SevAgentConfig {
+  transport?: 'auto' | 'configfs' | 'ioctl';
+  configfsRoot?: string;
+  privlevel?: number;
+  certsBufferLen?: number;
+  certFiles?: Partial<Record<CertKind, string>>;
+}
+
+const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false });
+const validators = new Map<JsonSchema, ValidateFunction>();
+function validateConfig<T>(schema: JsonSchema, config: unknown, which: string): T {
+  let v = validators.get(schema);
+  if (!v) {
+    v = ajv.compile(schema);
+    validators.set(schema, v);
+  }
+  const c = config ?? {};
+  if (!v(c)) {
+    const err = v.errors?.[0];
+    throw new SigilError('sev.config_invalid', `sev_snp ${which} config${err?.instancePath ?? ''}: ${err?.message ?? 'invalid'}`);
+  }
+  return c as T;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype;
+}
+
+function decodeB64(v: unknown, what: string, maxChars: number): Buffer {
+  if (typeof v !== 'string' || v.length === 0 || v.length > maxChars || !/^[A-Za-z0-9+/]+={0,2}$/.test(v) || v.length % 4 !== 0) {
+    throw new SigilError('sev.payload_invalid', `${what} must be standard base64 (padded, at most ${maxChars} characters)`);
+  }
+  return Buffer.from(v, 'base64');
+}
+
+/** `{ vcek?, vlek?, ask?, ark? }` of base64 strings → DER buffers; unknown keys refused. */
+function decodeCerts(v: unknown, where: string): Partial<Record<CertKind, Buffer>> {
+  if (v === undefined) return {};
+  if (!isPlainObject(v)) throw new SigilError('sev.payload_invalid', `${where}.certs must be an object`);
+  const out: Partial<Record<CertKind, Buffer>> = {};
+  for (const [k, val] of Object.entries(v)) {
+    if (!(CERT_KINDS as readonly string[]).includes(k)) throw new SigilError('sev.payload_invalid', `${where}.certs has unknown key "${k}"`);
+    out[k as CertKind] = decodeB64(val, `${where}.certs.${k}`, MAX_CERT_B64);
+  }
+  return out;
+}
+
+function encodeCerts(c: SnpCertBundle): Record<string, string> | undefined {
+  const out: Record<string, string> = {};
+  for (const k of CERT_KINDS) {
+    const b = c[k];
+    if (b) out[k] = b.toString('base64');
+  }
+  return Object.keys(out).length > 0 ? out : undefined;
+}
+
+function onlyKeys(o: Record<string, unknown>, allowed: string[], where: string): void {
+  for (const k of Object.keys(o)) if (!allowed.includes(k)) throw new SigilError('sev.payload_invalid', `${where} has unknown key "${k}"`);
+}
+
+interface VerifierState {
+  certs: Record<string, string>;
+}
+
+export interface SevVerifierInjection {
+  /** fetch used for AMD KDS (tests point it at a local server by baseUrl instead; this is for full control). */
+  fetch?: FetchLike;
+}
+
+/** Verifier half, with injectable I/O. */
+export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inject: SevVerifierInjection = {}): NodeAttestorVerifier {
+  const cfg = validateConfig<SevVerifierConfig>(sevVerifierConfigSchema, config, 'verifier');
+  const products = cfg.products ?? [...SNP_PRODUCTS];
+  const dir = cfg.collateralDir === undefined ? undefined : isAbsolute(cfg.collateralDir) ? cfg.collateralDir : resolve(deps.configDir, cfg.collateralDir);
+  const collateral = new SnpCollateralSource({
+    ...(dir === undefined ? {} : { dir }),
+    ...(cfg.kds?.enabled ? { kds: { enabled: true, baseUrl: cfg.kds.baseUrl ?? DEFAULT_KDS_BASE_URL } } : {}),
+    ...(inject.fetch ? { fetch: inject.fetch } : {}),
+    onCacheWriteError: (path, e) => deps.logger.warn({ path, err: e instanceof Error ? e.message : String(e) }, 'sev_snp: could not cache collateral'),
+  });
+
+  return {
+    async begin(hello: unknown, _session: SessionInput): Promise<{ challenge: unknown; state: unknown }> {
+      const h = hello ?? {};
+      if (!isPlainObject(h)) throw new SigilError('sev.payload_invalid', 'sev_snp hello must be an object');
+      onlyKeys(h, ['certs'], 'sev_snp hello');
+      const certs = decodeCerts(h.certs, 'sev_snp hello');
+      const state: VerifierState = { certs: encodeCerts(certs) ?? {} };
+      return { challenge: {}, state };
+    },
+
+    async finish(response: unknown, state: unknown, session: SessionInput): Promise<AttestorResult> {
+      try {
+        if (!isPlainObject(response)) throw new SigilError('sev.payload_invalid', 'sev_snp response must be an object');
+        onlyKeys(response, ['report', 'certs'], 'sev_snp response');
+        const reportBytes = decodeB64(response.report, 'sev_snp response.report', Math.ceil(SNP_REPORT_SIZE / 3) * 4);
+        const helloCerts = isPlainObject(state) && isPlainObject(state.certs) ? decodeCerts(state.certs, 'sev_snp session state') : {};
+        const certs = { ...helloCerts, ...decodeCerts(response.certs, 'sev_snp response') };
+
+        const report = parseSnpReport(reportBytes);
+        const reportProduct = productFromReport(report);
+        let endorsement = certs[report.signingKey] ?? certs.vcek ?? certs.vlek;
+        const candidates = reportProduct ? [reportProduct] : products;
+        if (!endorsement && report.signingKey === 'vcek' && collateral.configured) {
+          endorsement = await collateral.vcek(candidates, report.chipId, report.reportedTcb);
+        }
+        const chain = [certs.ask, certs.ark].filter((c): c is Buffer => c !== undefined);
+        if (chain.length < 2 && collateral.configured) {
+          let product = reportProduct;
+          if (!product && endorsement) {
+            const leaf = parseSevCert(endorsement, 'VCEK/VLEK');
+            product = productFromEndorsementCert(leaf, parseAmdExtensions(leaf));
+          }
+          if (product) chain.push(...((await collateral.chain(product, report.signingKey)) ?? []));
+        }
+        const v = verifySnpEvidence(
+          { report: reportBytes, ...(endorsement ? { endorsementCert: endorsement } : {}), chain },
+          {
+            now: session.now,
+            expectedReportData: reportDataForBinding(session.binding),
+            allowDebug: cfg.allowDebug === true,
+            vmpls: cfg.vmpls ?? [0],
+            products,
+            ...(cfg.minTcb ? { minTcb: cfg.minTcb } : {}),
+            ...(cfg.minGuestSvn === undefined ? {} : { minGuestSvn: cfg.minGuestSvn }),
+            ...(cfg.measurements ? { measurements: cfg.measurements } : {}),
+            ...(cfg.arkSha256 ? { arkSha256: cfg.arkSha256 } : {}),
+          },
+        );
+        return { selectors: v.selectors, claims: v.claims, agentIdSuffix: v.agentIdSuffix };
+      } catch (e) {
+        throw asSigilError(e, 'sev.internal', 'sev_snp verification failed unexpectedly');
+      }
+    },
+  };
+}
+
+export const sevVerifierPlugin: NodeAttestorVerifierPlugin = {
+  name: SEV_ATTESTOR,
+  configSchema: sevVerifierConfigSchema,
+  create(config: unknown, deps: VerifierPluginDeps): NodeAttestorVerifier {
+    return createSevVerifier(config, deps);
+  },
+};
+
+export interface SevAgentInjection {
+  /** Report source (default: configfs-tsm with ioctl fallback per config). */
+  source?: SnpReportSource;
+  /** Filesystem for the configfs collector (tests use an in-memory fake). */
+  fs?: TsmFs;
+}
+
+/** Attester half, with injectable I/O. */
+export function createSevAgent(config: unknown, deps: AgentPluginDeps, inject: SevAgentInjection = {}): NodeAttestorAgent {
+  const cfg = validateConfig<SevAgentConfig>(sevAgentConfigSchema, config, 'agent');
+  const source =
+    inject.source ??
+    createSnpReportSource({
+      transport: cfg.transport ?? 'auto',
+      configfsRoot: cfg.configfsRoot ?? DEFAULT_CONFIGFS_ROOT,
+      ...(cfg.privlevel === undefined ? {} : { privlevel: cfg.privlevel }),
+      ...(cfg.certsBufferLen === undefined ? {} : { certsBufferLen: cfg.certsBufferLen }),
+      ...(inject.fs ? { fs: inject.fs } : {}),
+    });
+  const path = (p: string) => (isAbsolute(p) ? p : resolve(deps.configDir, p));
+
+  return {
+    async hello(): Promise<unknown> {
+      const bundle: SnpCertBundle = {};
+      for (const k of CERT_KINDS) {
+        const p = cfg.certFiles?.[k];
+        if (p === undefined) continue;
+        let data: Buffer;
+        try {
+          data = await readFile(path(p));
+        } catch (e) {
+          throw asSigilError(e, 'sev.cert_file_unreadable', `cannot read sev_snp certFiles.${k} ${path(p)}`);
+        }
+        const ders = certificatesFromFile(data, `certFiles.${k}`);
+        if (ders.length !== 1) throw new SigilError('sev.cert_file_unreadable', `sev_snp certFiles.${k} must hold exactly one certificate, found ${ders.length}`);
+        bundle[k] = ders[0];
+      }
+      const certs = encodeCerts(bundle);
+      return certs ? { certs } : {};
+    },
+
+    async respond(challenge: unknown, session: { nonce: Buffer; binding: Buffer; csrSpki: Buffer }): Promise<unknown> {
+      if (!isPlainObject(challenge) || Object.keys(challenge).length !== 0) {
+        throw new SigilError('sev.challenge_invalid', 'sev_snp challenge must be an empty object');
+      }
+      const reportData = reportDataForBinding(session.binding);
+      const raw = await source.getReport(reportData);
+      if (raw.report.length !== SNP_REPORT_SIZE) throw new SigilError('sev.report_length', `guest returned a ${raw.report.length}-byte report`, { status: 500 });
+      // The report must carry what we asked for; anything else means a confused or shared collector.
+      if (!raw.report.subarray(0x50, 0x90).equals(reportData)) {
+        throw new SigilError('sev.attester_report_data_mismatch', 'the guest returned a report whose REPORT_DATA is not the session binding', { status: 500 });
+      }
+      let certs: Record<string, string> | undefined;
+      if (raw.certTable) {
+        try {
+          certs = encodeCerts(certBundleFromTable(raw.certTable));
+        } catch (e) {
+          // The verifier can still use its collateral; say why the host certificates are missing.
+          deps.logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'sev_snp: ignoring malformed host certificate table');
+        }
+      }
+      return certs ? { report: raw.report.toString('base64'), certs } : { report: raw.report.toString('base64') };
+    },
+  };
+}
+
+export const sevAgentPlugin: NodeAttestorAgentPlugin = {
+  name: SEV_ATTESTOR,
+  configSchema: sevAgentConfigSchema,
+  create(config: unknown, deps: AgentPluginDeps): NodeAttestorAgent {
+    return createSevAgent(config, deps);
+  },
+};

@@ -1,0 +1,260 @@
+/**
+ * SEV-SNP evidence verification, pure: report bytes + endorsement certificate + chain
+ * certificates + time + policy in, verified selectors/claims or a SigilError out. No I/O.
+ */
+import { timingSafeEqual, verify as cryptoVerify } from 'node:crypto';
+import { SigilError } from '../errors.js';
+import {
+  type SnpProduct,
+  type SnpReport,
+  type SnpSigningKey,
+  type SnpTcbParts,
+  SNP_PRODUCTS,
+  decodeTcb,
+  encodeTcb,
+  hwIdForProduct,
+  parseSnpReport,
+  productFromReport,
+  tcbHex,
+  tcbReservedZero,
+} from './report.js';
+import { type VerifiedEndorsement, resolveArkPins, verifyEndorsementChain } from './certs.js';
+
+export const SEV_ATTESTOR = 'sev_snp';
+
+export interface SnpMinTcb {
+  bootloader?: number;
+  tee?: number;
+  snp?: number;
+  microcode?: number;
+  /** Turin only; ignored for Milan/Genoa. */
+  fmc?: number;
+}
+
+export interface SnpPolicyOptions {
+  /** Accept reports whose guest policy allows debugging. Default false. */
+  allowDebug?: boolean;
+  /** VMPLs the report may come from. Default [0]. */
+  vmpls?: number[];
+  /** Product lines accepted. Default all three. */
+  products?: SnpProduct[];
+  /** Minimum REPORTED_TCB components. */
+  minTcb?: SnpMinTcb;
+  minGuestSvn?: number;
+  /** Allowed launch measurements (hex, 48 bytes each). Empty or absent = any. */
+  measurements?: string[];
+  /** ARK SHA-256 overrides per product (tests, or a new AMD root). */
+  arkSha256?: Partial<Record<SnpProduct, string>>;
+}
+
+export interface SnpEvidence {
+  /** The 0x4A0-byte attestation report. */
+  report: Uint8Array;
+  /** VCEK or VLEK certificate, DER. */
+  endorsementCert?: Uint8Array;
+  /** ASK/ASVK and ARK certificates, DER, any order. */
+  chain?: readonly Uint8Array[];
+}
+
+export interface SnpVerifyOptions extends SnpPolicyOptions {
+  /** Verification time (certificate validity). */
+  now: Date;
+  /** When set, REPORT_DATA must equal these 64 bytes (compared in constant time). */
+  expectedReportData?: Uint8Array;
+}
+
+export interface SnpVerification {
+  report: SnpReport;
+  product: SnpProduct;
+  signingKey: SnpSigningKey;
+  reportedTcb: SnpTcbParts;
+  selectors: string[];
+  claims: Record<string, unknown>;
+  agentIdSuffix: string;
+}
+
+function fail(code: string, message: string, status = 403): never {
+  throw new SigilError(code, message, { status });
+}
+
+/** REPORT_DATA for a session: binding ‖ 32 zero bytes (DESIGN §3). */
+export function reportDataForBinding(binding: Uint8Array): Buffer {
+  if (binding.byteLength !== 32) throw new SigilError('sev.binding_invalid', `session binding must be 32 bytes, got ${binding.byteLength}`);
+  return Buffer.concat([Buffer.from(binding), Buffer.alloc(32)]);
+}
+
+const TCB_NAMES: (keyof SnpMinTcb)[] = ['bootloader', 'tee', 'snp', 'microcode', 'fmc'];
+
+function checkEndorsementMatchesReport(report: SnpReport, end: VerifiedEndorsement): void {
+  const product = end.product;
+  if (report.signingKey !== end.kind) {
+    fail('sev.signing_key_mismatch', `report says it is signed by the ${report.signingKey.toUpperCase()} but the certificate is a ${end.kind.toUpperCase()}`);
+  }
+  for (const [name, tcb] of [
+    ['CURRENT_TCB', report.currentTcb],
+    ['REPORTED_TCB', report.reportedTcb],
+    ['COMMITTED_TCB', report.committedTcb],
+    ['LAUNCH_TCB', report.launchTcb],
+  ] as const) {
+    if (!tcbReservedZero(tcb, product)) fail('sev.report_reserved_nonzero', `report ${name} has non-zero reserved bytes for ${product}`);
+  }
+  if (end.kind === 'vcek' && !report.chipIdMasked) {
+    const hw = end.amd.hwId!;
+    const expectLen = product === 'turin' ? 8 : 64;
+    if (hw.length !== expectLen) fail('sev.vcek_extension_invalid', `${product} VCEK hwID must be ${expectLen} bytes, got ${hw.length}`);
+    const chip = hwIdForProduct(report.chipId, product);
+    const restZero = product !== 'turin' || report.chipId.subarray(8).every((b) => b === 0);
+    if (!chip.equals(hw) || !restZero) fail('sev.chip_id_mismatch', 'report CHIP_ID does not match the VCEK hwID (VCEK of another chip)');
+  }
+  const a = end.amd;
+  if (a.blSpl === undefined || a.teeSpl === undefined || a.snpSpl === undefined || a.ucodeSpl === undefined) {
+    fail('sev.vcek_extension_invalid', `${end.kind.toUpperCase()} lacks one of blSPL, teeSPL, snpSPL, ucodeSPL`);
+  }
+  if (product === 'turin' && a.fmcSpl === undefined) fail('sev.vcek_extension_invalid', 'Turin VCEK lacks fmcSPL');
+  if (product !== 'turin' && a.fmcSpl !== undefined) fail('sev.vcek_extension_invalid', `${product} certificate must not carry fmcSPL`);
+  const expected = encodeTcb({ bootloader: a.blSpl, tee: a.teeSpl, snp: a.snpSpl, microcode: a.ucodeSpl, fmc: a.fmcSpl }, product);
+  // spl_4..spl_7 name the reserved TCB bytes 2..5 on Milan/Genoa; Turin has no defined place for them.
+  a.reservedSpl.forEach((v, i) => {
+    if (v === undefined) return;
+    if (product === 'turin') {
+      if (v !== 0) fail('sev.vcek_extension_invalid', `Turin certificate spl_${i + 4} must be 0`);
+    } else {
+      expected[2 + i] = v;
+    }
+  });
+  if (!expected.equals(report.reportedTcb)) {
+    fail('sev.tcb_mismatch', `report REPORTED_TCB ${tcbHex(report.reportedTcb)} differs from the certificate TCB ${tcbHex(expected)}`);
+  }
+}
+
+function checkPolicy(report: SnpReport, product: SnpProduct, tcb: SnpTcbParts, opts: SnpPolicyOptions): void {
+  if (report.policyFlags.debug && opts.allowDebug !== true) fail('sev.debug_not_allowed', 'guest policy allows debugging (DEBUG bit 19 set) and allowDebug is off');
+  const vmpls = opts.vmpls ?? [0];
+  if (!vmpls.includes(report.vmpl)) fail('sev.vmpl_not_allowed', `report VMPL ${report.vmpl} is not in the allowed list [${vmpls.join(', ')}]`);
+  const products = opts.products ?? SNP_PRODUCTS;
+  if (!products.includes(product)) fail('sev.product_not_allowed', `product ${product} is not in the allowed list [${products.join(', ')}]`);
+  if (opts.minTcb) {
+    for (const name of TCB_NAMES) {
+      const min = opts.minTcb[name];
+      if (min === undefined) continue;
+      const have = tcb[name];
+      if (have === undefined) continue; // fmc on Milan/Genoa
+      if (have < min) fail('sev.tcb_too_low', `REPORTED_TCB ${name} SPL ${have} is below the minimum ${min}`);
+    }
+  }
+  if (opts.minGuestSvn !== undefined && report.guestSvn < opts.minGuestSvn) {
+    fail('sev.guest_svn_too_low', `report GUEST_SVN ${report.guestSvn} is below the minimum ${opts.minGuestSvn}`);
+  }
+  if (opts.measurements && opts.measurements.length > 0) {
+    const m = report.measurement.toString('hex');
+    if (!opts.measurements.some((x) => x.toLowerCase() === m)) fail('sev.measurement_not_allowed', `launch MEASUREMENT ${m} is not in the allowed list`);
+  }
+}
+
+const hex = (b: Buffer): string => b.toString('hex');
+
+function tcbClaim(tcb: Buffer, product: SnpProduct): Record<string, unknown> {
+  return { hex: tcbHex(tcb), ...decodeTcb(tcb, product) };
+}
+
+/**
+ * Verify an SEV-SNP attestation report end to end: structure, product line, certificate chain
+ * to the pinned ARK (at `now`), VCEK/VLEK binding to the report (signing key kind, CHIP_ID,
+ * REPORTED_TCB), the report signature, the policy options and, when given, REPORT_DATA.
+ */
+export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions): SnpVerification {
+  if (!(opts.now instanceof Date) || Number.isNaN(opts.now.getTime())) throw new SigilError('sev.time_invalid', 'verification time is not a valid date');
+  const report = parseSnpReport(evidence.report);
+  const reportProduct = productFromReport(report);
+  if (!evidence.endorsementCert) {
+    fail('sev.vcek_missing', `no ${report.signingKey.toUpperCase()} certificate: supply it (agent certificate table, --vcek, collateral dir or KDS)`);
+  }
+  const end = verifyEndorsementChain(evidence.endorsementCert, evidence.chain ?? [], {
+    now: opts.now,
+    reportProduct,
+    pins: resolveArkPins(opts.arkSha256),
+  });
+  const product = end.product;
+  checkEndorsementMatchesReport(report, end);
+
+  let sigOk = false;
+  try {
+    sigOk = cryptoVerify('sha384', report.signed, { key: end.leaf.publicKey, dsaEncoding: 'ieee-p1363' }, report.signatureP1363);
+  } catch {
+    sigOk = false;
+  }
+  if (!sigOk) fail('sev.signature_invalid', `report signature does not verify under the ${end.kind.toUpperCase()}`);
+
+  if (opts.expectedReportData !== undefined) {
+    const exp = Buffer.from(opts.expectedReportData);
+    if (exp.length !== 64) throw new SigilError('sev.report_data_invalid', `expected REPORT_DATA must be 64 bytes, got ${exp.length}`);
+    if (!timingSafeEqual(exp, report.reportData)) fail('sev.report_data_mismatch', 'report REPORT_DATA does not match the expected value (session binding)');
+  }
+
+  const tcb = decodeTcb(report.reportedTcb, product);
+  checkPolicy(report, product, tcb, opts);
+
+  const sel = (k: string, v: string | number | boolean): string => `${SEV_ATTESTOR}:${k}:${v}`;
+  // Masked CHIP_ID: the VCEK (which signed this report) still names the chip in hwID.
+  const chipId = end.kind === 'vcek' ? (report.chipIdMasked ? Buffer.concat([end.amd.hwId!, Buffer.alloc(64 - end.amd.hwId!.length)]) : report.chipId) : undefined;
+  const selectors = [
+    sel('measurement', hex(report.measurement)),
+    sel('host_data', hex(report.hostData)),
+    ...(chipId ? [sel('chip_id', hex(chipId))] : []),
+    sel('product', product),
+    sel('signing_key', end.kind),
+    sel('vmpl', report.vmpl),
+    sel('debug', report.policyFlags.debug),
+    sel('guest_svn', report.guestSvn),
+    sel('reported_tcb', tcbHex(report.reportedTcb)),
+    sel('family_id', hex(report.familyId)),
+    sel('image_id', hex(report.imageId)),
+    sel('id_key_digest', hex(report.idKeyDigest)),
+    sel('author_key_digest', hex(report.authorKeyDigest)),
+  ];
+  const claims: Record<string, unknown> = {
+    version: report.version,
+    product,
+    signingKey: end.kind,
+    policy: `0x${report.policy.toString(16)}`,
+    policyFlags: report.policyFlags,
+    platformInfo: `0x${report.platformInfo.toString(16)}`,
+    vmpl: report.vmpl,
+    guestSvn: report.guestSvn,
+    measurement: hex(report.measurement),
+    hostData: hex(report.hostData),
+    familyId: hex(report.familyId),
+    imageId: hex(report.imageId),
+    idKeyDigest: hex(report.idKeyDigest),
+    authorKeyDigest: hex(report.authorKeyDigest),
+    authorKeyEn: report.authorKeyEn,
+    reportData: hex(report.reportData),
+    reportId: hex(report.reportId),
+    reportIdMa: hex(report.reportIdMa),
+    reportedTcb: tcbClaim(report.reportedTcb, product),
+    currentTcb: tcbClaim(report.currentTcb, product),
+    committedTcb: tcbClaim(report.committedTcb, product),
+    launchTcb: tcbClaim(report.launchTcb, product),
+    currentVersion: `${report.currentVersion.major}.${report.currentVersion.minor}.${report.currentVersion.build}`,
+    committedVersion: `${report.committedVersion.major}.${report.committedVersion.minor}.${report.committedVersion.build}`,
+    chipIdMasked: report.chipIdMasked,
+    endorsementSha256: end.leaf.sha256,
+    endorsementNotAfter: end.leaf.notAfter.toISOString(),
+    arkSha256: end.ark.sha256,
+  };
+  if (chipId) claims.chipId = hex(chipId);
+  if (end.amd.cspId !== undefined) claims.cspId = end.amd.cspId;
+  if (report.cpuid) claims.cpuid = report.cpuid;
+  if (report.launchMitVector !== undefined) claims.launchMitVector = `0x${report.launchMitVector.toString(16)}`;
+  if (report.currentMitVector !== undefined) claims.currentMitVector = `0x${report.currentMitVector.toString(16)}`;
+
+  return {
+    report,
+    product,
+    signingKey: end.kind,
+    reportedTcb: tcb,
+    selectors,
+    claims,
+    agentIdSuffix: chipId ? hex(chipId) : hex(report.measurement),
+  };
+}

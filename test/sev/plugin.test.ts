@@ -1,0 +1,314 @@
+/**
+ * `sev_snp` plugin halves in a full protocol round at plugin level: agent.hello → verifier.begin →
+ * agent.respond (fake configfs-tsm kernel) → verifier.finish, with payloads passed through JSON as
+ * on the wire. Collateral from a directory and from a local HTTP server standing in for AMD KDS
+ * (the real KDS is not reachable from here).
+ */
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { type Server, createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Ajv } from 'ajv';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sessionBinding } from '../../src/plugins/binding.js';
+import type { AgentPluginDeps, SessionInput, VerifierPluginDeps } from '../../src/plugins/types.js';
+import { CERT_GUIDS, buildCertTable } from '../../src/sev/certtable.js';
+import { chainFileName, kdsVcekUrl, vcekFileName } from '../../src/sev/collateral.js';
+import { createSevAgent, createSevVerifier, sevAgentPlugin, sevVerifierPlugin } from '../../src/sev/plugin.js';
+import type { SnpReportSource } from '../../src/sev/attester.js';
+import { type SnpTestChain, makeSnpReport, makeSnpTestChain } from '../support/sev-synthetic.js';
+import { FakeTsm } from './fake-tsm.js';
+import { codeOfAsync } from './helpers.js';
+
+const NOW = new Date('2026-03-01T12:00:00Z');
+const logger = pino({ level: 'silent' });
+let tmp = '';
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'sigil-sev-plugin-'));
+});
+afterAll(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+const vdeps = (): VerifierPluginDeps => ({
+  trustDomain: 'example.org',
+  logger,
+  now: () => NOW,
+  state: { get: async () => undefined, put: async () => undefined },
+  configDir: tmp,
+});
+const adeps = (): AgentPluginDeps => ({ trustDomain: 'example.org', logger, dataDir: tmp, configDir: tmp, now: () => NOW });
+
+function newSession(): SessionInput {
+  const nonce = randomBytes(32);
+  const csrSpki = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
+  return { nonce, csrSpki, binding: sessionBinding(nonce, csrSpki), now: NOW };
+}
+const wire = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
+
+function auxFor(chain: SnpTestChain, kinds: ('endorsement' | 'ask' | 'ark')[] = ['endorsement', 'ask', 'ark']): Buffer {
+  const entries = [];
+  if (kinds.includes('endorsement')) entries.push({ guid: chain.signingKey === 'vcek' ? CERT_GUIDS.vcek : CERT_GUIDS.vlek, data: chain.endorsement });
+  if (kinds.includes('ask')) entries.push({ guid: CERT_GUIDS.ask, data: chain.intermediate });
+  if (kinds.includes('ark')) entries.push({ guid: CERT_GUIDS.ark, data: chain.ark });
+  return buildCertTable(entries, 8192);
+}
+
+/** Fake guest: a configfs-tsm kernel that signs reports with `chain`. */
+function guest(chain: SnpTestChain, o: { aux?: Buffer | null; report?: Partial<Parameters<typeof makeSnpReport>[0]> } = {}) {
+  return new FakeTsm({
+    produce: (inblob, privlevel) => ({
+      report: makeSnpReport({ chain, reportData: inblob, vmpl: privlevel ?? 0, ...o.report }),
+      ...(o.aux === null ? {} : { aux: o.aux ?? auxFor(chain) }),
+    }),
+  });
+}
+
+async function round(opts: {
+  chain: SnpTestChain;
+  fs: FakeTsm;
+  verifierConfig?: Record<string, unknown>;
+  agentConfig?: Record<string, unknown>;
+  finishSession?: SessionInput;
+  source?: SnpReportSource;
+}) {
+  const verifier = createSevVerifier({ arkSha256: opts.chain.arkPins, ...opts.verifierConfig }, vdeps());
+  const agent = createSevAgent({ configfsRoot: opts.fs.root, transport: 'configfs', ...opts.agentConfig }, adeps(), {
+    fs: opts.fs,
+    ...(opts.source ? { source: opts.source } : {}),
+  });
+  const s = newSession();
+  const hello = wire(await agent.hello());
+  const { challenge, state } = await verifier.begin(hello, s);
+  const response = wire(await agent.respond(wire(challenge), { nonce: s.nonce, binding: s.binding, csrSpki: s.csrSpki }));
+  const result = await verifier.finish(response, wire(state), opts.finishSession ?? s);
+  return { hello, challenge, response, result };
+}
+
+describe('plugin objects', () => {
+  it('both halves are named sev_snp and publish schemas ajv compiles', () => {
+    expect(sevVerifierPlugin.name).toBe('sev_snp');
+    expect(sevAgentPlugin.name).toBe('sev_snp');
+    const ajv = new Ajv({ strict: false });
+    const v = ajv.compile(sevVerifierPlugin.configSchema);
+    expect(v({ allowDebug: false, vmpls: [0], products: ['milan', 'genoa', 'turin'], minTcb: { snp: 8, fmc: 1 }, kds: { enabled: false, baseUrl: 'https://kdsintf.amd.com' } })).toBe(true);
+    expect(v({ bogus: 1 })).toBe(false);
+    expect(v({ products: ['rome'] })).toBe(false);
+    expect(v({ arkSha256: { milan: 'abc' } })).toBe(false);
+    expect(ajv.compile(sevAgentPlugin.configSchema)({ transport: 'ioctl', privlevel: 0 })).toBe(true);
+    expect(ajv.compile(sevAgentPlugin.configSchema)({ privlevel: 7 })).toBe(false);
+  });
+  it('create() validates config itself', async () => {
+    expect(await codeOfAsync(async () => sevVerifierPlugin.create({ vmpls: [9] }, vdeps()))).toBe('sev.config_invalid');
+    expect(await codeOfAsync(async () => sevVerifierPlugin.create({ kds: { baseUrl: 'https://x' } }, vdeps()))).toBe('sev.config_invalid');
+    expect(await codeOfAsync(async () => sevAgentPlugin.create({ mode: 'x' }, adeps()))).toBe('sev.config_invalid');
+    expect(await codeOfAsync(async () => sevVerifierPlugin.create(undefined, vdeps()))).toBe('no error');
+  });
+});
+
+describe('session rounds', () => {
+  const genoa = makeSnpTestChain('genoa');
+  const turin = makeSnpTestChain('turin');
+  const milanVlek = makeSnpTestChain('milan', { signingKey: 'vlek' });
+
+  it('agent ↔ verifier with the host certificate table: selectors, claims, agent id', async () => {
+    const fs = guest(genoa);
+    const { hello, challenge, response, result } = await round({ chain: genoa, fs });
+    expect(hello).toEqual({});
+    expect(challenge).toEqual({});
+    expect(Object.keys(response as object).sort()).toEqual(['certs', 'report']);
+    expect(result.agentIdSuffix).toBe(genoa.chipId.toString('hex'));
+    expect(result.selectors).toContain('sev_snp:product:genoa');
+    expect(result.selectors).toContain(`sev_snp:chip_id:${genoa.chipId.toString('hex')}`);
+    expect(result.selectors).toContain('sev_snp:signing_key:vcek');
+    expect(result.claims.product).toBe('genoa');
+    expect(fs.entries.size).toBe(0);
+  });
+
+  it('Turin and a VLEK chain work the same way', async () => {
+    const t = await round({ chain: turin, fs: guest(turin) });
+    expect(t.result.selectors).toContain('sev_snp:product:turin');
+    const v = await round({ chain: milanVlek, fs: guest(milanVlek) });
+    expect(v.result.selectors).toContain('sev_snp:signing_key:vlek');
+    expect(v.result.selectors.some((s) => s.startsWith('sev_snp:chip_id:'))).toBe(false);
+    expect(v.result.agentIdSuffix).toMatch(/^[0-9a-f]{96}$/);
+  });
+
+  it('evidence bound to another session is rejected (wrong binding)', async () => {
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa), finishSession: newSession() }))).toBe('sev.report_data_mismatch');
+  });
+
+  it('VLEK/VCEK mismatch between the report and the certificate is rejected', async () => {
+    // The report claims VLEK, the host table carries the VCEK.
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa, { report: { signingKey: 'vlek' } }) }))).toBe('sev.signing_key_mismatch');
+    // The report claims VCEK but is signed by the VLEK whose certificate the host sends.
+    expect(await codeOfAsync(() => round({ chain: milanVlek, fs: guest(milanVlek, { report: { signingKey: 'vcek' } }) }))).toBe('sev.signing_key_mismatch');
+  });
+
+  it('policy from the verifier config: debug, VMPL, measurements, minimum TCB', async () => {
+    const dbg = guest(genoa, { report: { policy: 0x30000n | (1n << 19n) } });
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: dbg }))).toBe('sev.debug_not_allowed');
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: dbg, verifierConfig: { allowDebug: true } }))).toBe('no error');
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa), agentConfig: { privlevel: 1 } }))).toBe('sev.vmpl_not_allowed');
+    const r = await round({ chain: genoa, fs: guest(genoa), agentConfig: { privlevel: 1 }, verifierConfig: { vmpls: [0, 1] } });
+    expect(r.result.selectors).toContain('sev_snp:vmpl:1');
+    const meas = 'ab'.repeat(48);
+    const fixed = guest(genoa, { report: { measurement: Buffer.from(meas, 'hex') } });
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: fixed, verifierConfig: { measurements: [meas] } }))).toBe('no error');
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: fixed, verifierConfig: { measurements: ['cd'.repeat(48)] } }))).toBe('sev.measurement_not_allowed');
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa), verifierConfig: { minTcb: { snp: 9 } } }))).toBe('sev.tcb_too_low');
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa), verifierConfig: { products: ['milan'] } }))).toBe('sev.product_not_allowed');
+  });
+
+  it('certificates from agent files (hello) when the host has none', async () => {
+    const dir = join(tmp, 'agentcerts');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'vcek.der'), genoa.endorsement);
+    await writeFile(join(dir, 'ask.der'), genoa.intermediate);
+    await writeFile(join(dir, 'ark.pem'), genoa.chainPem.split(/(?=-----BEGIN)/)[1]!);
+    const { hello, response, result } = await round({
+      chain: genoa,
+      fs: guest(genoa, { aux: null }),
+      agentConfig: { certFiles: { vcek: 'agentcerts/vcek.der', ask: join(dir, 'ask.der'), ark: 'agentcerts/ark.pem' } },
+    });
+    expect(Object.keys((hello as { certs: object }).certs).sort()).toEqual(['ark', 'ask', 'vcek']);
+    expect(response).not.toHaveProperty('certs');
+    expect(result.selectors).toContain('sev_snp:product:genoa');
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa, { aux: null }), agentConfig: { certFiles: { vcek: 'agentcerts/missing.der' } } }))).toBe(
+      'sev.cert_file_unreadable',
+    );
+  });
+
+  it('no certificates anywhere → sev.vcek_missing; a malformed host table is dropped by the agent', async () => {
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa, { aux: null }) }))).toBe('sev.vcek_missing');
+    const broken = auxFor(genoa);
+    broken.writeUInt32LE(0xffff, 20);
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa, { aux: broken }) }))).toBe('sev.vcek_missing');
+  });
+
+  it('the agent refuses a report that does not carry its REPORT_DATA', async () => {
+    const source: SnpReportSource = { getReport: async () => ({ report: makeSnpReport({ chain: genoa }), via: 'configfs' }) };
+    expect(await codeOfAsync(() => round({ chain: genoa, fs: guest(genoa), source }))).toBe('sev.attester_report_data_mismatch');
+  });
+
+  it('payload validation', async () => {
+    const verifier = createSevVerifier({ arkSha256: genoa.arkPins }, vdeps());
+    const s = newSession();
+    expect(await codeOfAsync(() => verifier.begin('x', s))).toBe('sev.payload_invalid');
+    expect(await codeOfAsync(() => verifier.begin({ other: 1 }, s))).toBe('sev.payload_invalid');
+    expect(await codeOfAsync(() => verifier.begin({ certs: { vcek: '!!!' } }, s))).toBe('sev.payload_invalid');
+    expect(await codeOfAsync(() => verifier.begin({ certs: { pck: 'AAAA' } }, s))).toBe('sev.payload_invalid');
+    expect(await codeOfAsync(() => verifier.begin({ certs: { vcek: 'A'.repeat(40000) } }, s))).toBe('sev.payload_invalid');
+    const { state } = await verifier.begin(undefined, s);
+    expect(await codeOfAsync(() => verifier.finish({}, state, s))).toBe('sev.payload_invalid');
+    expect(await codeOfAsync(() => verifier.finish(null, state, s))).toBe('sev.payload_invalid');
+    expect(await codeOfAsync(() => verifier.finish({ report: 'AAAA', extra: 1 }, state, s))).toBe('sev.payload_invalid');
+    expect(await codeOfAsync(() => verifier.finish({ report: 'AAAA' }, state, s))).toBe('sev.report_length');
+    expect(await codeOfAsync(() => verifier.finish({ report: 'A'.repeat(5000) }, state, s))).toBe('sev.payload_invalid');
+    const agent = createSevAgent({ configfsRoot: '/nowhere', transport: 'configfs' }, adeps(), { fs: guest(genoa) });
+    expect(await codeOfAsync(() => agent.respond({ x: 1 }, s))).toBe('sev.challenge_invalid');
+    expect(await codeOfAsync(() => agent.respond(null, s))).toBe('sev.challenge_invalid');
+  });
+});
+
+describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
+  const milan = makeSnpTestChain('milan');
+  const turin = makeSnpTestChain('turin');
+  let server: Server;
+  let base = '';
+  const requests: string[] = [];
+  let failWith = 0;
+
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      requests.push(req.url ?? '');
+      if (failWith) {
+        res.statusCode = failWith;
+        res.end();
+        return;
+      }
+      for (const c of [milan, turin]) {
+        const title = c.product === 'milan' ? 'Milan' : 'Turin';
+        if (req.url === `/vcek/v1/${title}/cert_chain`) {
+          res.setHeader('content-type', 'application/x-pem-file');
+          res.end(c.chainPem);
+          return;
+        }
+        if (req.url === new URL(kdsVcekUrl('http://x', c.product, c.chipId, c.reportedTcb)).pathname + new URL(kdsVcekUrl('http://x', c.product, c.chipId, c.reportedTcb)).search) {
+          res.setHeader('content-type', 'application/x-x509-ca-cert');
+          res.end(c.endorsement);
+          return;
+        }
+      }
+      res.statusCode = 404;
+      res.end();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const addr = server.address();
+    base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+  });
+  afterAll(async () => {
+    await new Promise<void>((r) => server.close(() => r()));
+  });
+
+  it('KDS URLs follow the KDS interface (Turin: 8-byte hwID and fmcSPL)', () => {
+    expect(kdsVcekUrl('https://kdsintf.amd.com', 'milan', milan.chipId, milan.reportedTcb)).toBe(
+      `https://kdsintf.amd.com/vcek/v1/Milan/${milan.chipId.toString('hex')}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115`,
+    );
+    expect(kdsVcekUrl('https://kdsintf.amd.com/', 'turin', turin.chipId, turin.reportedTcb)).toBe(
+      `https://kdsintf.amd.com/vcek/v1/Turin/${turin.hwId.toString('hex')}?fmcSPL=1&blSPL=3&teeSPL=2&snpSPL=5&ucodeSPL=97`,
+    );
+  });
+
+  it('fetches the VCEK and chain from KDS into the cache, then works from the cache offline', async () => {
+    const dir = join(tmp, 'kds-cache');
+    const cfg = { collateralDir: dir, kds: { enabled: true, baseUrl: base } };
+    for (const chain of [milan, turin]) {
+      requests.length = 0;
+      const r = await round({ chain, fs: guest(chain, { aux: null }), verifierConfig: cfg });
+      expect(r.result.selectors).toContain(`sev_snp:product:${chain.product}`);
+      expect(requests.length).toBe(2);
+      expect(existsSync(vcekFileName(dir, chain.product, chain.chipId, chain.reportedTcb))).toBe(true);
+      expect(existsSync(chainFileName(dir, chain.product, 'vcek'))).toBe(true);
+    }
+    // Cache hits: KDS "down".
+    failWith = 500;
+    requests.length = 0;
+    const again = await round({ chain: milan, fs: guest(milan, { aux: null }), verifierConfig: cfg });
+    expect(again.result.selectors).toContain('sev_snp:product:milan');
+    expect(requests).toEqual([]);
+    // Offline verifier with the cache only (KDS disabled).
+    expect(await codeOfAsync(() => round({ chain: turin, fs: guest(turin, { aux: null }), verifierConfig: { collateralDir: dir } }))).toBe('no error');
+    failWith = 0;
+  });
+
+  it('KDS errors: 5xx → sev.kds_fetch_failed, 404 → sev.vcek_missing, unreachable → sev.kds_fetch_failed', async () => {
+    const fresh = makeSnpTestChain('milan');
+    const dir = join(tmp, 'kds-errors');
+    failWith = 503;
+    expect(await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { collateralDir: dir, kds: { enabled: true, baseUrl: base } } }))).toBe(
+      'sev.kds_fetch_failed',
+    );
+    failWith = 0;
+    expect(await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { kds: { enabled: true, baseUrl: base } } }))).toBe('sev.vcek_missing');
+    expect(
+      await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { kds: { enabled: true, baseUrl: 'http://127.0.0.1:9' } } })),
+    ).toBe('sev.kds_fetch_failed');
+  });
+
+  it('a v2 report (no CPUID) finds its VCEK by trying each product directory', async () => {
+    const dir = join(tmp, 'v2-dir');
+    const p = vcekFileName(dir, 'turin', turin.chipId, turin.reportedTcb);
+    await mkdir(join(dir, 'turin'), { recursive: true });
+    await writeFile(p, turin.endorsement);
+    await writeFile(chainFileName(dir, 'turin', 'vcek'), turin.chainPem);
+    const r = await round({ chain: turin, fs: guest(turin, { aux: null, report: { version: 2 } }), verifierConfig: { collateralDir: dir } });
+    expect(r.result.selectors).toContain('sev_snp:product:turin');
+    // The agent sent only the VCEK; the chain comes from the directory.
+    const r2 = await round({ chain: turin, fs: guest(turin, { aux: auxFor(turin, ['endorsement']), report: { version: 2 } }), verifierConfig: { collateralDir: dir } });
+    expect(r2.result.selectors).toContain('sev_snp:product:turin');
+  });
+});
