@@ -16,7 +16,7 @@ export function validateSelector(s: unknown): string {
   if (i <= 0 || i === s.length - 1) throw new SigilError('selector.invalid', `selector "${s}" must be "type:value" with both parts non-empty`);
   const type = s.slice(0, i);
   if (!TYPE_RE.test(type)) throw new SigilError('selector.invalid', `selector "${s}": type "${type}" must be lowercase letters, digits and _`);
-  if (/[\x00-\x1f\x7f]/.test(s)) throw new SigilError('selector.invalid', `selector "${s.slice(0, 40)}…" contains control characters`);
+  if ([...s].some((ch) => ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f)) throw new SigilError('selector.invalid', `selector "${s.slice(0, 40)}…" contains control characters`);
   return s;
 }
 
