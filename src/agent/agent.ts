@@ -1,0 +1,206 @@
+/**
+ * `sigil agent`: wires the node identity (attest / renew / re-attest), the entry sync, the SVID
+ * cache and the Workload API server. Only configuration problems fail the start; an unreachable
+ * or refusing verifier is retried in the background with backoff while the Workload API serves
+ * whatever is cached.
+ */
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
+import { pino, type Logger } from 'pino';
+import { SigilError } from '../errors.js';
+import { loadNodeAttestorAgents, loadWorkloadAttestors } from '../plugins/loader.js';
+import type { AgentPluginDeps, NodeAttestorAgent } from '../plugins/types.js';
+import type { BackoffOptions } from './backoff.js';
+import type { AgentConfig } from './config.js';
+import { EntrySync } from './entry-sync.js';
+import type { WorkloadIdentitySource } from './identity-source.js';
+import { NodeIdentity, REATTEST_CODES } from './node-attestation.js';
+import { SvidCache } from './svid-cache.js';
+import { TrustStore } from './trust.js';
+import { VerifierClient } from './verifier-client.js';
+import { startWorkloadApi, type WorkloadApiOptions } from './workload-api/server.js';
+
+export interface AgentOptions {
+  logger?: Logger;
+  now?: () => Date;
+  /** Retry pacing for attestation and sync (default base 1 s, cap 60 s, full jitter). */
+  backoff?: BackoffOptions;
+  /** Per-request deadline towards the verifier (default 10 s). */
+  requestTimeoutMs?: number;
+  /** Extra Workload API server options (tests: peer credential reader, limits). */
+  workloadApi?: Partial<Omit<WorkloadApiOptions, 'socketPath' | 'source' | 'attestors' | 'logger'>>;
+}
+
+export interface AgentStatus {
+  agentId: string | undefined;
+  nodeSvidExpiresAt: string | undefined;
+  entries: number;
+  x509Svids: number;
+  lastSync: string | undefined;
+  lastError: { code: string; message: string } | undefined;
+}
+
+export interface RunningAgent {
+  /** The agent's SPIFFE ID once attested. */
+  agentId(): string | undefined;
+  /** Resolves with the agent ID once a node SVID is held. */
+  whenAttested(): Promise<string>;
+  /** The cache the Workload API serves from. */
+  source: WorkloadIdentitySource;
+  /** `unix://…` address of the Workload API. */
+  workloadApiAddress: string;
+  /** Run one entry-sync cycle now and wait for it (errors propagate). */
+  syncNow(): Promise<void>;
+  status(): AgentStatus;
+  close(): Promise<void>;
+}
+
+function prepareDataDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = statSync(dir);
+    if (!st.isDirectory()) throw new Error('not a directory');
+    if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) chmodSync(dir, 0o700);
+  } catch (e) {
+    throw new SigilError('agent.data_dir_unusable', `dataDir ${dir}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): Promise<RunningAgent> {
+  const now = opts.now ?? (() => new Date());
+  const logger = opts.logger ?? pino({ level: config.logLevel, base: { svc: 'sigil-agent' } });
+  prepareDataDir(config.dataDir);
+  const closers: (() => Promise<void> | void)[] = [];
+  const closeAll = async () => {
+    for (const c of closers.reverse()) {
+      try {
+        await c();
+      } catch (e) {
+        logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'error while closing');
+      }
+    }
+    closers.length = 0;
+  };
+  try {
+    const deps: AgentPluginDeps = { trustDomain: config.trustDomain, logger: logger.child({ component: 'plugins' }), dataDir: config.dataDir, configDir: config.configDir, now };
+    const nodeAttestors = await loadNodeAttestorAgents(config.nodeAttestors, deps, config.plugins);
+    closers.push(() => closePlugins(nodeAttestors));
+    const workloadAttestors = await loadWorkloadAttestors(config.workloadAttestors, deps, config.plugins);
+
+    const trust = TrustStore.load({ trustDomain: config.trustDomain, dataDir: config.dataDir, bootstrapPath: config.trustBundle, logger });
+    const client = new VerifierClient({
+      trustDomain: config.trustDomain,
+      address: config.verifier.address,
+      port: config.verifier.port,
+      trust: trust.bundle().x509Authorities,
+      ...(opts.requestTimeoutMs !== undefined ? { timeoutMs: opts.requestTimeoutMs } : {}),
+    });
+    closers.push(() => client.close());
+
+    const node = new NodeIdentity({
+      trustDomain: config.trustDomain,
+      dataDir: config.dataDir,
+      client,
+      trust,
+      attestors: nodeAttestors,
+      logger: logger.child({ component: 'node' }),
+      now,
+      ...(opts.backoff ? { backoff: opts.backoff } : {}),
+    });
+
+    const cache = new SvidCache({
+      trustDomain: config.trustDomain,
+      logger,
+      now,
+      rotationFraction: config.x509SvidRotation,
+      bundle: () => trust.bundle(),
+      mintJwt: async (entryId, audience) => {
+        const generation = node.generation();
+        try {
+          return await client.mintJwt(entryId, audience);
+        } catch (e) {
+          if (e instanceof SigilError && (REATTEST_CODES.has(e.code) || e.code === 'agent.verifier_untrusted')) {
+            if (e.code === 'agent.verifier_untrusted') node.trustFailure(e);
+            else node.invalidate(e, generation);
+            throw new SigilError(e.code, `${e.message} (the agent is attesting again; retry shortly)`, { status: 503 });
+          }
+          throw e;
+        }
+      },
+    });
+    trust.onChange(() => cache.bundleUpdated());
+
+    const sync = new EntrySync({
+      trustDomain: config.trustDomain,
+      client,
+      cache,
+      node,
+      trust,
+      logger: logger.child({ component: 'sync' }),
+      now,
+      intervalMs: Math.round(config.syncIntervalSeconds * 1000),
+      ...(opts.backoff ? { backoff: opts.backoff } : {}),
+    });
+
+    const server = await startWorkloadApi({
+      ...(opts.workloadApi ?? {}),
+      socketPath: config.workloadApiSocket,
+      source: cache,
+      attestors: workloadAttestors,
+      logger,
+    });
+    closers.push(() => server.close());
+
+    node.start();
+    sync.start();
+    closers.push(async () => {
+      // Stop both loops, then drop verifier connections so an in-flight request fails at once
+      // instead of running into its 10 s deadline.
+      const stopped = Promise.all([sync.close(), node.close()]);
+      client.close();
+      await stopped;
+    });
+
+    logger.info(
+      {
+        trustDomain: config.trustDomain,
+        verifier: `${config.verifier.address}:${config.verifier.port}`,
+        workloadApi: server.address,
+        nodeAttestors: [...nodeAttestors.keys()],
+        workloadAttestors: [...workloadAttestors.keys()],
+      },
+      'agent running',
+    );
+
+    let closed: Promise<void> | undefined;
+    return {
+      agentId: () => node.agentId(),
+      whenAttested: async () => (await node.whenReady()).agentId,
+      source: cache,
+      workloadApiAddress: server.address,
+      syncNow: () => sync.syncNow(),
+      status: () => {
+        const cur = node.current();
+        const err = sync.error() ?? node.error();
+        return {
+          agentId: node.agentId(),
+          nodeSvidExpiresAt: cur?.notAfter.toISOString(),
+          entries: cache.entryCount(),
+          x509Svids: cache.svidCount(),
+          lastSync: sync.lastSuccess()?.toISOString(),
+          lastError: err ? { code: err.code, message: err.message } : undefined,
+        };
+      },
+      close: () => {
+        closed ??= closeAll().then(() => logger.info('agent stopped'));
+        return closed;
+      },
+    };
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+}
+
+async function closePlugins(m: Map<string, NodeAttestorAgent>): Promise<void> {
+  for (const a of m.values()) await a.close?.();
+}

@@ -1,0 +1,221 @@
+/**
+ * Keeps the SVID cache in step with the verifier: every `syncInterval` (2 s by default, so entry
+ * changes reach workloads well within 5 s) it
+ *   1. refreshes the trust bundle (GET /v1/bundle),
+ *   2. fetches the authorized entries (GET /v1/entries/authorized with If-None-Match, so an
+ *      unchanged set costs a 304),
+ *   3. makes a P-256 key and CSR in the agent for every entry that has no SVID or whose SVID is due
+ *      for rotation, and has them signed in batches of at most 500 (POST /v1/svid/x509),
+ *      verifying every returned chain against the bundle before caching it.
+ * The next cycle runs earlier when an SVID's rotation point comes first. When the verifier is
+ * unreachable the cache is left as it is (still-valid SVIDs keep being served) and retries back off
+ * with full jitter.
+ */
+import type { KeyObject } from 'node:crypto';
+import type { Logger } from 'pino';
+import { SigilError, asSigilError } from '../errors.js';
+import { parseCertificate } from '../spiffe/cert.js';
+import { createCsr } from '../spiffe/csr.js';
+import { spkiDer } from '../spiffe/keys.js';
+import { verifyX509Svid } from '../spiffe/x509svid.js';
+import { Backoff, type BackoffOptions } from './backoff.js';
+import { REATTEST_CODES, newP256Key, type NodeIdentity } from './node-attestation.js';
+import type { SvidCache } from './svid-cache.js';
+import type { TrustStore } from './trust.js';
+import type { AuthorizedEntry, VerifierClient } from './verifier-client.js';
+
+export const X509_BATCH = 500;
+
+export interface EntrySyncOptions {
+  trustDomain: string;
+  client: VerifierClient;
+  cache: SvidCache;
+  node: NodeIdentity;
+  trust: TrustStore;
+  logger: Logger;
+  now: () => Date;
+  intervalMs: number;
+  backoff?: BackoffOptions;
+}
+
+export class EntrySync {
+  private revision: string | undefined;
+  private agentId: string | undefined;
+  private closed = false;
+  private running: Promise<void> | undefined;
+  private wakeUp: (() => void) | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly backoff: Backoff;
+  private cycleP: Promise<void> | undefined;
+  private lastOk: Date | undefined;
+  private lastError: SigilError | undefined;
+  private unsubscribe: (() => void) | undefined;
+
+  constructor(private readonly o: EntrySyncOptions) {
+    this.backoff = new Backoff(o.backoff);
+  }
+
+  start(): void {
+    this.unsubscribe = this.o.node.onIdentity((s) => {
+      if (s.agentId !== this.agentId) {
+        // A new agent ID (re-attested with another token or factor) may be authorized for other entries.
+        this.agentId = s.agentId;
+        this.revision = undefined;
+        this.wake();
+      }
+    });
+    this.running = this.loop();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.unsubscribe?.();
+    this.wake();
+    await this.running;
+  }
+
+  /** Time of the last fully successful cycle. */
+  lastSuccess(): Date | undefined {
+    return this.lastOk;
+  }
+
+  error(): SigilError | undefined {
+    return this.lastError;
+  }
+
+  /** Run a cycle now (or join the one running) and wait for it. Errors propagate. */
+  syncNow(): Promise<void> {
+    if (!this.cycleP) this.cycleP = this.cycle().finally(() => (this.cycleP = undefined));
+    return this.cycleP;
+  }
+
+  wake(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return new Promise((res) => {
+      this.wakeUp = res;
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.wakeUp = undefined;
+        res();
+      }, Math.max(0, Math.min(ms, 2 ** 31 - 1)));
+      this.timer.unref();
+    });
+  }
+
+  private async loop(): Promise<void> {
+    const interval = this.o.intervalMs;
+    while (!this.closed) {
+      let delay = interval;
+      if (this.o.node.current()) {
+        const generation = this.o.node.generation();
+        try {
+          await this.syncNow();
+          this.backoff.reset();
+          this.lastError = undefined;
+          const next = this.o.cache.nextRotation();
+          if (next) {
+            const untilRotation = next.getTime() - this.o.now().getTime();
+            // A rotation point already passed means its re-issue failed; retry at the normal pace.
+            if (untilRotation > 0) delay = Math.min(interval, untilRotation);
+          }
+        } catch (e) {
+          if (this.closed) break;
+          delay = this.onError(asSigilError(e, 'agent.sync_failed', 'entry sync'), generation);
+        }
+      }
+      await this.sleep(delay);
+    }
+  }
+
+  private onError(err: SigilError, generation: number): number {
+    const interval = this.o.intervalMs;
+    this.lastError = err;
+    if (REATTEST_CODES.has(err.code)) {
+      this.o.node.invalidate(err, generation);
+      return interval;
+    }
+    if (err.code === 'agent.verifier_untrusted') {
+      this.o.node.trustFailure(err);
+      return interval;
+    }
+    if (err.code === 'svid.entry_not_authorized') {
+      // The entry went away between listing and signing: fetch the full list again next cycle.
+      this.revision = undefined;
+      this.o.logger.info({ reason: err.message }, 'entry no longer authorized; refreshing entries');
+      return interval;
+    }
+    const delay = Math.max(interval, this.backoff.next());
+    const level = err.code === 'agent.verifier_unreachable' ? 'warn' : 'error';
+    this.o.logger[level]({ code: err.code, reason: err.message, retryInMs: delay, failures: this.backoff.failures() }, 'entry sync failed; serving cached SVIDs');
+    return delay;
+  }
+
+  private async cycle(): Promise<void> {
+    const { client, cache, trust, logger } = this.o;
+    let changed = false;
+    // 1. bundle (TrustStore listeners rebuild the cache's bundle views and notify on change)
+    if (trust.update(await client.bundle())) client.setTrust(trust.bundle().x509Authorities);
+    // 2. entries
+    const r = await client.authorizedEntries(this.revision);
+    if (r) {
+      if (cache.setEntries(r.entries)) {
+        changed = true;
+        logger.info({ entries: r.entries.length }, 'authorized entries changed');
+      }
+      this.revision = r.revision;
+    }
+    // 3. X.509-SVIDs for new entries and rotations
+    const due = cache.dueForIssue(this.o.now());
+    try {
+      for (let i = 0; i < due.length; i += X509_BATCH) {
+        const n = await this.issue(due.slice(i, i + X509_BATCH));
+        if (n > 0) {
+          changed = false;
+          cache.notify();
+        }
+      }
+    } finally {
+      if (changed) cache.notify();
+    }
+    this.lastOk = this.o.now();
+  }
+
+  /** Make keys + CSRs for `batch`, have them signed, verify and cache. Returns how many were stored. */
+  private async issue(batch: AuthorizedEntry[]): Promise<number> {
+    const { client, cache, logger, trustDomain } = this.o;
+    const keys = await Promise.all(batch.map(() => newP256Key()));
+    const byEntry = new Map(batch.map((e, i) => [e.id, { entry: e, key: keys[i] as { privateKey: KeyObject; publicKey: KeyObject } }]));
+    const issued = await client.signX509(batch.map((e, i) => ({ entryId: e.id, csr: createCsr(keys[i] as { privateKey: KeyObject }) })));
+    const now = this.o.now();
+    const authorities = this.o.trust.bundle().x509Authorities;
+    let stored = 0;
+    for (const s of issued) {
+      const want = byEntry.get(s.entryId);
+      if (!want) {
+        logger.error({ entryId: s.entryId }, 'verifier returned an SVID for an entry not asked for; ignored');
+        continue;
+      }
+      try {
+        const v = verifyX509Svid(s.chain, (td) => (td === trustDomain ? authorities : undefined), now);
+        if (v.spiffeId.toString() !== want.entry.spiffeId) throw new SigilError('agent.bad_svid', `SVID is for ${v.spiffeId.toString()}, entry is ${want.entry.spiffeId}`);
+        const leaf = parseCertificate(v.leafDer);
+        if (!leaf.spki.equals(spkiDer(want.key.publicKey))) throw new SigilError('agent.bad_svid', 'SVID does not carry the key the agent made');
+        cache.putSvid(want.entry, s.chain, want.key.privateKey, leaf.notBefore, v.notAfter, now);
+        stored++;
+      } catch (e) {
+        const err = asSigilError(e, 'agent.bad_svid', 'issued SVID');
+        logger.error({ entryId: s.entryId, code: err.code, reason: err.message }, 'verifier issued an SVID that does not verify; not served');
+      }
+    }
+    if (stored > 0) logger.debug({ count: stored }, 'X.509-SVIDs issued');
+    return stored;
+  }
+}

@@ -1,0 +1,320 @@
+/**
+ * The agent's cache of authorized entries, workload X.509-SVIDs, JWT-SVIDs and bundles, served to
+ * the Workload API as a `WorkloadIdentitySource`. Everything the Workload API reads synchronously
+ * comes from memory, so workloads keep getting their (still valid) SVIDs while the verifier is
+ * unreachable. Filled by `EntrySync`.
+ */
+import type { KeyObject } from 'node:crypto';
+import type { Logger } from 'pino';
+import { SigilError } from '../errors.js';
+import type { SpiffeBundle } from '../spiffe/bundle.js';
+import { SpiffeBundle as Bundle } from '../spiffe/bundle.js';
+import { decodeJwtSvidUnverified, validateJwtSvid } from '../spiffe/jwtsvid.js';
+import type { CachedX509Svid, JwtSvidResult, WorkloadIdentitySource } from './identity-source.js';
+import type { AuthorizedEntry } from './verifier-client.js';
+
+export const DEFAULT_JWT_CACHE_SIZE = 10_000;
+/** Rotation jitter: ± this fraction of the rotation point. */
+export const ROTATION_JITTER = 0.1;
+
+/**
+ * When to rotate an SVID: `fraction` of its lifetime (counted from `start`), ± 10 % jitter so a
+ * node's SVIDs do not all renew in the same instant. Clamped to [5 %, 95 %] of the lifetime.
+ */
+export function rotationTime(start: Date, notAfter: Date, fraction: number, random: () => number = Math.random): Date {
+  const life = Math.max(0, notAfter.getTime() - start.getTime());
+  const f = Math.min(0.95, Math.max(0.05, fraction * (1 + (random() * 2 - 1) * ROTATION_JITTER)));
+  return new Date(start.getTime() + life * f);
+}
+
+/** An entry applies to a workload when all its selectors are among the workload's selectors. */
+export function entryMatches(entrySelectors: readonly string[], workload: ReadonlySet<string>): boolean {
+  if (entrySelectors.length === 0) return false;
+  for (const s of entrySelectors) if (!workload.has(s)) return false;
+  return true;
+}
+
+interface HeldSvid extends CachedX509Svid {
+  rotateAt: Date;
+  /** Entry fields the SVID was issued for; a change means a new SVID. */
+  issuedFor: string;
+}
+
+interface JwtCached {
+  entryId: string;
+  revisionNumber: number;
+  result: JwtSvidResult;
+  refreshAt: number;
+}
+
+export interface SvidCacheOptions {
+  trustDomain: string;
+  logger: Logger;
+  now: () => Date;
+  /** Fraction of the lifetime after which X.509-SVIDs rotate (default 0.5). */
+  rotationFraction?: number;
+  random?: () => number;
+  jwtCacheSize?: number;
+  bundle: () => SpiffeBundle;
+  mintJwt: (entryId: string, audience: string[]) => Promise<{ token: string; spiffeId: string; expiresAt: Date }>;
+}
+
+function issuedFor(e: AuthorizedEntry): string {
+  return JSON.stringify([e.spiffeId, [...e.dnsNames].sort(), e.x509SvidTtl]);
+}
+
+export class SvidCache implements WorkloadIdentitySource {
+  private entries = new Map<string, AuthorizedEntry>();
+  /** Each entry under its first selector, with its position: candidates for a workload come from its own selectors. */
+  private bySelector = new Map<string, { e: AuthorizedEntry; pos: number }[]>();
+  private readonly svids = new Map<string, HeldSvid>();
+  private readonly jwts = new Map<string, JwtCached>();
+  private readonly inflight = new Map<string, Promise<JwtSvidResult>>();
+  private readonly listeners = new Set<() => void>();
+  private x509BundleMap: Map<string, Buffer[]> | undefined;
+  private jwtBundleMap: Map<string, Buffer> | undefined;
+  private readonly fraction: number;
+  private readonly random: () => number;
+  private readonly jwtCacheSize: number;
+
+  constructor(private readonly o: SvidCacheOptions) {
+    this.fraction = o.rotationFraction ?? 0.5;
+    this.random = o.random ?? Math.random;
+    this.jwtCacheSize = o.jwtCacheSize ?? DEFAULT_JWT_CACHE_SIZE;
+  }
+
+  /** Live entries whose selectors are all among `selectors`, in entry order. */
+  private matching(selectors: string[], now: number): AuthorizedEntry[] {
+    const set = new Set(selectors);
+    const found: { e: AuthorizedEntry; pos: number }[] = [];
+    for (const sel of set) {
+      for (const c of this.bySelector.get(sel) ?? []) {
+        if (this.live(c.e, now) && entryMatches(c.e.selectors, set)) found.push(c);
+      }
+    }
+    found.sort((a, b) => a.pos - b.pos);
+    return found.map((c) => c.e);
+  }
+
+  // ------------------------------------------------------------ WorkloadIdentitySource
+
+  x509SvidsFor(selectors: string[]): CachedX509Svid[] {
+    const now = this.o.now().getTime();
+    const out: CachedX509Svid[] = [];
+    for (const e of this.matching(selectors, now)) {
+      const s = this.svids.get(e.id);
+      if (!s || s.expiresAt.getTime() <= now) continue;
+      out.push({ entryId: s.entryId, spiffeId: s.spiffeId, chainDer: s.chainDer, privateKey: s.privateKey, privateKeyPkcs8Der: s.privateKeyPkcs8Der, hint: s.hint, expiresAt: s.expiresAt });
+    }
+    return out;
+  }
+
+  x509Bundles(): Map<string, Buffer[]> {
+    if (!this.x509BundleMap) this.x509BundleMap = new Map([[this.o.trustDomain, [...this.o.bundle().x509Authorities]]]);
+    return this.x509BundleMap;
+  }
+
+  jwtBundles(): Map<string, Buffer> {
+    if (!this.jwtBundleMap) {
+      const b = this.o.bundle();
+      // Only the JWT authorities: JWT bundle parsers (go-spiffe's jwtbundle) require a kid on every key.
+      const jwtOnly = new Bundle(this.o.trustDomain, { jwtAuthorities: b.jwtAuthorities, sequence: b.sequence, ...(b.refreshHintSeconds !== undefined ? { refreshHintSeconds: b.refreshHintSeconds } : {}) });
+      this.jwtBundleMap = new Map([[this.o.trustDomain, Buffer.from(JSON.stringify(jwtOnly.toJwks()))]]);
+    }
+    return this.jwtBundleMap;
+  }
+
+  async jwtSvidsFor(selectors: string[], audience: string[], spiffeId?: string): Promise<JwtSvidResult[]> {
+    if (!Array.isArray(audience) || audience.length === 0) throw new SigilError('agent.jwt_audience_required', 'a JWT-SVID needs at least one audience', { status: 400 });
+    if (audience.length > 100 || audience.some((a) => typeof a !== 'string' || a.length === 0 || a.length > 256)) {
+      throw new SigilError('agent.jwt_bad_audience', 'audiences must be 1–100 non-empty strings of at most 256 characters', { status: 400 });
+    }
+    const now = this.o.now().getTime();
+    const seen = new Set<string>();
+    let matches: AuthorizedEntry[] = [];
+    for (const e of this.matching(selectors, now)) {
+      if (seen.has(e.spiffeId)) continue;
+      seen.add(e.spiffeId);
+      matches.push(e);
+    }
+    if (spiffeId !== undefined && spiffeId !== '') {
+      matches = matches.filter((e) => e.spiffeId === spiffeId);
+      if (matches.length === 0) throw new SigilError('agent.jwt_spiffe_id_not_authorized', `no entry for ${spiffeId} applies to the caller`, { status: 403 });
+    }
+    const aud = [...new Set(audience)].sort();
+    return Promise.all(matches.map((e) => this.jwtFor(e, aud)));
+  }
+
+  async validateJwtSvid(token: string, audience: string): Promise<{ spiffeId: string; claims: Record<string, unknown> }> {
+    const b = this.o.bundle();
+    const v = await validateJwtSvid(token, {
+      audience,
+      keysFor: (td) => (td === this.o.trustDomain ? b.jwtAuthorities : undefined),
+      now: this.o.now(),
+    });
+    return { spiffeId: v.spiffeId.toString(), claims: v.claims };
+  }
+
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  // ------------------------------------------------------------ maintenance (EntrySync)
+
+  /** Tell listeners that SVIDs, entries or bundles changed. */
+  notify(): void {
+    for (const l of [...this.listeners]) {
+      try {
+        l();
+      } catch (e) {
+        this.o.logger.error({ err: e }, 'workload identity listener failed');
+      }
+    }
+  }
+
+  /** The trust bundle changed: rebuild bundle views and notify. */
+  bundleUpdated(): void {
+    this.x509BundleMap = undefined;
+    this.jwtBundleMap = undefined;
+    this.notify();
+  }
+
+  /**
+   * Replace the authorized entries. SVIDs of removed entries are dropped, and of entries whose
+   * SPIFFE ID, DNS names or TTL changed (they are issued again). Returns true if anything changed.
+   */
+  setEntries(list: AuthorizedEntry[]): boolean {
+    const next = new Map<string, AuthorizedEntry>();
+    for (const e of list) next.set(e.id, e);
+    let changed = next.size !== this.entries.size;
+    for (const [id, e] of next) {
+      const old = this.entries.get(id);
+      if (!old || old.revisionNumber !== e.revisionNumber || JSON.stringify(old) !== JSON.stringify(e)) changed = true;
+    }
+    for (const [id, s] of this.svids) {
+      const e = next.get(id);
+      if (!e || issuedFor(e) !== s.issuedFor) {
+        this.svids.delete(id);
+        changed = true;
+      }
+    }
+    for (const [k, v] of this.jwts) {
+      if (next.get(v.entryId)?.revisionNumber !== v.revisionNumber) this.jwts.delete(k);
+    }
+    this.entries = next;
+    const index = new Map<string, { e: AuthorizedEntry; pos: number }[]>();
+    let pos = 0;
+    for (const e of next.values()) {
+      const first = e.selectors[0];
+      if (first === undefined) continue; // never matches
+      let l = index.get(first);
+      if (!l) index.set(first, (l = []));
+      l.push({ e, pos: pos++ });
+    }
+    this.bySelector = index;
+    return changed;
+  }
+
+  entryCount(): number {
+    return this.entries.size;
+  }
+
+  svidCount(): number {
+    return this.svids.size;
+  }
+
+  /** Entries that need an X.509-SVID now: none yet, rotation due, or expired. */
+  dueForIssue(now: Date = this.o.now()): AuthorizedEntry[] {
+    const t = now.getTime();
+    const out: AuthorizedEntry[] = [];
+    for (const e of this.entries.values()) {
+      if (!this.live(e, t)) continue;
+      const s = this.svids.get(e.id);
+      if (!s || s.rotateAt.getTime() <= t) out.push(e);
+    }
+    return out;
+  }
+
+  /** Earliest rotation point of a held SVID (undefined: none held). */
+  nextRotation(): Date | undefined {
+    let min: number | undefined;
+    for (const s of this.svids.values()) if (min === undefined || s.rotateAt.getTime() < min) min = s.rotateAt.getTime();
+    return min === undefined ? undefined : new Date(min);
+  }
+
+  /** Store a freshly issued, already verified SVID for `entry`. `receivedAt` starts its rotation clock. */
+  putSvid(entry: AuthorizedEntry, chainDer: Buffer[], privateKey: KeyObject, notBefore: Date, notAfter: Date, receivedAt: Date): void {
+    if (!this.entries.has(entry.id)) return; // removed while the CSR was in flight
+    const start = new Date(Math.max(notBefore.getTime(), receivedAt.getTime()));
+    this.svids.set(entry.id, {
+      entryId: entry.id,
+      spiffeId: entry.spiffeId,
+      chainDer,
+      privateKey,
+      privateKeyPkcs8Der: privateKey.export({ format: 'der', type: 'pkcs8' }),
+      hint: entry.hint,
+      expiresAt: notAfter,
+      rotateAt: rotationTime(start, notAfter, this.fraction, this.random),
+      issuedFor: issuedFor(entry),
+    });
+  }
+
+  /** The held SVID of an entry (for status and tests). */
+  svidOf(entryId: string): (CachedX509Svid & { rotateAt: Date }) | undefined {
+    return this.svids.get(entryId);
+  }
+
+  private live(e: AuthorizedEntry, now: number): boolean {
+    if (e.expiresAt === null) return true;
+    const t = Date.parse(e.expiresAt);
+    return Number.isNaN(t) || t > now;
+  }
+
+  private jwtKey(e: AuthorizedEntry, aud: string[]): string {
+    return JSON.stringify([e.id, e.revisionNumber, aud]);
+  }
+
+  private async jwtFor(e: AuthorizedEntry, aud: string[]): Promise<JwtSvidResult> {
+    const key = this.jwtKey(e, aud);
+    const now = this.o.now().getTime();
+    const hit = this.jwts.get(key);
+    if (hit && now < hit.refreshAt && hit.result.expiresAt.getTime() > now) {
+      this.jwts.delete(key);
+      this.jwts.set(key, hit); // most recently used last
+      return hit.result;
+    }
+    let p = this.inflight.get(key);
+    if (!p) {
+      p = this.mint(e, aud, key).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, p);
+    }
+    try {
+      return await p;
+    } catch (err) {
+      // Verifier unreachable: a cached token past its refresh point but still valid is better than none.
+      if (hit && hit.result.expiresAt.getTime() > this.o.now().getTime()) return hit.result;
+      throw err;
+    }
+  }
+
+  private async mint(e: AuthorizedEntry, aud: string[], key: string): Promise<JwtSvidResult> {
+    const r = await this.o.mintJwt(e.id, aud);
+    // The verifier is authenticated, but a wrong token must never reach a workload: check what it claims.
+    const { claims } = decodeJwtSvidUnverified(r.token);
+    const tokAud = typeof claims.aud === 'string' ? [claims.aud] : Array.isArray(claims.aud) ? claims.aud : [];
+    if (claims.sub !== e.spiffeId || r.spiffeId !== e.spiffeId || !aud.every((a) => tokAud.includes(a))) {
+      throw new SigilError('agent.verifier_bad_response', `verifier minted a JWT-SVID for ${String(claims.sub)} / ${JSON.stringify(tokAud)}; expected ${e.spiffeId} / ${JSON.stringify(aud)}`, { status: 502 });
+    }
+    const receivedAt = this.o.now().getTime();
+    const result: JwtSvidResult = { spiffeId: e.spiffeId, token: r.token, hint: e.hint, expiresAt: r.expiresAt };
+    const refreshAt = receivedAt + Math.max(0, r.expiresAt.getTime() - receivedAt) / 2;
+    this.jwts.delete(key);
+    this.jwts.set(key, { entryId: e.id, revisionNumber: e.revisionNumber, result, refreshAt });
+    while (this.jwts.size > this.jwtCacheSize) {
+      const oldest = this.jwts.keys().next().value as string;
+      this.jwts.delete(oldest);
+    }
+    return result;
+  }
+}

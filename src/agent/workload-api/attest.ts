@@ -1,0 +1,61 @@
+/**
+ * Runs every configured workload attestor for a caller, concurrently, under one deadline. An
+ * attestor that fails or times out is logged and contributes no selectors; the result is the
+ * union of the others' selectors (deduplicated, sorted). Selectors must be prefixed with the
+ * attestor's name (`unix:…` from "unix"); anything else is dropped with a warning, so one plugin
+ * cannot speak for another.
+ */
+import type { Logger } from 'pino';
+import type { Selector, WorkloadAttestor, WorkloadCaller } from '../../plugins/types.js';
+
+export const DEFAULT_ATTEST_TIMEOUT_MS = 5000;
+const MAX_SELECTORS_PER_ATTESTOR = 4096;
+const MAX_SELECTOR_LENGTH = 4096;
+
+export async function attestCaller(
+  caller: WorkloadCaller,
+  attestors: Map<string, WorkloadAttestor>,
+  logger: Logger,
+  timeoutMs = DEFAULT_ATTEST_TIMEOUT_MS,
+): Promise<Selector[]> {
+  const ac = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => {
+      ac.abort();
+      resolve('timeout');
+    }, timeoutMs);
+  });
+  try {
+    const results = await Promise.all(
+      [...attestors].map(async ([name, attestor]): Promise<Selector[]> => {
+        try {
+          const r = await Promise.race([attestor.attest({ ...caller }, ac.signal), timeout]);
+          if (r === 'timeout') {
+            logger.warn({ attestor: name, pid: caller.pid, timeoutMs }, 'workload attestor timed out; it contributes no selectors');
+            return [];
+          }
+          if (!Array.isArray(r)) {
+            logger.warn({ attestor: name, pid: caller.pid }, 'workload attestor returned a non-array; ignored');
+            return [];
+          }
+          const prefix = `${name}:`;
+          const good: Selector[] = [];
+          for (const s of r.slice(0, MAX_SELECTORS_PER_ATTESTOR)) {
+            if (typeof s === 'string' && s.startsWith(prefix) && s.length > prefix.length && s.length <= MAX_SELECTOR_LENGTH) good.push(s);
+            else logger.warn({ attestor: name, selector: String(s).slice(0, 100) }, 'workload attestor returned a selector outside its namespace; dropped');
+          }
+          return good;
+        } catch (e) {
+          const err = e as { code?: string; message?: string };
+          logger.warn({ attestor: name, pid: caller.pid, code: err.code, err: err.message }, 'workload attestor failed; it contributes no selectors');
+          return [];
+        }
+      }),
+    );
+    return [...new Set(results.flat())].sort();
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * Caller identification for one accepted Workload API connection.
+ *
+ * The kernel records the peer's pid/uid/gid when it connects (SO_PEERCRED) and, on newer
+ * kernels, hands out a pidfd for it (SO_PEERPIDFD). A pid is only a number: the caller could
+ * exit and the number be given to another process, which the attestors would then describe. The
+ * defence:
+ *   1. the process start time (field 22 of /proc/<pid>/stat) is read right after accept;
+ *   2. after every attestation the server checks that
+ *      - the pidfd (when there is one) still refers to a live, unreaped process holding the pid
+ *        (so the number cannot have been reused: a live process keeps its pid), and
+ *      - the start time is unchanged and the effective uid/gid in /proc/<pid>/status still
+ *        match the peer credentials;
+ *      on any mismatch the connection is closed and nothing is served on it.
+ * The pidfd is kept open for the life of the connection and closed with it.
+ */
+import { closeSync } from 'node:fs';
+import type { WorkloadCaller } from '../../plugins/types.js';
+import { SigilError } from '../../errors.js';
+import { pidfdStillHolds, readStartTime, readStatus } from '../../workload/proc.js';
+
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+  pidfd?: number;
+}
+
+export class CallerConnection {
+  readonly caller: WorkloadCaller;
+  /** Start time read right after accept (undefined until `ready` resolves). */
+  startTime: bigint | undefined;
+  /** Resolves once the start time has been captured; rejects if the process is already gone. */
+  readonly ready: Promise<void>;
+  private closed = false;
+
+  constructor(
+    peer: PeerCredentials,
+    private readonly procRoot: string,
+    private readonly fdinfoRoot = '/proc/self/fdinfo',
+  ) {
+    this.caller = { pid: peer.pid, uid: peer.uid, gid: peer.gid };
+    if (peer.pidfd !== undefined && peer.pidfd >= 0) this.caller.pidfd = peer.pidfd;
+    this.ready = this.capture();
+    this.ready.catch(() => undefined); // observed by whoever awaits it
+  }
+
+  private async capture(): Promise<void> {
+    if (this.caller.pid <= 0) throw new SigilError('workload_api.no_peer_pid', 'peer credentials carry no pid (caller in another pid namespace?)');
+    this.startTime = await readStartTime(this.procRoot, this.caller.pid);
+    await this.checkPidfd();
+  }
+
+  private async checkPidfd(): Promise<void> {
+    const fd = this.caller.pidfd;
+    if (fd === undefined) return;
+    if (!(await pidfdStillHolds(fd, this.caller.pid, this.fdinfoRoot))) {
+      throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} has exited (pidfd)`);
+    }
+  }
+
+  /** Throws `workload_api.caller_changed` when the process behind the pid is not the one that connected. */
+  async verifyUnchanged(): Promise<void> {
+    await this.ready;
+    await this.checkPidfd();
+    let start: bigint;
+    let status;
+    try {
+      [start, status] = await Promise.all([readStartTime(this.procRoot, this.caller.pid), readStatus(this.procRoot, this.caller.pid)]);
+    } catch (e) {
+      throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} is gone: ${(e as Error).message}`, { cause: e });
+    }
+    if (start !== this.startTime) {
+      throw new SigilError('workload_api.caller_changed', `pid ${this.caller.pid} now belongs to another process (start time changed)`);
+    }
+    if (status.uids[1] !== this.caller.uid || status.gids[1] !== this.caller.gid) {
+      throw new SigilError(
+        'workload_api.caller_changed',
+        `pid ${this.caller.pid} credentials changed since connect (uid ${this.caller.uid}→${status.uids[1]}, gid ${this.caller.gid}→${status.gids[1]})`,
+      );
+    }
+    // The pidfd check last as well: if the process was reaped while /proc was read, the values
+    // read may belong to a new process that happens to match.
+    await this.checkPidfd();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const fd = this.caller.pidfd;
+    if (fd !== undefined) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * The parts of the gRPC-over-HTTP/2 wire protocol (grpc/grpc doc/PROTOCOL-HTTP2.md) that the
+ * Workload API server needs, written by hand on top of node:http2 so that the server owns each
+ * accepted Unix connection (and thus knows its peer credentials). Only identity encoding is
+ * supported: a compressed message is refused.
+ *
+ * Length-Prefixed-Message = Compressed-Flag (1 byte) ‖ Message-Length (4 bytes, big endian) ‖ Message
+ */
+import type { ServerHttp2Stream } from 'node:http2';
+
+export const GrpcStatus = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+} as const;
+export type GrpcStatusCode = (typeof GrpcStatus)[keyof typeof GrpcStatus];
+
+export const STATUS_NAMES: Record<number, string> = Object.fromEntries(Object.entries(GrpcStatus).map(([k, v]) => [v, k]));
+
+/** An error that becomes a gRPC status. */
+export class GrpcError extends Error {
+  constructor(
+    readonly code: GrpcStatusCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'GrpcError';
+  }
+}
+
+export function frameMessage(msg: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(5 + msg.length);
+  out[0] = 0;
+  out.writeUInt32BE(msg.length, 1);
+  out.set(msg, 5);
+  return out;
+}
+
+/**
+ * grpc-message is percent-encoded: bytes outside 0x20–0x7E and '%' itself become %XX (of the
+ * UTF-8 encoding). Messages are clipped to keep trailers small.
+ */
+export function encodeGrpcMessage(s: string): string {
+  const clipped = s.length > 512 ? `${s.slice(0, 509)}...` : s;
+  let out = '';
+  for (const b of Buffer.from(clipped, 'utf8')) {
+    if (b >= 0x20 && b <= 0x7e && b !== 0x25) out += String.fromCharCode(b);
+    else out += `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
+const TIMEOUT_UNITS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 };
+
+/** grpc-timeout → milliseconds; undefined when absent; GrpcError when malformed. */
+export function parseGrpcTimeout(v: string | string[] | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (Array.isArray(v)) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'grpc-timeout given twice');
+  const m = /^(\d{1,8})([HMSmun])$/.exec(v);
+  if (!m) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'malformed grpc-timeout header');
+  return Number(m[1]) * TIMEOUT_UNITS[m[2]!]!;
+}
+
+/** Shared budget of request bytes buffered across all streams of one server. */
+export class ByteBudget {
+  used = 0;
+  constructor(readonly limit: number) {}
+  take(n: number): boolean {
+    if (this.used + n > this.limit) return false;
+    this.used += n;
+    return true;
+  }
+  give(n: number): void {
+    this.used = Math.max(0, this.used - n);
+  }
+}
+
+/**
+ * Read exactly one length-prefixed message from a request stream (unary and server-streaming
+ * calls carry one). The 5-byte prefix is checked as soon as it arrives, so an oversized
+ * declaration is refused before its body is buffered; nothing beyond `maxBytes` is ever held.
+ */
+export function readSingleMessage(stream: ServerHttp2Stream, maxBytes: number, timeoutMs: number, budget: ByteBudget): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    let header: Buffer | undefined;
+    let headerFill = 0;
+    const headBuf = Buffer.alloc(5);
+    let body: Buffer | undefined;
+    let bodyFill = 0;
+    let reserved = 0;
+    let messages = 0;
+    let messageDone = false;
+    let done = false;
+
+    const finish = (err: GrpcError | undefined, value?: Buffer): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      stream.off('data', onData);
+      stream.off('end', onEnd);
+      stream.off('close', onClose);
+      budget.give(reserved);
+      if (err) reject(err);
+      else resolve(value!);
+    };
+    const timer = setTimeout(() => finish(new GrpcError(GrpcStatus.DEADLINE_EXCEEDED, 'request message not received in time')), timeoutMs);
+
+    const onData = (chunk: Buffer): void => {
+      let off = 0;
+      while (off < chunk.length && !done) {
+        if (header === undefined) {
+          const n = Math.min(5 - headerFill, chunk.length - off);
+          chunk.copy(headBuf, headerFill, off, off + n);
+          headerFill += n;
+          off += n;
+          if (headerFill < 5) return;
+          header = headBuf;
+          messages++;
+          if (messages > 1) return finish(new GrpcError(GrpcStatus.INTERNAL, 'more than one request message on a unary or server-streaming call'));
+          const flag = header[0]!;
+          if (flag === 1) return finish(new GrpcError(GrpcStatus.INTERNAL, 'compressed request message, but no compression was negotiated'));
+          if (flag !== 0) return finish(new GrpcError(GrpcStatus.INTERNAL, `invalid compressed-flag byte ${flag}`));
+          const len = header.readUInt32BE(1);
+          if (len > maxBytes) {
+            return finish(new GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, `request message larger than max (${len} vs. ${maxBytes})`));
+          }
+          if (!budget.take(len)) return finish(new GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, 'server is busy receiving other requests'));
+          reserved = len;
+          body = Buffer.allocUnsafe(len);
+          bodyFill = 0;
+          if (len === 0) {
+            // Message complete; any further byte starts a second message.
+            header = undefined;
+            headerFill = 0;
+            messageDone = true;
+          }
+          continue;
+        }
+        const need = body!.length - bodyFill;
+        const n = Math.min(need, chunk.length - off);
+        chunk.copy(body!, bodyFill, off, off + n);
+        bodyFill += n;
+        off += n;
+        if (bodyFill === body!.length) {
+          header = undefined;
+          headerFill = 0;
+          messageDone = true;
+        }
+      }
+    };
+    const onEnd = (): void => {
+      if (!messageDone || headerFill !== 0) {
+        finish(new GrpcError(GrpcStatus.INTERNAL, messages === 0 ? 'request has no message' : 'request message is truncated'));
+        return;
+      }
+      finish(undefined, body!);
+    };
+    const onClose = (): void => finish(new GrpcError(GrpcStatus.CANCELLED, 'stream closed by the client'));
+    stream.on('data', onData);
+    stream.on('end', onEnd);
+    stream.on('close', onClose);
+  });
+}

@@ -1,0 +1,686 @@
+/**
+ * The SPIFFE Workload API server (DESIGN §6; SPIFFE Workload Endpoint and Workload API standards).
+ *
+ * The server owns the Unix listener: every accepted connection's peer credentials are read from
+ * the kernel (SO_PEERCRED, plus SO_PEERPIDFD when available) before the connection is handed to
+ * an HTTP/2 session (node:http2 performServerHandshake), on which the five gRPC methods of
+ * `SpiffeWorkloadAPI` are served with a hand-written gRPC framing layer (./grpc.ts). This is what
+ * lets each call know exactly which process is on the other end of its connection; grpc-js does
+ * not expose the peer socket.
+ *
+ * Bounds: connections (total and per uid), concurrent streams per connection, request message
+ * size, request bytes buffered across the server, HTTP/2 session memory, time to send the
+ * preface and the request, audiences per JWT request. A streaming response to a client that does
+ * not read is coalesced: at most one pending (latest) message is kept per stream.
+ */
+import { randomUUID } from 'node:crypto';
+import { chmod, lstat, mkdir, stat, unlink } from 'node:fs/promises';
+import http2, { type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
+import net from 'node:net';
+import { dirname, isAbsolute } from 'node:path';
+import type { Logger } from 'pino';
+import { SigilError, isSigilError } from '../../errors.js';
+import type { Selector, WorkloadAttestor } from '../../plugins/types.js';
+import { SpiffeId, parseTrustDomain } from '../../spiffe/id.js';
+import type { CachedX509Svid, WorkloadIdentitySource } from '../identity-source.js';
+import { attestCaller, DEFAULT_ATTEST_TIMEOUT_MS } from './attest.js';
+import { CallerConnection, type PeerCredentials } from './caller.js';
+import { ByteBudget, GrpcError, GrpcStatus, encodeGrpcMessage, frameMessage, parseGrpcTimeout, readSingleMessage, type GrpcStatusCode } from './grpc.js';
+import { SERVICE_NAME, encodeMessage, toStruct, workloadCodecs, type X509SvidMsg } from './proto.js';
+import { decodeEmptyRequest, decodeJwtSvidRequest, decodeValidateJwtSvidRequest } from './wire.js';
+
+export interface WorkloadApiOptions {
+  socketPath: string;
+  source: WorkloadIdentitySource;
+  attestors: Map<string, WorkloadAttestor>;
+  logger: Logger;
+  /** Deadline for all workload attestors of one caller (default 5000 ms). */
+  attestTimeoutMs?: number;
+  /** Open connections in total (default 1024). */
+  maxConnections?: number;
+  /** Open connections per peer uid (default: half of maxConnections). */
+  maxConnectionsPerUid?: number;
+  /** Concurrent streams per connection (default 64). */
+  maxConcurrentStreams?: number;
+  /** Largest request message (default 4 MiB, gRPC's default). */
+  maxRequestBytes?: number;
+  /** Request bytes buffered across all streams (default 64 MiB). */
+  maxBufferedRequestBytes?: number;
+  /** Audiences in one FetchJWTSVID request (default 64), each at most 256 characters. */
+  maxAudiences?: number;
+  /** How long a connection's selectors are reused (default 1000 ms). */
+  selectorCacheMs?: number;
+  /** Time for a new connection to send the HTTP/2 preface and SETTINGS (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** Time for a call's request message to arrive (default 10 s). */
+  requestTimeoutMs?: number;
+  /** Upper bound for a unary call when the client sets no deadline (default 30 s). */
+  unaryTimeoutMs?: number;
+  /** A connection without open streams and without traffic for this long is closed (default 5 min). */
+  idleTimeoutMs?: number;
+  /** Root of the proc file system for caller checks (default /proc). */
+  procRoot?: string;
+  /** Reads peer credentials of an accepted fd (default: the native addon's SO_PEERCRED). */
+  peerCred?: (fd: number) => PeerCredentials;
+}
+
+export interface WorkloadApiStats {
+  connections: number;
+  rejectedConnections: number;
+  activeCalls: number;
+  callerChanged: number;
+  /** Response bytes queued in the server's stream buffers (not yet handed to HTTP/2). */
+  bufferedOutputBytes: number;
+}
+
+export interface WorkloadApiServer {
+  close(): Promise<void>;
+  /** `unix://<socketPath>` */
+  address: string;
+  stats(): WorkloadApiStats;
+}
+
+const MAX_AUDIENCE_LENGTH = 256;
+const MAX_VALIDATE_TOKEN_BYTES = 64 * 1024;
+
+/** The fd of an accepted Unix socket (net.Socket keeps it on its libuv pipe handle). */
+export function socketFd(socket: net.Socket): number {
+  const handle: unknown = Reflect.get(socket, '_handle');
+  const fd: unknown = typeof handle === 'object' && handle !== null ? Reflect.get(handle, 'fd') : undefined;
+  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) {
+    throw new SigilError('workload_api.no_socket_fd', 'accepted connection has no file descriptor', { status: 500 });
+  }
+  return fd;
+}
+
+/** Map errors from the identity source to gRPC status codes by their HTTP-like status. */
+export function grpcStatusForError(e: unknown): { code: GrpcStatusCode; message: string; internal: boolean } {
+  if (e instanceof GrpcError) return { code: e.code, message: e.message, internal: false };
+  if (isSigilError(e)) {
+    const s = e.status;
+    if (s === 401 || s === 403 || s === 404) return { code: GrpcStatus.PERMISSION_DENIED, message: e.message, internal: false };
+    if (s === 400 || s === 422) return { code: GrpcStatus.INVALID_ARGUMENT, message: e.message, internal: false };
+    if (s === 429) return { code: GrpcStatus.RESOURCE_EXHAUSTED, message: e.message, internal: false };
+    if (s === 502 || s === 503 || s === 504) return { code: GrpcStatus.UNAVAILABLE, message: e.message, internal: false };
+  }
+  return { code: GrpcStatus.INTERNAL, message: 'internal error', internal: true };
+}
+
+function tdKey(td: string): string {
+  return `spiffe://${parseTrustDomain(td)}`;
+}
+
+function concat(ders: readonly Uint8Array[]): Buffer {
+  return Buffer.concat(ders);
+}
+
+interface ConnState {
+  id: string;
+  conn: CallerConnection;
+  session: ServerHttp2Session;
+  cache: { selectors: Selector[]; at: number } | undefined;
+  inflight: Promise<Selector[]> | undefined;
+  calls: Set<Call>;
+  poisoned: boolean;
+}
+
+/** One gRPC call on one HTTP/2 stream. */
+class Call {
+  private headersSent = false;
+  done = false;
+  private trailers: Record<string, string> = {};
+  private readonly cleanups: (() => void)[] = [];
+
+  constructor(readonly stream: ServerHttp2Stream) {
+    stream.on('close', () => this.markDone());
+  }
+
+  onDone(fn: () => void): void {
+    if (this.done) fn();
+    else this.cleanups.push(fn);
+  }
+
+  private markDone(): void {
+    if (this.done) return;
+    this.done = true;
+    for (const fn of this.cleanups.splice(0)) {
+      try {
+        fn();
+      } catch {
+        // cleanup must not throw
+      }
+    }
+  }
+
+  private sendHeaders(): void {
+    if (this.headersSent) return;
+    this.headersSent = true;
+    this.stream.respond(
+      { ':status': 200, 'content-type': 'application/grpc+proto', 'grpc-accept-encoding': 'identity' },
+      { waitForTrailers: true },
+    );
+    this.stream.once('wantTrailers', () => {
+      try {
+        this.stream.sendTrailers(this.trailers);
+      } catch {
+        // stream went away
+      }
+    });
+  }
+
+  /** Write one message; returns false when the stream is closed. */
+  send(msg: Uint8Array): boolean {
+    if (this.done || this.stream.destroyed || this.stream.closed) return false;
+    this.sendHeaders();
+    this.stream.write(frameMessage(msg));
+    return true;
+  }
+
+  get needsDrain(): boolean {
+    return this.stream.writableNeedDrain;
+  }
+
+  finish(code: GrpcStatusCode, message?: string): void {
+    if (this.done || this.stream.destroyed || this.stream.closed) {
+      this.markDone();
+      return;
+    }
+    const t: Record<string, string> = { 'grpc-status': String(code) };
+    if (message !== undefined && message.length > 0) t['grpc-message'] = encodeGrpcMessage(message);
+    try {
+      if (!this.headersSent) {
+        this.headersSent = true;
+        this.stream.respond({ ':status': 200, 'content-type': 'application/grpc+proto', ...t }, { endStream: true });
+        if (!this.stream.writableEnded) this.stream.end();
+      } else {
+        this.trailers = t;
+        this.stream.end();
+      }
+    } catch {
+      // stream went away
+    }
+    // Anything the client still sends for this call is no longer wanted.
+    this.stream.resume();
+    this.markDone();
+  }
+}
+
+type Handler = (state: ConnState, call: Call, body: Buffer, deadlineMs: number | undefined) => Promise<void>;
+
+export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<WorkloadApiServer> {
+  const logger = opts.logger.child({ component: 'workload-api' });
+  const codecs = workloadCodecs();
+  const maxConnections = opts.maxConnections ?? 1024;
+  const maxPerUid = opts.maxConnectionsPerUid ?? Math.max(1, Math.floor(maxConnections / 2));
+  const maxConcurrentStreams = opts.maxConcurrentStreams ?? 64;
+  const maxRequestBytes = opts.maxRequestBytes ?? 4 * 1024 * 1024;
+  const budget = new ByteBudget(opts.maxBufferedRequestBytes ?? 64 * 1024 * 1024);
+  const maxAudiences = opts.maxAudiences ?? 64;
+  const selectorCacheMs = opts.selectorCacheMs ?? 1000;
+  const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 10_000;
+  const requestTimeoutMs = opts.requestTimeoutMs ?? 10_000;
+  const unaryTimeoutMs = opts.unaryTimeoutMs ?? 30_000;
+  const idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
+  const attestTimeoutMs = opts.attestTimeoutMs ?? DEFAULT_ATTEST_TIMEOUT_MS;
+  const procRoot = opts.procRoot ?? '/proc';
+  const source = opts.source;
+  let peerCred = opts.peerCred;
+  if (!peerCred) {
+    const { loadSys } = await import('../../native/sys.js');
+    const sys = loadSys();
+    peerCred = (fd: number) => sys.peerCred(fd);
+  }
+  const readPeer = peerCred;
+
+  const conns = new Set<ConnState>();
+  const perUid = new Map<number, number>();
+  const counters = { rejectedConnections: 0, callerChanged: 0 };
+  let closing = false;
+  let lastRejectLog = 0;
+
+  // ------------------------------------------------------------------ attestation per connection
+
+  function poison(state: ConnState, reason: string): void {
+    if (state.poisoned) return;
+    state.poisoned = true;
+    counters.callerChanged++;
+    logger.warn({ conn: state.id, pid: state.conn.caller.pid, uid: state.conn.caller.uid, reason }, 'caller changed during attestation; closing connection');
+    for (const c of [...state.calls]) c.finish(GrpcStatus.UNAVAILABLE, 'caller process changed during attestation; reconnect');
+    try {
+      state.session.close();
+    } catch {
+      // already closing
+    }
+    setTimeout(() => state.session.destroy(), 1000).unref();
+  }
+
+  async function selectorsFor(state: ConnState): Promise<Selector[]> {
+    if (state.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
+    const c = state.cache;
+    if (c && Date.now() - c.at < selectorCacheMs) return c.selectors;
+    if (state.inflight) return state.inflight;
+    const p = (async (): Promise<Selector[]> => {
+      try {
+        await state.conn.ready;
+        const selectors = await attestCaller(state.conn.caller, opts.attestors, logger, attestTimeoutMs);
+        await state.conn.verifyUnchanged();
+        state.cache = { selectors, at: Date.now() };
+        logger.debug({ conn: state.id, pid: state.conn.caller.pid, selectors }, 'workload attested');
+        return selectors;
+      } catch (e) {
+        const msg = e instanceof Error ? e.message : String(e);
+        poison(state, msg);
+        throw new GrpcError(GrpcStatus.UNAVAILABLE, 'caller process changed during attestation; reconnect');
+      }
+    })();
+    state.inflight = p;
+    try {
+      return await p;
+    } finally {
+      state.inflight = undefined;
+    }
+  }
+
+  // ------------------------------------------------------------------ responses
+
+  function x509Response(svids: CachedX509Svid[]): Uint8Array | null {
+    if (svids.length === 0) return null;
+    const bundles = new Map<string, Buffer[]>();
+    for (const [td, certs] of source.x509Bundles()) bundles.set(tdKey(td), certs);
+    const own = new Set<string>();
+    const hints = new Set<string>();
+    const out: X509SvidMsg[] = [];
+    for (const s of svids) {
+      if (s.hint.length > 0) {
+        if (hints.has(s.hint)) {
+          logger.warn({ spiffeId: s.spiffeId, hint: s.hint }, 'two SVIDs with the same hint; only the first is served');
+          continue;
+        }
+        hints.add(s.hint);
+      }
+      const td = `spiffe://${SpiffeId.parse(s.spiffeId).trustDomain}`;
+      own.add(td);
+      out.push({
+        spiffe_id: s.spiffeId,
+        x509_svid: concat(s.chainDer),
+        x509_svid_key: s.privateKeyPkcs8Der,
+        bundle: concat(bundles.get(td) ?? []),
+        hint: s.hint,
+      });
+    }
+    const federated: Record<string, Uint8Array> = {};
+    for (const [td, certs] of bundles) if (!own.has(td)) federated[td] = concat(certs);
+    return encodeMessage(codecs.X509SVIDResponse, { svids: out, crl: [], federated_bundles: federated });
+  }
+
+  function x509BundlesResponse(): Uint8Array | null {
+    const bundles: Record<string, Uint8Array> = {};
+    for (const [td, certs] of source.x509Bundles()) bundles[tdKey(td)] = concat(certs);
+    if (Object.keys(bundles).length === 0) return null;
+    return encodeMessage(codecs.X509BundlesResponse, { crl: [], bundles });
+  }
+
+  function jwtBundlesResponse(): Uint8Array | null {
+    const bundles: Record<string, Uint8Array> = {};
+    for (const [td, jwks] of source.jwtBundles()) bundles[tdKey(td)] = jwks;
+    if (Object.keys(bundles).length === 0) return null;
+    return encodeMessage(codecs.JWTBundlesResponse, { bundles });
+  }
+
+  /**
+   * Serve a server-streaming call: send the first message now and a new one (full state) on
+   * every source change that alters it. `build` returning null ends the call with `emptyStatus`.
+   */
+  function serveStream(call: Call, build: () => Uint8Array | null, empty: { code: GrpcStatusCode; message: string }): void {
+    const first = build();
+    if (first === null) {
+      call.finish(empty.code, empty.message);
+      return;
+    }
+    let last = Buffer.from(first);
+    call.send(first);
+    let scheduled = false;
+    let waitingDrain = false;
+    const flush = (): void => {
+      scheduled = false;
+      if (call.done) return;
+      if (call.needsDrain) {
+        waitingDrain = true;
+        return;
+      }
+      let next: Uint8Array | null;
+      try {
+        next = build();
+      } catch (e) {
+        logger.error({ err: (e as Error).message }, 'building a Workload API update failed');
+        call.finish(GrpcStatus.INTERNAL, 'internal error');
+        return;
+      }
+      if (next === null) {
+        call.finish(empty.code, empty.message);
+        return;
+      }
+      const nb = Buffer.from(next);
+      if (nb.equals(last)) return;
+      last = nb;
+      call.send(nb);
+    };
+    const schedule = (): void => {
+      if (scheduled || call.done) return;
+      scheduled = true;
+      setImmediate(flush);
+    };
+    const onDrain = (): void => {
+      if (waitingDrain) {
+        waitingDrain = false;
+        schedule();
+      }
+    };
+    call.stream.on('drain', onDrain);
+    const unsubscribe = source.onChange(schedule);
+    call.onDone(() => {
+      unsubscribe();
+      call.stream.off('drain', onDrain);
+    });
+  }
+
+  async function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        p,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new GrpcError(GrpcStatus.DEADLINE_EXCEEDED, 'deadline exceeded')), ms);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  const NO_IDENTITY = { code: GrpcStatus.PERMISSION_DENIED, message: 'no identity issued' } as const;
+  const NO_BUNDLE = { code: GrpcStatus.UNAVAILABLE, message: 'no trust bundle available yet' } as const;
+
+  const handlers: Record<string, Handler> = {
+    async FetchX509SVID(state, call, body) {
+      decodeEmptyRequest(body);
+      const selectors = await selectorsFor(state);
+      serveStream(call, () => x509Response(source.x509SvidsFor(selectors)), NO_IDENTITY);
+    },
+    async FetchX509Bundles(_state, call, body) {
+      decodeEmptyRequest(body);
+      serveStream(call, x509BundlesResponse, NO_BUNDLE);
+    },
+    async FetchJWTBundles(_state, call, body) {
+      decodeEmptyRequest(body);
+      serveStream(call, jwtBundlesResponse, NO_BUNDLE);
+    },
+    async FetchJWTSVID(state, call, body, deadlineMs) {
+      const req = decodeJwtSvidRequest(body, maxAudiences);
+      if (req.audience.length === 0) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'audience must be specified');
+      for (const a of req.audience) {
+        if (a.length === 0) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'audience must not be empty');
+        if (a.length > MAX_AUDIENCE_LENGTH) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `audience longer than ${MAX_AUDIENCE_LENGTH} characters`);
+      }
+      const audience = [...new Set(req.audience)];
+      let spiffeId: string | undefined;
+      if (req.spiffeId.length > 0) {
+        try {
+          spiffeId = SpiffeId.parse(req.spiffeId).toString();
+        } catch (e) {
+          throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `spiffe_id: ${(e as Error).message}`);
+        }
+      }
+      const selectors = await selectorsFor(state);
+      const results = await withDeadline(source.jwtSvidsFor(selectors, audience, spiffeId), deadlineMs ?? unaryTimeoutMs);
+      if (results.length === 0) throw new GrpcError(NO_IDENTITY.code, NO_IDENTITY.message);
+      const hints = new Set<string>();
+      const svids = [];
+      for (const r of results) {
+        if (r.hint.length > 0) {
+          if (hints.has(r.hint)) continue;
+          hints.add(r.hint);
+        }
+        svids.push({ spiffe_id: r.spiffeId, svid: r.token, hint: r.hint });
+      }
+      call.send(encodeMessage(codecs.JWTSVIDResponse, { svids }));
+      call.finish(GrpcStatus.OK);
+    },
+    async ValidateJWTSVID(_state, call, body, deadlineMs) {
+      const req = decodeValidateJwtSvidRequest(body);
+      if (req.audience.length === 0) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'audience must be specified');
+      if (req.svid.length === 0) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'svid must be specified');
+      if (req.audience.length > MAX_AUDIENCE_LENGTH) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `audience longer than ${MAX_AUDIENCE_LENGTH} characters`);
+      if (req.svid.length > MAX_VALIDATE_TOKEN_BYTES) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'svid is too large');
+      let r: { spiffeId: string; claims: Record<string, unknown> };
+      try {
+        r = await withDeadline(source.validateJwtSvid(req.svid, req.audience), deadlineMs ?? unaryTimeoutMs);
+      } catch (e) {
+        if (e instanceof GrpcError) throw e;
+        if (isSigilError(e) && e.status < 500) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, e.message);
+        throw e;
+      }
+      call.send(encodeMessage(codecs.ValidateJWTSVIDResponse, { spiffe_id: r.spiffeId, claims: toStruct(r.claims) }));
+      call.finish(GrpcStatus.OK);
+    },
+  };
+  const methodPrefix = `/${SERVICE_NAME}/`;
+
+  // ------------------------------------------------------------------ streams
+
+  function handleStream(state: ConnState, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    stream.on('error', (e) => logger.debug({ conn: state.id, err: e.message }, 'stream error'));
+    if (headers[':method'] !== 'POST') {
+      stream.respond({ ':status': 405, allow: 'POST' }, { endStream: true });
+      return;
+    }
+    const ct = headers['content-type'];
+    if (typeof ct !== 'string' || !/^application\/grpc(?:\+proto)?(?:;.*)?$/.test(ct)) {
+      stream.respond({ ':status': 415 }, { endStream: true });
+      return;
+    }
+    const call = new Call(stream);
+    state.calls.add(call);
+    call.onDone(() => state.calls.delete(call));
+    void dispatch(state, call, headers).catch((e: unknown) => {
+      const m = grpcStatusForError(e);
+      if (m.internal) logger.error({ conn: state.id, err: e instanceof Error ? e.message : String(e) }, 'Workload API call failed');
+      call.finish(m.code, m.message);
+    });
+  }
+
+  async function dispatch(state: ConnState, call: Call, headers: IncomingHttpHeaders): Promise<void> {
+    const path = headers[':path'] ?? '';
+    const name = path.startsWith(methodPrefix) ? path.slice(methodPrefix.length) : '';
+    const handler = Object.hasOwn(handlers, name) ? handlers[name] : undefined;
+    if (!handler) throw new GrpcError(GrpcStatus.UNIMPLEMENTED, `unknown method ${path.slice(0, 200)}`);
+    const enc = headers['grpc-encoding'];
+    if (enc !== undefined && enc !== 'identity') throw new GrpcError(GrpcStatus.UNIMPLEMENTED, `grpc-encoding "${String(enc).slice(0, 40)}" is not supported (identity only)`);
+    if (headers['workload.spiffe.io'] !== 'true') throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'security header missing from request');
+    if (state.poisoned || closing) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
+    const timeout = parseGrpcTimeout(headers['grpc-timeout']);
+    let deadlineTimer: NodeJS.Timeout | undefined;
+    if (timeout !== undefined) {
+      deadlineTimer = setTimeout(() => call.finish(GrpcStatus.DEADLINE_EXCEEDED, 'deadline exceeded'), Math.max(0, timeout));
+      call.onDone(() => clearTimeout(deadlineTimer));
+    }
+    const body = await readSingleMessage(call.stream, maxRequestBytes, Math.min(requestTimeoutMs, timeout ?? requestTimeoutMs), budget);
+    if (call.done) return;
+    await handler(state, call, body, timeout);
+  }
+
+  // ------------------------------------------------------------------ connections
+
+  function onConnection(socket: net.Socket): void {
+    socket.on('error', () => undefined);
+    if (closing || conns.size >= maxConnections) {
+      reject(socket, 'too many connections');
+      return;
+    }
+    let peer: PeerCredentials;
+    try {
+      peer = readPeer(socketFd(socket));
+    } catch (e) {
+      logger.warn({ err: (e as Error).message }, 'cannot read peer credentials; connection refused');
+      socket.destroy();
+      return;
+    }
+    const n = perUid.get(peer.uid) ?? 0;
+    if (n >= maxPerUid) {
+      if (peer.pidfd !== undefined) new CallerConnection(peer, procRoot).close();
+      reject(socket, `too many connections for uid ${peer.uid}`);
+      return;
+    }
+    const conn = new CallerConnection(peer, procRoot);
+    let session: ServerHttp2Session;
+    try {
+      session = http2.performServerHandshake(socket, {
+        settings: { maxConcurrentStreams, maxHeaderListSize: 16 * 1024, enablePush: false },
+        maxSessionMemory: 8,
+        maxHeaderListPairs: 64,
+        maxOutstandingPings: 8,
+        maxSettings: 32,
+        maxSessionInvalidFrames: 100,
+        maxSessionRejectedStreams: 100,
+      });
+    } catch (e) {
+      logger.warn({ err: (e as Error).message }, 'HTTP/2 handshake setup failed');
+      conn.close();
+      socket.destroy();
+      return;
+    }
+    const state: ConnState = { id: randomUUID().slice(0, 8), conn, session, cache: undefined, inflight: undefined, calls: new Set(), poisoned: false };
+    conns.add(state);
+    perUid.set(peer.uid, n + 1);
+    let gotSettings = false;
+    const hsTimer = setTimeout(() => {
+      if (!gotSettings) session.destroy();
+    }, handshakeTimeoutMs);
+    hsTimer.unref();
+    session.once('remoteSettings', () => {
+      gotSettings = true;
+      clearTimeout(hsTimer);
+    });
+    session.on('stream', (stream, headers) => handleStream(state, stream, headers));
+    session.on('error', (e) => logger.debug({ conn: state.id, err: e.message }, 'HTTP/2 session error'));
+    session.setTimeout(idleTimeoutMs, () => {
+      if (state.calls.size === 0) session.close();
+    });
+    session.once('close', () => {
+      clearTimeout(hsTimer);
+      for (const c of [...state.calls]) c.finish(GrpcStatus.CANCELLED, 'connection closed');
+      conns.delete(state);
+      const left = (perUid.get(peer.uid) ?? 1) - 1;
+      if (left <= 0) perUid.delete(peer.uid);
+      else perUid.set(peer.uid, left);
+      conn.close();
+      if (!socket.destroyed) socket.destroy();
+    });
+    logger.debug({ conn: state.id, pid: peer.pid, uid: peer.uid, gid: peer.gid, pidfd: peer.pidfd !== undefined }, 'Workload API connection');
+  }
+
+  function reject(socket: net.Socket, why: string): void {
+    counters.rejectedConnections++;
+    const now = Date.now();
+    if (now - lastRejectLog > 10_000) {
+      lastRejectLog = now;
+      logger.warn({ why, rejected: counters.rejectedConnections }, 'Workload API connection refused');
+    }
+    socket.destroy();
+  }
+
+  // ------------------------------------------------------------------ listener
+
+  const socketPath = opts.socketPath;
+  await prepareSocketPath(socketPath);
+  const server = net.createServer(onConnection);
+  server.on('error', (e) => logger.error({ err: e.message }, 'Workload API listener error'));
+  await new Promise<void>((resolve, rejectListen) => {
+    const onErr = (e: Error): void => rejectListen(new SigilError('workload_api.listen_failed', `cannot listen on ${socketPath}: ${e.message}`, { status: 500, cause: e }));
+    server.once('error', onErr);
+    server.listen({ path: socketPath, backlog: 511 }, () => {
+      server.off('error', onErr);
+      resolve();
+    });
+  });
+  await chmod(socketPath, 0o777);
+  const ours = await lstat(socketPath);
+  logger.info({ socket: socketPath }, 'Workload API listening');
+
+  return {
+    address: `unix://${socketPath}`,
+    stats: () => ({
+      connections: conns.size,
+      rejectedConnections: counters.rejectedConnections,
+      activeCalls: [...conns].reduce((a, s) => a + s.calls.size, 0),
+      callerChanged: counters.callerChanged,
+      bufferedOutputBytes: [...conns].reduce((a, st) => a + [...st.calls].reduce((b, c) => b + c.stream.writableLength, 0), 0),
+    }),
+    async close(): Promise<void> {
+      if (closing) return;
+      closing = true;
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of [...conns]) {
+        for (const c of [...s.calls]) c.finish(GrpcStatus.UNAVAILABLE, 'agent is shutting down');
+        try {
+          s.session.close();
+        } catch {
+          // already closing
+        }
+      }
+      const grace = setTimeout(() => {
+        for (const s of [...conns]) s.session.destroy();
+      }, 1000);
+      await closed;
+      clearTimeout(grace);
+      try {
+        const now = await lstat(socketPath);
+        if (now.ino === ours.ino && now.dev === ours.dev) await unlink(socketPath);
+      } catch {
+        // already gone
+      }
+    },
+  };
+}
+
+/** Create the socket's directory (0755) if needed and remove a stale socket file (only a socket). */
+async function prepareSocketPath(socketPath: string): Promise<void> {
+  if (!isAbsolute(socketPath)) throw new SigilError('workload_api.socket_path_invalid', `Workload API socket path "${socketPath}" must be absolute`);
+  if (Buffer.byteLength(socketPath) > 107) {
+    throw new SigilError('workload_api.socket_path_invalid', `Workload API socket path is longer than 107 bytes (sun_path limit): ${socketPath}`);
+  }
+  const dir = dirname(socketPath);
+  try {
+    const st = await stat(dir);
+    if (!st.isDirectory()) throw new SigilError('workload_api.socket_path_invalid', `${dir} exists and is not a directory`);
+  } catch (e) {
+    if (isSigilError(e)) throw e;
+    if ((e as { code?: string }).code !== 'ENOENT') throw new SigilError('workload_api.socket_path_invalid', `cannot inspect ${dir}: ${(e as Error).message}`);
+    await mkdir(dir, { recursive: true, mode: 0o755 });
+    await chmod(dir, 0o755);
+  }
+  let st;
+  try {
+    st = await lstat(socketPath);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ENOENT') return;
+    throw new SigilError('workload_api.socket_path_invalid', `cannot inspect ${socketPath}: ${(e as Error).message}`);
+  }
+  if (!st.isSocket()) throw new SigilError('workload_api.socket_path_in_use', `${socketPath} exists and is not a socket; refusing to remove it`);
+  if (await socketIsLive(socketPath)) throw new SigilError('workload_api.socket_path_in_use', `another process is serving on ${socketPath}`);
+  await unlink(socketPath);
+}
+
+function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(path);
+    const done = (live: boolean): void => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(live);
+    };
+    const t = setTimeout(() => done(true), 1000);
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}

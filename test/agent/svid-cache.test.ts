@@ -1,0 +1,253 @@
+import { describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { SvidCache, entryMatches, rotationTime } from '../../src/agent/svid-cache.js';
+import type { AuthorizedEntry } from '../../src/agent/verifier-client.js';
+import { SpiffeBundle } from '../../src/spiffe/bundle.js';
+import { mintJwtSvidSync } from '../../src/spiffe/jwtsvid.js';
+import { generateKey } from '../../src/spiffe/keys.js';
+
+const logger = pino({ level: 'silent' });
+const T0 = new Date('2030-01-01T00:00:00Z');
+
+function entry(id: string, selectors: string[], extra: Partial<AuthorizedEntry> = {}): AuthorizedEntry {
+  return {
+    id,
+    spiffeId: `spiffe://example.org/${id}`,
+    parentId: 'spiffe://example.org/sigil/agent/join_token/t',
+    selectors,
+    x509SvidTtl: 0,
+    jwtSvidTtl: 0,
+    dnsNames: [],
+    hint: `hint-${id}`,
+    admin: false,
+    expiresAt: null,
+    revisionNumber: 1,
+    ...extra,
+  };
+}
+
+function setup(opts: { random?: () => number; jwtCacheSize?: number; mint?: (id: string, aud: string[]) => Promise<{ token: string; spiffeId: string; expiresAt: Date }> } = {}) {
+  let now = T0.getTime();
+  const jwtKey = generateKey('ec-p256');
+  const bundle = new SpiffeBundle('example.org', { x509Authorities: [], jwtAuthorities: [{ kid: 'k1', publicKey: jwtKey.publicKey }], sequence: 7 });
+  const minted: { id: string; aud: string[] }[] = [];
+  const realMint = async (id: string, aud: string[]) => {
+    minted.push({ id, aud });
+    const expiresAt = new Date(now + 300_000);
+    const token = mintJwtSvidSync({ privateKey: jwtKey.privateKey, kid: 'k1', spiffeId: `spiffe://example.org/${id}`, audience: aud, notAfter: expiresAt, now: new Date(now) });
+    return { token, spiffeId: `spiffe://example.org/${id}`, expiresAt };
+  };
+  const cache = new SvidCache({
+    trustDomain: 'example.org',
+    logger,
+    now: () => new Date(now),
+    random: opts.random ?? (() => 0.5),
+    ...(opts.jwtCacheSize !== undefined ? { jwtCacheSize: opts.jwtCacheSize } : {}),
+    bundle: () => bundle,
+    mintJwt: opts.mint ?? realMint,
+  });
+  return {
+    cache,
+    minted,
+    realMint,
+    advance: (ms: number) => {
+      now += ms;
+    },
+    now: () => new Date(now),
+  };
+}
+
+function give(cache: SvidCache, e: AuthorizedEntry, receivedAt: Date, ttlMs: number) {
+  const k = generateKey('ec-p256');
+  cache.putSvid(e, [Buffer.from(`cert-${e.id}`)], k.privateKey, new Date(receivedAt.getTime() - 10_000), new Date(receivedAt.getTime() + ttlMs), receivedAt);
+}
+
+describe('rotation timing', () => {
+  it('rotates at the configured fraction ± 10 %', () => {
+    const start = new Date(0);
+    const end = new Date(3600_000);
+    expect(rotationTime(start, end, 0.5, () => 0.5).getTime()).toBe(1800_000);
+    expect(rotationTime(start, end, 0.5, () => 0).getTime()).toBe(1620_000); // 0.45
+    expect(rotationTime(start, end, 0.5, () => 0.9999999).getTime()).toBeCloseTo(1980_000, -1); // 0.55
+    for (let i = 0; i < 1000; i++) {
+      const t = rotationTime(start, end, 0.5).getTime();
+      expect(t).toBeGreaterThanOrEqual(1620_000);
+      expect(t).toBeLessThanOrEqual(1980_000);
+    }
+    expect(rotationTime(start, end, 0.9, () => 1).getTime()).toBe(0.95 * 3600_000);
+    expect(rotationTime(start, start, 0.5).getTime()).toBe(0);
+  });
+
+  it('counts the lifetime from receipt, not from a backdated notBefore, and follows a fake clock', () => {
+    const t = setup();
+    const e = entry('web', ['unix:uid:1000']);
+    t.cache.setEntries([e]);
+    expect(t.cache.dueForIssue().map((x) => x.id)).toEqual(['web']);
+    give(t.cache, e, t.now(), 60_000);
+    expect(t.cache.svidOf('web')!.rotateAt.getTime()).toBe(T0.getTime() + 30_000);
+    expect(t.cache.nextRotation()!.getTime()).toBe(T0.getTime() + 30_000);
+    expect(t.cache.dueForIssue()).toEqual([]);
+    t.advance(29_999);
+    expect(t.cache.dueForIssue()).toEqual([]);
+    t.advance(1);
+    expect(t.cache.dueForIssue().map((x) => x.id)).toEqual(['web']);
+    // Still served while valid, even though rotation is due.
+    expect(t.cache.x509SvidsFor(['unix:uid:1000'])).toHaveLength(1);
+    t.advance(30_000);
+    expect(t.cache.x509SvidsFor(['unix:uid:1000'])).toHaveLength(0);
+  });
+});
+
+describe('entry matching', () => {
+  it('applies an entry only when all its selectors are among the workload selectors', () => {
+    const w = new Set(['unix:uid:1000', 'unix:gid:50', 'container:runtime:docker']);
+    expect(entryMatches(['unix:uid:1000'], w)).toBe(true);
+    expect(entryMatches(['unix:uid:1000', 'unix:gid:50'], w)).toBe(true);
+    expect(entryMatches(['unix:uid:1000', 'unix:gid:51'], w)).toBe(false);
+    expect(entryMatches(['unix:uid:100'], w)).toBe(false);
+    expect(entryMatches([], w)).toBe(false);
+  });
+
+  it('serves the SVIDs of matching entries only, in entry order, and not expired entries', () => {
+    const t = setup();
+    const a = entry('a', ['unix:uid:1000']);
+    const b = entry('b', ['unix:gid:50', 'unix:uid:1000']); // indexed under another selector than a and d
+    const c = entry('c', ['unix:uid:2000']);
+    const d = entry('d', ['unix:uid:1000'], { expiresAt: new Date(T0.getTime() + 1000).toISOString() });
+    t.cache.setEntries([a, b, c, d]);
+    for (const e of [a, b, c, d]) give(t.cache, e, t.now(), 3600_000);
+    expect(t.cache.x509SvidsFor(['unix:uid:1000', 'unix:gid:50']).map((s) => s.spiffeId)).toEqual([
+      'spiffe://example.org/a',
+      'spiffe://example.org/b',
+      'spiffe://example.org/d',
+    ]);
+    const s = t.cache.x509SvidsFor(['unix:uid:2000'])[0]!;
+    expect(s.entryId).toBe('c');
+    expect(s.hint).toBe('hint-c');
+    expect(s.privateKeyPkcs8Der.length).toBeGreaterThan(100);
+    t.advance(1000);
+    expect(t.cache.x509SvidsFor(['unix:uid:1000']).map((x) => x.entryId)).toEqual(['a']);
+    expect(t.cache.dueForIssue().map((x) => x.id)).toEqual([]);
+  });
+
+  it('drops SVIDs of removed entries and of entries whose identity changed', () => {
+    const t = setup();
+    const a = entry('a', ['unix:uid:1']);
+    const b = entry('b', ['unix:uid:1']);
+    expect(t.cache.setEntries([a, b])).toBe(true);
+    give(t.cache, a, t.now(), 3600_000);
+    give(t.cache, b, t.now(), 3600_000);
+    expect(t.cache.setEntries([a, b])).toBe(false);
+    // Selector change only: same SVID kept.
+    const a2 = { ...a, selectors: ['unix:uid:2'], revisionNumber: 2 };
+    expect(t.cache.setEntries([a2, b])).toBe(true);
+    expect(t.cache.svidOf('a')).toBeDefined();
+    expect(t.cache.x509SvidsFor(['unix:uid:2']).map((s) => s.entryId)).toEqual(['a']);
+    // SPIFFE ID change: SVID dropped and due again.
+    const a3 = { ...a2, spiffeId: 'spiffe://example.org/renamed', revisionNumber: 3 };
+    expect(t.cache.setEntries([a3, b])).toBe(true);
+    expect(t.cache.svidOf('a')).toBeUndefined();
+    expect(t.cache.dueForIssue().map((x) => x.id)).toEqual(['a']);
+    // Removal.
+    expect(t.cache.setEntries([a3])).toBe(true);
+    expect(t.cache.svidOf('b')).toBeUndefined();
+    expect(t.cache.svidCount()).toBe(0);
+    // An SVID for an entry removed while its CSR was in flight is not stored.
+    give(t.cache, b, t.now(), 3600_000);
+    expect(t.cache.svidOf('b')).toBeUndefined();
+  });
+});
+
+describe('JWT-SVIDs and bundles', () => {
+  it('caches per (entry, sorted audience) until half life, then mints again', async () => {
+    const t = setup();
+    const e = entry('api', ['unix:uid:1']);
+    t.cache.setEntries([e]);
+    const r1 = await t.cache.jwtSvidsFor(['unix:uid:1'], ['b', 'a']);
+    expect(r1).toHaveLength(1);
+    expect(r1[0]!.spiffeId).toBe('spiffe://example.org/api');
+    expect(t.minted).toEqual([{ id: 'api', aud: ['a', 'b'] }]);
+    const r2 = await t.cache.jwtSvidsFor(['unix:uid:1'], ['a', 'b', 'a']);
+    expect(r2[0]!.token).toBe(r1[0]!.token);
+    expect(t.minted).toHaveLength(1);
+    await t.cache.jwtSvidsFor(['unix:uid:1'], ['c']);
+    expect(t.minted).toHaveLength(2);
+    t.advance(150_000); // half of 5 min
+    await t.cache.jwtSvidsFor(['unix:uid:1'], ['a', 'b']);
+    expect(t.minted).toHaveLength(3);
+    // Validation through the JWT bundle.
+    const v = await t.cache.validateJwtSvid(r1[0]!.token, 'a');
+    expect(v.spiffeId).toBe('spiffe://example.org/api');
+    await expect(t.cache.validateJwtSvid(r1[0]!.token, 'z')).rejects.toMatchObject({ code: 'jwtsvid.audience_mismatch' });
+  });
+
+  it('deduplicates concurrent mints, bounds the cache (LRU) and filters by SPIFFE ID', async () => {
+    const t = setup({ jwtCacheSize: 2 });
+    const es = ['a', 'b', 'c'].map((id) => entry(id, [`unix:uid:${id}`]));
+    t.cache.setEntries(es);
+    await Promise.all([t.cache.jwtSvidsFor(['unix:uid:a'], ['x']), t.cache.jwtSvidsFor(['unix:uid:a'], ['x'])]);
+    expect(t.minted).toHaveLength(1);
+    await t.cache.jwtSvidsFor(['unix:uid:b'], ['x']);
+    await t.cache.jwtSvidsFor(['unix:uid:a'], ['x']); // touch a: b is now least recently used
+    await t.cache.jwtSvidsFor(['unix:uid:c'], ['x']); // evicts b
+    expect(t.minted).toHaveLength(3);
+    await t.cache.jwtSvidsFor(['unix:uid:a'], ['x']);
+    expect(t.minted).toHaveLength(3);
+    await t.cache.jwtSvidsFor(['unix:uid:b'], ['x']);
+    expect(t.minted).toHaveLength(4);
+
+    const both = entry('d', ['unix:uid:a']);
+    t.cache.setEntries([...es, both]);
+    const all = await t.cache.jwtSvidsFor(['unix:uid:a'], ['x']);
+    expect(all.map((r) => r.spiffeId)).toEqual(['spiffe://example.org/a', 'spiffe://example.org/d']);
+    const one = await t.cache.jwtSvidsFor(['unix:uid:a'], ['x'], 'spiffe://example.org/d');
+    expect(one.map((r) => r.spiffeId)).toEqual(['spiffe://example.org/d']);
+    await expect(t.cache.jwtSvidsFor(['unix:uid:a'], ['x'], 'spiffe://example.org/c')).rejects.toMatchObject({ code: 'agent.jwt_spiffe_id_not_authorized', status: 403 });
+    await expect(t.cache.jwtSvidsFor(['unix:uid:a'], [])).rejects.toMatchObject({ code: 'agent.jwt_audience_required' });
+    expect(await t.cache.jwtSvidsFor(['unix:uid:zzz'], ['x'])).toEqual([]);
+  });
+
+  it('serves a still-valid cached token when minting fails, and refuses tokens for the wrong identity', async () => {
+    let fail = false;
+    let wrong = false;
+    const holder: { t?: ReturnType<typeof setup> } = {};
+    const t = setup({
+      mint: async (id, aud) => {
+        if (fail) throw Object.assign(new Error('down'), { code: 'agent.verifier_unreachable' });
+        return holder.t!.realMint(wrong ? 'other' : id, aud);
+      },
+    });
+    holder.t = t;
+    t.cache.setEntries([entry('api', ['unix:uid:1'])]);
+    const first = await t.cache.jwtSvidsFor(['unix:uid:1'], ['a']);
+    t.advance(200_000); // past half life, still valid
+    fail = true;
+    expect((await t.cache.jwtSvidsFor(['unix:uid:1'], ['a']))[0]!.token).toBe(first[0]!.token);
+    t.advance(100_001); // expired
+    await expect(t.cache.jwtSvidsFor(['unix:uid:1'], ['a'])).rejects.toThrow('down');
+    fail = false;
+    wrong = true;
+    await expect(t.cache.jwtSvidsFor(['unix:uid:1'], ['a'])).rejects.toMatchObject({ code: 'agent.verifier_bad_response' });
+  });
+
+  it('publishes bundles (JWT bundle with JWT authorities only) and notifies listeners', () => {
+    const t = setup();
+    const x = t.cache.x509Bundles();
+    expect([...x.keys()]).toEqual(['example.org']);
+    const jwks = JSON.parse(t.cache.jwtBundles().get('example.org')!.toString('utf8')) as { keys: { use: string; kid: string }[]; spiffe_sequence: number };
+    expect(jwks.keys.map((k) => [k.use, k.kid])).toEqual([['jwt-svid', 'k1']]);
+    expect(jwks.spiffe_sequence).toBe(7);
+    let calls = 0;
+    const off = t.cache.onChange(() => calls++);
+    t.cache.onChange(() => {
+      throw new Error('a broken listener does not stop the others');
+    });
+    t.cache.notify();
+    t.cache.bundleUpdated();
+    expect(calls).toBe(2);
+    expect(t.cache.x509Bundles()).not.toBe(x);
+    off();
+    t.cache.notify();
+    expect(calls).toBe(2);
+  });
+});
