@@ -1,0 +1,522 @@
+/**
+ * The `tpm` node attestor (DESIGN §2–4):
+ *  hello     = { ekCert, ekIntermediates?, ekPub, akPub }                  (agent → verifier)
+ *  challenge = { credentialBlob, encryptedSecret, pcrSelection }          (verifier → agent)
+ *  response  = { secret, quote, signature, pcrValues: [{bank,index,value}] } (agent → verifier)
+ * The verifier proves the AK lives in the TPM holding the certified EK by credential
+ * activation (MakeCredential to the AK Name under the EK), then checks a quote signed by
+ * that AK over the session binding and the configured PCRs.
+ */
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { isAbsolute, join, resolve } from 'node:path';
+import { SigilError } from '../errors.js';
+import type {
+  AgentPluginDeps,
+  AttestorResult,
+  JsonSchema,
+  NodeAttestorAgent,
+  NodeAttestorAgentPlugin,
+  NodeAttestorVerifier,
+  NodeAttestorVerifierPlugin,
+  SessionInput,
+  VerifierPluginDeps,
+} from '../plugins/types.js';
+import { HASHES, hashByName, type HashName } from './constants.js';
+import { makeCredential } from './credential.js';
+import { EK_LIMITS, EkCertVerifier, EkTrustStore, certKeyKind, certificatesFromBytes, checkEkPublicMatches, parseCertificate, type ParsedCert } from './ekcert.js';
+import { spkiHash } from './keys.js';
+import {
+  DEFAULT_HASH_ALLOWLIST,
+  checkAkPublic,
+  checkCounters,
+  checkEkPublic,
+  constantTimeEqual,
+  isCounterState,
+  orderPcrValues,
+  pcrDigest,
+  verifyQuote,
+  type PcrValue,
+} from './quote.js';
+import { encodePcrSelection, objectName, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from './structures.js';
+import { tpmClaims, tpmSelectors } from './verify.js';
+
+const NAME = 'tpm';
+const BANKS = ['sha1', 'sha256', 'sha384', 'sha512'] as const;
+
+// ---------------------------------------------------------------- JSON helpers
+
+function decodeB64(v: unknown, field: string, code: string, maxBytes: number): Buffer {
+  if (typeof v !== 'string' || v.length === 0) throw new SigilError(code, `${field} must be a non-empty base64 string`);
+  if (v.length > Math.ceil((maxBytes * 4) / 3) + 4) throw new SigilError(code, `${field} is larger than ${maxBytes} bytes`);
+  if (v.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(v)) throw new SigilError(code, `${field} is not standard base64`);
+  const b = Buffer.from(v, 'base64');
+  if (b.length > maxBytes) throw new SigilError(code, `${field} is larger than ${maxBytes} bytes`);
+  return b;
+}
+
+function strictObject(v: unknown, what: string, code: string, required: string[], optional: string[] = []): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new SigilError(code, `${what} must be a JSON object`);
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!required.includes(k) && !optional.includes(k)) throw new SigilError(code, `${what} has unknown field ${k}`);
+  for (const k of required) if (o[k] === undefined) throw new SigilError(code, `${what} lacks ${k}`);
+  return o;
+}
+
+// ---------------------------------------------------------------- verifier
+
+export interface TpmVerifierConfig {
+  ekCa: string[];
+  pcrs?: Partial<Record<(typeof BANKS)[number], number[]>>;
+  hashAllowlist?: HashName[];
+}
+
+const pcrList = { type: 'array', items: { type: 'integer', minimum: 0, maximum: 23 }, uniqueItems: true, maxItems: 24 };
+
+export const tpmVerifierConfigSchema: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['ekCa'],
+  properties: {
+    ekCa: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+    pcrs: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { sha1: pcrList, sha256: pcrList, sha384: pcrList, sha512: pcrList },
+    },
+    hashAllowlist: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: ['sha256', 'sha384', 'sha512'] } },
+  },
+};
+
+function configError(msg: string): SigilError {
+  return new SigilError('tpm.config_invalid', `tpm: ${msg}`);
+}
+
+/** Validate the verifier config (the loader validates with ajv too; this keeps direct callers honest). */
+export function parseVerifierConfig(config: unknown): { ekCa: string[]; selection: PcrBankSelection[]; hashAllowlist: HashName[] } {
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) throw configError('config must be an object');
+  const c = config as Record<string, unknown>;
+  for (const k of Object.keys(c)) if (!['ekCa', 'pcrs', 'hashAllowlist'].includes(k)) throw configError(`unknown config key ${k}`);
+  if (!Array.isArray(c.ekCa) || c.ekCa.length === 0 || c.ekCa.some((p) => typeof p !== 'string' || p.length === 0)) {
+    throw configError('ekCa must list at least one certificate file');
+  }
+  let selection: PcrBankSelection[] = [{ bank: 'sha256', pcrs: [0, 1, 2, 3, 4, 5, 6, 7] }];
+  if (c.pcrs !== undefined) {
+    if (typeof c.pcrs !== 'object' || c.pcrs === null || Array.isArray(c.pcrs)) throw configError('pcrs must map banks to PCR lists');
+    const p = c.pcrs as Record<string, unknown>;
+    selection = [];
+    for (const k of Object.keys(p)) if (!(BANKS as readonly string[]).includes(k)) throw configError(`pcrs has unknown bank ${k}`);
+    for (const bank of BANKS) {
+      const list = p[bank];
+      if (list === undefined) continue;
+      if (!Array.isArray(list) || list.some((i) => !Number.isInteger(i) || i < 0 || i > 23) || new Set(list).size !== list.length) {
+        throw configError(`pcrs.${bank} must be distinct integers 0..23`);
+      }
+      if (list.length > 0) selection.push({ bank, pcrs: [...(list as number[])].sort((a, b) => a - b) });
+    }
+  }
+  let hashAllowlist: HashName[] = [...DEFAULT_HASH_ALLOWLIST];
+  if (c.hashAllowlist !== undefined) {
+    if (!Array.isArray(c.hashAllowlist) || c.hashAllowlist.length === 0 || c.hashAllowlist.some((h) => !['sha256', 'sha384', 'sha512'].includes(h as string))) {
+      throw configError('hashAllowlist must list sha256, sha384 and/or sha512');
+    }
+    hashAllowlist = c.hashAllowlist as HashName[];
+  }
+  return { ekCa: c.ekCa as string[], selection, hashAllowlist };
+}
+
+interface TpmSessionState {
+  v: 1;
+  secret: string;
+  akPub: string;
+  ekPubHash: string;
+  ekCert: string;
+  ekIntermediates: string[];
+}
+
+function parseState(state: unknown): TpmSessionState {
+  const o = strictObject(state, 'tpm session state', 'tpm.bad_state', ['v', 'secret', 'akPub', 'ekPubHash', 'ekCert', 'ekIntermediates']);
+  if (o.v !== 1 || typeof o.secret !== 'string' || typeof o.akPub !== 'string' || typeof o.ekPubHash !== 'string' || typeof o.ekCert !== 'string') {
+    throw new SigilError('tpm.bad_state', 'tpm session state is not one this verifier wrote');
+  }
+  if (!Array.isArray(o.ekIntermediates) || o.ekIntermediates.some((x) => typeof x !== 'string')) {
+    throw new SigilError('tpm.bad_state', 'tpm session state is not one this verifier wrote');
+  }
+  return o as unknown as TpmSessionState;
+}
+
+function parsePcrValuesJson(v: unknown): PcrValue[] {
+  if (!Array.isArray(v)) throw new SigilError('tpm.bad_response', 'pcrValues must be an array');
+  if (v.length > 24 * BANKS.length) throw new SigilError('tpm.bad_response', 'pcrValues has too many entries');
+  return v.map((e, i) => {
+    const o = strictObject(e, `pcrValues[${i}]`, 'tpm.bad_response', ['bank', 'index', 'value']);
+    const h = typeof o.bank === 'string' ? hashByName(o.bank) : undefined;
+    if (!h) throw new SigilError('tpm.bad_response', `pcrValues[${i}].bank is not sha1, sha256, sha384 or sha512`);
+    if (!Number.isInteger(o.index) || (o.index as number) < 0 || (o.index as number) > 31) {
+      throw new SigilError('tpm.bad_response', `pcrValues[${i}].index is not an integer 0..31`);
+    }
+    if (typeof o.value !== 'string' || !/^[0-9a-fA-F]*$/.test(o.value) || o.value.length !== h.size * 2) {
+      throw new SigilError('tpm.bad_response', `pcrValues[${i}].value must be ${h.size * 2} hex digits`);
+    }
+    return { bank: h.name, index: o.index as number, value: Buffer.from(o.value, 'hex') };
+  });
+}
+
+/** Reads the ekCa files (PEM bundles or DER) named in the config, resolved against configDir. */
+export async function loadEkCaFiles(paths: string[], configDir: string): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  for (const p of paths) {
+    const file = isAbsolute(p) ? p : resolve(configDir, p);
+    let data: Buffer;
+    try {
+      data = await readFile(file);
+    } catch (e) {
+      throw new SigilError('tpm.config_invalid', `tpm: cannot read ekCa file ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    }
+    try {
+      out.push(...certificatesFromBytes(data, `ekCa file ${file}`));
+    } catch (e) {
+      throw new SigilError('tpm.config_invalid', `tpm: ekCa file ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    }
+  }
+  return out;
+}
+
+export class TpmVerifier implements NodeAttestorVerifier {
+  private readonly pcrSelectionWire: Buffer;
+
+  constructor(
+    private readonly ek: EkCertVerifier,
+    private readonly selection: PcrBankSelection[],
+    private readonly hashAllowlist: HashName[],
+    private readonly deps: Pick<VerifierPluginDeps, 'state'>,
+  ) {
+    this.pcrSelectionWire = encodePcrSelection(selection);
+  }
+
+  async begin(hello: unknown, session: SessionInput): Promise<{ challenge: unknown; state: unknown }> {
+    const h = strictObject(hello, 'tpm hello', 'tpm.bad_hello', ['ekCert', 'ekPub', 'akPub'], ['ekIntermediates']);
+    const ekCertDer = decodeB64(h.ekCert, 'ekCert', 'tpm.bad_hello', EK_LIMITS.certBytes);
+    const inters: Buffer[] = [];
+    if (h.ekIntermediates !== undefined) {
+      if (!Array.isArray(h.ekIntermediates) || h.ekIntermediates.length > EK_LIMITS.intermediates) {
+        throw new SigilError('tpm.bad_hello', `ekIntermediates must be an array of at most ${EK_LIMITS.intermediates} certificates`);
+      }
+      h.ekIntermediates.forEach((c, i) => inters.push(decodeB64(c, `ekIntermediates[${i}]`, 'tpm.bad_hello', EK_LIMITS.certBytes)));
+    }
+    const ekPub = parseTpm2bPublic(decodeB64(h.ekPub, 'ekPub', 'tpm.bad_hello', 2048));
+    const akPubBytes = decodeB64(h.akPub, 'akPub', 'tpm.bad_hello', 2048);
+    const ak = parseTpm2bPublic(akPubBytes);
+    checkEkPublic(ekPub);
+    const chain = await this.ek.verify(ekCertDer, inters, session.now);
+    const leaf = chain.chain[0];
+    if (!leaf) throw new SigilError('tpm.ek_untrusted', 'empty EK chain');
+    checkEkPublicMatches(leaf, ekPub);
+    checkAkPublic(ak);
+    const secret = randomBytes(32);
+    const made = makeCredential(ekPub, objectName(ak), secret);
+    const state: TpmSessionState = {
+      v: 1,
+      secret: secret.toString('base64'),
+      akPub: akPubBytes.toString('base64'),
+      ekPubHash: spkiHash(ekPub),
+      ekCert: ekCertDer.toString('base64'),
+      ekIntermediates: inters.map((b) => b.toString('base64')),
+    };
+    return {
+      challenge: {
+        credentialBlob: made.credentialBlob.toString('base64'),
+        encryptedSecret: made.encryptedSecret.toString('base64'),
+        pcrSelection: this.pcrSelectionWire.toString('base64'),
+      },
+      state,
+    };
+  }
+
+  async finish(response: unknown, state: unknown, session: SessionInput): Promise<AttestorResult> {
+    const st = parseState(state);
+    const r = strictObject(response, 'tpm response', 'tpm.bad_response', ['secret', 'quote', 'signature', 'pcrValues']);
+    const secret = decodeB64(r.secret, 'secret', 'tpm.bad_response', 64);
+    const quoteBytes = decodeB64(r.quote, 'quote', 'tpm.bad_response', 2048);
+    const sigBytes = decodeB64(r.signature, 'signature', 'tpm.bad_response', 1024);
+    const pcrValues = parsePcrValuesJson(r.pcrValues);
+
+    if (!constantTimeEqual(secret, Buffer.from(st.secret, 'base64'))) {
+      throw new SigilError('tpm.credential_mismatch', 'activated credential secret is wrong: the AK is not in the TPM holding the EK, or the response is replayed');
+    }
+    const ak = parseTpm2bPublic(Buffer.from(st.akPub, 'base64'));
+    const quote = verifyQuote({
+      ak,
+      quote: quoteBytes,
+      signature: sigBytes,
+      qualifyingData: session.binding,
+      expectedSelection: parsePcrSelection(this.pcrSelectionWire),
+      pcrValues,
+      hashAllowlist: this.hashAllowlist,
+    });
+    // The EK chain was validated in begin(); this is a cache hit that re-checks validity times.
+    const chain = await this.ek.verify(Buffer.from(st.ekCert, 'base64'), st.ekIntermediates.map((b) => Buffer.from(b, 'base64')), session.now);
+
+    const key = `counters:${st.ekPubHash}`;
+    let prevRaw: unknown;
+    try {
+      prevRaw = await this.deps.state.get(key);
+    } catch (e) {
+      throw new SigilError('tpm.state_unavailable', `tpm: reading the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
+    }
+    const prev = isCounterState(prevRaw) ? prevRaw : undefined;
+    const next = checkCounters(prev, quote.attest.clockInfo);
+    try {
+      await this.deps.state.put(key, next);
+    } catch (e) {
+      throw new SigilError('tpm.state_unavailable', `tpm: storing the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
+    }
+
+    const input = { ekPubHash: st.ekPubHash, chain, pcrs: quote.pcrs };
+    return {
+      selectors: tpmSelectors(input),
+      claims: { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: true },
+      agentIdSuffix: st.ekPubHash,
+    };
+  }
+}
+
+export const tpmVerifierPlugin: NodeAttestorVerifierPlugin = {
+  name: NAME,
+  configSchema: tpmVerifierConfigSchema,
+  async create(config: unknown, deps: VerifierPluginDeps): Promise<NodeAttestorVerifier> {
+    const c = parseVerifierConfig(config);
+    const ders = await loadEkCaFiles(c.ekCa, deps.configDir);
+    let trust: EkTrustStore;
+    try {
+      trust = new EkTrustStore(ders);
+    } catch (e) {
+      throw new SigilError('tpm.config_invalid', `tpm: ekCa: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    }
+    return new TpmVerifier(new EkCertVerifier(trust), c.selection, c.hashAllowlist, deps);
+  },
+};
+
+// ---------------------------------------------------------------- agent
+
+/** The native binding's TPM device (src/native/tpm.ts contract). */
+export interface TpmDevice {
+  readEkCertificate(): Promise<{ nvIndex: number; der: Buffer } | null>;
+  getEkPublic(alg: 'rsa' | 'ecc-p256' | 'ecc-p384'): Promise<Buffer>;
+  createAk(alg: 'rsa' | 'ecc'): Promise<{ public: Buffer; private: Buffer }>;
+  loadAk(ak: { public: Buffer; private: Buffer }): Promise<{ name: Buffer }>;
+  activateCredential(credentialBlob: Buffer, encryptedSecret: Buffer): Promise<Buffer>;
+  quote(pcrSelection: Buffer, qualifyingData: Buffer): Promise<{ attest: Buffer; signature: Buffer }>;
+  pcrRead(pcrSelection: Buffer): Promise<{ bank: string; index: number; value: Buffer }[]>;
+  close(): Promise<void>;
+}
+
+interface NativeTpmModule {
+  openTpm(tcti: string): Promise<TpmDevice>;
+}
+
+/** Loads src/native/tpm.ts lazily so this module works (verifier side) without the native binding. */
+export async function loadNativeTpm(): Promise<NativeTpmModule> {
+  let mod: unknown;
+  try {
+    mod = await import('../native/tpm.js');
+  } catch (e) {
+    throw new SigilError(
+      'tpm.native_unavailable',
+      `tpm: the TPM binding module (src/native/tpm.ts → dist/native/tpm.js) could not be loaded: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e },
+    );
+  }
+  const m = mod as Partial<NativeTpmModule>;
+  if (typeof m.openTpm !== 'function') throw new SigilError('tpm.native_unavailable', 'tpm: the TPM binding module does not export openTpm()');
+  return m as NativeTpmModule;
+}
+
+export interface TpmAgentConfig {
+  tcti: string;
+  akAlg?: 'rsa' | 'ecc';
+  ekIntermediates?: string[];
+}
+
+export const tpmAgentConfigSchema: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['tcti'],
+  properties: {
+    tcti: { type: 'string', minLength: 1 },
+    akAlg: { enum: ['rsa', 'ecc'] },
+    ekIntermediates: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: EK_LIMITS.intermediates },
+  },
+};
+
+function parseAgentConfig(config: unknown): TpmAgentConfig {
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) throw configError('config must be an object');
+  const c = config as Record<string, unknown>;
+  for (const k of Object.keys(c)) if (!['tcti', 'akAlg', 'ekIntermediates'].includes(k)) throw configError(`unknown config key ${k}`);
+  if (typeof c.tcti !== 'string' || c.tcti.length === 0) throw configError('tcti is required (e.g. "device:/dev/tpmrm0")');
+  if (c.akAlg !== undefined && c.akAlg !== 'rsa' && c.akAlg !== 'ecc') throw configError('akAlg must be "rsa" or "ecc"');
+  if (c.ekIntermediates !== undefined && (!Array.isArray(c.ekIntermediates) || c.ekIntermediates.some((p) => typeof p !== 'string'))) {
+    throw configError('ekIntermediates must list certificate files');
+  }
+  const out: TpmAgentConfig = { tcti: c.tcti, akAlg: (c.akAlg as 'rsa' | 'ecc' | undefined) ?? 'rsa' };
+  if (c.ekIntermediates) out.ekIntermediates = c.ekIntermediates as string[];
+  return out;
+}
+
+interface StoredAk {
+  version: 1;
+  alg: 'rsa' | 'ecc';
+  ekPubHash: string;
+  public: string;
+  private: string;
+}
+
+function ekAlgFromCert(cert: ParsedCert): 'rsa' | 'ecc-p256' | 'ecc-p384' {
+  const kind = certKeyKind(cert);
+  if (kind === 'rsa' || kind === 'ecc-p256' || kind === 'ecc-p384') return kind;
+  throw new SigilError('tpm.ek_unsupported', `tpm: EK certificate key (${kind}) is not RSA, ECC P-256 or ECC P-384`);
+}
+
+export class TpmAgent implements NodeAttestorAgent {
+  private dev: TpmDevice | null = null;
+  /** The AK loaded in the current device session (loaded once; repeated hellos reuse it). */
+  private loadedAk: StoredAk | null = null;
+
+  constructor(
+    private readonly config: TpmAgentConfig,
+    private readonly deps: Pick<AgentPluginDeps, 'dataDir' | 'configDir' | 'logger'>,
+    private readonly open: (tcti: string) => Promise<TpmDevice> = async (tcti) => (await loadNativeTpm()).openTpm(tcti),
+  ) {}
+
+  private async device(): Promise<TpmDevice> {
+    this.dev ??= await this.open(this.config.tcti);
+    return this.dev;
+  }
+
+  private akFile(): string {
+    return join(this.deps.dataDir, 'tpm-ak.json');
+  }
+
+  private async readStoredAk(): Promise<StoredAk | null> {
+    let text: string;
+    try {
+      text = await readFile(this.akFile(), 'utf8');
+    } catch {
+      return null;
+    }
+    try {
+      const o = JSON.parse(text) as Partial<StoredAk>;
+      if (o.version === 1 && (o.alg === 'rsa' || o.alg === 'ecc') && typeof o.ekPubHash === 'string' && typeof o.public === 'string' && typeof o.private === 'string') {
+        return o as StoredAk;
+      }
+    } catch {
+      // fall through: an unreadable file is replaced by a fresh AK
+    }
+    this.deps.logger.warn({ file: this.akFile() }, 'tpm: stored AK file is unreadable; creating a new AK');
+    return null;
+  }
+
+  private async storeAk(ak: StoredAk): Promise<void> {
+    await mkdir(this.deps.dataDir, { recursive: true, mode: 0o700 });
+    const tmp = `${this.akFile()}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify(ak), { mode: 0o600 });
+    await chmod(tmp, 0o600);
+    await rename(tmp, this.akFile());
+  }
+
+  async hello(): Promise<unknown> {
+    const dev = await this.device();
+    const cert = await dev.readEkCertificate();
+    if (!cert) {
+      throw new SigilError('tpm.ek_cert_missing', 'tpm: the TPM holds no EK certificate in NV (0x01c00002, 0x01c0000a, 0x01c00012..0x01c0001c)');
+    }
+    const ekCert = parseCertificate(cert.der, 'EK certificate from the TPM');
+    const ekAlg = ekAlgFromCert(ekCert);
+    const ekPubBytes = await dev.getEkPublic(ekAlg);
+    const ekPubHash = spkiHash(parseTpm2bPublic(ekPubBytes));
+    const akAlg = this.config.akAlg ?? 'rsa';
+    let stored = this.loadedAk?.ekPubHash === ekPubHash ? this.loadedAk : await this.readStoredAk();
+    let loaded = stored !== null && stored === this.loadedAk;
+    if (!loaded && stored && stored.ekPubHash === ekPubHash && stored.alg === akAlg) {
+      try {
+        await dev.loadAk({ public: Buffer.from(stored.public, 'base64'), private: Buffer.from(stored.private, 'base64') });
+        loaded = true;
+      } catch (e) {
+        this.deps.logger.warn({ err: e }, 'tpm: stored AK could not be loaded; creating a new AK');
+      }
+    }
+    if (!loaded || !stored) {
+      const ak = await dev.createAk(akAlg);
+      stored = { version: 1, alg: akAlg, ekPubHash, public: ak.public.toString('base64'), private: ak.private.toString('base64') };
+      await dev.loadAk(ak);
+      await this.storeAk(stored);
+    }
+    this.loadedAk = stored;
+    const hello: Record<string, unknown> = { ekCert: ekCert.der.toString('base64'), ekPub: ekPubBytes.toString('base64'), akPub: stored.public };
+    if (this.config.ekIntermediates?.length) {
+      const ders: string[] = [];
+      for (const p of this.config.ekIntermediates) {
+        const file = isAbsolute(p) ? p : resolve(this.deps.configDir, p);
+        let data: Buffer;
+        try {
+          data = await readFile(file);
+        } catch (e) {
+          throw new SigilError('tpm.config_invalid', `tpm: cannot read ekIntermediates file ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+        }
+        for (const d of certificatesFromBytes(data, `ekIntermediates file ${file}`)) ders.push(d.toString('base64'));
+      }
+      hello.ekIntermediates = ders;
+    }
+    return hello;
+  }
+
+  async respond(challenge: unknown, session: { nonce: Buffer; binding: Buffer; csrSpki: Buffer }): Promise<unknown> {
+    const c = strictObject(challenge, 'tpm challenge', 'tpm.bad_challenge', ['credentialBlob', 'encryptedSecret', 'pcrSelection']);
+    const blob = decodeB64(c.credentialBlob, 'credentialBlob', 'tpm.bad_challenge', 1024);
+    const encSecret = decodeB64(c.encryptedSecret, 'encryptedSecret', 'tpm.bad_challenge', 1024);
+    const selWire = decodeB64(c.pcrSelection, 'pcrSelection', 'tpm.bad_challenge', 256);
+    const selection = parsePcrSelection(selWire);
+    const dev = await this.device();
+    const secret = await dev.activateCredential(blob, encSecret);
+    // PCRs may be extended between the quote and the read; retry until they agree.
+    for (let attempt = 1; ; attempt++) {
+      const q = await dev.quote(selWire, session.binding);
+      const raw = await dev.pcrRead(selWire);
+      const values: PcrValue[] = raw.map((v) => {
+        const h = hashByName(v.bank);
+        if (!h) throw new SigilError('tpm.device_error', `tpm: PCR read returned unknown bank ${v.bank}`);
+        return { bank: h.name, index: v.index, value: v.value };
+      });
+      const attest = parseAttestAny(q.attest);
+      const sig = q.signature;
+      const hashAlg = sig.length >= 4 ? sig.readUInt16BE(2) : 0;
+      const hash = HASHES.find((x) => x.alg === hashAlg)?.name;
+      const consistent =
+        attest.attested.kind === 'quote' && hash !== undefined && pcrDigest(hash, orderPcrValues(selection, values)).equals(attest.attested.pcrDigest);
+      if (consistent || attempt >= 3) {
+        return {
+          secret: secret.toString('base64'),
+          quote: q.attest.toString('base64'),
+          signature: q.signature.toString('base64'),
+          pcrValues: values.map((v) => ({ bank: v.bank, index: v.index, value: v.value.toString('hex') })),
+        };
+      }
+      this.deps.logger.info({ attempt }, 'tpm: PCRs changed between quote and read; quoting again');
+    }
+  }
+
+  async close(): Promise<void> {
+    const d = this.dev;
+    this.dev = null;
+    this.loadedAk = null;
+    if (d) await d.close();
+  }
+}
+
+export const tpmAgentPlugin: NodeAttestorAgentPlugin = {
+  name: NAME,
+  configSchema: tpmAgentConfigSchema,
+  create(config: unknown, deps: AgentPluginDeps): NodeAttestorAgent {
+    return new TpmAgent(parseAgentConfig(config), deps);
+  },
+};

@@ -1,0 +1,126 @@
+/**
+ * Offline TPM evidence verification (library and `sigil evidence verify tpm`):
+ * EK certificate chain, AK attributes and a quote with its signature, extraData and
+ * (optionally) PCR values. Offline there is no credential activation, so nothing proves
+ * that the AK lives in the same TPM as the EK: the result says so (`akBoundToEk: false`).
+ */
+import { createHash } from 'node:crypto';
+import { SigilError } from '../errors.js';
+import type { HashName } from './constants.js';
+import { EkTrustStore, certPublicSpkiDer, verifyEkChain, type EkChainResult } from './ekcert.js';
+import { parsePcrValuesFile } from './pcrvalues.js';
+import { checkAkPublic, verifyQuote, type PcrValue, type QuoteCheckResult } from './quote.js';
+import { objectName, parseAttestAny, parseTpm2bPublic, type PcrSelection, type TpmtPublic } from './structures.js';
+
+export interface TpmSelectorInput {
+  ekPubHash: string;
+  chain: EkChainResult;
+  pcrs: PcrValue[] | null;
+}
+
+/** Selectors of DESIGN §4 for verified TPM facts. */
+export function tpmSelectors(v: TpmSelectorInput): string[] {
+  const s = [`tpm:ek_pubhash:${v.ekPubHash}`];
+  const id = v.chain.identity;
+  if (id.manufacturer !== undefined) s.push(`tpm:ek_manufacturer:${id.manufacturer}`);
+  if (id.model !== undefined) s.push(`tpm:ek_model:${id.model}`);
+  if (id.version !== undefined) s.push(`tpm:ek_version:${id.version}`);
+  s.push(`tpm:ek_ca:${v.chain.anchor.sha256}`);
+  for (const p of v.pcrs ?? []) s.push(`tpm:pcr:${p.bank}:${p.index}:${p.value.toString('hex')}`);
+  return s;
+}
+
+/** Claims shared by the online and offline verifiers. */
+export function tpmClaims(v: TpmSelectorInput & { ak: TpmtPublic; quote: QuoteCheckResult }): Record<string, unknown> {
+  const leaf = v.chain.chain[0];
+  const ci = v.quote.attest.clockInfo;
+  const pcrs: Record<string, Record<string, string>> = {};
+  for (const p of v.pcrs ?? []) (pcrs[p.bank] ??= {})[String(p.index)] = p.value.toString('hex');
+  return {
+    ekPubHash: v.ekPubHash,
+    ekCa: v.chain.anchor.sha256,
+    ekCertSerial: leaf?.x509.serialNumber,
+    ekCertIssuer: leaf?.x509.issuer,
+    tpmManufacturer: v.chain.identity.manufacturer ?? null,
+    tpmModel: v.chain.identity.model ?? null,
+    tpmVersion: v.chain.identity.version ?? null,
+    akName: objectName(v.ak).toString('hex'),
+    quoteHash: v.quote.signatureHash,
+    clock: ci.clock.toString(),
+    resetCount: ci.resetCount,
+    restartCount: ci.restartCount,
+    safe: ci.safe,
+    firmwareVersion: v.quote.attest.firmwareVersion.toString(16).padStart(16, '0'),
+    pcrs,
+  };
+}
+
+export interface OfflineTpmEvidence {
+  /** EK certificate DER. */
+  ekCert: Buffer;
+  /** Extra (untrusted) intermediates to build the chain. */
+  ekIntermediates?: Buffer[];
+  /** Trusted EK CA certificates (DER). */
+  ekCa: Buffer[];
+  /** AK TPM2B_PUBLIC (as `tpm2_createak -u` writes it). */
+  akPub: Buffer;
+  /** TPMS_ATTEST (`tpm2_quote -m`) or TPM2B_ATTEST. */
+  quote: Buffer;
+  /** TPMT_SIGNATURE (`tpm2_quote -s`). */
+  signature: Buffer;
+  /** Expected extraData (`tpm2_quote -q`). */
+  nonce: Buffer;
+  /** PCR values (any format parsePcrValuesFile reads, or already parsed). */
+  pcrValues?: Buffer | PcrValue[];
+  /** Verification time for certificate validity. */
+  at: Date;
+  hashAllowlist?: readonly HashName[];
+  /** When given, the quote must select exactly these PCRs. */
+  expectedSelection?: PcrSelection[];
+}
+
+export interface OfflineTpmResult {
+  selectors: string[];
+  claims: Record<string, unknown>;
+}
+
+export const OFFLINE_NOTE =
+  'offline verification: the EK certificate chain and the quote were verified, but without credential activation nothing proves the AK resides in the TPM that holds this EK';
+
+/** Verify TPM evidence files offline; throws SigilError naming the failed check. */
+export async function verifyTpmEvidenceOffline(ev: OfflineTpmEvidence): Promise<OfflineTpmResult> {
+  const ak = parseTpm2bPublic(ev.akPub);
+  checkAkPublic(ak);
+  let pcrValues: PcrValue[] | undefined;
+  if (Buffer.isBuffer(ev.pcrValues)) {
+    let selection: PcrSelection[] | undefined;
+    try {
+      const a = parseAttestAny(ev.quote);
+      if (a.attested.kind === 'quote') selection = a.attested.pcrSelect;
+    } catch {
+      selection = undefined; // verifyQuote reports the malformed quote below
+    }
+    pcrValues = parsePcrValuesFile(ev.pcrValues, selection);
+  } else if (ev.pcrValues) {
+    pcrValues = ev.pcrValues;
+  }
+  const quote = verifyQuote({
+    ak,
+    quote: ev.quote,
+    signature: ev.signature,
+    qualifyingData: ev.nonce,
+    ...(ev.expectedSelection ? { expectedSelection: ev.expectedSelection } : {}),
+    ...(pcrValues ? { pcrValues } : {}),
+    ...(ev.hashAllowlist ? { hashAllowlist: ev.hashAllowlist } : {}),
+  });
+  const trust = new EkTrustStore(ev.ekCa);
+  const chain = await verifyEkChain(ev.ekCert, ev.ekIntermediates ?? [], trust, ev.at);
+  const leaf = chain.chain[0];
+  if (!leaf) throw new SigilError('tpm.ek_untrusted', 'empty EK chain');
+  const ekPubHash = createHash('sha256').update(certPublicSpkiDer(leaf)).digest('hex');
+  const input = { ekPubHash, chain, pcrs: quote.pcrs };
+  return {
+    selectors: tpmSelectors(input),
+    claims: { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: false, note: OFFLINE_NOTE },
+  };
+}
