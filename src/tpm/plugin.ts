@@ -266,11 +266,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
     }
     const prev = isCounterState(prevRaw) ? prevRaw : undefined;
     const next = checkCounters(prev, quote.attest.clockInfo);
-    try {
-      await this.deps.state.put(key, next);
-    } catch (e) {
-      throw new SigilError('tpm.state_unavailable', `tpm: storing the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
-    }
+    // Stored by commit(), only once every factor of the session passed.
+    pendingCounters.set(state as object, { key, next });
 
     const input = { ekPubHash: st.ekPubHash, chain, pcrs: quote.pcrs };
     return {
@@ -279,7 +276,21 @@ export class TpmVerifier implements NodeAttestorVerifier {
       agentIdSuffix: st.ekPubHash,
     };
   }
+
+  async commit(state: unknown): Promise<void> {
+    const pending = pendingCounters.get(state as object);
+    if (!pending) throw new SigilError('tpm.bad_state', 'tpm: commit without a successful finish for this session', { status: 500 });
+    pendingCounters.delete(state as object);
+    try {
+      await this.deps.state.put(pending.key, pending.next);
+    } catch (e) {
+      throw new SigilError('tpm.state_unavailable', `tpm: storing the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
+    }
+  }
 }
+
+/** Counter state checked in finish(), written in commit(); keyed by the session's state object. */
+const pendingCounters = new WeakMap<object, { key: string; next: unknown }>();
 
 export const tpmVerifierPlugin: NodeAttestorVerifierPlugin = {
   name: NAME,

@@ -3,6 +3,7 @@
  * on a manufactured swtpm: hello (EK cert + EK public + AK), credential activation and quote.
  * Skipped with a reason only when the binding is unavailable outside CI.
  */
+import { finishAndCommit } from './commit.js';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -78,7 +79,7 @@ async function attest(a: NodeAttestorAgent, state: MemoryState): Promise<{ selec
   const hello = (await a.hello()) as Record<string, string>;
   const { challenge, state: st } = await v.begin(JSON.parse(JSON.stringify(hello)), s);
   const response = await a.respond(JSON.parse(JSON.stringify(challenge)), { nonce: s.nonce, binding: s.binding, csrSpki: s.csrSpki });
-  const r = await v.finish(JSON.parse(JSON.stringify(response)), st, s);
+  const r = await finishAndCommit(v, JSON.parse(JSON.stringify(response)), st, s);
   return { selectors: r.selectors, agentIdSuffix: r.agentIdSuffix, hello };
 }
 

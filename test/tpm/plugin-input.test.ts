@@ -2,6 +2,7 @@
  * Verifier plugin config and input validation on synthetic material (no TPM needed): bad
  * configs, malformed hello/response/state JSON, and the agent half without a TPM binding.
  */
+import { finishAndCommit } from './commit.js';
 import 'reflect-metadata';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -107,14 +108,29 @@ describe('verifier input validation', () => {
   it('a synthetic session passes, and counters move forward', async () => {
     const s = session();
     const b = await v.begin(hello, s);
-    const r = await v.finish(respond(b.state, s, 100n), b.state, s);
+    const r = await finishAndCommit(v, respond(b.state, s, 100n), b.state, s);
     expect(r.selectors).toContain(`tpm:pcr:sha256:7:${'07'.repeat(32)}`);
     expect(r.selectors).toContain('tpm:ek_manufacturer:id:53544d20');
     const s2 = session();
     const b2 = await v.begin(hello, s2);
-    expect(await code(v.finish(respond(b2.state, s2, 99n), b2.state, s2))).toBe('tpm.counter_rollback');
-    expect(await code(v.finish(respond(b2.state, s2, 50n, 1, 1), b2.state, s2))).toBe('ok');
-    expect(await code(v.finish(respond(b2.state, s2, 10n, 1, 0), b2.state, s2))).toBe('tpm.counter_rollback');
+    expect(await code(finishAndCommit(v, respond(b2.state, s2, 99n), b2.state, s2))).toBe('tpm.counter_rollback');
+    expect(await code(finishAndCommit(v, respond(b2.state, s2, 50n, 1, 1), b2.state, s2))).toBe('ok');
+    expect(await code(finishAndCommit(v, respond(b2.state, s2, 10n, 1, 0), b2.state, s2))).toBe('tpm.counter_rollback');
+  });
+
+  it('stores counters only at commit, after every factor passed', async () => {
+    const fresh = await tpmVerifierPlugin.create({ ekCa: ['roots.pem'], pcrs: { sha256: [7] } }, { trustDomain: 'example.org', logger, now: () => new Date(), state: new MemoryState(), configDir: dir });
+    const s = session();
+    const b = await fresh.begin(hello, s);
+    await fresh.finish(respond(b.state, s, 500n), b.state, s);
+    // Not committed (another factor failed): an older quote is still acceptable.
+    const s2 = session();
+    const b2 = await fresh.begin(hello, s2);
+    expect(await code(fresh.finish(respond(b2.state, s2, 400n), b2.state, s2))).toBe('ok');
+    await fresh.commit!(b2.state, s2);
+    const s3 = session();
+    const b3 = await fresh.begin(hello, s3);
+    expect(await code(fresh.finish(respond(b3.state, s3, 300n), b3.state, s3))).toBe('tpm.counter_rollback');
   });
 
   it('rejects malformed hellos with tpm.bad_hello / tpm.malformed_public', async () => {
@@ -132,13 +148,13 @@ describe('verifier input validation', () => {
     const b = await v.begin(hello, s);
     const good = respond(b.state, s, 1000n, 2, 0); // a new reset epoch after the previous test
     for (const r of [null, {}, { ...good, extra: 1 }, { ...good, secret: '***' }, { ...good, pcrValues: {} }, { ...good, pcrValues: [{ bank: 'md5', index: 0, value: '00' }] }, { ...good, pcrValues: [{ bank: 'sha256', index: 7, value: 'zz' }] }]) {
-      expect(await code(v.finish(r, b.state, s))).toBe('tpm.bad_response');
+      expect(await code(finishAndCommit(v, r, b.state, s))).toBe('tpm.bad_response');
     }
     for (const st of [null, {}, { ...(b.state as object), v: 2 }, { ...(b.state as object), ekIntermediates: 'x' }]) {
-      expect(await code(v.finish(good, st, s))).toBe('tpm.bad_state');
+      expect(await code(finishAndCommit(v, good, st, s))).toBe('tpm.bad_state');
     }
-    expect(await code(v.finish({ ...good, secret: randomBytes(32).toString('base64') }, b.state, s))).toBe('tpm.credential_mismatch');
-    expect(await code(v.finish(good, b.state, s))).toBe('ok');
+    expect(await code(finishAndCommit(v, { ...good, secret: randomBytes(32).toString('base64') }, b.state, s))).toBe('tpm.credential_mismatch');
+    expect(await code(finishAndCommit(v, good, b.state, s))).toBe('ok');
   });
 });
 

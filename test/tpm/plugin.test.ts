@@ -3,6 +3,7 @@
  * tpm2-tools plays the agent (tpm2_activatecredential + tpm2_quote -q <binding>).
  * Every rejection has its own error code.
  */
+import { finishAndCommit } from './commit.js';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -127,7 +128,7 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const s = newSession();
     const { challenge, state: st } = await v.begin(hello(), s);
     const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'ok' });
-    const r = await v.finish(resp, st, s);
+    const r = await finishAndCommit(v, resp, st, s);
     const ekHash = spkiHash(parseTpm2bPublic(t.ekPubRsa));
     expect(r.agentIdSuffix).toBe(ekHash);
     expect(r.selectors).toContain(`tpm:ek_pubhash:${ekHash}`);
@@ -153,7 +154,7 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const s = newSession();
     const { challenge, state: st } = await v.begin(hello({ ekCert: b64(t.ekCertEcc), ekPub: b64(t.ekPubEcc) }), s);
     const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'ecc', ekHandle: ECC_EK_HANDLE });
-    const r = await v.finish(resp, st, s);
+    const r = await finishAndCommit(v, resp, st, s);
     expect(r.agentIdSuffix).toBe(spkiHash(parseTpm2bPublic(t.ekPubEcc)));
   });
 
@@ -163,7 +164,7 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const s = newSession();
     const { challenge, state: st } = await v.begin(hello(), s);
     const resp = await toolsRespond(challenge as Challenge, newSession().binding, { tag: 'nonce' });
-    expect(await codeOf(v.finish(resp, st, s))).toBe('tpm.nonce_mismatch');
+    expect(await codeOf(finishAndCommit(v, resp, st, s))).toBe('tpm.nonce_mismatch');
   });
 
   it('rejects a tampered quote and a tampered signature: tpm.quote_signature_invalid', async ({ skip }) => {
@@ -174,12 +175,12 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'tamper' });
     const q = Buffer.from(resp.quote, 'base64');
     q[q.length - 1] = (q[q.length - 1] ?? 0) ^ 0x80; // last byte of the PCR digest
-    expect(await codeOf(v.finish({ ...resp, quote: b64(q) }, st, s))).toBe('tpm.quote_signature_invalid');
+    expect(await codeOf(finishAndCommit(v, { ...resp, quote: b64(q) }, st, s))).toBe('tpm.quote_signature_invalid');
     const sig = Buffer.from(resp.signature, 'base64');
     sig[10] = (sig[10] ?? 0) ^ 0x01;
-    expect(await codeOf(v.finish({ ...resp, signature: b64(sig) }, st, s))).toBe('tpm.quote_signature_invalid');
+    expect(await codeOf(finishAndCommit(v, { ...resp, signature: b64(sig) }, st, s))).toBe('tpm.quote_signature_invalid');
     // garbage in the quote's structure
-    expect(await codeOf(v.finish({ ...resp, quote: b64(Buffer.from('ff544347801800', 'hex')) }, st, s))).toBe('tpm.quote_malformed');
+    expect(await codeOf(finishAndCommit(v, { ...resp, quote: b64(Buffer.from('ff544347801800', 'hex')) }, st, s))).toBe('tpm.quote_malformed');
   });
 
   it('rejects PCR values that do not match the quoted digest: tpm.pcr_digest_mismatch', async ({ skip }) => {
@@ -189,7 +190,7 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const { challenge, state: st } = await v.begin(hello(), s);
     const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'pcr' });
     const pcrValues = resp.pcrValues.map((p) => (p.bank === 'sha256' && p.index === 16 ? { ...p, value: 'ee'.repeat(32) } : p));
-    expect(await codeOf(v.finish({ ...resp, pcrValues }, st, s))).toBe('tpm.pcr_digest_mismatch');
+    expect(await codeOf(finishAndCommit(v, { ...resp, pcrValues }, st, s))).toBe('tpm.pcr_digest_mismatch');
   });
 
   it('rejects a quote over other PCRs than required: tpm.pcr_selection_mismatch', async ({ skip }) => {
@@ -198,7 +199,7 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const s = newSession();
     const { challenge, state: st } = await v.begin(hello(), s);
     const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'sel', pcrList: 'sha256:0,1' });
-    expect(await codeOf(v.finish(resp, st, s))).toBe('tpm.pcr_selection_mismatch');
+    expect(await codeOf(finishAndCommit(v, resp, st, s))).toBe('tpm.pcr_selection_mismatch');
   });
 
   it('rejects an unrestricted signing key as AK: tpm.ak_not_restricted', async ({ skip }) => {
@@ -236,12 +237,12 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const { challenge, state: st } = await v.begin(hello(), s);
     // the agent activates and quotes with another AK: the TPM refuses activation, the agent can only guess
     const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'name', activateWith: akEcc, quoteWith: akEcc });
-    expect(await codeOf(v.finish(resp, st, s))).toBe('tpm.credential_mismatch');
+    expect(await codeOf(finishAndCommit(v, resp, st, s))).toBe('tpm.credential_mismatch');
     // activation with the right AK but a quote from another AK does not pass either
     const resp2 = await toolsRespond(challenge as Challenge, s.binding, { tag: 'name2', quoteWith: ak2 });
-    expect(await codeOf(v.finish(resp2, st, s))).toBe('tpm.quote_signature_invalid');
+    expect(await codeOf(finishAndCommit(v, resp2, st, s))).toBe('tpm.quote_signature_invalid');
     const resp3 = await toolsRespond(challenge as Challenge, s.binding, { tag: 'name3', quoteWith: akEcc });
-    expect(await codeOf(v.finish(resp3, st, s))).toBe('tpm.signature_scheme_mismatch');
+    expect(await codeOf(finishAndCommit(v, resp3, st, s))).toBe('tpm.signature_scheme_mismatch');
   });
 
   it('rejects replays: an old response in a new session, and an older quote after a newer one', async ({ skip }) => {
@@ -251,11 +252,11 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const sA = newSession();
     const a = await v.begin(hello(), sA);
     const respA = await toolsRespond(a.challenge as Challenge, sA.binding, { tag: 'rA' });
-    await v.finish(respA, a.state, sA);
+    await finishAndCommit(v, respA, a.state, sA);
     // replaying A's response into session B: the secret is B's, not A's
     const sB = newSession();
     const b = await v.begin(hello(), sB);
-    expect(await codeOf(v.finish(respA, b.state, sB))).toBe('tpm.credential_mismatch');
+    expect(await codeOf(finishAndCommit(v, respA, b.state, sB))).toBe('tpm.credential_mismatch');
 
     // session C's quote is made first (older clock), then session D completes, then C finishes late
     const sC = newSession();
@@ -264,8 +265,8 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     await new Promise((r) => setTimeout(r, 20));
     const sD = newSession();
     const d = await v.begin(hello(), sD);
-    await v.finish(await toolsRespond(d.challenge as Challenge, sD.binding, { tag: 'rD' }), d.state, sD);
-    expect(await codeOf(v.finish(respC, c.state, sC))).toBe('tpm.counter_rollback');
+    await finishAndCommit(v, await toolsRespond(d.challenge as Challenge, sD.binding, { tag: 'rD' }), d.state, sD);
+    expect(await codeOf(finishAndCommit(v, respC, c.state, sC))).toBe('tpm.counter_rollback');
     const key = `counters:${spkiHash(parseTpm2bPublic(t.ekPubRsa))}`;
     const last = state.m.get(key) as { clock: string };
     expect(BigInt(last.clock)).toBeGreaterThan(0n);
@@ -276,7 +277,7 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     const { v, state } = await makeVerifier();
     const s1 = newSession();
     const one = await v.begin(hello(), s1);
-    await v.finish(await toolsRespond(one.challenge as Challenge, s1.binding, { tag: 'reset1' }), one.state, s1);
+    await finishAndCommit(v, await toolsRespond(one.challenge as Challenge, s1.binding, { tag: 'reset1' }), one.state, s1);
     const key = `counters:${spkiHash(parseTpm2bPublic(t.ekPubRsa))}`;
     const before = state.m.get(key) as { resetCount: number };
     // power-cycle the swtpm: Shutdown(CLEAR), re-init over the control channel, Startup(CLEAR)
@@ -287,7 +288,7 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     await t.run('tpm2_pcrextend', ['16:sha256=' + '11'.repeat(32) + ',sha1=' + '22'.repeat(20)]);
     const s2 = newSession();
     const two = await v.begin(hello(), s2);
-    const r = await v.finish(await toolsRespond(two.challenge as Challenge, s2.binding, { tag: 'reset2' }), two.state, s2);
+    const r = await finishAndCommit(v, await toolsRespond(two.challenge as Challenge, s2.binding, { tag: 'reset2' }), two.state, s2);
     expect((state.m.get(key) as { resetCount: number }).resetCount).toBe(before.resetCount + 1);
     expect(r.claims.resetCount).toBe(before.resetCount + 1);
   });
