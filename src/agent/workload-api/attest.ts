@@ -12,12 +12,20 @@ export const DEFAULT_ATTEST_TIMEOUT_MS = 5000;
 const MAX_SELECTORS_PER_ATTESTOR = 4096;
 const MAX_SELECTOR_LENGTH = 4096;
 
+export interface CallerAttestation {
+  /** Union of the selectors of the attestors that succeeded, sorted. */
+  selectors: Selector[];
+  /** Names of attestors that failed or timed out. */
+  failed: string[];
+}
+
 export async function attestCaller(
   caller: WorkloadCaller,
   attestors: Map<string, WorkloadAttestor>,
   logger: Logger,
   timeoutMs = DEFAULT_ATTEST_TIMEOUT_MS,
-): Promise<Selector[]> {
+): Promise<CallerAttestation> {
+  const failed: string[] = [];
   const ac = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<'timeout'>((resolve) => {
@@ -33,10 +41,12 @@ export async function attestCaller(
           const r = await Promise.race([attestor.attest({ ...caller }, ac.signal), timeout]);
           if (r === 'timeout') {
             logger.warn({ attestor: name, pid: caller.pid, timeoutMs }, 'workload attestor timed out; it contributes no selectors');
+            failed.push(name);
             return [];
           }
           if (!Array.isArray(r)) {
             logger.warn({ attestor: name, pid: caller.pid }, 'workload attestor returned a non-array; ignored');
+            failed.push(name);
             return [];
           }
           const prefix = `${name}:`;
@@ -49,11 +59,12 @@ export async function attestCaller(
         } catch (e) {
           const err = e as { code?: string; message?: string };
           logger.warn({ attestor: name, pid: caller.pid, code: err.code, err: err.message }, 'workload attestor failed; it contributes no selectors');
+          failed.push(name);
           return [];
         }
       }),
     );
-    return [...new Set(results.flat())].sort();
+    return { selectors: [...new Set(results.flat())].sort(), failed: failed.sort() };
   } finally {
     clearTimeout(timer);
     ac.abort();

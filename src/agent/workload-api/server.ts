@@ -14,6 +14,7 @@
  * not read is coalesced: at most one pending (latest) message is kept per stream.
  */
 import { randomUUID } from 'node:crypto';
+import { closeSync } from 'node:fs';
 import { chmod, lstat, mkdir, stat, unlink } from 'node:fs/promises';
 import http2, { type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import net from 'node:net';
@@ -23,7 +24,7 @@ import { SigilError, isSigilError } from '../../errors.js';
 import type { Selector, WorkloadAttestor } from '../../plugins/types.js';
 import { SpiffeId, parseTrustDomain } from '../../spiffe/id.js';
 import type { CachedX509Svid, WorkloadIdentitySource } from '../identity-source.js';
-import { attestCaller, DEFAULT_ATTEST_TIMEOUT_MS } from './attest.js';
+import { attestCaller, DEFAULT_ATTEST_TIMEOUT_MS, type CallerAttestation } from './attest.js';
 import { CallerConnection, type PeerCredentials } from './caller.js';
 import { ByteBudget, GrpcError, GrpcStatus, encodeGrpcMessage, frameMessage, parseGrpcTimeout, readSingleMessage, type GrpcStatusCode } from './grpc.js';
 import { SERVICE_NAME, encodeMessage, toStruct, workloadCodecs, type X509SvidMsg } from './proto.js';
@@ -119,7 +120,7 @@ interface ConnState {
   conn: CallerConnection;
   session: ServerHttp2Session;
   cache: { selectors: Selector[]; at: number } | undefined;
-  inflight: Promise<Selector[]> | undefined;
+  inflight: Promise<CallerAttestation> | undefined;
   calls: Set<Call>;
   poisoned: boolean;
 }
@@ -128,6 +129,8 @@ interface ConnState {
 class Call {
   private headersSent = false;
   done = false;
+  /** The request message has been read completely. */
+  requestRead = false;
   private trailers: Record<string, string> = {};
   private readonly cleanups: (() => void)[] = [];
 
@@ -199,9 +202,17 @@ class Call {
     } catch {
       // stream went away
     }
-    // Anything the client still sends for this call is no longer wanted.
-    this.stream.resume();
     this.markDone();
+    if (!this.requestRead) {
+      // The client may still be sending a request nobody will read: after the complete response,
+      // ask it to stop (RST_STREAM NO_ERROR, RFC 9113 §8.1) and discard what is in flight.
+      this.stream.resume();
+      try {
+        this.stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      } catch {
+        // already closed
+      }
+    }
   }
 }
 
@@ -254,19 +265,26 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     setTimeout(() => state.session.destroy(), 1000).unref();
   }
 
-  async function selectorsFor(state: ConnState): Promise<Selector[]> {
+  const NO_IDENTITY = { code: GrpcStatus.PERMISSION_DENIED, message: 'no identity issued' } as const;
+  const NO_BUNDLE = { code: GrpcStatus.UNAVAILABLE, message: 'no trust bundle available yet' } as const;
+
+  /**
+   * The caller's selectors, attested at most once per `selectorCacheMs` per connection (a
+   * result with failed attestors is not cached). Concurrent calls share one attestation.
+   */
+  async function attestConnection(state: ConnState): Promise<CallerAttestation> {
     if (state.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
     const c = state.cache;
-    if (c && Date.now() - c.at < selectorCacheMs) return c.selectors;
+    if (c && Date.now() - c.at < selectorCacheMs) return { selectors: c.selectors, failed: [] };
     if (state.inflight) return state.inflight;
-    const p = (async (): Promise<Selector[]> => {
+    const p = (async (): Promise<CallerAttestation> => {
       try {
         await state.conn.ready;
-        const selectors = await attestCaller(state.conn.caller, opts.attestors, logger, attestTimeoutMs);
+        const r = await attestCaller(state.conn.caller, opts.attestors, logger, attestTimeoutMs);
         await state.conn.verifyUnchanged();
-        state.cache = { selectors, at: Date.now() };
-        logger.debug({ conn: state.id, pid: state.conn.caller.pid, selectors }, 'workload attested');
-        return selectors;
+        if (r.failed.length === 0) state.cache = { selectors: r.selectors, at: Date.now() };
+        logger.debug({ conn: state.id, pid: state.conn.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
+        return r;
       } catch (e) {
         const msg = e instanceof Error ? e.message : String(e);
         poison(state, msg);
@@ -281,7 +299,27 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     }
   }
 
+  /** When nothing is issued: PermissionDenied, or Unavailable if an attestor failed (retry may help). */
+  function noIdentity(a: CallerAttestation): { code: GrpcStatusCode; message: string } {
+    if (a.failed.length > 0) return { code: GrpcStatus.UNAVAILABLE, message: `workload attestation incomplete (${a.failed.join(', ')} failed); retry` };
+    return NO_IDENTITY;
+  }
+
   // ------------------------------------------------------------------ responses
+
+  /**
+   * Encoded responses, keyed by what they depend on (the selector set, or the bundle kind), so
+   * many clients with the same selectors share one encoding. Emptied on every source change.
+   */
+  const responseCache = new Map<string, Uint8Array | null>();
+  function cachedResponse(key: string, build: () => Uint8Array | null): Uint8Array | null {
+    const hit = responseCache.get(key);
+    if (hit !== undefined || responseCache.has(key)) return hit ?? null;
+    const v = build();
+    if (responseCache.size >= 4096) responseCache.clear();
+    responseCache.set(key, v);
+    return v;
+  }
 
   function x509Response(svids: CachedX509Svid[]): Uint8Array | null {
     if (svids.length === 0) return null;
@@ -398,22 +436,21 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     }
   }
 
-  const NO_IDENTITY = { code: GrpcStatus.PERMISSION_DENIED, message: 'no identity issued' } as const;
-  const NO_BUNDLE = { code: GrpcStatus.UNAVAILABLE, message: 'no trust bundle available yet' } as const;
 
   const handlers: Record<string, Handler> = {
     async FetchX509SVID(state, call, body) {
       decodeEmptyRequest(body);
-      const selectors = await selectorsFor(state);
-      serveStream(call, () => x509Response(source.x509SvidsFor(selectors)), NO_IDENTITY);
+      const a = await attestConnection(state);
+      const key = `x509\0${a.selectors.join('\0')}`;
+      serveStream(call, () => cachedResponse(key, () => x509Response(source.x509SvidsFor(a.selectors))), noIdentity(a));
     },
     async FetchX509Bundles(_state, call, body) {
       decodeEmptyRequest(body);
-      serveStream(call, x509BundlesResponse, NO_BUNDLE);
+      serveStream(call, () => cachedResponse('x509-bundles', x509BundlesResponse), NO_BUNDLE);
     },
     async FetchJWTBundles(_state, call, body) {
       decodeEmptyRequest(body);
-      serveStream(call, jwtBundlesResponse, NO_BUNDLE);
+      serveStream(call, () => cachedResponse('jwt-bundles', jwtBundlesResponse), NO_BUNDLE);
     },
     async FetchJWTSVID(state, call, body, deadlineMs) {
       const req = decodeJwtSvidRequest(body, maxAudiences);
@@ -431,9 +468,12 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
           throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `spiffe_id: ${(e as Error).message}`);
         }
       }
-      const selectors = await selectorsFor(state);
-      const results = await withDeadline(source.jwtSvidsFor(selectors, audience, spiffeId), deadlineMs ?? unaryTimeoutMs);
-      if (results.length === 0) throw new GrpcError(NO_IDENTITY.code, NO_IDENTITY.message);
+      const a = await attestConnection(state);
+      const results = await withDeadline(source.jwtSvidsFor(a.selectors, audience, spiffeId), deadlineMs ?? unaryTimeoutMs);
+      if (results.length === 0) {
+        const n = noIdentity(a);
+        throw new GrpcError(n.code, n.message);
+      }
       const hints = new Set<string>();
       const svids = [];
       for (const r of results) {
@@ -505,6 +545,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       call.onDone(() => clearTimeout(deadlineTimer));
     }
     const body = await readSingleMessage(call.stream, maxRequestBytes, Math.min(requestTimeoutMs, timeout ?? requestTimeoutMs), budget);
+    call.requestRead = true;
     if (call.done) return;
     await handler(state, call, body, timeout);
   }
@@ -527,7 +568,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     }
     const n = perUid.get(peer.uid) ?? 0;
     if (n >= maxPerUid) {
-      if (peer.pidfd !== undefined) new CallerConnection(peer, procRoot).close();
+      if (peer.pidfd !== undefined) closeQuietly(peer.pidfd);
       reject(socket, `too many connections for uid ${peer.uid}`);
       return;
     }
@@ -605,6 +646,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
   });
   await chmod(socketPath, 0o777);
   const ours = await lstat(socketPath);
+  const unsubscribeCache = source.onChange(() => responseCache.clear());
   logger.info({ socket: socketPath }, 'Workload API listening');
 
   return {
@@ -619,6 +661,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     async close(): Promise<void> {
       if (closing) return;
       closing = true;
+      unsubscribeCache();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const s of [...conns]) {
         for (const c of [...s.calls]) c.finish(GrpcStatus.UNAVAILABLE, 'agent is shutting down');
@@ -641,6 +684,14 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       }
     },
   };
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
 }
 
 /** Create the socket's directory (0755) if needed and remove a stale socket file (only a socket). */

@@ -1,0 +1,309 @@
+/**
+ * Workload API benchmark: FetchX509SVID and FetchJWTSVID latency with 1,000 cached SVIDs in the
+ * identity source (the caller matches 3) and 200 concurrent grpc-js clients (one connection
+ * each), the server's RSS, and the cost of workload attestation.
+ *
+ * The server runs in a child process (so its RSS and event loop are its own); the clients run
+ * here. Two load shapes are measured:
+ *   - closed loop: 200 clients each issue calls back to back (latency includes queueing at
+ *     saturation; throughput is the server's capacity on this machine);
+ *   - open loop: 200 connected clients issue calls at a fixed total rate (service latency).
+ * Raw crypto rate (ES256 signatures/s) is measured in the same run for scale.
+ *
+ *   npx tsx bench/workload-api.ts [--clients 200] [--calls 20] [--rate 1000]
+ *   (BENCH_PROF=DIR also writes a CPU profile of the server process into DIR)
+ */
+import { createSign, generateKeyPairSync } from 'node:crypto';
+import { fork } from 'node:child_process';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { mkdtempSync, rmSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { SignJWT } from 'jose';
+import pino from 'pino';
+import type { CachedX509Svid, JwtSvidResult, WorkloadIdentitySource } from '../src/agent/identity-source.js';
+import type { WorkloadAttestor } from '../src/plugins/types.js';
+import { startWorkloadApi } from '../src/agent/workload-api/server.js';
+import { workloadProtoPath } from '../src/agent/workload-api/proto.js';
+import { createContainerAttestor } from '../src/workload/container.js';
+import { createUnixAttestor } from '../src/workload/unix.js';
+import { makePki, TD } from '../test/workload-api/support.js';
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: number): number => {
+  const i = args.indexOf(name);
+  return i >= 0 && args[i + 1] ? Number(args[i + 1]) : dflt;
+};
+
+// ---------------------------------------------------------------- server child
+
+class BenchSource implements WorkloadIdentitySource {
+  private readonly bySelector = new Map<string, CachedX509Svid[]>();
+  private readonly all: { selectors: string[]; svid: CachedX509Svid }[] = [];
+  private readonly jwtKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  private readonly jwtCache = new Map<string, JwtSvidResult>();
+  constructor(private readonly root: Buffer) {}
+  add(selectors: string[], svid: CachedX509Svid): void {
+    this.all.push({ selectors, svid });
+    const k = selectors[0]!;
+    this.bySelector.set(k, [...(this.bySelector.get(k) ?? []), svid]);
+  }
+  private match(selectors: string[]): { selectors: string[]; svid: CachedX509Svid }[] {
+    const have = new Set(selectors);
+    const cands = new Set(selectors.flatMap((s) => this.bySelector.get(s) ?? []));
+    return this.all.filter((e) => cands.has(e.svid) && e.selectors.every((s) => have.has(s)));
+  }
+  x509SvidsFor(selectors: string[]): CachedX509Svid[] {
+    return this.match(selectors).map((e) => e.svid);
+  }
+  x509Bundles(): Map<string, Buffer[]> {
+    return new Map([[TD, [this.root]]]);
+  }
+  jwtBundles(): Map<string, Buffer> {
+    return new Map([[TD, Buffer.from(JSON.stringify({ keys: [this.jwtKey.publicKey.export({ format: 'jwk' })] }))]]);
+  }
+  async jwtSvidsFor(selectors: string[], audience: string[]): Promise<JwtSvidResult[]> {
+    const out: JwtSvidResult[] = [];
+    for (const e of this.match(selectors)) {
+      const key = `${e.svid.entryId}\0${audience.join('\0')}`;
+      let r = this.jwtCache.get(key);
+      if (!r || r.expiresAt.getTime() - Date.now() < 150_000) {
+        const exp = Math.floor(Date.now() / 1000) + 300;
+        const token = await new SignJWT({})
+          .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'JWT' })
+          .setSubject(e.svid.spiffeId)
+          .setAudience(audience)
+          .setExpirationTime(exp)
+          .sign(this.jwtKey.privateKey);
+        r = { spiffeId: e.svid.spiffeId, token, hint: '', expiresAt: new Date(exp * 1000) };
+        this.jwtCache.set(key, r);
+      }
+      out.push(r);
+    }
+    return out;
+  }
+  async validateJwtSvid(): Promise<{ spiffeId: string; claims: Record<string, unknown> }> {
+    throw new Error('not used by this benchmark');
+  }
+  onChange(): () => void {
+    return () => undefined;
+  }
+}
+
+async function runServer(socketPath: string, uid: number): Promise<void> {
+  const pki = makePki();
+  const src = new BenchSource(pki.rootDer);
+  for (let i = 0; i < 1000; i++) {
+    const mine = i < 3;
+    const spiffeId = `spiffe://${TD}/bench/${i}`;
+    const issued = pki.issue(spiffeId);
+    src.add(mine ? [`unix:uid:${uid}`] : [`unix:uid:${100000 + i}`], { entryId: `e${i}`, spiffeId, hint: mine ? `h${i}` : '', ...issued });
+  }
+  const server = await startWorkloadApi({
+    socketPath,
+    source: src,
+    attestors: new Map<string, WorkloadAttestor>([
+      ['unix', createUnixAttestor({ hashBinaries: true })],
+      ['container', createContainerAttestor({})],
+    ]),
+    logger: pino({ level: 'silent' }),
+  });
+  process.on('disconnect', () => process.exit(0));
+  const loop = monitorEventLoopDelay({ resolution: 1 });
+  loop.enable();
+  process.send!({ type: 'ready', rss: process.memoryUsage().rss });
+  process.on('message', (m: { type: string }) => {
+    if (m.type === 'rss') {
+      const cpu = process.cpuUsage();
+      process.send!({
+        type: 'rss',
+        rss: process.memoryUsage().rss,
+        stats: server.stats(),
+        cpuUs: cpu.user + cpu.system,
+        loopP99Ms: loop.percentile(99) / 1e6,
+        loopMaxMs: loop.max / 1e6,
+      });
+      loop.reset();
+    }
+    if (m.type === 'stop') void server.close().then(() => process.exit(0));
+  });
+}
+
+// ---------------------------------------------------------------- client side
+
+type Stub = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+}
+
+function md(): grpc.Metadata {
+  const m = new grpc.Metadata();
+  m.set('workload.spiffe.io', 'true');
+  return m;
+}
+
+function fetchX509(stub: Stub): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const call = (stub.FetchX509SVID as (r: object, m: grpc.Metadata) => grpc.ClientReadableStream<{ svids: unknown[] }>).call(stub, {}, md());
+    call.once('data', (m) => {
+      if (m.svids.length !== 3) reject(new Error(`expected 3 SVIDs, got ${m.svids.length}`));
+      else resolve();
+      call.cancel();
+    });
+    call.on('error', (e: grpc.ServiceError) => {
+      if (e.code !== grpc.status.CANCELLED) reject(e);
+    });
+  });
+}
+
+function fetchJwt(stub: Stub): Promise<void> {
+  return new Promise((resolve, reject) => {
+    (stub.FetchJWTSVID as (r: object, m: grpc.Metadata, cb: (e: grpc.ServiceError | null, v?: { svids: unknown[] }) => void) => void).call(
+      stub,
+      { audience: ['bench'] },
+      md(),
+      (e, v) => (e ? reject(e) : v!.svids.length === 3 ? resolve() : reject(new Error('expected 3 JWT-SVIDs'))),
+    );
+  });
+}
+
+async function closedLoop(stubs: Stub[], calls: number, fn: (s: Stub) => Promise<void>): Promise<{ lat: number[]; perSec: number }> {
+  const lat: number[] = [];
+  const t0 = performance.now();
+  await Promise.all(
+    stubs.map(async (s) => {
+      for (let i = 0; i < calls; i++) {
+        const a = performance.now();
+        await fn(s);
+        lat.push(performance.now() - a);
+      }
+    }),
+  );
+  return { lat, perSec: (lat.length / (performance.now() - t0)) * 1000 };
+}
+
+async function openLoop(stubs: Stub[], ratePerSec: number, seconds: number, fn: (s: Stub) => Promise<void>): Promise<number[]> {
+  const lat: number[] = [];
+  const total = Math.round(ratePerSec * seconds);
+  const interval = 1000 / ratePerSec;
+  const t0 = performance.now();
+  const pending: Promise<void>[] = [];
+  for (let i = 0; i < total; i++) {
+    const due = t0 + i * interval;
+    const wait = due - performance.now();
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    const s = stubs[i % stubs.length]!;
+    const a = performance.now();
+    pending.push(fn(s).then(() => void lat.push(performance.now() - a)));
+  }
+  await Promise.all(pending);
+  return lat;
+}
+
+function rawEs256PerSec(): number {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const data = Buffer.alloc(300, 1);
+  let n = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < 500) {
+    createSign('sha256').update(data).sign({ key: privateKey, dsaEncoding: 'ieee-p1363' });
+    n++;
+  }
+  return (n / (performance.now() - t0)) * 1000;
+}
+
+async function attestationCost(): Promise<void> {
+  const caller = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() };
+  const signal = new AbortController().signal;
+  const cached = createUnixAttestor({ hashBinaries: true });
+  await cached.attest(caller, signal); // fill the cache
+  const time = async (fn: () => Promise<unknown>, n: number): Promise<number> => {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) await fn();
+    return ((performance.now() - t0) / n) * 1000;
+  };
+  const hit = await time(() => cached.attest(caller, signal), 2000);
+  const noHash = createUnixAttestor({ hashBinaries: false });
+  const nh = await time(() => noHash.attest(caller, signal), 2000);
+  const miss = await time(() => createUnixAttestor({ hashBinaries: true }).attest(caller, signal), 3);
+  const ctr = createContainerAttestor({});
+  const c = await time(() => ctr.attest(caller, signal), 2000);
+  const { statSync, realpathSync } = await import('node:fs');
+  const size = statSync(realpathSync(process.execPath)).size;
+  console.log('\nworkload attestation (this process, real /proc):');
+  console.log(`  unix, exe hash cached     ${hit.toFixed(0).padStart(8)} µs/attestation`);
+  console.log(`  unix, exe hash uncached   ${miss.toFixed(0).padStart(8)} µs/attestation  (hashing ${(size / 1e6).toFixed(1)} MB: ${((size / 1e6) / (miss / 1e6)).toFixed(0)} MB/s)`);
+  console.log(`  unix, hashBinaries=false  ${nh.toFixed(0).padStart(8)} µs/attestation`);
+  console.log(`  container                 ${c.toFixed(0).padStart(8)} µs/attestation`);
+}
+
+async function main(): Promise<void> {
+  const nClients = opt('--clients', 200);
+  const calls = opt('--calls', 20);
+  const rate = opt('--rate', 1000);
+  const es256 = rawEs256PerSec();
+  await attestationCost();
+
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-bench-'));
+  chmodSync(dir, 0o755);
+  const socket = join(dir, 'agent.sock');
+  const child = fork(fileURLToPath(import.meta.url), ['--server', socket, String(process.getuid!())], { execArgv: ['--import', 'tsx', ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : [])], stdio: 'inherit' });
+  const ask = <T>(type: string): Promise<T> =>
+    new Promise((resolve) => {
+      child.once('message', (m) => resolve(m as T));
+      if (type !== 'ready') child.send({ type });
+    });
+  const ready = await ask<{ rss: number }>('ready');
+
+  const def = protoLoader.loadSync(workloadProtoPath(), { keepCase: true, defaults: true });
+  const Ctor = grpc.loadPackageDefinition(def).SpiffeWorkloadAPI as grpc.ServiceClientConstructor;
+  const stubs = Array.from(
+    { length: nClients },
+    () => new Ctor(`unix://${socket}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as Stub,
+  );
+  await Promise.all(stubs.map((s) => fetchX509(s))); // connect + warm up
+  const afterConnect = await ask<{ rss: number; stats: { connections: number } }>('rss');
+
+  type Probe = { rss: number; stats: { connections: number }; cpuUs: number; loopP99Ms: number; loopMaxMs: number };
+  const p0 = await ask<Probe>('rss');
+  const x = await closedLoop(stubs, calls, fetchX509);
+  const p1 = await ask<Probe>('rss');
+  const j = await closedLoop(stubs, calls, fetchJwt);
+  const p2 = await ask<Probe>('rss');
+  const xo = await openLoop(stubs, rate, 3, fetchX509);
+  const p3 = await ask<Probe>('rss');
+  const jo = await openLoop(stubs, rate, 3, fetchJwt);
+  const end = await ask<Probe>('rss');
+  const cpuPerCall = (a: Probe, b: Probe, n: number): string =>
+    `${((b.cpuUs - a.cpuUs) / n).toFixed(0)} µs server CPU/call, server event-loop delay p99 ${b.loopP99Ms.toFixed(1)} ms max ${b.loopMaxMs.toFixed(1)} ms`;
+
+  const row = (name: string, lat: number[], perSec?: number): string =>
+    `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms` +
+    (perSec !== undefined ? `   ${perSec.toFixed(0).padStart(6)} calls/s (${(perSec / es256).toFixed(2)}× raw ES256 sign rate)` : '');
+  console.log(`\nWorkload API: 1,000 cached SVIDs, caller matches 3, ${nClients} clients (one connection each), server in a child process`);
+  console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s`);
+  console.log(`closed loop (${nClients} concurrent, ${calls} calls each, back to back):`);
+  console.log(row('FetchX509SVID (first message of the stream)', x.lat, x.perSec) + `   ${cpuPerCall(p0, p1, x.lat.length)}`);
+  console.log(row('FetchJWTSVID (cached tokens)', j.lat, j.perSec) + `   ${cpuPerCall(p1, p2, j.lat.length)}`);
+  console.log(`open loop (${rate} calls/s spread over ${nClients} connected clients, 3 s):`);
+  console.log(row('FetchX509SVID', xo) + `   ${cpuPerCall(p2, p3, xo.length)}`);
+  console.log(row('FetchJWTSVID', jo) + `   ${cpuPerCall(p3, end, jo.length)}`);
+  console.log(
+    `server RSS: ${(ready.rss / 1e6).toFixed(1)} MB idle with 1,000 SVIDs, ${(afterConnect.rss / 1e6).toFixed(1)} MB with ${afterConnect.stats.connections} connections, ${(end.rss / 1e6).toFixed(1)} MB after the runs`,
+  );
+  for (const s of stubs) s.close();
+  child.send({ type: 'stop' });
+  await new Promise((r) => child.once('exit', r));
+  rmSync(dir, { recursive: true, force: true });
+}
+
+if (args[0] === '--server') {
+  await runServer(args[1]!, Number(args[2]));
+} else {
+  await main();
+}

@@ -1,0 +1,208 @@
+/**
+ * `container` workload attestor (DESIGN §4): container ID, runtime and Kubernetes pod UID of the
+ * caller, read from /proc/<pid>/cgroup only (never from mountinfo, which a process can shape
+ * with its own mounts). The cgroup path is set by the container runtime and can only be changed
+ * by whoever may write the cgroup tree.
+ *
+ *   container:id:<64 hex>  container:runtime:<docker|containerd|crio|podman>  container:pod_uid:<uuid>
+ *
+ * Recognised path forms (cgroup v1 lines `N:controllers:/path` and the v2 line `0::/path`):
+ *   docker      /docker/<id>                          (cgroupfs driver)
+ *               .../docker-<id>.scope                 (systemd driver)
+ *   containerd  .../cri-containerd-<id>.scope         (systemd driver)
+ *               /kubepods/<qos>/pod<uid>/<id>          (cgroupfs driver; a bare ID under kubepods)
+ *   cri-o       .../crio-<id>.scope, .../crio-<id>
+ *   podman      .../libpod-<id>.scope, /libpod_parent/libpod-<id>
+ *   pod UID     kubepods-<qos>-pod<uid with _>.slice (systemd) or pod<uid> (cgroupfs) below kubepods
+ * Monitor processes (`crio-conmon-<id>`, `libpod-conmon-<id>`) are not containers and match nothing.
+ * Nested containers: the innermost (last) match on a line wins. Lines that disagree on the
+ * container ID or pod UID make the attestation fail rather than guess.
+ *
+ * Under a systemd user delegation (`user@<uid>.service`), that user chooses cgroup names and
+ * could name a cgroup after another container; such paths give no selectors unless the config
+ * sets `allowUserDelegated: true` (rootless podman/docker).
+ *
+ * The agent must see the host's cgroup namespace: inside a private cgroup namespace the kernel
+ * shows paths relative to the agent's own cgroup and containers cannot be identified.
+ *
+ * The /proc/<pid>/cgroup format is parsed by hand (kernel text format).
+ */
+import type { Logger } from 'pino';
+import { SigilError } from '../errors.js';
+import { validateAgainstSchema } from '../plugins/validate.js';
+import type { AgentPluginDeps, JsonSchema, Selector, WorkloadAttestor, WorkloadAttestorPlugin, WorkloadCaller } from '../plugins/types.js';
+import { DEFAULT_PROC_ROOT, procPath, readBoundedFile } from './proc.js';
+
+export type ContainerRuntime = 'docker' | 'containerd' | 'crio' | 'podman';
+
+export interface ContainerInfo {
+  id: string;
+  runtime?: ContainerRuntime;
+  podUid?: string;
+}
+
+export interface ContainerAttestorConfig {
+  allowUserDelegated?: boolean;
+}
+
+export interface ContainerAttestorOptions {
+  procRoot?: string;
+  logger?: Logger;
+}
+
+export const containerConfigSchema: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    allowUserDelegated: { type: 'boolean', default: false },
+  },
+};
+
+const ID = '[0-9a-f]{64}';
+const EXPLICIT: { re: RegExp; runtime: ContainerRuntime }[] = [
+  { re: new RegExp(`^docker-(${ID})\\.scope$`), runtime: 'docker' },
+  { re: new RegExp(`^cri-containerd-(${ID})\\.scope$`), runtime: 'containerd' },
+  { re: new RegExp(`^crio-(${ID})(?:\\.scope)?$`), runtime: 'crio' },
+  { re: new RegExp(`^libpod-(${ID})(?:\\.scope)?$`), runtime: 'podman' },
+];
+const BARE_ID = new RegExp(`^${ID}$`);
+const POD_SYSTEMD = /^kubepods(?:-[a-z]+)*-pod([0-9a-f_]{36})\.slice$/;
+const POD_CGROUPFS = /^pod([0-9a-f-]{36})$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const USER_DELEGATION = /^user@\d+\.service$/;
+
+const MAX_LINES = 256;
+
+interface LineMatch {
+  id?: string;
+  runtime?: ContainerRuntime;
+  /** Runtime derived from the pattern itself (true) or inferred from the surroundings (false). */
+  explicit: boolean;
+  podUid?: string;
+  delegated: boolean;
+}
+
+/** Examine one cgroup path. */
+export function matchCgroupPath(path: string): LineMatch {
+  const segs = path.split('/').filter((s) => s.length > 0);
+  const m: LineMatch = { explicit: false, delegated: false };
+  let underKubepods = false;
+  for (let i = 0; i < segs.length; i++) {
+    const seg = segs[i]!;
+    if (USER_DELEGATION.test(seg)) m.delegated = true;
+    if (seg === 'kubepods' || seg.startsWith('kubepods-') || seg === 'kubepods.slice') underKubepods = true;
+    if (underKubepods) {
+      const ps = POD_SYSTEMD.exec(seg);
+      const pc = ps ? null : POD_CGROUPFS.exec(seg);
+      const raw = ps ? ps[1]!.replaceAll('_', '-') : pc?.[1];
+      if (raw !== undefined && UUID.test(raw)) m.podUid = raw;
+    }
+    let matched = false;
+    for (const { re, runtime } of EXPLICIT) {
+      const r = re.exec(seg);
+      if (r) {
+        m.id = r[1]!;
+        m.runtime = runtime;
+        m.explicit = true;
+        matched = true;
+        break;
+      }
+    }
+    if (matched || !BARE_ID.test(seg)) continue;
+    const parent = i > 0 ? segs[i - 1] : undefined;
+    if (parent === 'docker') {
+      m.id = seg;
+      m.runtime = 'docker';
+      m.explicit = true;
+    } else if (underKubepods) {
+      m.id = seg;
+      m.runtime = 'containerd';
+      m.explicit = false;
+    }
+  }
+  return m;
+}
+
+/**
+ * Container facts from the text of /proc/<pid>/cgroup; null when the process is not in a
+ * recognised container. Throws `workload.container_ambiguous` when lines disagree.
+ */
+export function parseCgroupFile(text: string, opts: { allowUserDelegated?: boolean } = {}): ContainerInfo | null {
+  const lines = text.split('\n').filter((l) => l.trim().length > 0);
+  if (lines.length > MAX_LINES) throw new SigilError('workload.bad_cgroup_file', `cgroup file has more than ${MAX_LINES} lines`);
+  let id: string | undefined;
+  let runtime: ContainerRuntime | undefined;
+  let runtimeExplicit = false;
+  let podUid: string | undefined;
+  let delegated = false;
+  for (const line of lines) {
+    const a = line.indexOf(':');
+    const b = a < 0 ? -1 : line.indexOf(':', a + 1);
+    if (a < 0 || b < 0) throw new SigilError('workload.bad_cgroup_file', 'cgroup line is not "id:controllers:path"');
+    if (!/^\d{1,10}$/.test(line.slice(0, a))) throw new SigilError('workload.bad_cgroup_file', 'cgroup line has a non-numeric hierarchy id');
+    const path = line.slice(b + 1);
+    const m = matchCgroupPath(path);
+    if (m.id === undefined && m.podUid === undefined) continue;
+    delegated ||= m.delegated;
+    if (m.id !== undefined) {
+      if (id !== undefined && id !== m.id) {
+        throw new SigilError('workload.container_ambiguous', `cgroup lines name two containers (${id.slice(0, 12)}…, ${m.id.slice(0, 12)}…)`);
+      }
+      id = m.id;
+      if (m.runtime !== undefined) {
+        if (runtime === undefined || (!runtimeExplicit && m.explicit)) {
+          runtime = m.runtime;
+          runtimeExplicit = m.explicit;
+        } else if (m.explicit && runtimeExplicit && runtime !== m.runtime) {
+          throw new SigilError('workload.container_ambiguous', `cgroup lines name two runtimes (${runtime}, ${m.runtime})`);
+        }
+      }
+    }
+    if (m.podUid !== undefined) {
+      if (podUid !== undefined && podUid !== m.podUid) throw new SigilError('workload.container_ambiguous', 'cgroup lines name two pod UIDs');
+      podUid = m.podUid;
+    }
+  }
+  if (id === undefined) return null;
+  if (delegated && opts.allowUserDelegated !== true) return null;
+  const out: ContainerInfo = { id };
+  if (runtime !== undefined) out.runtime = runtime;
+  if (podUid !== undefined) out.podUid = podUid;
+  return out;
+}
+
+export function containerSelectors(info: ContainerInfo | null): Selector[] {
+  if (!info) return [];
+  const out: Selector[] = [`container:id:${info.id}`];
+  if (info.runtime) out.push(`container:runtime:${info.runtime}`);
+  if (info.podUid) out.push(`container:pod_uid:${info.podUid}`);
+  return out;
+}
+
+export class ContainerAttestor implements WorkloadAttestor {
+  private readonly procRoot: string;
+  constructor(
+    private readonly config: ContainerAttestorConfig = {},
+    opts: ContainerAttestorOptions = {},
+  ) {
+    this.procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
+  }
+
+  async attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]> {
+    const text = (await readBoundedFile(procPath(this.procRoot, caller.pid, 'cgroup'), 64 * 1024, signal)).toString('utf8');
+    return containerSelectors(parseCgroupFile(text, { allowUserDelegated: this.config.allowUserDelegated === true }));
+  }
+}
+
+export function createContainerAttestor(config: unknown, opts: ContainerAttestorOptions = {}): ContainerAttestor {
+  const cfg = validateAgainstSchema<ContainerAttestorConfig>(containerConfigSchema, config ?? {}, 'plugin "container" config');
+  return new ContainerAttestor(cfg, opts);
+}
+
+export const containerAttestorPlugin: WorkloadAttestorPlugin = {
+  name: 'container',
+  configSchema: containerConfigSchema,
+  create(config: unknown, deps: AgentPluginDeps): WorkloadAttestor {
+    return createContainerAttestor(config, { logger: deps.logger });
+  },
+};

@@ -1,0 +1,168 @@
+/**
+ * Small, bounded readers for /proc/<pid>/{stat,status,cgroup} used by the Workload API's caller
+ * identification and by the workload attestors. The /proc root is a parameter so that tests can
+ * point it at a fake tree. The text formats are parsed by hand (they are kernel text formats, not
+ * something a library covers); every parser is total: bad input gives a SigilError, never a hang
+ * or a raw exception.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { join } from 'node:path';
+import { SigilError } from '../errors.js';
+
+export const DEFAULT_PROC_ROOT = '/proc';
+
+/** Largest /proc text file we are willing to read (status is ~1.5 KiB, cgroup rarely > 4 KiB). */
+export const PROC_FILE_MAX_BYTES = 256 * 1024;
+
+function checkPid(pid: number): void {
+  if (!Number.isSafeInteger(pid) || pid <= 0) throw new SigilError('workload.bad_pid', `pid ${String(pid)} is not a positive integer`);
+}
+
+export function procPath(procRoot: string, pid: number, file: string): string {
+  checkPid(pid);
+  return join(procRoot, String(pid), file);
+}
+
+function isNotFound(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return code === 'ENOENT' || code === 'ESRCH';
+}
+
+/**
+ * Read a whole (small) file, refusing anything larger than `maxBytes`. Works for /proc files,
+ * whose size is reported as 0. A missing file or process gives `workload.process_gone`.
+ *
+ * The read is synchronous on purpose: /proc files are generated in memory by the kernel and
+ * read in microseconds, and three thread-pool round trips (open, read, close) per file cost
+ * far more than the read itself on a busy Workload API. Files are bounded by `maxBytes`.
+ */
+export function readBoundedFileSync(path: string, maxBytes = PROC_FILE_MAX_BYTES): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    if (isNotFound(e)) throw new SigilError('workload.process_gone', `${path} does not exist (process gone?)`, { cause: e });
+    throw new SigilError('workload.proc_read_failed', `cannot open ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const buf = Buffer.allocUnsafe(Math.min(16384, maxBytes + 1 - total));
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      chunks.push(buf.subarray(0, n));
+      total += n;
+      if (total > maxBytes) throw new SigilError('workload.proc_file_too_large', `${path} is larger than ${maxBytes} bytes`);
+    }
+    return Buffer.concat(chunks, total);
+  } catch (e) {
+    if (e instanceof SigilError) throw e;
+    if (isNotFound(e)) throw new SigilError('workload.process_gone', `${path} vanished while reading (process gone?)`, { cause: e });
+    throw new SigilError('workload.proc_read_failed', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Async form of readBoundedFileSync (checks `signal` first). */
+export async function readBoundedFile(path: string, maxBytes = PROC_FILE_MAX_BYTES, signal?: AbortSignal): Promise<Buffer> {
+  if (signal?.aborted) throw new SigilError('workload.attestation_aborted', `reading ${path} was aborted`);
+  return readBoundedFileSync(path, maxBytes);
+}
+
+/**
+ * Field 22 (starttime, clock ticks since boot) of /proc/<pid>/stat. The second field (comm) is in
+ * parentheses and may itself contain spaces and ')' characters, so fields are counted after the
+ * LAST ')'.
+ */
+export function parseStatStartTime(text: string): bigint {
+  const close = text.lastIndexOf(')');
+  if (close < 0 || text.indexOf('(') < 0 || text.indexOf('(') > close) {
+    throw new SigilError('workload.bad_proc_stat', 'stat line has no "(comm)" field');
+  }
+  const rest = text.slice(close + 1).trim().split(/\s+/);
+  // rest[0] is field 3 (state); field 22 is rest[19].
+  const v = rest[19];
+  if (v === undefined || !/^\d{1,20}$/.test(v)) throw new SigilError('workload.bad_proc_stat', 'stat line has no valid starttime (field 22)');
+  return BigInt(v);
+}
+
+export async function readStartTime(procRoot: string, pid: number): Promise<bigint> {
+  const buf = await readBoundedFile(procPath(procRoot, pid, 'stat'), 8192);
+  return parseStatStartTime(buf.toString('utf8'));
+}
+
+export interface ProcStatus {
+  /** Real, effective, saved set, filesystem. */
+  uids: [number, number, number, number];
+  gids: [number, number, number, number];
+  /** Supplementary groups (the "Groups:" line). */
+  groups: number[];
+}
+
+const MAX_ID = 0xffffffff;
+const MAX_GROUPS = 65536;
+
+function parseIdList(line: string, what: string, exactlyFour: boolean): number[] {
+  const parts = line.trim().length === 0 ? [] : line.trim().split(/\s+/);
+  if (exactlyFour && parts.length !== 4) throw new SigilError('workload.bad_proc_status', `status ${what} line does not have 4 ids`);
+  if (parts.length > MAX_GROUPS) throw new SigilError('workload.bad_proc_status', `status ${what} line has too many ids`);
+  return parts.map((p) => {
+    if (!/^\d{1,10}$/.test(p)) throw new SigilError('workload.bad_proc_status', `status ${what} line has a non-numeric id`);
+    const n = Number(p);
+    if (n > MAX_ID) throw new SigilError('workload.bad_proc_status', `status ${what} id ${p} is out of range`);
+    return n;
+  });
+}
+
+/** Parse the Uid, Gid and Groups lines of /proc/<pid>/status. */
+export function parseStatus(text: string): ProcStatus {
+  let uids: number[] | undefined;
+  let gids: number[] | undefined;
+  let groups: number[] | undefined;
+  for (const line of text.split('\n')) {
+    const colon = line.indexOf(':');
+    if (colon < 0) continue;
+    const key = line.slice(0, colon);
+    const value = line.slice(colon + 1);
+    if (key === 'Uid') {
+      if (uids) throw new SigilError('workload.bad_proc_status', 'status has two Uid lines');
+      uids = parseIdList(value, 'Uid', true);
+    } else if (key === 'Gid') {
+      if (gids) throw new SigilError('workload.bad_proc_status', 'status has two Gid lines');
+      gids = parseIdList(value, 'Gid', true);
+    } else if (key === 'Groups') {
+      if (groups) throw new SigilError('workload.bad_proc_status', 'status has two Groups lines');
+      groups = parseIdList(value, 'Groups', false);
+    }
+  }
+  if (!uids || !gids) throw new SigilError('workload.bad_proc_status', 'status has no Uid/Gid lines');
+  return {
+    uids: uids as [number, number, number, number],
+    gids: gids as [number, number, number, number],
+    groups: groups ?? [],
+  };
+}
+
+export async function readStatus(procRoot: string, pid: number, signal?: AbortSignal): Promise<ProcStatus> {
+  const buf = await readBoundedFile(procPath(procRoot, pid, 'status'), 64 * 1024, signal);
+  return parseStatus(buf.toString('utf8'));
+}
+
+/**
+ * Whether the process a pidfd refers to still holds `pid` (i.e. it has not been reaped, so the
+ * number cannot have been recycled). Reads the "Pid:" line of /proc/self/fdinfo/<pidfd>, which
+ * the kernel sets to -1 once the process has been reaped. Returns false when the fdinfo cannot be
+ * read or has no Pid line (then the fd is not a pidfd).
+ */
+export async function pidfdStillHolds(pidfd: number, pid: number, fdinfoRoot = '/proc/self/fdinfo'): Promise<boolean> {
+  let text: string;
+  try {
+    text = (await readBoundedFile(join(fdinfoRoot, String(pidfd)), 16384)).toString('utf8');
+  } catch {
+    return false;
+  }
+  const m = /^Pid:\s*(-?\d+)\s*$/m.exec(text);
+  return m !== null && Number(m[1]) === pid;
+}
