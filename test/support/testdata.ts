@@ -1,10 +1,39 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { dirname, resolve } from 'node:path';
+import { dirname, isAbsolute, resolve } from 'node:path';
 
 const here = dirname(fileURLToPath(import.meta.url));
-/** ../shared/testdata beside the checkout (CI always has it). Override with SIGIL_TESTDATA. */
-export const TESTDATA = process.env.SIGIL_TESTDATA ?? resolve(here, '../../../shared/testdata');
+const checkout = resolve(here, '../..');
+
+/** When this checkout is a clone of a local repository, that repository's directory. */
+function localOrigin(): string | undefined {
+  try {
+    const url = execFileSync('git', ['-C', checkout, 'config', '--get', 'remote.origin.url'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const path = url.startsWith('file://') ? fileURLToPath(url) : url;
+    return isAbsolute(path) ? path : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The shared real evidence: $SIGIL_TESTDATA, else ../shared/testdata beside the checkout (where CI
+ * has it), else beside the local repository this checkout was cloned from (a scratch clone in /tmp).
+ */
+function findTestdata(): string {
+  if (process.env.SIGIL_TESTDATA) return resolve(process.env.SIGIL_TESTDATA);
+  const beside = resolve(checkout, '../shared/testdata');
+  if (existsSync(beside)) return beside;
+  const origin = localOrigin();
+  if (origin) {
+    const o = resolve(origin, '../shared/testdata');
+    if (existsSync(o)) return o;
+  }
+  return beside;
+}
+
+export const TESTDATA = findTestdata();
 export const hasTestdata = existsSync(TESTDATA);
 
 /**

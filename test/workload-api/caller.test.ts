@@ -3,7 +3,7 @@
  * SO_PEERPIDFD), a real process under another uid, and the PID-recycling defence.
  */
 import { execFile, fork, spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,16 @@ import { FakeSource, TD, makePki, startTestServer } from './support.js';
 const run = promisify(execFile);
 const PY = '/usr/bin/python3';
 const SCRIPT = fileURLToPath(new URL('../support/python/fetch_svid.py', import.meta.url));
+
+/** A copy of the client script that uid 65534 can read (the checkout may live in a 0700 directory). */
+function readableScript(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-py-'));
+  chmodSync(dir, 0o755);
+  const copy = join(dir, 'fetch_svid.py');
+  copyFileSync(SCRIPT, copy);
+  chmodSync(copy, 0o644);
+  return copy;
+}
 const PASS_FIXTURE = fileURLToPath(new URL('./fixtures/connect-and-pass.mjs', import.meta.url));
 
 function have(cmd: string, args: string[]): boolean {
@@ -26,6 +36,7 @@ function have(cmd: string, args: string[]): boolean {
 }
 const canSwitchUid = process.getuid!() === 0 && have('setpriv', ['--version']);
 const hasPyGrpc = have(PY, ['-c', 'import grpc, google.protobuf']);
+if (!hasPyGrpc && process.env.CI === 'true') throw new Error('CI must run the Python grpcio interop tests: install python3-grpcio python3-protobuf (scripts/setup.sh does)');
 if (process.env.CI === 'true' && !hasPyGrpc) throw new Error('CI needs Debian python3-grpcio and python3-protobuf at /usr/bin/python3');
 
 function statLine(pid: number, comm: string, start: bigint): string {
@@ -117,7 +128,8 @@ describe('caller identification with real processes', () => {
   });
 
   it.skipIf(!canSwitchUid || !hasPyGrpc)('a process running as uid 65534 gets the nobody SVID, root gets the root SVID', async () => {
-    const asNobody = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', PY, SCRIPT, '--socket', t.socket]);
+    const nobodyScript = readableScript();
+    const asNobody = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', PY, nobodyScript, '--socket', t.socket]);
     const n = JSON.parse(asNobody.stdout) as { ok: boolean; uid: number; svids: { spiffe_id: string }[] };
     expect(n.ok).toBe(true);
     expect(n.uid).toBe(65534);
@@ -125,7 +137,7 @@ describe('caller identification with real processes', () => {
     const asRoot = JSON.parse((await run(PY, [SCRIPT, '--socket', t.socket])).stdout) as { svids: { spiffe_id: string }[] };
     expect(asRoot.svids.map((s) => s.spiffe_id)).toEqual([`spiffe://${TD}/root-workload`]);
     // uid 65534 but another gid: the nobody entry needs both selectors
-    const otherGid = JSON.parse((await run('setpriv', ['--reuid=65534', '--regid=100', '--clear-groups', PY, SCRIPT, '--socket', t.socket])).stdout) as {
+    const otherGid = JSON.parse((await run('setpriv', ['--reuid=65534', '--regid=100', '--clear-groups', PY, nobodyScript, '--socket', t.socket])).stdout) as {
       ok: boolean;
       code: string;
     };

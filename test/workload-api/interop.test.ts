@@ -18,6 +18,7 @@ const run = promisify(execFile);
 const PY = '/usr/bin/python3';
 const SCRIPT = fileURLToPath(new URL('../support/python/fetch_svid.py', import.meta.url));
 const hasPyGrpc = spawnSync(PY, ['-c', 'import grpc, google.protobuf'], { stdio: 'ignore' }).status === 0;
+if (!hasPyGrpc && process.env.CI === 'true') throw new Error('CI must run the Python grpcio interop tests: install python3-grpcio python3-protobuf (scripts/setup.sh does)');
 const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0;
 if (process.env.CI === 'true' && (!hasPyGrpc || !hasOpenssl)) {
   throw new Error('CI needs Debian python3-grpcio, python3-protobuf (for /usr/bin/python3) and openssl');
