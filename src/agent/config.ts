@@ -2,12 +2,11 @@
  * Agent configuration (DESIGN §8): YAML or JSON, validated with JSON Schema (ajv) before anything
  * starts. Errors name the key, e.g. `agent config: /verifier/port must be integer`.
  */
-import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { parse as parseYaml } from 'yaml';
+import { resolve } from 'node:path';
 import { SigilError } from '../errors.js';
 import { validateAgainstSchema } from '../plugins/validate.js';
 import { parseTrustDomain } from '../spiffe/id.js';
+import { readConfigFile } from '../util/config-file.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 
 export interface AgentConfig {
@@ -115,17 +114,6 @@ export function agentConfigFrom(raw: unknown, configDir: string): AgentConfig {
 
 /** Read, parse (YAML ⊇ JSON) and validate an agent config file. */
 export function loadAgentConfig(path: string): AgentConfig {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new SigilError('config.unreadable', `cannot read config ${path}: ${e instanceof Error ? e.message : String(e)}`);
-  }
-  let raw: unknown;
-  try {
-    raw = parseYaml(text);
-  } catch (e) {
-    throw new SigilError('config.parse_failed', `config ${path} is not valid YAML/JSON: ${e instanceof Error ? (e.message.split('\n')[0] ?? '') : String(e)}`);
-  }
-  return agentConfigFrom(raw, dirname(resolve(path)));
+  const { raw, dir } = readConfigFile(path);
+  return agentConfigFrom(raw, dir);
 }

@@ -1,47 +1,14 @@
 /** Small durable-file helpers for the agent's dataDir. */
-import { closeSync, constants as fsc, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import { basename, dirname, join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { SigilError } from '../errors.js';
+import { replaceFileAtomic } from '../util/atomic-file.js';
 
 /** Write `data` to `path` atomically (temp file in the same directory, fsync, rename, fsync dir). */
 export function writeFileAtomic(path: string, data: string | Buffer, mode = 0o600): void {
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  let fd: number | undefined;
   try {
-    fd = openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, mode);
-    const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
-    let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = undefined;
-    renameSync(tmp, path);
+    replaceFileAtomic(path, data, mode);
   } catch (e) {
-    if (fd !== undefined) {
-      try {
-        closeSync(fd);
-      } catch {
-        /* the original error is reported */
-      }
-    }
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* the temp file may not exist */
-    }
     throw new SigilError('agent.data_dir_write_failed', `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-  }
-  try {
-    const dfd = openSync(dir, fsc.O_RDONLY);
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
-  } catch {
-    // Some filesystems refuse fsync on a directory; the rename itself has happened.
   }
 }
 

@@ -5,12 +5,11 @@ import {
   createPrivateKey,
   createPublicKey,
   generateKeyPairSync,
-  randomBytes,
   type KeyObject,
 } from 'node:crypto';
-import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync, constants as fsc } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { closeSync, fstatSync, openSync, readFileSync, constants as fsc } from 'node:fs';
 import { SigilError } from '../errors.js';
+import { replaceFileAtomic } from '../util/atomic-file.js';
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048';
 export type JwsAlg = 'ES256' | 'ES384' | 'RS256';
@@ -102,43 +101,11 @@ export function publicKeyOf(k: KeyObject): KeyObject {
  */
 export function savePrivateKeyPkcs8(path: string, key: KeyObject): void {
   if (key.type !== 'private') throw new SigilError('keys.not_private', 'savePrivateKeyPkcs8 needs a private key');
-  const pem = key.export({ type: 'pkcs8', format: 'pem' });
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  let fd: number | undefined;
+  const pem = key.export({ type: 'pkcs8', format: 'pem' }) as string;
   try {
-    fd = openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
-    const data = Buffer.from(pem as string, 'utf8');
-    let off = 0;
-    while (off < data.length) off += writeSync(fd, data, off, data.length - off);
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = undefined;
-    renameSync(tmp, path);
+    replaceFileAtomic(path, pem, 0o600);
   } catch (e) {
-    if (fd !== undefined) {
-      try {
-        closeSync(fd);
-      } catch {
-        /* already failing; the original error is reported */
-      }
-    }
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* the temp file may not exist */
-    }
     throw new SigilError('keys.write_failed', `cannot write private key to ${path}: ${(e as Error).message}`, { cause: e });
-  }
-  try {
-    const dfd = openSync(dir, fsc.O_RDONLY);
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
-  } catch {
-    // Some filesystems refuse fsync on a directory; the rename itself has already happened.
   }
 }
 

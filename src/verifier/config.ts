@@ -1,11 +1,10 @@
 /**
  * Verifier configuration (DESIGN §8): YAML or JSON, validated with JSON Schema before anything starts.
  */
-import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { parse as parseYaml } from 'yaml';
+import { resolve } from 'node:path';
 import { SigilError } from '../errors.js';
 import { validateAgainstSchema } from '../plugins/validate.js';
+import { readConfigFile } from '../util/config-file.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import { parseTrustDomain } from '../spiffe/id.js';
 
@@ -135,17 +134,6 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
 }
 
 export function loadVerifierConfig(path: string): VerifierConfig {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new SigilError('config.unreadable', `cannot read config ${path}: ${e instanceof Error ? e.message : String(e)}`);
-  }
-  let raw: unknown;
-  try {
-    raw = parseYaml(text);
-  } catch (e) {
-    throw new SigilError('config.parse_failed', `config ${path} is not valid YAML/JSON: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}`);
-  }
-  return verifierConfigFrom(raw, dirname(resolve(path)));
+  const { raw, dir } = readConfigFile(path);
+  return verifierConfigFrom(raw, dir);
 }
