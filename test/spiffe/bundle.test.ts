@@ -16,19 +16,10 @@ import {
   splitConcatenatedDer,
   type JwtAuthority,
 } from '../../src/spiffe/index.js';
-import { SigilError } from '../../src/errors.js';
+import { codeOf } from '../support/codes.js';
 
 const NOW = new Date('2030-06-01T12:00:00Z');
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SigilError);
-    return (e as SigilError).code;
-  }
-  return 'no error';
-}
 
 function ca(t: 'ec-p256' | 'ec-p384' | 'rsa-2048' = 'ec-p256'): Buffer {
   const k = generateKey(t);

@@ -1,19 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { checkStrictDer, decodeOid, decodeTime, encodeTime, encodeUnsignedInteger, readSingle, readTlv, tlv } from '../../src/spiffe/der.js';
 import { encodeKeyUsageValue, parseKeyUsageValue, KU, parseBasicConstraintsValue, encodeBasicConstraintsValue } from '../../src/spiffe/x509ext.js';
-import { SigilError } from '../../src/errors.js';
+import { codeOf } from '../support/codes.js';
 
 const h = (s: string): Buffer => Buffer.from(s.replace(/\s/g, ''), 'hex');
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SigilError);
-    return (e as SigilError).code;
-  }
-  return 'no error';
-}
 
 describe('strict DER reader', () => {
   it('accepts canonical encodings', () => {

@@ -1,16 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { SpiffeId, isValidSpiffeId, parseTrustDomain } from '../../src/spiffe/id.js';
-import { SigilError } from '../../src/errors.js';
+import { codeOf } from '../support/codes.js';
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SigilError);
-    return (e as SigilError).code;
-  }
-  return 'no error';
-}
 
 describe('SpiffeId.parse: valid IDs', () => {
   it.each([

@@ -17,16 +17,8 @@ import {
 } from '../../src/spiffe/index.js';
 import { SigilError } from '../../src/errors.js';
 import { tlv } from '../../src/spiffe/der.js';
+import { codeOf } from '../support/codes.js';
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SigilError);
-    return (e as SigilError).code;
-  }
-  return 'no error';
-}
 
 let dir: string;
 beforeAll(() => {

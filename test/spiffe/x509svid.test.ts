@@ -40,21 +40,13 @@ import {
 } from '../../src/spiffe/x509ext.js';
 import { inspectSpki } from '../../src/spiffe/spki.js';
 import { SigilError } from '../../src/errors.js';
+import { codeOf } from '../support/codes.js';
 
 const NOW = new Date('2030-06-01T12:00:00Z');
 const HOUR = 3600_000;
 const DAY = 24 * HOUR;
 const at = (ms: number): Date => new Date(NOW.getTime() + ms);
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SigilError);
-    return (e as SigilError).code;
-  }
-  return 'no error';
-}
 
 interface Ca {
   key: { privateKey: KeyObject; publicKey: KeyObject };

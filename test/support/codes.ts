@@ -1,0 +1,13 @@
+import { expect } from 'vitest';
+import { SigilError } from '../../src/errors.js';
+
+/** The SigilError code `fn` throws ('no error' if it returns); anything else thrown fails the test. */
+export function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(SigilError);
+    return (e as SigilError).code;
+  }
+  return 'no error';
+}
