@@ -1,0 +1,628 @@
+/**
+ * PostgreSQL datastore (node-postgres), for running several verifiers against one database.
+ *
+ * Same logical schema and the same semantics as the SQLite store (src/store/sqlite.ts):
+ *   - every entry write bumps the global entries revision in the same transaction; the `meta`
+ *     row holding the revision is locked by the bump, so entry writes from all verifiers are
+ *     serialised and revisions grow in commit order;
+ *   - useJoinToken is one conditional `UPDATE … RETURNING` (row lock + re-check under READ
+ *     COMMITTED), so exactly one concurrent caller wins, whichever verifier it runs in;
+ *   - createEntries / createJoinTokenWithAlias are all-or-nothing transactions.
+ * Types: selectors / dnsNames / attestors are JSONB arrays, times are TIMESTAMPTZ (read back as
+ * ISO strings via Date#toISOString, which is what the verifier writes), the CA journal and plugin
+ * state are JSON text exactly as in SQLite. Text ordering uses COLLATE "C" so list order matches
+ * SQLite's byte order. A write is acknowledged after COMMIT returns, i.e. durable as the server's
+ * synchronous_commit setting (default `on`) defines.
+ *
+ * Schema changes are versioned migrations, applied by `open()` on a dedicated connection that
+ * holds a session advisory lock (keyed by schema), so verifiers starting at the same time apply
+ * each migration exactly once. Every library error leaves this file as a SigilError (`store.*`).
+ * All values are bound parameters; the only text put into SQL is the schema identifier, which
+ * is validated against a strict pattern and quoted.
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { SigilError } from '../errors.js';
+import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, RegistrationEntry } from './types.js';
+
+const { Pool, Client } = pg;
+type PoolClient = pg.PoolClient;
+
+export interface PostgresStoreOptions {
+  /** Schema holding Sigil's tables (created if missing). Default `public`. */
+  schema?: string;
+  /** Most connections this verifier opens. Default 10. */
+  poolMax?: number;
+  /** Server-side statement_timeout for every query, ms. Default 15000. */
+  statementTimeoutMs?: number;
+  /** How long to wait for a connection (TCP + auth, or a free pool slot), ms. Default 5000. */
+  connectTimeoutMs?: number;
+  /** How long open() may wait for another verifier's migration (advisory lock) and run its own, ms. Default 120000. */
+  migrationTimeoutMs?: number;
+}
+
+/**
+ * Migrations, in order; index + 1 = schema version. Never edit a shipped migration: add a new one.
+ * `${S}` is replaced by the quoted schema name.
+ */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE \${S}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+   INSERT INTO \${S}.meta (key, value) VALUES ('entries_revision', '0');
+   CREATE TABLE \${S}.entries (
+     id TEXT PRIMARY KEY,
+     spiffe_id TEXT NOT NULL,
+     parent_id TEXT NOT NULL,
+     selectors JSONB NOT NULL,
+     x509_ttl BIGINT NOT NULL DEFAULT 0,
+     jwt_ttl BIGINT NOT NULL DEFAULT 0,
+     dns_names JSONB NOT NULL DEFAULT '[]',
+     hint TEXT NOT NULL DEFAULT '',
+     admin BOOLEAN NOT NULL DEFAULT FALSE,
+     expires_at TIMESTAMPTZ,
+     created_at TIMESTAMPTZ NOT NULL,
+     revision BIGINT NOT NULL
+   );
+   CREATE INDEX entries_parent ON \${S}.entries (parent_id);
+   CREATE INDEX entries_spiffe ON \${S}.entries (spiffe_id);
+   CREATE TABLE \${S}.agents (
+     id TEXT PRIMARY KEY,
+     attestors JSONB NOT NULL,
+     selectors JSONB NOT NULL,
+     serial TEXT NOT NULL,
+     svid_expires_at TIMESTAMPTZ NOT NULL,
+     attested_at TIMESTAMPTZ NOT NULL,
+     banned BOOLEAN NOT NULL DEFAULT FALSE
+   );
+   CREATE TABLE \${S}.join_tokens (
+     id TEXT PRIMARY KEY,
+     secret_hash TEXT NOT NULL UNIQUE,
+     expires_at TIMESTAMPTZ NOT NULL,
+     used_at TIMESTAMPTZ,
+     spiffe_id TEXT,
+     created_at TIMESTAMPTZ NOT NULL
+   );
+   CREATE TABLE \${S}.ca_journal (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+   CREATE TABLE \${S}.plugin_state (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (plugin, key));`,
+];
+
+/** Number of schema migrations this build knows (the schema version it creates). */
+export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
+
+const SCHEMA_RE = /^[a-z_][a-z0-9_]{0,62}$/;
+/** Rows per INSERT in createEntries (keeps each statement's bound arrays modest). */
+const INSERT_CHUNK = 1000;
+
+interface EntryRow {
+  id: string;
+  spiffe_id: string;
+  parent_id: string;
+  selectors: string[];
+  x509_ttl: string;
+  jwt_ttl: string;
+  dns_names: string[];
+  hint: string;
+  admin: boolean;
+  expires_at: Date | null;
+  created_at: Date;
+  revision: string;
+}
+
+interface AgentRow {
+  id: string;
+  attestors: string[];
+  selectors: string[];
+  serial: string;
+  svid_expires_at: Date;
+  attested_at: Date;
+  banned: boolean;
+}
+
+interface TokenRow {
+  id: string;
+  secret_hash: string;
+  expires_at: Date;
+  used_at: Date | null;
+  spiffe_id: string | null;
+  created_at: Date;
+}
+
+function iso(d: Date): string {
+  return d.toISOString();
+}
+
+function rowToEntry(r: EntryRow): RegistrationEntry {
+  return {
+    id: r.id,
+    spiffeId: r.spiffe_id,
+    parentId: r.parent_id,
+    selectors: r.selectors,
+    x509SvidTtl: Number(r.x509_ttl),
+    jwtSvidTtl: Number(r.jwt_ttl),
+    dnsNames: r.dns_names,
+    hint: r.hint,
+    admin: r.admin,
+    expiresAt: r.expires_at === null ? null : iso(r.expires_at),
+    createdAt: iso(r.created_at),
+    revisionNumber: Number(r.revision),
+  };
+}
+
+function rowToAgent(r: AgentRow): AgentRecord {
+  return {
+    id: r.id,
+    attestors: r.attestors,
+    selectors: r.selectors,
+    serial: r.serial,
+    svidExpiresAt: iso(r.svid_expires_at),
+    attestedAt: iso(r.attested_at),
+    banned: r.banned,
+  };
+}
+
+function rowToToken(r: TokenRow): JoinTokenRecord {
+  return {
+    id: r.id,
+    secretHash: r.secret_hash,
+    expiresAt: iso(r.expires_at),
+    usedAt: r.used_at === null ? null : iso(r.used_at),
+    spiffeId: r.spiffe_id,
+    createdAt: iso(r.created_at),
+  };
+}
+
+const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'EACCES']);
+
+/** Map anything node-postgres throws onto a SigilError with a stable `store.*` code. */
+export function postgresError(e: unknown, op: string): SigilError {
+  if (e instanceof SigilError) return e;
+  const msg = e instanceof Error ? e.message : String(e);
+  const code = typeof e === 'object' && e !== null && 'code' in e && typeof (e as { code: unknown }).code === 'string' ? (e as { code: string }).code : '';
+  const mk = (c: string, status: number): SigilError => new SigilError(c, `PostgreSQL ${op} failed: ${msg}`, { status, cause: e });
+  // Node socket errors first: some (EPIPE) look like a five-character SQLSTATE.
+  if (NET_ERRORS.has(code) && !(e instanceof pg.DatabaseError)) return mk('store.unavailable', 503);
+  if (e instanceof pg.DatabaseError && /^[0-9A-Z]{5}$/.test(code)) {
+    // SQLSTATE from the server.
+    if (code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code.startsWith('53') || code === '3D000') return mk('store.unavailable', 503);
+    if (code.startsWith('28')) return mk('store.auth_failed', 503);
+    if (code === '57014' || code === '55P03') return mk('store.timeout', 503);
+    if (code === '40001' || code === '40P01') return mk('store.conflict', 503);
+    if (code === '23505') return mk('store.duplicate', 409);
+    if (code.startsWith('22') || code.startsWith('23')) return mk('store.invalid_value', 400);
+    return mk('store.query_failed', 500);
+  }
+  if (/timeout exceeded when trying to connect|Connection terminated|connection error|not queryable|Cannot use a pool after calling end/i.test(msg)) {
+    return mk('store.unavailable', 503);
+  }
+  if (/Query read timeout/i.test(msg)) return mk('store.timeout', 503);
+  return mk('store.query_failed', 500);
+}
+
+function isUniqueViolation(e: unknown, constraint: string): boolean {
+  return typeof e === 'object' && e !== null && (e as { code?: unknown }).code === '23505' && (e as { constraint?: unknown }).constraint === constraint;
+}
+
+/** `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for messages. */
+export function redactPostgresUrl(url: string): string {
+  return url.replace(/^(postgres(?:ql)?:\/\/[^:/@?#]*):[^@/?#]*@/i, '$1:***@');
+}
+
+export class PostgresStore implements DataStore {
+  readonly kind = 'postgres';
+  private closed = false;
+
+  private constructor(
+    private readonly pool: pg.Pool,
+    /** Quoted schema identifier, validated against SCHEMA_RE. */
+    private readonly s: string,
+  ) {}
+
+  /**
+   * Connect, migrate (under an advisory lock) and check the store answers.
+   * `url`: `postgres://user:password@host:port/database?sslmode=…` or, for a Unix socket,
+   * `postgres://user@/database?host=/run/postgresql`.
+   */
+  static async open(url: string, opts: PostgresStoreOptions = {}): Promise<PostgresStore> {
+    if (typeof url !== 'string' || !/^postgres(ql)?:\/\//i.test(url)) {
+      throw new SigilError('store.bad_url', `datastore url must start with postgres:// or postgresql:// (got "${redactPostgresUrl(String(url)).slice(0, 80)}")`, { status: 500 });
+    }
+    const schema = opts.schema ?? 'public';
+    if (!SCHEMA_RE.test(schema)) {
+      throw new SigilError('store.bad_schema', `datastore schema "${schema.slice(0, 80)}" must match ${SCHEMA_RE.source}`, { status: 500 });
+    }
+    const positive = (v: number | undefined, dflt: number, name: string): number => {
+      if (v === undefined) return dflt;
+      if (!Number.isInteger(v) || v <= 0) throw new SigilError('store.bad_option', `datastore option ${name} must be a positive integer (got ${v})`, { status: 500 });
+      return v;
+    };
+    const poolMax = positive(opts.poolMax, 10, 'poolMax');
+    const statementTimeout = positive(opts.statementTimeoutMs, 15_000, 'statementTimeoutMs');
+    const connectTimeout = positive(opts.connectTimeoutMs, 5_000, 'connectTimeoutMs');
+    const migrationTimeout = positive(opts.migrationTimeoutMs, 120_000, 'migrationTimeoutMs');
+    const quoted = `"${schema}"`;
+
+    await migrate(url, quoted, schema, connectTimeout, migrationTimeout);
+
+    const pool = new Pool({
+      connectionString: url,
+      max: poolMax,
+      connectionTimeoutMillis: connectTimeout,
+      idleTimeoutMillis: 30_000,
+      statement_timeout: statementTimeout,
+      // A client-side bound as well, in case the server never answers.
+      query_timeout: statementTimeout + 5_000,
+      // A verifier that stalls mid-transaction must not hold the revision row lock forever.
+      idle_in_transaction_session_timeout: statementTimeout * 2,
+      application_name: 'sigil-verifier',
+      keepAlive: true,
+    });
+    // Idle clients report server restarts and network errors here; without a listener Node would
+    // treat them as uncaught. The pool drops such clients and the next query reconnects.
+    pool.on('error', () => undefined);
+    const store = new PostgresStore(pool, quoted);
+    try {
+      await store.ping();
+    } catch (e) {
+      await pool.end().catch(() => undefined);
+      throw e;
+    }
+    return store;
+  }
+
+  private check(): void {
+    if (this.closed) throw new SigilError('store.closed', 'PostgreSQL datastore is closed', { status: 503 });
+  }
+
+  private async q<R extends pg.QueryResultRow>(op: string, sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
+    this.check();
+    try {
+      return await this.pool.query<R>(sql, params);
+    } catch (e) {
+      throw postgresError(e, op);
+    }
+  }
+
+  /** Run fn in one transaction on one connection; COMMIT on success, ROLLBACK on any error. */
+  private async tx<T>(op: string, fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    this.check();
+    let c: PoolClient;
+    try {
+      c = await this.pool.connect();
+    } catch (e) {
+      throw postgresError(e, op);
+    }
+    // A checked-out client has no pool error listener; keep a network error from going uncaught.
+    let broken: Error | undefined;
+    const onError = (err: Error): void => {
+      broken = err;
+    };
+    c.on('error', onError);
+    try {
+      await c.query('BEGIN');
+      const out = await fn(c);
+      await c.query('COMMIT');
+      return out;
+    } catch (e) {
+      try {
+        await c.query('ROLLBACK');
+      } catch (re) {
+        broken ??= re instanceof Error ? re : new Error(String(re));
+      }
+      throw postgresError(e, op);
+    } finally {
+      c.removeListener('error', onError);
+      c.release(broken ?? false);
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.q('ping', 'SELECT 1');
+  }
+
+  /** Insert entries (in order) inside transaction c; each gets its own revision, as in SQLite. */
+  private async insertEntries(c: PoolClient, es: NewEntry[]): Promise<RegistrationEntry[]> {
+    if (es.length === 0) return [];
+    const out: RegistrationEntry[] = [];
+    for (let i = 0; i < es.length; i += INSERT_CHUNK) {
+      const chunk = es.slice(i, i + INSERT_CHUNK);
+      const bumped = await c.query<{ v: string }>(
+        `UPDATE ${this.s}.meta SET value = (value::bigint + $1::bigint)::text WHERE key = 'entries_revision' RETURNING value AS v`,
+        [chunk.length],
+      );
+      const last = Number(bumped.rows[0]?.v);
+      if (!Number.isSafeInteger(last)) throw new SigilError('store.corrupt', 'PostgreSQL datastore has no valid entries_revision row', { status: 500 });
+      const first = last - chunk.length + 1;
+      const cols = {
+        id: [] as string[],
+        spiffe: [] as string[],
+        parent: [] as string[],
+        selectors: [] as string[],
+        x509: [] as number[],
+        jwt: [] as number[],
+        dns: [] as string[],
+        hint: [] as string[],
+        admin: [] as boolean[],
+        expires: [] as (string | null)[],
+        created: [] as string[],
+        revision: [] as number[],
+      };
+      chunk.forEach((e, k) => {
+        const entry: RegistrationEntry = {
+          id: e.id ?? randomUUID(),
+          spiffeId: e.spiffeId,
+          parentId: e.parentId,
+          selectors: [...e.selectors].sort(),
+          x509SvidTtl: e.x509SvidTtl,
+          jwtSvidTtl: e.jwtSvidTtl,
+          dnsNames: [...e.dnsNames],
+          hint: e.hint,
+          admin: e.admin,
+          expiresAt: e.expiresAt,
+          createdAt: new Date().toISOString(),
+          revisionNumber: first + k,
+        };
+        cols.id.push(entry.id);
+        cols.spiffe.push(entry.spiffeId);
+        cols.parent.push(entry.parentId);
+        cols.selectors.push(JSON.stringify(entry.selectors));
+        cols.x509.push(entry.x509SvidTtl);
+        cols.jwt.push(entry.jwtSvidTtl);
+        cols.dns.push(JSON.stringify(entry.dnsNames));
+        cols.hint.push(entry.hint);
+        cols.admin.push(entry.admin);
+        cols.expires.push(entry.expiresAt);
+        cols.created.push(entry.createdAt);
+        cols.revision.push(entry.revisionNumber);
+        out.push(entry);
+      });
+      try {
+        const r = await c.query<EntryRow>(
+          `INSERT INTO ${this.s}.entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, hint, admin, expires_at, created_at, revision)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[], $6::bigint[], $7::jsonb[], $8::text[], $9::boolean[],
+                                $10::timestamptz[], $11::timestamptz[], $12::bigint[])
+           RETURNING *`,
+          [cols.id, cols.spiffe, cols.parent, cols.selectors, cols.x509, cols.jwt, cols.dns, cols.hint, cols.admin, cols.expires, cols.created, cols.revision],
+        );
+        // Return what the database holds (normalised times), in input order.
+        const byId = new Map(r.rows.map((row) => [row.id, rowToEntry(row)]));
+        for (let k = out.length - chunk.length; k < out.length; k++) {
+          const stored = byId.get(out[k]!.id);
+          if (stored) out[k] = stored;
+        }
+      } catch (err) {
+        if (isUniqueViolation(err, 'entries_pkey')) {
+          const m = /\(id\)=\((.*)\) already exists/.exec((err as { detail?: string }).detail ?? '');
+          const id = m?.[1] ?? (chunk.length === 1 ? cols.id[0] : undefined);
+          throw new SigilError('entry.exists', id !== undefined ? `an entry with id ${id} already exists` : 'an entry with one of these ids already exists', { status: 409, cause: err });
+        }
+        throw err;
+      }
+    }
+    return out;
+  }
+
+  async createEntry(e: NewEntry): Promise<RegistrationEntry> {
+    const [entry] = await this.tx('createEntry', (c) => this.insertEntries(c, [e]));
+    return entry as RegistrationEntry;
+  }
+
+  async createEntries(es: NewEntry[]): Promise<RegistrationEntry[]> {
+    if (es.length === 0) return [];
+    return this.tx('createEntries', (c) => this.insertEntries(c, es));
+  }
+
+  async getEntry(id: string): Promise<RegistrationEntry | undefined> {
+    const r = await this.q<EntryRow>('getEntry', `SELECT * FROM ${this.s}.entries WHERE id = $1`, [id]);
+    const row = r.rows[0];
+    return row ? rowToEntry(row) : undefined;
+  }
+
+  async deleteEntry(id: string): Promise<boolean> {
+    return this.tx('deleteEntry', async (c) => {
+      const n = (await c.query(`DELETE FROM ${this.s}.entries WHERE id = $1`, [id])).rowCount ?? 0;
+      if (n > 0) await c.query(`UPDATE ${this.s}.meta SET value = (value::bigint + 1)::text WHERE key = 'entries_revision'`);
+      return n > 0;
+    });
+  }
+
+  async listEntries(opts: { parentId?: string; spiffeId?: string; limit?: number; offset?: number } = {}): Promise<RegistrationEntry[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (opts.parentId !== undefined) {
+      args.push(opts.parentId);
+      where.push(`parent_id = $${args.length}`);
+    }
+    if (opts.spiffeId !== undefined) {
+      args.push(opts.spiffeId);
+      where.push(`spiffe_id = $${args.length}`);
+    }
+    // As in SQLite: a negative limit means no limit, a negative offset means 0.
+    const limit = opts.limit === undefined || opts.limit < 0 ? null : Math.floor(opts.limit);
+    const offset = opts.offset === undefined || opts.offset < 0 ? 0 : Math.floor(opts.offset);
+    args.push(limit, offset);
+    const sql = `SELECT * FROM ${this.s}.entries ${where.length ? 'WHERE ' + where.join(' AND ') : ''}
+                 ORDER BY created_at, id COLLATE "C" LIMIT $${args.length - 1}::bigint OFFSET $${args.length}::bigint`;
+    return (await this.q<EntryRow>('listEntries', sql, args)).rows.map(rowToEntry);
+  }
+
+  async entriesByParents(parentIds: string[]): Promise<RegistrationEntry[]> {
+    if (parentIds.length === 0) return [];
+    // One array parameter, whatever the number of ids (no bound-parameter limit to chunk around).
+    const r = await this.q<EntryRow>('entriesByParents', `SELECT * FROM ${this.s}.entries WHERE parent_id = ANY($1::text[])`, [parentIds]);
+    return r.rows.map(rowToEntry);
+  }
+
+  async entriesRevision(): Promise<number> {
+    const r = await this.q<{ v: string }>('entriesRevision', `SELECT value AS v FROM ${this.s}.meta WHERE key = 'entries_revision'`);
+    const v = Number(r.rows[0]?.v);
+    if (!Number.isSafeInteger(v)) throw new SigilError('store.corrupt', 'PostgreSQL datastore has no valid entries_revision row', { status: 500 });
+    return v;
+  }
+
+  async countEntries(): Promise<number> {
+    const r = await this.q<{ n: string }>('countEntries', `SELECT count(*) AS n FROM ${this.s}.entries`);
+    return Number(r.rows[0]?.n ?? 0);
+  }
+
+  async upsertAgent(a: AgentRecord): Promise<void> {
+    await this.q(
+      'upsertAgent',
+      `INSERT INTO ${this.s}.agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned)
+       VALUES ($1, $2::jsonb, $3::jsonb, $4, $5::timestamptz, $6::timestamptz, $7)
+       ON CONFLICT (id) DO UPDATE SET attestors = EXCLUDED.attestors, selectors = EXCLUDED.selectors, serial = EXCLUDED.serial,
+         svid_expires_at = EXCLUDED.svid_expires_at, attested_at = EXCLUDED.attested_at, banned = EXCLUDED.banned`,
+      [a.id, JSON.stringify(a.attestors), JSON.stringify(a.selectors), a.serial, a.svidExpiresAt, a.attestedAt, a.banned],
+    );
+  }
+
+  async getAgent(id: string): Promise<AgentRecord | undefined> {
+    const r = await this.q<AgentRow>('getAgent', `SELECT * FROM ${this.s}.agents WHERE id = $1`, [id]);
+    const row = r.rows[0];
+    return row ? rowToAgent(row) : undefined;
+  }
+
+  async listAgents(): Promise<AgentRecord[]> {
+    return (await this.q<AgentRow>('listAgents', `SELECT * FROM ${this.s}.agents ORDER BY id COLLATE "C"`)).rows.map(rowToAgent);
+  }
+
+  async evictAgent(id: string, ban: boolean): Promise<boolean> {
+    const sql = ban ? `UPDATE ${this.s}.agents SET banned = TRUE, serial = '' WHERE id = $1` : `DELETE FROM ${this.s}.agents WHERE id = $1`;
+    return ((await this.q('evictAgent', sql, [id])).rowCount ?? 0) > 0;
+  }
+
+  private insertTokenSql(): string {
+    return `INSERT INTO ${this.s}.join_tokens (id, secret_hash, expires_at, used_at, spiffe_id, created_at)
+            VALUES ($1, $2, $3::timestamptz, NULL, $4, $5::timestamptz)`;
+  }
+
+  private tokenArgs(t: JoinTokenRecord): unknown[] {
+    return [t.id, t.secretHash, t.expiresAt, t.spiffeId, t.createdAt];
+  }
+
+  async createJoinToken(t: JoinTokenRecord): Promise<void> {
+    await this.q('createJoinToken', this.insertTokenSql(), this.tokenArgs(t));
+  }
+
+  async getJoinTokenByHash(secretHash: string): Promise<JoinTokenRecord | undefined> {
+    const r = await this.q<TokenRow>('getJoinTokenByHash', `SELECT * FROM ${this.s}.join_tokens WHERE secret_hash = $1`, [secretHash]);
+    const row = r.rows[0];
+    return row ? rowToToken(row) : undefined;
+  }
+
+  async useJoinToken(secretHash: string, now: Date): Promise<JoinTokenRecord | undefined> {
+    // Concurrent callers queue on the row lock; after the winner commits, the others re-check
+    // `used_at IS NULL` against the new row version and update nothing.
+    const r = await this.q<TokenRow>(
+      'useJoinToken',
+      `UPDATE ${this.s}.join_tokens SET used_at = $2::timestamptz
+       WHERE secret_hash = $1 AND used_at IS NULL AND expires_at > $2::timestamptz RETURNING *`,
+      [secretHash, now.toISOString()],
+    );
+    const row = r.rows[0];
+    return row ? rowToToken(row) : undefined;
+  }
+
+  async createJoinTokenWithAlias(t: JoinTokenRecord, alias: NewEntry): Promise<RegistrationEntry> {
+    const [entry] = await this.tx('createJoinTokenWithAlias', async (c) => {
+      await c.query(this.insertTokenSql(), this.tokenArgs(t));
+      return this.insertEntries(c, [alias]);
+    });
+    return entry as RegistrationEntry;
+  }
+
+  async loadCaJournal(): Promise<CaJournal | undefined> {
+    const r = await this.q<{ body: string }>('loadCaJournal', `SELECT body FROM ${this.s}.ca_journal WHERE id = 1`);
+    const row = r.rows[0];
+    if (!row) return undefined;
+    try {
+      return JSON.parse(row.body) as CaJournal;
+    } catch (e) {
+      throw new SigilError('store.corrupt', 'PostgreSQL datastore holds a CA journal that is not valid JSON', { status: 500, cause: e });
+    }
+  }
+
+  async saveCaJournal(j: CaJournal): Promise<void> {
+    await this.q(
+      'saveCaJournal',
+      `INSERT INTO ${this.s}.ca_journal (id, body) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body`,
+      [JSON.stringify(j)],
+    );
+  }
+
+  async getPluginState(plugin: string, key: string): Promise<unknown | undefined> {
+    const r = await this.q<{ value: string }>('getPluginState', `SELECT value FROM ${this.s}.plugin_state WHERE plugin = $1 AND key = $2`, [plugin, key]);
+    const row = r.rows[0];
+    if (!row) return undefined;
+    try {
+      return JSON.parse(row.value) as unknown;
+    } catch (e) {
+      throw new SigilError('store.corrupt', `PostgreSQL datastore holds plugin state ${plugin}/${key} that is not valid JSON`, { status: 500, cause: e });
+    }
+  }
+
+  async putPluginState(plugin: string, key: string, value: unknown): Promise<void> {
+    await this.q(
+      'putPluginState',
+      `INSERT INTO ${this.s}.plugin_state (plugin, key, value) VALUES ($1, $2, $3)
+       ON CONFLICT (plugin, key) DO UPDATE SET value = EXCLUDED.value`,
+      [plugin, key, JSON.stringify(value)],
+    );
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.pool.end().catch(() => undefined);
+  }
+}
+
+/**
+ * Apply pending migrations on a dedicated connection holding a session advisory lock keyed by
+ * the schema name. The lock goes away with the connection, so a verifier that dies mid-way does
+ * not block the others; each migration and its version bump commit together.
+ */
+async function migrate(url: string, quoted: string, schema: string, connectTimeout: number, timeout: number): Promise<void> {
+  const client = new Client({
+    connectionString: url,
+    connectionTimeoutMillis: connectTimeout,
+    statement_timeout: timeout,
+    query_timeout: timeout + 5_000,
+    application_name: 'sigil-verifier-migrate',
+  });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch (e) {
+    await client.end().catch(() => undefined);
+    throw postgresError(e, `connect to ${redactPostgresUrl(url)}`);
+  }
+  try {
+    await client.query('SELECT pg_advisory_lock(hashtext($1))', [`sigil.migrate.${schema}`]);
+    await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoted}`);
+    await client.query(`CREATE TABLE IF NOT EXISTS ${quoted}.schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)`);
+    await client.query(`INSERT INTO ${quoted}.schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING`);
+    const version = Number((await client.query<{ version: number }>(`SELECT version FROM ${quoted}.schema_version WHERE id = 1`)).rows[0]?.version);
+    if (!Number.isInteger(version) || version < 0) throw new SigilError('store.corrupt', `schema_version row in schema ${schema} is invalid`, { status: 500 });
+    if (version > MIGRATIONS.length) {
+      throw new SigilError('store.schema_too_new', `datastore schema version ${version} is newer than this Sigil (knows ${MIGRATIONS.length}); upgrade Sigil`, { status: 500 });
+    }
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      const sql = (MIGRATIONS[v] as string).replaceAll('${S}', quoted);
+      await client.query('BEGIN');
+      try {
+        await client.query(sql);
+        await client.query(`UPDATE ${quoted}.schema_version SET version = $1 WHERE id = 1`, [v + 1]);
+        await client.query('COMMIT');
+      } catch (e) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        const inner = postgresError(e, `migration ${v + 1}`);
+        if (inner.status === 503) throw inner;
+        throw new SigilError('store.migration_failed', `PostgreSQL migration to schema version ${v + 1} failed: ${inner.message}`, { status: 500, cause: e });
+      }
+    }
+  } catch (e) {
+    throw postgresError(e, 'migrate');
+  } finally {
+    // Ending the session releases the advisory lock.
+    await client.end().catch(() => undefined);
+  }
+}

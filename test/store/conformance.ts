@@ -1,0 +1,380 @@
+/**
+ * The DataStore conformance suite: every implementation (SQLite, PostgreSQL) must pass it
+ * unchanged. Each test gets a fresh, empty store from `makeStore`.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SigilError } from '../../src/errors.js';
+import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry } from '../../src/store/types.js';
+
+export interface StoreUnderTest {
+  store: DataStore;
+  cleanup(): Promise<void>;
+}
+
+const TD = 'spiffe://example.org';
+const VERIFIER = `${TD}/spire/server`;
+
+function newEntry(over: Partial<NewEntry> = {}): NewEntry {
+  return {
+    spiffeId: `${TD}/workload/${randomUUID()}`,
+    parentId: `${TD}/agent/one`,
+    selectors: ['unix:uid:1000', 'tpm:pcr:7:abc'],
+    x509SvidTtl: 0,
+    jwtSvidTtl: 0,
+    dnsNames: [],
+    hint: '',
+    admin: false,
+    expiresAt: null,
+    ...over,
+  };
+}
+
+function token(over: Partial<JoinTokenRecord> = {}, now = new Date('2030-01-01T00:00:00.000Z')): JoinTokenRecord {
+  const secret = randomUUID();
+  return {
+    id: randomUUID(),
+    secretHash: createHash('sha256').update(secret).digest('hex'),
+    expiresAt: new Date(now.getTime() + 600_000).toISOString(),
+    usedAt: null,
+    spiffeId: null,
+    createdAt: now.toISOString(),
+    ...over,
+  };
+}
+
+function agent(id: string, over: Partial<AgentRecord> = {}): AgentRecord {
+  return {
+    id,
+    attestors: ['tpm', 'join_token'],
+    selectors: ['tpm:ek_hash:00ff', 'join_token:id:x'],
+    serial: '0a1b2c',
+    svidExpiresAt: '2030-01-01T01:00:00.000Z',
+    attestedAt: '2030-01-01T00:00:00.000Z',
+    ...over,
+    banned: over.banned ?? false,
+  };
+}
+
+async function expectSigil(p: Promise<unknown>, code: string, status?: number): Promise<SigilError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, `expected a SigilError ${code}`).toBeInstanceOf(SigilError);
+  const se = err as SigilError;
+  expect(se.code).toBe(code);
+  if (status !== undefined) expect(se.status).toBe(status);
+  return se;
+}
+
+const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+
+export function runStoreConformance(name: string, makeStore: () => Promise<StoreUnderTest>): void {
+  describe(`DataStore conformance: ${name}`, () => {
+    let current: StoreUnderTest | undefined;
+    const fresh = async (): Promise<DataStore> => {
+      current = await makeStore();
+      return current.store;
+    };
+    afterEach(async () => {
+      const c = current;
+      current = undefined;
+      if (c) await c.cleanup();
+    });
+
+    it('answers ping and starts empty', async () => {
+      const s = await fresh();
+      expect(typeof s.kind).toBe('string');
+      await s.ping();
+      expect(await s.countEntries()).toBe(0);
+      expect(await s.entriesRevision()).toBe(0);
+      expect(await s.listEntries()).toEqual([]);
+      expect(await s.listAgents()).toEqual([]);
+      expect(await s.loadCaJournal()).toBeUndefined();
+      expect(await s.getPluginState('tpm', 'k')).toBeUndefined();
+    });
+
+    describe('entries', () => {
+      it('creates an entry with a generated id, sorted selectors and the new revision, and reads it back identically', async () => {
+        const s = await fresh();
+        const created = await s.createEntry(
+          newEntry({
+            selectors: ['unix:uid:1000', 'k8s:ns:"quoted"', 'a:ü€😀', 'b:back\\slash'],
+            dnsNames: ['z.example.org', 'a.example.org'],
+            hint: 'web frontend',
+            admin: true,
+            x509SvidTtl: 3600,
+            jwtSvidTtl: 300,
+            expiresAt: '2031-02-03T04:05:06.789Z',
+          }),
+        );
+        expect(created.id).toMatch(/^[0-9a-f-]{36}$/);
+        expect(created.selectors).toEqual(['a:ü€😀', 'b:back\\slash', 'k8s:ns:"quoted"', 'unix:uid:1000']);
+        expect(created.dnsNames).toEqual(['z.example.org', 'a.example.org']);
+        expect(created.admin).toBe(true);
+        expect(created.x509SvidTtl).toBe(3600);
+        expect(created.jwtSvidTtl).toBe(300);
+        expect(created.hint).toBe('web frontend');
+        expect(created.expiresAt).toBe('2031-02-03T04:05:06.789Z');
+        expect(created.createdAt).toMatch(ISO_RE);
+        expect(Math.abs(Date.parse(created.createdAt) - Date.now())).toBeLessThan(60_000);
+        expect(created.revisionNumber).toBe(1);
+        expect(await s.entriesRevision()).toBe(1);
+        expect(await s.getEntry(created.id)).toEqual(created);
+        expect(await s.getEntry('no-such-id')).toBeUndefined();
+        expect(await s.countEntries()).toBe(1);
+      });
+
+      it('keeps a caller-chosen id and rejects a duplicate id with entry.exists, changing nothing', async () => {
+        const s = await fresh();
+        const a = await s.createEntry(newEntry({ id: 'entry-1', admin: false }));
+        expect(a.id).toBe('entry-1');
+        expect(a.admin).toBe(false);
+        expect(a.expiresAt).toBeNull();
+        await expectSigil(s.createEntry(newEntry({ id: 'entry-1' })), 'entry.exists', 409);
+        expect(await s.countEntries()).toBe(1);
+        expect(await s.entriesRevision()).toBe(1);
+        expect(await s.getEntry('entry-1')).toEqual(a);
+      });
+
+      it('bumps the revision on every create and successful delete, not on a missed delete', async () => {
+        const s = await fresh();
+        const revs: number[] = [];
+        for (let i = 0; i < 5; i++) revs.push((await s.createEntry(newEntry())).revisionNumber);
+        expect(revs).toEqual([1, 2, 3, 4, 5]);
+        const e = await s.createEntry(newEntry({ id: 'gone' }));
+        expect(e.revisionNumber).toBe(6);
+        expect(await s.deleteEntry('gone')).toBe(true);
+        expect(await s.entriesRevision()).toBe(7);
+        expect(await s.getEntry('gone')).toBeUndefined();
+        expect(await s.deleteEntry('gone')).toBe(false);
+        expect(await s.deleteEntry('never-was')).toBe(false);
+        expect(await s.entriesRevision()).toBe(7);
+        expect(await s.countEntries()).toBe(5);
+        // The id is free again after delete.
+        expect((await s.createEntry(newEntry({ id: 'gone' }))).revisionNumber).toBe(8);
+      });
+
+      it('createEntries gives each entry its own consecutive revision, in input order', async () => {
+        const s = await fresh();
+        await s.createEntry(newEntry());
+        expect(await s.createEntries([])).toEqual([]);
+        expect(await s.entriesRevision()).toBe(1);
+        const batch = await s.createEntries([newEntry({ id: 'b1' }), newEntry({ id: 'b2' }), newEntry({ id: 'b3', selectors: ['z:1', 'a:1'] })]);
+        expect(batch.map((e) => e.id)).toEqual(['b1', 'b2', 'b3']);
+        expect(batch.map((e) => e.revisionNumber)).toEqual([2, 3, 4]);
+        expect(batch[2]!.selectors).toEqual(['a:1', 'z:1']);
+        expect(await s.entriesRevision()).toBe(4);
+        for (const e of batch) expect(await s.getEntry(e.id)).toEqual(e);
+      });
+
+      it('createEntries is all or nothing (clash with a stored id, and a duplicate inside the batch)', async () => {
+        const s = await fresh();
+        await s.createEntry(newEntry({ id: 'taken' }));
+        await expectSigil(s.createEntries([newEntry({ id: 'n1' }), newEntry({ id: 'taken' }), newEntry({ id: 'n3' })]), 'entry.exists', 409);
+        expect(await s.getEntry('n1')).toBeUndefined();
+        expect(await s.getEntry('n3')).toBeUndefined();
+        await expectSigil(s.createEntries([newEntry({ id: 'd1' }), newEntry({ id: 'd1' })]), 'entry.exists', 409);
+        expect(await s.getEntry('d1')).toBeUndefined();
+        expect(await s.countEntries()).toBe(1);
+        expect(await s.entriesRevision()).toBe(1);
+        // The store is still usable after the rolled-back transactions.
+        expect((await s.createEntry(newEntry({ id: 'n1' }))).revisionNumber).toBe(2);
+      });
+
+      it('lists with parentId / spiffeId filters, creation order with id as tie-break (byte order), limit and offset', async () => {
+        const s = await fresh();
+        // One batch: created_at is non-decreasing in input order and often equal, so the id
+        // tie-break decides; ids given in byte order ('Z' < 'a'), which a locale collation would reverse.
+        const all = await s.createEntries([
+          newEntry({ id: 'Z-1', parentId: `${TD}/p1`, spiffeId: `${TD}/w/x` }),
+          newEntry({ id: 'a-1', parentId: `${TD}/p1`, spiffeId: `${TD}/w/y` }),
+          newEntry({ id: 'b-1', parentId: `${TD}/p2`, spiffeId: `${TD}/w/x` }),
+        ]);
+        // Make sure the next entry is created in a later millisecond.
+        const last = Math.max(...all.map((e) => Date.parse(e.createdAt)));
+        while (Date.now() <= last) await new Promise((r) => setTimeout(r, 2));
+        const later = await s.createEntry(newEntry({ id: '0-later', parentId: `${TD}/p1`, spiffeId: `${TD}/w/x` }));
+        const ids = (es: { id: string }[]): string[] => es.map((e) => e.id);
+        const listed = await s.listEntries();
+        expect(ids(listed)).toEqual(['Z-1', 'a-1', 'b-1', '0-later']);
+        expect(listed).toEqual([...all, later]);
+        expect(ids(await s.listEntries({ parentId: `${TD}/p1` }))).toEqual(['Z-1', 'a-1', '0-later']);
+        expect(ids(await s.listEntries({ spiffeId: `${TD}/w/x` }))).toEqual(['Z-1', 'b-1', '0-later']);
+        expect(ids(await s.listEntries({ parentId: `${TD}/p1`, spiffeId: `${TD}/w/x` }))).toEqual(['Z-1', '0-later']);
+        expect(ids(await s.listEntries({ parentId: `${TD}/none` }))).toEqual([]);
+        expect(ids(await s.listEntries({ limit: 2 }))).toEqual(['Z-1', 'a-1']);
+        expect(ids(await s.listEntries({ limit: 2, offset: 2 }))).toEqual(['b-1', '0-later']);
+        expect(ids(await s.listEntries({ offset: 3 }))).toEqual(['0-later']);
+        expect(ids(await s.listEntries({ limit: 0 }))).toEqual([]);
+        expect(ids(await s.listEntries({ limit: -1 }))).toHaveLength(4);
+        expect(ids(await s.listEntries({ offset: 10 }))).toEqual([]);
+      });
+
+      it('entriesByParents returns exactly the children of the given parents, for more than 500 parents', async () => {
+        const s = await fresh();
+        const N = 620;
+        const parents = Array.from({ length: N }, (_, i) => `${TD}/agent/${String(i).padStart(4, '0')}`);
+        const children = await s.createEntries(parents.map((p, i) => newEntry({ id: `child-${i}`, parentId: p })));
+        const extra = await s.createEntry(newEntry({ id: 'child-extra', parentId: parents[N - 1] }));
+        await s.createEntry(newEntry({ id: 'unrelated', parentId: `${TD}/agent/other` }));
+        const nodeEntry = await s.createEntry(newEntry({ id: 'node', parentId: VERIFIER }));
+
+        const got = await s.entriesByParents(parents);
+        expect(got.map((e) => e.id).sort()).toEqual([...children.map((e) => e.id), extra.id].sort());
+        const byId = new Map(got.map((e) => [e.id, e]));
+        expect(byId.get('child-7')).toEqual(children[7]);
+        expect(await s.entriesByParents([])).toEqual([]);
+        expect(await s.entriesByParents([`${TD}/agent/nobody`])).toEqual([]);
+        expect(await s.entriesByParents([VERIFIER])).toEqual([nodeEntry]);
+        // Repeating a parent does not repeat its children.
+        const twice = await s.entriesByParents([parents[N - 1]!, parents[N - 1]!, parents[0]!]);
+        expect(twice.map((e) => e.id).sort()).toEqual(['child-0', `child-${N - 1}`, 'child-extra'].sort());
+      });
+    });
+
+    describe('agents', () => {
+      it('upserts, reads, updates and lists agents in id order', async () => {
+        const s = await fresh();
+        const b = agent(`${TD}/spire/agent/b`);
+        const a = agent(`${TD}/spire/agent/a`, { attestors: ['aws_nitro'], selectors: ['aws_nitro:pcr0:ff'] });
+        await s.upsertAgent(b);
+        await s.upsertAgent(a);
+        expect(await s.getAgent(b.id)).toEqual(b);
+        expect(await s.getAgent(`${TD}/spire/agent/none`)).toBeUndefined();
+        const b2 = { ...b, serial: 'ffee', svidExpiresAt: '2030-01-02T00:00:00.000Z', attestedAt: '2030-01-01T12:00:00.000Z', selectors: ['tpm:ek_hash:11'] };
+        await s.upsertAgent(b2);
+        expect(await s.getAgent(b.id)).toEqual(b2);
+        expect(await s.listAgents()).toEqual([a, b2]);
+      });
+
+      it('evicts (deletes) or bans (keeps the record, banned, with no accepted serial)', async () => {
+        const s = await fresh();
+        const a = agent(`${TD}/spire/agent/a`);
+        const b = agent(`${TD}/spire/agent/b`);
+        await s.upsertAgent(a);
+        await s.upsertAgent(b);
+        expect(await s.evictAgent(a.id, false)).toBe(true);
+        expect(await s.getAgent(a.id)).toBeUndefined();
+        expect(await s.evictAgent(a.id, false)).toBe(false);
+        expect(await s.evictAgent(b.id, true)).toBe(true);
+        expect(await s.getAgent(b.id)).toEqual({ ...b, banned: true, serial: '' });
+        expect(await s.evictAgent(`${TD}/spire/agent/none`, true)).toBe(false);
+        expect(await s.getAgent(`${TD}/spire/agent/none`)).toBeUndefined();
+        expect((await s.listAgents()).map((x) => x.id)).toEqual([b.id]);
+        // A banned agent that re-attests is written back as whatever the caller says.
+        await s.upsertAgent({ ...b, banned: true, serial: '99' });
+        expect((await s.getAgent(b.id))?.serial).toBe('99');
+      });
+    });
+
+    describe('join tokens', () => {
+      const now = new Date('2030-01-01T00:00:00.000Z');
+
+      it('stores a token (never as used) and finds it by hash', async () => {
+        const s = await fresh();
+        const t = token({ spiffeId: `${TD}/node/alias` }, now);
+        await s.createJoinToken({ ...t, usedAt: '2029-01-01T00:00:00.000Z' });
+        expect(await s.getJoinTokenByHash(t.secretHash)).toEqual(t);
+        expect(await s.getJoinTokenByHash('00'.repeat(32))).toBeUndefined();
+        await expect(s.createJoinToken(t)).rejects.toThrow();
+        await expect(s.createJoinToken({ ...t, id: randomUUID() })).rejects.toThrow();
+      });
+
+      it('uses a token once, only while unexpired', async () => {
+        const s = await fresh();
+        const t = token({}, now);
+        await s.createJoinToken(t);
+        const used = await s.useJoinToken(t.secretHash, new Date(now.getTime() + 1000));
+        expect(used).toEqual({ ...t, usedAt: '2030-01-01T00:00:01.000Z' });
+        expect(await s.getJoinTokenByHash(t.secretHash)).toEqual(used);
+        expect(await s.useJoinToken(t.secretHash, new Date(now.getTime() + 2000))).toBeUndefined();
+        expect(await s.useJoinToken('11'.repeat(32), now)).toBeUndefined();
+
+        const exp = token({}, now);
+        await s.createJoinToken(exp);
+        // Expiry is exclusive: at expiresAt the token is already dead.
+        expect(await s.useJoinToken(exp.secretHash, new Date(exp.expiresAt))).toBeUndefined();
+        expect(await s.useJoinToken(exp.secretHash, new Date(Date.parse(exp.expiresAt) + 1))).toBeUndefined();
+        expect((await s.getJoinTokenByHash(exp.secretHash))?.usedAt).toBeNull();
+        expect(await s.useJoinToken(exp.secretHash, new Date(Date.parse(exp.expiresAt) - 1))).toBeDefined();
+      });
+
+      it('lets exactly one of 20 concurrent useJoinToken calls win', async () => {
+        const s = await fresh();
+        const t = token({}, now);
+        await s.createJoinToken(t);
+        const results = await Promise.all(Array.from({ length: 20 }, (_, i) => s.useJoinToken(t.secretHash, new Date(now.getTime() + 1000 + i))));
+        const winners = results.filter((r) => r !== undefined);
+        expect(winners).toHaveLength(1);
+        expect((await s.getJoinTokenByHash(t.secretHash))?.usedAt).toBe(winners[0]!.usedAt);
+      });
+
+      it('createJoinTokenWithAlias writes the token and the alias entry together', async () => {
+        const s = await fresh();
+        const t = token({ spiffeId: `${TD}/node/n1` }, now);
+        const e = await s.createJoinTokenWithAlias(t, newEntry({ spiffeId: `${TD}/node/n1`, parentId: VERIFIER, selectors: [`join_token:id:${t.id}`] }));
+        expect(e.revisionNumber).toBe(1);
+        expect(await s.getEntry(e.id)).toEqual(e);
+        expect(await s.getJoinTokenByHash(t.secretHash)).toEqual(t);
+        expect(await s.entriesRevision()).toBe(1);
+      });
+
+      it('createJoinTokenWithAlias leaves nothing behind when either half fails', async () => {
+        const s = await fresh();
+        await s.createEntry(newEntry({ id: 'alias-taken' }));
+        const t1 = token({}, now);
+        await expectSigil(s.createJoinTokenWithAlias(t1, newEntry({ id: 'alias-taken' })), 'entry.exists', 409);
+        expect(await s.getJoinTokenByHash(t1.secretHash)).toBeUndefined();
+
+        const t2 = token({}, now);
+        await s.createJoinToken(t2);
+        await expect(s.createJoinTokenWithAlias({ ...t2, id: randomUUID() }, newEntry({ id: 'alias-new' }))).rejects.toThrow();
+        expect(await s.getEntry('alias-new')).toBeUndefined();
+        expect(await s.countEntries()).toBe(1);
+        expect(await s.entriesRevision()).toBe(1);
+      });
+    });
+
+    describe('CA journal and plugin state', () => {
+      it('round-trips the CA journal and overwrites it', async () => {
+        const s = await fresh();
+        const j: CaJournal = {
+          x509: [
+            {
+              id: 'ca-1',
+              keyType: 'ec-p256',
+              certDer: Buffer.from('cert').toString('base64'),
+              upstreamChain: [Buffer.from('int').toString('base64')],
+              keyFile: 'ca-1.p8',
+              notBefore: '2030-01-01T00:00:00.000Z',
+              notAfter: '2030-01-02T00:00:00.000Z',
+              state: 'active',
+            },
+          ],
+          jwt: [{ kid: 'k1', keyType: 'ec-p256', keyFile: 'jwt-1.p8', publicKey: 'MFkw', notBefore: '2030-01-01T00:00:00.000Z', notAfter: '2030-01-02T00:00:00.000Z', state: 'prepared' }],
+          sequence: 3,
+        };
+        await s.saveCaJournal(j);
+        expect(await s.loadCaJournal()).toEqual(j);
+        const j2: CaJournal = { ...j, x509: [{ ...j.x509[0]!, state: 'old' }], sequence: 4 };
+        await s.saveCaJournal(j2);
+        expect(await s.loadCaJournal()).toEqual(j2);
+      });
+
+      it('stores plugin state per (plugin, key), any JSON value, and overwrites it', async () => {
+        const s = await fresh();
+        const values: unknown[] = [{ a: 1, nested: { b: [1, 'two', null, true] } }, 42, 'text with "quotes", \\ and \u0000', null, [3, 2, 1], false];
+        for (const [i, v] of values.entries()) await s.putPluginState('tpm', `k${i}`, v);
+        for (const [i, v] of values.entries()) expect(await s.getPluginState('tpm', `k${i}`)).toEqual(v);
+        expect(await s.getPluginState('tpm', 'k3')).toBeNull();
+        expect(await s.getPluginState('sev_snp', 'k0')).toBeUndefined();
+        await s.putPluginState('sev_snp', 'k0', { other: true });
+        await s.putPluginState('tpm', 'k0', { replaced: 1 });
+        expect(await s.getPluginState('tpm', 'k0')).toEqual({ replaced: 1 });
+        expect(await s.getPluginState('sev_snp', 'k0')).toEqual({ other: true });
+      });
+    });
+  });
+}
