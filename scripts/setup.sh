@@ -4,10 +4,11 @@
 #   swtpm swtpm-tools tpm2-tools libtss2-dev   TPM agent + TPM tests (a software TPM)
 #   python3-grpcio python3-protobuf            Workload API interop test with a client Sigil did not write
 #   openssl util-linux                         openssl verify in tests; setpriv for the other-uid test
+#   postgresql                                 the PostgreSQL datastore tests start a private server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(swtpm swtpm-tools tpm2-tools libtss2-dev python3-grpcio python3-protobuf openssl util-linux ca-certificates)
+PKGS=(swtpm swtpm-tools tpm2-tools libtss2-dev python3-grpcio python3-protobuf openssl util-linux ca-certificates postgresql)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

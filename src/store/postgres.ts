@@ -23,7 +23,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { SigilError } from '../errors.js';
-import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, RegistrationEntry } from './types.js';
+import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, RegistrationEntry, StoredSession } from './types.js';
 
 const { Pool, Client } = pg;
 type PoolClient = pg.PoolClient;
@@ -81,7 +81,9 @@ const MIGRATIONS: string[] = [
      spiffe_id TEXT,
      created_at TIMESTAMPTZ NOT NULL
    );
-   CREATE TABLE \${S}.ca_journal (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+   CREATE TABLE \${S}.ca_journals (instance TEXT PRIMARY KEY, body TEXT NOT NULL);
+   CREATE TABLE \${S}.sessions (id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
+   CREATE INDEX sessions_expiry ON \${S}.sessions (expires_at);
    CREATE TABLE \${S}.plugin_state (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (plugin, key));`,
 ];
 
@@ -529,23 +531,52 @@ export class PostgresStore implements DataStore {
     return entry as RegistrationEntry;
   }
 
-  async loadCaJournal(): Promise<CaJournal | undefined> {
-    const r = await this.q<{ body: string }>('loadCaJournal', `SELECT body FROM ${this.s}.ca_journal WHERE id = 1`);
-    const row = r.rows[0];
-    if (!row) return undefined;
+  private parseJournal(body: string, instance: string): CaJournal {
     try {
-      return JSON.parse(row.body) as CaJournal;
+      return JSON.parse(body) as CaJournal;
     } catch (e) {
-      throw new SigilError('store.corrupt', 'PostgreSQL datastore holds a CA journal that is not valid JSON', { status: 500, cause: e });
+      throw new SigilError('store.corrupt', `PostgreSQL datastore holds a CA journal for ${instance} that is not valid JSON`, { status: 500, cause: e });
     }
   }
 
-  async saveCaJournal(j: CaJournal): Promise<void> {
+  async loadCaJournal(instance: string): Promise<CaJournal | undefined> {
+    const r = await this.q<{ body: string }>('loadCaJournal', `SELECT body FROM ${this.s}.ca_journals WHERE instance = $1`, [instance]);
+    const row = r.rows[0];
+    return row ? this.parseJournal(row.body, instance) : undefined;
+  }
+
+  async saveCaJournal(instance: string, j: CaJournal): Promise<void> {
     await this.q(
       'saveCaJournal',
-      `INSERT INTO ${this.s}.ca_journal (id, body) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body`,
-      [JSON.stringify(j)],
+      `INSERT INTO ${this.s}.ca_journals (instance, body) VALUES ($1, $2) ON CONFLICT (instance) DO UPDATE SET body = EXCLUDED.body`,
+      [instance, JSON.stringify(j)],
     );
+  }
+
+  async listCaJournals(): Promise<{ instance: string; journal: CaJournal }[]> {
+    const r = await this.q<{ instance: string; body: string }>('listCaJournals', `SELECT instance, body FROM ${this.s}.ca_journals ORDER BY instance COLLATE "C"`);
+    return r.rows.map((row) => ({ instance: row.instance, journal: this.parseJournal(row.body, row.instance) }));
+  }
+
+  async putSession(sess: StoredSession): Promise<void> {
+    await this.q('putSession', `INSERT INTO ${this.s}.sessions (id, body, expires_at) VALUES ($1, $2, $3)`, [sess.id, JSON.stringify(sess), sess.expiresAt]);
+  }
+
+  async takeSession(id: string): Promise<StoredSession | undefined> {
+    const r = await this.q<{ body: string }>('takeSession', `DELETE FROM ${this.s}.sessions WHERE id = $1 RETURNING body`, [id]);
+    const row = r.rows[0];
+    if (!row) return undefined;
+    try {
+      return JSON.parse(row.body) as StoredSession;
+    } catch (e) {
+      throw new SigilError('store.corrupt', 'PostgreSQL datastore holds an attestation session that is not valid JSON', { status: 500, cause: e });
+    }
+  }
+
+  async sweepSessions(now: Date): Promise<number> {
+    await this.q('sweepSessions', `DELETE FROM ${this.s}.sessions WHERE expires_at <= $1`, [now.toISOString()]);
+    const r = await this.q<{ n: string }>('countSessions', `SELECT COUNT(*) AS n FROM ${this.s}.sessions`);
+    return Number(r.rows[0]?.n ?? 0);
   }
 
   async getPluginState(plugin: string, key: string): Promise<unknown | undefined> {

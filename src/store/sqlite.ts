@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.js';
-import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, RegistrationEntry } from './types.js';
+import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, RegistrationEntry, StoredSession } from './types.js';
 
 /** Migrations, in order; index + 1 = schema version. Never edit a shipped migration: add a new one. */
 const MIGRATIONS: string[] = [
@@ -46,7 +46,9 @@ const MIGRATIONS: string[] = [
      spiffe_id TEXT,
      created_at TEXT NOT NULL
    );
-   CREATE TABLE ca_journal (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+   CREATE TABLE ca_journals (instance TEXT PRIMARY KEY, body TEXT NOT NULL);
+   CREATE TABLE sessions (id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at TEXT NOT NULL);
+   CREATE INDEX sessions_expiry ON sessions(expires_at);
    CREATE TABLE plugin_state (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (plugin, key));`,
 ];
 
@@ -161,8 +163,13 @@ export class SqliteStore implements DataStore {
       ),
       tokenByHash: db.prepare('SELECT * FROM join_tokens WHERE secret_hash = ?'),
       useToken: db.prepare('UPDATE join_tokens SET used_at = @now WHERE secret_hash = @hash AND used_at IS NULL AND expires_at > @now RETURNING *'),
-      loadJournal: db.prepare('SELECT body FROM ca_journal WHERE id = 1'),
-      saveJournal: db.prepare('INSERT INTO ca_journal (id, body) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body'),
+      loadJournal: db.prepare('SELECT body FROM ca_journals WHERE instance = ?'),
+      saveJournal: db.prepare('INSERT INTO ca_journals (instance, body) VALUES (?, ?) ON CONFLICT(instance) DO UPDATE SET body = excluded.body'),
+      listJournals: db.prepare('SELECT instance, body FROM ca_journals ORDER BY instance'),
+      putSession: db.prepare('INSERT INTO sessions (id, body, expires_at) VALUES (?, ?, ?)'),
+      takeSession: db.prepare('DELETE FROM sessions WHERE id = ? RETURNING body'),
+      sweepSessions: db.prepare('DELETE FROM sessions WHERE expires_at <= ?'),
+      countSessions: db.prepare('SELECT COUNT(*) AS n FROM sessions'),
       getState: db.prepare('SELECT value FROM plugin_state WHERE plugin = ? AND key = ?'),
       putState: db.prepare('INSERT INTO plugin_state (plugin, key, value) VALUES (?, ?, ?) ON CONFLICT(plugin, key) DO UPDATE SET value = excluded.value'),
     };
@@ -325,13 +332,31 @@ export class SqliteStore implements DataStore {
     })();
   }
 
-  async loadCaJournal(): Promise<CaJournal | undefined> {
-    const r = this.stmt.loadJournal!.get() as { body: string } | undefined;
+  async loadCaJournal(instance: string): Promise<CaJournal | undefined> {
+    const r = this.stmt.loadJournal!.get(instance) as { body: string } | undefined;
     return r ? (JSON.parse(r.body) as CaJournal) : undefined;
   }
 
-  async saveCaJournal(j: CaJournal): Promise<void> {
-    this.stmt.saveJournal!.run(JSON.stringify(j));
+  async saveCaJournal(instance: string, j: CaJournal): Promise<void> {
+    this.stmt.saveJournal!.run(instance, JSON.stringify(j));
+  }
+
+  async listCaJournals(): Promise<{ instance: string; journal: CaJournal }[]> {
+    return (this.stmt.listJournals!.all() as { instance: string; body: string }[]).map((r) => ({ instance: r.instance, journal: JSON.parse(r.body) as CaJournal }));
+  }
+
+  async putSession(sess: StoredSession): Promise<void> {
+    this.stmt.putSession!.run(sess.id, JSON.stringify(sess), sess.expiresAt);
+  }
+
+  async takeSession(id: string): Promise<StoredSession | undefined> {
+    const r = this.stmt.takeSession!.get(id) as { body: string } | undefined;
+    return r ? (JSON.parse(r.body) as StoredSession) : undefined;
+  }
+
+  async sweepSessions(now: Date): Promise<number> {
+    this.stmt.sweepSessions!.run(now.toISOString());
+    return (this.stmt.countSessions!.get() as { n: number }).n;
   }
 
   async getPluginState(plugin: string, key: string): Promise<unknown | undefined> {

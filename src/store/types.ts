@@ -50,8 +50,23 @@ export interface JoinTokenRecord {
 export interface CaJournal {
   x509: CaSlot[];
   jwt: JwtKeySlot[];
-  /** spiffe_sequence of the published bundle; bumped whenever its content changes. */
+  /** Bumped whenever what this verifier publishes changes (the bundle's spiffe_sequence sums them over all verifiers). */
   sequence: number;
+  /** Under an upstream CA: the upstream root (DER base64) this verifier's chains end at; it is published instead of the CA certificates. */
+  upstreamRoot?: string;
+}
+
+/** An attestation session between POST /v1/attest and POST /v1/attest/{session}. */
+export interface StoredSession {
+  id: string;
+  /** base64 */
+  nonce: string;
+  /** SPKI DER of the CSR key, base64 */
+  csrSpki: string;
+  attestors: string[];
+  /** Each attestor's `begin` state (JSON). */
+  states: Record<string, unknown>;
+  expiresAt: string;
 }
 
 export interface CaSlot {
@@ -109,8 +124,17 @@ export interface DataStore {
   /** Create an entry and a join token in one transaction (node alias). */
   createJoinTokenWithAlias(t: JoinTokenRecord, alias: NewEntry): Promise<RegistrationEntry>;
 
-  loadCaJournal(): Promise<CaJournal | undefined>;
-  saveCaJournal(j: CaJournal): Promise<void>;
+  /** CA journals: one per verifier instance (each verifier has its own CA keys; the bundle is their union). */
+  loadCaJournal(instance: string): Promise<CaJournal | undefined>;
+  saveCaJournal(instance: string, j: CaJournal): Promise<void>;
+  listCaJournals(): Promise<{ instance: string; journal: CaJournal }[]>;
+
+  /** Attestation sessions live in the store, so any verifier sharing it can finish a session. */
+  putSession(s: StoredSession): Promise<void>;
+  /** Remove and return the session: single use, atomic across verifiers. */
+  takeSession(id: string): Promise<StoredSession | undefined>;
+  /** Delete sessions expired at `now`; returns how many remain. */
+  sweepSessions(now: Date): Promise<number>;
 
   getPluginState(plugin: string, key: string): Promise<unknown | undefined>;
   putPluginState(plugin: string, key: string, value: unknown): Promise<void>;

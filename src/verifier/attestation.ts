@@ -18,16 +18,6 @@ import type { VerifierMetrics } from './metrics.js';
 export const SESSION_TTL_MS = 60_000;
 export const MAX_SESSIONS = 10_000;
 
-interface Session {
-  id: string;
-  nonce: Buffer;
-  binding: Buffer;
-  csrSpki: Buffer;
-  attestors: string[];
-  states: Map<string, unknown>;
-  expiresAt: number;
-}
-
 export interface AttestationResult {
   status: 'affirming' | 'warning' | 'contraindicated';
   submods: Record<string, { status: string; selectors: string[]; claims: Record<string, unknown> }>;
@@ -54,19 +44,28 @@ function b64(v: unknown, what: string, maxBytes: number): Buffer {
   return b;
 }
 
+/**
+ * Sessions live in the datastore (not in memory), so with several verifiers behind a load balancer
+ * the second call may reach another verifier; taking a session deletes it atomically (single use).
+ */
 export class AttestationService {
-  private sessions = new Map<string, Session>();
+  private lastSweep = 0;
+  private openCount = 0;
 
   constructor(private readonly o: AttestOptions) {}
 
-  private sweep(now: number): void {
-    for (const [id, s] of this.sessions) if (s.expiresAt <= now) this.sessions.delete(id);
+  /** Delete expired sessions at most once a second; returns how many are open. */
+  private async sweep(now: number): Promise<number> {
+    if (now - this.lastSweep >= 1000 || this.openCount >= MAX_SESSIONS) {
+      this.lastSweep = now;
+      this.openCount = await this.o.store.sweepSessions(new Date(now));
+    }
+    return this.openCount;
   }
 
   async begin(body: { attestors: Record<string, unknown>; csr: string }): Promise<{ session: string; nonce: string; challenges: Record<string, unknown> }> {
     const now = this.o.now();
-    this.sweep(now.getTime());
-    if (this.sessions.size >= MAX_SESSIONS) throw new SigilError('attest.busy', 'too many attestation sessions in progress; retry shortly', { status: 503 });
+    if ((await this.sweep(now.getTime())) >= MAX_SESSIONS) throw new SigilError('attest.busy', 'too many attestation sessions in progress; retry shortly', { status: 503 });
     const names = Object.keys(body.attestors);
     if (names.length === 0) throw new SigilError('attest.no_attestors', 'the hello names no node attestor');
     for (const n of names) {
@@ -81,13 +80,13 @@ export class AttestationService {
     const nonce = randomBytes(32);
     const binding = sessionBinding(nonce, csr.spki);
     const input: SessionInput = { nonce, binding, csrSpki: csr.spki, now };
-    const states = new Map<string, unknown>();
+    const states: Record<string, unknown> = {};
     const challenges: Record<string, unknown> = {};
     await Promise.all(
       names.map(async (n) => {
         try {
           const { challenge, state } = await (this.o.attestors.get(n) as NodeAttestorVerifier).begin(body.attestors[n], input);
-          states.set(n, state);
+          states[n] = state;
           challenges[n] = challenge;
         } catch (e) {
           this.o.metrics.attestations.inc({ attestor: n, result: 'rejected' });
@@ -96,17 +95,27 @@ export class AttestationService {
       }),
     );
     const id = randomBytes(16).toString('hex');
-    this.sessions.set(id, { id, nonce, binding, csrSpki: csr.spki, attestors: names, states, expiresAt: now.getTime() + SESSION_TTL_MS });
+    await this.o.store.putSession({
+      id,
+      nonce: nonce.toString('base64'),
+      csrSpki: csr.spki.toString('base64'),
+      attestors: names,
+      states,
+      expiresAt: new Date(now.getTime() + SESSION_TTL_MS).toISOString(),
+    });
+    this.openCount++;
     return { session: id, nonce: nonce.toString('base64'), challenges };
   }
 
   async finish(sessionId: string, body: { responses: Record<string, unknown> }): Promise<{ agentId: string; svid: string[]; bundle: unknown; result: AttestationResult }> {
     const now = this.o.now();
-    const s = this.sessions.get(sessionId);
     // Single use: the session (and its nonce) is gone whatever the outcome.
-    this.sessions.delete(sessionId);
-    if (!s) throw new SigilError('attest.session_unknown', 'attestation session is unknown or was already used', { status: 401 });
-    if (s.expiresAt <= now.getTime()) throw new SigilError('attest.session_expired', 'attestation session expired (sessions live 60 s)', { status: 401 });
+    const stored = await this.o.store.takeSession(sessionId);
+    if (!stored) throw new SigilError('attest.session_unknown', 'attestation session is unknown or was already used', { status: 401 });
+    const nonce = Buffer.from(stored.nonce, 'base64');
+    const csrSpki = Buffer.from(stored.csrSpki, 'base64');
+    const s = { attestors: stored.attestors, nonce, csrSpki, binding: sessionBinding(nonce, csrSpki), states: stored.states };
+    if (Date.parse(stored.expiresAt) <= now.getTime()) throw new SigilError('attest.session_expired', 'attestation session expired (sessions live 60 s)', { status: 401 });
     const given = Object.keys(body.responses);
     for (const n of given) {
       if (!s.attestors.includes(n)) throw new SigilError('attest.unexpected_response', `response for "${n}", which was not in the hello`);
@@ -117,7 +126,7 @@ export class AttestationService {
       s.attestors.map(async (n) => {
         if (!(n in body.responses)) throw new SigilError('attest.missing_response', `no response for attestor "${n}"`);
         try {
-          const r = await (this.o.attestors.get(n) as NodeAttestorVerifier).finish(body.responses[n], s.states.get(n), input);
+          const r = await (this.o.attestors.get(n) as NodeAttestorVerifier).finish(body.responses[n], s.states[n], input);
           for (const sel of r.selectors) {
             if (!sel.startsWith(`${n}:`)) throw new SigilError('attest.bad_selector', `attestor "${n}" produced selector "${sel}" outside its own type`, { status: 500 });
           }
@@ -144,7 +153,7 @@ export class AttestationService {
       const a = this.o.attestors.get(n) as NodeAttestorVerifier;
       if (a.commit) {
         try {
-          await a.commit(s.states.get(n), input);
+          await a.commit(s.states[n], input);
         } catch (e) {
           throw prefixed(e, n);
         }
@@ -179,10 +188,6 @@ export class AttestationService {
     };
   }
 
-  /** Number of open sessions (for metrics/tests). */
-  openSessions(): number {
-    return this.sessions.size;
-  }
 }
 
 function prefixed(e: unknown, attestor: string): SigilError {

@@ -18,6 +18,8 @@ import { SpiffeBundle } from '../spiffe/bundle.js';
 import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
 
 export interface CaOptions {
+  /** This verifier's instance id: its journal in a shared datastore (each verifier has its own CA keys). */
+  instance: string;
   trustDomain: string;
   dataDir: string;
   keyType: KeyType;
@@ -57,6 +59,9 @@ export class CertificateAuthority {
   private readonly keysDir: string;
   private cachedBundle: SpiffeBundle | undefined;
   private listeners = new Set<() => void>();
+  /** Journals of the other verifiers sharing the datastore (their CAs are in the bundle too). */
+  private peers: { instance: string; journal: CaJournal }[] = [];
+  private peersKey = '';
 
   constructor(
     private readonly store: DataStore,
@@ -74,13 +79,31 @@ export class CertificateAuthority {
   async init(): Promise<void> {
     mkdirSync(this.keysDir, { recursive: true, mode: 0o700 });
     if (this.opts.upstream) this.upstream = loadUpstream(this.opts.upstream);
-    const j = await this.store.loadCaJournal();
+    const j = await this.store.loadCaJournal(this.opts.instance);
     if (j) {
       this.journal = { x509: j.x509, jwt: j.jwt, sequence: j.sequence ?? 0 };
       for (const slot of this.journal.x509) this.loadX509(slot);
       for (const slot of this.journal.jwt) this.loadJwt(slot);
     }
+    if (this.upstream) this.journal.upstreamRoot = (this.upstream.chain[this.upstream.chain.length - 1] as Buffer).toString('base64');
     await this.rotate();
+    await this.refreshPeers();
+  }
+
+  /**
+   * Re-read the other verifiers' journals from the shared datastore. Returns true when what they
+   * publish changed (then the bundle and the TLS trust list change too).
+   */
+  async refreshPeers(): Promise<boolean> {
+    const all = await this.store.listCaJournals();
+    const peers = all.filter((p) => p.instance !== this.opts.instance);
+    const key = JSON.stringify(all.filter((p) => p.instance !== this.opts.instance).map((p) => [p.instance, p.journal.sequence]));
+    if (key === this.peersKey) return false;
+    this.peers = peers;
+    this.peersKey = key;
+    this.cachedBundle = undefined;
+    for (const fn of this.listeners) fn();
+    return true;
   }
 
   private loadX509(slot: CaSlot): void {
@@ -184,7 +207,7 @@ export class CertificateAuthority {
     if (changedX || changedJ) {
       this.journal.sequence += 1;
       this.cachedBundle = undefined;
-      await this.store.saveCaJournal(this.journal);
+      await this.store.saveCaJournal(this.opts.instance, this.journal);
       for (const fn of this.listeners) fn();
       return true;
     }
@@ -255,18 +278,43 @@ export class CertificateAuthority {
     return { token, expiresAt };
   }
 
-  /** X.509 authorities relying parties must trust: our CAs (self-signed) or the upstream root. */
+  /** Every verifier's journal (this one's live copy), in instance order, so all verifiers publish the same bundle. */
+  private allJournals(): CaJournal[] {
+    return [{ instance: this.opts.instance, journal: this.journal }, ...this.peers]
+      .sort((x, y) => (x.instance < y.instance ? -1 : x.instance > y.instance ? 1 : 0))
+      .map((p) => p.journal);
+  }
+
+  /**
+   * X.509 authorities relying parties must trust: for every verifier sharing the datastore, its
+   * CAs (self-signed) or its upstream root; unexpired only, without duplicates.
+   */
   x509Authorities(): Buffer[] {
-    if (this.upstream) return [this.upstream.chain[this.upstream.chain.length - 1] as Buffer];
-    return this.journal.x509.map((s) => Buffer.from(s.certDer, 'base64'));
+    const now = this.opts.now().getTime();
+    const seen = new Set<string>();
+    const out: Buffer[] = [];
+    for (const j of this.allJournals()) {
+      const ders = j.upstreamRoot ? [j.upstreamRoot] : j.x509.filter((s) => Date.parse(s.notAfter) > now).map((s) => s.certDer);
+      for (const d of ders) {
+        if (seen.has(d)) continue;
+        seen.add(d);
+        out.push(Buffer.from(d, 'base64'));
+      }
+    }
+    return out;
   }
 
   bundle(): SpiffeBundle {
     if (!this.cachedBundle) {
       const b = new SpiffeBundle(this.opts.trustDomain);
       b.x509Authorities = this.x509Authorities();
-      b.jwtAuthorities = this.journal.jwt.map((s) => ({ kid: s.kid, publicKey: (this.jwtKeys.get(s.kid) as LoadedJwt).publicKey }));
-      b.sequence = this.journal.sequence;
+      const now = this.opts.now().getTime();
+      const kids = new Set<string>();
+      b.jwtAuthorities = this.allJournals()
+        .flatMap((j) => j.jwt.filter((s) => Date.parse(s.notAfter) > now))
+        .filter((s) => (kids.has(s.kid) ? false : (kids.add(s.kid), true)))
+        .map((s) => ({ kid: s.kid, publicKey: this.jwtKeys.get(s.kid)?.publicKey ?? createPublicKey({ key: Buffer.from(s.publicKey, 'base64'), format: 'der', type: 'spki' }) }));
+      b.sequence = this.allJournals().reduce((n, j) => n + (j.sequence ?? 0), 0);
       b.refreshHintSeconds = Math.max(60, Math.floor(this.opts.ttlSeconds / 12));
       this.cachedBundle = b;
     }

@@ -13,7 +13,7 @@ export interface VerifierConfig {
   listen: { address: string; port: number };
   adminSocket: string;
   dataDir: string;
-  datastore: { kind: 'sqlite' } | { kind: 'postgres'; url: string };
+  datastore: { kind: 'sqlite' } | { kind: 'postgres'; url: string; schema?: string };
   ca: { keyType: 'ec-p256' | 'ec-p384' | 'rsa-2048'; ttlSeconds: number; upstream?: { cert: string; key: string } };
   svid: { x509TtlSeconds: number; jwtTtlSeconds: number };
   jwtKeyType: 'ec-p256' | 'ec-p384' | 'rsa-2048';
@@ -44,7 +44,11 @@ const schema = {
       type: 'object',
       additionalProperties: false,
       required: ['kind'],
-      properties: { kind: { enum: ['sqlite', 'postgres'] }, url: { type: 'string', minLength: 1 } },
+      properties: {
+        kind: { enum: ['sqlite', 'postgres'] },
+        url: { type: 'string', minLength: 1 },
+        schema: { type: 'string', pattern: '^[a-z_][a-z0-9_]{0,62}$' },
+      },
       default: { kind: 'sqlite' },
     },
     ca: {
@@ -81,7 +85,7 @@ interface RawConfig {
   listen: { address: string; port: number };
   adminSocket: string;
   dataDir: string;
-  datastore: { kind: 'sqlite' | 'postgres'; url?: string };
+  datastore: { kind: 'sqlite' | 'postgres'; url?: string; schema?: string };
   ca: { keyType: 'ec-p256' | 'ec-p384' | 'rsa-2048'; ttl: string | number; upstream?: { cert: string; key: string } };
   svid: { x509Ttl: string | number; jwtTtl: string | number; agentTtl: string | number };
   jwtKeyType: 'ec-p256' | 'ec-p384' | 'rsa-2048';
@@ -95,8 +99,12 @@ interface RawConfig {
 export function verifierConfigFrom(raw: unknown, configDir: string): VerifierConfig {
   const c = validateAgainstSchema<RawConfig>(schema, structuredClone(raw ?? {}), 'verifier config');
   const trustDomain = parseTrustDomain(c.trustDomain);
+  let datastore: VerifierConfig['datastore'] = { kind: 'sqlite' };
   if (c.datastore.kind === 'postgres') {
-    throw new SigilError('config.invalid', 'verifier config: /datastore/kind "postgres" is not available in this build yet; use "sqlite"');
+    if (!c.datastore.url) throw new SigilError('config.invalid', 'verifier config: /datastore: kind "postgres" needs "url" (postgres://user@host:5432/db)');
+    datastore = { kind: 'postgres', url: c.datastore.url, ...(c.datastore.schema ? { schema: c.datastore.schema } : {}) };
+  } else if (c.datastore.url !== undefined || c.datastore.schema !== undefined) {
+    throw new SigilError('config.invalid', 'verifier config: /datastore: "url" and "schema" only apply to kind "postgres"');
   }
   const nodeAttestors = c.nodeAttestors ?? { join_token: {} };
   for (const name of c.requireAttestors) {
@@ -120,7 +128,7 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
     listen: c.listen,
     adminSocket: resolve(configDir, c.adminSocket),
     dataDir: resolve(configDir, c.dataDir),
-    datastore: { kind: 'sqlite' },
+    datastore,
     ca,
     svid,
     agentSvidTtlSeconds: parseDuration(c.svid.agentTtl, 'svid.agentTtl'),

@@ -2,7 +2,8 @@
  * `sigil verifier run`: wires the datastore, CA, node attestors, the agent-facing HTTPS API and the
  * admin API on a Unix socket. Time is injectable (`now`) so rotation can be tested with a fake clock.
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -13,7 +14,9 @@ import { SigilError } from '../errors.js';
 import { loadNodeAttestorVerifiers } from '../plugins/loader.js';
 import { generateKey, spkiDer } from '../spiffe/keys.js';
 import { certsToPem } from '../spiffe/x509svid.js';
+import { PostgresStore } from '../store/postgres.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { replaceFileAtomic } from '../util/atomic-file.js';
 import type { DataStore } from '../store/types.js';
 import { registerAdminRoutes } from './admin-api.js';
 import { registerAgentRoutes, registerHealthRoutes } from './agent-api.js';
@@ -60,11 +63,31 @@ async function prepareSocketPath(path: string): Promise<void> {
   unlinkSync(path);
 }
 
+/**
+ * This verifier's instance id, kept in dataDir/instance-id: it names its CA journal when several
+ * verifiers share one datastore (each has its own CA keys in its own dataDir).
+ */
+function instanceId(dataDir: string): string {
+  const path = join(dataDir, 'instance-id');
+  if (existsSync(path)) {
+    const id = readFileSync(path, 'utf8').trim();
+    if (/^[0-9a-f-]{36}$/.test(id)) return id;
+    throw new SigilError('verifier.bad_instance_id', `${path} does not hold an instance id; restore it or remove it (the verifier then starts a new CA)`, { status: 500 });
+  }
+  const id = randomUUID();
+  replaceFileAtomic(path, id + '\n', 0o600);
+  return id;
+}
+
 export async function startVerifier(config: VerifierConfig, opts: StartOptions = {}): Promise<RunningVerifier> {
   const now = opts.now ?? (() => new Date());
   const logger = opts.logger ?? pino({ level: config.logLevel, base: { svc: 'sigil-verifier' } });
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const store: DataStore = new SqliteStore(join(config.dataDir, 'sigil.db'));
+  const instance = instanceId(config.dataDir);
+  const store: DataStore =
+    config.datastore.kind === 'postgres'
+      ? await PostgresStore.open(config.datastore.url, config.datastore.schema ? { schema: config.datastore.schema } : {})
+      : new SqliteStore(join(config.dataDir, 'sigil.db'));
   const closers: (() => Promise<void>)[] = [() => store.close()];
   const closeAll = async () => {
     for (const c of closers.reverse()) await c().catch((e) => logger.warn({ err: e }, 'error while closing'));
@@ -72,6 +95,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
   try {
     const metrics = createMetrics();
     const ca = new CertificateAuthority(store, {
+      instance,
       trustDomain: config.trustDomain,
       dataDir: config.dataDir,
       keyType: config.ca.keyType,
@@ -150,7 +174,9 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     closers.push(() => admin.close());
 
     const tick = async () => {
-      const changed = await ca.rotate();
+      const rotated = await ca.rotate();
+      const peersChanged = await ca.refreshPeers();
+      const changed = rotated || peersChanged;
       const t = now().getTime();
       if (!changed && t >= tlsIssuedAt + (tlsNotAfter - tlsIssuedAt) / 2) refreshTls();
       metrics.agents.set((await store.listAgents()).length);

@@ -91,7 +91,8 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
       expect(await s.entriesRevision()).toBe(0);
       expect(await s.listEntries()).toEqual([]);
       expect(await s.listAgents()).toEqual([]);
-      expect(await s.loadCaJournal()).toBeUndefined();
+      expect(await s.loadCaJournal('v1')).toBeUndefined();
+      expect(await s.listCaJournals()).toEqual([]);
       expect(await s.getPluginState('tpm', 'k')).toBeUndefined();
     });
 
@@ -356,11 +357,49 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
           jwt: [{ kid: 'k1', keyType: 'ec-p256', keyFile: 'jwt-1.p8', publicKey: 'MFkw', notBefore: '2030-01-01T00:00:00.000Z', notAfter: '2030-01-02T00:00:00.000Z', state: 'prepared' }],
           sequence: 3,
         };
-        await s.saveCaJournal(j);
-        expect(await s.loadCaJournal()).toEqual(j);
+        await s.saveCaJournal('v1', j);
+        expect(await s.loadCaJournal('v1')).toEqual(j);
         const j2: CaJournal = { ...j, x509: [{ ...j.x509[0]!, state: 'old' }], sequence: 4 };
-        await s.saveCaJournal(j2);
-        expect(await s.loadCaJournal()).toEqual(j2);
+        await s.saveCaJournal('v1', j2);
+        expect(await s.loadCaJournal('v1')).toEqual(j2);
+        // One journal per verifier instance; listed in instance order.
+        const other: CaJournal = { x509: [], jwt: [], sequence: 1, upstreamRoot: Buffer.from('root').toString('base64') };
+        await s.saveCaJournal('v0', other);
+        expect(await s.loadCaJournal('v1')).toEqual(j2);
+        expect(await s.listCaJournals()).toEqual([
+          { instance: 'v0', journal: other },
+          { instance: 'v1', journal: j2 },
+        ]);
+      });
+    });
+
+    describe('attestation sessions', () => {
+      const sess = (id: string, expiresAt: string) => ({
+        id,
+        nonce: Buffer.alloc(32, 1).toString('base64'),
+        csrSpki: Buffer.from('spki').toString('base64'),
+        attestors: ['tpm', 'sev_snp'],
+        states: { tpm: { secret: 'c2VjcmV0', n: [1, 2] }, sev_snp: { certs: {} } },
+        expiresAt,
+      });
+
+      it('stores a session and hands it out exactly once', async () => {
+        const s = await fresh();
+        const a = sess('a'.repeat(32), '2099-01-01T00:00:00.000Z');
+        await s.putSession(a);
+        const takers = await Promise.all(Array.from({ length: 10 }, () => s.takeSession(a.id)));
+        expect(takers.filter((t) => t !== undefined)).toEqual([a]);
+        expect(await s.takeSession(a.id)).toBeUndefined();
+        expect(await s.takeSession('unknown')).toBeUndefined();
+      });
+
+      it('sweeps expired sessions and counts the open ones', async () => {
+        const s = await fresh();
+        await s.putSession(sess('old', '2020-01-01T00:00:00.000Z'));
+        await s.putSession(sess('new', '2099-01-01T00:00:00.000Z'));
+        expect(await s.sweepSessions(new Date('2030-01-01T00:00:00Z'))).toBe(1);
+        expect(await s.takeSession('old')).toBeUndefined();
+        expect((await s.takeSession('new'))?.id).toBe('new');
       });
 
       it('stores plugin state per (plugin, key), any JSON value, and overwrites it', async () => {

@@ -75,7 +75,7 @@ if (!server) {
       try {
         expect(s.kind).toBe('postgres');
         const tables = await admin.query<{ table_name: string }>('SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name', [schema]);
-        expect(tables.rows.map((r) => r.table_name)).toEqual(['agents', 'ca_journal', 'entries', 'join_tokens', 'meta', 'plugin_state', 'schema_version']);
+        expect(tables.rows.map((r) => r.table_name)).toEqual(['agents', 'ca_journals', 'entries', 'join_tokens', 'meta', 'plugin_state', 'schema_version', 'sessions']);
         const v = await admin.query<{ version: number }>(`SELECT version FROM "${schema}".schema_version`);
         expect(v.rows).toEqual([{ version: POSTGRES_SCHEMA_VERSION }]);
         const pub = await admin.query(`SELECT 1 FROM information_schema.tables WHERE table_schema = 'public' AND table_name = 'entries'`);
