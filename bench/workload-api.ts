@@ -252,7 +252,12 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'sigil-bench-'));
   chmodSync(dir, 0o755);
   const socket = join(dir, 'agent.sock');
-  const child = fork(fileURLToPath(import.meta.url), ['--server', socket, String(process.getuid!())], { execArgv: ['--import', 'tsx', ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : [])], stdio: 'inherit' });
+  const child = fork(fileURLToPath(import.meta.url), ['--server', socket, String(process.getuid!())], {
+    // Run the server child like this process: under tsx from the sources, or plain node when the
+    // bench was compiled to JavaScript (then its RSS has no TypeScript loader in it).
+    execArgv: [...(import.meta.url.endsWith('.ts') ? ['--import', 'tsx'] : []), ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : [])],
+    stdio: 'inherit',
+  });
   const ask = <T>(type: string): Promise<T> =>
     new Promise((resolve) => {
       child.once('message', (m) => resolve(m as T));
