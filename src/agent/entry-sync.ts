@@ -23,6 +23,7 @@ import { REATTEST_CODES, newP256Key, type NodeIdentity } from './node-attestatio
 import type { SvidCache } from './svid-cache.js';
 import type { TrustStore } from './trust.js';
 import type { AuthorizedEntry, VerifierClient } from './verifier-client.js';
+import { WakeableSleep } from './sleeper.js';
 
 export const X509_BATCH = 500;
 
@@ -43,8 +44,7 @@ export class EntrySync {
   private agentId: string | undefined;
   private closed = false;
   private running: Promise<void> | undefined;
-  private wakeUp: (() => void) | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private readonly sleeper = new WakeableSleep();
   private readonly backoff: Backoff;
   private cycleP: Promise<void> | undefined;
   private lastOk: Date | undefined;
@@ -90,24 +90,12 @@ export class EntrySync {
   }
 
   wake(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-    const w = this.wakeUp;
-    this.wakeUp = undefined;
-    w?.();
+    this.sleeper.wake();
   }
 
   private sleep(ms: number): Promise<void> {
     if (this.closed) return Promise.resolve();
-    return new Promise((res) => {
-      this.wakeUp = res;
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        this.wakeUp = undefined;
-        res();
-      }, Math.max(0, Math.min(ms, 2 ** 31 - 1)));
-      this.timer.unref();
-    });
+    return this.sleeper.sleep(ms);
   }
 
   private async loop(): Promise<void> {

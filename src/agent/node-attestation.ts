@@ -29,6 +29,7 @@ import { Backoff, type BackoffOptions } from './backoff.js';
 import { readSmallFile, writeFileAtomic } from './files.js';
 import type { TrustStore } from './trust.js';
 import type { VerifierClient } from './verifier-client.js';
+import { WakeableSleep } from './sleeper.js';
 
 const genKeyPair = promisify(generateKeyPair);
 
@@ -80,8 +81,7 @@ export class NodeIdentity {
   private freshKey = false;
   private closed = false;
   private running: Promise<void> | undefined;
-  private wakeUp: (() => void) | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private readonly sleeper = new WakeableSleep();
   private readonly backoff: Backoff;
   private readonly listeners = new Set<(s: NodeSvid) => void>();
   private readyWaiters: ((s: NodeSvid) => void)[] = [];
@@ -186,24 +186,12 @@ export class NodeIdentity {
   }
 
   private wake(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-    const w = this.wakeUp;
-    this.wakeUp = undefined;
-    w?.();
+    this.sleeper.wake();
   }
 
   private sleep(ms: number): Promise<void> {
     if (this.closed) return Promise.resolve();
-    return new Promise((res) => {
-      this.wakeUp = res;
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        this.wakeUp = undefined;
-        res();
-      }, Math.max(0, Math.min(ms, 2 ** 31 - 1)));
-      this.timer.unref();
-    });
+    return this.sleeper.sleep(ms);
   }
 
   private loadPersisted(): void {

@@ -107,7 +107,7 @@ interface RawX509Response {
   federated_bundles?: Record<string, Buffer>;
 }
 
-type Stub = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
+type RpcClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
 let packageDef: grpc.GrpcObject | undefined;
 
@@ -139,14 +139,14 @@ function mapGrpcError(e: unknown): SigilError {
 
 export class WorkloadApiClient {
   readonly socketPath: string;
-  private readonly stub: Stub;
+  private readonly rpc: RpcClient;
 
   constructor(socketPath: string) {
     this.socketPath = socketPath;
     const Ctor = loadService();
-    this.stub = new Ctor(`unix://${socketPath}`, grpc.credentials.createInsecure(), {
+    this.rpc = new Ctor(`unix://${socketPath}`, grpc.credentials.createInsecure(), {
       'grpc.max_receive_message_length': 16 * 1024 * 1024,
-    }) as unknown as Stub;
+    }) as unknown as RpcClient;
   }
 
   private meta(): grpc.Metadata {
@@ -162,8 +162,8 @@ export class WorkloadApiClient {
   /** First message of a server stream, then cancel it. */
   private first<T>(method: string, timeoutMs: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const call = (this.stub[method] as (req: unknown, md: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<T>).call(
-        this.stub,
+      const call = (this.rpc[method] as (req: unknown, md: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<T>).call(
+        this.rpc,
         {},
         this.meta(),
         { deadline: this.deadline(timeoutMs) },
@@ -220,8 +220,8 @@ export class WorkloadApiClient {
 
   private unary<T>(method: string, req: object, timeoutMs: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      (this.stub[method] as (r: unknown, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, v?: T) => void) => void).call(
-        this.stub,
+      (this.rpc[method] as (r: unknown, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, v?: T) => void) => void).call(
+        this.rpc,
         req,
         this.meta(),
         { deadline: this.deadline(timeoutMs) },
@@ -247,7 +247,7 @@ export class WorkloadApiClient {
   }
 
   close(): void {
-    this.stub.close();
+    this.rpc.close();
   }
 }
 
