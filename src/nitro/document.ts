@@ -19,8 +19,10 @@ export const MAX_USER_BYTES = 1024;
  * Strict cbor2 options: duplicate map keys, indefinite-length items, floats, unusual simple
  * values, `undefined` and big integers are rejected; maps always decode as Map (no prototype
  * tricks through string keys); tags are never interpreted (an unexpected tag fails the type
- * checks); nesting is bounded (a Nitro document needs depth 3). cbor2 itself rejects trailing
- * bytes and truncated items.
+ * checks); nesting is bounded (a Nitro document needs depth 3). Heads must use the preferred
+ * (shortest) encoding: cbor2 detects duplicate keys by their encoded bytes, so a key written once
+ * as `0x01` and once as `0x18 0x01` would otherwise slip through as a silent overwrite. cbor2
+ * itself rejects trailing bytes and truncated items.
  */
 export const STRICT_CBOR: DecodeOptions = {
   maxDepth: 8,
@@ -33,6 +35,7 @@ export const STRICT_CBOR: DecodeOptions = {
   rejectUndefined: true,
   rejectBigInts: true,
   rejectLargeNegatives: true,
+  requirePreferred: true,
 };
 
 function bad(code: string, message: string): SigilError {

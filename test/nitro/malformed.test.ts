@@ -162,6 +162,11 @@ describe('malformed Nitro documents', () => {
     expect(codeOf(signed(rawPayload((e) => [...e, [bstr(h('6e6f6e6365')), h('00')]])))).toBe('nitro.payload_unknown_field');
     const dupPcr = cat(h('a2'), h('00'), bstr(new Uint8Array(48)), h('00'), bstr(new Uint8Array(48).fill(1)));
     expect(codeOf(signed(rawPayload(setRaw('pcrs', dupPcr))))).toBe('nitro.cbor_invalid');
+    // the same key twice, once in a non-preferred (longer) head: still a duplicate, not an overwrite
+    const longTstr = (s: string) => cat(h('78'), Buffer.from([Buffer.byteLength(s)]), Buffer.from(s));
+    expect(codeOf(signed(rawPayload((e) => [...e, [longTstr('nonce'), bstr(new Uint8Array(32).fill(7))]])))).toBe('nitro.cbor_invalid');
+    const dupPcrLong = cat(h('a2'), h('00'), bstr(new Uint8Array(48)), h('1800'), bstr(new Uint8Array(48).fill(1)));
+    expect(codeOf(signed(rawPayload(setRaw('pcrs', dupPcrLong))))).toBe('nitro.cbor_invalid');
     // duplicate keys in the unprotected header
     expect(codeOf(cat(h('84'), bstr(h('a1013822')), h('a2 04 40 04 40'.replace(/ /g, '')), bstr(h('a0')), bstr(new Uint8Array(96))))).toBe('nitro.cbor_invalid');
   });
