@@ -77,9 +77,12 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
   app.get('/v1/entries/authorized', async (req, reply) => {
     const agent = await requireAgent(core, req);
     const rev = await core.store.entriesRevision();
-    const revision = createHash('sha256').update(`${rev}|${agent.id}|${agent.selectors.join('\n')}`).digest('base64url').slice(0, 22);
+    const { nodeEntries, entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
+    // The store revision does not move when an entry expires, so the authorized set (node entries
+    // included: an expired node alias drops its children) is part of the revision too.
+    const ids = [...nodeEntries.map((e) => e.id).sort(), '', ...entries.map((e) => e.id)].join('\n');
+    const revision = createHash('sha256').update(`${rev}|${agent.id}|${agent.selectors.join('\n')}|${ids}`).digest('base64url').slice(0, 22);
     if (req.headers['if-none-match'] === revision) return reply.code(304).send();
-    const { entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
     reply.header('etag', revision);
     return { entries, revision };
   });

@@ -138,16 +138,22 @@ export class AttestationService {
         }
       }),
     );
-    const first = s.attestors[0] as string;
-    const firstResult = results.get(first) as AttestorResult;
-    let agentId: string;
-    try {
-      agentId = SpiffeId.fromPath(this.o.trustDomain, `/sigil/agent/${first}/${firstResult.agentIdSuffix}`).toString();
-    } catch (e) {
-      throw new SigilError('attest.bad_agent_id', `attestor "${first}" produced an agent ID suffix that is not a valid SPIFFE path: ${(e as Error).message}`, { status: 500 });
+    // The agent ID comes from the first factor, whose order the agent chooses; so a ban on the ID any
+    // presented factor would give must hold too, or a banned node could re-attest by reordering factors.
+    const factorIds: string[] = [];
+    for (const [i, n] of s.attestors.entries()) {
+      try {
+        factorIds.push(SpiffeId.fromPath(this.o.trustDomain, `/sigil/agent/${n}/${(results.get(n) as AttestorResult).agentIdSuffix}`).toString());
+      } catch (e) {
+        if (i > 0) continue; // only the first factor names the agent
+        throw new SigilError('attest.bad_agent_id', `attestor "${n}" produced an agent ID suffix that is not a valid SPIFFE path: ${(e as Error).message}`, { status: 500 });
+      }
     }
-    const existing = await this.o.store.getAgent(agentId);
-    if (existing?.banned) throw new SigilError('attest.agent_banned', `agent ${agentId} is banned; an operator must remove the ban first`, { status: 403 });
+    const agentId = factorIds[0] as string;
+    for (const id of factorIds) {
+      const existing = await this.o.store.getAgent(id);
+      if (existing?.banned) throw new SigilError('attest.agent_banned', `agent ${id} is banned; an operator must remove the ban first`, { status: 403 });
+    }
     // Every factor passed: now make their side effects durable (each once; a failure here still fails the session).
     for (const n of s.attestors) {
       const a = this.o.attestors.get(n) as NodeAttestorVerifier;

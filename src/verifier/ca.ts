@@ -394,5 +394,16 @@ function loadUpstream(u: { cert: string; key: string }): Upstream {
     throw new SigilError('ca.upstream_invalid', `ca.upstream.key does not match the first certificate in ${u.cert}`, { status: 500 });
   }
   if (!signer.ca) throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert}: first certificate is not a CA (basicConstraints cA=false)`, { status: 500 });
+  // The last certificate is published as the trust anchor; TLS (agent mTLS both ways) and relying
+  // parties only accept a self-signed root there, so the file must hold the whole chain up to it.
+  const certs = chain.map((d) => new X509Certificate(d));
+  for (let i = 0; i < certs.length; i++) {
+    const c = certs[i] as X509Certificate;
+    const issuer = certs[i + 1] ?? c;
+    if (!c.checkIssued(issuer) || !c.verify(issuer.publicKey)) {
+      const what = i + 1 < certs.length ? `certificate ${i + 1} is not issued by certificate ${i + 2}` : 'the last certificate is not a self-signed root (append the chain up to the root)';
+      throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert}: ${what}`, { status: 500 });
+    }
+  }
   return { key, chain, notAfter: new Date(signer.validTo) };
 }
