@@ -19,7 +19,7 @@ import { EkCertVerifier, EkTrustStore } from '../src/tpm/ekcert.js';
 import { TpmVerifier } from '../src/tpm/plugin.js';
 import { verifyQuote, type PcrValue } from '../src/tpm/quote.js';
 import { encodePcrSelection, objectName, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from '../src/tpm/structures.js';
-import { akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
+import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
 
 const seconds = Number(process.argv[2] ?? 3);
 
@@ -105,10 +105,11 @@ async function main(): Promise<void> {
     const nonce = randomBytes(32);
     const session: SessionInput = { nonce, csrSpki, binding: sessionBinding(nonce, csrSpki), now: new Date() };
     let a = process.hrtime.bigint();
-    const { state } = await verifier.begin(hello, session);
+    const { challenge, state } = await verifier.begin(hello, session);
     timed += process.hrtime.bigint() - a;
     // agent side (untimed): the TPM would activate the credential and sign the quote
-    const secret = (state as { secret: string }).secret;
+    const ch = challenge as { credentialBlob: string; encryptedSecret: string };
+    const secret = activateCredentialSoftware(ek.privateKey, akPub, Buffer.from(ch.credentialBlob, 'base64'), Buffer.from(ch.encryptedSecret, 'base64')).toString('base64');
     const quote = syntheticQuote({ ak: ak.privateKey, extraData: session.binding, selection, values, clock: clock++, resetCount: 1, restartCount: 0 });
     const response = { secret, quote: quote.attest.toString('base64'), signature: quote.signature.toString('base64'), pcrValues };
     a = process.hrtime.bigint();

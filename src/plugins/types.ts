@@ -34,6 +34,18 @@ export interface AttestorResult {
 export interface PluginStateStore {
   get(key: string): Promise<unknown | undefined>;
   put(key: string, value: unknown): Promise<void>;
+  /**
+   * Atomic compare-and-set: when the value stored under `key` equals `expected` — compared as
+   * the JSON text `put` stores (`JSON.stringify`), with `undefined` meaning "nothing stored" —
+   * store `next` and resolve true; otherwise change nothing and resolve false. Atomic across
+   * every verifier sharing the datastore, so a plugin can check a value in `finish` and write
+   * its successor in `commit` without a concurrent session slipping in between (pass exactly
+   * what `get` returned as `expected`).
+   *
+   * The verifier always provides it. It is optional in this type only so that hosts written
+   * before it still compile; a plugin that relies on it must refuse to work without it.
+   */
+  compareAndSet?(key: string, expected: unknown | undefined, next: unknown): Promise<boolean>;
 }
 
 export interface VerifierPluginDeps {

@@ -491,6 +491,19 @@ export class PostgresStore implements DataStore {
     return ((await this.q('evictAgent', sql, [id])).rowCount ?? 0) > 0;
   }
 
+  async renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean> {
+    // One conditional UPDATE: under READ COMMITTED a concurrent ban or renewal holds the row lock
+    // and this statement re-checks the WHERE clause against the row it committed; a concurrent
+    // DELETE leaves no row to update. Either way nothing is written and the caller is told so.
+    const r = await this.q(
+      'renewAgentSvid',
+      `UPDATE ${this.s}.agents SET serial = $3, svid_expires_at = $4::timestamptz
+       WHERE id = $1 AND serial = $2 AND NOT banned`,
+      [id, expectedSerial, serial, svidExpiresAt],
+    );
+    return (r.rowCount ?? 0) > 0;
+  }
+
   private insertTokenSql(): string {
     return `INSERT INTO ${this.s}.join_tokens (id, secret_hash, expires_at, used_at, spiffe_id, created_at)
             VALUES ($1, $2, $3::timestamptz, NULL, $4, $5::timestamptz)`;
@@ -597,6 +610,30 @@ export class PostgresStore implements DataStore {
        ON CONFLICT (plugin, key) DO UPDATE SET value = EXCLUDED.value`,
       [plugin, key, JSON.stringify(value)],
     );
+  }
+
+  async compareAndSetPluginState(plugin: string, key: string, expected: unknown | undefined, next: unknown): Promise<boolean> {
+    const text = JSON.stringify(next) as string | undefined;
+    if (text === undefined) throw new SigilError('store.invalid_value', 'plugin state value is not JSON-serialisable', { status: 400 });
+    if (expected === undefined) {
+      // Concurrent creators conflict on the primary key; exactly one inserts.
+      const r = await this.q(
+        'compareAndSetPluginState',
+        `INSERT INTO ${this.s}.plugin_state (plugin, key, value) VALUES ($1, $2, $3) ON CONFLICT (plugin, key) DO NOTHING`,
+        [plugin, key, text],
+      );
+      return (r.rowCount ?? 0) > 0;
+    }
+    const want = JSON.stringify(expected) as string | undefined;
+    if (want === undefined) return false;
+    // The row lock serialises concurrent swaps; a waiter re-checks `value = $4` against the winner's
+    // committed value (READ COMMITTED) and updates nothing.
+    const r = await this.q(
+      'compareAndSetPluginState',
+      `UPDATE ${this.s}.plugin_state SET value = $3 WHERE plugin = $1 AND key = $2 AND value = $4`,
+      [plugin, key, text, want],
+    );
+    return (r.rowCount ?? 0) > 0;
   }
 
   async close(): Promise<void> {

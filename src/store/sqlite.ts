@@ -119,6 +119,13 @@ function rowToToken(r: TokenRow): JoinTokenRecord {
   return { id: r.id, secretHash: r.secret_hash, expiresAt: r.expires_at, usedAt: r.used_at, spiffeId: r.spiffe_id, createdAt: r.created_at };
 }
 
+/** The stored text of a plugin state value; refuses what JSON cannot represent. */
+function pluginStateText(value: unknown): string {
+  const text = JSON.stringify(value) as string | undefined;
+  if (text === undefined) throw new SigilError('store.invalid_value', 'plugin state value is not JSON-serialisable', { status: 400 });
+  return text;
+}
+
 export class SqliteStore implements DataStore {
   readonly kind = 'sqlite';
   private readonly db: Database.Database;
@@ -158,6 +165,9 @@ export class SqliteStore implements DataStore {
       listAgents: db.prepare('SELECT * FROM agents ORDER BY id'),
       deleteAgent: db.prepare('DELETE FROM agents WHERE id = ?'),
       banAgent: db.prepare(`UPDATE agents SET banned = 1, serial = '' WHERE id = ?`),
+      renewAgent: db.prepare(
+        'UPDATE agents SET serial = @serial, svid_expires_at = @svid_expires_at WHERE id = @id AND serial = @expected AND banned = 0',
+      ),
       insertToken: db.prepare(
         'INSERT INTO join_tokens (id, secret_hash, expires_at, used_at, spiffe_id, created_at) VALUES (@id, @secret_hash, @expires_at, NULL, @spiffe_id, @created_at)',
       ),
@@ -172,6 +182,8 @@ export class SqliteStore implements DataStore {
       countSessions: db.prepare('SELECT COUNT(*) AS n FROM sessions'),
       getState: db.prepare('SELECT value FROM plugin_state WHERE plugin = ? AND key = ?'),
       putState: db.prepare('INSERT INTO plugin_state (plugin, key, value) VALUES (?, ?, ?) ON CONFLICT(plugin, key) DO UPDATE SET value = excluded.value'),
+      createStateIfAbsent: db.prepare('INSERT INTO plugin_state (plugin, key, value) VALUES (?, ?, ?) ON CONFLICT(plugin, key) DO NOTHING'),
+      swapState: db.prepare('UPDATE plugin_state SET value = ? WHERE plugin = ? AND key = ? AND value = ?'),
     };
   }
 
@@ -311,6 +323,10 @@ export class SqliteStore implements DataStore {
     return stmt.run(id).changes > 0;
   }
 
+  async renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean> {
+    return this.stmt.renewAgent!.run({ id, expected: expectedSerial, serial, svid_expires_at: svidExpiresAt }).changes > 0;
+  }
+
   async createJoinToken(t: JoinTokenRecord): Promise<void> {
     this.stmt.insertToken!.run({ id: t.id, secret_hash: t.secretHash, expires_at: t.expiresAt, spiffe_id: t.spiffeId, created_at: t.createdAt });
   }
@@ -366,6 +382,16 @@ export class SqliteStore implements DataStore {
 
   async putPluginState(plugin: string, key: string, value: unknown): Promise<void> {
     this.stmt.putState!.run(plugin, key, JSON.stringify(value));
+  }
+
+  async compareAndSetPluginState(plugin: string, key: string, expected: unknown | undefined, next: unknown): Promise<boolean> {
+    const text = pluginStateText(next);
+    // One statement each: SQLite runs it under its write lock, so the comparison and the write
+    // cannot be separated by another connection's write.
+    if (expected === undefined) return this.stmt.createStateIfAbsent!.run(plugin, key, text).changes > 0;
+    const want = JSON.stringify(expected) as string | undefined;
+    if (want === undefined) return false; // not a JSON value: nothing stored can equal it
+    return this.stmt.swapState!.run(text, plugin, key, want).changes > 0;
   }
 
   async close(): Promise<void> {

@@ -116,6 +116,13 @@ export interface DataStore {
   listAgents(): Promise<AgentRecord[]>;
   /** Remove the agent record (its SVID stops being accepted). With ban, keep the record as banned. */
   evictAgent(id: string, ban: boolean): Promise<boolean>;
+  /**
+   * Node SVID renewal: set the agent's serial and SVID expiry in one conditional write, only if the
+   * agent still exists, is not banned and its serial is still `expectedSerial` (the SVID the caller
+   * authenticated with). Returns false, changing nothing, otherwise — so an eviction, ban or other
+   * renewal that lands between the caller's read and this write is never undone.
+   */
+  renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean>;
 
   createJoinToken(t: JoinTokenRecord): Promise<void>;
   getJoinTokenByHash(secretHash: string): Promise<JoinTokenRecord | undefined>;
@@ -138,6 +145,12 @@ export interface DataStore {
 
   getPluginState(plugin: string, key: string): Promise<unknown | undefined>;
   putPluginState(plugin: string, key: string, value: unknown): Promise<void>;
+  /**
+   * Atomically replace the plugin state under (plugin, key) by `next` if it is `expected`, compared
+   * as the stored JSON text (`JSON.stringify(expected)`); `expected` undefined means "no value
+   * stored" (then the value is created). Returns whether it wrote. See PluginStateStore.compareAndSet.
+   */
+  compareAndSetPluginState(plugin: string, key: string, expected: unknown | undefined, next: unknown): Promise<boolean>;
 
   close(): Promise<void>;
 }

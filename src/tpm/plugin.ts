@@ -7,7 +7,7 @@
  * activation (MakeCredential to the AK Name under the EK), then checks a quote signed by
  * that AK over the session binding and the configured PCRs.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { SigilError } from '../errors.js';
@@ -125,19 +125,40 @@ export function parseVerifierConfig(config: unknown): { ekCa: string[]; selectio
   return { ekCa: c.ekCa as string[], selection, hashAllowlist };
 }
 
+/**
+ * What begin() leaves for finish() (the verifier persists it with the session). Version 2 holds
+ * only SHA-256 of the credential secret, so whoever can read the session store cannot answer the
+ * challenge with it; version 1 held the secret itself and is refused.
+ */
 interface TpmSessionState {
-  v: 1;
-  secret: string;
+  v: 2;
+  /** base64 SHA-256 of the credential secret sealed to the EK/AK in the challenge. */
+  secretHash: string;
   akPub: string;
   ekPubHash: string;
   ekCert: string;
   ekIntermediates: string[];
 }
 
+const STATE_VERSION = 2;
+
+function secretDigest(secret: Buffer): Buffer {
+  return createHash('sha256').update(secret).digest();
+}
+
 function parseState(state: unknown): TpmSessionState {
-  const o = strictObject(state, 'tpm session state', 'tpm.bad_state', ['v', 'secret', 'akPub', 'ekPubHash', 'ekCert', 'ekIntermediates']);
-  if (o.v !== 1 || typeof o.secret !== 'string' || typeof o.akPub !== 'string' || typeof o.ekPubHash !== 'string' || typeof o.ekCert !== 'string') {
+  if (typeof state === 'object' && state !== null && !Array.isArray(state) && (state as Record<string, unknown>).v === 1) {
+    throw new SigilError(
+      'tpm.bad_state',
+      'tpm session state is version 1 (it kept the credential secret in plain form); this verifier accepts only version 2 (secret digest): attest again',
+    );
+  }
+  const o = strictObject(state, 'tpm session state', 'tpm.bad_state', ['v', 'secretHash', 'akPub', 'ekPubHash', 'ekCert', 'ekIntermediates']);
+  if (o.v !== STATE_VERSION || typeof o.secretHash !== 'string' || typeof o.akPub !== 'string' || typeof o.ekPubHash !== 'string' || typeof o.ekCert !== 'string') {
     throw new SigilError('tpm.bad_state', 'tpm session state is not one this verifier wrote');
+  }
+  if (!/^[A-Za-z0-9+/]{43}=$/.test(o.secretHash)) {
+    throw new SigilError('tpm.bad_state', 'tpm session state secretHash is not a base64 SHA-256 digest');
   }
   if (!Array.isArray(o.ekIntermediates) || o.ekIntermediates.some((x) => typeof x !== 'string')) {
     throw new SigilError('tpm.bad_state', 'tpm session state is not one this verifier wrote');
@@ -216,8 +237,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const secret = randomBytes(32);
     const made = makeCredential(ekPub, objectName(ak), secret);
     const state: TpmSessionState = {
-      v: 1,
-      secret: secret.toString('base64'),
+      v: STATE_VERSION,
+      secretHash: secretDigest(secret).toString('base64'),
       akPub: akPubBytes.toString('base64'),
       ekPubHash: spkiHash(ekPub),
       ekCert: ekCertDer.toString('base64'),
@@ -241,7 +262,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const sigBytes = decodeB64(r.signature, 'signature', 'tpm.bad_response', 1024);
     const pcrValues = parsePcrValuesJson(r.pcrValues);
 
-    if (!constantTimeEqual(secret, Buffer.from(st.secret, 'base64'))) {
+    // Both sides are 32-byte digests: the comparison time says nothing about the stored value.
+    if (!constantTimeEqual(secretDigest(secret), Buffer.from(st.secretHash, 'base64'))) {
       throw new SigilError('tpm.credential_mismatch', 'activated credential secret is wrong: the AK is not in the TPM holding the EK, or the response is replayed');
     }
     const ak = parseTpm2bPublic(Buffer.from(st.akPub, 'base64'));
@@ -266,8 +288,9 @@ export class TpmVerifier implements NodeAttestorVerifier {
     }
     const prev = isCounterState(prevRaw) ? prevRaw : undefined;
     const next = checkCounters(prev, quote.attest.clockInfo);
-    // Stored by commit(), only once every factor of the session passed.
-    pendingCounters.set(state as object, { key, next });
+    // Stored by commit(), only once every factor of the session passed, and only if the stored
+    // counters are still the ones checked here (compare-and-set on exactly what was read).
+    pendingCounters.set(state as object, { key, expected: prevRaw, next });
 
     const input = { ekPubHash: st.ekPubHash, chain, pcrs: quote.pcrs };
     return {
@@ -281,22 +304,43 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const pending = pendingCounters.get(state as object);
     if (!pending) throw new SigilError('tpm.bad_state', 'tpm: commit without a successful finish for this session', { status: 500 });
     pendingCounters.delete(state as object);
+    const store = this.deps.state;
+    if (typeof store.compareAndSet !== 'function') throw noCompareAndSet();
+    let stored: boolean;
     try {
-      await this.deps.state.put(pending.key, pending.next);
+      stored = await store.compareAndSet(pending.key, pending.expected, pending.next);
     } catch (e) {
       throw new SigilError('tpm.state_unavailable', `tpm: storing the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
+    }
+    if (!stored) {
+      // Another session for this EK stored its counters after this one checked them: accepting
+      // both would let the older quote's counters overwrite the newer (or pass unchecked).
+      throw new SigilError(
+        'tpm.counter_race',
+        'tpm: another attestation of this EK stored new counters while this session was being checked; attest again',
+        { status: 409 },
+      );
     }
   }
 }
 
-/** Counter state checked in finish(), written in commit(); keyed by the session's state object. */
-const pendingCounters = new WeakMap<object, { key: string; next: unknown }>();
+function noCompareAndSet(): SigilError {
+  return new SigilError(
+    'tpm.state_unavailable',
+    "tpm: the verifier's plugin state store has no compareAndSet, which the tpm attestor needs to store its counters atomically",
+    { status: 500 },
+  );
+}
+
+/** Counter state checked in finish() (`expected`: the value read), written in commit(); keyed by the session's state object. */
+const pendingCounters = new WeakMap<object, { key: string; expected: unknown; next: unknown }>();
 
 export const tpmVerifierPlugin: NodeAttestorVerifierPlugin = {
   name: NAME,
   configSchema: tpmVerifierConfigSchema,
   async create(config: unknown, deps: VerifierPluginDeps): Promise<NodeAttestorVerifier> {
     const c = parseVerifierConfig(config);
+    if (typeof deps.state.compareAndSet !== 'function') throw noCompareAndSet();
     const ders = await loadEkCaFiles(c.ekCa, deps.configDir);
     let trust: EkTrustStore;
     try {

@@ -118,10 +118,13 @@ export function verifyTpmSignature(ak: TpmtPublic, sig: TpmtSignature, hash: Has
       if (sig.sig.length !== ak.modulus.length) {
         throw new SigilError('tpm.quote_signature_invalid', `RSA signature is ${sig.sig.length} bytes, the key needs ${ak.modulus.length}`);
       }
+      // RSASSA-PSS as a TPM makes it (TPM 2.0 Part 1, RSASSA-PSS): MGF1 with the signature hash
+      // and a salt as long as the digest (the largest the spec allows ≤ the hash size, which for
+      // RSA ≥ 2048 is the digest size). Pinned, so no other salt length is accepted.
       ok =
         sig.sigAlg === TPM_ALG.RSASSA
           ? cryptoVerify(hash, data, { key, padding: constants.RSA_PKCS1_PADDING }, sig.sig)
-          : cryptoVerify(hash, data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_AUTO }, sig.sig);
+          : cryptoVerify(hash, data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }, sig.sig);
     }
   } catch (e) {
     if (e instanceof SigilError) throw e;

@@ -69,7 +69,11 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
     const agent = await requireAgent(core, req);
     const csr = parseCsr(Buffer.from(req.body.csr, 'base64'));
     const { chain, notAfter } = core.ca.signX509Svid(csr.spki, agent.id, core.config.agentSvidTtlSeconds);
-    await core.store.upsertAgent({ ...agent, serial: new X509Certificate(chain[0] as Buffer).serialNumber, svidExpiresAt: notAfter.toISOString() });
+    // Conditional on the agent still holding the SVID it authenticated with: an eviction, ban or
+    // other renewal that landed after requireAgent read the row must not be undone by this write.
+    if (!(await core.store.renewAgentSvid(agent.id, agent.serial, new X509Certificate(chain[0] as Buffer).serialNumber, notAfter.toISOString()))) {
+      throw new SigilError('agent.unknown', `${agent.id} was evicted, banned or renewed by another request while this renewal ran; attest again`, { status: 401 });
+    }
     core.metrics.svids.inc({ type: 'node' });
     return { svid: chain.map((c) => c.toString('base64')), bundle: core.ca.bundle().toJwks() };
   });

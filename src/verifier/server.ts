@@ -115,7 +115,11 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
         now,
         configDir: config.configDir,
         services,
-        state: { get: (k) => store.getPluginState(name, k), put: (k, v) => store.putPluginState(name, k, v) },
+        state: {
+          get: (k) => store.getPluginState(name, k),
+          put: (k, v) => store.putPluginState(name, k, v),
+          compareAndSet: (k, expected, next) => store.compareAndSetPluginState(name, k, expected, next),
+        },
       }),
       config.plugins,
       config.configDir,

@@ -268,6 +268,53 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         await s.upsertAgent({ ...b, banned: true, serial: '99' });
         expect((await s.getAgent(b.id))?.serial).toBe('99');
       });
+
+      it('renewAgentSvid updates serial and expiry only while the agent holds the expected serial, unbanned', async () => {
+        const s = await fresh();
+        const a = agent(`${TD}/spire/agent/a`, { serial: 'aa01' });
+        await s.upsertAgent(a);
+        expect(await s.renewAgentSvid(a.id, 'aa01', 'aa02', '2030-01-01T02:00:00.000Z')).toBe(true);
+        const renewed = { ...a, serial: 'aa02', svidExpiresAt: '2030-01-01T02:00:00.000Z' };
+        expect(await s.getAgent(a.id)).toEqual(renewed);
+        // The old serial is no longer the current one: a second renewal with it changes nothing.
+        expect(await s.renewAgentSvid(a.id, 'aa01', 'aa03', '2030-01-01T03:00:00.000Z')).toBe(false);
+        expect(await s.getAgent(a.id)).toEqual(renewed);
+        expect(await s.renewAgentSvid(`${TD}/spire/agent/none`, 'aa02', 'aa04', '2030-01-01T03:00:00.000Z')).toBe(false);
+        expect(await s.getAgent(`${TD}/spire/agent/none`)).toBeUndefined();
+      });
+
+      it('a renewal that lands after an eviction or a ban is refused and does not undo it', async () => {
+        const s = await fresh();
+        const a = agent(`${TD}/spire/agent/a`, { serial: 'bb01' });
+        const b = agent(`${TD}/spire/agent/b`, { serial: 'cc01' });
+        await s.upsertAgent(a);
+        await s.upsertAgent(b);
+        // The renew route read both rows (serials bb01 / cc01); then an operator evicts a and bans b.
+        const readA = await s.getAgent(a.id);
+        const readB = await s.getAgent(b.id);
+        expect(readA?.serial).toBe('bb01');
+        expect(await s.evictAgent(a.id, false)).toBe(true);
+        expect(await s.evictAgent(b.id, true)).toBe(true);
+        // Now the route's write: conditional, so it is refused and the eviction / ban stand.
+        expect(await s.renewAgentSvid(a.id, readA!.serial, 'bb02', '2030-01-01T02:00:00.000Z')).toBe(false);
+        expect(await s.getAgent(a.id)).toBeUndefined();
+        expect(await s.listAgents()).toEqual([{ ...b, banned: true, serial: '' }]);
+        expect(await s.renewAgentSvid(b.id, readB!.serial, 'cc02', '2030-01-01T02:00:00.000Z')).toBe(false);
+        expect(await s.getAgent(b.id)).toEqual({ ...b, banned: true, serial: '' });
+        // Even a caller that passes the banned row's (empty) serial cannot revive it.
+        expect(await s.renewAgentSvid(b.id, '', 'cc03', '2030-01-01T02:00:00.000Z')).toBe(false);
+        expect(await s.getAgent(b.id)).toEqual({ ...b, banned: true, serial: '' });
+      });
+
+      it('of 10 concurrent renewals from the same SVID exactly one wins', async () => {
+        const s = await fresh();
+        const a = agent(`${TD}/spire/agent/a`, { serial: 'dd00' });
+        await s.upsertAgent(a);
+        const serials = Array.from({ length: 10 }, (_, i) => `dd${String(i + 1).padStart(2, '0')}`);
+        const results = await Promise.all(serials.map((n) => s.renewAgentSvid(a.id, 'dd00', n, '2030-01-01T02:00:00.000Z')));
+        expect(results.filter(Boolean)).toHaveLength(1);
+        expect((await s.getAgent(a.id))?.serial).toBe(serials[results.indexOf(true)]);
+      });
     });
 
     describe('join tokens', () => {
@@ -413,6 +460,51 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         await s.putPluginState('tpm', 'k0', { replaced: 1 });
         expect(await s.getPluginState('tpm', 'k0')).toEqual({ replaced: 1 });
         expect(await s.getPluginState('sev_snp', 'k0')).toEqual({ other: true });
+      });
+
+      it('compareAndSetPluginState writes only over the expected value (undefined = absent), per (plugin, key)', async () => {
+        const s = await fresh();
+        const c1 = { resetCount: 1, restartCount: 0, clock: '100' };
+        const c2 = { resetCount: 1, restartCount: 0, clock: '200' };
+        // Create: only while nothing is stored.
+        expect(await s.compareAndSetPluginState('tpm', 'counters:x', undefined, c1)).toBe(true);
+        expect(await s.getPluginState('tpm', 'counters:x')).toEqual(c1);
+        expect(await s.compareAndSetPluginState('tpm', 'counters:x', undefined, c2)).toBe(false);
+        expect(await s.getPluginState('tpm', 'counters:x')).toEqual(c1);
+        // Swap: only over exactly what is stored (as read back by getPluginState).
+        const read = await s.getPluginState('tpm', 'counters:x');
+        expect(await s.compareAndSetPluginState('tpm', 'counters:x', read, c2)).toBe(true);
+        expect(await s.getPluginState('tpm', 'counters:x')).toEqual(c2);
+        // The value read before is stale now: a second writer holding it is refused.
+        expect(await s.compareAndSetPluginState('tpm', 'counters:x', read, { ...c1, clock: '150' })).toBe(false);
+        expect(await s.getPluginState('tpm', 'counters:x')).toEqual(c2);
+        expect(await s.compareAndSetPluginState('tpm', 'counters:x', { ...c2, clock: '201' }, c1)).toBe(false);
+        expect(await s.compareAndSetPluginState('tpm', 'counters:x', null, c1)).toBe(false);
+        expect(await s.getPluginState('tpm', 'counters:x')).toEqual(c2);
+        // Another plugin's or another key's state is a separate slot.
+        expect(await s.compareAndSetPluginState('sev_snp', 'counters:x', c2, c1)).toBe(false);
+        expect(await s.getPluginState('sev_snp', 'counters:x')).toBeUndefined();
+        expect(await s.compareAndSetPluginState('sev_snp', 'counters:x', undefined, 'v')).toBe(true);
+        expect(await s.compareAndSetPluginState('tpm', 'counters:y', c2, c1)).toBe(false);
+        expect(await s.getPluginState('tpm', 'counters:y')).toBeUndefined();
+        expect(await s.getPluginState('tpm', 'counters:x')).toEqual(c2);
+        // Any JSON value works as expected and next, including null and values put() wrote.
+        for (const v of [null, 0, 'text with "quotes"', [1, 'two', null], { nested: { b: [true, false] } }]) {
+          await s.putPluginState('p', 'k', v);
+          expect(await s.compareAndSetPluginState('p', 'k', await s.getPluginState('p', 'k'), { after: v })).toBe(true);
+          expect(await s.getPluginState('p', 'k')).toEqual({ after: v });
+        }
+      });
+
+      it('of 10 concurrent compare-and-sets from the same read, exactly one wins (create and swap)', async () => {
+        const s = await fresh();
+        const created = await Promise.all(Array.from({ length: 10 }, (_, i) => s.compareAndSetPluginState('tpm', 'k', undefined, { n: i })));
+        expect(created.filter(Boolean)).toHaveLength(1);
+        const first = await s.getPluginState('tpm', 'k');
+        expect(first).toEqual({ n: created.indexOf(true) });
+        const swapped = await Promise.all(Array.from({ length: 10 }, (_, i) => s.compareAndSetPluginState('tpm', 'k', first, { m: i })));
+        expect(swapped.filter(Boolean)).toHaveLength(1);
+        expect(await s.getPluginState('tpm', 'k')).toEqual({ m: swapped.indexOf(true) });
       });
     });
   });

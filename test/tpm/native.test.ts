@@ -14,11 +14,12 @@ import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { tpmAvailable } from '../../src/native/tpm.js';
 import { sessionBinding } from '../../src/plugins/binding.js';
-import type { NodeAttestorAgent, PluginStateStore, SessionInput } from '../../src/plugins/types.js';
+import type { NodeAttestorAgent, SessionInput } from '../../src/plugins/types.js';
 import { spkiHash } from '../../src/tpm/keys.js';
 import { tpmAgentPlugin, tpmVerifierPlugin } from '../../src/tpm/plugin.js';
 import { parseTpm2bPublic } from '../../src/tpm/structures.js';
 import { startSwtpm, type SwtpmHandle } from '../support/swtpm.js';
+import { MemoryState } from './memory-state.js';
 
 const exec = promisify(execFile);
 
@@ -26,16 +27,6 @@ const avail = tpmAvailable();
 if (!avail.ok) {
   if (process.env.CI === 'true') throw new Error(`native TPM binding unavailable under CI: ${avail.reason}`);
   console.warn(`[skip] native TPM binding unavailable: ${avail.reason}`);
-}
-
-class MemoryState implements PluginStateStore {
-  readonly m = new Map<string, unknown>();
-  async get(k: string): Promise<unknown> {
-    return this.m.get(k);
-  }
-  async put(k: string, v: unknown): Promise<void> {
-    this.m.set(k, JSON.parse(JSON.stringify(v)));
-  }
 }
 
 const logger = pino({ level: 'silent' });

@@ -7,24 +7,15 @@ import 'reflect-metadata';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type KeyObject } from 'node:crypto';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SigilError } from '../../src/errors.js';
 import { sessionBinding } from '../../src/plugins/binding.js';
-import type { NodeAttestorVerifier, PluginStateStore, SessionInput } from '../../src/plugins/types.js';
+import type { NodeAttestorVerifier, SessionInput } from '../../src/plugins/types.js';
 import { TpmAgent, parseVerifierConfig, tpmVerifierPlugin } from '../../src/tpm/plugin.js';
-import { akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from './synthetic.js';
-
-class MemoryState implements PluginStateStore {
-  readonly m = new Map<string, unknown>();
-  async get(k: string): Promise<unknown> {
-    return this.m.get(k);
-  }
-  async put(k: string, v: unknown): Promise<void> {
-    this.m.set(k, JSON.parse(JSON.stringify(v)));
-  }
-}
+import { MemoryState } from './memory-state.js';
+import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from './synthetic.js';
 
 const logger = pino({ level: 'silent' });
 let dir = '';
@@ -32,6 +23,7 @@ let v: NodeAttestorVerifier;
 let state: MemoryState;
 let hello: Record<string, unknown>;
 let ak = rsaKeyPair();
+let ek: { publicKey: KeyObject; privateKey: KeyObject };
 
 async function code(p: Promise<unknown>): Promise<string> {
   try {
@@ -49,11 +41,18 @@ function session(): SessionInput {
   return { nonce, csrSpki, binding: sessionBinding(nonce, csrSpki), now: new Date() };
 }
 
-function respond(st: unknown, s: SessionInput, clock: bigint, resetCount = 1, restartCount = 0): Record<string, unknown> {
+/** What the TPM holding `ek` recovers from a challenge with TPM2_ActivateCredential (done in software). */
+function activate(challenge: unknown): Buffer {
+  const c = challenge as { credentialBlob: string; encryptedSecret: string };
+  return activateCredentialSoftware(ek.privateKey, Buffer.from(hello.akPub as string, 'base64'), Buffer.from(c.credentialBlob, 'base64'), Buffer.from(c.encryptedSecret, 'base64'));
+}
+
+/** The agent's answer to `challenge`: the activated secret and a synthetic quote over the session binding. */
+function respond(challenge: unknown, s: SessionInput, clock: bigint, resetCount = 1, restartCount = 0): Record<string, unknown> {
   const values = new Map<string, Buffer>([['sha256:7', Buffer.alloc(32, 7)]]);
   const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [7] }], values, clock, resetCount, restartCount });
   return {
-    secret: (st as { secret: string }).secret,
+    secret: activate(challenge).toString('base64'),
     quote: q.attest.toString('base64'),
     signature: q.signature.toString('base64'),
     pcrValues: [{ bank: 'sha256', index: 7, value: '07'.repeat(32) }],
@@ -65,7 +64,7 @@ beforeAll(async () => {
   const root = await makeRoot('Input Test Root');
   const inter = await makeIntermediate('Input Test CA', root);
   writeFileSync(join(dir, 'roots.pem'), root.cert.toString('pem') + '\n' + inter.cert.toString('pem'));
-  const ek = rsaKeyPair();
+  ek = rsaKeyPair();
   ak = rsaKeyPair();
   hello = {
     ekCert: (await makeEkCert(ek.publicKey, inter, { notBefore: new Date(Date.now() - 86_400_000) })).toString('base64'),
@@ -108,29 +107,29 @@ describe('verifier input validation', () => {
   it('a synthetic session passes, and counters move forward', async () => {
     const s = session();
     const b = await v.begin(hello, s);
-    const r = await finishAndCommit(v, respond(b.state, s, 100n), b.state, s);
+    const r = await finishAndCommit(v, respond(b.challenge, s, 100n), b.state, s);
     expect(r.selectors).toContain(`tpm:pcr:sha256:7:${'07'.repeat(32)}`);
     expect(r.selectors).toContain('tpm:ek_manufacturer:id:53544d20');
     const s2 = session();
     const b2 = await v.begin(hello, s2);
-    expect(await code(finishAndCommit(v, respond(b2.state, s2, 99n), b2.state, s2))).toBe('tpm.counter_rollback');
-    expect(await code(finishAndCommit(v, respond(b2.state, s2, 50n, 1, 1), b2.state, s2))).toBe('ok');
-    expect(await code(finishAndCommit(v, respond(b2.state, s2, 10n, 1, 0), b2.state, s2))).toBe('tpm.counter_rollback');
+    expect(await code(finishAndCommit(v, respond(b2.challenge, s2, 99n), b2.state, s2))).toBe('tpm.counter_rollback');
+    expect(await code(finishAndCommit(v, respond(b2.challenge, s2, 50n, 1, 1), b2.state, s2))).toBe('ok');
+    expect(await code(finishAndCommit(v, respond(b2.challenge, s2, 10n, 1, 0), b2.state, s2))).toBe('tpm.counter_rollback');
   });
 
   it('stores counters only at commit, after every factor passed', async () => {
     const fresh = await tpmVerifierPlugin.create({ ekCa: ['roots.pem'], pcrs: { sha256: [7] } }, { trustDomain: 'example.org', logger, now: () => new Date(), state: new MemoryState(), configDir: dir });
     const s = session();
     const b = await fresh.begin(hello, s);
-    await fresh.finish(respond(b.state, s, 500n), b.state, s);
+    await fresh.finish(respond(b.challenge, s, 500n), b.state, s);
     // Not committed (another factor failed): an older quote is still acceptable.
     const s2 = session();
     const b2 = await fresh.begin(hello, s2);
-    expect(await code(fresh.finish(respond(b2.state, s2, 400n), b2.state, s2))).toBe('ok');
+    expect(await code(fresh.finish(respond(b2.challenge, s2, 400n), b2.state, s2))).toBe('ok');
     await fresh.commit!(b2.state, s2);
     const s3 = session();
     const b3 = await fresh.begin(hello, s3);
-    expect(await code(fresh.finish(respond(b3.state, s3, 300n), b3.state, s3))).toBe('tpm.counter_rollback');
+    expect(await code(fresh.finish(respond(b3.challenge, s3, 300n), b3.state, s3))).toBe('tpm.counter_rollback');
   });
 
   it('rejects malformed hellos with tpm.bad_hello / tpm.malformed_public', async () => {
@@ -146,15 +145,133 @@ describe('verifier input validation', () => {
   it('rejects malformed responses and foreign state', async () => {
     const s = session();
     const b = await v.begin(hello, s);
-    const good = respond(b.state, s, 1000n, 2, 0); // a new reset epoch after the previous test
+    const good = respond(b.challenge, s, 1000n, 2, 0); // a new reset epoch after the previous test
     for (const r of [null, {}, { ...good, extra: 1 }, { ...good, secret: '***' }, { ...good, pcrValues: {} }, { ...good, pcrValues: [{ bank: 'md5', index: 0, value: '00' }] }, { ...good, pcrValues: [{ bank: 'sha256', index: 7, value: 'zz' }] }]) {
       expect(await code(finishAndCommit(v, r, b.state, s))).toBe('tpm.bad_response');
     }
-    for (const st of [null, {}, { ...(b.state as object), v: 2 }, { ...(b.state as object), ekIntermediates: 'x' }]) {
+    for (const st of [
+      null,
+      {},
+      { ...(b.state as object), v: 3 },
+      { ...(b.state as object), ekIntermediates: 'x' },
+      { ...(b.state as object), secretHash: 'AAAA' },
+      { ...(b.state as object), secretHash: 5 },
+      { ...(b.state as object), secret: good.secret },
+    ]) {
       expect(await code(finishAndCommit(v, good, st, s))).toBe('tpm.bad_state');
     }
     expect(await code(finishAndCommit(v, { ...good, secret: randomBytes(32).toString('base64') }, b.state, s))).toBe('tpm.credential_mismatch');
     expect(await code(finishAndCommit(v, good, b.state, s))).toBe('ok');
+  });
+});
+
+describe('credential secret in the session state', () => {
+  it('keeps only a SHA-256 digest of the secret (state v2); the secret the TPM recovers passes finish', async () => {
+    const s = session();
+    const b = await v.begin(hello, s);
+    const secret = activate(b.challenge);
+    expect(secret).toHaveLength(32);
+    const st = b.state as Record<string, unknown>;
+    expect(st.v).toBe(2);
+    expect(st).not.toHaveProperty('secret');
+    expect(st.secretHash).toBe(createHash('sha256').update(secret).digest('base64'));
+    // The stored state (the verifier persists it with the session) holds the secret in no form.
+    const text = JSON.stringify(st);
+    for (const form of [secret.toString('base64'), secret.toString('hex'), secret.toString('base64url')]) expect(text).not.toContain(form);
+    const good = respond(b.challenge, s, 5000n, 3, 0); // a new reset epoch after the tests above
+    expect(await code(finishAndCommit(v, { ...good, secret: createHash('sha256').update(secret).digest('base64') }, b.state, s))).toBe('tpm.credential_mismatch');
+    expect(await code(finishAndCommit(v, { ...good, secret: secret.subarray(0, 31).toString('base64') }, b.state, s))).toBe('tpm.credential_mismatch');
+    expect(await code(finishAndCommit(v, good, b.state, s))).toBe('ok');
+  });
+
+  it('refuses version 1 state (the secret in plain form) with tpm.bad_state naming the version', async () => {
+    const s = session();
+    const b = await v.begin(hello, s);
+    const secret = activate(b.challenge).toString('base64');
+    const { secretHash: _drop, ...rest } = b.state as Record<string, unknown>;
+    const v1 = { ...rest, v: 1, secret };
+    const e = await finishAndCommit(v, respond(b.challenge, s, 6000n, 4, 0), v1, s).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(SigilError);
+    expect((e as SigilError).code).toBe('tpm.bad_state');
+    expect((e as SigilError).message).toMatch(/version 1/);
+  });
+
+  it('the software activation helper recovers what MakeCredential sealed, for RSA and P-256 EKs, and only for the AK it names', async () => {
+    const { makeCredential } = await import('../../src/tpm/credential.js');
+    const { objectName, parseTpm2bPublic } = await import('../../src/tpm/structures.js');
+    for (const key of [rsaKeyPair(), p256KeyPair()]) {
+      const ekPub = parseTpm2bPublic(ekPublicFor(key.publicKey));
+      const akPub = akPublicFor(rsaKeyPair().publicKey);
+      const secret = randomBytes(32);
+      const made = makeCredential(ekPub, objectName(parseTpm2bPublic(akPub)), secret);
+      expect(activateCredentialSoftware(key.privateKey, akPub, made.credentialBlob, made.encryptedSecret).equals(secret)).toBe(true);
+      expect(() => activateCredentialSoftware(key.privateKey, akPublicFor(p256KeyPair().publicKey), made.credentialBlob, made.encryptedSecret)).toThrow(/integrity/);
+    }
+  });
+});
+
+describe('counter state: check in finish, compare-and-set in commit', () => {
+  const fresh = async (state: MemoryState): Promise<NodeAttestorVerifier> =>
+    tpmVerifierPlugin.create({ ekCa: ['roots.pem'], pcrs: { sha256: [7] } }, { trustDomain: 'example.org', logger, now: () => new Date(), state, configDir: dir });
+  const counterKey = async (verifier: NodeAttestorVerifier): Promise<string> => {
+    const s = session();
+    const b = await verifier.begin(hello, s);
+    return `counters:${(b.state as { ekPubHash: string }).ekPubHash}`;
+  };
+
+  it('two sessions for one EK both checked against the same counters: the later commit is refused (tpm.counter_race, 409), the stored counters stay', async () => {
+    const state = new MemoryState();
+    const fv = await fresh(state);
+    const key = await counterKey(fv);
+    for (const firstStored of [undefined, { resetCount: 1, restartCount: 0, clock: '10' }]) {
+      state.m.clear();
+      if (firstStored) await state.put(key, firstStored);
+      const sa = session();
+      const ba = await fv.begin(hello, sa);
+      const sb = session();
+      const bb = await fv.begin(hello, sb);
+      // Both pass the check against what is stored now; B's quote is the newer one.
+      await fv.finish(respond(ba.challenge, sa, 200n), ba.state, sa);
+      await fv.finish(respond(bb.challenge, sb, 300n), bb.state, sb);
+      await fv.commit!(bb.state, sb);
+      expect(state.m.get(key)).toEqual({ resetCount: 1, restartCount: 0, clock: '300' });
+      const e = await fv.commit!(ba.state, sa).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(SigilError);
+      expect((e as SigilError).code).toBe('tpm.counter_race');
+      expect((e as SigilError).status).toBe(409);
+      // A's older counters did not overwrite B's.
+      expect(state.m.get(key)).toEqual({ resetCount: 1, restartCount: 0, clock: '300' });
+    }
+  });
+
+  it('the race is refused whichever session commits first, and a session checked after the commit is judged against it', async () => {
+    const state = new MemoryState();
+    const fv = await fresh(state);
+    const key = await counterKey(fv);
+    const sa = session();
+    const ba = await fv.begin(hello, sa);
+    const sb = session();
+    const bb = await fv.begin(hello, sb);
+    await fv.finish(respond(ba.challenge, sa, 200n), ba.state, sa);
+    await fv.finish(respond(bb.challenge, sb, 300n), bb.state, sb);
+    await fv.commit!(ba.state, sa);
+    expect(await code(fv.commit!(bb.state, sb))).toBe('tpm.counter_race');
+    expect(state.m.get(key)).toEqual({ resetCount: 1, restartCount: 0, clock: '200' });
+    // A fresh session is checked against A's stored counters and commits normally.
+    const sc = session();
+    const bc = await fv.begin(hello, sc);
+    expect(await code(finishAndCommit(fv, respond(bc.challenge, sc, 250n), bc.state, sc))).toBe('ok');
+    expect(state.m.get(key)).toEqual({ resetCount: 1, restartCount: 0, clock: '250' });
+  });
+
+  it('refuses to start on a plugin state store without compareAndSet', async () => {
+    const plain = { get: async (): Promise<unknown> => undefined, put: async (): Promise<void> => undefined };
+    const e = await Promise.resolve()
+      .then(() => tpmVerifierPlugin.create({ ekCa: ['roots.pem'] }, { trustDomain: 'example.org', logger, now: () => new Date(), state: plain, configDir: dir }))
+      .catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(SigilError);
+    expect((e as SigilError).code).toBe('tpm.state_unavailable');
+    expect((e as SigilError).message).toMatch(/compareAndSet/);
   });
 });
 

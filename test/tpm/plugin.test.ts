@@ -12,25 +12,16 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SigilError } from '../../src/errors.js';
 import { sessionBinding } from '../../src/plugins/binding.js';
-import type { NodeAttestorVerifier, PluginStateStore, SessionInput } from '../../src/plugins/types.js';
+import type { NodeAttestorVerifier, SessionInput } from '../../src/plugins/types.js';
 import { hashByAlg } from '../../src/tpm/constants.js';
 import { spkiHash } from '../../src/tpm/keys.js';
 import { parsePcrValuesFile } from '../../src/tpm/pcrvalues.js';
 import { tpmVerifierPlugin } from '../../src/tpm/plugin.js';
 import { parsePcrSelection, parseTpm2bPublic } from '../../src/tpm/structures.js';
+import { MemoryState } from './memory-state.js';
 import { ECC_EK_HANDLE, RSA_EK_HANDLE, pcrListString, startToolsTpm, type ToolsTpm } from './tpm2tools.js';
 
 const exec = promisify(execFile);
-
-class MemoryState implements PluginStateStore {
-  readonly m = new Map<string, unknown>();
-  async get(k: string): Promise<unknown> {
-    return this.m.get(k);
-  }
-  async put(k: string, v: unknown): Promise<void> {
-    this.m.set(k, JSON.parse(JSON.stringify(v)));
-  }
-}
 
 let t: ToolsTpm | null = null;
 let ak: { pub: Buffer; ctx: string; nameHex: string };

@@ -5,7 +5,7 @@
  * swtpm tests; this is for exercising certificate paths and throughput without a TPM.
  */
 import 'reflect-metadata';
-import { createHash, generateKeyPairSync, sign, webcrypto, type KeyObject } from 'node:crypto';
+import { constants, createDecipheriv, createHash, createHmac, createPublicKey, diffieHellman, generateKeyPairSync, privateDecrypt, sign, timingSafeEqual, webcrypto, type KeyObject } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { AttributeTypeAndValue, AttributeValue, GeneralName, Name, RelativeDistinguishedName, SubjectAlternativeName } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
@@ -127,13 +127,16 @@ export function ekPublicFor(pub: KeyObject, attrs = EK_ATTRS): Buffer {
   return new TpmWriter().tpm2b(w.toBuffer()).toBuffer();
 }
 
-/** TPM2B_PUBLIC for an AK-like (restricted signing, RSASSA-SHA256 / ECDSA-SHA256) software key. */
-export function akPublicFor(pub: KeyObject, attrs = AK_ATTRS): Buffer {
+/**
+ * TPM2B_PUBLIC for an AK-like (restricted signing, RSASSA-SHA256 / ECDSA-SHA256) software key.
+ * `rsaScheme` picks the RSA key's fixed scheme (RSASSA by default, or RSAPSS).
+ */
+export function akPublicFor(pub: KeyObject, attrs = AK_ATTRS, rsaScheme: 'rsassa' | 'rsapss' = 'rsassa'): Buffer {
   const j = jwkBytes(pub);
   const w = new TpmWriter();
   if (j.n) {
     w.u16(TPM_ALG.RSA).u16(TPM_ALG.SHA256).u32(attrs).tpm2b(Buffer.alloc(0));
-    w.u16(TPM_ALG.NULL).u16(TPM_ALG.RSASSA).u16(TPM_ALG.SHA256).u16(j.n.length * 8).u32(0).tpm2b(j.n);
+    w.u16(TPM_ALG.NULL).u16(rsaScheme === 'rsapss' ? TPM_ALG.RSAPSS : TPM_ALG.RSASSA).u16(TPM_ALG.SHA256).u16(j.n.length * 8).u32(0).tpm2b(j.n);
   } else {
     if (j.crv !== 'P-256' || !j.x || !j.y) throw new Error('synthetic AK: RSA or P-256 only');
     w.u16(TPM_ALG.ECC).u16(TPM_ALG.SHA256).u32(attrs).tpm2b(Buffer.alloc(0));
@@ -151,6 +154,8 @@ export interface SyntheticQuoteInput {
   resetCount: number;
   restartCount: number;
   hash?: HashName;
+  /** RSA AKs: sign RSASSA-PKCS1-v1_5 (default) or RSASSA-PSS with this salt length in bytes. */
+  pssSaltLength?: number;
 }
 
 /** A TPMS_ATTEST quote laid out as a TPM does, signed with the AK in software; returns TPM2B_ATTEST + TPMT_SIGNATURE. */
@@ -182,7 +187,10 @@ export function syntheticQuote(q: SyntheticQuoteInput): { attest: Buffer; signat
     .toBuffer();
   const key = q.ak;
   let signature: Buffer;
-  if (key.asymmetricKeyType === 'rsa') {
+  if (key.asymmetricKeyType === 'rsa' && q.pssSaltLength !== undefined) {
+    const s = sign(hash, body, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: q.pssSaltLength });
+    signature = new TpmWriter().u16(TPM_ALG.RSAPSS).u16(h.alg).tpm2b(s).toBuffer();
+  } else if (key.asymmetricKeyType === 'rsa') {
     const s = sign(hash, body, key);
     signature = new TpmWriter().u16(TPM_ALG.RSASSA).u16(h.alg).tpm2b(s).toBuffer();
   } else {
@@ -198,4 +206,85 @@ export function rsaKeyPair(): { publicKey: KeyObject; privateKey: KeyObject } {
 
 export function p256KeyPair(): { publicKey: KeyObject; privateKey: KeyObject } {
   return generateKeyPairSync('ec', { namedCurve: 'P-256' });
+}
+
+// ---------------------------------------------------------------- software ActivateCredential
+
+/** KDFa (SP800-108 counter mode, HMAC), written here from TPM 2.0 Part 1 independently of src/tpm/kdf.ts. */
+function kdfaSha256(key: Buffer, label: string, u: Buffer, v: Buffer, bits: number): Buffer {
+  const out: Buffer[] = [];
+  const lab = Buffer.concat([Buffer.from(label, 'latin1'), Buffer.from([0])]);
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(bits);
+  for (let i = 1, have = 0; have * 8 < bits; i++) {
+    const ctr = Buffer.alloc(4);
+    ctr.writeUInt32BE(i);
+    const block = createHmac('sha256', key).update(ctr).update(lab).update(u).update(v).update(len).digest();
+    out.push(block);
+    have += block.length;
+  }
+  return Buffer.concat(out).subarray(0, bits / 8);
+}
+
+/** KDFe (SP800-56A concatenation KDF) for SHA-256. */
+function kdfeSha256(z: Buffer, label: string, u: Buffer, v: Buffer, bits: number): Buffer {
+  const out: Buffer[] = [];
+  const lab = Buffer.concat([Buffer.from(label, 'latin1'), Buffer.from([0])]);
+  for (let i = 1, have = 0; have * 8 < bits; i++) {
+    const ctr = Buffer.alloc(4);
+    ctr.writeUInt32BE(i);
+    const block = createHash('sha256').update(ctr).update(z).update(lab).update(u).update(v).digest();
+    out.push(block);
+    have += block.length;
+  }
+  return Buffer.concat(out).subarray(0, bits / 8);
+}
+
+function take2b(buf: Buffer, at: number, what: string): { value: Buffer; next: number } {
+  if (at + 2 > buf.length) throw new Error(`${what}: truncated size`);
+  const n = buf.readUInt16BE(at);
+  if (at + 2 + n > buf.length) throw new Error(`${what}: truncated body`);
+  return { value: buf.subarray(at + 2, at + 2 + n), next: at + 2 + n };
+}
+
+function leftPad(b: Buffer, size: number): Buffer {
+  return b.length >= size ? b : Buffer.concat([Buffer.alloc(size - b.length), b]);
+}
+
+/**
+ * TPM2_ActivateCredential done in software with the private key of an EK made by `ekPublicFor`
+ * (nameAlg SHA-256, AES-128-CFB): what the TPM holding that EK does with the verifier's
+ * challenge. The AK Name is computed from `akPub` (TPM2B_PUBLIC), so a credential made for
+ * another AK fails the integrity check, as it would in a TPM. Returns the recovered secret.
+ */
+export function activateCredentialSoftware(ekPrivate: KeyObject, akPub: Buffer, credentialBlob: Buffer, encryptedSecret: Buffer): Buffer {
+  const akName = Buffer.concat([Buffer.from([0x00, 0x0b]), createHash('sha256').update(take2b(akPub, 0, 'akPub').value).digest()]);
+  const secretOuter = take2b(encryptedSecret, 0, 'encryptedSecret');
+  if (secretOuter.next !== encryptedSecret.length) throw new Error('encryptedSecret: trailing bytes');
+  let seed: Buffer;
+  if (ekPrivate.asymmetricKeyType === 'rsa') {
+    seed = privateDecrypt({ key: ekPrivate, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256', oaepLabel: Buffer.from('IDENTITY\0', 'latin1') }, secretOuter.value);
+  } else {
+    const x = take2b(secretOuter.value, 0, 'ephemeral x');
+    const y = take2b(secretOuter.value, x.next, 'ephemeral y');
+    if (y.next !== secretOuter.value.length) throw new Error('ephemeral point: trailing bytes');
+    const eph = createPublicKey({ key: { kty: 'EC', crv: 'P-256', x: x.value.toString('base64url'), y: y.value.toString('base64url') }, format: 'jwk' });
+    const z = leftPad(diffieHellman({ privateKey: ekPrivate, publicKey: eph }), 32);
+    const ekX = Buffer.from(ekPrivate.export({ format: 'jwk' }).x as string, 'base64url');
+    // partyUInfo / partyVInfo: the ephemeral and EK x coordinates as the TPM2Bs hold them.
+    seed = kdfeSha256(z, 'IDENTITY', x.value, ekX, 256);
+  }
+  const idObject = take2b(credentialBlob, 0, 'credentialBlob');
+  if (idObject.next !== credentialBlob.length) throw new Error('credentialBlob: trailing bytes');
+  const integrity = take2b(idObject.value, 0, 'integrityHMAC');
+  const encIdentity = idObject.value.subarray(integrity.next);
+  const hmacKey = kdfaSha256(seed, 'INTEGRITY', Buffer.alloc(0), Buffer.alloc(0), 256);
+  const mac = createHmac('sha256', hmacKey).update(encIdentity).update(akName).digest();
+  if (mac.length !== integrity.value.length || !timingSafeEqual(mac, integrity.value)) throw new Error('credential integrity check failed (wrong EK or AK)');
+  const symKey = kdfaSha256(seed, 'STORAGE', akName, Buffer.alloc(0), 128);
+  const d = createDecipheriv('aes-128-cfb', symKey, Buffer.alloc(16));
+  const plain = Buffer.concat([d.update(encIdentity), d.final()]);
+  const secret = take2b(plain, 0, 'credential');
+  if (secret.next !== plain.length) throw new Error('credential: trailing bytes');
+  return Buffer.from(secret.value);
 }

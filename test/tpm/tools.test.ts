@@ -5,7 +5,7 @@
  *  - credential blobs made by Sigil's MakeCredential are accepted by tpm2_activatecredential
  *    for both EKs swtpm_setup creates (RSA-2048 low range, ECC P-384 high range).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { constants, createHash, randomBytes, verify as cryptoVerify } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -15,7 +15,8 @@ import { makeCredential } from '../../src/tpm/credential.js';
 import { certificatesFromBytes } from '../../src/tpm/ekcert.js';
 import { spkiHash } from '../../src/tpm/keys.js';
 import { parsePcrValuesFile } from '../../src/tpm/pcrvalues.js';
-import { objectName, parseAttestAny, parseTpm2bPublic } from '../../src/tpm/structures.js';
+import { publicToKeyObject } from '../../src/tpm/keys.js';
+import { objectName, parseAttestAny, parseSignature, parseTpm2bPublic } from '../../src/tpm/structures.js';
 import { OFFLINE_NOTE, verifyTpmEvidenceOffline, type OfflineTpmEvidence } from '../../src/tpm/verify.js';
 import { ECC_EK_HANDLE, RSA_EK_HANDLE, startToolsTpm, type ToolsTpm } from './tpm2tools.js';
 
@@ -140,6 +141,41 @@ describe('tpm2-tools cross-checks', () => {
       `tpm:pcr:sha256:0:${'00'.repeat(32)}`,
       expect.stringMatching(/^tpm:pcr:sha256:16:[0-9a-f]{64}$/),
     ]);
+  });
+
+  it('a quote by an RSASSA-PSS AK verifies offline; the TPM salts with the digest length, the length Sigil pins', async ({ skip }) => {
+    if (!t) return skip();
+    const akPss = await t.createAk('ak-pss', 'rsapss');
+    const q = await t.quote(akPss.ctx, 'sha256:0,16', NONCE, 'q-pss', 'rsapss');
+    const sig = parseSignature(q.sig);
+    expect(sig.sigAlg).toBe(0x0016); // TPM_ALG_RSAPSS
+    const r = await verifyTpmEvidenceOffline(evidence({ akPub: akPss.pub, quote: q.msg, signature: q.sig, pcrValues: q.pcrs }));
+    expect(r.selectors.filter((s) => s.startsWith('tpm:pcr:'))).toHaveLength(2);
+    // What the TPM did, checked with node directly: salt = 32 bytes (SHA-256) verifies, other lengths do not.
+    if (sig.sigAlg !== 0x0016) throw new Error('not PSS');
+    const key = publicToKeyObject(parseTpm2bPublic(akPss.pub));
+    const withSalt = (saltLength: number): boolean => cryptoVerify('sha256', q.msg, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength }, sig.sig);
+    expect(withSalt(32)).toBe(true);
+    expect(withSalt(20)).toBe(false);
+    expect(withSalt(0)).toBe(false);
+    // The TPM itself (TPM2_VerifySignature) agrees, and both refuse a tampered PSS signature.
+    // (Not tpm2_checkquote: tpm2-tools 5.x cannot check RSAPSS quotes, tpm2-tools issue #3283.)
+    const tpmVerifies = async (sigFile: string): Promise<boolean> => {
+      if (!t) throw new Error('no TPM');
+      try {
+        await t.run('tpm2_verifysignature', ['-c', akPss.ctx, '-g', 'sha256', '-m', q.files.msg, '-s', sigFile]);
+        return true;
+      } catch {
+        return false;
+      } finally {
+        await t.flush();
+      }
+    };
+    expect(await tpmVerifies(q.files.sig)).toBe(true);
+    const bad = flip(q.sig, q.sig.length - 9);
+    writeFileSync(t.file('q-pss-bad.sig'), bad);
+    expect(await tpmVerifies(t.file('q-pss-bad.sig'))).toBe(false);
+    expect(await codeOf(verifyTpmEvidenceOffline(evidence({ akPub: akPss.pub, quote: q.msg, signature: bad, pcrValues: q.pcrs })))).toBe('tpm.quote_signature_invalid');
   });
 
   it("Sigil's verdicts match tpm2_checkquote on valid and tampered evidence", async ({ skip }) => {

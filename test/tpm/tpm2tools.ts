@@ -33,10 +33,10 @@ export interface ToolsTpm {
   ekCaFiles: string[];
   run(tool: string, args: string[]): Promise<string>;
   file(name: string): string;
-  /** Creates an AK under the RSA EK with tpm2_createak; returns its TPM2B_PUBLIC and context file. */
-  createAk(name: string, alg?: 'rsa' | 'ecc'): Promise<{ pub: Buffer; ctx: string; nameHex: string }>;
+  /** Creates an AK under the RSA EK with tpm2_createak (rsa: RSASSA, rsapss: RSASSA-PSS, ecc: ECDSA; all SHA-256); returns its TPM2B_PUBLIC and context file. */
+  createAk(name: string, alg?: 'rsa' | 'rsapss' | 'ecc'): Promise<{ pub: Buffer; ctx: string; nameHex: string }>;
   /** tpm2_quote with the AK context; returns the message (TPMS_ATTEST), signature and pcrs files' bytes. */
-  quote(akCtx: string, pcrList: string, qualificationHex: string, tag: string): Promise<{ msg: Buffer; sig: Buffer; pcrs: Buffer; files: { msg: string; sig: string; pcrs: string } }>;
+  quote(akCtx: string, pcrList: string, qualificationHex: string, tag: string, scheme?: 'rsapss'): Promise<{ msg: Buffer; sig: Buffer; pcrs: Buffer; files: { msg: string; sig: string; pcrs: string } }>;
   /** tpm2_activatecredential with blob/secret (TPM2B wire bytes); returns the recovered secret. */
   activate(akCtx: string, ekHandle: string, credentialBlob: Buffer, encryptedSecret: Buffer, tag: string): Promise<Buffer>;
   /** Loads an AK made by createAk again (saved contexts do not survive a TPM reset). */
@@ -83,17 +83,23 @@ export async function startToolsTpm(): Promise<ToolsTpm | null> {
     flush,
     async createAk(name, alg = 'rsa') {
       const args = ['-C', RSA_EK_HANDLE, '-c', file(`${name}.ctx`), '-u', file(`${name}.pub`), '-n', file(`${name}.name`), '-r', file(`${name}.priv`)];
-      args.push(...(alg === 'rsa' ? ['-G', 'rsa', '-g', 'sha256', '-s', 'rsassa'] : ['-G', 'ecc', '-g', 'sha256', '-s', 'ecdsa']));
+      const scheme = { rsa: ['-G', 'rsa', '-g', 'sha256', '-s', 'rsassa'], rsapss: ['-G', 'rsa', '-g', 'sha256', '-s', 'rsapss'], ecc: ['-G', 'ecc', '-g', 'sha256', '-s', 'ecdsa'] };
+      args.push(...scheme[alg]);
       await run('tpm2_createak', args);
       await flush();
       return { pub: readFileSync(file(`${name}.pub`)), ctx: file(`${name}.ctx`), nameHex: readFileSync(file(`${name}.name`)).toString('hex') };
     },
-    async quote(akCtx, pcrList, qualificationHex, tag) {
+    async quote(akCtx, pcrList, qualificationHex, tag, scheme) {
       const files = { msg: file(`${tag}.msg`), sig: file(`${tag}.sig`), pcrs: file(`${tag}.pcrs`) };
       const args = ['-c', akCtx, '-l', pcrList, '-m', files.msg, '-s', files.sig, '-o', files.pcrs, '-g', 'sha256'];
       if (qualificationHex.length > 0) args.push('-q', qualificationHex);
-      await run('tpm2_quote', args);
-      await flush();
+      // tpm2_quote asks for RSASSA unless told otherwise; an AK with a fixed RSAPSS scheme needs it named.
+      if (scheme) args.push('--scheme', scheme);
+      try {
+        await run('tpm2_quote', args);
+      } finally {
+        await flush();
+      }
       return { msg: readFileSync(files.msg), sig: readFileSync(files.sig), pcrs: readFileSync(files.pcrs), files };
     },
     async activate(akCtx, ekHandle, credentialBlob, encryptedSecret, tag) {
