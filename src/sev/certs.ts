@@ -66,7 +66,11 @@ export interface SevCert {
   serialHex: string;
   spkiAlgorithm: string;
   publicKey: KeyObject;
+  /** basicConstraints is present (whatever its cA value). */
+  hasBasicConstraints: boolean;
+  /** basicConstraints cA (false when the extension is absent). */
   isCA: boolean;
+  /** keyUsage keyCertSign bit; undefined when the certificate has no keyUsage extension. */
   keyCertSign: boolean | undefined;
   extensions: Map<string, { critical: boolean; value: Buffer }>;
 }
@@ -183,6 +187,7 @@ export function parseSevCert(input: Uint8Array, label: string): SevCert {
     checkAmdPss(cert.signatureAlgorithm.algorithm, cert.signatureAlgorithm.parameters ?? null, label);
 
     const extensions = new Map<string, { critical: boolean; value: Buffer }>();
+    let hasBasicConstraints = false;
     let isCA = false;
     let keyCertSign: boolean | undefined;
     for (const ext of tbs.extensions ?? []) {
@@ -190,6 +195,7 @@ export function parseSevCert(input: Uint8Array, label: string): SevCert {
       const value = Buffer.from(ext.extnValue.buffer);
       extensions.set(ext.extnID, { critical: ext.critical, value });
       if (ext.extnID === id_ce_basicConstraints) {
+        hasBasicConstraints = true;
         isCA = AsnConvert.parse(value, BasicConstraints).cA;
       } else if (ext.extnID === id_ce_keyUsage) {
         const ku = AsnConvert.parse(value, KeyUsage);
@@ -220,6 +226,7 @@ export function parseSevCert(input: Uint8Array, label: string): SevCert {
       serialHex: Buffer.from(tbs.serialNumber).toString('hex'),
       spkiAlgorithm: tbs.subjectPublicKeyInfo.algorithm.algorithm,
       publicKey,
+      hasBasicConstraints,
       isCA,
       keyCertSign,
       extensions,
@@ -372,6 +379,31 @@ function checkValidity(cert: SevCert, label: string, now: Date): void {
 }
 
 /**
+ * Role rules for AMD's certificates (code sev.cert_usage_invalid). Every ARK, ASK and ASVK AMD KDS
+ * serves carries basicConstraints cA TRUE and keyUsage with keyCertSign, both critical (checked
+ * against the Milan, Genoa and Turin cert_chain files and the Milan VLEK chain: ARK keyUsage
+ * keyCertSign + cRLSign, ASK/ASVK keyCertSign with pathLen 0). So an issuer without either
+ * extension is refused rather than given the benefit of the doubt.
+ */
+function requireIssuerRole(cert: SevCert, label: string): void {
+  const who = `${label} certificate (CN=${cert.subjectCN ?? 'none'})`;
+  if (!cert.hasBasicConstraints) fail('sev.cert_usage_invalid', `${who} has no basicConstraints extension; an AMD ${label} must say CA:TRUE`);
+  if (!cert.isCA) fail('sev.cert_usage_invalid', `${who} has basicConstraints CA:FALSE; an AMD ${label} must say CA:TRUE`);
+  if (cert.keyCertSign === undefined) fail('sev.cert_usage_invalid', `${who} has no keyUsage extension; an AMD ${label} must have keyUsage keyCertSign`);
+  if (!cert.keyCertSign) fail('sev.cert_usage_invalid', `${who} keyUsage lacks keyCertSign; an AMD ${label} must be allowed to sign certificates`);
+}
+
+/**
+ * The VCEK/VLEK is an end-entity certificate: AMD issues it with neither basicConstraints nor
+ * keyUsage. Refuse one that claims CA:TRUE or keyCertSign (it could otherwise pose as an issuer).
+ */
+function requireEndEntityRole(cert: SevCert, label: string): void {
+  const who = `${label} certificate (CN=${cert.subjectCN ?? 'none'})`;
+  if (cert.isCA) fail('sev.cert_usage_invalid', `${who} has basicConstraints CA:TRUE; a ${label} must be an end-entity (non-CA) certificate`);
+  if (cert.keyCertSign === true) fail('sev.cert_usage_invalid', `${who} keyUsage includes keyCertSign; a ${label} must not be allowed to sign certificates`);
+}
+
+/**
  * Verify a VCEK/VLEK against candidate chain certificates (ASK/ASVK and ARK, any order) and the
  * pinned ARK for its product line. Returns the verified leaf with its AMD extensions.
  */
@@ -383,6 +415,7 @@ export function verifyEndorsementChain(leafDer: Uint8Array, chainDers: readonly 
   else if (amd.cspId !== undefined && !amd.hwId) kind = 'vlek';
   else fail('sev.vcek_extension_invalid', 'endorsement certificate must carry exactly one of hwID (VCEK) or cspID (VLEK)');
   const label = kind.toUpperCase();
+  requireEndEntityRole(leaf, label);
 
   const certProduct = productFromEndorsementCert(leaf, amd);
   if (opts.reportProduct && certProduct && opts.reportProduct !== certProduct) {
@@ -414,12 +447,12 @@ export function verifyEndorsementChain(leafDer: Uint8Array, chainDers: readonly 
     fail('sev.chain_incomplete', `no ${interLabel} certificate for ${label} issuer CN=${leaf.issuerCN} was supplied`);
   }
 
-  // ARK: pinned; self-signed; CA.
-  if (!ark.isCA || ark.keyCertSign === false) fail('sev.cert_malformed', 'ARK certificate is not a CA');
+  // ARK: pinned; a CA allowed to sign certificates; self-signed.
+  requireIssuerRole(ark, 'ARK');
   checkSignedBy(ark, ark, 'ARK', 'ARK itself');
   checkValidity(ark, 'ARK', opts.now);
 
-  // ASK/ASVK: signed by the ARK; CA; the kind matching the leaf. Several certificates may carry the
+  // ASK/ASVK: signed by the ARK; a CA allowed to sign certificates; the kind matching the leaf. Several certificates may carry the
   // issuer's name (e.g. agent-supplied and cached); the first that passes every check is used.
   let intermediate: SevCert | undefined;
   let firstError: unknown;
@@ -429,7 +462,7 @@ export function verifyEndorsementChain(leafDer: Uint8Array, chainDers: readonly 
       if (interIsVlek !== (kind === 'vlek')) {
         fail('sev.chain_kind_mismatch', `${label} is issued by CN=${cand.subjectCN}, which is not an ${interLabel}`);
       }
-      if (!cand.isCA || cand.keyCertSign === false) fail('sev.cert_malformed', `${interLabel} certificate is not a CA`);
+      requireIssuerRole(cand, interLabel);
       checkSignedBy(cand, ark, interLabel, 'ARK');
       checkValidity(cand, interLabel, opts.now);
       // VCEK/VLEK: signed by the ASK/ASVK.

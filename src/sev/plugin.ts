@@ -7,7 +7,9 @@
  *   hello     `{}` or `{ certs: { vcek?, vlek?, ask?, ark? } }`   (base64 DER, from agent config files)
  *   challenge `{}`
  *   response  `{ report: <base64 0x4A0 bytes>, certs?: { vcek?, vlek?, ask?, ark? } }` (from the host's certificate table)
- * Missing certificates come from `collateralDir` and, if enabled, AMD KDS.
+ * Missing certificates come from `collateralDir` and, if enabled, AMD KDS. Before any lookup the
+ * report passes every check that does not need the VCEK (precheckSnpReport); certificates fetched
+ * from KDS are cached only once they verified against the pinned ARK.
  */
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
@@ -26,10 +28,10 @@ import type {
 import { SigilError, asSigilError } from '../errors.js';
 import { type SnpReportSource, type TsmFs, DEFAULT_CONFIGFS_ROOT, createSnpReportSource } from './attester.js';
 import { certBundleFromTable, type SnpCertBundle } from './certtable.js';
-import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert } from './certs.js';
-import { DEFAULT_KDS_BASE_URL, type FetchLike, SnpCollateralSource } from './collateral.js';
-import { type SnpProduct, SNP_PRODUCTS, SNP_REPORT_SIZE, parseSnpReport, productFromReport } from './report.js';
-import { type SnpMinTcb, SEV_ATTESTOR, reportDataForBinding, verifySnpEvidence } from './verify.js';
+import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert, resolveArkPins, verifyEndorsementChain } from './certs.js';
+import { type CollateralHit, DEFAULT_KDS_BASE_URL, DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE, type FetchLike, SnpCollateralSource } from './collateral.js';
+import { type SnpProduct, SNP_PRODUCTS, SNP_REPORT_SIZE, parseSnpReport } from './report.js';
+import { type SnpMinTcb, type SnpPolicyOptions, type SnpVerification, SEV_ATTESTOR, precheckSnpReport, reportDataForBinding, verifySnpEvidence } from './verify.js';
 
 const CERT_KINDS = ['vcek', 'vlek', 'ask', 'ark'] as const;
 type CertKind = (typeof CERT_KINDS)[number];
@@ -65,6 +67,7 @@ export const sevVerifierConfigSchema: JsonSchema = {
       properties: {
         enabled: { type: 'boolean', default: false },
         baseUrl: { type: 'string', pattern: '^https?://[^\\s]+$', default: DEFAULT_KDS_BASE_URL },
+        maxRequestsPerMinute: { type: 'integer', minimum: 1, maximum: 6000, default: DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE },
       },
     },
   },
@@ -95,7 +98,7 @@ export interface SevVerifierConfig {
   measurements?: string[];
   arkSha256?: Partial<Record<SnpProduct, string>>;
   collateralDir?: string;
-  kds?: { enabled: boolean; baseUrl?: string };
+  kds?: { enabled: boolean; baseUrl?: string; maxRequestsPerMinute?: number };
 }
 
 export interface SevAgentConfig {
@@ -174,10 +177,32 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
   const dir = cfg.collateralDir === undefined ? undefined : isAbsolute(cfg.collateralDir) ? cfg.collateralDir : resolve(deps.configDir, cfg.collateralDir);
   const collateral = new SnpCollateralSource({
     ...(dir === undefined ? {} : { dir }),
-    ...(cfg.kds?.enabled ? { kds: { enabled: true, baseUrl: cfg.kds.baseUrl ?? DEFAULT_KDS_BASE_URL } } : {}),
+    ...(cfg.kds?.enabled
+      ? { kds: { enabled: true, baseUrl: cfg.kds.baseUrl ?? DEFAULT_KDS_BASE_URL, maxRequestsPerMinute: cfg.kds.maxRequestsPerMinute ?? DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE } }
+      : {}),
     ...(inject.fetch ? { fetch: inject.fetch } : {}),
     onCacheWriteError: (path, e) => deps.logger.warn({ path, err: e instanceof Error ? e.message : String(e) }, 'sev_snp: could not cache collateral'),
   });
+  const policy: SnpPolicyOptions = {
+    allowDebug: cfg.allowDebug === true,
+    vmpls: cfg.vmpls ?? [0],
+    products,
+    ...(cfg.minTcb ? { minTcb: cfg.minTcb } : {}),
+    ...(cfg.minGuestSvn === undefined ? {} : { minGuestSvn: cfg.minGuestSvn }),
+    ...(cfg.measurements ? { measurements: cfg.measurements } : {}),
+    ...(cfg.arkSha256 ? { arkSha256: cfg.arkSha256 } : {}),
+  };
+  const pins = resolveArkPins(cfg.arkSha256);
+
+  /** Whether the VCEK/VLEK verifies against the pinned ARK through `chain` (whatever the report says). */
+  const endorsementVerifies = (leaf: Buffer, chain: Buffer[], reportProduct: SnpProduct | undefined, now: Date): boolean => {
+    try {
+      verifyEndorsementChain(leaf, chain, { now, pins, ...(reportProduct ? { reportProduct } : {}) });
+      return true;
+    } catch {
+      return false;
+    }
+  };
 
   return {
     async begin(hello: unknown, _session: SessionInput): Promise<{ challenge: unknown; state: unknown }> {
@@ -198,35 +223,55 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
         const certs = { ...helloCerts, ...decodeCerts(response.certs, 'sev_snp response') };
 
         const report = parseSnpReport(reportBytes);
-        const reportProduct = productFromReport(report);
+        const expectedReportData = reportDataForBinding(session.binding);
+        // Everything that can be checked without the VCEK/VLEK comes before any collateral lookup,
+        // so a report that is malformed, bound to another session or refused by the policy never
+        // makes the verifier call AMD KDS. The report signature cannot be among these checks: it
+        // needs the VCEK, which is what would be fetched. So a forged report that passes them can
+        // still cause a fetch; the collateral source rate-limits those, and what is fetched is
+        // cached only after it verified against the pinned ARK (below).
+        const pre = precheckSnpReport(report, { ...policy, expectedReportData });
+        const reportProduct = pre.product;
+        const hits: CollateralHit[] = [];
         let endorsement = certs[report.signingKey] ?? certs.vcek ?? certs.vlek;
-        const candidates = reportProduct ? [reportProduct] : products;
         if (!endorsement && report.signingKey === 'vcek' && collateral.configured) {
-          endorsement = await collateral.vcek(candidates, report.chipId, report.reportedTcb);
+          const hit = await collateral.lookupVcek(pre.candidates, report.chipId, report.reportedTcb);
+          if (hit) {
+            hits.push(hit);
+            endorsement = hit.ders[0];
+          }
         }
         const chain = [certs.ask, certs.ark].filter((c): c is Buffer => c !== undefined);
-        if (chain.length < 2 && collateral.configured) {
+        // No VCEK/VLEK means sev.vcek_missing whatever the chain: do not look one up for nothing.
+        if (chain.length < 2 && collateral.configured && endorsement) {
           let product = reportProduct;
           if (!product && endorsement) {
             const leaf = parseSevCert(endorsement, 'VCEK/VLEK');
             product = productFromEndorsementCert(leaf, parseAmdExtensions(leaf));
           }
-          if (product) chain.push(...((await collateral.chain(product, report.signingKey)) ?? []));
+          if (product) {
+            const hit = await collateral.lookupChain(product, report.signingKey);
+            if (hit) {
+              hits.push(hit);
+              chain.push(...hit.ders);
+            }
+          }
         }
-        const v = verifySnpEvidence(
-          { report: reportBytes, ...(endorsement ? { endorsementCert: endorsement } : {}), chain },
-          {
-            now: session.now,
-            expectedReportData: reportDataForBinding(session.binding),
-            allowDebug: cfg.allowDebug === true,
-            vmpls: cfg.vmpls ?? [0],
-            products,
-            ...(cfg.minTcb ? { minTcb: cfg.minTcb } : {}),
-            ...(cfg.minGuestSvn === undefined ? {} : { minGuestSvn: cfg.minGuestSvn }),
-            ...(cfg.measurements ? { measurements: cfg.measurements } : {}),
-            ...(cfg.arkSha256 ? { arkSha256: cfg.arkSha256 } : {}),
-          },
-        );
+        let outcome: { ok: true; v: SnpVerification } | { ok: false; error: unknown };
+        try {
+          outcome = { ok: true, v: verifySnpEvidence({ report: reportBytes, ...(endorsement ? { endorsementCert: endorsement } : {}), chain }, { now: session.now, expectedReportData, ...policy }) };
+        } catch (e) {
+          outcome = { ok: false, error: e };
+        }
+        // Cache what was fetched from KDS only if the VCEK/VLEK verified against the pinned ARK
+        // through it: on success, or when only the report (signature, binding, policy) failed.
+        // A fetched certificate that does not chain is never cached as trusted for that chip.
+        const fetched = hits.filter((h) => h.fetched);
+        if (fetched.length > 0 && endorsement && (outcome.ok || endorsementVerifies(endorsement, chain, reportProduct, session.now))) {
+          for (const h of fetched) await h.persist();
+        }
+        if (!outcome.ok) throw outcome.error;
+        const { v } = outcome;
         return { selectors: v.selectors, claims: v.claims, agentIdSuffix: v.agentIdSuffix };
       } catch (e) {
         throw asSigilError(e, 'sev.internal', 'sev_snp verification failed unexpectedly');

@@ -85,11 +85,8 @@ export function reportDataForBinding(binding: Uint8Array): Buffer {
 
 const TCB_NAMES: (keyof SnpMinTcb)[] = ['bootloader', 'tee', 'snp', 'microcode', 'fmc'];
 
-function checkEndorsementMatchesReport(report: SnpReport, end: VerifiedEndorsement): void {
-  const product = end.product;
-  if (report.signingKey !== end.kind) {
-    fail('sev.signing_key_mismatch', `report says it is signed by the ${report.signingKey.toUpperCase()} but the certificate is a ${end.kind.toUpperCase()}`);
-  }
+/** The reserved bytes inside each of the report's four TCB_VERSIONs are zero for `product`'s layout. */
+function checkTcbReserved(report: SnpReport, product: SnpProduct): void {
   for (const [name, tcb] of [
     ['CURRENT_TCB', report.currentTcb],
     ['REPORTED_TCB', report.reportedTcb],
@@ -98,6 +95,14 @@ function checkEndorsementMatchesReport(report: SnpReport, end: VerifiedEndorseme
   ] as const) {
     if (!tcbReservedZero(tcb, product)) fail('sev.report_reserved_nonzero', `report ${name} has non-zero reserved bytes for ${product}`);
   }
+}
+
+function checkEndorsementMatchesReport(report: SnpReport, end: VerifiedEndorsement): void {
+  const product = end.product;
+  if (report.signingKey !== end.kind) {
+    fail('sev.signing_key_mismatch', `report says it is signed by the ${report.signingKey.toUpperCase()} but the certificate is a ${end.kind.toUpperCase()}`);
+  }
+  checkTcbReserved(report, product);
   if (end.kind === 'vcek' && !report.chipIdMasked) {
     const hw = end.amd.hwId!;
     const expectLen = product === 'turin' ? 8 : 64;
@@ -151,6 +156,73 @@ function checkPolicy(report: SnpReport, product: SnpProduct, tcb: SnpTcbParts, o
   }
 }
 
+function checkReportData(report: SnpReport, expected: Uint8Array | undefined): void {
+  if (expected === undefined) return;
+  const exp = Buffer.from(expected);
+  if (exp.length !== 64) throw new SigilError('sev.report_data_invalid', `expected REPORT_DATA must be 64 bytes, got ${exp.length}`);
+  if (!timingSafeEqual(exp, report.reportData)) fail('sev.report_data_mismatch', 'report REPORT_DATA does not match the expected value (session binding)');
+}
+
+/**
+ * CHIP_ID has the shape of `product`'s hardware ID (VCEK-signed, unmasked reports): Turin's is 8
+ * bytes followed by 56 zero bytes; Milan's and Genoa's is 64 fuse-derived bytes, so a tail of 56
+ * zero bytes there means the ID was made up (or is a Turin ID).
+ */
+function checkChipIdShape(report: SnpReport, product: SnpProduct): void {
+  if (report.signingKey !== 'vcek' || report.chipIdMasked) return;
+  const tailZero = report.chipId.subarray(8).every((b) => b === 0);
+  if (product === 'turin' && !tailZero) fail('sev.chip_id_invalid', 'report CHIP_ID is not a Turin hardware ID (bytes 8..63 must be zero)');
+  if (product !== 'turin' && tailZero) fail('sev.chip_id_invalid', `report CHIP_ID has the 8-byte Turin form (bytes 8..63 zero), not a 64-byte ${product} hardware ID`);
+}
+
+export interface SnpPrecheckOptions extends SnpPolicyOptions {
+  /** When set, REPORT_DATA must equal these 64 bytes (compared in constant time). */
+  expectedReportData?: Uint8Array;
+}
+
+export interface SnpPrecheck {
+  /** Product line from the report's CPUID (v3+), when it has one. */
+  product?: SnpProduct;
+  /** Product lines the report can still be from (one when `product` is known); never empty. */
+  candidates: SnpProduct[];
+}
+
+/**
+ * Every check on a parsed report that does not need the VCEK/VLEK: REPORT_DATA (session binding),
+ * the product line from CPUID, the reserved bytes of the TCBs, the shape of CHIP_ID, and the policy
+ * (debug, VMPL, allowed products, minimum TCB, minimum guest SVN, measurements). For a report
+ * without CPUID (v2) the product-dependent checks are tried for each allowed product line and the
+ * lines that pass are returned, so a collateral lookup only asks for those.
+ *
+ * The report signature is NOT checked here and cannot be: it needs the VCEK, which is what a caller
+ * runs this before fetching. These checks only make the fetch cost a report that is well formed,
+ * bound to this session and acceptable to the policy; anyone can still forge such a report with a
+ * made-up CHIP_ID/TCB, so fetches must also be rate-limited (SnpCollateralSource) and anything
+ * fetched trusted only after it verifies against the pinned ARK. verifySnpEvidence repeats these
+ * checks (CHIP_ID through the stronger check that it equals the VCEK hwID).
+ */
+export function precheckSnpReport(report: SnpReport, opts: SnpPrecheckOptions): SnpPrecheck {
+  const product = productFromReport(report);
+  checkReportData(report, opts.expectedReportData);
+  const candidates = product ? [product] : [...(opts.products ?? SNP_PRODUCTS)];
+  const passed: SnpProduct[] = [];
+  let firstError: unknown;
+  for (const p of candidates) {
+    try {
+      checkTcbReserved(report, p);
+      checkChipIdShape(report, p);
+      checkPolicy(report, p, decodeTcb(report.reportedTcb, p), opts);
+      passed.push(p);
+    } catch (e) {
+      firstError ??= e;
+    }
+  }
+  if (passed.length === 0) {
+    throw firstError ?? new SigilError('sev.product_not_allowed', 'no product line is allowed', { status: 403 });
+  }
+  return product ? { product, candidates: passed } : { candidates: passed };
+}
+
 const hex = (b: Buffer): string => b.toString('hex');
 
 function tcbClaim(tcb: Buffer, product: SnpProduct): Record<string, unknown> {
@@ -185,11 +257,7 @@ export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions)
   }
   if (!sigOk) fail('sev.signature_invalid', `report signature does not verify under the ${end.kind.toUpperCase()}`);
 
-  if (opts.expectedReportData !== undefined) {
-    const exp = Buffer.from(opts.expectedReportData);
-    if (exp.length !== 64) throw new SigilError('sev.report_data_invalid', `expected REPORT_DATA must be 64 bytes, got ${exp.length}`);
-    if (!timingSafeEqual(exp, report.reportData)) fail('sev.report_data_mismatch', 'report REPORT_DATA does not match the expected value (session binding)');
-  }
+  checkReportData(report, opts.expectedReportData);
 
   const tcb = decodeTcb(report.reportedTcb, product);
   checkPolicy(report, product, tcb, opts);

@@ -14,7 +14,7 @@ import { Ajv } from 'ajv';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sessionBinding } from '../../src/plugins/binding.js';
-import type { AgentPluginDeps, SessionInput, VerifierPluginDeps } from '../../src/plugins/types.js';
+import type { AgentPluginDeps, NodeAttestorVerifier, SessionInput, VerifierPluginDeps } from '../../src/plugins/types.js';
 import { CERT_GUIDS, buildCertTable } from '../../src/sev/certtable.js';
 import { chainFileName, kdsVcekUrl, vcekFileName } from '../../src/sev/collateral.js';
 import { createSevAgent, createSevVerifier, sevAgentPlugin, sevVerifierPlugin } from '../../src/sev/plugin.js';
@@ -74,8 +74,10 @@ async function round(opts: {
   agentConfig?: Record<string, unknown>;
   finishSession?: SessionInput;
   source?: SnpReportSource;
+  /** Reuse one verifier across rounds (its collateral source keeps state); verifierConfig is then ignored. */
+  verifier?: NodeAttestorVerifier;
 }) {
-  const verifier = createSevVerifier({ arkSha256: opts.chain.arkPins, ...opts.verifierConfig }, vdeps());
+  const verifier = opts.verifier ?? createSevVerifier({ arkSha256: opts.chain.arkPins, ...opts.verifierConfig }, vdeps());
   const agent = createSevAgent({ configfsRoot: opts.fs.root, transport: 'configfs', ...opts.agentConfig }, adeps(), {
     fs: opts.fs,
     ...(opts.source ? { source: opts.source } : {}),
@@ -221,6 +223,9 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
   let base = '';
   const requests: string[] = [];
   let failWith = 0;
+  /** Extra KDS answers by path+query (e.g. a VCEK that does not chain to the pinned ARK). */
+  const extra = new Map<string, Buffer>();
+  const pathOf = (url: string): string => new URL(url).pathname + new URL(url).search;
 
   beforeAll(async () => {
     server = createServer((req, res) => {
@@ -228,6 +233,11 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
       if (failWith) {
         res.statusCode = failWith;
         res.end();
+        return;
+      }
+      const more = extra.get(req.url ?? '');
+      if (more) {
+        res.end(more);
         return;
       }
       for (const c of [milan, turin]) {
@@ -310,5 +320,125 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
     // The agent sent only the VCEK; the chain comes from the directory.
     const r2 = await round({ chain: turin, fs: guest(turin, { aux: auxFor(turin, ['endorsement']), report: { version: 2 } }), verifierConfig: { collateralDir: dir } });
     expect(r2.result.selectors).toContain('sev_snp:product:turin');
+  });
+  describe('a report that fails a check not needing the VCEK never reaches KDS', () => {
+    const dir = (): string => join(tmp, 'kds-precheck');
+    const cfg = () => ({ collateralDir: dir(), kds: { enabled: true, baseUrl: base } });
+    const turinTail = Buffer.from(turin.chipId);
+    turinTail[20] = 1;
+    const turinForm = Buffer.concat([randomBytes(8), Buffer.alloc(56)]);
+    const cases: [string, () => Parameters<typeof round>[0], string][] = [
+      ['report bound to another session', () => ({ chain: milan, fs: guest(milan, { aux: null }), verifierConfig: cfg(), finishSession: newSession() }), 'sev.report_data_mismatch'],
+      ['debug policy', () => ({ chain: milan, fs: guest(milan, { aux: null, report: { policy: 0x30000n | (1n << 19n) } }), verifierConfig: cfg() }), 'sev.debug_not_allowed'],
+      ['VMPL not allowed', () => ({ chain: milan, fs: guest(milan, { aux: null }), agentConfig: { privlevel: 2 }, verifierConfig: cfg() }), 'sev.vmpl_not_allowed'],
+      ['measurement not allowed', () => ({ chain: milan, fs: guest(milan, { aux: null }), verifierConfig: { ...cfg(), measurements: ['cd'.repeat(48)] } }), 'sev.measurement_not_allowed'],
+      ['TCB below the minimum', () => ({ chain: milan, fs: guest(milan, { aux: null }), verifierConfig: { ...cfg(), minTcb: { microcode: 0x74 } } }), 'sev.tcb_too_low'],
+      ['guest SVN below the minimum', () => ({ chain: milan, fs: guest(milan, { aux: null }), verifierConfig: { ...cfg(), minGuestSvn: 1 } }), 'sev.guest_svn_too_low'],
+      ['product line not allowed', () => ({ chain: milan, fs: guest(milan, { aux: null }), verifierConfig: { ...cfg(), products: ['genoa'] } }), 'sev.product_not_allowed'],
+      [
+        'reserved byte of REPORTED_TCB set',
+        () => ({ chain: milan, fs: guest(milan, { aux: null, report: { tamper: (b) => (b[0x183] = 1) } }), verifierConfig: cfg() }),
+        'sev.report_reserved_nonzero',
+      ],
+      ['Turin CHIP_ID with a non-zero tail', () => ({ chain: turin, fs: guest(turin, { aux: null, report: { chipId: turinTail } }), verifierConfig: cfg() }), 'sev.chip_id_invalid'],
+      ['Milan CHIP_ID in the 8-byte Turin form', () => ({ chain: milan, fs: guest(milan, { aux: null, report: { chipId: turinForm } }), verifierConfig: cfg() }), 'sev.chip_id_invalid'],
+      [
+        'v2 report (no CPUID) whose CHIP_ID fits none of the allowed lines',
+        () => ({ chain: milan, fs: guest(milan, { aux: null, report: { version: 2, chipId: turinForm } }), verifierConfig: { ...cfg(), products: ['milan', 'genoa'] } }),
+        'sev.chip_id_invalid',
+      ],
+      ['unsupported report version', () => ({ chain: milan, fs: guest(milan, { aux: null, report: { version: 4 } }), verifierConfig: cfg() }), 'sev.report_version_unsupported'],
+      ['reserved policy bit', () => ({ chain: milan, fs: guest(milan, { aux: null, report: { policy: 0x10000n } }), verifierConfig: cfg() }), 'sev.policy_invalid'],
+    ];
+    for (const [name, opts, code] of cases) {
+      it(`${name} → ${code}, no KDS request`, async () => {
+        requests.length = 0;
+        expect(await codeOfAsync(() => round(opts()))).toBe(code);
+        expect(requests).toEqual([]);
+        expect(existsSync(dir())).toBe(false);
+      });
+    }
+    it('control: the same report without a fault does reach KDS (VCEK, then the chain)', async () => {
+      requests.length = 0;
+      expect(await codeOfAsync(() => round({ chain: milan, fs: guest(milan, { aux: null }), verifierConfig: cfg() }))).toBe('no error');
+      expect(requests.length).toBe(2);
+    });
+  });
+
+  it('a v2 report (no CPUID) asks KDS only for the product lines its CHIP_ID fits', async () => {
+    requests.length = 0;
+    const r = await round({ chain: turin, fs: guest(turin, { aux: null, report: { version: 2 } }), verifierConfig: { kds: { enabled: true, baseUrl: base } } });
+    expect(r.result.selectors).toContain('sev_snp:product:turin');
+    expect(requests.length).toBe(2);
+    for (const u of requests) expect(u.startsWith('/vcek/v1/Turin/')).toBe(true);
+  });
+
+  it('a fetched VCEK that does not chain to the pinned ARK is not cached', async () => {
+    const dir = join(tmp, 'kds-rogue');
+    const rogue = makeSnpTestChain('milan', { keyTag: 'rogue-kds' });
+    extra.set(pathOf(kdsVcekUrl('http://x', 'milan', rogue.chipId, rogue.reportedTcb)), rogue.endorsement);
+    try {
+      requests.length = 0;
+      const cfg = { arkSha256: milan.arkPins, collateralDir: dir, kds: { enabled: true, baseUrl: base } };
+      expect(await codeOfAsync(() => round({ chain: rogue, fs: guest(rogue, { aux: null }), verifierConfig: cfg }))).toBe('sev.cert_signature_invalid');
+      expect(requests.length).toBe(2);
+      expect(existsSync(vcekFileName(dir, 'milan', rogue.chipId, rogue.reportedTcb))).toBe(false);
+      expect(existsSync(chainFileName(dir, 'milan', 'vcek'))).toBe(false);
+    } finally {
+      extra.clear();
+    }
+  });
+
+  it('a fetched VCEK that verifies against ASK/ARK is cached even if the report signature then fails', async () => {
+    const dir = join(tmp, 'kds-badsig');
+    const cfg = { collateralDir: dir, kds: { enabled: true, baseUrl: base } };
+    const other = generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey;
+    requests.length = 0;
+    expect(await codeOfAsync(() => round({ chain: milan, fs: guest(milan, { aux: null, report: { signWith: other } }), verifierConfig: cfg }))).toBe('sev.signature_invalid');
+    expect(requests.length).toBe(2);
+    expect(existsSync(vcekFileName(dir, 'milan', milan.chipId, milan.reportedTcb))).toBe(true);
+    expect(existsSync(chainFileName(dir, 'milan', 'vcek'))).toBe(true);
+    // The cached VCEK serves the next (genuine) report without KDS.
+    failWith = 500;
+    try {
+      requests.length = 0;
+      expect(await codeOfAsync(() => round({ chain: milan, fs: guest(milan, { aux: null }), verifierConfig: cfg }))).toBe('no error');
+      expect(requests).toEqual([]);
+    } finally {
+      failWith = 0;
+    }
+  });
+
+  it('KDS requests are rate-limited per verifier (kds.maxRequestsPerMinute)', async () => {
+    const verifier = createSevVerifier({ arkSha256: milan.arkPins, kds: { enabled: true, baseUrl: base, maxRequestsPerMinute: 2 } }, vdeps());
+    requests.length = 0;
+    // Unknown chips (forged reports that pass every pre-check): each costs one KDS request until the bucket is empty.
+    const codes: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const unknown = makeSnpTestChain('milan');
+      codes.push(await codeOfAsync(() => round({ chain: unknown, fs: guest(unknown, { aux: null }), verifier })));
+    }
+    expect(codes).toEqual(['sev.vcek_missing', 'sev.vcek_missing', 'sev.kds_rate_limited']);
+    expect(requests.length).toBe(2);
+    expect(await codeOfAsync(async () => createSevVerifier({ kds: { enabled: true, maxRequestsPerMinute: 0 } }, vdeps()))).toBe('sev.config_invalid');
+  });
+
+  it('a KDS 404 is remembered: the same unknown chip does not cause a second request', async () => {
+    const verifier = createSevVerifier({ arkSha256: milan.arkPins, kds: { enabled: true, baseUrl: base } }, vdeps());
+    const unknown = makeSnpTestChain('milan');
+    requests.length = 0;
+    expect(await codeOfAsync(() => round({ chain: unknown, fs: guest(unknown, { aux: null }), verifier }))).toBe('sev.vcek_missing');
+    expect(await codeOfAsync(() => round({ chain: unknown, fs: guest(unknown, { aux: null }), verifier }))).toBe('sev.vcek_missing');
+    expect(requests.length).toBe(1);
+  });
+
+  it('without a collateral directory, verified KDS certificates are kept in memory', async () => {
+    const verifier = createSevVerifier({ arkSha256: turin.arkPins, kds: { enabled: true, baseUrl: base } }, vdeps());
+    requests.length = 0;
+    expect(await codeOfAsync(() => round({ chain: turin, fs: guest(turin, { aux: null }), verifier }))).toBe('no error');
+    expect(requests.length).toBe(2);
+    requests.length = 0;
+    expect(await codeOfAsync(() => round({ chain: turin, fs: guest(turin, { aux: null }), verifier }))).toBe('no error');
+    expect(requests).toEqual([]);
   });
 });
