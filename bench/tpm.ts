@@ -31,6 +31,12 @@ class MemoryState implements PluginStateStore {
   async put(k: string, v: unknown): Promise<void> {
     this.m.set(k, v);
   }
+  async compareAndSet(k: string, expected: unknown, next: unknown): Promise<boolean> {
+    const cur = this.m.get(k);
+    if (expected === undefined ? cur !== undefined : cur === undefined || JSON.stringify(cur) !== JSON.stringify(expected)) return false;
+    this.m.set(k, next);
+    return true;
+  }
 }
 
 function rate(label: string, n: number, ns: bigint): number {

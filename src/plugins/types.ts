@@ -40,12 +40,9 @@ export interface PluginStateStore {
    * store `next` and resolve true; otherwise change nothing and resolve false. Atomic across
    * every verifier sharing the datastore, so a plugin can check a value in `finish` and write
    * its successor in `commit` without a concurrent session slipping in between (pass exactly
-   * what `get` returned as `expected`).
-   *
-   * The verifier always provides it. It is optional in this type only so that hosts written
-   * before it still compile; a plugin that relies on it must refuse to work without it.
+   * what `get` returned as `expected`). Every host must provide it; a plugin may rely on it.
    */
-  compareAndSet?(key: string, expected: unknown | undefined, next: unknown): Promise<boolean>;
+  compareAndSet(key: string, expected: unknown | undefined, next: unknown): Promise<boolean>;
 }
 
 export interface VerifierPluginDeps {

@@ -198,8 +198,9 @@ export interface SnpPrecheck {
  * runs this before fetching. These checks only make the fetch cost a report that is well formed,
  * bound to this session and acceptable to the policy; anyone can still forge such a report with a
  * made-up CHIP_ID/TCB, so fetches must also be rate-limited (SnpCollateralSource) and anything
- * fetched trusted only after it verifies against the pinned ARK. verifySnpEvidence repeats these
- * checks (CHIP_ID through the stronger check that it equals the VCEK hwID).
+ * fetched trusted only after it verifies against the pinned ARK. verifySnpEvidence runs this first
+ * too (so the pure path, e.g. the CLI, applies the same checks) and then, with the certificate,
+ * the stronger check that CHIP_ID equals the VCEK hwID.
  */
 export function precheckSnpReport(report: SnpReport, opts: SnpPrecheckOptions): SnpPrecheck {
   const product = productFromReport(report);
@@ -230,13 +231,18 @@ function tcbClaim(tcb: Buffer, product: SnpProduct): Record<string, unknown> {
 }
 
 /**
- * Verify an SEV-SNP attestation report end to end: structure, product line, certificate chain
- * to the pinned ARK (at `now`), VCEK/VLEK binding to the report (signing key kind, CHIP_ID,
- * REPORTED_TCB), the report signature, the policy options and, when given, REPORT_DATA.
+ * Verify an SEV-SNP attestation report end to end: structure, every precheckSnpReport check
+ * (REPORT_DATA when given, reserved TCB bytes, CHIP_ID shape, policy), certificate chain to the
+ * pinned ARK (at `now`), VCEK/VLEK binding to the report (signing key kind, CHIP_ID,
+ * REPORTED_TCB) and the report signature.
  */
 export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions): SnpVerification {
   if (!(opts.now instanceof Date) || Number.isNaN(opts.now.getTime())) throw new SigilError('sev.time_invalid', 'verification time is not a valid date');
   const report = parseSnpReport(evidence.report);
+  // The same checks, in the same order, as the sev_snp plugin runs before it looks for collateral,
+  // so the CLI and the plugin refuse a report for the same reason (REPORT_DATA, reserved TCB bytes,
+  // CHIP_ID shape, policy).
+  const pre = precheckSnpReport(report, opts);
   const reportProduct = productFromReport(report);
   if (!evidence.endorsementCert) {
     fail('sev.vcek_missing', `no ${report.signingKey.toUpperCase()} certificate: supply it (agent certificate table, --vcek, collateral dir or KDS)`);
@@ -247,6 +253,10 @@ export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions)
     pins: resolveArkPins(opts.arkSha256),
   });
   const product = end.product;
+  // A report without CPUID was checked for every allowed product line it could be from; the
+  // certificate has now named the line. If that line did not pass, re-run the checks for it alone so
+  // the error says why (an allowed-products failure is left to checkPolicy below).
+  if (!pre.candidates.includes(product)) precheckSnpReport(report, { ...opts, products: [product] });
   checkEndorsementMatchesReport(report, end);
 
   let sigOk = false;
@@ -257,8 +267,8 @@ export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions)
   }
   if (!sigOk) fail('sev.signature_invalid', `report signature does not verify under the ${end.kind.toUpperCase()}`);
 
-  checkReportData(report, opts.expectedReportData);
-
+  // REPORT_DATA was checked by precheckSnpReport; the policy too, for each candidate line. Checked
+  // again here for the certificate's line, which also refuses a line outside `products`.
   const tcb = decodeTcb(report.reportedTcb, product);
   checkPolicy(report, product, tcb, opts);
 

@@ -465,15 +465,20 @@ export class PostgresStore implements DataStore {
     return Number(r.rows[0]?.n ?? 0);
   }
 
-  async upsertAgent(a: AgentRecord): Promise<void> {
-    await this.q(
+  async upsertAgent(a: AgentRecord): Promise<boolean> {
+    // One statement: on a conflict PostgreSQL locks the existing row and evaluates the DO UPDATE
+    // WHERE against its latest committed version (READ COMMITTED), so a ban committed concurrently
+    // is seen and nothing is written (rowCount 0); a concurrent insert of the same id is a conflict too.
+    const r = await this.q(
       'upsertAgent',
-      `INSERT INTO ${this.s}.agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned)
+      `INSERT INTO ${this.s}.agents AS cur (id, attestors, selectors, serial, svid_expires_at, attested_at, banned)
        VALUES ($1, $2::jsonb, $3::jsonb, $4, $5::timestamptz, $6::timestamptz, $7)
        ON CONFLICT (id) DO UPDATE SET attestors = EXCLUDED.attestors, selectors = EXCLUDED.selectors, serial = EXCLUDED.serial,
-         svid_expires_at = EXCLUDED.svid_expires_at, attested_at = EXCLUDED.attested_at, banned = EXCLUDED.banned`,
+         svid_expires_at = EXCLUDED.svid_expires_at, attested_at = EXCLUDED.attested_at, banned = EXCLUDED.banned
+       WHERE NOT cur.banned`,
       [a.id, JSON.stringify(a.attestors), JSON.stringify(a.selectors), a.serial, a.svidExpiresAt, a.attestedAt, a.banned],
     );
+    return (r.rowCount ?? 0) > 0;
   }
 
   async getAgent(id: string): Promise<AgentRecord | undefined> {

@@ -159,7 +159,8 @@ export class SqliteStore implements DataStore {
         `INSERT INTO agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned)
          VALUES (@id, @attestors, @selectors, @serial, @svid_expires_at, @attested_at, @banned)
          ON CONFLICT(id) DO UPDATE SET attestors = excluded.attestors, selectors = excluded.selectors, serial = excluded.serial,
-           svid_expires_at = excluded.svid_expires_at, attested_at = excluded.attested_at, banned = excluded.banned`,
+           svid_expires_at = excluded.svid_expires_at, attested_at = excluded.attested_at, banned = excluded.banned
+         WHERE agents.banned = 0`,
       ),
       getAgent: db.prepare('SELECT * FROM agents WHERE id = ?'),
       listAgents: db.prepare('SELECT * FROM agents ORDER BY id'),
@@ -297,8 +298,10 @@ export class SqliteStore implements DataStore {
     return (this.stmt.countEntries!.get() as { n: number }).n;
   }
 
-  async upsertAgent(a: AgentRecord): Promise<void> {
-    this.stmt.upsertAgent!.run({
+  async upsertAgent(a: AgentRecord): Promise<boolean> {
+    // One statement: SQLite runs it under its write lock, so a ban committed by another connection
+    // is either seen by the WHERE (nothing written) or lands after this write (and then stands).
+    const r = this.stmt.upsertAgent!.run({
       id: a.id,
       attestors: JSON.stringify(a.attestors),
       selectors: JSON.stringify(a.selectors),
@@ -307,6 +310,7 @@ export class SqliteStore implements DataStore {
       attested_at: a.attestedAt,
       banned: a.banned ? 1 : 0,
     });
+    return r.changes > 0;
   }
 
   async getAgent(id: string): Promise<AgentRecord | undefined> {

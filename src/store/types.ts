@@ -111,7 +111,14 @@ export interface DataStore {
   entriesRevision(): Promise<number>;
   countEntries(): Promise<number>;
 
-  upsertAgent(a: AgentRecord): Promise<void>;
+  /**
+   * Create or replace the agent record (node attestation), in one conditional write that never
+   * touches a banned record: if a record with this id exists and is banned, nothing is written and
+   * it resolves false — so a ban that lands between the caller's ban check and this write stands
+   * (the caller must then refuse, as for a ban it saw). Otherwise it writes `a` and resolves true.
+   * It therefore never clears `banned`; only an operator removing the record lifts a ban.
+   */
+  upsertAgent(a: AgentRecord): Promise<boolean>;
   getAgent(id: string): Promise<AgentRecord | undefined>;
   listAgents(): Promise<AgentRecord[]>;
   /** Remove the agent record (its SVID stops being accepted). With ban, keep the record as banned. */

@@ -304,11 +304,9 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const pending = pendingCounters.get(state as object);
     if (!pending) throw new SigilError('tpm.bad_state', 'tpm: commit without a successful finish for this session', { status: 500 });
     pendingCounters.delete(state as object);
-    const store = this.deps.state;
-    if (typeof store.compareAndSet !== 'function') throw noCompareAndSet();
     let stored: boolean;
     try {
-      stored = await store.compareAndSet(pending.key, pending.expected, pending.next);
+      stored = await this.deps.state.compareAndSet(pending.key, pending.expected, pending.next);
     } catch (e) {
       throw new SigilError('tpm.state_unavailable', `tpm: storing the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
     }
@@ -324,14 +322,6 @@ export class TpmVerifier implements NodeAttestorVerifier {
   }
 }
 
-function noCompareAndSet(): SigilError {
-  return new SigilError(
-    'tpm.state_unavailable',
-    "tpm: the verifier's plugin state store has no compareAndSet, which the tpm attestor needs to store its counters atomically",
-    { status: 500 },
-  );
-}
-
 /** Counter state checked in finish() (`expected`: the value read), written in commit(); keyed by the session's state object. */
 const pendingCounters = new WeakMap<object, { key: string; expected: unknown; next: unknown }>();
 
@@ -340,7 +330,6 @@ export const tpmVerifierPlugin: NodeAttestorVerifierPlugin = {
   configSchema: tpmVerifierConfigSchema,
   async create(config: unknown, deps: VerifierPluginDeps): Promise<NodeAttestorVerifier> {
     const c = parseVerifierConfig(config);
-    if (typeof deps.state.compareAndSet !== 'function') throw noCompareAndSet();
     const ders = await loadEkCaFiles(c.ekCa, deps.configDir);
     let trust: EkTrustStore;
     try {

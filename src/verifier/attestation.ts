@@ -152,7 +152,7 @@ export class AttestationService {
     const agentId = factorIds[0] as string;
     for (const id of factorIds) {
       const existing = await this.o.store.getAgent(id);
-      if (existing?.banned) throw new SigilError('attest.agent_banned', `agent ${id} is banned; an operator must remove the ban first`, { status: 403 });
+      if (existing?.banned) throw banned(id);
     }
     // Every factor passed: now make their side effects durable (each once; a failure here still fails the session).
     for (const n of s.attestors) {
@@ -168,7 +168,10 @@ export class AttestationService {
     const selectors = [...new Set([...results.values()].flatMap((r) => r.selectors))].sort();
     const { chain, notAfter } = this.o.ca.signX509Svid(s.csrSpki, agentId, this.o.agentSvidTtlSeconds);
     const serial = new X509Certificate(chain[0] as Buffer).serialNumber;
-    await this.o.store.upsertAgent({
+    // A ban (`agent evict --ban`) can land after the check above, e.g. while the factors commit:
+    // the write is conditional and never touches a banned record, so that ban stands and the
+    // session fails as if the check had seen it (the signed SVID is never handed out).
+    const written = await this.o.store.upsertAgent({
       id: agentId,
       attestors: s.attestors,
       selectors,
@@ -177,6 +180,14 @@ export class AttestationService {
       attestedAt: now.toISOString(),
       banned: false,
     });
+    if (!written) throw banned(agentId);
+    // The other factors' IDs get no record here, so look at them again: a ban on one of them that
+    // committed before this point fails the session too (one after it is a ban of a node that had
+    // already attested, like any later ban). The record just written then names an SVID that is
+    // never handed out, so the node's previous SVID stops working as well.
+    for (const id of factorIds) {
+      if (id !== agentId && (await this.o.store.getAgent(id))?.banned) throw banned(id);
+    }
     this.o.metrics.svids.inc({ type: 'node' });
     const submods: AttestationResult['submods'] = {};
     let status: AttestationResult['status'] = 'affirming';
@@ -194,6 +205,10 @@ export class AttestationService {
     };
   }
 
+}
+
+function banned(agentId: string): SigilError {
+  return new SigilError('attest.agent_banned', `agent ${agentId} is banned; an operator must remove the ban first`, { status: 403 });
 }
 
 function prefixed(e: unknown, attestor: string): SigilError {

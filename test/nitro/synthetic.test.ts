@@ -19,6 +19,7 @@ import type { NodeAttestorAgent, NodeAttestorVerifier, SessionInput, VerifierPlu
 import { NitroCertCache } from '../../src/nitro/certs.js';
 import { makeNitroAgentPlugin, nitroVerifierPlugin, type NsmTransport } from '../../src/nitro/plugin.js';
 import { verifyNitroDocument } from '../../src/nitro/verify.js';
+import { MemoryState } from '../tpm/memory-state.js';
 import { debugPcrs, defaultPcrs, fakeNsm, makeCa, makeDocument, makeLeaf, makePki, MODULE_ID, type DocFields, type Leaf, type TestPki } from './fixtures.js';
 
 const T0 = Date.UTC(2025, 5, 1, 12, 0, 0);
@@ -37,12 +38,12 @@ beforeAll(async () => {
 });
 
 function deps(): VerifierPluginDeps {
-  const store = new Map<string, unknown>();
   return {
     trustDomain: 'example.org',
     logger: pino({ level: 'silent' }),
     now: () => new Date(T0),
-    state: { get: async (k) => store.get(k), put: async (k, v) => void store.set(k, v) },
+    // The full plugin state contract (get/put/compareAndSet on JSON text, as the datastores do).
+    state: new MemoryState(),
     configDir: dir,
   };
 }

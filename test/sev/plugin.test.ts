@@ -20,6 +20,7 @@ import { chainFileName, kdsVcekUrl, vcekFileName } from '../../src/sev/collatera
 import { createSevAgent, createSevVerifier, sevAgentPlugin, sevVerifierPlugin } from '../../src/sev/plugin.js';
 import type { SnpReportSource } from '../../src/sev/attester.js';
 import { type SnpTestChain, makeSnpReport, makeSnpTestChain } from '../support/sev-synthetic.js';
+import { MemoryState } from '../tpm/memory-state.js';
 import { FakeTsm } from './fake-tsm.js';
 import { codeOfAsync } from './helpers.js';
 
@@ -37,7 +38,8 @@ const vdeps = (): VerifierPluginDeps => ({
   trustDomain: 'example.org',
   logger,
   now: () => NOW,
-  state: { get: async () => undefined, put: async () => undefined },
+  // The full plugin state contract (get/put/compareAndSet on JSON text, as the datastores do).
+  state: new MemoryState(),
   configDir: tmp,
 });
 const adeps = (): AgentPluginDeps => ({ trustDomain: 'example.org', logger, dataDir: tmp, configDir: tmp, now: () => NOW });

@@ -3,11 +3,11 @@
  * collateral lookup. Real reports must pass it with the product lines they can be from; synthetic
  * reports exercise each rule.
  */
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { parseSnpReport } from '../../src/sev/report.js';
-import { precheckSnpReport } from '../../src/sev/verify.js';
-import { makeSnpReport, makeSnpTestChain } from '../support/sev-synthetic.js';
+import { type SnpVerifyOptions, precheckSnpReport, verifySnpEvidence } from '../../src/sev/verify.js';
+import { type SnpTestChain, makeSnpReport, makeSnpTestChain } from '../support/sev-synthetic.js';
 import { requireTestdata } from '../support/testdata.js';
 import { codeOf, sevFile } from './helpers.js';
 
@@ -62,5 +62,60 @@ describe('pre-check rules on synthetic reports', () => {
   it('minimum TCB uses the product layout (FMC only on Turin)', () => {
     expect(codeOf(() => pre(makeSnpReport({ chain: turin }), { minTcb: { fmc: 2 } }))).toBe('sev.tcb_too_low');
     expect(codeOf(() => pre(makeSnpReport({ chain: milan }), { minTcb: { fmc: 2 } }))).toBe('no error');
+  });
+});
+
+describe('verifySnpEvidence (the pure path the CLI uses) runs the same pre-checks', () => {
+  const NOW = new Date('2026-01-01T00:00:00Z');
+  const verify = (chain: SnpTestChain, report: Buffer, opts: Partial<SnpVerifyOptions> = {}) =>
+    codeOf(() => verifySnpEvidence({ report, endorsementCert: chain.endorsement, chain: chain.chainDer }, { now: NOW, arkSha256: chain.arkPins, ...opts }));
+  const pre = (report: Buffer, opts: Parameters<typeof precheckSnpReport>[1] = {}) => codeOf(() => precheckSnpReport(parseSnpReport(report), opts));
+
+  it('a Milan/Genoa VCEK report whose CHIP_ID has the 8-byte Turin form is refused (sev.chip_id_invalid), even with a VCEK naming that ID', () => {
+    const turinForm = Buffer.concat([randomBytes(8), Buffer.alloc(56)]);
+    for (const product of ['milan', 'genoa'] as const) {
+      // The VCEK's hwID equals the report's CHIP_ID, so only the shape rule can catch it.
+      const chain = makeSnpTestChain(product, { chipId: turinForm });
+      for (const version of [2, 5]) {
+        const report = makeSnpReport({ chain, version });
+        expect(pre(report)).toBe('sev.chip_id_invalid');
+        expect(verify(chain, report)).toBe('sev.chip_id_invalid');
+      }
+    }
+    // The same chain and report with a genuine 64-byte ID verify.
+    const ok = makeSnpTestChain('milan');
+    expect(verify(ok, makeSnpReport({ chain: ok }))).toBe('no error');
+  });
+
+  it('fails for the same reason as the plugin\'s pre-check, before the certificate or signature is looked at', () => {
+    const chain = makeSnpTestChain('genoa');
+    const rd = randomBytes(64);
+    const wrongRd = Buffer.from(rd);
+    wrongRd[5] = wrongRd[5]! ^ 0x80;
+    const forged = makeSnpReport({ chain, reportData: rd, signWith: generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey });
+    expect(verify(chain, forged, { expectedReportData: rd })).toBe('sev.signature_invalid');
+    expect(pre(forged, { expectedReportData: wrongRd })).toBe('sev.report_data_mismatch');
+    expect(verify(chain, forged, { expectedReportData: wrongRd })).toBe('sev.report_data_mismatch');
+    const debug = makeSnpReport({ chain, policy: 0x30000n | (1n << 19n), signWith: generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey });
+    expect(pre(debug)).toBe('sev.debug_not_allowed');
+    expect(verify(chain, debug)).toBe('sev.debug_not_allowed');
+    // No certificate at all: the report is still pre-checked first, as the plugin does before any lookup.
+    expect(codeOf(() => verifySnpEvidence({ report: debug }, { now: NOW, arkSha256: chain.arkPins }))).toBe('sev.debug_not_allowed');
+    expect(codeOf(() => verifySnpEvidence({ report: makeSnpReport({ chain }) }, { now: NOW, arkSha256: chain.arkPins }))).toBe('sev.vcek_missing');
+  });
+
+  it('a v2 report (no CPUID) that passes only as another product line than its certificate\'s is refused with that line\'s reason', () => {
+    // A Turin VCEK; the report's CHIP_ID starts with its 8-byte hwID but has a non-zero tail, and its
+    // TCB reads validly as Milan/Genoa (TEE and SNP SPL 0). Pre-checked, it could be Milan or Genoa.
+    const chain = makeSnpTestChain('turin', { tcb: { tee: 0, snp: 0 } });
+    const chipId = Buffer.from(chain.chipId);
+    chipId[63] = 1;
+    const report = makeSnpReport({ chain, version: 2, chipId });
+    expect(precheckSnpReport(parseSnpReport(report), {})).toEqual({ candidates: ['milan', 'genoa'] });
+    // The certificate says Turin, and as Turin the CHIP_ID has the wrong shape.
+    expect(verify(chain, report)).toBe('sev.chip_id_invalid');
+    // A line outside `products` is refused as before.
+    const milan = makeSnpTestChain('milan');
+    expect(verify(milan, makeSnpReport({ chain: milan, version: 2 }), { products: ['genoa'] })).toBe('sev.product_not_allowed');
   });
 });

@@ -208,9 +208,14 @@ describe('binding of the VCEK/VLEK to the report', () => {
   });
   it('CHIP_ID of another chip → sev.chip_id_mismatch (Milan 64 bytes, Turin 8 bytes + zero tail)', () => {
     expect(codeFor(milan, makeSnpReport({ chain: milan, chipId: randomBytes(64) }))).toBe('sev.chip_id_mismatch');
+    const other = Buffer.from(turin.chipId);
+    other[3] = other[3]! ^ 1;
+    expect(codeFor(turin, makeSnpReport({ chain: turin, chipId: other }))).toBe('sev.chip_id_mismatch');
+    // A Turin CHIP_ID with a non-zero tail is not a Turin hardware ID at all: refused by the shape
+    // check (precheckSnpReport) before the certificate is looked at, as the plugin does.
     const tail = Buffer.from(turin.chipId);
     tail[40] = 1;
-    expect(codeFor(turin, makeSnpReport({ chain: turin, chipId: tail }))).toBe('sev.chip_id_mismatch');
+    expect(codeFor(turin, makeSnpReport({ chain: turin, chipId: tail }))).toBe('sev.chip_id_invalid');
   });
   it('REPORTED_TCB different from the certificate → sev.tcb_mismatch', () => {
     const tcb = Buffer.from(milan.reportedTcb);

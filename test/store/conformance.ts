@@ -264,9 +264,62 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         expect(await s.evictAgent(`${TD}/spire/agent/none`, true)).toBe(false);
         expect(await s.getAgent(`${TD}/spire/agent/none`)).toBeUndefined();
         expect((await s.listAgents()).map((x) => x.id)).toEqual([b.id]);
-        // A banned agent that re-attests is written back as whatever the caller says.
-        await s.upsertAgent({ ...b, banned: true, serial: '99' });
-        expect((await s.getAgent(b.id))?.serial).toBe('99');
+        // A banned record is never overwritten, whatever the caller passes (even banned: true).
+        expect(await s.upsertAgent({ ...b, banned: true, serial: '99' })).toBe(false);
+        expect(await s.getAgent(b.id)).toEqual({ ...b, banned: true, serial: '' });
+      });
+
+      it('upsertAgent reports that it wrote a new or unbanned record, and never clears or overwrites a ban', async () => {
+        const s = await fresh();
+        const a = agent(`${TD}/spire/agent/a`, { serial: 'ee01' });
+        expect(await s.upsertAgent(a)).toBe(true);
+        const a2 = { ...a, serial: 'ee02', attestedAt: '2030-01-01T00:30:00.000Z' };
+        expect(await s.upsertAgent(a2)).toBe(true);
+        expect(await s.getAgent(a.id)).toEqual(a2);
+        expect(await s.evictAgent(a.id, true)).toBe(true);
+        const bannedA = { ...a2, banned: true, serial: '' };
+        for (const attempt of [{ ...a, serial: 'ee03' }, { ...a, serial: 'ee04', banned: true }, { ...a, serial: '' }]) {
+          expect(await s.upsertAgent(attempt)).toBe(false);
+          expect(await s.getAgent(a.id)).toEqual(bannedA);
+        }
+        // Only the ban's own row is affected: another agent is still written.
+        const b = agent(`${TD}/spire/agent/b`);
+        expect(await s.upsertAgent(b)).toBe(true);
+        expect(await s.listAgents()).toEqual([bannedA, b]);
+        // An eviction without ban removes the record; attesting again re-creates it.
+        expect(await s.evictAgent(b.id, false)).toBe(true);
+        expect(await s.upsertAgent({ ...b, serial: 'ff01' })).toBe(true);
+        expect(await s.getAgent(b.id)).toEqual({ ...b, serial: 'ff01' });
+      });
+
+      it('a ban that lands between attestation\'s ban check and its write stands', async () => {
+        const s = await fresh();
+        const a = agent(`${TD}/spire/agent/a`, { serial: 'ab01' });
+        expect(await s.upsertAgent(a)).toBe(true);
+        // Attestation reads the record: not banned, so it goes on (commits factors, signs an SVID)...
+        expect((await s.getAgent(a.id))?.banned).toBe(false);
+        // ...an operator runs `agent evict --ban` meanwhile...
+        expect(await s.evictAgent(a.id, true)).toBe(true);
+        // ...and attestation's write, which says banned: false, is refused: the ban is not undone.
+        expect(await s.upsertAgent({ ...a, serial: 'ab02', attestedAt: '2030-01-01T00:05:00.000Z', banned: false })).toBe(false);
+        expect(await s.getAgent(a.id)).toEqual({ ...a, banned: true, serial: '' });
+        // Nor by a renewal with the serial attestation would have issued.
+        expect(await s.renewAgentSvid(a.id, 'ab02', 'ab03', '2030-01-01T02:00:00.000Z')).toBe(false);
+        expect(await s.getAgent(a.id)).toEqual({ ...a, banned: true, serial: '' });
+      });
+
+      it('a ban racing concurrent attestation writes always stands', async () => {
+        const s = await fresh();
+        for (let round = 0; round < 5; round++) {
+          const a = agent(`${TD}/spire/agent/race-${round}`, { serial: 'c000' });
+          expect(await s.upsertAgent(a)).toBe(true);
+          const writes = Array.from({ length: 8 }, (_, i) => ({ ...a, serial: `c${String(i + 1).padStart(3, '0')}` }));
+          const [banResult] = await Promise.all([s.evictAgent(a.id, true), ...writes.map((w) => s.upsertAgent(w))]);
+          expect(banResult).toBe(true);
+          expect(await s.getAgent(a.id)).toEqual({ ...a, banned: true, serial: '' });
+          // Once banned, every further write is refused.
+          expect(await s.upsertAgent(writes[0]!)).toBe(false);
+        }
       });
 
       it('renewAgentSvid updates serial and expiry only while the agent holds the expected serial, unbanned', async () => {

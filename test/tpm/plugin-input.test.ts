@@ -263,16 +263,6 @@ describe('counter state: check in finish, compare-and-set in commit', () => {
     expect(await code(finishAndCommit(fv, respond(bc.challenge, sc, 250n), bc.state, sc))).toBe('ok');
     expect(state.m.get(key)).toEqual({ resetCount: 1, restartCount: 0, clock: '250' });
   });
-
-  it('refuses to start on a plugin state store without compareAndSet', async () => {
-    const plain = { get: async (): Promise<unknown> => undefined, put: async (): Promise<void> => undefined };
-    const e = await Promise.resolve()
-      .then(() => tpmVerifierPlugin.create({ ekCa: ['roots.pem'] }, { trustDomain: 'example.org', logger, now: () => new Date(), state: plain, configDir: dir }))
-      .catch((x: unknown) => x);
-    expect(e).toBeInstanceOf(SigilError);
-    expect((e as SigilError).code).toBe('tpm.state_unavailable');
-    expect((e as SigilError).message).toMatch(/compareAndSet/);
-  });
 });
 
 describe('agent half', () => {

@@ -11,6 +11,7 @@ import { generateKey, spkiDer } from '../../src/spiffe/keys.js';
 import { certsToPem } from '../../src/spiffe/x509svid.js';
 import { verifierConfigFrom } from '../../src/verifier/config.js';
 import { httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
+import { MemoryState } from '../tpm/memory-state.js';
 
 const fixtures = resolve(__dirname, '../fixtures/plugins');
 let tv: TestVerifier;
@@ -86,7 +87,7 @@ describe('multi-factor attestation and third-party plugins', () => {
 });
 
 describe('plugin loader', () => {
-  const deps = () => ({ trustDomain: 'example.org', logger: pino({ level: 'silent' }), now: () => new Date(), configDir: fixtures, state: { get: async () => undefined, put: async () => undefined } });
+  const deps = () => ({ trustDomain: 'example.org', logger: pino({ level: 'silent' }), now: () => new Date(), configDir: fixtures, state: new MemoryState() });
   it('names the plugin and the key when a config is wrong', async () => {
     await expect(loadNodeAttestorVerifiers({ fake_factor: { selectors: 'nope' } }, deps, { fake_factor: './fake-factor.mjs' }, fixtures)).rejects.toThrow(
       /plugin "fake_factor" config .*\/selectors must be array/,
