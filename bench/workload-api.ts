@@ -1,6 +1,6 @@
 /**
  * Workload API benchmark: FetchX509SVID and FetchJWTSVID latency with 1,000 cached SVIDs in the
- * identity source (the caller matches 3) and 200 concurrent grpc-js clients (one connection
+ * agent's SVID cache (src/agent/svid-cache.ts; the caller matches 3) and 200 concurrent grpc-js clients (one connection
  * each), the server's RSS, and the cost of workload attestation.
  *
  * The server runs in a child process (so its RSS and event loop are its own); the clients run
@@ -10,24 +10,27 @@
  *   - open loop: 200 connected clients issue calls at a fixed total rate (service latency).
  * Raw crypto rate (ES256 signatures/s) is measured in the same run for scale.
  *
- *   npx tsx bench/workload-api.ts [--clients 200] [--calls 20] [--rate 1000]
+ *   npx tsx bench/workload-api.ts [--clients 200] [--calls 20] [--rate 1000] [--client h2|grpc-js]
  *   (BENCH_PROF=DIR also writes a CPU profile of the server process into DIR)
  */
 import { createSign, generateKeyPairSync } from 'node:crypto';
 import { fork } from 'node:child_process';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { mkdtempSync, rmSync, chmodSync } from 'node:fs';
+import { mkdtempSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { SignJWT } from 'jose';
 import pino from 'pino';
-import type { CachedX509Svid, JwtSvidResult, WorkloadIdentitySource } from '../src/agent/identity-source.js';
+import { SvidCache } from '../src/agent/svid-cache.js';
+import type { AuthorizedEntry } from '../src/agent/verifier-client.js';
+import { SpiffeBundle } from '../src/spiffe/bundle.js';
+import { mintJwtSvidSync } from '../src/spiffe/jwtsvid.js';
 import type { WorkloadAttestor } from '../src/plugins/types.js';
 import { startWorkloadApi } from '../src/agent/workload-api/server.js';
 import { workloadProtoPath } from '../src/agent/workload-api/proto.js';
+import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, type BenchClient } from './support/load.js';
 import { createContainerAttestor } from '../src/workload/container.js';
 import { createUnixAttestor } from '../src/workload/unix.js';
 import { makePki, TD } from '../test/workload-api/support.js';
@@ -40,67 +43,44 @@ const opt = (name: string, dflt: number): number => {
 
 // ---------------------------------------------------------------- server child
 
-class BenchSource implements WorkloadIdentitySource {
-  private readonly bySelector = new Map<string, CachedX509Svid[]>();
-  private readonly all: { selectors: string[]; svid: CachedX509Svid }[] = [];
-  private readonly jwtKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  private readonly jwtCache = new Map<string, JwtSvidResult>();
-  constructor(private readonly root: Buffer) {}
-  add(selectors: string[], svid: CachedX509Svid): void {
-    this.all.push({ selectors, svid });
-    const k = selectors[0]!;
-    this.bySelector.set(k, [...(this.bySelector.get(k) ?? []), svid]);
-  }
-  private match(selectors: string[]): { selectors: string[]; svid: CachedX509Svid }[] {
-    const have = new Set(selectors);
-    const cands = new Set(selectors.flatMap((s) => this.bySelector.get(s) ?? []));
-    return this.all.filter((e) => cands.has(e.svid) && e.selectors.every((s) => have.has(s)));
-  }
-  x509SvidsFor(selectors: string[]): CachedX509Svid[] {
-    return this.match(selectors).map((e) => e.svid);
-  }
-  x509Bundles(): Map<string, Buffer[]> {
-    return new Map([[TD, [this.root]]]);
-  }
-  jwtBundles(): Map<string, Buffer> {
-    return new Map([[TD, Buffer.from(JSON.stringify({ keys: [this.jwtKey.publicKey.export({ format: 'jwk' })] }))]]);
-  }
-  async jwtSvidsFor(selectors: string[], audience: string[]): Promise<JwtSvidResult[]> {
-    const out: JwtSvidResult[] = [];
-    for (const e of this.match(selectors)) {
-      const key = `${e.svid.entryId}\0${audience.join('\0')}`;
-      let r = this.jwtCache.get(key);
-      if (!r || r.expiresAt.getTime() - Date.now() < 150_000) {
-        const exp = Math.floor(Date.now() / 1000) + 300;
-        const token = await new SignJWT({})
-          .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'JWT' })
-          .setSubject(e.svid.spiffeId)
-          .setAudience(audience)
-          .setExpirationTime(exp)
-          .sign(this.jwtKey.privateKey);
-        r = { spiffeId: e.svid.spiffeId, token, hint: '', expiresAt: new Date(exp * 1000) };
-        this.jwtCache.set(key, r);
-      }
-      out.push(r);
-    }
-    return out;
-  }
-  async validateJwtSvid(): Promise<{ spiffeId: string; claims: Record<string, unknown> }> {
-    throw new Error('not used by this benchmark');
-  }
-  onChange(): () => void {
-    return () => undefined;
-  }
-}
-
 async function runServer(socketPath: string, uid: number): Promise<void> {
   const pki = makePki();
-  const src = new BenchSource(pki.rootDer);
+  const jwtKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const bundle = new SpiffeBundle(TD, { x509Authorities: [pki.rootDer], jwtAuthorities: [{ kid: 'k1', publicKey: jwtKey.publicKey }] });
+  // The agent's real cache (src/agent/svid-cache.ts); only the verifier behind mintJwt is local.
+  const src = new SvidCache({
+    trustDomain: TD,
+    logger: pino({ level: 'silent' }),
+    now: () => new Date(),
+    bundle: () => bundle,
+    mintJwt: async (entryId, audience) => {
+      const spiffeId = `spiffe://${TD}/bench/${entryId.slice(1)}`;
+      const now = new Date();
+      const expiresAt = new Date(now.getTime() + 300_000);
+      return { token: mintJwtSvidSync({ privateKey: jwtKey.privateKey, kid: 'k1', spiffeId, audience, notAfter: expiresAt, now }), spiffeId, expiresAt };
+    },
+  });
+  const entries: AuthorizedEntry[] = [];
   for (let i = 0; i < 1000; i++) {
     const mine = i < 3;
-    const spiffeId = `spiffe://${TD}/bench/${i}`;
-    const issued = pki.issue(spiffeId);
-    src.add(mine ? [`unix:uid:${uid}`] : [`unix:uid:${100000 + i}`], { entryId: `e${i}`, spiffeId, hint: mine ? `h${i}` : '', ...issued });
+    entries.push({
+      id: `e${i}`,
+      spiffeId: `spiffe://${TD}/bench/${i}`,
+      parentId: `spiffe://${TD}/sigil/agent/bench`,
+      selectors: mine ? [`unix:uid:${uid}`] : [`unix:uid:${100000 + i}`],
+      x509SvidTtl: 3600,
+      jwtSvidTtl: 300,
+      dnsNames: [],
+      hint: mine ? `h${i}` : '',
+      admin: false,
+      expiresAt: null,
+      revisionNumber: 1,
+    });
+  }
+  src.setEntries(entries);
+  for (const e of entries) {
+    const issued = pki.issue(e.spiffeId);
+    src.putSvid(e, issued.chainDer, issued.privateKey, new Date(Date.now() - 1000), issued.expiresAt, new Date());
   }
   const server = await startWorkloadApi({
     socketPath,
@@ -112,21 +92,40 @@ async function runServer(socketPath: string, uid: number): Promise<void> {
     logger: pino({ level: 'silent' }),
   });
   process.on('disconnect', () => process.exit(0));
+  // BENCH_HEAPPROF=file: sampled allocations that survived scavenges and died in a full GC (what
+  // the young generation promotes), written when the run ends.
+  let heapSession: import('node:inspector').Session | undefined;
+  if (process.env.BENCH_HEAPPROF) {
+    const { Session } = await import('node:inspector');
+    heapSession = new Session();
+    heapSession.connect();
+    heapSession.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: false } as object);
+  }
   const loop = monitorEventLoopDelay({ resolution: 1 });
   loop.enable();
   process.send!({ type: 'ready', rss: process.memoryUsage().rss });
-  process.on('message', (m: { type: string }) => {
+  process.on('message', async (m: { type: string }) => {
     if (m.type === 'rss') {
       const cpu = process.cpuUsage();
       process.send!({
         type: 'rss',
         rss: process.memoryUsage().rss,
+        mem: process.memoryUsage(),
         stats: server.stats(),
         cpuUs: cpu.user + cpu.system,
         loopP99Ms: loop.percentile(99) / 1e6,
         loopMaxMs: loop.max / 1e6,
       });
       loop.reset();
+    }
+    if (m.type === 'rss' && process.env.BENCH_SNAP) (await import('node:v8')).writeHeapSnapshot(`${process.env.BENCH_SNAP}/server-${Date.now()}.heapsnapshot`);
+    if (m.type === 'stop' && heapSession) {
+      const out = process.env.BENCH_HEAPPROF!;
+      heapSession.post('HeapProfiler.stopSampling', (err, r) => {
+        if (!err) writeFileSync(out, JSON.stringify(r.profile));
+        void server.close().then(() => process.exit(0));
+      });
+      return;
     }
     if (m.type === 'stop') void server.close().then(() => process.exit(0));
   });
@@ -136,81 +135,41 @@ async function runServer(socketPath: string, uid: number): Promise<void> {
 
 type Stub = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 
-function pct(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
-
 function md(): grpc.Metadata {
   const m = new grpc.Metadata();
   m.set('workload.spiffe.io', 'true');
   return m;
 }
 
-function fetchX509(stub: Stub): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const call = (stub.FetchX509SVID as (r: object, m: grpc.Metadata) => grpc.ClientReadableStream<{ svids: unknown[] }>).call(stub, {}, md());
-    call.once('data', (m) => {
-      if (m.svids.length !== 3) reject(new Error(`expected 3 SVIDs, got ${m.svids.length}`));
-      else resolve();
-      call.cancel();
-    });
-    call.on('error', (e: grpc.ServiceError) => {
-      if (e.code !== grpc.status.CANCELLED) reject(e);
-    });
-  });
+/** grpc-js (the full client library a Node workload would use). */
+function grpcJsClient(Ctor: grpc.ServiceClientConstructor, socket: string): BenchClient {
+  const stub = new Ctor(`unix://${socket}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as Stub;
+  return {
+    x509: () =>
+      new Promise((resolve, reject) => {
+        const call = (stub.FetchX509SVID as (r: object, m: grpc.Metadata) => grpc.ClientReadableStream<{ svids: unknown[] }>).call(stub, {}, md());
+        call.once('data', (m) => {
+          if (m.svids.length !== 3) reject(new Error(`expected 3 SVIDs, got ${m.svids.length}`));
+          else resolve();
+          call.cancel();
+        });
+        call.on('error', (e: grpc.ServiceError) => {
+          if (e.code !== grpc.status.CANCELLED) reject(e);
+        });
+      }),
+    jwt: () =>
+      new Promise((resolve, reject) => {
+        (stub.FetchJWTSVID as (r: object, m: grpc.Metadata, cb: (e: grpc.ServiceError | null, v?: { svids: unknown[] }) => void) => void).call(
+          stub,
+          { audience: ['bench'] },
+          md(),
+          (e, v) => (e ? reject(e) : v!.svids.length === 3 ? resolve() : reject(new Error('expected 3 JWT-SVIDs'))),
+        );
+      }),
+    close: () => stub.close(),
+  };
 }
 
-function fetchJwt(stub: Stub): Promise<void> {
-  return new Promise((resolve, reject) => {
-    (stub.FetchJWTSVID as (r: object, m: grpc.Metadata, cb: (e: grpc.ServiceError | null, v?: { svids: unknown[] }) => void) => void).call(
-      stub,
-      { audience: ['bench'] },
-      md(),
-      (e, v) => (e ? reject(e) : v!.svids.length === 3 ? resolve() : reject(new Error('expected 3 JWT-SVIDs'))),
-    );
-  });
-}
-
-async function closedLoop(stubs: Stub[], calls: number, fn: (s: Stub) => Promise<void>): Promise<{ lat: number[]; perSec: number }> {
-  const lat: number[] = [];
-  const t0 = performance.now();
-  await Promise.all(
-    stubs.map(async (s) => {
-      for (let i = 0; i < calls; i++) {
-        const a = performance.now();
-        await fn(s);
-        lat.push(performance.now() - a);
-      }
-    }),
-  );
-  return { lat, perSec: (lat.length / (performance.now() - t0)) * 1000 };
-}
-
-/** Event-loop delay of this (client) process during the last open loop: stalls here inflate the measured latency. */
-let clientLoop = { p99: 0, max: 0 };
-
-async function openLoop(stubs: Stub[], ratePerSec: number, seconds: number, fn: (s: Stub) => Promise<void>): Promise<number[]> {
-  const mon = monitorEventLoopDelay({ resolution: 1 });
-  mon.enable();
-  const lat: number[] = [];
-  const total = Math.round(ratePerSec * seconds);
-  const interval = 1000 / ratePerSec;
-  const t0 = performance.now();
-  const pending: Promise<void>[] = [];
-  for (let i = 0; i < total; i++) {
-    const due = t0 + i * interval;
-    const wait = due - performance.now();
-    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-    const s = stubs[i % stubs.length]!;
-    const a = performance.now();
-    pending.push(fn(s).then(() => void lat.push(performance.now() - a)));
-  }
-  await Promise.all(pending);
-  mon.disable();
-  clientLoop = { p99: mon.percentile(99) / 1e6, max: mon.max / 1e6 };
-  return lat;
-}
 
 function rawEs256PerSec(): number {
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -253,6 +212,9 @@ async function main(): Promise<void> {
   const nClients = opt('--clients', 200);
   const calls = opt('--calls', 20);
   const rate = opt('--rate', 1000);
+  const ci = args.indexOf('--client');
+  const clientKind = ci >= 0 ? args[ci + 1] : 'h2';
+  if (clientKind !== 'h2' && clientKind !== 'grpc-js') throw new Error('--client must be h2 or grpc-js');
   const es256 = rawEs256PerSec();
   await attestationCost();
 
@@ -262,7 +224,7 @@ async function main(): Promise<void> {
   const child = fork(fileURLToPath(import.meta.url), ['--server', socket, String(process.getuid!())], {
     // Run the server child like this process: under tsx from the sources, or plain node when the
     // bench was compiled to JavaScript (then its RSS has no TypeScript loader in it).
-    execArgv: [...(import.meta.url.endsWith('.ts') ? ['--import', 'tsx'] : []), ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : [])],
+    execArgv: [...(import.meta.url.endsWith('.ts') ? ['--import', 'tsx'] : []), ...(process.env.BENCH_SERVER_FLAGS ? process.env.BENCH_SERVER_FLAGS.split(' ') : []), ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : [])],
     stdio: 'inherit',
   });
   const ask = <T>(type: string): Promise<T> =>
@@ -274,24 +236,20 @@ async function main(): Promise<void> {
 
   const def = protoLoader.loadSync(workloadProtoPath(), { keepCase: true, defaults: true });
   const Ctor = grpc.loadPackageDefinition(def).SpiffeWorkloadAPI as grpc.ServiceClientConstructor;
-  const stubs = Array.from(
-    { length: nClients },
-    () => new Ctor(`unix://${socket}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as Stub,
-  );
+  const stubs: BenchClient[] =
+    clientKind === 'grpc-js' ? Array.from({ length: nClients }, () => grpcJsClient(Ctor, socket)) : await Promise.all(Array.from({ length: nClients }, () => h2Client(socket)));
   await Promise.all(stubs.map((s) => fetchX509(s))); // connect + warm up
   const afterConnect = await ask<{ rss: number; stats: { connections: number } }>('rss');
 
-  type Probe = { rss: number; stats: { connections: number }; cpuUs: number; loopP99Ms: number; loopMaxMs: number };
+  type Probe = { rss: number; mem: NodeJS.MemoryUsage; stats: { connections: number }; cpuUs: number; loopP99Ms: number; loopMaxMs: number };
   const p0 = await ask<Probe>('rss');
   const x = await closedLoop(stubs, calls, fetchX509);
   const p1 = await ask<Probe>('rss');
   const j = await closedLoop(stubs, calls, fetchJwt);
   const p2 = await ask<Probe>('rss');
-  const xo = await openLoop(stubs, rate, 3, fetchX509);
-  const xoClient = clientLoop;
+  const { lat: xo, clientLoop: xoClient } = await openLoop(stubs, rate, 3, fetchX509);
   const p3 = await ask<Probe>('rss');
-  const jo = await openLoop(stubs, rate, 3, fetchJwt);
-  const joClient = clientLoop;
+  const { lat: jo, clientLoop: joClient } = await openLoop(stubs, rate, 3, fetchJwt);
   const end = await ask<Probe>('rss');
   const cpuPerCall = (a: Probe, b: Probe, n: number): string =>
     `${((b.cpuUs - a.cpuUs) / n).toFixed(0)} µs server CPU/call, server event-loop delay p99 ${b.loopP99Ms.toFixed(1)} ms max ${b.loopMaxMs.toFixed(1)} ms`;
@@ -299,7 +257,7 @@ async function main(): Promise<void> {
   const row = (name: string, lat: number[], perSec?: number): string =>
     `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms` +
     (perSec !== undefined ? `   ${perSec.toFixed(0).padStart(6)} calls/s (${(perSec / es256).toFixed(2)}× raw ES256 sign rate)` : '');
-  console.log(`\nWorkload API: 1,000 cached SVIDs, caller matches 3, ${nClients} clients (one connection each), server in a child process`);
+  console.log(`\nWorkload API: 1,000 cached SVIDs, caller matches 3, ${nClients} ${clientKind === 'h2' ? 'lean node:http2 gRPC' : 'grpc-js'} clients (one connection each), server in a child process`);
   console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s`);
   console.log(`closed loop (${nClients} concurrent, ${calls} calls each, back to back):`);
   console.log(row('FetchX509SVID (first message of the stream)', x.lat, x.perSec) + `   ${cpuPerCall(p0, p1, x.lat.length)}`);
@@ -308,6 +266,9 @@ async function main(): Promise<void> {
   const clientNote = (c: { p99: number; max: number }): string => `; client event-loop delay p99 ${c.p99.toFixed(1)} ms max ${c.max.toFixed(1)} ms`;
   console.log(row('FetchX509SVID', xo) + `   ${cpuPerCall(p2, p3, xo.length)}${clientNote(xoClient)}`);
   console.log(row('FetchJWTSVID', jo) + `   ${cpuPerCall(p3, end, jo.length)}${clientNote(joClient)}`);
+  const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
+  const m = end.mem;
+  console.log(`server memory after the runs: heap ${mb(m.heapUsed)} used of ${mb(m.heapTotal)}, external ${mb(m.external)} (array buffers ${mb(m.arrayBuffers)})`);
   console.log(
     `server RSS: ${(ready.rss / 1e6).toFixed(1)} MB idle with 1,000 SVIDs, ${(afterConnect.rss / 1e6).toFixed(1)} MB with ${afterConnect.stats.connections} connections, ${(end.rss / 1e6).toFixed(1)} MB after the runs`,
   );

@@ -6,7 +6,6 @@
  * at the verification time. Without --root the built-in AWS Nitro Enclaves Root-G1 pin is used.
  */
 import { readFileSync } from 'node:fs';
-import type { Command } from 'commander';
 import { SigilError } from '../errors.js';
 import { pemCertificateToDer, sha256Hex } from '../nitro/certs.js';
 import { nitroClaims, nitroSelectors, verifyNitroDocument } from '../nitro/verify.js';
@@ -15,7 +14,7 @@ import { EXIT_USAGE, printEvidenceOutcome, rejectedOutcome, UsageError } from '.
 
 const ATTESTOR = 'aws_nitro';
 
-interface NitroCliOptions {
+export interface NitroCliOptions {
   at?: string;
   allowDebug?: boolean;
   nonce?: string;
@@ -65,20 +64,4 @@ export function runNitroEvidence(file: string, opts: NitroCliOptions): number {
   } catch (e) {
     return printEvidenceOutcome(rejectedOutcome(ATTESTOR, e), json);
   }
-}
-
-/** Add `aws-nitro` under `sigil evidence verify`. */
-export function registerNitroEvidence(verifyCmd: Command): void {
-  verifyCmd
-    .command('aws-nitro')
-    .description('verify an AWS Nitro Enclaves attestation document (raw CBOR, hex or base64) offline')
-    .argument('<file>', 'attestation document (COSE_Sign1)')
-    .option('--at <iso-time>', 'verification time (default: now); certificate validity is checked at this time')
-    .option('--allow-debug', 'accept a debug-mode enclave (PCR0, PCR1, PCR2 all zero)')
-    .option('--nonce <hex>', 'require the document nonce to equal this value')
-    .option('--root <pem>', 'trust this root certificate (PEM) instead of the built-in AWS Nitro Enclaves Root-G1')
-    .option('--json', 'print one JSON object')
-    .action((file: string, opts: NitroCliOptions) => {
-      process.exitCode = runNitroEvidence(file, opts);
-    });
 }

@@ -9,7 +9,6 @@
  * (<dir>/<product>/<hwid>-<tcb>.der, <dir>/ask_ark_<product>.pem). Never touches the network.
  */
 import { readFileSync } from 'node:fs';
-import type { Command } from 'commander';
 import { SigilError } from '../errors.js';
 import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert } from '../sev/certs.js';
 import { SnpCollateralSource } from '../sev/collateral.js';
@@ -126,24 +125,4 @@ export async function runSevEvidence(file: string, opts: SevCliOptions): Promise
   } catch (e) {
     return printEvidenceOutcome(rejectedOutcome(SEV_ATTESTOR, e), json);
   }
-}
-
-/** Add `sev-snp` under `sigil evidence verify`. */
-export function registerSevEvidence(verifyCmd: Command): void {
-  verifyCmd
-    .command('sev-snp')
-    .description('verify an AMD SEV-SNP attestation report (raw, hex or base64) offline')
-    .argument('<file>', 'attestation report (0x4A0 bytes)')
-    .option('--vcek <file>', 'VCEK or VLEK certificate (DER or PEM)')
-    .option('--ca <pem>', 'ASK+ARK (or ASVK+ARK) certificates, PEM; the ARK must match the built-in pin (or --ark-sha256)')
-    .option('--collateral-dir <dir>', 'look up the VCEK (<product>/<hwid>-<tcb>.der) and ask_ark_<product>.pem here')
-    .option('--at <iso-time>', 'verification time (default: now); certificate validity is checked at this time')
-    .option('--allow-debug', 'accept a guest whose policy allows debugging')
-    .option('--vmpl <n...>', 'allowed VMPLs (default 0)')
-    .option('--report-data <hex>', 'require REPORT_DATA to equal this (64 bytes, or a 32-byte binding padded with zeros)')
-    .option('--ark-sha256 <hex>', 'trust the ARK with this SHA-256 (DER) instead of the built-in AMD pins')
-    .option('--json', 'print one JSON object')
-    .action(async (file: string, opts: SevCliOptions) => {
-      process.exitCode = await runSevEvidence(file, opts);
-    });
 }

@@ -7,7 +7,6 @@
  * proven; the output says so (`claims.akBoundToEk: false`).
  */
 import { readFileSync } from 'node:fs';
-import type { Command } from 'commander';
 import { SigilError } from '../errors.js';
 import { HASHES } from '../tpm/constants.js';
 import { certificatesFromBytes } from '../tpm/ekcert.js';
@@ -16,7 +15,7 @@ import { verifyTpmEvidenceOffline } from '../tpm/verify.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
 import { UsageError, printEvidenceOutcome, rejectedOutcome } from './output.js';
 
-interface TpmEvidenceOptions {
+export interface TpmEvidenceOptions {
   ekCert: string;
   ekCa: string[];
   ekIntermediate?: string[];
@@ -55,7 +54,7 @@ export function parsePcrSpec(spec: string): PcrBankSelection[] {
   return out;
 }
 
-async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> {
+export async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> {
   const json = opts.json === true;
   // Usage problems (unreadable files, bad hex, bad time) surface as UsageError → exit 2.
   const nonce = (() => {
@@ -99,25 +98,4 @@ async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> {
     if (e instanceof UsageError) throw e;
     return printEvidenceOutcome(rejectedOutcome('tpm', e), json);
   }
-}
-
-/** Adds `tpm` under `sigil evidence verify`. */
-export function registerTpmEvidence(verifyCmd: Command): void {
-  verifyCmd
-    .command('tpm')
-    .description('verify a TPM quote, AK and EK certificate offline (files as tpm2-tools writes them; raw, hex or base64)')
-    .requiredOption('--ek-cert <file>', 'EK certificate (DER or PEM), e.g. from `tpm2_nvread 0x1c00002`')
-    .requiredOption('--ek-ca <files...>', 'trusted EK CA certificates (PEM bundles or DER): roots and intermediates')
-    .option('--ek-intermediate <files...>', 'extra untrusted intermediate certificates for building the chain')
-    .requiredOption('--ak-pub <file>', 'AK public area, TPM2B_PUBLIC (`tpm2_createak -u`)')
-    .requiredOption('--quote <file>', 'quote message, TPMS_ATTEST (`tpm2_quote -m`) or TPM2B_ATTEST')
-    .requiredOption('--signature <file>', 'quote signature, TPMT_SIGNATURE (`tpm2_quote -s`)')
-    .requiredOption('--nonce <hex>', "expected qualifying data (the quote's extraData, `tpm2_quote -q`)")
-    .option('--pcr-values <file>', 'PCR values: `tpm2_quote -o` output, or YAML/JSON as printed by tpm2_pcrread')
-    .option('--pcrs <spec>', 'require exactly this PCR selection, e.g. sha256:0,1,2,3,4,5,6,7')
-    .option('--at <iso-time>', 'verification time for certificate validity (default: now)')
-    .option('--json', 'print one JSON object')
-    .action(async (opts: TpmEvidenceOptions) => {
-      process.exitCode = await runTpmEvidence(opts);
-    });
 }

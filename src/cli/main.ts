@@ -3,9 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { SigilError } from '../errors.js';
 import { adminCall } from './admin-client.js';
 import { registerAgentRun } from './agent-run.js';
-import { registerNitroEvidence } from './evidence-nitro.js';
-import { registerSevEvidence } from './evidence-sev.js';
-import { registerTpmEvidence } from './evidence-tpm.js';
+import { registerNitroEvidence, registerSevEvidence, registerTpmEvidence } from './evidence-commands.js';
 import { EXIT_FAILED, EXIT_USAGE, UsageError } from './output.js';
 import { registerSvidCommands, workloadHealthcheck } from './svid-commands.js';
 import {

@@ -6,8 +6,6 @@ import { createCsr } from '../spiffe/csr.js';
 import { generateKey } from '../spiffe/keys.js';
 import { certsToPem } from '../spiffe/x509svid.js';
 import type { AgentRecord, RegistrationEntry } from '../store/types.js';
-import { loadVerifierConfig } from '../verifier/config.js';
-import { startVerifier } from '../verifier/server.js';
 import { adminCall, DEFAULT_ADMIN_SOCKET } from './admin-client.js';
 import { UsageError } from './output.js';
 
@@ -40,6 +38,9 @@ export function registerVerifierRun(program: Command): void {
     .description('run the verifier')
     .requiredOption('--config <file>', 'verifier config (YAML or JSON)')
     .action(async (o: { config: string }) => {
+      // Imported here so that other commands (the agent daemon above all) do not load the verifier.
+      const { loadVerifierConfig } = await import('../verifier/config.js');
+      const { startVerifier } = await import('../verifier/server.js');
       const cfg = loadVerifierConfig(o.config);
       const v = await startVerifier(cfg);
       const stop = async (sig: string) => {

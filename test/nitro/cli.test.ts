@@ -9,7 +9,7 @@ import { X509Certificate } from 'node:crypto';
 import { decode } from 'cbor2';
 import { Command } from 'commander';
 import { afterEach, describe, expect, it } from 'vitest';
-import { registerNitroEvidence } from '../../src/cli/evidence-nitro.js';
+import { registerNitroEvidence } from '../../src/cli/evidence-commands.js';
 import { requireTestdata, td } from '../support/testdata.js';
 
 const have = requireTestdata();

@@ -9,7 +9,7 @@ import { constants, createHash, randomBytes, verify as cryptoVerify } from 'node
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { registerTpmEvidence } from '../../src/cli/evidence-tpm.js';
+import { registerTpmEvidence } from '../../src/cli/evidence-commands.js';
 import { SigilError } from '../../src/errors.js';
 import { makeCredential } from '../../src/tpm/credential.js';
 import { certificatesFromBytes } from '../../src/tpm/ekcert.js';

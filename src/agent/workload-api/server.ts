@@ -173,9 +173,14 @@ class Call {
 
   /** Write one message; returns false when the stream is closed. */
   send(msg: Uint8Array): boolean {
+    return this.sendFramed(frameMessage(msg));
+  }
+
+  /** Write one already framed message (a shared, never mutated buffer); false when the stream is closed. */
+  sendFramed(framed: Buffer): boolean {
     if (this.done || this.stream.destroyed || this.stream.closed) return false;
     this.sendHeaders();
-    this.stream.write(frameMessage(msg));
+    this.stream.write(framed);
     return true;
   }
 
@@ -308,14 +313,16 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
   // ------------------------------------------------------------------ responses
 
   /**
-   * Encoded responses, keyed by what they depend on (the selector set, or the bundle kind), so
-   * many clients with the same selectors share one encoding. Emptied on every source change.
+   * Encoded and gRPC-framed responses, keyed by what they depend on (the selector set, or the
+   * bundle kind), so many clients with the same selectors share one buffer, written as is to
+   * every stream (never mutated). Emptied on every source change.
    */
-  const responseCache = new Map<string, Uint8Array | null>();
-  function cachedResponse(key: string, build: () => Uint8Array | null): Uint8Array | null {
+  const responseCache = new Map<string, Buffer | null>();
+  function cachedResponse(key: string, build: () => Uint8Array | null): Buffer | null {
     const hit = responseCache.get(key);
     if (hit !== undefined || responseCache.has(key)) return hit ?? null;
-    const v = build();
+    const msg = build();
+    const v = msg === null ? null : frameMessage(msg);
     if (responseCache.size >= 4096) responseCache.clear();
     responseCache.set(key, v);
     return v;
@@ -367,16 +374,17 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
 
   /**
    * Serve a server-streaming call: send the first message now and a new one (full state) on
-   * every source change that alters it. `build` returning null ends the call with `emptyStatus`.
+   * every source change that alters it. `build` returns a framed message (from the response
+   * cache) or null, which ends the call with `empty`.
    */
-  function serveStream(call: Call, build: () => Uint8Array | null, empty: { code: GrpcStatusCode; message: string }): void {
+  function serveStream(call: Call, build: () => Buffer | null, empty: { code: GrpcStatusCode; message: string }): void {
     const first = build();
     if (first === null) {
       call.finish(empty.code, empty.message);
       return;
     }
-    let last = Buffer.from(first);
-    call.send(first);
+    let last = first;
+    call.sendFramed(first);
     let scheduled = false;
     let waitingDrain = false;
     const flush = (): void => {
@@ -386,7 +394,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
         waitingDrain = true;
         return;
       }
-      let next: Uint8Array | null;
+      let next: Buffer | null;
       try {
         next = build();
       } catch (e) {
@@ -398,10 +406,9 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
         call.finish(empty.code, empty.message);
         return;
       }
-      const nb = Buffer.from(next);
-      if (nb.equals(last)) return;
-      last = nb;
-      call.send(nb);
+      if (next === last || next.equals(last)) return;
+      last = next;
+      call.sendFramed(next);
     };
     const schedule = (): void => {
       if (scheduled || call.done) return;

@@ -1,0 +1,231 @@
+/**
+ * The real agent under Workload API load: `bin/sigil agent run` (compiled, launched exactly as a
+ * user launches it, with the launcher's V8 flags) attests with a join token to a verifier that
+ * runs as `bin/sigil verifier run` in its own process, receives 1,000 authorized entries and their
+ * X.509-SVIDs, and then serves 200 concurrent clients (one connection each, driven from this
+ * process, which does nothing else) whose caller matches 3 of the entries.
+ *
+ * Measured: FetchX509SVID and FetchJWTSVID latency (open loop at a fixed rate, and closed loop
+ * back to back), the agent process's RSS (from /proc/<pid>/status: idle with 1,000 SVIDs, with
+ * 200 connections, after the runs) and its CPU time per call (from /proc/<pid>/stat).
+ *
+ *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--entries 1000] [--pin]
+ *
+ * The compiled CLI in dist/ is rebuilt first (`npm run build`) so the agent runs the current code.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { request } from 'node:https';
+import { createServer } from 'node:net';
+import { createSign, generateKeyPairSync } from 'node:crypto';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { adminCall } from '../src/cli/admin-client.js';
+import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct } from './support/load.js';
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: number): number => {
+  const i = args.indexOf(name);
+  return i >= 0 && args[i + 1] ? Number(args[i + 1]) : dflt;
+};
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+function procRss(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/** User + system CPU of a process in µs (fields 14 and 15 of /proc/<pid>/stat, in clock ticks). */
+function procCpuUs(pid: number): number {
+  const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(f[11]) + Number(f[12]);
+  return (ticks * 1e6) / 100; // USER_HZ is 100 on Linux
+}
+
+function rawEs256PerSec(): number {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const data = Buffer.alloc(300, 1);
+  let n = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < 500) {
+    createSign('sha256').update(data).sign({ key: privateKey, dsaEncoding: 'ieee-p1363' });
+    n++;
+  }
+  return (n / (performance.now() - t0)) * 1000;
+}
+
+async function waitFor<T>(fn: () => Promise<T | undefined>, ms: number, what: string): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+/** The verifier's `sigil_svids_issued_total{type="x509"}` from its /metrics (HTTPS, trusting its own bundle). */
+function issuedX509(port: number, caPem: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/metrics', ca: caPem, checkServerIdentity: () => undefined }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => {
+        const m = /^sigil_svids_issued_total\{type="x509"\} (\d+)$/m.exec(body);
+        resolve(m ? Number(m[1]) : 0);
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function main(): Promise<void> {
+  const nClients = opt('--clients', 200);
+  const calls = opt('--calls', 20);
+  const rate = opt('--rate', 1000);
+  const nEntries = opt('--entries', 1000);
+  const uid = process.getuid!();
+  // --pin: the agent alone on CPU 1; this load generator and the verifier on CPU 0, so that the
+  // harness does not take the agent's CPU on a 2-core machine.
+  const pin = args.includes('--pin');
+
+  process.stdout.write('building dist/ (npm run build)… ');
+  execFileSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' });
+  console.log('done');
+  if (pin) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
+  const es256 = rawEs256PerSec();
+
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-bench-agent-'));
+  chmodSync(dir, 0o755);
+  const daemons: { child: ChildProcess; exited: Promise<unknown> }[] = [];
+  /**
+   * Run bin/sigil as its shebang does, or with `nodeFlags` (then also give the launcher's own
+   * flags); with `cpu`, pinned to that CPU (taskset).
+   */
+  const daemon = (args: string[], nodeFlags?: string[], cpu?: number): ChildProcess => {
+    const bin = join(root, 'bin/sigil');
+    const cmd = nodeFlags ? [process.execPath, ...nodeFlags, bin, ...args] : [bin, ...args];
+    const argv = cpu === undefined ? cmd : ['taskset', '-c', String(cpu), ...cmd];
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'inherit', 'inherit'] });
+    daemons.push({ child, exited: new Promise((r) => child.once('exit', r)) });
+    return child;
+  };
+  try {
+    const port = await freePort();
+    const adminSocket = join(dir, 'admin.sock');
+    writeFileSync(
+      join(dir, 'verifier.yaml'),
+      [
+        'trustDomain: example.org',
+        `listen: { address: 127.0.0.1, port: ${port} }`,
+        `adminSocket: ${adminSocket}`,
+        `dataDir: ${join(dir, 'verifier-data')}`,
+        'logLevel: warn',
+        'nodeAttestors: { join_token: {} }',
+        '',
+      ].join('\n'),
+    );
+    daemon(['verifier', 'run', '--config', join(dir, 'verifier.yaml')], undefined, pin ? 0 : undefined);
+    await waitFor(() => adminCall(adminSocket, 'GET', '/readyz').then(() => true), 30_000, 'the verifier');
+
+    const token = await adminCall<{ token: string; agentId: string }>(adminSocket, 'POST', '/v1/admin/tokens', {});
+    const t0 = performance.now();
+    for (let i = 0; i < nEntries; i++) {
+      const mine = i < 3;
+      await adminCall(adminSocket, 'POST', '/v1/admin/entries', {
+        spiffeId: `spiffe://example.org/bench/${i}`,
+        parentId: token.agentId,
+        selectors: [mine ? `unix:uid:${uid}` : `unix:uid:${100000 + i}`],
+        ...(mine ? { hint: `h${i}` } : {}),
+      });
+    }
+    console.log(`${nEntries} entries registered in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+    const bundlePem = await adminCall<string>(adminSocket, 'GET', '/v1/admin/bundle?format=pem');
+    writeFileSync(join(dir, 'bootstrap.pem'), bundlePem);
+    const socket = join(dir, 'agent.sock');
+    writeFileSync(
+      join(dir, 'agent.yaml'),
+      [
+        'trustDomain: example.org',
+        `verifier: { address: 127.0.0.1, port: ${port} }`,
+        'trustBundle: bootstrap.pem',
+        `dataDir: ${join(dir, 'agent-data')}`,
+        `workloadApiSocket: ${socket}`,
+        `nodeAttestors: { join_token: { token: ${token.token} } }`,
+        'workloadAttestors: { unix: {}, container: {} }',
+        'logLevel: warn',
+        '',
+      ].join('\n'),
+    );
+    const t1 = performance.now();
+    // BENCH_AGENT_NODE_FLAGS (e.g. "--max-semi-space-size=4 --cpu-prof --cpu-prof-dir=/tmp/prof")
+    // runs the agent as `node <flags> bin/sigil` instead of through its shebang.
+    const flags = process.env.BENCH_AGENT_NODE_FLAGS?.split(' ').filter((f) => f.length > 0);
+    const agentProc = daemon(['agent', 'run', '--config', join(dir, 'agent.yaml')], flags, pin ? 1 : undefined);
+    // Under taskset the child is taskset until it execs the agent: the same pid either way.
+    const pid = agentProc.pid!;
+    const first = await waitFor(() => h2Client(socket), 30_000, 'the Workload API socket');
+    // Every entry's X.509-SVID issued (the verifier's own counter), and ours served.
+    await waitFor(async () => ((await issuedX509(port, bundlePem)) >= nEntries ? true : undefined), 120_000, `${nEntries} X.509-SVIDs issued to the agent`);
+    await waitFor(() => first.x509().then(() => true), 30_000, 'the three matching X.509-SVIDs served');
+    console.log(`agent attested and holding SVIDs after ${((performance.now() - t1) / 1000).toFixed(1)} s`);
+    first.close();
+    await new Promise((r) => setTimeout(r, 500));
+    const rssIdle = procRss(pid);
+
+    const clients = await Promise.all(Array.from({ length: nClients }, () => h2Client(socket)));
+    await Promise.all(clients.map((c) => c.x509())); // connect + warm up
+    await Promise.all(clients.map((c) => c.jwt())); // JWT-SVIDs minted once by the verifier, then cached
+    const rssConns = procRss(pid);
+
+    const cpu0 = procCpuUs(pid);
+    const xo = await openLoop(clients, rate, 3, fetchX509);
+    const cpu1 = procCpuUs(pid);
+    const jo = await openLoop(clients, rate, 3, fetchJwt);
+    const cpu2 = procCpuUs(pid);
+    const x = await closedLoop(clients, calls, fetchX509);
+    const cpu3 = procCpuUs(pid);
+    const j = await closedLoop(clients, calls, fetchJwt);
+    const cpu4 = procCpuUs(pid);
+    const rssAfter = procRss(pid);
+
+    const row = (name: string, lat: number[], cpuUs: number, extra = ''): string =>
+      `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms   ${(cpuUs / lat.length).toFixed(0)} µs agent CPU/call${extra}`;
+    const loopNote = (c: { p99: number; max: number }): string => `; client event-loop delay p99 ${c.p99.toFixed(1)} ms max ${c.max.toFixed(1)} ms`;
+    console.log(`\nreal agent (bin/sigil agent run, pid ${pid}${pin ? ', alone on CPU 1; clients and verifier on CPU 0' : ', sharing both CPUs with the clients'}): ${nEntries} entries with SVIDs, caller matches 3, ${nClients} clients (one connection each)`);
+    console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s`);
+    console.log(`open loop (${rate} calls/s spread over ${nClients} clients, 3 s):`);
+    console.log(row('FetchX509SVID', xo.lat, cpu1 - cpu0, loopNote(xo.clientLoop)));
+    console.log(row('FetchJWTSVID (cached tokens)', jo.lat, cpu2 - cpu1, loopNote(jo.clientLoop)));
+    console.log(`closed loop (${nClients} concurrent, ${calls} calls each, back to back; latency includes queueing):`);
+    console.log(row('FetchX509SVID', x.lat, cpu3 - cpu2, `   ${x.perSec.toFixed(0)} calls/s`));
+    console.log(row('FetchJWTSVID', j.lat, cpu4 - cpu3, `   ${j.perSec.toFixed(0)} calls/s`));
+    const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
+    console.log(`agent RSS: ${mb(rssIdle)} idle with ${nEntries} SVIDs, ${mb(rssConns)} with ${nClients} connections, ${mb(rssAfter)} after the runs (goal < 150 MB)`);
+    for (const c of clients) c.close();
+  } finally {
+    for (const d of daemons.reverse()) {
+      d.child.kill('SIGTERM');
+      await d.exited;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

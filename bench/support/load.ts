@@ -1,0 +1,149 @@
+/**
+ * Shared load generation for the Workload API benchmarks: a lean gRPC client on node:http2 and
+ * open-/closed-loop drivers.
+ */
+import http2 from 'node:http2';
+import net from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { workloadCodecs } from '../../src/agent/workload-api/proto.js';
+
+export function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+}
+
+/** One connected Workload API client: one connection, calls issued one at a time or concurrently. */
+export interface BenchClient {
+  x509(): Promise<void>;
+  jwt(): Promise<void>;
+  close(): void;
+}
+
+/**
+ * A lean gRPC client on node:http2: the same requests on the wire (HTTP/2 POST, gRPC framing,
+ * the security header), responses decoded with protobufjs and checked, but without grpc-js's
+ * channel machinery, so that fewer of the client's own CPU cycles and GC pauses on this shared
+ * 2-core machine end up in the measured latency.
+ */
+export async function h2Client(socket: string): Promise<BenchClient> {
+  const codecs = workloadCodecs();
+  const session = http2.connect('http://localhost', { createConnection: () => net.connect(socket) });
+  session.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    session.once('connect', () => resolve());
+    session.once('error', reject);
+  });
+  const frame = (msg: Uint8Array): Buffer => {
+    const out = Buffer.alloc(5 + msg.length);
+    out.writeUInt32BE(msg.length, 1);
+    out.set(msg, 5);
+    return out;
+  };
+  const emptyReq = frame(new Uint8Array(0));
+  const jwtReq = frame(codecs.JWTSVIDRequest.encode({ audience: ['bench'] }).finish());
+  const headers = (method: string): http2.OutgoingHttpHeaders => ({
+    ':method': 'POST',
+    ':path': `/SpiffeWorkloadAPI/${method}`,
+    'content-type': 'application/grpc',
+    te: 'trailers',
+    'workload.spiffe.io': 'true',
+  });
+  /** Read the first gRPC message of a response stream (or fail on a non-OK status). */
+  const call = (method: string, req: Buffer, keepOpen: boolean, check: (msg: Uint8Array) => void): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const st = session.request(headers(method), { endStream: false });
+      st.end(req);
+      let buf: Buffer = Buffer.alloc(0);
+      let settled = false;
+      const done = (e?: Error): void => {
+        if (settled) return;
+        settled = true;
+        if (keepOpen) st.close(http2.constants.NGHTTP2_CANCEL);
+        if (e) reject(e);
+        else resolve();
+      };
+      st.on('data', (chunk: Buffer) => {
+        buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+        if (buf.length < 5) return;
+        const len = buf.readUInt32BE(1);
+        if (buf.length < 5 + len) return;
+        try {
+          check(buf.subarray(5, 5 + len));
+          if (keepOpen) done();
+        } catch (e) {
+          done(e as Error);
+        }
+      });
+      st.on('trailers', (t) => {
+        if (t['grpc-status'] !== '0') done(new Error(`grpc-status ${String(t['grpc-status'])}: ${String(t['grpc-message'])}`));
+      });
+      st.on('response', (h) => {
+        if (h['grpc-status'] !== undefined && h['grpc-status'] !== '0') done(new Error(`grpc-status ${String(h['grpc-status'])}`));
+      });
+      st.on('end', () => done());
+      st.on('error', (e) => done(e));
+    });
+  return {
+    x509: () =>
+      call('FetchX509SVID', emptyReq, true, (m) => {
+        const r = codecs.X509SVIDResponse.decode(m) as unknown as { svids: unknown[] };
+        if (r.svids.length !== 3) throw new Error(`expected 3 SVIDs, got ${r.svids.length}`);
+      }),
+    jwt: () =>
+      call('FetchJWTSVID', jwtReq, false, (m) => {
+        const r = codecs.JWTSVIDResponse.decode(m) as unknown as { svids: unknown[] };
+        if (r.svids.length !== 3) throw new Error(`expected 3 JWT-SVIDs, got ${r.svids.length}`);
+      }),
+    close: () => session.close(),
+  };
+}
+
+export const fetchX509 = (c: BenchClient): Promise<void> => c.x509();
+export const fetchJwt = (c: BenchClient): Promise<void> => c.jwt();
+
+export async function closedLoop(stubs: BenchClient[], calls: number, fn: (s: BenchClient) => Promise<void>): Promise<{ lat: number[]; perSec: number }> {
+  const lat: number[] = [];
+  const t0 = performance.now();
+  await Promise.all(
+    stubs.map(async (s) => {
+      for (let i = 0; i < calls; i++) {
+        const a = performance.now();
+        await fn(s);
+        lat.push(performance.now() - a);
+      }
+    }),
+  );
+  return { lat, perSec: (lat.length / (performance.now() - t0)) * 1000 };
+}
+
+/**
+ * Open loop: calls issued at a fixed total rate, round-robin over the clients, whatever the
+ * responses do. Returns latencies and this (client) process's event-loop delay over the run:
+ * stalls on the client side inflate the measured latency.
+ */
+export async function openLoop(
+  stubs: BenchClient[],
+  ratePerSec: number,
+  seconds: number,
+  fn: (s: BenchClient) => Promise<void>,
+): Promise<{ lat: number[]; clientLoop: { p99: number; max: number } }> {
+  const mon = monitorEventLoopDelay({ resolution: 1 });
+  mon.enable();
+  const lat: number[] = [];
+  const total = Math.round(ratePerSec * seconds);
+  const interval = 1000 / ratePerSec;
+  const t0 = performance.now();
+  const pending: Promise<void>[] = [];
+  for (let i = 0; i < total; i++) {
+    const due = t0 + i * interval;
+    const wait = due - performance.now();
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    const s = stubs[i % stubs.length]!;
+    const a = performance.now();
+    pending.push(fn(s).then(() => void lat.push(performance.now() - a)));
+  }
+  await Promise.all(pending);
+  mon.disable();
+  return { lat, clientLoop: { p99: mon.percentile(99) / 1e6, max: mon.max / 1e6 } };
+}
+
