@@ -17,6 +17,8 @@ import { createSign, generateKeyPairSync } from 'node:crypto';
 import { fork } from 'node:child_process';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { mkdtempSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
+import http2 from 'node:http2';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,7 +31,8 @@ import { SpiffeBundle } from '../src/spiffe/bundle.js';
 import { mintJwtSvidSync } from '../src/spiffe/jwtsvid.js';
 import type { WorkloadAttestor } from '../src/plugins/types.js';
 import { startWorkloadApi } from '../src/agent/workload-api/server.js';
-import { workloadProtoPath } from '../src/agent/workload-api/proto.js';
+import type { ServiceTimeSummary } from '../src/agent/workload-api/service-time.js';
+import { workloadCodecs, workloadProtoPath } from '../src/agent/workload-api/proto.js';
 import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, type BenchClient } from './support/load.js';
 import { createContainerAttestor } from '../src/workload/container.js';
 import { createUnixAttestor } from '../src/workload/unix.js';
@@ -42,6 +45,51 @@ const opt = (name: string, dflt: number): number => {
 };
 
 // ---------------------------------------------------------------- server child
+
+/**
+ * The floor for comparison, in the same process: a bare node:http2 server on its own socket that
+ * answers FetchX509SVID and FetchJWTSVID with the very bytes the agent would send this caller
+ * (encoded once), with no peer credentials, attestation, matching or limits.
+ */
+async function startRawServer(socketPath: string, src: SvidCache, uid: number): Promise<net.Server> {
+  const codecs = workloadCodecs();
+  const frame = (msg: Uint8Array): Buffer => {
+    const out = Buffer.alloc(5 + msg.length);
+    out.writeUInt32BE(msg.length, 1);
+    out.set(msg, 5);
+    return out;
+  };
+  const mine = [`unix:uid:${uid}`];
+  const bundle = src.x509Bundles().get(TD)![0]!;
+  const x509 = frame(
+    codecs.X509SVIDResponse.encode({
+      svids: src.x509SvidsFor(mine).map((v) => ({ spiffe_id: v.spiffeId, x509_svid: Buffer.concat(v.chainDer), x509_svid_key: v.privateKeyPkcs8Der, bundle, hint: v.hint })),
+      crl: [],
+      federated_bundles: {},
+    }).finish(),
+  );
+  const jwt = frame(codecs.JWTSVIDResponse.encode({ svids: (await src.jwtSvidsFor(mine, ['bench'])).map((r) => ({ spiffe_id: r.spiffeId, svid: r.token, hint: r.hint })) }).finish());
+  const server = net.createServer((sock) => {
+    const session = http2.performServerHandshake(sock);
+    session.on('error', () => undefined);
+    session.on('stream', (st, headers) => {
+      st.on('error', () => undefined);
+      st.on('data', () => undefined);
+      st.on('end', () => {
+        if (headers[':path'] === '/SpiffeWorkloadAPI/FetchX509SVID') {
+          st.respond({ ':status': 200, 'content-type': 'application/grpc+proto' });
+          st.write(x509); // a stream: stays open until the client cancels
+        } else {
+          st.respond({ ':status': 200, 'content-type': 'application/grpc+proto' }, { waitForTrailers: true });
+          st.once('wantTrailers', () => st.sendTrailers({ 'grpc-status': '0' }));
+          st.end(jwt);
+        }
+      });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  return server;
+}
 
 async function runServer(socketPath: string, uid: number): Promise<void> {
   const pki = makePki();
@@ -91,6 +139,7 @@ async function runServer(socketPath: string, uid: number): Promise<void> {
     ]),
     logger: pino({ level: 'silent' }),
   });
+  const raw = await startRawServer(`${socketPath}.raw`, src, uid);
   process.on('disconnect', () => process.exit(0));
   // BENCH_HEAPPROF=file: sampled allocations that survived scavenges and died in a full GC (what
   // the young generation promotes), written when the run ends.
@@ -105,6 +154,10 @@ async function runServer(socketPath: string, uid: number): Promise<void> {
   loop.enable();
   process.send!({ type: 'ready', rss: process.memoryUsage().rss });
   process.on('message', async (m: { type: string }) => {
+    if (m.type === 'cpu') {
+      const cpu = process.cpuUsage();
+      process.send!({ type: 'cpu', cpuUs: cpu.user + cpu.system });
+    }
     if (m.type === 'rss') {
       const cpu = process.cpuUsage();
       process.send!({
@@ -115,6 +168,7 @@ async function runServer(socketPath: string, uid: number): Promise<void> {
         cpuUs: cpu.user + cpu.system,
         loopP99Ms: loop.percentile(99) / 1e6,
         loopMaxMs: loop.max / 1e6,
+        service: server.serviceTimes(true),
       });
       loop.reset();
     }
@@ -123,11 +177,15 @@ async function runServer(socketPath: string, uid: number): Promise<void> {
       const out = process.env.BENCH_HEAPPROF!;
       heapSession.post('HeapProfiler.stopSampling', (err, r) => {
         if (!err) writeFileSync(out, JSON.stringify(r.profile));
+        raw.close();
         void server.close().then(() => process.exit(0));
       });
       return;
     }
-    if (m.type === 'stop') void server.close().then(() => process.exit(0));
+    if (m.type === 'stop') {
+      raw.close();
+      void server.close().then(() => process.exit(0));
+    }
   });
 }
 
@@ -241,18 +299,63 @@ async function main(): Promise<void> {
   await Promise.all(stubs.map((s) => fetchX509(s))); // connect + warm up
   const afterConnect = await ask<{ rss: number; stats: { connections: number } }>('rss');
 
-  type Probe = { rss: number; mem: NodeJS.MemoryUsage; stats: { connections: number }; cpuUs: number; loopP99Ms: number; loopMaxMs: number };
+  type Probe = { rss: number; mem: NodeJS.MemoryUsage; stats: { connections: number }; cpuUs: number; loopP99Ms: number; loopMaxMs: number; service: Record<string, ServiceTimeSummary> };
   const p0 = await ask<Probe>('rss');
   const x = await closedLoop(stubs, calls, fetchX509);
   const p1 = await ask<Probe>('rss');
   const j = await closedLoop(stubs, calls, fetchJwt);
   const p2 = await ask<Probe>('rss');
-  const { lat: xo, clientLoop: xoClient } = await openLoop(stubs, rate, 3, fetchX509);
+  // The bare node:http2 floor in the same child process, with its own 200 connections.
+  const rawClients = await Promise.all(Array.from({ length: nClients }, () => h2Client(`${socket}.raw`)));
+  await Promise.all(rawClients.map((s) => fetchX509(s)));
+  const r0 = await ask<Probe>('rss');
+  const rx = await closedLoop(rawClients, calls, fetchX509);
+  const r1 = await ask<Probe>('rss');
+  const rj = await closedLoop(rawClients, calls, fetchJwt);
+  const r2 = await ask<Probe>('rss');
+
+  /**
+   * Open loop, Sigil and the floor interleaved in 1-s slices (so that both see the same machine
+   * load), `slices` of each; CPU per call from the child's CPU time around each slice.
+   */
+  const cpuNow = async (): Promise<number> => (await ask<{ cpuUs: number }>('cpu')).cpuUs;
+  const slices = opt('--slices', 5);
+  type Interleaved = { sigil: number[]; floor: number[]; sigilCpu: number; floorCpu: number; client: { p99: number; max: number } };
+  async function interleaved(fn: (c: BenchClient) => Promise<void>): Promise<Interleaved> {
+    const out: Interleaved = { sigil: [], floor: [], sigilCpu: 0, floorCpu: 0, client: { p99: 0, max: 0 } };
+    for (let i = 0; i < slices; i++) {
+      const c0 = await cpuNow();
+      const a = await openLoop(stubs, rate, 1, fn);
+      const c1 = await cpuNow();
+      const b = await openLoop(rawClients, rate, 1, fn);
+      const c2 = await cpuNow();
+      out.sigil.push(...a.lat);
+      out.floor.push(...b.lat);
+      out.sigilCpu += c1 - c0;
+      out.floorCpu += c2 - c1;
+      out.client = { p99: Math.max(out.client.p99, a.clientLoop.p99), max: Math.max(out.client.max, a.clientLoop.max) };
+    }
+    return out;
+  }
+  await ask<Probe>('rss'); // resets the service-time histograms
+  const xi = await interleaved(fetchX509);
   const p3 = await ask<Probe>('rss');
-  const { lat: jo, clientLoop: joClient } = await openLoop(stubs, rate, 3, fetchJwt);
+  const ji = await interleaved(fetchJwt);
   const end = await ask<Probe>('rss');
-  const cpuPerCall = (a: Probe, b: Probe, n: number): string =>
-    `${((b.cpuUs - a.cpuUs) / n).toFixed(0)} µs server CPU/call, server event-loop delay p99 ${b.loopP99Ms.toFixed(1)} ms max ${b.loopMaxMs.toFixed(1)} ms`;
+  for (const s of rawClients) s.close();
+  const xo = xi.sigil;
+  const jo = ji.sigil;
+  const rawCpu = (a: Probe, b: Probe, n: number): string => `${((b.cpuUs - a.cpuUs) / n).toFixed(0)} µs server CPU/call`;
+  const loopNote = (b: Probe): string =>
+    `in-server service time ${Object.values(b.service)
+      .map((t) => `p50 ${t.p50Ms.toFixed(2)} p99 ${t.p99Ms.toFixed(2)} max ${t.maxMs.toFixed(1)} ms`)
+      .join(', ')}; server event-loop delay p99 ${b.loopP99Ms.toFixed(1)} ms max ${b.loopMaxMs.toFixed(1)} ms`;
+  const cpuPerCall = (a: Probe, b: Probe, n: number): string => {
+    const svc = Object.entries(b.service)
+      .map(([m, t]) => `${m} p50 ${t.p50Ms.toFixed(2)} p99 ${t.p99Ms.toFixed(2)} max ${t.maxMs.toFixed(1)} ms`)
+      .join(', ');
+    return `${((b.cpuUs - a.cpuUs) / n).toFixed(0)} µs server CPU/call; in-server service time ${svc}; server event-loop delay p99 ${b.loopP99Ms.toFixed(1)} ms max ${b.loopMaxMs.toFixed(1)} ms`;
+  };
 
   const row = (name: string, lat: number[], perSec?: number): string =>
     `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms` +
@@ -262,10 +365,16 @@ async function main(): Promise<void> {
   console.log(`closed loop (${nClients} concurrent, ${calls} calls each, back to back):`);
   console.log(row('FetchX509SVID (first message of the stream)', x.lat, x.perSec) + `   ${cpuPerCall(p0, p1, x.lat.length)}`);
   console.log(row('FetchJWTSVID (cached tokens)', j.lat, j.perSec) + `   ${cpuPerCall(p1, p2, j.lat.length)}`);
-  console.log(`open loop (${rate} calls/s spread over ${nClients} connected clients, 3 s):`);
+  console.log(`open loop (${rate} calls/s spread over ${nClients} connected clients; ${slices} 1-s slices, interleaved with the same against the floor below):`);
   const clientNote = (c: { p99: number; max: number }): string => `; client event-loop delay p99 ${c.p99.toFixed(1)} ms max ${c.max.toFixed(1)} ms`;
-  console.log(row('FetchX509SVID', xo) + `   ${cpuPerCall(p2, p3, xo.length)}${clientNote(xoClient)}`);
-  console.log(row('FetchJWTSVID', jo) + `   ${cpuPerCall(p3, end, jo.length)}${clientNote(joClient)}`);
+  console.log(row('FetchX509SVID', xo) + `   ${(xi.sigilCpu / xo.length).toFixed(0)} µs server CPU/call; ${loopNote(p3)}${clientNote(xi.client)}`);
+  console.log(row('FetchJWTSVID', jo) + `   ${(ji.sigilCpu / jo.length).toFixed(0)} µs server CPU/call; ${loopNote(end)}${clientNote(ji.client)}`);
+  console.log(`the floor: bare node:http2 server in the same process sending the same bytes (no attestation, matching or limits):`);
+  const ratio = (a: number, b: number): string => `${(a / b).toFixed(2)}× the floor`;
+  console.log(row('closed FetchX509SVID', rx.lat, rx.perSec) + `   ${rawCpu(r0, r1, rx.lat.length)}; Sigil throughput ${ratio(x.perSec, rx.perSec)}`);
+  console.log(row('closed FetchJWTSVID', rj.lat, rj.perSec) + `   ${rawCpu(r1, r2, rj.lat.length)}; Sigil throughput ${ratio(j.perSec, rj.perSec)}`);
+  console.log(row('open FetchX509SVID', xi.floor) + `   ${(xi.floorCpu / xi.floor.length).toFixed(0)} µs server CPU/call; Sigil p99 ${ratio(pct(xo, 99), pct(xi.floor, 99))}`);
+  console.log(row('open FetchJWTSVID', ji.floor) + `   ${(ji.floorCpu / ji.floor.length).toFixed(0)} µs server CPU/call; Sigil p99 ${ratio(pct(jo, 99), pct(ji.floor, 99))}`);
   const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
   const m = end.mem;
   console.log(`server memory after the runs: heap ${mb(m.heapUsed)} used of ${mb(m.heapTotal)}, external ${mb(m.external)} (array buffers ${mb(m.arrayBuffers)})`);

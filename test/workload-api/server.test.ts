@@ -3,6 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { workloadProtoPath } from '../../src/agent/workload-api/proto.js';
+import type { WorkloadApiServer } from '../../src/agent/workload-api/server.js';
 import { WorkloadApiClient } from '../../src/workload/client.js';
 import { createUnixAttestor } from '../../src/workload/unix.js';
 import type { WorkloadAttestor } from '../../src/plugins/types.js';
@@ -53,6 +54,7 @@ describe('Workload API server with grpc-js clients', () => {
   let socket = '';
   let cleanup: () => Promise<void>;
   let attestors: Map<string, WorkloadAttestor>;
+  let server: WorkloadApiServer;
 
   beforeAll(async () => {
     source.addEntry({ id: 'e1', spiffeId: `spiffe://${TD}/me`, selectors: [ME], hint: 'internal' });
@@ -63,6 +65,7 @@ describe('Workload API server with grpc-js clients', () => {
     const t = await startTestServer(source, attestors);
     socket = t.socket;
     cleanup = t.cleanup;
+    server = t.server;
   });
   afterAll(async () => {
     await cleanup();
@@ -85,6 +88,29 @@ describe('Workload API server with grpc-js clients', () => {
       expect(pub.export({ format: 'der', type: 'spki' }).equals(leaf.publicKey.export({ format: 'der', type: 'spki' }))).toBe(true);
       expect([...ctx.federatedBundles.keys()]).toEqual(['spiffe://other.org']);
     } finally {
+      client.close();
+    }
+  });
+
+  it('records each call\'s service time per method, errors included, and resets on request', async () => {
+    server.serviceTimes(true);
+    const client = new WorkloadApiClient(socket);
+    const stub = rawStub(socket);
+    try {
+      await client.fetchX509Context();
+      await client.fetchX509Context();
+      const r = await streamFirst(stub, 'FetchX509SVID', new grpc.Metadata()); // no security header: an error status
+      expect(r.err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      const t = server.serviceTimes(true);
+      expect(Object.keys(t)).toEqual(['FetchX509SVID']);
+      const x = t.FetchX509SVID!;
+      expect(x.count).toBe(3);
+      expect(x.p50Ms).toBeGreaterThan(0);
+      expect(x.p50Ms).toBeLessThanOrEqual(x.p99Ms);
+      expect(x.p99Ms).toBeLessThanOrEqual(x.maxMs);
+      expect(server.serviceTimes()).toEqual({});
+    } finally {
+      stub.close();
       client.close();
     }
   });

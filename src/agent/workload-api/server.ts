@@ -28,6 +28,7 @@ import { attestCaller, DEFAULT_ATTEST_TIMEOUT_MS, type CallerAttestation } from 
 import { CallerConnection, type PeerCredentials } from './caller.js';
 import { ByteBudget, GrpcError, GrpcStatus, encodeGrpcMessage, frameMessage, parseGrpcTimeout, readSingleMessage, type GrpcStatusCode } from './grpc.js';
 import { SERVICE_NAME, encodeMessage, toStruct, workloadCodecs, type X509SvidMsg } from './proto.js';
+import { ServiceTimeHistogram, type ServiceTimeSummary } from './service-time.js';
 import { decodeEmptyRequest, decodeJwtSvidRequest, decodeValidateJwtSvidRequest } from './wire.js';
 
 export interface WorkloadApiOptions {
@@ -79,6 +80,11 @@ export interface WorkloadApiServer {
   /** `unix://<socketPath>` */
   address: string;
   stats(): WorkloadApiStats;
+  /**
+   * Service time per method since the last reset: from a call's stream reaching the server to its
+   * first response message or status (what the agent itself adds to a call's latency).
+   */
+  serviceTimes(reset?: boolean): Record<string, ServiceTimeSummary>;
 }
 
 const MAX_AUDIENCE_LENGTH = 256;
@@ -134,8 +140,21 @@ class Call {
   private trailers: Record<string, string> = {};
   private readonly cleanups: (() => void)[] = [];
 
-  constructor(readonly stream: ServerHttp2Stream) {
+  private readonly startedAt = performance.now();
+  private answered = false;
+
+  constructor(
+    readonly stream: ServerHttp2Stream,
+    private readonly onAnswer: (ms: number) => void,
+  ) {
     stream.on('close', () => this.markDone());
+  }
+
+  /** The first response message or status is going out: the call's service time ends here. */
+  private answer(): void {
+    if (this.answered) return;
+    this.answered = true;
+    this.onAnswer(performance.now() - this.startedAt);
   }
 
   onDone(fn: () => void): void {
@@ -179,6 +198,7 @@ class Call {
   /** Write one already framed message (a shared, never mutated buffer); false when the stream is closed. */
   sendFramed(framed: Buffer): boolean {
     if (this.done || this.stream.destroyed || this.stream.closed) return false;
+    this.answer();
     this.sendHeaders();
     this.stream.write(framed);
     return true;
@@ -193,6 +213,7 @@ class Call {
       this.markDone();
       return;
     }
+    this.answer();
     const t: Record<string, string> = { 'grpc-status': String(code) };
     if (message !== undefined && message.length > 0) t['grpc-message'] = encodeGrpcMessage(message);
     try {
@@ -512,6 +533,15 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     },
   };
   const methodPrefix = `/${SERVICE_NAME}/`;
+  const serviceTimes = new Map<string, ServiceTimeHistogram>();
+  for (const m of Object.keys(handlers)) serviceTimes.set(m, new ServiceTimeHistogram());
+  const otherCalls = new ServiceTimeHistogram();
+  /** Where a call's service time goes: its method's histogram (unknown paths share one). */
+  function serviceTimeRecorder(path: string | undefined): (ms: number) => void {
+    const name = path?.startsWith(methodPrefix) ? path.slice(methodPrefix.length) : '';
+    const h = serviceTimes.get(name) ?? otherCalls;
+    return (ms) => h.record(ms);
+  }
 
   // ------------------------------------------------------------------ streams
 
@@ -526,7 +556,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       stream.respond({ ':status': 415 }, { endStream: true });
       return;
     }
-    const call = new Call(stream);
+    const call = new Call(stream, serviceTimeRecorder(headers[':path']));
     state.calls.add(call);
     call.onDone(() => state.calls.delete(call));
     void dispatch(state, call, headers).catch((e: unknown) => {
@@ -658,6 +688,15 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
 
   return {
     address: `unix://${socketPath}`,
+    serviceTimes(reset = false) {
+      const out: Record<string, ServiceTimeSummary> = {};
+      for (const [m, h] of [...serviceTimes, ['other', otherCalls] as const]) {
+        const sum = h.summary();
+        if (sum.count > 0) out[m] = sum;
+        if (reset) h.reset();
+      }
+      return out;
+    },
     stats: () => ({
       connections: conns.size,
       rejectedConnections: counters.rejectedConnections,
