@@ -17,7 +17,7 @@ import { AlgorithmIdentifier, BasicConstraints, Certificate, KeyUsage, KeyUsageF
 import { RsaSaPssParams, id_RSASSA_PSS, id_mgf1, id_sha384 } from '@peculiar/asn1-rsa';
 import { SigilError, asSigilError } from '../errors.js';
 import type { SnpProduct, SnpSigningKey } from './report.js';
-import { SNP_PRODUCTS } from './report.js';
+import { SNP_PRODUCTS, encodeTcb } from './report.js';
 
 /**
  * SHA-256 of the DER of each product line's AMD Root Key (ARK) certificate, as published by
@@ -403,6 +403,78 @@ function requireEndEntityRole(cert: SevCert, label: string): void {
   if (cert.keyCertSign === true) fail('sev.cert_usage_invalid', `${who} keyUsage includes keyCertSign; a ${label} must not be allowed to sign certificates`);
 }
 
+/** The pinned ARK: a CA allowed to sign certificates, self-signed, valid at `now`. */
+function checkArk(ark: SevCert, now: Date): void {
+  requireIssuerRole(ark, 'ARK');
+  checkSignedBy(ark, ark, 'ARK', 'ARK itself');
+  checkValidity(ark, 'ARK', now);
+}
+
+/**
+ * An ASK (`kind` vcek) or ASVK (vlek) under `ark`: named as that kind (CN SEV-<Product> /
+ * SEV-VLEK-<Product>), a CA allowed to sign certificates, signed by the ARK, valid at `now`.
+ */
+function checkIntermediate(cand: SevCert, ark: SevCert, kind: SnpSigningKey, now: Date, whose: string): void {
+  const interLabel = kind === 'vcek' ? 'ASK' : 'ASVK';
+  const interIsVlek = /^SEV-VLEK-/i.test(cand.subjectCN ?? '');
+  if (interIsVlek !== (kind === 'vlek')) {
+    fail('sev.chain_kind_mismatch', `${whose} CN=${cand.subjectCN}, which is not an ${interLabel}`);
+  }
+  requireIssuerRole(cand, interLabel);
+  checkSignedBy(cand, ark, interLabel, 'ARK');
+  checkValidity(cand, interLabel, now);
+}
+
+/**
+ * Check an ASK+ARK (`kind` vcek) or ASVK+ARK (vlek) chain on its own, with no VCEK/VLEK: exactly
+ * two certificates, in any order; one is the pinned ARK of `product`, a CA allowed to sign
+ * certificates, self-signed and valid at `now`; the other is an ASK/ASVK with the same role,
+ * signed by that ARK and valid at `now`. The verifier uses it to decide whether a chain fetched
+ * from AMD KDS may be cached, independent of the leaf the agent sent (a made-up VCEK must not make
+ * the verifier fetch the genuine chain again on every session).
+ */
+export function verifyIssuerChain(
+  chainDers: readonly Uint8Array[],
+  product: SnpProduct,
+  kind: SnpSigningKey,
+  opts: { now: Date; pins: Record<SnpProduct, string> },
+): { ark: SevCert; intermediate: SevCert } {
+  const interLabel = kind === 'vcek' ? 'ASK' : 'ASVK';
+  if (chainDers.length !== 2) fail('sev.chain_incomplete', `a ${product} ${interLabel}+ARK chain must hold exactly 2 certificates, got ${chainDers.length}`);
+  const chain = chainDers.map((d, i) => parseSevCert(d, `chain certificate #${i + 1}`));
+  const pin = opts.pins[product];
+  const ark = chain.find((c) => c.sha256 === pin);
+  if (!ark) fail('sev.ark_untrusted', `no certificate of the ${product} ${interLabel}+ARK chain is the pinned ${product} ARK (sha256 ${pin})`);
+  const intermediate = chain.find((c) => c !== ark);
+  if (!intermediate || intermediate.sha256 === ark.sha256) fail('sev.chain_incomplete', `the ${product} chain holds the ARK twice and no ${interLabel}`);
+  checkArk(ark, opts.now);
+  checkIntermediate(intermediate, ark, kind, opts.now, `the ${product} chain's ${interLabel} slot holds`);
+  return { ark, intermediate };
+}
+
+/**
+ * The 8-byte REPORTED_TCB a VCEK/VLEK was issued for, from its SPL extensions in `product`'s
+ * layout (spl_4..spl_7 name the reserved TCB bytes 2..5 on Milan/Genoa; Turin has no place for
+ * them, so they must be 0 there). Missing or misplaced SPLs → sev.vcek_extension_invalid.
+ */
+export function endorsementTcb(amd: AmdCertExtensions, product: SnpProduct, label: string): Buffer {
+  if (amd.blSpl === undefined || amd.teeSpl === undefined || amd.snpSpl === undefined || amd.ucodeSpl === undefined) {
+    fail('sev.vcek_extension_invalid', `${label} lacks one of blSPL, teeSPL, snpSPL, ucodeSPL`);
+  }
+  if (product === 'turin' && amd.fmcSpl === undefined) fail('sev.vcek_extension_invalid', 'Turin VCEK lacks fmcSPL');
+  if (product !== 'turin' && amd.fmcSpl !== undefined) fail('sev.vcek_extension_invalid', `${product} certificate must not carry fmcSPL`);
+  const tcb = encodeTcb({ bootloader: amd.blSpl, tee: amd.teeSpl, snp: amd.snpSpl, microcode: amd.ucodeSpl, fmc: amd.fmcSpl }, product);
+  amd.reservedSpl.forEach((v, i) => {
+    if (v === undefined) return;
+    if (product === 'turin') {
+      if (v !== 0) fail('sev.vcek_extension_invalid', `Turin certificate spl_${i + 4} must be 0`);
+    } else {
+      tcb[2 + i] = v;
+    }
+  });
+  return tcb;
+}
+
 /**
  * Verify a VCEK/VLEK against candidate chain certificates (ASK/ASVK and ARK, any order) and the
  * pinned ARK for its product line. Returns the verified leaf with its AMD extensions.
@@ -447,10 +519,7 @@ export function verifyEndorsementChain(leafDer: Uint8Array, chainDers: readonly 
     fail('sev.chain_incomplete', `no ${interLabel} certificate for ${label} issuer CN=${leaf.issuerCN} was supplied`);
   }
 
-  // ARK: pinned; a CA allowed to sign certificates; self-signed.
-  requireIssuerRole(ark, 'ARK');
-  checkSignedBy(ark, ark, 'ARK', 'ARK itself');
-  checkValidity(ark, 'ARK', opts.now);
+  checkArk(ark, opts.now);
 
   // ASK/ASVK: signed by the ARK; a CA allowed to sign certificates; the kind matching the leaf. Several certificates may carry the
   // issuer's name (e.g. agent-supplied and cached); the first that passes every check is used.
@@ -458,13 +527,7 @@ export function verifyEndorsementChain(leafDer: Uint8Array, chainDers: readonly 
   let firstError: unknown;
   for (const cand of candidates) {
     try {
-      const interIsVlek = /^SEV-VLEK-/i.test(cand.subjectCN ?? '');
-      if (interIsVlek !== (kind === 'vlek')) {
-        fail('sev.chain_kind_mismatch', `${label} is issued by CN=${cand.subjectCN}, which is not an ${interLabel}`);
-      }
-      requireIssuerRole(cand, interLabel);
-      checkSignedBy(cand, ark, interLabel, 'ARK');
-      checkValidity(cand, interLabel, opts.now);
+      checkIntermediate(cand, ark, kind, opts.now, `${label} is issued by`);
       // VCEK/VLEK: signed by the ASK/ASVK.
       checkSignedBy(leaf, cand, label, interLabel);
       intermediate = cand;

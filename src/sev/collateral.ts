@@ -11,20 +11,27 @@
  *   GET <base>/vcek/v1/<Product>/<hwIdHex>?[fmcSPL=..&]blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..  → VCEK DER
  *   GET <base>/vcek/v1/<Product>/cert_chain, <base>/vlek/v1/<Product>/cert_chain               → PEM
  * Nothing fetched from KDS is cached by the lookup itself: lookupVcek/lookupChain hand back a
- * `persist()` that the caller runs only once the certificates verified against the pinned ARK; it
- * writes them into the directory (when one is configured) and a bounded in-memory cache.
+ * `persist()` that the caller runs only once the certificates verified against the pinned ARK (a
+ * chain on its own, a VCEK through its chain); it writes them into the directory (when one is
+ * configured) and a bounded in-memory cache. A fetched VCEK is cached only under the chip and TCB
+ * it names: its persist() does nothing unless its hwID is the requested CHIP_ID (in that product's
+ * form) and its SPLs are the requested TCB.
  *
  * KDS requests are guarded, because the request is made before the report signature can be checked
  * (that needs the VCEK being fetched), so a forged report picks the CHIP_ID and TCB in the URL:
  * a token bucket caps requests per minute (`maxRequestsPerMinute`, over the limit →
  * sev.kds_rate_limited), a 404 is remembered for 10 minutes per URL, and concurrent requests for one
- * URL share a single fetch.
+ * URL share a single fetch. The bucket is one per source (per verifier) and shared by every caller:
+ * whoever makes the verifier ask KDS spends it for everyone.
+ *
+ * An answer is read as a stream and the read is aborted as soon as it passes 64 KiB (or up front when
+ * Content-Length says so). `baseUrl` must be https://, or http:// on a loopback host (tests).
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SigilError } from '../errors.js';
-import { certificatesFromFile, pemToDerList } from './certs.js';
+import { certificatesFromFile, endorsementTcb, parseAmdExtensions, parseSevCert, pemToDerList, productFromEndorsementCert } from './certs.js';
 import { type SnpProduct, type SnpSigningKey, decodeTcb, hwIdForProduct, tcbHex } from './report.js';
 
 export const DEFAULT_KDS_BASE_URL = 'https://kdsintf.amd.com';
@@ -45,11 +52,42 @@ export interface KdsOptions {
   maxRequestsPerMinute?: number;
 }
 
-export type FetchLike = (url: string, init: { signal: AbortSignal; headers?: Record<string, string> }) => Promise<{
+/** The part of a fetch Response the KDS client uses (the global fetch's Response fits). */
+export interface KdsResponse {
   ok: boolean;
   status: number;
-  arrayBuffer(): Promise<ArrayBuffer>;
-}>;
+  headers: { get(name: string): string | null };
+  body: ReadableStream<Uint8Array> | null;
+}
+
+export type FetchLike = (url: string, init: { signal: AbortSignal; headers?: Record<string, string> }) => Promise<KdsResponse>;
+
+function isLoopbackHost(hostname: string): boolean {
+  // URL normalises IPv4 forms (127.1 → 127.0.0.1) and brackets IPv6 literals.
+  return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);
+}
+
+/**
+ * Refuse a KDS base URL that is not https:// (plain http:// is accepted only for a loopback host,
+ * i.e. a local test server), or that carries credentials, a query or a fragment → sev.config_invalid.
+ */
+export function checkKdsBaseUrl(baseUrl: string): void {
+  let u: URL;
+  try {
+    u = new URL(baseUrl);
+  } catch {
+    throw new SigilError('sev.config_invalid', `kds.baseUrl "${baseUrl}" is not a valid URL`);
+  }
+  if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopbackHost(u.hostname))) {
+    throw new SigilError(
+      'sev.config_invalid',
+      `kds.baseUrl "${baseUrl}" must use https:// (http:// is accepted only for a loopback host such as 127.0.0.1, ::1 or localhost, e.g. a local test server)`,
+    );
+  }
+  if (u.username !== '' || u.password !== '' || u.search !== '' || u.hash !== '') {
+    throw new SigilError('sev.config_invalid', `kds.baseUrl "${baseUrl}" must not carry credentials, a query or a fragment`);
+  }
+}
 
 export function vcekFileName(dir: string, product: SnpProduct, chipId: Buffer, reportedTcb: Buffer): string {
   return join(dir, product, `${hwIdForProduct(chipId, product).toString('hex')}-${tcbHex(reportedTcb)}.der`);
@@ -88,20 +126,103 @@ export function kdsChainUrl(baseUrl: string, product: SnpProduct, kind: SnpSigni
   return `${baseUrl.replace(/\/+$/, '')}/${kind}/v1/${PRODUCT_TITLE[product]}/cert_chain`;
 }
 
-async function kdsGet(fetchImpl: FetchLike, url: string): Promise<Buffer | undefined> {
-  let res: Awaited<ReturnType<FetchLike>>;
+const kdsFailed = (message: string, cause?: unknown): SigilError =>
+  new SigilError('sev.kds_fetch_failed', message, { status: 502, ...(cause === undefined ? {} : { cause }) });
+
+/** Drop an answer's body unread (404, HTTP errors). */
+async function discardBody(res: KdsResponse): Promise<void> {
   try {
-    res = await fetchImpl(url, { signal: AbortSignal.timeout(KDS_TIMEOUT_MS) });
-  } catch (e) {
-    throw new SigilError('sev.kds_fetch_failed', `AMD KDS request ${url} failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e, status: 502 });
+    await res.body?.cancel();
+  } catch {
+    // nothing to release
   }
-  if (res.status === 404) return undefined;
-  if (!res.ok) throw new SigilError('sev.kds_fetch_failed', `AMD KDS answered HTTP ${res.status} for ${url}`, { status: 502 });
-  const body = Buffer.from(await res.arrayBuffer());
-  if (body.length === 0 || body.length > MAX_KDS_BYTES) {
-    throw new SigilError('sev.kds_fetch_failed', `AMD KDS answer for ${url} is ${body.length} bytes (expected 1..${MAX_KDS_BYTES})`, { status: 502 });
+}
+
+/**
+ * Read a body of at most `max` bytes. Past `max` the read stops: the request is aborted and the
+ * stream cancelled, so an oversized answer costs at most `max` bytes plus one chunk.
+ */
+async function readCapped(res: KdsResponse, max: number, abort: AbortController, url: string): Promise<Buffer> {
+  if (!res.body) return Buffer.alloc(0);
+  const reader = res.body.getReader();
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for (;;) {
+    let step: Awaited<ReturnType<typeof reader.read>>;
+    try {
+      step = await reader.read();
+    } catch (e) {
+      throw kdsFailed(`AMD KDS answer for ${url} could not be read: ${e instanceof Error ? e.message : String(e)}`, e);
+    }
+    if (step.done) break;
+    const chunk: unknown = step.value;
+    if (!(chunk instanceof Uint8Array)) {
+      abort.abort();
+      await reader.cancel().catch(() => undefined);
+      throw kdsFailed(`AMD KDS answer for ${url} is not a byte stream`);
+    }
+    total += chunk.byteLength;
+    if (total > max) {
+      abort.abort();
+      await reader.cancel().catch(() => undefined);
+      throw kdsFailed(`AMD KDS answer for ${url} is larger than ${max} bytes; stopped reading it`);
+    }
+    chunks.push(Buffer.from(chunk));
   }
-  return body;
+  return Buffer.concat(chunks, total);
+}
+
+async function kdsGet(fetchImpl: FetchLike, url: string): Promise<Buffer | undefined> {
+  // One controller for the timeout (connection and body) and for stopping an oversized answer.
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(new Error(`no complete answer within ${KDS_TIMEOUT_MS} ms`)), KDS_TIMEOUT_MS);
+  try {
+    let res: KdsResponse;
+    try {
+      res = await fetchImpl(url, { signal: abort.signal });
+    } catch (e) {
+      throw kdsFailed(`AMD KDS request ${url} failed: ${e instanceof Error ? e.message : String(e)}`, e);
+    }
+    if (res.status === 404) {
+      await discardBody(res);
+      return undefined;
+    }
+    if (!res.ok) {
+      await discardBody(res);
+      throw kdsFailed(`AMD KDS answered HTTP ${res.status} for ${url}`);
+    }
+    const declared = res.headers.get('content-length')?.trim();
+    if (declared !== undefined && /^\d+$/.test(declared) && Number(declared) > MAX_KDS_BYTES) {
+      abort.abort();
+      await discardBody(res);
+      throw kdsFailed(`AMD KDS answer for ${url} declares ${declared} bytes (Content-Length), more than ${MAX_KDS_BYTES}; not read`);
+    }
+    const body = await readCapped(res, MAX_KDS_BYTES, abort, url);
+    if (body.length === 0) throw kdsFailed(`AMD KDS answer for ${url} is empty`);
+    return body;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Whether a VCEK fetched for (`product`, `chipId`, `reportedTcb`) is a VCEK for exactly that: its
+ * hwID equals the CHIP_ID in the product's form, its SPLs equal the TCB, and it names no other
+ * product line. Only such a VCEK may be cached under that key; anything else (another chip's
+ * genuine VCEK, another TCB's, unparsable bytes) is not.
+ */
+function vcekFitsRequest(der: Buffer, product: SnpProduct, chipId: Buffer, reportedTcb: Buffer): boolean {
+  try {
+    const leaf = parseSevCert(der, 'KDS VCEK');
+    const amd = parseAmdExtensions(leaf);
+    if (!amd.hwId || amd.cspId !== undefined) return false;
+    if (!amd.hwId.equals(hwIdForProduct(chipId, product))) return false;
+    const named = productFromEndorsementCert(leaf, amd);
+    if (named !== undefined && named !== product) return false;
+    return endorsementTcb(amd, product, 'VCEK').equals(reportedTcb);
+  } catch {
+    return false;
+  }
 }
 
 export interface CollateralSourceOptions {
@@ -123,7 +244,8 @@ export interface CollateralHit {
   fetched: boolean;
   /**
    * Cache fetched certificates (collateral directory and memory) for later lookups. Call only after
-   * they verified against the pinned ARK. No-op for certificates that came from a cache.
+   * they verified against the pinned ARK. No-op for certificates that came from a cache, and for a
+   * fetched VCEK that is not the requested chip's at the requested TCB.
    */
   persist(): Promise<void>;
 }
@@ -161,6 +283,7 @@ export class SnpCollateralSource {
     this.fetchImpl = opts.fetch ?? ((url, init) => fetch(url, init));
     this.onCacheWriteError = opts.onCacheWriteError ?? (() => undefined);
     this.clock = opts.clock ?? Date.now;
+    if (this.kds) checkKdsBaseUrl(this.kds.baseUrl);
     const rate = opts.kds?.maxRequestsPerMinute ?? DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE;
     if (!Number.isInteger(rate) || rate < 1) throw new SigilError('sev.config_invalid', `kds.maxRequestsPerMinute must be a positive integer, got ${rate}`);
     this.ratePerMinute = rate;
@@ -218,11 +341,12 @@ export class SnpCollateralSource {
     return { ders: [...ders], fetched: false, persist: noPersist };
   }
 
-  private fetchedHit(key: string, ders: Buffer[], path: string | undefined, data: Buffer | string): CollateralHit {
+  private fetchedHit(key: string, ders: Buffer[], path: string | undefined, data: Buffer | string, cacheable = true): CollateralHit {
     return {
       ders,
       fetched: true,
       persist: async () => {
+        if (!cacheable) return;
         remember(this.memory, key, [...ders], MEMORY_CACHE_MAX);
         if (path !== undefined) await this.writeCache(path, data);
       },
@@ -246,7 +370,10 @@ export class SnpCollateralSource {
       const body = await this.kdsFetch(kdsVcekUrl(this.kds.baseUrl, p, chipId, reportedTcb));
       if (!body) continue;
       const der = certificatesFromFile(body, 'KDS VCEK')[0]!;
-      return this.fetchedHit(key(p), [der], this.dir ? vcekFileName(this.dir, p, chipId, reportedTcb) : undefined, der);
+      // Returned either way (verification then refuses a VCEK of another chip or TCB), but cached
+      // under this chip's key only if it is this chip's VCEK at this TCB.
+      const fits = vcekFitsRequest(der, p, chipId, reportedTcb);
+      return this.fetchedHit(key(p), [der], this.dir ? vcekFileName(this.dir, p, chipId, reportedTcb) : undefined, der, fits);
     }
     return undefined;
   }

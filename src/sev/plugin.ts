@@ -9,7 +9,9 @@
  *   response  `{ report: <base64 0x4A0 bytes>, certs?: { vcek?, vlek?, ask?, ark? } }` (from the host's certificate table)
  * Missing certificates come from `collateralDir` and, if enabled, AMD KDS. Before any lookup the
  * report passes every check that does not need the VCEK (precheckSnpReport); certificates fetched
- * from KDS are cached only once they verified against the pinned ARK.
+ * from KDS are cached only once they verified against the pinned ARK: an ASK/ASVK+ARK chain as soon
+ * as it checks out on its own, a VCEK once it verified through its chain (and only if it is the
+ * requested chip's at the requested TCB, see SnpCollateralSource).
  */
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
@@ -28,9 +30,17 @@ import type {
 import { SigilError, asSigilError } from '../errors.js';
 import { type SnpReportSource, type TsmFs, DEFAULT_CONFIGFS_ROOT, createSnpReportSource } from './attester.js';
 import { certBundleFromTable, type SnpCertBundle } from './certtable.js';
-import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert, resolveArkPins, verifyEndorsementChain } from './certs.js';
-import { type CollateralHit, DEFAULT_KDS_BASE_URL, DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE, type FetchLike, SnpCollateralSource } from './collateral.js';
-import { type SnpProduct, SNP_PRODUCTS, SNP_REPORT_SIZE, parseSnpReport } from './report.js';
+import {
+  certificatesFromFile,
+  parseAmdExtensions,
+  parseSevCert,
+  productFromEndorsementCert,
+  resolveArkPins,
+  verifyEndorsementChain,
+  verifyIssuerChain,
+} from './certs.js';
+import { type CollateralHit, DEFAULT_KDS_BASE_URL, DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE, type FetchLike, SnpCollateralSource, checkKdsBaseUrl } from './collateral.js';
+import { type SnpProduct, type SnpSigningKey, SNP_PRODUCTS, SNP_REPORT_SIZE, parseSnpReport } from './report.js';
 import { type SnpMinTcb, type SnpPolicyOptions, type SnpVerification, SEV_ATTESTOR, precheckSnpReport, reportDataForBinding, verifySnpEvidence } from './verify.js';
 
 const CERT_KINDS = ['vcek', 'vlek', 'ask', 'ark'] as const;
@@ -175,6 +185,8 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
   const cfg = validateConfig<SevVerifierConfig>(sevVerifierConfigSchema, config, 'verifier');
   const products = cfg.products ?? [...SNP_PRODUCTS];
   const dir = cfg.collateralDir === undefined ? undefined : isAbsolute(cfg.collateralDir) ? cfg.collateralDir : resolve(deps.configDir, cfg.collateralDir);
+  // https only (http:// just for a loopback test server); checked even while KDS is disabled.
+  if (cfg.kds?.baseUrl !== undefined) checkKdsBaseUrl(cfg.kds.baseUrl);
   const collateral = new SnpCollateralSource({
     ...(dir === undefined ? {} : { dir }),
     ...(cfg.kds?.enabled
@@ -193,6 +205,19 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
     ...(cfg.arkSha256 ? { arkSha256: cfg.arkSha256 } : {}),
   };
   const pins = resolveArkPins(cfg.arkSha256);
+
+  /**
+   * Whether an ASK/ASVK+ARK chain checks out on its own (pinned ARK, self-signed, CA roles, ASK/ASVK
+   * signed by the ARK, both valid at `now`), whatever VCEK/VLEK it comes with.
+   */
+  const chainVerifies = (ders: Buffer[], product: SnpProduct, kind: SnpSigningKey, now: Date): boolean => {
+    try {
+      verifyIssuerChain(ders, product, kind, { now, pins });
+      return true;
+    } catch {
+      return false;
+    }
+  };
 
   /** Whether the VCEK/VLEK verifies against the pinned ARK through `chain` (whatever the report says). */
   const endorsementVerifies = (leaf: Buffer, chain: Buffer[], reportProduct: SnpProduct | undefined, now: Date): boolean => {
@@ -232,6 +257,7 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
         // cached only after it verified against the pinned ARK (below).
         const pre = precheckSnpReport(report, { ...policy, expectedReportData });
         const reportProduct = pre.product;
+        /** Fetched VCEKs, cached below only if they verify through the chain. */
         const hits: CollateralHit[] = [];
         let endorsement = certs[report.signingKey] ?? certs.vcek ?? certs.vlek;
         if (!endorsement && report.signingKey === 'vcek' && collateral.configured) {
@@ -249,10 +275,15 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
             const leaf = parseSevCert(endorsement, 'VCEK/VLEK');
             product = productFromEndorsementCert(leaf, parseAmdExtensions(leaf));
           }
-          if (product) {
+          // Only for a line the report passed the pre-checks as: a v2 report's line comes from the
+          // agent's (unverified) certificate, and as any other line verification refuses anyway.
+          if (product && pre.candidates.includes(product)) {
             const hit = await collateral.lookupChain(product, report.signingKey);
             if (hit) {
-              hits.push(hit);
+              // A fetched chain is cached as soon as it checks out on its own, whatever the leaf:
+              // otherwise a made-up VCEK would make every session fetch the genuine chain again and
+              // use up the KDS request budget that all nodes share.
+              if (hit.fetched && chainVerifies(hit.ders, product, report.signingKey, session.now)) await hit.persist();
               chain.push(...hit.ders);
             }
           }
@@ -263,9 +294,10 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
         } catch (e) {
           outcome = { ok: false, error: e };
         }
-        // Cache what was fetched from KDS only if the VCEK/VLEK verified against the pinned ARK
-        // through it: on success, or when only the report (signature, binding, policy) failed.
-        // A fetched certificate that does not chain is never cached as trusted for that chip.
+        // Cache a VCEK fetched from KDS only if it verified against the pinned ARK: on success, or
+        // when only the report (signature, binding, policy) failed. A fetched VCEK that does not
+        // chain is never cached as trusted for that chip (nor one naming another chip or TCB: its
+        // persist() does nothing).
         const fetched = hits.filter((h) => h.fetched);
         if (fetched.length > 0 && endorsement && (outcome.ok || endorsementVerifies(endorsement, chain, reportProduct, session.now))) {
           for (const h of fetched) await h.persist();

@@ -11,14 +11,13 @@ import {
   type SnpTcbParts,
   SNP_PRODUCTS,
   decodeTcb,
-  encodeTcb,
   hwIdForProduct,
   parseSnpReport,
   productFromReport,
   tcbHex,
   tcbReservedZero,
 } from './report.js';
-import { type VerifiedEndorsement, resolveArkPins, verifyEndorsementChain } from './certs.js';
+import { type VerifiedEndorsement, endorsementTcb, parseAmdExtensions, parseSevCert, productFromEndorsementCert, resolveArkPins, verifyEndorsementChain } from './certs.js';
 
 export const SEV_ATTESTOR = 'sev_snp';
 
@@ -111,22 +110,7 @@ function checkEndorsementMatchesReport(report: SnpReport, end: VerifiedEndorseme
     const restZero = product !== 'turin' || report.chipId.subarray(8).every((b) => b === 0);
     if (!chip.equals(hw) || !restZero) fail('sev.chip_id_mismatch', 'report CHIP_ID does not match the VCEK hwID (VCEK of another chip)');
   }
-  const a = end.amd;
-  if (a.blSpl === undefined || a.teeSpl === undefined || a.snpSpl === undefined || a.ucodeSpl === undefined) {
-    fail('sev.vcek_extension_invalid', `${end.kind.toUpperCase()} lacks one of blSPL, teeSPL, snpSPL, ucodeSPL`);
-  }
-  if (product === 'turin' && a.fmcSpl === undefined) fail('sev.vcek_extension_invalid', 'Turin VCEK lacks fmcSPL');
-  if (product !== 'turin' && a.fmcSpl !== undefined) fail('sev.vcek_extension_invalid', `${product} certificate must not carry fmcSPL`);
-  const expected = encodeTcb({ bootloader: a.blSpl, tee: a.teeSpl, snp: a.snpSpl, microcode: a.ucodeSpl, fmc: a.fmcSpl }, product);
-  // spl_4..spl_7 name the reserved TCB bytes 2..5 on Milan/Genoa; Turin has no defined place for them.
-  a.reservedSpl.forEach((v, i) => {
-    if (v === undefined) return;
-    if (product === 'turin') {
-      if (v !== 0) fail('sev.vcek_extension_invalid', `Turin certificate spl_${i + 4} must be 0`);
-    } else {
-      expected[2 + i] = v;
-    }
-  });
+  const expected = endorsementTcb(end.amd, product, end.kind.toUpperCase());
   if (!expected.equals(report.reportedTcb)) {
     fail('sev.tcb_mismatch', `report REPORTED_TCB ${tcbHex(report.reportedTcb)} differs from the certificate TCB ${tcbHex(expected)}`);
   }
@@ -207,7 +191,7 @@ export function precheckSnpReport(report: SnpReport, opts: SnpPrecheckOptions): 
   checkReportData(report, opts.expectedReportData);
   const candidates = product ? [product] : [...(opts.products ?? SNP_PRODUCTS)];
   const passed: SnpProduct[] = [];
-  let firstError: unknown;
+  const failures: { product: SnpProduct; error: unknown }[] = [];
   for (const p of candidates) {
     try {
       checkTcbReserved(report, p);
@@ -215,13 +199,57 @@ export function precheckSnpReport(report: SnpReport, opts: SnpPrecheckOptions): 
       checkPolicy(report, p, decodeTcb(report.reportedTcb, p), opts);
       passed.push(p);
     } catch (e) {
-      firstError ??= e;
+      failures.push({ product: p, error: e });
     }
   }
-  if (passed.length === 0) {
-    throw firstError ?? new SigilError('sev.product_not_allowed', 'no product line is allowed', { status: 403 });
-  }
+  if (passed.length === 0) throw noLineFits(report, failures);
   return product ? { product, candidates: passed } : { candidates: passed };
+}
+
+/**
+ * The error when every candidate line failed the pre-checks: that line's own error when there was
+ * one candidate (CPUID named it, or one line is allowed); for a report without CPUID tried as
+ * several lines, one error with the first failure's code and status whose message names every
+ * line tried and why each failed (lines failing for the same reason are listed together).
+ */
+function noLineFits(report: SnpReport, failures: { product: SnpProduct; error: unknown }[]): unknown {
+  const first = failures[0];
+  if (!first) return new SigilError('sev.product_not_allowed', 'no product line is allowed', { status: 403 });
+  if (failures.length === 1 || !(first.error instanceof SigilError)) return first.error;
+  const byReason = new Map<string, SnpProduct[]>();
+  for (const f of failures) {
+    const reason = f.error instanceof Error ? f.error.message : String(f.error);
+    byReason.set(reason, [...(byReason.get(reason) ?? []), f.product]);
+  }
+  const why = [...byReason].map(([reason, lines]) => `${lines.join(', ')}: ${reason}`).join('; ');
+  const tried = failures.map((f) => f.product).join(', ');
+  return new SigilError(first.error.code, `report v${report.version} has no CPUID and fits none of the product lines tried (${tried}): ${why}`, {
+    status: first.error.status,
+    cause: first.error,
+  });
+}
+
+/**
+ * Refuse a report as `product`, a line it did not pass the pre-checks as: with that line's own
+ * pre-check failure, or sev.product_not_allowed when the line passes them but is not in `products`.
+ */
+function refuseLine(report: SnpReport, product: SnpProduct, opts: SnpVerifyOptions, namedBy: string): never {
+  precheckSnpReport(report, { ...opts, products: [product] });
+  const products = opts.products ?? SNP_PRODUCTS;
+  fail('sev.product_not_allowed', `product ${product} (named by the ${namedBy}) is not in the allowed list [${products.join(', ')}]`);
+}
+
+/**
+ * Product line a VCEK/VLEK names (productName, else issuer CN), read before its chain is checked;
+ * undefined when it names none or cannot be parsed (verifyEndorsementChain then says why).
+ */
+export function productNamedByEndorsement(der: Uint8Array): SnpProduct | undefined {
+  try {
+    const leaf = parseSevCert(der, 'VCEK/VLEK');
+    return productFromEndorsementCert(leaf, parseAmdExtensions(leaf));
+  } catch {
+    return undefined;
+  }
 }
 
 const hex = (b: Buffer): string => b.toString('hex');
@@ -247,16 +275,22 @@ export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions)
   if (!evidence.endorsementCert) {
     fail('sev.vcek_missing', `no ${report.signingKey.toUpperCase()} certificate: supply it (agent certificate table, --vcek, collateral dir or KDS)`);
   }
+  // A report without CPUID was checked for every allowed product line it could be from; the
+  // certificate names the line. If that line did not pass, verification cannot succeed whatever the
+  // chain (it would be verified, and the report checked, as that line): refuse now, with that line's
+  // pre-check failure, or sev.product_not_allowed.
+  const kindName = report.signingKey.toUpperCase();
+  if (!reportProduct) {
+    const named = productNamedByEndorsement(evidence.endorsementCert);
+    if (named && !pre.candidates.includes(named)) refuseLine(report, named, opts, kindName);
+  }
   const end = verifyEndorsementChain(evidence.endorsementCert, evidence.chain ?? [], {
     now: opts.now,
     reportProduct,
     pins: resolveArkPins(opts.arkSha256),
   });
   const product = end.product;
-  // A report without CPUID was checked for every allowed product line it could be from; the
-  // certificate has now named the line. If that line did not pass, re-run the checks for it alone so
-  // the error says why (an allowed-products failure is left to checkPolicy below).
-  if (!pre.candidates.includes(product)) precheckSnpReport(report, { ...opts, products: [product] });
+  if (!pre.candidates.includes(product)) refuseLine(report, product, opts, kindName);
   checkEndorsementMatchesReport(report, end);
 
   let sigOk = false;

@@ -21,7 +21,7 @@ import {
 } from '@peculiar/asn1-x509';
 import { describe, expect, it } from 'vitest';
 import { SigilError } from '../../src/errors.js';
-import { parseSevCert, verifyEndorsementChain } from '../../src/sev/certs.js';
+import { parseSevCert, resolveArkPins, verifyEndorsementChain, verifyIssuerChain } from '../../src/sev/certs.js';
 import { verifySnpEvidence } from '../../src/sev/verify.js';
 import { type SnpTestChain, makeSnpReport, makeSnpTestChain } from '../support/sev-synthetic.js';
 import { requireTestdata } from '../support/testdata.js';
@@ -183,6 +183,41 @@ describe('the VCEK/VLEK must be an end-entity certificate', () => {
   }
 });
 
+describe('verifyIssuerChain: an ASK/ASVK+ARK chain checked on its own (whether a fetched chain may be cached)', () => {
+  const check = (ders: Buffer[], pins: Record<string, string>, o: { kind?: 'vcek' | 'vlek'; now?: Date; product?: 'milan' | 'turin' } = {}) =>
+    codeOf(() => verifyIssuerChain(ders, o.product ?? 'milan', o.kind ?? 'vcek', { now: o.now ?? NOW, pins: resolveArkPins(pins) }));
+  it('a rebuilt AMD-like chain passes in either order, for ASK and ASVK', () => {
+    const r = rebuild(milan);
+    expect(check([r.intermediate, r.ark], r.pins)).toBe('no error');
+    expect(check([r.ark, r.intermediate], r.pins)).toBe('no error');
+    const v = rebuild(milanVlek);
+    expect(check([v.intermediate, v.ark], v.pins, { kind: 'vlek' })).toBe('no error');
+  });
+  it('refuses a missing or unpinned ARK, a wrong count, an intermediate of the other kind or not signed by the ARK', () => {
+    const r = rebuild(milan);
+    expect(check([r.intermediate, r.ark], { milan: '0'.repeat(64) })).toBe('sev.ark_untrusted');
+    expect(check([r.ark], r.pins)).toBe('sev.chain_incomplete');
+    expect(check([r.ark, r.ark], r.pins)).toBe('sev.chain_incomplete');
+    expect(check([r.intermediate, r.ark, r.intermediate], r.pins)).toBe('sev.chain_incomplete');
+    expect(check([r.intermediate, r.ark], r.pins, { kind: 'vlek' })).toBe('sev.chain_kind_mismatch');
+    // The ASK of the synthetic chain is signed by its own (other) ARK key.
+    expect(check([milan.intermediate, r.ark], r.pins)).toBe('sev.cert_signature_invalid');
+    // Pinned as Milan, asked for as Turin.
+    expect(check([r.intermediate, r.ark], r.pins, { product: 'turin' })).toBe('sev.ark_untrusted');
+  });
+  it('refuses an ARK or ASK without its CA role', () => {
+    for (const roles of [{ ark: { ca: true } }, { ark: { usage: KeyUsageFlags.keyCertSign } }, { inter: { ca: true } }, { inter: { ca: false, usage: KeyUsageFlags.keyCertSign } }, { inter: {} }]) {
+      const r = rebuild(milan, roles);
+      expect(check([r.intermediate, r.ark], r.pins), JSON.stringify(roles)).toBe('sev.cert_usage_invalid');
+    }
+  });
+  it('refuses a chain not valid at the given time', () => {
+    const r = rebuild(milan);
+    expect(check([r.intermediate, r.ark], r.pins, { now: new Date('2041-01-01T00:00:00Z') })).toBe('sev.cert_expired');
+    expect(check([r.intermediate, r.ark], r.pins, { now: new Date('2019-01-01T00:00:00Z') })).toBe('sev.cert_not_yet_valid');
+  });
+});
+
 const have = requireTestdata();
 
 describe.skipIf(!have)('real AMD certificates satisfy the role rules', () => {
@@ -206,6 +241,12 @@ describe.skipIf(!have)('real AMD certificates satisfy the role rules', () => {
       expect(c.isCA, f).toBe(false);
       expect(c.keyCertSign, f).toBeUndefined();
     }
+  });
+  it('the real AMD cert_chain files pass verifyIssuerChain with the built-in pins', () => {
+    expect(codeOf(() => verifyIssuerChain(sevChain('milan'), 'milan', 'vcek', { now: MILAN_AT, pins: resolveArkPins() }))).toBe('no error');
+    expect(codeOf(() => verifyIssuerChain(sevChain('turin'), 'turin', 'vcek', { now: TURIN_AT, pins: resolveArkPins() }))).toBe('no error');
+    expect(codeOf(() => verifyIssuerChain(sevChain('milan', 'asvk'), 'milan', 'vlek', { now: MILAN_AT, pins: resolveArkPins() }))).toBe('no error');
+    expect(codeOf(() => verifyIssuerChain(sevChain('milan'), 'genoa', 'vcek', { now: MILAN_AT, pins: resolveArkPins() }))).toBe('sev.ark_untrusted');
   });
   it('the real reports still verify', () => {
     expect(codeOf(() => verifySnpEvidence({ report: sevFile('milan-v2.report.hex'), endorsementCert: sevFile('milan-v2.vcek.der'), chain: sevChain('milan') }, { now: MILAN_AT }))).toBe('no error');

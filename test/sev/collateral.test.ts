@@ -1,14 +1,15 @@
 /**
  * SnpCollateralSource guards on AMD KDS requests (src/sev/collateral.ts), with an injected fetch
- * and clock: the token-bucket rate limit, the 404 memory, sharing of concurrent requests, and that
- * nothing fetched is cached until persist() is called.
+ * and clock: the token-bucket rate limit, the 404 memory, sharing of concurrent requests, that
+ * nothing fetched is cached until persist() is called (and a VCEK only under the chip and TCB it
+ * names), the streamed 64 KiB answer cap, and the https-only base URL.
  */
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type FetchLike, KDS_NOT_FOUND_TTL_MS, SnpCollateralSource, chainFileName, kdsVcekUrl, vcekFileName } from '../../src/sev/collateral.js';
+import { type FetchLike, KDS_NOT_FOUND_TTL_MS, SnpCollateralSource, chainFileName, checkKdsBaseUrl, kdsVcekUrl, vcekFileName } from '../../src/sev/collateral.js';
 import { makeSnpTestChain } from '../support/sev-synthetic.js';
 import { codeOfAsync } from './helpers.js';
 
@@ -30,12 +31,7 @@ function fakeKds(known: Map<string, Buffer | string>, opts: { gate?: Promise<voi
     calls.push(url);
     if (opts.gate) await opts.gate;
     const body = known.get(url);
-    const bytes = body === undefined ? Buffer.alloc(0) : Buffer.from(body);
-    return {
-      ok: body !== undefined,
-      status: body === undefined ? 404 : 200,
-      arrayBuffer: async () => bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer,
-    };
+    return body === undefined ? new Response(null, { status: 404 }) : new Response(Buffer.from(body), { status: 200 });
   };
   return { calls, fetchImpl };
 }
@@ -145,5 +141,119 @@ describe('fetched certificates are cached only through persist()', () => {
     const v2 = await source(fresh.fetchImpl, { dir }).lookupVcek(['milan'], milan.chipId, milan.reportedTcb);
     expect(v2?.fetched).toBe(false);
     expect(fresh.calls).toEqual([]);
+  });
+});
+
+describe('a fetched VCEK is cached only under the chip and TCB it names', () => {
+  const victim = makeSnpTestChain('milan');
+  const url = kdsVcekUrl(BASE, 'milan', victim.chipId, victim.reportedTcb);
+  const cases: [string, () => Buffer][] = [
+    ['another chip\'s genuine VCEK', () => makeSnpTestChain('milan').endorsement],
+    ['this chip\'s VCEK for another TCB', () => makeSnpTestChain('milan', { chipId: victim.chipId, tcb: { snp: victim.tcb.snp + 1 } }).endorsement],
+    ['a Genoa VCEK with the same hwID and TCB', () => makeSnpTestChain('genoa', { chipId: victim.chipId, tcb: victim.tcb }).endorsement],
+    ['bytes that are not a certificate', () => Buffer.from('not a certificate')],
+  ];
+  for (const [name, served] of cases) {
+    it(`${name}: returned, but persist() writes nothing and the next lookup asks KDS again`, async () => {
+      const dir = join(tmp, `wrong-vcek-${name.replace(/\W+/g, '-')}`);
+      const wrong = served();
+      const kds = fakeKds(new Map([[url, wrong]]));
+      const src = source(kds.fetchImpl, { dir });
+      const hit = await src.lookupVcek(['milan'], victim.chipId, victim.reportedTcb);
+      expect(hit?.fetched).toBe(true);
+      expect(hit?.ders[0]?.equals(wrong)).toBe(true);
+      await hit!.persist();
+      expect(existsSync(vcekFileName(dir, 'milan', victim.chipId, victim.reportedTcb))).toBe(false);
+      expect((await src.lookupVcek(['milan'], victim.chipId, victim.reportedTcb))?.fetched).toBe(true);
+      expect(kds.calls).toEqual([url, url]);
+    });
+  }
+  it('control: the requested chip\'s VCEK at the requested TCB is cached (Milan and Turin)', async () => {
+    const turin = makeSnpTestChain('turin');
+    for (const c of [victim, turin]) {
+      const dir = join(tmp, `right-vcek-${c.product}`);
+      const u = kdsVcekUrl(BASE, c.product, c.chipId, c.reportedTcb);
+      const kds = fakeKds(new Map([[u, c.endorsement]]));
+      const src = source(kds.fetchImpl, { dir });
+      await (await src.lookupVcek([c.product], c.chipId, c.reportedTcb))!.persist();
+      expect(existsSync(vcekFileName(dir, c.product, c.chipId, c.reportedTcb))).toBe(true);
+      expect((await src.lookupVcek([c.product], c.chipId, c.reportedTcb))?.fetched).toBe(false);
+      expect(kds.calls).toEqual([u]);
+    }
+  });
+});
+
+describe('KDS answers are streamed and capped at 64 KiB', () => {
+  const MAX = 64 * 1024;
+  const CHUNK = 16 * 1024;
+  /** A KDS answering `chunks` chunks of CHUNK bytes, pulled one read at a time; records reads, cancel and the request's signal. */
+  function streamingKds(chunks: number, o: { contentLength?: string; lastChunk?: number } = {}) {
+    const seen = { pulls: 0, cancelled: false, signal: undefined as AbortSignal | undefined };
+    const fetchImpl: FetchLike = async (_url, init) => {
+      seen.signal = init.signal;
+      let sent = 0;
+      const body = new ReadableStream<Uint8Array>(
+        {
+          pull(controller) {
+            seen.pulls++;
+            if (sent === chunks) {
+              controller.close();
+              return;
+            }
+            sent++;
+            controller.enqueue(new Uint8Array(sent === chunks && o.lastChunk !== undefined ? o.lastChunk : CHUNK).fill(0x30));
+          },
+          cancel() {
+            seen.cancelled = true;
+          },
+        },
+        { highWaterMark: 0 },
+      );
+      return new Response(body, { status: 200, headers: o.contentLength === undefined ? {} : { 'content-length': o.contentLength } });
+    };
+    return { seen, fetchImpl };
+  }
+  const lookup = (f: FetchLike) => source(f).vcek(['milan'], chip(99), milan.reportedTcb);
+
+  it('an endless answer is read only up to the cap, then the request is aborted and the stream cancelled', async () => {
+    const kds = streamingKds(64); // 1 MiB, no Content-Length
+    expect(await codeOfAsync(() => lookup(kds.fetchImpl))).toBe('sev.kds_fetch_failed');
+    expect(kds.seen.pulls).toBeLessThanOrEqual(MAX / CHUNK + 1);
+    expect(kds.seen.cancelled).toBe(true);
+    expect(kds.seen.signal?.aborted).toBe(true);
+  });
+  it('a Content-Length over the cap is refused before any of the body is read', async () => {
+    const kds = streamingKds(64, { contentLength: String(64 * CHUNK) });
+    expect(await codeOfAsync(() => lookup(kds.fetchImpl))).toBe('sev.kds_fetch_failed');
+    expect(kds.seen.pulls).toBe(0);
+    expect(kds.seen.signal?.aborted).toBe(true);
+  });
+  it('exactly 64 KiB is accepted, one byte more is not; an empty answer is refused', async () => {
+    const exact = streamingKds(MAX / CHUNK);
+    expect((await lookup(exact.fetchImpl))?.length).toBe(MAX);
+    expect(exact.seen.signal?.aborted).toBe(false);
+    expect(await codeOfAsync(() => lookup(streamingKds(MAX / CHUNK + 1, { lastChunk: 1 }).fetchImpl))).toBe('sev.kds_fetch_failed');
+    expect(await codeOfAsync(() => lookup(streamingKds(0).fetchImpl))).toBe('sev.kds_fetch_failed');
+  });
+});
+
+describe('kds.baseUrl must be https:// (http:// only on a loopback host)', () => {
+  const make = (baseUrl: string) => () => new SnpCollateralSource({ kds: { enabled: true, baseUrl } });
+  it('refuses plain http to a remote host and other schemes, with a config error naming https', () => {
+    for (const u of ['http://kdsintf.amd.com', 'http://10.0.0.1:8080', 'http://127.example.com', 'ftp://kdsintf.amd.com', 'not a url']) {
+      expect(make(u), u).toThrow(expect.objectContaining({ code: 'sev.config_invalid' }));
+    }
+    expect(make('http://kdsintf.amd.com')).toThrow(/must use https:\/\//);
+    expect(make('https://user:pw@kdsintf.amd.com')).toThrow(/credentials, a query or a fragment/);
+    expect(make('https://kdsintf.amd.com/?x=1')).toThrow(/credentials, a query or a fragment/);
+  });
+  it('accepts https anywhere and http on 127.0.0.0/8, ::1 and localhost', () => {
+    for (const u of ['https://kdsintf.amd.com', 'https://kds.internal:8443/prefix/', 'http://127.0.0.1:9', 'http://127.1.2.3', 'http://[::1]:8080', 'http://localhost:3000']) {
+      expect(() => checkKdsBaseUrl(u), u).not.toThrow();
+      expect(make(u), u).not.toThrow();
+    }
+  });
+  it('is not checked while KDS is disabled in the source (the plugin checks any configured baseUrl)', () => {
+    expect(() => new SnpCollateralSource({ kds: { enabled: false, baseUrl: 'http://kdsintf.amd.com' } })).not.toThrow();
   });
 });

@@ -5,6 +5,7 @@
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { SigilError } from '../../src/errors.js';
 import { parseSnpReport } from '../../src/sev/report.js';
 import { type SnpVerifyOptions, precheckSnpReport, verifySnpEvidence } from '../../src/sev/verify.js';
 import { type SnpTestChain, makeSnpReport, makeSnpTestChain } from '../support/sev-synthetic.js';
@@ -58,6 +59,28 @@ describe('pre-check rules on synthetic reports', () => {
     const vlek = makeSnpTestChain('turin', { signingKey: 'vlek' });
     expect(codeOf(() => pre(makeSnpReport({ chain: vlek, chipId: randomBytes(64) })))).toBe('no error');
     expect(codeOf(() => pre(makeSnpReport({ chain: turin, chipId: Buffer.alloc(64) })))).toBe('no error');
+  });
+  it('v2 report failing every candidate line: the first failure\'s code, and a message naming each line tried and why it failed', () => {
+    // As Milan/Genoa the SNP SPL (8) is below the minimum; as Turin that byte is a reserved TCB byte.
+    const report = parseSnpReport(makeSnpReport({ chain: milan, version: 2 }));
+    let err: unknown;
+    try {
+      precheckSnpReport(report, { minTcb: { snp: 9 } });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(SigilError);
+    const e = err as SigilError;
+    expect(e.code).toBe('sev.tcb_too_low');
+    expect(e.status).toBe(403);
+    expect(e.message).toMatch(/no CPUID/);
+    expect(e.message).toMatch(/tried \(milan, genoa, turin\)/);
+    expect(e.message).toContain('milan, genoa: REPORTED_TCB snp SPL 8 is below the minimum 9');
+    expect(e.message).toMatch(/turin: report \w+_TCB has non-zero reserved bytes for turin/);
+    // One candidate line: its own error, unchanged.
+    expect(() => precheckSnpReport(report, { minTcb: { snp: 9 }, products: ['milan'] })).toThrow(/^REPORTED_TCB snp SPL 8 is below the minimum 9$/);
+    // With CPUID there is one line: its own error too.
+    expect(() => precheckSnpReport(parseSnpReport(makeSnpReport({ chain: milan })), { minTcb: { snp: 9 } })).toThrow(/^REPORTED_TCB snp SPL 8 is below the minimum 9$/);
   });
   it('minimum TCB uses the product layout (FMC only on Turin)', () => {
     expect(codeOf(() => pre(makeSnpReport({ chain: turin }), { minTcb: { fmc: 2 } }))).toBe('sev.tcb_too_low');
