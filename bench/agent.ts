@@ -15,14 +15,13 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:https';
-import { createServer } from 'node:net';
-import { createSign, generateKeyPairSync } from 'node:crypto';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { adminCall } from '../src/cli/admin-client.js';
-import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct } from './support/load.js';
+import { freePort } from '../test/agent/harness.js';
+import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, rawEs256PerSec } from './support/load.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: number): number => {
@@ -45,17 +44,6 @@ function procCpuUs(pid: number): number {
   return (ticks * 1e6) / 100; // USER_HZ is 100 on Linux
 }
 
-function rawEs256PerSec(): number {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const data = Buffer.alloc(300, 1);
-  let n = 0;
-  const t0 = performance.now();
-  while (performance.now() - t0 < 500) {
-    createSign('sha256').update(data).sign({ key: privateKey, dsaEncoding: 'ieee-p1363' });
-    n++;
-  }
-  return (n / (performance.now() - t0)) * 1000;
-}
 
 async function waitFor<T>(fn: () => Promise<T | undefined>, ms: number, what: string): Promise<T> {
   const end = Date.now() + ms;
@@ -67,16 +55,6 @@ async function waitFor<T>(fn: () => Promise<T | undefined>, ms: number, what: st
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 /** The verifier's `sigil_svids_issued_total{type="x509"}` from its /metrics (HTTPS, trusting its own bundle). */
 function issuedX509(port: number, caPem: string): Promise<number> {

@@ -13,7 +13,7 @@
  *   npx tsx bench/workload-api.ts [--clients 200] [--calls 20] [--rate 1000] [--client h2|grpc-js]
  *   (BENCH_PROF=DIR also writes a CPU profile of the server process into DIR)
  */
-import { createSign, generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { fork } from 'node:child_process';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { mkdtempSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
@@ -33,7 +33,7 @@ import type { WorkloadAttestor } from '../src/plugins/types.js';
 import { startWorkloadApi } from '../src/agent/workload-api/server.js';
 import type { ServiceTimeSummary } from '../src/agent/workload-api/service-time.js';
 import { workloadCodecs, workloadProtoPath } from '../src/agent/workload-api/proto.js';
-import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, type BenchClient } from './support/load.js';
+import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, rawEs256PerSec, type BenchClient } from './support/load.js';
 import { createContainerAttestor } from '../src/workload/container.js';
 import { createUnixAttestor } from '../src/workload/unix.js';
 import { makePki, TD } from '../test/workload-api/support.js';
@@ -229,17 +229,6 @@ function grpcJsClient(Ctor: grpc.ServiceClientConstructor, socket: string): Benc
 }
 
 
-function rawEs256PerSec(): number {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const data = Buffer.alloc(300, 1);
-  let n = 0;
-  const t0 = performance.now();
-  while (performance.now() - t0 < 500) {
-    createSign('sha256').update(data).sign({ key: privateKey, dsaEncoding: 'ieee-p1363' });
-    n++;
-  }
-  return (n / (performance.now() - t0)) * 1000;
-}
 
 async function attestationCost(): Promise<void> {
   const caller = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() };

@@ -2,6 +2,7 @@
  * Shared load generation for the Workload API benchmarks: a lean gRPC client on node:http2 and
  * open-/closed-loop drivers.
  */
+import { createSign, generateKeyPairSync } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -147,3 +148,16 @@ export async function openLoop(
   return { lat, clientLoop: { p99: mon.percentile(99) / 1e6, max: mon.max / 1e6 } };
 }
 
+
+/** Node's own ES256 (P-256 ECDSA) signature rate over half a second, for scale. */
+export function rawEs256PerSec(): number {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const data = Buffer.alloc(300, 1);
+  let n = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < 500) {
+    createSign('sha256').update(data).sign({ key: privateKey, dsaEncoding: 'ieee-p1363' });
+    n++;
+  }
+  return (n / (performance.now() - t0)) * 1000;
+}

@@ -123,7 +123,17 @@ export function registerAgentAdminCommands(agent: Command): void {
     const text = agents.map((a) => `${a.id}  attestors=${a.attestors.join('+')}  svid-expires=${a.svidExpiresAt}${a.banned ? '  BANNED' : ''}`).join('\n') || '(no agents)';
     out(o.json === true, { agents }, text);
   });
-  withSocket(agent.command('evict').description('evict an agent (it must attest again); --ban also refuses re-attestation').argument('<id>', 'agent SPIFFE ID').option('--ban', 'keep it out')).action(
+  withSocket(
+    agent
+      .command('evict')
+      .description(
+        'evict an agent: it must attest again, as must every agent that presented <id> as a factor; the TPM counters ' +
+          '(and other attestor state) of their factors are reset, so a node whose TPM was cleared can enrol again. ' +
+          '--ban instead keeps <id> out: attestation with it and every agent that presented it as a factor are refused',
+      )
+      .argument('<id>', 'agent SPIFFE ID (its own, or that of a factor it attested with)')
+      .option('--ban', 'keep it out (lift the ban later with evict without --ban)'),
+  ).action(
     async (id: string, o: { ban?: boolean; adminSocket?: string }) => {
       await adminCall(adminSocketOf(o), 'POST', '/v1/admin/agents/evict', { id, ban: o.ban === true });
       out(false, null, `${o.ban ? 'banned' : 'evicted'} ${id}`);

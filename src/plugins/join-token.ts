@@ -2,7 +2,8 @@
  * join_token node attestor (DESIGN §4): the operator makes a single-use, expiring token with
  * `sigil token generate`; the agent presents it in its hello. No selectors; the agent ID suffix is
  * the token's id (never the secret itself). The token is checked at `begin` and `finish` and used up
- * at `commit`, after every factor passed, so a session that fails on another factor leaves the token usable.
+ * at `commit`, after every factor passed and after every other factor's commit (`consumesOnCommit`),
+ * so a session that fails on another factor — in `finish` or in its `commit` — leaves the token usable.
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -39,6 +40,8 @@ export const joinTokenVerifierPlugin: NodeAttestorVerifierPlugin = {
       async commit(state, session) {
         await services.consumeJoinToken((state as { token: string }).token, session.now);
       },
+      // Used up last, after every other factor's commit (which may still lose a race) succeeded.
+      consumesOnCommit: true,
     };
   },
 };

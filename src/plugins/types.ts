@@ -81,9 +81,27 @@ export interface NodeAttestorVerifier {
   /**
    * Optional: make this factor's side effects durable (use up a join token, record TPM counters).
    * Called only after every factor of the session passed `finish`, so a failure in another factor
-   * never consumes this one. May still throw (e.g. the token was used concurrently).
+   * never consumes this one. May still throw (e.g. the token was used concurrently); the session
+   * then fails. Commits run one after another: first those of factors without `consumesOnCommit`
+   * (in the agent's factor order), then those with it.
    */
   commit?(state: unknown, session: SessionInput): Promise<void>;
+  /**
+   * Set to true when `commit` uses up a one-time resource (the built-in `join_token` does). Such
+   * commits run after every other factor's commit, so a commit that can still fail — a
+   * compare-and-set that loses a race — fails the session before anything single-use is spent.
+   * What earlier commits stored stays stored if a later one fails. Two factors that both consume
+   * cannot be ordered safely this way: the second can fail after the first consumed.
+   */
+  consumesOnCommit?: boolean;
+  /**
+   * Optional: the keys of this plugin's state (`deps.state`) that belong to the node to which this
+   * attestor gave `agentIdSuffix` (e.g. the `tpm` attestor's stored counters for that EK). When an
+   * operator evicts an agent (`sigil agent evict`, with or without `--ban`), the verifier deletes
+   * these keys for every factor of the agent, in the same datastore transaction as the eviction.
+   * Must be synchronous and side-effect free; return `[]` for a suffix it does not recognise.
+   */
+  stateKeysForAgent?(agentIdSuffix: string): string[];
 }
 
 export interface NodeAttestorVerifierPlugin {

@@ -23,7 +23,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { SigilError } from '../errors.js';
-import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, RegistrationEntry, StoredSession } from './types.js';
+import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 const { Pool, Client } = pg;
 type PoolClient = pg.PoolClient;
@@ -85,6 +85,10 @@ const MIGRATIONS: string[] = [
    CREATE TABLE \${S}.sessions (id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
    CREATE INDEX sessions_expiry ON \${S}.sessions (expires_at);
    CREATE TABLE \${S}.plugin_state (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (plugin, key));`,
+  // 2: the agent ID of every factor of the attestation (own ID first). Existing agents are known by
+  // their own ID only until they attest again.
+  `ALTER TABLE \${S}.agents ADD COLUMN factor_ids JSONB NOT NULL DEFAULT '[]'::jsonb;
+   UPDATE \${S}.agents SET factor_ids = jsonb_build_array(id);`,
 ];
 
 /** Number of schema migrations this build knows (the schema version it creates). */
@@ -117,6 +121,7 @@ interface AgentRow {
   svid_expires_at: Date;
   attested_at: Date;
   banned: boolean;
+  factor_ids: string[];
 }
 
 interface TokenRow {
@@ -158,6 +163,7 @@ function rowToAgent(r: AgentRow): AgentRecord {
     svidExpiresAt: iso(r.svid_expires_at),
     attestedAt: iso(r.attested_at),
     banned: r.banned,
+    factorIds: r.factor_ids.length > 0 ? r.factor_ids : [r.id],
   };
 }
 
@@ -471,12 +477,13 @@ export class PostgresStore implements DataStore {
     // is seen and nothing is written (rowCount 0); a concurrent insert of the same id is a conflict too.
     const r = await this.q(
       'upsertAgent',
-      `INSERT INTO ${this.s}.agents AS cur (id, attestors, selectors, serial, svid_expires_at, attested_at, banned)
-       VALUES ($1, $2::jsonb, $3::jsonb, $4, $5::timestamptz, $6::timestamptz, $7)
+      `INSERT INTO ${this.s}.agents AS cur (id, attestors, selectors, serial, svid_expires_at, attested_at, banned, factor_ids)
+       VALUES ($1, $2::jsonb, $3::jsonb, $4, $5::timestamptz, $6::timestamptz, $7, $8::jsonb)
        ON CONFLICT (id) DO UPDATE SET attestors = EXCLUDED.attestors, selectors = EXCLUDED.selectors, serial = EXCLUDED.serial,
-         svid_expires_at = EXCLUDED.svid_expires_at, attested_at = EXCLUDED.attested_at, banned = EXCLUDED.banned
+         svid_expires_at = EXCLUDED.svid_expires_at, attested_at = EXCLUDED.attested_at, banned = EXCLUDED.banned,
+         factor_ids = EXCLUDED.factor_ids
        WHERE NOT cur.banned`,
-      [a.id, JSON.stringify(a.attestors), JSON.stringify(a.selectors), a.serial, a.svidExpiresAt, a.attestedAt, a.banned],
+      [a.id, JSON.stringify(a.attestors), JSON.stringify(a.selectors), a.serial, a.svidExpiresAt, a.attestedAt, a.banned, JSON.stringify(a.factorIds)],
     );
     return (r.rowCount ?? 0) > 0;
   }
@@ -491,19 +498,72 @@ export class PostgresStore implements DataStore {
     return (await this.q<AgentRow>('listAgents', `SELECT * FROM ${this.s}.agents ORDER BY id COLLATE "C"`)).rows.map(rowToAgent);
   }
 
-  async evictAgent(id: string, ban: boolean): Promise<boolean> {
-    const sql = ban ? `UPDATE ${this.s}.agents SET banned = TRUE, serial = '' WHERE id = $1` : `DELETE FROM ${this.s}.agents WHERE id = $1`;
-    return ((await this.q('evictAgent', sql, [id])).rowCount ?? 0) > 0;
+  async evictAgent(id: string, ban: boolean, pluginState?: (agentId: string) => PluginStateKey[]): Promise<boolean> {
+    return this.tx('evictAgent', async (c) => {
+      type Hit = { id: string; factor_ids: string[] };
+      let hits: Hit[];
+      if (!ban) {
+        // The agent and every agent that presented it as a factor.
+        hits = (
+          await c.query<Hit>(`DELETE FROM ${this.s}.agents WHERE id = $1 OR factor_ids @> jsonb_build_array($1::text) RETURNING id, factor_ids`, [id])
+        ).rows;
+      } else {
+        hits = (await c.query<Hit>(`UPDATE ${this.s}.agents SET banned = TRUE, serial = '' WHERE id = $1 RETURNING id, factor_ids`, [id])).rows;
+        if (hits.length === 0) {
+          // No record of its own, but a factor of some agent: keep a banned record for it. An
+          // attestation writing this id concurrently conflicts, and the ban wins.
+          hits = (
+            await c.query<Hit>(
+              `INSERT INTO ${this.s}.agents AS cur (id, attestors, selectors, serial, svid_expires_at, attested_at, banned, factor_ids)
+               SELECT $1, '[]'::jsonb, '[]'::jsonb, '', now(), now(), TRUE, jsonb_build_array($1::text)
+               WHERE EXISTS (SELECT 1 FROM ${this.s}.agents WHERE factor_ids @> jsonb_build_array($1::text))
+               ON CONFLICT (id) DO UPDATE SET banned = TRUE, serial = ''
+               RETURNING id, factor_ids`,
+              [id],
+            )
+          ).rows;
+        }
+      }
+      if (ban && hits.length === 0) return false;
+      let changed = hits.length > 0;
+      if (pluginState) {
+        const plugins: string[] = [];
+        const keys: string[] = [];
+        const seen = new Set<string>();
+        // Without ban, also the state of `id` itself, even when no record is or names it.
+        for (const fid of new Set([...hits.flatMap((h) => (h.factor_ids.length > 0 ? h.factor_ids : [h.id])), ...(ban ? [] : [id])])) {
+          for (const k of pluginState(fid)) {
+            const tag = JSON.stringify([k.plugin, k.key]);
+            if (seen.has(tag)) continue;
+            seen.add(tag);
+            plugins.push(k.plugin);
+            keys.push(k.key);
+          }
+        }
+        if (plugins.length > 0) {
+          const r = await c.query(
+            `DELETE FROM ${this.s}.plugin_state s USING unnest($1::text[], $2::text[]) AS k(plugin, key) WHERE s.plugin = k.plugin AND s.key = k.key`,
+            [plugins, keys],
+          );
+          if ((r.rowCount ?? 0) > 0) changed = true;
+        }
+      }
+      return changed;
+    });
   }
 
   async renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean> {
     // One conditional UPDATE: under READ COMMITTED a concurrent ban or renewal holds the row lock
     // and this statement re-checks the WHERE clause against the row it committed; a concurrent
     // DELETE leaves no row to update. Either way nothing is written and the caller is told so.
+    // A ban of one of the agent's other factor IDs committed before this statement is seen by the
+    // NOT EXISTS; one committed after it is a later ban, seen by the agent's next call.
     const r = await this.q(
       'renewAgentSvid',
-      `UPDATE ${this.s}.agents SET serial = $3, svid_expires_at = $4::timestamptz
-       WHERE id = $1 AND serial = $2 AND NOT banned`,
+      `UPDATE ${this.s}.agents AS cur SET serial = $3, svid_expires_at = $4::timestamptz
+       WHERE cur.id = $1 AND cur.serial = $2 AND NOT cur.banned
+         AND NOT EXISTS (SELECT 1 FROM ${this.s}.agents b
+                         WHERE b.banned AND b.id IN (SELECT jsonb_array_elements_text(cur.factor_ids)))`,
       [id, expectedSerial, serial, svidExpiresAt],
     );
     return (r.rowCount ?? 0) > 0;

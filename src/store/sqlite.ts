@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.js';
-import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, RegistrationEntry, StoredSession } from './types.js';
+import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 /** Migrations, in order; index + 1 = schema version. Never edit a shipped migration: add a new one. */
 const MIGRATIONS: string[] = [
@@ -50,7 +50,14 @@ const MIGRATIONS: string[] = [
    CREATE TABLE sessions (id TEXT PRIMARY KEY, body TEXT NOT NULL, expires_at TEXT NOT NULL);
    CREATE INDEX sessions_expiry ON sessions(expires_at);
    CREATE TABLE plugin_state (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (plugin, key));`,
+  // 2: the agent ID of every factor of the attestation (JSON array, own ID first). Existing agents
+  // are known by their own ID only until they attest again.
+  `ALTER TABLE agents ADD COLUMN factor_ids TEXT NOT NULL DEFAULT '[]';
+   UPDATE agents SET factor_ids = json_array(id);`,
 ];
+
+/** Schema version this build creates (SQLite `user_version`). */
+export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
 
 interface EntryRow {
   id: string;
@@ -92,6 +99,12 @@ interface AgentRow {
   svid_expires_at: string;
   attested_at: string;
   banned: number;
+  factor_ids: string;
+}
+
+function factorIdsOf(r: { id: string; factor_ids: string }): string[] {
+  const ids = JSON.parse(r.factor_ids) as string[];
+  return ids.length > 0 ? ids : [r.id];
 }
 
 function rowToAgent(r: AgentRow): AgentRecord {
@@ -103,6 +116,7 @@ function rowToAgent(r: AgentRow): AgentRecord {
     svidExpiresAt: r.svid_expires_at,
     attestedAt: r.attested_at,
     banned: r.banned === 1,
+    factorIds: factorIdsOf(r),
   };
 }
 
@@ -156,19 +170,34 @@ export class SqliteStore implements DataStore {
       revision: db.prepare(`SELECT CAST(value AS INTEGER) AS v FROM meta WHERE key = 'entries_revision'`),
       countEntries: db.prepare('SELECT COUNT(*) AS n FROM entries'),
       upsertAgent: db.prepare(
-        `INSERT INTO agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned)
-         VALUES (@id, @attestors, @selectors, @serial, @svid_expires_at, @attested_at, @banned)
+        `INSERT INTO agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned, factor_ids)
+         VALUES (@id, @attestors, @selectors, @serial, @svid_expires_at, @attested_at, @banned, @factor_ids)
          ON CONFLICT(id) DO UPDATE SET attestors = excluded.attestors, selectors = excluded.selectors, serial = excluded.serial,
-           svid_expires_at = excluded.svid_expires_at, attested_at = excluded.attested_at, banned = excluded.banned
+           svid_expires_at = excluded.svid_expires_at, attested_at = excluded.attested_at, banned = excluded.banned,
+           factor_ids = excluded.factor_ids
          WHERE agents.banned = 0`,
       ),
       getAgent: db.prepare('SELECT * FROM agents WHERE id = ?'),
       listAgents: db.prepare('SELECT * FROM agents ORDER BY id'),
-      deleteAgent: db.prepare('DELETE FROM agents WHERE id = ?'),
-      banAgent: db.prepare(`UPDATE agents SET banned = 1, serial = '' WHERE id = ?`),
-      renewAgent: db.prepare(
-        'UPDATE agents SET serial = @serial, svid_expires_at = @svid_expires_at WHERE id = @id AND serial = @expected AND banned = 0',
+      // The agent and every agent that presented it as a factor.
+      deleteAgents: db.prepare(
+        `DELETE FROM agents WHERE id = @id OR EXISTS (SELECT 1 FROM json_each(agents.factor_ids) f WHERE f.value = @id)
+         RETURNING id, factor_ids`,
       ),
+      banAgent: db.prepare(`UPDATE agents SET banned = 1, serial = '' WHERE id = ? RETURNING id, factor_ids`),
+      // A ban of an ID that has no record of its own but is a factor of some agent.
+      banFactor: db.prepare(
+        `INSERT INTO agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned, factor_ids)
+         SELECT @id, '[]', '[]', '', @now, @now, 1, json_array(@id)
+         WHERE EXISTS (SELECT 1 FROM agents a, json_each(a.factor_ids) f WHERE f.value = @id)
+         RETURNING id, factor_ids`,
+      ),
+      renewAgent: db.prepare(
+        `UPDATE agents SET serial = @serial, svid_expires_at = @svid_expires_at
+         WHERE id = @id AND serial = @expected AND banned = 0
+           AND NOT EXISTS (SELECT 1 FROM json_each(agents.factor_ids) f JOIN agents b ON b.id = f.value WHERE b.banned = 1)`,
+      ),
+      deleteState: db.prepare('DELETE FROM plugin_state WHERE plugin = ? AND key = ?'),
       insertToken: db.prepare(
         'INSERT INTO join_tokens (id, secret_hash, expires_at, used_at, spiffe_id, created_at) VALUES (@id, @secret_hash, @expires_at, NULL, @spiffe_id, @created_at)',
       ),
@@ -309,6 +338,7 @@ export class SqliteStore implements DataStore {
       svid_expires_at: a.svidExpiresAt,
       attested_at: a.attestedAt,
       banned: a.banned ? 1 : 0,
+      factor_ids: JSON.stringify(a.factorIds),
     });
     return r.changes > 0;
   }
@@ -322,9 +352,30 @@ export class SqliteStore implements DataStore {
     return (this.stmt.listAgents!.all() as AgentRow[]).map(rowToAgent);
   }
 
-  async evictAgent(id: string, ban: boolean): Promise<boolean> {
-    const stmt = ban ? this.stmt.banAgent! : this.stmt.deleteAgent!;
-    return stmt.run(id).changes > 0;
+  async evictAgent(id: string, ban: boolean, pluginState?: (agentId: string) => PluginStateKey[]): Promise<boolean> {
+    return this.db.transaction(() => {
+      type Hit = { id: string; factor_ids: string };
+      let hits: Hit[];
+      if (!ban) hits = this.stmt.deleteAgents!.all({ id }) as Hit[];
+      else {
+        const banned = (this.stmt.banAgent!.get(id) ?? this.stmt.banFactor!.get({ id, now: new Date().toISOString() })) as Hit | undefined;
+        hits = banned ? [banned] : [];
+      }
+      if (ban && hits.length === 0) return false;
+      let changed = hits.length > 0;
+      if (pluginState) {
+        const done = new Set<string>();
+        for (const fid of new Set([...hits.flatMap(factorIdsOf), ...(ban ? [] : [id])])) {
+          for (const k of pluginState(fid)) {
+            const tag = JSON.stringify([k.plugin, k.key]);
+            if (done.has(tag)) continue;
+            done.add(tag);
+            if (this.stmt.deleteState!.run(k.plugin, k.key).changes > 0) changed = true;
+          }
+        }
+      }
+      return changed;
+    })();
   }
 
   async renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean> {

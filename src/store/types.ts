@@ -34,6 +34,19 @@ export interface AgentRecord {
   svidExpiresAt: string;
   attestedAt: string;
   banned: boolean;
+  /**
+   * The agent ID each factor of the attestation gives (`spiffe://<td>/sigil/agent/<attestor>/<suffix>`),
+   * in the agent's factor order, so `id` first. The agent is refused — on every agent call, on
+   * renewal and on attestation — while any of them is banned. Records written before schema
+   * version 2 hold only `[id]` (their other factors were not recorded) until the agent attests again.
+   */
+  factorIds: string[];
+}
+
+/** One plugin state entry (see DataStore.getPluginState). */
+export interface PluginStateKey {
+  plugin: string;
+  key: string;
 }
 
 export interface JoinTokenRecord {
@@ -121,13 +134,29 @@ export interface DataStore {
   upsertAgent(a: AgentRecord): Promise<boolean>;
   getAgent(id: string): Promise<AgentRecord | undefined>;
   listAgents(): Promise<AgentRecord[]>;
-  /** Remove the agent record (its SVID stops being accepted). With ban, keep the record as banned. */
-  evictAgent(id: string, ban: boolean): Promise<boolean>;
+  /**
+   * Evict, in one transaction. Without ban: delete the record `id` and every record that names `id`
+   * among its factorIds (those agents' SVIDs stop being accepted; they must attest again). With ban:
+   * mark the record `id` banned and clear its serial (no SVID of it is accepted); when there is no
+   * record `id` but some record names it as a factor, create a banned record for it (no attestors,
+   * selectors or serial; factorIds `[id]`), so the agents naming it are refused and any attestation
+   * presenting that factor is too. A banned record is only ever removed by an eviction without ban.
+   *
+   * `pluginState`, if given, maps an agent ID to the plugin state entries that belong to it (e.g. the
+   * TPM counters of an EK); the entries of every factor ID of every record deleted or banned — and,
+   * without ban, of `id` itself even when no record is or names it (state left by a session that
+   * failed after its factor committed) — are deleted in the same transaction. It must be
+   * synchronous; if it throws, nothing changes.
+   *
+   * Resolves whether anything was deleted or banned; false means nothing changed.
+   */
+  evictAgent(id: string, ban: boolean, pluginState?: (agentId: string) => PluginStateKey[]): Promise<boolean>;
   /**
    * Node SVID renewal: set the agent's serial and SVID expiry in one conditional write, only if the
-   * agent still exists, is not banned and its serial is still `expectedSerial` (the SVID the caller
-   * authenticated with). Returns false, changing nothing, otherwise — so an eviction, ban or other
-   * renewal that lands between the caller's read and this write is never undone.
+   * agent still exists, is not banned, no record of its other factorIds is banned and its serial is
+   * still `expectedSerial` (the SVID the caller authenticated with). Returns false, changing
+   * nothing, otherwise — so an eviction, ban or other renewal that lands between the caller's read
+   * and this write is never undone.
    */
   renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean>;
 

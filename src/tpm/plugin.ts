@@ -279,15 +279,22 @@ export class TpmVerifier implements NodeAttestorVerifier {
     // The EK chain was validated in begin(); this is a cache hit that re-checks validity times.
     const chain = await this.ek.verify(Buffer.from(st.ekCert, 'base64'), st.ekIntermediates.map((b) => Buffer.from(b, 'base64')), session.now);
 
-    const key = `counters:${st.ekPubHash}`;
+    const key = counterKey(st.ekPubHash);
     let prevRaw: unknown;
     try {
       prevRaw = await this.deps.state.get(key);
     } catch (e) {
       throw new SigilError('tpm.state_unavailable', `tpm: reading the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
     }
-    const prev = isCounterState(prevRaw) ? prevRaw : undefined;
-    const next = checkCounters(prev, quote.attest.clockInfo);
+    // Fail closed: a stored value that is not counter state must not turn the rollback check off.
+    if (prevRaw !== undefined && !isCounterState(prevRaw)) {
+      throw new SigilError(
+        'tpm.state_unavailable',
+        `tpm: the stored counter state "${key}" is not { resetCount, restartCount, clock }; refusing rather than skipping the rollback check (evicting the agent deletes it)`,
+        { status: 503 },
+      );
+    }
+    const next = checkCounters(prevRaw, quote.attest.clockInfo);
     // Stored by commit(), only once every factor of the session passed, and only if the stored
     // counters are still the ones checked here (compare-and-set on exactly what was read).
     pendingCounters.set(state as object, { key, expected: prevRaw, next });
@@ -298,6 +305,11 @@ export class TpmVerifier implements NodeAttestorVerifier {
       claims: { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: true },
       agentIdSuffix: st.ekPubHash,
     };
+  }
+
+  /** The counters stored for the EK whose hash is the agent ID suffix; evicting the agent deletes them. */
+  stateKeysForAgent(agentIdSuffix: string): string[] {
+    return /^[0-9a-f]{64}$/.test(agentIdSuffix) ? [counterKey(agentIdSuffix)] : [];
   }
 
   async commit(state: unknown): Promise<void> {
@@ -320,6 +332,11 @@ export class TpmVerifier implements NodeAttestorVerifier {
       );
     }
   }
+}
+
+/** Plugin state key of the counters of the EK with this public key hash (also the agent ID suffix). */
+function counterKey(ekPubHash: string): string {
+  return `counters:${ekPubHash}`;
 }
 
 /** Counter state checked in finish() (`expected`: the value read), written in commit(); keyed by the session's state object. */

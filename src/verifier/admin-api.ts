@@ -106,9 +106,14 @@ export function registerAdminRoutes(app: FastifyInstance, core: VerifierCore): v
     '/v1/admin/agents/evict',
     { schema: { body: { type: 'object', additionalProperties: false, required: ['id'], properties: { id: { type: 'string', minLength: 1, maxLength: 2048 }, ban: { type: 'boolean' } } } } },
     async (req) => {
-      if (!(await core.store.evictAgent(req.body.id, req.body.ban === true))) throw new SigilError('agent.not_found', `no agent ${req.body.id}`, { status: 404 });
-      core.logger.info({ agentId: req.body.id, ban: req.body.ban === true }, 'agent evicted');
-      return { evicted: req.body.id, banned: req.body.ban === true };
+      const ban = req.body.ban === true;
+      // The plugin state of the evicted agents' factors (e.g. the TPM counters of their EKs) goes
+      // in the same transaction, so a node whose TPM was cleared can enrol again after an eviction.
+      if (!(await core.store.evictAgent(req.body.id, ban, (id) => core.attestation.pluginStateOf(id)))) {
+        throw new SigilError('agent.not_found', `no agent ${req.body.id} (no agent record is or names this ID, and no attestor state belongs to it)`, { status: 404 });
+      }
+      core.logger.info({ agentId: req.body.id, ban }, ban ? 'agent banned' : 'agent evicted');
+      return { evicted: req.body.id, banned: ban };
     },
   );
 

@@ -22,13 +22,50 @@ function peerAgentId(req: FastifyRequest): { id: string; serial: string } {
   return { id: (uris[0] as string).slice(4), serial: cert.serialNumber };
 }
 
+function unknownAgent(id: string): SigilError {
+  return new SigilError('agent.unknown', `${id} is not an attested agent (evicted or never attested); attest again`, { status: 401 });
+}
+
+function staleSvid(): SigilError {
+  return new SigilError('agent.stale_svid', 'this node SVID was superseded by a newer one; use the current SVID or attest again', { status: 401 });
+}
+
+/** The ban that keeps this agent out: of its own ID or of any other factor it attested with. */
+async function banOf(core: VerifierCore, agent: AgentRecord): Promise<SigilError | undefined> {
+  if (agent.banned) return new SigilError('agent.banned', `${agent.id} is banned`, { status: 403 });
+  for (const fid of agent.factorIds) {
+    if (fid !== agent.id && (await core.store.getAgent(fid))?.banned) {
+      return new SigilError('agent.banned', `${agent.id} attested with the factor ${fid}, which is banned`, { status: 403 });
+    }
+  }
+  return undefined;
+}
+
 export async function requireAgent(core: VerifierCore, req: FastifyRequest): Promise<AgentRecord> {
   const { id, serial } = peerAgentId(req);
   const agent = await core.store.getAgent(id);
-  if (!agent) throw new SigilError('agent.unknown', `${id} is not an attested agent (evicted or never attested); attest again`, { status: 401 });
-  if (agent.banned) throw new SigilError('agent.banned', `${id} is banned`, { status: 403 });
-  if (agent.serial !== serial) throw new SigilError('agent.stale_svid', 'this node SVID was superseded by a newer one; use the current SVID or attest again', { status: 401 });
+  if (!agent) throw unknownAgent(id);
+  const ban = await banOf(core, agent);
+  if (ban) throw ban;
+  if (agent.serial !== serial) throw staleSvid();
   return agent;
+}
+
+/**
+ * Why a conditional renewal wrote nothing, from the agent record as it is now: gone (agent.unknown),
+ * banned itself or through another factor (agent.banned, 403: attesting again is refused too), or
+ * holding another SVID by now (agent.stale_svid). If the record shows none of these any more (what
+ * stopped the write was undone in between), the renewal can simply be retried (agent.renewal_conflict).
+ */
+async function renewalRefusal(core: VerifierCore, agent: AgentRecord): Promise<SigilError> {
+  const now = await core.store.getAgent(agent.id);
+  if (!now) return new SigilError('agent.unknown', `${agent.id} was evicted while this renewal ran; attest again`, { status: 401 });
+  const ban = await banOf(core, now);
+  if (ban) return new SigilError(ban.code, `${ban.message} (banned while this renewal ran)`, { status: ban.status });
+  if (now.serial !== agent.serial) {
+    return new SigilError('agent.stale_svid', `${agent.id} was renewed or attested again by another request while this renewal ran; this node SVID is no longer accepted: use the current SVID or attest again`, { status: 401 });
+  }
+  return new SigilError('agent.renewal_conflict', `the record of ${agent.id} changed while this renewal ran; retry the renewal`, { status: 409 });
 }
 
 const csrBody = {
@@ -72,7 +109,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
     // Conditional on the agent still holding the SVID it authenticated with: an eviction, ban or
     // other renewal that landed after requireAgent read the row must not be undone by this write.
     if (!(await core.store.renewAgentSvid(agent.id, agent.serial, new X509Certificate(chain[0] as Buffer).serialNumber, notAfter.toISOString()))) {
-      throw new SigilError('agent.unknown', `${agent.id} was evicted, banned or renewed by another request while this renewal ran; attest again`, { status: 401 });
+      throw await renewalRefusal(core, agent);
     }
     core.metrics.svids.inc({ type: 'node' });
     return { svid: chain.map((c) => c.toString('base64')), bundle: core.ca.bundle().toJwks() };

@@ -11,7 +11,7 @@ import { sessionBinding } from '../plugins/binding.js';
 import type { AttestorResult, NodeAttestorVerifier, SessionInput } from '../plugins/types.js';
 import { parseCsr } from '../spiffe/csr.js';
 import { SpiffeId } from '../spiffe/id.js';
-import type { DataStore } from '../store/types.js';
+import type { DataStore, PluginStateKey } from '../store/types.js';
 import type { CertificateAuthority } from './ca.js';
 import type { VerifierMetrics } from './metrics.js';
 
@@ -154,8 +154,15 @@ export class AttestationService {
       const existing = await this.o.store.getAgent(id);
       if (existing?.banned) throw banned(id);
     }
-    // Every factor passed: now make their side effects durable (each once; a failure here still fails the session).
-    for (const n of s.attestors) {
+    // Every factor passed: now make their side effects durable (each once; a failure here still fails
+    // the session). Commits that use up a one-time resource (`consumesOnCommit`, e.g. a join token)
+    // run after all the others, so a commit that can still fail — a compare-and-set losing a race,
+    // as the TPM counters can — fails the session before anything single-use is spent.
+    const commitOrder = [
+      ...s.attestors.filter((n) => this.o.attestors.get(n)?.consumesOnCommit !== true),
+      ...s.attestors.filter((n) => this.o.attestors.get(n)?.consumesOnCommit === true),
+    ];
+    for (const n of commitOrder) {
       const a = this.o.attestors.get(n) as NodeAttestorVerifier;
       if (a.commit) {
         try {
@@ -179,12 +186,15 @@ export class AttestationService {
       svidExpiresAt: notAfter.toISOString(),
       attestedAt: now.toISOString(),
       banned: false,
+      factorIds,
     });
     if (!written) throw banned(agentId);
-    // The other factors' IDs get no record here, so look at them again: a ban on one of them that
-    // committed before this point fails the session too (one after it is a ban of a node that had
-    // already attested, like any later ban). The record just written then names an SVID that is
-    // never handed out, so the node's previous SVID stops working as well.
+    // The other factors' IDs get no record of their own here, so look at them again: a ban on one
+    // of them that committed before this point fails the session too. One after it is a ban of a
+    // node that had already attested, like any later ban: the record holds every factor ID
+    // (factorIds), and every agent call and renewal refuses the agent while any of them is banned.
+    // On this failure the record just written names an SVID that is never handed out, so the
+    // node's previous SVID stops working as well.
     for (const id of factorIds) {
       if (id !== agentId && (await this.o.store.getAgent(id))?.banned) throw banned(id);
     }
@@ -205,6 +215,30 @@ export class AttestationService {
     };
   }
 
+  /**
+   * The plugin state that belongs to the node with this agent ID (`spiffe://<td>/sigil/agent/<attestor>/<suffix>`),
+   * as the attestor names it (`stateKeysForAgent`); empty for other IDs or attestors not enabled here.
+   * Eviction deletes it together with the agent record (DataStore.evictAgent).
+   */
+  pluginStateOf(agentId: string): PluginStateKey[] {
+    const prefix = `spiffe://${this.o.trustDomain}/sigil/agent/`;
+    if (!agentId.startsWith(prefix)) return [];
+    const rest = agentId.slice(prefix.length);
+    const slash = rest.indexOf('/');
+    if (slash <= 0) return [];
+    const plugin = rest.slice(0, slash);
+    const a = this.o.attestors.get(plugin);
+    if (!a?.stateKeysForAgent) return [];
+    let keys: unknown;
+    try {
+      keys = a.stateKeysForAgent(rest.slice(slash + 1));
+    } catch (e) {
+      this.o.logger.error({ err: e, plugin, agentId }, 'stateKeysForAgent failed; no plugin state is deleted for this agent ID');
+      return [];
+    }
+    if (!Array.isArray(keys)) return [];
+    return keys.filter((k): k is string => typeof k === 'string').map((key) => ({ plugin, key }));
+  }
 }
 
 function banned(agentId: string): SigilError {

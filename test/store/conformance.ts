@@ -53,6 +53,7 @@ function agent(id: string, over: Partial<AgentRecord> = {}): AgentRecord {
     attestedAt: '2030-01-01T00:00:00.000Z',
     ...over,
     banned: over.banned ?? false,
+    factorIds: over.factorIds ?? [id],
   };
 }
 
@@ -357,6 +358,127 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         // Even a caller that passes the banned row's (empty) serial cannot revive it.
         expect(await s.renewAgentSvid(b.id, '', 'cc03', '2030-01-01T02:00:00.000Z')).toBe(false);
         expect(await s.getAgent(b.id)).toEqual({ ...b, banned: true, serial: '' });
+      });
+
+      it('keeps every factor ID of the attestation; an old-style empty list reads as the agent\'s own ID', async () => {
+        const s = await fresh();
+        const a = agent(`${TD}/sigil/agent/tpm/aa`, { factorIds: [`${TD}/sigil/agent/tpm/aa`, `${TD}/sigil/agent/join_token/t1`] });
+        expect(await s.upsertAgent(a)).toBe(true);
+        expect(await s.getAgent(a.id)).toEqual(a);
+        // Attesting again with other factors replaces the list.
+        const a2 = { ...a, serial: 'ab99', factorIds: [a.id] };
+        expect(await s.upsertAgent(a2)).toBe(true);
+        expect(await s.getAgent(a.id)).toEqual(a2);
+        const b = agent(`${TD}/sigil/agent/x/b`, { factorIds: [] });
+        expect(await s.upsertAgent(b)).toBe(true);
+        expect((await s.getAgent(b.id))?.factorIds).toEqual([b.id]);
+      });
+
+      it('evicting deletes the plugin state of every factor of the evicted agent, in the same transaction', async () => {
+        const s = await fresh();
+        const tpmId = `${TD}/sigil/agent/tpm/e1`;
+        const tokId = `${TD}/sigil/agent/join_token/t1`;
+        // The node attested with join_token first and tpm second: its record is the join_token ID.
+        const a = agent(tokId, { factorIds: [tokId, tpmId] });
+        const other = agent(`${TD}/sigil/agent/tpm/e2`);
+        await s.upsertAgent(a);
+        await s.upsertAgent(other);
+        const c = { resetCount: 5, restartCount: 0, clock: '100' };
+        await s.putPluginState('tpm', 'counters:e1', c);
+        await s.putPluginState('tpm', 'counters:e2', c);
+        await s.putPluginState('tpm', 'unrelated', 1);
+        const asked: string[] = [];
+        const map = (id: string) => {
+          asked.push(id);
+          return id.startsWith(`${TD}/sigil/agent/tpm/`) ? [{ plugin: 'tpm', key: `counters:${id.split('/').pop()}` }] : [];
+        };
+        // An eviction that finds neither a record nor state of the ID changes nothing.
+        expect(await s.evictAgent(`${TD}/sigil/agent/tpm/none`, false, map)).toBe(false);
+        expect(asked).toEqual([`${TD}/sigil/agent/tpm/none`]);
+        expect(await s.evictAgent(`${TD}/sigil/agent/tpm/none`, true, map)).toBe(false);
+        expect(asked).toEqual([`${TD}/sigil/agent/tpm/none`]);
+        asked.length = 0;
+        expect(await s.evictAgent(tokId, false, map)).toBe(true);
+        expect(asked.sort()).toEqual([tokId, tpmId].sort());
+        expect(await s.getAgent(tokId)).toBeUndefined();
+        expect(await s.getPluginState('tpm', 'counters:e1')).toBeUndefined();
+        // Other EKs' counters and other keys stay.
+        expect(await s.getPluginState('tpm', 'counters:e2')).toEqual(c);
+        expect(await s.getPluginState('tpm', 'unrelated')).toBe(1);
+        expect(await s.getAgent(other.id)).toEqual(other);
+        // Without a mapper only the agent record goes.
+        expect(await s.evictAgent(other.id, false)).toBe(true);
+        expect(await s.getPluginState('tpm', 'counters:e2')).toEqual(c);
+        // State of an ID that no record is or names (left by a session that failed after its factor
+        // committed) goes with an eviction of that ID; a ban of it finds nothing to ban.
+        await s.putPluginState('tpm', 'counters:e3', c);
+        expect(await s.evictAgent(`${TD}/sigil/agent/tpm/e3`, true, map)).toBe(false);
+        expect(await s.getPluginState('tpm', 'counters:e3')).toEqual(c);
+        expect(await s.evictAgent(`${TD}/sigil/agent/tpm/e3`, false, map)).toBe(true);
+        expect(await s.getPluginState('tpm', 'counters:e3')).toBeUndefined();
+        expect(await s.getAgent(`${TD}/sigil/agent/tpm/e3`)).toBeUndefined();
+        // A ban resets them too.
+        const d = agent(`${TD}/sigil/agent/tpm/e2`);
+        await s.upsertAgent(d);
+        expect(await s.evictAgent(d.id, true, map)).toBe(true);
+        expect(await s.getPluginState('tpm', 'counters:e2')).toBeUndefined();
+        expect(await s.getAgent(d.id)).toEqual({ ...d, banned: true, serial: '' });
+      });
+
+      it('an eviction whose plugin state step fails changes nothing (one transaction)', async () => {
+        const s = await fresh();
+        const a = agent(`${TD}/sigil/agent/tpm/e1`);
+        await s.upsertAgent(a);
+        await s.putPluginState('tpm', 'counters:e1', { resetCount: 1, restartCount: 0, clock: '1' });
+        for (const ban of [false, true]) {
+          const failing = () => {
+            throw new Error('mapper failed');
+          };
+          await expect(s.evictAgent(a.id, ban, failing)).rejects.toThrow();
+          expect(await s.getAgent(a.id)).toEqual(a);
+          expect(await s.getPluginState('tpm', 'counters:e1')).toEqual({ resetCount: 1, restartCount: 0, clock: '1' });
+        }
+      });
+
+      it('evicting a secondary factor\'s ID evicts every agent that presented it', async () => {
+        const s = await fresh();
+        const tpmId = `${TD}/sigil/agent/tpm/e1`;
+        const a = agent(`${TD}/sigil/agent/join_token/t1`, { factorIds: [`${TD}/sigil/agent/join_token/t1`, tpmId] });
+        const b = agent(`${TD}/sigil/agent/join_token/t2`, { factorIds: [`${TD}/sigil/agent/join_token/t2`] });
+        await s.upsertAgent(a);
+        await s.upsertAgent(b);
+        await s.putPluginState('tpm', 'counters:e1', 7);
+        expect(await s.evictAgent(tpmId, false, (id) => (id === tpmId ? [{ plugin: 'tpm', key: 'counters:e1' }] : []))).toBe(true);
+        expect(await s.getAgent(a.id)).toBeUndefined();
+        expect(await s.getAgent(b.id)).toEqual(b);
+        expect(await s.getPluginState('tpm', 'counters:e1')).toBeUndefined();
+      });
+
+      it('banning a factor ID with no record of its own keeps a banned record; renewal is refused while any factor is banned', async () => {
+        const s = await fresh();
+        const tpmId = `${TD}/sigil/agent/tpm/e1`;
+        const a = agent(`${TD}/sigil/agent/join_token/t1`, { serial: 'ee01', factorIds: [`${TD}/sigil/agent/join_token/t1`, tpmId] });
+        await s.upsertAgent(a);
+        expect(await s.renewAgentSvid(a.id, 'ee01', 'ee02', '2030-01-01T02:00:00.000Z')).toBe(true);
+        const renewed = { ...a, serial: 'ee02', svidExpiresAt: '2030-01-01T02:00:00.000Z' };
+        // An ID that is nobody's record nor factor cannot be banned.
+        expect(await s.evictAgent(`${TD}/sigil/agent/tpm/none`, true)).toBe(false);
+        expect(await s.getAgent(`${TD}/sigil/agent/tpm/none`)).toBeUndefined();
+        expect(await s.evictAgent(tpmId, true)).toBe(true);
+        const placeholder = (await s.getAgent(tpmId)) as AgentRecord;
+        expect(placeholder).toMatchObject({ id: tpmId, banned: true, serial: '', attestors: [], selectors: [], factorIds: [tpmId] });
+        expect(placeholder.attestedAt).toMatch(ISO_RE);
+        // The agent that presented it keeps its record, but cannot renew.
+        expect(await s.getAgent(a.id)).toEqual(renewed);
+        expect(await s.renewAgentSvid(a.id, 'ee02', 'ee03', '2030-01-01T03:00:00.000Z')).toBe(false);
+        expect(await s.getAgent(a.id)).toEqual(renewed);
+        // Attestation cannot overwrite the banned factor record either.
+        expect(await s.upsertAgent(agent(tpmId, { serial: 'ff01' }))).toBe(false);
+        // Banning it again is fine; evicting it without ban lifts the ban and evicts the agents naming it.
+        expect(await s.evictAgent(tpmId, true)).toBe(true);
+        expect(await s.evictAgent(tpmId, false)).toBe(true);
+        expect(await s.getAgent(tpmId)).toBeUndefined();
+        expect(await s.getAgent(a.id)).toBeUndefined();
       });
 
       it('of 10 concurrent renewals from the same SVID exactly one wins', async () => {

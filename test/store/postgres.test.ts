@@ -129,7 +129,7 @@ if (!server) {
         const results = await Promise.all(Array.from({ length: 40 }, (_, i) => (i % 2 ? a : b).useJoinToken(t.secretHash, now)));
         expect(results.filter((r) => r !== undefined)).toHaveLength(1);
 
-        await b.upsertAgent({ id: `${TD}/spire/agent/x`, attestors: ['tpm'], selectors: ['tpm:ek:1'], serial: '01', svidExpiresAt: '2030-01-01T01:00:00.000Z', attestedAt: '2030-01-01T00:00:00.000Z', banned: false });
+        await b.upsertAgent({ id: `${TD}/spire/agent/x`, attestors: ['tpm'], selectors: ['tpm:ek:1'], serial: '01', svidExpiresAt: '2030-01-01T01:00:00.000Z', attestedAt: '2030-01-01T00:00:00.000Z', banned: false, factorIds: [`${TD}/spire/agent/x`] });
         expect(await a.evictAgent(`${TD}/spire/agent/x`, true)).toBe(true);
         expect((await b.getAgent(`${TD}/spire/agent/x`))?.banned).toBe(true);
       } finally {
@@ -161,6 +161,34 @@ if (!server) {
         expect(await s.countEntries()).toBe(0);
       } finally {
         await s.close();
+        await dropSchema(schema);
+      }
+    });
+
+    it('migrates a version 1 schema: existing agents get their own ID as their only factor ID', async () => {
+      const schema = schemaName();
+      const s = await PostgresStore.open(url, { schema });
+      await s.close();
+      // Back to what version 1 had: no factor_ids column; an agent written then.
+      await admin.query(`ALTER TABLE "${schema}".agents DROP COLUMN factor_ids`);
+      await admin.query(`UPDATE "${schema}".schema_version SET version = 1`);
+      const id = `${TD}/sigil/agent/tpm/old`;
+      await admin.query(
+        `INSERT INTO "${schema}".agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned)
+         VALUES ($1, '["tpm","join_token"]', '[]', '0a', '2030-01-01T01:00:00.000Z', '2030-01-01T00:00:00.000Z', FALSE)`,
+        [id],
+      );
+      const again = await PostgresStore.open(url, { schema });
+      try {
+        expect(POSTGRES_SCHEMA_VERSION).toBe(2);
+        const v = await admin.query<{ version: number }>(`SELECT version FROM "${schema}".schema_version`);
+        expect(v.rows).toEqual([{ version: 2 }]);
+        expect((await again.getAgent(id))?.factorIds).toEqual([id]);
+        const raw = await admin.query<{ factor_ids: unknown }>(`SELECT factor_ids FROM "${schema}".agents WHERE id = $1`, [id]);
+        expect(raw.rows[0]?.factor_ids).toEqual([id]);
+        expect(await again.renewAgentSvid(id, '0a', '0b', '2030-01-01T02:00:00.000Z')).toBe(true);
+      } finally {
+        await again.close();
         await dropSchema(schema);
       }
     });
@@ -197,7 +225,7 @@ if (!server) {
       const s = await PostgresStore.open(url, { schema });
       try {
         const bad = await sigilError(
-          s.upsertAgent({ id: 'x', attestors: [], selectors: [], serial: '', svidExpiresAt: 'not a time', attestedAt: '2030-01-01T00:00:00.000Z', banned: false }),
+          s.upsertAgent({ id: 'x', attestors: [], selectors: [], serial: '', svidExpiresAt: 'not a time', attestedAt: '2030-01-01T00:00:00.000Z', banned: false, factorIds: ['x'] }),
         );
         expect(bad.code).toBe('store.invalid_value');
         expect(bad.status).toBe(400);

@@ -265,6 +265,37 @@ describe('counter state: check in finish, compare-and-set in commit', () => {
   });
 });
 
+describe('counter state that does not parse, and eviction', () => {
+  const fresh = async (state: MemoryState): Promise<NodeAttestorVerifier> =>
+    tpmVerifierPlugin.create({ ekCa: ['roots.pem'], pcrs: { sha256: [7] } }, { trustDomain: 'example.org', logger, now: () => new Date(), state, configDir: dir });
+
+  it('fails closed with tpm.state_unavailable (503) naming the key, rather than skipping the rollback check', async () => {
+    const state = new MemoryState();
+    const fv = await fresh(state);
+    for (const junk of [{ resetCount: 1 }, 'counters', 42, null, [], { resetCount: 1, restartCount: 0, clock: 5 }]) {
+      const s = session();
+      const b = await fv.begin(hello, s);
+      const key = `counters:${(b.state as { ekPubHash: string }).ekPubHash}`;
+      await state.put(key, junk);
+      const e = await fv.finish(respond(b.challenge, s, 100n), b.state, s).catch((x: unknown) => x);
+      expect(e, JSON.stringify(junk)).toBeInstanceOf(SigilError);
+      expect((e as SigilError).code).toBe('tpm.state_unavailable');
+      expect((e as SigilError).status).toBe(503);
+      expect((e as SigilError).message).toContain(key);
+      expect(state.m.get(key)).toEqual(junk); // untouched
+    }
+  });
+
+  it('names the counters of the EK behind an agent ID suffix (the EK hash), and nothing for other suffixes', async () => {
+    const fv = await fresh(new MemoryState());
+    const s = session();
+    const b = await fv.begin(hello, s);
+    const r = await fv.finish(respond(b.challenge, s, 100n), b.state, s);
+    expect(fv.stateKeysForAgent?.(r.agentIdSuffix)).toEqual([`counters:${r.agentIdSuffix}`]);
+    for (const other of ['', 'abc', 'A'.repeat(64), `${'a'.repeat(64)}/x`, '../counters']) expect(fv.stateKeysForAgent?.(other)).toEqual([]);
+  });
+});
+
 describe('agent half', () => {
   it('reports a missing TPM binding or device as a SigilError, and validates the challenge', async () => {
     const agent = new TpmAgent({ tcti: 'swtpm:host=127.0.0.1,port=1' }, { dataDir: dir, configDir: dir, logger });
