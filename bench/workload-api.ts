@@ -11,7 +11,8 @@
  * Raw crypto rate (ES256 signatures/s) is measured in the same run for scale.
  *
  *   npx tsx bench/workload-api.ts [--clients 200] [--calls 20] [--rate 1000] [--client h2|grpc-js]
- *   (BENCH_PROF=DIR also writes a CPU profile of the server process into DIR)
+ *   The server child runs with bin/sigil's own Node flags (BENCH_SERVER_FLAGS="…" replaces them);
+ *   BENCH_PROF=DIR also writes a CPU profile of the server process into DIR.
  */
 import { generateKeyPairSync } from 'node:crypto';
 import { fork } from 'node:child_process';
@@ -33,7 +34,7 @@ import type { WorkloadAttestor } from '../src/plugins/types.js';
 import { startWorkloadApi } from '../src/agent/workload-api/server.js';
 import type { ServiceTimeSummary } from '../src/agent/workload-api/service-time.js';
 import { workloadCodecs, workloadProtoPath } from '../src/agent/workload-api/proto.js';
-import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, rawEs256PerSec, type BenchClient } from './support/load.js';
+import { closedLoop, fetchJwt, fetchX509, h2Client, launcherNodeFlags, openLoop, pct, rawEs256PerSec, type BenchClient } from './support/load.js';
 import { createContainerAttestor } from '../src/workload/container.js';
 import { createUnixAttestor } from '../src/workload/unix.js';
 import { makePki, TD } from '../test/workload-api/support.js';
@@ -271,7 +272,7 @@ async function main(): Promise<void> {
   const child = fork(fileURLToPath(import.meta.url), ['--server', socket, String(process.getuid!())], {
     // Run the server child like this process: under tsx from the sources, or plain node when the
     // bench was compiled to JavaScript (then its RSS has no TypeScript loader in it).
-    execArgv: [...(import.meta.url.endsWith('.ts') ? ['--import', 'tsx'] : []), ...(process.env.BENCH_SERVER_FLAGS ? process.env.BENCH_SERVER_FLAGS.split(' ') : []), ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : [])],
+    execArgv: [...(import.meta.url.endsWith('.ts') ? ['--import', 'tsx'] : []), ...(process.env.BENCH_SERVER_FLAGS !== undefined ? process.env.BENCH_SERVER_FLAGS.split(' ').filter((f) => f.length > 0) : launcherNodeFlags()), ...(process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : [])],
     stdio: 'inherit',
   });
   const ask = <T>(type: string): Promise<T> =>

@@ -3,6 +3,7 @@
  * open-/closed-loop drivers.
  */
 import { createSign, generateKeyPairSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -160,4 +161,12 @@ export function rawEs256PerSec(): number {
     n++;
   }
   return (n / (performance.now() - t0)) * 1000;
+}
+
+/** The V8 flags `bin/sigil` starts Node with (from its `#!/usr/bin/env -S node …` line). */
+export function launcherNodeFlags(): string[] {
+  const first = readFileSync(new URL('../../bin/sigil', import.meta.url), 'utf8').split('\n', 1)[0]!;
+  const m = /^#!\/usr\/bin\/env -S node((?: --[\w-]+(?:=\S+)?)*)\s*$/.exec(first);
+  if (!m) throw new Error(`bin/sigil does not start with "#!/usr/bin/env -S node [flags]": ${first}`);
+  return m[1]!.split(' ').filter((f) => f.length > 0);
 }

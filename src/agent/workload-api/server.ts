@@ -50,7 +50,10 @@ export interface WorkloadApiOptions {
   maxBufferedRequestBytes?: number;
   /** Audiences in one FetchJWTSVID request (default 64), each at most 256 characters. */
   maxAudiences?: number;
-  /** How long a connection's selectors are reused (default 1000 ms). */
+  /**
+   * Longest time a connection's selectors are reused (default 1000 ms). Each attestation is kept
+   * for a random 50–100 % of it, so connections opened together do not all re-attest together.
+   */
   selectorCacheMs?: number;
   /** Time for a new connection to send the HTTP/2 preface and SETTINGS (default 10 s). */
   handshakeTimeoutMs?: number;
@@ -125,7 +128,7 @@ interface ConnState {
   id: string;
   conn: CallerConnection;
   session: ServerHttp2Session;
-  cache: { selectors: Selector[]; at: number } | undefined;
+  cache: { selectors: Selector[]; until: number } | undefined;
   inflight: Promise<CallerAttestation> | undefined;
   calls: Set<Call>;
   poisoned: boolean;
@@ -301,14 +304,14 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
   async function attestConnection(state: ConnState): Promise<CallerAttestation> {
     if (state.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
     const c = state.cache;
-    if (c && Date.now() - c.at < selectorCacheMs) return { selectors: c.selectors, failed: [] };
+    if (c && Date.now() < c.until) return { selectors: c.selectors, failed: [] };
     if (state.inflight) return state.inflight;
     const p = (async (): Promise<CallerAttestation> => {
       try {
         await state.conn.ready;
         const r = await attestCaller(state.conn.caller, opts.attestors, logger, attestTimeoutMs);
         await state.conn.verifyUnchanged();
-        if (r.failed.length === 0) state.cache = { selectors: r.selectors, at: Date.now() };
+        if (r.failed.length === 0) state.cache = { selectors: r.selectors, until: Date.now() + selectorCacheMs * (0.5 + Math.random() / 2) };
         logger.debug({ conn: state.id, pid: state.conn.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
         return r;
       } catch (e) {
