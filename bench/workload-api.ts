@@ -296,7 +296,10 @@ async function main(): Promise<void> {
   const j = await closedLoop(stubs, calls, fetchJwt);
   const p2 = await ask<Probe>('rss');
   // The bare node:http2 floor in the same child process, with its own 200 connections.
-  const rawClients = await Promise.all(Array.from({ length: nClients }, () => h2Client(`${socket}.raw`)));
+  const rawClients: BenchClient[] =
+    clientKind === 'grpc-js'
+      ? Array.from({ length: nClients }, () => grpcJsClient(Ctor, `${socket}.raw`))
+      : await Promise.all(Array.from({ length: nClients }, () => h2Client(`${socket}.raw`)));
   await Promise.all(rawClients.map((s) => fetchX509(s)));
   const r0 = await ask<Probe>('rss');
   const rx = await closedLoop(rawClients, calls, fetchX509);
