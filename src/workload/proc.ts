@@ -14,6 +14,8 @@ export const DEFAULT_PROC_ROOT = '/proc';
 /** Largest /proc text file we are willing to read (status is ~1.5 KiB, cgroup rarely > 4 KiB). */
 export const PROC_FILE_MAX_BYTES = 256 * 1024;
 
+const SCRATCH = Buffer.alloc(16384);
+
 function checkPid(pid: number): void {
   if (!Number.isSafeInteger(pid) || pid <= 0) throw new SigilError('workload.bad_pid', `pid ${String(pid)} is not a positive integer`);
 }
@@ -45,17 +47,20 @@ export function readBoundedFileSync(path: string, maxBytes = PROC_FILE_MAX_BYTES
     throw new SigilError('workload.proc_read_failed', `cannot open ${path}: ${(e as Error).message}`, { cause: e });
   }
   try {
+    // Reads go through one reused scratch buffer (the read is synchronous, so nothing else can
+    // use it meanwhile); only the bytes read are copied out. A fresh 16 KiB buffer per file was
+    // most of the memory a busy Workload API allocated for caller checks.
     const chunks: Buffer[] = [];
     let total = 0;
     for (;;) {
-      const buf = Buffer.allocUnsafe(Math.min(16384, maxBytes + 1 - total));
-      const n = readSync(fd, buf, 0, buf.length, null);
+      const want = Math.min(SCRATCH.length, maxBytes + 1 - total);
+      const n = readSync(fd, SCRATCH, 0, want, null);
       if (n === 0) break;
-      chunks.push(buf.subarray(0, n));
+      chunks.push(Buffer.from(SCRATCH.subarray(0, n)));
       total += n;
       if (total > maxBytes) throw new SigilError('workload.proc_file_too_large', `${path} is larger than ${maxBytes} bytes`);
     }
-    return Buffer.concat(chunks, total);
+    return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
   } catch (e) {
     if (e instanceof SigilError) throw e;
     if (isNotFound(e)) throw new SigilError('workload.process_gone', `${path} vanished while reading (process gone?)`, { cause: e });

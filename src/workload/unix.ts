@@ -40,6 +40,8 @@ export interface UnixAttestorOptions {
   groupPath?: string;
   /** Entries in the executable hash cache (default 512). */
   hashCacheSize?: number;
+  /** Changes to the passwd/group files are looked for at most this often (default 1000 ms). */
+  nameFileRecheckMs?: number;
   logger?: Logger;
 }
 
@@ -73,17 +75,28 @@ export function parseIdNameFile(text: string): Map<number, string> {
 
 const NAME_FILE_MAX_BYTES = 32 * 1024 * 1024;
 
-/** A passwd/group file, re-read when its mtime, ctime or size changes. */
+/** How often a passwd/group file is checked for changes (its stat), at most, by default. */
+export const NAME_FILE_RECHECK_MS = 1000;
+
+/** A passwd/group file, re-read when its inode, size, mtime or ctime changes (checked at most once a second). */
 class NameFile {
   private cached: { key: string; map: Map<number, string> } | undefined;
-  constructor(private readonly path: string) {}
+  private checkedAt = Number.NEGATIVE_INFINITY;
+  constructor(
+    private readonly path: string,
+    private readonly recheckMs: number,
+  ) {}
 
   async lookup(id: number): Promise<string | undefined> {
+    const now = performance.now();
+    if (this.cached && now - this.checkedAt < this.recheckMs) return this.cached.map.get(id);
+    this.checkedAt = now;
     let key: string;
     try {
       const st = statSync(this.path, { bigint: true });
       key = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     } catch {
+      this.cached = undefined;
       return undefined; // no such file: no names
     }
     if (!this.cached || this.cached.key !== key) {
@@ -136,8 +149,9 @@ export class UnixAttestor implements WorkloadAttestor {
     this.hashBinaries = config.hashBinaries ?? true;
     this.maxBinaryBytes = config.maxBinaryBytes ?? DEFAULT_MAX_BINARY_BYTES;
     this.procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
-    this.passwd = new NameFile(opts.passwdPath ?? '/etc/passwd');
-    this.group = new NameFile(opts.groupPath ?? '/etc/group');
+    const recheck = opts.nameFileRecheckMs ?? NAME_FILE_RECHECK_MS;
+    this.passwd = new NameFile(opts.passwdPath ?? '/etc/passwd', recheck);
+    this.group = new NameFile(opts.groupPath ?? '/etc/group', recheck);
     this.cache = new HashCache(opts.hashCacheSize ?? 512);
     this.logger = opts.logger;
   }

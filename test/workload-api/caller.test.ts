@@ -97,6 +97,20 @@ describe('CallerConnection PID-recycling defence (fake /proc)', () => {
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
   });
 
+  it('with a pidfd, the pidfd is the proof: the start time is not read again, uid/gid still are', async () => {
+    put(777n);
+    const fdinfo = join(root, 'fdinfo');
+    mkdirSync(fdinfo, { recursive: true });
+    writeFileSync(join(fdinfo, '98'), `pos:\t0\nflags:\t02000002\nPid:\t${pid}\n`);
+    const c = new CallerConnection({ pid, uid: 1000, gid: 1000, pidfd: 98 }, root, fdinfo);
+    await c.ready;
+    // A changed stat line cannot mean a recycled pid while the pidfd still holds the process.
+    put(778n);
+    await expect(c.verifyUnchanged()).resolves.toBeUndefined();
+    put(778n, 0, 1000);
+    await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
+  });
+
   it('a connection from a process that is already gone never becomes ready', async () => {
     const c = new CallerConnection({ pid: 999999, uid: 0, gid: 0 }, root);
     await expect(c.ready).rejects.toMatchObject({ code: 'workload.process_gone' });

@@ -116,11 +116,16 @@ describe('unix workload attestor (fake /proc)', () => {
     await expect(make().attest({ pid, uid: 1001, gid: 100 }, ac.signal)).rejects.toMatchObject({ code: 'workload.attestation_aborted' });
   });
 
-  it('re-reads passwd when it changes', async () => {
-    const a = make();
+  it('re-reads passwd when it changes, looking at most once per recheck interval', async () => {
+    const a = createUnixAttestor({}, { procRoot: proc, passwdPath: passwd, groupPath: group, nameFileRecheckMs: 0 });
     expect(await a.attest({ pid, uid: 1001, gid: 100 }, signal)).toContain('unix:user:alice');
     writeFileSync(passwd, 'bob:x:1001:100::/:/bin/sh\n');
     expect(await a.attest({ pid, uid: 1001, gid: 100 }, signal)).toContain('unix:user:bob');
+
+    const slow = createUnixAttestor({}, { procRoot: proc, passwdPath: passwd, groupPath: group, nameFileRecheckMs: 60_000 });
+    expect(await slow.attest({ pid, uid: 1001, gid: 100 }, signal)).toContain('unix:user:bob');
+    writeFileSync(passwd, 'carol:x:1001:100::/:/bin/sh\n');
+    expect(await slow.attest({ pid, uid: 1001, gid: 100 }, signal)).toContain('unix:user:bob'); // within the interval
   });
 });
 

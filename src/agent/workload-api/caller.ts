@@ -8,9 +8,9 @@
  *   1. the process start time (field 22 of /proc/<pid>/stat) is read right after accept;
  *   2. after every attestation the server checks that
  *      - the pidfd (when there is one) still refers to a live, unreaped process holding the pid
- *        (so the number cannot have been reused: a live process keeps its pid), and
- *      - the start time is unchanged and the effective uid/gid in /proc/<pid>/status still
- *        match the peer credentials;
+ *        (so the number cannot have been reused: a live process keeps its pid), before and after
+ *        reading /proc; without a pidfd, that the start time is unchanged; and
+ *      - the effective uid/gid in /proc/<pid>/status still match the peer credentials;
  *      on any mismatch the connection is closed and nothing is served on it.
  * The pidfd is kept open for the life of the connection and closed with it.
  */
@@ -63,14 +63,17 @@ export class CallerConnection {
   async verifyUnchanged(): Promise<void> {
     await this.ready;
     await this.checkPidfd();
-    let start: bigint;
+    // With a pidfd, the checks before and after prove the pid still names the process that
+    // connected, so its start time need not be read again; without one, the start time is the proof.
+    const withPidfd = this.caller.pidfd !== undefined;
+    let start: bigint | undefined;
     let status;
     try {
-      [start, status] = await Promise.all([readStartTime(this.procRoot, this.caller.pid), readStatus(this.procRoot, this.caller.pid)]);
+      [start, status] = await Promise.all([withPidfd ? undefined : readStartTime(this.procRoot, this.caller.pid), readStatus(this.procRoot, this.caller.pid)]);
     } catch (e) {
       throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} is gone: ${(e as Error).message}`, { cause: e });
     }
-    if (start !== this.startTime) {
+    if (!withPidfd && start !== this.startTime) {
       throw new SigilError('workload_api.caller_changed', `pid ${this.caller.pid} now belongs to another process (start time changed)`);
     }
     if (status.uids[1] !== this.caller.uid || status.gids[1] !== this.caller.gid) {
