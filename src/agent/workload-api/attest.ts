@@ -11,6 +11,8 @@ import type { Selector, WorkloadAttestor, WorkloadCaller } from '../../plugins/t
 export const DEFAULT_ATTEST_TIMEOUT_MS = 5000;
 const MAX_SELECTORS_PER_ATTESTOR = 4096;
 const MAX_SELECTOR_LENGTH = 4096;
+const ATTESTATION_OVER = new Error('workload attestation is over');
+const ATTESTATION_TIMED_OUT = new Error('workload attestation timed out');
 
 export interface CallerAttestation {
   /** Union of the selectors of the attestors that succeeded, sorted. */
@@ -30,7 +32,7 @@ export async function attestCaller(
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<'timeout'>((resolve) => {
     timer = setTimeout(() => {
-      ac.abort();
+      ac.abort(ATTESTATION_TIMED_OUT);
       resolve('timeout');
     }, timeoutMs);
   });
@@ -67,6 +69,8 @@ export async function attestCaller(
     return { selectors: [...new Set(results.flat())].sort(), failed: failed.sort() };
   } finally {
     clearTimeout(timer);
-    ac.abort();
+    // Tell attestors still running (only after a timeout) to stop. A fixed reason: the default
+    // one is a DOMException with a stack trace, which cost more than the rest of a cached call.
+    if (!ac.signal.aborted) ac.abort(ATTESTATION_OVER);
   }
 }
