@@ -18,6 +18,8 @@ export interface WorkloadIdentitySource {
   jwtBundles(): Map<string, Buffer>;
   /** Mint (or return cached until half life) JWT-SVIDs for matching entries; if spiffeId given, only that one (error if not matching). audience 1..N strings. */
   jwtSvidsFor(selectors: string[], audience: string[], spiffeId?: string): Promise<JwtSvidResult[]>;
+  /** Optional fast path: what jwtSvidsFor would return when all of it is cached and fresh (undefined otherwise, or when it would fail). */
+  jwtSvidsCached?(selectors: string[], audience: string[], spiffeId?: string): JwtSvidResult[] | undefined;
   /** Validate a JWT-SVID against the JWT bundles; returns SPIFFE ID and claims, or throws SigilError. */
   validateJwtSvid(token: string, audience: string): Promise<{ spiffeId: string; claims: Record<string, unknown> }>;
   /** Fires after any change of SVIDs (rotation), entries or bundles. Returns an unsubscribe function. */

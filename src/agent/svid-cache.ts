@@ -124,7 +124,8 @@ export class SvidCache implements WorkloadIdentitySource {
     return this.jwtBundleMap;
   }
 
-  async jwtSvidsFor(selectors: string[], audience: string[], spiffeId?: string): Promise<JwtSvidResult[]> {
+  /** The entries a JWT-SVID request is for (one per SPIFFE ID), and its audience as cached. */
+  private jwtRequest(selectors: string[], audience: string[], spiffeId?: string): { matches: AuthorizedEntry[]; aud: string[] } {
     if (!Array.isArray(audience) || audience.length === 0) throw new SigilError('agent.jwt_audience_required', 'a JWT-SVID needs at least one audience', { status: 400 });
     if (audience.length > 100 || audience.some((a) => typeof a !== 'string' || a.length === 0 || a.length > 256)) {
       throw new SigilError('agent.jwt_bad_audience', 'audiences must be 1–100 non-empty strings of at most 256 characters', { status: 400 });
@@ -141,8 +142,44 @@ export class SvidCache implements WorkloadIdentitySource {
       matches = matches.filter((e) => e.spiffeId === spiffeId);
       if (matches.length === 0) throw new SigilError('agent.jwt_spiffe_id_not_authorized', `no entry for ${spiffeId} applies to the caller`, { status: 403 });
     }
-    const aud = [...new Set(audience)].sort();
+    return { matches, aud: [...new Set(audience)].sort() };
+  }
+
+  async jwtSvidsFor(selectors: string[], audience: string[], spiffeId?: string): Promise<JwtSvidResult[]> {
+    const { matches, aud } = this.jwtRequest(selectors, audience, spiffeId);
     return Promise.all(matches.map((e) => this.jwtFor(e, aud)));
+  }
+
+  /**
+   * The JWT-SVIDs `jwtSvidsFor` would return, synchronously, when every one of them is cached and
+   * before its refresh point (the same objects on every call until then); undefined when any
+   * would have to be minted, and for requests `jwtSvidsFor` refuses (it gives the error).
+   */
+  jwtSvidsCached(selectors: string[], audience: string[], spiffeId?: string): JwtSvidResult[] | undefined {
+    let req: { matches: AuthorizedEntry[]; aud: string[] };
+    try {
+      req = this.jwtRequest(selectors, audience, spiffeId);
+    } catch {
+      return undefined;
+    }
+    const now = this.o.now().getTime();
+    const out: JwtSvidResult[] = [];
+    for (const e of req.matches) {
+      const key = this.jwtKey(e, req.aud);
+      const hit = this.jwts.get(key);
+      if (!hit || now >= hit.refreshAt || hit.result.expiresAt.getTime() <= now) return undefined;
+      out.push(hit.result);
+    }
+    for (const e of req.matches) this.touchJwt(this.jwtKey(e, req.aud));
+    return out;
+  }
+
+  /** Mark a cached JWT-SVID most recently used. */
+  private touchJwt(key: string): void {
+    const hit = this.jwts.get(key);
+    if (hit === undefined) return;
+    this.jwts.delete(key);
+    this.jwts.set(key, hit);
   }
 
   async validateJwtSvid(token: string, audience: string): Promise<{ spiffeId: string; claims: Record<string, unknown> }> {
@@ -280,8 +317,7 @@ export class SvidCache implements WorkloadIdentitySource {
     const now = this.o.now().getTime();
     const hit = this.jwts.get(key);
     if (hit && now < hit.refreshAt && hit.result.expiresAt.getTime() > now) {
-      this.jwts.delete(key);
-      this.jwts.set(key, hit); // most recently used last
+      this.touchJwt(key);
       return hit.result;
     }
     let p = this.inflight.get(key);

@@ -181,6 +181,26 @@ describe('JWT-SVIDs and bundles', () => {
     await expect(t.cache.validateJwtSvid(r1[0]!.token, 'z')).rejects.toMatchObject({ code: 'jwtsvid.audience_mismatch' });
   });
 
+  it('jwtSvidsCached answers synchronously with the cached objects, and only while all are fresh', async () => {
+    const t = setup();
+    t.cache.setEntries([entry('api', ['unix:uid:1']), entry('web', ['unix:uid:1'])]);
+    expect(t.cache.jwtSvidsCached(['unix:uid:1'], ['a'])).toBeUndefined(); // nothing minted yet
+    const minted = await t.cache.jwtSvidsFor(['unix:uid:1'], ['a']);
+    expect(t.minted).toHaveLength(2);
+    const cached = t.cache.jwtSvidsCached(['unix:uid:1'], ['a', 'a']);
+    expect(cached).toHaveLength(2);
+    expect(cached![0]).toBe(minted[0]); // the same objects, so encodings can be reused
+    expect(cached![1]).toBe(minted[1]);
+    expect(t.cache.jwtSvidsCached(['unix:uid:1'], ['a'], 'spiffe://example.org/web')!.map((r) => r.spiffeId)).toEqual(['spiffe://example.org/web']);
+    expect(t.cache.jwtSvidsCached(['unix:uid:1'], ['b'])).toBeUndefined(); // another audience: not minted
+    expect(t.cache.jwtSvidsCached(['unix:uid:1'], [])).toBeUndefined(); // refused requests: the slow path gives the error
+    expect(t.cache.jwtSvidsCached(['unix:uid:1'], ['a'], 'spiffe://example.org/other')).toBeUndefined();
+    expect(t.cache.jwtSvidsCached(['unix:uid:2'], ['a'])).toEqual([]); // no entry: nothing to mint
+    expect(t.minted).toHaveLength(2); // the fast path never mints
+    t.advance(150_000); // the refresh point (half of 5 min)
+    expect(t.cache.jwtSvidsCached(['unix:uid:1'], ['a'])).toBeUndefined();
+  });
+
   it('deduplicates concurrent mints, bounds the cache (LRU) and filters by SPIFFE ID', async () => {
     const t = setup({ jwtCacheSize: 2 });
     const es = ['a', 'b', 'c'].map((id) => entry(id, [`unix:uid:${id}`]));

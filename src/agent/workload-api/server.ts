@@ -23,7 +23,7 @@ import type { Logger } from 'pino';
 import { SigilError, isSigilError } from '../../errors.js';
 import type { Selector, WorkloadAttestor } from '../../plugins/types.js';
 import { SpiffeId, parseTrustDomain } from '../../spiffe/id.js';
-import type { CachedX509Svid, WorkloadIdentitySource } from '../identity-source.js';
+import type { CachedX509Svid, JwtSvidResult, WorkloadIdentitySource } from '../identity-source.js';
 import { attestCaller, DEFAULT_ATTEST_TIMEOUT_MS, type CallerAttestation } from './attest.js';
 import { CallerConnection, type PeerCredentials } from './caller.js';
 import { ByteBudget, GrpcError, GrpcStatus, encodeGrpcMessage, frameMessage, parseGrpcTimeout, readSingleMessage, type GrpcStatusCode } from './grpc.js';
@@ -382,6 +382,30 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     return encodeMessage(codecs.X509SVIDResponse, { svids: out, crl: [], federated_bundles: federated });
   }
 
+  /**
+   * The framed FetchJWTSVID response for `results`. Cached tokens are the same objects on every
+   * call until they are refreshed, so the encoding is kept with the first of them (a WeakMap: it
+   * goes when the token does) and reused while the whole list is the same.
+   */
+  const jwtEncodings = new WeakMap<JwtSvidResult, { results: JwtSvidResult[]; framed: Buffer }>();
+  function jwtResponse(results: JwtSvidResult[]): Buffer {
+    const first = results[0]!;
+    const hit = jwtEncodings.get(first);
+    if (hit && hit.results.length === results.length && hit.results.every((r, i) => r === results[i])) return hit.framed;
+    const hints = new Set<string>();
+    const svids = [];
+    for (const r of results) {
+      if (r.hint.length > 0) {
+        if (hints.has(r.hint)) continue;
+        hints.add(r.hint);
+      }
+      svids.push({ spiffe_id: r.spiffeId, svid: r.token, hint: r.hint });
+    }
+    const framed = frameMessage(encodeMessage(codecs.JWTSVIDResponse, { svids }));
+    jwtEncodings.set(first, { results: [...results], framed });
+    return framed;
+  }
+
   function x509BundlesResponse(): Uint8Array | null {
     const bundles: Record<string, Uint8Array> = {};
     for (const [td, certs] of source.x509Bundles()) bundles[tdKey(td)] = concat(certs);
@@ -500,21 +524,13 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
         }
       }
       const a = await attestConnection(state);
-      const results = await withDeadline(source.jwtSvidsFor(a.selectors, audience, spiffeId), deadlineMs ?? unaryTimeoutMs);
+      const results =
+        source.jwtSvidsCached?.(a.selectors, audience, spiffeId) ?? (await withDeadline(source.jwtSvidsFor(a.selectors, audience, spiffeId), deadlineMs ?? unaryTimeoutMs));
       if (results.length === 0) {
         const n = noIdentity(a);
         throw new GrpcError(n.code, n.message);
       }
-      const hints = new Set<string>();
-      const svids = [];
-      for (const r of results) {
-        if (r.hint.length > 0) {
-          if (hints.has(r.hint)) continue;
-          hints.add(r.hint);
-        }
-        svids.push({ spiffe_id: r.spiffeId, svid: r.token, hint: r.hint });
-      }
-      call.send(encodeMessage(codecs.JWTSVIDResponse, { svids }));
+      call.sendFramed(jwtResponse(results));
       call.finish(GrpcStatus.OK);
     },
     async ValidateJWTSVID(_state, call, body, deadlineMs) {
