@@ -92,7 +92,7 @@ async function main(): Promise<void> {
   chmodSync(dir, 0o755);
   const daemons: { child: ChildProcess; exited: Promise<unknown> }[] = [];
   /**
-   * Run bin/sigil as its shebang does, or with `nodeFlags` (then also give the launcher's own
+   * Run bin/sigil as a user does (its sh launcher), or with `nodeFlags` (then also give the launcher's own
    * flags); with `cpu`, pinned to that CPU (taskset).
    */
   const daemon = (args: string[], nodeFlags?: string[], cpu?: number): ChildProcess => {
@@ -153,7 +153,7 @@ async function main(): Promise<void> {
     );
     const t1 = performance.now();
     // BENCH_AGENT_NODE_FLAGS (e.g. "--max-semi-space-size=4 --cpu-prof --cpu-prof-dir=/tmp/prof")
-    // runs the agent as `node <flags> bin/sigil` instead of through its shebang.
+    // runs the agent as `node <flags> bin/sigil` instead of through its launcher.
     const flags = process.env.BENCH_AGENT_NODE_FLAGS?.split(' ').filter((f) => f.length > 0);
     const agentProc = daemon(['agent', 'run', '--config', join(dir, 'agent.yaml')], flags, pin ? 1 : undefined);
     // Under taskset the child is taskset until it execs the agent: the same pid either way.

@@ -163,10 +163,10 @@ export function rawEs256PerSec(): number {
   return (n / (performance.now() - t0)) * 1000;
 }
 
-/** The V8 flags `bin/sigil` starts Node with (from its `#!/usr/bin/env -S node …` line). */
+/** The Node flags `bin/sigil` starts the agent daemon with (from its `exec node … "$0"` line for `agent run`). */
 export function launcherNodeFlags(): string[] {
-  const first = readFileSync(new URL('../../bin/sigil', import.meta.url), 'utf8').split('\n', 1)[0]!;
-  const m = /^#!\/usr\/bin\/env -S node((?: --[\w-]+(?:=\S+)?)*)\s*$/.exec(first);
-  if (!m) throw new Error(`bin/sigil does not start with "#!/usr/bin/env -S node [flags]": ${first}`);
+  const text = readFileSync(new URL('../../bin/sigil', import.meta.url), 'utf8');
+  const m = /'agent run'\) exec node((?: --[\w-]+(?:=\S+)?)*) "\$0"/.exec(text);
+  if (!m) throw new Error('bin/sigil has no `\'agent run\') exec node <flags> "$0"` line');
   return m[1]!.split(' ').filter((f) => f.length > 0);
 }

@@ -127,6 +127,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         }
       },
     });
+    closers.push(() => cache.close());
     trust.onChange(() => cache.bundleUpdated());
 
     const sync = new EntrySync({

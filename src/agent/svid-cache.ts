@@ -76,6 +76,9 @@ export class SvidCache implements WorkloadIdentitySource {
   private readonly fraction: number;
   private readonly random: () => number;
   private readonly jwtCacheSize: number;
+  /** Fires `notify()` when the earliest held SVID or live entry expires (see scheduleExpiry). */
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private expiryAt = Number.POSITIVE_INFINITY;
 
   constructor(private readonly o: SvidCacheOptions) {
     this.fraction = o.rotationFraction ?? 0.5;
@@ -250,6 +253,7 @@ export class SvidCache implements WorkloadIdentitySource {
       l.push({ e, pos: pos++ });
     }
     this.bySelector = index;
+    this.scheduleExpiry();
     return changed;
   }
 
@@ -295,6 +299,44 @@ export class SvidCache implements WorkloadIdentitySource {
       rotateAt: rotationTime(start, notAfter, this.fraction, this.random),
       issuedFor: issuedFor(entry),
     });
+    if (notAfter.getTime() < this.expiryAt) this.scheduleExpiry();
+  }
+
+  /**
+   * Listeners (the Workload API's response cache and open streams) must hear when an SVID or an
+   * entry expires even if nothing else changes — say, while the verifier is unreachable and no
+   * rotation succeeds — so that nothing expired is served from a cached response. One timer, at
+   * the earliest expiry; it notifies and re-arms itself.
+   */
+  private scheduleExpiry(): void {
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
+    const now = this.o.now().getTime();
+    let next = Number.POSITIVE_INFINITY;
+    for (const sv of this.svids.values()) {
+      const t = sv.expiresAt.getTime();
+      if (t > now && t < next) next = t;
+    }
+    for (const e of this.entries.values()) {
+      const t = e.expiresAt === null ? Number.NaN : Date.parse(e.expiresAt);
+      if (t > now && t < next) next = t;
+    }
+    this.expiryAt = next;
+    if (next === Number.POSITIVE_INFINITY) return;
+    const delay = Math.min(next - now + 1, 2 ** 31 - 1);
+    this.expiryTimer = setTimeout(() => {
+      this.expiryTimer = undefined;
+      this.notify();
+      this.scheduleExpiry();
+    }, delay);
+    this.expiryTimer.unref();
+  }
+
+  /** Stop the expiry timer (the agent is shutting down). */
+  close(): void {
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
+    this.expiryAt = Number.POSITIVE_INFINITY;
   }
 
   /** The held SVID of an entry (for status and tests). */

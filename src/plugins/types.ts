@@ -141,7 +141,11 @@ export interface WorkloadCaller {
 }
 
 export interface WorkloadAttestor {
-  /** Selectors for the caller, each prefixed with the attestor name. Throw SigilError on failure. */
+  /**
+   * Selectors for the caller, each prefixed with the attestor name. Throw SigilError on failure.
+   * `signal` is aborted when the attestation's deadline passes (and, harmlessly, once it is over);
+   * its reason is a shared, frozen Error named "AbortError".
+   */
   attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]>;
 }
 

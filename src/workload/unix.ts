@@ -100,6 +100,8 @@ class NameFile {
       return undefined; // no such file: no names
     }
     if (!this.cached || this.cached.key !== key) {
+      // The file changed: until it has been read again, nothing of the old one is served.
+      this.cached = undefined;
       const text = (await readBoundedFile(this.path, NAME_FILE_MAX_BYTES)).toString('utf8');
       this.cached = { key, map: parseIdNameFile(text) };
     }

@@ -271,3 +271,43 @@ describe('JWT-SVIDs and bundles', () => {
     expect(calls).toBe(2);
   });
 });
+
+describe('expiry notifications', () => {
+  it('notifies listeners when a held SVID or a live entry expires, even when nothing else changes', async () => {
+    const cache = new SvidCache({
+      trustDomain: 'example.org',
+      logger,
+      now: () => new Date(),
+      bundle: () => new SpiffeBundle('example.org'),
+      mintJwt: async () => {
+        throw new Error('not used');
+      },
+    });
+    let fired = 0;
+    cache.onChange(() => fired++);
+    const soon = new Date(Date.now() + 120).toISOString();
+    const a = entry('a', ['unix:uid:1'], { expiresAt: soon });
+    const b = entry('b', ['unix:uid:1']);
+    cache.setEntries([a, b]);
+    const key = generateKey('ec-p256');
+    cache.putSvid(b, [Buffer.from('leaf')], key.privateKey, new Date(Date.now() - 1000), new Date(Date.now() + 250), new Date());
+    expect(fired).toBe(0);
+    await new Promise((r) => setTimeout(r, 180)); // entry a has expired
+    expect(fired).toBe(1);
+    await new Promise((r) => setTimeout(r, 150)); // b's SVID has expired
+    expect(fired).toBe(2);
+    await new Promise((r) => setTimeout(r, 100)); // nothing left to expire: no more notifications
+    expect(fired).toBe(2);
+    cache.close();
+  });
+
+  it('close() stops the expiry timer', async () => {
+    const cache = new SvidCache({ trustDomain: 'example.org', logger, now: () => new Date(), bundle: () => new SpiffeBundle('example.org'), mintJwt: async () => Promise.reject(new Error('x')) });
+    let fired = 0;
+    cache.onChange(() => fired++);
+    cache.setEntries([entry('a', ['unix:uid:1'], { expiresAt: new Date(Date.now() + 50).toISOString() })]);
+    cache.close();
+    await new Promise((r) => setTimeout(r, 120));
+    expect(fired).toBe(0);
+  });
+});

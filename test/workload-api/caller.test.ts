@@ -111,6 +111,19 @@ describe('CallerConnection PID-recycling defence (fake /proc)', () => {
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
   });
 
+  it('a closed connection never passes the pidfd check (its fd number may be reused)', async () => {
+    put(777n);
+    const fdinfo = join(root, 'fdinfo');
+    mkdirSync(fdinfo, { recursive: true });
+    // An fd number no process holds: close() then fails quietly instead of closing a real fd.
+    writeFileSync(join(fdinfo, '999999'), `pos:\t0\nflags:\t02000002\nPid:\t${pid}\n`);
+    const c = new CallerConnection({ pid, uid: 1000, gid: 1000, pidfd: 999999 }, root, fdinfo);
+    await c.ready;
+    await expect(c.verifyUnchanged()).resolves.toBeUndefined();
+    c.close();
+    await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
+  });
+
   it('a connection from a process that is already gone never becomes ready', async () => {
     const c = new CallerConnection({ pid: 999999, uid: 0, gid: 0 }, root);
     await expect(c.ready).rejects.toMatchObject({ code: 'workload.process_gone' });

@@ -116,6 +116,14 @@ describe('unix workload attestor (fake /proc)', () => {
     await expect(make().attest({ pid, uid: 1001, gid: 100 }, ac.signal)).rejects.toMatchObject({ code: 'workload.attestation_aborted' });
   });
 
+  it('serves no name from the old passwd once a changed one cannot be read', async () => {
+    const a = createUnixAttestor({}, { procRoot: proc, passwdPath: passwd, groupPath: group, nameFileRecheckMs: 0 });
+    expect(await a.attest({ pid, uid: 1001, gid: 100 }, signal)).toContain('unix:user:alice');
+    writeFileSync(passwd, 'mallory:x:1001:100::/:/bin/sh\n' + '#'.repeat(33 * 1024 * 1024)); // over the 32 MiB bound
+    await expect(a.attest({ pid, uid: 1001, gid: 100 }, signal)).rejects.toMatchObject({ code: 'workload.proc_file_too_large' });
+    await expect(a.attest({ pid, uid: 1001, gid: 100 }, signal)).rejects.toMatchObject({ code: 'workload.proc_file_too_large' });
+  });
+
   it('re-reads passwd when it changes, looking at most once per recheck interval', async () => {
     const a = createUnixAttestor({}, { procRoot: proc, passwdPath: passwd, groupPath: group, nameFileRecheckMs: 0 });
     expect(await a.attest({ pid, uid: 1001, gid: 100 }, signal)).toContain('unix:user:alice');

@@ -11,8 +11,18 @@ import type { Selector, WorkloadAttestor, WorkloadCaller } from '../../plugins/t
 export const DEFAULT_ATTEST_TIMEOUT_MS = 5000;
 const MAX_SELECTORS_PER_ATTESTOR = 4096;
 const MAX_SELECTOR_LENGTH = 4096;
-const ATTESTATION_OVER = new Error('workload attestation is over');
-const ATTESTATION_TIMED_OUT = new Error('workload attestation timed out');
+/**
+ * Abort reasons handed to attestors' signals: made once (a default reason is a DOMException with
+ * a stack trace, built on every call), frozen so that no attestor can change them for the next,
+ * and named AbortError like the default.
+ */
+function abortReason(message: string): Error {
+  const e = new Error(message);
+  e.name = 'AbortError';
+  return Object.freeze(e);
+}
+const ATTESTATION_OVER = abortReason('workload attestation is over');
+const ATTESTATION_TIMED_OUT = abortReason('workload attestation timed out');
 
 export interface CallerAttestation {
   /** Union of the selectors of the attestors that succeeded, sorted. */

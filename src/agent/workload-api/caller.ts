@@ -54,6 +54,8 @@ export class CallerConnection {
   private async checkPidfd(): Promise<void> {
     const fd = this.caller.pidfd;
     if (fd === undefined) return;
+    // Once closed, the fd number may already name another connection's pidfd.
+    if (this.closed) throw new SigilError('workload_api.caller_changed', `connection of pid ${this.caller.pid} is closed`);
     if (!(await pidfdStillHolds(fd, this.caller.pid, this.fdinfoRoot))) {
       throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} has exited (pidfd)`);
     }

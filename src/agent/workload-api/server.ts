@@ -128,6 +128,7 @@ interface ConnState {
   id: string;
   conn: CallerConnection;
   session: ServerHttp2Session;
+  /** Selectors and until when (performance.now(), a monotonic clock) they may be reused. */
   cache: { selectors: Selector[]; until: number } | undefined;
   inflight: Promise<CallerAttestation> | undefined;
   calls: Set<Call>;
@@ -304,14 +305,14 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
   async function attestConnection(state: ConnState): Promise<CallerAttestation> {
     if (state.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
     const c = state.cache;
-    if (c && Date.now() < c.until) return { selectors: c.selectors, failed: [] };
+    if (c && performance.now() < c.until) return { selectors: c.selectors, failed: [] };
     if (state.inflight) return state.inflight;
     const p = (async (): Promise<CallerAttestation> => {
       try {
         await state.conn.ready;
         const r = await attestCaller(state.conn.caller, opts.attestors, logger, attestTimeoutMs);
         await state.conn.verifyUnchanged();
-        if (r.failed.length === 0) state.cache = { selectors: r.selectors, until: Date.now() + selectorCacheMs * (0.5 + Math.random() / 2) };
+        if (r.failed.length === 0) state.cache = { selectors: r.selectors, until: performance.now() + selectorCacheMs * (0.5 + Math.random() / 2) };
         logger.debug({ conn: state.id, pid: state.conn.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
         return r;
       } catch (e) {
