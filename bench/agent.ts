@@ -9,7 +9,7 @@
  * back to back), the agent process's RSS (from /proc/<pid>/status: idle with 1,000 SVIDs, with
  * 200 connections, after the runs) and its CPU time per call (from /proc/<pid>/stat).
  *
- *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--entries 1000] [--pin]
+ *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--seconds 10] [--entries 1000] [--pin]
  *
  * The compiled CLI in dist/ is rebuilt first (`npm run build`) so the agent runs the current code.
  */
@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { adminCall } from '../src/cli/admin-client.js';
 import { freePort } from '../test/agent/harness.js';
-import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, rawEs256PerSec } from './support/load.js';
+import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator } from './support/load.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: number): number => {
@@ -77,6 +77,7 @@ async function main(): Promise<void> {
   const calls = opt('--calls', 20);
   const rate = opt('--rate', 1000);
   const nEntries = opt('--entries', 1000);
+  const seconds = opt('--seconds', 10);
   const uid = process.getuid!();
   // --pin: the agent alone on CPU 1; this load generator and the verifier on CPU 0, so that the
   // harness does not take the agent's CPU on a 2-core machine.
@@ -176,9 +177,9 @@ async function main(): Promise<void> {
     await openLoop(clients, rate, 1, fetchJwt);
 
     const cpu0 = procCpuUs(pid);
-    const xo = await openLoop(clients, rate, 3, fetchX509);
+    const xo = await openLoop(clients, rate, seconds, fetchX509);
     const cpu1 = procCpuUs(pid);
-    const jo = await openLoop(clients, rate, 3, fetchJwt);
+    const jo = await openLoop(clients, rate, seconds, fetchJwt);
     const cpu2 = procCpuUs(pid);
     const x = await closedLoop(clients, calls, fetchX509);
     const cpu3 = procCpuUs(pid);
@@ -191,7 +192,7 @@ async function main(): Promise<void> {
     const loopNote = (c: { p99: number; max: number }): string => `; client event-loop delay p99 ${c.p99.toFixed(1)} ms max ${c.max.toFixed(1)} ms`;
     console.log(`\nreal agent (bin/sigil agent run, pid ${pid}${pin ? ', alone on CPU 1; clients and verifier on CPU 0' : ', sharing both CPUs with the clients'}): ${nEntries} entries with SVIDs, caller matches 3, ${nClients} clients (one connection each)`);
     console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s`);
-    console.log(`open loop (${rate} calls/s spread over ${nClients} clients, 3 s):`);
+    console.log(`open loop (${rate} calls/s spread over ${nClients} clients, ${seconds} s each):`);
     console.log(row('FetchX509SVID', xo.lat, cpu1 - cpu0, loopNote(xo.clientLoop)));
     console.log(row('FetchJWTSVID (cached tokens)', jo.lat, cpu2 - cpu1, loopNote(jo.clientLoop)));
     console.log(`closed loop (${nClients} concurrent, ${calls} calls each, back to back; latency includes queueing):`);
@@ -209,4 +210,5 @@ async function main(): Promise<void> {
   }
 }
 
+relaunchAsLoadGenerator();
 await main();

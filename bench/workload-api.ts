@@ -34,7 +34,7 @@ import type { WorkloadAttestor } from '../src/plugins/types.js';
 import { startWorkloadApi } from '../src/agent/workload-api/server.js';
 import type { ServiceTimeSummary } from '../src/agent/workload-api/service-time.js';
 import { workloadCodecs, workloadProtoPath } from '../src/agent/workload-api/proto.js';
-import { closedLoop, fetchJwt, fetchX509, h2Client, launcherNodeFlags, openLoop, pct, rawEs256PerSec, type BenchClient } from './support/load.js';
+import { closedLoop, fetchJwt, fetchX509, h2Client, launcherNodeFlags, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type BenchClient } from './support/load.js';
 import { createContainerAttestor } from '../src/workload/container.js';
 import { createUnixAttestor } from '../src/workload/unix.js';
 import { makePki, TD } from '../test/workload-api/support.js';
@@ -383,5 +383,6 @@ async function main(): Promise<void> {
 if (args[0] === '--server') {
   await runServer(args[1]!, Number(args[2]));
 } else {
+  relaunchAsLoadGenerator();
   await main();
 }
