@@ -167,13 +167,15 @@ export class SvidCache implements WorkloadIdentitySource {
     }
     const now = this.o.now().getTime();
     const out: JwtSvidResult[] = [];
+    const keys: string[] = [];
     for (const e of req.matches) {
       const key = this.jwtKey(e, req.aud);
       const hit = this.jwts.get(key);
       if (!hit || now >= hit.refreshAt || hit.result.expiresAt.getTime() <= now) return undefined;
       out.push(hit.result);
+      keys.push(key);
     }
-    for (const e of req.matches) this.touchJwt(this.jwtKey(e, req.aud));
+    for (const key of keys) this.touchJwt(key);
     return out;
   }
 

@@ -218,6 +218,16 @@ describe('counter state: check in finish, compare-and-set in commit', () => {
     const b = await verifier.begin(hello, s);
     return `counters:${(b.state as { ekPubHash: string }).ekPubHash}`;
   };
+  /** Two sessions for the same EK, both begun and finished (A quotes clock 200, B clock 300) before either commits. */
+  const twoFinished = async (verifier: NodeAttestorVerifier) => {
+    const sa = session();
+    const ba = await verifier.begin(hello, sa);
+    const sb = session();
+    const bb = await verifier.begin(hello, sb);
+    await verifier.finish(respond(ba.challenge, sa, 200n), ba.state, sa);
+    await verifier.finish(respond(bb.challenge, sb, 300n), bb.state, sb);
+    return { commitA: () => verifier.commit!(ba.state, sa), commitB: () => verifier.commit!(bb.state, sb) };
+  };
 
   it('two sessions for one EK both checked against the same counters: the later commit is refused (tpm.counter_race, 409), the stored counters stay', async () => {
     const state = new MemoryState();
@@ -226,16 +236,11 @@ describe('counter state: check in finish, compare-and-set in commit', () => {
     for (const firstStored of [undefined, { resetCount: 1, restartCount: 0, clock: '10' }]) {
       state.m.clear();
       if (firstStored) await state.put(key, firstStored);
-      const sa = session();
-      const ba = await fv.begin(hello, sa);
-      const sb = session();
-      const bb = await fv.begin(hello, sb);
       // Both pass the check against what is stored now; B's quote is the newer one.
-      await fv.finish(respond(ba.challenge, sa, 200n), ba.state, sa);
-      await fv.finish(respond(bb.challenge, sb, 300n), bb.state, sb);
-      await fv.commit!(bb.state, sb);
+      const { commitA, commitB } = await twoFinished(fv);
+      await commitB();
       expect(state.m.get(key)).toEqual({ resetCount: 1, restartCount: 0, clock: '300' });
-      const e = await fv.commit!(ba.state, sa).catch((x: unknown) => x);
+      const e = await commitA().catch((x: unknown) => x);
       expect(e).toBeInstanceOf(SigilError);
       expect((e as SigilError).code).toBe('tpm.counter_race');
       expect((e as SigilError).status).toBe(409);
@@ -248,14 +253,9 @@ describe('counter state: check in finish, compare-and-set in commit', () => {
     const state = new MemoryState();
     const fv = await fresh(state);
     const key = await counterKey(fv);
-    const sa = session();
-    const ba = await fv.begin(hello, sa);
-    const sb = session();
-    const bb = await fv.begin(hello, sb);
-    await fv.finish(respond(ba.challenge, sa, 200n), ba.state, sa);
-    await fv.finish(respond(bb.challenge, sb, 300n), bb.state, sb);
-    await fv.commit!(ba.state, sa);
-    expect(await code(fv.commit!(bb.state, sb))).toBe('tpm.counter_race');
+    const { commitA, commitB } = await twoFinished(fv);
+    await commitA();
+    expect(await code(commitB())).toBe('tpm.counter_race');
     expect(state.m.get(key)).toEqual({ resetCount: 1, restartCount: 0, clock: '200' });
     // A fresh session is checked against A's stored counters and commits normally.
     const sc = session();
