@@ -45,6 +45,8 @@ interface JwtCached {
   revisionNumber: number;
   result: JwtSvidResult;
   refreshAt: number;
+  /** Use stamp for least-recently-used eviction (a counter, higher is more recent). */
+  used: number;
 }
 
 export interface SvidCacheOptions {
@@ -69,6 +71,7 @@ export class SvidCache implements WorkloadIdentitySource {
   private bySelector = new Map<string, { e: AuthorizedEntry; pos: number }[]>();
   private readonly svids = new Map<string, HeldSvid>();
   private readonly jwts = new Map<string, JwtCached>();
+  private jwtUses = 0;
   private readonly inflight = new Map<string, Promise<JwtSvidResult>>();
   private readonly listeners = new Set<() => void>();
   private x509BundleMap: Map<string, Buffer[]> | undefined;
@@ -179,12 +182,14 @@ export class SvidCache implements WorkloadIdentitySource {
     return out;
   }
 
-  /** Mark a cached JWT-SVID most recently used. */
+  /**
+   * Mark a cached JWT-SVID most recently used. A stamp, not a re-insertion: deleting and setting
+   * the key on every hit made the long-lived map reallocate its table and keep each call's new
+   * key string, all of which was promoted to the old generation and later collected there.
+   */
   private touchJwt(key: string): void {
     const hit = this.jwts.get(key);
-    if (hit === undefined) return;
-    this.jwts.delete(key);
-    this.jwts.set(key, hit);
+    if (hit !== undefined) hit.used = ++this.jwtUses;
   }
 
   async validateJwtSvid(token: string, audience: string): Promise<{ spiffeId: string; claims: Record<string, unknown> }> {
@@ -389,10 +394,19 @@ export class SvidCache implements WorkloadIdentitySource {
     const receivedAt = this.o.now().getTime();
     const result: JwtSvidResult = { spiffeId: e.spiffeId, token: r.token, hint: e.hint, expiresAt: r.expiresAt };
     const refreshAt = receivedAt + Math.max(0, r.expiresAt.getTime() - receivedAt) / 2;
-    this.jwts.delete(key);
-    this.jwts.set(key, { entryId: e.id, revisionNumber: e.revisionNumber, result, refreshAt });
+    this.jwts.set(key, { entryId: e.id, revisionNumber: e.revisionNumber, result, refreshAt, used: ++this.jwtUses });
+    // Over the bound: drop the least recently used (a scan, only when a token is minted, which
+    // costs a verifier round trip anyway).
     while (this.jwts.size > this.jwtCacheSize) {
-      const oldest = this.jwts.keys().next().value as string;
+      let oldest: string | undefined;
+      let oldestUse = Number.POSITIVE_INFINITY;
+      for (const [k, v] of this.jwts) {
+        if (v.used < oldestUse) {
+          oldestUse = v.used;
+          oldest = k;
+        }
+      }
+      if (oldest === undefined) break;
       this.jwts.delete(oldest);
     }
     return result;

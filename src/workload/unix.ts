@@ -112,18 +112,24 @@ class NameFile {
 /** Bounded LRU keyed by file identity → hex SHA-256. */
 class HashCache {
   private readonly map = new Map<string, string>();
+  /** The most recently used key (re-inserting it again would change nothing). */
+  private newest: string | undefined;
   constructor(private readonly max: number) {}
   get(k: string): string | undefined {
     const v = this.map.get(k);
-    if (v !== undefined) {
+    // Move a hit to the back, unless it is there already: the common case (many callers of one
+    // program) then leaves the long-lived map alone instead of reallocating it on every call.
+    if (v !== undefined && k !== this.newest) {
       this.map.delete(k);
       this.map.set(k, v);
+      this.newest = k;
     }
     return v;
   }
   set(k: string, v: string): void {
     this.map.delete(k);
     this.map.set(k, v);
+    this.newest = k;
     while (this.map.size > this.max) {
       const oldest = this.map.keys().next().value;
       if (oldest === undefined) break;

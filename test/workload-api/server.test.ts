@@ -200,7 +200,9 @@ describe('Workload API server with grpc-js clients', () => {
         });
       call.on('data', (m) => seen.push(Buffer.from(m.svids[0]!.x509_svid)));
       await got(1);
-      expect(src.listenerCount).toBe(baseListeners + 1);
+      // One subscription to the source for the whole server; the stream is one of its watchers.
+      expect(src.listenerCount).toBe(baseListeners);
+      expect(t.server.stats().watchingStreams).toBe(1);
       src.fire(); // no change → no message
       const rotated = src.rotate('r1');
       await got(2);
@@ -213,6 +215,8 @@ describe('Workload API server with grpc-js clients', () => {
       expect(err.code).toBe(grpc.status.PERMISSION_DENIED);
       await new Promise((r) => setTimeout(r, 20));
       expect(src.listenerCount).toBe(baseListeners);
+      expect(t.server.stats().watchingStreams).toBe(0);
+      expect(t.server.stats().activeCalls).toBe(0);
     } finally {
       stub.close();
       await t.cleanup();

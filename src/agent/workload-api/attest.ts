@@ -7,6 +7,7 @@
  */
 import type { Logger } from 'pino';
 import type { Selector, WorkloadAttestor, WorkloadCaller } from '../../plugins/types.js';
+import { timerDeadline, type ScheduleDeadline } from './deadlines.js';
 
 export const DEFAULT_ATTEST_TIMEOUT_MS = 5000;
 const MAX_SELECTORS_PER_ATTESTOR = 4096;
@@ -36,15 +37,16 @@ export async function attestCaller(
   attestors: Map<string, WorkloadAttestor>,
   logger: Logger,
   timeoutMs = DEFAULT_ATTEST_TIMEOUT_MS,
+  schedule: ScheduleDeadline = timerDeadline,
 ): Promise<CallerAttestation> {
   const failed: string[] = [];
   const ac = new AbortController();
-  let timer: NodeJS.Timeout | undefined;
+  let cancelTimeout: () => void = () => undefined;
   const timeout = new Promise<'timeout'>((resolve) => {
-    timer = setTimeout(() => {
+    cancelTimeout = schedule(timeoutMs, () => {
       ac.abort(ATTESTATION_TIMED_OUT);
       resolve('timeout');
-    }, timeoutMs);
+    });
   });
   try {
     const results = await Promise.all(
@@ -78,7 +80,7 @@ export async function attestCaller(
     );
     return { selectors: [...new Set(results.flat())].sort(), failed: failed.sort() };
   } finally {
-    clearTimeout(timer);
+    cancelTimeout();
     // Tell attestors still running (only after a timeout) to stop. A fixed reason: the default
     // one is a DOMException with a stack trace, which cost more than the rest of a cached call.
     if (!ac.signal.aborted) ac.abort(ATTESTATION_OVER);

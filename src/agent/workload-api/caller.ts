@@ -8,8 +8,8 @@
  *   1. the process start time (field 22 of /proc/<pid>/stat) is read right after accept;
  *   2. after every attestation the server checks that
  *      - the pidfd (when there is one) still refers to a live, unreaped process holding the pid
- *        (so the number cannot have been reused: a live process keeps its pid), before and after
- *        reading /proc; without a pidfd, that the start time is unchanged; and
+ *        (so the number cannot have been reused: a live process keeps its pid), after all of
+ *        the attestation's /proc reads; without a pidfd, that the start time is unchanged; and
  *      - the effective uid/gid in /proc/<pid>/status still match the peer credentials;
  *      on any mismatch the connection is closed and nothing is served on it.
  * The pidfd is kept open for the life of the connection and closed with it.
@@ -64,9 +64,10 @@ export class CallerConnection {
   /** Throws `workload_api.caller_changed` when the process behind the pid is not the one that connected. */
   async verifyUnchanged(): Promise<void> {
     await this.ready;
-    await this.checkPidfd();
-    // With a pidfd, the checks before and after prove the pid still names the process that
-    // connected, so its start time need not be read again; without one, the start time is the proof.
+    // With a pidfd, one check after all reads is the proof: a process keeps its pid until it is
+    // reaped, so if the pidfd's process still holds the pid now, every /proc read since accept
+    // (the attestors' and the ones below) described that process. Its start time need not be
+    // read again. Without a pidfd, the unchanged start time is the proof.
     const withPidfd = this.caller.pidfd !== undefined;
     let start: bigint | undefined;
     let status;
@@ -84,8 +85,8 @@ export class CallerConnection {
         `pid ${this.caller.pid} credentials changed since connect (uid ${this.caller.uid}→${status.uids[1]}, gid ${this.caller.gid}→${status.gids[1]})`,
       );
     }
-    // The pidfd check last as well: if the process was reaped while /proc was read, the values
-    // read may belong to a new process that happens to match.
+    // The pidfd check last: if the process was reaped while /proc was read, the values read may
+    // belong to a new process that happens to match.
     await this.checkPidfd();
   }
 

@@ -7,6 +7,7 @@
  * Length-Prefixed-Message = Compressed-Flag (1 byte) ‖ Message-Length (4 bytes, big endian) ‖ Message
  */
 import type { ServerHttp2Stream } from 'node:http2';
+import { timerDeadline, type ScheduleDeadline } from './deadlines.js';
 
 export const GrpcStatus = {
   OK: 0,
@@ -89,7 +90,13 @@ export class ByteBudget {
  * calls carry one). The 5-byte prefix is checked as soon as it arrives, so an oversized
  * declaration is refused before its body is buffered; nothing beyond `maxBytes` is ever held.
  */
-export function readSingleMessage(stream: ServerHttp2Stream, maxBytes: number, timeoutMs: number, budget: ByteBudget): Promise<Buffer> {
+export function readSingleMessage(
+  stream: ServerHttp2Stream,
+  maxBytes: number,
+  timeoutMs: number,
+  budget: ByteBudget,
+  schedule: ScheduleDeadline = timerDeadline,
+): Promise<Buffer> {
   return new Promise<Buffer>((resolve, reject) => {
     let header: Buffer | undefined;
     let headerFill = 0;
@@ -104,7 +111,7 @@ export function readSingleMessage(stream: ServerHttp2Stream, maxBytes: number, t
     const finish = (err: GrpcError | undefined, value?: Buffer): void => {
       if (done) return;
       done = true;
-      clearTimeout(timer);
+      cancelTimeout();
       stream.off('data', onData);
       stream.off('end', onEnd);
       stream.off('close', onClose);
@@ -112,7 +119,7 @@ export function readSingleMessage(stream: ServerHttp2Stream, maxBytes: number, t
       if (err) reject(err);
       else resolve(value!);
     };
-    const timer = setTimeout(() => finish(new GrpcError(GrpcStatus.DEADLINE_EXCEEDED, 'request message not received in time')), timeoutMs);
+    const cancelTimeout = schedule(timeoutMs, () => finish(new GrpcError(GrpcStatus.DEADLINE_EXCEEDED, 'request message not received in time')));
 
     const onData = (chunk: Buffer): void => {
       let off = 0;

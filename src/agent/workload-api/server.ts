@@ -28,6 +28,8 @@ import { attestCaller, DEFAULT_ATTEST_TIMEOUT_MS, type CallerAttestation } from 
 import { CallerConnection, type PeerCredentials } from './caller.js';
 import { ByteBudget, GrpcError, GrpcStatus, encodeGrpcMessage, frameMessage, parseGrpcTimeout, readSingleMessage, type GrpcStatusCode } from './grpc.js';
 import { SERVICE_NAME, encodeMessage, toStruct, workloadCodecs, type X509SvidMsg } from './proto.js';
+import { Deadlines } from './deadlines.js';
+import { NodeList } from './node-list.js';
 import { ServiceTimeHistogram, type ServiceTimeSummary } from './service-time.js';
 import { decodeEmptyRequest, decodeJwtSvidRequest, decodeValidateJwtSvidRequest } from './wire.js';
 
@@ -73,6 +75,8 @@ export interface WorkloadApiStats {
   connections: number;
   rejectedConnections: number;
   activeCalls: number;
+  /** Streaming calls open and waiting to send a new message when identities change. */
+  watchingStreams: number;
   callerChanged: number;
   /** Response bytes queued in the server's stream buffers (not yet handed to HTTP/2). */
   bufferedOutputBytes: number;
@@ -124,14 +128,29 @@ function concat(ders: readonly Uint8Array[]): Buffer {
   return Buffer.concat(ders);
 }
 
+/** A connection's attestation result, with the response-cache key of its X.509 response. */
+interface ConnAttestation extends CallerAttestation {
+  x509Key: string;
+  until: number;
+}
+
+const NO_FAILURES: string[] = Object.freeze([]) as unknown as string[];
+
+function sameSelectors(a: readonly Selector[], b: readonly Selector[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 interface ConnState {
   id: string;
   conn: CallerConnection;
   session: ServerHttp2Session;
-  /** Selectors and until when (performance.now(), a monotonic clock) they may be reused. */
-  cache: { selectors: Selector[]; until: number } | undefined;
-  inflight: Promise<CallerAttestation> | undefined;
-  calls: Set<Call>;
+  /** The last complete attestation and until when (performance.now(), a monotonic clock) it may be reused. */
+  cache: ConnAttestation | undefined;
+  inflight: Promise<ConnAttestation> | undefined;
+  /** Open calls (a list, not a Set: see node-list.ts). */
+  calls: NodeList<Call>;
   poisoned: boolean;
 }
 
@@ -274,6 +293,8 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
   const readPeer = peerCred;
 
   const conns = new Set<ConnState>();
+  /** Request, call and attestation timeouts (see deadlines.ts; they fire up to 100 ms late). */
+  const deadlines = new Deadlines(100);
   const perUid = new Map<number, number>();
   const counters = { rejectedConnections: 0, callerChanged: 0 };
   let closing = false;
@@ -286,7 +307,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     state.poisoned = true;
     counters.callerChanged++;
     logger.warn({ conn: state.id, pid: state.conn.caller.pid, uid: state.conn.caller.uid, reason }, 'caller changed during attestation; closing connection');
-    for (const c of [...state.calls]) c.finish(GrpcStatus.UNAVAILABLE, 'caller process changed during attestation; reconnect');
+    for (const c of state.calls.values()) c.finish(GrpcStatus.UNAVAILABLE, 'caller process changed during attestation; reconnect');
     try {
       state.session.close();
     } catch {
@@ -302,19 +323,29 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
    * The caller's selectors, attested at most once per `selectorCacheMs` per connection (a
    * result with failed attestors is not cached). Concurrent calls share one attestation.
    */
-  async function attestConnection(state: ConnState): Promise<CallerAttestation> {
+  async function attestConnection(state: ConnState): Promise<ConnAttestation> {
     if (state.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
     const c = state.cache;
-    if (c && performance.now() < c.until) return { selectors: c.selectors, failed: [] };
+    if (c && performance.now() < c.until) return c;
     if (state.inflight) return state.inflight;
-    const p = (async (): Promise<CallerAttestation> => {
+    const p = (async (): Promise<ConnAttestation> => {
       try {
         await state.conn.ready;
-        const r = await attestCaller(state.conn.caller, opts.attestors, logger, attestTimeoutMs);
+        const r = await attestCaller(state.conn.caller, opts.attestors, logger, attestTimeoutMs, deadlines.schedule);
         await state.conn.verifyUnchanged();
-        if (r.failed.length === 0) state.cache = { selectors: r.selectors, until: performance.now() + selectorCacheMs * (0.5 + Math.random() / 2) };
         logger.debug({ conn: state.id, pid: state.conn.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
-        return r;
+        if (r.failed.length > 0) return { selectors: r.selectors, failed: r.failed, x509Key: `x509\0${r.selectors.join('\0')}`, until: 0 };
+        const until = performance.now() + selectorCacheMs * (0.5 + Math.random() / 2);
+        const prev = state.cache;
+        // The same selectors as last time (the usual case): keep the old object and only extend
+        // it, so that re-attesting a steady caller leaves nothing new behind to outlive the
+        // young generation (connections re-attest about once a second).
+        if (prev && sameSelectors(prev.selectors, r.selectors)) {
+          prev.until = until;
+          return prev;
+        }
+        state.cache = { selectors: r.selectors, failed: NO_FAILURES, x509Key: `x509\0${r.selectors.join('\0')}`, until };
+        return state.cache;
       } catch (e) {
         const msg = e instanceof Error ? e.message : String(e);
         poison(state, msg);
@@ -343,6 +374,8 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
    * every stream (never mutated). Emptied on every source change.
    */
   const responseCache = new Map<string, Buffer | null>();
+  /** Open streaming calls, each waiting to send a new message when the identity source changes. */
+  const watchers = new NodeList<() => void>();
   function cachedResponse(key: string, build: () => Uint8Array | null): Buffer | null {
     const hit = responseCache.get(key);
     if (hit !== undefined || responseCache.has(key)) return hit ?? null;
@@ -471,24 +504,24 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       }
     };
     call.stream.on('drain', onDrain);
-    const unsubscribe = source.onChange(schedule);
+    const node = watchers.add(schedule);
     call.onDone(() => {
-      unsubscribe();
+      watchers.remove(node);
       call.stream.off('drain', onDrain);
     });
   }
 
   async function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
+    let cancel: () => void = () => undefined;
     try {
       return await Promise.race([
         p,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new GrpcError(GrpcStatus.DEADLINE_EXCEEDED, 'deadline exceeded')), ms);
+          cancel = deadlines.schedule(ms, () => reject(new GrpcError(GrpcStatus.DEADLINE_EXCEEDED, 'deadline exceeded')));
         }),
       ]);
     } finally {
-      clearTimeout(timer);
+      cancel();
     }
   }
 
@@ -497,7 +530,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     async FetchX509SVID(state, call, body) {
       decodeEmptyRequest(body);
       const a = await attestConnection(state);
-      const key = `x509\0${a.selectors.join('\0')}`;
+      const key = a.x509Key;
       serveStream(call, () => cachedResponse(key, () => x509Response(source.x509SvidsFor(a.selectors))), noIdentity(a));
     },
     async FetchX509Bundles(_state, call, body) {
@@ -577,8 +610,8 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       return;
     }
     const call = new Call(stream, serviceTimeRecorder(headers[':path']));
-    state.calls.add(call);
-    call.onDone(() => state.calls.delete(call));
+    const node = state.calls.add(call);
+    call.onDone(() => state.calls.remove(node));
     void dispatch(state, call, headers).catch((e: unknown) => {
       const m = grpcStatusForError(e);
       if (m.internal) logger.error({ conn: state.id, err: e instanceof Error ? e.message : String(e) }, 'Workload API call failed');
@@ -596,12 +629,8 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     if (headers['workload.spiffe.io'] !== 'true') throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'security header missing from request');
     if (state.poisoned || closing) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
     const timeout = parseGrpcTimeout(headers['grpc-timeout']);
-    let deadlineTimer: NodeJS.Timeout | undefined;
-    if (timeout !== undefined) {
-      deadlineTimer = setTimeout(() => call.finish(GrpcStatus.DEADLINE_EXCEEDED, 'deadline exceeded'), Math.max(0, timeout));
-      call.onDone(() => clearTimeout(deadlineTimer));
-    }
-    const body = await readSingleMessage(call.stream, maxRequestBytes, Math.min(requestTimeoutMs, timeout ?? requestTimeoutMs), budget);
+    if (timeout !== undefined) call.onDone(deadlines.schedule(timeout, () => call.finish(GrpcStatus.DEADLINE_EXCEEDED, 'deadline exceeded')));
+    const body = await readSingleMessage(call.stream, maxRequestBytes, Math.min(requestTimeoutMs, timeout ?? requestTimeoutMs), budget, deadlines.schedule);
     call.requestRead = true;
     if (call.done) return;
     await handler(state, call, body, timeout);
@@ -647,7 +676,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       socket.destroy();
       return;
     }
-    const state: ConnState = { id: randomUUID().slice(0, 8), conn, session, cache: undefined, inflight: undefined, calls: new Set(), poisoned: false };
+    const state: ConnState = { id: randomUUID().slice(0, 8), conn, session, cache: undefined, inflight: undefined, calls: new NodeList(), poisoned: false };
     conns.add(state);
     perUid.set(peer.uid, n + 1);
     let gotSettings = false;
@@ -666,7 +695,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     });
     session.once('close', () => {
       clearTimeout(hsTimer);
-      for (const c of [...state.calls]) c.finish(GrpcStatus.CANCELLED, 'connection closed');
+      for (const c of state.calls.values()) c.finish(GrpcStatus.CANCELLED, 'connection closed');
       conns.delete(state);
       const left = (perUid.get(peer.uid) ?? 1) - 1;
       if (left <= 0) perUid.delete(peer.uid);
@@ -703,7 +732,13 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
   });
   await chmod(socketPath, 0o777);
   const ours = await lstat(socketPath);
-  const unsubscribeCache = source.onChange(() => responseCache.clear());
+  // One subscription for the whole server: the response cache is emptied, then every open stream
+  // is told (streams come and go with every call; see node-list.ts for why they are not each a
+  // listener of the source).
+  const unsubscribeCache = source.onChange(() => {
+    responseCache.clear();
+    for (const schedule of watchers.values()) schedule();
+  });
   logger.info({ socket: socketPath }, 'Workload API listening');
 
   return {
@@ -721,8 +756,9 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       connections: conns.size,
       rejectedConnections: counters.rejectedConnections,
       activeCalls: [...conns].reduce((a, s) => a + s.calls.size, 0),
+      watchingStreams: watchers.size,
       callerChanged: counters.callerChanged,
-      bufferedOutputBytes: [...conns].reduce((a, st) => a + [...st.calls].reduce((b, c) => b + c.stream.writableLength, 0), 0),
+      bufferedOutputBytes: [...conns].reduce((a, st) => a + st.calls.values().reduce((b, c) => b + c.stream.writableLength, 0), 0),
     }),
     async close(): Promise<void> {
       if (closing) return;
@@ -730,7 +766,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       unsubscribeCache();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const s of [...conns]) {
-        for (const c of [...s.calls]) c.finish(GrpcStatus.UNAVAILABLE, 'agent is shutting down');
+        for (const c of s.calls.values()) c.finish(GrpcStatus.UNAVAILABLE, 'agent is shutting down');
         try {
           s.session.close();
         } catch {
