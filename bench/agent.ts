@@ -9,7 +9,7 @@
  * back to back), the agent process's RSS (from /proc/<pid>/status: idle with 1,000 SVIDs, with
  * 200 connections, after the runs) and its CPU time per call (from /proc/<pid>/stat).
  *
- *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--seconds 10] [--entries 1000] [--pin]
+ *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--seconds 10] [--entries 1000] [--pin] [--client raw|h2]
  *
  * The compiled CLI in dist/ is rebuilt first (`npm run build`) so the agent runs the current code.
  */
@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { adminCall } from '../src/cli/admin-client.js';
 import { freePort } from '../test/agent/harness.js';
-import { closedLoop, fetchJwt, fetchX509, h2Client, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator } from './support/load.js';
+import { closedLoop, connectLoadClient, fetchJwt, fetchX509, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type LoadClientKind } from './support/load.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: number): number => {
@@ -82,6 +82,9 @@ async function main(): Promise<void> {
   // --pin: the agent alone on CPU 1; this load generator and the verifier on CPU 0, so that the
   // harness does not take the agent's CPU on a 2-core machine.
   const pin = args.includes('--pin');
+  const ci = args.indexOf('--client');
+  const clientKind = (ci >= 0 ? args[ci + 1] : 'raw') as LoadClientKind;
+  if (clientKind !== 'raw' && clientKind !== 'h2') throw new Error('--client must be raw or h2');
 
   process.stdout.write('building dist/ (npm run build)… ');
   execFileSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' });
@@ -159,7 +162,7 @@ async function main(): Promise<void> {
     const agentProc = daemon(['agent', 'run', '--config', join(dir, 'agent.yaml')], flags, pin ? 1 : undefined);
     // Under taskset the child is taskset until it execs the agent: the same pid either way.
     const pid = agentProc.pid!;
-    const first = await waitFor(() => h2Client(socket), 30_000, 'the Workload API socket');
+    const first = await waitFor(() => connectLoadClient(clientKind, socket), 30_000, 'the Workload API socket');
     // Every entry's X.509-SVID issued (the verifier's own counter), and ours served.
     await waitFor(async () => ((await issuedX509(port, bundlePem)) >= nEntries ? true : undefined), 120_000, `${nEntries} X.509-SVIDs issued to the agent`);
     await waitFor(() => first.x509().then(() => true), 30_000, 'the three matching X.509-SVIDs served');
@@ -168,7 +171,7 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 500));
     const rssIdle = procRss(pid);
 
-    const clients = await Promise.all(Array.from({ length: nClients }, () => h2Client(socket)));
+    const clients = await Promise.all(Array.from({ length: nClients }, () => connectLoadClient(clientKind, socket)));
     await Promise.all(clients.map((c) => c.x509())); // connect + warm up
     await Promise.all(clients.map((c) => c.jwt())); // JWT-SVIDs minted once by the verifier, then cached
     const rssConns = procRss(pid);
@@ -190,7 +193,7 @@ async function main(): Promise<void> {
     const row = (name: string, lat: number[], cpuUs: number, extra = ''): string =>
       `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms   ${(cpuUs / lat.length).toFixed(0)} µs agent CPU/call${extra}`;
     const loopNote = (c: { p99: number; max: number }): string => `; client event-loop delay p99 ${c.p99.toFixed(1)} ms max ${c.max.toFixed(1)} ms`;
-    console.log(`\nreal agent (bin/sigil agent run, pid ${pid}${pin ? ', alone on CPU 1; clients and verifier on CPU 0' : ', sharing both CPUs with the clients'}): ${nEntries} entries with SVIDs, caller matches 3, ${nClients} clients (one connection each)`);
+    console.log(`\nreal agent (bin/sigil agent run, pid ${pid}${pin ? ', alone on CPU 1; clients and verifier on CPU 0' : ', sharing both CPUs with the clients'}): ${nEntries} entries with SVIDs, caller matches 3, ${nClients} clients (one connection each; load client: ${clientKind === 'raw' ? 'bench/support/raw-h2.ts' : 'node:http2'})`);
     console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s`);
     console.log(`open loop (${rate} calls/s spread over ${nClients} clients, ${seconds} s each):`);
     console.log(row('FetchX509SVID', xo.lat, cpu1 - cpu0, loopNote(xo.clientLoop)));

@@ -10,7 +10,7 @@
  *   - open loop: 200 connected clients issue calls at a fixed total rate (service latency).
  * Raw crypto rate (ES256 signatures/s) is measured in the same run for scale.
  *
- *   npx tsx bench/workload-api.ts [--clients 200] [--calls 20] [--rate 1000] [--client h2|grpc-js]
+ *   npx tsx bench/workload-api.ts [--clients 200] [--calls 20] [--rate 1000] [--client raw|h2|grpc-js]
  *   The server child runs with bin/sigil's own Node flags (BENCH_SERVER_FLAGS="…" replaces them);
  *   BENCH_PROF=DIR also writes a CPU profile of the server process into DIR.
  */
@@ -34,7 +34,7 @@ import type { WorkloadAttestor } from '../src/plugins/types.js';
 import { startWorkloadApi } from '../src/agent/workload-api/server.js';
 import type { ServiceTimeSummary } from '../src/agent/workload-api/service-time.js';
 import { workloadCodecs, workloadProtoPath } from '../src/agent/workload-api/proto.js';
-import { closedLoop, fetchJwt, fetchX509, h2Client, launcherNodeFlags, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type BenchClient } from './support/load.js';
+import { closedLoop, connectLoadClient, fetchJwt, fetchX509, launcherNodeFlags, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type BenchClient } from './support/load.js';
 import { createContainerAttestor } from '../src/workload/container.js';
 import { createUnixAttestor } from '../src/workload/unix.js';
 import { makePki, TD } from '../test/workload-api/support.js';
@@ -261,8 +261,8 @@ async function main(): Promise<void> {
   const calls = opt('--calls', 20);
   const rate = opt('--rate', 1000);
   const ci = args.indexOf('--client');
-  const clientKind = ci >= 0 ? args[ci + 1] : 'h2';
-  if (clientKind !== 'h2' && clientKind !== 'grpc-js') throw new Error('--client must be h2 or grpc-js');
+  const clientKind = ci >= 0 ? args[ci + 1] : 'raw';
+  if (clientKind !== 'raw' && clientKind !== 'h2' && clientKind !== 'grpc-js') throw new Error('--client must be raw, h2 or grpc-js');
   const es256 = rawEs256PerSec();
   await attestationCost();
 
@@ -285,7 +285,7 @@ async function main(): Promise<void> {
   const def = protoLoader.loadSync(workloadProtoPath(), { keepCase: true, defaults: true });
   const Ctor = grpc.loadPackageDefinition(def).SpiffeWorkloadAPI as grpc.ServiceClientConstructor;
   const stubs: BenchClient[] =
-    clientKind === 'grpc-js' ? Array.from({ length: nClients }, () => grpcJsClient(Ctor, socket)) : await Promise.all(Array.from({ length: nClients }, () => h2Client(socket)));
+    clientKind === 'grpc-js' ? Array.from({ length: nClients }, () => grpcJsClient(Ctor, socket)) : await Promise.all(Array.from({ length: nClients }, () => connectLoadClient(clientKind, socket)));
   await Promise.all(stubs.map((s) => fetchX509(s))); // connect + warm up
   const afterConnect = await ask<{ rss: number; stats: { connections: number } }>('rss');
 
@@ -299,7 +299,7 @@ async function main(): Promise<void> {
   const rawClients: BenchClient[] =
     clientKind === 'grpc-js'
       ? Array.from({ length: nClients }, () => grpcJsClient(Ctor, `${socket}.raw`))
-      : await Promise.all(Array.from({ length: nClients }, () => h2Client(`${socket}.raw`)));
+      : await Promise.all(Array.from({ length: nClients }, () => connectLoadClient(clientKind, `${socket}.raw`)));
   await Promise.all(rawClients.map((s) => fetchX509(s)));
   const r0 = await ask<Probe>('rss');
   const rx = await closedLoop(rawClients, calls, fetchX509);
@@ -353,7 +353,7 @@ async function main(): Promise<void> {
   const row = (name: string, lat: number[], perSec?: number): string =>
     `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms` +
     (perSec !== undefined ? `   ${perSec.toFixed(0).padStart(6)} calls/s (${(perSec / es256).toFixed(2)}× raw ES256 sign rate)` : '');
-  console.log(`\nWorkload API: 1,000 cached SVIDs, caller matches 3, ${nClients} ${clientKind === 'h2' ? 'lean node:http2 gRPC' : 'grpc-js'} clients (one connection each), server in a child process`);
+  console.log(`\nWorkload API: 1,000 cached SVIDs, caller matches 3, ${nClients} ${clientKind === 'raw' ? 'minimal HTTP/2 (bench/support/raw-h2.ts) gRPC' : clientKind === 'h2' ? 'lean node:http2 gRPC' : 'grpc-js'} clients (one connection each), server in a child process`);
   console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s`);
   console.log(`closed loop (${nClients} concurrent, ${calls} calls each, back to back):`);
   console.log(row('FetchX509SVID (first message of the stream)', x.lat, x.perSec) + `   ${cpuPerCall(p0, p1, x.lat.length)}`);

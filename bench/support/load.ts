@@ -1,6 +1,6 @@
 /**
- * Shared load generation for the Workload API benchmarks: a lean gRPC client on node:http2 and
- * open-/closed-loop drivers.
+ * Shared load generation for the Workload API benchmarks: the clients (a minimal HTTP/2 client of
+ * our own by default, node:http2 on request) and open-/closed-loop drivers.
  */
 import { createSign, generateKeyPairSync } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
@@ -214,4 +214,20 @@ export function relaunchAsLoadGenerator(): void {
     env: { ...process.env, BENCH_LOAD_GENERATOR: '1' },
   });
   process.exit(r.status ?? 1);
+}
+
+/**
+ * Which load client drives the benchmark:
+ *   raw — bench/support/raw-h2.ts: HTTP/2 written for the load generator (≈20 µs of client CPU
+ *         per call, almost no garbage), so that the latency measured is the server's and not
+ *         the load generator's own pauses (200 node:http2 clients in one process cost ≈100–225 µs
+ *         per call and stalled it for 10–47 ms in garbage collections);
+ *   h2  — h2Client above, on node:http2.
+ */
+export type LoadClientKind = 'raw' | 'h2';
+
+export async function connectLoadClient(kind: LoadClientKind, socket: string): Promise<BenchClient> {
+  if (kind === 'h2') return h2Client(socket);
+  const { rawH2Client } = await import('./raw-h2.js');
+  return rawH2Client(socket);
 }
