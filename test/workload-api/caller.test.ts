@@ -97,18 +97,20 @@ describe('CallerConnection PID-recycling defence (fake /proc)', () => {
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
   });
 
-  it('with a pidfd, the pidfd is the proof: the start time is not read again, uid/gid still are', async () => {
+  it('with a pidfd, the start time and uid/gid are still checked as well', async () => {
     put(777n);
     const fdinfo = join(root, 'fdinfo');
     mkdirSync(fdinfo, { recursive: true });
     writeFileSync(join(fdinfo, '98'), `pos:\t0\nflags:\t02000002\nPid:\t${pid}\n`);
     const c = new CallerConnection({ pid, uid: 1000, gid: 1000, pidfd: 98 }, root, fdinfo);
     await c.ready;
-    // A changed stat line cannot mean a recycled pid while the pidfd still holds the process.
-    put(778n);
     await expect(c.verifyUnchanged()).resolves.toBeUndefined();
-    put(778n, 0, 1000);
+    put(778n);
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
+    put(777n, 0, 1000);
+    await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
+    put(777n);
+    await expect(c.verifyUnchanged()).resolves.toBeUndefined();
   });
 
   it('a closed connection never passes the pidfd check (its fd number may be reused)', async () => {

@@ -7,9 +7,9 @@
  * defence:
  *   1. the process start time (field 22 of /proc/<pid>/stat) is read right after accept;
  *   2. after every attestation the server checks that
- *      - the pidfd (when there is one) still refers to a live, unreaped process holding the pid
- *        (so the number cannot have been reused: a live process keeps its pid), after all of
- *        the attestation's /proc reads; without a pidfd, that the start time is unchanged; and
+ *      - the start time is unchanged, and the pidfd (when there is one) still refers to a live,
+ *        unreaped process holding the pid (so the number cannot have been reused: a live process
+ *        keeps its pid), checked after all of the attestation's /proc reads; and
  *      - the effective uid/gid in /proc/<pid>/status still match the peer credentials;
  *      on any mismatch the connection is closed and nothing is served on it.
  * The pidfd is kept open for the life of the connection and closed with it.
@@ -64,19 +64,18 @@ export class CallerConnection {
   /** Throws `workload_api.caller_changed` when the process behind the pid is not the one that connected. */
   async verifyUnchanged(): Promise<void> {
     await this.ready;
-    // With a pidfd, one check after all reads is the proof: a process keeps its pid until it is
-    // reaped, so if the pidfd's process still holds the pid now, every /proc read since accept
-    // (the attestors' and the ones below) described that process. Its start time need not be
-    // read again. Without a pidfd, the unchanged start time is the proof.
-    const withPidfd = this.caller.pidfd !== undefined;
-    let start: bigint | undefined;
+    // Two proofs that the pid still names the process that connected. The start time must be
+    // the one read at accept. With a pidfd, one check after all reads is also proof: a process
+    // keeps its pid until it is reaped, so if the pidfd's process still holds the pid now, every
+    // /proc read since accept (the attestors' and the ones below) described that process.
+    let start: bigint;
     let status;
     try {
-      [start, status] = await Promise.all([withPidfd ? undefined : readStartTime(this.procRoot, this.caller.pid), readStatus(this.procRoot, this.caller.pid)]);
+      [start, status] = await Promise.all([readStartTime(this.procRoot, this.caller.pid), readStatus(this.procRoot, this.caller.pid)]);
     } catch (e) {
       throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} is gone: ${(e as Error).message}`, { cause: e });
     }
-    if (!withPidfd && start !== this.startTime) {
+    if (start !== this.startTime) {
       throw new SigilError('workload_api.caller_changed', `pid ${this.caller.pid} now belongs to another process (start time changed)`);
     }
     if (status.uids[1] !== this.caller.uid || status.gids[1] !== this.caller.gid) {
