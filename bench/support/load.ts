@@ -121,8 +121,9 @@ export async function closedLoop(stubs: BenchClient[], calls: number, fn: (s: Be
 
 /**
  * Open loop: calls issued at a fixed total rate, round-robin over the clients, whatever the
- * responses do. Returns latencies and this (client) process's event-loop delay over the run:
- * stalls on the client side inflate the measured latency.
+ * responses do. Each latency runs from the moment its call was due. Returns latencies and this
+ * (client) process's event-loop delay over the run: stalls on the client side inflate the
+ * measured latency.
  */
 export async function openLoop(
   stubs: BenchClient[],
@@ -150,7 +151,10 @@ export async function openLoop(
     const wait = due - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
     const s = stubs[i % stubs.length]!;
-    const a = performance.now();
+    // Latency counts from when the call was due (or from when it went out, if that was a little
+    // early): a call this process sends late because it stalled is charged its wait, so stalls
+    // of the load generator cannot hide slow answers (no coordinated omission).
+    const a = Math.min(due, performance.now());
     outstanding++;
     fn(s).then(
       () => {

@@ -183,6 +183,23 @@ export class SvidCache implements WorkloadIdentitySource {
   }
 
   /**
+   * Over the bound: drop the least recently used tokens, 1 % of the bound at once (at least the
+   * excess), so that the scan over the cache is paid once per that many new tokens rather than
+   * on every one (a workload asking for ever new audiences makes a new token per call).
+   */
+  private evictJwts(): void {
+    const excess = this.jwts.size - this.jwtCacheSize;
+    if (excess <= 0) return;
+    const drop = Math.min(this.jwts.size, Math.max(excess, Math.ceil(this.jwtCacheSize / 100)));
+    const uses: number[] = [];
+    for (const v of this.jwts.values()) uses.push(v.used);
+    uses.sort((a, b) => a - b);
+    // Use stamps are unique, so exactly `drop` entries have a stamp at or below the cut.
+    const cut = uses[drop - 1]!;
+    for (const [k, v] of this.jwts) if (v.used <= cut) this.jwts.delete(k);
+  }
+
+  /**
    * Mark a cached JWT-SVID most recently used. A stamp, not a re-insertion: deleting and setting
    * the key on every hit made the long-lived map reallocate its table and keep each call's new
    * key string, all of which was promoted to the old generation and later collected there.
@@ -395,20 +412,7 @@ export class SvidCache implements WorkloadIdentitySource {
     const result: JwtSvidResult = { spiffeId: e.spiffeId, token: r.token, hint: e.hint, expiresAt: r.expiresAt };
     const refreshAt = receivedAt + Math.max(0, r.expiresAt.getTime() - receivedAt) / 2;
     this.jwts.set(key, { entryId: e.id, revisionNumber: e.revisionNumber, result, refreshAt, used: ++this.jwtUses });
-    // Over the bound: drop the least recently used (a scan, only when a token is minted, which
-    // costs a verifier round trip anyway).
-    while (this.jwts.size > this.jwtCacheSize) {
-      let oldest: string | undefined;
-      let oldestUse = Number.POSITIVE_INFINITY;
-      for (const [k, v] of this.jwts) {
-        if (v.used < oldestUse) {
-          oldestUse = v.used;
-          oldest = k;
-        }
-      }
-      if (oldest === undefined) break;
-      this.jwts.delete(oldest);
-    }
+    if (this.jwts.size > this.jwtCacheSize) this.evictJwts();
     return result;
   }
 }

@@ -227,6 +227,20 @@ describe('JWT-SVIDs and bundles', () => {
     expect(await t.cache.jwtSvidsFor(['unix:uid:zzz'], ['x'])).toEqual([]);
   });
 
+  it('over its bound, drops the least recently used 1 % at once', async () => {
+    const t = setup({ jwtCacheSize: 200 });
+    t.cache.setEntries([entry('a', ['unix:uid:a'])]);
+    const sel = ['unix:uid:a'];
+    for (let i = 0; i < 200; i++) await t.cache.jwtSvidsFor(sel, [`aud-${i}`]);
+    expect(t.minted).toHaveLength(200);
+    await t.cache.jwtSvidsFor(sel, ['aud-0']); // touched: aud-1 and aud-2 are now the oldest
+    expect(t.minted).toHaveLength(200);
+    await t.cache.jwtSvidsFor(sel, ['aud-new']); // 201 > 200: the 2 least recently used go
+    expect(t.minted).toHaveLength(201);
+    for (const kept of ['aud-0', 'aud-3', 'aud-199', 'aud-new']) expect(t.cache.jwtSvidsCached(sel, [kept])).toBeDefined();
+    for (const gone of ['aud-1', 'aud-2']) expect(t.cache.jwtSvidsCached(sel, [gone])).toBeUndefined();
+  });
+
   it('serves a still-valid cached token when minting fails, and refuses tokens for the wrong identity', async () => {
     let fail = false;
     let wrong = false;

@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Deadlines, timerDeadline } from '../../src/agent/workload-api/deadlines.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -83,8 +83,75 @@ describe('Deadlines', () => {
     await until(() => fired);
   });
 
-  it('refuses a non-positive tick', () => {
+  it('refuses a non-positive tick and a horizon shorter than a tick', () => {
     expect(() => new Deadlines(0)).toThrow(RangeError);
+    expect(() => new Deadlines(Number.NaN)).toThrow(RangeError);
+    expect(() => new Deadlines(100, 50, undefined, 50)).toThrow(RangeError);
+  });
+
+  it('touches only the buckets that came due: far deadlines do not slow a near one', async () => {
+    let now = 0;
+    d = new Deadlines(5, 50, () => now, 120_000);
+    let far = 0;
+    for (let i = 0; i < 20_000; i++) d.schedule(100_000 + (i % 1000) * 10, () => far++);
+    let near = false;
+    d.schedule(10, () => (near = true));
+    now = 10;
+    await until(() => near);
+    expect(far).toBe(0);
+    expect(d.size).toBe(20_000);
+    now = 200_000;
+    await until(() => d!.size === 0);
+    expect(far).toBe(20_000);
+  });
+
+  it('NaN and negative delays fire at the next tick; Infinity never fires and keeps nothing pending', async () => {
+    d = new Deadlines(5);
+    const fired: string[] = [];
+    d.schedule(Number.NaN, () => fired.push('nan'));
+    d.schedule(-5, () => fired.push('negative'));
+    const cancel = d.schedule(Number.POSITIVE_INFINITY, () => fired.push('never'));
+    expect(d.size).toBe(2);
+    await until(() => fired.length === 2);
+    cancel();
+    expect(fired.sort()).toEqual(['nan', 'negative']);
+  });
+
+  it('puts deadlines beyond the horizon on a plain timer, which does not keep the interval running', () => {
+    vi.useFakeTimers();
+    try {
+      const w = new Deadlines(100, 50, undefined, 1000);
+      let fired = false;
+      const cancelLater = w.schedule(5000, () => undefined);
+      w.schedule(2000, () => (fired = true));
+      expect(w.size).toBe(0);
+      expect(w.running).toBe(false);
+      vi.advanceTimersByTime(1999);
+      expect(fired).toBe(false);
+      vi.advanceTimersByTime(1);
+      expect(fired).toBe(true);
+      cancelLater();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('honours delays longer than a Node timer can hold (2^31-1 ms) instead of firing at once', () => {
+    vi.useFakeTimers();
+    try {
+      let fired = 0;
+      timerDeadline(2 ** 31 + 5000, () => fired++);
+      const w = new Deadlines(100);
+      w.schedule(2 ** 31 + 5000, () => fired++);
+      vi.advanceTimersByTime(2 ** 31 - 1);
+      expect(fired).toBe(0);
+      vi.advanceTimersByTime(5000);
+      expect(fired).toBe(0);
+      vi.advanceTimersByTime(2);
+      expect(fired).toBe(2);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('timerDeadline fires and cancels like setTimeout', async () => {

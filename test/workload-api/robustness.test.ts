@@ -101,6 +101,32 @@ describe('Workload API under bad input', () => {
     expect((await call(frame(aud), { ...HDR, 'grpc-timeout': 'soon' })).grpcStatus).toBe('3');
   });
 
+  it('a stream with a grpc-timeout ends with DeadlineExceeded when it passes, and one beyond 2^31-1 ms is honoured', async () => {
+    /** Open FetchX509Bundles with `timeout`; resolves with its status (or 'open' if none came within `watchMs`). */
+    const watch = (timeout: string, watchMs: number): Promise<{ status: string; messages: number }> =>
+      new Promise((resolve) => {
+        const session = http2.connect('http://localhost', { createConnection: () => net.connect(t.socket) });
+        session.on('error', () => undefined);
+        let messages = 0;
+        const done = (status: string): void => {
+          clearTimeout(timer);
+          session.destroy();
+          resolve({ status, messages });
+        };
+        const timer = setTimeout(() => done('open'), watchMs);
+        const req = session.request({ ':method': 'POST', ':path': '/SpiffeWorkloadAPI/FetchX509Bundles', 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': timeout, ...HDR });
+        req.on('data', () => messages++);
+        req.on('trailers', (tr) => done(String(tr['grpc-status'])));
+        req.on('response', (h) => {
+          if (h['grpc-status'] !== undefined) done(String(h['grpc-status']));
+        });
+        req.end(frame(Buffer.alloc(0)));
+      });
+    const [short, long] = await Promise.all([watch('300m', 5000), watch('99999999H', 1500)]);
+    expect(short).toEqual({ status: '4', messages: 1 }); // DEADLINE_EXCEEDED after the bundle was sent
+    expect(long).toEqual({ status: 'open', messages: 1 }); // still streaming (a Node timer would have clamped it to 1 ms)
+  });
+
   it('a request whose body never completes times out without holding the server', async () => {
     const session = http2.connect('http://localhost', { createConnection: () => net.connect(t.socket) });
     const req = session.request({ ':method': 'POST', ':path': '/SpiffeWorkloadAPI/FetchJWTSVID', 'content-type': 'application/grpc', ...HDR });

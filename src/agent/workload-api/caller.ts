@@ -68,10 +68,13 @@ export class CallerConnection {
     // the one read at accept. With a pidfd, one check after all reads is also proof: a process
     // keeps its pid until it is reaped, so if the pidfd's process still holds the pid now, every
     // /proc read since accept (the attestors' and the ones below) described that process.
+    // Status first, start time after it: had the pid been reused between the two reads, the start
+    // time would show it (read the other way round, the status could be a new process's).
     let start: bigint;
     let status;
     try {
-      [start, status] = await Promise.all([readStartTime(this.procRoot, this.caller.pid), readStatus(this.procRoot, this.caller.pid)]);
+      status = await readStatus(this.procRoot, this.caller.pid);
+      start = await readStartTime(this.procRoot, this.caller.pid);
     } catch (e) {
       throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} is gone: ${(e as Error).message}`, { cause: e });
     }

@@ -1,6 +1,6 @@
 /**
- * Coarse deadlines for the Workload API's per-call and per-attestation timeouts, all served by
- * one interval timer.
+ * Coarse deadlines for the Workload API's per-call and per-attestation timeouts, served by one
+ * interval timer.
  *
  * Why not a setTimeout each: Node keeps one timer list per distinct duration and tears it down
  * when its last timer is cleared. A call's request timeout or an attestation's timeout is almost
@@ -9,30 +9,65 @@
  * outlive the young generation and were a steady share of what brought on full collections
  * (which pause every call). Here a deadline is one list node, allocated and dropped with its call.
  *
- * A deadline fires between `ms` and `ms + tickMs` after it is set. The interval runs while
- * deadlines are pending and stops after `idleTicks` ticks without any, so an idle agent does not
- * wake up.
+ * Deadlines up to `horizonMs` away go into buckets of `tickMs` (a timing wheel): a tick touches
+ * only the buckets that have come due, whatever else is pending, so a client holding thousands of
+ * streams with deadlines cannot make every tick expensive. A deadline fires between `ms` and
+ * `ms + tickMs` after it is set. Deadlines further away (rare: a client's own long deadline) use a
+ * plain timer, re-armed in steps for anything beyond the 2^31-1 ms a Node timer can hold; they do
+ * not keep the interval running. The interval runs while bucketed deadlines are pending and stops
+ * after `idleTicks` ticks without any, so an idle agent does not wake up.
  */
 import { NodeList, type ListNode } from './node-list.js';
 
 interface Pending {
-  at: number;
   fire: () => void;
 }
 
 export type CancelDeadline = () => void;
 
-/** Schedule `fire` after `ms`; returns a function that cancels it (calling it again does nothing). */
+/**
+ * Schedule `fire` after `ms`; returns a function that cancels it (calling it again does nothing).
+ * `ms` ≤ 0 or NaN means "as soon as possible"; +Infinity means never.
+ */
 export type ScheduleDeadline = (ms: number, fire: () => void) => CancelDeadline;
+
+/** The longest delay one Node timer can hold. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const NEVER: CancelDeadline = () => undefined;
+
+/** Normalise a delay: NaN and negatives become 0. */
+function delayOf(ms: number): number {
+  return Number.isNaN(ms) || ms < 0 ? 0 : ms;
+}
+
+/** A plain timer for any delay, re-armed in steps of at most MAX_TIMER_MS. */
+function longTimer(ms: number, fire: () => void): CancelDeadline {
+  let left = ms;
+  let t: NodeJS.Timeout | undefined;
+  const arm = (): void => {
+    const step = Math.min(left, MAX_TIMER_MS);
+    left -= step;
+    t = setTimeout(() => {
+      if (left > 0) arm();
+      else fire();
+    }, step);
+  };
+  arm();
+  return () => clearTimeout(t);
+}
 
 /** A ScheduleDeadline on plain timers (exact; for callers outside the Workload API server). */
 export const timerDeadline: ScheduleDeadline = (ms, fire) => {
-  const t = setTimeout(fire, ms);
-  return () => clearTimeout(t);
+  const d = delayOf(ms);
+  if (d === Number.POSITIVE_INFINITY) return NEVER;
+  return longTimer(d, fire);
 };
 
 export class Deadlines {
-  private readonly pending = new NodeList<Pending>();
+  /** Bucket index (due at index × tickMs on `now`'s clock) → deadlines in it. */
+  private readonly buckets = new Map<number, NodeList<Pending>>();
+  private bucketed = 0;
   private timer: NodeJS.Timeout | undefined;
   private emptyTicks = 0;
 
@@ -40,23 +75,37 @@ export class Deadlines {
     readonly tickMs = 100,
     private readonly idleTicks = 50,
     private readonly now: () => number = () => performance.now(),
+    readonly horizonMs = 120_000,
   ) {
-    if (!(tickMs > 0)) throw new RangeError('tickMs must be positive');
+    if (!(tickMs > 0) || !Number.isFinite(tickMs)) throw new RangeError('tickMs must be a positive number');
+    if (!(horizonMs >= tickMs) || !Number.isFinite(horizonMs)) throw new RangeError('horizonMs must be finite and at least tickMs');
   }
 
   /** See ScheduleDeadline. */
   readonly schedule: ScheduleDeadline = (ms, fire) => {
-    const node = this.pending.add({ at: this.now() + Math.max(0, ms), fire });
+    const d = delayOf(ms);
+    if (d === Number.POSITIVE_INFINITY) return NEVER;
+    if (d > this.horizonMs) return longTimer(d, fire);
+    const index = Math.ceil((this.now() + d) / this.tickMs);
+    let list = this.buckets.get(index);
+    if (list === undefined) {
+      list = new NodeList<Pending>();
+      this.buckets.set(index, list);
+    }
+    const bucket = list;
+    const node = bucket.add({ fire });
+    this.bucketed++;
     this.emptyTicks = 0;
     if (this.timer === undefined) {
       this.timer = setInterval(() => this.tick(), this.tickMs);
       this.timer.unref();
     }
-    return () => this.pending.remove(node);
+    return () => this.cancel(index, bucket, node);
   };
 
+  /** Deadlines waiting in buckets (long ones on their own timers are not counted). */
   get size(): number {
-    return this.pending.size;
+    return this.bucketed;
   }
 
   /** Whether the interval timer is running. */
@@ -64,35 +113,52 @@ export class Deadlines {
     return this.timer !== undefined;
   }
 
+  private cancel(index: number, bucket: NodeList<Pending>, node: ListNode<Pending>): void {
+    if (!node.linked) return;
+    bucket.remove(node);
+    this.bucketed--;
+    if (bucket.size === 0 && this.buckets.get(index) === bucket) this.buckets.delete(index);
+  }
+
   private tick(): void {
-    if (this.pending.size === 0) {
+    if (this.bucketed === 0) {
       if (++this.emptyTicks >= this.idleTicks) this.stop();
       return;
     }
     this.emptyTicks = 0;
-    const now = this.now();
-    const due: ListNode<Pending>[] = [];
-    for (const n of this.pending.nodes()) if (n.value.at <= now) due.push(n);
-    for (const n of due) {
-      if (!n.linked) continue; // cancelled by a handler fired before it
-      this.pending.remove(n);
-      try {
-        n.value.fire();
-      } catch {
-        // a deadline handler must not break the others
+    const dueIndex = Math.floor(this.now() / this.tickMs);
+    // At most horizonMs / tickMs buckets exist, so this walk is bounded however many deadlines
+    // are pending; only the due buckets' members are touched.
+    const due: number[] = [];
+    for (const index of this.buckets.keys()) if (index <= dueIndex) due.push(index);
+    due.sort((a, b) => a - b);
+    for (const index of due) {
+      const bucket = this.buckets.get(index);
+      if (bucket === undefined) continue;
+      this.buckets.delete(index);
+      for (const n of bucket.nodes()) {
+        if (!n.linked) continue; // cancelled by a handler fired before it
+        bucket.remove(n);
+        this.bucketed--;
+        try {
+          n.value.fire();
+        } catch {
+          // a deadline handler must not break the others
+        }
       }
     }
   }
 
-  /** Stop the interval (pending deadlines stay; the next schedule() starts it again). */
-  stop(): void {
+  private stop(): void {
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;
   }
 
-  /** Drop every pending deadline without firing it, and stop. */
+  /** Drop every bucketed deadline without firing it, and stop the interval. */
   clear(): void {
-    for (const n of this.pending.nodes()) this.pending.remove(n);
+    for (const bucket of this.buckets.values()) for (const n of bucket.nodes()) bucket.remove(n);
+    this.buckets.clear();
+    this.bucketed = 0;
     this.stop();
   }
 }
