@@ -13,6 +13,7 @@ import type { BackoffOptions } from './backoff.js';
 import type { AgentConfig } from './config.js';
 import { EntrySync } from './entry-sync.js';
 import type { WorkloadIdentitySource } from './identity-source.js';
+import { startMetricsServer, type MetricsSources } from './metrics.js';
 import { NodeIdentity, REATTEST_CODES } from './node-attestation.js';
 import { SvidCache } from './svid-cache.js';
 import { TrustStore } from './trust.js';
@@ -48,6 +49,8 @@ export interface RunningAgent {
   source: WorkloadIdentitySource;
   /** `unix://…` address of the Workload API. */
   workloadApiAddress: string;
+  /** `http://<host>:<port>` of the metrics endpoint, when `metrics.listen` is configured. */
+  metricsAddress: string | undefined;
   /** Run one entry-sync cycle now and wait for it (errors propagate). */
   syncNow(): Promise<void>;
   status(): AgentStatus;
@@ -149,7 +152,31 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       attestors: workloadAttestors,
       logger,
     });
-    closers.push(() => server.close());
+    let workloadApiListening = true;
+    closers.push(() => {
+      workloadApiListening = false;
+      return server.close();
+    });
+
+    let metricsAddress: string | undefined;
+    if (config.metrics) {
+      const sources: MetricsSources = {
+        workloadApiStats: () => server.stats(),
+        // Not reset: quantiles and counts cover the agent's whole run.
+        serviceTimes: () => server.serviceTimes(),
+        identities: () => ({ entries: cache.entryCount(), x509Svids: cache.svidCount(), jwtSvids: cache.jwtCount(), nodeSvidExpiresAt: node.current()?.notAfter }),
+        notReadyReason: () => {
+          if (!workloadApiListening) return 'the Workload API is not listening';
+          if (node.current()) return undefined;
+          // Only the code: the endpoint is unauthenticated, the full message is in the log.
+          const err = node.error();
+          return err ? `no valid node SVID (last error: ${err.code})` : 'no valid node SVID (attestation in progress)';
+        },
+      };
+      const metrics = await startMetricsServer({ host: config.metrics.host, port: config.metrics.port, sources, logger: logger.child({ component: 'metrics' }) });
+      closers.push(() => metrics.close());
+      metricsAddress = metrics.url;
+    }
 
     node.start();
     sync.start();
@@ -166,6 +193,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         trustDomain: config.trustDomain,
         verifier: `${config.verifier.address}:${config.verifier.port}`,
         workloadApi: server.address,
+        ...(metricsAddress ? { metrics: metricsAddress } : {}),
         nodeAttestors: [...nodeAttestors.keys()],
         workloadAttestors: [...workloadAttestors.keys()],
       },
@@ -178,6 +206,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       whenAttested: async () => (await node.whenReady()).agentId,
       source: cache,
       workloadApiAddress: server.address,
+      metricsAddress,
       syncNow: () => sync.syncNow(),
       status: () => {
         const cur = node.current();

@@ -289,6 +289,11 @@ export class SvidCache implements WorkloadIdentitySource {
     return this.svids.size;
   }
 
+  /** JWT-SVIDs held in the cache (some may be past their expiry until evicted or replaced). */
+  jwtCount(): number {
+    return this.jwts.size;
+  }
+
   /** Entries that need an X.509-SVID now: none yet, rotation due, or expired. */
   dueForIssue(now: Date = this.o.now()): AuthorizedEntry[] {
     const t = now.getTime();

@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { agentConfigFrom, loadAgentConfig } from '../../src/agent/config.js';
+import { agentConfigFrom, isLoopbackHost, loadAgentConfig } from '../../src/agent/config.js';
 import { SigilError } from '../../src/errors.js';
 
 const base = {
@@ -36,6 +36,7 @@ describe('agent config', () => {
     expect(c.logLevel).toBe('info');
     expect(c.plugins).toEqual({});
     expect(c.configDir).toBe('/etc/sigil');
+    expect(c.metrics).toBeUndefined();
   });
 
   it('accepts every optional key', () => {
@@ -48,9 +49,11 @@ describe('agent config', () => {
         logLevel: 'debug',
         x509SvidRotation: 0.3,
         syncInterval: '500ms',
+        metrics: { listen: '127.0.0.1:9090' },
       },
       '/etc/sigil',
     );
+    expect(c.metrics).toEqual({ host: '127.0.0.1', port: 9090 });
     expect(c.workloadApiSocket).toBe('/run/x/agent.sock');
     expect(c.workloadAttestors).toEqual({ unix: { hashBinaries: false }, container: {} });
     expect(c.plugins).toEqual({ acme: './acme.js' });
@@ -77,6 +80,42 @@ describe('agent config', () => {
     expect(errOf({ ...base, plugins: { x: 3 } }).message).toMatch(/\/plugins\/x must be string/);
     expect(errOf([]).message).toMatch(/must be an object/);
     expect(errOf({ ...base, trustDomain: 1 }).code).toBe('config.invalid');
+  });
+
+  it('parses metrics.listen as <host>:<port> or [<ipv6>]:<port>', () => {
+    const listen = (l: string) => agentConfigFrom({ ...base, metrics: { listen: l } }, '/').metrics;
+    expect(listen('127.0.0.1:9090')).toEqual({ host: '127.0.0.1', port: 9090 });
+    expect(listen('localhost:1')).toEqual({ host: 'localhost', port: 1 });
+    expect(listen('0.0.0.0:65535')).toEqual({ host: '0.0.0.0', port: 65535 });
+    expect(listen('metrics.node-1.example.org:9102')).toEqual({ host: 'metrics.node-1.example.org', port: 9102 });
+    expect(listen('[::1]:9090')).toEqual({ host: '::1', port: 9090 });
+    expect(listen('[::]:9090')).toEqual({ host: '::', port: 9090 });
+    expect(listen('[fd00::12:3]:80')).toEqual({ host: 'fd00::12:3', port: 80 });
+  });
+
+  it('refuses a bad metrics block, naming /metrics/listen', () => {
+    const bad = (l: unknown) => errOf({ ...base, metrics: { listen: l } });
+    const wants = '^agent config: /metrics/listen must be "<host>:<port>" or "\\[<ipv6>\\]:<port>" with a port from 1 to 65535';
+    for (const l of ['127.0.0.1', '127.0.0.1:', '127.0.0.1:0', '127.0.0.1:65536', '127.0.0.1:99999', '127.0.0.1:80a', '127.0.0.1:+80', '127.0.0.1: 80', ':9090', '::1:9090', '[::1]', '[::1]9090', '[127.0.0.1]:80', '[nope]:80', 'bad host:80', '-x.example:80', 'http://127.0.0.1:80', '1.2.3.4.5:80', '999.1.1.1:80', '10.0.0:80']) {
+      const e = bad(l);
+      expect(e.code, l).toBe('config.invalid');
+      expect(e.message, l).toMatch(new RegExp(wants));
+      expect(e.message, l).toContain(`got ${JSON.stringify(l)}`);
+    }
+    expect(bad('::1:9090').message).toMatch(/IPv6 address goes in brackets/);
+    expect(bad('127.0.0.1:0').message).toMatch(/bad port/);
+    expect(bad('[nope]:80').message).toMatch(/"nope" is not an IPv6 address/);
+    expect(bad('999.1.1.1:80').message).toMatch(/"999.1.1.1" is not a host name or IPv4 address/);
+    expect(bad(9090).message).toBe('agent config: /metrics/listen must be string');
+    expect(bad('').message).toMatch(/^agent config: \/metrics\/listen must NOT have fewer than 1 characters/);
+    expect(errOf({ ...base, metrics: {} }).message).toMatch(/\/metrics: missing required key "listen"/);
+    expect(errOf({ ...base, metrics: { listen: '127.0.0.1:9090', path: '/m' } }).message).toMatch(/\/metrics: unknown key "path"/);
+    expect(errOf({ ...base, metrics: '127.0.0.1:9090' }).message).toBe('agent config: /metrics must be object');
+  });
+
+  it('tells loopback listen hosts from others', () => {
+    for (const h of ['127.0.0.1', '127.8.9.10', 'localhost', 'LOCALHOST', '::1', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1']) expect(isLoopbackHost(h), h).toBe(true);
+    for (const h of ['0.0.0.0', '10.0.0.1', '128.0.0.1', '::', '::2', 'fe80::1', 'metrics.example.org', 'localhost.example.org']) expect(isLoopbackHost(h), h).toBe(false);
   });
 
   it('loads YAML and JSON files and reports unreadable or unparsable ones', () => {
