@@ -73,7 +73,10 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   const logger = opts.logger ?? pino({ level: config.logLevel, base: { svc: 'sigil-agent' } });
   prepareDataDir(config.dataDir);
   const closers: (() => Promise<void> | void)[] = [];
+  /** Set as soon as the agent starts to stop (readiness turns false before anything closes). */
+  let shuttingDown = false;
   const closeAll = async () => {
+    shuttingDown = true;
     for (const c of closers.reverse()) {
       try {
         await c();
@@ -166,6 +169,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         serviceTimes: () => server.serviceTimes(),
         identities: () => ({ entries: cache.entryCount(), x509Svids: cache.svidCount(), jwtSvids: cache.jwtCount(), nodeSvidExpiresAt: node.current()?.notAfter }),
         notReadyReason: () => {
+          if (shuttingDown) return 'the agent is shutting down';
           if (!workloadApiListening) return 'the Workload API is not listening';
           if (node.current()) return undefined;
           // Only the code: the endpoint is unauthenticated, the full message is in the log.

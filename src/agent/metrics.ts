@@ -48,6 +48,8 @@ export interface MetricsServerOptions {
   logger: Logger;
   /** On close, how long an in-flight request may take before its connection is cut (default 2000 ms). */
   closeGraceMs?: number;
+  /** Scrapes within this long of a rendering get that rendering (default 1000 ms; 0 renders every scrape). */
+  scrapeReuseMs?: number;
 }
 
 export interface MetricsServer {
@@ -61,6 +63,8 @@ export interface MetricsServer {
 /** Connections the endpoint accepts at once: scrapers and probes need few; it is unauthenticated. */
 const MAX_CONNECTIONS = 64;
 const PREFIX = 'sigil_agent_';
+/** Scrapes within this long of a rendering are served that rendering. */
+const SCRAPE_REUSE_MS = 1000;
 
 interface Snapshot {
   stats: WorkloadApiStats;
@@ -97,11 +101,13 @@ class TotalFollower {
 }
 
 /** Build the endpoint's own registry (never the global one) and return its scrape function. */
-async function createAgentRegistry(sources: MetricsSources): Promise<{ scrape: () => Promise<string>; contentType: string }> {
+async function createAgentRegistry(sources: MetricsSources, reuseMs: number): Promise<{ scrape: () => Promise<string>; contentType: string }> {
   const { Counter, Gauge, Registry, collectDefaultMetrics } = await import('prom-client');
   const register = new Registry();
   // Process metrics (CPU, memory, heap, event loop lag, GC), prefixed sigil_agent_.
-  collectDefaultMetrics({ register, prefix: PREFIX });
+  // The event-loop-lag monitor samples every 100 ms, not every 10 ms (prom-client's default),
+  // which made an idle agent use about ten times the CPU.
+  collectDefaultMetrics({ register, prefix: PREFIX, eventLoopMonitoringPrecision: 100 });
 
   const read = (): Snapshot => ({ stats: sources.workloadApiStats(), serviceTimes: sources.serviceTimes(), identities: sources.identities() });
   // One read of the sources per scrape, shared by every collect() of that scrape (stats() walks
@@ -142,7 +148,7 @@ async function createAgentRegistry(sources: MetricsSources): Promise<{ scrape: (
 
   new Gauge({
     name: `${PREFIX}workload_api_service_time_seconds`,
-    help: 'Time the agent takes to answer a Workload API call (stream reaches the server → first response or status), since the agent started; quantile 0.5/0.99 are histogram bucket bounds (within 10 %), max is exact',
+    help: 'Time the agent takes to answer a Workload API call (stream reaches the server → first response or status), over all calls since the agent started; quantiles are histogram bucket bounds (within 10 %)',
     labelNames: ['method', 'quantile'],
     registers: [register],
     collect() {
@@ -150,8 +156,17 @@ async function createAgentRegistry(sources: MetricsSources): Promise<{ scrape: (
       for (const [method, t] of Object.entries(current().serviceTimes)) {
         this.set({ method, quantile: '0.5' }, t.p50Ms / 1000);
         this.set({ method, quantile: '0.99' }, t.p99Ms / 1000);
-        this.set({ method, quantile: 'max' }, t.maxMs / 1000);
       }
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}workload_api_service_time_max_seconds`,
+    help: 'Longest time the agent took to answer one Workload API call, since the agent started',
+    labelNames: ['method'],
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [method, t] of Object.entries(current().serviceTimes)) this.set({ method }, t.maxMs / 1000);
     },
   });
   const calls = new TotalFollower();
@@ -178,15 +193,34 @@ async function createAgentRegistry(sources: MetricsSources): Promise<{ scrape: (
     return at ? at.getTime() / 1000 : 0;
   });
 
+  // A rendering costs about a millisecond of the agent's one thread; the endpoint is
+  // unauthenticated, so a flood of scrapes must not turn into a flood of renderings (which would
+  // delay the Workload API). Scrapes within a second share one rendering, and concurrent scrapes
+  // wait for the same one.
+  let cached: { body: string; at: number } | undefined;
+  let rendering: Promise<string> | undefined;
+  const render = async (): Promise<string> => {
+    snapshot = read();
+    try {
+      return await register.metrics();
+    } finally {
+      snapshot = undefined;
+    }
+  };
   return {
     contentType: register.contentType,
     scrape: async () => {
-      snapshot = read();
-      try {
-        return await register.metrics();
-      } finally {
-        snapshot = undefined;
-      }
+      const now = performance.now();
+      if (cached && now - cached.at < reuseMs) return cached.body;
+      rendering ??= render()
+        .then((body) => {
+          cached = { body, at: performance.now() };
+          return body;
+        })
+        .finally(() => {
+          rendering = undefined;
+        });
+      return rendering;
     },
   };
 }
@@ -222,7 +256,7 @@ const ROUTES = new Set(['/metrics', '/healthz', '/readyz']);
 /** Start the endpoint. Fails with `agent.metrics_listen_failed` when the address cannot be bound. */
 export async function startMetricsServer(o: MetricsServerOptions): Promise<MetricsServer> {
   const { sources, logger } = o;
-  const registry = await createAgentRegistry(sources);
+  const registry = await createAgentRegistry(sources, o.scrapeReuseMs ?? SCRAPE_REUSE_MS);
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = (req.url ?? '/').split('?', 1)[0]!;
@@ -237,7 +271,8 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
       try {
         reason = sources.notReadyReason();
       } catch (e) {
-        reason = `readiness check failed: ${e instanceof Error ? e.message : String(e)}`;
+        logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'readiness check failed');
+        reason = 'readiness check failed (see the agent log)';
       }
       return reason === undefined ? send(res, 200, 'ok\n') : send(res, 503, `not ready: ${oneLine(reason)}\n`);
     }
@@ -251,7 +286,9 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
     send(res, 200, body, registry.contentType);
   };
 
-  const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+  // Timeouts checked every second (Node's default check runs every 30 s, so 64 slow or idle
+  // connections could hold the endpoint for half a minute at a time).
+  const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000, connectionsCheckingInterval: 1_000 }, (req, res) => {
     handle(req, res).catch((e: unknown) => {
       logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'metrics request failed');
       res.destroy();
@@ -259,6 +296,16 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
   });
   server.keepAliveTimeout = 5_000;
   server.maxConnections = MAX_CONNECTIONS;
+  let dropped = 0;
+  let lastDropLog = 0;
+  server.on('drop', () => {
+    dropped++;
+    const now = Date.now();
+    if (now - lastDropLog > 10_000) {
+      lastDropLog = now;
+      logger.warn({ dropped, maxConnections: MAX_CONNECTIONS }, 'metrics endpoint at its connection limit; connection refused');
+    }
+  });
 
   const shown = o.host.includes(':') ? `[${o.host}]` : o.host;
   await new Promise<void>((resolve, reject) => {

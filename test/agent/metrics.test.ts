@@ -109,8 +109,16 @@ function captureLogger(): { logger: Logger; lines: { level: number; msg: string 
 
 const silent = pino({ level: 'silent' });
 const started: MetricsServer[] = [];
-async function start(sources: MetricsSources, extra: { host?: string; port?: number; closeGraceMs?: number; logger?: Logger } = {}): Promise<MetricsServer> {
-  const m = await startMetricsServer({ host: extra.host ?? '127.0.0.1', port: extra.port ?? 0, sources, logger: extra.logger ?? silent, ...(extra.closeGraceMs !== undefined ? { closeGraceMs: extra.closeGraceMs } : {}) });
+async function start(sources: MetricsSources, extra: { host?: string; port?: number; closeGraceMs?: number; logger?: Logger; scrapeReuseMs?: number } = {}): Promise<MetricsServer> {
+  const m = await startMetricsServer({
+    host: extra.host ?? '127.0.0.1',
+    port: extra.port ?? 0,
+    sources,
+    logger: extra.logger ?? silent,
+    // Every scrape renders afresh unless a test asks otherwise (the default shares a rendering for 1 s).
+    scrapeReuseMs: extra.scrapeReuseMs ?? 0,
+    ...(extra.closeGraceMs !== undefined ? { closeGraceMs: extra.closeGraceMs } : {}),
+  });
   started.push(m);
   return m;
 }
@@ -174,10 +182,11 @@ describe('agent metrics endpoint (fake sources)', () => {
 
     src.times = { FetchX509SVID: { count: 5, p50Ms: 1.5, p99Ms: 20, maxMs: 30 } };
     const s1 = await scrape(m.url);
-    expect(labelSets(s1, 'sigil_agent_workload_api_service_time_seconds')).toEqual(['method="FetchX509SVID",quantile="0.5"', 'method="FetchX509SVID",quantile="0.99"', 'method="FetchX509SVID",quantile="max"']);
+    expect(labelSets(s1, 'sigil_agent_workload_api_service_time_seconds')).toEqual(['method="FetchX509SVID",quantile="0.5"', 'method="FetchX509SVID",quantile="0.99"']);
+    expect(labelSets(s1, 'sigil_agent_workload_api_service_time_max_seconds')).toEqual(['method="FetchX509SVID"']);
     expect(s1.samples.get('sigil_agent_workload_api_service_time_seconds{method="FetchX509SVID",quantile="0.5"}')).toBeCloseTo(0.0015, 9);
     expect(s1.samples.get('sigil_agent_workload_api_service_time_seconds{method="FetchX509SVID",quantile="0.99"}')).toBeCloseTo(0.02, 9);
-    expect(s1.samples.get('sigil_agent_workload_api_service_time_seconds{method="FetchX509SVID",quantile="max"}')).toBeCloseTo(0.03, 9);
+    expect(s1.samples.get('sigil_agent_workload_api_service_time_max_seconds{method="FetchX509SVID"}')).toBeCloseTo(0.03, 9);
     expect(labelSets(s1, 'sigil_agent_workload_api_calls_total')).toEqual(['method="FetchX509SVID"']);
     expect(s1.samples.get('sigil_agent_workload_api_calls_total{method="FetchX509SVID"}')).toBe(5);
 
@@ -185,8 +194,9 @@ describe('agent metrics endpoint (fake sources)', () => {
     const s2 = await scrape(m.url);
     expect(s2.samples.get('sigil_agent_workload_api_calls_total{method="FetchX509SVID"}')).toBe(12);
     expect(s2.samples.get('sigil_agent_workload_api_calls_total{method="FetchJWTSVID"}')).toBe(2);
-    expect(s2.samples.get('sigil_agent_workload_api_service_time_seconds{method="FetchX509SVID",quantile="max"}')).toBeCloseTo(0.04, 9);
-    expect(labelSets(s2, 'sigil_agent_workload_api_service_time_seconds')).toHaveLength(6);
+    expect(s2.samples.get('sigil_agent_workload_api_service_time_max_seconds{method="FetchX509SVID"}')).toBeCloseTo(0.04, 9);
+    expect(labelSets(s2, 'sigil_agent_workload_api_service_time_seconds')).toHaveLength(4);
+    expect(labelSets(s2, 'sigil_agent_workload_api_service_time_max_seconds')).toHaveLength(2);
     expect((await scrape(m.url)).samples.get('sigil_agent_workload_api_calls_total{method="FetchX509SVID"}')).toBe(12);
 
     // The histograms were reset (methods vanish): the counter keeps its value, the gauges go.
@@ -216,6 +226,19 @@ describe('agent metrics endpoint (fake sources)', () => {
     expect([...s1.samples.keys()].some((k) => k.startsWith('sigil_agent_nodejs_heap_size_used_bytes'))).toBe(true);
     // Its own registry: nothing unprefixed (the global registry's or the verifier's metrics).
     expect([...s1.types.keys()].filter((k) => !k.startsWith('sigil_agent_'))).toEqual([]);
+  });
+
+  it('shares one rendering among scrapes within the reuse window, and among concurrent scrapes', async () => {
+    const src = new FakeSources();
+    const m = await start(src, { scrapeReuseMs: 60_000 });
+    const reads0 = src.statsReads;
+    const [a, b, c] = await Promise.all([scrape(m.url), scrape(m.url), scrape(m.url)]);
+    expect(src.statsReads - reads0).toBe(1);
+    src.stats = { ...src.stats, connections: 99 };
+    const d = await scrape(m.url);
+    expect(src.statsReads - reads0).toBe(1);
+    for (const x of [a, b, c, d]) expect(x.samples.get('sigil_agent_workload_api_connections')).toBe(a.samples.get('sigil_agent_workload_api_connections'));
+    expect(d.samples.get('sigil_agent_workload_api_connections')).not.toBe(99);
   });
 
   it('answers /healthz and /readyz, 404 for other paths and 405 for other methods', async () => {
@@ -405,7 +428,7 @@ describe('metrics endpoint of a real agent', () => {
     expect(s.samples.get('sigil_agent_workload_api_watching_streams')).toBeGreaterThanOrEqual(1);
     expect(s.samples.get('sigil_agent_workload_api_calls_total{method="FetchX509SVID"}')).toBeGreaterThanOrEqual(1);
     expect(labelSets(s, 'sigil_agent_workload_api_service_time_seconds')).toContain('method="FetchX509SVID",quantile="0.99"');
-    expect(s.samples.get('sigil_agent_workload_api_service_time_seconds{method="FetchX509SVID",quantile="max"}')).toBeGreaterThan(0);
+    expect(s.samples.get('sigil_agent_workload_api_service_time_max_seconds{method="FetchX509SVID"}')).toBeGreaterThan(0);
     stream.cancel();
 
     await agent.close();
