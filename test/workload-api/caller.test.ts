@@ -85,25 +85,26 @@ describe('CallerConnection PID-recycling defence (fake /proc)', () => {
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
   });
 
-  it('refuses when the pidfd says the process was reaped', async () => {
+  /** A ready connection of `pid` (start time 777) holding pidfd number `fd`, whose fdinfo names `pid`. */
+  const pidfdConnection = async (fd: number): Promise<{ c: CallerConnection; fdinfo: string }> => {
     put(777n);
     const fdinfo = join(root, 'fdinfo');
     mkdirSync(fdinfo, { recursive: true });
-    writeFileSync(join(fdinfo, '99'), `pos:\t0\nflags:\t02000002\nPid:\t${pid}\n`);
-    const c = new CallerConnection({ pid, uid: 1000, gid: 1000, pidfd: 99 }, root, fdinfo);
+    writeFileSync(join(fdinfo, String(fd)), `pos:\t0\nflags:\t02000002\nPid:\t${pid}\n`);
+    const c = new CallerConnection({ pid, uid: 1000, gid: 1000, pidfd: fd }, root, fdinfo);
     await c.ready;
+    return { c, fdinfo };
+  };
+
+  it('refuses when the pidfd says the process was reaped', async () => {
+    const { c, fdinfo } = await pidfdConnection(99);
     await expect(c.verifyUnchanged()).resolves.toBeUndefined();
     writeFileSync(join(fdinfo, '99'), 'pos:\t0\nflags:\t02000002\nPid:\t-1\n');
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
   });
 
   it('with a pidfd, the start time and uid/gid are still checked as well', async () => {
-    put(777n);
-    const fdinfo = join(root, 'fdinfo');
-    mkdirSync(fdinfo, { recursive: true });
-    writeFileSync(join(fdinfo, '98'), `pos:\t0\nflags:\t02000002\nPid:\t${pid}\n`);
-    const c = new CallerConnection({ pid, uid: 1000, gid: 1000, pidfd: 98 }, root, fdinfo);
-    await c.ready;
+    const { c } = await pidfdConnection(98);
     await expect(c.verifyUnchanged()).resolves.toBeUndefined();
     put(778n);
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
@@ -114,13 +115,8 @@ describe('CallerConnection PID-recycling defence (fake /proc)', () => {
   });
 
   it('a closed connection never passes the pidfd check (its fd number may be reused)', async () => {
-    put(777n);
-    const fdinfo = join(root, 'fdinfo');
-    mkdirSync(fdinfo, { recursive: true });
     // An fd number no process holds: close() then fails quietly instead of closing a real fd.
-    writeFileSync(join(fdinfo, '999999'), `pos:\t0\nflags:\t02000002\nPid:\t${pid}\n`);
-    const c = new CallerConnection({ pid, uid: 1000, gid: 1000, pidfd: 999999 }, root, fdinfo);
-    await c.ready;
+    const { c } = await pidfdConnection(999999);
     await expect(c.verifyUnchanged()).resolves.toBeUndefined();
     c.close();
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
