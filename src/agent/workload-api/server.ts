@@ -136,6 +136,11 @@ interface ConnAttestation extends CallerAttestation {
 
 const NO_FAILURES: string[] = Object.freeze([]) as unknown as string[];
 
+/** Response-cache key of the X.509 response for a selector set. */
+function x509KeyOf(selectors: readonly Selector[]): string {
+  return `x509\0${selectors.join('\0')}`;
+}
+
 function sameSelectors(a: readonly Selector[], b: readonly Selector[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
@@ -334,7 +339,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
         const r = await attestCaller(state.conn.caller, opts.attestors, logger, attestTimeoutMs, deadlines.schedule);
         await state.conn.verifyUnchanged();
         logger.debug({ conn: state.id, pid: state.conn.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
-        if (r.failed.length > 0) return { selectors: r.selectors, failed: r.failed, x509Key: `x509\0${r.selectors.join('\0')}`, until: 0 };
+        if (r.failed.length > 0) return { selectors: r.selectors, failed: r.failed, x509Key: x509KeyOf(r.selectors), until: 0 };
         const until = performance.now() + selectorCacheMs * (0.5 + Math.random() / 2);
         const prev = state.cache;
         // The same selectors as last time (the usual case): keep the old object and only extend
@@ -344,7 +349,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
           prev.until = until;
           return prev;
         }
-        state.cache = { selectors: r.selectors, failed: NO_FAILURES, x509Key: `x509\0${r.selectors.join('\0')}`, until };
+        state.cache = { selectors: r.selectors, failed: NO_FAILURES, x509Key: x509KeyOf(r.selectors), until };
         return state.cache;
       } catch (e) {
         const msg = e instanceof Error ? e.message : String(e);
@@ -530,8 +535,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     async FetchX509SVID(state, call, body) {
       decodeEmptyRequest(body);
       const a = await attestConnection(state);
-      const key = a.x509Key;
-      serveStream(call, () => cachedResponse(key, () => x509Response(source.x509SvidsFor(a.selectors))), noIdentity(a));
+      serveStream(call, () => cachedResponse(a.x509Key, () => x509Response(source.x509SvidsFor(a.selectors))), noIdentity(a));
     },
     async FetchX509Bundles(_state, call, body) {
       decodeEmptyRequest(body);
