@@ -12,7 +12,7 @@ export function parseDuration(v: string | number, key: string): number {
     return v;
   }
   const s = String(v).trim();
-  if (/^\d+(\.\d+)?$/.test(s)) return Number(s);
+  if (/^\d+(\.\d+)?$/.test(s)) return finite(Number(s), s, key);
   const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;
   let total = 0;
   let matched = 0;
@@ -24,7 +24,12 @@ export function parseDuration(v: string | number, key: string): number {
   if (s.length === 0 || matched !== s.length) {
     throw new SigilError('config.bad_duration', `${key}: "${s}" is not a duration (use e.g. 30s, 5m, 1h, 24h)`);
   }
-  return total;
+  return finite(total, s, key);
+}
+
+function finite(seconds: number, text: string, key: string): number {
+  if (!Number.isFinite(seconds)) throw new SigilError('config.bad_duration', `${key}: "${text.slice(0, 40)}" is too large a duration`);
+  return seconds;
 }
 
 /** JSON Schema fragment for a duration value: seconds or a "5m"-style string. */
