@@ -1,0 +1,52 @@
+/**
+ * Digest algorithms an event log may declare (TCG Algorithm Registry IDs and sizes), and how
+ * Sigil names them: the bank names used by PCR selectors (`sha1`, `sha256`, …).
+ */
+import { createHash, getHashes } from 'node:crypto';
+import { SigilError } from '../../errors.js';
+
+export interface EventLogAlgorithm {
+  /** TPM_ALG_ID. */
+  readonly id: number;
+  /** Bank name as Sigil spells it (`sha256`). */
+  readonly name: string;
+  /** Digest size in bytes. */
+  readonly size: number;
+  /** node:crypto hash name. */
+  readonly nodeHash: string;
+}
+
+const ALGORITHMS: readonly EventLogAlgorithm[] = [
+  { id: 0x0004, name: 'sha1', size: 20, nodeHash: 'sha1' },
+  { id: 0x000b, name: 'sha256', size: 32, nodeHash: 'sha256' },
+  { id: 0x000c, name: 'sha384', size: 48, nodeHash: 'sha384' },
+  { id: 0x000d, name: 'sha512', size: 64, nodeHash: 'sha512' },
+  { id: 0x0012, name: 'sm3_256', size: 32, nodeHash: 'sm3' },
+  { id: 0x0027, name: 'sha3_256', size: 32, nodeHash: 'sha3-256' },
+  { id: 0x0028, name: 'sha3_384', size: 48, nodeHash: 'sha3-384' },
+  { id: 0x0029, name: 'sha3_512', size: 64, nodeHash: 'sha3-512' },
+];
+
+const BY_ID = new Map(ALGORITHMS.map((a) => [a.id, a]));
+const BY_NAME = new Map(ALGORITHMS.map((a) => [a.name, a]));
+
+export function algorithmById(id: number): EventLogAlgorithm | undefined {
+  return BY_ID.get(id);
+}
+
+export function algorithmByName(name: string): EventLogAlgorithm | undefined {
+  return BY_NAME.get(name);
+}
+
+let available: Set<string> | undefined;
+
+/** Hash `parts` with the bank's algorithm; a bank this Node build cannot hash is a typed error. */
+export function bankHash(alg: EventLogAlgorithm, ...parts: Uint8Array[]): Buffer {
+  available ??= new Set(getHashes());
+  if (!available.has(alg.nodeHash)) {
+    throw new SigilError('tpm.eventlog_unsupported_algorithm', `event log bank ${alg.name}: this Node.js build cannot compute ${alg.nodeHash}`);
+  }
+  const h = createHash(alg.nodeHash);
+  for (const p of parts) h.update(p);
+  return h.digest();
+}

@@ -1,0 +1,17 @@
+/** TCG event logs: parsing, replay, and (from verified events) boot selectors. */
+export { algorithmById, algorithmByName, bankHash, type EventLogAlgorithm } from './algorithms.js';
+export { EV, eventTypeName } from './events.js';
+export {
+  parseEventLog,
+  parseSpecIdEvent,
+  eventDigest,
+  EVENTLOG_DEFAULT_MAX_BYTES,
+  EVENTLOG_DEFAULT_MAX_EVENTS,
+  EVENTLOG_DEFAULT_MAX_INDEX,
+  type ParsedEventLog,
+  type ParseEventLogOptions,
+  type EventLogEvent,
+  type EventLogDigest,
+  type SpecIdEvent,
+} from './parse.js';
+export { replayEventLog, replayedToJson, pcClientInitialValue, type ReplayOptions, type ReplayedRegisters } from './replay.js';

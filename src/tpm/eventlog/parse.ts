@@ -1,0 +1,264 @@
+/**
+ * Pure parser for TCG PC Client Platform Firmware Profile event logs (and the TDX/CC event log,
+ * which uses the same records): the crypto-agile form (a TCG_PCR_EVENT carrying the Spec ID event,
+ * then TCG_PCR_EVENT2 records with one digest per declared bank) and the legacy SHA-1 form
+ * (TCG_PCR_EVENT records only). All integers are little-endian.
+ *
+ * Every length is bounds-checked against the bytes left, the log and its event count are capped,
+ * and bytes after the last complete record are refused. Errors are `SigilError`s with
+ * `tpm.eventlog_*` codes; nothing here reads files or clocks.
+ */
+import { SigilError } from '../../errors.js';
+import { algorithmById, type EventLogAlgorithm } from './algorithms.js';
+import { EV } from './events.js';
+
+export const EVENTLOG_DEFAULT_MAX_BYTES = 1024 * 1024;
+export const EVENTLOG_DEFAULT_MAX_EVENTS = 10_000;
+/** The PC Client profile defines PCRs 0–23. */
+export const EVENTLOG_DEFAULT_MAX_INDEX = 23;
+
+const SPEC_ID_03 = Buffer.from('Spec ID Event03\0', 'latin1');
+const SPEC_ID_PREFIX = Buffer.from('Spec ID Event', 'latin1');
+const STARTUP_LOCALITY = Buffer.from('StartupLocality\0', 'latin1');
+/** At most this many banks in a Spec ID event (the registry has fewer hash algorithms). */
+const MAX_SPEC_ALGORITHMS = 8;
+
+export interface EventLogDigest {
+  readonly alg: EventLogAlgorithm;
+  readonly digest: Buffer;
+}
+
+export interface EventLogEvent {
+  /** Position in the log, 0 = the first record. */
+  readonly seq: number;
+  /** Byte offset of the record in the log. */
+  readonly offset: number;
+  /** Register index (PCR for TPM logs; the MR index for the CC event log). */
+  readonly index: number;
+  readonly type: number;
+  /** One digest per bank, in the order the record lists them. */
+  readonly digests: readonly EventLogDigest[];
+  readonly data: Buffer;
+}
+
+export interface SpecIdEvent {
+  readonly platformClass: number;
+  readonly specVersion: { readonly major: number; readonly minor: number; readonly errata: number };
+  /** 1 = UINTN is 32 bits, 2 = 64 bits. */
+  readonly uintnSize: number;
+  readonly algorithms: readonly EventLogAlgorithm[];
+  readonly vendorInfo: Buffer;
+}
+
+export interface ParsedEventLog {
+  readonly format: 'crypto-agile' | 'legacy-sha1';
+  /** Absent in the legacy form. */
+  readonly specId: SpecIdEvent | undefined;
+  /** Banks every event carries a digest for (`['sha1']` in the legacy form). */
+  readonly banks: readonly EventLogAlgorithm[];
+  /** Every record, the Spec ID event included (it is EV_NO_ACTION and never extended). */
+  readonly events: readonly EventLogEvent[];
+  /** Locality from a `StartupLocality` EV_NO_ACTION event, if the log has one. */
+  readonly startupLocality: number | undefined;
+  readonly byteLength: number;
+}
+
+export interface ParseEventLogOptions {
+  /** Refuse logs longer than this (default 1 MiB). */
+  maxBytes?: number;
+  /** Refuse logs with more records than this (default 10,000). */
+  maxEvents?: number;
+  /** Highest register index accepted (default 23, the PC Client PCRs). */
+  maxIndex?: number;
+}
+
+function fail(code: string, message: string, offset?: number): never {
+  throw new SigilError(`tpm.eventlog_${code}`, offset === undefined ? `event log: ${message}` : `event log: ${message} (at byte ${offset})`);
+}
+
+class LeReader {
+  off = 0;
+  constructor(private readonly buf: Buffer) {}
+
+  get remaining(): number {
+    return this.buf.length - this.off;
+  }
+
+  need(n: number, field: string, recordStart: number): void {
+    if (n > this.remaining) fail('truncated', `record at byte ${recordStart}: ${field} needs ${n} byte(s), ${this.remaining} left`);
+  }
+
+  u8(field: string, rec: number): number {
+    this.need(1, field, rec);
+    return this.buf.readUInt8(this.off++);
+  }
+
+  u16(field: string, rec: number): number {
+    this.need(2, field, rec);
+    const v = this.buf.readUInt16LE(this.off);
+    this.off += 2;
+    return v;
+  }
+
+  u32(field: string, rec: number): number {
+    this.need(4, field, rec);
+    const v = this.buf.readUInt32LE(this.off);
+    this.off += 4;
+    return v;
+  }
+
+  bytes(n: number, field: string, rec: number): Buffer {
+    this.need(n, field, rec);
+    const v = Buffer.from(this.buf.subarray(this.off, this.off + n));
+    this.off += n;
+    return v;
+  }
+}
+
+/** Parse the Spec ID event data (TCG_EfiSpecIdEvent). */
+export function parseSpecIdEvent(data: Buffer): SpecIdEvent {
+  const bad = (m: string): never => fail('bad_spec_id', `Spec ID event: ${m}`);
+  if (data.length < SPEC_ID_03.length || !data.subarray(0, SPEC_ID_03.length).equals(SPEC_ID_03)) bad('signature is not "Spec ID Event03"');
+  const r = new LeReader(data);
+  r.off = SPEC_ID_03.length;
+  const guard = <T>(f: () => T): T => {
+    try {
+      return f();
+    } catch (e) {
+      if (e instanceof SigilError && e.code === 'tpm.eventlog_truncated') bad('truncated');
+      throw e;
+    }
+  };
+  return guard(() => {
+    const platformClass = r.u32('platformClass', 0);
+    const minor = r.u8('specVersionMinor', 0);
+    const major = r.u8('specVersionMajor', 0);
+    const errata = r.u8('specErrata', 0);
+    const uintnSize = r.u8('uintnSize', 0);
+    if (major !== 2) bad(`spec version major ${major}, expected 2`);
+    if (uintnSize !== 1 && uintnSize !== 2) bad(`uintnSize ${uintnSize}, expected 1 or 2`);
+    const count = r.u32('numberOfAlgorithms', 0);
+    if (count === 0) bad('declares no algorithms');
+    if (count > MAX_SPEC_ALGORITHMS) bad(`declares ${count} algorithms (at most ${MAX_SPEC_ALGORITHMS})`);
+    const algorithms: EventLogAlgorithm[] = [];
+    for (let i = 0; i < count; i++) {
+      const id = r.u16('algorithmId', 0);
+      const size = r.u16('digestSize', 0);
+      const alg = algorithmById(id);
+      if (alg === undefined) fail('unknown_algorithm', `Spec ID event declares algorithm 0x${id.toString(16).padStart(4, '0')}, which Sigil does not know`);
+      if (alg.size !== size) bad(`declares ${alg.name} with digest size ${size}, expected ${alg.size}`);
+      if (algorithms.some((a) => a.id === id)) bad(`declares ${alg.name} twice`);
+      algorithms.push(alg);
+    }
+    const vendorInfoSize = r.u8('vendorInfoSize', 0);
+    const vendorInfo = r.bytes(vendorInfoSize, 'vendorInfo', 0);
+    if (r.remaining !== 0) bad(`${r.remaining} trailing byte(s)`);
+    return { platformClass, specVersion: { major, minor, errata }, uintnSize, algorithms, vendorInfo };
+  });
+}
+
+const SHA1 = algorithmById(0x0004)!;
+
+/**
+ * Parse a TCG event log. The form is chosen by the first record: a crypto-agile log begins with
+ * an EV_NO_ACTION TCG_PCR_EVENT in PCR 0 with a zero digest whose data starts with
+ * `Spec ID Event03`; any other first record means the legacy SHA-1 form.
+ */
+export function parseEventLog(bytes: Uint8Array, opts: ParseEventLogOptions = {}): ParsedEventLog {
+  const maxBytes = opts.maxBytes ?? EVENTLOG_DEFAULT_MAX_BYTES;
+  const maxEvents = opts.maxEvents ?? EVENTLOG_DEFAULT_MAX_EVENTS;
+  const maxIndex = opts.maxIndex ?? EVENTLOG_DEFAULT_MAX_INDEX;
+  if (bytes.length === 0) fail('empty', 'the log is empty');
+  if (bytes.length > maxBytes) fail('too_large', `the log is ${bytes.length} bytes, more than the limit of ${maxBytes}`);
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const r = new LeReader(buf);
+  const events: EventLogEvent[] = [];
+  let specId: SpecIdEvent | undefined;
+  let startupLocality: number | undefined;
+  let pcr0Extended = false;
+
+  const push = (ev: EventLogEvent): void => {
+    if (events.length >= maxEvents) fail('too_many_events', `more than ${maxEvents} events`, ev.offset);
+    if (ev.index > maxIndex) fail('bad_index', `event ${ev.seq} names register ${ev.index} (at most ${maxIndex})`, ev.offset);
+    if (ev.type === EV.NO_ACTION) {
+      if (ev.data.length >= SPEC_ID_PREFIX.length && ev.data.subarray(0, SPEC_ID_PREFIX.length).equals(SPEC_ID_PREFIX) && ev.seq !== 0) {
+        fail('bad_spec_id', `event ${ev.seq}: a Spec ID event after the first record`, ev.offset);
+      }
+      if (ev.data.length >= STARTUP_LOCALITY.length && ev.data.subarray(0, STARTUP_LOCALITY.length).equals(STARTUP_LOCALITY)) {
+        if (ev.data.length !== STARTUP_LOCALITY.length + 1) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality data is ${ev.data.length} bytes, expected 17`, ev.offset);
+        if (ev.index !== 0) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality in register ${ev.index}, expected 0`, ev.offset);
+        if (startupLocality !== undefined) fail('bad_startup_locality', `event ${ev.seq}: a second StartupLocality event`, ev.offset);
+        if (pcr0Extended) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality after PCR 0 was extended`, ev.offset);
+        const loc = ev.data[STARTUP_LOCALITY.length]!;
+        if (loc > 4) fail('bad_startup_locality', `event ${ev.seq}: locality ${loc} (0–4 allowed)`, ev.offset);
+        startupLocality = loc;
+      }
+    } else if (ev.index === 0) {
+      pcr0Extended = true;
+    }
+    events.push(ev);
+  };
+
+  // First record: always a TCG_PCR_EVENT (SHA-1 header).
+  const first = readLegacy(r, 0);
+  const cryptoAgile = first.type === EV.NO_ACTION && first.data.length >= SPEC_ID_03.length && first.data.subarray(0, SPEC_ID_03.length).equals(SPEC_ID_03);
+  if (cryptoAgile) {
+    if (first.index !== 0) fail('bad_spec_id', `Spec ID event in register ${first.index}, expected 0`, 0);
+    if (!first.digests[0]!.digest.equals(Buffer.alloc(20))) fail('bad_spec_id', 'Spec ID event digest is not zero', 0);
+    specId = parseSpecIdEvent(first.data);
+    events.push(first);
+    const algs = specId.algorithms;
+    while (r.remaining > 0) push(readAgile(r, events.length, algs));
+    requireMeasurements(events);
+    return { format: 'crypto-agile', specId, banks: algs, events, startupLocality, byteLength: buf.length };
+  }
+  if (first.type === EV.NO_ACTION && first.data.length >= SPEC_ID_PREFIX.length && first.data.subarray(0, SPEC_ID_PREFIX.length).equals(SPEC_ID_PREFIX)) {
+    // "Spec ID Event00"/"02": the TCG EFI Platform (SHA-1) header; the rest is TCG_PCR_EVENT.
+    if (first.index !== 0) fail('bad_spec_id', `Spec ID event in register ${first.index}, expected 0`, 0);
+  }
+  push(first);
+  // StartupLocality is defined only right after the Spec ID event of a crypto-agile log: a log
+  // that begins with it has lost its header, i.e. it is truncated at the front.
+  if (startupLocality !== undefined) fail('truncated', 'the log begins with a StartupLocality event but has no Spec ID event before it (its header is missing)', 0);
+  while (r.remaining > 0) push(readLegacy(r, events.length));
+  requireMeasurements(events);
+  return { format: 'legacy-sha1', specId: undefined, banks: [SHA1], events, startupLocality, byteLength: buf.length };
+}
+
+function requireMeasurements(events: readonly EventLogEvent[]): void {
+  if (!events.some((e) => e.type !== EV.NO_ACTION)) fail('no_measurements', 'the log has no measured events (only EV_NO_ACTION records)');
+}
+
+function readLegacy(r: LeReader, seq: number): EventLogEvent {
+  const offset = r.off;
+  const index = r.u32('pcrIndex', offset);
+  const type = r.u32('eventType', offset);
+  const digest = r.bytes(20, 'digest', offset);
+  const size = r.u32('eventSize', offset);
+  const data = r.bytes(size, 'event data', offset);
+  return { seq, offset, index, type, digests: [{ alg: SHA1, digest }], data };
+}
+
+function readAgile(r: LeReader, seq: number, algs: readonly EventLogAlgorithm[]): EventLogEvent {
+  const offset = r.off;
+  const index = r.u32('pcrIndex', offset);
+  const type = r.u32('eventType', offset);
+  const count = r.u32('digest count', offset);
+  if (count !== algs.length) fail('digest_count_mismatch', `event ${seq} has ${count} digest(s), the Spec ID event declares ${algs.length}`, offset);
+  const digests: EventLogDigest[] = [];
+  for (let i = 0; i < count; i++) {
+    const id = r.u16('algorithmId', offset);
+    const alg = algs.find((a) => a.id === id);
+    if (alg === undefined) fail('unknown_algorithm', `event ${seq} has a digest of algorithm 0x${id.toString(16).padStart(4, '0')}, not declared by the Spec ID event`, offset);
+    if (digests.some((d) => d.alg.id === id)) fail('digest_count_mismatch', `event ${seq} has two ${alg.name} digests`, offset);
+    digests.push({ alg, digest: r.bytes(alg.size, `${alg.name} digest`, offset) });
+  }
+  const size = r.u32('eventSize', offset);
+  const data = r.bytes(size, 'event data', offset);
+  return { seq, offset, index, type, digests, data };
+}
+
+/** The digest of `ev` in `bank`, or undefined. */
+export function eventDigest(ev: EventLogEvent, bank: string): Buffer | undefined {
+  return ev.digests.find((d) => d.alg.name === bank)?.digest;
+}
