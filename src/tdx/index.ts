@@ -1,0 +1,6 @@
+/** Intel TDX attestation: pure DCAP quote verifier, Intel collateral, collectors and the `tdx` plugin halves. */
+export * from './quote.js';
+export * from './pki.js';
+export * from './signed-json.js';
+export * from './tcb.js';
+export * from './verify.js';

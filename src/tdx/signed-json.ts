@@ -1,0 +1,123 @@
+/**
+ * Intel's signed JSON collateral (PCS `tcb` and `qe/identity` answers), pure.
+ *
+ * A PCS answer is `{"tcbInfo":{…},"signature":"<128 hex>"}` (or `enclaveIdentity`). The signature
+ * (ECDSA P-256 with SHA-256, r ‖ s) covers the exact bytes of the inner object as received: this
+ * module finds that byte span with a small JSON scanner and never re-serializes, so a document
+ * whose signed text was reformatted or re-ordered does not verify.
+ */
+import { verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { SigilError } from '../errors.js';
+
+export const SIGNED_JSON_MAX_BYTES = 1024 * 1024;
+
+export interface SignedJson {
+  /** The exact bytes of the signed member's value. */
+  signedBytes: Buffer;
+  /** Its parsed value. */
+  value: unknown;
+  /** r ‖ s, 64 bytes. */
+  signature: Buffer;
+}
+
+function bad(what: string, msg: string): never {
+  throw new SigilError('tdx.collateral_malformed', `${what}: ${msg}`);
+}
+
+const WS = new Set([0x20, 0x09, 0x0a, 0x0d]);
+
+/** Index just past the JSON value starting at `i` (strings, nesting; content is checked by JSON.parse). */
+function skipValue(s: Buffer, i: number, what: string): number {
+  let depth = 0;
+  let inString = false;
+  for (let p = i; p < s.length; p++) {
+    const c = s[p]!;
+    if (inString) {
+      if (c === 0x5c) p++;
+      else if (c === 0x22) {
+        inString = false;
+        if (depth === 0) return p + 1;
+      }
+      continue;
+    }
+    if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) depth++;
+    else if (c === 0x7d || c === 0x5d) {
+      depth--;
+      if (depth < 0) bad(what, `unbalanced bracket at byte ${p}`);
+      if (depth === 0) return p + 1;
+    } else if (depth === 0 && (c === 0x2c || WS.has(c))) return p;
+  }
+  if (depth === 0 && !inString) return s.length;
+  bad(what, 'unterminated JSON value');
+}
+
+/**
+ * Split a signed PCS document into the signed member's raw bytes and the signature. The top level
+ * must be an object with exactly the members `member` and `signature`.
+ */
+export function splitSignedJson(input: Uint8Array, member: 'tcbInfo' | 'enclaveIdentity', what: string): SignedJson {
+  const s = Buffer.from(input);
+  if (s.length > SIGNED_JSON_MAX_BYTES) bad(what, `larger than ${SIGNED_JSON_MAX_BYTES} bytes`);
+  let whole: unknown;
+  try {
+    whole = JSON.parse(s.toString('utf8'));
+  } catch (e) {
+    bad(what, `not JSON (${e instanceof Error ? e.message : String(e)})`);
+  }
+  if (typeof whole !== 'object' || whole === null || Array.isArray(whole)) bad(what, 'top level is not an object');
+  // Scan the top-level members for their raw byte spans.
+  const spans = new Map<string, [number, number]>();
+  let i = 0;
+  const ws = (): void => {
+    while (i < s.length && WS.has(s[i]!)) i++;
+  };
+  ws();
+  if (s[i] !== 0x7b) bad(what, 'top level is not an object');
+  i++;
+  for (;;) {
+    ws();
+    if (s[i] === 0x7d && spans.size === 0) break;
+    if (s[i] !== 0x22) bad(what, `expected a member name at byte ${i}`);
+    const keyEnd = skipValue(s, i, what);
+    const key = JSON.parse(s.subarray(i, keyEnd).toString('utf8')) as string;
+    i = keyEnd;
+    ws();
+    if (s[i] !== 0x3a) bad(what, `expected ':' at byte ${i}`);
+    i++;
+    ws();
+    const start = i;
+    i = skipValue(s, i, what);
+    if (spans.has(key)) bad(what, `member "${key}" appears twice`);
+    spans.set(key, [start, i]);
+    ws();
+    if (s[i] === 0x2c) {
+      i++;
+      continue;
+    }
+    if (s[i] === 0x7d) break;
+    bad(what, `expected ',' or '}' at byte ${i}`);
+  }
+  i++;
+  ws();
+  if (i !== s.length) bad(what, 'bytes after the JSON object');
+  const keys = [...spans.keys()].sort();
+  if (keys.length !== 2 || !spans.has(member) || !spans.has('signature')) bad(what, `top level must have exactly "${member}" and "signature", has ${keys.map((k) => `"${k}"`).join(', ')}`);
+  const [a, b] = spans.get(member)!;
+  const signedBytes = s.subarray(a, b);
+  if (signedBytes[0] !== 0x7b) bad(what, `"${member}" is not an object`);
+  const sigHex = (whole as Record<string, unknown>).signature;
+  if (typeof sigHex !== 'string' || !/^[0-9a-fA-F]{128}$/.test(sigHex)) bad(what, '"signature" must be 128 hex digits (r ‖ s)');
+  return { signedBytes, value: (whole as Record<string, unknown>)[member], signature: Buffer.from(sigHex, 'hex') };
+}
+
+/** The signature verifies under `key` over the signed bytes as received. */
+export function verifySignedJson(doc: SignedJson, key: KeyObject, what: string): void {
+  let ok = false;
+  try {
+    ok = cryptoVerify('sha256', doc.signedBytes, { key, dsaEncoding: 'ieee-p1363' }, doc.signature);
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new SigilError('tdx.collateral_signature_invalid', `${what} signature does not verify under the TCB Signing certificate`, { status: 403 });
+}

@@ -1,0 +1,264 @@
+/**
+ * Intel TDX quote verification, pure: quote bytes + Intel collateral + time + policy in, verified
+ * selectors and claims or a SigilError out. No I/O; the trust anchor is the pinned SHA-256 of the
+ * Intel SGX Root CA (overridable for test PKIs).
+ *
+ * Order of checks (each refusal names its check):
+ *  1. structure (parseTdxQuote: versions 4/5, TDX, ECDSA P-256, lengths, no trailing bytes);
+ *  2. the PCK chain in the quote to the pinned root at `now` (signatures, CA roles, validity);
+ *  3. the quote signature by the attestation key, the QE report signature by the PCK key, and the
+ *     QE report's REPORTDATA = SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes;
+ *  4. with collateral: the TCB Signing chain, the TCB Info and QE Identity signatures over the bytes
+ *     as received and their issueDate/nextUpdate (and `maxCollateralAgeMs`), then the Root CA CRL
+ *     and PCK CRL (signatures, issuers, validity) and revocation of every chain certificate;
+ *  5. the TD report: REPORTDATA (session binding) and the DEBUG attribute;
+ *  6. TCB matching (tcb.ts) and the policy on the resulting status. Without collateral the status is
+ *     `Unknown`, accepted only with `allowUnknownTcb` (and then nothing was checked for revocation).
+ */
+import { createPublicKey, createHash, timingSafeEqual, verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { SigilError } from '../errors.js';
+import { type TdxQuote, TDATTR_DEBUG, parseTdxQuote, tdAttributesValue } from './quote.js';
+import { type IntelCrl, type SgxPckExtensions, checkCrl, checkRevocation, chainFromPem, parseCrl, parsePckExtensions, verifyIntelChain } from './pki.js';
+import { splitSignedJson, verifySignedJson } from './signed-json.js';
+import { type QeIdentity, type TcbMatch, type TcbStatus, type TdxTcbInfo, matchTcb, parseQeIdentity, parseTdxTcbInfo } from './tcb.js';
+
+export const TDX_ATTESTOR = 'tdx';
+
+/** Intel collateral for one quote, as PCS/PCCS serve it. */
+export interface TdxCollateral {
+  /** PCS `tdx/certification/v4/tcb` answer body: `{"tcbInfo":{…},"signature":"…"}`, bytes as received. */
+  tcbInfo: Uint8Array;
+  /** PCS `tdx/certification/v4/qe/identity` answer body: `{"enclaveIdentity":{…},"signature":"…"}`. */
+  qeIdentity: Uint8Array;
+  /** TCB Signing certificate then Intel SGX Root CA, PEM (the TCB-Info-Issuer-Chain header). */
+  tcbSigningChain: string;
+  /** PCK CRL (DER or PEM) of the CA that issued the PCK certificate. */
+  pckCrl: Uint8Array;
+  /** PCK Platform/Processor CA then Root CA, PEM (the SGX-PCK-CRL-Issuer-Chain header). */
+  pckCrlIssuerChain: string;
+  /** Intel SGX Root CA CRL (DER or PEM). */
+  rootCrl: Uint8Array;
+}
+
+export type TdxTcbStatus = TcbStatus | 'Unknown';
+
+export interface TdxPolicyOptions {
+  /** Accept TDs with TDATTRIBUTES.DEBUG set. Default false. */
+  allowDebug?: boolean;
+  /** TCB statuses accepted. Default ['UpToDate']. */
+  acceptedTcbStatuses?: readonly TcbStatus[];
+  /** Accept a quote without collateral, with TCB status `Unknown` (no TCB or revocation check). Default false. */
+  allowUnknownTcb?: boolean;
+  /** Refuse TCB Info / QE Identity issued longer than this before `now` (even inside nextUpdate). */
+  maxCollateralAgeMs?: number;
+  /** SHA-256 hex of the root CA's DER (test PKIs); default the Intel SGX Root CA. */
+  rootSha256?: string;
+  /** Allowed MRTDs (hex). Empty or absent = any. */
+  mrTds?: readonly string[];
+}
+
+export interface TdxVerifyOptions extends TdxPolicyOptions {
+  now: Date;
+  /** When set, REPORTDATA must equal these 64 bytes (constant-time compare). */
+  expectedReportData?: Uint8Array;
+}
+
+export interface TdxVerification {
+  quote: TdxQuote;
+  pck: SgxPckExtensions;
+  tcbStatus: TdxTcbStatus;
+  advisoryIds: string[];
+  tcb?: TcbMatch;
+  selectors: string[];
+  claims: Record<string, unknown>;
+  agentIdSuffix: string;
+}
+
+function fail(code: string, message: string, status = 403): never {
+  throw new SigilError(code, message, { status });
+}
+
+/** REPORTDATA for a session: binding ‖ 32 zero bytes (DESIGN §3, as SEV-SNP). */
+export function tdxReportDataForBinding(binding: Uint8Array): Buffer {
+  if (binding.byteLength !== 32) throw new SigilError('tdx.binding_invalid', `session binding must be 32 bytes, got ${binding.byteLength}`);
+  return Buffer.concat([Buffer.from(binding), Buffer.alloc(32)]);
+}
+
+const P256_SPKI_PREFIX = Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex');
+
+/** The attestation key (x ‖ y) as a P-256 public key; not a curve point → tdx.attestation_key_invalid. */
+export function attestationKeyObject(xy: Buffer): KeyObject {
+  try {
+    return createPublicKey({ key: Buffer.concat([P256_SPKI_PREFIX, Buffer.from([4]), xy]), format: 'der', type: 'spki' });
+  } catch (e) {
+    throw new SigilError('tdx.attestation_key_invalid', 'the quote attestation key is not a P-256 point', { cause: e, status: 403 });
+  }
+}
+
+function p1363Verify(data: Buffer, key: KeyObject, sig: Buffer): boolean {
+  try {
+    return cryptoVerify('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, sig);
+  } catch {
+    return false;
+  }
+}
+
+/** Checks on the TD report that need no collateral: REPORTDATA, DEBUG, MRTD allowlist. */
+export function checkTdReportPolicy(quote: TdxQuote, opts: Omit<TdxVerifyOptions, 'now'>): void {
+  if (opts.expectedReportData !== undefined) {
+    const exp = Buffer.from(opts.expectedReportData);
+    if (exp.length !== 64) throw new SigilError('tdx.report_data_invalid', `expected REPORTDATA must be 64 bytes, got ${exp.length}`);
+    if (!timingSafeEqual(exp, quote.body.reportData)) fail('tdx.report_data_mismatch', 'quote REPORTDATA does not match the expected value (session binding)');
+  }
+  if ((tdAttributesValue(quote.body) & TDATTR_DEBUG) !== 0n && opts.allowDebug !== true) {
+    fail('tdx.debug_not_allowed', 'the TD is debuggable (TDATTRIBUTES.DEBUG set) and allowDebug is off');
+  }
+  if (opts.mrTds && opts.mrTds.length > 0) {
+    const m = quote.body.mrTd.toString('hex');
+    if (!opts.mrTds.some((x) => x.toLowerCase() === m)) fail('tdx.mrtd_not_allowed', `MRTD ${m} is not in the allowed list`);
+  }
+}
+
+function checkDocTime(what: string, issue: Date, next: Date, now: Date, maxAgeMs: number | undefined): void {
+  const t = now.getTime();
+  if (t < issue.getTime()) fail('tdx.collateral_not_yet_valid', `${what} is issued ${issue.toISOString()}, after the verification time`);
+  if (t > next.getTime()) fail('tdx.collateral_expired', `${what} expired at its nextUpdate ${next.toISOString()}`);
+  if (maxAgeMs !== undefined && t - issue.getTime() > maxAgeMs) fail('tdx.collateral_stale', `${what} was issued ${issue.toISOString()}, more than ${maxAgeMs / 1000} s before the verification time`);
+}
+
+export interface VerifiedCollateral {
+  tcbInfo: TdxTcbInfo;
+  qeIdentity: QeIdentity;
+  crls: IntelCrl[];
+}
+
+/**
+ * Verify the collateral on its own at `now`: TCB Signing chain, both JSON signatures over the bytes
+ * as received, their validity windows, the Root CA CRL and the PCK CRL with its issuer chain.
+ */
+export function verifyTdxCollateral(c: TdxCollateral, opts: { now: Date; rootSha256?: string; maxCollateralAgeMs?: number }): VerifiedCollateral {
+  const pin = opts.rootSha256 === undefined ? {} : { rootSha256: opts.rootSha256 };
+  const signing = verifyIntelChain(chainFromPem(c.tcbSigningChain, 'tcb_signing'), 'tcb_signing', { now: opts.now, ...pin });
+  const tcbDoc = splitSignedJson(c.tcbInfo, 'tcbInfo', 'TCB Info');
+  verifySignedJson(tcbDoc, signing.leaf.publicKey, 'TCB Info');
+  const qeDoc = splitSignedJson(c.qeIdentity, 'enclaveIdentity', 'QE Identity');
+  verifySignedJson(qeDoc, signing.leaf.publicKey, 'QE Identity');
+  const tcbInfo = parseTdxTcbInfo(tcbDoc.value);
+  const qeIdentity = parseQeIdentity(qeDoc.value);
+  checkDocTime('TCB Info', tcbInfo.issueDate, tcbInfo.nextUpdate, opts.now, opts.maxCollateralAgeMs);
+  checkDocTime('QE Identity', qeIdentity.issueDate, qeIdentity.nextUpdate, opts.now, opts.maxCollateralAgeMs);
+
+  const rootCrl = parseCrl(c.rootCrl);
+  checkCrl(rootCrl, signing.root, opts.now, 'Root CA CRL');
+  checkRevocation(signing.certs, [rootCrl], 'TCB signing');
+  const crlIssuer = verifyIntelChain(chainFromPem(c.pckCrlIssuerChain, 'pck_crl_issuer'), 'pck_crl_issuer', { now: opts.now, ...pin, crls: [rootCrl] });
+  const pckCrl = parseCrl(c.pckCrl);
+  checkCrl(pckCrl, crlIssuer.leaf, opts.now, 'PCK CRL');
+  return { tcbInfo, qeIdentity, crls: [rootCrl, pckCrl] };
+}
+
+const hex = (b: Buffer): string => b.toString('hex');
+
+/**
+ * Verify a TDX quote end to end (see the module comment for the order). `collateral` undefined =
+ * the no-collateral mode: TCB status `Unknown`, refused unless `allowUnknownTcb`.
+ */
+export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral | undefined, opts: TdxVerifyOptions): TdxVerification {
+  if (!(opts.now instanceof Date) || Number.isNaN(opts.now.getTime())) throw new SigilError('tdx.time_invalid', 'verification time is not a valid date');
+  const quote = parseTdxQuote(quoteBytes);
+  const pin = opts.rootSha256 === undefined ? {} : { rootSha256: opts.rootSha256 };
+
+  const pckChain = verifyIntelChain(chainFromPem(quote.pckChainPem, 'pck'), 'pck', { now: opts.now, ...pin });
+  const pck = parsePckExtensions(pckChain.leaf);
+
+  const ak = attestationKeyObject(quote.attestationKey);
+  if (!p1363Verify(quote.signed, ak, quote.signature)) fail('tdx.quote_signature_invalid', 'quote signature does not verify under the attestation key');
+  if (!p1363Verify(quote.qeReport.raw, pckChain.leaf.publicKey, quote.qeReportSignature)) fail('tdx.qe_report_signature_invalid', 'QE report signature does not verify under the PCK certificate');
+  const binding = createHash('sha256').update(quote.attestationKey).update(quote.qeAuthData).digest();
+  const rd = quote.qeReport.reportData;
+  if (!rd.subarray(0, 32).equals(binding) || !rd.subarray(32).every((b) => b === 0)) {
+    fail('tdx.qe_binding_mismatch', 'QE report REPORTDATA is not SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes');
+  }
+
+  let tcb: TcbMatch | undefined;
+  let verified: VerifiedCollateral | undefined;
+  if (collateral) {
+    verified = verifyTdxCollateral(collateral, { now: opts.now, ...pin, ...(opts.maxCollateralAgeMs === undefined ? {} : { maxCollateralAgeMs: opts.maxCollateralAgeMs }) });
+    checkRevocation(pckChain.certs, verified.crls, 'pck');
+  }
+
+  checkTdReportPolicy(quote, opts);
+
+  let tcbStatus: TdxTcbStatus;
+  if (verified) {
+    tcb = matchTcb(quote.body, pck, quote.qeReport, verified.tcbInfo, verified.qeIdentity);
+    tcbStatus = tcb.status;
+    const accepted = opts.acceptedTcbStatuses ?? ['UpToDate'];
+    if (!accepted.includes(tcb.status)) {
+      fail('tdx.tcb_status_not_accepted', `TCB status ${tcb.status}${tcb.advisoryIds.length ? ` (${tcb.advisoryIds.join(', ')})` : ''} is not in the accepted list [${accepted.join(', ')}]`);
+    }
+  } else {
+    tcbStatus = 'Unknown';
+    if (opts.allowUnknownTcb !== true) fail('tdx.collateral_missing', 'no TCB Info / QE Identity / CRLs given: the TCB status is unknown and allowUnknownTcb is off');
+  }
+
+  const b = quote.body;
+  const sel = (k: string, v: string): string => `${TDX_ATTESTOR}:${k}:${v}`;
+  const selectors = [
+    sel('mrtd', hex(b.mrTd)),
+    ...b.rtmrs.map((r, i) => sel(`rtmr:${i}`, hex(r))),
+    sel('mrconfigid', hex(b.mrConfigId)),
+    sel('mrowner', hex(b.mrOwner)),
+    sel('mrownerconfig', hex(b.mrOwnerConfig)),
+    sel('tcb_status', tcbStatus),
+    sel('fmspc', hex(pck.fmspc)),
+    sel('seam:mrseam', hex(b.mrSeam)),
+    sel('td_attributes', hex(b.tdAttributes)),
+  ];
+  const claims: Record<string, unknown> = {
+    quoteVersion: quote.version,
+    tdReportVersion: b.version,
+    teeTcbSvn: hex(b.teeTcbSvn),
+    mrSeam: hex(b.mrSeam),
+    mrSignerSeam: hex(b.mrSignerSeam),
+    seamAttributes: hex(b.seamAttributes),
+    tdAttributes: hex(b.tdAttributes),
+    debug: (tdAttributesValue(b) & TDATTR_DEBUG) !== 0n,
+    xfam: hex(b.xfam),
+    mrTd: hex(b.mrTd),
+    mrConfigId: hex(b.mrConfigId),
+    mrOwner: hex(b.mrOwner),
+    mrOwnerConfig: hex(b.mrOwnerConfig),
+    rtmrs: b.rtmrs.map(hex),
+    reportData: hex(b.reportData),
+    tcbStatus,
+    advisoryIds: tcb?.advisoryIds ?? [],
+    fmspc: hex(pck.fmspc),
+    pceId: hex(pck.pceId),
+    pceSvn: pck.pceSvn,
+    sgxTcbComponents: pck.compSvn,
+    pckSha256: pckChain.leaf.sha256,
+    pckNotAfter: pckChain.leaf.cert.notAfter.toISOString(),
+    qeIsvSvn: quote.qeReport.isvSvn,
+    revocationChecked: verified !== undefined,
+  };
+  if (b.teeTcbSvn2) claims.teeTcbSvn2 = hex(b.teeTcbSvn2);
+  if (b.mrServiceTd) claims.mrServiceTd = hex(b.mrServiceTd);
+  if (tcb) {
+    claims.tcbDate = tcb.tcbDate;
+    claims.platformTcbStatus = tcb.platformStatus;
+    claims.qeTcbStatus = tcb.qeStatus;
+    if (tcb.moduleStatus) claims.tdxModuleTcbStatus = tcb.moduleStatus;
+    claims.tcbEvaluationDataNumber = verified!.tcbInfo.tcbEvaluationDataNumber;
+  }
+  return {
+    quote,
+    pck,
+    tcbStatus,
+    advisoryIds: tcb?.advisoryIds ?? [],
+    ...(tcb ? { tcb } : {}),
+    selectors,
+    claims,
+    agentIdSuffix: hex(pck.ppid),
+  };
+}
