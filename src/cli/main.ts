@@ -4,7 +4,7 @@ import { SigilError } from '../errors.js';
 import { adminCall } from './admin-client.js';
 import { registerAgentRun } from './agent-run.js';
 import { registerNitroEvidence, registerSevEvidence, registerTpmEvidence } from './evidence-commands.js';
-import { EXIT_FAILED, EXIT_USAGE, UsageError } from './output.js';
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError } from './output.js';
 import { registerSvidCommands, workloadHealthcheck } from './svid-commands.js';
 import {
   adminSocketOf,
@@ -59,14 +59,43 @@ export function buildProgram(): Command {
   return program;
 }
 
+/**
+ * A closed stdout or stderr (`sigil svid fetch | head -1`) ends the command quietly, as SIGPIPE
+ * ends a C program, instead of an unhandled EPIPE with a stack trace: stdout closed → exit with the
+ * exit code set so far (0 unless something already failed), since the reader chose to stop
+ * reading; stderr closed → nothing more can be reported there, so its EPIPE is ignored. Any other
+ * stream error is reported on stderr (when it still works) and exits 1. Installed once per process.
+ */
+let pipeGuardInstalled = false;
+export function installClosedPipeGuard(): void {
+  if (pipeGuardInstalled) return;
+  pipeGuardInstalled = true;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? EXIT_OK);
+    try {
+      process.stderr.write(`sigil: cannot write to stdout: ${err.code ?? err.message}\n`);
+    } catch {
+      // stderr gone too: nothing left to tell
+    }
+    process.exit(EXIT_FAILED);
+  });
+  process.stderr.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') return;
+    process.exitCode = EXIT_FAILED;
+  });
+}
+
 export async function main(argv: string[]): Promise<void> {
+  installClosedPipeGuard();
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
-        process.exitCode = 0;
+        // Help asked for (--help, `sigil help`) exits 0; help shown because a command group was
+        // given no subcommand (`sigil agent`) is a usage error.
+        process.exitCode = e.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
         return;
       }
       process.exitCode = EXIT_USAGE;

@@ -1,0 +1,37 @@
+/** Exit codes of usage errors (DESIGN §9: 2 = usage error), from the real CLI entry point. */
+import { execFile } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const root = resolve(__dirname, '../..');
+
+function sigil(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((res) => {
+    execFile(process.execPath, ['--import', 'tsx', join(root, 'test/support/run-cli.ts'), ...args], { cwd: root, encoding: 'utf8', timeout: 60_000 }, (error, stdout, stderr) =>
+      res({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, out: stdout, err: stderr }),
+    );
+  });
+}
+
+describe('sigil usage errors exit 2', () => {
+  it('no arguments at all: usage on stderr, exit 2', async () => {
+    const r = await sigil([]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/^Usage: sigil /);
+    expect(r.out).toBe('');
+  });
+
+  it('a command group without its subcommand, an unknown command or option: exit 2', async () => {
+    const cases = [['agent'], ['entry'], ['svid'], ['evidence'], ['evidence', 'verify'], ['frobnicate'], ['--bogus'], ['svid', 'jwt'], ['svid', 'fetch', '--timeout', 'x']];
+    const codes = await Promise.all(cases.map(async (c) => [c.join(' '), (await sigil(c)).code] as const));
+    expect(Object.fromEntries(codes)).toEqual(Object.fromEntries(cases.map((c) => [c.join(' '), 2])));
+  });
+
+  it('help asked for explicitly still exits 0, on stdout', async () => {
+    for (const args of [['--help'], ['help'], ['agent', '--help'], ['help', 'entry'], ['--version']]) {
+      const r = await sigil(args);
+      expect({ args, code: r.code }).toEqual({ args, code: 0 });
+      expect(r.out.length).toBeGreaterThan(0);
+    }
+  });
+});
