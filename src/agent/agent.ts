@@ -7,7 +7,7 @@
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
 import { SigilError } from '../errors.js';
-import { loadNodeAttestorAgents, loadWorkloadAttestors } from '../plugins/loader.js';
+import { loadNodeAttestorAgents, loadWorkloadAttestors } from '../catalog.js';
 import type { AgentPluginDeps, NodeAttestorAgent } from '../plugins/types.js';
 import type { BackoffOptions } from './backoff.js';
 import type { AgentConfig } from './config.js';

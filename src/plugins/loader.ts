@@ -2,15 +2,17 @@
  * Plugin loader (DESIGN §2): built-ins by name, third-party plugins by module specifier or path.
  *
  * A config block maps attestor name → plugin config, e.g. `nodeAttestors: { tpm: {…} }`. A name is
- * looked up first in `plugins` (name → module specifier, from the config file), then among the
- * built-ins. Every plugin's config is validated against its JSON Schema before anything starts;
- * errors name the plugin and the key.
+ * looked up first in `plugins` (name → module specifier, from the config file), then in the
+ * catalog of built-ins the caller passes in (the composition root, src/catalog.ts — this module
+ * imports no attestor). Every plugin's config is validated against its JSON Schema before anything
+ * starts (`<namespace>.config_invalid`, naming the plugin and the key). Third-party modules are
+ * found only where src/plugins/resolve.ts says, and their errors cross src/plugins/error-boundary.ts.
  */
-import { createRequire } from 'node:module';
-import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { SigilError } from '../errors.js';
-import { validateAgainstSchema } from './validate.js';
+import { fromPlugin, guardAgent, guardVerifier, guardWorkload } from './error-boundary.js';
+import { resolvePluginModule } from './resolve.js';
+import { validatePluginConfig } from './validate.js';
 import type {
   AgentPluginDeps,
   NodeAttestorAgent,
@@ -23,52 +25,41 @@ import type {
   WorkloadAttestorPlugin,
 } from './types.js';
 
-type Kind = 'nodeAttestorVerifier' | 'nodeAttestorAgent' | 'workloadAttestor';
+export type PluginKind = 'nodeAttestorVerifier' | 'nodeAttestorAgent' | 'workloadAttestor';
+type Kind = PluginKind;
 type PluginOf<K extends Kind> = NonNullable<PluginModule[K]>;
 
 const NAME_RE = /^[a-z][a-z0-9_]{0,63}$/;
 
-/** Built-in plugins, imported lazily so that e.g. the TPM binding is only loaded when configured. */
-const BUILTINS: { [K in Kind]: Record<string, () => Promise<PluginOf<K>>> } = {
-  nodeAttestorVerifier: {
-    join_token: async () => (await import('./join-token.js')).joinTokenVerifierPlugin,
-    tpm: async () => (await import('../tpm/plugin.js')).tpmVerifierPlugin,
-    aws_nitro: async () => (await import('../nitro/plugin.js')).nitroVerifierPlugin,
-    sev_snp: async () => (await import('../sev/plugin.js')).sevVerifierPlugin,
-  },
-  nodeAttestorAgent: {
-    join_token: async () => (await import('./join-token.js')).joinTokenAgentPlugin,
-    tpm: async () => (await import('../tpm/plugin.js')).tpmAgentPlugin,
-    aws_nitro: async () => (await import('../nitro/plugin.js')).nitroAgentPlugin,
-    sev_snp: async () => (await import('../sev/plugin.js')).sevAgentPlugin,
-  },
-  workloadAttestor: {
-    unix: async () => (await import('../workload/unix.js')).unixAttestorPlugin,
-    container: async () => (await import('../workload/container.js')).containerAttestorPlugin,
-  },
-};
-
-export function builtinNames(kind: Kind): string[] {
-  return Object.keys(BUILTINS[kind]);
+/** One built-in plugin: how to import it (lazily, so e.g. the TPM binding loads only when configured) and its error-code namespace. */
+export interface BuiltinPlugin<K extends Kind> {
+  load: () => Promise<PluginOf<K>>;
+  /** First segment of the plugin's error codes (`tpm`, `nitro`, `sev`, …); its config errors are `<namespace>.config_invalid`. */
+  errorNamespace: string;
 }
+
+/** The built-ins a host offers, per kind (see src/catalog.ts). */
+export type BuiltinCatalog = { [K in Kind]: Readonly<Record<string, BuiltinPlugin<K>>> };
 
 /** Where third-party plugins come from: name → npm package name or file path (relative to configDir). */
 export type PluginSources = Record<string, string>;
 
-async function importThirdParty(spec: string, configDir: string): Promise<PluginModule> {
-  let url: string;
-  if (spec.startsWith('.') || isAbsolute(spec)) {
-    url = pathToFileURL(resolve(configDir, spec)).href;
-  } else {
-    try {
-      url = pathToFileURL(createRequire(resolve(configDir, 'sigil-config.js')).resolve(spec)).href;
-    } catch {
-      url = spec; // let Node resolve it from Sigil's own node_modules
-    }
+/** A resolved plugin: its module object, whether it came from outside Sigil, and its error namespace. */
+export interface ResolvedPluginOf<K extends Kind> {
+  plugin: PluginOf<K>;
+  thirdParty: boolean;
+  errorNamespace: string;
+}
+
+async function importThirdParty(name: string, spec: string, configDir: string): Promise<PluginModule> {
+  const { file } = resolvePluginModule(name, spec, configDir);
+  let mod: Record<string, unknown>;
+  try {
+    mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
+  } catch (e) {
+    throw new SigilError('plugin.load_failed', `plugin "${name}": cannot load module "${spec}" (${file}): ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
-  const mod = (await import(url)) as Record<string, unknown>;
-  const candidate = (mod.default ?? mod.plugin ?? mod) as PluginModule;
-  return candidate;
+  return (mod.default ?? mod.plugin ?? mod) as PluginModule;
 }
 
 function checkShape(kind: Kind, name: string, p: unknown): void {
@@ -82,37 +73,39 @@ function checkShape(kind: Kind, name: string, p: unknown): void {
   }
 }
 
-export async function resolvePlugin<K extends Kind>(kind: K, name: string, sources: PluginSources, configDir: string): Promise<PluginOf<K>> {
+/** Resolve plugin `name` of `kind`: from `sources` (third-party) or the catalog's built-ins. */
+export async function resolvePluginEntry<K extends Kind>(catalog: BuiltinCatalog, kind: K, name: string, sources: PluginSources, configDir: string): Promise<ResolvedPluginOf<K>> {
   if (!NAME_RE.test(name)) {
     throw new SigilError('plugin.bad_name', `plugin "${name}": names are lowercase letters, digits and _ (start with a letter)`);
   }
-  const spec = sources[name];
-  let plugin: unknown;
+  const spec = Object.prototype.hasOwnProperty.call(sources, name) ? sources[name] : undefined;
   if (spec !== undefined) {
-    let mod: PluginModule;
-    try {
-      mod = await importThirdParty(spec, configDir);
-    } catch (e) {
-      throw new SigilError('plugin.load_failed', `plugin "${name}": cannot load module "${spec}": ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-    }
-    plugin = mod[kind];
+    const mod = await importThirdParty(name, spec, configDir);
+    const plugin = (mod as Record<string, unknown> | null | undefined)?.[kind];
     if (plugin === undefined) {
       throw new SigilError('plugin.bad_module', `plugin "${name}": module "${spec}" exports no ${kind}`);
     }
-  } else {
-    const builtin = BUILTINS[kind][name];
-    if (!builtin) {
-      const known = Object.keys(BUILTINS[kind]).join(', ');
-      throw new SigilError('plugin.unknown', `plugin "${name}": no built-in ${kind} of that name (built-ins: ${known}); third-party plugins are listed under "plugins"`);
-    }
-    try {
-      plugin = await builtin();
-    } catch (e) {
-      throw new SigilError('plugin.load_failed', `plugin "${name}": cannot load built-in: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-    }
+    checkShape(kind, name, plugin);
+    return { plugin: plugin as PluginOf<K>, thirdParty: true, errorNamespace: name };
+  }
+  const builtin = (catalog[kind] as Readonly<Record<string, BuiltinPlugin<K>>>)[name];
+  if (!builtin || !Object.prototype.hasOwnProperty.call(catalog[kind], name)) {
+    const known = Object.keys(catalog[kind]).join(', ');
+    throw new SigilError('plugin.unknown', `plugin "${name}": no built-in ${kind} of that name (built-ins: ${known}); third-party plugins are listed under "plugins"`);
+  }
+  let plugin: unknown;
+  try {
+    plugin = await builtin.load();
+  } catch (e) {
+    throw new SigilError('plugin.load_failed', `plugin "${name}": cannot load built-in: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
   checkShape(kind, name, plugin);
-  return plugin as PluginOf<K>;
+  return { plugin: plugin as PluginOf<K>, thirdParty: false, errorNamespace: builtin.errorNamespace };
+}
+
+/** The plugin object alone (see resolvePluginEntry). */
+export async function resolvePlugin<K extends Kind>(catalog: BuiltinCatalog, kind: K, name: string, sources: PluginSources, configDir: string): Promise<PluginOf<K>> {
+  return (await resolvePluginEntry(catalog, kind, name, sources, configDir)).plugin;
 }
 
 function configBlocks(blocks: unknown, what: string): [string, unknown][] {
@@ -124,26 +117,30 @@ function configBlocks(blocks: unknown, what: string): [string, unknown][] {
 }
 
 async function loadAll<K extends Kind, T>(
+  catalog: BuiltinCatalog,
   kind: K,
   blocks: unknown,
   what: string,
   sources: PluginSources,
   configDir: string,
   make: (plugin: PluginOf<K>, config: unknown) => Promise<T> | T,
+  guard: (name: string, made: T) => T,
 ): Promise<Map<string, T>> {
   const out = new Map<string, T>();
   const entries = configBlocks(blocks, what);
   // Resolve and validate every plugin first, so a bad config fails before anything starts.
-  const resolved: [string, PluginOf<K>, unknown][] = [];
+  const resolved: [string, ResolvedPluginOf<K>, unknown][] = [];
   for (const [name, cfg] of entries) {
-    const plugin = await resolvePlugin(kind, name, sources, configDir);
-    const config = validateAgainstSchema(plugin.configSchema, structuredClone(cfg), `plugin "${name}" config (${what}.${name})`, 'plugin.config_invalid');
-    resolved.push([name, plugin, config]);
+    const r = await resolvePluginEntry(catalog, kind, name, sources, configDir);
+    const config = validatePluginConfig(r.plugin.configSchema, cfg, { namespace: r.errorNamespace, what: `plugin "${name}" config (${what}.${name})` });
+    resolved.push([name, r, config]);
   }
-  for (const [name, plugin, config] of resolved) {
+  for (const [name, r, config] of resolved) {
     try {
-      out.set(name, await make(plugin, config));
-    } catch (e) {
+      const made = await make(r.plugin, config);
+      out.set(name, r.thirdParty ? guard(name, made) : made);
+    } catch (e0) {
+      const e = r.thirdParty ? fromPlugin(e0, name) : e0;
       if (e instanceof SigilError) throw e;
       throw new SigilError('plugin.init_failed', `plugin "${name}": ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
@@ -152,26 +149,29 @@ async function loadAll<K extends Kind, T>(
 }
 
 export function loadNodeAttestorVerifiers(
+  catalog: BuiltinCatalog,
   blocks: unknown,
   deps: (name: string) => VerifierPluginDeps,
   sources: PluginSources = {},
   configDir = process.cwd(),
 ): Promise<Map<string, NodeAttestorVerifier>> {
-  return loadAll('nodeAttestorVerifier', blocks, 'nodeAttestors', sources, configDir, (p: NodeAttestorVerifierPlugin, c) => p.create(c, deps(p.name)));
+  return loadAll(catalog, 'nodeAttestorVerifier', blocks, 'nodeAttestors', sources, configDir, (p: NodeAttestorVerifierPlugin, c) => p.create(c, deps(p.name)), guardVerifier);
 }
 
 export function loadNodeAttestorAgents(
+  catalog: BuiltinCatalog,
   blocks: unknown,
   deps: AgentPluginDeps,
   sources: PluginSources = {},
 ): Promise<Map<string, NodeAttestorAgent>> {
-  return loadAll('nodeAttestorAgent', blocks, 'nodeAttestors', sources, deps.configDir, (p: NodeAttestorAgentPlugin, c) => p.create(c, deps));
+  return loadAll(catalog, 'nodeAttestorAgent', blocks, 'nodeAttestors', sources, deps.configDir, (p: NodeAttestorAgentPlugin, c) => p.create(c, deps), guardAgent);
 }
 
 export function loadWorkloadAttestors(
+  catalog: BuiltinCatalog,
   blocks: unknown,
   deps: AgentPluginDeps,
   sources: PluginSources = {},
 ): Promise<Map<string, WorkloadAttestor>> {
-  return loadAll('workloadAttestor', blocks, 'workloadAttestors', sources, deps.configDir, (p: WorkloadAttestorPlugin, c) => p.create(c, deps));
+  return loadAll(catalog, 'workloadAttestor', blocks, 'workloadAttestors', sources, deps.configDir, (p: WorkloadAttestorPlugin, c) => p.create(c, deps), guardWorkload);
 }

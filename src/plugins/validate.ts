@@ -32,3 +32,19 @@ export function validateAgainstSchema<T>(schema: JsonSchema, value: unknown, wha
   }
   return value as T;
 }
+
+/**
+ * The one way a plugin's config block is validated — by the loader before anything starts, and by
+ * every plugin's own `create` for direct callers: ajv against the plugin's schema (defaults filled
+ * in on a copy), failing with `<namespace>.config_invalid` (the namespace is the plugin's name for
+ * third-party plugins; `tpm`, `nitro`, `sev`, `join_token`, `unix`, `container` for the built-ins).
+ * The message names the plugin and every offending key.
+ */
+export function validatePluginConfig<T>(schema: JsonSchema, raw: unknown, opts: { namespace: string; what: string }): T {
+  return validateAgainstSchema<T>(schema, structuredClone(raw ?? {}), opts.what, `${opts.namespace}.config_invalid`);
+}
+
+/** A config problem only the plugin can see (a file it cannot read, values that contradict): same code shape. */
+export function pluginConfigError(namespace: string, message: string, cause?: unknown): SigilError {
+  return new SigilError(`${namespace}.config_invalid`, message, cause === undefined ? {} : { cause });
+}

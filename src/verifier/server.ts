@@ -11,7 +11,7 @@ import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import type { Server as HttpsServer } from 'node:https';
 import { pino, type Logger } from 'pino';
 import { SigilError } from '../errors.js';
-import { loadNodeAttestorVerifiers } from '../plugins/loader.js';
+import { loadNodeAttestorVerifiers } from '../catalog.js';
 import { generateKey, spkiDer } from '../spiffe/keys.js';
 import { certsToPem } from '../spiffe/x509svid.js';
 import { PostgresStore } from '../store/postgres.js';

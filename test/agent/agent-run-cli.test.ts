@@ -44,7 +44,7 @@ describe('sigil agent run', () => {
     const r = run(['agent', 'run', '--config', cfg]);
     await r.done;
     expect(r.out.code).toBe(1);
-    expect(r.out.stderr).toMatch(/^sigil: plugin\.config_invalid: plugin "join_token" config/);
+    expect(r.out.stderr).toMatch(/^sigil: join_token\.config_invalid: plugin "join_token" config/);
     writeFileSync(cfg, `trustDomain: example.org\nverifier: { address: 127.0.0.1 }\ntrustBundle: missing.pem\ndataDir: ${join(dir, 'd1')}\nworkloadApiSocket: ${join(dir, 'a1.sock')}\nnodeAttestors: { join_token: { token: aaaaaaaaaaaaaaaaaaaa } }\n`);
     const r2 = run(['agent', 'run', '--config', cfg]);
     await r2.done;

@@ -219,7 +219,7 @@ describe('aws_nitro protocol with a synthetic NSM', () => {
   });
 
   it('loads through the plugin loader by name', async () => {
-    const { resolvePlugin } = await import('../../src/plugins/loader.js');
+    const { resolvePlugin } = await import('../../src/catalog.js');
     expect(await resolvePlugin('nodeAttestorVerifier', 'aws_nitro', {}, dir)).toBe(nitroVerifierPlugin);
     expect((await resolvePlugin('nodeAttestorAgent', 'aws_nitro', {}, dir)).name).toBe('aws_nitro');
   });

@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { adminCall } from '../../src/cli/admin-client.js';
-import { loadNodeAttestorVerifiers } from '../../src/plugins/loader.js';
+import { loadNodeAttestorVerifiers } from '../../src/catalog.js';
 import { sessionBinding } from '../../src/plugins/binding.js';
 import { createCsr } from '../../src/spiffe/csr.js';
 import { generateKey, spkiDer } from '../../src/spiffe/keys.js';
@@ -79,7 +79,7 @@ describe('multi-factor attestation and third-party plugins', () => {
     const t = await adminCall<{ token: string }>(tv.adminSocket, 'POST', '/v1/admin/tokens', {});
     const bad = await run({ fake_factor: { kind: 'fake' }, join_token: { token: t.token } }, () => ({ fake_factor: { binding: Buffer.alloc(32).toString('base64') }, join_token: {} }));
     expect(bad.r2!.status).toBe(401);
-    expect((bad.r2!.body as { error: { code: string; message: string } }).error.code).toBe('fake.binding_mismatch');
+    expect((bad.r2!.body as { error: { code: string; message: string } }).error.code).toBe('fake_factor.binding_mismatch');
     expect((bad.r2!.body as { error: { message: string } }).error.message).toMatch(/^fake_factor: /);
     const good = await run({ fake_factor: { kind: 'fake' }, join_token: { token: t.token } }, (binding) => ({ fake_factor: { binding: binding.toString('base64') }, join_token: {} }));
     expect(good.r2!.status).toBe(200);
@@ -94,8 +94,8 @@ describe('plugin loader', () => {
     );
     await expect(loadNodeAttestorVerifiers({ fake_factor: { selectors: [], colour: 'red' } }, deps, { fake_factor: './fake-factor.mjs' }, fixtures)).rejects.toThrow(/unknown key "colour"/);
     await expect(loadNodeAttestorVerifiers({ nosuch: {} }, deps)).rejects.toMatchObject({ code: 'plugin.unknown' });
-    await expect(loadNodeAttestorVerifiers({ fake_factor: {} }, deps, { fake_factor: './missing.mjs' }, fixtures)).rejects.toMatchObject({ code: 'plugin.load_failed' });
-    await expect(loadNodeAttestorVerifiers({ join_token: { extra: 1 } }, deps)).rejects.toMatchObject({ code: 'plugin.config_invalid' });
+    await expect(loadNodeAttestorVerifiers({ fake_factor: {} }, deps, { fake_factor: './missing.mjs' }, fixtures)).rejects.toMatchObject({ code: 'plugin.not_found' });
+    await expect(loadNodeAttestorVerifiers({ join_token: { extra: 1 } }, deps)).rejects.toMatchObject({ code: 'join_token.config_invalid' });
   });
 
   it('validates the verifier config with messages naming the key', () => {

@@ -1,0 +1,95 @@
+/**
+ * The boundary between Sigil and a third-party plugin's errors (issue 11, item 10).
+ *
+ * A third-party plugin may fail with its own stable code, and that code reaches the agent (and the
+ * operator's logs) unchanged — but only codes in the plugin's own namespace, `<plugin name>.<reason>`
+ * (e.g. `x.bad_mac` from the plugin named `x`). A plugin may have been built against another copy
+ * of Sigil (its own `node_modules/sigil`) or none at all, so its `SigilError` is not ours: any Error
+ * whose `code` is in the namespace is accepted, whatever its class. A code outside the namespace is
+ * never passed on, because hosts and agents act on codes: a plugin throwing `attest.agent_banned`,
+ * `agent.unknown` (the agent re-attests) or `tpm.counter_race` would impersonate Sigil or another
+ * attestor. Such an error becomes `plugin.code_outside_namespace` (HTTP 500: a plugin bug), naming
+ * the code it tried. Errors without a usable code are left to the host, which wraps them as before
+ * (`attest.attestor_failed`, `agent.attestor_failed`, `plugin.init_failed`).
+ */
+import { SigilError } from '../errors.js';
+import type { NodeAttestorAgent, NodeAttestorVerifier, WorkloadAttestor } from './types.js';
+
+const REASON_RE = /^[a-z0-9_]+(?:\.[a-z0-9_]+)*$/;
+/** The longest code the agent accepts from the verifier (src/agent/verifier-client.ts). */
+const MAX_CODE = 100;
+
+function statusOf(v: unknown): number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 400 && v <= 599 ? v : 400;
+}
+
+/** True when `code` is `<namespace>.<reason>` with a snake_case reason (dots allowed) and fits on the wire. */
+export function inNamespace(code: string, namespace: string): boolean {
+  return code.length <= MAX_CODE && code.startsWith(`${namespace}.`) && REASON_RE.test(code.slice(namespace.length + 1));
+}
+
+/**
+ * What a third-party plugin named `name` threw, as Sigil passes it on: a SigilError with the
+ * plugin's own code (namespaced), `plugin.code_outside_namespace`, or `e` unchanged when it carries
+ * no code (the host wraps it).
+ */
+export function fromPlugin(e: unknown, name: string): unknown {
+  if (typeof e !== 'object' || e === null) return e;
+  const o = e as { code?: unknown; message?: unknown; name?: unknown; status?: unknown; details?: unknown };
+  if (typeof o.code !== 'string') return e;
+  const message = typeof o.message === 'string' ? o.message : String(o.code);
+  if (inNamespace(o.code, name)) {
+    if (e instanceof SigilError) return e;
+    const details = typeof o.details === 'object' && o.details !== null ? (o.details as Record<string, unknown>) : undefined;
+    return new SigilError(o.code, message, { status: statusOf(o.status), ...(details ? { details } : {}), cause: e });
+  }
+  // Errors that present themselves as Sigil errors (ours, or another copy's) but use a foreign code;
+  // plain errors with system codes (ENOENT, ERR_…) stay as they are and the host wraps them.
+  if (e instanceof SigilError || o.name === 'SigilError' || /^[a-z0-9_]+\.[a-z0-9_.]+$/.test(o.code)) {
+    return new SigilError(
+      'plugin.code_outside_namespace',
+      `plugin "${name}" failed with code "${o.code.slice(0, MAX_CODE)}", outside its namespace "${name}.*": ${message}`,
+      { status: 500, cause: e },
+    );
+  }
+  return e;
+}
+
+async function guarded<T>(name: string, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (e) {
+    throw fromPlugin(e, name);
+  }
+}
+
+/** The verifier half of a third-party plugin, with its errors passed through `fromPlugin`. */
+export function guardVerifier(name: string, v: NodeAttestorVerifier): NodeAttestorVerifier {
+  const out: NodeAttestorVerifier = {
+    begin: (hello, session) => guarded(name, () => v.begin(hello, session)),
+    finish: (response, state, session) => guarded(name, () => v.finish(response, state, session)),
+  };
+  if (typeof v.commit === 'function') out.commit = (state, session) => guarded(name, () => (v.commit as NonNullable<NodeAttestorVerifier['commit']>).call(v, state, session));
+  if (v.consumesOnCommit === true) out.consumesOnCommit = true;
+  // The synchronous optional members run as the plugin wrote them (the host guards their failures).
+  // Every optional member of NodeAttestorVerifier must be carried over here.
+  if (typeof v.stateKeysForAgent === 'function') out.stateKeysForAgent = v.stateKeysForAgent.bind(v);
+  const withKey = v as { credentialKey?: (hello: unknown) => string | undefined };
+  if (typeof withKey.credentialKey === 'function') (out as typeof withKey).credentialKey = withKey.credentialKey.bind(v);
+  return out;
+}
+
+/** The agent half of a third-party plugin, with its errors passed through `fromPlugin`. */
+export function guardAgent(name: string, a: NodeAttestorAgent): NodeAttestorAgent {
+  const out: NodeAttestorAgent = {
+    hello: () => guarded(name, () => a.hello()),
+    respond: (challenge, session) => guarded(name, () => a.respond(challenge, session)),
+  };
+  if (typeof a.close === 'function') out.close = () => guarded(name, () => (a.close as NonNullable<NodeAttestorAgent['close']>).call(a));
+  return out;
+}
+
+/** A third-party workload attestor, with its errors passed through `fromPlugin`. */
+export function guardWorkload(name: string, w: WorkloadAttestor): WorkloadAttestor {
+  return { attest: (caller, signal) => guarded(name, () => w.attest(caller, signal)) };
+}
