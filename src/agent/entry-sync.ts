@@ -7,7 +7,11 @@
  *   3. makes a P-256 key and CSR in the agent for every entry that has no SVID or whose SVID is due
  *      for rotation, and has them signed in batches of at most 500 (POST /v1/svid/x509),
  *      verifying every returned chain against the bundle before caching it.
- * The next cycle runs earlier when an SVID's rotation point comes first. When the verifier is
+ * The next cycle runs earlier when an SVID's rotation point comes first, and never later than the
+ * bundle's `spiffe_refresh_hint`: the verifier publishes a successor CA two hints before it signs
+ * anything with it, so the agent holds it in time however short ca.ttl is. Without a valid node
+ * SVID the bundle is still refreshed (GET /v1/bundle needs no client certificate), so an agent
+ * waiting to attest again keeps trusting the verifier across its CA rotations. When the verifier is
  * unreachable the cache is left as it is (still-valid SVIDs keep being served) and retries back off
  * with full jitter.
  */
@@ -98,11 +102,26 @@ export class EntrySync {
     return this.sleeper.sleep(ms);
   }
 
+  /** The sync interval, shortened to the bundle's refresh hint when that is shorter. */
+  private interval(): number {
+    const hint = this.o.trust.bundle().refreshHintSeconds;
+    return hint !== undefined && hint > 0 ? Math.min(this.o.intervalMs, hint * 1000) : this.o.intervalMs;
+  }
+
   private async loop(): Promise<void> {
-    const interval = this.o.intervalMs;
     while (!this.closed) {
+      const interval = this.interval();
       let delay = interval;
-      if (this.o.node.current()) {
+      if (!this.o.node.current()) {
+        try {
+          await this.refreshBundle();
+        } catch (e) {
+          if (this.closed) break;
+          const err = asSigilError(e, 'agent.sync_failed', 'bundle refresh');
+          if (err.code === 'agent.verifier_untrusted') this.o.node.trustFailure(err);
+          this.o.logger.debug({ code: err.code, reason: err.message }, 'bundle refresh without a node SVID failed');
+        }
+      } else {
         const generation = this.o.node.generation();
         try {
           await this.syncNow();
@@ -124,7 +143,7 @@ export class EntrySync {
   }
 
   private onError(err: SigilError, generation: number): number {
-    const interval = this.o.intervalMs;
+    const interval = this.interval();
     this.lastError = err;
     if (REATTEST_CODES.has(err.code)) {
       this.o.node.invalidate(err, generation);
@@ -147,10 +166,10 @@ export class EntrySync {
   }
 
   private async cycle(): Promise<void> {
-    const { client, cache, trust, logger } = this.o;
+    const { client, cache, logger } = this.o;
     let changed = false;
     // 1. bundle (TrustStore listeners rebuild the cache's bundle views and notify on change)
-    if (trust.update(await client.bundle())) client.setTrust(trust.bundle().x509Authorities);
+    await this.refreshBundle();
     // 2. entries
     const r = await client.authorizedEntries(this.revision);
     if (r) {
@@ -174,6 +193,12 @@ export class EntrySync {
       if (changed) cache.notify();
     }
     this.lastOk = this.o.now();
+  }
+
+  /** Fetch the verifier's bundle; adopt it (and trust it for TLS) when it changed. */
+  private async refreshBundle(): Promise<void> {
+    const { client, trust } = this.o;
+    if (trust.update(await client.bundle())) client.setTrust(trust.bundle().x509Authorities);
   }
 
   /** Make keys + CSRs for `batch`, have them signed, verify and cache. Returns how many were stored. */

@@ -8,9 +8,16 @@
  *   persisted key is used as is (join tokens are single use, so a restart must not need a new one);
  * - renew at half life via POST /v1/agent/renew (same key);
  * - re-attest when the SVID expired, or the verifier says the agent is evicted / unknown / its SVID
- *   is stale or untrusted (a fresh node key is made then), or the verifier's TLS certificate no
- *   longer chains to the persisted bundle (then the bootstrap trustBundle is used for the attempt);
- * - every failure is retried with exponential backoff and full jitter (base 1 s, cap 60 s).
+ *   is stale or untrusted (a fresh node key is made then);
+ * - when the verifier's TLS certificate does not chain to the held bundle, add the bootstrap
+ *   trustBundle to the TLS trust and retry, keeping the node SVID: a TLS failure says nothing about
+ *   the node SVID (if the verifier's CA was replaced, the verifier refuses the SVID and that
+ *   refusal leads to re-attestation); throwing a still-valid SVID away would need a new join token;
+ * - every failure is retried with exponential backoff and full jitter (base 1 s, cap 60 s); while
+ *   a node SVID is still valid, a renewal is retried at least four times before it expires;
+ * - a node SVID that expired and cannot be replaced by attesting again is reported as
+ *   `agent.node_svid_expired` (log at error, `error()`, status, /readyz), naming the attestation
+ *   failure, instead of looking like an ordinary retry.
  */
 import { generateKeyPair, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
@@ -32,6 +39,9 @@ import type { VerifierClient } from './verifier-client.js';
 import { WakeableSleep } from './sleeper.js';
 
 const genKeyPair = promisify(generateKeyPair);
+
+/** Shortest wait between renewal retries while the node SVID is still valid. */
+export const MIN_RENEW_RETRY_MS = 250;
 
 /** Verifier answers after which the node SVID is useless and the agent must attest again. */
 export const REATTEST_CODES: ReadonlySet<string> = new Set([
@@ -89,6 +99,10 @@ export class NodeIdentity {
   private readonly svidPath: string;
   private lastError: SigilError | undefined;
   private gen = 0;
+  /** Failures in a row since the node SVID expired without being replaced (0 = not in that state). */
+  private lostFailures = 0;
+  /** The bootstrap trustBundle has been added to the TLS trust since the last bundle from the verifier. */
+  private widened = false;
 
   constructor(private readonly o: NodeIdentityOptions) {
     this.backoff = new Backoff(o.backoff);
@@ -154,9 +168,14 @@ export class NodeIdentity {
     this.wake();
   }
 
-  /** The verifier's TLS certificate does not chain to our bundle: fall back to the bootstrap bundle and attest again. */
+  /**
+   * The verifier's TLS certificate does not chain to our bundle: add the bootstrap bundle to the TLS
+   * trust for the next attempts. The node SVID is kept (the verifier may only have rotated its CA or
+   * let its certificate lapse); attestation follows only when the node SVID is gone or refused.
+   */
   trustFailure(reason: SigilError): void {
-    const first = !this.needsAttest;
+    const first = !this.widened;
+    this.widened = true;
     this.o.logger[first ? 'warn' : 'debug']({ code: reason.code, reason: reason.message }, 'verifier not trusted with the current bundle; adding the bootstrap trustBundle');
     try {
       // Persisted ∪ bootstrap (re-read each time, so the operator can drop in a new one): a stale
@@ -172,11 +191,7 @@ export class NodeIdentity {
     } catch (e) {
       this.o.logger.error({ err: e instanceof Error ? e.message : String(e) }, 'bootstrap trustBundle unusable');
     }
-    if (first) {
-      this.needsAttest = true;
-      this.freshKey = true;
-      this.wake();
-    }
+    if (first) this.wake();
   }
 
   async close(): Promise<void> {
@@ -233,6 +248,8 @@ export class NodeIdentity {
     this.svid = s;
     this.gen++;
     this.lastError = undefined;
+    if (this.lostFailures > 0) this.o.logger.info({ agentId: s.agentId, failures: this.lostFailures }, 'node identity regained');
+    this.lostFailures = 0;
     this.o.client.setIdentity({ chainDer: s.chainDer, privateKey: s.privateKey });
     if (changedId) this.o.logger.info({ agentId: s.agentId }, 'agent identity');
     const waiters = this.readyWaiters;
@@ -265,16 +282,36 @@ export class NodeIdentity {
       } catch (e) {
         if (this.closed) break;
         const err = asSigilError(e, 'agent.attestation_failed', 'node attestation');
-        this.lastError = err;
         delay = this.backoff.next();
+        const held = this.svid;
+        const remaining = held ? held.notAfter.getTime() - this.o.now().getTime() : 0;
         if (REATTEST_CODES.has(err.code)) {
           if (!this.needsAttest) this.freshKey = true;
           this.needsAttest = true;
         } else if (err.code === 'agent.verifier_untrusted') {
           this.trustFailure(err);
         }
-        const level = err.code === 'agent.verifier_unreachable' ? 'warn' : 'error';
-        this.o.logger[level]({ code: err.code, reason: err.message, retryInMs: delay, failures: this.backoff.failures() }, this.svid && !this.needsAttest ? 'node SVID renewal failed' : 'node attestation failed');
+        if (held && remaining > 0 && !this.needsAttest) {
+          // Still valid: retry often enough to renew before it expires.
+          delay = Math.min(delay, Math.max(MIN_RENEW_RETRY_MS, remaining / 4));
+          this.lastError = err;
+          const level = err.code === 'agent.verifier_unreachable' ? 'warn' : 'error';
+          this.o.logger[level]({ code: err.code, reason: err.message, retryInMs: delay, failures: this.backoff.failures(), expiresAt: held.notAfter.toISOString() }, 'node SVID renewal failed');
+        } else if (held && remaining <= 0) {
+          // The identity is gone: say so plainly, with what stops the agent from getting it back.
+          this.lostFailures++;
+          this.lastError = new SigilError(
+            'agent.node_svid_expired',
+            `the node SVID of ${held.agentId} expired at ${held.notAfter.toISOString()} and attesting again failed (${err.code}: ${err.message}); ` +
+              'the agent cannot renew workload SVIDs until it attests again — check the verifier and the node attestors (a used join token needs a new one in tokenFile)',
+            { status: 503, cause: err },
+          );
+          this.o.logger.error({ code: this.lastError.code, cause: err.code, reason: this.lastError.message, retryInMs: delay, failures: this.lostFailures }, 'node SVID expired and the agent cannot attest again');
+        } else {
+          this.lastError = err;
+          const level = err.code === 'agent.verifier_unreachable' ? 'warn' : 'error';
+          this.o.logger[level]({ code: err.code, reason: err.message, retryInMs: delay, failures: this.backoff.failures() }, 'node attestation failed');
+        }
       }
       await this.sleep(delay);
     }
@@ -319,6 +356,7 @@ export class NodeIdentity {
     const s = this.checkNodeSvid(fin.svid, key, bundle, fin.agentId, now);
     this.o.trust.update(fin.bundle);
     this.o.client.setTrust(this.o.trust.bundle().x509Authorities);
+    this.widened = false;
     this.needsAttest = false;
     this.adopt({ ...s, renewAt: halfLife(now, parseCertificate(fin.svid[0] as Buffer).notBefore, s.notAfter) }, true);
     const status = (fin.result as { status?: unknown } | undefined)?.status;
@@ -334,6 +372,7 @@ export class NodeIdentity {
     const s = this.checkNodeSvid(r.svid, cur.privateKey, bundle, cur.agentId, now);
     this.o.trust.update(r.bundle);
     this.o.client.setTrust(this.o.trust.bundle().x509Authorities);
+    this.widened = false;
     this.adopt({ ...s, renewAt: halfLife(now, parseCertificate(r.svid[0] as Buffer).notBefore, s.notAfter) }, true);
     this.o.logger.info({ agentId: s.agentId, expiresAt: s.notAfter.toISOString() }, 'node SVID renewed');
   }

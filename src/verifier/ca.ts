@@ -1,9 +1,12 @@
 /**
  * The trust domain CA (DESIGN §6): X.509 CA and JWT signing keys with SPIRE's rotation rhythm.
  * A successor is prepared at half the active key's life (and published in the bundle at once, so
- * relying parties learn it before it signs anything) and activated at five sixths; the old key
- * stays in the bundle until it expires. Keys are PKCS#8 files (0600) in dataDir/keys; the journal
- * of slots lives in the datastore. Time comes from the injected clock, so rotation is testable.
+ * relying parties learn it before it signs anything) and activated at five sixths, but never less
+ * than `publishLeadMs` (a sixth of ca.ttl, two bundle refresh hints) after it was published; the
+ * old key stays in the bundle until it expires. Keys are PKCS#8 files (0600) in dataDir/keys; the
+ * journal of slots lives in the datastore. Time comes from the injected clock, so rotation is
+ * testable; `start()` runs each step at its exact time (`nextEventAt()`), looking at the clock
+ * again at least every `MAX_TIMER_WAIT_MS` so that a wall-clock jump is noticed.
  */
 import { randomUUID, createHash, type KeyObject } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
@@ -37,6 +40,20 @@ interface Upstream {
   notAfter: Date;
 }
 
+/** Longest the rotation timer sleeps before reading the clock again (a wall-clock jump is noticed within this). */
+export const MAX_TIMER_WAIT_MS = 5_000;
+/** Longest interval between re-reads of the other verifiers' journals while the timer runs. */
+export const MAX_PEER_REFRESH_MS = 10_000;
+
+/** A rotation step that happened, as `advance` reports it. */
+interface RotationEvent<S> {
+  kind: 'made_active' | 'prepared' | 'activated' | 'dropped';
+  slot: S;
+  /** For `activated`: how long the new key had been published (ms); for `prepared`: when it will be activated. */
+  publishedForMs?: number;
+  activatesAt?: number;
+}
+
 interface LoadedX509 {
   slot: CaSlot;
   key: KeyObject;
@@ -62,6 +79,11 @@ export class CertificateAuthority {
   /** Journals of the other verifiers sharing the datastore (their CAs are in the bundle too). */
   private peers: { instance: string; journal: CaJournal }[] = [];
   private peersKey = '';
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private nextPeerRefresh = 0;
+  /** When the verifier's own server SVID (the last one signed) reaches half its life; listeners are told then. */
+  private serverSvidRefreshAt: number | undefined;
 
   constructor(
     private readonly store: DataStore,
@@ -70,7 +92,12 @@ export class CertificateAuthority {
     this.keysDir = join(opts.dataDir, 'keys');
   }
 
-  /** Subscribe to bundle/active-key changes (e.g. to refresh the TLS certificate). */
+  /**
+   * Subscribe to bundle/active-key changes (e.g. to refresh the TLS certificate). While the timer
+   * runs (`start()`), listeners are also called when the last SVID signed for the verifier's own ID
+   * (`spiffe://<td>/sigil/verifier`, its server certificate) reaches half its life, so that
+   * certificate is replaced in time even when it lives only seconds (ca.ttl 60s).
+   */
   onChange(fn: () => void): () => void {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
@@ -199,19 +226,120 @@ export class CertificateAuthority {
   /**
    * Advance the rotation state machine to the injected clock's now. Returns true when anything
    * changed (the journal is then saved before returning, so a crash never loses a key in use).
+   * Each preparation and activation is logged at info.
    */
   async rotate(): Promise<boolean> {
     const now = this.opts.now().getTime();
-    const changedX = advance(this.journal.x509, now, (st) => this.newX509Slot(st), (s) => this.dropX509(s));
-    const changedJ = advance(this.journal.jwt, now, (st) => this.newJwtSlot(st), (s) => this.dropJwt(s));
-    if (changedX || changedJ) {
-      this.journal.sequence += 1;
-      this.cachedBundle = undefined;
-      await this.store.saveCaJournal(this.opts.instance, this.journal);
-      for (const fn of this.listeners) fn();
-      return true;
+    const lead = this.publishLeadMs();
+    const ex = advance(this.journal.x509, now, lead, (st) => this.newX509Slot(st), (s) => this.dropX509(s));
+    const ej = advance(this.journal.jwt, now, lead, (st) => this.newJwtSlot(st), (s) => this.dropJwt(s));
+    if (ex.length === 0 && ej.length === 0) return false;
+    this.journal.sequence += 1;
+    this.cachedBundle = undefined;
+    await this.store.saveCaJournal(this.opts.instance, this.journal);
+    this.logEvents('X.509 CA', ex, (s) => ({ caId: s.id }));
+    this.logEvents('JWT signing key', ej, (s) => ({ kid: s.kid }));
+    for (const fn of this.listeners) fn();
+    return true;
+  }
+
+  private logEvents<S extends { notBefore: string; notAfter: string }>(what: string, events: RotationEvent<S>[], id: (s: S) => Record<string, string>): void {
+    const log = this.opts.logger;
+    for (const e of events) {
+      const base = { ...id(e.slot), notAfter: e.slot.notAfter, sequence: this.journal.sequence };
+      if (e.kind === 'prepared') {
+        log.info({ ...base, activatesAt: new Date(e.activatesAt as number).toISOString() }, `prepared the successor ${what} (published in the bundle now)`);
+      } else if (e.kind === 'activated') {
+        const published = e.publishedForMs as number;
+        if (published < this.publishLeadMs()) {
+          // Only after downtime: the active key expired before its successor had been published long enough.
+          log.warn({ ...base, publishedForMs: published, wantedMs: this.publishLeadMs() }, `activated the successor ${what} before agents could have fetched it (the previous one expired)`);
+        } else {
+          log.info({ ...base, publishedForMs: published }, `activated the successor ${what}`);
+        }
+      } else if (e.kind === 'made_active') {
+        log.info(base, `made a new active ${what} (no usable one was held)`);
+      }
     }
-    return false;
+  }
+
+  /**
+   * How long a successor is published in the bundle before it may sign anything: a sixth of
+   * ca.ttl, i.e. two bundle refresh hints, so every agent and every peer verifier refreshing at
+   * the hint (see `refreshHintSeconds`) holds it first. The nominal gap (5/6 − 1/2 of the life) is
+   * twice this.
+   */
+  publishLeadMs(): number {
+    return (this.opts.ttlSeconds * 1000) / 6;
+  }
+
+  /** The bundle refresh hint: a twelfth of ca.ttl (5 s at the minimum 60s, 2 h at 24h). */
+  refreshHintSeconds(): number {
+    return Math.max(1, Math.floor(this.opts.ttlSeconds / 12));
+  }
+
+  /**
+   * When the next rotation step is due (ms since the epoch): a preparation, an activation, a key
+   * expiring, or (timer running) the verifier's server SVID reaching half life. `now` when a step
+   * is already due.
+   */
+  nextEventAt(): number {
+    const now = this.opts.now().getTime();
+    const lead = this.publishLeadMs();
+    let next = Math.min(dueAt(this.journal.x509, now, lead), dueAt(this.journal.jwt, now, lead));
+    if (this.serverSvidRefreshAt !== undefined) next = Math.min(next, this.serverSvidRefreshAt);
+    return Math.max(now, next);
+  }
+
+  /**
+   * Run rotation steps at their exact times until `stop()`. Each wake-up runs `rotate()`, re-reads
+   * the other verifiers' journals when due (at most every `MAX_PEER_REFRESH_MS`, and at least as
+   * often as the refresh hint) and tells listeners when the server SVID is due; errors are logged
+   * and the timer goes on.
+   */
+  start(): void {
+    if (this.timer || this.stopped) return;
+    this.nextPeerRefresh = this.opts.now().getTime() + this.peerRefreshMs();
+    this.arm();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private peerRefreshMs(): number {
+    return Math.min(MAX_PEER_REFRESH_MS, this.refreshHintSeconds() * 1000);
+  }
+
+  private arm(): void {
+    if (this.stopped) return;
+    const now = this.opts.now().getTime();
+    const due = Math.min(this.nextEventAt(), this.nextPeerRefresh);
+    const wait = Math.max(0, Math.min(due - now, MAX_TIMER_WAIT_MS));
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.onTimer()
+        .catch((e: unknown) => this.opts.logger.error({ err: e instanceof Error ? e.message : String(e) }, 'CA rotation step failed; retrying'))
+        .finally(() => this.arm());
+    }, wait);
+    this.timer.unref();
+  }
+
+  private async onTimer(): Promise<void> {
+    if (this.stopped) return;
+    const rotated = await this.rotate();
+    const now = this.opts.now().getTime();
+    // A clock that jumped back leaves the next refresh far ahead: never wait longer than the pace.
+    if (now >= this.nextPeerRefresh || this.nextPeerRefresh - now > this.peerRefreshMs()) {
+      this.nextPeerRefresh = now + this.peerRefreshMs();
+      await this.refreshPeers();
+    }
+    if (!rotated && this.serverSvidRefreshAt !== undefined && now >= this.serverSvidRefreshAt) {
+      this.serverSvidRefreshAt = undefined;
+      for (const fn of this.listeners) fn();
+    }
   }
 
   private dropX509(s: CaSlot): void {
@@ -256,6 +384,10 @@ export class CertificateAuthority {
     const caNotAfter = new Date(ca.slot.notAfter);
     let notAfter = new Date(now.getTime() + ttlSeconds * 1000);
     if (notAfter > caNotAfter) notAfter = caNotAfter;
+    if (spiffeId === `spiffe://${this.opts.trustDomain}/sigil/verifier`) {
+      const half = now.getTime() + (notAfter.getTime() - now.getTime()) / 2;
+      this.serverSvidRefreshAt = Math.min(this.serverSvidRefreshAt ?? half, half);
+    }
     const leaf = issueX509Svid({
       caCertDer: ca.certDer,
       caKey: ca.key,
@@ -315,7 +447,7 @@ export class CertificateAuthority {
         .filter((s) => (kids.has(s.kid) ? false : (kids.add(s.kid), true)))
         .map((s) => ({ kid: s.kid, publicKey: this.jwtKeys.get(s.kid)?.publicKey ?? createPublicKey({ key: Buffer.from(s.publicKey, 'base64'), format: 'der', type: 'spki' }) }));
       b.sequence = this.allJournals().reduce((n, j) => n + (j.sequence ?? 0), 0);
-      b.refreshHintSeconds = Math.max(60, Math.floor(this.opts.ttlSeconds / 12));
+      b.refreshHintSeconds = this.refreshHintSeconds();
       this.cachedBundle = b;
     }
     return this.cachedBundle;
@@ -327,24 +459,46 @@ export class CertificateAuthority {
   }
 }
 
+type Slot = { state: 'prepared' | 'active' | 'old'; notBefore: string; notAfter: string };
+
+/**
+ * When the prepared slot may become active: at five sixths of the active slot's life, but not
+ * before it has been published for `leadMs` (slot notBefore = when it was made and published).
+ */
+function activationAt(active: Slot, prepared: Slot, leadMs: number): number {
+  const start = Date.parse(active.notBefore);
+  const life = Date.parse(active.notAfter) - start;
+  return Math.max(start + (life * 5) / 6, Date.parse(prepared.notBefore) + leadMs);
+}
+
+/** When `advance` next has something to do for these slots (`now` if already due). */
+function dueAt(slots: Slot[], now: number, leadMs: number): number {
+  const active = slots.find((s) => s.state === 'active');
+  if (!active) return now;
+  const prepared = slots.find((s) => s.state === 'prepared');
+  let next = Math.min(...slots.map((s) => Date.parse(s.notAfter)));
+  if (prepared) next = Math.min(next, activationAt(active, prepared, leadMs));
+  else {
+    const start = Date.parse(active.notBefore);
+    next = Math.min(next, start + (Date.parse(active.notAfter) - start) / 2);
+  }
+  return next;
+}
+
 /**
  * One rotation step for a list of slots. Rules, with L = the active slot's lifetime:
- * no usable active → make one active now; at notBefore + L/2 with no prepared → prepare one;
- * at notBefore + 5L/6 → prepared becomes active and active becomes old; drop slots past notAfter.
+ * no usable active → make one active now (or promote the prepared one); at notBefore + L/2 with no
+ * prepared → prepare one; at `activationAt` → prepared becomes active and active becomes old; drop
+ * slots past notAfter. Returns what happened (empty: nothing changed).
  */
-function advance<S extends { state: 'prepared' | 'active' | 'old'; notBefore: string; notAfter: string }>(
-  slots: S[],
-  now: number,
-  make: (state: S['state']) => S,
-  drop: (s: S) => void,
-): boolean {
-  let changed = false;
+function advance<S extends Slot>(slots: S[], now: number, leadMs: number, make: (state: S['state']) => S, drop: (s: S) => void): RotationEvent<S>[] {
+  const events: RotationEvent<S>[] = [];
   for (let i = slots.length - 1; i >= 0; i--) {
     const s = slots[i] as S;
     if (Date.parse(s.notAfter) <= now) {
       slots.splice(i, 1);
       drop(s);
-      changed = true;
+      events.push({ kind: 'dropped', slot: s });
     }
   }
   let active = slots.find((s) => s.state === 'active');
@@ -352,27 +506,28 @@ function advance<S extends { state: 'prepared' | 'active' | 'old'; notBefore: st
   if (!active) {
     if (prepared) {
       prepared.state = 'active';
+      events.push({ kind: 'activated', slot: prepared, publishedForMs: now - Date.parse(prepared.notBefore) });
       active = prepared;
       prepared = undefined;
     } else {
       active = make('active');
       slots.push(active);
+      events.push({ kind: 'made_active', slot: active });
     }
-    changed = true;
   }
   const start = Date.parse(active.notBefore);
   const life = Date.parse(active.notAfter) - start;
   if (!prepared && now >= start + life / 2) {
     prepared = make('prepared');
     slots.push(prepared);
-    changed = true;
+    events.push({ kind: 'prepared', slot: prepared, activatesAt: Math.min(activationAt(active, prepared, leadMs), Date.parse(active.notAfter)) });
   }
-  if (prepared && now >= start + (life * 5) / 6) {
+  if (prepared && now >= activationAt(active, prepared, leadMs)) {
     active.state = 'old';
     prepared.state = 'active';
-    changed = true;
+    events.push({ kind: 'activated', slot: prepared, publishedForMs: now - Date.parse(prepared.notBefore) });
   }
-  return changed;
+  return events;
 }
 
 function loadUpstream(u: { cert: string; key: string }): Upstream {

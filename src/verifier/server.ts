@@ -192,6 +192,9 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
       }, tickMs);
       timer.unref();
       closers.push(async () => clearInterval(timer));
+      // CA preparation/activation (and the server certificate's renewal) at their exact times.
+      ca.start();
+      closers.push(async () => ca.stop());
     }
     const addr = app.server.address() as AddressInfo;
     logger.info({ trustDomain: config.trustDomain, port: addr.port, adminSocket: config.adminSocket, attestors: [...attestors.keys()] }, 'verifier running');
