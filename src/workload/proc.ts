@@ -1,11 +1,11 @@
 /**
- * Small, bounded readers for /proc/<pid>/{stat,status,cgroup} used by the Workload API's caller
+ * Small, bounded readers for /proc/<pid>/{stat,status,cgroup,exe} used by the Workload API's caller
  * identification and by the workload attestors. The /proc root is a parameter so that tests can
  * point it at a fake tree. The text formats are parsed by hand (they are kernel text formats, not
  * something a library covers); every parser is total: bad input gives a SigilError, never a hang
  * or a raw exception.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SigilError } from '../errors.js';
 
@@ -170,4 +170,73 @@ export async function pidfdStillHolds(pidfd: number, pid: number, fdinfoRoot = '
   }
   const m = /^Pid:\s*(-?\d+)\s*$/m.exec(text);
   return m !== null && Number(m[1]) === pid;
+}
+
+/** Identity of a file: device, inode, size, and modification and change times (ns). */
+export interface FileIdentity {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+/**
+ * The program a process runs, as /proc/<pid>/exe shows it. `path` is the link's target (it may
+ * end in " (deleted)"); `file` the identity of the file behind it. Either is undefined when the
+ * kernel refuses to show it (EACCES/EPERM: an agent without CAP_SYS_PTRACE looking at another
+ * user's or a non-dumpable process).
+ */
+export interface ExeImage {
+  path: string | undefined;
+  file: FileIdentity | undefined;
+}
+
+function exeError(e: unknown, what: string, link: string): 'hidden' {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (code === 'EACCES' || code === 'EPERM') return 'hidden';
+  if (isNotFound(e)) throw new SigilError('workload.process_gone', `${link} does not exist (process gone?)`, { cause: e });
+  throw new SigilError('workload.proc_read_failed', `cannot ${what} ${link}: ${(e as Error).message}`, { cause: e });
+}
+
+/**
+ * The identity of the file behind /proc/<pid>/exe (one stat). Undefined when the kernel hides
+ * it; `workload.process_gone` when the process has exited (a zombie has no exe either).
+ */
+export function readExeFileSync(exeLink: string): FileIdentity | undefined {
+  try {
+    const st = statSync(exeLink, { bigint: true });
+    return { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
+  } catch (e) {
+    exeError(e, 'stat', exeLink);
+    return undefined;
+  }
+}
+
+/** The program /proc/<pid>/exe shows (one readlink, one stat). */
+export function readExeImageSync(procRoot: string, pid: number): ExeImage {
+  const link = procPath(procRoot, pid, 'exe');
+  let path: string | undefined;
+  try {
+    path = readlinkSync(link);
+  } catch (e) {
+    exeError(e, 'read link', link);
+    path = undefined;
+  }
+  return { path, file: readExeFileSync(link) };
+}
+
+export function sameFile(a: FileIdentity | undefined, b: FileIdentity | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.ino === b.ino && a.dev === b.dev && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+}
+
+export function sameImage(a: ExeImage, b: ExeImage): boolean {
+  return a.path === b.path && sameFile(a.file, b.file);
+}
+
+/** One line for logs and errors: the path, else the inode. */
+export function describeImage(i: ExeImage): string {
+  if (i.path !== undefined) return i.path;
+  return i.file ? `inode ${i.file.dev}:${i.file.ino}` : '(hidden)';
 }

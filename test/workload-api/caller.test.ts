@@ -3,7 +3,7 @@
  * SO_PEERPIDFD), a real process under another uid, and the PID-recycling defence.
  */
 import { execFile, fork, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import type net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,10 +51,21 @@ describe('CallerConnection PID-recycling defence (fake /proc)', () => {
   const root = mkdtempSync(join(tmpdir(), 'sigil-proc-'));
   afterAll(() => rmSync(root, { recursive: true, force: true }));
   const pid = 4321;
+  const binA = join(root, 'bin-a');
+  const binB = join(root, 'bin-b');
+  writeFileSync(binA, 'program a');
+  writeFileSync(binB, 'program b');
+  /** Point the fake /proc/<pid>/exe at `target`. */
+  const exec = (target: string): void => {
+    const link = join(root, String(pid), 'exe');
+    if (existsSync(link)) unlinkSync(link);
+    symlinkSync(target, link);
+  };
   const put = (start: bigint, uid = 1000, gid = 1000, comm = 'evil) 0 0 (x'): void => {
     mkdirSync(join(root, String(pid)), { recursive: true });
     writeFileSync(join(root, String(pid), 'stat'), statLine(pid, comm, start));
     writeFileSync(join(root, String(pid), 'status'), statusText(uid, gid));
+    exec(binA);
   };
 
   it('accepts an unchanged process, even with ")" and spaces in comm', async () => {
@@ -120,6 +131,44 @@ describe('CallerConnection PID-recycling defence (fake /proc)', () => {
     await expect(c.verifyUnchanged()).resolves.toBeUndefined();
     c.close();
     await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
+  });
+
+  it('records the program at accept and refuses a caller that executed another one since', async () => {
+    put(777n);
+    const c = new CallerConnection({ pid, uid: 1000, gid: 1000 }, root);
+    await c.ready;
+    expect(c.image?.path).toBe(binA);
+    c.checkImage();
+    await expect(c.verifyUnchanged()).resolves.toBeUndefined();
+    exec(binB); // same pid, start time and credentials: exec changes none of them
+    expect(() => c.checkImage()).toThrow(expect.objectContaining({ code: 'workload_api.caller_changed' }));
+    await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed', message: expect.stringContaining('executed another program') });
+    exec(binA);
+    await expect(c.verifyUnchanged()).resolves.toBeUndefined();
+  });
+
+  it('a program replaced at the same path is another program; a hard link to the same file is caught by the link check', async () => {
+    put(777n);
+    const c = new CallerConnection({ pid, uid: 1000, gid: 1000 }, root);
+    await c.ready;
+    // same path, another file (new inode)
+    const tmp = join(root, 'bin-a.new');
+    writeFileSync(tmp, 'program a, rebuilt');
+    renameSync(tmp, binA);
+    expect(() => c.checkImage()).toThrow(expect.objectContaining({ code: 'workload_api.caller_changed' }));
+    await expect(c.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
+    // the same file under another name: the per-call stat cannot tell, the attestation's readlink can
+    // (linking changes the file's ctime, so the link is made before the connection)
+    const linked = join(root, 'bin-a-link');
+    if (existsSync(linked)) unlinkSync(linked);
+    const { linkSync } = await import('node:fs');
+    linkSync(binA, linked);
+    put(777n);
+    const d = new CallerConnection({ pid, uid: 1000, gid: 1000 }, root);
+    await d.ready;
+    exec(linked);
+    expect(() => d.checkImage()).not.toThrow();
+    await expect(d.verifyUnchanged()).rejects.toMatchObject({ code: 'workload_api.caller_changed' });
   });
 
   it('a connection from a process that is already gone never becomes ready', async () => {

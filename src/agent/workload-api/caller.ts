@@ -10,14 +10,23 @@
  *      - the start time is unchanged, and the pidfd (when there is one) still refers to a live,
  *        unreaped process holding the pid (so the number cannot have been reused: a live process
  *        keeps its pid), checked after all of the attestation's /proc reads; and
- *      - the effective uid/gid in /proc/<pid>/status still match the peer credentials;
+ *      - the effective uid/gid in /proc/<pid>/status still match the peer credentials; and
+ *      - the process still runs the program it ran at accept (./proc.ts ExeImage: the
+ *        /proc/<pid>/exe link's target and the device, inode, size, mtime and ctime of the file
+ *        behind it), so that a process that connected and then exec'd a trusted binary (while a
+ *        child it forked keeps using the inherited socket) is not attested as that binary;
  *      on any mismatch the connection is closed and nothing is served on it.
+ *   3. between attestations, every call that uses the cached selectors first compares the exe
+ *      file's identity (one stat of /proc/<pid>/exe) with the one recorded at accept.
  * The pidfd is kept open for the life of the connection and closed with it.
+ *
+ * What this cannot see: an exec between the client's connect() and the agent's accept (the
+ * image is recorded in the accept callback, right after SO_PEERCRED) — see docs/workload-api.md.
  */
 import { closeSync } from 'node:fs';
 import type { WorkloadCaller } from '../../plugins/types.js';
 import { SigilError } from '../../errors.js';
-import { pidfdStillHolds, readStartTime, readStatus } from '../../workload/proc.js';
+import { describeImage, pidfdStillHolds, procPath, readExeFileSync, readExeImageSync, readStartTime, readStatus, sameFile, sameImage, type ExeImage } from '../../workload/proc.js';
 
 export interface PeerCredentials {
   pid: number;
@@ -30,6 +39,8 @@ export class CallerConnection {
   readonly caller: WorkloadCaller;
   /** Start time read right after accept (undefined until `ready` resolves). */
   startTime: bigint | undefined;
+  /** The program the caller ran at accept (undefined until `ready` resolves). */
+  image: ExeImage | undefined;
   /** Resolves once the start time has been captured; rejects if the process is already gone. */
   readonly ready: Promise<void>;
   private closed = false;
@@ -48,7 +59,31 @@ export class CallerConnection {
   private async capture(): Promise<void> {
     if (this.caller.pid <= 0) throw new SigilError('workload_api.no_peer_pid', 'peer credentials carry no pid (caller in another pid namespace?)');
     this.startTime = await readStartTime(this.procRoot, this.caller.pid);
+    this.image = readExeImageSync(this.procRoot, this.caller.pid);
     await this.checkPidfd();
+  }
+
+  private exeLinkPath: string | undefined;
+  private get exeLink(): string {
+    return (this.exeLinkPath ??= procPath(this.procRoot, this.caller.pid, 'exe'));
+  }
+
+  /**
+   * The per-call check (synchronous, one stat): throws `workload_api.caller_changed` when the file
+   * behind /proc/<pid>/exe is not the one the caller ran at accept, or the process is gone.
+   */
+  checkImage(): void {
+    const image = this.image;
+    if (image === undefined) throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} was never identified`);
+    let now;
+    try {
+      now = readExeFileSync(this.exeLink);
+    } catch (e) {
+      throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} is gone: ${(e as Error).message}`, { cause: e });
+    }
+    if (!sameFile(now, image.file)) {
+      throw new SigilError('workload_api.caller_changed', `pid ${this.caller.pid} executed another program since it connected (it ran ${describeImage(image)})`);
+    }
   }
 
   private async checkPidfd(): Promise<void> {
@@ -72,8 +107,10 @@ export class CallerConnection {
     // time would show it (read the other way round, the status could be a new process's).
     let start: bigint;
     let status;
+    let image: ExeImage;
     try {
       status = await readStatus(this.procRoot, this.caller.pid);
+      image = readExeImageSync(this.procRoot, this.caller.pid);
       start = await readStartTime(this.procRoot, this.caller.pid);
     } catch (e) {
       throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} is gone: ${(e as Error).message}`, { cause: e });
@@ -86,6 +123,10 @@ export class CallerConnection {
         'workload_api.caller_changed',
         `pid ${this.caller.pid} credentials changed since connect (uid ${this.caller.uid}→${status.uids[1]}, gid ${this.caller.gid}→${status.gids[1]})`,
       );
+    }
+    if (this.image === undefined || !sameImage(image, this.image)) {
+      const was = this.image === undefined ? '(unknown)' : describeImage(this.image);
+      throw new SigilError('workload_api.caller_changed', `pid ${this.caller.pid} executed another program since it connected (${was} → ${describeImage(image)})`);
     }
     // The pidfd check last: if the process was reaped while /proc was read, the values read may
     // belong to a new process that happens to match.

@@ -28,7 +28,7 @@ import { attestCaller, DEFAULT_ATTEST_TIMEOUT_MS, type CallerAttestation } from 
 import { CallerConnection, type PeerCredentials } from './caller.js';
 import { ByteBudget, GrpcError, GrpcStatus, encodeGrpcMessage, frameMessage, parseGrpcTimeout, readSingleMessage, type GrpcStatusCode } from './grpc.js';
 import { SERVICE_NAME, encodeMessage, toStruct, workloadCodecs, type X509SvidMsg } from './proto.js';
-import { Deadlines } from './deadlines.js';
+import { Deadlines, type CancelDeadline } from './deadlines.js';
 import { NodeList } from './node-list.js';
 import { ServiceTimeHistogram, type ServiceTimeSummary } from './service-time.js';
 import { decodeEmptyRequest, decodeJwtSvidRequest, decodeValidateJwtSvidRequest } from './wire.js';
@@ -42,8 +42,16 @@ export interface WorkloadApiOptions {
   attestTimeoutMs?: number;
   /** Open connections in total (default 1024). */
   maxConnections?: number;
-  /** Open connections per peer uid (default: half of maxConnections). */
+  /**
+   * Open connections per peer uid (default: an eighth of maxConnections). uid 0 is instead held
+   * to maxConnections − reservedConnections, so that it cannot take the others' share either.
+   */
   maxConnectionsPerUid?: number;
+  /**
+   * Connections kept for root and, separately, for uids that hold few connections (default: an
+   * eighth of maxConnections each; see connectionLimits()).
+   */
+  reservedConnections?: number;
   /** Concurrent streams per connection (default 64). */
   maxConcurrentStreams?: number;
   /** Largest request message (default 4 MiB, gRPC's default). */
@@ -154,6 +162,12 @@ interface ConnState {
   /** The last complete attestation and until when (performance.now(), a monotonic clock) it may be reused. */
   cache: ConnAttestation | undefined;
   inflight: Promise<ConnAttestation> | undefined;
+  /** Attestations started on this connection; `inflight` is number `started`. */
+  started: number;
+  /** Open FetchX509SVID streams, each told to re-check when the selectors are due again. */
+  x509Streams: NodeList<() => void>;
+  /** The timer that wakes the streams when the cached selectors expire. */
+  reattest: CancelDeadline | undefined;
   /** Open calls (a list, not a Set: see node-list.ts). */
   calls: NodeList<Call>;
   poisoned: boolean;
@@ -275,8 +289,7 @@ type Handler = (state: ConnState, call: Call, body: Buffer, deadlineMs: number |
 export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<WorkloadApiServer> {
   const logger = opts.logger.child({ component: 'workload-api' });
   const codecs = workloadCodecs();
-  const maxConnections = opts.maxConnections ?? 1024;
-  const maxPerUid = opts.maxConnectionsPerUid ?? Math.max(1, Math.floor(maxConnections / 2));
+  const limits = connectionLimits(opts);
   const maxConcurrentStreams = opts.maxConcurrentStreams ?? 64;
   const maxRequestBytes = opts.maxRequestBytes ?? 4 * 1024 * 1024;
   const budget = new ByteBudget(opts.maxBufferedRequestBytes ?? 64 * 1024 * 1024);
@@ -301,6 +314,10 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
   /** Request, call and attestation timeouts (see deadlines.ts; they fire up to 100 ms late). */
   const deadlines = new Deadlines(100);
   const perUid = new Map<number, number>();
+  /** Open connections of uids other than 0. */
+  let nonRoot = 0;
+  /** Refused connections kept open briefly to tell the client why (at most MAX_REFUSING). */
+  let refusing = 0;
   const counters = { rejectedConnections: 0, callerChanged: 0 };
   let closing = false;
   let lastRejectLog = 0;
@@ -311,8 +328,10 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     if (state.poisoned) return;
     state.poisoned = true;
     counters.callerChanged++;
-    logger.warn({ conn: state.id, pid: state.conn.caller.pid, uid: state.conn.caller.uid, reason }, 'caller changed during attestation; closing connection');
-    for (const c of state.calls.values()) c.finish(GrpcStatus.UNAVAILABLE, 'caller process changed during attestation; reconnect');
+    logger.warn({ conn: state.id, pid: state.conn.caller.pid, uid: state.conn.caller.uid, reason }, 'caller changed since it connected; closing connection');
+    state.reattest?.();
+    state.reattest = undefined;
+    for (const c of state.calls.values()) c.finish(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
     try {
       state.session.close();
     } catch {
@@ -321,18 +340,37 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     setTimeout(() => state.session.destroy(), 1000).unref();
   }
 
+  const CALLER_CHANGED = 'caller process changed since it connected; reconnect';
   const NO_IDENTITY = { code: GrpcStatus.PERMISSION_DENIED, message: 'no identity issued' } as const;
   const NO_BUNDLE = { code: GrpcStatus.UNAVAILABLE, message: 'no trust bundle available yet' } as const;
 
   /**
    * The caller's selectors, attested at most once per `selectorCacheMs` per connection (a
-   * result with failed attestors is not cached). Concurrent calls share one attestation.
+   * result with failed attestors is not cached). Concurrent calls share one attestation. A call
+   * served from the cache first checks (one stat) that the caller still runs the program it ran
+   * at accept. `fresh`: an attestation that starts after this call (before a stream push).
    */
-  async function attestConnection(state: ConnState): Promise<ConnAttestation> {
-    if (state.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
-    const c = state.cache;
-    if (c && performance.now() < c.until) return c;
-    if (state.inflight) return state.inflight;
+  async function attestConnection(state: ConnState, fresh = false): Promise<ConnAttestation> {
+    const need = fresh ? state.started + 1 : 0;
+    for (;;) {
+      if (state.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
+      const c = state.cache;
+      if (!fresh && c && performance.now() < c.until) {
+        try {
+          state.conn.checkImage();
+        } catch (e) {
+          poison(state, (e as Error).message);
+          throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
+        }
+        return c;
+      }
+      const running = state.inflight;
+      if (running === undefined) break;
+      if (state.started >= need) return running;
+      // An attestation that began before a fresh one was asked for: let it end, then start anew.
+      await running.catch(() => undefined);
+    }
+    state.started++;
     const p = (async (): Promise<ConnAttestation> => {
       try {
         await state.conn.ready;
@@ -354,15 +392,30 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       } catch (e) {
         const msg = e instanceof Error ? e.message : String(e);
         poison(state, msg);
-        throw new GrpcError(GrpcStatus.UNAVAILABLE, 'caller process changed during attestation; reconnect');
+        throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
       }
     })();
     state.inflight = p;
     try {
       return await p;
     } finally {
-      state.inflight = undefined;
+      if (state.inflight === p) state.inflight = undefined;
     }
+  }
+
+  /**
+   * Wake the connection's FetchX509SVID streams when its cached selectors expire, so that they
+   * re-attest on the same schedule as unary calls even when nothing is pushed.
+   */
+  function armReattest(state: ConnState): void {
+    if (state.reattest !== undefined || state.poisoned || state.x509Streams.size === 0) return;
+    const c = state.cache;
+    const now = performance.now();
+    const delay = c && c.until > now ? c.until - now : selectorCacheMs / 2;
+    state.reattest = deadlines.schedule(delay, () => {
+      state.reattest = undefined;
+      for (const wake of state.x509Streams.values()) wake();
+    });
   }
 
   /** When nothing is issued: PermissionDenied, or Unavailable if an attestor failed (retry may help). */
@@ -516,6 +569,106 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     });
   }
 
+  /** The framed FetchX509SVID response for an attestation (shared by callers with the same selectors). */
+  function x509For(a: ConnAttestation): Buffer | null {
+    return cachedResponse(a.x509Key, () => x509Response(source.x509SvidsFor(a.selectors)));
+  }
+
+  /**
+   * Serve FetchX509SVID: the first message now, then a new one whenever it changes. Every update
+   * first takes the connection's selectors as a unary call would (cached for at most
+   * `selectorCacheMs`, the exe checked on a cache hit; the connection's re-attestation timer
+   * wakes the stream when they are due), and before a new message is pushed the caller is
+   * attested again from scratch: a caller whose selectors changed gets the message for its new
+   * selectors, or PermissionDenied and the end of the stream; a caller that changed (exec, uid,
+   * pid) gets Unavailable and its connection is closed.
+   */
+  function serveX509Stream(state: ConnState, call: Call, first: ConnAttestation): void {
+    let a = first;
+    const msg = x509For(a);
+    if (msg === null) {
+      const n = noIdentity(a);
+      call.finish(n.code, n.message);
+      return;
+    }
+    let last = msg;
+    call.sendFramed(msg);
+    let scheduled = false;
+    let running = false;
+    let again = false;
+    let waitingDrain = false;
+    const update = async (): Promise<void> => {
+      if (call.done) return;
+      if (call.needsDrain) {
+        waitingDrain = true;
+        return;
+      }
+      a = await attestConnection(state);
+      armReattest(state);
+      let next = x509For(a);
+      if (next !== null && next !== last && !next.equals(last)) {
+        // A push: attest again first, so that nothing goes out on selectors older than the push.
+        a = await attestConnection(state, true);
+        armReattest(state);
+        next = x509For(a);
+      }
+      if (call.done) return;
+      if (next === null) {
+        const n = noIdentity(a);
+        call.finish(n.code, n.message);
+        return;
+      }
+      if (next === last || next.equals(last)) return;
+      last = next;
+      call.sendFramed(next);
+    };
+    const flush = (): void => {
+      scheduled = false;
+      if (running) {
+        again = true;
+        return;
+      }
+      running = true;
+      update()
+        .catch((e: unknown) => {
+          const m = grpcStatusForError(e);
+          if (m.internal) logger.error({ conn: state.id, err: e instanceof Error ? e.message : String(e) }, 'building a Workload API update failed');
+          call.finish(m.code, m.message);
+        })
+        .finally(() => {
+          running = false;
+          if (again) {
+            again = false;
+            schedule();
+          }
+        });
+    };
+    const schedule = (): void => {
+      if (scheduled || call.done) return;
+      scheduled = true;
+      setImmediate(flush);
+    };
+    const onDrain = (): void => {
+      if (waitingDrain) {
+        waitingDrain = false;
+        schedule();
+      }
+    };
+    call.stream.on('drain', onDrain);
+    const node = watchers.add(schedule);
+    const mine = state.x509Streams.add(schedule);
+    armReattest(state);
+    call.onDone(() => {
+      watchers.remove(node);
+      state.x509Streams.remove(mine);
+      if (state.x509Streams.size === 0) {
+        state.reattest?.();
+        state.reattest = undefined;
+      }
+      call.stream.off('drain', onDrain);
+    });
+  }
+
   async function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
     let cancel: () => void = () => undefined;
     try {
@@ -534,8 +687,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
   const handlers: Record<string, Handler> = {
     async FetchX509SVID(state, call, body) {
       decodeEmptyRequest(body);
-      const a = await attestConnection(state);
-      serveStream(call, () => cachedResponse(a.x509Key, () => x509Response(source.x509SvidsFor(a.selectors))), noIdentity(a));
+      serveX509Stream(state, call, await attestConnection(state));
     },
     async FetchX509Bundles(_state, call, body) {
       decodeEmptyRequest(body);
@@ -644,8 +796,12 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
 
   function onConnection(socket: net.Socket): void {
     socket.on('error', () => undefined);
-    if (closing || conns.size >= maxConnections) {
-      reject(socket, 'too many connections');
+    if (closing) {
+      reject(socket, undefined);
+      return;
+    }
+    if (conns.size >= limits.total) {
+      reject(socket, new SigilError('workload_api.connection_limit', `the agent holds ${conns.size} Workload API connections, its limit (maxConnections ${limits.total})`, { status: 429 }));
       return;
     }
     let peer: PeerCredentials;
@@ -657,9 +813,10 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       return;
     }
     const n = perUid.get(peer.uid) ?? 0;
-    if (n >= maxPerUid) {
+    const refused = admit(limits, peer.uid, n, nonRoot, conns.size);
+    if (refused !== undefined) {
       if (peer.pidfd !== undefined) closeQuietly(peer.pidfd);
-      reject(socket, `too many connections for uid ${peer.uid}`);
+      reject(socket, refused);
       return;
     }
     const conn = new CallerConnection(peer, procRoot);
@@ -680,9 +837,21 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       socket.destroy();
       return;
     }
-    const state: ConnState = { id: randomUUID().slice(0, 8), conn, session, cache: undefined, inflight: undefined, calls: new NodeList(), poisoned: false };
+    const state: ConnState = {
+      id: randomUUID().slice(0, 8),
+      conn,
+      session,
+      cache: undefined,
+      inflight: undefined,
+      started: 0,
+      x509Streams: new NodeList(),
+      reattest: undefined,
+      calls: new NodeList(),
+      poisoned: false,
+    };
     conns.add(state);
     perUid.set(peer.uid, n + 1);
+    if (peer.uid !== 0) nonRoot++;
     let gotSettings = false;
     const hsTimer = setTimeout(() => {
       if (!gotSettings) session.destroy();
@@ -701,6 +870,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       clearTimeout(hsTimer);
       for (const c of state.calls.values()) c.finish(GrpcStatus.CANCELLED, 'connection closed');
       conns.delete(state);
+      if (peer.uid !== 0) nonRoot--;
       const left = (perUid.get(peer.uid) ?? 1) - 1;
       if (left <= 0) perUid.delete(peer.uid);
       else perUid.set(peer.uid, left);
@@ -710,14 +880,60 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     logger.debug({ conn: state.id, pid: peer.pid, uid: peer.uid, gid: peer.gid, pidfd: peer.pidfd !== undefined }, 'Workload API connection');
   }
 
-  function reject(socket: net.Socket, why: string): void {
+  /**
+   * Refuse a connection. With a reason (a limit), the client is told which limit it hit: its
+   * first call is answered `ResourceExhausted` with the reason, if it sends the HTTP/2 preface
+   * within REFUSAL_PREFACE_MS; at most MAX_REFUSING such connections are open at once, the rest
+   * are closed at once, as is every connection during shutdown.
+   */
+  function reject(socket: net.Socket, why: SigilError | undefined): void {
     counters.rejectedConnections++;
     const now = Date.now();
     if (now - lastRejectLog > 10_000) {
       lastRejectLog = now;
-      logger.warn({ why, rejected: counters.rejectedConnections }, 'Workload API connection refused');
+      logger.warn({ code: why?.code, why: why?.message ?? 'agent is shutting down', rejected: counters.rejectedConnections }, 'Workload API connection refused');
     }
-    socket.destroy();
+    if (why === undefined || refusing >= MAX_REFUSING) {
+      socket.destroy();
+      return;
+    }
+    let session: ServerHttp2Session;
+    try {
+      session = http2.performServerHandshake(socket, { settings: { maxConcurrentStreams: 1, enablePush: false }, maxSessionMemory: 1 });
+    } catch {
+      socket.destroy();
+      return;
+    }
+    refusing++;
+    let answered = false;
+    const preface = setTimeout(() => session.destroy(), REFUSAL_PREFACE_MS);
+    const end = setTimeout(() => session.destroy(), REFUSAL_LINGER_MS);
+    session.once('remoteSettings', () => clearTimeout(preface));
+    session.on('error', () => undefined);
+    session.on('stream', (stream) => {
+      stream.on('error', () => undefined);
+      if (answered) {
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        return;
+      }
+      answered = true;
+      try {
+        stream.respond(
+          { ':status': 200, 'content-type': 'application/grpc+proto', 'grpc-status': String(GrpcStatus.RESOURCE_EXHAUSTED), 'grpc-message': encodeGrpcMessage(`${why.code}: ${why.message}`) },
+          { endStream: true },
+        );
+      } catch {
+        // stream went away
+      }
+      stream.resume();
+      session.close();
+    });
+    session.once('close', () => {
+      refusing--;
+      clearTimeout(preface);
+      clearTimeout(end);
+      if (!socket.destroyed) socket.destroy();
+    });
   }
 
   // ------------------------------------------------------------------ listener
@@ -790,6 +1006,78 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       }
     },
   };
+}
+
+/** Refused connections answered at once (the rest are closed without a word). */
+const MAX_REFUSING = 32;
+/** A refused connection must send the HTTP/2 preface within this time… */
+const REFUSAL_PREFACE_MS = 100;
+/** …and is closed after this time at the latest. */
+const REFUSAL_LINGER_MS = 2000;
+
+export interface ConnectionLimits {
+  /** All connections. */
+  total: number;
+  /** Connections of one uid other than 0. */
+  perUid: number;
+  /** Connections of uid 0: total − reserved, so root leaves `reserved` to the others. */
+  root: number;
+  /** Connections of all uids but 0 together: total − reserved, so they leave `reserved` to root. */
+  nonRoot: number;
+  /**
+   * Once the other uids hold `shared` connections, only a uid holding fewer than `small` may open
+   * another: the last `reserved` slots of their pool stay open to uids with few connections.
+   */
+  shared: number;
+  small: number;
+}
+
+/** The connection limits from the options (see WorkloadApiOptions); bad values are refused. */
+export function connectionLimits(opts: Pick<WorkloadApiOptions, 'maxConnections' | 'maxConnectionsPerUid' | 'reservedConnections'>): ConnectionLimits {
+  const total = opts.maxConnections ?? 1024;
+  const bad = (what: string): never => {
+    throw new SigilError('workload_api.bad_connection_limits', `Workload API connection limits: ${what}`);
+  };
+  if (!Number.isSafeInteger(total) || total < 4) bad(`maxConnections must be an integer ≥ 4, got ${String(total)}`);
+  const reserved = opts.reservedConnections ?? Math.max(1, Math.floor(total / 8));
+  if (!Number.isSafeInteger(reserved) || reserved < 1 || 3 * reserved > total) {
+    bad(`reservedConnections must be an integer from 1 to a third of maxConnections (${Math.floor(total / 3)}), got ${String(reserved)}`);
+  }
+  const perUid = opts.maxConnectionsPerUid ?? Math.max(1, Math.floor(total / 8));
+  if (!Number.isSafeInteger(perUid) || perUid < 1 || perUid > total - 2 * reserved) {
+    bad(`maxConnectionsPerUid must be an integer from 1 to maxConnections − 2 × reservedConnections (${total - 2 * reserved}), got ${String(perUid)}`);
+  }
+  return { total, perUid, root: total - reserved, nonRoot: total - reserved, shared: total - 2 * reserved, small: Math.max(1, Math.floor(perUid / 4)) };
+}
+
+/**
+ * Whether a new connection of `uid`, which holds `held` connections, may be opened while the uids
+ * other than 0 hold `nonRoot` and everyone `total`; undefined if so, else the limit it hit.
+ */
+export function admit(l: ConnectionLimits, uid: number, held: number, nonRoot: number, total: number): SigilError | undefined {
+  if (total >= l.total) {
+    return new SigilError('workload_api.connection_limit', `the agent holds ${total} Workload API connections, its limit (maxConnections ${l.total})`, { status: 429 });
+  }
+  if (uid === 0) {
+    if (held >= l.root) {
+      return new SigilError('workload_api.uid_connection_limit', `uid 0 holds ${held} Workload API connections, its limit (maxConnections − reservedConnections = ${l.root}; the rest is kept for other uids)`, { status: 429 });
+    }
+    return undefined;
+  }
+  if (held >= l.perUid) {
+    return new SigilError('workload_api.uid_connection_limit', `uid ${uid} holds ${held} Workload API connections, the limit per uid (maxConnectionsPerUid ${l.perUid})`, { status: 429 });
+  }
+  if (nonRoot >= l.nonRoot) {
+    return new SigilError('workload_api.connections_reserved', `uids other than 0 hold ${nonRoot} Workload API connections; the remaining ${l.total - l.nonRoot} are kept for root (reservedConnections)`, { status: 429 });
+  }
+  if (nonRoot >= l.shared && held >= l.small) {
+    return new SigilError(
+      'workload_api.connections_reserved',
+      `uid ${uid} holds ${held} Workload API connections and the last ${l.nonRoot - l.shared} of the other uids' share are kept for uids holding fewer than ${l.small} (reservedConnections)`,
+      { status: 429 },
+    );
+  }
+  return undefined;
 }
 
 function closeQuietly(fd: number): void {
