@@ -102,6 +102,15 @@ export interface NodeAttestorVerifier {
    * Must be synchronous and side-effect free; return `[]` for a suffix it does not recognise.
    */
   stateKeysForAgent?(agentIdSuffix: string): string[];
+  /**
+   * Optional: a stable string naming the credential this hello presents (the `tpm` attestor: the
+   * hash of the EK public key), so the verifier can limit the attestation sessions open per
+   * credential (`attestation.maxSessionsPerCredential`). Called before `begin` on the unverified
+   * hello: must be cheap, synchronous and side-effect free, and derived only from what `begin` then
+   * verifies, so that a hello varying the key without holding another credential fails `begin`.
+   * Return undefined when the hello names no credential (only the per-address and total limits apply).
+   */
+  credentialKey?(hello: unknown): string | undefined;
 }
 
 export interface NodeAttestorVerifierPlugin {

@@ -215,6 +215,19 @@ export class TpmVerifier implements NodeAttestorVerifier {
     this.pcrSelectionWire = encodePcrSelection(selection);
   }
 
+  /**
+   * Sessions are limited per EK (DESIGN §10): the key is the EK public key's hash, which `begin`
+   * then checks against the chain-verified EK certificate. Undefined for a hello `begin` refuses.
+   */
+  credentialKey(hello: unknown): string | undefined {
+    const ekPub = (hello as { ekPub?: unknown } | null)?.ekPub;
+    try {
+      return spkiHash(parseTpm2bPublic(decodeB64(ekPub, 'ekPub', 'tpm.bad_hello', 2048)));
+    } catch {
+      return undefined;
+    }
+  }
+
   async begin(hello: unknown, session: SessionInput): Promise<{ challenge: unknown; state: unknown }> {
     const h = strictObject(hello, 'tpm hello', 'tpm.bad_hello', ['ekCert', 'ekPub', 'akPub'], ['ekIntermediates']);
     const ekCertDer = decodeB64(h.ekCert, 'ekCert', 'tpm.bad_hello', EK_LIMITS.certBytes);

@@ -79,6 +79,8 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
   app.post<{ Body: { attestors: Record<string, unknown>; csr: string } }>(
     '/v1/attest',
     {
+      // The unauthenticated first message: a much lower body limit than the rest (DESIGN §10).
+      bodyLimit: core.config.attestation.helloBodyLimit,
       schema: {
         body: {
           type: 'object',
@@ -88,7 +90,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
         },
       },
     },
-    async (req) => core.attestation.begin(req.body),
+    async (req) => core.attestation.begin(req.body, { address: req.socket.remoteAddress ?? 'unknown' }),
   );
 
   app.post<{ Params: { session: string }; Body: { responses: Record<string, unknown> } }>(

@@ -1,10 +1,15 @@
 /**
  * Node attestation sessions (DESIGN §3): one session per agent attempt, with a single-use 32-byte
- * nonce that expires after 60 s. All factors presented must pass; `requireAttestors` must all be
- * among them. Selectors of all factors are unioned; the agent ID comes from the first attestor in
- * the agent's hello.
+ * nonce that expires after `attestation.sessionTtl` (default 30 s). All factors presented must pass;
+ * `requireAttestors` must all be among them. Selectors of all factors are unioned; the agent ID
+ * comes from the first attestor in the agent's hello.
+ *
+ * `POST /v1/attest` is unauthenticated, so opening sessions is limited (DESIGN §10, "Attestation
+ * session limits"): per credential the hello presents, per source address, and in total, with the
+ * last slots kept for credentials and addresses that hold no open session yet.
  */
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { isIPv4, isIPv6 } from 'node:net';
 import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
 import { sessionBinding } from '../plugins/binding.js';
@@ -15,8 +20,29 @@ import type { DataStore, PluginStateKey } from '../store/types.js';
 import type { CertificateAuthority } from './ca.js';
 import type { VerifierMetrics } from './metrics.js';
 
-export const SESSION_TTL_MS = 60_000;
-export const MAX_SESSIONS = 10_000;
+/** Defaults of the `attestation` config block (README, DESIGN §10). */
+export const SESSION_DEFAULTS = {
+  sessionTtlSeconds: 30,
+  maxSessions: 10_000,
+  reservedSessions: 1_000,
+  maxSessionsPerCredential: 4,
+  maxSessionsPerAddress: 64,
+  /** Bytes: `POST /v1/attest` bodies (the hello); later messages may be up to 1 MiB. */
+  helloBodyLimit: 128 * 1024,
+} as const;
+
+export interface SessionLimits {
+  /** How long a session (and its nonce) lives; an abandoned one frees its slot after this. */
+  sessionTtlSeconds: number;
+  /** Open sessions this verifier keeps at most. */
+  maxSessions: number;
+  /** The last this-many of `maxSessions` only go to hellos whose credentials and address hold no open session. */
+  reservedSessions: number;
+  /** Open sessions per credential a hello presents (`credentialKey` of each factor). */
+  maxSessionsPerCredential: number;
+  /** Open sessions per source address (IPv4 address, IPv6 /64). */
+  maxSessionsPerAddress: number;
+}
 
 export interface AttestationResult {
   status: 'affirming' | 'warning' | 'contraindicated';
@@ -35,6 +61,13 @@ export interface AttestOptions {
   now: () => Date;
   logger: Logger;
   metrics: VerifierMetrics;
+  /** Defaults: SESSION_DEFAULTS. */
+  limits?: SessionLimits;
+}
+
+/** Who is asking for a session: the TCP peer of `POST /v1/attest`. */
+export interface AttestPeer {
+  address: string;
 }
 
 function b64(v: unknown, what: string, maxBytes: number): Buffer {
@@ -45,27 +78,188 @@ function b64(v: unknown, what: string, maxBytes: number): Buffer {
 }
 
 /**
+ * The limit bucket of a source address: an IPv4 address as is (IPv4-mapped IPv6 too), an IPv6
+ * address by its /64 (one host usually holds a whole /64, so counting single addresses would let
+ * it open sessions without end).
+ */
+export function addressBucket(address: string): string {
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
+  if (mapped) return mapped[1] as string;
+  if (isIPv4(address)) return address;
+  const bare = address.split('%')[0] as string;
+  if (!isIPv6(bare)) return address;
+  let groups: string[];
+  const [head = '', tail] = bare.split('::') as [string, string | undefined];
+  const part = (x: string) => (x === '' ? [] : x.split(':'));
+  if (tail === undefined) groups = part(head);
+  else {
+    const h = part(head);
+    const t = part(tail);
+    // An embedded IPv4 tail counts as two groups.
+    const width = h.length + t.length + t.filter((g) => g.includes('.')).length;
+    groups = [...h, ...Array<string>(Math.max(0, 8 - width)).fill('0'), ...t];
+  }
+  return `${groups
+    .slice(0, 4)
+    .map((g) => (g.includes('.') ? g : parseInt(g, 16).toString(16)))
+    .join(':')}::/64`;
+}
+
+/** Credential key of the built-in join_token attestor: SHA-256 of the token in its hello. */
+function joinTokenCredential(hello: unknown): string | undefined {
+  const t = (hello as { token?: unknown } | null)?.token;
+  return typeof t === 'string' ? createHash('sha256').update(t).digest('hex') : undefined;
+}
+
+interface Ticket {
+  credentials: string[];
+  address: string;
+  expiresAt: number;
+  session?: string;
+}
+
+/**
+ * This verifier's open sessions, counted per credential, per address and in total. A slot is taken
+ * synchronously before `begin` runs (so concurrent hellos cannot all pass the same check), given
+ * back when `begin` fails or the session is taken, and otherwise expires with the session.
+ * Insertion order is expiry order (every ticket lives `sessionTtl`), so expiring is a walk from the front.
+ */
+export class SessionLedger {
+  private readonly tickets = new Set<Ticket>();
+  private readonly bySession = new Map<string, Ticket>();
+  private readonly perCredential = new Map<string, number>();
+  private readonly perAddress = new Map<string, number>();
+
+  constructor(private readonly limits: SessionLimits) {}
+
+  get open(): number {
+    return this.tickets.size;
+  }
+
+  private expire(now: number): void {
+    for (const t of this.tickets) {
+      if (t.expiresAt > now) break;
+      this.release(t);
+    }
+  }
+
+  /** Take a slot or throw the SigilError naming the limit that is hit. */
+  admit(credentials: string[], address: string, now: number): Ticket {
+    this.expire(now);
+    const l = this.limits;
+    for (const c of credentials) {
+      if ((this.perCredential.get(c) ?? 0) >= l.maxSessionsPerCredential) {
+        throw new SigilError(
+          'attest.credential_busy',
+          `this credential already has ${l.maxSessionsPerCredential} attestation sessions open (attestation.maxSessionsPerCredential); finish them or wait ${l.sessionTtlSeconds} s`,
+          { status: 429 },
+        );
+      }
+    }
+    const fromAddress = this.perAddress.get(address) ?? 0;
+    if (fromAddress >= l.maxSessionsPerAddress) {
+      throw new SigilError(
+        'attest.address_busy',
+        `this address already has ${l.maxSessionsPerAddress} attestation sessions open (attestation.maxSessionsPerAddress); retry shortly`,
+        { status: 429 },
+      );
+    }
+    if (this.tickets.size >= l.maxSessions) {
+      throw new SigilError('attest.busy', `all ${l.maxSessions} attestation sessions are in use (attestation.maxSessions); retry shortly`, { status: 503 });
+    }
+    if (this.tickets.size >= l.maxSessions - l.reservedSessions && (fromAddress > 0 || credentials.some((c) => this.perCredential.has(c)))) {
+      throw new SigilError(
+        'attest.busy_reserved',
+        `only the ${l.reservedSessions} reserved attestation sessions are left (attestation.reservedSessions), and they go to credentials and addresses with no session open; retry shortly`,
+        { status: 503 },
+      );
+    }
+    const t: Ticket = { credentials, address, expiresAt: now + l.sessionTtlSeconds * 1000 };
+    this.tickets.add(t);
+    for (const c of credentials) this.perCredential.set(c, (this.perCredential.get(c) ?? 0) + 1);
+    this.perAddress.set(address, fromAddress + 1);
+    return t;
+  }
+
+  /** The slot now holds session `id` (given back when that session is taken). */
+  bind(t: Ticket, id: string): void {
+    if (!this.tickets.has(t)) return;
+    t.session = id;
+    this.bySession.set(id, t);
+  }
+
+  /** Give back the slot of session `id` (no-op if it expired or another verifier opened it). */
+  releaseSession(id: string): void {
+    const t = this.bySession.get(id);
+    if (t) this.release(t);
+  }
+
+  release(t: Ticket): void {
+    if (!this.tickets.delete(t)) return;
+    if (t.session !== undefined) this.bySession.delete(t.session);
+    for (const c of t.credentials) decrement(this.perCredential, c);
+    decrement(this.perAddress, t.address);
+  }
+}
+
+function decrement(m: Map<string, number>, k: string): void {
+  const n = (m.get(k) ?? 0) - 1;
+  if (n > 0) m.set(k, n);
+  else m.delete(k);
+}
+
+/**
  * Sessions live in the datastore (not in memory), so with several verifiers behind a load balancer
  * the second call may reach another verifier; taking a session deletes it atomically (single use).
  */
 export class AttestationService {
   private lastSweep = 0;
-  private openCount = 0;
+  private readonly limits: SessionLimits;
+  private readonly ledger: SessionLedger;
 
-  constructor(private readonly o: AttestOptions) {}
-
-  /** Delete expired sessions at most once a second; returns how many are open. */
-  private async sweep(now: number): Promise<number> {
-    if (now - this.lastSweep >= 1000 || this.openCount >= MAX_SESSIONS) {
-      this.lastSweep = now;
-      this.openCount = await this.o.store.sweepSessions(new Date(now));
-    }
-    return this.openCount;
+  constructor(private readonly o: AttestOptions) {
+    this.limits = o.limits ?? SESSION_DEFAULTS;
+    this.ledger = new SessionLedger(this.limits);
   }
 
-  async begin(body: { attestors: Record<string, unknown>; csr: string }): Promise<{ session: string; nonce: string; challenges: Record<string, unknown> }> {
+  /** Open sessions this verifier holds slots for. */
+  get openSessions(): number {
+    return this.ledger.open;
+  }
+
+  /** Delete expired sessions from the datastore at most once a second. */
+  private async sweep(now: number): Promise<void> {
+    if (now - this.lastSweep >= 1000) {
+      this.lastSweep = now;
+      await this.o.store.sweepSessions(new Date(now));
+    }
+  }
+
+  /**
+   * The credentials a hello presents, as `<attestor>\0<key>` digests: the attestor's own
+   * `credentialKey`, or for the built-in join_token a hash of its token. Unverified here; `begin`
+   * then verifies what the key was derived from, and a session only stays open if it passes.
+   */
+  private credentialsOf(attestors: Record<string, unknown>): string[] {
+    const out: string[] = [];
+    for (const [n, hello] of Object.entries(attestors)) {
+      const a = this.o.attestors.get(n) as NodeAttestorVerifier;
+      let key: unknown;
+      try {
+        key = a.credentialKey ? a.credentialKey(hello) : n === 'join_token' ? joinTokenCredential(hello) : undefined;
+      } catch (e) {
+        throw prefixed(e, n);
+      }
+      if (typeof key === 'string' && key.length > 0) out.push(createHash('sha256').update(`${n}\0${key}`).digest('base64'));
+    }
+    return out;
+  }
+
+  async begin(
+    body: { attestors: Record<string, unknown>; csr: string },
+    peer: AttestPeer = { address: 'unknown' },
+  ): Promise<{ session: string; nonce: string; challenges: Record<string, unknown> }> {
     const now = this.o.now();
-    if ((await this.sweep(now.getTime())) >= MAX_SESSIONS) throw new SigilError('attest.busy', 'too many attestation sessions in progress; retry shortly', { status: 503 });
     const names = Object.keys(body.attestors);
     if (names.length === 0) throw new SigilError('attest.no_attestors', 'the hello names no node attestor');
     for (const n of names) {
@@ -76,16 +270,36 @@ export class AttestationService {
     for (const r of this.o.requireAttestors) {
       if (!names.includes(r)) throw new SigilError('attest.missing_attestor', `this verifier requires the "${r}" attestor; the agent presented ${names.join(', ')}`, { status: 403 });
     }
-    const csr = parseCsr(b64(body.csr, 'csr', 16 * 1024));
+    // Limits first: a refused hello costs no CSR check and no plugin work.
+    const ticket = this.ledger.admit(this.credentialsOf(body.attestors), addressBucket(peer.address), now.getTime());
+    try {
+      const csr = parseCsr(b64(body.csr, 'csr', 16 * 1024));
+      const opened = await this.open(names, body.attestors, csr.spki, now);
+      this.ledger.bind(ticket, opened.session);
+      return opened;
+    } catch (e) {
+      this.ledger.release(ticket);
+      throw e;
+    } finally {
+      this.o.metrics.attestSessions.set(this.ledger.open);
+    }
+  }
+
+  private async open(
+    names: string[],
+    hellos: Record<string, unknown>,
+    csrSpki: Buffer,
+    now: Date,
+  ): Promise<{ session: string; nonce: string; challenges: Record<string, unknown> }> {
+    await this.sweep(now.getTime());
     const nonce = randomBytes(32);
-    const binding = sessionBinding(nonce, csr.spki);
-    const input: SessionInput = { nonce, binding, csrSpki: csr.spki, now };
+    const input: SessionInput = { nonce, binding: sessionBinding(nonce, csrSpki), csrSpki, now };
     const states: Record<string, unknown> = {};
     const challenges: Record<string, unknown> = {};
     await Promise.all(
       names.map(async (n) => {
         try {
-          const { challenge, state } = await (this.o.attestors.get(n) as NodeAttestorVerifier).begin(body.attestors[n], input);
+          const { challenge, state } = await (this.o.attestors.get(n) as NodeAttestorVerifier).begin(hellos[n], input);
           states[n] = state;
           challenges[n] = challenge;
         } catch (e) {
@@ -98,12 +312,11 @@ export class AttestationService {
     await this.o.store.putSession({
       id,
       nonce: nonce.toString('base64'),
-      csrSpki: csr.spki.toString('base64'),
+      csrSpki: csrSpki.toString('base64'),
       attestors: names,
       states,
-      expiresAt: new Date(now.getTime() + SESSION_TTL_MS).toISOString(),
+      expiresAt: new Date(now.getTime() + this.limits.sessionTtlSeconds * 1000).toISOString(),
     });
-    this.openCount++;
     return { session: id, nonce: nonce.toString('base64'), challenges };
   }
 
@@ -111,11 +324,13 @@ export class AttestationService {
     const now = this.o.now();
     // Single use: the session (and its nonce) is gone whatever the outcome.
     const stored = await this.o.store.takeSession(sessionId);
+    this.ledger.releaseSession(sessionId);
+    this.o.metrics.attestSessions.set(this.ledger.open);
     if (!stored) throw new SigilError('attest.session_unknown', 'attestation session is unknown or was already used', { status: 401 });
     const nonce = Buffer.from(stored.nonce, 'base64');
     const csrSpki = Buffer.from(stored.csrSpki, 'base64');
     const s = { attestors: stored.attestors, nonce, csrSpki, binding: sessionBinding(nonce, csrSpki), states: stored.states };
-    if (Date.parse(stored.expiresAt) <= now.getTime()) throw new SigilError('attest.session_expired', 'attestation session expired (sessions live 60 s)', { status: 401 });
+    if (Date.parse(stored.expiresAt) <= now.getTime()) throw new SigilError('attest.session_expired', `attestation session expired (sessions live ${this.limits.sessionTtlSeconds} s)`, { status: 401 });
     const given = Object.keys(body.responses);
     for (const n of given) {
       if (!s.attestors.includes(n)) throw new SigilError('attest.unexpected_response', `response for "${n}", which was not in the hello`);

@@ -7,6 +7,7 @@ import { validateAgainstSchema } from '../plugins/validate.js';
 import { readConfigFile } from '../util/config-file.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import { parseTrustDomain } from '../spiffe/id.js';
+import { SESSION_DEFAULTS, type SessionLimits } from './attestation.js';
 
 export interface VerifierConfig {
   trustDomain: string;
@@ -22,6 +23,8 @@ export interface VerifierConfig {
   plugins: Record<string, string>;
   agentSvidTtlSeconds: number;
   logLevel: string;
+  /** Limits of the unauthenticated attestation endpoint (DESIGN §10). */
+  attestation: SessionLimits & { helloBodyLimit: number };
   /** Directory of the config file; relative paths in the config resolve against it. */
   configDir: string;
 }
@@ -77,6 +80,19 @@ const schema = {
     nodeAttestors: { type: 'object', minProperties: 1, additionalProperties: { type: 'object' } },
     plugins: { type: 'object', additionalProperties: { type: 'string', minLength: 1 }, default: {} },
     logLevel: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+    attestation: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        sessionTtl: { ...durationSchema, default: `${SESSION_DEFAULTS.sessionTtlSeconds}s` },
+        maxSessions: { type: 'integer', minimum: 1, maximum: 1_000_000, default: SESSION_DEFAULTS.maxSessions },
+        reservedSessions: { type: 'integer', minimum: 0, default: SESSION_DEFAULTS.reservedSessions },
+        maxSessionsPerCredential: { type: 'integer', minimum: 1, default: SESSION_DEFAULTS.maxSessionsPerCredential },
+        maxSessionsPerAddress: { type: 'integer', minimum: 1, default: SESSION_DEFAULTS.maxSessionsPerAddress },
+        helloBodyLimit: { type: 'integer', minimum: 4096, maximum: 1024 * 1024, default: SESSION_DEFAULTS.helloBodyLimit },
+      },
+      default: {},
+    },
   },
 } as const;
 
@@ -93,6 +109,7 @@ interface RawConfig {
   nodeAttestors?: Record<string, unknown>;
   plugins: Record<string, string>;
   logLevel: string;
+  attestation: { sessionTtl: string | number; maxSessions: number; reservedSessions: number; maxSessionsPerCredential: number; maxSessionsPerAddress: number; helloBodyLimit: number };
 }
 
 /** Validate a parsed config object. `configDir` anchors relative paths. */
@@ -123,6 +140,11 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
   if (svid.x509TtlSeconds > ca.ttlSeconds / 6) {
     throw new SigilError('config.invalid', `verifier config: /svid/x509Ttl (${svid.x509TtlSeconds}s) must be at most a sixth of /ca/ttl (${ca.ttlSeconds}s) so SVIDs never outlive the CA's overlap`);
   }
+  const sessionTtlSeconds = parseDuration(c.attestation.sessionTtl, 'attestation.sessionTtl');
+  if (sessionTtlSeconds < 5 || sessionTtlSeconds > 300) throw new SigilError('config.invalid', 'verifier config: /attestation/sessionTtl must be between 5s and 5m');
+  if (c.attestation.reservedSessions >= c.attestation.maxSessions) {
+    throw new SigilError('config.invalid', 'verifier config: /attestation/reservedSessions must be less than /attestation/maxSessions');
+  }
   return {
     trustDomain,
     listen: c.listen,
@@ -137,6 +159,14 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
     nodeAttestors,
     plugins: c.plugins,
     logLevel: c.logLevel,
+    attestation: {
+      sessionTtlSeconds,
+      maxSessions: c.attestation.maxSessions,
+      reservedSessions: c.attestation.reservedSessions,
+      maxSessionsPerCredential: c.attestation.maxSessionsPerCredential,
+      maxSessionsPerAddress: c.attestation.maxSessionsPerAddress,
+      helloBodyLimit: c.attestation.helloBodyLimit,
+    },
     configDir,
   };
 }

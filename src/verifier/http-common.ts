@@ -1,20 +1,105 @@
 /** Shared fastify setup: strict JSON Schema validation, error shape, body limits, metrics. */
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
 import type { VerifierMetrics } from './metrics.js';
 
+/** Largest body of any route; `POST /v1/attest` (the unauthenticated hello) has its own, lower limit. */
 export const BODY_LIMIT = 1024 * 1024;
+
+/** Deepest nesting of arrays and objects a JSON body may have (Sigil's own messages need 5). */
+export const MAX_JSON_DEPTH = 32;
+
+/**
+ * Whether the JSON text in `body` nests arrays/objects deeper than `max`, found by one pass over the
+ * bytes counting `[`/`{` outside strings. Runs before JSON.parse, whose time grows with the nesting
+ * of a body (a megabyte of `[` costs about half a second), so a deep body is refused for the
+ * price of a scan. Only the depth is judged here; the parser still rejects malformed text.
+ */
+export function jsonTooDeep(body: Buffer, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < body.length; i++) {
+    const c = body[i];
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
+}
+
+/** application/json with the depth check in front of fastify's own parser (which keeps its prototype-poisoning checks). */
+export function installJsonParser(app: FastifyInstance): void {
+  const parse = app.getDefaultJsonParser('error', 'ignore');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
+    if (jsonTooDeep(body as Buffer, MAX_JSON_DEPTH)) {
+      done(new SigilError('http.json_too_deep', `request body nests arrays/objects deeper than ${MAX_JSON_DEPTH} levels`), undefined);
+      return;
+    }
+    parse(req, (body as Buffer).toString('utf8'), done);
+  });
+}
+
+/**
+ * Expected refusals (a SigilError that is not a 500, and requests fastify refuses) are logged as
+ * one `warn` line without a stack: at most `burst` lines per error code per `intervalMs`; the next
+ * line of that code after a quiet spell carries `suppressed`, how many lines were left out. The
+ * `sigil_refusals_total` counter counts every refusal.
+ */
+export class RefusalLog {
+  private readonly codes = new Map<string, { windowStart: number; logged: number; suppressed: number }>();
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly metrics: VerifierMetrics | undefined,
+    private readonly opts: { burst: number; intervalMs: number; now: () => number } = { burst: 5, intervalMs: 10_000, now: Date.now },
+  ) {}
+
+  refused(req: FastifyRequest, status: number, code: string, message: string): void {
+    this.metrics?.refusals.inc({ code });
+    const t = this.opts.now();
+    // Codes come from plugins too; past 256 distinct ones, the rest share one budget.
+    const key = this.codes.has(code) || this.codes.size < 256 ? code : '*';
+    let w = this.codes.get(key);
+    if (!w) {
+      w = { windowStart: t, logged: 0, suppressed: 0 };
+      this.codes.set(key, w);
+    }
+    if (t - w.windowStart >= this.opts.intervalMs) {
+      w.windowStart = t;
+      w.logged = 0;
+    }
+    if (w.logged >= this.opts.burst) {
+      w.suppressed++;
+      return;
+    }
+    w.logged++;
+    const suppressed = w.suppressed;
+    w.suppressed = 0;
+    this.logger.warn({ code, status, method: req.method, url: req.url.split('?')[0], ip: req.ip, ...(suppressed ? { suppressed } : {}) }, `request refused: ${message}`);
+  }
+}
 
 export const ajvOptions = {
   customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false, strict: false },
 } as const;
 
 /** Error → `{ error: { code, message } }` with the right status; never a stack trace on the wire. */
-export function installErrorHandling(app: FastifyInstance, logger: Logger): void {
+export function installErrorHandling(app: FastifyInstance, logger: Logger, refusals: RefusalLog = new RefusalLog(logger, undefined)): void {
   app.setErrorHandler((err: FastifyError | SigilError | Error, req, reply) => {
+    const refuse = (status: number, code: string, message: string) => {
+      refusals.refused(req, status, code, message);
+      return reply.code(status).send({ error: { code, message } });
+    };
     if (err instanceof SigilError) {
-      if (err.status >= 500) logger.error({ err, url: req.url }, 'request failed');
+      // A 500 is a bug or a misbehaving plugin: logged in full. Anything else is a refusal.
+      if (err.status !== 500) return refuse(err.status, err.code, err.message);
+      logger.error({ err, url: req.url }, 'request failed');
       return reply.code(err.status).send({ error: { code: err.code, message: err.message } });
     }
     const fe = err as FastifyError;
@@ -23,19 +108,19 @@ export function installErrorHandling(app: FastifyInstance, logger: Logger): void
       const first = fe.validation[0];
       const path = first ? `${first.instancePath || '/'}` : '';
       const extra = first?.keyword === 'additionalProperties' ? ` ("${String((first.params as { additionalProperty?: string }).additionalProperty)}")` : '';
-      return reply.code(400).send({ error: { code: 'http.bad_request', message: `${where}${path}: ${first?.message ?? 'invalid'}${extra}` } });
+      return refuse(400, 'http.bad_request', `${where}${path}: ${first?.message ?? 'invalid'}${extra}`);
     }
     if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-      return reply.code(413).send({ error: { code: 'http.body_too_large', message: `request body over ${BODY_LIMIT} bytes` } });
+      return refuse(413, 'http.body_too_large', `request body over ${req.routeOptions.bodyLimit ?? BODY_LIMIT} bytes`);
     }
     if (fe.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
-      return reply.code(415).send({ error: { code: 'http.unsupported_media_type', message: 'send application/json' } });
+      return refuse(415, 'http.unsupported_media_type', 'send application/json');
     }
     if (fe.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || fe.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || (fe.statusCode === 400 && err instanceof SyntaxError)) {
-      return reply.code(400).send({ error: { code: 'http.bad_json', message: 'request body is not valid JSON' } });
+      return refuse(400, 'http.bad_json', 'request body is not valid JSON');
     }
     if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
-      return reply.code(fe.statusCode).send({ error: { code: 'http.bad_request', message: fe.message } });
+      return refuse(fe.statusCode, 'http.bad_request', fe.message);
     }
     logger.error({ err, url: req.url }, 'unexpected error');
     return reply.code(500).send({ error: { code: 'internal', message: 'internal error (see verifier log)' } });

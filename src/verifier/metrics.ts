@@ -7,6 +7,8 @@ export interface VerifierMetrics {
   http: Histogram<'route' | 'method' | 'status'>;
   bundleSequence: Gauge;
   agents: Gauge;
+  attestSessions: Gauge;
+  refusals: Counter<'code'>;
 }
 
 /** A registry per verifier instance (so several can run in one process, e.g. in tests). */
@@ -26,5 +28,7 @@ export function createMetrics(): VerifierMetrics {
     }),
     bundleSequence: new Gauge({ name: 'sigil_bundle_sequence', help: 'spiffe_sequence of the published bundle', registers: [registry] }),
     agents: new Gauge({ name: 'sigil_attested_agents', help: 'Attested agents known to this verifier', registers: [registry] }),
+    attestSessions: new Gauge({ name: 'sigil_attestation_sessions_open', help: 'Attestation sessions this verifier holds open', registers: [registry] }),
+    refusals: new Counter({ name: 'sigil_refusals_total', help: 'Requests refused with an expected error, per error code (logged lines are rate-limited; this is not)', labelNames: ['code'], registers: [registry] }),
   };
 }

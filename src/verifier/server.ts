@@ -25,7 +25,7 @@ import { CertificateAuthority } from './ca.js';
 import type { VerifierConfig } from './config.js';
 import type { VerifierCore } from './core.js';
 import { verifierId } from './entries.js';
-import { Fastify, baseOptions, installErrorHandling, instrument } from './http-common.js';
+import { Fastify, RefusalLog, baseOptions, installErrorHandling, installJsonParser, instrument } from './http-common.js';
 import { createMetrics } from './metrics.js';
 import { joinTokenServices } from './tokens.js';
 
@@ -134,6 +134,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
       now,
       logger,
       metrics,
+      limits: config.attestation,
     });
     const core: VerifierCore = { config, store, ca, attestation, metrics, logger, now };
 
@@ -157,7 +158,10 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
       ...baseOptions(),
       https: { ...tlsMaterial(), requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' },
     } as FastifyServerOptions) as unknown as FastifyInstance;
-    installErrorHandling(app, logger);
+    // One refusal log for both listeners: its rate limit is per error code, whichever way it came.
+    const refusals = new RefusalLog(logger, metrics);
+    installJsonParser(app);
+    installErrorHandling(app, logger, refusals);
     instrument(app, metrics);
     registerHealthRoutes(app, core);
     registerAgentRoutes(app, core);
@@ -168,7 +172,8 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     ca.onChange(refreshTls);
 
     const admin = Fastify(baseOptions());
-    installErrorHandling(admin, logger);
+    installJsonParser(admin);
+    installErrorHandling(admin, logger, refusals);
     instrument(admin, metrics);
     registerHealthRoutes(admin, core);
     registerAdminRoutes(admin, core);
