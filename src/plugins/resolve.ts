@@ -173,7 +173,8 @@ export function resolvePluginModule(name: string, spec: string, configDir: strin
     const parts = spec.split('/');
     const pkgName = spec.startsWith('@') ? parts.slice(0, 2).join('/') : (parts[0] as string);
     const rest = spec.slice(pkgName.length);
-    if (!PACKAGE_RE.test(pkgName) || (rest !== '' && !SUBPATH_RE.test(rest.slice(1))) || (rest !== '' && !rest.startsWith('/'))) {
+    const badRest = rest !== '' && (!rest.startsWith('/') || !SUBPATH_RE.test(rest.slice(1)) || rest.split('/').some((seg) => seg === '.' || seg === '..'));
+    if (!PACKAGE_RE.test(pkgName) || badRest) {
       throw new SigilError(
         'plugin.bad_specifier',
         `plugin "${name}": "${spec}" is neither a path (start it with ./, ../ or /) nor an npm package name (optionally with a subpath)`,
