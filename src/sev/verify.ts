@@ -230,12 +230,24 @@ function noLineFits(report: SnpReport, failures: { product: SnpProduct; error: u
 }
 
 /**
- * Refuse a report as `product`, a line it did not pass the pre-checks as: with that line's own
- * pre-check failure, or sev.product_not_allowed when the line passes them but is not in `products`.
+ * Refuse a report as `product`, a line it did not pass the pre-checks as (a report without CPUID,
+ * whose line the VCEK/VLEK or its chain names). When the report fails that line's own checks
+ * (reserved TCB bytes, CHIP_ID shape, TCB layout) it is from another line than its certificate:
+ * sev.product_mismatch, naming the lines it does fit and that line's failure. When it passes them,
+ * the line is only outside `products`: sev.product_not_allowed.
  */
-function refuseLine(report: SnpReport, product: SnpProduct, opts: SnpVerifyOptions, namedBy: string): never {
-  precheckSnpReport(report, { ...opts, products: [product] });
+function refuseLine(report: SnpReport, product: SnpProduct, opts: SnpVerifyOptions, fits: readonly SnpProduct[], namedBy: string): never {
   const products = opts.products ?? SNP_PRODUCTS;
+  try {
+    precheckSnpReport(report, { ...opts, products: [product] });
+  } catch (e) {
+    if (!(e instanceof SigilError) || e.code === 'sev.product_not_allowed') throw e;
+    throw new SigilError(
+      'sev.product_mismatch',
+      `report v${report.version} (no CPUID) fits ${fits.join(', ')} but the ${namedBy} is for ${product}, and as ${product} it fails: ${e.message} (${e.code})`,
+      { status: 403, cause: e },
+    );
+  }
   fail('sev.product_not_allowed', `product ${product} (named by the ${namedBy}) is not in the allowed list [${products.join(', ')}]`);
 }
 
@@ -282,7 +294,7 @@ export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions)
   const kindName = report.signingKey.toUpperCase();
   if (!reportProduct) {
     const named = productNamedByEndorsement(evidence.endorsementCert);
-    if (named && !pre.candidates.includes(named)) refuseLine(report, named, opts, kindName);
+    if (named && !pre.candidates.includes(named)) refuseLine(report, named, opts, pre.candidates, kindName);
   }
   const end = verifyEndorsementChain(evidence.endorsementCert, evidence.chain ?? [], {
     now: opts.now,
@@ -290,7 +302,7 @@ export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions)
     pins: resolveArkPins(opts.arkSha256),
   });
   const product = end.product;
-  if (!pre.candidates.includes(product)) refuseLine(report, product, opts, kindName);
+  if (!pre.candidates.includes(product)) refuseLine(report, product, opts, pre.candidates, `${kindName} chain`);
   checkEndorsementMatchesReport(report, end);
 
   let sigOk = false;

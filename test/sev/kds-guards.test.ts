@@ -160,11 +160,11 @@ describe('a fetched VCEK of another chip or TCB is not cached under the requeste
 
 describe('v2 report (no CPUID): no chain request for a line the report did not pass the pre-checks as', () => {
   const cfg = () => ({ arkSha256: { ...milan.arkPins, ...turin.arkPins }, kds: { enabled: true, baseUrl: base } });
-  it('agent VCEK for Turin, report passes only as Milan → refused with the Turin pre-check failure, no KDS request', async () => {
+  it('agent VCEK for Turin, report passes only as Milan → refused as a product mismatch, no KDS request', async () => {
     // A Milan-shaped report (64-byte CHIP_ID, Milan TCB layout) signed by a Turin VCEK the agent sends.
     const turinSigner = { ...turin, chipId: milan.chipId, reportedTcb: milan.reportedTcb, tcb: milan.tcb };
     const verifier = createSevVerifier({ ...cfg(), products: ['milan'] }, vdeps());
-    expect(await codeOfAsync(() => round(verifier, turinSigner, vcekOnly(turin), { version: 2 }))).toBe('sev.report_reserved_nonzero');
+    expect(await codeOfAsync(() => round(verifier, turinSigner, vcekOnly(turin), { version: 2 }))).toBe('sev.product_mismatch');
     expect(requests).toEqual([]);
   });
   it('agent VCEK for a line outside `products` that the report would fit → sev.product_not_allowed, no KDS request', async () => {

@@ -127,7 +127,7 @@ describe('verifySnpEvidence (the pure path the CLI uses) runs the same pre-check
     expect(codeOf(() => verifySnpEvidence({ report: makeSnpReport({ chain }) }, { now: NOW, arkSha256: chain.arkPins }))).toBe('sev.vcek_missing');
   });
 
-  it('a v2 report (no CPUID) that passes only as another product line than its certificate\'s is refused with that line\'s reason', () => {
+  it('a v2 report (no CPUID) that passes only as another product line than its certificate\'s is a product mismatch naming that line\'s reason', () => {
     // A Turin VCEK; the report's CHIP_ID starts with its 8-byte hwID but has a non-zero tail, and its
     // TCB reads validly as Milan/Genoa (TEE and SNP SPL 0). Pre-checked, it could be Milan or Genoa.
     const chain = makeSnpTestChain('turin', { tcb: { tee: 0, snp: 0 } });
@@ -136,7 +136,10 @@ describe('verifySnpEvidence (the pure path the CLI uses) runs the same pre-check
     const report = makeSnpReport({ chain, version: 2, chipId });
     expect(precheckSnpReport(parseSnpReport(report), {})).toEqual({ candidates: ['milan', 'genoa'] });
     // The certificate says Turin, and as Turin the CHIP_ID has the wrong shape.
-    expect(verify(chain, report)).toBe('sev.chip_id_invalid');
+    expect(verify(chain, report)).toBe('sev.product_mismatch');
+    expect(() => verifySnpEvidence({ report, endorsementCert: chain.endorsement, chain: chain.chainDer }, { now: NOW, arkSha256: chain.arkPins })).toThrow(
+      /fits milan, genoa but the VCEK is for turin, .*\(sev\.chip_id_invalid\)/,
+    );
     // A line outside `products` is refused as before.
     const milan = makeSnpTestChain('milan');
     expect(verify(milan, makeSnpReport({ chain: milan, version: 2 }), { products: ['genoa'] })).toBe('sev.product_not_allowed');
