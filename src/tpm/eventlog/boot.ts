@@ -1,0 +1,221 @@
+/**
+ * Boot facts and selectors from the events of a replayed log — only from events in PCRs whose
+ * replayed value matched a trusted (quoted) value in `bank`, and from event data only where the
+ * profile makes the digest the hash of that data and the verifier checked it (UEFI variables in
+ * PCR 7, separators, the S-CRTM version). Everything else yields only digests.
+ */
+import { createHash } from 'node:crypto';
+import { SigilError } from '../../errors.js';
+import { bankHash } from './algorithms.js';
+import { EV, eventTypeName } from './events.js';
+import type { EventLogEvent, ParsedEventLog } from './parse.js';
+import { QUIRKS, shimAuthorityDigestedLength, type QuirkName } from './quirks.js';
+import { GUID, asciiText, isDerSequence, parseSignatureLists, parseUefiVariable, utf16Text } from './uefi.js';
+
+export interface BootFacts {
+  /** The bank whose digests the facts come from. */
+  readonly bank: string;
+  /** PCRs whose events were used (they matched a trusted value). */
+  readonly pcrs: readonly number[];
+  readonly secureBoot: 'enabled' | 'disabled' | undefined;
+  /** SHA-256 fingerprints of the X.509 certificates in PK, KEK and db. */
+  readonly pk: readonly string[];
+  readonly kek: readonly string[];
+  readonly db: readonly string[];
+  /** dbx: number of entries and SHA-256 of the variable content. */
+  readonly dbx: { readonly count: number; readonly digest: string } | undefined;
+  /** SHA-256 fingerprints of the certificates named by EV_EFI_VARIABLE_AUTHORITY after the PCR 7 separator, first use order. */
+  readonly authorities: readonly string[];
+  /** Authenticode digests of EV_EFI_BOOT_SERVICES_APPLICATION events in PCR 4, in load order. */
+  readonly bootApps: readonly string[];
+  /** Digests of the kernel command lines GRUB (PCR 8) or systemd-stub (PCR 12) measured, and their text when the digest covers it. */
+  readonly kernelCmdlines: readonly { readonly digest: string; readonly text: string | undefined }[];
+  /** File digests GRUB measured into PCR 9 for kernel and initrd images. */
+  readonly kernels: readonly string[];
+  readonly initrds: readonly string[];
+  readonly scrtmVersion: string | undefined;
+  readonly scrtm: readonly string[];
+  readonly firmwareBlobs: readonly string[];
+  readonly quirks: readonly QuirkName[];
+}
+
+function badEvent(ev: EventLogEvent, msg: string): never {
+  throw new SigilError('tpm.eventlog_event_data_mismatch', `event log: event ${ev.seq} (${eventTypeName(ev.type)}, PCR ${ev.index}): ${msg}`);
+}
+
+const fp = (der: Buffer): string => createHash('sha256').update(der).digest('hex');
+
+function certFingerprint(varData: Buffer): string | undefined {
+  if (isDerSequence(varData)) return fp(varData); // shim: the certificate itself
+  if (varData.length > 16 && isDerSequence(varData.subarray(16))) return fp(varData.subarray(16)); // EFI_SIGNATURE_DATA: owner GUID + certificate
+  return undefined;
+}
+
+function pushOnce(list: string[], v: string): void {
+  if (!list.includes(v)) list.push(v);
+}
+
+/**
+ * Derive boot facts from `log` using the digests of `bank`, for events in `trustedPcrs` only.
+ * Throws `tpm.eventlog_event_data_mismatch` when an event whose data must hash to its digest
+ * does not (the log lies about that event), `tpm.eventlog_bad_event` for malformed UEFI data.
+ */
+export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: ReadonlySet<number>): BootFacts {
+  const alg = log.banks.find((b) => b.name === bank);
+  if (alg === undefined) throw new SigilError('tpm.eventlog_bank_missing', `event log: the log has no ${bank} digests`);
+  const digestOf = (ev: EventLogEvent): Buffer => ev.digests.find((d) => d.alg.id === alg.id)!.digest;
+  const dataHashes = (ev: EventLogEvent, data: Buffer = ev.data): boolean => bankHash(alg, data).equals(digestOf(ev));
+  const quirks = new Set<QuirkName>();
+  let secureBoot: 'enabled' | 'disabled' | undefined;
+  const pk: string[] = [];
+  const kek: string[] = [];
+  const db: string[] = [];
+  let dbx: { count: number; digest: string } | undefined;
+  const authorities: string[] = [];
+  const bootApps: string[] = [];
+  const kernelCmdlines: { digest: string; text: string | undefined }[] = [];
+  const kernels: string[] = [];
+  const initrds: string[] = [];
+  let scrtmVersion: string | undefined;
+  const scrtm: string[] = [];
+  const firmwareBlobs: string[] = [];
+  const separated = new Set<number>();
+  const seenVars = new Set<string>();
+  let exitBootServices = false;
+
+  for (const ev of log.events) {
+    if (ev.type === EV.NO_ACTION || !trustedPcrs.has(ev.index)) continue;
+    const hex = digestOf(ev).toString('hex');
+    switch (ev.type) {
+      case EV.SEPARATOR:
+        if (!dataHashes(ev)) badEvent(ev, 'the digest is not the hash of the separator data');
+        separated.add(ev.index);
+        break;
+      case EV.EFI_VARIABLE_DRIVER_CONFIG: {
+        if (ev.index !== 7) break;
+        if (!dataHashes(ev)) badEvent(ev, 'the digest is not the hash of the UEFI variable data');
+        if (separated.has(7)) break; // configuration after the separator is not the boot policy
+        const v = parseUefiVariable(ev.data, `event ${ev.seq}`);
+        const key = `${v.guid}/${v.name}`;
+        const isGlobal = v.guid === GUID.EFI_GLOBAL_VARIABLE;
+        const isDb = v.guid === GUID.EFI_IMAGE_SECURITY_DATABASE;
+        const known = (isGlobal && ['SecureBoot', 'PK', 'KEK'].includes(v.name)) || (isDb && ['db', 'dbx'].includes(v.name));
+        if (!known) break;
+        if (seenVars.has(key)) badEvent(ev, `${v.name} is measured twice before the separator`);
+        seenVars.add(key);
+        if (isGlobal && v.name === 'SecureBoot') {
+          if (v.data.length === 0) quirks.add(QUIRKS.emptySecureBootVariable);
+          else if (v.data.length !== 1 || v.data[0]! > 1) badEvent(ev, `SecureBoot variable holds ${v.data.toString('hex')}, not 00 or 01`);
+          secureBoot = v.data.length === 1 && v.data[0] === 1 ? 'enabled' : 'disabled';
+        } else if (v.name === 'dbx') {
+          dbx = { count: parseSignatureLists(v.data, `event ${ev.seq} dbx`).length, digest: fp(v.data) };
+        } else {
+          const list = v.name === 'PK' ? pk : v.name === 'KEK' ? kek : db;
+          for (const s of parseSignatureLists(v.data, `event ${ev.seq} ${v.name}`)) if (s.type === GUID.EFI_CERT_X509) pushOnce(list, fp(s.data));
+        }
+        break;
+      }
+      case EV.EFI_VARIABLE_AUTHORITY: {
+        if (ev.index !== 7) break;
+        const n = shimAuthorityDigestedLength(alg, digestOf(ev), ev.data);
+        if (n === undefined) badEvent(ev, 'the digest is not the hash of the authority data');
+        const v = parseUefiVariable(ev.data.subarray(0, n), `event ${ev.seq}`, n === ev.data.length);
+        if (n !== ev.data.length || v.length !== ev.data.length) {
+          if (v.guid !== GUID.SHIM_LOCK) badEvent(ev, 'authority data is longer than its UEFI_VARIABLE_DATA');
+          quirks.add(QUIRKS.shimAuthorityExtraBytes);
+        }
+        const f = certFingerprint(v.data);
+        if (f !== undefined && separated.has(7)) pushOnce(authorities, f);
+        break;
+      }
+      case EV.EFI_BOOT_SERVICES_APPLICATION:
+        if (ev.index === 4) bootApps.push(hex);
+        break;
+      case EV.IPL: {
+        const text = asciiText(ev.data);
+        if (ev.index === 8 && text?.startsWith('kernel_cmdline: ')) {
+          // GRUB hashes the command line alone: without the "kernel_cmdline: " label and the NUL.
+          const cmdline = text.slice('kernel_cmdline: '.length);
+          const covered = dataHashes(ev, Buffer.from(cmdline, 'latin1'));
+          if (covered) quirks.add(QUIRKS.grubStringWithoutNul);
+          kernelCmdlines.push({ digest: hex, text: covered ? cmdline : undefined });
+        } else if (ev.index === 12) {
+          const t = utf16Text(ev.data);
+          if (t !== undefined) kernelCmdlines.push({ digest: hex, text: dataHashes(ev) ? t : undefined });
+        } else if (ev.index === 9 && text !== undefined) {
+          const file = text.slice(text.lastIndexOf('/') + 1);
+          if (/^(initrd|initramfs)/.test(file)) pushOnce(initrds, hex);
+          else if (/^(vmlinuz|vmlinux|linux|bzImage|kernel)/.test(file)) pushOnce(kernels, hex);
+        }
+        break;
+      }
+      case EV.S_CRTM_VERSION:
+        if (ev.index !== 0) break;
+        if (!dataHashes(ev)) badEvent(ev, 'the digest is not the hash of the S-CRTM version');
+        {
+          // Text when it is printable without edge spaces (copyable into a selector), else hex.
+          const t = utf16Text(ev.data) ?? asciiText(ev.data);
+          if (t !== undefined && /^[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?$/.test(t)) scrtmVersion = t;
+          else if (ev.data.length <= 256) scrtmVersion = ev.data.toString('hex');
+        }
+        break;
+      case EV.S_CRTM_CONTENTS:
+        if (ev.index === 0) pushOnce(scrtm, hex);
+        break;
+      case EV.EFI_PLATFORM_FIRMWARE_BLOB:
+      case EV.EFI_PLATFORM_FIRMWARE_BLOB2:
+        if (ev.index === 0) pushOnce(firmwareBlobs, hex);
+        break;
+      case EV.EFI_ACTION:
+        if (asciiText(ev.data) === 'Exit Boot Services Invocation') exitBootServices = true;
+        break;
+      default:
+        break;
+    }
+  }
+  if (trustedPcrs.has(5) && bootApps.length > 0 && !exitBootServices) quirks.add(QUIRKS.missingExitBootServices);
+  return {
+    bank,
+    pcrs: [...trustedPcrs].sort((a, b) => a - b),
+    secureBoot,
+    pk,
+    kek,
+    db,
+    dbx,
+    authorities,
+    bootApps,
+    kernelCmdlines,
+    kernels,
+    initrds,
+    scrtmVersion,
+    scrtm,
+    firmwareBlobs,
+    quirks: [...quirks],
+  };
+}
+
+const MAX_SELECTOR = 1024;
+
+/** Selectors (DESIGN §4) for boot facts. Values are lowercase hex except the S-CRTM version text. */
+export function bootSelectors(f: BootFacts): string[] {
+  const s: string[] = [];
+  if (f.secureBoot !== undefined) s.push(`tpm:secureboot:${f.secureBoot}`);
+  for (const x of f.pk) s.push(`tpm:secureboot:pk:${x}`);
+  for (const x of f.kek) s.push(`tpm:secureboot:kek:${x}`);
+  for (const x of f.db) s.push(`tpm:secureboot:db:${x}`);
+  if (f.dbx) s.push(`tpm:secureboot:dbx_count:${f.dbx.count}`, `tpm:secureboot:dbx_digest:${f.dbx.digest}`);
+  for (const x of f.authorities) s.push(`tpm:secureboot:authority:${x}`);
+  for (const x of new Set(f.bootApps)) s.push(`tpm:boot_app:${f.bank}:${x}`);
+  if (f.bootApps.length > 0) {
+    const chain = `tpm:boot_chain:${f.bank}:${f.bootApps.join('+')}`;
+    if (chain.length <= MAX_SELECTOR) s.push(chain);
+  }
+  for (const c of new Set(f.kernelCmdlines.map((k) => k.digest))) s.push(`tpm:kernel_cmdline:${f.bank}:${c}`);
+  for (const x of f.kernels) s.push(`tpm:kernel:${f.bank}:${x}`);
+  for (const x of f.initrds) s.push(`tpm:initrd:${f.bank}:${x}`);
+  if (f.scrtmVersion !== undefined) s.push(`tpm:firmware:scrtm_version:${f.scrtmVersion}`);
+  for (const x of f.scrtm) s.push(`tpm:firmware:scrtm:${f.bank}:${x}`);
+  for (const x of f.firmwareBlobs) s.push(`tpm:firmware:blob:${f.bank}:${x}`);
+  return s;
+}
+
