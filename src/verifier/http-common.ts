@@ -27,7 +27,7 @@ export function jsonTooDeep(body: Buffer, max: number): boolean {
     } else if (c === 0x22) inString = true;
     else if (c === 0x5b || c === 0x7b) {
       if (++depth > max) return true;
-    } else if (c === 0x5d || c === 0x7d) depth--;
+    } else if ((c === 0x5d || c === 0x7d) && depth > 0) depth--;
   }
   return false;
 }

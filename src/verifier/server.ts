@@ -3,7 +3,7 @@
  * admin API on a Unix socket. Time is injectable (`now`) so rotation can be tested with a fake clock.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -17,6 +17,8 @@ import { certsToPem } from '../spiffe/x509svid.js';
 import { PostgresStore } from '../store/postgres.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
+import { makeDirs, preparePrivateDir } from '../util/private-dir.js';
+import { MAX_SOCKET_PATH_BYTES, bindPrivately, checkSocketDir, privateBindPathFits, unlinkIfSame } from '../util/socket-dir.js';
 import type { DataStore } from '../store/types.js';
 import { registerAdminRoutes } from './admin-api.js';
 import { registerAgentRoutes, registerHealthRoutes } from './agent-api.js';
@@ -47,8 +49,20 @@ export interface RunningVerifier {
   close(): Promise<void>;
 }
 
+/**
+ * Create the admin socket's directory (0755) when missing, check that no other user can change it
+ * (`verifier.admin_socket_dir_insecure`), and remove a stale socket left by a stopped verifier.
+ */
 async function prepareSocketPath(path: string): Promise<void> {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  if (!privateBindPathFits(path)) {
+    throw new SigilError('verifier.admin_socket_path_too_long', `adminSocket ${path} is too long: it and ${join(dirname(path), '.sXXXXXX', 's')} (used while creating it) must fit in ${MAX_SOCKET_PATH_BYTES} bytes; choose a shorter path`, { status: 500 });
+  }
+  try {
+    makeDirs(dirname(path), 0o755);
+  } catch (e) {
+    throw new SigilError('verifier.admin_socket_dir_insecure', `adminSocket directory ${dirname(path)} cannot be created: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+  }
+  checkSocketDir(dirname(path), 'verifier.admin_socket_dir_insecure', 'adminSocket');
   if (!existsSync(path)) return;
   if (!lstatSync(path).isSocket()) throw new SigilError('verifier.admin_socket_exists', `adminSocket ${path} exists and is not a socket; remove it or choose another path`, { status: 500 });
   const inUse = await new Promise<boolean>((res) => {
@@ -82,7 +96,7 @@ function instanceId(dataDir: string): string {
 export async function startVerifier(config: VerifierConfig, opts: StartOptions = {}): Promise<RunningVerifier> {
   const now = opts.now ?? (() => new Date());
   const logger = opts.logger ?? pino({ level: config.logLevel, base: { svc: 'sigil-verifier' } });
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  for (const t of preparePrivateDir(config.dataDir, { area: 'verifier', privateSubdirs: ['keys'] }).tightened) logger.warn({ path: t.path, mode: t.mode.toString(8) }, 'dataDir was open to other users; made it 0700');
   const instance = instanceId(config.dataDir);
   const store: DataStore =
     config.datastore.kind === 'postgres'
@@ -159,7 +173,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
       https: { ...tlsMaterial(), requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' },
     } as FastifyServerOptions) as unknown as FastifyInstance;
     // One refusal log for both listeners: its rate limit is per error code, whichever way it came.
-    const refusals = new RefusalLog(logger, metrics);
+    const refusals = new RefusalLog(logger, metrics, { burst: 5, intervalMs: 10_000, now: () => now().getTime() });
     installJsonParser(app);
     installErrorHandling(app, logger, refusals);
     instrument(app, metrics);
@@ -178,9 +192,22 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     registerHealthRoutes(admin, core);
     registerAdminRoutes(admin, core);
     await prepareSocketPath(config.adminSocket);
-    await admin.listen({ path: config.adminSocket });
-    chmodSync(config.adminSocket, 0o600);
-    closers.push(() => admin.close());
+    // Never connectable by another user, whatever the umask: bound in a private directory, made
+    // 0600 there, then linked into place (util/socket-dir.ts).
+    let adminSocketId: { dev: number; ino: number };
+    try {
+      adminSocketId = await bindPrivately(config.adminSocket, 0o600, async (tmpPath) => {
+        await admin.listen({ path: tmpPath });
+      });
+    } catch (e) {
+      await admin.close();
+      if (e instanceof SigilError) throw e;
+      throw new SigilError('verifier.admin_socket_failed', `cannot create the admin socket ${config.adminSocket}: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    }
+    closers.push(async () => {
+      await admin.close();
+      unlinkIfSame(config.adminSocket, adminSocketId);
+    });
 
     const tick = async () => {
       const rotated = await ca.rotate();
