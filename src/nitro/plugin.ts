@@ -15,7 +15,8 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { SigilError } from '../errors.js';
 import type { AttestorResult, NodeAttestorAgentPlugin, NodeAttestorVerifierPlugin, SessionInput } from '../plugins/types.js';
-import { validateAgainstSchema } from '../plugins/validate.js';
+import { decodeBase64 } from '../plugins/base64.js';
+import { pluginConfigError, validatePluginConfig } from '../plugins/validate.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import { AWS_NITRO_ROOT_G1_SHA256 } from './aws-root.js';
 import { NitroCertCache, pemCertificateToDer, sha256Hex } from './certs.js';
@@ -55,7 +56,7 @@ export const nitroVerifierConfigSchema = {
 } as const;
 
 function configError(msg: string): SigilError {
-  return new SigilError('nitro.bad_config', `plugin "aws_nitro": ${msg}`);
+  return pluginConfigError('nitro', `plugin "aws_nitro": ${msg}`);
 }
 
 interface ResolvedConfig {
@@ -66,7 +67,7 @@ interface ResolvedConfig {
 }
 
 function resolveConfig(raw: unknown, configDir: string): ResolvedConfig {
-  const c = validateAgainstSchema<NitroVerifierConfig>(nitroVerifierConfigSchema, structuredClone(raw ?? {}), 'plugin "aws_nitro" config', 'plugin.config_invalid');
+  const c = validatePluginConfig<NitroVerifierConfig>(nitroVerifierConfigSchema, raw, { namespace: 'nitro', what: 'plugin "aws_nitro" config' });
   const maxAgeSeconds = parseDuration(c.maxAge ?? DEFAULT_MAX_AGE_SECONDS, 'nodeAttestors.aws_nitro.maxAge');
   if (!(maxAgeSeconds > 0)) throw configError('maxAge must be greater than 0');
   let rootSha256 = (c.rootCertSha256 ?? AWS_NITRO_ROOT_G1_SHA256).toLowerCase();
@@ -94,7 +95,6 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 const MODULE_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
-const B64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 function parseHello(hello: unknown): { moduleId?: string } {
   if (!isPlainObject(hello)) throw new SigilError('nitro.bad_hello', 'aws_nitro hello must be an object: {} or { "moduleId": "…" }');
@@ -112,13 +112,7 @@ function parseResponse(response: unknown): Buffer {
   for (const k of Object.keys(response)) {
     if (k !== 'document') throw new SigilError('nitro.bad_response', `aws_nitro response has unknown key "${k.slice(0, 64)}"`);
   }
-  const d = response.document;
-  // base64 of the largest accepted document, with padding
-  const maxChars = Math.ceil(MAX_DOCUMENT_BYTES / 3) * 4;
-  if (typeof d !== 'string' || d.length === 0 || d.length > maxChars || !B64_RE.test(d)) {
-    throw new SigilError('nitro.bad_response', 'aws_nitro response document must be standard base64 (with padding) of at most 17 KiB');
-  }
-  return Buffer.from(d, 'base64');
+  return decodeBase64(response.document, 'aws_nitro response document', { code: 'nitro.bad_response', maxBytes: MAX_DOCUMENT_BYTES });
 }
 
 export const nitroVerifierPlugin: NodeAttestorVerifierPlugin = {

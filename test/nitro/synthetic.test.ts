@@ -156,8 +156,8 @@ describe('aws_nitro protocol with a synthetic NSM', () => {
     await rejects(run(await verifier({ rootCert: 'other-root.pem' }), a, newSession()), 'nitro.untrusted_root');
     await rejects(run(await verifier({ rootCertSha256: otherPki.rootSha256 }), a, newSession()), 'nitro.untrusted_root');
     await run(await verifier({ rootCertSha256: pki.rootSha256.toUpperCase() }), a, newSession());
-    await expect(verifier({ rootCert: 'root.pem', rootCertSha256: otherPki.rootSha256 })).rejects.toMatchObject({ code: 'nitro.bad_config' });
-    await expect(verifier({ rootCert: 'missing.pem' })).rejects.toMatchObject({ code: 'nitro.bad_config' });
+    await expect(verifier({ rootCert: 'root.pem', rootCertSha256: otherPki.rootSha256 })).rejects.toMatchObject({ code: 'nitro.config_invalid' });
+    await expect(verifier({ rootCert: 'missing.pem' })).rejects.toMatchObject({ code: 'nitro.config_invalid' });
   });
 
   it('rejects debug-mode PCRs unless allowDebug', async () => {
@@ -180,11 +180,11 @@ describe('aws_nitro protocol with a synthetic NSM', () => {
     await run(await verifier({ rootCert: 'root.pem', pcrs: { '0': pcr0, '3': '00'.repeat(48) } }), a, newSession());
     await rejects(run(await verifier({ rootCert: 'root.pem', pcrs: { '0': 'ab'.repeat(48) } }), a, newSession()), 'nitro.pcr_mismatch');
     await rejects(run(await verifier({ rootCert: 'root.pem', pcrs: { '20': pcr0 } }), a, newSession()), 'nitro.pcr_mismatch');
-    await expect(verifier({ pcrs: { '32': pcr0 } })).rejects.toMatchObject({ code: 'plugin.config_invalid' });
-    await expect(verifier({ pcrs: { '0': 'abc' } })).rejects.toMatchObject({ code: 'plugin.config_invalid' });
-    await expect(verifier({ maxAge: 'soon' })).rejects.toMatchObject({ code: 'plugin.config_invalid' });
-    await expect(verifier({ maxAge: 0 })).rejects.toMatchObject({ code: 'nitro.bad_config' });
-    await expect(verifier({ colour: 'red' })).rejects.toMatchObject({ code: 'plugin.config_invalid' });
+    await expect(verifier({ pcrs: { '32': pcr0 } })).rejects.toMatchObject({ code: 'nitro.config_invalid' });
+    await expect(verifier({ pcrs: { '0': 'abc' } })).rejects.toMatchObject({ code: 'nitro.config_invalid' });
+    await expect(verifier({ maxAge: 'soon' })).rejects.toMatchObject({ code: 'nitro.config_invalid' });
+    await expect(verifier({ maxAge: 0 })).rejects.toMatchObject({ code: 'nitro.config_invalid' });
+    await expect(verifier({ colour: 'red' })).rejects.toMatchObject({ code: 'nitro.config_invalid' });
   });
 
   it('checks hello, challenge and response shapes', async () => {
