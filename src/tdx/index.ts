@@ -4,3 +4,4 @@ export * from './pki.js';
 export * from './signed-json.js';
 export * from './tcb.js';
 export * from './verify.js';
+export * from './ccel.js';

@@ -11,6 +11,7 @@
  *  4. with collateral: the TCB Signing chain, the TCB Info and QE Identity signatures over the bytes
  *     as received and their issueDate/nextUpdate (and `maxCollateralAgeMs`), then the Root CA CRL
  *     and PCK CRL (signatures, issuers, validity) and revocation of every chain certificate;
+ *  4b. with `eventLog`: the CC event log replayed into RTMR0–3 must equal the quote's (ccel.ts);
  *  5. the TD report: REPORTDATA (session binding) and the DEBUG attribute;
  *  6. TCB matching (tcb.ts) and the policy on the resulting status. Without collateral the status is
  *     `Unknown`, accepted only with `allowUnknownTcb` (and then nothing was checked for revocation).
@@ -19,6 +20,7 @@ import { createPublicKey, createHash, timingSafeEqual, verify as cryptoVerify, t
 import { SigilError } from '../errors.js';
 import { type TdxQuote, TDATTR_DEBUG, parseTdxQuote, tdAttributesValue } from './quote.js';
 import { type IntelCrl, type SgxPckExtensions, checkCrl, checkRevocation, chainFromPem, parseCrl, parsePckExtensions, verifyIntelChain } from './pki.js';
+import { type CcelReplay, ccelSelectors, checkCcelAgainstRtmrs } from './ccel.js';
 import { splitSignedJson, verifySignedJson } from './signed-json.js';
 import { type QeIdentity, type TcbMatch, type TcbStatus, type TdxTcbInfo, matchTcb, parseQeIdentity, parseTdxTcbInfo } from './tcb.js';
 
@@ -59,6 +61,8 @@ export interface TdxPolicyOptions {
 
 export interface TdxVerifyOptions extends TdxPolicyOptions {
   now: Date;
+  /** CC event log area (and optionally the ACPI CCEL table): replayed into RTMR0–3, which must equal the quote's. */
+  eventLog?: { area: Uint8Array; table?: Uint8Array };
   /** When set, REPORTDATA must equal these 64 bytes (constant-time compare). */
   expectedReportData?: Uint8Array;
 }
@@ -187,6 +191,9 @@ export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral
     checkRevocation(pckChain.certs, verified.crls, 'pck');
   }
 
+  let ccel: CcelReplay | undefined;
+  if (opts.eventLog) ccel = checkCcelAgainstRtmrs(opts.eventLog.area, quote.body.rtmrs, opts.eventLog.table);
+
   checkTdReportPolicy(quote, opts);
 
   let tcbStatus: TdxTcbStatus;
@@ -214,6 +221,7 @@ export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral
     sel('fmspc', hex(pck.fmspc)),
     sel('seam:mrseam', hex(b.mrSeam)),
     sel('td_attributes', hex(b.tdAttributes)),
+    ...(ccel ? ccelSelectors(ccel) : []),
   ];
   const claims: Record<string, unknown> = {
     quoteVersion: quote.version,
@@ -242,6 +250,7 @@ export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral
     qeIsvSvn: quote.qeReport.isvSvn,
     revocationChecked: verified !== undefined,
   };
+  if (ccel) claims.eventLog = { eventsPerRtmr: ccel.events, records: ccel.log.events.length, bytes: ccel.log.byteLength };
   if (b.teeTcbSvn2) claims.teeTcbSvn2 = hex(b.teeTcbSvn2);
   if (b.mrServiceTd) claims.mrServiceTd = hex(b.mrServiceTd);
   if (tcb) {
