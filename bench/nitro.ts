@@ -7,8 +7,10 @@
  *  (b)  200 synthetic documents with distinct leaf certificates under the same intermediates; each
  *       pass uses a fresh cache warmed with one other document, so every leaf is new to it.
  *
- * Each verification does at least two P-384 verifies (leaf certificate + COSE signature), so the
- * ideal ratio to the raw rate is 0.5.
+ * A document from a leaf certificate not yet in the cache costs two P-384 verifies (leaf certificate
+ * + COSE signature): ceiling 0.5 of the raw rate, case (b). The same enclave again (a) finds its
+ * verified leaf in the cache (by DER hash and issuer; validity still checked), so it costs one:
+ * ceiling 1.0; goal ≥ 0.8 (issue 15).
  */
 import 'reflect-metadata';
 import { generateKeyPairSync, sign, verify } from 'node:crypto';
@@ -49,7 +51,7 @@ async function main(): Promise<void> {
     const at = new Date('2024-12-13T07:37:58.960Z');
     const cache = new NitroCertCache();
     const r = rate(() => void verifyNitroDocument(doc, { at, cache }));
-    console.log(`(a) same document, real (marlin-aws)      ${fmt(r)} /s  ratio ${(r / raw).toFixed(3)}  goal >= 600/s: ${r >= 600 ? 'met' : 'NOT met'}`);
+    console.log(`(a) same document, real (marlin-aws)      ${fmt(r)} /s  ratio ${(r / raw).toFixed(3)}  goal ratio >= 0.8: ${r / raw >= 0.8 ? 'met' : 'NOT met'}`);
   } else {
     console.log(`(a) real document skipped: ${realFile} not found`);
   }
@@ -64,7 +66,7 @@ async function main(): Promise<void> {
   const sameCache = new NitroCertCache();
   const same = docs[0] as Buffer;
   const ra = rate(() => void verifyNitroDocument(same, { at, rootSha256: pki.rootSha256, cache: sameCache }));
-  console.log(`(a) same document, synthetic              ${fmt(ra)} /s  ratio ${(ra / raw).toFixed(3)}`);
+  console.log(`(a) same document, synthetic              ${fmt(ra)} /s  ratio ${(ra / raw).toFixed(3)}  goal ratio >= 0.8: ${ra / raw >= 0.8 ? 'met' : 'NOT met'}`);
 
   let done = 0;
   const t0 = performance.now();

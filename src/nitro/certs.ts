@@ -266,10 +266,14 @@ class Lru<V> {
  * - CA certificates (pinned root, intermediates) that passed their static checks and, for
  *   intermediates, their issuer's signature — keyed by (SHA-256 of the DER, SHA-256 of the issuer's
  *   DER), so a hit is only possible under the very issuer it was verified against;
- * - decoded leaf certificates keyed by the SHA-256 of their DER: only the decoding and the static
- *   profile checks (a pure function of the bytes) are remembered; the leaf's issuer, signature and
- *   validity are checked on every call.
- * Failures are never cached. Validity periods are always checked at the verification time.
+ * - signing (leaf) certificates that passed their static checks and their issuer's signature, keyed
+ *   the same way (SHA-256 of the leaf's DER, SHA-256 of its issuer's DER): verifying another
+ *   document of the same enclave costs one P-384 verification (the COSE signature), not two. Another
+ *   leaf — even with the same subject and key — has another DER hash and is verified in full.
+ * Failures are never cached. Validity periods are always checked at the verification time, and the
+ * path above a hit is still walked (root pin, each CA's cached issuer link and validity), so a hit
+ * is only possible under the very chain it was verified in. Each cache is bounded (constructor),
+ * the least recently used entry going first.
  */
 export class NitroCertCache {
   readonly #ca: Lru<NitroCert>;
@@ -277,10 +281,13 @@ export class NitroCertCache {
   hits = 0;
   misses = 0;
 
-  constructor(maxEntries = 1024) {
-    if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) throw new SigilError('nitro.bad_options', 'cache size must be a positive integer');
+  /** `maxEntries` bounds the CA cache, `leafMaxEntries` (default the same) the leaf cache. */
+  constructor(maxEntries = 1024, leafMaxEntries = maxEntries) {
+    for (const n of [maxEntries, leafMaxEntries]) {
+      if (!Number.isSafeInteger(n) || n < 1) throw new SigilError('nitro.bad_options', `cache size must be a positive integer, got ${String(n)}`);
+    }
     this.#ca = new Lru(maxEntries);
-    this.#leaf = new Lru(maxEntries);
+    this.#leaf = new Lru(leafMaxEntries);
   }
 
   get size(): { ca: number; leaf: number } {
@@ -351,9 +358,16 @@ export function validateNitroChain(leafDer: Uint8Array, cabundle: readonly Uint8
     }
     parent = cert;
   }
+  // The leaf is cached once its issuer's signature verified, under (its DER hash, its issuer's DER
+  // hash): the same enclave's next document costs only its COSE signature. Its validity period is
+  // checked at every verification time, hit or miss.
   const leafHash = sha256Hex(leafDer);
-  const leaf = cache.getOrAdd('leaf', leafHash, () => parseNitroCert(leafDer, 'leaf', 'certificate (leaf)'));
-  checkIssuedBy(leaf, parent, 'certificate (leaf)');
+  const issuer = parent;
+  const leaf = cache.getOrAdd('leaf', `${leafHash}:${issuer.sha256}`, () => {
+    const c = parseNitroCert(leafDer, 'leaf', 'certificate (leaf)');
+    checkIssuedBy(c, issuer, 'certificate (leaf)');
+    return c;
+  });
   checkValidity(leaf, atMs, 'certificate (leaf)');
   return { leaf, root, length: n + 1 };
 }

@@ -33,7 +33,11 @@ export interface NitroVerifyOptions {
   expectedPublicKey?: Uint8Array;
   /** PCR index → required value. */
   expectedPcrs?: ReadonlyMap<number, Uint8Array>;
-  /** Intermediate certificate cache; default: a module-wide cache of 1024 entries. */
+  /**
+   * Cache of verified CA and leaf certificates (NitroCertCache: bounded, keyed by DER hash and
+   * issuer, validity still checked at `at`); default: a module-wide cache of 1024 entries each.
+   * A verifier instance (the aws_nitro plugin) owns its own.
+   */
   cache?: NitroCertCache;
 }
 
@@ -66,7 +70,7 @@ export interface NitroVerified {
 
 const defaultCache = new NitroCertCache(1024);
 
-/** The module-wide intermediate cache used when no cache is passed. */
+/** The module-wide certificate cache used when no cache is passed. */
 export function defaultNitroCertCache(): NitroCertCache {
   return defaultCache;
 }
