@@ -156,6 +156,11 @@ export interface WorkloadAttestor {
    * its reason is a shared, frozen Error named "AbortError".
    */
   attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]>;
+  /**
+   * Selector types this attestor speaks for besides its own name (e.g. `["k8s"]`). The agent
+   * honours a declared type only while no other configured attestor has that name or declares it.
+   */
+  readonly selectorTypes?: readonly string[];
 }
 
 export interface WorkloadAttestorPlugin {

@@ -13,6 +13,7 @@
  *               /kubepods/<qos>/pod<uid>/<id>          (cgroupfs driver; a bare ID under kubepods)
  *   cri-o       .../crio-<id>.scope, .../crio-<id>
  *   podman      .../libpod-<id>.scope, /libpod_parent/libpod-<id>
+ *   containerd  /<namespace>/<id>                      (containerd's own clients, cgroupfs: `0::/default/<id>`)
  *   pod UID     kubepods-<qos>-pod<uid with _>.slice (systemd) or pod<uid> (cgroupfs) below kubepods
  * Monitor processes (`crio-conmon-<id>`, `libpod-conmon-<id>`) are not containers and match nothing.
  * Nested containers: the innermost (last) match on a line wins. Lines that disagree on the
@@ -26,12 +27,19 @@
  * shows paths relative to the agent's own cgroup and containers cannot be identified.
  *
  * The /proc/<pid>/cgroup format is parsed by hand (kernel text format).
+ *
+ * With a runtime configured (`docker`, `podman`, `containerd`, `kubelet`), the container the
+ * cgroup names is then described by that runtime (./runtime/): image ID and digests, image
+ * reference, labels, name, and the Kubernetes pod (`k8s:*` selectors).
  */
 import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
 import { validateAgainstSchema } from '../plugins/validate.js';
 import type { AgentPluginDeps, JsonSchema, Selector, WorkloadAttestor, WorkloadAttestorPlugin, WorkloadCaller } from '../plugins/types.js';
 import { DEFAULT_PROC_ROOT, procPath, readBoundedFile } from './proc.js';
+import { durationSchema, parseDuration } from '../util/duration.js';
+import { SELECTOR_GROUPS, type SelectorGroup } from './runtime/details.js';
+import { RuntimeLookup } from './runtime/lookup.js';
 
 export type ContainerRuntime = 'docker' | 'containerd' | 'crio' | 'podman';
 
@@ -39,10 +47,20 @@ export interface ContainerInfo {
   id: string;
   runtime?: ContainerRuntime;
   podUid?: string;
+  /** containerd namespace (`k8s.io` for kubelet containers, the first path segment for `/<ns>/<id>`). */
+  namespace?: string;
 }
 
 export interface ContainerAttestorConfig {
   allowUserDelegated?: boolean;
+  docker?: { socket: string };
+  podman?: { socket: string };
+  containerd?: { socket: string; namespaces: string[] };
+  kubelet?: { url: string; tokenFile?: string; caFile?: string };
+  selectors?: SelectorGroup[];
+  lookupTimeout?: string | number;
+  cacheSize?: number;
+  cacheTtl?: string | number;
 }
 
 export interface ContainerAttestorOptions {
@@ -55,6 +73,25 @@ export const containerConfigSchema: JsonSchema = {
   additionalProperties: false,
   properties: {
     allowUserDelegated: { type: 'boolean', default: false },
+    docker: { type: 'object', additionalProperties: false, properties: { socket: { type: 'string', minLength: 1, default: '/var/run/docker.sock' } } },
+    podman: { type: 'object', additionalProperties: false, properties: { socket: { type: 'string', minLength: 1, default: '/run/podman/podman.sock' } } },
+    containerd: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        socket: { type: 'string', minLength: 1, default: '/run/containerd/containerd.sock' },
+        namespaces: { type: 'array', minItems: 1, maxItems: 16, uniqueItems: true, items: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,75}$' }, default: ['k8s.io', 'default'] },
+      },
+    },
+    kubelet: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { url: { type: 'string', pattern: '^https://', default: 'https://127.0.0.1:10250' }, tokenFile: { type: 'string', minLength: 1 }, caFile: { type: 'string', minLength: 1 } },
+    },
+    selectors: { type: 'array', uniqueItems: true, items: { enum: [...SELECTOR_GROUPS] }, default: [...SELECTOR_GROUPS] },
+    lookupTimeout: { ...durationSchema, default: '2s' },
+    cacheSize: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 4096 },
+    cacheTtl: { ...durationSchema, default: '10m' },
   },
 };
 
@@ -70,12 +107,14 @@ const POD_SYSTEMD = /^kubepods(?:-[a-z]+)*-pod([0-9a-f_]{36})\.slice$/;
 const POD_CGROUPFS = /^pod([0-9a-f-]{36})$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const USER_DELEGATION = /^user@\d+\.service$/;
+const NAMESPACE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,75}$/;
 
 const MAX_LINES = 256;
 
 interface LineMatch {
   id?: string;
   runtime?: ContainerRuntime;
+  namespace?: string;
   /** Runtime derived from the pattern itself (true) or inferred from the surroundings (false). */
   explicit: boolean;
   podUid?: string;
@@ -104,6 +143,7 @@ export function matchCgroupPath(path: string): LineMatch {
         m.id = r[1]!;
         m.runtime = runtime;
         m.explicit = true;
+        if (runtime === 'containerd') m.namespace = 'k8s.io';
         matched = true;
         break;
       }
@@ -118,6 +158,13 @@ export function matchCgroupPath(path: string): LineMatch {
       m.id = seg;
       m.runtime = 'containerd';
       m.explicit = false;
+      m.namespace = 'k8s.io';
+    } else if (i === 1 && segs.length === 2 && parent !== undefined && NAMESPACE.test(parent)) {
+      // containerd's own clients (ctr, nerdctl) with the cgroupfs driver: /<namespace>/<id>.
+      m.id = seg;
+      m.runtime = 'containerd';
+      m.explicit = false;
+      m.namespace = parent;
     }
   }
   return m;
@@ -134,6 +181,7 @@ export function parseCgroupFile(text: string, opts: { allowUserDelegated?: boole
   let runtime: ContainerRuntime | undefined;
   let runtimeExplicit = false;
   let podUid: string | undefined;
+  let namespace: string | undefined;
   let delegated = false;
   for (const line of lines) {
     const a = line.indexOf(':');
@@ -149,6 +197,7 @@ export function parseCgroupFile(text: string, opts: { allowUserDelegated?: boole
         throw new SigilError('workload.container_ambiguous', `cgroup lines name two containers (${id.slice(0, 12)}…, ${m.id.slice(0, 12)}…)`);
       }
       id = m.id;
+      if (m.namespace !== undefined) namespace ??= m.namespace;
       if (m.runtime !== undefined) {
         if (runtime === undefined || (!runtimeExplicit && m.explicit)) {
           runtime = m.runtime;
@@ -168,6 +217,7 @@ export function parseCgroupFile(text: string, opts: { allowUserDelegated?: boole
   const out: ContainerInfo = { id };
   if (runtime !== undefined) out.runtime = runtime;
   if (podUid !== undefined) out.podUid = podUid;
+  if (namespace !== undefined && runtime === 'containerd') out.namespace = namespace;
   return out;
 }
 
@@ -180,17 +230,44 @@ export function containerSelectors(info: ContainerInfo | null): Selector[] {
 }
 
 export class ContainerAttestor implements WorkloadAttestor {
+  /** Besides `container:…`, this attestor speaks for the `k8s:…` selectors (pods). */
+  readonly selectorTypes: readonly string[] = ['container', 'k8s'];
   private readonly procRoot: string;
+  private readonly lookup: RuntimeLookup | undefined;
   constructor(
     private readonly config: ContainerAttestorConfig = {},
     opts: ContainerAttestorOptions = {},
   ) {
     this.procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
+    const lookup = new RuntimeLookup(
+      {
+        ...(config.docker ? { docker: config.docker } : {}),
+        ...(config.podman ? { podman: config.podman } : {}),
+        ...(config.containerd ? { containerd: config.containerd } : {}),
+        ...(config.kubelet ? { kubelet: config.kubelet } : {}),
+        selectors: config.selectors ?? [...SELECTOR_GROUPS],
+        lookupTimeoutMs: parseDuration(config.lookupTimeout ?? '2s', 'container.lookupTimeout') * 1000,
+        cacheSize: config.cacheSize ?? 4096,
+        cacheTtlMs: parseDuration(config.cacheTtl ?? '10m', 'container.cacheTtl') * 1000,
+      },
+      opts.logger,
+    );
+    if (lookup.enabled) {
+      this.lookup = lookup;
+      lookup.probe();
+    }
   }
 
   async attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]> {
     const text = (await readBoundedFile(procPath(this.procRoot, caller.pid, 'cgroup'), 64 * 1024, signal)).toString('utf8');
-    return containerSelectors(parseCgroupFile(text, { allowUserDelegated: this.config.allowUserDelegated === true }));
+    const info = parseCgroupFile(text, { allowUserDelegated: this.config.allowUserDelegated === true });
+    const base = containerSelectors(info);
+    if (info === null || this.lookup === undefined) return base;
+    return [...base, ...(await this.lookup.selectorsFor(info, signal))];
+  }
+
+  close(): void {
+    this.lookup?.close();
   }
 }
 

@@ -2,8 +2,9 @@
  * Runs every configured workload attestor for a caller, concurrently, under one deadline. An
  * attestor that fails or times out is logged and contributes no selectors; the result is the
  * union of the others' selectors (deduplicated, sorted). Selectors must be prefixed with the
- * attestor's name (`unix:…` from "unix"); anything else is dropped with a warning, so one plugin
- * cannot speak for another.
+ * attestor's name (`unix:…` from "unix"), or with one of the extra types the attestor declares in
+ * `selectorTypes` (`k8s:…` from "container") when no other configured attestor has that name or
+ * claims that type; anything else is dropped with a warning, so one plugin cannot speak for another.
  */
 import type { Logger } from 'pino';
 import type { Selector, WorkloadAttestor, WorkloadCaller } from '../../plugins/types.js';
@@ -25,6 +26,25 @@ function abortReason(message: string): Error {
 const ATTESTATION_OVER = abortReason('workload attestation is over');
 const ATTESTATION_TIMED_OUT = abortReason('workload attestation timed out');
 
+const prefixCache = new WeakMap<Map<string, WorkloadAttestor>, Map<string, string[]>>();
+
+/** Each attestor's allowed selector prefixes: its own name, plus declared types nobody else has. */
+export function selectorPrefixes(attestors: Map<string, WorkloadAttestor>): Map<string, string[]> {
+  const cached = prefixCache.get(attestors);
+  if (cached) return cached;
+  const claims = new Map<string, number>();
+  for (const [name, a] of attestors) {
+    for (const t of new Set([name, ...(a.selectorTypes ?? [])])) claims.set(t, (claims.get(t) ?? 0) + 1);
+  }
+  const out = new Map<string, string[]>();
+  for (const [name, a] of attestors) {
+    const extra = (a.selectorTypes ?? []).filter((t) => t !== name && !attestors.has(t) && claims.get(t) === 1);
+    out.set(name, [`${name}:`, ...extra.map((t) => `${t}:`)]);
+  }
+  prefixCache.set(attestors, out);
+  return out;
+}
+
 export interface CallerAttestation {
   /** Union of the selectors of the attestors that succeeded, sorted. */
   selectors: Selector[];
@@ -40,6 +60,7 @@ export async function attestCaller(
   schedule: ScheduleDeadline = timerDeadline,
 ): Promise<CallerAttestation> {
   const failed: string[] = [];
+  const prefixes = selectorPrefixes(attestors);
   const ac = new AbortController();
   let cancelTimeout: () => void = () => undefined;
   const timeout = new Promise<'timeout'>((resolve) => {
@@ -63,10 +84,10 @@ export async function attestCaller(
             failed.push(name);
             return [];
           }
-          const prefix = `${name}:`;
+          const allowed = prefixes.get(name) as string[];
           const good: Selector[] = [];
           for (const s of r.slice(0, MAX_SELECTORS_PER_ATTESTOR)) {
-            if (typeof s === 'string' && s.startsWith(prefix) && s.length > prefix.length && s.length <= MAX_SELECTOR_LENGTH) good.push(s);
+            if (typeof s === 'string' && s.length <= MAX_SELECTOR_LENGTH && allowed.some((p) => s.startsWith(p) && s.length > p.length)) good.push(s);
             else logger.warn({ attestor: name, selector: String(s).slice(0, 100) }, 'workload attestor returned a selector outside its namespace; dropped');
           }
           return good;

@@ -1,0 +1,136 @@
+/**
+ * Asks the caller's container runtime (and, for pods, the kubelet) about the container that the
+ * caller's cgroup names, and turns the answer into selectors. The cgroup stays the only source of
+ * *which* container the caller is in; the runtime only describes that container. Answers are
+ * cached per container (bounded LRU with a TTL). A lookup that fails or times out fails the
+ * container attestor for that caller only (the Workload API then answers UNAVAILABLE, retry);
+ * callers outside containers never wait for a runtime.
+ */
+import { connect } from 'node:net';
+import { readFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { SigilError } from '../../errors.js';
+import type { Selector } from '../../plugins/types.js';
+import { RuntimeCache } from './cache.js';
+import { ContainerdClient } from './containerd.js';
+import { runtimeSelectors, type ContainerDetails, type PodDetails, type SelectorGroup } from './details.js';
+import { DockerApiClient } from './docker.js';
+import { KubeletClient } from './kubelet.js';
+
+export interface RuntimeLookupConfig {
+  docker?: { socket: string };
+  podman?: { socket: string };
+  containerd?: { socket: string; namespaces: string[] };
+  kubelet?: { url: string; tokenFile?: string; caFile?: string };
+  selectors: SelectorGroup[];
+  lookupTimeoutMs: number;
+  cacheSize: number;
+  cacheTtlMs: number;
+}
+
+export interface ContainerRef {
+  id: string;
+  runtime?: string;
+  podUid?: string;
+  /** containerd namespace, when the cgroup path names it. */
+  namespace?: string;
+}
+
+interface Inspector {
+  inspect(id: string, namespace: string | undefined, signal?: AbortSignal): Promise<ContainerDetails | null>;
+  socket: string;
+}
+
+export class RuntimeLookup {
+  private readonly inspectors = new Map<string, Inspector>();
+  private readonly kubelet: KubeletClient | undefined;
+  private readonly cache: RuntimeCache<ContainerDetails>;
+  private readonly groups: ReadonlySet<SelectorGroup>;
+  private readonly containerd: ContainerdClient | undefined;
+
+  constructor(
+    cfg: RuntimeLookupConfig,
+    private readonly logger?: Logger,
+  ) {
+    this.groups = new Set(cfg.selectors);
+    this.cache = new RuntimeCache(cfg.cacheSize, cfg.cacheTtlMs);
+    const timeoutMs = cfg.lookupTimeoutMs;
+    for (const rt of ['docker', 'podman'] as const) {
+      const c = cfg[rt];
+      if (!c) continue;
+      const client = new DockerApiClient({ socketPath: c.socket, timeoutMs, runtime: rt });
+      this.inspectors.set(rt, { socket: c.socket, inspect: (id, _ns, signal) => client.inspect(id, signal) });
+    }
+    if (cfg.containerd) {
+      const cd = new ContainerdClient({ socketPath: cfg.containerd.socket, timeoutMs, namespaces: cfg.containerd.namespaces });
+      this.containerd = cd;
+      this.inspectors.set('containerd', { socket: cfg.containerd.socket, inspect: (id, ns, signal) => cd.inspect(id, ns, signal) });
+    }
+    if (cfg.kubelet) {
+      let ca: Buffer | undefined;
+      if (cfg.kubelet.caFile !== undefined) {
+        try {
+          ca = readFileSync(cfg.kubelet.caFile);
+        } catch (e) {
+          throw new SigilError('container.config_invalid', `cannot read kubelet.caFile ${cfg.kubelet.caFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+        }
+      }
+      let url: URL;
+      try {
+        url = new URL(cfg.kubelet.url);
+      } catch {
+        throw new SigilError('container.config_invalid', `kubelet.url ${cfg.kubelet.url} is not a URL`);
+      }
+      const k: ConstructorParameters<typeof KubeletClient>[0] = { url, timeoutMs, listTtlMs: 10_000, minRefetchMs: 1000 };
+      if (ca !== undefined) k.ca = ca;
+      if (cfg.kubelet.tokenFile !== undefined) k.tokenFile = cfg.kubelet.tokenFile;
+      this.kubelet = new KubeletClient(k);
+    }
+  }
+
+  /** True when some runtime or the kubelet is configured (otherwise the attestor does what it did before). */
+  get enabled(): boolean {
+    return this.inspectors.size > 0 || this.kubelet !== undefined;
+  }
+
+  /** Warn (never fail) about runtime sockets that do not accept a connection now. */
+  probe(): void {
+    for (const [rt, i] of this.inspectors) {
+      const s = connect({ path: i.socket });
+      s.setTimeout(2000);
+      s.once('connect', () => s.destroy());
+      s.once('timeout', () => {
+        s.destroy();
+        this.logger?.warn({ runtime: rt, socket: i.socket }, 'container runtime socket does not answer yet; container callers get UNAVAILABLE until it does');
+      });
+      s.once('error', (e: NodeJS.ErrnoException) => {
+        this.logger?.warn({ runtime: rt, socket: i.socket, code: e.code }, 'container runtime socket is not reachable; container callers get UNAVAILABLE until it is');
+      });
+    }
+  }
+
+  close(): void {
+    this.containerd?.close();
+  }
+
+  async selectorsFor(ref: ContainerRef, signal?: AbortSignal): Promise<Selector[]> {
+    const inspector = ref.runtime !== undefined ? this.inspectors.get(ref.runtime) : undefined;
+    let details: ContainerDetails = { repoDigests: [], labels: {} };
+    if (inspector) {
+      const key = `${ref.runtime}/${ref.namespace ?? ''}/${ref.id}`;
+      details = await this.cache.get(key, async () => {
+        const d = await inspector.inspect(ref.id, ref.namespace, signal);
+        if (d === null) throw new SigilError('container.not_found', `the ${ref.runtime} runtime does not know container ${ref.id.slice(0, 12)}… (gone, or not its container)`, { status: 503 });
+        return d;
+      });
+    }
+    let pod: PodDetails | undefined;
+    if (this.kubelet && ref.podUid !== undefined && this.groups.has('k8s')) {
+      pod = await this.kubelet.pod(ref.podUid, signal);
+      if (pod === undefined) throw new SigilError('container.pod_unknown', `the kubelet lists no pod ${ref.podUid} on this node`, { status: 503 });
+    }
+    const { selectors, skippedLabels } = runtimeSelectors(details, pod, this.groups, ref.podUid);
+    if (skippedLabels.length > 0) this.logger?.debug({ container: ref.id.slice(0, 12), labels: skippedLabels }, 'labels that cannot be selectors were left out');
+    return selectors;
+  }
+}

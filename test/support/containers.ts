@@ -1,0 +1,220 @@
+/**
+ * Real container runtimes for tests: podman (serving the Docker Engine API with `podman system
+ * service`) and containerd (as a plain process), each with its own storage under a temp dir, and
+ * a tiny image built locally from the static busybox (there is no registry here). Facts this
+ * relies on, measured on this machine kind: crun fails on the hybrid cgroup layout, runc with the
+ * cgroupfs manager works; containers must not ask for rlimits above the sandbox's hard limits.
+ *
+ * The helpers shell out to podman/ctr to *set up* containers; the product never does.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+
+const BUSYBOX = '/usr/bin/busybox';
+const RUNC = '/usr/sbin/runc';
+
+export function containerToolsMissing(): string | null {
+  for (const [tool, path] of [
+    ['podman', '/usr/bin/podman'],
+    ['containerd', '/usr/bin/containerd'],
+    ['ctr', '/usr/bin/ctr'],
+    ['runc', RUNC],
+    ['busybox-static', BUSYBOX],
+  ] as const) {
+    if (!existsSync(path)) return `${tool} is not installed (${path}); scripts/setup.sh installs it`;
+  }
+  return null;
+}
+
+function waitForSocket(path: string, timeoutMs: number, what: string): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const tryOnce = (): void => {
+      const s = connect({ path });
+      s.once('connect', () => {
+        s.destroy();
+        resolve();
+      });
+      s.once('error', () => {
+        s.destroy();
+        if (Date.now() > until) reject(new Error(`${what} did not start listening on ${path}`));
+        else setTimeout(tryOnce, 100);
+      });
+    };
+    tryOnce();
+  });
+}
+
+/** A root filesystem with the static busybox and a marker file, as a tar archive. */
+export function buildBusyboxRootfsTar(dir: string, marker: string): string {
+  const root = join(dir, `rootfs-${marker}`);
+  mkdirSync(join(root, 'bin'), { recursive: true });
+  for (const d of ['etc', 'tmp', 'proc', 'sys', 'dev', 'sock']) mkdirSync(join(root, d), { recursive: true });
+  copyFileSync(BUSYBOX, join(root, 'bin', 'busybox'));
+  chmodSync(join(root, 'bin', 'busybox'), 0o755);
+  for (const a of ['sh', 'sleep', 'cat', 'ls']) symlinkSync('busybox', join(root, 'bin', a));
+  writeFileSync(join(root, 'etc', 'image-marker'), `${marker}\n`);
+  const tar = join(dir, `rootfs-${marker}.tar`);
+  execFileSync('tar', ['-C', root, '-cf', tar, '.']);
+  return tar;
+}
+
+export interface Podman {
+  socket: string;
+  /** The storage/runtime flags every podman command of this instance takes. */
+  flags: string[];
+  /** podman with this instance's storage flags. */
+  cli(args: string[]): string;
+  /** Import a busybox image; returns its image ID (sha256:<hex>). */
+  importImage(ref: string, marker: string): string;
+  /** Start a detached container; returns its full ID and host PID. */
+  run(opts: { name: string; image: string; labels?: Record<string, string>; mounts?: string[]; cmd: string[]; env?: Record<string, string> }): { id: string; pid: number };
+  remove(name: string): void;
+  stop(): Promise<void>;
+}
+
+export async function startPodman(dir: string): Promise<Podman> {
+  const root = join(dir, 'podman-root');
+  const runroot = join(dir, 'podman-run');
+  const socket = join(dir, 'podman.sock');
+  const base = ['--root', root, '--runroot', runroot, '--cgroup-manager', 'cgroupfs', '--runtime', RUNC, '--events-backend', 'file'];
+  const cli = (args: string[]): string => execFileSync('podman', [...base, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 }).trim();
+  const service: ChildProcess = spawn('podman', [...base, 'system', 'service', '--time=0', `unix://${socket}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let serviceErr = '';
+  service.stderr?.on('data', (c: Buffer) => {
+    serviceErr = (serviceErr + c.toString()).slice(-2000);
+  });
+  try {
+    await waitForSocket(socket, 30_000, 'podman system service');
+  } catch (e) {
+    service.kill('SIGKILL');
+    throw new Error(`${(e as Error).message}: ${serviceErr}`);
+  }
+  return {
+    socket,
+    flags: base,
+    cli,
+    importImage(ref, marker) {
+      const tar = buildBusyboxRootfsTar(dir, marker);
+      return `sha256:${cli(['import', '--change', 'CMD ["/bin/sleep","3600"]', tar, ref]).replace(/^sha256:/, '')}`;
+    },
+    run(o) {
+      const args = ['run', '-d', '--name', o.name, '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', '--network', 'host'];
+      for (const [k, v] of Object.entries(o.labels ?? {})) args.push('--label', `${k}=${v}`);
+      for (const [k, v] of Object.entries(o.env ?? {})) args.push('--env', `${k}=${v}`);
+      for (const m of o.mounts ?? []) args.push('-v', m);
+      const id = cli([...args, o.image, ...o.cmd]);
+      const pid = Number(cli(['inspect', '-f', '{{.State.Pid}}', id]));
+      return { id, pid };
+    },
+    remove(name) {
+      cli(['rm', '-f', '-t', '0', name]);
+    },
+    async stop() {
+      service.kill('SIGTERM');
+      try {
+        cli(['rm', '-a', '-f', '-t', '0']);
+        // Unmounts and deletes this instance's storage, so the temp dir can be removed.
+        cli(['system', 'reset', '--force']);
+      } catch {
+        // best effort
+      }
+      await new Promise<void>((r) => {
+        if (service.exitCode !== null) r();
+        else service.once('exit', () => r());
+        setTimeout(r, 5000);
+      });
+    },
+  };
+}
+
+export interface Containerd {
+  socket: string;
+  ctr(ns: string, args: string[]): string;
+  /** Import an OCI archive made by podman; returns nothing (the ref is the archive's name). */
+  importArchive(ns: string, archive: string): void;
+  /** Start a detached container with runc; returns its host PID. */
+  run(o: { ns: string; id: string; image: string; labels?: Record<string, string>; cgroup?: string; mounts?: string[]; cmd: string[] }): number;
+  remove(ns: string, id: string): void;
+  stop(): Promise<void>;
+}
+
+export async function startContainerd(dir: string): Promise<Containerd> {
+  const root = join(dir, 'containerd-root');
+  const state = join(dir, 'containerd-state');
+  const socket = join(dir, 'containerd.sock');
+  const config = join(dir, 'containerd.toml');
+  // Only what a plain containerd needs here: no CRI plugin (no kubelet), no extra listeners.
+  writeFileSync(config, `version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "${socket}"\n[ttrpc]\n  address = "${socket}.ttrpc"\n[debug]\n  address = ""\n[metrics]\n  address = ""\n`);
+  const proc = spawn('containerd', ['--config', config, '--root', root, '--state', state, '--address', socket], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  proc.stderr?.on('data', (c: Buffer) => {
+    err = (err + c.toString()).slice(-4000);
+  });
+  try {
+    await waitForSocket(socket, 30_000, 'containerd');
+  } catch (e) {
+    proc.kill('SIGKILL');
+    throw new Error(`${(e as Error).message}: ${err}`);
+  }
+  const ctr = (ns: string, args: string[]): string => execFileSync('ctr', ['--address', socket, '--namespace', ns, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 }).trim();
+  const running = new Set<string>();
+  return {
+    socket,
+    ctr,
+    importArchive(ns, archive) {
+      ctr(ns, ['images', 'import', archive]);
+    },
+    run(o) {
+      const args = ['run', '-d', '--runc-binary', RUNC];
+      for (const [k, v] of Object.entries(o.labels ?? {})) args.push('--label', `${k}=${v}`);
+      if (o.cgroup) args.push('--cgroup', o.cgroup);
+      for (const m of o.mounts ?? []) {
+        const [src, dst, mode] = m.split(':');
+        args.push('--mount', `type=bind,src=${src},dst=${dst},options=rbind:${mode === 'ro' ? 'ro' : 'rw'}`);
+      }
+      ctr(o.ns, [...args, o.image, o.id, ...o.cmd]);
+      running.add(`${o.ns}/${o.id}`);
+      const tasks = ctr(o.ns, ['tasks', 'ls']);
+      const line = tasks.split('\n').find((l) => l.startsWith(`${o.id} `));
+      const pid = Number(line?.trim().split(/\s+/)[1]);
+      if (!Number.isSafeInteger(pid) || pid <= 0) throw new Error(`no pid for containerd task ${o.id}: ${tasks}`);
+      return pid;
+    },
+    remove(ns, id) {
+      try {
+        ctr(ns, ['tasks', 'kill', '-s', 'SIGKILL', id]);
+      } catch {
+        // may already be gone
+      }
+      for (let i = 0; i < 50; i++) {
+        try {
+          ctr(ns, ['tasks', 'delete', id]);
+          break;
+        } catch {
+          execFileSync('sleep', ['0.1']);
+        }
+      }
+      try {
+        ctr(ns, ['containers', 'delete', id]);
+      } catch {
+        // gone
+      }
+      running.delete(`${ns}/${id}`);
+    },
+    async stop() {
+      for (const key of [...running]) {
+        const [ns, id] = key.split('/') as [string, string];
+        this.remove(ns, id);
+      }
+      proc.kill('SIGTERM');
+      await new Promise<void>((r) => {
+        if (proc.exitCode !== null) r();
+        else proc.once('exit', () => r());
+        setTimeout(r, 5000);
+      });
+    },
+  };
+}
