@@ -1,11 +1,8 @@
 /**
  * SEV-SNP evidence collection inside a guest (the attester's I/O; kept thin).
  *
- * 1. Linux configfs-tsm (`/sys/kernel/config/tsm/report`, Linux 6.7+): mkdir a fresh entry,
- *    optionally write `privlevel`, write the 64-byte `inblob`, read `generation`, `outblob`
- *    (the report) and `auxblob` (the GHCB certificate table), read `generation` again — if it
- *    moved, another writer touched the entry between our write and read, so retry — and rmdir.
- *    `provider` must read `sev_guest`.
+ * 1. Linux configfs-tsm through the shared collector (src/util/configfs-tsm.ts): `outblob` is the
+ *    report, `auxblob` the GHCB certificate table; `provider` must read `sev_guest`.
  * 2. Fallback: /dev/sev-guest SNP_GET_EXT_REPORT through the native addon (`loadSys()`),
  *    imported lazily so this module loads on machines without the addon.
  *
@@ -14,46 +11,12 @@
  * provider file); it cannot prove what a real kernel does, only that this code follows the
  * documented protocol. The ioctl path has no test outside an SEV-SNP guest (no /dev/sev-guest here).
  */
-import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { SigilError } from '../errors.js';
+import { DEFAULT_CONFIGFS_ROOT, type TsmFs, getTsmReport, nodeTsmFs } from '../util/configfs-tsm.js';
 import { SNP_REPORT_SIZE } from './report.js';
 
-export const DEFAULT_CONFIGFS_ROOT = '/sys/kernel/config/tsm/report';
+export { DEFAULT_CONFIGFS_ROOT, nodeTsmFs, type TsmFs } from '../util/configfs-tsm.js';
 export const DEFAULT_CERTS_BUFFER_LEN = 16384;
-
-/** The few filesystem calls the configfs collector makes (swap in a fake for tests). */
-export interface TsmFs {
-  exists(path: string): Promise<boolean>;
-  mkdir(path: string): Promise<void>;
-  rmdir(path: string): Promise<void>;
-  readFile(path: string): Promise<Buffer>;
-  writeFile(path: string, data: Buffer): Promise<void>;
-}
-
-export const nodeTsmFs: TsmFs = {
-  async exists(path) {
-    try {
-      await stat(path);
-      return true;
-    } catch {
-      return false;
-    }
-  },
-  async mkdir(path) {
-    await mkdir(path);
-  },
-  async rmdir(path) {
-    await rmdir(path);
-  },
-  async readFile(path) {
-    return readFile(path);
-  },
-  async writeFile(path, data) {
-    await writeFile(path, data);
-  },
-};
 
 export interface SnpRawEvidence {
   /** The 0x4A0-byte attestation report. */
@@ -77,10 +40,6 @@ export interface ConfigfsOptions {
   maxAttempts?: number;
 }
 
-function errno(e: unknown): string {
-  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : '';
-}
-
 function ioFail(code: string, what: string, e: unknown): SigilError {
   const msg = e instanceof Error ? e.message : String(e);
   return new SigilError(code, `${what}: ${msg}`, { cause: e, status: 500 });
@@ -99,69 +58,27 @@ function checkReportShape(report: Buffer, via: string): Buffer {
   return report;
 }
 
-/** errnos of mkdir under configfs-tsm meaning "no TSM provider here" (so the ioctl is worth a try). */
-const NO_PROVIDER_ERRNOS = new Set(['ENXIO', 'ENODEV', 'EOPNOTSUPP', 'ENOTSUP', 'ENOENT']);
-
 export async function configfsAvailable(root: string = DEFAULT_CONFIGFS_ROOT, fs: TsmFs = nodeTsmFs): Promise<boolean> {
   return fs.exists(root);
 }
 
-/** One report through configfs-tsm. */
+/** One report through configfs-tsm (the shared collector, provider `sev_guest`, with auxblob). */
 export async function getReportViaConfigfs(reportData: Buffer, opts: ConfigfsOptions = {}): Promise<SnpRawEvidence> {
   checkReportData(reportData);
-  const fs = opts.fs ?? nodeTsmFs;
-  const root = opts.root ?? DEFAULT_CONFIGFS_ROOT;
-  const attempts = opts.maxAttempts ?? 3;
-  if (opts.privlevel !== undefined && (!Number.isInteger(opts.privlevel) || opts.privlevel < 0 || opts.privlevel > 3)) {
-    throw new SigilError('sev.config_invalid', 'privlevel must be an integer 0..3');
-  }
-  const dir = join(root, `sigil-${process.pid}-${randomBytes(6).toString('hex')}`);
-  try {
-    await fs.mkdir(dir);
-  } catch (e) {
-    const code = NO_PROVIDER_ERRNOS.has(errno(e)) ? 'sev.configfs_unavailable' : 'sev.configfs_failed';
-    throw ioFail(code, `cannot create configfs-tsm entry ${dir}`, e);
-  }
-  try {
-    let provider: string;
-    try {
-      provider = (await fs.readFile(join(dir, 'provider'))).toString('utf8').trim();
-    } catch (e) {
-      throw ioFail('sev.configfs_failed', `cannot read ${join(dir, 'provider')}`, e);
-    }
-    if (provider !== 'sev_guest') {
-      throw new SigilError('sev.configfs_wrong_provider', `configfs-tsm provider is "${provider}", expected "sev_guest" (not an SEV-SNP guest)`, { status: 500 });
-    }
-    for (let attempt = 1; attempt <= attempts; attempt++) {
-      let gen1: string;
-      let gen2: string;
-      let outblob: Buffer;
-      let auxblob: Buffer | undefined;
-      try {
-        if (opts.privlevel !== undefined) await fs.writeFile(join(dir, 'privlevel'), Buffer.from(`${opts.privlevel}\n`));
-        await fs.writeFile(join(dir, 'inblob'), reportData);
-        gen1 = (await fs.readFile(join(dir, 'generation'))).toString('utf8').trim();
-        outblob = await fs.readFile(join(dir, 'outblob'));
-        try {
-          auxblob = await fs.readFile(join(dir, 'auxblob'));
-        } catch (e) {
-          // Kernels before auxblob support, or a host that provides no certificates.
-          if (!['ENOENT', 'ENODATA', 'EINVAL', 'EOPNOTSUPP'].includes(errno(e))) throw e;
-        }
-        gen2 = (await fs.readFile(join(dir, 'generation'))).toString('utf8').trim();
-      } catch (e) {
-        if (e instanceof SigilError) throw e;
-        throw ioFail('sev.configfs_failed', `configfs-tsm report request in ${dir} failed`, e);
-      }
-      if (!/^\d+$/.test(gen1) || gen1 !== gen2) continue;
-      const out: SnpRawEvidence = { report: checkReportShape(outblob, 'configfs-tsm outblob'), via: 'configfs' };
-      if (auxblob && auxblob.length > 0) out.certTable = auxblob;
-      return out;
-    }
-    throw new SigilError('sev.configfs_generation_race', `configfs-tsm generation in ${dir} kept changing between write and read (${attempts} attempts)`, { status: 500 });
-  } finally {
-    await fs.rmdir(dir).catch(() => undefined);
-  }
+  const r = await getTsmReport({
+    area: 'sev',
+    provider: 'sev_guest',
+    guestName: 'SEV-SNP',
+    inblob: reportData,
+    readAuxblob: true,
+    ...(opts.root === undefined ? {} : { root: opts.root }),
+    ...(opts.privlevel === undefined ? {} : { privlevel: opts.privlevel }),
+    ...(opts.fs === undefined ? {} : { fs: opts.fs }),
+    ...(opts.maxAttempts === undefined ? {} : { maxAttempts: opts.maxAttempts }),
+  });
+  const out: SnpRawEvidence = { report: checkReportShape(r.outblob, 'configfs-tsm outblob'), via: 'configfs' };
+  if (r.auxblob) out.certTable = r.auxblob;
+  return out;
 }
 
 /** The slice of the native addon this module uses (declared here so it compiles without src/native). */
