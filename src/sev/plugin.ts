@@ -15,7 +15,6 @@
  */
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
-import { Ajv, type ValidateFunction } from 'ajv';
 import type {
   AgentPluginDeps,
   AttestorResult,
@@ -28,6 +27,8 @@ import type {
   VerifierPluginDeps,
 } from '../plugins/types.js';
 import { SigilError, asSigilError } from '../errors.js';
+import { decodeBase64 } from '../plugins/base64.js';
+import { validatePluginConfig } from '../plugins/validate.js';
 import { type SnpReportSource, type TsmFs, DEFAULT_CONFIGFS_ROOT, createSnpReportSource } from './attester.js';
 import { certBundleFromTable, type SnpCertBundle } from './certtable.js';
 import {
@@ -45,7 +46,7 @@ import { type SnpMinTcb, type SnpPolicyOptions, type SnpVerification, SEV_ATTEST
 
 const CERT_KINDS = ['vcek', 'vlek', 'ask', 'ark'] as const;
 type CertKind = (typeof CERT_KINDS)[number];
-const MAX_CERT_B64 = Math.ceil((16 * 1024) / 3) * 4;
+const MAX_CERT_BYTES = 16 * 1024;
 
 const hex64 = { type: 'string', pattern: '^[0-9a-fA-F]{64}$' };
 const spl = { type: 'integer', minimum: 0, maximum: 255 };
@@ -119,31 +120,16 @@ export interface SevAgentConfig {
   certFiles?: Partial<Record<CertKind, string>>;
 }
 
-const ajv = new Ajv({ allErrors: false, strict: false, useDefaults: false });
-const validators = new Map<JsonSchema, ValidateFunction>();
 function validateConfig<T>(schema: JsonSchema, config: unknown, which: string): T {
-  let v = validators.get(schema);
-  if (!v) {
-    v = ajv.compile(schema);
-    validators.set(schema, v);
-  }
-  const c = config ?? {};
-  if (!v(c)) {
-    const err = v.errors?.[0];
-    throw new SigilError('sev.config_invalid', `sev_snp ${which} config${err?.instancePath ?? ''}: ${err?.message ?? 'invalid'}`);
-  }
-  return c as T;
+  return validatePluginConfig<T>(schema, config, { namespace: 'sev', what: `plugin "sev_snp" ${which} config` });
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype;
 }
 
-function decodeB64(v: unknown, what: string, maxChars: number): Buffer {
-  if (typeof v !== 'string' || v.length === 0 || v.length > maxChars || !/^[A-Za-z0-9+/]+={0,2}$/.test(v) || v.length % 4 !== 0) {
-    throw new SigilError('sev.payload_invalid', `${what} must be standard base64 (padded, at most ${maxChars} characters)`);
-  }
-  return Buffer.from(v, 'base64');
+function decodeB64(v: unknown, what: string, maxBytes: number): Buffer {
+  return decodeBase64(v, what, { code: 'sev.payload_invalid', maxBytes });
 }
 
 /** `{ vcek?, vlek?, ask?, ark? }` of base64 strings → DER buffers; unknown keys refused. */
@@ -153,7 +139,7 @@ function decodeCerts(v: unknown, where: string): Partial<Record<CertKind, Buffer
   const out: Partial<Record<CertKind, Buffer>> = {};
   for (const [k, val] of Object.entries(v)) {
     if (!(CERT_KINDS as readonly string[]).includes(k)) throw new SigilError('sev.payload_invalid', `${where}.certs has unknown key "${k}"`);
-    out[k as CertKind] = decodeB64(val, `${where}.certs.${k}`, MAX_CERT_B64);
+    out[k as CertKind] = decodeB64(val, `${where}.certs.${k}`, MAX_CERT_BYTES);
   }
   return out;
 }
@@ -243,7 +229,7 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
       try {
         if (!isPlainObject(response)) throw new SigilError('sev.payload_invalid', 'sev_snp response must be an object');
         onlyKeys(response, ['report', 'certs'], 'sev_snp response');
-        const reportBytes = decodeB64(response.report, 'sev_snp response.report', Math.ceil(SNP_REPORT_SIZE / 3) * 4);
+        const reportBytes = decodeB64(response.report, 'sev_snp response.report', SNP_REPORT_SIZE);
         const helloCerts = isPlainObject(state) && isPlainObject(state.certs) ? decodeCerts(state.certs, 'sev_snp session state') : {};
         const certs = { ...helloCerts, ...decodeCerts(response.certs, 'sev_snp response') };
 

@@ -107,7 +107,9 @@ describe('plugin objects', () => {
   });
   it('create() validates config itself', async () => {
     expect(await codeOfAsync(async () => sevVerifierPlugin.create({ vmpls: [9] }, vdeps()))).toBe('sev.config_invalid');
-    expect(await codeOfAsync(async () => sevVerifierPlugin.create({ kds: { baseUrl: 'https://x' } }, vdeps()))).toBe('sev.config_invalid');
+    expect(await codeOfAsync(async () => sevVerifierPlugin.create({ kds: { enabled: 'yes' } }, vdeps()))).toBe('sev.config_invalid');
+    // The same validation as the loader's (defaults filled in): `enabled` defaults to false.
+    expect(await codeOfAsync(async () => sevVerifierPlugin.create({ kds: { baseUrl: 'https://x' } }, vdeps()))).toBe('no error');
     expect(await codeOfAsync(async () => sevAgentPlugin.create({ mode: 'x' }, adeps()))).toBe('sev.config_invalid');
     expect(await codeOfAsync(async () => sevVerifierPlugin.create(undefined, vdeps()))).toBe('no error');
   });
