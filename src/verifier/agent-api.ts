@@ -41,6 +41,14 @@ async function banOf(core: VerifierCore, agent: AgentRecord): Promise<SigilError
   return undefined;
 }
 
+/**
+ * onRequest hook of the agent-mTLS routes: a caller without a trusted client certificate is refused
+ * before its body is read or parsed, so the unauthenticated surface of these routes costs no parsing.
+ */
+async function trustedClientFirst(req: FastifyRequest): Promise<void> {
+  peerAgentId(req);
+}
+
 export async function requireAgent(core: VerifierCore, req: FastifyRequest): Promise<AgentRecord> {
   const { id, serial } = peerAgentId(req);
   const agent = await core.store.getAgent(id);
@@ -104,7 +112,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
     async (req) => core.attestation.finish(req.params.session, req.body),
   );
 
-  app.post<{ Body: { csr: string } }>('/v1/agent/renew', { schema: { body: csrBody } }, async (req) => {
+  app.post<{ Body: { csr: string } }>('/v1/agent/renew', { onRequest: trustedClientFirst, schema: { body: csrBody } }, async (req) => {
     const agent = await requireAgent(core, req);
     const csr = parseCsr(Buffer.from(req.body.csr, 'base64'));
     const { chain, notAfter } = core.ca.signX509Svid(csr.spki, agent.id, core.config.agentSvidTtlSeconds);
@@ -117,7 +125,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
     return { svid: chain.map((c) => c.toString('base64')), bundle: core.ca.bundle().toJwks() };
   });
 
-  app.get('/v1/entries/authorized', async (req, reply) => {
+  app.get('/v1/entries/authorized', { onRequest: trustedClientFirst }, async (req, reply) => {
     const agent = await requireAgent(core, req);
     const rev = await core.store.entriesRevision();
     const { nodeEntries, entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
@@ -133,6 +141,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
   app.post<{ Body: { csrs: { entryId: string; csr: string }[] } }>(
     '/v1/svid/x509',
     {
+      onRequest: trustedClientFirst,
       schema: {
         body: {
           type: 'object',
@@ -172,6 +181,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
   app.post<{ Body: { entryId: string; audience: string[] } }>(
     '/v1/svid/jwt',
     {
+      onRequest: trustedClientFirst,
       schema: {
         body: {
           type: 'object',

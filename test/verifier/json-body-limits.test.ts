@@ -72,6 +72,15 @@ describe('body limits and nesting over HTTPS', () => {
     expect((ok.body as { error: { code: string } }).error.code).toBe('attest.session_unknown');
   });
 
+  it('the agent-mTLS routes refuse a caller without a client certificate before reading its body', async () => {
+    for (const path of ['/v1/svid/x509', '/v1/svid/jwt', '/v1/agent/renew']) {
+      // Not JSON at all: had it been parsed, the answer would be http.bad_json.
+      const r = await httpsJson(tv.v.port, 'POST', path, { caPem, rawBody: '{"csrs": [' + 'x'.repeat(64 * 1024) });
+      expect(r.status).toBe(401);
+      expect((r.body as { error: { code: string } }).error.code).toBe('agent.no_client_cert');
+    }
+  });
+
   it('/healthz stays responsive while 24 connections send 1 MiB deeply nested bodies', async () => {
     const bodies = [
       { path: `/v1/attest/${'0'.repeat(32)}`, body: deepBody('responses', BODY_LIMIT - 1024) },
