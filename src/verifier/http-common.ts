@@ -51,6 +51,8 @@ export function installJsonParser(app: FastifyInstance): void {
  * line of that code after a quiet spell carries `suppressed`, how many lines were left out. The
  * `sigil_refusals_total` counter counts every refusal.
  */
+const MAX_LOGGED_REASON = 300;
+
 export class RefusalLog {
   private readonly codes = new Map<string, { windowStart: number; logged: number; suppressed: number }>();
 
@@ -81,7 +83,13 @@ export class RefusalLog {
     w.logged++;
     const suppressed = w.suppressed;
     w.suppressed = 0;
-    this.logger.warn({ code, status, method: req.method, url: req.url.split('?')[0], ip: req.ip, ...(suppressed ? { suppressed } : {}) }, `request refused: ${message}`);
+    // Reasons can quote the request (an unknown attestor's name, a field): keep a line short.
+    const reason = message.length > MAX_LOGGED_REASON ? `${message.slice(0, MAX_LOGGED_REASON)}… (${message.length} characters)` : message;
+    const url = req.url.split('?')[0] as string;
+    this.logger.warn(
+      { code, status, method: req.method, url: url.slice(0, MAX_LOGGED_REASON), ip: req.ip, ...(suppressed ? { suppressed } : {}) },
+      `request refused: ${reason}`,
+    );
   }
 }
 

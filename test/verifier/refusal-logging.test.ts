@@ -103,6 +103,17 @@ describe('refusal logging', () => {
     expect(String(metrics.body)).toMatch(new RegExp(`sigil_refusals_total\\{code="${String(next[0]?.code).replace('.', '\\.')}"\\} 3[2-9]`));
   });
 
+  it('a reason quoting the request is cut short in the log', async () => {
+    const n = lines.length;
+    const r = await hello({ ['a'.repeat(5000)]: {} });
+    expect((r.body as { error: { code: string } }).error.code).toBe('attest.unknown_attestor');
+    await settle();
+    const got = since(n).filter((l) => l.code === 'attest.unknown_attestor');
+    expect(got).toHaveLength(1);
+    expect(JSON.stringify(got[0]).length).toBeLessThan(1000);
+    expect(got[0]?.msg).toMatch(/… \(\d+ characters\)$/);
+  });
+
   it('attest.busy is a warn line without a stack', async () => {
     clock += 10_000;
     const tokens = await Promise.all(Array.from({ length: 4 }, () => adminCall<{ token: string }>(join(dir, 'admin.sock'), 'POST', '/v1/admin/tokens', {})));
