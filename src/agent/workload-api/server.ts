@@ -23,6 +23,7 @@ import type { Logger } from 'pino';
 import { SigilError, isSigilError } from '../../errors.js';
 import type { Selector, WorkloadAttestor } from '../../plugins/types.js';
 import { SpiffeId, parseTrustDomain } from '../../spiffe/id.js';
+import { checkSocketDir } from '../../util/socket-dir.js';
 import type { CachedX509Svid, JwtSvidResult, WorkloadIdentitySource } from '../identity-source.js';
 import { attestCaller, DEFAULT_ATTEST_TIMEOUT_MS, type CallerAttestation } from './attest.js';
 import { CallerConnection, type PeerCredentials } from './caller.js';
@@ -940,6 +941,8 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
 
   const socketPath = opts.socketPath;
   await prepareSocketPath(socketPath);
+  // No other user may be able to replace the socket (and serve workloads their own SVIDs).
+  checkSocketDir(dirname(socketPath), 'workload_api.socket_dir_insecure', 'workloadApiSocket');
   const server = net.createServer(onConnection);
   server.on('error', (e) => logger.error({ err: e.message }, 'Workload API listener error'));
   await new Promise<void>((resolve, rejectListen) => {

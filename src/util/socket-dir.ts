@@ -1,0 +1,116 @@
+/**
+ * Unix sockets that grant something (the verifier's admin socket, the agent's Workload API):
+ * - the directory a socket lives in must be one no other user can change, or another user could
+ *   remove the socket and serve their own in its place (and catch the callers' requests);
+ * - a socket that must be private must never be connectable by another user, not even between
+ *   bind() and chmod(): `bindPrivately` binds it inside a fresh 0700 directory, sets its mode there,
+ *   then links it into place, so its name appears with the final mode.
+ */
+import { randomBytes } from 'node:crypto';
+import { chmodSync, linkSync, lstatSync, mkdirSync, rmdirSync, statSync, unlinkSync, type Stats } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { SigilError } from '../errors.js';
+
+/** Longest Unix socket path Linux accepts (sun_path is 108 bytes with the terminating NUL). */
+export const MAX_SOCKET_PATH_BYTES = 107;
+
+function fmtMode(mode: number): string {
+  return '0' + (mode & 0o7777).toString(8).padStart(3, '0');
+}
+
+/**
+ * Check that no user other than this process's user (or root) can change `dir` or any directory
+ * above it: each is owned by the effective uid or by root; `dir` itself is not group- or
+ * world-writable; an ancestor may be only when it has the sticky bit (as /tmp has: others cannot
+ * rename or remove what is ours in it). Throws SigilError `code` naming the directory at fault.
+ */
+export function checkSocketDir(dir: string, code: string, what: string): void {
+  const euid = process.geteuid?.();
+  if (euid === undefined) return;
+  const start = resolve(dir);
+  let p = start;
+  for (;;) {
+    let st: Stats;
+    try {
+      st = statSync(p);
+    } catch (e) {
+      throw new SigilError(code, `${what} directory ${p} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    }
+    if (!st.isDirectory()) throw new SigilError(code, `${what} directory ${p} is not a directory`, { status: 500 });
+    if (st.uid !== euid && st.uid !== 0) {
+      throw new SigilError(code, `${what} directory ${p} is owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could replace the socket`, { status: 500 });
+    }
+    const othersWrite = (st.mode & 0o022) !== 0;
+    const sticky = (st.mode & 0o1000) !== 0;
+    if (othersWrite && (p === start || !sticky)) {
+      throw new SigilError(
+        code,
+        `${what} directory ${p} is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${fmtMode(st.mode)}); another user could replace the socket: make it 0755 or 0700, or choose another path`,
+        { status: 500 },
+      );
+    }
+    const parent = dirname(p);
+    if (parent === p) return;
+    p = parent;
+  }
+}
+
+/**
+ * Bind a listener at `path` so that the name `path` only ever refers to a socket of mode `mode`:
+ * `listen(tmpPath)` binds inside a fresh 0700 directory next to `path`, the socket is chmod'ed there,
+ * hard-linked to `path` (which must not exist: link never replaces) and the temporary name removed.
+ * Independent of the process umask, so it is correct under umask 000 and in worker threads.
+ * Returns the socket's identity, for removing exactly this socket later (`unlinkIfSame`).
+ * On failure the temporary directory is removed and the error is rethrown (the caller closes its
+ * listener).
+ */
+export async function bindPrivately(path: string, mode: number, listen: (tmpPath: string) => Promise<void>): Promise<{ dev: number; ino: number }> {
+  const dir = dirname(path);
+  let tmpDir: string | undefined;
+  for (let i = 0; i < 8 && tmpDir === undefined; i++) {
+    const candidate = join(dir, `.s${randomBytes(3).toString('hex')}`);
+    try {
+      mkdirSync(candidate, { mode: 0o700 });
+      tmpDir = candidate;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+  }
+  if (tmpDir === undefined) throw new Error(`cannot create a temporary directory in ${dir}`);
+  const tmpPath = join(tmpDir, 's');
+  try {
+    // mkdir's mode is masked by the umask; 0700 minus any mask is still private, but make sure.
+    chmodSync(tmpDir, 0o700);
+    await listen(tmpPath);
+    chmodSync(tmpPath, mode);
+    linkSync(tmpPath, path);
+    const st = lstatSync(path);
+    return { dev: st.dev, ino: st.ino };
+  } finally {
+    try {
+      unlinkSync(tmpPath);
+    } catch {
+      // never bound
+    }
+    try {
+      rmdirSync(tmpDir);
+    } catch {
+      // the original error (if any) is the one to report
+    }
+  }
+}
+
+/** Remove `path` if it is still the socket `id` (not one a later process put there). */
+export function unlinkIfSame(path: string, id: { dev: number; ino: number }): void {
+  try {
+    const st = lstatSync(path);
+    if (st.dev === id.dev && st.ino === id.ino) unlinkSync(path);
+  } catch {
+    // already gone
+  }
+}
+
+/** Byte length check for a socket path and the temporary path `bindPrivately` uses next to it. */
+export function privateBindPathFits(path: string): boolean {
+  return Buffer.byteLength(join(dirname(path), '.s000000', 's')) <= MAX_SOCKET_PATH_BYTES && Buffer.byteLength(path) <= MAX_SOCKET_PATH_BYTES;
+}
