@@ -34,7 +34,7 @@
  */
 import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
-import { validateAgainstSchema } from '../plugins/validate.js';
+import { validatePluginConfig } from '../plugins/validate.js';
 import type { AgentPluginDeps, JsonSchema, Selector, WorkloadAttestor, WorkloadAttestorPlugin, WorkloadCaller } from '../plugins/types.js';
 import { DEFAULT_PROC_ROOT, procPath, readBoundedFile } from './proc.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
@@ -272,7 +272,7 @@ export class ContainerAttestor implements WorkloadAttestor {
 }
 
 export function createContainerAttestor(config: unknown, opts: ContainerAttestorOptions = {}): ContainerAttestor {
-  const cfg = validateAgainstSchema<ContainerAttestorConfig>(containerConfigSchema, config ?? {}, 'plugin "container" config');
+  const cfg = validatePluginConfig<ContainerAttestorConfig>(containerConfigSchema, config, { namespace: 'container', what: 'plugin "container" config' });
   return new ContainerAttestor(cfg, opts);
 }
 

@@ -22,7 +22,7 @@ import { open } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
-import { validateAgainstSchema } from '../plugins/validate.js';
+import { validatePluginConfig } from '../plugins/validate.js';
 import type { AgentPluginDeps, JsonSchema, Selector, WorkloadAttestor, WorkloadAttestorPlugin, WorkloadCaller } from '../plugins/types.js';
 import { DEFAULT_PROC_ROOT, procPath, readBoundedFile, readStatus } from './proc.js';
 
@@ -309,7 +309,7 @@ function abortCheck(signal: AbortSignal): void {
 }
 
 export function createUnixAttestor(config: unknown, opts: UnixAttestorOptions = {}): UnixAttestor {
-  const cfg = validateAgainstSchema<UnixAttestorConfig>(unixConfigSchema, config ?? {}, 'plugin "unix" config');
+  const cfg = validatePluginConfig<UnixAttestorConfig>(unixConfigSchema, config, { namespace: 'unix', what: 'plugin "unix" config' });
   return new UnixAttestor(cfg, opts);
 }
 
