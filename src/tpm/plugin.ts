@@ -2,10 +2,11 @@
  * The `tpm` node attestor (DESIGN §2–4):
  *  hello     = { ekCert, ekIntermediates?, ekPub, akPub }                  (agent → verifier)
  *  challenge = { credentialBlob, encryptedSecret, pcrSelection }          (verifier → agent)
- *  response  = { secret, quote, signature, pcrValues: [{bank,index,value}] } (agent → verifier)
+ *  response  = { secret, quote, signature, pcrValues: [{bank,index,value}], eventLog?, imaLog? } (agent → verifier)
  * The verifier proves the AK lives in the TPM holding the certified EK by credential
  * activation (MakeCredential to the AK Name under the EK), then checks a quote signed by
- * that AK over the session binding and the configured PCRs.
+ * that AK over the session binding and the configured PCRs. An event log (firmware, and IMA's)
+ * sent with the quote is trusted only as far as its replay reproduces the quoted PCRs.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
@@ -40,6 +41,8 @@ import {
 } from './quote.js';
 import { encodePcrSelection, objectName, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from './structures.js';
 import { tpmClaims, tpmSelectors } from './verify.js';
+import { checkEventLog, eventLogClaims, EVENTLOG_DEFAULT_MAX_BYTES } from './eventlog/index.js';
+import { checkImaLog, compileExcludes, parseImaAllowlist, IMA_DEFAULT_MAX_BYTES, type ImaPolicy } from './ima/index.js';
 
 const NAME = 'tpm';
 const BANKS = ['sha1', 'sha256', 'sha384', 'sha512'] as const;
@@ -69,6 +72,15 @@ export interface TpmVerifierConfig {
   ekCa: string[];
   pcrs?: Partial<Record<(typeof BANKS)[number], number[]>>;
   hashAllowlist?: HashName[];
+  eventLog?: { require?: boolean; unloggedPcrs?: number[] };
+  ima?: { allowlist: string; excludes?: string[]; name: string; require?: boolean };
+}
+
+/** Measured boot settings of the verifier half (config keys `eventLog` and `ima`). */
+export interface MeasuredBootConfig {
+  requireEventLog: boolean;
+  unloggedPcrs: number[];
+  ima?: { allowlist: string; excludes: string[]; name: string; require: boolean };
 }
 
 const pcrList = { type: 'array', items: { type: 'integer', minimum: 0, maximum: 23 }, uniqueItems: true, maxItems: 24 };
@@ -85,6 +97,22 @@ export const tpmVerifierConfigSchema: JsonSchema = {
       properties: { sha1: pcrList, sha256: pcrList, sha384: pcrList, sha512: pcrList },
     },
     hashAllowlist: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: ['sha256', 'sha384', 'sha512'] } },
+    eventLog: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { require: { type: 'boolean' }, unloggedPcrs: pcrList },
+    },
+    ima: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['allowlist', 'name'],
+      properties: {
+        allowlist: { type: 'string', minLength: 1 },
+        excludes: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 256 },
+        name: { type: 'string', pattern: '^[A-Za-z0-9._-]{1,64}$' },
+        require: { type: 'boolean' },
+      },
+    },
   },
 };
 
@@ -93,10 +121,10 @@ function configError(msg: string): SigilError {
 }
 
 /** Validate the verifier config (the loader validates with ajv too; this keeps direct callers honest). */
-export function parseVerifierConfig(config: unknown): { ekCa: string[]; selection: PcrBankSelection[]; hashAllowlist: HashName[] } {
+export function parseVerifierConfig(config: unknown): { ekCa: string[]; selection: PcrBankSelection[]; hashAllowlist: HashName[]; measured: MeasuredBootConfig } {
   if (typeof config !== 'object' || config === null || Array.isArray(config)) throw configError('config must be an object');
   const c = config as Record<string, unknown>;
-  for (const k of Object.keys(c)) if (!['ekCa', 'pcrs', 'hashAllowlist'].includes(k)) throw configError(`unknown config key ${k}`);
+  for (const k of Object.keys(c)) if (!['ekCa', 'pcrs', 'hashAllowlist', 'eventLog', 'ima'].includes(k)) throw configError(`unknown config key ${k}`);
   if (!Array.isArray(c.ekCa) || c.ekCa.length === 0 || c.ekCa.some((p) => typeof p !== 'string' || p.length === 0)) {
     throw configError('ekCa must list at least one certificate file');
   }
@@ -122,7 +150,47 @@ export function parseVerifierConfig(config: unknown): { ekCa: string[]; selectio
     }
     hashAllowlist = c.hashAllowlist as HashName[];
   }
-  return { ekCa: c.ekCa as string[], selection, hashAllowlist };
+  return { ekCa: c.ekCa as string[], selection, hashAllowlist, measured: parseMeasuredBootConfig(c.eventLog, c.ima) };
+}
+
+function parseMeasuredBootConfig(eventLog: unknown, ima: unknown): MeasuredBootConfig {
+  const out: MeasuredBootConfig = { requireEventLog: false, unloggedPcrs: [10] };
+  if (eventLog !== undefined) {
+    if (typeof eventLog !== 'object' || eventLog === null || Array.isArray(eventLog)) throw configError('eventLog must be an object');
+    const e = eventLog as Record<string, unknown>;
+    for (const k of Object.keys(e)) if (!['require', 'unloggedPcrs'].includes(k)) throw configError(`eventLog has unknown key ${k}`);
+    if (e.require !== undefined && typeof e.require !== 'boolean') throw configError('eventLog.require must be true or false');
+    if (e.unloggedPcrs !== undefined) {
+      const l = e.unloggedPcrs;
+      if (!Array.isArray(l) || l.some((i) => !Number.isInteger(i) || i < 0 || i > 23) || new Set(l).size !== l.length) throw configError('eventLog.unloggedPcrs must be distinct integers 0..23');
+      out.unloggedPcrs = l as number[];
+    }
+    out.requireEventLog = e.require === true;
+  }
+  if (ima !== undefined) {
+    if (typeof ima !== 'object' || ima === null || Array.isArray(ima)) throw configError('ima must be an object');
+    const m = ima as Record<string, unknown>;
+    for (const k of Object.keys(m)) if (!['allowlist', 'excludes', 'name', 'require'].includes(k)) throw configError(`ima has unknown key ${k}`);
+    if (typeof m.allowlist !== 'string' || m.allowlist.length === 0) throw configError('ima.allowlist must name a file');
+    if (typeof m.name !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(m.name)) throw configError('ima.name must be 1-64 characters of A-Z a-z 0-9 . _ -');
+    if (m.excludes !== undefined && (!Array.isArray(m.excludes) || m.excludes.some((x) => typeof x !== 'string' || x.length === 0))) throw configError('ima.excludes must list regular expressions');
+    if (m.require !== undefined && typeof m.require !== 'boolean') throw configError('ima.require must be true or false');
+    compileExcludes((m.excludes as string[] | undefined) ?? []);
+    out.ima = { allowlist: m.allowlist, excludes: (m.excludes as string[] | undefined) ?? [], name: m.name, require: m.require === true };
+  }
+  return out;
+}
+
+/** Reads the IMA allowlist named in the config, resolved against configDir. */
+export async function loadImaPolicy(ima: NonNullable<MeasuredBootConfig['ima']>, configDir: string): Promise<ImaPolicy> {
+  const file = isAbsolute(ima.allowlist) ? ima.allowlist : resolve(configDir, ima.allowlist);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new SigilError('tpm.config_invalid', `tpm: cannot read ima.allowlist file ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  return { name: ima.name, allow: parseImaAllowlist(text), excludes: compileExcludes(ima.excludes) };
 }
 
 /**
@@ -211,6 +279,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     private readonly selection: PcrBankSelection[],
     private readonly hashAllowlist: HashName[],
     private readonly deps: Pick<VerifierPluginDeps, 'state'>,
+    private readonly measured: MeasuredBootConfig & { imaPolicy?: ImaPolicy } = { requireEventLog: false, unloggedPcrs: [10] },
   ) {
     this.pcrSelectionWire = encodePcrSelection(selection);
   }
@@ -269,11 +338,13 @@ export class TpmVerifier implements NodeAttestorVerifier {
 
   async finish(response: unknown, state: unknown, session: SessionInput): Promise<AttestorResult> {
     const st = parseState(state);
-    const r = strictObject(response, 'tpm response', 'tpm.bad_response', ['secret', 'quote', 'signature', 'pcrValues']);
+    const r = strictObject(response, 'tpm response', 'tpm.bad_response', ['secret', 'quote', 'signature', 'pcrValues'], ['eventLog', 'imaLog']);
     const secret = decodeB64(r.secret, 'secret', 'tpm.bad_response', 64);
     const quoteBytes = decodeB64(r.quote, 'quote', 'tpm.bad_response', 2048);
     const sigBytes = decodeB64(r.signature, 'signature', 'tpm.bad_response', 1024);
     const pcrValues = parsePcrValuesJson(r.pcrValues);
+    const eventLogBytes = r.eventLog === undefined ? undefined : decodeB64(r.eventLog, 'eventLog', 'tpm.bad_response', EVENTLOG_DEFAULT_MAX_BYTES);
+    const imaLogBytes = r.imaLog === undefined ? undefined : decodeB64(r.imaLog, 'imaLog', 'tpm.bad_response', IMA_DEFAULT_MAX_BYTES);
 
     // Both sides are 32-byte digests: the comparison time says nothing about the stored value.
     if (!constantTimeEqual(secretDigest(secret), Buffer.from(st.secretHash, 'base64'))) {
@@ -313,11 +384,35 @@ export class TpmVerifier implements NodeAttestorVerifier {
     pendingCounters.set(state as object, { key, expected: prevRaw, next });
 
     const input = { ekPubHash: st.ekPubHash, chain, pcrs: quote.pcrs };
+    const measured = this.checkMeasuredBoot(quote.pcrs ?? [], eventLogBytes, imaLogBytes);
     return {
-      selectors: tpmSelectors(input),
-      claims: { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: true },
+      selectors: [...tpmSelectors(input), ...measured.selectors],
+      claims: { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: true, ...measured.claims },
       agentIdSuffix: st.ekPubHash,
     };
+  }
+
+  /**
+   * Replays the event logs sent with the quote against the quoted (signature-checked) PCRs: a
+   * mismatch refuses the attestation; matching logs add boot and IMA selectors.
+   */
+  private checkMeasuredBoot(pcrs: PcrValue[], eventLog: Buffer | undefined, imaLog: Buffer | undefined): { selectors: string[]; claims: Record<string, unknown> } {
+    const m = this.measured;
+    const selectors: string[] = [];
+    const claims: Record<string, unknown> = {};
+    if (eventLog === undefined && m.requireEventLog) throw new SigilError('tpm.eventlog_missing', 'tpm: the verifier requires an event log (eventLog.require) and the agent sent none');
+    if (eventLog !== undefined) {
+      const r = checkEventLog({ log: eventLog, pcrs, unloggedPcrs: m.unloggedPcrs });
+      selectors.push(...r.selectors);
+      claims.eventLog = eventLogClaims(r);
+    }
+    if (imaLog === undefined && m.ima?.require) throw new SigilError('tpm.ima_log_missing', 'tpm: the verifier requires an IMA log (ima.require) and the agent sent none');
+    if (imaLog !== undefined) {
+      const r = checkImaLog({ log: imaLog, pcrs, ...(m.imaPolicy ? { policy: m.imaPolicy } : {}) });
+      selectors.push(...r.selectors);
+      claims.ima = { entries: r.entries.length, pending: r.pending, ...(m.imaPolicy ? { policy: m.imaPolicy.name } : {}) };
+    }
+    return { selectors, claims };
   }
 
   /** The counters stored for the EK whose hash is the agent ID suffix; evicting the agent deletes them. */
@@ -367,7 +462,8 @@ export const tpmVerifierPlugin: NodeAttestorVerifierPlugin = {
     } catch (e) {
       throw new SigilError('tpm.config_invalid', `tpm: ekCa: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
-    return new TpmVerifier(new EkCertVerifier(trust), c.selection, c.hashAllowlist, deps);
+    const imaPolicy = c.measured.ima ? await loadImaPolicy(c.measured.ima, deps.configDir) : undefined;
+    return new TpmVerifier(new EkCertVerifier(trust), c.selection, c.hashAllowlist, deps, { ...c.measured, ...(imaPolicy ? { imaPolicy } : {}) });
   },
 };
 
@@ -410,7 +506,14 @@ export interface TpmAgentConfig {
   tcti: string;
   akAlg?: 'rsa' | 'ecc';
   ekIntermediates?: string[];
+  /** Firmware event log sent with the quote: a path, true (the default path; skipped when absent) or false. Default: true with a `device:` TCTI, else false. */
+  eventLog?: string | boolean;
+  /** IMA ASCII runtime measurements sent with the quote: a path, true (the default path) or false (default). */
+  imaLog?: string | boolean;
 }
+
+export const DEFAULT_EVENT_LOG_PATH = '/sys/kernel/security/tpm0/binary_bios_measurements';
+export const DEFAULT_IMA_LOG_PATH = '/sys/kernel/security/ima/ascii_runtime_measurements';
 
 export const tpmAgentConfigSchema: JsonSchema = {
   type: 'object',
@@ -420,13 +523,19 @@ export const tpmAgentConfigSchema: JsonSchema = {
     tcti: { type: 'string', minLength: 1 },
     akAlg: { enum: ['rsa', 'ecc'] },
     ekIntermediates: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: EK_LIMITS.intermediates },
+    eventLog: { anyOf: [{ type: 'boolean' }, { type: 'string', minLength: 1 }] },
+    imaLog: { anyOf: [{ type: 'boolean' }, { type: 'string', minLength: 1 }] },
   },
 };
 
 function parseAgentConfig(config: unknown): TpmAgentConfig {
   if (typeof config !== 'object' || config === null || Array.isArray(config)) throw configError('config must be an object');
   const c = config as Record<string, unknown>;
-  for (const k of Object.keys(c)) if (!['tcti', 'akAlg', 'ekIntermediates'].includes(k)) throw configError(`unknown config key ${k}`);
+  for (const k of Object.keys(c)) if (!['tcti', 'akAlg', 'ekIntermediates', 'eventLog', 'imaLog'].includes(k)) throw configError(`unknown config key ${k}`);
+  for (const k of ['eventLog', 'imaLog'] as const) {
+    const v = c[k];
+    if (v !== undefined && typeof v !== 'boolean' && (typeof v !== 'string' || v.length === 0)) throw configError(`${k} must be true, false or a file path`);
+  }
   if (typeof c.tcti !== 'string' || c.tcti.length === 0) throw configError('tcti is required (e.g. "device:/dev/tpmrm0")');
   if (c.akAlg !== undefined && c.akAlg !== 'rsa' && c.akAlg !== 'ecc') throw configError('akAlg must be "rsa" or "ecc"');
   if (c.ekIntermediates !== undefined && (!Array.isArray(c.ekIntermediates) || c.ekIntermediates.some((p) => typeof p !== 'string'))) {
@@ -434,6 +543,8 @@ function parseAgentConfig(config: unknown): TpmAgentConfig {
   }
   const out: TpmAgentConfig = { tcti: c.tcti, akAlg: (c.akAlg as 'rsa' | 'ecc' | undefined) ?? 'rsa' };
   if (c.ekIntermediates) out.ekIntermediates = c.ekIntermediates as string[];
+  if (c.eventLog !== undefined) out.eventLog = c.eventLog as string | boolean;
+  if (c.imaLog !== undefined) out.imaLog = c.imaLog as string | boolean;
   return out;
 }
 
@@ -451,10 +562,25 @@ function ekAlgFromCert(cert: ParsedCert): 'rsa' | 'ecc-p256' | 'ecc-p384' {
   throw new SigilError('tpm.ek_unsupported', `tpm: EK certificate key (${kind}) is not RSA, ECC P-256 or ECC P-384`);
 }
 
+/**
+ * TPM_RC_REFERENCE_H0..H6 and _S0..S6 (0x910..0x916, 0x918..0x91e, any TSS layer): a handle or
+ * session the command names is not loaded — the AK (or a transient EK) was flushed behind the
+ * agent, e.g. by `tpm2_flushcontext -t` on a TPM without a resource manager.
+ */
+export function isTpmObjectNotLoaded(e: unknown): boolean {
+  if (!(e instanceof SigilError) || e.code !== 'tpm.device_error') return false;
+  const rc = e.details?.rc;
+  if (typeof rc !== 'number') return false;
+  const base = rc & 0xffff;
+  return (base >= 0x910 && base <= 0x916) || (base >= 0x918 && base <= 0x91e);
+}
+
 export class TpmAgent implements NodeAttestorAgent {
   private dev: TpmDevice | null = null;
   /** The AK loaded in the current device session (loaded once; repeated hellos reuse it). */
   private loadedAk: StoredAk | null = null;
+  /** The EK the loaded AK lives under (to load it again after a flush). */
+  private ekAlg: 'rsa' | 'ecc-p256' | 'ecc-p384' | null = null;
 
   constructor(
     private readonly config: TpmAgentConfig,
@@ -526,6 +652,7 @@ export class TpmAgent implements NodeAttestorAgent {
       await this.storeAk(stored);
     }
     this.loadedAk = stored;
+    this.ekAlg = ekAlg;
     const hello: Record<string, unknown> = { ekCert: ekCert.der.toString('base64'), ekPub: ekPubBytes.toString('base64'), akPub: stored.public };
     if (this.config.ekIntermediates?.length) {
       const ders: string[] = [];
@@ -550,12 +677,11 @@ export class TpmAgent implements NodeAttestorAgent {
     const encSecret = decodeB64(c.encryptedSecret, 'encryptedSecret', 'tpm.bad_challenge', 1024);
     const selWire = decodeB64(c.pcrSelection, 'pcrSelection', 'tpm.bad_challenge', 256);
     const selection = parsePcrSelection(selWire);
-    const dev = await this.device();
-    const secret = await dev.activateCredential(blob, encSecret);
+    const secret = await this.withAk((dev) => dev.activateCredential(blob, encSecret));
     // PCRs may be extended between the quote and the read; retry until they agree.
     for (let attempt = 1; ; attempt++) {
-      const q = await dev.quote(selWire, session.binding);
-      const raw = await dev.pcrRead(selWire);
+      const q = await this.withAk((dev) => dev.quote(selWire, session.binding));
+      const raw = await (await this.device()).pcrRead(selWire);
       const values: PcrValue[] = raw.map((v) => {
         const h = hashByName(v.bank);
         if (!h) throw new SigilError('tpm.device_error', `tpm: PCR read returned unknown bank ${v.bank}`);
@@ -568,14 +694,66 @@ export class TpmAgent implements NodeAttestorAgent {
       const consistent =
         attest.attested.kind === 'quote' && hash !== undefined && pcrDigest(hash, orderPcrValues(selection, values)).equals(attest.attested.pcrDigest);
       if (consistent || attempt >= 3) {
+        // Read after the quote: the IMA list only grows, so it covers what the quote covers.
+        // The kernel's log belongs to the kernel's TPM: by default only a device TCTI sends it.
+        const eventLog = await this.readLog('eventLog', this.config.eventLog ?? this.config.tcti.startsWith('device:'), DEFAULT_EVENT_LOG_PATH);
+        const imaLog = await this.readLog('imaLog', this.config.imaLog ?? false, DEFAULT_IMA_LOG_PATH);
         return {
           secret: secret.toString('base64'),
           quote: q.attest.toString('base64'),
           signature: q.signature.toString('base64'),
           pcrValues: values.map((v) => ({ bank: v.bank, index: v.index, value: v.value.toString('hex') })),
+          ...(eventLog ? { eventLog: eventLog.toString('base64') } : {}),
+          ...(imaLog ? { imaLog: imaLog.toString('base64') } : {}),
         };
       }
       this.deps.logger.info({ attempt }, 'tpm: PCRs changed between quote and read; quoting again');
+    }
+  }
+
+  /**
+   * Run a TPM command that uses the loaded AK. When the TPM says an object or session it names is
+   * not loaded (isTpmObjectNotLoaded), the AK was flushed behind the agent: reopen the device (which
+   * also re-selects the EK, re-created from its template when it is not persistent), load the
+   * stored AK again — the same key, so a credential made for its Name still activates — and retry
+   * once. A second failure is reported as it is.
+   */
+  private async withAk<T>(op: (dev: TpmDevice) => Promise<T>): Promise<T> {
+    try {
+      return await op(await this.device());
+    } catch (e) {
+      const ak = this.loadedAk;
+      const ekAlg = this.ekAlg;
+      if (!isTpmObjectNotLoaded(e) || ak === null || ekAlg === null) throw e;
+      this.deps.logger.warn({ rc: (e as SigilError).details?.rc }, 'tpm: the AK is no longer loaded in the TPM (flushed by another program?); loading it again and retrying once');
+      const old = this.dev;
+      this.dev = null;
+      this.loadedAk = null;
+      await old?.close().catch(() => undefined);
+      const dev = await this.device();
+      const ekPubHash = spkiHash(parseTpm2bPublic(await dev.getEkPublic(ekAlg)));
+      if (ekPubHash !== ak.ekPubHash) throw new SigilError('tpm.device_error', 'tpm: after reopening the TPM its EK is another key than the one the AK was made under (TPM cleared?); attest again', { cause: e, status: 500 });
+      await dev.loadAk({ public: Buffer.from(ak.public, 'base64'), private: Buffer.from(ak.private, 'base64') });
+      this.loadedAk = ak;
+      return op(dev);
+    }
+  }
+
+  /**
+   * A measurement log to send: none when disabled; with `true` the default path, silently absent
+   * when the kernel does not provide it; a configured path must be readable.
+   */
+  private async readLog(key: 'eventLog' | 'imaLog', setting: string | boolean, defaultPath: string): Promise<Buffer | undefined> {
+    if (setting === false) return undefined;
+    const path = setting === true ? defaultPath : isAbsolute(setting) ? setting : resolve(this.deps.configDir, setting);
+    try {
+      return await readFile(path);
+    } catch (e) {
+      if (setting === true && (e as NodeJS.ErrnoException).code === 'ENOENT') {
+        this.deps.logger.info({ path }, `tpm: no ${key} at the default path; attesting without it`);
+        return undefined;
+      }
+      throw new SigilError('tpm.eventlog_unreadable', `tpm: cannot read ${key} ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
   }
 
@@ -583,6 +761,7 @@ export class TpmAgent implements NodeAttestorAgent {
     const d = this.dev;
     this.dev = null;
     this.loadedAk = null;
+    this.ekAlg = null;
     if (d) await d.close();
   }
 }
