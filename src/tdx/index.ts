@@ -5,3 +5,6 @@ export * from './signed-json.js';
 export * from './tcb.js';
 export * from './verify.js';
 export * from './ccel.js';
+export * from './collateral.js';
+export { tdxVerifierPlugin, tdxAgentPlugin, createTdxVerifier, createTdxAgent, tdxVerifierConfigSchema, tdxAgentConfigSchema } from './plugin.js';
+export type { TdxVerifierConfig, TdxAgentConfig, TdxVerifierInjection, TdxAgentInjection } from './plugin.js';

@@ -73,6 +73,8 @@ export interface TdxVerification {
   tcbStatus: TdxTcbStatus;
   advisoryIds: string[];
   tcb?: TcbMatch;
+  /** The collateral's earliest nextUpdate (when collateral was given). */
+  collateralValidUntil?: Date;
   selectors: string[];
   claims: Record<string, unknown>;
   agentIdSuffix: string;
@@ -134,6 +136,8 @@ export interface VerifiedCollateral {
   tcbInfo: TdxTcbInfo;
   qeIdentity: QeIdentity;
   crls: IntelCrl[];
+  /** The earliest nextUpdate of the TCB Info, QE Identity and both CRLs. */
+  validUntil: Date;
 }
 
 /**
@@ -158,7 +162,8 @@ export function verifyTdxCollateral(c: TdxCollateral, opts: { now: Date; rootSha
   const crlIssuer = verifyIntelChain(chainFromPem(c.pckCrlIssuerChain, 'pck_crl_issuer'), 'pck_crl_issuer', { now: opts.now, ...pin, crls: [rootCrl] });
   const pckCrl = parseCrl(c.pckCrl);
   checkCrl(pckCrl, crlIssuer.leaf, opts.now, 'PCK CRL');
-  return { tcbInfo, qeIdentity, crls: [rootCrl, pckCrl] };
+  const validUntil = new Date(Math.min(tcbInfo.nextUpdate.getTime(), qeIdentity.nextUpdate.getTime(), rootCrl.nextUpdate.getTime(), pckCrl.nextUpdate.getTime()));
+  return { tcbInfo, qeIdentity, crls: [rootCrl, pckCrl], validUntil };
 }
 
 const hex = (b: Buffer): string => b.toString('hex');
@@ -259,6 +264,7 @@ export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral
     claims.qeTcbStatus = tcb.qeStatus;
     if (tcb.moduleStatus) claims.tdxModuleTcbStatus = tcb.moduleStatus;
     claims.tcbEvaluationDataNumber = verified!.tcbInfo.tcbEvaluationDataNumber;
+    claims.collateralValidUntil = verified!.validUntil.toISOString();
   }
   return {
     quote,
@@ -266,6 +272,7 @@ export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral
     tcbStatus,
     advisoryIds: tcb?.advisoryIds ?? [],
     ...(tcb ? { tcb } : {}),
+    ...(verified ? { collateralValidUntil: verified.validUntil } : {}),
     selectors,
     claims,
     agentIdSuffix: hex(pck.ppid),
