@@ -1,8 +1,8 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parseStatStartTime, parseStatus, readBoundedFile, readStartTime, readStatus } from '../../src/workload/proc.js';
+import { parseStatStartTime, parseStatus, readBoundedFile, readExeFileSync, readExeImageSync, readStartTime, readStatus, sameFile, sameImage } from '../../src/workload/proc.js';
 
 describe('/proc parsers', () => {
   it('reads starttime (field 22) after the last ")" even with hostile comm', () => {
@@ -42,5 +42,23 @@ describe('/proc parsers', () => {
     expect((await readBoundedFile(join(dir, 'big'), 5000)).length).toBe(5000);
     await expect(readBoundedFile(join(dir, 'none'))).rejects.toMatchObject({ code: 'workload.process_gone' });
     await expect(readStartTime(dir, -1)).rejects.toMatchObject({ code: 'workload.bad_pid' });
+  });
+});
+
+describe('/proc/<pid>/exe', () => {
+  it('names the program this process runs and the file behind it', () => {
+    const img = readExeImageSync('/proc', process.pid);
+    expect(img.path).toBe(realpathSync(process.execPath));
+    const st = statSync(process.execPath, { bigint: true });
+    expect(img.file).toEqual({ dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
+    expect(sameFile(readExeFileSync(`/proc/${process.pid}/exe`), img.file)).toBe(true);
+    expect(sameImage(img, { ...img, path: '/elsewhere' })).toBe(false);
+    expect(sameFile(img.file, img.file && { ...img.file, ctimeNs: img.file.ctimeNs + 1n })).toBe(false);
+    expect(sameFile(img.file, undefined)).toBe(false);
+    expect(sameFile(undefined, undefined)).toBe(true);
+  });
+
+  it('a process that is gone gives workload.process_gone', () => {
+    expect(() => readExeImageSync('/proc', 2 ** 30)).toThrow(expect.objectContaining({ code: 'workload.process_gone' }));
   });
 });

@@ -8,7 +8,12 @@
  * lets each call know exactly which process is on the other end of its connection; grpc-js does
  * not expose the peer socket.
  *
- * Bounds: connections (total and per uid), concurrent streams per connection, request message
+ * Callers are fixed at accept (./caller.ts): a connection whose peer exec'd another program,
+ * changed uid/gid or exited is refused and closed. FetchX509SVID streams re-attest on the
+ * selector-cache schedule and from scratch before every push.
+ *
+ * Bounds: connections (total, per uid, reserves for root and for uids with few connections; see
+ * connectionLimits()), concurrent streams per connection, request message
  * size, request bytes buffered across the server, HTTP/2 session memory, time to send the
  * preface and the request, audiences per JWT request. A streaming response to a client that does
  * not read is coalesced: at most one pending (latest) message is kept per stream.
