@@ -13,7 +13,8 @@
  *               /kubepods/<qos>/pod<uid>/<id>          (cgroupfs driver; a bare ID under kubepods)
  *   cri-o       .../crio-<id>.scope, .../crio-<id>
  *   podman      .../libpod-<id>.scope, /libpod_parent/libpod-<id>
- *   containerd  /<namespace>/<id>                      (containerd's own clients, cgroupfs: `0::/default/<id>`)
+ *   containerd  /<namespace>/<id>                      (containerd's own clients, cgroupfs: `0::/default/<id>`;
+ *                                                      only for namespaces listed in `containerd.namespaces`)
  *   pod UID     kubepods-<qos>-pod<uid with _>.slice (systemd) or pod<uid> (cgroupfs) below kubepods
  * Monitor processes (`crio-conmon-<id>`, `libpod-conmon-<id>`) are not containers and match nothing.
  * Nested containers: the innermost (last) match on a line wins. Lines that disagree on the
@@ -47,7 +48,7 @@ export interface ContainerInfo {
   id: string;
   runtime?: ContainerRuntime;
   podUid?: string;
-  /** containerd namespace (`k8s.io` for kubelet containers, the first path segment for `/<ns>/<id>`). */
+  /** containerd namespace, when the path names it (`/<ns>/<id>`); otherwise every configured one is searched. */
   namespace?: string;
 }
 
@@ -107,7 +108,6 @@ const POD_SYSTEMD = /^kubepods(?:-[a-z]+)*-pod([0-9a-f_]{36})\.slice$/;
 const POD_CGROUPFS = /^pod([0-9a-f-]{36})$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const USER_DELEGATION = /^user@\d+\.service$/;
-const NAMESPACE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,75}$/;
 
 const MAX_LINES = 256;
 
@@ -122,7 +122,7 @@ interface LineMatch {
 }
 
 /** Examine one cgroup path. */
-export function matchCgroupPath(path: string): LineMatch {
+export function matchCgroupPath(path: string, containerdNamespaces: readonly string[] = []): LineMatch {
   const segs = path.split('/').filter((s) => s.length > 0);
   const m: LineMatch = { explicit: false, delegated: false };
   let underKubepods = false;
@@ -143,7 +143,6 @@ export function matchCgroupPath(path: string): LineMatch {
         m.id = r[1]!;
         m.runtime = runtime;
         m.explicit = true;
-        if (runtime === 'containerd') m.namespace = 'k8s.io';
         matched = true;
         break;
       }
@@ -158,8 +157,7 @@ export function matchCgroupPath(path: string): LineMatch {
       m.id = seg;
       m.runtime = 'containerd';
       m.explicit = false;
-      m.namespace = 'k8s.io';
-    } else if (i === 1 && segs.length === 2 && parent !== undefined && NAMESPACE.test(parent)) {
+    } else if (i === 1 && segs.length === 2 && parent !== undefined && containerdNamespaces.includes(parent)) {
       // containerd's own clients (ctr, nerdctl) with the cgroupfs driver: /<namespace>/<id>.
       m.id = seg;
       m.runtime = 'containerd';
@@ -174,7 +172,7 @@ export function matchCgroupPath(path: string): LineMatch {
  * Container facts from the text of /proc/<pid>/cgroup; null when the process is not in a
  * recognised container. Throws `workload.container_ambiguous` when lines disagree.
  */
-export function parseCgroupFile(text: string, opts: { allowUserDelegated?: boolean } = {}): ContainerInfo | null {
+export function parseCgroupFile(text: string, opts: { allowUserDelegated?: boolean; containerdNamespaces?: readonly string[] } = {}): ContainerInfo | null {
   const lines = text.split('\n').filter((l) => l.trim().length > 0);
   if (lines.length > MAX_LINES) throw new SigilError('workload.bad_cgroup_file', `cgroup file has more than ${MAX_LINES} lines`);
   let id: string | undefined;
@@ -189,7 +187,7 @@ export function parseCgroupFile(text: string, opts: { allowUserDelegated?: boole
     if (a < 0 || b < 0) throw new SigilError('workload.bad_cgroup_file', 'cgroup line is not "id:controllers:path"');
     if (!/^\d{1,10}$/.test(line.slice(0, a))) throw new SigilError('workload.bad_cgroup_file', 'cgroup line has a non-numeric hierarchy id');
     const path = line.slice(b + 1);
-    const m = matchCgroupPath(path);
+    const m = matchCgroupPath(path, opts.containerdNamespaces);
     if (m.id === undefined && m.podUid === undefined) continue;
     delegated ||= m.delegated;
     if (m.id !== undefined) {
@@ -260,7 +258,7 @@ export class ContainerAttestor implements WorkloadAttestor {
 
   async attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]> {
     const text = (await readBoundedFile(procPath(this.procRoot, caller.pid, 'cgroup'), 64 * 1024, signal)).toString('utf8');
-    const info = parseCgroupFile(text, { allowUserDelegated: this.config.allowUserDelegated === true });
+    const info = parseCgroupFile(text, { allowUserDelegated: this.config.allowUserDelegated === true, containerdNamespaces: this.config.containerd?.namespaces ?? [] });
     const base = containerSelectors(info);
     if (info === null || this.lookup === undefined) return base;
     return [...base, ...(await this.lookup.selectorsFor(info, signal))];

@@ -211,9 +211,12 @@ describe('selectors from runtime details', () => {
 });
 
 describe('cgroup forms and selector namespaces', () => {
-  it('containerd /<namespace>/<id> is recognised with its namespace; kubepods containers are k8s.io', () => {
-    expect(matchCgroupPath(`/default/${ID}`)).toMatchObject({ id: ID, runtime: 'containerd', namespace: 'default' });
-    expect(parseCgroupFile(`0::/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555/${ID}\n`)).toMatchObject({ id: ID, runtime: 'containerd', namespace: 'k8s.io' });
+  it('containerd /<namespace>/<id> is recognised only for configured namespaces', () => {
+    expect(matchCgroupPath(`/default/${ID}`, ['k8s.io', 'default'])).toMatchObject({ id: ID, runtime: 'containerd', namespace: 'default' });
+    expect(matchCgroupPath(`/default/${ID}`).id).toBeUndefined();
+    // A CI runner's /actions_job/<64 hex> is not a container.
+    expect(parseCgroupFile(`0::/actions_job/${ID}\n`, { containerdNamespaces: ['default'] })).toBeNull();
+    expect(parseCgroupFile(`0::/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555/${ID}\n`)).toMatchObject({ id: ID, runtime: 'containerd' });
     expect(parseCgroupFile(`0::/docker/${ID}\n`)).toEqual({ id: ID, runtime: 'docker' });
     expect(parseCgroupFile(`0::/a/b/${ID}\n`)).toBeNull();
   });

@@ -109,7 +109,10 @@ describe('container attestor (fake /proc tree)', () => {
   });
 
   it('config schema: {} is valid, unknown keys are not', () => {
-    expect(validateAgainstSchema(containerAttestorPlugin.configSchema, {}, 'x')).toEqual({ allowUserDelegated: false });
+    expect(validateAgainstSchema(containerAttestorPlugin.configSchema, {}, 'x')).toEqual({ allowUserDelegated: false, selectors: ['image', 'labels', 'name', 'k8s'], lookupTimeout: '2s', cacheSize: 4096, cacheTtl: '10m' });
+    // A runtime block fills in its default socket; a kubelet URL must be https.
+    expect(validateAgainstSchema(containerAttestorPlugin.configSchema, { docker: {} }, 'x')).toMatchObject({ docker: { socket: '/var/run/docker.sock' } });
+    expect(() => createContainerAttestor({ kubelet: { url: 'http://127.0.0.1:10255' } })).toThrow(/kubelet\/url/);
     expect(() => createContainerAttestor({ procRoot: '/x' })).toThrow(/unknown key "procRoot"/);
   });
 
