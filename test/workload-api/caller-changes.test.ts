@@ -150,6 +150,24 @@ describe.skipIf(!isRoot || !hasPyGrpc)('FetchX509SVID streams follow the caller'
     }
   });
 
+  it('a caller whose selectors changed gets the new set on the stream, without any push from the source', async () => {
+    const source = new FakeSource(makePki());
+    source.addEntry({ id: 'root', spiffeId: `spiffe://${TD}/root-a`, selectors: ['unix:uid:0'] });
+    source.addEntry({ id: 'group', spiffeId: `spiffe://${TD}/group-4321`, selectors: ['unix:uid:0', 'unix:supplementary_gid:4321'] });
+    const t = await startTestServer(source, new Map([['unix', createUnixAttestor({ hashBinaries: false })]]), { selectorCacheMs: 500 });
+    try {
+      const { py, out, first } = await streamingRoot(t.socket);
+      expect(first.svids).toEqual([`spiffe://${TD}/root-a`]);
+      py.stdin.write('groups 4321\n');
+      expect(JSON.parse((await out.next(5000)) ?? 'null')).toEqual({ groups: [4321] });
+      const next = JSON.parse((await out.next(3000)) ?? 'null') as Event | null;
+      expect(next?.svids).toEqual([`spiffe://${TD}/root-a`, `spiffe://${TD}/group-4321`]);
+      expect(t.server.stats().callerChanged).toBe(0);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
   it('a stream whose caller is unchanged keeps streaming, and re-attestation does not push duplicates', async () => {
     const source = new FakeSource(makePki());
     source.addEntry({ id: 'root', spiffeId: `spiffe://${TD}/root-a`, selectors: ['unix:uid:0'] });
