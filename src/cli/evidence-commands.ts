@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import type { NitroCliOptions } from './evidence-nitro.js';
 import type { SevCliOptions } from './evidence-sev.js';
-import type { TpmEvidenceOptions } from './evidence-tpm.js';
+import type { EventLogCliOptions, TpmEvidenceOptions } from './evidence-tpm.js';
 
 /** Adds `tpm` under `sigil evidence verify`. */
 export function registerTpmEvidence(verifyCmd: Command): void {
@@ -22,11 +22,27 @@ export function registerTpmEvidence(verifyCmd: Command): void {
     .requiredOption('--nonce <hex>', "expected qualifying data (the quote's extraData, `tpm2_quote -q`)")
     .option('--pcr-values <file>', 'PCR values: `tpm2_quote -o` output, or YAML/JSON as printed by tpm2_pcrread')
     .option('--pcrs <spec>', 'require exactly this PCR selection, e.g. sha256:0,1,2,3,4,5,6,7')
+    .option('--event-log <file>', 'firmware event log (binary_bios_measurements): replayed against the quoted PCRs, adds boot selectors')
+    .option('--ima-log <file>', 'IMA ascii_runtime_measurements: replayed against the quoted PCR 10')
     .option('--at <iso-time>', 'verification time for certificate validity (default: now)')
     .option('--json', 'print one JSON object')
     .action(async (opts: TpmEvidenceOptions) => {
       const { runTpmEvidence } = await import('./evidence-tpm.js');
       process.exitCode = await runTpmEvidence(opts);
+    });
+}
+
+/** Adds `eventlog` under `sigil evidence`: parse and replay a TCG event log offline. */
+export function registerEventLogCommand(evidenceCmd: Command): void {
+  evidenceCmd
+    .command('eventlog')
+    .description('parse and replay a TCG firmware event log offline; print the replayed PCRs per bank and the boot selectors it yields')
+    .argument('<file>', 'event log (binary_bios_measurements; raw, hex or base64)')
+    .option('--pcrs <json>', 'PCR values the log must replay to, JSON or a JSON file: { "sha256": { "0": "<hex>", … } }')
+    .option('--json', 'print one JSON object')
+    .action(async (file: string, opts: EventLogCliOptions) => {
+      const { runEventLogCommand } = await import('./evidence-tpm.js');
+      process.exitCode = runEventLogCommand(file, opts);
     });
 }
 

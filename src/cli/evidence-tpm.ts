@@ -12,6 +12,7 @@ import { HASHES } from '../tpm/constants.js';
 import { certificatesFromBytes } from '../tpm/ekcert.js';
 import { encodePcrSelection, parsePcrSelection, type PcrBankSelection } from '../tpm/structures.js';
 import { verifyTpmEvidenceOffline } from '../tpm/verify.js';
+import { EV, algorithmByName, checkEventLog, eventLogClaims, parseEventLog, replayEventLog, replayedToJson, type TrustedPcr } from '../tpm/eventlog/index.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
 import { UsageError, printEvidenceOutcome, rejectedOutcome } from './output.js';
 
@@ -27,6 +28,8 @@ export interface TpmEvidenceOptions {
   pcrs?: string;
   at?: string;
   json?: boolean;
+  eventLog?: string;
+  imaLog?: string;
 }
 
 function readArg(flag: string, path: string): Buffer {
@@ -77,6 +80,9 @@ export async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> 
   const quoteRaw = readArg('--quote', opts.quote);
   const sigRaw = readArg('--signature', opts.signature);
   const pcrRaw = opts.pcrValues !== undefined ? readArg('--pcr-values', opts.pcrValues) : undefined;
+  const eventLogRaw = opts.eventLog !== undefined ? readArg('--event-log', opts.eventLog) : undefined;
+  const imaLogRaw = opts.imaLog !== undefined ? readArg('--ima-log', opts.imaLog) : undefined;
+  if ((eventLogRaw || imaLogRaw) && !pcrRaw) throw new UsageError('--event-log and --ima-log need --pcr-values (the log is checked against the quoted PCRs)');
 
   try {
     const ekCerts = certificatesFromBytes(ekCertRaw, `--ek-cert ${opts.ekCert}`);
@@ -91,11 +97,74 @@ export async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> 
       nonce,
       ...(pcrRaw ? { pcrValues: pcrRaw } : {}),
       ...(expected ? { expectedSelection: expected } : {}),
+      ...(eventLogRaw ? { eventLog: eventLogRaw } : {}),
+      ...(imaLogRaw ? { imaLog: imaLogRaw } : {}),
       at,
     });
     return printEvidenceOutcome({ ok: true, attestor: 'tpm', selectors: result.selectors, claims: result.claims }, json);
   } catch (e) {
     if (e instanceof UsageError) throw e;
+    return printEvidenceOutcome(rejectedOutcome('tpm', e), json);
+  }
+}
+
+export interface EventLogCliOptions {
+  pcrs?: string;
+  json?: boolean;
+}
+
+/**
+ * `--pcrs`: JSON (inline or a file) `{ "<bank>": { "<index>": "<hex>" } }` — the shape
+ * `sigil evidence eventlog --json` prints under claims.replayed.
+ */
+function parsePcrsJson(arg: string): TrustedPcr[] {
+  const text = arg.trimStart().startsWith('{') ? arg : readArg('--pcrs', arg).toString('utf8');
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`--pcrs: not JSON: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new UsageError('--pcrs: expected { "<bank>": { "<index>": "<hex>" } }');
+  const out: TrustedPcr[] = [];
+  for (const [bank, m] of Object.entries(o as Record<string, unknown>)) {
+    const alg = algorithmByName(bank);
+    if (!alg) throw new UsageError(`--pcrs: unknown bank ${bank}`);
+    if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new UsageError(`--pcrs: ${bank} must map PCR indices to hex values`);
+    for (const [i, v] of Object.entries(m as Record<string, unknown>)) {
+      const index = Number(i);
+      if (!/^\d{1,2}$/.test(i) || index > 23) throw new UsageError(`--pcrs: ${bank}.${i} is not a PCR index 0..23`);
+      if (typeof v !== 'string' || !/^[0-9a-fA-F]+$/.test(v) || v.length !== alg.size * 2) throw new UsageError(`--pcrs: ${bank}.${i} must be ${alg.size * 2} hex digits`);
+      out.push({ bank, index, value: Buffer.from(v, 'hex') });
+    }
+  }
+  if (out.length === 0) throw new UsageError('--pcrs: no PCR values');
+  return out;
+}
+
+/**
+ * `sigil evidence eventlog FILE [--pcrs JSON] [--json]`: parse and replay a firmware event log
+ * offline and print, per bank, the replayed PCR values and the boot selectors it would yield.
+ * With --pcrs the log must replay to those values (exit 1 otherwise) and selectors come only from
+ * the PCRs given; without, the log is taken as it is (a golden machine), which proves nothing.
+ */
+export function runEventLogCommand(file: string, opts: EventLogCliOptions): number {
+  const json = opts.json === true;
+  const raw = decodeEvidenceBytes(readArg('<file>', file));
+  const given = opts.pcrs !== undefined ? parsePcrsJson(opts.pcrs) : undefined;
+  try {
+    const log = parseEventLog(raw);
+    let pcrs = given;
+    if (!pcrs) {
+      const bank = (['sha256', 'sha384', 'sha512', 'sm3_256', 'sha1'] as const).find((b) => log.banks.some((x) => x.name === b)) ?? log.banks[0]!.name;
+      const extended = new Set(log.events.filter((e) => e.type !== EV.NO_ACTION).map((e) => e.index));
+      pcrs = [...replayEventLog(log, { banks: [bank] }).get(bank)!].filter(([i]) => extended.has(i)).map(([index, value]) => ({ bank, index, value }));
+    }
+    const r = checkEventLog({ log, pcrs, unloggedPcrs: given ? [10] : [] });
+    const all = replayedToJson(replayEventLog(log, { indices: [...Array(24).keys()] }));
+    const claims = { ...eventLogClaims(r), replayed: all, verifiedAgainst: given ? '--pcrs' : 'nothing: the selectors are what this log yields if a quote matches it' };
+    return printEvidenceOutcome({ ok: true, attestor: 'tpm', selectors: r.selectors, claims }, json);
+  } catch (e) {
     return printEvidenceOutcome(rejectedOutcome('tpm', e), json);
   }
 }

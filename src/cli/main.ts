@@ -3,7 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { SigilError } from '../errors.js';
 import { adminCall } from './admin-client.js';
 import { registerAgentRun } from './agent-run.js';
-import { registerNitroEvidence, registerSevEvidence, registerTpmEvidence } from './evidence-commands.js';
+import { registerEventLogCommand, registerNitroEvidence, registerSevEvidence, registerTpmEvidence } from './evidence-commands.js';
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError } from './output.js';
 import { registerSvidCommands, workloadHealthcheck } from './svid-commands.js';
 import {
@@ -32,6 +32,7 @@ export function buildProgram(): Command {
   registerSvidCommands(program);
   const evidence = program.command('evidence').description('offline evidence verification');
   const verify = evidence.command('verify').description('verify an evidence file offline');
+  registerEventLogCommand(evidence);
   registerTpmEvidence(verify);
   registerNitroEvidence(verify);
   registerSevEvidence(verify);

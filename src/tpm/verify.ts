@@ -9,6 +9,8 @@ import { SigilError } from '../errors.js';
 import type { HashName } from './constants.js';
 import { EkTrustStore, certPublicSpkiDer, verifyEkChain, type EkChainResult } from './ekcert.js';
 import { parsePcrValuesFile } from './pcrvalues.js';
+import { checkEventLog, eventLogClaims } from './eventlog/index.js';
+import { checkImaLog } from './ima/index.js';
 import { checkAkPublic, verifyQuote, type PcrValue, type QuoteCheckResult } from './quote.js';
 import { objectName, parseAttestAny, parseTpm2bPublic, type PcrSelection, type TpmtPublic } from './structures.js';
 
@@ -77,6 +79,12 @@ export interface OfflineTpmEvidence {
   hashAllowlist?: readonly HashName[];
   /** When given, the quote must select exactly these PCRs. */
   expectedSelection?: PcrSelection[];
+  /** Firmware event log (binary_bios_measurements): replayed against the quoted PCRs, then boot selectors. Needs pcrValues. */
+  eventLog?: Buffer;
+  /** PCRs the event log does not cover (default [10], IMA's). */
+  unloggedPcrs?: number[];
+  /** IMA ASCII runtime measurements: replayed against the quoted PCR 10. Needs pcrValues. */
+  imaLog?: Buffer;
 }
 
 export interface OfflineTpmResult {
@@ -119,8 +127,19 @@ export async function verifyTpmEvidenceOffline(ev: OfflineTpmEvidence): Promise<
   if (!leaf) throw new SigilError('tpm.ek_untrusted', 'empty EK chain');
   const ekPubHash = createHash('sha256').update(certPublicSpkiDer(leaf)).digest('hex');
   const input = { ekPubHash, chain, pcrs: quote.pcrs };
-  return {
-    selectors: tpmSelectors(input),
-    claims: { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: false, note: OFFLINE_NOTE },
-  };
+  const selectors = tpmSelectors(input);
+  const claims: Record<string, unknown> = { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: false, note: OFFLINE_NOTE };
+  if ((ev.eventLog || ev.imaLog) && !quote.pcrs) {
+    throw new SigilError('tpm.pcr_values_invalid', 'an event log can only be checked against quoted PCR values: give the PCR values too');
+  }
+  if (ev.eventLog && quote.pcrs) {
+    const r = checkEventLog({ log: ev.eventLog, pcrs: quote.pcrs, unloggedPcrs: ev.unloggedPcrs ?? [10] });
+    selectors.push(...r.selectors);
+    claims.eventLog = eventLogClaims(r);
+  }
+  if (ev.imaLog && quote.pcrs) {
+    const r = checkImaLog({ log: ev.imaLog, pcrs: quote.pcrs });
+    claims.ima = { entries: r.entries.length, pending: r.pending };
+  }
+  return { selectors, claims };
 }
