@@ -4,9 +4,9 @@
  * or refusing verifier is retried in the background with backoff while the Workload API serves
  * whatever is cached.
  */
-import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
 import { SigilError } from '../errors.js';
+import { preparePrivateDir } from '../util/private-dir.js';
 import { loadNodeAttestorAgents, loadWorkloadAttestors } from '../catalog.js';
 import type { AgentPluginDeps, NodeAttestorAgent } from '../plugins/types.js';
 import type { BackoffOptions } from './backoff.js';
@@ -57,21 +57,12 @@ export interface RunningAgent {
   close(): Promise<void>;
 }
 
-function prepareDataDir(dir: string): void {
-  try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const st = statSync(dir);
-    if (!st.isDirectory()) throw new Error('not a directory');
-    if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) chmodSync(dir, 0o700);
-  } catch (e) {
-    throw new SigilError('agent.data_dir_unusable', `dataDir ${dir}: ${e instanceof Error ? e.message : String(e)}`);
-  }
-}
-
 export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): Promise<RunningAgent> {
   const now = opts.now ?? (() => new Date());
   const logger = opts.logger ?? pino({ level: config.logLevel, base: { svc: 'sigil-agent' } });
-  prepareDataDir(config.dataDir);
+  // 0700 and ours (tightened when ours and wider, refused when another user owns it), writable —
+  // a pseudo filesystem such as /proc fails here, at once (util/private-dir.ts).
+  for (const t of preparePrivateDir(config.dataDir, { area: 'agent' }).tightened) logger.warn({ path: t.path, mode: t.mode.toString(8) }, 'dataDir was open to other users; made it 0700');
   const closers: (() => Promise<void> | void)[] = [];
   /** Set as soon as the agent starts to stop (readiness turns false before anything closes). */
   let shuttingDown = false;

@@ -4,11 +4,14 @@
  * the token's id (never the secret itself). The token is checked at `begin` and `finish` and used up
  * at `commit`, after every factor passed and after every other factor's commit (`consumesOnCommit`),
  * so a session that fails on another factor — in `finish` or in its `commit` — leaves the token usable.
+ * Between `begin` and `commit` the session state (kept in the datastore) holds the token's digest,
+ * never the token: someone who reads the database or its WAL cannot attest with it.
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { SigilError } from '../errors.js';
-import type { NodeAttestorAgentPlugin, NodeAttestorVerifierPlugin } from './types.js';
+import type { JoinTokenDigestServices } from '../verifier/tokens.js';
+import type { NodeAttestorAgentPlugin, NodeAttestorVerifierPlugin, VerifierServices } from './types.js';
 
 const TOKEN_RE = /^[A-Za-z0-9_-]{16,128}$/;
 
@@ -20,25 +23,51 @@ function tokenFrom(hello: unknown): string {
   return t;
 }
 
+/** The verifier's token services by digest (tokens.ts); a host without them cannot run this attestor. */
+function digestServices(services: VerifierServices | undefined): JoinTokenDigestServices {
+  const d = services as Partial<JoinTokenDigestServices> | undefined;
+  if (typeof d?.digestJoinToken !== 'function' || typeof d.checkJoinTokenDigest !== 'function' || typeof d.consumeJoinTokenDigest !== 'function') {
+    throw new SigilError('plugin.init_failed', 'plugin "join_token": needs the verifier datastore (only runs inside the verifier)');
+  }
+  return d as JoinTokenDigestServices;
+}
+
+/** Session state: version 2 holds the token's digest (version 1, `{ token }`, held the secret). */
+interface JoinTokenState {
+  v: 2;
+  digest: string;
+}
+
+function parseState(state: unknown): JoinTokenState {
+  const o = state as Partial<JoinTokenState> & { token?: unknown };
+  if (typeof o !== 'object' || o === null) throw new SigilError('join_token.bad_state', 'join_token session state is not one this verifier wrote', { status: 400 });
+  if (o.token !== undefined) {
+    throw new SigilError('join_token.bad_state', 'join_token session state holds the token itself (written by an older verifier); this verifier keeps only its digest: attest again', { status: 400 });
+  }
+  if (o.v !== 2 || typeof o.digest !== 'string' || !/^[0-9a-f]{64}$/.test(o.digest)) {
+    throw new SigilError('join_token.bad_state', 'join_token session state is not one this verifier wrote', { status: 400 });
+  }
+  return { v: 2, digest: o.digest };
+}
+
 export const joinTokenVerifierPlugin: NodeAttestorVerifierPlugin = {
   name: 'join_token',
   configSchema: { type: 'object', additionalProperties: false, properties: {} },
   create(_config, deps) {
-    const services = deps.services;
-    if (!services) throw new SigilError('plugin.init_failed', 'plugin "join_token": needs the verifier datastore (only runs inside the verifier)');
+    const services = digestServices(deps.services);
     return {
       async begin(hello, session) {
-        const token = tokenFrom(hello);
-        await services.checkJoinToken(token, session.now);
-        return { challenge: {}, state: { token } };
+        const digest = services.digestJoinToken(tokenFrom(hello));
+        await services.checkJoinTokenDigest(digest, session.now);
+        const state: JoinTokenState = { v: 2, digest };
+        return { challenge: {}, state };
       },
       async finish(_response, state, session) {
-        const { token } = state as { token: string };
-        const { tokenId } = await services.checkJoinToken(token, session.now);
+        const { tokenId } = await services.checkJoinTokenDigest(parseState(state).digest, session.now);
         return { selectors: [], claims: { tokenId }, agentIdSuffix: tokenId };
       },
       async commit(state, session) {
-        await services.consumeJoinToken((state as { token: string }).token, session.now);
+        await services.consumeJoinTokenDigest(parseState(state).digest, session.now);
       },
       // Used up last, after every other factor's commit (which may still lose a race) succeeded.
       consumesOnCommit: true,

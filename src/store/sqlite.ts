@@ -4,9 +4,10 @@
  */
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, constants as fsc, openSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.js';
+import { makeDirs } from '../util/private-dir.js';
 import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 /** Migrations, in order; index + 1 = schema version. Never edit a shipped migration: add a new one. */
@@ -140,13 +141,45 @@ function pluginStateText(value: unknown): string {
   return text;
 }
 
+/** The files SQLite keeps for a database in WAL mode (and the rollback journal of an older one). */
+const DB_FILE_SUFFIXES = ['', '-wal', '-shm', '-journal'];
+
+/**
+ * Make the database files readable by their owner only: the main file is created 0600 before SQLite
+ * opens it (SQLite then creates -wal and -shm with the main file's permissions), and existing files
+ * with group/other bits (made by an older Sigil, 0644) are chmod'ed 0600.
+ */
+function makeDbFilesPrivate(path: string): void {
+  try {
+    makeDirs(dirname(path), 0o700);
+    closeSync(openSync(path, fsc.O_RDWR | fsc.O_CREAT, 0o600));
+  } catch (e) {
+    throw new SigilError('store.open_failed', `cannot create the SQLite datastore ${path}: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+  }
+  for (const suffix of DB_FILE_SUFFIXES) {
+    const file = path + suffix;
+    let mode: number;
+    try {
+      mode = statSync(file).mode;
+    } catch {
+      continue;
+    }
+    if ((mode & 0o077) === 0) continue;
+    try {
+      chmodSync(file, 0o600);
+    } catch (e) {
+      throw new SigilError('store.open_failed', `${file} is readable by other users and cannot be made 0600: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    }
+  }
+}
+
 export class SqliteStore implements DataStore {
   readonly kind = 'sqlite';
   private readonly db: Database.Database;
   private readonly stmt: Record<string, Database.Statement>;
 
   constructor(path: string) {
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    if (path !== ':memory:' && path !== '') makeDbFilesPrivate(path);
     try {
       this.db = new Database(path);
       this.db.pragma('journal_mode = WAL');

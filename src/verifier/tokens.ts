@@ -1,4 +1,7 @@
-/** Join tokens: single use, expiring; only a SHA-256 of the secret is stored. */
+/**
+ * Join tokens: single use, expiring. Only a SHA-256 of the secret is stored, in the tokens table and
+ * (through `JoinTokenDigestServices`) in the join_token attestor's session state.
+ */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { SigilError } from '../errors.js';
 import type { DataStore, NewEntry } from '../store/types.js';
@@ -45,23 +48,41 @@ export async function generateJoinToken(store: DataStore, trustDomain: string, t
   return { token, tokenId, agentId, expiresAt };
 }
 
-export function joinTokenServices(store: DataStore): VerifierServices {
+/**
+ * The join_token attestor's view of the tokens by digest, so that what it keeps between `begin`
+ * and `commit` (session state, in the datastore) is the digest and never the secret.
+ */
+export interface JoinTokenDigestServices {
+  /** The digest the datastore keys a token by (SHA-256, hex). */
+  digestJoinToken(token: string): string;
+  /** Like `checkJoinToken`, by digest. */
+  checkJoinTokenDigest(digest: string, now: Date): Promise<{ tokenId: string }>;
+  /** Like `consumeJoinToken`, by digest. */
+  consumeJoinTokenDigest(digest: string, now: Date): Promise<{ tokenId: string }>;
+}
+
+export function joinTokenServices(store: DataStore): VerifierServices & JoinTokenDigestServices {
+  const checkDigest = async (digest: string, now: Date): Promise<{ tokenId: string }> => {
+    const t = await store.getJoinTokenByHash(digest);
+    if (!t) throw new SigilError('join_token.unknown', 'join token is not known', { status: 401 });
+    if (t.usedAt) throw new SigilError('join_token.used', 'join token was already used', { status: 401 });
+    if (Date.parse(t.expiresAt) <= now.getTime()) throw new SigilError('join_token.expired', `join token expired at ${t.expiresAt}`, { status: 401 });
+    return { tokenId: t.id };
+  };
+  const consumeDigest = async (digest: string, now: Date): Promise<{ tokenId: string }> => {
+    const t = await store.useJoinToken(digest, now);
+    if (!t) {
+      // Say precisely why (the lookup is by digest, so this reveals nothing about the secret).
+      await checkDigest(digest, now);
+      throw new SigilError('join_token.used', 'join token was already used', { status: 401 });
+    }
+    return { tokenId: t.id };
+  };
   return {
-    async checkJoinToken(token, now) {
-      const t = await store.getJoinTokenByHash(hashToken(token));
-      if (!t) throw new SigilError('join_token.unknown', 'join token is not known', { status: 401 });
-      if (t.usedAt) throw new SigilError('join_token.used', 'join token was already used', { status: 401 });
-      if (Date.parse(t.expiresAt) <= now.getTime()) throw new SigilError('join_token.expired', `join token expired at ${t.expiresAt}`, { status: 401 });
-      return { tokenId: t.id };
-    },
-    async consumeJoinToken(token, now) {
-      const t = await store.useJoinToken(hashToken(token), now);
-      if (!t) {
-        // Say precisely why (the lookup is by hash, so this reveals nothing about the secret).
-        await this.checkJoinToken(token, now);
-        throw new SigilError('join_token.used', 'join token was already used', { status: 401 });
-      }
-      return { tokenId: t.id };
-    },
+    digestJoinToken: hashToken,
+    checkJoinTokenDigest: checkDigest,
+    consumeJoinTokenDigest: consumeDigest,
+    checkJoinToken: (token, now) => checkDigest(hashToken(token), now),
+    consumeJoinToken: (token, now) => consumeDigest(hashToken(token), now),
   };
 }
