@@ -110,8 +110,8 @@ export class EntrySync {
 
   private async loop(): Promise<void> {
     while (!this.closed) {
-      const interval = this.interval();
-      let delay = interval;
+      // The pace is read after the work: the bundle just fetched may carry a shorter refresh hint.
+      let delay: number | undefined;
       if (!this.o.node.current()) {
         try {
           await this.refreshBundle();
@@ -131,14 +131,14 @@ export class EntrySync {
           if (next) {
             const untilRotation = next.getTime() - this.o.now().getTime();
             // A rotation point already passed means its re-issue failed; retry at the normal pace.
-            if (untilRotation > 0) delay = Math.min(interval, untilRotation);
+            if (untilRotation > 0) delay = Math.min(this.interval(), untilRotation);
           }
         } catch (e) {
           if (this.closed) break;
           delay = this.onError(asSigilError(e, 'agent.sync_failed', 'entry sync'), generation);
         }
       }
-      await this.sleep(delay);
+      await this.sleep(delay ?? this.interval());
     }
   }
 
