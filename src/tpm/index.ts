@@ -31,3 +31,31 @@ export { verifyQuote, checkAkPublic, checkEkPublic, checkCounters, pcrDigest, ty
 export { parsePcrValuesFile } from './pcrvalues.js';
 export { verifyTpmEvidenceOffline, tpmSelectors, OFFLINE_NOTE, type OfflineTpmEvidence, type OfflineTpmResult } from './verify.js';
 export { tpmVerifierPlugin, tpmAgentPlugin, tpmVerifierConfigSchema, tpmAgentConfigSchema } from './plugin.js';
+export {
+  parseEventLog,
+  replayEventLog,
+  replayedToJson,
+  pcClientInitialValue,
+  checkEventLog,
+  eventLogClaims,
+  deriveBootFacts,
+  bootSelectors,
+  algorithmById,
+  algorithmByName,
+  eventTypeName,
+  EV,
+  QUIRKS,
+  type ParsedEventLog,
+  type ParseEventLogOptions,
+  type EventLogEvent,
+  type EventLogDigest,
+  type EventLogAlgorithm,
+  type SpecIdEvent,
+  type ReplayOptions,
+  type ReplayedRegisters,
+  type EventLogCheckInput,
+  type EventLogCheckResult,
+  type TrustedPcr,
+  type BootFacts,
+} from './eventlog/index.js';
+export { parseImaAsciiLog, replayIma, checkImaLog, checkImaPolicy, parseImaAllowlist, type ImaEntry, type ImaPolicy, type ImaCheckResult } from './ima/index.js';
