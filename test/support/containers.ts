@@ -161,7 +161,7 @@ export async function startContainerd(dir: string): Promise<Containerd> {
   }
   const ctr = (ns: string, args: string[]): string => execFileSync('ctr', ['--address', socket, '--namespace', ns, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 }).trim();
   const running = new Set<string>();
-  return {
+  const handle: Containerd = {
     socket,
     ctr,
     importArchive(ns, archive) {
@@ -207,7 +207,7 @@ export async function startContainerd(dir: string): Promise<Containerd> {
     async stop() {
       for (const key of [...running]) {
         const [ns, id] = key.split('/') as [string, string];
-        this.remove(ns, id);
+        handle.remove(ns, id);
       }
       proc.kill('SIGTERM');
       await new Promise<void>((r) => {
@@ -217,4 +217,5 @@ export async function startContainerd(dir: string): Promise<Containerd> {
       });
     },
   };
+  return handle;
 }
