@@ -1,6 +1,6 @@
 /**
  * Real processes, real time: `sigil verifier run` with ca.ttl 60s (the minimum) and `sigil agent
- * run` with a join token, through two CA activations and the first CA's expiry (~85 s). A workload keeps a
+ * run` with a join token, through two CA activations and the first CA's expiry (~82 s). A workload keeps a
  * FetchX509SVID stream open; every second its latest SVID must be valid and verify against the
  * bundle that came with it. The agent must renew its node SVID across the rotations (its issuer
  * changes), never report `agent.verifier_untrusted` and never need to attest again.
@@ -106,7 +106,7 @@ describe('CA rotation at ca.ttl 60s with a real verifier and a real agent', () =
       // Sample every second past the first activation (+50 s), the first CA's end (+60 s) and the second activation (+80 s).
       const problems: string[] = [];
       const serials = new Set<string>();
-      const until = startedAt + 85_000;
+      const until = startedAt + 82_000;
       while (Date.now() < until) {
         await new Promise((r) => setTimeout(r, 1000));
         const at = `at +${((Date.now() - startedAt) / 1000).toFixed(1)}s`;

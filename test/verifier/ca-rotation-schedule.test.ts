@@ -123,6 +123,7 @@ function checkInstant(ca: CertificateAuthority, agent: SimulatedAgent, serverCha
     return `${at}: no SVID obtainable: ${(e as Error).message}`;
   }
   if (svid.notAfter.getTime() <= now.getTime()) return `${at}: the SVID issued now is already expired (${svid.notAfter.toISOString()})`;
+  if (svid.notAfter.getTime() > ca.activeNotAfter().getTime()) return `${at}: the SVID outlives the CA that signed it`;
   const verify = (chain: Buffer[], anchors: Buffer[], what: string) => {
     try {
       verifyX509Svid(chain, () => anchors, now);
