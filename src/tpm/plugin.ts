@@ -12,6 +12,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { SigilError } from '../errors.js';
+import { decodeBase64 } from '../plugins/base64.js';
+import { validatePluginConfig } from '../plugins/validate.js';
 import type {
   AgentPluginDeps,
   AttestorResult,
@@ -50,12 +52,7 @@ const BANKS = ['sha1', 'sha256', 'sha384', 'sha512'] as const;
 // ---------------------------------------------------------------- JSON helpers
 
 function decodeB64(v: unknown, field: string, code: string, maxBytes: number): Buffer {
-  if (typeof v !== 'string' || v.length === 0) throw new SigilError(code, `${field} must be a non-empty base64 string`);
-  if (v.length > Math.ceil((maxBytes * 4) / 3) + 4) throw new SigilError(code, `${field} is larger than ${maxBytes} bytes`);
-  if (v.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(v)) throw new SigilError(code, `${field} is not standard base64`);
-  const b = Buffer.from(v, 'base64');
-  if (b.length > maxBytes) throw new SigilError(code, `${field} is larger than ${maxBytes} bytes`);
-  return b;
+  return decodeBase64(v, field, { code, maxBytes });
 }
 
 function strictObject(v: unknown, what: string, code: string, required: string[], optional: string[] = []): Record<string, unknown> {
@@ -116,67 +113,27 @@ export const tpmVerifierConfigSchema: JsonSchema = {
   },
 };
 
-function configError(msg: string): SigilError {
-  return new SigilError('tpm.config_invalid', `tpm: ${msg}`);
-}
-
-/** Validate the verifier config (the loader validates with ajv too; this keeps direct callers honest). */
+/** Validate the verifier config (the loader's validation: the schema, `tpm.config_invalid`), then derive what the verifier uses. */
 export function parseVerifierConfig(config: unknown): { ekCa: string[]; selection: PcrBankSelection[]; hashAllowlist: HashName[]; measured: MeasuredBootConfig } {
-  if (typeof config !== 'object' || config === null || Array.isArray(config)) throw configError('config must be an object');
-  const c = config as Record<string, unknown>;
-  for (const k of Object.keys(c)) if (!['ekCa', 'pcrs', 'hashAllowlist', 'eventLog', 'ima'].includes(k)) throw configError(`unknown config key ${k}`);
-  if (!Array.isArray(c.ekCa) || c.ekCa.length === 0 || c.ekCa.some((p) => typeof p !== 'string' || p.length === 0)) {
-    throw configError('ekCa must list at least one certificate file');
-  }
+  const c = validatePluginConfig<TpmVerifierConfig>(tpmVerifierConfigSchema, config, { namespace: 'tpm', what: 'plugin "tpm" config' });
   let selection: PcrBankSelection[] = [{ bank: 'sha256', pcrs: [0, 1, 2, 3, 4, 5, 6, 7] }];
   if (c.pcrs !== undefined) {
-    if (typeof c.pcrs !== 'object' || c.pcrs === null || Array.isArray(c.pcrs)) throw configError('pcrs must map banks to PCR lists');
-    const p = c.pcrs as Record<string, unknown>;
     selection = [];
-    for (const k of Object.keys(p)) if (!(BANKS as readonly string[]).includes(k)) throw configError(`pcrs has unknown bank ${k}`);
     for (const bank of BANKS) {
-      const list = p[bank];
-      if (list === undefined) continue;
-      if (!Array.isArray(list) || list.some((i) => !Number.isInteger(i) || i < 0 || i > 23) || new Set(list).size !== list.length) {
-        throw configError(`pcrs.${bank} must be distinct integers 0..23`);
-      }
-      if (list.length > 0) selection.push({ bank, pcrs: [...(list as number[])].sort((a, b) => a - b) });
+      const list = c.pcrs[bank];
+      if (list !== undefined && list.length > 0) selection.push({ bank, pcrs: [...list].sort((a, b) => a - b) });
     }
   }
-  let hashAllowlist: HashName[] = [...DEFAULT_HASH_ALLOWLIST];
-  if (c.hashAllowlist !== undefined) {
-    if (!Array.isArray(c.hashAllowlist) || c.hashAllowlist.length === 0 || c.hashAllowlist.some((h) => !['sha256', 'sha384', 'sha512'].includes(h as string))) {
-      throw configError('hashAllowlist must list sha256, sha384 and/or sha512');
-    }
-    hashAllowlist = c.hashAllowlist as HashName[];
-  }
-  return { ekCa: c.ekCa as string[], selection, hashAllowlist, measured: parseMeasuredBootConfig(c.eventLog, c.ima) };
+  const hashAllowlist: HashName[] = c.hashAllowlist ? [...c.hashAllowlist] : [...DEFAULT_HASH_ALLOWLIST];
+  return { ekCa: c.ekCa, selection, hashAllowlist, measured: parseMeasuredBootConfig(c.eventLog, c.ima) };
 }
 
-function parseMeasuredBootConfig(eventLog: unknown, ima: unknown): MeasuredBootConfig {
-  const out: MeasuredBootConfig = { requireEventLog: false, unloggedPcrs: [10] };
-  if (eventLog !== undefined) {
-    if (typeof eventLog !== 'object' || eventLog === null || Array.isArray(eventLog)) throw configError('eventLog must be an object');
-    const e = eventLog as Record<string, unknown>;
-    for (const k of Object.keys(e)) if (!['require', 'unloggedPcrs'].includes(k)) throw configError(`eventLog has unknown key ${k}`);
-    if (e.require !== undefined && typeof e.require !== 'boolean') throw configError('eventLog.require must be true or false');
-    if (e.unloggedPcrs !== undefined) {
-      const l = e.unloggedPcrs;
-      if (!Array.isArray(l) || l.some((i) => !Number.isInteger(i) || i < 0 || i > 23) || new Set(l).size !== l.length) throw configError('eventLog.unloggedPcrs must be distinct integers 0..23');
-      out.unloggedPcrs = l as number[];
-    }
-    out.requireEventLog = e.require === true;
-  }
+/** The measured-boot keys of a validated config (the schema checked their shape; the IMA excludes must compile). */
+function parseMeasuredBootConfig(eventLog: TpmVerifierConfig['eventLog'], ima: TpmVerifierConfig['ima']): MeasuredBootConfig {
+  const out: MeasuredBootConfig = { requireEventLog: eventLog?.require === true, unloggedPcrs: eventLog?.unloggedPcrs ?? [10] };
   if (ima !== undefined) {
-    if (typeof ima !== 'object' || ima === null || Array.isArray(ima)) throw configError('ima must be an object');
-    const m = ima as Record<string, unknown>;
-    for (const k of Object.keys(m)) if (!['allowlist', 'excludes', 'name', 'require'].includes(k)) throw configError(`ima has unknown key ${k}`);
-    if (typeof m.allowlist !== 'string' || m.allowlist.length === 0) throw configError('ima.allowlist must name a file');
-    if (typeof m.name !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(m.name)) throw configError('ima.name must be 1-64 characters of A-Z a-z 0-9 . _ -');
-    if (m.excludes !== undefined && (!Array.isArray(m.excludes) || m.excludes.some((x) => typeof x !== 'string' || x.length === 0))) throw configError('ima.excludes must list regular expressions');
-    if (m.require !== undefined && typeof m.require !== 'boolean') throw configError('ima.require must be true or false');
-    compileExcludes((m.excludes as string[] | undefined) ?? []);
-    out.ima = { allowlist: m.allowlist, excludes: (m.excludes as string[] | undefined) ?? [], name: m.name, require: m.require === true };
+    compileExcludes(ima.excludes ?? []);
+    out.ima = { allowlist: ima.allowlist, excludes: ima.excludes ?? [], name: ima.name, require: ima.require === true };
   }
   return out;
 }
@@ -529,22 +486,11 @@ export const tpmAgentConfigSchema: JsonSchema = {
 };
 
 function parseAgentConfig(config: unknown): TpmAgentConfig {
-  if (typeof config !== 'object' || config === null || Array.isArray(config)) throw configError('config must be an object');
-  const c = config as Record<string, unknown>;
-  for (const k of Object.keys(c)) if (!['tcti', 'akAlg', 'ekIntermediates', 'eventLog', 'imaLog'].includes(k)) throw configError(`unknown config key ${k}`);
-  for (const k of ['eventLog', 'imaLog'] as const) {
-    const v = c[k];
-    if (v !== undefined && typeof v !== 'boolean' && (typeof v !== 'string' || v.length === 0)) throw configError(`${k} must be true, false or a file path`);
-  }
-  if (typeof c.tcti !== 'string' || c.tcti.length === 0) throw configError('tcti is required (e.g. "device:/dev/tpmrm0")');
-  if (c.akAlg !== undefined && c.akAlg !== 'rsa' && c.akAlg !== 'ecc') throw configError('akAlg must be "rsa" or "ecc"');
-  if (c.ekIntermediates !== undefined && (!Array.isArray(c.ekIntermediates) || c.ekIntermediates.some((p) => typeof p !== 'string'))) {
-    throw configError('ekIntermediates must list certificate files');
-  }
-  const out: TpmAgentConfig = { tcti: c.tcti, akAlg: (c.akAlg as 'rsa' | 'ecc' | undefined) ?? 'rsa' };
-  if (c.ekIntermediates) out.ekIntermediates = c.ekIntermediates as string[];
-  if (c.eventLog !== undefined) out.eventLog = c.eventLog as string | boolean;
-  if (c.imaLog !== undefined) out.imaLog = c.imaLog as string | boolean;
+  const c = validatePluginConfig<TpmAgentConfig>(tpmAgentConfigSchema, config, { namespace: 'tpm', what: 'plugin "tpm" agent config' });
+  const out: TpmAgentConfig = { tcti: c.tcti, akAlg: c.akAlg ?? 'rsa' };
+  if (c.ekIntermediates) out.ekIntermediates = c.ekIntermediates;
+  if (c.eventLog !== undefined) out.eventLog = c.eventLog;
+  if (c.imaLog !== undefined) out.imaLog = c.imaLog;
   return out;
 }
 
