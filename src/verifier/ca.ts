@@ -129,8 +129,14 @@ export class CertificateAuthority {
     this.peers = peers;
     this.peersKey = key;
     this.cachedBundle = undefined;
-    for (const fn of this.listeners) fn();
+    this.notify();
     return true;
+  }
+
+  /** Tell listeners; they re-sign the server SVID, which sets its next refresh point again. */
+  private notify(): void {
+    this.serverSvidRefreshAt = undefined;
+    for (const fn of this.listeners) fn();
   }
 
   private loadX509(slot: CaSlot): void {
@@ -239,7 +245,7 @@ export class CertificateAuthority {
     await this.store.saveCaJournal(this.opts.instance, this.journal);
     this.logEvents('X.509 CA', ex, (s) => ({ caId: s.id }));
     this.logEvents('JWT signing key', ej, (s) => ({ kid: s.kid }));
-    for (const fn of this.listeners) fn();
+    this.notify();
     return true;
   }
 
@@ -337,8 +343,7 @@ export class CertificateAuthority {
       await this.refreshPeers();
     }
     if (!rotated && this.serverSvidRefreshAt !== undefined && now >= this.serverSvidRefreshAt) {
-      this.serverSvidRefreshAt = undefined;
-      for (const fn of this.listeners) fn();
+      this.notify();
     }
   }
 

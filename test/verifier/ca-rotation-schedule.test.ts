@@ -218,14 +218,14 @@ describe('CA rotation scheduled at exact times (fake clock)', () => {
     // JWT keys rotate on the same schedule.
     expect(lines.filter((l) => l.msg === 'activated the successor JWT signing key').length).toBeGreaterThanOrEqual(8);
     expect(lines.filter((l) => l.level >= 40)).toEqual([]);
-  }, 60_000);
+  }, 150_000);
 
   it('ca.ttl 24h: several rotations over two days, no gap, the agent never loses trust', async () => {
     const { lines, actives } = await runScenario({ ttl: '24h', ttlMs: 24 * H, x509Ttl: '1h', durationMs: 50 * H, stepMs: 10 * 60_000, agentPhaseMs: 7199_000 });
     expect(actives.size).toBeGreaterThanOrEqual(4);
     expectExactActivations(lines, 24 * H, 3);
     expect(lines.filter((l) => l.level >= 40)).toEqual([]);
-  }, 120_000);
+  }, 180_000);
 
   it('notices a wall-clock jump within MAX_TIMER_WAIT_MS, and catches up with every due step', async () => {
     fakeTime();
@@ -305,5 +305,5 @@ describe('CA rotation scheduled at exact times (fake clock)', () => {
       if (p) problems.push(p);
     }
     expect(problems.slice(0, 5)).toEqual([]);
-  }, 60_000);
+  }, 150_000);
 });
