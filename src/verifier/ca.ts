@@ -49,8 +49,9 @@ export const MAX_PEER_REFRESH_MS = 10_000;
 interface RotationEvent<S> {
   kind: 'made_active' | 'prepared' | 'activated' | 'dropped';
   slot: S;
-  /** For `activated`: how long the new key had been published (ms); for `prepared`: when it will be activated. */
+  /** For `activated`: how long the new key had been published (ms). */
   publishedForMs?: number;
+  /** For `prepared`: when it will be activated (ms since the epoch). */
   activatesAt?: number;
 }
 
