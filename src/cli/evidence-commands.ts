@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import type { NitroCliOptions } from './evidence-nitro.js';
 import type { SevCliOptions } from './evidence-sev.js';
 import type { EventLogCliOptions, TpmEvidenceOptions } from './evidence-tpm.js';
+export { registerTdxEvidence } from './evidence-tdx.js';
 
 /** Adds `tpm` under `sigil evidence verify`. */
 export function registerTpmEvidence(verifyCmd: Command): void {

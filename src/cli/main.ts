@@ -3,7 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { SigilError } from '../errors.js';
 import { adminCall } from './admin-client.js';
 import { registerAgentRun } from './agent-run.js';
-import { registerEventLogCommand, registerNitroEvidence, registerSevEvidence, registerTpmEvidence } from './evidence-commands.js';
+import { registerEventLogCommand, registerNitroEvidence, registerSevEvidence, registerTdxEvidence, registerTpmEvidence } from './evidence-commands.js';
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError } from './output.js';
 import { registerSvidCommands, workloadHealthcheck } from './svid-commands.js';
 import {
@@ -36,6 +36,7 @@ export function buildProgram(): Command {
   registerTpmEvidence(verify);
   registerNitroEvidence(verify);
   registerSevEvidence(verify);
+  registerTdxEvidence(verify);
   program
     .command('healthcheck')
     .description('check a running agent (--socket: its Workload API) or verifier (its admin socket)')
