@@ -12,6 +12,7 @@ import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
+import { decodeBase64 } from '../plugins/base64.js';
 import { sessionBinding } from '../plugins/binding.js';
 import type { AttestorResult, NodeAttestorVerifier, SessionInput } from '../plugins/types.js';
 import { parseCsr } from '../spiffe/csr.js';
@@ -71,10 +72,7 @@ export interface AttestPeer {
 }
 
 function b64(v: unknown, what: string, maxBytes: number): Buffer {
-  if (typeof v !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(v)) throw new SigilError('attest.bad_request', `${what} must be standard base64`);
-  const b = Buffer.from(v, 'base64');
-  if (b.length === 0 || b.length > maxBytes) throw new SigilError('attest.bad_request', `${what} must be 1–${maxBytes} bytes`);
-  return b;
+  return decodeBase64(v, what, { code: 'attest.bad_request', maxBytes });
 }
 
 /**
