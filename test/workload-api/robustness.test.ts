@@ -191,7 +191,9 @@ describe('Workload API under bad input', () => {
     // ~25 KB per X509SVIDResponse, so unbounded queueing would be obvious.
     for (let i = 0; i < 40; i++) big.federated.set(`fed${i}.org`, [makePki(`fed${i}.org`).rootDer]);
     const fdsBefore = readdirSync('/proc/self/fd').length;
-    const s = await startTestServer(big, new Map([['unix', createUnixAttestor({ hashBinaries: false })]]));
+    // The 150 silent connections must outlive the test, however long a loaded machine takes
+    // (each of the 150 streaming connections re-attests about 1.3 times a second).
+    const s = await startTestServer(big, new Map([['unix', createUnixAttestor({ hashBinaries: false })]]), { handshakeTimeoutMs: 120_000 });
     const idle: net.Socket[] = [];
     const sessions: http2.ClientHttp2Session[] = [];
     try {
