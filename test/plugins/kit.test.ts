@@ -4,10 +4,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadNodeAttestorVerifiers } from '../../src/catalog.js';
+import { loadNodeAttestorVerifiers, loadWorkloadAttestors } from '../../src/catalog.js';
 import { SigilError } from '../../src/errors.js';
-import { decodeBase64, definePlugin, pluginErrors, sessionBinding, type NodeAttestorAgentPlugin, type NodeAttestorVerifierPlugin } from '../../src/plugin-kit/index.js';
-import { MemoryPluginState, fakeSession, fakeVerifierDeps, runAttestation } from '../../src/plugin-kit/testing.js';
+import { decodeBase64, definePlugin, pluginErrors, sessionBinding, type NodeAttestorAgentPlugin, type NodeAttestorVerifier, type NodeAttestorVerifierPlugin } from '../../src/plugin-kit/index.js';
+import { MemoryPluginState, fakeAgentDeps, fakeSession, fakeVerifierDeps, runAttestation } from '../../src/plugin-kit/testing.js';
 import { fromPlugin } from '../../src/plugins/error-boundary.js';
 
 const dirs: string[] = [];
@@ -50,6 +50,42 @@ export default { nodeAttestorVerifier: { name: 'imp', configSchema: { type: 'obj
     }
     const ok = await rejection(imp.begin({ code: 'imp.quota.exceeded', status: 429 }, s));
     expect([ok.code, ok.status]).toEqual(['imp.quota.exceeded', 429]);
+  });
+
+  it('a guarded third-party verifier half keeps its optional members; workload attestors cross the same boundary', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sigil-kit-'));
+    dirs.push(dir);
+    writeFileSync(
+      join(dir, 'opt.mjs'),
+      `export default {
+  nodeAttestorVerifier: { name: 'opt', configSchema: { type: 'object' }, create() { return {
+    count: 0,
+    async begin() { this.count++; return { challenge: {}, state: {} }; },
+    async finish() { return { selectors: [], claims: { count: this.count }, agentIdSuffix: 'n' }; },
+    async commit() { this.count += 10; },
+    consumesOnCommit: true,
+    stateKeysForAgent(suffix) { return ['k:' + suffix + ':' + this.count]; },
+    credentialKey(hello) { return 'c:' + hello.id; },
+  }; } },
+  workloadAttestor: { name: 'opt', configSchema: { type: 'object' }, create() { return {
+    async attest(caller) { throw Object.assign(new Error('no'), { code: caller.uid === 0 ? 'workload.denied' : 'opt.denied' }); },
+  }; } },
+};
+`,
+    );
+    const m = await loadNodeAttestorVerifiers({ opt: {} }, () => fakeVerifierDeps({ configDir: dir }), { opt: './opt.mjs' }, dir);
+    const v = m.get('opt') as NodeAttestorVerifier & { credentialKey?: (h: unknown) => string | undefined };
+    const s = fakeSession();
+    await v.begin({}, s);
+    expect((await v.finish({}, {}, s)).claims).toEqual({ count: 1 });
+    await v.commit?.({}, s);
+    expect(v.consumesOnCommit).toBe(true);
+    expect(v.stateKeysForAgent?.('n')).toEqual(['k:n:11']);
+    expect(v.credentialKey?.({ id: 7 })).toBe('c:7');
+    const w = (await loadWorkloadAttestors({ opt: {} }, fakeAgentDeps({ configDir: dir }), { opt: './opt.mjs' })).get('opt');
+    const signal = new AbortController().signal;
+    expect((await rejection(w?.attest({ pid: 1, uid: 5, gid: 5 }, signal) ?? Promise.resolve())).code).toBe('opt.denied');
+    expect((await rejection(w?.attest({ pid: 1, uid: 0, gid: 0 }, signal) ?? Promise.resolve())).code).toBe('plugin.code_outside_namespace');
   });
 
   it('keeps namespaced codes from any Error class, with a sane status; leaves codeless and system errors to the host', () => {
