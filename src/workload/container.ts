@@ -261,7 +261,7 @@ export class ContainerAttestor implements WorkloadAttestor {
     const info = parseCgroupFile(text, { allowUserDelegated: this.config.allowUserDelegated === true, containerdNamespaces: this.config.containerd?.namespaces ?? [] });
     const base = containerSelectors(info);
     if (info === null || this.lookup === undefined) return base;
-    return [...base, ...(await this.lookup.selectorsFor(info, signal))];
+    return base.concat(await this.lookup.selectorsFor(info, signal));
   }
 
   close(): void {

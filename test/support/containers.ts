@@ -8,7 +8,7 @@
  * The helpers shell out to podman/ctr to *set up* containers; the product never does.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 
@@ -77,7 +77,8 @@ export interface Podman {
 
 export async function startPodman(dir: string): Promise<Podman> {
   const root = join(dir, 'podman-root');
-  const runroot = join(dir, 'podman-run');
+  // podman refuses a runroot longer than 50 characters: keep it short, whatever `dir` is.
+  const runroot = mkdtempSync('/tmp/sigil-prun-');
   const socket = join(dir, 'podman.sock');
   const base = ['--root', root, '--runroot', runroot, '--cgroup-manager', 'cgroupfs', '--runtime', RUNC, '--events-backend', 'file'];
   const cli = (args: string[]): string => execFileSync('podman', [...base, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 }).trim();
@@ -113,19 +114,41 @@ export async function startPodman(dir: string): Promise<Podman> {
       cli(['rm', '-f', '-t', '0', name]);
     },
     async stop() {
-      service.kill('SIGTERM');
       try {
         cli(['rm', '-a', '-f', '-t', '0']);
-        // Unmounts and deletes this instance's storage, so the temp dir can be removed.
-        cli(['system', 'reset', '--force']);
       } catch {
         // best effort
       }
+      service.kill('SIGTERM');
       await new Promise<void>((r) => {
         if (service.exitCode !== null) r();
         else service.once('exit', () => r());
         setTimeout(r, 5000);
       });
+      // conmon runs `podman container cleanup` after a container exits, with this instance's
+      // --root; that mounts the storage again. Wait for those processes to finish first.
+      for (let i = 0; i < 100; i++) {
+        try {
+          execFileSync('pgrep', ['-f', root], { stdio: 'ignore' });
+        } catch {
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      try {
+        // Unmounts and deletes this instance's storage, so the temp dir can be removed.
+        cli(['system', 'reset', '--force']);
+      } catch {
+        // best effort
+      }
+      // The overlay driver bind-mounts its own directory; reset may leave that mount behind.
+      // Lazily, since a container's conmon may still be letting go of it.
+      try {
+        execFileSync('umount', ['-l', join(root, 'overlay')], { stdio: 'ignore' });
+      } catch {
+        // not mounted
+      }
+      rmSync(runroot, { recursive: true, force: true, maxRetries: 3 });
     },
   };
 }

@@ -45,6 +45,8 @@ export class RuntimeLookup {
   private readonly inspectors = new Map<string, Inspector>();
   private readonly kubelet: KubeletClient | undefined;
   private readonly cache: RuntimeCache<ContainerDetails>;
+  /** Selectors already made from a cached answer (containers whose selectors need no kubelet). */
+  private readonly made: RuntimeCache<Selector[]>;
   private readonly groups: ReadonlySet<SelectorGroup>;
   private readonly containerd: ContainerdClient | undefined;
 
@@ -54,6 +56,7 @@ export class RuntimeLookup {
   ) {
     this.groups = new Set(cfg.selectors);
     this.cache = new RuntimeCache(cfg.cacheSize, cfg.cacheTtlMs);
+    this.made = new RuntimeCache(cfg.cacheSize, cfg.cacheTtlMs);
     const timeoutMs = cfg.lookupTimeoutMs;
     for (const rt of ['docker', 'podman'] as const) {
       const c = cfg[rt];
@@ -115,9 +118,14 @@ export class RuntimeLookup {
 
   async selectorsFor(ref: ContainerRef, signal?: AbortSignal): Promise<Selector[]> {
     const inspector = ref.runtime !== undefined ? this.inspectors.get(ref.runtime) : undefined;
+    const key = `${ref.runtime}/${ref.namespace ?? ''}/${ref.id}/${ref.podUid ?? ''}`;
+    const needsKubelet = this.kubelet !== undefined && ref.podUid !== undefined && this.groups.has('k8s');
+    if (!needsKubelet) {
+      const made = this.made.peek(key);
+      if (made !== undefined) return made;
+    }
     let details: ContainerDetails = { repoDigests: [], labels: {} };
     if (inspector) {
-      const key = `${ref.runtime}/${ref.namespace ?? ''}/${ref.id}`;
       details = await this.cache.get(key, async () => {
         const d = await inspector.inspect(ref.id, ref.namespace, signal);
         if (d === null) throw new SigilError('container.not_found', `the ${ref.runtime} runtime does not know container ${ref.id.slice(0, 12)}… (gone, or not its container)`, { status: 503 });
@@ -131,6 +139,7 @@ export class RuntimeLookup {
     }
     const { selectors, skippedLabels } = runtimeSelectors(details, pod, this.groups, ref.podUid);
     if (skippedLabels.length > 0) this.logger?.debug({ container: ref.id.slice(0, 12), labels: skippedLabels }, 'labels that cannot be selectors were left out');
+    if (!needsKubelet && inspector) this.made.set(key, selectors);
     return selectors;
   }
 }
