@@ -23,7 +23,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { SigilError } from '../errors.js';
-import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
+import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 const { Pool, Client } = pg;
 type PoolClient = pg.PoolClient;
@@ -214,14 +214,54 @@ export function redactPostgresUrl(url: string): string {
   return url.replace(/^(postgres(?:ql)?:\/\/[^:/@?#]*):[^@/?#]*@/i, '$1:***@');
 }
 
+/** NOTIFY channel of entry writes (every schema; the payload names its schema). */
+const ENTRIES_CHANNEL = 'sigil_entries';
+/** NOTIFY payloads are limited to 8000 bytes; a write with a longer description is sent as "not described". */
+const NOTIFY_PAYLOAD_MAX = 7000;
+/** Delay before a lost LISTEN connection is opened again, ms. */
+const LISTEN_RETRY_MS = 1000;
+
+/** The NOTIFY payload of an entry write: schema, revision range and (if short enough) the entries. */
+function entriesPayload(schema: string, change: EntriesChange): string {
+  const full = JSON.stringify({ s: schema, f: change.fromRevision, t: change.toRevision, e: change.entries?.map((e) => [e.parentId, e.selectors]) ?? null });
+  if (full.length <= NOTIFY_PAYLOAD_MAX) return full;
+  return JSON.stringify({ s: schema, f: change.fromRevision, t: change.toRevision, e: null });
+}
+
+function parseEntriesPayload(text: string | undefined, schema: string): EntriesChange | undefined {
+  try {
+    const p = JSON.parse(text ?? '') as { s?: unknown; f?: unknown; t?: unknown; e?: unknown };
+    if (p.s !== schema || !Number.isSafeInteger(p.f) || !Number.isSafeInteger(p.t)) return undefined;
+    let entries: EntriesChange['entries'] = null;
+    if (Array.isArray(p.e)) {
+      entries = [];
+      for (const x of p.e as unknown[]) {
+        if (!Array.isArray(x) || typeof x[0] !== 'string' || !Array.isArray(x[1]) || !x[1].every((v) => typeof v === 'string')) return { fromRevision: p.f as number, toRevision: p.t as number, entries: null };
+        entries.push({ parentId: x[0], selectors: x[1] as string[] });
+      }
+    }
+    return { fromRevision: p.f as number, toRevision: p.t as number, entries };
+  } catch {
+    return undefined;
+  }
+}
+
 export class PostgresStore implements DataStore {
   readonly kind = 'postgres';
   private closed = false;
+  private readonly entryListeners = new Set<(change: EntriesChange) => void>();
+  private listenClient: pg.Client | undefined;
+  private listenLive = false;
+  private listenTimer: NodeJS.Timeout | undefined;
+  private notifiedRevision: number | undefined;
 
   private constructor(
     private readonly pool: pg.Pool,
     /** Quoted schema identifier, validated against SCHEMA_RE. */
     private readonly s: string,
+    /** The schema name itself (NOTIFY payloads name it). */
+    private readonly schemaName: string,
+    private readonly listenOptions: pg.ClientConfig,
   ) {}
 
   /**
@@ -266,7 +306,7 @@ export class PostgresStore implements DataStore {
     // Idle clients report server restarts and network errors here; without a listener Node would
     // treat them as uncaught. The pool drops such clients and the next query reconnects.
     pool.on('error', () => undefined);
-    const store = new PostgresStore(pool, quoted);
+    const store = new PostgresStore(pool, quoted, schema, { connectionString: url, connectionTimeoutMillis: connectTimeout, application_name: 'sigil-verifier-listen', keepAlive: true });
     try {
       await store.ping();
     } catch (e) {
@@ -404,18 +444,96 @@ export class PostgresStore implements DataStore {
         }
         throw err;
       }
+      // Delivered to every verifier's LISTEN connection when (and only if) this transaction commits.
+      await c.query('SELECT pg_notify($1, $2)', [ENTRIES_CHANNEL, entriesPayload(this.schemaName, { fromRevision: first - 1, toRevision: last, entries: chunk.map((e) => ({ parentId: e.parentId, selectors: [...e.selectors].sort() })) })]);
     }
     return out;
   }
 
+  /** Tell this process's entry watchers at once (the NOTIFY of the same write may come later). */
+  private entriesWritten(change: EntriesChange): void {
+    for (const l of this.entryListeners) l(change);
+  }
+
+  private writtenChange(es: RegistrationEntry[]): EntriesChange {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const e of es) {
+      lo = Math.min(lo, e.revisionNumber);
+      hi = Math.max(hi, e.revisionNumber);
+    }
+    return { fromRevision: lo - 1, toRevision: hi, entries: es.map((e) => ({ parentId: e.parentId, selectors: e.selectors })) };
+  }
+
+  watchEntries(listener: (change: EntriesChange) => void): EntriesWatch {
+    this.entryListeners.add(listener);
+    void this.listen();
+    return {
+      currentRevision: () => (this.listenLive ? this.notifiedRevision : undefined),
+      close: () => {
+        this.entryListeners.delete(listener);
+        if (this.entryListeners.size === 0) this.stopListening();
+      },
+    };
+  }
+
+  /** Open the LISTEN connection; on loss, report "not live" and open it again after LISTEN_RETRY_MS. */
+  private async listen(): Promise<void> {
+    if (this.closed || this.listenClient || this.entryListeners.size === 0) return;
+    clearTimeout(this.listenTimer);
+    const c = new Client(this.listenOptions);
+    this.listenClient = c;
+    const lost = (): void => {
+      if (this.listenClient !== c) return;
+      this.listenClient = undefined;
+      this.listenLive = false;
+      c.end().catch(() => undefined);
+      if (!this.closed && this.entryListeners.size > 0) {
+        this.listenTimer = setTimeout(() => void this.listen(), LISTEN_RETRY_MS);
+        this.listenTimer.unref();
+      }
+    };
+    c.on('error', lost);
+    c.on('end', lost);
+    c.on('notification', (n) => {
+      if (n.channel !== ENTRIES_CHANNEL) return;
+      const change = parseEntriesPayload(n.payload, this.schemaName);
+      if (!change) return;
+      this.notifiedRevision = Math.max(this.notifiedRevision ?? change.toRevision, change.toRevision);
+      this.entriesWritten(change);
+    });
+    try {
+      await c.connect();
+      await c.query(`LISTEN ${ENTRIES_CHANNEL}`);
+      // Primed after LISTEN: every write committed later is notified, every earlier one is in this read.
+      const rev = await this.entriesRevision();
+      if (this.listenClient !== c) return;
+      this.notifiedRevision = Math.max(this.notifiedRevision ?? rev, rev);
+      this.listenLive = true;
+    } catch {
+      lost();
+    }
+  }
+
+  private stopListening(): void {
+    clearTimeout(this.listenTimer);
+    const c = this.listenClient;
+    this.listenClient = undefined;
+    this.listenLive = false;
+    if (c) c.end().catch(() => undefined);
+  }
+
   async createEntry(e: NewEntry): Promise<RegistrationEntry> {
     const [entry] = await this.tx('createEntry', (c) => this.insertEntries(c, [e]));
+    this.entriesWritten(this.writtenChange([entry as RegistrationEntry]));
     return entry as RegistrationEntry;
   }
 
   async createEntries(es: NewEntry[]): Promise<RegistrationEntry[]> {
     if (es.length === 0) return [];
-    return this.tx('createEntries', (c) => this.insertEntries(c, es));
+    const out = await this.tx('createEntries', (c) => this.insertEntries(c, es));
+    this.entriesWritten(this.writtenChange(out));
+    return out;
   }
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
@@ -425,11 +543,17 @@ export class PostgresStore implements DataStore {
   }
 
   async deleteEntry(id: string): Promise<boolean> {
-    return this.tx('deleteEntry', async (c) => {
-      const n = (await c.query(`DELETE FROM ${this.s}.entries WHERE id = $1`, [id])).rowCount ?? 0;
-      if (n > 0) await c.query(`UPDATE ${this.s}.meta SET value = (value::bigint + 1)::text WHERE key = 'entries_revision'`);
-      return n > 0;
+    const change = await this.tx('deleteEntry', async (c) => {
+      const gone = (await c.query<{ parent_id: string; selectors: string[] }>(`DELETE FROM ${this.s}.entries WHERE id = $1 RETURNING parent_id, selectors`, [id])).rows[0];
+      if (!gone) return undefined;
+      const bumped = await c.query<{ v: string }>(`UPDATE ${this.s}.meta SET value = (value::bigint + 1)::text WHERE key = 'entries_revision' RETURNING value AS v`);
+      const rev = Number(bumped.rows[0]?.v);
+      const ch: EntriesChange = { fromRevision: rev - 1, toRevision: rev, entries: [{ parentId: gone.parent_id, selectors: gone.selectors }] };
+      await c.query('SELECT pg_notify($1, $2)', [ENTRIES_CHANNEL, entriesPayload(this.schemaName, ch)]);
+      return ch;
     });
+    if (change) this.entriesWritten(change);
+    return change !== undefined;
   }
 
   async listEntries(opts: { parentId?: string; spiffeId?: string; limit?: number; offset?: number } = {}): Promise<RegistrationEntry[]> {
@@ -606,6 +730,7 @@ export class PostgresStore implements DataStore {
       await c.query(this.insertTokenSql(), this.tokenArgs(t));
       return this.insertEntries(c, [alias]);
     });
+    this.entriesWritten(this.writtenChange([entry as RegistrationEntry]));
     return entry as RegistrationEntry;
   }
 
@@ -704,6 +829,8 @@ export class PostgresStore implements DataStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.entryListeners.clear();
+    this.stopListening();
     await this.pool.end().catch(() => undefined);
   }
 }

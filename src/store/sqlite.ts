@@ -8,7 +8,7 @@ import { chmodSync, closeSync, constants as fsc, openSync, statSync } from 'node
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.js';
 import { makeDirs } from '../util/private-dir.js';
-import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
+import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 /** Migrations, in order; index + 1 = schema version. Never edit a shipped migration: add a new one. */
 const MIGRATIONS: string[] = [
@@ -177,6 +177,7 @@ export class SqliteStore implements DataStore {
   readonly kind = 'sqlite';
   private readonly db: Database.Database;
   private readonly stmt: Record<string, Database.Statement>;
+  private readonly entryListeners = new Set<(change: EntriesChange) => void>();
 
   constructor(path: string) {
     if (path !== ':memory:' && path !== '') makeDbFilesPrivate(path);
@@ -293,12 +294,40 @@ export class SqliteStore implements DataStore {
     return rowToEntry(row);
   }
 
+  /** Tell the entry watchers about entries written by a transaction that has just committed. */
+  private entriesWritten(written: { parentId: string; selectors: string[]; revisionNumber: number }[]): void {
+    if (written.length === 0 || this.entryListeners.size === 0) return;
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const e of written) {
+      lo = Math.min(lo, e.revisionNumber);
+      hi = Math.max(hi, e.revisionNumber);
+    }
+    const change: EntriesChange = {
+      fromRevision: lo - 1,
+      toRevision: hi,
+      entries: written.map((e) => ({ parentId: e.parentId, selectors: e.selectors })),
+    };
+    for (const l of this.entryListeners) l(change);
+  }
+
+  watchEntries(listener: (change: EntriesChange) => void): EntriesWatch {
+    // Only this process writes the file (one verifier per SQLite datastore), and its writes are
+    // reported synchronously after their commit; the revision itself is one indexed read.
+    this.entryListeners.add(listener);
+    return { currentRevision: () => undefined, close: () => void this.entryListeners.delete(listener) };
+  }
+
   async createEntry(e: NewEntry): Promise<RegistrationEntry> {
-    return this.db.transaction(() => this.insertEntryRow(e))();
+    const out = this.db.transaction(() => this.insertEntryRow(e))();
+    this.entriesWritten([out]);
+    return out;
   }
 
   async createEntries(es: NewEntry[]): Promise<RegistrationEntry[]> {
-    return this.db.transaction(() => es.map((e) => this.insertEntryRow(e)))();
+    const out = this.db.transaction(() => es.map((e) => this.insertEntryRow(e)))();
+    this.entriesWritten(out);
+    return out;
   }
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
@@ -307,11 +336,14 @@ export class SqliteStore implements DataStore {
   }
 
   async deleteEntry(id: string): Promise<boolean> {
-    return this.db.transaction(() => {
-      const n = this.stmt.deleteEntry!.run(id).changes;
-      if (n > 0) this.stmt.bumpRevision!.get();
-      return n > 0;
+    const gone = this.db.transaction(() => {
+      const row = this.stmt.getEntry!.get(id) as EntryRow | undefined;
+      if (!row || this.stmt.deleteEntry!.run(id).changes === 0) return undefined;
+      const rev = (this.stmt.bumpRevision!.get() as { v: number }).v;
+      return { parentId: row.parent_id, selectors: JSON.parse(row.selectors) as string[], revisionNumber: rev };
     })();
+    if (gone) this.entriesWritten([gone]);
+    return gone !== undefined;
   }
 
   async listEntries(opts: { parentId?: string; spiffeId?: string; limit?: number; offset?: number } = {}): Promise<RegistrationEntry[]> {
@@ -430,10 +462,12 @@ export class SqliteStore implements DataStore {
   }
 
   async createJoinTokenWithAlias(t: JoinTokenRecord, alias: NewEntry): Promise<RegistrationEntry> {
-    return this.db.transaction(() => {
+    const out = this.db.transaction(() => {
       this.stmt.insertToken!.run({ id: t.id, secret_hash: t.secretHash, expires_at: t.expiresAt, spiffe_id: t.spiffeId, created_at: t.createdAt });
       return this.insertEntryRow(alias);
     })();
+    this.entriesWritten([out]);
+    return out;
   }
 
   async loadCaJournal(instance: string): Promise<CaJournal | undefined> {
@@ -483,6 +517,7 @@ export class SqliteStore implements DataStore {
   }
 
   async close(): Promise<void> {
+    this.entryListeners.clear();
     if (this.db.open) this.db.close();
   }
 }

@@ -25,6 +25,29 @@ export interface RegistrationEntry {
 
 export type NewEntry = Omit<RegistrationEntry, 'id' | 'createdAt' | 'revisionNumber'> & { id?: string };
 
+/**
+ * One committed write of registration entries, for caches of authorized sets (DataStore.watchEntries):
+ * it moved the entries revision from `fromRevision` to `toRevision` and created or deleted the
+ * entries described (their parent and selectors), or — `entries` null — entries not described here
+ * (a listener must then treat every agent as affected).
+ */
+export interface EntriesChange {
+  fromRevision: number;
+  toRevision: number;
+  entries: { parentId: string; selectors: string[] }[] | null;
+}
+
+/** A subscription to entry changes (DataStore.watchEntries). */
+export interface EntriesWatch {
+  /**
+   * The entries revision as known from the change feed, when the feed is known to be complete up
+   * to it (PostgreSQL: the LISTEN connection is up and was primed); undefined otherwise, and then
+   * the caller reads `entriesRevision()`.
+   */
+  currentRevision(): number | undefined;
+  close(): void;
+}
+
 export interface AgentRecord {
   id: string;
   attestors: string[];
@@ -122,6 +145,14 @@ export interface DataStore {
   entriesByParents(parentIds: string[]): Promise<RegistrationEntry[]>;
   /** Current global entries revision; changes on every entry write. */
   entriesRevision(): Promise<number>;
+  /**
+   * Be told about entry writes after they commit: SQLite reports this process's writes (the only
+   * writer of its file), PostgreSQL every verifier's writes (NOTIFY in the writing transaction,
+   * LISTEN on a connection of its own, re-established after a loss). A change may be missed (a lost
+   * connection, a write by another process), so a listener checks revision continuity and treats a
+   * gap as "anything changed".
+   */
+  watchEntries(listener: (change: EntriesChange) => void): EntriesWatch;
   countEntries(): Promise<number>;
 
   /**

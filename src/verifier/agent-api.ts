@@ -1,11 +1,11 @@
 /** Agent-facing HTTPS routes (DESIGN §3, docs/api.md). */
-import { X509Certificate, createHash } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { SigilError } from '../errors.js';
 import { parseCsr } from '../spiffe/csr.js';
 import type { AgentRecord } from '../store/types.js';
-import { authorizedEntries } from './authorization.js';
+import { AuthorizedSetCache } from './authorized-cache.js';
 import { b64String } from './http-common.js';
 import type { VerifierCore } from './core.js';
 
@@ -84,6 +84,10 @@ const csrBody = {
 } as const;
 
 export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): void {
+  // Each agent's authorized set, kept current by the store's change feed (authorized-cache.ts).
+  const sets = new AuthorizedSetCache(core.store, core.config.trustDomain, core.now, core.config.longPoll);
+  // Held long-polls are answered (unchanged) before the listener waits for open requests to end.
+  app.addHook('preClose', async () => sets.close());
   app.post<{ Body: { attestors: Record<string, unknown>; csr: string } }>(
     '/v1/attest',
     {
@@ -125,18 +129,31 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
     return { svid: chain.map((c) => c.toString('base64')), bundle: core.ca.bundle().toJwks() };
   });
 
-  app.get('/v1/entries/authorized', { onRequest: trustedClientFirst }, async (req, reply) => {
-    const agent = await requireAgent(core, req);
-    const rev = await core.store.entriesRevision();
-    const { nodeEntries, entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
-    // The store revision does not move when an entry expires, so the authorized set (node entries
-    // included: an expired node alias drops its children) is part of the revision too.
-    const ids = [...nodeEntries.map((e) => e.id).sort(), '', ...entries.map((e) => e.id)].join('\n');
-    const revision = createHash('sha256').update(`${rev}|${agent.id}|${agent.selectors.join('\n')}|${ids}`).digest('base64url').slice(0, 22);
-    if (req.headers['if-none-match'] === revision) return reply.code(304).send();
-    reply.header('etag', revision);
-    return { entries, revision };
-  });
+  app.get<{ Querystring: { wait?: number } }>(
+    '/v1/entries/authorized',
+    {
+      onRequest: trustedClientFirst,
+      schema: { querystring: { type: 'object', additionalProperties: false, properties: { wait: { type: 'integer', minimum: 1, maximum: 3600 } } } },
+    },
+    async (req, reply) => {
+      const agent = await requireAgent(core, req);
+      let set = await sets.get(agent);
+      // Long-poll: the caller already holds this set and asked to wait for the next one.
+      if (req.headers['if-none-match'] === set.etag && req.query.wait !== undefined) {
+        let cancel: (() => void) | undefined;
+        const onClose = (): void => {
+          if (!reply.raw.writableEnded) cancel?.();
+        };
+        reply.raw.once('close', onClose);
+        const waitMs = Math.min(req.query.wait, core.config.longPoll.maxWaitSeconds) * 1000;
+        const next = await sets.waitForChange(agent, set, waitMs, () => requireAgent(core, req), (c) => (cancel = c));
+        reply.raw.removeListener('close', onClose);
+        if (next) set = next;
+      }
+      if (req.headers['if-none-match'] === set.etag) return reply.code(304).send();
+      return reply.header('etag', set.etag).type('application/json; charset=utf-8').send(set.body);
+    },
+  );
 
   app.post<{ Body: { csrs: { entryId: string; csr: string }[] } }>(
     '/v1/svid/x509',
@@ -160,7 +177,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
     },
     async (req) => {
       const agent = await requireAgent(core, req);
-      const { entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
+      const { entries } = await sets.get(agent);
       const byId = new Map(entries.map((e) => [e.id, e]));
       // Check everything first: nothing is signed unless every request is authorized and well formed.
       const work = req.body.csrs.map((c) => {
@@ -196,7 +213,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
     },
     async (req) => {
       const agent = await requireAgent(core, req);
-      const { entries } = await authorizedEntries(core.store, core.config.trustDomain, agent.id, agent.selectors, core.now());
+      const { entries } = await sets.get(agent);
       const entry = entries.find((e) => e.id === req.body.entryId);
       if (!entry) throw new SigilError('svid.entry_not_authorized', `entry ${req.body.entryId} is not authorized for ${agent.id}`, { status: 403 });
       const ttl = entry.jwtSvidTtl || core.config.svid.jwtTtlSeconds;

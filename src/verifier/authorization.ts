@@ -23,6 +23,11 @@ export interface Authorization {
   nodeEntries: RegistrationEntry[];
   /** Workload entries the agent may serve. */
   entries: RegistrationEntry[];
+  /**
+   * Every ID whose children were looked up (the agent ID, its node aliases, the SPIFFE IDs of
+   * authorized entries): an entry created or deleted under one of them may change this set.
+   */
+  parentIds: Set<string>;
 }
 
 export async function authorizedEntries(store: DataStore, trustDomain: string, agentId: string, selectors: string[], now: Date): Promise<Authorization> {
@@ -53,5 +58,6 @@ export async function authorizedEntries(store: DataStore, trustDomain: string, a
     }
   }
   out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-  return { nodeEntries, entries: out };
+  seenIds.delete(vid);
+  return { nodeEntries, entries: out, parentIds: seenIds };
 }

@@ -8,6 +8,7 @@ import { readConfigFile } from '../util/config-file.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import { parseTrustDomain } from '../spiffe/id.js';
 import { SESSION_DEFAULTS, type SessionLimits } from './attestation.js';
+import { LONG_POLL_DEFAULTS, type LongPollLimits } from './authorized-cache.js';
 
 export interface VerifierConfig {
   trustDomain: string;
@@ -25,6 +26,8 @@ export interface VerifierConfig {
   logLevel: string;
   /** Limits of the unauthenticated attestation endpoint (DESIGN §10). */
   attestation: SessionLimits & { helloBodyLimit: number };
+  /** Long-polls of GET /v1/entries/authorized?wait=N (docs/api.md). */
+  longPoll: LongPollLimits;
   /** Directory of the config file; relative paths in the config resolve against it. */
   configDir: string;
 }
@@ -93,6 +96,16 @@ const schema = {
       },
       default: {},
     },
+    longPoll: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        maxWait: { ...durationSchema, default: `${LONG_POLL_DEFAULTS.maxWaitSeconds}s` },
+        maxWaiters: { type: 'integer', minimum: 0, maximum: 1_000_000, default: LONG_POLL_DEFAULTS.maxWaiters },
+        maxWaitersPerAgent: { type: 'integer', minimum: 1, maximum: 64, default: LONG_POLL_DEFAULTS.maxWaitersPerAgent },
+      },
+      default: {},
+    },
   },
 } as const;
 
@@ -110,6 +123,7 @@ interface RawConfig {
   plugins: Record<string, string>;
   logLevel: string;
   attestation: { sessionTtl: string | number; maxSessions: number; reservedSessions: number; maxSessionsPerCredential: number; maxSessionsPerAddress: number; helloBodyLimit: number };
+  longPoll: { maxWait: string | number; maxWaiters: number; maxWaitersPerAgent: number };
 }
 
 /** Validate a parsed config object. `configDir` anchors relative paths. */
@@ -145,6 +159,9 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
   if (c.attestation.reservedSessions >= c.attestation.maxSessions) {
     throw new SigilError('config.invalid', 'verifier config: /attestation/reservedSessions must be less than /attestation/maxSessions');
   }
+  const maxWaitSeconds = parseDuration(c.longPoll.maxWait, 'longPoll.maxWait');
+  // The HTTPS listener drops a connection idle for 30 s (connectionTimeout), a held long-poll included.
+  if (maxWaitSeconds < 1 || maxWaitSeconds > 25) throw new SigilError('config.invalid', 'verifier config: /longPoll/maxWait must be between 1s and 25s');
   return {
     trustDomain,
     listen: c.listen,
@@ -167,6 +184,7 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
       maxSessionsPerAddress: c.attestation.maxSessionsPerAddress,
       helloBodyLimit: c.attestation.helloBodyLimit,
     },
+    longPoll: { maxWaitSeconds, maxWaiters: c.longPoll.maxWaiters, maxWaitersPerAgent: c.longPoll.maxWaitersPerAgent },
     configDir,
   };
 }

@@ -1,0 +1,353 @@
+/**
+ * Each agent's authorized set (authorization.ts), kept in memory so that a sync that changed nothing
+ * is a map lookup and an ETag comparison, and the long-poll of `GET /v1/entries/authorized?wait=N`
+ * (docs/api.md) that hands an agent its new set as soon as it changes.
+ *
+ * A cached set is the answer for (agent ID, agent selectors) at an entries revision. It stays valid
+ * while:
+ *   - the agent's selectors are the same (a new attestation with other selectors recomputes it);
+ *   - no entry it could depend on was created or deleted: the store's change feed
+ *     (DataStore.watchEntries; on PostgreSQL the NOTIFY of every verifier's writes) says which
+ *     parents and node-entry selectors each revision touched. A write under one of the set's parent
+ *     IDs, or a node entry whose selectors are all among the agent's node selectors, makes it stale;
+ *     so does any revision the feed did not describe (a gap: lost LISTEN connection, trimmed log,
+ *     a write by another process) — correctness never depends on a notification arriving;
+ *   - none of its entries (or matched node entries) has expired (`validUntil`).
+ * The ETag is a hash of the set's content (entry IDs and their revisions, the node aliases), so it
+ * is the same on every verifier and does not change when unrelated entries do.
+ *
+ * The agent record itself is not cached: the route reads it (and its factors' bans) on every call.
+ *
+ * Long-poll waiters are bounded (`longPoll.maxWaiters` in total, `maxWaitersPerAgent` each) and are
+ * re-evaluated first in, first out, at most EVAL_SLICE per event-loop turn, so a change that touches
+ * every agent does not starve the other routes.
+ */
+import { createHash } from 'node:crypto';
+import { SigilError } from '../errors.js';
+import type { AgentRecord, DataStore, EntriesChange, EntriesWatch, RegistrationEntry } from '../store/types.js';
+import { agentNodeSelectors, authorizedEntries } from './authorization.js';
+import { verifierId } from './entries.js';
+
+export interface LongPollLimits {
+  /** Longest wait granted, seconds (a request asking more gets this). */
+  maxWaitSeconds: number;
+  /** Long-polls held at once by this verifier; 0 turns long-poll off. */
+  maxWaiters: number;
+  /** Long-polls held at once per agent ID. */
+  maxWaitersPerAgent: number;
+}
+
+export const LONG_POLL_DEFAULTS: LongPollLimits = { maxWaitSeconds: 20, maxWaiters: 50_000, maxWaitersPerAgent: 2 };
+
+/** Agents whose sets are kept (least recently used beyond that are dropped). */
+export const CACHE_MAX_AGENTS = 200_000;
+/** Entry changes remembered; a set older than the oldest is recomputed. */
+export const CHANGE_LOG_MAX = 8192;
+/** Waiters re-evaluated per event-loop turn. */
+export const EVAL_SLICE = 32;
+/** How often the store revision is read to catch writes the change feed did not report, ms. */
+export const REVISION_CHECK_MS = 1000;
+
+export interface AuthorizedSet {
+  agentId: string;
+  selectorsKey: string;
+  /** Entries revision at which the set is known to be current. */
+  revision: number;
+  parentIds: Set<string>;
+  nodeSelectors: Set<string>;
+  nodeEntries: RegistrationEntry[];
+  entries: RegistrationEntry[];
+  /** Content hash, sent as ETag and `revision`. */
+  etag: string;
+  /** The 200 answer, serialised once. */
+  body: string;
+  /** Epoch ms at which the first of its entries (or node entries) expires; Infinity if none does. */
+  validUntil: number;
+}
+
+export interface CacheStats {
+  hits: number;
+  revalidated: number;
+  computed: number;
+  waiters: number;
+}
+
+interface Waiter {
+  agent: AgentRecord;
+  etag: string;
+  set: AuthorizedSet;
+  deadline: number;
+  timer: NodeJS.Timeout | undefined;
+  queued: boolean;
+  done: boolean;
+  finish: (r: { set?: AuthorizedSet; error?: unknown }) => void;
+  /** Reads the agent record again (bans, evictions) before a new set is handed out. */
+  recheck: () => Promise<AgentRecord>;
+}
+
+function selectorsKey(agent: AgentRecord): string {
+  return agent.selectors.join('\n');
+}
+
+function earliestExpiry(es: RegistrationEntry[], from: number): number {
+  let t = from;
+  for (const e of es) if (e.expiresAt !== null) t = Math.min(t, Date.parse(e.expiresAt));
+  return t;
+}
+
+export class AuthorizedSetCache {
+  private readonly sets = new Map<string, AuthorizedSet>();
+  private readonly log: EntriesChange[] = [];
+  private readonly vid: string;
+  private readonly trustDomain: string;
+  private readonly watch: EntriesWatch;
+  private readonly waiters = new Set<Waiter>();
+  private readonly waitersPerAgent = new Map<string, number>();
+  private readonly queue: Waiter[] = [];
+  private draining = false;
+  private readonly checker: NodeJS.Timeout;
+  private closed = false;
+  private readonly stats: CacheStats = { hits: 0, revalidated: 0, computed: 0, waiters: 0 };
+
+  constructor(
+    private readonly store: DataStore,
+    trustDomain: string,
+    private readonly now: () => Date,
+    readonly limits: LongPollLimits = LONG_POLL_DEFAULTS,
+  ) {
+    this.vid = verifierId(trustDomain);
+    this.trustDomain = trustDomain;
+    this.watch = store.watchEntries((c) => this.onChange(c));
+    this.checker = setInterval(() => void this.checkRevision(), REVISION_CHECK_MS);
+    this.checker.unref();
+  }
+
+  counters(): CacheStats {
+    return { ...this.stats, waiters: this.waiters.size };
+  }
+
+  private lastLogged(): number | undefined {
+    return this.log.length > 0 ? (this.log[this.log.length - 1] as EntriesChange).toRevision : undefined;
+  }
+
+  private onChange(c: EntriesChange): void {
+    const last = this.lastLogged();
+    // The same write may be reported twice (this process at once, NOTIFY later).
+    if (last !== undefined && c.toRevision <= last) return;
+    this.log.push(c);
+    if (this.log.length > CHANGE_LOG_MAX) this.log.splice(0, this.log.length - CHANGE_LOG_MAX);
+    for (const w of this.waiters) if (!w.queued && this.affects(c, w.set)) this.enqueue(w);
+  }
+
+  /** Writes the feed did not report (another process, a lost LISTEN connection): re-evaluate every waiter. */
+  private async checkRevision(): Promise<void> {
+    if (this.closed || this.waiters.size === 0) return;
+    let rev: number;
+    try {
+      rev = await this.store.entriesRevision();
+    } catch {
+      return;
+    }
+    const last = this.lastLogged();
+    if (last !== undefined && rev <= last) return;
+    for (const w of this.waiters) if (w.set.revision < rev && !w.queued) this.enqueue(w);
+  }
+
+  private affects(c: EntriesChange, s: AuthorizedSet): boolean {
+    if (c.entries === null) return true;
+    for (const e of c.entries) {
+      if (e.parentId === this.vid) {
+        if (e.selectors.every((x) => s.nodeSelectors.has(x))) return true;
+      } else if (s.parentIds.has(e.parentId)) return true;
+    }
+    return false;
+  }
+
+  /** Whether the change log shows nothing that touches `s` in (s.revision, rev]; false on any gap. */
+  private unchangedThrough(s: AuthorizedSet, rev: number): boolean {
+    let covered = s.revision;
+    // First change ending after `covered` (the log is ordered by toRevision).
+    let lo = 0;
+    let hi = this.log.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((this.log[mid] as EntriesChange).toRevision <= covered) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < this.log.length && covered < rev; i++) {
+      const c = this.log[i] as EntriesChange;
+      if (c.fromRevision > covered) return false;
+      if (this.affects(c, s)) return false;
+      covered = Math.max(covered, c.toRevision);
+    }
+    return covered >= rev;
+  }
+
+  private async currentRevision(): Promise<number> {
+    const fed = this.watch.currentRevision();
+    if (fed === undefined) return this.store.entriesRevision();
+    // This process's own writes are reported at once, their NOTIFY may still be on its way.
+    return Math.max(fed, this.lastLogged() ?? fed);
+  }
+
+  /** The agent's authorized set, from the cache when it is still current. */
+  async get(agent: AgentRecord): Promise<AuthorizedSet> {
+    const rev = await this.currentRevision();
+    const now = this.now().getTime();
+    const key = selectorsKey(agent);
+    const c = this.sets.get(agent.id);
+    if (c && c.selectorsKey === key && now < c.validUntil) {
+      if (c.revision >= rev) {
+        this.stats.hits++;
+        this.touch(c);
+        return c;
+      }
+      if (this.unchangedThrough(c, rev)) {
+        this.stats.revalidated++;
+        c.revision = rev;
+        this.touch(c);
+        return c;
+      }
+    }
+    return this.compute(agent, rev, now);
+  }
+
+  private touch(s: AuthorizedSet): void {
+    this.sets.delete(s.agentId);
+    this.sets.set(s.agentId, s);
+  }
+
+  private async compute(agent: AgentRecord, rev: number, now: number): Promise<AuthorizedSet> {
+    this.stats.computed++;
+    const a = await authorizedEntries(this.store, this.trustDomain, agent.id, agent.selectors, new Date(now));
+    const h = createHash('sha256').update(agent.id);
+    for (const n of [...a.nodeEntries].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))) h.update(`\nn:${n.id}:${n.revisionNumber}`);
+    for (const e of a.entries) h.update(`\ne:${e.id}:${e.revisionNumber}`);
+    const etag = h.digest('base64url').slice(0, 22);
+    const s: AuthorizedSet = {
+      agentId: agent.id,
+      selectorsKey: selectorsKey(agent),
+      revision: rev,
+      parentIds: a.parentIds,
+      nodeSelectors: agentNodeSelectors(agent.id, agent.selectors),
+      nodeEntries: a.nodeEntries,
+      entries: a.entries,
+      etag,
+      body: JSON.stringify({ entries: a.entries, revision: etag }),
+      validUntil: earliestExpiry(a.entries, earliestExpiry(a.nodeEntries, Infinity)),
+    };
+    const prev = this.sets.get(agent.id);
+    // A slower computation that started earlier must not replace a newer one.
+    if (!prev || prev.revision <= rev) {
+      this.sets.delete(agent.id);
+      this.sets.set(agent.id, s);
+      if (this.sets.size > CACHE_MAX_AGENTS) this.sets.delete(this.sets.keys().next().value as string);
+    }
+    return s;
+  }
+
+  /** Forget an agent's set (its record went away). */
+  forget(agentId: string): void {
+    this.sets.delete(agentId);
+  }
+
+  /**
+   * Hold the caller until its authorized set differs from `etag` (resolves with the new set) or
+   * `waitMs` passes (resolves undefined). `recheck` reads the agent record again before a new set is
+   * handed out and throws its refusal (evicted, banned). Refused when the caps are reached.
+   */
+  waitForChange(agent: AgentRecord, current: AuthorizedSet, waitMs: number, recheck: () => Promise<AgentRecord>, onCancel: (cancel: () => void) => void): Promise<AuthorizedSet | undefined> {
+    if (this.closed) return Promise.resolve(undefined);
+    const { maxWaiters, maxWaitersPerAgent } = this.limits;
+    if (maxWaiters === 0) throw new SigilError('entries.long_poll_disabled', 'this verifier does not hold long-polls (longPoll.maxWaiters is 0); poll without ?wait', { status: 503 });
+    const mine = this.waitersPerAgent.get(agent.id) ?? 0;
+    if (mine >= maxWaitersPerAgent) {
+      throw new SigilError('entries.agent_wait_limit', `${agent.id} already holds ${mine} long-polls (longPoll.maxWaitersPerAgent ${maxWaitersPerAgent}); poll without ?wait or wait for one to end`, { status: 429 });
+    }
+    if (this.waiters.size >= maxWaiters) {
+      throw new SigilError('entries.wait_limit', `this verifier holds ${this.waiters.size} long-polls (longPoll.maxWaiters ${maxWaiters}); poll without ?wait and try again later`, { status: 503 });
+    }
+    return new Promise((resolve, reject) => {
+      const w: Waiter = {
+        agent,
+        etag: current.etag,
+        set: current,
+        deadline: this.now().getTime() + waitMs,
+        timer: undefined,
+        queued: false,
+        done: false,
+        recheck,
+        finish: (r) => {
+          if (w.done) return;
+          w.done = true;
+          clearTimeout(w.timer);
+          this.waiters.delete(w);
+          const n = (this.waitersPerAgent.get(agent.id) ?? 1) - 1;
+          if (n > 0) this.waitersPerAgent.set(agent.id, n);
+          else this.waitersPerAgent.delete(agent.id);
+          if (r.error !== undefined) reject(r.error);
+          else resolve(r.set);
+        },
+      };
+      this.waiters.add(w);
+      this.waitersPerAgent.set(agent.id, mine + 1);
+      this.arm(w);
+      onCancel(() => w.finish({}));
+    });
+  }
+
+  /** Timer to the deadline, or earlier to the set's first expiry (then re-evaluated). */
+  private arm(w: Waiter): void {
+    clearTimeout(w.timer);
+    const now = this.now().getTime();
+    const at = Math.min(w.deadline, w.set.validUntil);
+    w.timer = setTimeout(() => {
+      if (w.done) return;
+      if (this.now().getTime() >= w.deadline) w.finish({});
+      else this.enqueue(w);
+    }, Math.max(0, Math.min(at - now, 2 ** 31 - 1)));
+  }
+
+  private enqueue(w: Waiter): void {
+    if (w.done || w.queued) return;
+    w.queued = true;
+    this.queue.push(w);
+    if (!this.draining) {
+      this.draining = true;
+      setImmediate(() => void this.drain());
+    }
+  }
+
+  /** Re-evaluate queued waiters in arrival order, EVAL_SLICE per event-loop turn. */
+  private async drain(): Promise<void> {
+    const slice = this.queue.splice(0, EVAL_SLICE);
+    for (const w of slice) {
+      w.queued = false;
+      if (w.done) continue;
+      try {
+        const agent = await w.recheck();
+        const s = await this.get(agent);
+        if (s.etag !== w.etag) w.finish({ set: s });
+        else {
+          w.set = s;
+          w.agent = agent;
+          this.arm(w);
+        }
+      } catch (e) {
+        w.finish({ error: e });
+      }
+    }
+    if (this.queue.length > 0 && !this.closed) setImmediate(() => void this.drain());
+    else this.draining = false;
+  }
+
+  /** Answer every waiter (unchanged) and stop watching the store. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.checker);
+    this.watch.close();
+    for (const w of [...this.waiters]) w.finish({});
+    this.queue.length = 0;
+  }
+}
