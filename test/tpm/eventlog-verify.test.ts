@@ -310,3 +310,24 @@ describe.skipIf(!have)('tpm verifier half with event logs', () => {
     expect(await codeAsync(plugin({ ima: { allowlist: 'allow.txt', name: 'x', excludes: ['('] } }))).toBe('tpm.config_invalid');
   });
 });
+
+describe.skipIf(!have)('EventLogCheckCache', () => {
+  it('memoises by log, PCRs and unlogged PCRs; a mismatch is thrown every time and never stored', async () => {
+    const { EventLogCheckCache } = await import('../../src/tpm/eventlog/index.js');
+    const cache = new EventLogCheckCache(2);
+    const raw = read('keylime_binary_bios_measurements_secureboot');
+    const m = pcrsOf(raw);
+    const a = cache.check(raw, trusted(m), [10]);
+    expect(cache.check(raw, trusted(m), [10])).toBe(a);
+    expect(cache.size).toBe(1);
+    expect(cache.check(raw, trusted(m, [0, 7]), [10])).not.toBe(a);
+    expect(cache.size).toBe(2);
+    const bad = trusted(m).map((p) => (p.index === 4 ? { ...p, value: Buffer.alloc(32) } : p));
+    expect(codeOf(() => cache.check(raw, bad, [10]))).toBe('tpm.eventlog_mismatch');
+    expect(codeOf(() => cache.check(raw, bad, [10]))).toBe('tpm.eventlog_mismatch');
+    expect(cache.size).toBe(2);
+    cache.check(raw, trusted(m, [0]), [10]);
+    expect(cache.size).toBe(2);
+    expect(a.selectors).toContain('tpm:secureboot:enabled');
+  });
+});

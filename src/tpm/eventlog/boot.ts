@@ -10,7 +10,7 @@ import { bankHash } from './algorithms.js';
 import { EV, eventTypeName } from './events.js';
 import type { EventLogEvent, ParsedEventLog } from './parse.js';
 import { QUIRKS, shimAuthorityDigestedLength, type QuirkName } from './quirks.js';
-import { GUID, asciiText, isDerSequence, parseSignatureLists, parseUefiVariable, utf16Text } from './uefi.js';
+import { GUID, asciiText, isDerSequence, parseUefiVariable, utf16Text, walkSignatureLists } from './uefi.js';
 
 export interface BootFacts {
   /** The bank whose digests the facts come from. */
@@ -108,10 +108,12 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
           else if (v.data.length !== 1 || v.data[0]! > 1) badEvent(ev, `SecureBoot variable holds ${v.data.toString('hex')}, not 00 or 01`);
           secureBoot = v.data.length === 1 && v.data[0] === 1 ? 'enabled' : 'disabled';
         } else if (v.name === 'dbx') {
-          dbx = { count: parseSignatureLists(v.data, `event ${ev.seq} dbx`).length, digest: fp(v.data) };
+          dbx = { count: walkSignatureLists(v.data, `event ${ev.seq} dbx`), digest: fp(v.data) };
         } else {
           const list = v.name === 'PK' ? pk : v.name === 'KEK' ? kek : db;
-          for (const s of parseSignatureLists(v.data, `event ${ev.seq} ${v.name}`)) if (s.type === GUID.EFI_CERT_X509) pushOnce(list, fp(s.data));
+          walkSignatureLists(v.data, `event ${ev.seq} ${v.name}`, (type, data) => {
+            if (type === GUID.EFI_CERT_X509) pushOnce(list, fp(data));
+          });
         }
         break;
       }

@@ -38,6 +38,7 @@ export interface EventLogEvent {
   readonly type: number;
   /** One digest per bank, in the order the record lists them. */
   readonly digests: readonly EventLogDigest[];
+  /** Event data. Digests and data are views into the parsed bytes: do not change those while using the result. */
   readonly data: Buffer;
 }
 
@@ -109,7 +110,7 @@ class LeReader {
 
   bytes(n: number, field: string, rec: number): Buffer {
     this.need(n, field, rec);
-    const v = Buffer.from(this.buf.subarray(this.off, this.off + n));
+    const v = this.buf.subarray(this.off, this.off + n);
     this.off += n;
     return v;
   }

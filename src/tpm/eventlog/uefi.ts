@@ -16,11 +16,10 @@ export const GUID = {
 
 /** A mixed-endian EFI_GUID (u32, u16, u16 little-endian, then 8 bytes) as text. */
 export function guidText(b: Buffer, off = 0): string {
-  const h = (x: Buffer): string => x.toString('hex');
   const d1 = b.readUInt32LE(off).toString(16).padStart(8, '0');
   const d2 = b.readUInt16LE(off + 4).toString(16).padStart(4, '0');
   const d3 = b.readUInt16LE(off + 6).toString(16).padStart(4, '0');
-  return `${d1}-${d2}-${d3}-${h(b.subarray(off + 8, off + 10))}-${h(b.subarray(off + 10, off + 16))}`;
+  return `${d1}-${d2}-${d3}-${b.toString('hex', off + 8, off + 10)}-${b.toString('hex', off + 10, off + 16)}`;
 }
 
 export interface UefiVariable {
@@ -57,22 +56,26 @@ export function parseUefiVariable(b: Buffer, what: string, exact = true): UefiVa
     if (c < 0x20 || c > 0x7e) bad(`${what}: variable name has character 0x${c.toString(16)}`);
     name += String.fromCharCode(c);
   }
-  return { guid, name, data: Buffer.from(b.subarray(32 + n * 2, end)), length: end };
+  return { guid, name, data: b.subarray(32 + n * 2, end), length: end };
 }
 
 export interface SignatureEntry {
+  /** Signature type GUID of the list it is in (text). */
   readonly type: string;
-  readonly owner: string;
+  /** The entry after its 16-byte owner GUID (a view into the input). */
   readonly data: Buffer;
 }
 
-/** Parse a sequence of EFI_SIGNATURE_LISTs (the content of PK, KEK, db, dbx). At most `max` entries. */
-export function parseSignatureLists(b: Buffer, what: string, max = 100_000): SignatureEntry[] {
-  const out: SignatureEntry[] = [];
+/**
+ * Walk a sequence of EFI_SIGNATURE_LISTs (the content of PK, KEK, db, dbx), calling `each` for
+ * every signature (type GUID text, the signature data after its owner GUID). Returns the count.
+ * At most `max` entries; nothing is copied.
+ */
+export function walkSignatureLists(b: Buffer, what: string, each?: (type: string, data: Buffer) => void, max = 100_000): number {
   let off = 0;
+  let count = 0;
   while (off < b.length) {
     if (b.length - off < 28) bad(`${what}: EFI_SIGNATURE_LIST header truncated at byte ${off}`);
-    const type = guidText(b, off);
     const listSize = b.readUInt32LE(off + 16);
     const headerSize = b.readUInt32LE(off + 20);
     const sigSize = b.readUInt32LE(off + 24);
@@ -80,12 +83,22 @@ export function parseSignatureLists(b: Buffer, what: string, max = 100_000): Sig
     if (sigSize < 16 || headerSize > listSize - 28) bad(`${what}: EFI_SIGNATURE_LIST at byte ${off} has signature size ${sigSize} / header size ${headerSize}`);
     const body = listSize - 28 - headerSize;
     if (body % sigSize !== 0) bad(`${what}: EFI_SIGNATURE_LIST at byte ${off}: ${body} bytes is not a multiple of the signature size ${sigSize}`);
-    for (let p = off + 28 + headerSize; p < off + listSize; p += sigSize) {
-      if (out.length >= max) bad(`${what}: more than ${max} signatures`);
-      out.push({ type, owner: guidText(b, p), data: Buffer.from(b.subarray(p + 16, p + sigSize)) });
+    const n = body / sigSize;
+    if (count + n > max) bad(`${what}: more than ${max} signatures`);
+    count += n;
+    if (each) {
+      const type = guidText(b, off);
+      for (let p = off + 28 + headerSize; p < off + listSize; p += sigSize) each(type, b.subarray(p + 16, p + sigSize));
     }
     off += listSize;
   }
+  return count;
+}
+
+/** Parse a sequence of EFI_SIGNATURE_LISTs into entries (views into `b`). */
+export function parseSignatureLists(b: Buffer, what: string, max = 100_000): SignatureEntry[] {
+  const out: SignatureEntry[] = [];
+  walkSignatureLists(b, what, (type, data) => out.push({ type, data }), max);
   return out;
 }
 

@@ -1,0 +1,130 @@
+/**
+ * Measured boot on the verifier (one core): the 105-event Ubuntu 21.04 GCP Shielded VM log
+ * (crypto-agile, sha1/sha256/sha384) from the shared testdata.
+ *  - raw SHA-256 of the log's bytes (the floor any log check pays once);
+ *  - parse; parse + replay of the sha256 bank; parse + replay + match against PCRs 0–7 + boot
+ *    facts and selectors (checkEventLog, what the verifier runs per attestation);
+ *  - full verifier-side TPM attestations (begin + finish, synthetic EK/AK as bench/tpm.ts): without
+ *    an event log, with it as a node sends it every time (the verifier's memo of checked logs
+ *    hits), and with it checked afresh every time (a new TpmVerifier per attestation, sharing the
+ *    EK chain cache: the first attestation of each boot). The agent's work is untimed.
+ *
+ * Rates are per second of this process's CPU time (user + system), so they mean "on one core"
+ * even on a busy machine; wall-clock rates on a shared machine would measure the neighbours.
+ *
+ *   npx tsx bench/eventlog.ts [seconds=2]
+ */
+import 'reflect-metadata';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { sessionBinding } from '../src/plugins/binding.js';
+import type { PluginStateStore, SessionInput } from '../src/plugins/types.js';
+import { EkCertVerifier, EkTrustStore } from '../src/tpm/ekcert.js';
+import { checkEventLog, parseEventLog, replayEventLog } from '../src/tpm/eventlog/index.js';
+import { TpmVerifier } from '../src/tpm/plugin.js';
+import type { PcrBankSelection } from '../src/tpm/structures.js';
+import { td } from '../test/support/testdata.js';
+import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
+
+const seconds = Number(process.argv[2] ?? 2);
+
+class MemoryState implements PluginStateStore {
+  private readonly m = new Map<string, unknown>();
+  async get(k: string): Promise<unknown> {
+    return this.m.get(k);
+  }
+  async put(k: string, v: unknown): Promise<void> {
+    this.m.set(k, v);
+  }
+  async compareAndSet(k: string, _expected: unknown, next: unknown): Promise<boolean> {
+    this.m.set(k, next);
+    return true;
+  }
+}
+
+function cpuSeconds(since: NodeJS.CpuUsage): number {
+  const u = process.cpuUsage(since);
+  return (u.user + u.system) / 1e6;
+}
+
+function loop(label: string, fn: () => unknown, secs = seconds): number {
+  let n = 0;
+  const c0 = process.cpuUsage();
+  let s = 0;
+  for (;;) {
+    fn();
+    n++;
+    if (n % 16 !== 0) continue;
+    s = cpuSeconds(c0);
+    if (s >= secs) break;
+  }
+  const r = n / s;
+  console.log(`${label.padEnd(58)} ${r.toFixed(0).padStart(8)} /s`);
+  return r;
+}
+
+async function attestRate(label: string, mode: 'none' | 'memo' | 'fresh', raw: Buffer, pcrs: Map<number, Buffer>): Promise<number> {
+  const withLog = mode !== 'none';
+  const root = await makeRoot('Bench EK Root');
+  const inter = await makeIntermediate('Bench EK Issuing CA', root);
+  const ek = rsaKeyPair();
+  const ak = rsaKeyPair();
+  const ekPub = ekPublicFor(ek.publicKey);
+  const akPub = akPublicFor(ak.publicKey);
+  const idx = [0, 1, 2, 3, 4, 5, 6, 7];
+  const selection: PcrBankSelection[] = [{ bank: 'sha256', pcrs: idx }];
+  const values = new Map(idx.map((i) => [`sha256:${i}`, pcrs.get(i)!]));
+  const pcrValues = idx.map((i) => ({ bank: 'sha256', index: i, value: pcrs.get(i)!.toString('hex') }));
+  const hello = { ekCert: (await makeEkCert(ek.publicKey, inter)).toString('base64'), ekIntermediates: [inter.der.toString('base64')], ekPub: ekPub.toString('base64'), akPub: akPub.toString('base64') };
+  const ekVerifier = new EkCertVerifier(new EkTrustStore([root.der]));
+  const state = { state: new MemoryState() };
+  let verifier = new TpmVerifier(ekVerifier, selection, ['sha256'], state);
+  const csrSpki = p256KeyPair().publicKey.export({ type: 'spki', format: 'der' });
+  const eventLog = raw.toString('base64');
+  let timed = 0;
+  let n = 0;
+  let clock = 1n;
+  while (timed < seconds) {
+    const nonce = randomBytes(32);
+    const session: SessionInput = { nonce, csrSpki, binding: sessionBinding(nonce, csrSpki), now: new Date() };
+    if (mode === 'fresh') verifier = new TpmVerifier(ekVerifier, selection, ['sha256'], state);
+    let a = process.cpuUsage();
+    const { challenge, state: st } = await verifier.begin(hello, session);
+    timed += cpuSeconds(a);
+    const ch = challenge as { credentialBlob: string; encryptedSecret: string };
+    const secret = activateCredentialSoftware(ek.privateKey, akPub, Buffer.from(ch.credentialBlob, 'base64'), Buffer.from(ch.encryptedSecret, 'base64')).toString('base64');
+    const q = syntheticQuote({ ak: ak.privateKey, extraData: session.binding, selection, values, clock: clock++, resetCount: 1, restartCount: 0 });
+    const response = { secret, quote: q.attest.toString('base64'), signature: q.signature.toString('base64'), pcrValues, ...(withLog ? { eventLog } : {}) };
+    a = process.cpuUsage();
+    const r = await verifier.finish(response, st, session);
+    timed += cpuSeconds(a);
+    if (withLog && !r.selectors.includes('tpm:secureboot:disabled')) throw new Error('event log selectors missing');
+    n++;
+  }
+  const rate = n / timed;
+  console.log(`${label.padEnd(58)} ${rate.toFixed(0).padStart(8)} /s`);
+  return rate;
+}
+
+async function main(): Promise<void> {
+  const raw = readFileSync(td('tpm-eventlog', 'ubuntu_2104_shielded_vm_no_secure_boot_eventlog'));
+  const log = parseEventLog(raw);
+  const regs = replayEventLog(log, { banks: ['sha256'], indices: [0, 1, 2, 3, 4, 5, 6, 7] }).get('sha256')!;
+  const trusted = [0, 1, 2, 3, 4, 5, 6, 7].map((index) => ({ bank: 'sha256', index, value: regs.get(index)! }));
+  console.log(`log: ${raw.length} bytes, ${log.events.length - 1} events after the Spec ID event, banks ${log.banks.map((b) => b.name).join(', ')}`);
+  const sha = loop('raw SHA-256 of the log bytes', () => createHash('sha256').update(raw).digest());
+  loop('parse', () => parseEventLog(raw));
+  loop('parse + replay (sha256 bank)', () => replayEventLog(parseEventLog(raw), { banks: ['sha256'] }));
+  const full = loop('parse + replay + match PCRs 0-7 + selectors (checkEventLog)', () => checkEventLog({ log: raw, pcrs: trusted }));
+  console.log(`ratio checkEventLog / raw SHA-256: ${(full / sha).toFixed(3)}`);
+  const base = await attestRate('TPM attestations, no event log', 'none', raw, regs);
+  const memo = await attestRate('TPM attestations, event log (same log again: memo hit)', 'memo', raw, regs);
+  const fresh = await attestRate('TPM attestations, event log checked afresh each time', 'fresh', raw, regs);
+  console.log(`event log cost per attestation: ${(1e6 / memo - 1e6 / base).toFixed(0)} µs (memo hit), ${(1e6 / fresh - 1e6 / base).toFixed(0)} µs (afresh)`);
+  console.log(`target ≥ 2,000 attestations/s/core with an event log: memo hit ${memo >= 2000 ? 'met' : 'NOT met'}, afresh ${fresh >= 2000 ? 'met' : 'NOT met'}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exitCode = 1;
+});
