@@ -22,7 +22,7 @@ function piped(args: string[], consumer: string): Promise<{ status: number; err:
   const script = `${cli} ${quoted} 2>"$ERRFILE" | ${consumer}; echo "status=\${PIPESTATUS[0]}"; cat "$ERRFILE"`;
   return new Promise((res, rej) => {
     const errFile = join(tmpdir(), `closed-stdout-${process.pid}-${Math.random().toString(36).slice(2)}.err`);
-    execFile('bash', ['-c', `${script}; rm -f "$ERRFILE"`], { cwd: root, encoding: 'utf8', env: { ...process.env, ERRFILE: errFile }, timeout: 60_000 }, (error, stdout) => {
+    execFile('bash', ['-c', `${script}; rm -f "$ERRFILE"`], { cwd: root, encoding: 'utf8', env: { ...process.env, ERRFILE: errFile }, timeout: 120_000 }, (error, stdout) => {
       if (error) return rej(error);
       const m = /^([\s\S]*?)status=(\d+)\n([\s\S]*)$/.exec(stdout);
       if (!m) return rej(new Error(`unexpected output: ${stdout}`));
@@ -61,7 +61,7 @@ describe('sigil writing to a closed pipe', () => {
     expect(help).toMatchObject({ status: 0, err: '' });
     const json = await piped(['svid', 'fetch', '--json', '--socket', `unix://${t.socket}`], CLOSED_AT_ONCE);
     expect(json).toMatchObject({ status: 0, err: '' });
-  });
+  }, 240_000);
 
   it('a failure before the pipe closes keeps its exit code and its one-line reason', async () => {
     const r = await piped(['svid', 'fetch', '--socket', `unix://${t.socket}.missing`, '--timeout', '2'], CLOSED_AT_ONCE);
