@@ -134,9 +134,33 @@ function checkRole(c: IntelCert, ca: boolean, what: string): void {
   }
 }
 
+const verifiedMemo = new Set<string>();
+const VERIFIED_MEMO_MAX = 4096;
+
+/**
+ * Memoised signature check: `verify()` runs unless a check with the same `key` succeeded before.
+ * `key` must name everything the result depends on (SHA-256 of the signed bytes, the signature and
+ * the public key), so a hit is the same computation; only successes are remembered (bounded, oldest
+ * first out). This is what keeps a cached PCK chain, collateral and per-platform QE report cheap.
+ */
+export function memoVerified(key: string, verify: () => boolean): boolean {
+  if (verifiedMemo.has(key)) return true;
+  const ok = verify();
+  if (ok) {
+    if (verifiedMemo.size >= VERIFIED_MEMO_MAX) verifiedMemo.delete(verifiedMemo.values().next().value!);
+    verifiedMemo.add(key);
+  }
+  return ok;
+}
+
+/** Forget memoised signature checks (benchmarks measuring the uncached path). */
+export function clearVerifiedMemo(): void {
+  verifiedMemo.clear();
+}
+
 function signedBy(child: IntelCert, parent: IntelCert): boolean {
   if (!child.cert.issuerDer.equals(parent.cert.subjectDer)) return false;
-  return verifyWith(child.cert.sigAlg, child.cert.tbs, parent.publicKey, child.cert.signature);
+  return memoVerified(`cert:${child.sha256}:${parent.sha256}`, () => verifyWith(child.cert.sigAlg, child.cert.tbs, parent.publicKey, child.cert.signature));
 }
 
 export interface ChainOptions {
@@ -263,7 +287,8 @@ export function parseCrl(input: Uint8Array): IntelCrl {
 /** The CRL is signed by `issuer`, names it as issuer, and `now` is inside thisUpdate..nextUpdate. */
 export function checkCrl(crl: IntelCrl, issuer: IntelCert, now: Date, what: string): void {
   if (!crl.issuerDer.equals(issuer.cert.subjectDer)) fail('tdx.crl_issuer_mismatch', `${what} is not issued by "${issuer.cn}"`);
-  if (!verifyWith(crl.sigAlg, crl.tbs, issuer.publicKey, crl.signature)) fail('tdx.crl_signature_invalid', `${what} signature does not verify under "${issuer.cn}"`);
+  const crlHash = createHash('sha256').update(crl.der).digest('hex');
+  if (!memoVerified(`crl:${crlHash}:${issuer.sha256}`, () => verifyWith(crl.sigAlg, crl.tbs, issuer.publicKey, crl.signature))) fail('tdx.crl_signature_invalid', `${what} signature does not verify under "${issuer.cn}"`);
   const t = now.getTime();
   if (t < crl.thisUpdate.getTime()) fail('tdx.crl_not_yet_valid', `${what} is not valid before ${crl.thisUpdate.toISOString()}`);
   if (t > crl.nextUpdate.getTime()) fail('tdx.crl_expired', `${what} expired at its nextUpdate ${crl.nextUpdate.toISOString()}`);
@@ -287,8 +312,19 @@ function octets(buf: Buffer, t: Tlv, len: number, what: string): Buffer {
   return Buffer.from(valueOf(buf, t));
 }
 
-/** Read the Intel SGX extension (PPID, TCB, PCE-ID, FMSPC, SGX type) of a PCK certificate. */
+const pckExtCache = new WeakMap<IntelCert, SgxPckExtensions>();
+
+/** Read the Intel SGX extension (PPID, TCB, PCE-ID, FMSPC, SGX type) of a PCK certificate (kept per parsed certificate). */
 export function parsePckExtensions(pck: IntelCert): SgxPckExtensions {
+  let v = pckExtCache.get(pck);
+  if (!v) {
+    v = readPckExtensions(pck);
+    pckExtCache.set(pck, v);
+  }
+  return v;
+}
+
+function readPckExtensions(pck: IntelCert): SgxPckExtensions {
   const ext = pck.cert.extensions.find((e) => e.oid === OID_SGX);
   if (!ext) extBad('missing (OID 1.2.840.113741.1.13.1)');
   const C = 'tdx.pck_extension_invalid';

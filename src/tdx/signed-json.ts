@@ -6,7 +6,7 @@
  * module finds that byte span with a small JSON scanner and never re-serializes, so a document
  * whose signed text was reformatted or re-ordered does not verify.
  */
-import { verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { createHash, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { SigilError } from '../errors.js';
 
 export const SIGNED_JSON_MAX_BYTES = 1024 * 1024;
@@ -111,13 +111,18 @@ export function splitSignedJson(input: Uint8Array, member: 'tcbInfo' | 'enclaveI
   return { signedBytes, value: (whole as Record<string, unknown>)[member], signature: Buffer.from(sigHex, 'hex') };
 }
 
-/** The signature verifies under `key` over the signed bytes as received. */
-export function verifySignedJson(doc: SignedJson, key: KeyObject, what: string): void {
-  let ok = false;
-  try {
-    ok = cryptoVerify('sha256', doc.signedBytes, { key, dsaEncoding: 'ieee-p1363' }, doc.signature);
-  } catch {
-    ok = false;
-  }
+/**
+ * The signature verifies under `key` over the signed bytes as received. `memo(key, check)` may
+ * remember a success (pki.ts memoVerified); `keyId` names the key in that memo.
+ */
+export function verifySignedJson(doc: SignedJson, key: KeyObject, what: string, memo?: { keyId: string; remember: (k: string, check: () => boolean) => boolean }): void {
+  const check = (): boolean => {
+    try {
+      return cryptoVerify('sha256', doc.signedBytes, { key, dsaEncoding: 'ieee-p1363' }, doc.signature);
+    } catch {
+      return false;
+    }
+  };
+  const ok = memo ? memo.remember(`json:${createHash('sha256').update(doc.signedBytes).digest('hex')}:${doc.signature.toString('hex')}:${memo.keyId}`, check) : check();
   if (!ok) throw new SigilError('tdx.collateral_signature_invalid', `${what} signature does not verify under the TCB Signing certificate`, { status: 403 });
 }

@@ -19,7 +19,7 @@
 import { createPublicKey, createHash, timingSafeEqual, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { SigilError } from '../errors.js';
 import { type TdxQuote, TDATTR_DEBUG, parseTdxQuote, tdAttributesValue } from './quote.js';
-import { type IntelCrl, type SgxPckExtensions, checkCrl, checkRevocation, chainFromPem, parseCrl, parsePckExtensions, verifyIntelChain } from './pki.js';
+import { type IntelCrl, type SgxPckExtensions, type VerifiedChain, clearVerifiedMemo, memoVerified, checkCrl, checkRevocation, chainFromPem, parseCrl, parsePckExtensions, verifyIntelChain } from './pki.js';
 import { type CcelReplay, ccelSelectors, checkCcelAgainstRtmrs } from './ccel.js';
 import { splitSignedJson, verifySignedJson } from './signed-json.js';
 import { type QeIdentity, type TcbMatch, type TcbStatus, type TdxTcbInfo, matchTcb, parseQeIdentity, parseTdxTcbInfo } from './tcb.js';
@@ -90,15 +90,27 @@ export function tdxReportDataForBinding(binding: Uint8Array): Buffer {
   return Buffer.concat([Buffer.from(binding), Buffer.alloc(32)]);
 }
 
-const P256_SPKI_PREFIX = Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex');
+const akCache = new Map<string, KeyObject>();
+const AK_CACHE_MAX = 1024;
 
-/** The attestation key (x ‖ y) as a P-256 public key; not a curve point → tdx.attestation_key_invalid. */
+/**
+ * The attestation key (x ‖ y) as a P-256 public key (imported as a JWK: OpenSSL checks the point
+ * is on the curve); not a curve point → tdx.attestation_key_invalid. A platform's QE keeps its key
+ * across quotes, so imported keys are kept (bounded).
+ */
 export function attestationKeyObject(xy: Buffer): KeyObject {
+  const id = xy.toString('hex');
+  const hit = akCache.get(id);
+  if (hit) return hit;
+  let key: KeyObject;
   try {
-    return createPublicKey({ key: Buffer.concat([P256_SPKI_PREFIX, Buffer.from([4]), xy]), format: 'der', type: 'spki' });
+    key = createPublicKey({ key: { kty: 'EC', crv: 'P-256', x: xy.subarray(0, 32).toString('base64url'), y: xy.subarray(32, 64).toString('base64url') }, format: 'jwk' });
   } catch (e) {
     throw new SigilError('tdx.attestation_key_invalid', 'the quote attestation key is not a P-256 point', { cause: e, status: 403 });
   }
+  if (akCache.size >= AK_CACHE_MAX) akCache.delete(akCache.keys().next().value!);
+  akCache.set(id, key);
+  return key;
 }
 
 function p1363Verify(data: Buffer, key: KeyObject, sig: Buffer): boolean {
@@ -145,25 +157,88 @@ export interface VerifiedCollateral {
  * as received, their validity windows, the Root CA CRL and the PCK CRL with its issuer chain.
  */
 export function verifyTdxCollateral(c: TdxCollateral, opts: { now: Date; rootSha256?: string; maxCollateralAgeMs?: number }): VerifiedCollateral {
-  const pin = opts.rootSha256 === undefined ? {} : { rootSha256: opts.rootSha256 };
-  const signing = verifyIntelChain(chainFromPem(c.tcbSigningChain, 'tcb_signing'), 'tcb_signing', { now: opts.now, ...pin });
+  // A set verified before is reused while `now` is inside the window in which every time check of
+  // that verification holds (certificate validity, CRL thisUpdate..nextUpdate, issueDate..nextUpdate):
+  // inside it the same checks give the same answer. The key covers every input byte and the pin.
+  const h = createHash('sha256');
+  for (const part of [c.tcbInfo, c.qeIdentity, c.tcbSigningChain, c.pckCrl, c.pckCrlIssuerChain, c.rootCrl]) {
+    const b = typeof part === 'string' ? Buffer.from(part, 'latin1') : part;
+    h.update(`${b.length}:`).update(b);
+  }
+  const key = `${h.digest('hex')}:${opts.rootSha256 ?? ''}`;
+  const t = opts.now.getTime();
+  const hit = collateralCache.get(key);
+  let v: VerifiedCollateral;
+  if (hit && t >= hit.from && t <= hit.to) {
+    v = hit.verified;
+  } else {
+    const r = verifyCollateralAt(c, opts.now, opts.rootSha256);
+    v = r.verified;
+    if (collateralCache.size >= COLLATERAL_CACHE_MAX) collateralCache.delete(collateralCache.keys().next().value!);
+    collateralCache.set(key, { verified: v, from: r.from, to: r.to });
+  }
+  if (opts.maxCollateralAgeMs !== undefined) {
+    checkDocTime('TCB Info', v.tcbInfo.issueDate, v.tcbInfo.nextUpdate, opts.now, opts.maxCollateralAgeMs);
+    checkDocTime('QE Identity', v.qeIdentity.issueDate, v.qeIdentity.nextUpdate, opts.now, opts.maxCollateralAgeMs);
+  }
+  return v;
+}
+
+/** Forget every cached verification (signature memo, PCK chains, collateral, attestation keys): benchmarks of the uncached path. */
+export function clearTdxCaches(): void {
+  clearVerifiedMemo();
+  pckChainCache.clear();
+  collateralCache.clear();
+  akCache.clear();
+}
+
+const pckChainCache = new Map<string, { chain: VerifiedChain; from: number; to: number }>();
+const PCK_CHAIN_CACHE_MAX = 1024;
+
+/**
+ * The quote's PCK chain verified to the pin at `now`; a chain verified before (same PEM text, same
+ * pin) is reused while `now` is inside the validity of all its certificates, the only time check.
+ */
+function verifyPckChain(pem: string, now: Date, rootSha256: string | undefined): VerifiedChain {
+  const key = `${rootSha256 ?? ''}:${pem}`;
+  const t = now.getTime();
+  const hit = pckChainCache.get(key);
+  if (hit && t >= hit.from && t <= hit.to) return hit.chain;
+  const chain = verifyIntelChain(chainFromPem(pem, 'pck'), 'pck', { now, ...(rootSha256 === undefined ? {} : { rootSha256 }) });
+  if (pckChainCache.size >= PCK_CHAIN_CACHE_MAX) pckChainCache.delete(pckChainCache.keys().next().value!);
+  const from = Math.max(...chain.certs.map((c) => c.cert.notBefore.getTime()));
+  const to = Math.min(...chain.certs.map((c) => c.cert.notAfter.getTime()));
+  pckChainCache.set(key, { chain, from, to });
+  return chain;
+}
+
+const collateralCache = new Map<string, { verified: VerifiedCollateral; from: number; to: number }>();
+const COLLATERAL_CACHE_MAX = 64;
+
+function verifyCollateralAt(c: TdxCollateral, now: Date, rootSha256: string | undefined): { verified: VerifiedCollateral; from: number; to: number } {
+  const pin = rootSha256 === undefined ? {} : { rootSha256 };
+  const signing = verifyIntelChain(chainFromPem(c.tcbSigningChain, 'tcb_signing'), 'tcb_signing', { now, ...pin });
   const tcbDoc = splitSignedJson(c.tcbInfo, 'tcbInfo', 'TCB Info');
-  verifySignedJson(tcbDoc, signing.leaf.publicKey, 'TCB Info');
+  const memo = { keyId: signing.leaf.sha256, remember: memoVerified };
+  verifySignedJson(tcbDoc, signing.leaf.publicKey, 'TCB Info', memo);
   const qeDoc = splitSignedJson(c.qeIdentity, 'enclaveIdentity', 'QE Identity');
-  verifySignedJson(qeDoc, signing.leaf.publicKey, 'QE Identity');
+  verifySignedJson(qeDoc, signing.leaf.publicKey, 'QE Identity', memo);
   const tcbInfo = parseTdxTcbInfo(tcbDoc.value);
   const qeIdentity = parseQeIdentity(qeDoc.value);
-  checkDocTime('TCB Info', tcbInfo.issueDate, tcbInfo.nextUpdate, opts.now, opts.maxCollateralAgeMs);
-  checkDocTime('QE Identity', qeIdentity.issueDate, qeIdentity.nextUpdate, opts.now, opts.maxCollateralAgeMs);
+  checkDocTime('TCB Info', tcbInfo.issueDate, tcbInfo.nextUpdate, now, undefined);
+  checkDocTime('QE Identity', qeIdentity.issueDate, qeIdentity.nextUpdate, now, undefined);
 
   const rootCrl = parseCrl(c.rootCrl);
-  checkCrl(rootCrl, signing.root, opts.now, 'Root CA CRL');
+  checkCrl(rootCrl, signing.root, now, 'Root CA CRL');
   checkRevocation(signing.certs, [rootCrl], 'TCB signing');
-  const crlIssuer = verifyIntelChain(chainFromPem(c.pckCrlIssuerChain, 'pck_crl_issuer'), 'pck_crl_issuer', { now: opts.now, ...pin, crls: [rootCrl] });
+  const crlIssuer = verifyIntelChain(chainFromPem(c.pckCrlIssuerChain, 'pck_crl_issuer'), 'pck_crl_issuer', { now, ...pin, crls: [rootCrl] });
   const pckCrl = parseCrl(c.pckCrl);
-  checkCrl(pckCrl, crlIssuer.leaf, opts.now, 'PCK CRL');
+  checkCrl(pckCrl, crlIssuer.leaf, now, 'PCK CRL');
+  const certs = [...signing.certs, ...crlIssuer.certs];
+  const from = Math.max(...certs.map((x) => x.cert.notBefore.getTime()), rootCrl.thisUpdate.getTime(), pckCrl.thisUpdate.getTime(), tcbInfo.issueDate.getTime(), qeIdentity.issueDate.getTime());
+  const to = Math.min(...certs.map((x) => x.cert.notAfter.getTime()), rootCrl.nextUpdate.getTime(), pckCrl.nextUpdate.getTime(), tcbInfo.nextUpdate.getTime(), qeIdentity.nextUpdate.getTime());
   const validUntil = new Date(Math.min(tcbInfo.nextUpdate.getTime(), qeIdentity.nextUpdate.getTime(), rootCrl.nextUpdate.getTime(), pckCrl.nextUpdate.getTime()));
-  return { tcbInfo, qeIdentity, crls: [rootCrl, pckCrl], validUntil };
+  return { verified: { tcbInfo, qeIdentity, crls: [rootCrl, pckCrl], validUntil }, from, to };
 }
 
 const hex = (b: Buffer): string => b.toString('hex');
@@ -177,12 +252,15 @@ export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral
   const quote = parseTdxQuote(quoteBytes);
   const pin = opts.rootSha256 === undefined ? {} : { rootSha256: opts.rootSha256 };
 
-  const pckChain = verifyIntelChain(chainFromPem(quote.pckChainPem, 'pck'), 'pck', { now: opts.now, ...pin });
+  const pckChain = verifyPckChain(quote.pckChainPem, opts.now, opts.rootSha256);
   const pck = parsePckExtensions(pckChain.leaf);
 
   const ak = attestationKeyObject(quote.attestationKey);
   if (!p1363Verify(quote.signed, ak, quote.signature)) fail('tdx.quote_signature_invalid', 'quote signature does not verify under the attestation key');
-  if (!p1363Verify(quote.qeReport.raw, pckChain.leaf.publicKey, quote.qeReportSignature)) fail('tdx.qe_report_signature_invalid', 'QE report signature does not verify under the PCK certificate');
+  // The QE report (and its signature) is the same for every quote of a platform: memoised per
+  // (QE report, signature, PCK certificate), so a cached platform costs one P-256 verify per quote.
+  const qeKey = `qe:${createHash('sha256').update(quote.qeReport.raw).digest('hex')}:${quote.qeReportSignature.toString('hex')}:${pckChain.leaf.sha256}`;
+  if (!memoVerified(qeKey, () => p1363Verify(quote.qeReport.raw, pckChain.leaf.publicKey, quote.qeReportSignature))) fail('tdx.qe_report_signature_invalid', 'QE report signature does not verify under the PCK certificate');
   const binding = createHash('sha256').update(quote.attestationKey).update(quote.qeAuthData).digest();
   const rd = quote.qeReport.reportData;
   if (!rd.subarray(0, 32).equals(binding) || !rd.subarray(32).every((b) => b === 0)) {
