@@ -177,3 +177,33 @@ describe('tdx synthetic refusals', () => {
     expect(codeOf(() => verifyTdxQuote(q, col, opts()))).toBe('tdx.module_mismatch');
   });
 });
+
+describe('tdx caches never outlive a check', () => {
+  it('a cached PCK chain and collateral set are checked again outside their validity windows', () => {
+    const p = makeTdxTestPki();
+    const q = makeTdxQuote(p);
+    const col = makeCollateral(p);
+    const o = { rootSha256: p.rootSha256 };
+    expect(verifyTdxQuote(q, col, { now: T0, ...o }).tcbStatus).toBe('UpToDate'); // fills every cache
+    expect(codeOf(() => verifyTdxQuote(q, col, { now: new Date(T0.getTime() + 30 * DAY), ...o }))).toBe('tdx.collateral_expired');
+    expect(codeOf(() => verifyTdxQuote(q, undefined, { now: new Date(T0.getTime() + 400 * DAY), allowUnknownTcb: true, ...o }))).toBe('tdx.cert_expired');
+    expect(verifyTdxQuote(q, col, { now: T0, ...o }).tcbStatus).toBe('UpToDate');
+  });
+
+  it('a memoised QE report signature does not carry over to another signature or PCK', () => {
+    const p = makeTdxTestPki();
+    const q = makeTdxQuote(p);
+    expect(verifyTdxQuote(q, undefined, { now: T0, allowUnknownTcb: true, rootSha256: p.rootSha256 }).tcbStatus).toBe('Unknown');
+    const qeSigAt = 48 + 584 + 4 + 128 + 6 + 384;
+    const m = Buffer.from(q);
+    m[qeSigAt + 3]! ^= 0x10;
+    expect(codeOf(() => verifyTdxQuote(m, undefined, { now: T0, allowUnknownTcb: true, rootSha256: p.rootSha256 }))).toBe('tdx.qe_report_signature_invalid');
+  });
+
+  it('refuses an attestation key that is not a curve point', () => {
+    const q = makeTdxQuote(pki);
+    const m = Buffer.from(q);
+    Buffer.alloc(64, 0x01).copy(m, 48 + 584 + 4 + 64);
+    expect(codeOf(() => verifyTdxQuote(m, undefined, opts({ allowUnknownTcb: true })))).toBe('tdx.attestation_key_invalid');
+  });
+});
