@@ -1,14 +1,13 @@
-/** The checks the verifier makes on what a node attestor's `finish` returned (DESIGN §3–4). */
+/**
+ * The checks the verifier makes on what a node attestor's `finish` returned (DESIGN §3–4), shared by
+ * the verifier (src/verifier/attestation.ts) and the plugin kit's harness (sigil/plugin/testing).
+ */
 import { SigilError } from '../errors.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { AttestorResult } from './types.js';
 
-/**
- * Throws `attest.bad_selector` unless every selector is a string `<name>:…`, and
- * `attest.bad_agent_id` unless `spiffe://<trustDomain>/sigil/agent/<name>/<agentIdSuffix>` is a valid
- * SPIFFE ID (HTTP 500 both: the plugin misbehaved).
- */
-export function checkAttestorResult(name: string, r: AttestorResult, trustDomain: string): SpiffeId {
+/** Throws `attest.bad_selector` (HTTP 500) unless every selector is a string `<name>:…`. */
+export function checkSelectors(name: string, r: AttestorResult): void {
   if (typeof r !== 'object' || r === null || !Array.isArray(r.selectors)) {
     throw new SigilError('attest.bad_selector', `attestor "${name}" returned no selector list`, { status: 500 });
   }
@@ -17,9 +16,19 @@ export function checkAttestorResult(name: string, r: AttestorResult, trustDomain
       throw new SigilError('attest.bad_selector', `attestor "${name}" produced selector "${String(sel)}" outside its own type`, { status: 500 });
     }
   }
+}
+
+/** `spiffe://<trustDomain>/sigil/agent/<name>/<suffix>`, or `attest.bad_agent_id` (HTTP 500) when that is no valid SPIFFE ID. */
+export function agentIdFor(trustDomain: string, name: string, suffix: unknown): SpiffeId {
   try {
-    return SpiffeId.fromPath(trustDomain, `/sigil/agent/${name}/${String(r.agentIdSuffix)}`);
+    return SpiffeId.fromPath(trustDomain, `/sigil/agent/${name}/${String(suffix)}`);
   } catch (e) {
     throw new SigilError('attest.bad_agent_id', `attestor "${name}" produced an agent ID suffix that is not a valid SPIFFE path: ${(e as Error).message}`, { status: 500 });
   }
+}
+
+/** Both checks, as for the first factor of a session; returns the agent ID it would give. */
+export function checkAttestorResult(name: string, r: AttestorResult, trustDomain: string): SpiffeId {
+  checkSelectors(name, r);
+  return agentIdFor(trustDomain, name, r.agentIdSuffix);
 }

@@ -14,9 +14,9 @@ import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
 import { decodeBase64 } from '../plugins/base64.js';
 import { sessionBinding } from '../plugins/binding.js';
+import { agentIdFor, checkSelectors } from '../plugins/result.js';
 import type { AttestorResult, NodeAttestorVerifier, SessionInput } from '../plugins/types.js';
 import { parseCsr } from '../spiffe/csr.js';
-import { SpiffeId } from '../spiffe/id.js';
 import type { DataStore, PluginStateKey } from '../store/types.js';
 import type { CertificateAuthority } from './ca.js';
 import type { VerifierMetrics } from './metrics.js';
@@ -340,9 +340,7 @@ export class AttestationService {
         if (!(n in body.responses)) throw new SigilError('attest.missing_response', `no response for attestor "${n}"`);
         try {
           const r = await (this.o.attestors.get(n) as NodeAttestorVerifier).finish(body.responses[n], s.states[n], input);
-          for (const sel of r.selectors) {
-            if (!sel.startsWith(`${n}:`)) throw new SigilError('attest.bad_selector', `attestor "${n}" produced selector "${sel}" outside its own type`, { status: 500 });
-          }
+          checkSelectors(n, r);
           results.set(n, r);
           this.o.metrics.attestations.inc({ attestor: n, result: 'accepted' });
         } catch (e) {
@@ -356,10 +354,10 @@ export class AttestationService {
     const factorIds: string[] = [];
     for (const [i, n] of s.attestors.entries()) {
       try {
-        factorIds.push(SpiffeId.fromPath(this.o.trustDomain, `/sigil/agent/${n}/${(results.get(n) as AttestorResult).agentIdSuffix}`).toString());
+        factorIds.push(agentIdFor(this.o.trustDomain, n, (results.get(n) as AttestorResult).agentIdSuffix).toString());
       } catch (e) {
         if (i > 0) continue; // only the first factor names the agent
-        throw new SigilError('attest.bad_agent_id', `attestor "${n}" produced an agent ID suffix that is not a valid SPIFFE path: ${(e as Error).message}`, { status: 500 });
+        throw e;
       }
     }
     const agentId = factorIds[0] as string;
