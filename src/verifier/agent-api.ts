@@ -129,11 +129,11 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
     return { svid: chain.map((c) => c.toString('base64')), bundle: core.ca.bundle().toJwks() };
   });
 
-  app.get<{ Querystring: { wait?: number } }>(
+  app.get<{ Querystring: { wait?: string } }>(
     '/v1/entries/authorized',
     {
       onRequest: trustedClientFirst,
-      schema: { querystring: { type: 'object', additionalProperties: false, properties: { wait: { type: 'integer', minimum: 1, maximum: 3600 } } } },
+      schema: { querystring: { type: 'object', additionalProperties: false, properties: { wait: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' } } } },
     },
     async (req, reply) => {
       const agent = await requireAgent(core, req);
@@ -145,7 +145,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
           if (!reply.raw.writableEnded) cancel?.();
         };
         reply.raw.once('close', onClose);
-        const waitMs = Math.min(req.query.wait, core.config.longPoll.maxWaitSeconds) * 1000;
+        const waitMs = Math.min(Number(req.query.wait), core.config.longPoll.maxWaitSeconds) * 1000;
         const next = await sets.waitForChange(agent, set, waitMs, () => requireAgent(core, req), (c) => (cancel = c));
         reply.raw.removeListener('close', onClose);
         if (next) set = next;

@@ -272,7 +272,8 @@ export class AuthorizedSetCache {
         agent,
         etag: current.etag,
         set: current,
-        deadline: this.now().getTime() + waitMs,
+        // The wait is measured on the real clock; entry expiry on the verifier's (injectable) one.
+        deadline: Date.now() + waitMs,
         timer: undefined,
         queued: false,
         done: false,
@@ -299,13 +300,12 @@ export class AuthorizedSetCache {
   /** Timer to the deadline, or earlier to the set's first expiry (then re-evaluated). */
   private arm(w: Waiter): void {
     clearTimeout(w.timer);
-    const now = this.now().getTime();
-    const at = Math.min(w.deadline, w.set.validUntil);
+    const delay = Math.min(w.deadline - Date.now(), w.set.validUntil - this.now().getTime(), 2 ** 31 - 1);
     w.timer = setTimeout(() => {
       if (w.done) return;
-      if (this.now().getTime() >= w.deadline) w.finish({});
+      if (Date.now() >= w.deadline) w.finish({});
       else this.enqueue(w);
-    }, Math.max(0, Math.min(at - now, 2 ** 31 - 1)));
+    }, Math.max(0, delay));
   }
 
   private enqueue(w: Waiter): void {
