@@ -55,6 +55,14 @@ export function parseCcelTable(b: Uint8Array): CcelTable {
 
 const MAX_FILL_STEPS = 64;
 
+/** Errors of the shared TCG parser (`tpm.eventlog_*`) as `tdx.ccel_invalid`, so the attestor reports only its own codes. */
+function asCcelError(e: unknown): unknown {
+  if (e instanceof SigilError && e.code.startsWith('tpm.eventlog_')) {
+    return new SigilError('tdx.ccel_invalid', `CC ${e.message} [${e.code}]`, { cause: e, status: e.code === 'tpm.eventlog_event_data_mismatch' ? 403 : 400 });
+  }
+  return e;
+}
+
 /** The log inside a CCEL area: the area without its 0xFF fill (see the module comment). */
 export function parseCcelArea(area: Uint8Array, table?: CcelTable): ParsedEventLog {
   const a = Buffer.from(area.buffer, area.byteOffset, area.byteLength);
@@ -76,7 +84,7 @@ export function parseCcelArea(area: Uint8Array, table?: CcelTable): ParsedEventL
       if (!(e instanceof SigilError) || e.code !== 'tpm.eventlog_truncated') break;
     }
   }
-  throw lastError instanceof SigilError ? lastError : fail('tdx.ccel_invalid', 'CC event log could not be parsed');
+  throw lastError instanceof SigilError ? asCcelError(lastError) : fail('tdx.ccel_invalid', 'CC event log could not be parsed');
 }
 
 export interface CcelReplay {
@@ -90,7 +98,12 @@ export interface CcelReplay {
 /** Replay a parsed CC event log into RTMR0–3 (SHA-384). */
 export function replayCcel(log: ParsedEventLog): CcelReplay {
   if (!log.banks.some((b) => b.name === 'sha384')) fail('tdx.ccel_invalid', `CC event log has no SHA-384 digests (it carries ${log.banks.map((b) => b.name).join(', ')})`);
-  const regs = replayEventLog(log, { banks: ['sha384'], indices: [1, 2, 3, 4], initialValue: () => Buffer.alloc(RTMR_SIZE), startupLocality: false }).get('sha384')!;
+  let regs: Map<number, Buffer>;
+  try {
+    regs = replayEventLog(log, { banks: ['sha384'], indices: [1, 2, 3, 4], initialValue: () => Buffer.alloc(RTMR_SIZE), startupLocality: false }).get('sha384')!;
+  } catch (e) {
+    throw asCcelError(e);
+  }
   for (const ev of log.events) {
     if (ev.index === 0 && ev.type !== EV.NO_ACTION) fail('tdx.ccel_invalid', `CC event log event ${ev.seq} extends MR index 0 (MRTD), which the log cannot extend`);
   }
@@ -148,6 +161,11 @@ export function pcrForCcEvent(ev: EventLogEvent): number {
 export function ccelSelectors(replay: CcelReplay): string[] {
   const events = replay.log.events.map((ev) => (ev.type === EV.NO_ACTION ? ev : { ...ev, index: pcrForCcEvent(ev) }));
   const view: ParsedEventLog = { ...replay.log, events };
-  const facts = deriveBootFacts(view, 'sha384', new Set([1, 4, 5, 7, 8, 9, 14]));
+  let facts: ReturnType<typeof deriveBootFacts>;
+  try {
+    facts = deriveBootFacts(view, 'sha384', new Set([1, 4, 5, 7, 8, 9, 14]));
+  } catch (e) {
+    throw asCcelError(e);
+  }
   return bootSelectors(facts).map((x) => `tdx:${x.slice('tpm:'.length)}`);
 }

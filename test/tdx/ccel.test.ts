@@ -43,11 +43,11 @@ describe('CC event log', () => {
     const log = parseCcelArea(area);
     const junk = Buffer.from(area);
     junk[log.byteLength + 100] = 0x00;
-    expect(codeOf(() => parseCcelArea(junk))).toMatch(/^tpm\.eventlog_/);
+    expect(codeOf(() => parseCcelArea(junk))).toBe('tdx.ccel_invalid');
     const t = Buffer.from(table);
     t[9]! ^= 1;
     expect(codeOf(() => parseCcelTable(t))).toBe('tdx.ccel_table_invalid');
     expect(codeOf(() => parseCcelTable(table.subarray(0, 40)))).toBe('tdx.ccel_table_invalid');
-    expect(codeOf(() => replayCcel(parseCcelArea(Buffer.alloc(64, 0xff))))).toMatch(/^tpm\.eventlog_/);
+    expect(codeOf(() => replayCcel(parseCcelArea(Buffer.alloc(64, 0xff))))).toBe('tdx.ccel_invalid');
   });
 });
