@@ -162,6 +162,28 @@ describe('tdx synthetic refusals', () => {
     expect(n).toBeGreaterThan(80);
   });
 
+  it('refuses bit flips in the QE Identity JSON, malformed CRLs and collateral chains with extra or missing certificates', () => {
+    const q = makeTdxQuote(pki);
+    const doc = col.qeIdentity as Buffer;
+    const start = doc.indexOf('{', 1);
+    const end = doc.lastIndexOf(',"signature"');
+    for (let i = start; i < end; i += 17) {
+      const m = Buffer.from(doc);
+      m[i]! ^= 0x02;
+      expect(['tdx.collateral_signature_invalid', 'tdx.collateral_malformed'], `byte ${i}`).toContain(codeOf(() => verifyTdxQuote(q, { ...col, qeIdentity: m }, opts())));
+    }
+    const crl = Buffer.from(col.pckCrl);
+    expect(codeOf(() => verifyTdxQuote(q, { ...col, pckCrl: crl.subarray(0, crl.length - 1) }, opts()))).toBe('tdx.crl_malformed');
+    expect(codeOf(() => verifyTdxQuote(q, { ...col, rootCrl: Buffer.concat([col.rootCrl, Buffer.from([0])]) }, opts()))).toBe('tdx.crl_malformed');
+    const flipped = Buffer.from(col.rootCrl);
+    flipped[flipped.length - 5]! ^= 1;
+    expect(codeOf(() => verifyTdxQuote(q, { ...col, rootCrl: flipped }, opts()))).toBe('tdx.crl_signature_invalid');
+    const [signingLeaf, root] = col.tcbSigningChain.split(/(?<=-----END CERTIFICATE-----\n)/);
+    expect(codeOf(() => verifyTdxQuote(q, { ...col, tcbSigningChain: signingLeaf! }, opts()))).toBe('tdx.tcb_signing_chain_malformed');
+    expect(codeOf(() => verifyTdxQuote(q, { ...col, tcbSigningChain: col.tcbSigningChain + root! }, opts()))).toBe('tdx.tcb_signing_chain_malformed');
+    expect(codeOf(() => verifyTdxQuote(q, { ...col, pckCrlIssuerChain: 'x' }, opts()))).toBe('tdx.pck_crl_issuer_chain_malformed');
+  });
+
   it('refuses a PCK chain with a missing or an extra certificate, or garbage', () => {
     const [leaf, ca, root] = pki.pckChainPem.split(/(?<=-----END CERTIFICATE-----\n)/);
     for (const pem of [leaf! + root!, leaf! + ca!, pki.pckChainPem + root!]) {
