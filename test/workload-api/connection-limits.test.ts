@@ -8,7 +8,7 @@ import { closeSync } from 'node:fs';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { admit, connectionLimits } from '../../src/agent/workload-api/server.js';
+import { admit, connectionLimits } from '../../src/agent/workload-api/limits.js';
 import { loadSys } from '../../src/native/sys.js';
 import { WorkloadApiClient } from '../../src/workload/client.js';
 import { FakeSource, makePki, startTestServer } from './support.js';

@@ -1,0 +1,194 @@
+/**
+ * One accepted Workload API connection: who is calling (./caller.ts, fixed at accept), its open
+ * calls and FetchX509SVID streams, and its attestation cache.
+ *
+ * The caller's selectors are attested at most once per `selectorCacheMs` per connection (each
+ * result is kept for a random 50–100 % of it, so connections opened together do not re-attest
+ * together; a result with failed attestors is not kept). Concurrent calls share one attestation.
+ * A call served from the cache first checks (one stat) that the caller still runs the program it
+ * ran at accept. A caller that changed (exec, uid/gid, exit) poisons the connection: its calls end
+ * `Unavailable` and the connection is closed.
+ */
+import { randomUUID } from 'node:crypto';
+import type { ServerHttp2Session } from 'node:http2';
+import type { Logger } from 'pino';
+import type { Selector, WorkloadAttestor } from '../../plugins/types.js';
+import { attestCaller, type CallerAttestation } from './attest.js';
+import type { Call } from './call.js';
+import type { CallerConnection } from './caller.js';
+import type { CancelDeadline, ScheduleDeadline } from './deadlines.js';
+import { GrpcError, GrpcStatus, type GrpcStatusCode } from './grpc.js';
+import { NodeList, type ListNode } from './node-list.js';
+
+export const CALLER_CHANGED = 'caller process changed since it connected; reconnect';
+const CLOSING = 'connection is closing; reconnect';
+
+/** What every connection's attestation follows (shared by all connections of a server). */
+export interface AttestationPolicy {
+  attestors: Map<string, WorkloadAttestor>;
+  logger: Logger;
+  /** Deadline for all workload attestors of one caller. */
+  attestTimeoutMs: number;
+  /** Longest time a connection's selectors are reused. */
+  selectorCacheMs: number;
+  schedule: ScheduleDeadline;
+  /** Called once for each connection whose caller changed since it connected. */
+  onCallerChanged(): void;
+}
+
+/** A connection's attestation result, with the response-cache key of its X.509 response. */
+export interface ConnAttestation extends CallerAttestation {
+  x509Key: string;
+  until: number;
+}
+
+const NO_FAILURES: string[] = Object.freeze([]) as unknown as string[];
+
+/** Response-cache key of the X.509 response for a selector set. */
+export function x509KeyOf(selectors: readonly Selector[]): string {
+  return `x509\0${selectors.join('\0')}`;
+}
+
+function sameSelectors(a: readonly Selector[], b: readonly Selector[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+export class WorkloadConnection {
+  readonly id = randomUUID().slice(0, 8);
+  /** The last complete attestation and until when (performance.now(), a monotonic clock) it may be reused. */
+  private cache: ConnAttestation | undefined;
+  private inflight: Promise<ConnAttestation> | undefined;
+  /** Attestations started on this connection; `inflight` is number `started`. */
+  private started = 0;
+  /** Open FetchX509SVID streams, each told to re-check when the selectors are due again. */
+  private readonly x509Streams = new NodeList<() => void>();
+  /** The timer that wakes the streams when the cached selectors expire. */
+  private reattest: CancelDeadline | undefined;
+  /** Open calls (a list, not a Set: see node-list.ts). */
+  readonly calls = new NodeList<Call>();
+  poisoned = false;
+
+  constructor(
+    readonly peer: CallerConnection,
+    readonly session: ServerHttp2Session,
+    private readonly policy: AttestationPolicy,
+  ) {}
+
+  /** Track `call` until it ends. */
+  addCall(call: Call): void {
+    const node = this.calls.add(call);
+    call.onDone(() => this.calls.remove(node));
+  }
+
+  /** End every open call with `code`. */
+  finishCalls(code: GrpcStatusCode, message: string): void {
+    for (const c of this.calls.values()) c.finish(code, message);
+  }
+
+  /** Close the connection because its caller changed; its calls end Unavailable. */
+  poison(reason: string): void {
+    if (this.poisoned) return;
+    this.poisoned = true;
+    this.policy.onCallerChanged();
+    this.policy.logger.warn({ conn: this.id, pid: this.peer.caller.pid, uid: this.peer.caller.uid, reason }, 'caller changed since it connected; closing connection');
+    this.reattest?.();
+    this.reattest = undefined;
+    this.finishCalls(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
+    try {
+      this.session.close();
+    } catch {
+      // already closing
+    }
+    setTimeout(() => this.session.destroy(), 1000).unref();
+  }
+
+  /**
+   * The caller's selectors (see the header). `fresh`: an attestation that starts after this call
+   * (before a stream push).
+   */
+  async attest(fresh = false): Promise<ConnAttestation> {
+    const need = fresh ? this.started + 1 : 0;
+    for (;;) {
+      if (this.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, CLOSING);
+      const c = this.cache;
+      if (!fresh && c && performance.now() < c.until) {
+        try {
+          this.peer.checkImage();
+        } catch (e) {
+          this.poison((e as Error).message);
+          throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
+        }
+        return c;
+      }
+      const running = this.inflight;
+      if (running === undefined) break;
+      if (this.started >= need) return running;
+      // An attestation that began before a fresh one was asked for: let it end, then start anew.
+      await running.catch(() => undefined);
+    }
+    this.started++;
+    const p = this.attestNow();
+    this.inflight = p;
+    try {
+      return await p;
+    } finally {
+      if (this.inflight === p) this.inflight = undefined;
+    }
+  }
+
+  private async attestNow(): Promise<ConnAttestation> {
+    const { attestors, logger, attestTimeoutMs, selectorCacheMs, schedule } = this.policy;
+    try {
+      await this.peer.ready;
+      const r = await attestCaller(this.peer.caller, attestors, logger, attestTimeoutMs, schedule);
+      await this.peer.verifyUnchanged();
+      logger.debug({ conn: this.id, pid: this.peer.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
+      if (r.failed.length > 0) return { selectors: r.selectors, failed: r.failed, x509Key: x509KeyOf(r.selectors), until: 0 };
+      const until = performance.now() + selectorCacheMs * (0.5 + Math.random() / 2);
+      const prev = this.cache;
+      // The same selectors as last time (the usual case): keep the old object and only extend
+      // it, so that re-attesting a steady caller leaves nothing new behind to outlive the
+      // young generation (connections re-attest about once a second).
+      if (prev && sameSelectors(prev.selectors, r.selectors)) {
+        prev.until = until;
+        return prev;
+      }
+      this.cache = { selectors: r.selectors, failed: NO_FAILURES, x509Key: x509KeyOf(r.selectors), until };
+      return this.cache;
+    } catch (e) {
+      this.poison(e instanceof Error ? e.message : String(e));
+      throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
+    }
+  }
+
+  /**
+   * Have `wake` called whenever the connection's cached selectors expire, so that a
+   * FetchX509SVID stream re-attests on the same schedule as unary calls even when nothing is
+   * pushed. Returns the function that stops it.
+   */
+  watchSelectors(wake: () => void): () => void {
+    const node: ListNode<() => void> = this.x509Streams.add(wake);
+    this.armReattest();
+    return () => {
+      this.x509Streams.remove(node);
+      if (this.x509Streams.size === 0) {
+        this.reattest?.();
+        this.reattest = undefined;
+      }
+    };
+  }
+
+  /** Arm the timer that wakes the selector watchers (no-op when armed, poisoned or unwatched). */
+  armReattest(): void {
+    if (this.reattest !== undefined || this.poisoned || this.x509Streams.size === 0) return;
+    const c = this.cache;
+    const now = performance.now();
+    const delay = c && c.until > now ? c.until - now : this.policy.selectorCacheMs / 2;
+    this.reattest = this.policy.schedule(delay, () => {
+      this.reattest = undefined;
+      for (const wake of this.x509Streams.values()) wake();
+    });
+  }
+}
