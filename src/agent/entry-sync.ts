@@ -14,6 +14,13 @@
  * waiting to attest again keeps trusting the verifier across its CA rotations. When the verifier is
  * unreachable the cache is left as it is (still-valid SVIDs keep being served) and retries back off
  * with full jitter.
+ *
+ * Besides that periodic sync, the agent holds a long-poll (`GET /v1/entries/authorized?wait=N`,
+ * docs/api.md) that the verifier answers as soon as this agent's authorized set changes, so a change
+ * reaches workloads in well under a second; the new set is cached and its SVIDs issued at once. A
+ * verifier that refuses long-polls (`entries.long_poll_disabled`, `entries.wait_limit`,
+ * `entries.agent_wait_limit`) is asked again after LONG_POLL_RETRY_MS; the periodic sync carries on
+ * regardless, so nothing depends on the long-poll.
  */
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -30,6 +37,12 @@ import type { AuthorizedEntry, VerifierClient } from './verifier-client.js';
 import { WakeableSleep } from './sleeper.js';
 
 export const X509_BATCH = 500;
+/** Seconds a long-poll asks the verifier to hold it (the verifier caps it at its longPoll.maxWait). */
+export const LONG_POLL_SECONDS = 20;
+/** Pause before a refused long-poll is tried again, ms. */
+export const LONG_POLL_RETRY_MS = 30_000;
+/** The verifier's refusals of a long-poll (the plain sync still works). */
+const LONG_POLL_REFUSALS = new Set(['entries.long_poll_disabled', 'entries.wait_limit', 'entries.agent_wait_limit']);
 
 export interface EntrySyncOptions {
   trustDomain: string;
@@ -41,6 +54,8 @@ export interface EntrySyncOptions {
   now: () => Date;
   intervalMs: number;
   backoff?: BackoffOptions;
+  /** Seconds each long-poll asks to be held (default LONG_POLL_SECONDS); 0: no long-poll, periodic sync only. */
+  longPollSeconds?: number;
 }
 
 export class EntrySync {
@@ -54,9 +69,20 @@ export class EntrySync {
   private lastOk: Date | undefined;
   private lastError: SigilError | undefined;
   private unsubscribe: (() => void) | undefined;
+  private readonly pushSleeper = new WakeableSleep();
+  private readonly pushAbort = new AbortController();
+  private pushing: Promise<void> | undefined;
+  /** The long-poll waits for the first synced revision (woken by the cycle that sets it). */
+  private pushIdle = false;
+  private pushes = 0;
 
   constructor(private readonly o: EntrySyncOptions) {
     this.backoff = new Backoff(o.backoff);
+  }
+
+  /** How many changed sets the long-poll has delivered. */
+  pushedChanges(): number {
+    return this.pushes;
   }
 
   start(): void {
@@ -69,13 +95,17 @@ export class EntrySync {
       }
     });
     this.running = this.loop();
+    if ((this.o.longPollSeconds ?? LONG_POLL_SECONDS) > 0) this.pushing = this.pushLoop();
   }
 
   async close(): Promise<void> {
     this.closed = true;
     this.unsubscribe?.();
     this.wake();
+    this.pushAbort.abort();
+    this.pushSleeper.wake();
     await this.running;
+    await this.pushing;
   }
 
   /** Time of the last fully successful cycle. */
@@ -142,6 +172,59 @@ export class EntrySync {
     }
   }
 
+  /** Hold a long-poll for changes of the authorized set; on a change, cache it and issue its SVIDs. */
+  private async pushLoop(): Promise<void> {
+    const waitSeconds = this.o.longPollSeconds ?? LONG_POLL_SECONDS;
+    let refusalLogged = false;
+    while (!this.closed) {
+      const revision = this.revision;
+      if (!this.o.node.current() || revision === undefined) {
+        this.pushIdle = true;
+        await this.pushSleeper.sleep(this.interval());
+        this.pushIdle = false;
+        continue;
+      }
+      const started = Date.now();
+      let pause = 0;
+      try {
+        const r = await this.o.client.waitAuthorizedEntries(revision, waitSeconds, this.pushAbort.signal);
+        if (this.closed) break;
+        if (r) await this.applyPushed(r);
+        // A verifier that answers at once without holding the poll: no faster than the periodic sync.
+        else if (Date.now() - started < 1000) pause = this.interval();
+      } catch (e) {
+        if (this.closed) break;
+        const err = asSigilError(e, 'agent.sync_failed', 'entry long-poll');
+        if (LONG_POLL_REFUSALS.has(err.code)) {
+          if (!refusalLogged) this.o.logger.info({ code: err.code, reason: err.message, retryInMs: LONG_POLL_RETRY_MS }, 'verifier refused the entries long-poll; entries are fetched every sync interval');
+          refusalLogged = true;
+          pause = LONG_POLL_RETRY_MS;
+        } else {
+          // The periodic sync meets (and reports, and acts on) the same failures.
+          this.o.logger.debug({ code: err.code, reason: err.message }, 'entries long-poll failed');
+          pause = this.interval();
+        }
+      }
+      if (pause > 0) await this.pushSleeper.sleep(pause);
+    }
+  }
+
+  private async applyPushed(r: { entries: AuthorizedEntry[]; revision: string }): Promise<void> {
+    this.pushes++;
+    if (this.o.cache.setEntries(r.entries)) {
+      this.o.logger.info({ entries: r.entries.length }, 'authorized entries changed (pushed)');
+      this.o.cache.notify();
+    }
+    this.revision = r.revision;
+    try {
+      // Issue the new entries' SVIDs now (the cycle's own entries fetch is then a 304).
+      await this.syncNow();
+      if (this.o.cache.dueForIssue(this.o.now()).length > 0) await this.syncNow();
+    } catch (e) {
+      this.o.logger.debug({ reason: e instanceof Error ? e.message : String(e) }, 'sync after a pushed change failed; the periodic sync retries');
+    }
+  }
+
   private onError(err: SigilError, generation: number): number {
     const interval = this.interval();
     this.lastError = err;
@@ -178,6 +261,7 @@ export class EntrySync {
         logger.info({ entries: r.entries.length }, 'authorized entries changed');
       }
       this.revision = r.revision;
+      if (this.pushIdle) this.pushSleeper.wake();
     }
     // 3. X.509-SVIDs for new entries and rotations
     const due = cache.dueForIssue(this.o.now());

@@ -201,12 +201,19 @@ export class VerifierClient {
     this.agent.destroy();
   }
 
-  private call(method: string, path: string, body: unknown, o: { mtls: boolean; headers?: Record<string, string>; maxBytes?: number }): Promise<RawResponse> {
+  private call(
+    method: string,
+    path: string,
+    body: unknown,
+    o: { mtls: boolean; headers?: Record<string, string>; maxBytes?: number; timeoutMs?: number; signal?: AbortSignal },
+  ): Promise<RawResponse> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const maxBytes = o.maxBytes ?? this.maxResponseBytes;
+    const timeoutMs = o.timeoutMs ?? this.timeoutMs;
     if (o.mtls && !this.identity) {
       return Promise.reject(new SigilError('agent.not_attested', `${method} ${path} needs a node SVID; the agent has not attested yet`, { status: 503 }));
     }
+    if (o.signal?.aborted) return Promise.reject(new SigilError('agent.request_cancelled', `${method} ${path} was cancelled`, { status: 503 }));
     const serverId = this.serverId;
     return new Promise<RawResponse>((resolve, reject) => {
       let settled = false;
@@ -282,9 +289,17 @@ export class VerifierClient {
         },
       );
       const timer = setTimeout(() => {
-        fail(new SigilError('agent.verifier_unreachable', `verifier did not answer ${method} ${path} within ${this.timeoutMs} ms`, { status: 503 }));
+        fail(new SigilError('agent.verifier_unreachable', `verifier did not answer ${method} ${path} within ${timeoutMs} ms`, { status: 503 }));
         req.destroy();
-      }, this.timeoutMs);
+      }, timeoutMs);
+      if (o.signal) {
+        const onAbort = (): void => {
+          fail(new SigilError('agent.request_cancelled', `${method} ${path} was cancelled`, { status: 503 }));
+          req.destroy();
+        };
+        o.signal.addEventListener('abort', onAbort, { once: true });
+        req.once('close', () => o.signal?.removeEventListener('abort', onAbort));
+      }
       req.on('error', (e: Error & { code?: string }) => {
         if (e instanceof SigilError) return fail(e);
         if (e.code && TLS_TRUST_ERRORS.has(e.code)) {
@@ -325,6 +340,26 @@ export class VerifierClient {
       mtls: true,
       maxBytes: ENTRIES_MAX_RESPONSE_BYTES,
       ...(revision !== undefined ? { headers: { 'if-none-match': revision } } : {}),
+    });
+    if (r.status === 304) return undefined;
+    const b = obj(r.body, 'entries answer');
+    if (!Array.isArray(b.entries)) bad('entries is not a list');
+    return { entries: b.entries.map(parseEntry), revision: str(b.revision, 'revision') };
+  }
+
+  /**
+   * Long-poll (docs/api.md): held by the verifier until the authorized set differs from `revision`
+   * (resolves with it) or `waitSeconds` pass (undefined, HTTP 304). The verifier caps the wait
+   * (`longPoll.maxWait`) and may refuse the poll (`entries.long_poll_disabled`, `entries.wait_limit`,
+   * `entries.agent_wait_limit`). `signal` cancels it (`agent.request_cancelled`).
+   */
+  async waitAuthorizedEntries(revision: string, waitSeconds: number, signal?: AbortSignal): Promise<{ entries: AuthorizedEntry[]; revision: string } | undefined> {
+    const r = await this.call('GET', `/v1/entries/authorized?wait=${Math.max(1, Math.floor(waitSeconds))}`, undefined, {
+      mtls: true,
+      maxBytes: ENTRIES_MAX_RESPONSE_BYTES,
+      headers: { 'if-none-match': revision },
+      timeoutMs: waitSeconds * 1000 + this.timeoutMs,
+      ...(signal ? { signal } : {}),
     });
     if (r.status === 304) return undefined;
     const b = obj(r.body, 'entries answer');
