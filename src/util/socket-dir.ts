@@ -7,7 +7,7 @@
  *   then links it into place, so its name appears with the final mode.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, linkSync, lstatSync, mkdirSync, rmdirSync, statSync, unlinkSync, type Stats } from 'node:fs';
+import { chmodSync, linkSync, lstatSync, mkdirSync, readdirSync, rmdirSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { SigilError } from '../errors.js';
 
@@ -98,6 +98,43 @@ export async function bindPrivately(path: string, mode: number, listen: (tmpPath
       // the original error (if any) is the one to report
     }
   }
+}
+
+const BIND_DIR_NAME = /^\.s[0-9a-f]{6}$/;
+
+/**
+ * Remove what `bindPrivately` leaves in `dir` when its process is killed mid-bind: directories named
+ * `.sXXXXXX`, owned by this user, holding nothing or only the socket `s`, and older than `minAgeMs`
+ * (younger ones may belong to a process binding right now). Anything else is left alone.
+ */
+export function removeStaleBindDirs(dir: string, nowMs: number, minAgeMs = 60_000): string[] {
+  const euid = process.geteuid?.();
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    if (!BIND_DIR_NAME.test(name)) continue;
+    const p = join(dir, name);
+    try {
+      const st = lstatSync(p);
+      if (!st.isDirectory() || (euid !== undefined && st.uid !== euid) || nowMs - st.mtimeMs < minAgeMs) continue;
+      const inside = readdirSync(p);
+      if (inside.some((n) => n !== 's')) continue;
+      if (inside.length === 1) {
+        if (!lstatSync(join(p, 's')).isSocket()) continue;
+        unlinkSync(join(p, 's'));
+      }
+      rmdirSync(p);
+      removed.push(p);
+    } catch {
+      // changed meanwhile: leave it
+    }
+  }
+  return removed;
 }
 
 /** Remove `path` if it is still the socket `id` (not one a later process put there). */

@@ -18,7 +18,7 @@ import { PostgresStore } from '../store/postgres.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
 import { makeDirs, preparePrivateDir } from '../util/private-dir.js';
-import { MAX_SOCKET_PATH_BYTES, bindPrivately, checkSocketDir, privateBindPathFits, unlinkIfSame } from '../util/socket-dir.js';
+import { MAX_SOCKET_PATH_BYTES, bindPrivately, checkSocketDir, privateBindPathFits, removeStaleBindDirs, unlinkIfSame } from '../util/socket-dir.js';
 import type { DataStore } from '../store/types.js';
 import { registerAdminRoutes } from './admin-api.js';
 import { registerAgentRoutes, registerHealthRoutes } from './agent-api.js';
@@ -63,6 +63,7 @@ async function prepareSocketPath(path: string): Promise<void> {
     throw new SigilError('verifier.admin_socket_dir_insecure', `adminSocket directory ${dirname(path)} cannot be created: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
   }
   checkSocketDir(dirname(path), 'verifier.admin_socket_dir_insecure', 'adminSocket');
+  removeStaleBindDirs(dirname(path), Date.now());
   if (!existsSync(path)) return;
   if (!lstatSync(path).isSocket()) throw new SigilError('verifier.admin_socket_exists', `adminSocket ${path} exists and is not a socket; remove it or choose another path`, { status: 500 });
   const inUse = await new Promise<boolean>((res) => {

@@ -233,6 +233,27 @@ describe('admin socket directory', () => {
     expect(e.code).toBe('verifier.admin_socket_path_too_long');
   });
 
+  it('removes the temporary bind directories a killed verifier left (old, ours, empty or holding only its socket), nothing else', async () => {
+    const dir = openDir();
+    const old = new Date(Date.now() - 3600_000);
+    const mk = (name: string) => mkdirSync(join(dir, name));
+    // A socket left by a process killed with SIGKILL after bind.
+    mk('.sa0a0a0');
+    const r = spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(join(dir, '.sa0a0a0', 's'))}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    expect(r.signal).toBe('SIGKILL');
+    expect(lstatSync(join(dir, '.sa0a0a0', 's')).isSocket()).toBe(true);
+    mk('.sb1b1b1');
+    mk('.sc2c2c2');
+    writeFileSync(join(dir, '.sc2c2c2', 's'), 'not a socket');
+    mk('.sd3d3d3');
+    mk('.other');
+    const { utimesSync, readdirSync } = await import('node:fs');
+    for (const n of ['.sa0a0a0', '.sb1b1b1', '.sc2c2c2', '.other']) utimesSync(join(dir, n), old, old);
+    const v = await start(dir);
+    await v.close();
+    expect(readdirSync(dir).filter((n) => n.startsWith('.')).sort()).toEqual(['.other', '.sc2c2c2', '.sd3d3d3']);
+  });
+
   it('still refuses a non-socket file at the socket path', async () => {
     const dir = openDir();
     writeFileSync(join(dir, 'admin.sock'), 'not a socket');
