@@ -21,14 +21,14 @@ import type { AgentPluginDeps, NodeAttestorAgent, NodeAttestorVerifier, PluginMo
 
 export const builtinPlugins: BuiltinCatalog = {
   nodeAttestorVerifier: {
-    join_token: { errorNamespace: 'join_token', load: async () => (await import('./plugins/join-token.js')).joinTokenVerifierPlugin },
+    join_token: { errorNamespace: 'join_token', load: async () => (await import('./join-token/plugin.js')).joinTokenVerifierPlugin },
     tpm: { errorNamespace: 'tpm', load: async () => (await import('./tpm/plugin.js')).tpmVerifierPlugin },
     aws_nitro: { errorNamespace: 'nitro', load: async () => (await import('./nitro/plugin.js')).nitroVerifierPlugin },
     sev_snp: { errorNamespace: 'sev', load: async () => (await import('./sev/plugin.js')).sevVerifierPlugin },
     tdx: { errorNamespace: 'tdx', load: async () => (await import('./tdx/plugin.js')).tdxVerifierPlugin },
   },
   nodeAttestorAgent: {
-    join_token: { errorNamespace: 'join_token', load: async () => (await import('./plugins/join-token.js')).joinTokenAgentPlugin },
+    join_token: { errorNamespace: 'join_token', load: async () => (await import('./join-token/plugin.js')).joinTokenAgentPlugin },
     tpm: { errorNamespace: 'tpm', load: async () => (await import('./tpm/plugin.js')).tpmAgentPlugin },
     aws_nitro: { errorNamespace: 'nitro', load: async () => (await import('./nitro/plugin.js')).nitroAgentPlugin },
     sev_snp: { errorNamespace: 'sev', load: async () => (await import('./sev/plugin.js')).sevAgentPlugin },

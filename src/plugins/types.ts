@@ -61,6 +61,12 @@ export interface VerifierServices {
   checkJoinToken(token: string, now: Date): Promise<{ tokenId: string }>;
   /** Use a join token (atomically, once); throws SigilError if unknown, used or expired. */
   consumeJoinToken(token: string, now: Date): Promise<{ tokenId: string }>;
+  /** The digest the datastore keys a token by (SHA-256, hex): what a plugin may keep in session state. */
+  digestJoinToken(token: string): string;
+  /** Like `checkJoinToken`, by digest. */
+  checkJoinTokenDigest(digest: string, now: Date): Promise<{ tokenId: string }>;
+  /** Like `consumeJoinToken`, by digest. */
+  consumeJoinTokenDigest(digest: string, now: Date): Promise<{ tokenId: string }>;
 }
 
 export interface SessionInput {

@@ -52,16 +52,10 @@ export async function generateJoinToken(store: DataStore, trustDomain: string, t
  * The join_token attestor's view of the tokens by digest, so that what it keeps between `begin`
  * and `commit` (session state, in the datastore) is the digest and never the secret.
  */
-export interface JoinTokenDigestServices {
-  /** The digest the datastore keys a token by (SHA-256, hex). */
-  digestJoinToken(token: string): string;
-  /** Like `checkJoinToken`, by digest. */
-  checkJoinTokenDigest(digest: string, now: Date): Promise<{ tokenId: string }>;
-  /** Like `consumeJoinToken`, by digest. */
-  consumeJoinTokenDigest(digest: string, now: Date): Promise<{ tokenId: string }>;
-}
+/** The digest half of VerifierServices (kept as a name for callers that only need it). */
+export type JoinTokenDigestServices = Pick<VerifierServices, 'digestJoinToken' | 'checkJoinTokenDigest' | 'consumeJoinTokenDigest'>;
 
-export function joinTokenServices(store: DataStore): VerifierServices & JoinTokenDigestServices {
+export function joinTokenServices(store: DataStore): VerifierServices {
   const checkDigest = async (digest: string, now: Date): Promise<{ tokenId: string }> => {
     const t = await store.getJoinTokenByHash(digest);
     if (!t) throw new SigilError('join_token.unknown', 'join token is not known', { status: 401 });

@@ -12,7 +12,7 @@ import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { adminCall } from '../../src/cli/admin-client.js';
 import { SigilError } from '../../src/errors.js';
-import { joinTokenVerifierPlugin } from '../../src/plugins/join-token.js';
+import { joinTokenVerifierPlugin } from '../../src/join-token/plugin.js';
 import { createCsr } from '../../src/spiffe/csr.js';
 import { generateKey } from '../../src/spiffe/keys.js';
 import { SqliteStore } from '../../src/store/sqlite.js';

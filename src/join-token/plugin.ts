@@ -10,8 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { SigilError } from '../errors.js';
-import type { JoinTokenDigestServices } from '../verifier/tokens.js';
-import type { NodeAttestorAgentPlugin, NodeAttestorVerifierPlugin, VerifierServices } from './types.js';
+import type { NodeAttestorAgentPlugin, NodeAttestorVerifierPlugin, VerifierServices } from '../plugins/types.js';
 
 const TOKEN_RE = /^[A-Za-z0-9_-]{16,128}$/;
 
@@ -23,13 +22,13 @@ function tokenFrom(hello: unknown): string {
   return t;
 }
 
-/** The verifier's token services by digest (tokens.ts); a host without them cannot run this attestor. */
-function digestServices(services: VerifierServices | undefined): JoinTokenDigestServices {
-  const d = services as Partial<JoinTokenDigestServices> | undefined;
+/** The verifier's token services by digest; a host without them (not a verifier) cannot run this attestor. */
+function digestServices(services: VerifierServices | undefined): VerifierServices {
+  const d = services as Partial<VerifierServices> | undefined;
   if (typeof d?.digestJoinToken !== 'function' || typeof d.checkJoinTokenDigest !== 'function' || typeof d.consumeJoinTokenDigest !== 'function') {
     throw new SigilError('plugin.init_failed', 'plugin "join_token": needs the verifier datastore (only runs inside the verifier)');
   }
-  return d as JoinTokenDigestServices;
+  return d as VerifierServices;
 }
 
 /** Session state: version 2 holds the token's digest (version 1, `{ token }`, held the secret). */
