@@ -15,6 +15,7 @@ import { EntrySync } from './entry-sync.js';
 import type { WorkloadIdentitySource } from './identity-source.js';
 import { startMetricsServer, type MetricsSources } from './metrics.js';
 import { NodeIdentity, REATTEST_CODES } from './node-attestation.js';
+import { FederatedBundles, fetchFederatedFromVerifier } from '../federation/agent-bundles.js';
 import { SvidCache } from './svid-cache.js';
 import { TrustStore } from './trust.js';
 import { VerifierClient } from './verifier-client.js';
@@ -104,12 +105,14 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       ...(opts.backoff ? { backoff: opts.backoff } : {}),
     });
 
+    const federated = new FederatedBundles(config.trustDomain, config.dataDir, logger.child({ component: 'federation' }));
     const cache = new SvidCache({
       trustDomain: config.trustDomain,
       logger,
       now,
       rotationFraction: config.x509SvidRotation,
       bundle: () => trust.bundle(),
+      federated,
       mintJwt: async (entryId, audience) => {
         const generation = node.generation();
         try {
@@ -137,6 +140,17 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       now,
       intervalMs: Math.round(config.syncIntervalSeconds * 1000),
       ...(opts.backoff ? { backoff: opts.backoff } : {}),
+      federation: async () => {
+        const answer = await fetchFederatedFromVerifier({
+          address: config.verifier.address,
+          port: config.verifier.port,
+          trustDomain: config.trustDomain,
+          trust: () => trust.bundle().x509Authorities,
+          identity: () => node.current(),
+          ...(opts.requestTimeoutMs !== undefined ? { timeoutMs: opts.requestTimeoutMs } : {}),
+        });
+        if (federated.adopt(answer)) cache.bundleUpdated();
+      },
     });
 
     const server = await startWorkloadApi({

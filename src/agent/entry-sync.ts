@@ -56,6 +56,8 @@ export interface EntrySyncOptions {
   backoff?: BackoffOptions;
   /** Seconds each long-poll asks to be held (default LONG_POLL_SECONDS); 0: no long-poll, periodic sync only. */
   longPollSeconds?: number;
+  /** Fetch and adopt the foreign bundles the node's entries federate with (SPIFFE Federation; src/federation/). */
+  federation?: () => Promise<void>;
 }
 
 export class EntrySync {
@@ -263,6 +265,8 @@ export class EntrySync {
       this.revision = r.revision;
       if (this.pushIdle) this.pushSleeper.wake();
     }
+    // 2b. foreign bundles of federated trust domains (every cycle: they change without any entry change)
+    await this.o.federation?.();
     // 3. X.509-SVIDs for new entries and rotations
     const due = cache.dueForIssue(this.o.now());
     try {

@@ -12,6 +12,7 @@ import { SpiffeBundle as Bundle } from '../spiffe/bundle.js';
 import { decodeJwtSvidUnverified, validateJwtSvid } from '../spiffe/jwtsvid.js';
 import type { CachedX509Svid, JwtSvidResult, WorkloadIdentitySource } from './identity-source.js';
 import type { AuthorizedEntry } from './verifier-client.js';
+import type { FederatedBundleSource, FederatedBundles } from '../federation/agent-bundles.js';
 
 export const DEFAULT_JWT_CACHE_SIZE = 10_000;
 /** Rotation jitter: ± this fraction of the rotation point. */
@@ -58,6 +59,8 @@ export interface SvidCacheOptions {
   random?: () => number;
   jwtCacheSize?: number;
   bundle: () => SpiffeBundle;
+  /** Foreign bundles the node's entries federate with (SPIFFE Federation); never the own trust domain. */
+  federated?: FederatedBundles;
   mintJwt: (entryId: string, audience: string[]) => Promise<{ token: string; spiffeId: string; expiresAt: Date }>;
 }
 
@@ -65,7 +68,7 @@ function issuedFor(e: AuthorizedEntry): string {
   return JSON.stringify([e.spiffeId, [...e.dnsNames].sort(), e.x509SvidTtl]);
 }
 
-export class SvidCache implements WorkloadIdentitySource {
+export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource {
   private entries = new Map<string, AuthorizedEntry>();
   /** Each entry under its first selector, with its position: candidates for a workload come from its own selectors. */
   private bySelector = new Map<string, { e: AuthorizedEntry; pos: number }[]>();
@@ -116,8 +119,26 @@ export class SvidCache implements WorkloadIdentitySource {
   }
 
   x509Bundles(): Map<string, Buffer[]> {
-    if (!this.x509BundleMap) this.x509BundleMap = new Map([[this.o.trustDomain, [...this.o.bundle().x509Authorities]]]);
+    if (!this.x509BundleMap) {
+      const m = new Map([[this.o.trustDomain, [...this.o.bundle().x509Authorities]]]);
+      // Foreign bundles after the own one, which they can never replace (agent-bundles.ts refuses the own trust domain).
+      for (const [td, b] of this.o.federated?.bundles() ?? []) if (!m.has(td)) m.set(td, [...b.x509Authorities]);
+      this.x509BundleMap = m;
+    }
     return this.x509BundleMap;
+  }
+
+  federatedX509For(entryIds: readonly string[]): Map<string, Buffer[]> {
+    const out = new Map<string, Buffer[]>();
+    const fed = this.o.federated;
+    if (!fed) return out;
+    for (const id of entryIds) {
+      for (const td of fed.trustDomainsOf(id)) {
+        const b = fed.bundles().get(td);
+        if (b && td !== this.o.trustDomain) out.set(`spiffe://${td}`, [...b.x509Authorities]);
+      }
+    }
+    return out;
   }
 
   jwtBundles(): Map<string, Buffer> {
@@ -126,6 +147,11 @@ export class SvidCache implements WorkloadIdentitySource {
       // Only the JWT authorities: JWT bundle parsers (go-spiffe's jwtbundle) require a kid on every key.
       const jwtOnly = new Bundle(this.o.trustDomain, { jwtAuthorities: b.jwtAuthorities, sequence: b.sequence, ...(b.refreshHintSeconds !== undefined ? { refreshHintSeconds: b.refreshHintSeconds } : {}) });
       this.jwtBundleMap = new Map([[this.o.trustDomain, Buffer.from(JSON.stringify(jwtOnly.toJwks()))]]);
+      for (const [td, fb] of this.o.federated?.bundles() ?? []) {
+        if (this.jwtBundleMap.has(td)) continue;
+        const only = new Bundle(td, { jwtAuthorities: fb.jwtAuthorities, sequence: fb.sequence, ...(fb.refreshHintSeconds !== undefined ? { refreshHintSeconds: fb.refreshHintSeconds } : {}) });
+        this.jwtBundleMap.set(td, Buffer.from(JSON.stringify(only.toJwks())));
+      }
     }
     return this.jwtBundleMap;
   }
@@ -213,7 +239,8 @@ export class SvidCache implements WorkloadIdentitySource {
     const b = this.o.bundle();
     const v = await validateJwtSvid(token, {
       audience,
-      keysFor: (td) => (td === this.o.trustDomain ? b.jwtAuthorities : undefined),
+      // A JWT-SVID of a federated trust domain is checked against that trust domain's bundle only.
+      keysFor: (td) => (td === this.o.trustDomain ? b.jwtAuthorities : this.o.federated?.bundles().get(td)?.jwtAuthorities),
       now: this.o.now(),
     });
     return { spiffeId: v.spiffeId.toString(), claims: v.claims };

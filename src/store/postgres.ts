@@ -23,6 +23,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { SigilError } from '../errors.js';
+import type { FederatedBundleRecord, FederationRelationship } from './types.js';
 import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 const { Pool, Client } = pg;
@@ -89,6 +90,10 @@ const MIGRATIONS: string[] = [
   // their own ID only until they attest again.
   `ALTER TABLE \${S}.agents ADD COLUMN factor_ids JSONB NOT NULL DEFAULT '[]'::jsonb;
    UPDATE \${S}.agents SET factor_ids = jsonb_build_array(id);`,
+  // 3: SPIFFE Federation — entries' federatesWith, relationships and their last good bundles.
+  `ALTER TABLE \${S}.entries ADD COLUMN federates_with JSONB NOT NULL DEFAULT '[]'::jsonb;
+   CREATE TABLE \${S}.federations (trust_domain TEXT PRIMARY KEY, body TEXT NOT NULL);
+   CREATE TABLE \${S}.federated_bundles (trust_domain TEXT PRIMARY KEY REFERENCES \${S}.federations(trust_domain) ON DELETE CASCADE, bundle TEXT NOT NULL, sequence BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL);`,
 ];
 
 /** Number of schema migrations this build knows (the schema version it creates). */
@@ -111,6 +116,7 @@ interface EntryRow {
   expires_at: Date | null;
   created_at: Date;
   revision: string;
+  federates_with: string[];
 }
 
 interface AgentRow {
@@ -149,9 +155,21 @@ function rowToEntry(r: EntryRow): RegistrationEntry {
     hint: r.hint,
     admin: r.admin,
     expiresAt: r.expires_at === null ? null : iso(r.expires_at),
+    federatesWith: r.federates_with,
     createdAt: iso(r.created_at),
     revisionNumber: Number(r.revision),
   };
+}
+
+interface PgFedBundleRow {
+  trust_domain: string;
+  bundle: string;
+  sequence: string;
+  updated_at: Date;
+}
+
+function pgFedBundleOf(r: PgFedBundleRow): FederatedBundleRecord {
+  return { trustDomain: r.trust_domain, bundle: r.bundle, sequence: Number(r.sequence), updatedAt: iso(r.updated_at) };
 }
 
 function rowToAgent(r: AgentRow): AgentRecord {
@@ -392,6 +410,7 @@ export class PostgresStore implements DataStore {
         expires: [] as (string | null)[],
         created: [] as string[],
         revision: [] as number[],
+        federates: [] as string[],
       };
       chunk.forEach((e, k) => {
         const entry: RegistrationEntry = {
@@ -405,6 +424,7 @@ export class PostgresStore implements DataStore {
           hint: e.hint,
           admin: e.admin,
           expiresAt: e.expiresAt,
+          federatesWith: [...(e.federatesWith ?? [])].sort(),
           createdAt: new Date().toISOString(),
           revisionNumber: first + k,
         };
@@ -420,15 +440,16 @@ export class PostgresStore implements DataStore {
         cols.expires.push(entry.expiresAt);
         cols.created.push(entry.createdAt);
         cols.revision.push(entry.revisionNumber);
+        cols.federates.push(JSON.stringify(entry.federatesWith));
         out.push(entry);
       });
       try {
         const r = await c.query<EntryRow>(
-          `INSERT INTO ${this.s}.entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, hint, admin, expires_at, created_at, revision)
+          `INSERT INTO ${this.s}.entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, hint, admin, expires_at, created_at, revision, federates_with)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[], $6::bigint[], $7::jsonb[], $8::text[], $9::boolean[],
-                                $10::timestamptz[], $11::timestamptz[], $12::bigint[])
+                                $10::timestamptz[], $11::timestamptz[], $12::bigint[], $13::jsonb[])
            RETURNING *`,
-          [cols.id, cols.spiffe, cols.parent, cols.selectors, cols.x509, cols.jwt, cols.dns, cols.hint, cols.admin, cols.expires, cols.created, cols.revision],
+          [cols.id, cols.spiffe, cols.parent, cols.selectors, cols.x509, cols.jwt, cols.dns, cols.hint, cols.admin, cols.expires, cols.created, cols.revision, cols.federates],
         );
         // Return what the database holds (normalised times), in input order.
         const byId = new Map(r.rows.map((row) => [row.id, rowToEntry(row)]));
@@ -824,6 +845,52 @@ export class PostgresStore implements DataStore {
       [plugin, key, text, want],
     );
     return (r.rowCount ?? 0) > 0;
+  }
+
+  // ------------------------------------------------------------ federation (schema version 3)
+
+  async putFederation(r: FederationRelationship, create: boolean): Promise<boolean> {
+    const sql = create
+      ? `INSERT INTO ${this.s}.federations (trust_domain, body) VALUES ($1, $2) ON CONFLICT (trust_domain) DO NOTHING`
+      : `UPDATE ${this.s}.federations SET body = $2 WHERE trust_domain = $1`;
+    return ((await this.q('putFederation', sql, [r.trustDomain, JSON.stringify(r)])).rowCount ?? 0) === 1;
+  }
+
+  async getFederation(trustDomain: string): Promise<FederationRelationship | undefined> {
+    const row = (await this.q<{ body: string }>('getFederation', `SELECT body FROM ${this.s}.federations WHERE trust_domain = $1`, [trustDomain])).rows[0];
+    return row ? (JSON.parse(row.body) as FederationRelationship) : undefined;
+  }
+
+  async listFederations(): Promise<FederationRelationship[]> {
+    const r = await this.q<{ body: string }>('listFederations', `SELECT body FROM ${this.s}.federations ORDER BY trust_domain COLLATE "C"`);
+    return r.rows.map((row) => JSON.parse(row.body) as FederationRelationship);
+  }
+
+  async deleteFederation(trustDomain: string): Promise<boolean> {
+    // The bundle goes with it (ON DELETE CASCADE), in the same statement.
+    return ((await this.q('deleteFederation', `DELETE FROM ${this.s}.federations WHERE trust_domain = $1`, [trustDomain])).rowCount ?? 0) === 1;
+  }
+
+  async saveFederatedBundle(b: FederatedBundleRecord): Promise<boolean> {
+    const r = await this.q(
+      'saveFederatedBundle',
+      `INSERT INTO ${this.s}.federated_bundles (trust_domain, bundle, sequence, updated_at)
+       SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM ${this.s}.federations WHERE trust_domain = $1)
+       ON CONFLICT (trust_domain) DO UPDATE SET bundle = EXCLUDED.bundle, sequence = EXCLUDED.sequence, updated_at = EXCLUDED.updated_at
+       WHERE ${this.s}.federated_bundles.sequence <= EXCLUDED.sequence`,
+      [b.trustDomain, b.bundle, b.sequence, b.updatedAt],
+    );
+    return (r.rowCount ?? 0) === 1;
+  }
+
+  async getFederatedBundle(trustDomain: string): Promise<FederatedBundleRecord | undefined> {
+    const r = await this.q<PgFedBundleRow>('getFederatedBundle', `SELECT trust_domain, bundle, sequence, updated_at FROM ${this.s}.federated_bundles WHERE trust_domain = $1`, [trustDomain]);
+    return r.rows[0] ? pgFedBundleOf(r.rows[0]) : undefined;
+  }
+
+  async listFederatedBundles(): Promise<FederatedBundleRecord[]> {
+    const r = await this.q<PgFedBundleRow>('listFederatedBundles', `SELECT trust_domain, bundle, sequence, updated_at FROM ${this.s}.federated_bundles ORDER BY trust_domain COLLATE "C"`);
+    return r.rows.map(pgFedBundleOf);
   }
 
   async close(): Promise<void> {

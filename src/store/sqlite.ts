@@ -8,6 +8,7 @@ import { chmodSync, closeSync, constants as fsc, openSync, statSync } from 'node
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.js';
 import { makeDirs } from '../util/private-dir.js';
+import type { FederatedBundleRecord, FederationRelationship } from './types.js';
 import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 /** Migrations, in order; index + 1 = schema version. Never edit a shipped migration: add a new one. */
@@ -55,7 +56,22 @@ const MIGRATIONS: string[] = [
   // are known by their own ID only until they attest again.
   `ALTER TABLE agents ADD COLUMN factor_ids TEXT NOT NULL DEFAULT '[]';
    UPDATE agents SET factor_ids = json_array(id);`,
+  // 3: SPIFFE Federation — entries' federatesWith, relationships and their last good bundles.
+  `ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';
+   CREATE TABLE federations (trust_domain TEXT PRIMARY KEY, body TEXT NOT NULL);
+   CREATE TABLE federated_bundles (trust_domain TEXT PRIMARY KEY REFERENCES federations(trust_domain) ON DELETE CASCADE, bundle TEXT NOT NULL, sequence INTEGER NOT NULL, updated_at TEXT NOT NULL);`,
 ];
+
+interface FedBundleRow {
+  trust_domain: string;
+  bundle: string;
+  sequence: number;
+  updated_at: string;
+}
+
+function fedBundleOf(r: FedBundleRow): FederatedBundleRecord {
+  return { trustDomain: r.trust_domain, bundle: r.bundle, sequence: r.sequence, updatedAt: r.updated_at };
+}
 
 /** Schema version this build creates (SQLite `user_version`). */
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
@@ -73,6 +89,7 @@ interface EntryRow {
   expires_at: string | null;
   created_at: string;
   revision: number;
+  federates_with: string;
 }
 
 function rowToEntry(r: EntryRow): RegistrationEntry {
@@ -87,6 +104,7 @@ function rowToEntry(r: EntryRow): RegistrationEntry {
     hint: r.hint,
     admin: r.admin === 1,
     expiresAt: r.expires_at,
+    federatesWith: JSON.parse(r.federates_with) as string[],
     createdAt: r.created_at,
     revisionNumber: r.revision,
   };
@@ -195,8 +213,8 @@ export class SqliteStore implements DataStore {
     const db = this.db;
     this.stmt = {
       insertEntry: db.prepare(
-        `INSERT INTO entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, hint, admin, expires_at, created_at, revision)
-         VALUES (@id, @spiffe_id, @parent_id, @selectors, @x509_ttl, @jwt_ttl, @dns_names, @hint, @admin, @expires_at, @created_at, @revision)`,
+        `INSERT INTO entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, hint, admin, expires_at, created_at, revision, federates_with)
+         VALUES (@id, @spiffe_id, @parent_id, @selectors, @x509_ttl, @jwt_ttl, @dns_names, @hint, @admin, @expires_at, @created_at, @revision, @federates_with)`,
       ),
       getEntry: db.prepare('SELECT * FROM entries WHERE id = ?'),
       deleteEntry: db.prepare('DELETE FROM entries WHERE id = ?'),
@@ -284,6 +302,7 @@ export class SqliteStore implements DataStore {
       expires_at: e.expiresAt,
       created_at: new Date().toISOString(),
       revision: rev,
+      federates_with: JSON.stringify([...(e.federatesWith ?? [])].sort()),
     };
     try {
       this.stmt.insertEntry!.run(row);
@@ -514,6 +533,52 @@ export class SqliteStore implements DataStore {
     const want = JSON.stringify(expected) as string | undefined;
     if (want === undefined) return false; // not a JSON value: nothing stored can equal it
     return this.stmt.swapState!.run(text, plugin, key, want).changes > 0;
+  }
+
+  // ------------------------------------------------------------ federation (schema version 3)
+
+  async putFederation(r: FederationRelationship, create: boolean): Promise<boolean> {
+    const sql = create
+      ? 'INSERT INTO federations (trust_domain, body) VALUES (?, ?) ON CONFLICT(trust_domain) DO NOTHING'
+      : 'UPDATE federations SET body = ?2 WHERE trust_domain = ?1';
+    return this.db.prepare(sql).run(r.trustDomain, JSON.stringify(r)).changes === 1;
+  }
+
+  async getFederation(trustDomain: string): Promise<FederationRelationship | undefined> {
+    const row = this.db.prepare('SELECT body FROM federations WHERE trust_domain = ?').get(trustDomain) as { body: string } | undefined;
+    return row ? (JSON.parse(row.body) as FederationRelationship) : undefined;
+  }
+
+  async listFederations(): Promise<FederationRelationship[]> {
+    return (this.db.prepare('SELECT body FROM federations ORDER BY trust_domain').all() as { body: string }[]).map((r) => JSON.parse(r.body) as FederationRelationship);
+  }
+
+  async deleteFederation(trustDomain: string): Promise<boolean> {
+    return this.db.transaction(() => {
+      this.db.prepare('DELETE FROM federated_bundles WHERE trust_domain = ?').run(trustDomain);
+      return this.db.prepare('DELETE FROM federations WHERE trust_domain = ?').run(trustDomain).changes === 1;
+    })();
+  }
+
+  async saveFederatedBundle(b: FederatedBundleRecord): Promise<boolean> {
+    const r = this.db
+      .prepare(
+        `INSERT INTO federated_bundles (trust_domain, bundle, sequence, updated_at)
+         SELECT @td, @bundle, @seq, @at WHERE EXISTS (SELECT 1 FROM federations WHERE trust_domain = @td)
+         ON CONFLICT(trust_domain) DO UPDATE SET bundle = excluded.bundle, sequence = excluded.sequence, updated_at = excluded.updated_at
+         WHERE federated_bundles.sequence <= excluded.sequence`,
+      )
+      .run({ td: b.trustDomain, bundle: b.bundle, seq: b.sequence, at: b.updatedAt });
+    return r.changes === 1;
+  }
+
+  async getFederatedBundle(trustDomain: string): Promise<FederatedBundleRecord | undefined> {
+    const row = this.db.prepare('SELECT trust_domain, bundle, sequence, updated_at FROM federated_bundles WHERE trust_domain = ?').get(trustDomain) as FedBundleRow | undefined;
+    return row ? fedBundleOf(row) : undefined;
+  }
+
+  async listFederatedBundles(): Promise<FederatedBundleRecord[]> {
+    return (this.db.prepare('SELECT trust_domain, bundle, sequence, updated_at FROM federated_bundles ORDER BY trust_domain').all() as FedBundleRow[]).map(fedBundleOf);
   }
 
   async close(): Promise<void> {

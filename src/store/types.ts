@@ -18,12 +18,45 @@ export interface RegistrationEntry {
   admin: boolean;
   /** ISO time after which the entry no longer applies, or null. */
   expiresAt: string | null;
+  /**
+   * Foreign trust domains (bare names, sorted) whose bundles workloads of this entry receive and
+   * trust (SPIFFE Federation; docs/federation.md). Entries written before schema version 3: [].
+   */
+  federatesWith: string[];
   createdAt: string;
   /** Bumped on every change; also the global revision at which it was written. */
   revisionNumber: number;
 }
 
-export type NewEntry = Omit<RegistrationEntry, 'id' | 'createdAt' | 'revisionNumber'> & { id?: string };
+export type NewEntry = Omit<RegistrationEntry, 'id' | 'createdAt' | 'revisionNumber' | 'federatesWith'> & { id?: string; federatesWith?: string[] };
+
+/**
+ * A federation relationship with a foreign trust domain (docs/federation.md) and the last good
+ * bundle fetched from its bundle endpoint.
+ */
+export interface FederationRelationship {
+  /** Foreign trust domain name (bare). */
+  trustDomain: string;
+  /** https URL of the foreign bundle endpoint. */
+  bundleEndpointUrl: string;
+  profile: 'https_web' | 'https_spiffe';
+  /** https_spiffe: the SPIFFE ID the endpoint's certificate must carry. */
+  endpointSpiffeId?: string;
+  /** https_web: extra PEM roots the endpoint's certificate may chain to (default: the system's roots). */
+  webCaPem?: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** The last good foreign bundle (SPIFFE JWKS) and the outcome of the last refresh. */
+export interface FederatedBundleRecord {
+  trustDomain: string;
+  /** SPIFFE bundle JWKS as JSON text. */
+  bundle: string;
+  sequence: number;
+  /** When the bundle was last accepted (fetched, or given as the initial bundle). */
+  updatedAt: string;
+}
 
 /**
  * One committed write of registration entries, for caches of authorized sets (DataStore.watchEntries):
@@ -218,6 +251,21 @@ export interface DataStore {
    * stored" (then the value is created). Returns whether it wrote. See PluginStateStore.compareAndSet.
    */
   compareAndSetPluginState(plugin: string, key: string, expected: unknown | undefined, next: unknown): Promise<boolean>;
+
+  /** Federation relationships (schema version 3). `create` true: refuse (false) when one exists; false: refuse when none does. */
+  putFederation(r: FederationRelationship, create: boolean): Promise<boolean>;
+  getFederation(trustDomain: string): Promise<FederationRelationship | undefined>;
+  listFederations(): Promise<FederationRelationship[]>;
+  /** Delete the relationship and its bundle in one transaction; false when there was none. */
+  deleteFederation(trustDomain: string): Promise<boolean>;
+  /**
+   * Store a foreign bundle as the last good one, only if the relationship exists and the stored
+   * bundle's sequence is not higher (so a slower verifier sharing the store never rolls it back).
+   * Returns whether it wrote.
+   */
+  saveFederatedBundle(b: FederatedBundleRecord): Promise<boolean>;
+  getFederatedBundle(trustDomain: string): Promise<FederatedBundleRecord | undefined>;
+  listFederatedBundles(): Promise<FederatedBundleRecord[]>;
 
   close(): Promise<void>;
 }

@@ -52,12 +52,16 @@ export function registerAdminRoutes(app: FastifyInstance, core: VerifierCore): v
             hint: { type: 'string', maxLength: 256 },
             admin: { type: 'boolean' },
             expiresAt: { anyOf: [{ type: 'string', maxLength: 64 }, { type: 'null' }] },
+            federatesWith: { type: 'array', maxItems: 32, items: { type: 'string', minLength: 1, maxLength: 255 } },
           },
         },
       },
     },
     async (req, reply) => {
       const e = validateEntry(req.body, core.config.trustDomain);
+      for (const td of e.federatesWith ?? []) {
+        if (!(await core.store.getFederation(td))) throw new SigilError('entry.federates_with_unknown', `federatesWith names ${td}, but there is no federation relationship with it (sigil federation create)`);
+      }
       const created = await core.store.createEntry(e);
       core.logger.info({ entryId: created.id, spiffeId: created.spiffeId, parentId: created.parentId }, 'entry created');
       return reply.code(201).send(created);

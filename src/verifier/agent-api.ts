@@ -8,6 +8,7 @@ import type { AgentRecord } from '../store/types.js';
 import { AuthorizedSetCache } from './authorized-cache.js';
 import { b64String } from './http-common.js';
 import type { VerifierCore } from './core.js';
+import type { FederationService } from '../federation/service.js';
 
 function peerAgentId(req: FastifyRequest): { id: string; serial: string } {
   const sock = req.raw.socket as TLSSocket;
@@ -83,7 +84,7 @@ const csrBody = {
   properties: { csr: b64String },
 } as const;
 
-export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): void {
+export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, federation?: FederationService): void {
   // Each agent's authorized set, kept current by the store's change feed (authorized-cache.ts).
   const sets = new AuthorizedSetCache(core.store, core.config.trustDomain, core.now, core.config.longPoll);
   // Held long-polls are answered (unchanged) before the listener waits for open requests to end.
@@ -224,6 +225,21 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore): v
   );
 
   app.get('/v1/bundle', async () => core.ca.bundle().toJwks());
+
+  // SPIFFE Federation: the foreign bundles the agent's authorized entries federate with, and which
+  // entry federates with which trust domain (docs/federation.md).
+  app.get('/v1/bundles/federated', { onRequest: trustedClientFirst }, async (req) => {
+    const agent = await requireAgent(core, req);
+    const { entries } = await sets.get(agent);
+    const byEntry: Record<string, string[]> = {};
+    const wanted = new Set<string>();
+    for (const e of entries) {
+      if (!e.federatesWith || e.federatesWith.length === 0) continue;
+      byEntry[e.id] = e.federatesWith;
+      for (const td of e.federatesWith) wanted.add(td);
+    }
+    return { bundles: federation ? await federation.bundlesFor(wanted) : {}, entries: byEntry };
+  });
 }
 
 export function registerHealthRoutes(app: FastifyInstance, core: VerifierCore): void {

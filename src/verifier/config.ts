@@ -7,6 +7,7 @@ import { validateAgainstSchema } from '../plugins/validate.js';
 import { readConfigFile } from '../util/config-file.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import { parseTrustDomain } from '../spiffe/id.js';
+import { federationConfigFrom, federationSchema, type FederationConfig, type RawFederation } from '../federation/config.js';
 import { SESSION_DEFAULTS, type SessionLimits } from './attestation.js';
 import { LONG_POLL_DEFAULTS, type LongPollLimits } from './authorized-cache.js';
 
@@ -28,6 +29,8 @@ export interface VerifierConfig {
   attestation: SessionLimits & { helloBodyLimit: number };
   /** Long-polls of GET /v1/entries/authorized?wait=N (docs/api.md). */
   longPoll: LongPollLimits;
+  /** SPIFFE Federation: bundle endpoint, refresh timing, relationships (docs/federation.md). */
+  federation: FederationConfig;
   /** Directory of the config file; relative paths in the config resolve against it. */
   configDir: string;
 }
@@ -96,6 +99,7 @@ const schema = {
       },
       default: {},
     },
+    federation: federationSchema,
     longPoll: {
       type: 'object',
       additionalProperties: false,
@@ -124,6 +128,7 @@ interface RawConfig {
   logLevel: string;
   attestation: { sessionTtl: string | number; maxSessions: number; reservedSessions: number; maxSessionsPerCredential: number; maxSessionsPerAddress: number; helloBodyLimit: number };
   longPoll: { maxWait: string | number; maxWaiters: number; maxWaitersPerAgent: number };
+  federation: RawFederation;
 }
 
 /** Validate a parsed config object. `configDir` anchors relative paths. */
@@ -185,6 +190,7 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
       helloBodyLimit: c.attestation.helloBodyLimit,
     },
     longPoll: { maxWaitSeconds, maxWaiters: c.longPoll.maxWaiters, maxWaitersPerAgent: c.longPoll.maxWaitersPerAgent },
+    federation: federationConfigFrom(c.federation, trustDomain, configDir),
     configDir,
   };
 }

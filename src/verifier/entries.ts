@@ -1,9 +1,10 @@
 /** Validation of registration entries and selectors (DESIGN §4, §5). */
 import { SigilError } from '../errors.js';
-import { SpiffeId } from '../spiffe/id.js';
+import { SpiffeId, parseTrustDomain } from '../spiffe/id.js';
 import type { NewEntry, RegistrationEntry } from '../store/types.js';
 
 export const MAX_SELECTORS = 64;
+export const MAX_FEDERATES_WITH = 32;
 export const MAX_SELECTOR_LEN = 1024;
 const TYPE_RE = /^[a-z][a-z0-9_]{0,63}$/;
 const DNS_RE = /^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
@@ -30,6 +31,26 @@ export interface EntryInput {
   hint?: string;
   admin?: boolean;
   expiresAt?: string | null;
+  federatesWith?: string[];
+}
+
+/** Foreign trust domains an entry federates with: valid names (bare or spiffe://), never the local one; sorted, deduplicated. */
+export function validateFederatesWith(v: unknown, trustDomain: string): string[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new SigilError('entry.invalid_federates_with', 'federatesWith must be a list of trust domain names');
+  if (v.length > MAX_FEDERATES_WITH) throw new SigilError('entry.invalid_federates_with', `at most ${MAX_FEDERATES_WITH} trust domains in federatesWith`);
+  const out = new Set<string>();
+  for (const x of v) {
+    let td: string;
+    try {
+      td = parseTrustDomain(String(x));
+    } catch (e) {
+      throw new SigilError('entry.invalid_federates_with', `federatesWith "${String(x).slice(0, 80)}": ${(e as Error).message}`, { cause: e });
+    }
+    if (td === trustDomain) throw new SigilError('entry.federates_with_local', `federatesWith names ${td}, the entry's own trust domain`);
+    out.add(td);
+  }
+  return [...out].sort();
 }
 
 export function verifierId(trustDomain: string): string {
@@ -83,6 +104,7 @@ export function validateEntry(input: EntryInput, trustDomain: string): NewEntry 
     hint,
     admin: input.admin === true,
     expiresAt,
+    federatesWith: validateFederatesWith(input.federatesWith, trustDomain),
   };
 }
 

@@ -30,6 +30,9 @@ import { verifierId } from './entries.js';
 import { Fastify, RefusalLog, baseOptions, installErrorHandling, installJsonParser, instrument } from './http-common.js';
 import { createMetrics } from './metrics.js';
 import { joinTokenServices } from './tokens.js';
+import { registerFederationAdminRoutes } from '../federation/admin-routes.js';
+import { startBundleEndpoint } from '../federation/endpoint.js';
+import { FederationService } from '../federation/service.js';
 
 export interface StartOptions {
   now?: () => Date;
@@ -40,6 +43,10 @@ export interface StartOptions {
 
 export interface RunningVerifier {
   core: VerifierCore;
+  /** SPIFFE Federation: relationships and foreign bundles (docs/federation.md). */
+  federation: FederationService;
+  /** Port of the bundle endpoint, when `federation.bundleEndpoint` is configured. */
+  bundleEndpointPort?: number;
   /** Actual HTTPS port (useful with listen.port 0). */
   port: number;
   address: string;
@@ -152,6 +159,14 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
       limits: config.attestation,
     });
     const core: VerifierCore = { config, store, ca, attestation, metrics, logger, now };
+    const federation = new FederationService({ store, trustDomain: config.trustDomain, logger: logger.child({ part: 'federation' }), registry: metrics.registry, now, refresh: config.federation.refresh });
+    for (const r of config.federation.relationships) {
+      // Relationships declared in the config: created at first start, updated to the config's
+      // fields afterwards (the bundle kept unless the config's initial bundle is the only one).
+      const { initialBundle, ...fields } = r;
+      if (await store.getFederation(r.trustDomain)) await federation.update(r.trustDomain, fields);
+      else await federation.create({ ...fields, ...(initialBundle !== undefined ? { initialBundle } : {}) });
+    }
 
     // The verifier's own X.509-SVID for its HTTPS endpoint.
     const tlsKey = generateKey('ec-p256');
@@ -179,12 +194,34 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     installErrorHandling(app, logger, refusals);
     instrument(app, metrics);
     registerHealthRoutes(app, core);
-    registerAgentRoutes(app, core);
+    registerAgentRoutes(app, core, federation);
     await app.listen({ host: config.listen.address, port: config.listen.port });
     closers.push(() => app.close());
     const httpsServer = app.server as unknown as HttpsServer;
-    const refreshTls = () => httpsServer.setSecureContext({ ...tlsMaterial(), minVersion: 'TLSv1.2' });
+    let bundleEndpoint: Awaited<ReturnType<typeof startBundleEndpoint>> | undefined;
+    let endpointSvid: { key: string; cert: string } | undefined;
+    const refreshTls = () => {
+      const m = tlsMaterial();
+      httpsServer.setSecureContext({ ...m, minVersion: 'TLSv1.2' });
+      // The bundle endpoint (profile https_spiffe) serves the same SVID as the HTTPS listener.
+      endpointSvid = { key: m.key, cert: m.cert };
+      bundleEndpoint?.refreshTls();
+    };
     ca.onChange(refreshTls);
+    if (config.federation.bundleEndpoint) {
+      const m = tlsMaterial();
+      endpointSvid = { key: m.key, cert: m.cert };
+      bundleEndpoint = await startBundleEndpoint({
+        config: config.federation.bundleEndpoint,
+        bundle: () => ca.bundle(),
+        svid: () => endpointSvid as { key: string; cert: string },
+        logger,
+      });
+      const endpoint = bundleEndpoint;
+      closers.push(() => endpoint.close());
+    }
+    await federation.start();
+    closers.push(async () => federation.stop());
 
     const admin = Fastify(baseOptions());
     installJsonParser(admin);
@@ -192,6 +229,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     instrument(admin, metrics);
     registerHealthRoutes(admin, core);
     registerAdminRoutes(admin, core);
+    registerFederationAdminRoutes(admin, federation);
     await prepareSocketPath(config.adminSocket);
     // Never connectable by another user, whatever the umask: bound in a private directory, made
     // 0600 there, then linked into place (util/socket-dir.ts).
@@ -231,7 +269,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     }
     const addr = app.server.address() as AddressInfo;
     logger.info({ trustDomain: config.trustDomain, port: addr.port, adminSocket: config.adminSocket, attestors: [...attestors.keys()] }, 'verifier running');
-    return { core, port: addr.port, address: addr.address, adminSocket: config.adminSocket, tick, close: closeAll };
+    return { core, federation, ...(bundleEndpoint ? { bundleEndpointPort: bundleEndpoint.port } : {}), port: addr.port, address: addr.address, adminSocket: config.adminSocket, tick, close: closeAll };
   } catch (e) {
     await closeAll();
     throw e;

@@ -7,6 +7,7 @@
 import type { Logger } from 'pino';
 import { SpiffeId, parseTrustDomain } from '../../spiffe/id.js';
 import type { CachedX509Svid, JwtSvidResult, WorkloadIdentitySource } from '../identity-source.js';
+import type { FederatedBundleSource } from '../../federation/agent-bundles.js';
 import type { ConnAttestation } from './connection.js';
 import { frameMessage } from './grpc.js';
 import { encodeMessage, workloadCodecs, type X509SvidMsg } from './proto.js';
@@ -112,7 +113,9 @@ export class ResponseCache {
       });
     }
     const federated: Record<string, Uint8Array> = {};
-    for (const [td, certs] of bundles) if (!own.has(td)) federated[td] = concat(certs);
+    // SPIFFE Federation: only the foreign bundles this caller's entries federate with (src/federation/).
+    const perCaller = (this.source as Partial<FederatedBundleSource>).federatedX509For?.call(this.source, svids.map((s) => s.entryId));
+    for (const [td, certs] of perCaller ?? bundles) if (!own.has(td)) federated[td] = concat(certs);
     return encodeMessage(this.codecs.X509SVIDResponse, { svids: out, crl: [], federated_bundles: federated });
   }
 
