@@ -30,7 +30,7 @@ export interface Authorization {
   parentIds: Set<string>;
 }
 
-export async function authorizedEntries(store: DataStore, trustDomain: string, agentId: string, selectors: string[], now: Date): Promise<Authorization> {
+export async function authorizedEntries(store: Pick<DataStore, 'entriesByParents'>, trustDomain: string, agentId: string, selectors: string[], now: Date): Promise<Authorization> {
   const vid = verifierId(trustDomain);
   const nodeSel = agentNodeSelectors(agentId, selectors);
   const nodeEntries = (await store.entriesByParents([vid])).filter((e) => entryLive(e, now) && e.selectors.every((s) => nodeSel.has(s)));

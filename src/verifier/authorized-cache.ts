@@ -47,6 +47,8 @@ export const CHANGE_LOG_MAX = 8192;
 export const EVAL_SLICE = 32;
 /** How often the store revision is read to catch writes the change feed did not report, ms. */
 export const REVISION_CHECK_MS = 1000;
+/** Parent IDs whose children are kept (beyond that the children cache starts afresh). */
+export const CHILDREN_MAX = 500_000;
 
 export interface AuthorizedSet {
   agentId: string;
@@ -108,6 +110,15 @@ export class AuthorizedSetCache {
   private readonly checker: NodeJS.Timeout;
   private closed = false;
   private readonly stats: CacheStats = { hits: 0, revalidated: 0, computed: 0, waiters: 0 };
+  /**
+   * Entries by parent ID, shared by every agent's computation (agents of one node alias share its
+   * children): dropped for a parent when the change feed reports a write under it, and altogether on
+   * a gap in the feed. `epoch` counts those drops, so a read that raced one is not stored.
+   */
+  private readonly children = new Map<string, RegistrationEntry[]>();
+  private epoch = 0;
+  /** The JSON text of each entry, made once per entry object. */
+  private readonly entryJson = new WeakMap<RegistrationEntry, string>();
 
   constructor(
     private readonly store: DataStore,
@@ -134,6 +145,9 @@ export class AuthorizedSetCache {
     const last = this.lastLogged();
     // The same write may be reported twice (this process at once, NOTIFY later).
     if (last !== undefined && c.toRevision <= last) return;
+    this.epoch++;
+    if (c.entries === null || c.fromRevision > (last ?? this.unreported)) this.children.clear();
+    else for (const e of c.entries) this.children.delete(e.parentId);
     this.log.push(c);
     if (this.log.length > CHANGE_LOG_MAX) this.log.splice(0, this.log.length - CHANGE_LOG_MAX);
     for (const w of this.waiters) if (!w.queued && this.affects(c, w.set)) this.enqueue(w);
@@ -185,9 +199,55 @@ export class AuthorizedSetCache {
 
   private async currentRevision(): Promise<number> {
     const fed = this.watch.currentRevision();
-    if (fed === undefined) return this.store.entriesRevision();
+    let rev: number;
     // This process's own writes are reported at once, their NOTIFY may still be on its way.
-    return Math.max(fed, this.lastLogged() ?? fed);
+    if (fed !== undefined) rev = Math.max(fed, this.lastLogged() ?? fed);
+    else rev = await this.store.entriesRevision();
+    const last = this.lastLogged();
+    if (rev > (last ?? this.unreported)) {
+      // Writes the feed did not describe: nothing cached about children can be trusted.
+      this.unreported = rev;
+      this.epoch++;
+      this.children.clear();
+    }
+    return rev;
+  }
+
+  /** Highest revision seen without a change-feed entry (children cache cleared at it). */
+  private unreported = -1;
+
+  /** entriesByParents through the shared children cache. */
+  private async childrenOf(ids: string[]): Promise<RegistrationEntry[]> {
+    const out: RegistrationEntry[] = [];
+    const missing: string[] = [];
+    for (const id of ids) {
+      const c = this.children.get(id);
+      if (c) for (const e of c) out.push(e);
+      else missing.push(id);
+    }
+    if (missing.length === 0) return out;
+    const epoch = this.epoch;
+    const read = await this.store.entriesByParents(missing);
+    const byParent = new Map<string, RegistrationEntry[]>(missing.map((id) => [id, []]));
+    for (const e of read) {
+      byParent.get(e.parentId)?.push(e);
+      out.push(e);
+    }
+    // Stored only if no write was reported meanwhile (the read may predate it).
+    if (epoch === this.epoch) {
+      if (this.children.size + byParent.size > CHILDREN_MAX) this.children.clear();
+      for (const [id, es] of byParent) this.children.set(id, es);
+    }
+    return out;
+  }
+
+  private json(e: RegistrationEntry): string {
+    let t = this.entryJson.get(e);
+    if (t === undefined) {
+      t = JSON.stringify(e);
+      this.entryJson.set(e, t);
+    }
+    return t;
   }
 
   /** The agent's authorized set, from the cache when it is still current. */
@@ -219,7 +279,7 @@ export class AuthorizedSetCache {
 
   private async compute(agent: AgentRecord, rev: number, now: number): Promise<AuthorizedSet> {
     this.stats.computed++;
-    const a = await authorizedEntries(this.store, this.trustDomain, agent.id, agent.selectors, new Date(now));
+    const a = await authorizedEntries({ entriesByParents: (ids) => this.childrenOf(ids) }, this.trustDomain, agent.id, agent.selectors, new Date(now));
     const h = createHash('sha256').update(agent.id);
     for (const n of [...a.nodeEntries].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))) h.update(`\nn:${n.id}:${n.revisionNumber}`);
     for (const e of a.entries) h.update(`\ne:${e.id}:${e.revisionNumber}`);
@@ -233,7 +293,7 @@ export class AuthorizedSetCache {
       nodeEntries: a.nodeEntries,
       entries: a.entries,
       etag,
-      body: JSON.stringify({ entries: a.entries, revision: etag }),
+      body: `{"entries":[${a.entries.map((e) => this.json(e)).join(',')}],"revision":${JSON.stringify(etag)}}`,
       validUntil: earliestExpiry(a.entries, earliestExpiry(a.nodeEntries, Infinity)),
     };
     const prev = this.sets.get(agent.id);

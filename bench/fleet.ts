@@ -1,0 +1,442 @@
+/**
+ * A fleet against real verifiers: `bin/sigil verifier run` (one, or two on one PostgreSQL each taking
+ * half the agents), N simulated agents each attested through the real protocol (join token: POST
+ * /v1/attest + POST /v1/attest/{session}) and holding its own node SVID, 100,000 registration
+ * entries spread over the agents and their node aliases, a steady trickle of entry changes.
+ *
+ * Layout: every agent has a join token and one node entry (parent = the verifier, selector
+ * `sigil:agent_id:<agent>`) that makes it a member of an alias `/node/g<k>` shared by --group agents;
+ * the remaining entries are workload entries, half parented by agents, half by aliases.
+ *
+ * Each simulated agent does what `sigil agent run` does against the verifier:
+ *   - every --interval seconds (default 2, the agent's default syncInterval; start times spread
+ *     evenly) a sync on its own keep-alive mTLS connection: GET /v1/bundle, then
+ *     GET /v1/entries/authorized with If-None-Match;
+ *   - on a second connection, a held long-poll GET /v1/entries/authorized?wait=20 (unless --no-push).
+ * A trickle of --rate entry changes per second (creates and deletes, under one agent or one alias,
+ * through the first verifier's admin socket) runs meanwhile; for each, the time until every affected
+ * agent has received the new set.
+ *
+ * Phases: attestation; first sync of every agent (each computes and sends a full set); --seconds of
+ * steady state (measured: verifier CPU per sync from /proc/<pid>/stat, sync latency, change
+ * propagation, verifier RSS); then --saturate seconds of back-to-back syncs (no interval, no push,
+ * no trickle): the syncs per second the verifier(s) answer.
+ *
+ *   npx tsx bench/fleet.ts [--agents 2000] [--entries 100000] [--group 10] [--seconds 30] [--rate 50]
+ *                          [--interval 2] [--store sqlite|postgres] [--verifiers 1|2] [--no-push] [--saturate 10]
+ *
+ * The compiled CLI in dist/ is rebuilt first (`npm run build`) so the verifier runs the current code.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { request } from 'node:https';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { adminCall } from '../src/cli/admin-client.js';
+import { createCsr } from '../src/spiffe/csr.js';
+import { generateKey } from '../src/spiffe/keys.js';
+import { certsToPem } from '../src/spiffe/x509svid.js';
+import { PostgresStore } from '../src/store/postgres.js';
+import { SqliteStore } from '../src/store/sqlite.js';
+import type { DataStore, NewEntry } from '../src/store/types.js';
+import { hashToken } from '../src/verifier/tokens.js';
+import { freePort } from '../test/agent/harness.js';
+import { startPostgres, type PostgresHandle } from '../test/support/postgres.js';
+import { FleetConn } from './support/fleet-client.js';
+import { pct } from './support/load.js';
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: number): number => {
+  const i = args.indexOf(name);
+  return i >= 0 && args[i + 1] ? Number(args[i + 1]) : dflt;
+};
+const optS = (name: string, dflt: string): string => {
+  const i = args.indexOf(name);
+  return i >= 0 && args[i + 1] ? (args[i + 1] as string) : dflt;
+};
+const root = fileURLToPath(new URL('..', import.meta.url));
+const TD = 'example.org';
+const VID = `spiffe://${TD}/sigil/verifier`;
+
+const N = opt('--agents', 2000);
+const ENTRIES = opt('--entries', 100_000);
+const GROUP = opt('--group', 10);
+const SECONDS = opt('--seconds', 30);
+const RATE = opt('--rate', 50);
+const INTERVAL_MS = opt('--interval', 2) * 1000;
+const SATURATE = opt('--saturate', 10);
+const STORE = optS('--store', 'sqlite');
+const VERIFIERS = opt('--verifiers', 1);
+const PUSH = !args.includes('--no-push');
+if (STORE !== 'sqlite' && STORE !== 'postgres') throw new Error('--store must be sqlite or postgres');
+if (VERIFIERS !== 1 && VERIFIERS !== 2) throw new Error('--verifiers must be 1 or 2');
+if (VERIFIERS === 2 && STORE !== 'postgres') throw new Error('two verifiers need --store postgres');
+
+function procRss(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
+/** User + system CPU of a process in µs (/proc/<pid>/stat fields 14 and 15, USER_HZ 100). */
+function procCpuUs(pid: number): number {
+  const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1e6) / 100;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor<T>(fn: () => Promise<T | undefined>, ms: number, what: string): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+function postJson(port: number, path: string, body: unknown, ca: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const payload = Buffer.from(JSON.stringify(body));
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: '127.0.0.1', port, method: 'POST', path, ca, checkServerIdentity: () => undefined, headers: { 'content-type': 'application/json', 'content-length': String(payload.length) } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString() || '{}') as Record<string, unknown> }));
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+const mk = (spiffeId: string, parentId: string, selectors: string[]): NewEntry => ({ spiffeId, parentId, selectors, x509SvidTtl: 0, jwtSvidTtl: 0, dnsNames: [], hint: '', admin: false, expiresAt: null });
+
+interface SimAgent {
+  i: number;
+  v: number;
+  agentId: string;
+  group: number;
+  tls: { cert: string; key: string };
+  poll: FleetConn;
+  push: FleetConn;
+  etag: string;
+}
+
+/** An entry change being propagated: which agents still have to see it. */
+interface Op {
+  id: string;
+  create: boolean;
+  t0: number;
+  remaining: Set<number>;
+}
+
+async function main(): Promise<void> {
+  process.stdout.write('building dist/ (npm run build)… ');
+  execFileSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' });
+  console.log('done');
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-bench-fleet-'));
+  chmodSync(dir, 0o755);
+  const daemons: { child: ChildProcess; exited: Promise<unknown> }[] = [];
+  let pg: PostgresHandle | null = null;
+  const agents: SimAgent[] = [];
+  try {
+    if (STORE === 'postgres') {
+      pg = await startPostgres();
+      if (!pg) throw new Error('PostgreSQL is not available here');
+    }
+    const groups = Math.max(1, Math.ceil(N / GROUP));
+    // 1. Tokens and entries written to the store before the verifiers start.
+    const t0 = performance.now();
+    const store: DataStore = pg ? await PostgresStore.open(pg.url, { schema: 'fleet' }) : new SqliteStore(join(dir, 'v0', 'sigil.db'));
+    const tokens: { token: string; agentId: string }[] = [];
+    const expiresAt = new Date(Date.now() + 86400_000).toISOString();
+    let batch: NewEntry[] = [];
+    for (let i = 0; i < N; i++) {
+      const token = randomBytes(24).toString('base64url');
+      const id = randomUUID();
+      await store.createJoinToken({ id, secretHash: hashToken(token), expiresAt, usedAt: null, spiffeId: null, createdAt: new Date().toISOString() });
+      const agentId = `spiffe://${TD}/sigil/agent/join_token/${id}`;
+      tokens.push({ token, agentId });
+      batch.push(mk(`spiffe://${TD}/node/g${i % groups}`, VID, [`sigil:agent_id:${agentId}`]));
+    }
+    const workload = ENTRIES - N;
+    for (let k = 0; k < workload; k++) {
+      const half = k % 2 === 0;
+      const parent = half ? (tokens[(k >> 1) % N] as { agentId: string }).agentId : `spiffe://${TD}/node/g${(k >> 1) % groups}`;
+      batch.push(mk(`spiffe://${TD}/w/${k}`, parent, [`unix:uid:${1000 + (k % 50)}`]));
+      if (batch.length >= 10_000) {
+        await store.createEntries(batch);
+        batch = [];
+      }
+    }
+    if (batch.length) await store.createEntries(batch);
+    const total = await store.countEntries();
+    await store.close();
+    console.log(`${N} join tokens, ${total} entries (${N} node entries → ${groups} aliases of ${GROUP} agents, ${workload} workload entries: half under agents, half under aliases) written in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+    // 2. Verifiers.
+    const ports: number[] = [];
+    const pids: number[] = [];
+    const adminSockets: string[] = [];
+    for (let v = 0; v < VERIFIERS; v++) {
+      const port = await freePort();
+      const adminSocket = join(dir, `admin${v}.sock`);
+      writeFileSync(
+        join(dir, `verifier${v}.yaml`),
+        [
+          `trustDomain: ${TD}`,
+          `listen: { address: 127.0.0.1, port: ${port} }`,
+          `adminSocket: ${adminSocket}`,
+          `dataDir: ${join(dir, `v${v}`)}`,
+          pg ? `datastore: { kind: postgres, url: "${pg.url}", schema: fleet }` : 'datastore: { kind: sqlite }',
+          'logLevel: warn',
+          'nodeAttestors: { join_token: {} }',
+          '',
+        ].join('\n'),
+      );
+      const child = spawn(join(root, 'bin/sigil'), ['verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)], { stdio: ['ignore', 'inherit', 'inherit'] });
+      daemons.push({ child, exited: new Promise((r) => child.once('exit', r)) });
+      await waitFor(() => adminCall(adminSocket, 'GET', '/readyz').then(() => true), 60_000, `verifier ${v}`);
+      ports.push(port);
+      pids.push(child.pid as number);
+      adminSockets.push(adminSocket);
+    }
+    // Let every verifier publish the others' CAs (journals are re-read every half refresh hint).
+    let caPem = '';
+    await waitFor(
+      async () => {
+        const pems = await Promise.all(adminSockets.map((s) => adminCall<string>(s, 'GET', '/v1/admin/bundle?format=pem')));
+        caPem = pems[0] as string;
+        return pems.every((p) => p === caPem && (p.match(/BEGIN CERTIFICATE/g) ?? []).length === VERIFIERS) ? true : undefined;
+      },
+      60_000,
+      'the verifiers to publish one bundle',
+    );
+
+    // 3. Attestation, 16 at a time, agent i at verifier i % VERIFIERS.
+    const t1 = performance.now();
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        for (let i = next++; i < N; i = next++) {
+          const v = i % VERIFIERS;
+          const key = generateKey('ec-p256');
+          const tok = tokens[i] as { token: string; agentId: string };
+          const b = await postJson(ports[v] as number, '/v1/attest', { attestors: { join_token: { token: tok.token } }, csr: createCsr(key).toString('base64') }, caPem);
+          if (b.status !== 200) throw new Error(`attest begin ${b.status} ${JSON.stringify(b.body)}`);
+          const f = await postJson(ports[v] as number, `/v1/attest/${String(b.body.session)}`, { responses: { join_token: {} } }, caPem);
+          if (f.status !== 200 || f.body.agentId !== tok.agentId) throw new Error(`attest finish ${f.status} ${JSON.stringify(f.body)}`);
+          const tls = { cert: certsToPem((f.body.svid as string[]).map((s) => Buffer.from(s, 'base64'))), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string };
+          const conn = (): FleetConn => new FleetConn({ host: '127.0.0.1', port: ports[v] as number, ca: caPem, ...tls, serverId: VID });
+          agents[i] = { i, v, agentId: tok.agentId, group: i % groups, tls, poll: conn(), push: conn(), etag: '' };
+        }
+      }),
+    );
+    const attestS = (performance.now() - t1) / 1000;
+    console.log(`${N} agents attested (join token, real protocol) in ${attestS.toFixed(1)} s (${(N / attestS).toFixed(0)}/s)`);
+
+    // 4. First sync of every agent: a full set each.
+    const cpu = (): number => pids.reduce((s, p) => s + procCpuUs(p), 0);
+    const c0 = cpu();
+    const t2 = performance.now();
+    let bytes = 0;
+    next = 0;
+    await Promise.all(
+      Array.from({ length: 64 }, async () => {
+        for (let i = next++; i < N; i = next++) {
+          const a = agents[i] as SimAgent;
+          const r = await a.poll.get('/v1/entries/authorized');
+          if (r.status !== 200 || !r.etag) throw new Error(`first sync ${r.status} ${r.body.toString().slice(0, 200)}`);
+          a.etag = r.etag;
+          bytes += r.body.length;
+        }
+      }),
+    );
+    const firstCpu = cpu() - c0;
+    console.log(
+      `first sync (full set, ${(bytes / N / 1024).toFixed(0)} KiB average) of ${N} agents in ${((performance.now() - t2) / 1000).toFixed(1)} s; verifier CPU ${(firstCpu / N / 1000).toFixed(2)} ms per agent`,
+    );
+
+    // 5. Steady state.
+    const byAgent = new Map<number, Set<Op>>();
+    const propagation: number[] = [];
+    const unfinished = (): number => [...byAgent.values()].reduce((s, x) => s + x.size, 0);
+    const seen = (a: SimAgent, body: Buffer): void => {
+      const ops = byAgent.get(a.i);
+      if (!ops) return;
+      const text = body.toString('latin1');
+      const now = performance.now();
+      for (const op of ops) {
+        if (text.includes(`"id":"${op.id}"`) !== op.create) continue;
+        ops.delete(op);
+        op.remaining.delete(a.i);
+        if (op.remaining.size === 0) propagation.push(now - op.t0);
+      }
+      if (ops.size === 0) byAgent.delete(a.i);
+    };
+    let running = true;
+    let measuring = false;
+    const syncLat: number[] = [];
+    let syncs = 0;
+    let full = 0;
+    let pushed = 0;
+    let errors = 0;
+    const pollLoop = async (a: SimAgent, offset: number): Promise<void> => {
+      await sleep(offset);
+      let due = performance.now();
+      while (running) {
+        const s = performance.now();
+        try {
+          await a.poll.get('/v1/bundle');
+          const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag });
+          if (r.status === 200) {
+            a.etag = r.etag ?? '';
+            seen(a, r.body);
+            if (measuring) full++;
+          } else if (r.status !== 304) throw new Error(`sync ${r.status}`);
+          if (measuring) {
+            syncs++;
+            syncLat.push(performance.now() - s);
+          }
+        } catch {
+          errors++;
+        }
+        due += INTERVAL_MS;
+        await sleep(Math.max(0, due - performance.now()));
+      }
+    };
+    const pushLoop = async (a: SimAgent): Promise<void> => {
+      while (running) {
+        try {
+          const r = await a.push.get('/v1/entries/authorized?wait=20', { 'if-none-match': a.etag });
+          if (r.status === 200) {
+            a.etag = r.etag ?? '';
+            seen(a, r.body);
+            if (measuring) pushed++;
+          } else if (r.status !== 304) throw new Error(`long-poll ${r.status}`);
+        } catch {
+          if (!running) return;
+          errors++;
+          await sleep(1000);
+        }
+      }
+    };
+    const loops = agents.map((a) => pollLoop(a, (a.i / N) * INTERVAL_MS));
+    const pushLoops = PUSH ? agents.map((a) => pushLoop(a)) : [];
+    // The trickle: creates and deletes under one agent or one alias, through verifier 0.
+    const live: { id: string; affected: number[] }[] = [];
+    let changes = 0;
+    const trickle = (async () => {
+      let due = performance.now();
+      let k = 0;
+      while (running) {
+        k++;
+        const create = live.length < 50 || k % 2 === 0;
+        let op: Op;
+        let affected: number[];
+        const t = performance.now();
+        if (create) {
+          const underAlias = k % 4 < 2;
+          const target = Math.floor(Math.random() * (underAlias ? groups : N));
+          affected = underAlias ? agents.filter((a) => a.group === target).map((a) => a.i) : [target];
+          const parentId = underAlias ? `spiffe://${TD}/node/g${target}` : (agents[target] as SimAgent).agentId;
+          const e = await adminCall<{ id: string }>(adminSockets[0] as string, 'POST', '/v1/admin/entries', { spiffeId: `spiffe://${TD}/trickle/${k}`, parentId, selectors: ['unix:uid:7'] });
+          live.push({ id: e.id, affected });
+          op = { id: e.id, create: true, t0: t, remaining: new Set(affected) };
+        } else {
+          const victim = live.shift() as { id: string; affected: number[] };
+          affected = victim.affected;
+          await adminCall(adminSockets[0] as string, 'DELETE', `/v1/admin/entries/${victim.id}`);
+          op = { id: victim.id, create: false, t0: t, remaining: new Set(affected) };
+        }
+        if (measuring) {
+          changes++;
+          for (const i of affected) {
+            let s = byAgent.get(i);
+            if (!s) byAgent.set(i, (s = new Set()));
+            s.add(op);
+          }
+        }
+        due += 1000 / RATE;
+        await sleep(Math.max(0, due - performance.now()));
+      }
+    })();
+    await sleep(Math.max(INTERVAL_MS * 2, 5000)); // warm up
+    const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    loopDelay.enable();
+    const cpuStart = pids.map(procCpuUs);
+    const tStart = performance.now();
+    measuring = true;
+    await sleep(SECONDS * 1000);
+    measuring = false;
+    const elapsed = (performance.now() - tStart) / 1000;
+    const cpuUsed = pids.map((p, k) => procCpuUs(p) - (cpuStart[k] as number));
+    const rss = pids.map(procRss);
+    loopDelay.disable();
+    await sleep(3000); // let the last changes arrive
+    const stillPending = unfinished();
+    running = false;
+    await trickle;
+    for (const a of agents) a.push.close(); // ends the held long-polls
+    await Promise.all([...loops, ...pushLoops]);
+
+    const cpuTotal = cpuUsed.reduce((s, x) => s + x, 0);
+    const perSync = cpuTotal / syncs;
+    const ms = (x: number): string => `${x.toFixed(1)} ms`;
+    console.log(`\n== steady state: ${VERIFIERS} verifier(s) on ${STORE}, ${N} agents, sync every ${INTERVAL_MS / 1000} s${PUSH ? ' + a held long-poll each' : ''}, ${changes} entry changes (${RATE}/s) in ${elapsed.toFixed(1)} s`);
+    console.log(`syncs: ${syncs} (${(syncs / elapsed).toFixed(0)}/s; ${full} answered 200, the rest 304), ${pushed} sets pushed by long-poll, ${errors} errors`);
+    console.log(`verifier CPU: ${cpuUsed.map((c) => `${((c / 1e6 / elapsed) * 100).toFixed(0)} %`).join(' + ')} of a core; ${(perSync).toFixed(0)} µs per sync (GET /v1/bundle + GET /v1/entries/authorized, long-polls and changes included)`);
+    console.log(`one core at this cost: ${((INTERVAL_MS * 1000) / perSync).toFixed(0)} agents at a ${INTERVAL_MS / 1000} s interval (goal ≥ 10,000)`);
+    console.log(`sync latency: p50 ${ms(pct(syncLat, 50))}, p99 ${ms(pct(syncLat, 99))}, max ${ms(Math.max(...syncLat))} (goal p99 < 50 ms)`);
+    console.log(
+      `entry change → every affected agent: p50 ${ms(pct(propagation, 50))}, p99 ${ms(pct(propagation, 99))}, max ${ms(Math.max(...propagation))} over ${propagation.length} changes; ${stillPending} agent-changes unseen 3 s after the window (goal p99 < 1 s)`,
+    );
+    console.log(`verifier RSS: ${rss.map((r) => `${(r / 1e6).toFixed(0)} MB`).join(' + ')} (goal < 500 MB)`);
+    console.log(`load generator event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms`);
+
+    // 6. Saturation: back-to-back syncs (entries only, 304), no interval.
+    if (SATURATE > 0) {
+      let n = 0;
+      const c1 = pids.map(procCpuUs);
+      const t3 = performance.now();
+      const end = t3 + SATURATE * 1000;
+      await Promise.all(
+        agents.map(async (a) => {
+          while (performance.now() < end) {
+            const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag }).catch(() => undefined);
+            if (r?.status === 304) n++;
+            else if (r?.status === 200) a.etag = r.etag ?? '';
+          }
+        }),
+      );
+      const s = (performance.now() - t3) / 1000;
+      const used = pids.map((p, k) => procCpuUs(p) - (c1[k] as number));
+      const usedTotal = used.reduce((x, y) => x + y, 0);
+      console.log(
+        `\n== saturation (${N} agents back to back, GET /v1/entries/authorized → 304): ${(n / s).toFixed(0)} syncs/s; verifier CPU ${used.map((c) => `${((c / 1e6 / s) * 100).toFixed(0)} %`).join(' + ')}; ${(usedTotal / n).toFixed(0)} µs per 304`,
+      );
+    }
+    const cpus = execFileSync('nproc').toString().trim();
+    const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+    console.log(`machine: ${cpus} CPUs, load average ${load}`);
+  } finally {
+    for (const a of agents) {
+      a?.poll.close();
+      a?.push.close();
+    }
+    for (const d of daemons.reverse()) {
+      d.child.kill('SIGTERM');
+      await d.exited;
+    }
+    await pg?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,114 @@
+/**
+ * A lean HTTP/1.1-over-mTLS client for the fleet benchmark: one TLS connection per simulated agent
+ * (its node SVID as client certificate, kept alive), one request at a time, the response parsed just
+ * enough (status, ETag, Content-Length body). Thousands of these in one load generator cost far less
+ * CPU than node:https agents, so the verifier's CPU is what the benchmark measures.
+ */
+import { connect, type TLSSocket } from 'node:tls';
+
+export interface FleetResponse {
+  status: number;
+  etag: string | undefined;
+  body: Buffer;
+}
+
+export interface FleetConnOptions {
+  host: string;
+  port: number;
+  /** PEM of the CAs the verifier's certificate must chain to. */
+  ca: string;
+  cert: string;
+  key: string;
+  /** The URI SAN the verifier's certificate must carry. */
+  serverId: string;
+}
+
+export class FleetConn {
+  private sock: TLSSocket | undefined;
+  private buf: Buffer = Buffer.alloc(0);
+  private pending: { resolve: (r: FleetResponse) => void; reject: (e: Error) => void } | undefined;
+  private head: { status: number; etag: string | undefined; length: number; headerEnd: number } | undefined;
+
+  constructor(private readonly o: FleetConnOptions) {}
+
+  private open(): Promise<TLSSocket> {
+    if (this.sock && !this.sock.destroyed) return Promise.resolve(this.sock);
+    return new Promise((resolve, reject) => {
+      const s = connect({
+        host: this.o.host,
+        port: this.o.port,
+        ca: this.o.ca,
+        cert: this.o.cert,
+        key: this.o.key,
+        checkServerIdentity: (_h, cert) => (cert.subjectaltname === `URI:${this.o.serverId}` ? undefined : new Error(`verifier SAN ${String(cert.subjectaltname)}`)),
+      });
+      s.setNoDelay(true);
+      s.once('secureConnect', () => {
+        this.sock = s;
+        resolve(s);
+      });
+      s.on('data', (d: Buffer) => this.onData(d));
+      const fail = (e: Error): void => {
+        if (this.sock === s) this.sock = undefined;
+        this.buf = Buffer.alloc(0);
+        this.head = undefined;
+        const p = this.pending;
+        this.pending = undefined;
+        p?.reject(e);
+        reject(e);
+      };
+      s.once('error', fail);
+      s.once('close', () => fail(new Error('connection closed')));
+    });
+  }
+
+  private onData(d: Buffer): void {
+    this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
+    for (;;) {
+      if (!this.head) {
+        const end = this.buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const text = this.buf.subarray(0, end).toString('latin1');
+        const lines = text.split('\r\n');
+        const status = Number((lines[0] ?? '').split(' ')[1]);
+        let length = 0;
+        let etag: string | undefined;
+        for (const l of lines.slice(1)) {
+          const i = l.indexOf(':');
+          const k = l.slice(0, i).toLowerCase();
+          const v = l.slice(i + 1).trim();
+          if (k === 'content-length') length = Number(v);
+          else if (k === 'etag') etag = v;
+          else if (k === 'transfer-encoding') throw new Error('chunked answers are not expected');
+        }
+        this.head = { status, etag, length, headerEnd: end + 4 };
+      }
+      const h = this.head;
+      if (this.buf.length < h.headerEnd + h.length) return;
+      const body = this.buf.subarray(h.headerEnd, h.headerEnd + h.length);
+      this.buf = this.buf.subarray(h.headerEnd + h.length);
+      this.head = undefined;
+      const p = this.pending;
+      this.pending = undefined;
+      p?.resolve({ status: h.status, etag: h.etag, body: Buffer.from(body) });
+      if (this.buf.length === 0) return;
+    }
+  }
+
+  /** GET `path` with extra headers; one request at a time per connection. */
+  async get(path: string, headers: Record<string, string> = {}): Promise<FleetResponse> {
+    const s = await this.open();
+    if (this.pending) throw new Error('one request at a time');
+    let req = `GET ${path} HTTP/1.1\r\nhost: verifier\r\naccept: application/json\r\n`;
+    for (const [k, v] of Object.entries(headers)) req += `${k}: ${v}\r\n`;
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject };
+      s.write(req + '\r\n');
+    });
+  }
+
+  close(): void {
+    this.sock?.destroy();
+    this.sock = undefined;
+  }
+}
