@@ -41,7 +41,7 @@ async function attest(attestors: Record<string, unknown>) {
   return { status: r2.status, body: b2, tls };
 }
 
-describe('review hardening', () => {
+describe('a ban covers every factor order; the entries revision follows expiry', () => {
   it('a banned node cannot re-attest by putting another factor first', async () => {
     const t1 = await token();
     const first = await attest({ fake_factor: { kind: 'fake' }, join_token: { token: t1.token } });
