@@ -121,17 +121,31 @@ interface Ticket {
  * synchronously before `begin` runs (so concurrent hellos cannot all pass the same check), given
  * back when `begin` fails or the session is taken, and otherwise expires with the session.
  * Insertion order is expiry order (every ticket lives `sessionTtl`), so expiring is a walk from the front.
+ * Times are elapsed time on the ledger's own clock, which follows the verifier clock forward and
+ * ignores its steps back: with wall-clock expiry times, a step back would put the tickets opened
+ * before it in the future and stop the walk there, so every slot opened after it would be held for
+ * as long as the step (test/review/session-ledger-clock-step.test.ts).
  */
 export class SessionLedger {
   private readonly tickets = new Set<Ticket>();
   private readonly bySession = new Map<string, Ticket>();
   private readonly perCredential = new Map<string, number>();
   private readonly perAddress = new Map<string, number>();
+  /** The verifier clock's last reading and the ledger's elapsed time (ms) up to it. */
+  private lastClock: number | undefined;
+  private elapsed = 0;
 
   constructor(private readonly limits: SessionLimits) {}
 
   get open(): number {
     return this.tickets.size;
+  }
+
+  /** Elapsed time for verifier clock reading `now`: forward moves count, steps back do not. */
+  private tick(now: number): number {
+    if (this.lastClock !== undefined && now > this.lastClock) this.elapsed += now - this.lastClock;
+    this.lastClock = now;
+    return this.elapsed;
   }
 
   private expire(now: number): void {
@@ -142,7 +156,8 @@ export class SessionLedger {
   }
 
   /** Take a slot or throw the SigilError naming the limit that is hit. */
-  admit(credentials: string[], address: string, now: number): Ticket {
+  admit(credentials: string[], address: string, clock: number): Ticket {
+    const now = this.tick(clock);
     this.expire(now);
     const l = this.limits;
     for (const c of credentials) {
