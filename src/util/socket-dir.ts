@@ -7,7 +7,7 @@
  *   then links it into place, so its name appears with the final mode.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, linkSync, lstatSync, mkdirSync, readdirSync, rmdirSync, statSync, unlinkSync, type Stats } from 'node:fs';
+import { chmodSync, linkSync, lstatSync, mkdirSync, readdirSync, realpathSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { SigilError } from '../errors.js';
 
@@ -22,32 +22,56 @@ function fmtMode(mode: number): string {
  * Check that no user other than this process's user (or root) can change `dir` or any directory
  * above it: each is owned by the effective uid or by root; `dir` itself is not group- or
  * world-writable; an ancestor may be only when it has the sticky bit (as /tmp has: others cannot
- * rename or remove what is ours in it). Throws SigilError `code` naming the directory at fault.
+ * rename or remove what is ours in it). Symlinks count as the kernel walks them: the path as
+ * written is checked component by component without following links (a link must be owned by
+ * this user or root, or its owner could point it elsewhere), and so is the real path the links
+ * lead to (its parents are the ones that can rename the directory away). Throws SigilError `code`
+ * naming the directory or link at fault.
  */
 export function checkSocketDir(dir: string, code: string, what: string): void {
   const euid = process.geteuid?.();
   if (euid === undefined) return;
-  const start = resolve(dir);
+  const given = resolve(dir);
+  walkSocketDir(given, euid, code, what);
+  let real: string;
+  try {
+    real = realpathSync(given);
+  } catch (e) {
+    throw new SigilError(code, `${what} directory ${given} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+  }
+  if (real !== given) walkSocketDir(real, euid, code, what);
+}
+
+function walkSocketDir(start: string, euid: number, code: string, what: string): void {
   let p = start;
   for (;;) {
     let st: Stats;
     try {
-      st = statSync(p);
+      st = lstatSync(p);
     } catch (e) {
       throw new SigilError(code, `${what} directory ${p} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
     }
-    if (!st.isDirectory()) throw new SigilError(code, `${what} directory ${p} is not a directory`, { status: 500 });
-    if (st.uid !== euid && st.uid !== 0) {
-      throw new SigilError(code, `${what} directory ${p} is owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could replace the socket`, { status: 500 });
-    }
-    const othersWrite = (st.mode & 0o022) !== 0;
-    const sticky = (st.mode & 0o1000) !== 0;
-    if (othersWrite && (p === start || !sticky)) {
-      throw new SigilError(
-        code,
-        `${what} directory ${p} is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${fmtMode(st.mode)}); another user could replace the socket: make it 0755 or 0700, or choose another path`,
-        { status: 500 },
-      );
+    if (st.isSymbolicLink()) {
+      if (st.uid !== euid && st.uid !== 0) {
+        throw new SigilError(code, `${what} directory path goes through the symlink ${p}, owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could point it elsewhere`, {
+          status: 500,
+        });
+      }
+      // Where it leads is checked on the real path; the directory holding the link below.
+    } else {
+      if (!st.isDirectory()) throw new SigilError(code, `${what} directory ${p} is not a directory`, { status: 500 });
+      if (st.uid !== euid && st.uid !== 0) {
+        throw new SigilError(code, `${what} directory ${p} is owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could replace the socket`, { status: 500 });
+      }
+      const othersWrite = (st.mode & 0o022) !== 0;
+      const sticky = (st.mode & 0o1000) !== 0;
+      if (othersWrite && (p === start || !sticky)) {
+        throw new SigilError(
+          code,
+          `${what} directory ${p} is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${fmtMode(st.mode)}); another user could replace the socket: make it 0755 or 0700, or choose another path`,
+          { status: 500 },
+        );
+      }
     }
     const parent = dirname(p);
     if (parent === p) return;
