@@ -200,7 +200,10 @@ async function main(): Promise<void> {
           '',
         ].join('\n'),
       );
-      const child = spawn(join(root, 'bin/sigil'), ['verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)], { stdio: ['ignore', 'inherit', 'inherit'] });
+      // BENCH_VERIFIER_NODE_FLAGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") runs `node <flags> bin/sigil`.
+      const flags = process.env.BENCH_VERIFIER_NODE_FLAGS?.split(' ').filter((f) => f.length > 0);
+      const cmd = [...(flags ? [process.execPath, ...flags] : []), join(root, 'bin/sigil'), 'verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)];
+      const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'] });
       daemons.push({ child, exited: new Promise((r) => child.once('exit', r)) });
       await waitFor(() => adminCall(adminSocket, 'GET', '/readyz').then(() => true), 60_000, `verifier ${v}`);
       ports.push(port);
