@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { SigilError } from '../errors.js';
 import { adminCall } from './admin-client.js';
 import { registerAgentRun } from './agent-run.js';
+import { registerFederationCommands } from './federation-commands.js';
 import { registerEventLogCommand, registerNitroEvidence, registerSevEvidence, registerTdxEvidence, registerTpmEvidence } from './evidence-commands.js';
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError } from './output.js';
 import { registerSvidCommands, workloadHealthcheck } from './svid-commands.js';
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerEntryCommands(program);
   registerTokenCommands(program);
   registerBundleCommands(program);
+  registerFederationCommands(program);
   registerMintCommands(program);
   registerSvidCommands(program);
   const evidence = program.command('evidence').description('offline evidence verification');

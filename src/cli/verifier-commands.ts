@@ -68,8 +68,9 @@ export function registerEntryCommands(program: Command): void {
       .option('--dns <name>', 'DNS SAN (repeatable)', collect)
       .option('--hint <hint>', 'hint passed to workloads')
       .option('--admin', 'mark the entry as admin')
+      .option('--federates-with <td>', 'foreign trust domain whose bundle the workloads receive (repeatable)', collect)
       .option('--json', 'print the entry as JSON'),
-  ).action(async (o: { spiffeId: string; parentId: string; selector: string[]; x509Ttl?: number; jwtTtl?: number; dns?: string[]; hint?: string; admin?: boolean; json?: boolean; adminSocket?: string }) => {
+  ).action(async (o: { spiffeId: string; parentId: string; selector: string[]; x509Ttl?: number; jwtTtl?: number; dns?: string[]; hint?: string; admin?: boolean; federatesWith?: string[]; json?: boolean; adminSocket?: string }) => {
     const body = {
       spiffeId: o.spiffeId,
       parentId: o.parentId,
@@ -79,6 +80,7 @@ export function registerEntryCommands(program: Command): void {
       ...(o.dns ? { dnsNames: o.dns } : {}),
       ...(o.hint !== undefined ? { hint: o.hint } : {}),
       ...(o.admin ? { admin: true } : {}),
+      ...(o.federatesWith ? { federatesWith: o.federatesWith } : {}),
     };
     const e = await adminCall<RegistrationEntry>(adminSocketOf(o), 'POST', '/v1/admin/entries', body);
     out(o.json === true, e, `Entry ID: ${e.id}\nSPIFFE ID: ${e.spiffeId}\nParent ID: ${e.parentId}\nSelectors: ${e.selectors.join(', ')}`);

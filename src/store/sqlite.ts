@@ -539,9 +539,9 @@ export class SqliteStore implements DataStore {
 
   async putFederation(r: FederationRelationship, create: boolean): Promise<boolean> {
     const sql = create
-      ? 'INSERT INTO federations (trust_domain, body) VALUES (?, ?) ON CONFLICT(trust_domain) DO NOTHING'
-      : 'UPDATE federations SET body = ?2 WHERE trust_domain = ?1';
-    return this.db.prepare(sql).run(r.trustDomain, JSON.stringify(r)).changes === 1;
+      ? 'INSERT INTO federations (trust_domain, body) VALUES (@td, @body) ON CONFLICT(trust_domain) DO NOTHING'
+      : 'UPDATE federations SET body = @body WHERE trust_domain = @td';
+    return this.db.prepare(sql).run({ td: r.trustDomain, body: JSON.stringify(r) }).changes === 1;
   }
 
   async getFederation(trustDomain: string): Promise<FederationRelationship | undefined> {
