@@ -4,6 +4,13 @@
 //                                                 kernel has it) on a connected AF_UNIX socket
 //   nsmRequest(request, maxResponse)              Nitro Secure Module ioctl on /dev/nsm
 //   snpGetExtReport(reportData, vmpl, certsLen)   SNP_GET_EXT_REPORT ioctl on /dev/sev-guest
+//   listenUnix(path, backlog, onAccept, onError)  a listening AF_UNIX socket whose connections
+//                                                 are accepted here and handed to JS as fds
+//                                                 (wrapped with new net.Socket({ fd })), so the
+//                                                 fd for peerCred is known without reaching into
+//                                                 Node's private socket handle
+//   closeUnixListener(listener)                   stop accepting and close the listening fd
+//   resumeUnixListener(listener)                  accept again after onError paused it
 //
 // The two ioctls hand raw bytes in and out (NSM: CBOR request/response; SEV: the firmware's
 // MSG_REPORT_RSP and the GHCB certificate table). All decoding happens in TypeScript.
@@ -22,7 +29,9 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include <stdio.h>
 
@@ -120,6 +129,10 @@ const char* ErrnoName(int err) {
     case EFAULT: return "EFAULT";
     case E2BIG: return "E2BIG";
     case EMSGSIZE: return "EMSGSIZE";
+    case EADDRINUSE: return "EADDRINUSE";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENOBUFS: return "ENOBUFS";
     default: return "E?";
   }
 }
@@ -418,10 +431,175 @@ Napi::Value SnpGetExtReport(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// ---------------------------------------------------------------------------------------------
+// listenUnix(path, backlog, onAccept(fd), onError(err)) -> listener
+//
+// The socket is created, bound and put into listening state here, watched with a uv_poll handle
+// on Node's own event loop, and every connection is accepted here (accept4, non-blocking,
+// close-on-exec): onAccept gets the new fd, which JS owns from then on. When accept fails for
+// want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM), the handle stops watching (a pending
+// connection would otherwise wake the loop again at once) and onError is told; JS calls
+// resumeUnixListener after a pause. The listening fd is closed by closeUnixListener, or at the
+// latest when the Node environment shuts down (an async cleanup hook, so that a worker thread's
+// loop never ends with the handle open).
+struct UnixListener {
+  uv_poll_t poll;
+  int fd = -1;
+  napi_env env = nullptr;
+  Napi::FunctionReference onAccept;
+  Napi::FunctionReference onError;
+  napi_async_context asyncContext = nullptr;
+  napi_async_cleanup_hook_handle cleanupHook = nullptr;
+  bool closing = false;
+  // Freed when both the uv handle has closed and JS's handle on it (the External) is gone.
+  bool handleClosed = false;
+  bool externalGone = false;
+};
+
+constexpr int kAcceptsPerWake = 64;
+
+void ListenerClosed(uv_handle_t* h) {
+  auto* l = static_cast<UnixListener*>(h->data);
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
+  if (l->asyncContext != nullptr) napi_async_destroy(l->env, l->asyncContext);
+  l->onAccept.Reset();
+  l->onError.Reset();
+  napi_async_cleanup_hook_handle hook = l->cleanupHook;
+  l->cleanupHook = nullptr;
+  l->handleClosed = true;
+  if (l->externalGone) delete l;
+  if (hook != nullptr) napi_remove_async_cleanup_hook(hook);
+}
+
+void CloseListener(UnixListener* l) {
+  if (l->closing) return;
+  l->closing = true;
+  uv_poll_stop(&l->poll);
+  uv_close(reinterpret_cast<uv_handle_t*>(&l->poll), ListenerClosed);
+}
+
+void ListenerCleanup(napi_async_cleanup_hook_handle handle, void* arg) {
+  auto* l = static_cast<UnixListener*>(arg);
+  if (l->closing) return;  // its close callback removes the hook
+  CloseListener(l);
+}
+
+// Calls fn(arg) as a callback from the event loop; an exception it throws becomes an uncaught
+// exception of the process, as it would from any Node event.
+void CallBack(UnixListener* l, Napi::FunctionReference& fn, napi_value arg) {
+  Napi::Env env(l->env);
+  try {
+    fn.MakeCallback(env.Global(), {arg}, l->asyncContext);
+  } catch (const Napi::Error& e) {
+    napi_fatal_exception(l->env, e.Value());
+  }
+}
+
+void ListenerReadable(uv_poll_t* h, int status, int events) {
+  auto* l = static_cast<UnixListener*>(h->data);
+  if (l->closing) return;
+  Napi::Env env(l->env);
+  Napi::HandleScope scope(env);
+  if (status < 0) {
+    uv_poll_stop(&l->poll);
+    Napi::Error e = Napi::Error::New(env, std::string("poll on the listening socket: ") + uv_strerror(status));
+    CallBack(l, l->onError, e.Value());
+    return;
+  }
+  for (int i = 0; i < kAcceptsPerWake && !l->closing; i++) {
+    const int c = accept4(l->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) {
+      const int err = errno;
+      if (err == EINTR || err == ECONNABORTED || err == EPROTO) continue;
+      if (err == EAGAIN || err == EWOULDBLOCK) return;
+      uv_poll_stop(&l->poll);
+      CallBack(l, l->onError, ErrnoError(env, "accept4 on the listening socket", err).Value());
+      return;
+    }
+    CallBack(l, l->onAccept, Napi::Number::New(env, c));
+  }
+}
+
+UnixListener* ListenerOf(const Napi::CallbackInfo& info, const char* fn) {
+  if (info.Length() < 1 || !info[0].IsExternal()) {
+    throw Napi::TypeError::New(info.Env(), std::string(fn) + "(listener): not a listener from listenUnix");
+  }
+  return info[0].As<Napi::External<UnixListener>>().Data();
+}
+
+Napi::Value ListenUnix(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsFunction() || !info[3].IsFunction()) {
+    throw Napi::TypeError::New(env, "listenUnix(path: string, backlog: number, onAccept: (fd) => void, onError: (err) => void)");
+  }
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path || path.find('\0') != std::string::npos) {
+    throw Napi::RangeError::New(env, "listenUnix: path must be 1.." + std::to_string(sizeof addr.sun_path - 1) + " bytes without NUL");
+  }
+  memcpy(addr.sun_path, path.data(), path.size());
+  const double b = info[1].As<Napi::Number>().DoubleValue();
+  if (!(b >= 1 && b <= 65535) || b != static_cast<double>(static_cast<int>(b))) {
+    throw Napi::RangeError::New(env, "listenUnix: backlog must be an integer 1..65535");
+  }
+
+  Fd s(socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (s.fd < 0) throw ErrnoError(env, "socket(AF_UNIX)", errno);
+  if (bind(s.fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) != 0) throw ErrnoError(env, "bind " + path, errno);
+  if (listen(s.fd, static_cast<int>(b)) != 0) throw ErrnoError(env, "listen " + path, errno);
+
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) throw Napi::Error::New(env, "listenUnix: no event loop");
+  auto* l = new UnixListener();
+  l->env = env;
+  const int pr = uv_poll_init(loop, &l->poll, s.fd);
+  if (pr != 0) {
+    delete l;
+    throw Napi::Error::New(env, std::string("listenUnix: uv_poll_init: ") + uv_strerror(pr));
+  }
+  l->poll.data = l;
+  l->fd = s.fd;
+  s.fd = -1;  // owned by the listener now
+  l->onAccept = Napi::Persistent(info[2].As<Napi::Function>());
+  l->onError = Napi::Persistent(info[3].As<Napi::Function>());
+  napi_async_init(env, Napi::Object::New(env), Napi::String::New(env, "sigil.UnixListener"), &l->asyncContext);
+  napi_add_async_cleanup_hook(env, ListenerCleanup, l, &l->cleanupHook);
+  const int sr = uv_poll_start(&l->poll, UV_READABLE, ListenerReadable);
+  if (sr != 0) {
+    CloseListener(l);
+    throw Napi::Error::New(env, std::string("listenUnix: uv_poll_start: ") + uv_strerror(sr));
+  }
+  return Napi::External<UnixListener>::New(env, l, [](Napi::Env, UnixListener* gone) {
+    gone->externalGone = true;
+    if (gone->handleClosed) delete gone;
+    else CloseListener(gone);  // dropped without closeUnixListener: stop it now
+  });
+}
+
+Napi::Value CloseUnixListener(const Napi::CallbackInfo& info) {
+  CloseListener(ListenerOf(info, "closeUnixListener"));
+  return info.Env().Undefined();
+}
+
+Napi::Value ResumeUnixListener(const Napi::CallbackInfo& info) {
+  UnixListener* l = ListenerOf(info, "resumeUnixListener");
+  if (!l->closing) {
+    const int r = uv_poll_start(&l->poll, UV_READABLE, ListenerReadable);
+    if (r != 0) throw Napi::Error::New(info.Env(), std::string("resumeUnixListener: uv_poll_start: ") + uv_strerror(r));
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
   exports.Set("nsmRequest", Napi::Function::New(env, NsmRequest, "nsmRequest"));
   exports.Set("snpGetExtReport", Napi::Function::New(env, SnpGetExtReport, "snpGetExtReport"));
+  exports.Set("listenUnix", Napi::Function::New(env, ListenUnix, "listenUnix"));
+  exports.Set("closeUnixListener", Napi::Function::New(env, CloseUnixListener, "closeUnixListener"));
+  exports.Set("resumeUnixListener", Napi::Function::New(env, ResumeUnixListener, "resumeUnixListener"));
   exports.Set("soPeerPidfd", Napi::Number::New(env, SO_PEERPIDFD));
   return exports;
 }

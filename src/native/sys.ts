@@ -1,6 +1,7 @@
 /**
- * Typed wrapper over build/Release/sigil_sys.node: Unix peer credentials and the two confidential
- * computing ioctls (Nitro NSM, SEV-SNP extended report). See docs/native.md.
+ * Typed wrapper over build/Release/sigil_sys.node: Unix peer credentials, a Unix socket listener
+ * that hands accepted connections over as fds, and the two confidential computing ioctls (Nitro
+ * NSM, SEV-SNP extended report). See docs/native.md.
  */
 import { SigilError } from '../errors.js';
 import { REBUILD_HINT, loadAddon } from './locate.js';
@@ -13,9 +14,24 @@ export interface PeerCred {
   pidfd?: number;
 }
 
+/** A listening AF_UNIX socket made by listenUnix. */
+export interface UnixListener {
+  /** Stop accepting and close the listening socket (the socket file stays; a second call does nothing). */
+  close(): void;
+  /** Accept again after `onError` reported a failed accept (which pauses the listener). */
+  resume(): void;
+}
+
 export interface SysAddon {
   /** getsockopt SO_PEERCRED (+ SO_PEERPIDFD) on a connected AF_UNIX fd. */
   peerCred(fd: number): PeerCred;
+  /**
+   * Create, bind and listen on an AF_UNIX stream socket at `path` (which must not exist) and
+   * accept its connections on Node's event loop: `onAccept` gets each connection's fd
+   * (non-blocking, close-on-exec), which the caller owns (wrap it with `new net.Socket({ fd })`).
+   * A failed accept (e.g. EMFILE) pauses the listener and is passed to `onError`.
+   */
+  listenUnix(path: string, backlog: number, onAccept: (fd: number) => void, onError: (err: SigilError) => void): UnixListener;
   /** ioctl on /dev/nsm (Nitro Secure Module), off the main thread. Request and response are CBOR. */
   nsmRequest(request: Buffer, maxResponse?: number): Promise<Buffer>;
   /** /dev/sev-guest SNP_GET_EXT_REPORT: the 1184-byte attestation report and the GHCB certificate table. */
@@ -25,6 +41,9 @@ export interface SysAddon {
 /** The raw binding as exported by native/sys.cc (the optional path arguments exist for tests). */
 interface RawSys {
   peerCred(fd: number): PeerCred;
+  listenUnix(path: string, backlog: number, onAccept: (fd: number) => void, onError: (err: Error) => void): unknown;
+  closeUnixListener(listener: unknown): void;
+  resumeUnixListener(listener: unknown): void;
   nsmRequest(request: Buffer, maxResponse?: number, devicePath?: string): Promise<Buffer>;
   snpGetExtReport(reportData: Buffer, vmpl: number, certsBufferLen: number, devicePath?: string): Promise<{ response: Buffer; certs: Buffer }>;
   soPeerPidfd: number;
@@ -74,6 +93,32 @@ export function wrapSys(raw: RawSys, paths: { nsm?: string; sevGuest?: string } 
       } catch (e) {
         throw new SigilError('native.peercred_failed', `peer credentials of fd ${fd}: ${errMessage(e)}`, { cause: e, status: 500 });
       }
+    },
+    listenUnix(path: string, backlog: number, onAccept: (fd: number) => void, onError: (err: SigilError) => void): UnixListener {
+      if (typeof raw.listenUnix !== 'function') {
+        throw new SigilError('native.unavailable', `native addon sigil_sys predates listenUnix; ${REBUILD_HINT}`, { status: 500 });
+      }
+      if (!Number.isInteger(backlog) || backlog < 1 || backlog > 65535) throw new SigilError('native.invalid_argument', 'listenUnix: backlog must be an integer in 1..65535');
+      if (Buffer.byteLength(path) > 107 || path.length === 0 || path.includes('\0')) {
+        throw new SigilError('native.invalid_argument', 'listenUnix: path must be 1..107 bytes without NUL (sun_path)');
+      }
+      let handle: unknown;
+      try {
+        handle = raw.listenUnix(path, backlog, onAccept, (e) => onError(new SigilError('native.accept_failed', `accepting on ${path}: ${errMessage(e)}`, { cause: e, status: 500 })));
+      } catch (e) {
+        throw new SigilError('native.listen_failed', `listening on ${path}: ${errMessage(e)}`, { cause: e, status: 500 });
+      }
+      let closed = false;
+      return {
+        close() {
+          if (closed) return;
+          closed = true;
+          raw.closeUnixListener(handle);
+        },
+        resume() {
+          if (!closed) raw.resumeUnixListener(handle);
+        },
+      };
     },
     async nsmRequest(request: Buffer, maxResponse?: number): Promise<Buffer> {
       if (!Buffer.isBuffer(request) || request.length === 0 || request.length > 0x1000) {

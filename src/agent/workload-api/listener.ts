@@ -3,13 +3,26 @@
  * bytes, the directory created 0755 if missing and refused when another user could change it, a
  * stale socket file removed, anything else left alone), the listener, and on close the socket
  * file removed only if it is still the one this listener created.
+ *
+ * Connections are accepted by the native addon (src/native/sys.ts listenUnix), not by
+ * net.Server: peer credentials need the accepted socket's fd, which net.Socket keeps on a private
+ * handle. The addon hands over each accepted fd, and it becomes a net.Socket through the public
+ * `new net.Socket({ fd })`. A failed accept (out of fds) pauses accepting for ACCEPT_RETRY_MS;
+ * the pending connections wait in the kernel's backlog meanwhile.
  */
+import { closeSync, type Stats } from 'node:fs';
 import { chmod, lstat, mkdir, stat, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import { dirname, isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { SigilError, isSigilError } from '../../errors.js';
+import type { SysAddon } from '../../native/sys.js';
 import { checkSocketDir } from '../../util/socket-dir.js';
+
+/** Pending connections the kernel queues before accept. */
+const BACKLOG = 511;
+/** Pause after a failed accept (e.g. EMFILE) before accepting again. */
+const ACCEPT_RETRY_MS = 100;
 
 export interface WorkloadListener {
   /**
@@ -19,50 +32,69 @@ export interface WorkloadListener {
   close(): Promise<void>;
 }
 
-/** The fd of an accepted Unix socket (net.Socket keeps it on its libuv pipe handle). */
-function socketFd(socket: net.Socket): number {
-  const handle: unknown = Reflect.get(socket, '_handle');
-  const fd: unknown = typeof handle === 'object' && handle !== null ? Reflect.get(handle, 'fd') : undefined;
-  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) {
-    throw new SigilError('workload_api.no_socket_fd', 'accepted connection has no file descriptor', { status: 500 });
-  }
-  return fd;
-}
-
 /**
  * Listen on `socketPath` (mode 0777: who may call is decided per connection, by its peer
  * credentials) and hand every accepted connection to `onConnection` with its fd.
  */
-export async function listenWorkloadSocket(socketPath: string, logger: Logger, onConnection: (socket: net.Socket, fd: number) => void): Promise<WorkloadListener> {
+export async function listenWorkloadSocket(
+  socketPath: string,
+  logger: Logger,
+  onConnection: (socket: net.Socket, fd: number) => void,
+  sys?: Pick<SysAddon, 'listenUnix'>,
+): Promise<WorkloadListener> {
   await prepareSocketPath(socketPath);
   // No other user may be able to replace the socket (and serve workloads their own SVIDs).
   checkSocketDir(dirname(socketPath), 'workload_api.socket_dir_insecure', 'workloadApiSocket');
-  const server = net.createServer((socket) => {
-    socket.on('error', () => undefined);
-    let fd: number;
+  const addon = sys ?? (await import('../../native/sys.js')).loadSys();
+  /** Accepted connections not yet closed: close() waits for them. */
+  const open = new Set<net.Socket>();
+  let stopped = false;
+  let drained: (() => void) | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  const onAccept = (fd: number): void => {
+    let socket: net.Socket;
     try {
-      fd = socketFd(socket);
+      socket = new net.Socket({ fd, readable: true, writable: true });
     } catch (e) {
-      logger.warn({ err: (e as Error).message }, 'cannot read peer credentials; connection refused');
-      socket.destroy();
+      closeQuietly(fd);
+      logger.warn({ err: (e as Error).message }, 'cannot use an accepted Workload API connection; closed');
       return;
     }
-    onConnection(socket, fd);
-  });
-  server.on('error', (e) => logger.error({ err: e.message }, 'Workload API listener error'));
-  await new Promise<void>((resolve, rejectListen) => {
-    const onErr = (e: Error): void => rejectListen(new SigilError('workload_api.listen_failed', `cannot listen on ${socketPath}: ${e.message}`, { status: 500, cause: e }));
-    server.once('error', onErr);
-    server.listen({ path: socketPath, backlog: 511 }, () => {
-      server.off('error', onErr);
-      resolve();
+    socket.on('error', () => undefined);
+    open.add(socket);
+    socket.once('close', () => {
+      open.delete(socket);
+      if (stopped && open.size === 0) drained?.();
     });
-  });
-  await chmod(socketPath, 0o777);
-  const ours = await lstat(socketPath);
+    onConnection(socket, fd);
+  };
+  let listening: ReturnType<SysAddon['listenUnix']>;
+  try {
+    listening = addon.listenUnix(socketPath, BACKLOG, onAccept, (e) => {
+      logger.error({ err: e.message }, `Workload API listener error; accepting again in ${ACCEPT_RETRY_MS} ms`);
+      if (stopped) return;
+      retry = setTimeout(() => {
+        retry = undefined;
+        listening.resume();
+      }, ACCEPT_RETRY_MS);
+    });
+  } catch (e) {
+    throw new SigilError('workload_api.listen_failed', `cannot listen on ${socketPath}: ${(e as Error).message}`, { status: 500, cause: e });
+  }
+  let ours: Stats;
+  try {
+    await chmod(socketPath, 0o777);
+    ours = await lstat(socketPath);
+  } catch (e) {
+    listening.close();
+    throw new SigilError('workload_api.listen_failed', `cannot open ${socketPath} to callers: ${(e as Error).message}`, { status: 500, cause: e });
+  }
   return {
     async close(): Promise<void> {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      stopped = true;
+      if (retry !== undefined) clearTimeout(retry);
+      listening.close();
+      if (open.size > 0) await new Promise<void>((resolve) => (drained = resolve));
       try {
         const now = await lstat(socketPath);
         if (now.ino === ours.ino && now.dev === ours.dev) await unlink(socketPath);
@@ -71,6 +103,14 @@ export async function listenWorkloadSocket(socketPath: string, logger: Logger, o
       }
     },
   };
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
 }
 
 /** Create the socket's directory (0755) if needed and remove a stale socket file (only a socket). */
