@@ -31,28 +31,56 @@ export function inNamespace(code: string, namespace: string): boolean {
 /**
  * What a third-party plugin named `name` threw, as Sigil passes it on: a SigilError with the
  * plugin's own code (namespaced), `plugin.code_outside_namespace`, or `e` unchanged when it carries
- * no code (the host wraps it).
+ * no code (the host wraps it). The thrown value's properties are read once each (a getter cannot
+ * show the checks one code and the host another), and a SigilError is never passed on as the
+ * plugin's own object: what leaves is always built here. A value whose properties cannot be read,
+ * or that poses as a SigilError without a usable code, becomes a plain Error for the host to wrap.
  */
 export function fromPlugin(e: unknown, name: string): unknown {
-  if (typeof e !== 'object' || e === null) return e;
+  try {
+    return judge(e, name);
+  } catch {
+    return new Error(`plugin "${name}" threw a value whose properties cannot be read`);
+  }
+}
+
+function judge(e: unknown, name: string): unknown {
+  if ((typeof e !== 'object' && typeof e !== 'function') || e === null) return e;
   const o = e as { code?: unknown; message?: unknown; name?: unknown; status?: unknown; details?: unknown };
-  if (typeof o.code !== 'string') return e;
-  const message = typeof o.message === 'string' ? o.message : String(o.code);
-  if (inNamespace(o.code, name)) {
-    if (e instanceof SigilError) return e;
-    const details = typeof o.details === 'object' && o.details !== null ? (o.details as Record<string, unknown>) : undefined;
-    return new SigilError(o.code, message, { status: statusOf(o.status), ...(details ? { details } : {}), cause: e });
+  const code = o.code;
+  const rawMessage = o.message;
+  const poses = e instanceof SigilError || o.name === 'SigilError';
+  if (typeof code !== 'string') {
+    if (!poses && typeof e === 'object') return e;
+    return new Error(`plugin "${name}" failed: ${typeof rawMessage === 'string' ? rawMessage : 'no message'}`, { cause: e });
+  }
+  const message = typeof rawMessage === 'string' ? rawMessage : code;
+  if (inNamespace(code, name)) {
+    const rawDetails = o.details;
+    const details = typeof rawDetails === 'object' && rawDetails !== null ? (rawDetails as Record<string, unknown>) : undefined;
+    return new SigilError(code, message, { status: statusOf(o.status), ...(details ? { details } : {}), cause: e });
   }
   // Errors that present themselves as Sigil errors (ours, or another copy's) but use a foreign code;
   // plain errors with system codes (ENOENT, ERR_…) stay as they are and the host wraps them.
-  if (e instanceof SigilError || o.name === 'SigilError' || /^[a-z0-9_]+\.[a-z0-9_.]+$/.test(o.code)) {
+  if (poses || typeof e !== 'object' || /^[a-z0-9_]+\.[a-z0-9_.]+$/.test(code)) {
     return new SigilError(
       'plugin.code_outside_namespace',
-      `plugin "${name}" failed with code "${o.code.slice(0, MAX_CODE)}", outside its namespace "${name}.*": ${message}`,
+      `plugin "${name}" failed with code "${code.slice(0, MAX_CODE)}", outside its namespace "${name}.*": ${message}`,
       { status: 500, cause: e },
     );
   }
   return e;
+}
+
+/** Run a plugin's synchronous member with its errors passed through `fromPlugin`. */
+function guardedSync<A extends unknown[], R>(name: string, self: unknown, f: (...args: A) => R): (...args: A) => R {
+  return (...args: A) => {
+    try {
+      return f.apply(self, args);
+    } catch (e) {
+      throw fromPlugin(e, name);
+    }
+  };
 }
 
 async function guarded<T>(name: string, run: () => Promise<T>): Promise<T> {
@@ -71,11 +99,12 @@ export function guardVerifier(name: string, v: NodeAttestorVerifier): NodeAttest
   };
   if (typeof v.commit === 'function') out.commit = (state, session) => guarded(name, () => (v.commit as NonNullable<NodeAttestorVerifier['commit']>).call(v, state, session));
   if (v.consumesOnCommit === true) out.consumesOnCommit = true;
-  // The synchronous optional members run as the plugin wrote them (the host guards their failures).
-  // Every optional member of NodeAttestorVerifier must be carried over here.
-  if (typeof v.stateKeysForAgent === 'function') out.stateKeysForAgent = v.stateKeysForAgent.bind(v);
+  // The synchronous optional members run with the plugin's own `this`, behind the same boundary
+  // (credentialKey runs on every unauthenticated hello). Every optional member of
+  // NodeAttestorVerifier must be carried over here.
+  if (typeof v.stateKeysForAgent === 'function') out.stateKeysForAgent = guardedSync(name, v, v.stateKeysForAgent);
   const withKey = v as { credentialKey?: (hello: unknown) => string | undefined };
-  if (typeof withKey.credentialKey === 'function') (out as typeof withKey).credentialKey = withKey.credentialKey.bind(v);
+  if (typeof withKey.credentialKey === 'function') (out as typeof withKey).credentialKey = guardedSync(name, v, withKey.credentialKey);
   return out;
 }
 

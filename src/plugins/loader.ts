@@ -31,6 +31,27 @@ type PluginOf<K extends Kind> = NonNullable<PluginModule[K]>;
 
 const NAME_RE = /^[a-z][a-z0-9_]{0,63}$/;
 
+/**
+ * The first segments of Sigil's own error codes (docs/errors.md). A third-party plugin's error
+ * namespace is its name, so a plugin named after one of these (or after a built-in's namespace
+ * that differs from the built-in's name, such as `sev` or `nitro`) would speak as Sigil: it is
+ * refused with `plugin.reserved_name`, unless it replaces the built-in of that very name and kind.
+ */
+export const SIGIL_ERROR_AREAS: ReadonlySet<string> = new Set([
+  'admin', 'agent', 'attest', 'bundle', 'ca', 'cli', 'config', 'container', 'csr', 'entries', 'entry', 'federation', 'grpc', 'http',
+  'input', 'internal', 'io', 'join_token', 'jwtsvid', 'keys', 'native', 'nitro', 'pem', 'plugin', 'selector', 'sev', 'sigil', 'spiffe',
+  'store', 'svid', 'tdx', 'token', 'tpm', 'unix', 'verifier', 'workload', 'workload_api', 'workload_client', 'x509svid',
+]);
+
+function reservedName(catalog: BuiltinCatalog, kind: Kind, name: string): boolean {
+  if (Object.prototype.hasOwnProperty.call(catalog[kind], name)) return false; // replaces that built-in
+  if (SIGIL_ERROR_AREAS.has(name)) return true;
+  for (const k of Object.keys(catalog) as Kind[]) {
+    for (const b of Object.values(catalog[k] as Readonly<Record<string, BuiltinPlugin<Kind>>>)) if (b.errorNamespace === name) return true;
+  }
+  return false;
+}
+
 /** One built-in plugin: how to import it (lazily, so e.g. the TPM binding loads only when configured) and its error-code namespace. */
 export interface BuiltinPlugin<K extends Kind> {
   load: () => Promise<PluginOf<K>>;
@@ -80,6 +101,12 @@ export async function resolvePluginEntry<K extends Kind>(catalog: BuiltinCatalog
   }
   const spec = Object.prototype.hasOwnProperty.call(sources, name) ? sources[name] : undefined;
   if (spec !== undefined) {
+    if (reservedName(catalog, kind, name)) {
+      throw new SigilError(
+        'plugin.reserved_name',
+        `plugin "${name}": a third-party plugin's error codes are "<its name>.*", and "${name}.*" are Sigil's own or a built-in's codes; give the plugin another name`,
+      );
+    }
     const mod = await importThirdParty(name, spec, configDir);
     const plugin = (mod as Record<string, unknown> | null | undefined)?.[kind];
     if (plugin === undefined) {
