@@ -145,10 +145,11 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
         const onClose = (): void => {
           if (!reply.raw.writableEnded) cancel?.();
         };
-        reply.raw.once('close', onClose);
         const waitMs = Math.min(Number(req.query.wait), core.config.longPoll.maxWaitSeconds) * 1000;
-        const next = await sets.waitForChange(agent, set, waitMs, () => requireAgent(core, req), (c) => (cancel = c));
-        reply.raw.removeListener('close', onClose);
+        // Throws at once when the long-poll is refused (limits); the client going away ends the wait.
+        const held = sets.waitForChange(agent, set, waitMs, () => requireAgent(core, req), (c) => (cancel = c));
+        reply.raw.once('close', onClose);
+        const next = await held.finally(() => reply.raw.removeListener('close', onClose));
         if (next) set = next;
       }
       if (req.headers['if-none-match'] === set.etag) return reply.code(304).send();
