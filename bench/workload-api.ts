@@ -13,6 +13,8 @@
  *   npx tsx bench/workload-api.ts [--clients 200] [--calls 20] [--rate 1000] [--client raw|h2|grpc-js]
  *   The server child runs with bin/sigil's own Node flags (BENCH_SERVER_FLAGS="…" replaces them);
  *   BENCH_PROF=DIR also writes a CPU profile of the server process into DIR.
+ *   BENCH_WORKLOAD_SERVER=/abs/module.ts runs that module's `startWorkloadApi` (same options and
+ *   result) in place of Sigil's, e.g. to measure another gRPC layer under the same load.
  */
 import { generateKeyPairSync } from 'node:crypto';
 import { fork } from 'node:child_process';
@@ -22,7 +24,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import pino from 'pino';
@@ -131,7 +133,10 @@ async function runServer(socketPath: string, uid: number): Promise<void> {
     const issued = pki.issue(e.spiffeId);
     src.putSvid(e, issued.chainDer, issued.privateKey, new Date(Date.now() - 1000), issued.expiresAt, new Date());
   }
-  const server = await startWorkloadApi({
+  const start: typeof startWorkloadApi = process.env.BENCH_WORKLOAD_SERVER
+    ? ((await import(pathToFileURL(process.env.BENCH_WORKLOAD_SERVER).href)) as { startWorkloadApi: typeof startWorkloadApi }).startWorkloadApi
+    : startWorkloadApi;
+  const server = await start({
     socketPath,
     source: src,
     attestors: new Map<string, WorkloadAttestor>([
