@@ -144,7 +144,7 @@ async function createAgentRegistry(sources: MetricsSources, reuseMs: number): Pr
   gauge('workload_api_watching_streams', 'Streaming Workload API calls waiting to send the next update', (s) => s.stats.watchingStreams);
   gauge('workload_api_buffered_output_bytes', 'Response bytes queued in Workload API stream buffers, not yet handed to HTTP/2', (s) => s.stats.bufferedOutputBytes);
   counter('workload_api_rejected_connections_total', 'Workload API connections refused by the connection limits (total, per uid) or while shutting down', (s) => s.stats.rejectedConnections);
-  counter('workload_api_caller_changed_total', 'Workload API connections closed because the calling process changed during attestation (PID reuse, uid/gid change)', (s) => s.stats.callerChanged);
+  counter('workload_api_caller_changed_total', 'Workload API connections closed because the calling process changed since it connected: it exited or its PID was reused, its uid/gid changed, or it runs another program (exec) than when it connected; found during attestation or by the per-call check of its program', (s) => s.stats.callerChanged);
 
   new Gauge({
     name: `${PREFIX}workload_api_service_time_seconds`,
