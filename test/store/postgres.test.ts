@@ -75,7 +75,7 @@ if (!server) {
       try {
         expect(s.kind).toBe('postgres');
         const tables = await admin.query<{ table_name: string }>('SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name', [schema]);
-        expect(tables.rows.map((r) => r.table_name)).toEqual(['agents', 'ca_journals', 'entries', 'join_tokens', 'meta', 'plugin_state', 'schema_version', 'sessions']);
+        expect(tables.rows.map((r) => r.table_name)).toEqual(['agents', 'ca_journals', 'entries', 'federated_bundles', 'federations', 'join_tokens', 'meta', 'plugin_state', 'schema_version', 'sessions']);
         const v = await admin.query<{ version: number }>(`SELECT version FROM "${schema}".schema_version`);
         expect(v.rows).toEqual([{ version: POSTGRES_SCHEMA_VERSION }]);
         const pub = await admin.query(`SELECT 1 FROM information_schema.tables WHERE table_schema = 'public' AND table_name = 'entries'`);
@@ -171,6 +171,9 @@ if (!server) {
       await s.close();
       // Back to what version 1 had: no factor_ids column; an agent written then.
       await admin.query(`ALTER TABLE "${schema}".agents DROP COLUMN factor_ids`);
+      // … and nothing of version 3 (federation).
+      await admin.query(`DROP TABLE "${schema}".federated_bundles, "${schema}".federations`);
+      await admin.query(`ALTER TABLE "${schema}".entries DROP COLUMN federates_with`);
       await admin.query(`UPDATE "${schema}".schema_version SET version = 1`);
       const id = `${TD}/sigil/agent/tpm/old`;
       await admin.query(
@@ -180,9 +183,9 @@ if (!server) {
       );
       const again = await PostgresStore.open(url, { schema });
       try {
-        expect(POSTGRES_SCHEMA_VERSION).toBe(2);
+        expect(POSTGRES_SCHEMA_VERSION).toBe(3);
         const v = await admin.query<{ version: number }>(`SELECT version FROM "${schema}".schema_version`);
-        expect(v.rows).toEqual([{ version: 2 }]);
+        expect(v.rows).toEqual([{ version: 3 }]);
         expect((await again.getAgent(id))?.factorIds).toEqual([id]);
         const raw = await admin.query<{ factor_ids: unknown }>(`SELECT factor_ids FROM "${schema}".agents WHERE id = $1`, [id]);
         expect(raw.rows[0]?.factor_ids).toEqual([id]);

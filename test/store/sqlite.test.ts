@@ -27,6 +27,8 @@ describe('SqliteStore migrations', () => {
       // Back to what version 1 had: no factor_ids column; an agent written then.
       const db = new Database(path);
       db.exec('ALTER TABLE agents DROP COLUMN factor_ids');
+      // … and nothing of version 3 (federation).
+      db.exec('DROP TABLE federated_bundles; DROP TABLE federations; ALTER TABLE entries DROP COLUMN federates_with');
       db.pragma('user_version = 1');
       const id = 'spiffe://example.org/sigil/agent/tpm/old';
       db.prepare(
@@ -36,14 +38,14 @@ describe('SqliteStore migrations', () => {
       db.close();
       const s = new SqliteStore(path);
       try {
-        expect(SQLITE_SCHEMA_VERSION).toBe(2);
+        expect(SQLITE_SCHEMA_VERSION).toBe(3);
         expect((await s.getAgent(id))?.factorIds).toEqual([id]);
         expect(await s.renewAgentSvid(id, '0a', '0b', '2030-01-01T02:00:00.000Z')).toBe(true);
       } finally {
         await s.close();
       }
       const check = new Database(path, { readonly: true });
-      expect(check.pragma('user_version', { simple: true })).toBe(2);
+      expect(check.pragma('user_version', { simple: true })).toBe(3);
       expect(check.prepare('SELECT factor_ids FROM agents WHERE id = ?').get(id)).toEqual({ factor_ids: JSON.stringify([id]) });
       check.close();
     } finally {
