@@ -97,7 +97,8 @@ export class RefusalLog {
       w = { windowStart: t, logged: 0, suppressed: 0 };
       this.codes.set(key, w);
     }
-    if (t - w.windowStart >= this.opts.intervalMs) {
+    // A window that seems to start in the future began before a step back of the clock: start anew.
+    if (t - w.windowStart >= this.opts.intervalMs || t < w.windowStart) {
       w.windowStart = t;
       w.logged = 0;
     }
