@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningAgent } from '../../src/agent/agent.js';
 import { ContainerAttestor } from '../../src/workload/container.js';
 import { agentEnv, createEntry, freePort, joinToken, runAgent, waitFor, type AgentEnv } from '../agent/harness.js';
-import { containerToolsMissing, startContainerd, startPodman, type Containerd, type Podman } from '../support/containers.js';
+import { containerToolsMissing, CriClient, startContainerd, startPodman, type Containerd, type Podman } from '../support/containers.js';
 import { startTestVerifier, type TestVerifier } from '../support/verifier.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -34,6 +34,7 @@ describe.skipIf(missing !== null)('container attestation on real runtimes', () =
   let agent: RunningAgent;
   let podman: Podman;
   let containerd: Containerd;
+  let cri: CriClient;
   let agentId: string;
   let imageA: string;
   let imageB: string;
@@ -46,7 +47,8 @@ describe.skipIf(missing !== null)('container attestation on real runtimes', () =
     imageA = podman.importImage('localhost/sigil-app:1', 'app');
     imageB = podman.importImage('localhost/sigil-other:1', 'other');
     podman.cli(['save', '--format', 'oci-archive', '-o', join(dir, 'app.tar'), 'localhost/sigil-app:1']);
-    containerd = await startContainerd(dir);
+    containerd = await startContainerd(dir, { cri: { sandboxImage: 'localhost/sigil-app:1' } });
+    cri = new CriClient(containerd.socket);
     containerd.importArchive('default', join(dir, 'app.tar'));
     containerd.importArchive('k8s.io', join(dir, 'app.tar'));
 
@@ -73,6 +75,7 @@ describe.skipIf(missing !== null)('container attestation on real runtimes', () =
   }, 240_000);
 
   afterAll(async () => {
+    cri?.close();
     await agent?.close();
     await tv?.stop();
     await containerd?.stop();
@@ -152,22 +155,20 @@ describe.skipIf(missing !== null)('container attestation on real runtimes', () =
     expect((await fetchInside(ctrExec('default', other))).error).toBe('workload_client.permission_denied');
   }, 60_000);
 
-  it('containerd, kubelet-style container (k8s.io namespace, io.kubernetes.* labels, kubepods cgroup): k8s selectors', async () => {
-    const id = 'e'.repeat(64);
+  it('containerd through CRI, as a kubelet creates pods (k8s.io namespace, io.kubernetes.* labels, kubepods cgroup): k8s selectors', async () => {
     const podUid = '0d8a5a4c-4d2b-4b8e-9a55-3f0c7f9e2a11';
-    containerd.run({
-      ns: 'k8s.io',
-      id,
-      image: 'localhost/sigil-app:1',
-      labels: { 'io.kubernetes.pod.namespace': 'payments', 'io.kubernetes.pod.name': 'api-7d9f', 'io.kubernetes.pod.uid': podUid, 'io.kubernetes.container.name': 'api' },
-      cgroup: `/kubepods/besteffort/pod${podUid}/${id}`,
-      mounts: [...HOST_MOUNTS, `${sockDir}:/sock:rw`],
-      cmd: ['/bin/sleep', '600'],
+    mkdirSync(join(dir, 'pod-logs'), { recursive: true });
+    const pod = await cri.runPod({ name: 'api-7d9f', namespace: 'payments', uid: podUid, logDir: join(dir, 'pod-logs') });
+    const mounts = [...HOST_MOUNTS, `${sockDir}:/sock:rw`].map((m) => {
+      const [host, container, mode] = m.split(':') as [string, string, string];
+      return { host, container, readonly: mode === 'ro' };
     });
+    const id = await cri.startContainer({ podId: pod.podId, podConfig: pod.config, name: 'api', image: 'localhost/sigil-app:1', command: ['/bin/sleep', '600'], mounts });
     const r = await waitFor(async () => {
       const x = await fetchInside(ctrExec('k8s.io', id));
       return x.ids?.includes('spiffe://example.org/k8s/payments') ? x : undefined;
-    }, 20_000, 'SVID inside the kubelet-style container');
+    }, 30_000, 'SVID inside the CRI-created container');
     expect(r.ids).toEqual(['spiffe://example.org/k8s/payments']);
-  }, 60_000);
+    await cri.removePod(pod.podId);
+  }, 90_000);
 }, 300_000);

@@ -10,7 +10,10 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 
 const BUSYBOX = '/usr/bin/busybox';
 const RUNC = '/usr/sbin/runc';
@@ -164,13 +167,39 @@ export interface Containerd {
   stop(): Promise<void>;
 }
 
-export async function startContainerd(dir: string): Promise<Containerd> {
+/**
+ * A containerd of its own. With `cri`, its CRI plugin serves the kubelet's API on the same
+ * socket (runc with cgroupfs, no CNI: pods use the node's network), with `sandboxImage` as the
+ * pause image (it must be imported into namespace k8s.io before a pod is run).
+ */
+export async function startContainerd(dir: string, opts: { cri?: { sandboxImage: string } } = {}): Promise<Containerd> {
   const root = join(dir, 'containerd-root');
   const state = join(dir, 'containerd-state');
   const socket = join(dir, 'containerd.sock');
   const config = join(dir, 'containerd.toml');
-  // Only what a plain containerd needs here: no CRI plugin (no kubelet), no extra listeners.
-  writeFileSync(config, `version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "${socket}"\n[ttrpc]\n  address = "${socket}.ttrpc"\n[debug]\n  address = ""\n[metrics]\n  address = ""\n`);
+  const common = `[grpc]\n  address = "${socket}"\n[ttrpc]\n  address = "${socket}.ttrpc"\n[debug]\n  address = ""\n[metrics]\n  address = ""\n`;
+  const cri = opts.cri
+    ? [
+        '[plugins."io.containerd.grpc.v1.cri"]',
+        `  sandbox_image = "${opts.cri.sandboxImage}"`,
+        '  disable_apparmor = true',
+        '  restrict_oom_score_adj = true',
+        '  stream_server_address = "127.0.0.1"',
+        '  stream_server_port = "0"',
+        '  [plugins."io.containerd.grpc.v1.cri".containerd]',
+        '    default_runtime_name = "runc"',
+        '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]',
+        '      runtime_type = "io.containerd.runc.v2"',
+        '      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]',
+        `        BinaryName = "${RUNC}"`,
+        '        SystemdCgroup = false',
+        '  [plugins."io.containerd.grpc.v1.cri".cni]',
+        `    bin_dir = "${join(dir, 'cni-bin')}"`,
+        `    conf_dir = "${join(dir, 'cni-conf')}"`,
+        '',
+      ].join('\n')
+    : 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n';
+  writeFileSync(config, `version = 2\n${cri}${common}`);
   const proc = spawn('containerd', ['--config', config, '--root', root, '--state', state, '--address', socket], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   proc.stderr?.on('data', (c: Buffer) => {
@@ -241,4 +270,72 @@ export async function startContainerd(dir: string): Promise<Containerd> {
     },
   };
   return handle;
+}
+
+type Unary = (req: unknown, cb: (e: Error | null, r?: Record<string, unknown>) => void) => void;
+
+/**
+ * A CRI client (runtime.v1) for tests: creates pods and containers through containerd's CRI
+ * plugin exactly as a kubelet would — the kubelet's labels and cgroup parent are set by the
+ * CRI implementation, not by the test.
+ */
+export class CriClient {
+  private readonly rt: Record<string, Unary> & { close(): void };
+
+  constructor(socket: string) {
+    const def = protoLoader.loadSync(join(dirname(fileURLToPath(import.meta.url)), 'proto', 'cri-runtime.proto'), { keepCase: true, defaults: true });
+    const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } } };
+    this.rt = new pkg.runtime.v1.RuntimeService(`unix://${socket}`, grpc.credentials.createInsecure(), { 'grpc.default_authority': 'localhost' }) as unknown as Record<string, Unary> & { close(): void };
+  }
+
+  private call(method: string, req: unknown): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      (this.rt[method] as Unary).call(this.rt, req, (e, r) => (e ? reject(e) : resolve(r ?? {})));
+    });
+  }
+
+  /** A pod in the node's network namespace, under the kubelet's cgroupfs layout for its QoS class. */
+  async runPod(o: { name: string; namespace: string; uid: string; logDir: string }): Promise<{ podId: string; config: { metadata: { name: string; namespace: string; uid: string } } }> {
+    const config = {
+      metadata: { name: o.name, uid: o.uid, namespace: o.namespace, attempt: 0 },
+      // A pod on the node's network has no hostname of its own (a private UTS namespace would be needed).
+      log_directory: o.logDir,
+      labels: { 'io.kubernetes.pod.name': o.name, 'io.kubernetes.pod.namespace': o.namespace, 'io.kubernetes.pod.uid': o.uid },
+      linux: { cgroup_parent: `/kubepods/besteffort/pod${o.uid}`, security_context: { namespace_options: { network: 2, pid: 0, ipc: 0 } } },
+    };
+    const r = await this.call('RunPodSandbox', { config });
+    return { podId: String(r.pod_sandbox_id), config };
+  }
+
+  /**
+   * Create and start a container in the pod, with the labels a kubelet puts on every container it
+   * creates (io.kubernetes.pod.name/namespace/uid, io.kubernetes.container.name).
+   */
+  async startContainer(o: { podId: string; podConfig: { metadata: { name: string; namespace: string; uid: string } }; name: string; image: string; command: string[]; mounts: { host: string; container: string; readonly: boolean }[] }): Promise<string> {
+    const m = o.podConfig.metadata;
+    const r = await this.call('CreateContainer', {
+      pod_sandbox_id: o.podId,
+      sandbox_config: o.podConfig,
+      config: {
+        metadata: { name: o.name, attempt: 0 },
+        image: { image: o.image },
+        command: o.command,
+        mounts: o.mounts.map((m) => ({ host_path: m.host, container_path: m.container, readonly: m.readonly })),
+        log_path: `${o.name}.log`,
+        labels: { 'io.kubernetes.pod.name': m.name, 'io.kubernetes.pod.namespace': m.namespace, 'io.kubernetes.pod.uid': m.uid, 'io.kubernetes.container.name': o.name },
+      },
+    });
+    const id = String(r.container_id);
+    await this.call('StartContainer', { container_id: id });
+    return id;
+  }
+
+  async removePod(podId: string): Promise<void> {
+    await this.call('StopPodSandbox', { pod_sandbox_id: podId });
+    await this.call('RemovePodSandbox', { pod_sandbox_id: podId });
+  }
+
+  close(): void {
+    this.rt.close();
+  }
 }
