@@ -6,11 +6,15 @@
  * for that caller and no selectors guessed.
  */
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,7 +26,7 @@ import { RuntimeCache } from '../../src/workload/runtime/cache.js';
 import { MAX_LABELS, runtimeSelectors, SELECTOR_GROUPS } from '../../src/workload/runtime/details.js';
 import { DockerApiClient } from '../../src/workload/runtime/docker.js';
 import { KubeletClient, parsePodList } from '../../src/workload/runtime/kubelet.js';
-import { repositoryOf } from '../../src/workload/runtime/containerd.js';
+import { ContainerdClient, repositoryOf } from '../../src/workload/runtime/containerd.js';
 
 const ID = 'ab'.repeat(32);
 const IMAGE = `sha256:${'cd'.repeat(32)}`;
@@ -313,5 +317,85 @@ describe('runtime cache', () => {
     expect(loads).toBe(1);
     c.forget('x');
     expect(c.peek('x')).toBeUndefined();
+  });
+});
+
+describe('containerd client against a stand-in gRPC server', () => {
+  const cdDir = (): string => join(dir, 'cd');
+  const protoDir = join(dirname(fileURLToPath(import.meta.url)), '../../proto/containerd');
+  type Impl = { container?: Record<string, unknown> | null; image?: Record<string, unknown> | null; blobs?: Record<string, Buffer> };
+
+  async function standIn(name: string, impl: Impl): Promise<{ socket: string; close: () => Promise<void> }> {
+    const def = protoLoader.loadSync(['containers.proto', 'images.proto', 'content.proto'], { includeDirs: [protoDir], keepCase: true, longs: String, defaults: true });
+    const pkg = grpc.loadPackageDefinition(def) as unknown as { containerd: { services: Record<string, { v1: Record<string, { service: grpc.ServiceDefinition }> }> } };
+    const server = new grpc.Server();
+    const notFound = { code: grpc.status.NOT_FOUND, details: 'not found' };
+    server.addService(pkg.containerd.services.containers!.v1.Containers!.service, {
+      Get: (_c: unknown, cb: grpc.sendUnaryData<unknown>) => (impl.container ? cb(null, { container: impl.container }) : cb(notFound)),
+    });
+    server.addService(pkg.containerd.services.images!.v1.Images!.service, {
+      Get: (_c: unknown, cb: grpc.sendUnaryData<unknown>) => (impl.image ? cb(null, { image: impl.image }) : cb(notFound)),
+    });
+    server.addService(pkg.containerd.services.content!.v1.Content!.service, {
+      Read: (call: grpc.ServerWritableStream<{ digest: string }, unknown>) => {
+        const b = impl.blobs?.[call.request.digest];
+        if (!b) {
+          call.emit('error', notFound);
+          return;
+        }
+        call.write({ offset: 0, data: b });
+        call.end();
+      },
+    });
+    execFileSync('mkdir', ['-p', cdDir()]);
+    const socket = join(cdDir(), `${name}.sock`);
+    await new Promise<void>((r, j) => server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? j(e) : r())));
+    return { socket, close: () => new Promise<void>((r) => server.tryShutdown(() => r())) };
+  }
+
+  const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const config = Buffer.from('{"architecture":"amd64","os":"linux"}');
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length }, layers: [] }));
+  const target = { media_type: 'application/vnd.oci.image.manifest.v1+json', digest: sha(manifest), size: manifest.length };
+
+  it('follows image → manifest → config in the content store', async () => {
+    const s = await standIn('good', { container: { id: ID, image: 'registry.example/app:1', labels: { tier: 'web' } }, image: { name: 'registry.example/app:1', target }, blobs: { [sha(manifest)]: manifest } });
+    const c = new ContainerdClient({ socketPath: s.socket, timeoutMs: 2000, namespaces: ['default'] });
+    expect(await c.inspect(ID, undefined)).toEqual({ imageId: sha(config), imageRef: 'registry.example/app:1', repoDigests: [`registry.example/app@${sha(manifest)}`], labels: { tier: 'web' } });
+    c.close();
+    await s.close();
+  });
+
+  it('an answer about another container, a blob that does not hash to its digest, and a missing config digest are refused', async () => {
+    const cases: [string, Impl][] = [
+      ['other-id', { container: { id: 'ff'.repeat(32), image: '' } }],
+      ['bad-blob', { container: { id: ID, image: 'app:1' }, image: { name: 'app:1', target }, blobs: { [sha(manifest)]: Buffer.from('{"tampered":true}') } }],
+      ['no-config', { container: { id: ID, image: 'app:1' }, image: { name: 'app:1', target: { ...target, digest: sha(Buffer.from('{}')) } }, blobs: { [sha(Buffer.from('{}'))]: Buffer.from('{}') } }],
+      ['blob-missing', { container: { id: ID, image: 'app:1' }, image: { name: 'app:1', target }, blobs: {} }],
+      ['odd-media-type', { container: { id: ID, image: 'app:1' }, image: { name: 'app:1', target: { ...target, media_type: 'text/plain' } } }],
+    ];
+    for (const [name, impl] of cases) {
+      const s = await standIn(name, impl);
+      const c = new ContainerdClient({ socketPath: s.socket, timeoutMs: 2000, namespaces: ['default'] });
+      expect(await codeOf(c.inspect(ID, undefined)), name).toBe('container.runtime_bad_answer');
+      c.close();
+      await s.close();
+    }
+  });
+
+  it('an unknown container is null; a socket that is not gRPC or not there is a clear code', async () => {
+    const s = await standIn('empty', { container: null });
+    const c = new ContainerdClient({ socketPath: s.socket, timeoutMs: 2000, namespaces: ['k8s.io', 'default'] });
+    expect(await c.inspect(ID, undefined)).toBeNull();
+    c.close();
+    await s.close();
+    const garbage = await dockerStandIn('not-grpc', (_q, r) => r.end('hello'));
+    const g = new ContainerdClient({ socketPath: garbage.socket, timeoutMs: 1000, namespaces: ['default'] });
+    expect(await codeOf(g.inspect(ID, undefined))).toMatch(/^container\.runtime_(unavailable|error|timeout)$/);
+    g.close();
+    await garbage.close();
+    const none = new ContainerdClient({ socketPath: join(dir, 'no-containerd.sock'), timeoutMs: 1000, namespaces: ['default'] });
+    expect(await codeOf(none.inspect(ID, undefined))).toMatch(/^container\.runtime_(unavailable|timeout)$/);
+    none.close();
   });
 });
