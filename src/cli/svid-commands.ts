@@ -4,11 +4,12 @@
  * Socket: --socket, else SPIFFE_ENDPOINT_SOCKET (unix:///path or unix:/path), else /run/sigil/agent.sock.
  */
 import { X509Certificate } from 'node:crypto';
-import { chmodSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { SigilError, isSigilError } from '../errors.js';
 import { certsToPem, derToPem } from '../spiffe/pem.js';
+import { replaceFileAtomic } from '../util/atomic-file.js';
 import { WorkloadApiClient, resolveWorkloadSocket, type FetchedX509Svid } from '../workload/client.js';
 import { EXIT_FAILED, UsageError } from './output.js';
 
@@ -29,12 +30,13 @@ function notAfterOf(der: Buffer): string {
   }
 }
 
-/** Write a file atomically (temp file in the same directory, then rename) with the given mode. */
+/**
+ * Write a file atomically with the given mode: a new temp file (O_EXCL, random name, created with
+ * `mode`) in the same directory, then renamed into place. Never opens a file that was already
+ * there, so in a directory others can write a planted temp file or symlink receives nothing.
+ */
 function writeAtomic(path: string, data: string, mode: number): void {
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, data, { mode });
-  chmodSync(tmp, mode);
-  renameSync(tmp, path);
+  replaceFileAtomic(path, data, mode);
 }
 
 /** Writes DIR/svid.pem (leaf first, then intermediates), DIR/key.pem (0600), DIR/bundle.pem. */

@@ -1,5 +1,5 @@
 /** Operator commands that talk to the verifier (DESIGN §9): verifier run, entry, token, agent list/evict, bundle, x509/jwt mint. */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { createCsr } from '../spiffe/csr.js';
@@ -7,6 +7,7 @@ import { generateKey } from '../spiffe/keys.js';
 import { certsToPem } from '../spiffe/x509svid.js';
 import type { AgentRecord, RegistrationEntry } from '../store/types.js';
 import { adminCall, DEFAULT_ADMIN_SOCKET } from './admin-client.js';
+import { replaceFileAtomic } from '../util/atomic-file.js';
 import { UsageError } from './output.js';
 
 export function adminSocketOf(opts: { adminSocket?: string }): string {
@@ -178,9 +179,10 @@ export function registerMintCommands(program: Command): void {
     const keyPem = key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string;
     if (o.write) {
       mkdirSync(o.write, { recursive: true, mode: 0o755 });
-      writeFileSync(join(o.write, 'svid.pem'), svidPem, { mode: 0o644 });
-      writeFileSync(join(o.write, 'key.pem'), keyPem, { mode: 0o600 });
-      writeFileSync(join(o.write, 'bundle.pem'), r.bundlePem, { mode: 0o644 });
+      // New files renamed into place: an existing key.pem (0644, or another user's) is replaced, never written through.
+      replaceFileAtomic(join(o.write, 'key.pem'), keyPem, 0o600);
+      replaceFileAtomic(join(o.write, 'svid.pem'), svidPem, 0o644);
+      replaceFileAtomic(join(o.write, 'bundle.pem'), r.bundlePem, 0o644);
       process.stdout.write(`wrote ${join(o.write, 'svid.pem')}, key.pem, bundle.pem (SPIFFE ID ${r.spiffeId}, expires ${r.expiresAt})\n`);
     } else {
       process.stdout.write(`SPIFFE ID: ${r.spiffeId}\nExpires: ${r.expiresAt}\n${svidPem}${keyPem}`);
