@@ -9,13 +9,13 @@
  */
 import { type KeyObject } from 'node:crypto';
 import { SigilError } from '../errors.js';
-import { TAG, bytesOf, checkStrictDer, children, decodeOid, readSingle, tlv, type Tlv } from './der.js';
+import { TAG, bytesOf, checkStrictDer, children, decodeOid, readSingle, tlv, type Tlv } from '../x509/der.js';
 import { SpiffeId } from './id.js';
 import { publicKeyOf, spkiDer } from './keys.js';
 import { formatName } from './name.js';
 import { parseSigAlg, signWith, signingAlgFor, verifyWith } from './sigalg.js';
-import { importSpki, type SpkiFamily } from './spki.js';
-import { encodeSanExtensionValue, parseGeneralNames, OID_SAN } from './x509ext.js';
+import { importSpki, type SpkiFamily } from '../x509/spki.js';
+import { encodeSanExtensionValue, parseGeneralNames, OID_SAN } from '../x509/ext.js';
 
 export const CSR_MAX_BYTES = 64 * 1024;
 const OID_EXTENSION_REQUEST = '1.2.840.113549.1.9.14';

@@ -10,6 +10,7 @@ import {
 import { closeSync, fstatSync, openSync, readFileSync, constants as fsc } from 'node:fs';
 import { SigilError } from '../errors.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
+import { RSA_MAX_BITS, RSA_MIN_BITS } from '../x509/spki.js';
 
 export type KeyType = 'ec-p256' | 'ec-p384' | 'rsa-2048';
 export type JwsAlg = 'ES256' | 'ES384' | 'RS256';
@@ -17,8 +18,7 @@ export type JwsAlg = 'ES256' | 'ES384' | 'RS256';
 export const KEY_TYPES: readonly KeyType[] = ['ec-p256', 'ec-p384', 'rsa-2048'];
 
 /** RSA moduli accepted anywhere in Sigil (CSRs, CA keys, JWT authorities). */
-export const RSA_MIN_BITS = 2048;
-export const RSA_MAX_BITS = 8192;
+export { RSA_MAX_BITS, RSA_MIN_BITS };
 
 export function isKeyType(s: unknown): s is KeyType {
   return typeof s === 'string' && (KEY_TYPES as readonly string[]).includes(s);

@@ -6,14 +6,16 @@
  * encoded once per CA certificate and cached, so that signing an SVID costs little more than
  * the signature itself. Signing uses node:crypto with the CA KeyObject.
  */
-import { createPublicKey, randomFillSync, type KeyObject } from 'node:crypto';
+import { randomFillSync, type KeyObject } from 'node:crypto';
 import { SigilError } from '../errors.js';
 import { HANDLED_EXTENSIONS, parseCertificate, type ParsedCertificate } from './cert.js';
-import { TAG, encodeTime, encodeUnsignedInteger, tlv, tlvOf } from './der.js';
+import { publicKeyOf } from '../x509/cert.js';
+import { TAG, encodeTime, encodeUnsignedInteger, tlv, tlvOf } from '../x509/der.js';
 import { SpiffeId, parseTrustDomain } from './id.js';
 import { keyFamilyOf, spkiDer } from './keys.js';
 import { signWith, signingAlgFor, verifyWith } from './sigalg.js';
-import { classifySpki, inspectSpki } from './spki.js';
+import { classifySpki, inspectSpki } from '../x509/spki.js';
+import { validityProblem } from '../x509/validity.js';
 import {
   EKU_SERVER_CLIENT_VALUE,
   KU,
@@ -30,10 +32,10 @@ import {
   encodeSanExtensionValue,
   encodeSkiValue,
   keyIdentifier,
-} from './x509ext.js';
+} from '../x509/ext.js';
 
 export { parseCertificate, type ParsedCertificate } from './cert.js';
-export { certsToPem, pemToDers } from './pem.js';
+export { certsToPem, pemToDers } from '../x509/pem.js';
 
 const VERSION_V3 = Buffer.from([0xa0, 0x03, 0x02, 0x01, 0x02]);
 /** Subject of every X.509-SVID: O=Sigil (the identity is the URI SAN). */
@@ -397,9 +399,17 @@ function parseOrWrap(der: Buffer, what: string): ParsedCertificate {
   }
 }
 
+/** The toolkit's validity check (src/x509/validity.ts) under the SVID codes. */
+function validityIssue(c: ParsedCertificate, now: Date): Problem | undefined {
+  const p = validityProblem(c, now);
+  if (p === 'x509.not_yet_valid') return { code: 'x509svid.not_yet_valid', msg: `is not valid before ${c.notBefore.toISOString()}` };
+  if (p === 'x509.expired') return { code: 'x509svid.expired', msg: `expired at ${c.notAfter.toISOString()}` };
+  return undefined;
+}
+
 function checkValidity(c: ParsedCertificate, now: Date, what: string): void {
-  if (now < c.notBefore) throw err('x509svid.not_yet_valid', `${what} is not valid before ${c.notBefore.toISOString()}`);
-  if (now > c.notAfter) throw err('x509svid.expired', `${what} expired at ${c.notAfter.toISOString()}`);
+  const p = validityIssue(c, now);
+  if (p) throw err(p.code, `${what} ${p.msg}`);
 }
 
 function checkCriticalExtensions(c: ParsedCertificate, what: string): void {
@@ -408,18 +418,12 @@ function checkCriticalExtensions(c: ParsedCertificate, what: string): void {
   }
 }
 
-const pubKeyCache = new WeakMap<ParsedCertificate, KeyObject>();
 function publicKeyOfCert(c: ParsedCertificate): KeyObject {
-  let k = pubKeyCache.get(c);
-  if (!k) {
-    try {
-      k = c.spkiInfo.jwk ? createPublicKey({ key: c.spkiInfo.jwk, format: 'jwk' }) : createPublicKey({ key: c.spki, format: 'der', type: 'spki' });
-    } catch (e) {
-      throw err('x509svid.malformed', `certificate public key is invalid: ${(e as Error).message}`);
-    }
-    pubKeyCache.set(c, k);
+  try {
+    return publicKeyOf(c);
+  } catch (e) {
+    throw err('x509svid.malformed', (e as Error).message);
   }
-  return k;
 }
 
 function signedBy(child: ParsedCertificate, issuer: ParsedCertificate): boolean {
@@ -439,8 +443,8 @@ function signingCertProblem(c: ParsedCertificate, now: Date, belowCaCount: numbe
   if (!c.basicConstraints?.ca) return bad('is not a CA (basicConstraints cA is not true)');
   if (c.keyUsage && !(c.keyUsage.flags & KU.keyCertSign)) return bad('lacks keyCertSign');
   if (c.basicConstraints.pathLen !== undefined && belowCaCount > c.basicConstraints.pathLen) return bad('has its pathLenConstraint exceeded');
-  if (now < c.notBefore) return { code: 'x509svid.not_yet_valid', msg: `is not valid before ${c.notBefore.toISOString()}` };
-  if (now > c.notAfter) return { code: 'x509svid.expired', msg: `expired at ${c.notAfter.toISOString()}` };
+  const v = validityIssue(c, now);
+  if (v) return v;
   for (const e of c.extensions) {
     if (e.critical && !HANDLED_EXTENSIONS.has(e.oid)) return { code: 'x509svid.unhandled_critical_extension', msg: `has unhandled critical extension ${e.oid}` };
   }
