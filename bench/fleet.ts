@@ -290,6 +290,12 @@ async function main(): Promise<void> {
     let full = 0;
     let pushed = 0;
     let errors = 0;
+    const errorKinds = new Map<string, number>();
+    const failed = (e: unknown): void => {
+      errors++;
+      const k = e instanceof Error ? e.message : String(e);
+      errorKinds.set(k, (errorKinds.get(k) ?? 0) + 1);
+    };
     const pollLoop = async (a: SimAgent, offset: number): Promise<void> => {
       await sleep(offset);
       let due = performance.now();
@@ -307,8 +313,8 @@ async function main(): Promise<void> {
             syncs++;
             syncLat.push(performance.now() - s);
           }
-        } catch {
-          errors++;
+        } catch (e) {
+          failed(e);
         }
         due += INTERVAL_MS;
         await sleep(Math.max(0, due - performance.now()));
@@ -323,9 +329,9 @@ async function main(): Promise<void> {
             seen(a, r.body);
             if (measuring) pushed++;
           } else if (r.status !== 304) throw new Error(`long-poll ${r.status}`);
-        } catch {
+        } catch (e) {
           if (!running) return;
-          errors++;
+          failed(e);
           await sleep(1000);
         }
       }
@@ -407,6 +413,7 @@ async function main(): Promise<void> {
     console.log(
       `entry change → every affected agent: p50 ${ms(pct(propagation, 50))}, p99 ${ms(pct(propagation, 99))}, max ${ms(Math.max(...propagation))} over ${propagation.length} changes; ${stillPending} agent-changes unseen 3 s after the window (goal p99 < 1 s)`,
     );
+    if (errors > 0) console.log(`errors: ${[...errorKinds].map(([k, n]) => `${n} × ${k}`).join('; ')}`);
     console.log(`verifier RSS: ${rss.map((r) => `${(r / 1e6).toFixed(0)} MB`).join(' + ')} (goal < 500 MB)`);
     console.log(`load generator event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms`);
 
