@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, constants as fsc, mkdirSync, openSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { SigilError } from '../errors.js';
+import { checkDirChain } from './socket-dir.js';
 
 function errnoText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
@@ -71,6 +72,8 @@ function fmtMode(mode: number): string {
  * - exists and is not a directory → `<area>.data_dir_not_directory`;
  * - owned by another user → `<area>.data_dir_not_owned` (that user could read everything in it);
  * - ours with group/other bits → chmod 0700 (reported in `tightened`), likewise `privateSubdirs`;
+ * - a directory above it that another user owns or can write (unless sticky), or a symlink on its
+ *   path another user owns → `<area>.data_dir_parent_insecure` (util/socket-dir.ts checkDirChain);
  * - a file cannot be created in it → `<area>.data_dir_unusable`.
  * Every message names the directory.
  */
@@ -130,6 +133,9 @@ export function preparePrivateDir(dir: string, opts: PrivateDirOptions): Private
     }
     tighten(p, s);
   }
+  // The directories above it: another user who can rename dataDir away could put their own in its
+  // place while we run (new keys would be written there, and loaded from there after a restart).
+  checkDirChain(dir, code('parent_insecure'), `dataDir ${dir}: directory`, 'the keys and secrets kept in dataDir');
   // Probe: a pseudo or read-only filesystem passes every check above and then fails every write.
   const probe = join(dir, `.sigil-probe-${randomBytes(6).toString('hex')}`);
   try {

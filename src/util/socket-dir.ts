@@ -29,46 +29,55 @@ function fmtMode(mode: number): string {
  * naming the directory or link at fault.
  */
 export function checkSocketDir(dir: string, code: string, what: string): void {
+  checkDirChain(dir, code, `${what} directory`, 'the socket');
+}
+
+/**
+ * The rule of `checkSocketDir` for any directory whose contents must stay this user's (e.g.
+ * `dataDir`): `what` names the directory in messages ("dataDir"), `risk` what another user could
+ * replace ("the keys kept there").
+ */
+export function checkDirChain(dir: string, code: string, what: string, risk: string): void {
   const euid = process.geteuid?.();
   if (euid === undefined) return;
   const given = resolve(dir);
-  walkSocketDir(given, euid, code, what);
+  walkSocketDir(given, euid, code, what, risk);
   let real: string;
   try {
     real = realpathSync(given);
   } catch (e) {
-    throw new SigilError(code, `${what} directory ${given} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    throw new SigilError(code, `${what} ${given} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
   }
-  if (real !== given) walkSocketDir(real, euid, code, what);
+  if (real !== given) walkSocketDir(real, euid, code, what, risk);
 }
 
-function walkSocketDir(start: string, euid: number, code: string, what: string): void {
+function walkSocketDir(start: string, euid: number, code: string, what: string, risk: string): void {
   let p = start;
   for (;;) {
     let st: Stats;
     try {
       st = lstatSync(p);
     } catch (e) {
-      throw new SigilError(code, `${what} directory ${p} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+      throw new SigilError(code, `${what} ${p} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
     }
     if (st.isSymbolicLink()) {
       if (st.uid !== euid && st.uid !== 0) {
-        throw new SigilError(code, `${what} directory path goes through the symlink ${p}, owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could point it elsewhere`, {
+        throw new SigilError(code, `${what} path goes through the symlink ${p}, owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could point it elsewhere`, {
           status: 500,
         });
       }
       // Where it leads is checked on the real path; the directory holding the link below.
     } else {
-      if (!st.isDirectory()) throw new SigilError(code, `${what} directory ${p} is not a directory`, { status: 500 });
+      if (!st.isDirectory()) throw new SigilError(code, `${what} ${p} is not a directory`, { status: 500 });
       if (st.uid !== euid && st.uid !== 0) {
-        throw new SigilError(code, `${what} directory ${p} is owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could replace the socket`, { status: 500 });
+        throw new SigilError(code, `${what} ${p} is owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could replace ${risk}`, { status: 500 });
       }
       const othersWrite = (st.mode & 0o022) !== 0;
       const sticky = (st.mode & 0o1000) !== 0;
       if (othersWrite && (p === start || !sticky)) {
         throw new SigilError(
           code,
-          `${what} directory ${p} is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${fmtMode(st.mode)}); another user could replace the socket: make it 0755 or 0700, or choose another path`,
+          `${what} ${p} is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${fmtMode(st.mode)}); another user could replace ${risk}: make it 0755 or 0700, or choose another path`,
           { status: 500 },
         );
       }
