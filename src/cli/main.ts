@@ -1,4 +1,5 @@
 /** `sigil` command line (DESIGN §9). Exit 0 success, 1 failed/rejected (one-line reason), 2 usage error. */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { SigilError } from '../errors.js';
 import { adminCall } from './admin-client.js';
@@ -17,10 +18,17 @@ import {
   registerVerifierRun,
 } from './verifier-commands.js';
 
+/** The package's version, from its package.json (two levels up from both src/cli and dist/cli). */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  if (typeof pkg.version !== 'string') throw new SigilError('cli.package_json_invalid', 'package.json has no version string');
+  return pkg.version;
+}
+
 export function buildProgram(): Command {
   const program = new Command('sigil')
     .description('Sigil: SPIFFE identities earned by hardware-rooted, multi-factor attestation')
-    .version('0.1.0')
+    .version(packageVersion())
     .showHelpAfterError(false);
   registerVerifierRun(program);
   const agent = program.command('agent').description('the node agent, and agents known to the verifier');
