@@ -60,8 +60,12 @@ function targetPath(pkgDir: string, target: string, star: string | undefined): s
   return p;
 }
 
-/** Resolve one `exports` value (string, conditions object, or fallback array) to a path, or null. */
-function conditional(pkgDir: string, value: unknown, star: string | undefined, tried: string[]): string | null {
+/**
+ * Resolve one `exports` value (string, conditions object, or fallback array) to a path; null when
+ * blocked or missing, undefined when a conditions object matches none of CONDITIONS (Node then
+ * tries the enclosing object's next key).
+ */
+function conditional(pkgDir: string, value: unknown, star: string | undefined, tried: string[]): string | null | undefined {
   if (typeof value === 'string') {
     const p = targetPath(pkgDir, value, star);
     tried.push(p);
@@ -80,10 +84,13 @@ function conditional(pkgDir: string, value: unknown, star: string | undefined, t
   }
   if (typeof value === 'object' && value !== null) {
     for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-      if (CONDITIONS.has(k)) return conditional(pkgDir, v, star, tried);
+      if (!CONDITIONS.has(k)) continue;
+      const r = conditional(pkgDir, v, star, tried);
+      if (r !== undefined) return r;
     }
+    return undefined; // no matching condition
   }
-  return null; // null target (explicitly blocked) or no matching condition
+  return null; // null target: explicitly blocked
 }
 
 /** The `exports` entry for `subpath` ("." or "./x"): exact key, else the `*` pattern with the longest prefix. */
@@ -122,7 +129,7 @@ function packageEntry(pkgDir: string, subpath: string, tried: string[]): string 
   if (pj.exports !== undefined && pj.exports !== null) {
     const entry = exportsEntry(pj.exports, subpath);
     if (!entry) throw new NotFound(`package.json "exports" of ${pkgDir} has no "${subpath}"`);
-    return conditional(pkgDir, entry.value, entry.star, tried);
+    return conditional(pkgDir, entry.value, entry.star, tried) ?? null;
   }
   const candidates =
     subpath === '.'
