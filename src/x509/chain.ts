@@ -85,6 +85,8 @@ export interface ChainOptions {
   at: number | Date;
   /** Remembers verified links; absent = every signature is checked. */
   links?: LinkCache;
+  /** Remembers the leaf's link apart from the CAs' (default `links`), so many leaves cannot evict the CAs. */
+  leafLinks?: LinkCache;
   /** Also require the anchor to be self-issued and self-signed (default false: trusted as given). */
   anchorSelfSigned?: boolean;
   /** Names for errors, leaf first (default `certificate <i>`). */
@@ -104,7 +106,7 @@ export function verifyChain(path: readonly Cert[], opts: ChainOptions): void {
   if (opts.anchorSelfSigned === true) checkIssuedBy(anchor, anchor, opts.links, name(n - 1));
   for (let i = n - 1; i >= 0; i--) {
     const c = path[i]!;
-    if (i < n - 1) checkIssuedBy(c, path[i + 1]!, opts.links, name(i));
+    if (i < n - 1) checkIssuedBy(c, path[i + 1]!, i === 0 ? (opts.leafLinks ?? opts.links) : opts.links, name(i));
     checkValidity(c, opts.at, name(i));
     if (i > 0) {
       checkCanIssue(c, name(i));
