@@ -51,6 +51,8 @@ export class FleetConn {
       const fail = (e: Error): void => {
         if (this.sock === s) this.sock = undefined;
         this.buf = Buffer.alloc(0);
+        this.more = [];
+        this.moreBytes = 0;
         this.head = undefined;
         const p = this.pending;
         this.pending = undefined;
@@ -62,8 +64,19 @@ export class FleetConn {
     });
   }
 
+  /** Chunks received after `buf`, joined only once a whole answer is there (large bodies come in many chunks). */
+  private more: Buffer[] = [];
+  private moreBytes = 0;
+
   private onData(d: Buffer): void {
-    this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
+    if (this.head && this.buf.length + this.moreBytes + d.length < this.head.headerEnd + this.head.length) {
+      this.more.push(d);
+      this.moreBytes += d.length;
+      return;
+    }
+    this.buf = this.buf.length === 0 && this.more.length === 0 ? d : Buffer.concat([this.buf, ...this.more, d]);
+    this.more = [];
+    this.moreBytes = 0;
     for (;;) {
       if (!this.head) {
         const end = this.buf.indexOf('\r\n\r\n');
