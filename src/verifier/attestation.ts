@@ -6,7 +6,7 @@
  *
  * `POST /v1/attest` is unauthenticated, so opening sessions is limited (DESIGN §10, "Attestation
  * session limits"): per credential the hello presents, per source address, and in total, with the
- * last slots kept for credentials and addresses that hold no open session yet.
+ * last slots kept for hellos presenting credentials that, like their address, hold no open session yet.
  */
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
@@ -37,7 +37,7 @@ export interface SessionLimits {
   sessionTtlSeconds: number;
   /** Open sessions this verifier keeps at most. */
   maxSessions: number;
-  /** The last this-many of `maxSessions` only go to hellos whose credentials and address hold no open session. */
+  /** The last this-many of `maxSessions` only go to hellos that present a credential and whose credentials and address hold no open session. */
   reservedSessions: number;
   /** Open sessions per credential a hello presents (`credentialKey` of each factor). */
   maxSessionsPerCredential: number;
@@ -180,10 +180,12 @@ export class SessionLedger {
     if (this.tickets.size >= l.maxSessions) {
       throw new SigilError('attest.busy', `all ${l.maxSessions} attestation sessions are in use (attestation.maxSessions); retry shortly`, { status: 503 });
     }
-    if (this.tickets.size >= l.maxSessions - l.reservedSessions && (fromAddress > 0 || credentials.some((c) => this.perCredential.has(c)))) {
+    // The reserve goes to a hello that presents a credential (a hello without one — tdx, aws_nitro,
+    // sev_snp — costs an attacker only an address) whose credentials and address hold no session.
+    if (this.tickets.size >= l.maxSessions - l.reservedSessions && (fromAddress > 0 || credentials.length === 0 || credentials.some((c) => this.perCredential.has(c)))) {
       throw new SigilError(
         'attest.busy_reserved',
-        `only the ${l.reservedSessions} reserved attestation sessions are left (attestation.reservedSessions), and they go to credentials and addresses with no session open; retry shortly`,
+        `only the ${l.reservedSessions} reserved attestation sessions are left (attestation.reservedSessions), and they go to hellos presenting a credential (TPM EK, join token) from credentials and addresses with no session open; retry shortly`,
         { status: 503 },
       );
     }
