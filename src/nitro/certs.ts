@@ -156,14 +156,14 @@ export class NitroCertCache {
 
   /** The pinned root, parsed and profile-checked once per DER hash (recorded in `links` as the link (root, pin)). */
   anchor(der: Uint8Array, hash: string, what: string): NitroCert {
-    const c = this.parsed(der, 'ca', what);
+    const c = this.parsed(der, 'ca', what, hash);
     this.links.check(c, PINNED, () => true);
     return c;
   }
 
   /** A certificate below the root, parsed and profile-checked once per (DER hash, role). */
-  parsed(der: Uint8Array, role: 'ca' | 'leaf', what: string): NitroCert {
-    const key = `${sha256Hex(der)}:${role}`;
+  parsed(der: Uint8Array, role: 'ca' | 'leaf', what: string, hash = sha256Hex(der)): NitroCert {
+    const key = `${hash}:${role}`;
     let c = this.#parsed.get(key);
     if (!c) {
       c = parseNitroCert(der, role, what);
@@ -178,6 +178,9 @@ export class NitroCertCache {
     this.#parsed.clear();
   }
 }
+
+const LEAF = 'certificate (leaf)';
+const ROOT = 'root (cabundle[0])';
 
 export interface ChainResult {
   leaf: NitroCert;
@@ -198,21 +201,14 @@ export function validateNitroChain(leafDer: Uint8Array, cabundle: readonly Uint8
     throw new SigilError('nitro.untrusted_root', `cabundle[0] (SHA-256 ${rootHash}) is not the pinned root (SHA-256 ${rootSha256})`, { status: 401 });
   }
   const n = cabundle.length;
-  const root = cache.anchor(rootDer, rootHash, 'root (cabundle[0])');
+  const root = cache.anchor(rootDer, rootHash, ROOT);
   // Leaf first, root last, as the toolkit's verifier takes a path.
-  const path: NitroCert[] = [cache.parsed(leafDer, 'leaf', 'certificate (leaf)')];
-  const names = ['certificate (leaf)'];
-  for (let k = n - 1; k >= 1; k--) {
-    path.push(cache.parsed(cabundle[k] as Uint8Array, 'ca', `cabundle[${k}]`));
-    names.push(`cabundle[${k}]`);
-  }
+  const path: NitroCert[] = [cache.parsed(leafDer, 'leaf', LEAF)];
+  for (let k = n - 1; k >= 1; k--) path.push(cache.parsed(cabundle[k] as Uint8Array, 'ca', `cabundle[${k}]`));
   path.push(root);
-  names.push('root (cabundle[0])');
+  const certs: ParsedCertificate[] = path.map((c) => c.cert);
   try {
-    verifyChain(
-      path.map((c) => c.cert),
-      { at: atMs, links: cache.links, leafLinks: cache.leafLinks, names },
-    );
+    verifyChain(certs, { at: atMs, links: cache.links, leafLinks: cache.leafLinks, names: (i) => (i === 0 ? LEAF : i === n ? ROOT : `cabundle[${n - i}]`) });
   } catch (e) {
     throw remapX509Error(e, NITRO_CODES, '', 'nitro.chain_invalid', 401);
   }

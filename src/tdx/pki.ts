@@ -3,23 +3,27 @@
  * (PCK chain in the quote, TCB Signing chain of the TCB Info and QE Identity, PCK CRL issuer
  * chain), CRLs, and the Intel SGX extensions of the PCK certificate (OID 1.2.840.113741.1.13.1).
  *
- * Certificates are parsed with the repository's strict X.509 parser (src/spiffe/cert.ts, which
- * refuses non-DER) and signatures checked with its algorithm allowlist (src/spiffe/sigalg.ts);
- * CRLs and the Intel extension are read with the same strict DER reader (src/spiffe/der.ts).
+ * Certificates, CRLs, PEM, validity and the issuer links are the X.509 toolkit's (src/x509/:
+ * `CertCache`, `verifyChain` with the anchor self-signed, `parseCrl`/`checkCrl`); this file adds
+ * the Intel profile (chain lengths and common names, CA roles, understood critical extensions,
+ * revocation by the issuer's CRL), maps the toolkit's codes to the `tdx.*` codes, and reads the
+ * SGX extension with the toolkit's strict DER reader.
  */
-import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { SigilError } from '../errors.js';
-import { parseCertificate, type ParsedCertificate } from '../spiffe/cert.js';
-import { TAG, bytesOf, checkStrictDer, children, decodeOid, decodeTime, readSingle, valueOf, type Tlv } from '../spiffe/der.js';
-import { pemToDers } from '../spiffe/pem.js';
-import { parseSigAlg, verifyWith, type SigAlg } from '../spiffe/sigalg.js';
-import { KU, OID_AKI, OID_BC, OID_KU, OID_SKI } from '../spiffe/x509ext.js';
+import { CertCache, nameAttribute, publicKeyOf, type ParsedCertificate } from '../x509/cert.js';
+import { LinkCache, verifyChain } from '../x509/chain.js';
+import { checkCrl as checkX509Crl, crlSignatureVerifies, parseCrl as parseX509Crl, type ParsedCrl } from '../x509/crl.js';
+import { TAG, children, decodeOid, readSingle, valueOf, type Tlv } from '../x509/der.js';
+import { remapX509Error, type X509CodeMap } from '../x509/errors.js';
+import { KU, OID_AKI, OID_BC, OID_KU, OID_SKI } from '../x509/ext.js';
+import { Lru } from '../x509/lru.js';
+import { pemToDers } from '../x509/pem.js';
+import type { KeyObject } from 'node:crypto';
 
 /** SHA-256 of the DER of the Intel SGX Root CA (CN=Intel SGX Root CA, 2018-05-21 → 2049-12-31). */
 export const INTEL_SGX_ROOT_CA_SHA256 = '44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3';
 
 const OID_CRL_DP = '2.5.29.31';
-const OID_CRL_NUMBER = '2.5.29.20';
 const OID_SGX = '1.2.840.113741.1.13.1';
 const KNOWN_EXTENSIONS = new Set([OID_AKI, OID_BC, OID_KU, OID_SKI, OID_CRL_DP, OID_SGX]);
 
@@ -30,6 +34,28 @@ const CHAIN_CNS: Record<ChainRole, string[][]> = {
   pck: [['Intel SGX PCK Certificate'], ['Intel SGX PCK Platform CA', 'Intel SGX PCK Processor CA'], ['Intel SGX Root CA']],
   tcb_signing: [['Intel SGX TCB Signing'], ['Intel SGX Root CA']],
   pck_crl_issuer: [['Intel SGX PCK Platform CA', 'Intel SGX PCK Processor CA'], ['Intel SGX Root CA']],
+};
+
+/** Toolkit codes → TDX's, for certificates and chains. */
+const TDX_CERT_CODES: X509CodeMap = {
+  'x509.malformed': 'tdx.cert_malformed',
+  'x509.unsupported_algorithm': 'tdx.cert_malformed',
+  'x509.unsupported_key': 'tdx.cert_malformed',
+  'x509.issuer_mismatch': 'tdx.cert_signature_invalid',
+  'x509.signature_invalid': 'tdx.cert_signature_invalid',
+  'x509.not_a_ca': 'tdx.cert_usage_invalid',
+  'x509.path_length_exceeded': 'tdx.cert_usage_invalid',
+  'x509.not_yet_valid': 'tdx.cert_not_yet_valid',
+  'x509.expired': 'tdx.cert_expired',
+};
+
+/** Toolkit codes → TDX's, for CRLs. */
+const TDX_CRL_CODES: X509CodeMap = {
+  'x509.crl_malformed': 'tdx.crl_malformed',
+  'x509.crl_issuer_mismatch': 'tdx.crl_issuer_mismatch',
+  'x509.crl_signature_invalid': 'tdx.crl_signature_invalid',
+  'x509.crl_not_yet_valid': 'tdx.crl_not_yet_valid',
+  'x509.crl_expired': 'tdx.crl_expired',
 };
 
 export interface IntelCert {
@@ -46,17 +72,8 @@ export interface VerifiedChain {
   root: IntelCert;
 }
 
-export interface IntelCrl {
-  der: Buffer;
-  issuerDer: Buffer;
-  thisUpdate: Date;
-  nextUpdate: Date;
-  /** Revoked serial numbers (content octets, hex). */
-  revoked: Set<string>;
-  tbs: Buffer;
-  sigAlg: SigAlg;
-  signature: Buffer;
-}
+/** A parsed CRL (the toolkit's type). */
+export type IntelCrl = ParsedCrl;
 
 export interface SgxPckExtensions {
   ppid: Buffer;
@@ -73,34 +90,27 @@ function fail(code: string, message: string, status = 403): never {
   throw new SigilError(code, message, { status });
 }
 
-const certCache = new Map<string, IntelCert>();
-const CERT_CACHE_MAX = 256;
+const certCache = new CertCache(256);
+const intelCache = new Lru<IntelCert>(256);
 
-function cnOf(subject: string): string {
-  const m = /(?:^|,)CN=([^,]*)/.exec(subject);
-  return m ? m[1]! : '';
-}
-
-/** Parse one DER certificate (cached by SHA-256); malformed → `tdx.cert_malformed`. */
+/** Parse one DER certificate (cached by SHA-256 of the DER); malformed → `tdx.cert_malformed`. */
 export function parseIntelCert(der: Uint8Array, what: string): IntelCert {
-  const sha256 = createHash('sha256').update(der).digest('hex');
-  const hit = certCache.get(sha256);
-  if (hit) return hit;
   let cert: ParsedCertificate;
   try {
-    cert = parseCertificate(der);
+    cert = certCache.parse(der);
   } catch (e) {
-    throw new SigilError('tdx.cert_malformed', `${what}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw remapX509Error(e, TDX_CERT_CODES, what, 'tdx.cert_malformed');
   }
+  const hit = intelCache.get(cert.sha256);
+  if (hit && hit.cert === cert) return hit;
   let publicKey: KeyObject;
   try {
-    publicKey = createPublicKey({ key: cert.spki, format: 'der', type: 'spki' });
+    publicKey = publicKeyOf(cert);
   } catch (e) {
     throw new SigilError('tdx.cert_malformed', `${what}: public key unusable`, { cause: e });
   }
-  const out: IntelCert = { cert, sha256, cn: cnOf(cert.subject), publicKey };
-  if (certCache.size >= CERT_CACHE_MAX) certCache.delete(certCache.keys().next().value!);
-  certCache.set(sha256, out);
+  const out: IntelCert = { cert, sha256: cert.sha256, cn: nameAttribute(cert.subject, 'CN'), publicKey };
+  intelCache.set(cert.sha256, out);
   return out;
 }
 
@@ -111,12 +121,6 @@ export function chainFromPem(pem: string, role: ChainRole): Buffer[] {
   } catch (e) {
     throw new SigilError(`tdx.${role}_chain_malformed`, `${role.replace(/_/g, ' ')} chain: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
-}
-
-function checkValidAt(c: IntelCert, now: Date, what: string): void {
-  const t = now.getTime();
-  if (t < c.cert.notBefore.getTime()) fail('tdx.cert_not_yet_valid', `${what} "${c.cn}" is not valid before ${c.cert.notBefore.toISOString()}`);
-  if (t > c.cert.notAfter.getTime()) fail('tdx.cert_expired', `${what} "${c.cn}" expired at ${c.cert.notAfter.toISOString()}`);
 }
 
 function checkRole(c: IntelCert, ca: boolean, what: string): void {
@@ -136,12 +140,14 @@ function checkRole(c: IntelCert, ca: boolean, what: string): void {
 
 const verifiedMemo = new Set<string>();
 const VERIFIED_MEMO_MAX = 4096;
+/** Verified certificate links of the Intel chains (the toolkit's cache, keyed by the two DER hashes). */
+const intelLinks = new LinkCache(1024);
 
 /**
  * Memoised signature check: `verify()` runs unless a check with the same `key` succeeded before.
  * `key` must name everything the result depends on (SHA-256 of the signed bytes, the signature and
  * the public key), so a hit is the same computation; only successes are remembered (bounded, oldest
- * first out). This is what keeps a cached PCK chain, collateral and per-platform QE report cheap.
+ * first out). This is what keeps collateral and the per-platform QE report cheap.
  */
 export function memoVerified(key: string, verify: () => boolean): boolean {
   if (verifiedMemo.has(key)) return true;
@@ -153,14 +159,10 @@ export function memoVerified(key: string, verify: () => boolean): boolean {
   return ok;
 }
 
-/** Forget memoised signature checks (benchmarks measuring the uncached path). */
+/** Forget memoised signature checks and verified certificate links (benchmarks measuring the uncached path). */
 export function clearVerifiedMemo(): void {
   verifiedMemo.clear();
-}
-
-function signedBy(child: IntelCert, parent: IntelCert): boolean {
-  if (!child.cert.issuerDer.equals(parent.cert.subjectDer)) return false;
-  return memoVerified(`cert:${child.sha256}:${parent.sha256}`, () => verifyWith(child.cert.sigAlg, child.cert.tbs, parent.publicKey, child.cert.signature));
+  intelLinks.clear();
 }
 
 export interface ChainOptions {
@@ -177,8 +179,9 @@ export interface ChainOptions {
 
 /**
  * Verify an Intel issuer chain (leaf first, root last, nothing more or less): exact length and
- * common names for `role`, each certificate signed by the next, CA roles, validity at `now`, the
- * root self-signed and equal to the pinned root, and no certificate listed by a CRL of its issuer.
+ * common names for `role`, CA roles, the root equal to the pinned root, then the toolkit's chain
+ * verifier (the root self-signed, each certificate signed by the next, validity at `now`), and no
+ * certificate listed by a CRL of its issuer.
  */
 export function verifyIntelChain(ders: readonly Uint8Array[], role: ChainRole, opts: ChainOptions): VerifiedChain {
   const name = role.replace(/_/g, ' ');
@@ -191,10 +194,15 @@ export function verifyIntelChain(ders: readonly Uint8Array[], role: ChainRole, o
   for (let i = 0; i < certs.length; i++) {
     const c = certs[i]!;
     if (!cns[i]!.includes(c.cn)) fail(`tdx.${role}_chain_malformed`, `${name} chain certificate ${i} is "${c.cn}", expected ${cns[i]!.map((x) => `"${x}"`).join(' or ')}`, 400);
-    const parent = certs[Math.min(i + 1, certs.length - 1)]!;
-    if (!signedBy(c, parent)) fail('tdx.cert_signature_invalid', `${name} chain: "${c.cn}" is not signed by "${parent.cn}"`);
     checkRole(c, i > 0 || role === 'pck_crl_issuer', `${name} chain certificate`);
-    checkValidAt(c, opts.now, `${name} chain certificate`);
+  }
+  try {
+    verifyChain(
+      certs.map((c) => c.cert),
+      { at: opts.now, links: intelLinks, anchorSelfSigned: true, names: certs.map((c) => `${name} chain certificate "${c.cn}"`) },
+    );
+  } catch (e) {
+    throw remapX509Error(e, TDX_CERT_CODES, '', 'tdx.cert_malformed');
   }
   if (opts.crls) checkRevocation(certs, opts.crls, name);
   return { certs, leaf: certs[0]!, root };
@@ -210,88 +218,22 @@ export function checkRevocation(certs: readonly IntelCert[], crls: readonly Inte
   }
 }
 
-function crlBad(msg: string): never {
-  fail('tdx.crl_malformed', `CRL: ${msg}`, 400);
-}
-
-/** Parse a DER CRL (RFC 5280 §5.1), strictly. PEM is accepted too and converted. */
+/** Parse a DER CRL (RFC 5280 §5.1), strictly. PEM is accepted too and converted. Malformed → `tdx.crl_malformed`. */
 export function parseCrl(input: Uint8Array): IntelCrl {
-  let der = Buffer.from(input);
-  const text = der.subarray(0, 32).toString('latin1');
-  if (text.startsWith('-----BEGIN X509 CRL-----')) {
-    const m = /^-----BEGIN X509 CRL-----\r?\n([A-Za-z0-9+/=\r\n]+)-----END X509 CRL-----\s*$/.exec(der.toString('latin1'));
-    if (!m) crlBad('malformed PEM');
-    der = Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64');
-  }
-  const C = 'tdx.crl_malformed';
   try {
-    checkStrictDer(der, C);
+    return parseX509Crl(input);
   } catch (e) {
-    throw new SigilError(C, `CRL: ${e instanceof Error ? e.message : String(e)}`, { cause: e, status: 400 });
+    throw remapX509Error(e, TDX_CRL_CODES, '', 'tdx.crl_malformed', 400);
   }
-  const top = readSingle(der, C, TAG.SEQUENCE);
-  const outer = children(der, top, C);
-  if (outer.length !== 3) crlBad('CertificateList must have three elements');
-  const [tbsT, algT, sigT] = outer as [Tlv, Tlv, Tlv];
-  if (tbsT.tag !== TAG.SEQUENCE || sigT.tag !== TAG.BIT_STRING || der[sigT.valueStart] !== 0) crlBad('wrong structure');
-  const sigAlg = parseSigAlg(der, algT, C, 'tdx.crl_malformed');
-  const f = children(der, tbsT, C);
-  let i = 0;
-  if (f[i]?.tag === TAG.INTEGER) {
-    if (f[i]!.end - f[i]!.valueStart !== 1 || der[f[i]!.valueStart] !== 1) crlBad('version must be v2');
-    i++;
-  }
-  const innerAlg = f[i++];
-  const issuerT = f[i++];
-  const thisT = f[i++];
-  if (!innerAlg || !issuerT || !thisT) crlBad('TBSCertList is missing fields');
-  if (!bytesOf(der, innerAlg).equals(bytesOf(der, algT))) crlBad('inner and outer signature algorithms differ');
-  if (issuerT.tag !== TAG.SEQUENCE) crlBad('issuer is not a Name');
-  const thisUpdate = decodeTime(der, thisT, C);
-  const nextT = f[i];
-  if (!nextT || (nextT.tag !== TAG.UTC_TIME && nextT.tag !== TAG.GENERALIZED_TIME)) crlBad('nextUpdate is required');
-  i++;
-  const nextUpdate = decodeTime(der, nextT, C);
-  const revoked = new Set<string>();
-  if (f[i]?.tag === TAG.SEQUENCE) {
-    for (const entry of children(der, f[i]!, C)) {
-      const ef = children(der, entry, C);
-      if (entry.tag !== TAG.SEQUENCE || ef.length < 2 || ef[0]!.tag !== TAG.INTEGER) crlBad('revoked certificate entry malformed');
-      revoked.add(valueOf(der, ef[0]!).toString('hex'));
-    }
-    i++;
-  }
-  if (f[i]?.tag === 0xa0) {
-    // crlExtensions: only CRL number / AKI are expected; an unknown critical one is refused.
-    const w = children(der, f[i]!, C);
-    for (const e of children(der, w[0]!, C)) {
-      const ef = children(der, e, C);
-      const oid = decodeOid(der, ef[0]!, C);
-      if (ef.length === 3 && oid !== OID_CRL_NUMBER && oid !== OID_AKI) crlBad(`unknown critical CRL extension ${oid}`);
-    }
-    i++;
-  }
-  if (i !== f.length) crlBad('unexpected fields in TBSCertList');
-  return {
-    der,
-    issuerDer: Buffer.from(bytesOf(der, issuerT)),
-    thisUpdate,
-    nextUpdate,
-    revoked,
-    tbs: Buffer.from(bytesOf(der, tbsT)),
-    sigAlg,
-    signature: Buffer.from(der.subarray(sigT.valueStart + 1, sigT.end)),
-  };
 }
 
 /** The CRL is signed by `issuer`, names it as issuer, and `now` is inside thisUpdate..nextUpdate. */
 export function checkCrl(crl: IntelCrl, issuer: IntelCert, now: Date, what: string): void {
-  if (!crl.issuerDer.equals(issuer.cert.subjectDer)) fail('tdx.crl_issuer_mismatch', `${what} is not issued by "${issuer.cn}"`);
-  const crlHash = createHash('sha256').update(crl.der).digest('hex');
-  if (!memoVerified(`crl:${crlHash}:${issuer.sha256}`, () => verifyWith(crl.sigAlg, crl.tbs, issuer.publicKey, crl.signature))) fail('tdx.crl_signature_invalid', `${what} signature does not verify under "${issuer.cn}"`);
-  const t = now.getTime();
-  if (t < crl.thisUpdate.getTime()) fail('tdx.crl_not_yet_valid', `${what} is not valid before ${crl.thisUpdate.toISOString()}`);
-  if (t > crl.nextUpdate.getTime()) fail('tdx.crl_expired', `${what} expired at its nextUpdate ${crl.nextUpdate.toISOString()}`);
+  try {
+    checkX509Crl(crl, issuer.cert, now, what, () => memoVerified(`crl:${crl.sha256}:${issuer.sha256}`, () => crlSignatureVerifies(crl, issuer.cert)));
+  } catch (e) {
+    throw remapX509Error(e, TDX_CRL_CODES, '', 'tdx.crl_malformed');
+  }
 }
 
 function extBad(msg: string): never {

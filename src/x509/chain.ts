@@ -89,8 +89,8 @@ export interface ChainOptions {
   leafLinks?: LinkCache;
   /** Also require the anchor to be self-issued and self-signed (default false: trusted as given). */
   anchorSelfSigned?: boolean;
-  /** Names for errors, leaf first (default `certificate <i>`). */
-  names?: readonly string[];
+  /** Names for errors by position, leaf 0 (default `certificate <i>`). */
+  names?: readonly string[] | ((i: number) => string);
 }
 
 /**
@@ -101,7 +101,8 @@ export interface ChainOptions {
 export function verifyChain(path: readonly Cert[], opts: ChainOptions): void {
   const n = path.length;
   if (n === 0) throw new SigilError(X509_CODES.chainEmpty, 'certificate chain is empty');
-  const name = (i: number): string => opts.names?.[i] ?? `certificate ${i}`;
+  const names = opts.names;
+  const name = (i: number): string => (typeof names === 'function' ? names(i) : names?.[i]) ?? `certificate ${i}`;
   const anchor = path[n - 1]!;
   if (opts.anchorSelfSigned === true) checkIssuedBy(anchor, anchor, opts.links, name(n - 1));
   for (let i = n - 1; i >= 0; i--) {
