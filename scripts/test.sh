@@ -7,3 +7,4 @@ bash scripts/setup.sh
 echo "== type-check"; npm run --silent typecheck
 echo "== lint"; npm run --silent lint
 echo "== tests"; npx vitest run
+echo "== package"; bash scripts/check-pack.sh
