@@ -107,7 +107,6 @@ export interface WorkloadApiServer {
   serviceTimes(reset?: boolean): Record<string, ServiceTimeSummary>;
 }
 
-
 /** HTTP/2 settings and bounds of an admitted connection's session. */
 function sessionOptions(maxConcurrentStreams: number): http2.ServerOptions {
   return {
