@@ -1,21 +1,26 @@
 /**
- * AMD SEV-SNP certificate handling, pure: parsing (via @peculiar/asn1-x509 / asn1-schema),
- * the AMD VCEK/VLEK extensions under 1.3.6.1.4.1.3704.1, RSASSA-PSS signature checks and the
- * ARK → ASK → VCEK / ARK → ASVK → VLEK chain, with the ARK pinned per product line.
+ * AMD SEV-SNP certificate handling, pure: the AMD VCEK/VLEK extensions under
+ * 1.3.6.1.4.1.3704.1, AMD's RSASSA-PSS profile and the ARK → ASK → VCEK / ARK → ASVK → VLEK chain,
+ * with the ARK pinned per product line.
  *
- * Signature checks use node:crypto on the certificate's raw tbsCertificate bytes instead of
- * @peculiar/x509's `verify`. @peculiar/x509 2.2 does verify these PSS certificates correctly
- * (we checked), but it goes through async WebCrypto, needs `reflect-metadata` loaded first, and
- * takes the hash and salt length from whatever the certificate declares. AMD certificates use
- * exactly RSASSA-PSS with SHA-384, MGF1-SHA-384, salt length 48, trailer 1; we require those
- * parameters and verify synchronously with RSA_PKCS1_PSS_PADDING, which also keeps the cached
- * path cheap.
+ * Parsing (canonical DER, raw TBS bytes), PEM, validity, signature checks (RSASSA-PSS through
+ * node:crypto, synchronously) and the cache of verified links keyed by the two DER hashes are the
+ * X.509 toolkit's (src/x509/); this file adds AMD's profile and maps the toolkit's codes to the
+ * `sev.*` codes. AMD certificates use exactly RSASSA-PSS with SHA-384, MGF1-SHA-384, salt length
+ * 48, trailer 1: the toolkit checks the parameters are well-formed and SHA-2, this file requires
+ * those values. The AMD extension values are decoded with @peculiar/asn1-schema.
  */
-import { createHash, createPublicKey, verify as cryptoVerify, constants, type KeyObject } from 'node:crypto';
-import { AsnConvert, AsnParser, AsnProp, AsnPropTypes, AsnSerializer, AsnType, AsnTypeTypes } from '@peculiar/asn1-schema';
-import { AlgorithmIdentifier, BasicConstraints, Certificate, KeyUsage, KeyUsageFlags, Name, id_ce_basicConstraints, id_ce_keyUsage } from '@peculiar/asn1-x509';
-import { RsaSaPssParams, id_RSASSA_PSS, id_mgf1, id_sha384 } from '@peculiar/asn1-rsa';
+import type { KeyObject } from 'node:crypto';
+import { AsnParser, AsnProp, AsnPropTypes, AsnSerializer, AsnType, AsnTypeTypes } from '@peculiar/asn1-schema';
 import { SigilError, asSigilError } from '../errors.js';
+import { CertCache, nameAttribute, publicKeyOf, type AnyKeyCertificate } from '../x509/cert.js';
+import { LinkCache, signatureVerifies } from '../x509/chain.js';
+import { TAG, children, decodeOid, readSingle } from '../x509/der.js';
+import { remapX509Error, type X509CodeMap } from '../x509/errors.js';
+import { KU, OID_BC, OID_KU } from '../x509/ext.js';
+import { pemBlocks } from '../x509/pem.js';
+import { OID_RSASSA_PSS } from '../x509/sigalg.js';
+import { validityProblem } from '../x509/validity.js';
 import type { SnpProduct, SnpSigningKey } from './report.js';
 import { SNP_PRODUCTS, encodeTcb } from './report.js';
 
@@ -49,10 +54,11 @@ const OID_PRODUCT_NAME = `${AMD_OID}.2`;
 const OID_TCB = `${AMD_OID}.3`;
 const OID_HWID = `${AMD_OID}.4`;
 const OID_CSPID = `${AMD_OID}.5`;
-const OID_CN = '2.5.4.3';
 const OID_EC_PUBLIC_KEY = '1.2.840.10045.2.1';
 
 export interface SevCert {
+  /** The toolkit's parse. */
+  cert: AnyKeyCertificate;
   der: Buffer;
   sha256: string;
   tbs: Buffer;
@@ -121,38 +127,26 @@ function parseExact<T>(data: Buffer, type: new () => T, what: string): T {
   return v;
 }
 
-/** Length of the outermost DER TLV (tag 0x30 expected), to reject bytes after a certificate. */
-function derOuterLength(b: Buffer): number {
-  if (b.length < 2 || b[0] !== 0x30) return -1;
-  const first = b[1]!;
-  if (first < 0x80) return 2 + first;
-  const n = first & 0x7f;
-  if (n === 0 || n > 4 || b.length < 2 + n) return -1;
-  let len = 0;
-  for (let i = 0; i < n; i++) len = len * 256 + b[2 + i]!;
-  return 2 + n + len;
-}
-
-function commonName(name: Name): string | undefined {
-  for (const rdn of name) {
-    for (const atv of rdn) {
-      if (atv.type === OID_CN) return atv.value.toString();
-    }
-  }
-  return undefined;
-}
-
 const MAX_CERT_BYTES = 16 * 1024;
 const MAX_CHAIN_CERTS = 16;
-const parseCache = new Map<string, SevCert>();
-const PARSE_CACHE_MAX = 512;
+/** Parsed certificates by DER hash (the toolkit's cache). */
+const parseCache = new CertCache(512);
+const sevCache = new WeakMap<AnyKeyCertificate, SevCert>();
 
-function remember<K, V>(map: Map<K, V>, key: K, value: V, max: number): void {
-  if (map.size >= max) {
-    const oldest = map.keys().next();
-    if (!oldest.done) map.delete(oldest.value);
-  }
-  map.set(key, value);
+const PSS_ONLY = [OID_RSASSA_PSS];
+
+/** Toolkit codes → SEV's. */
+const SEV_CODES: X509CodeMap = {
+  'x509.malformed': 'sev.cert_malformed',
+  'x509.unsupported_key': 'sev.cert_malformed',
+  'x509.unsupported_algorithm': 'sev.cert_algorithm_unsupported',
+};
+
+/** The algorithm OID of a SubjectPublicKeyInfo (already checked as DER by the parser). */
+function spkiAlgorithmOf(spki: Buffer): string {
+  const top = readSingle(spki, 'sev.cert_malformed', TAG.SEQUENCE);
+  const alg = children(spki, children(spki, top, 'sev.cert_malformed')[0]!, 'sev.cert_malformed');
+  return decodeOid(spki, alg[0]!, 'sev.cert_malformed');
 }
 
 /**
@@ -162,120 +156,54 @@ function remember<K, V>(map: Map<K, V>, key: K, value: V, max: number): void {
 export function parseSevCert(input: Uint8Array, label: string): SevCert {
   if (!(input instanceof Uint8Array) || input.byteLength === 0) fail('sev.cert_malformed', `${label} certificate is empty`);
   if (input.byteLength > MAX_CERT_BYTES) fail('sev.cert_malformed', `${label} certificate is larger than ${MAX_CERT_BYTES} bytes`);
-  const der = Buffer.from(input);
-  const sha256 = createHash('sha256').update(der).digest('hex');
-  const hit = parseCache.get(sha256);
+  let cert: AnyKeyCertificate;
+  try {
+    cert = parseCache.parseAnyKey(input, { pss: true, algorithms: PSS_ONLY, maxBytes: MAX_CERT_BYTES });
+  } catch (e) {
+    const m = remapX509Error(e, SEV_CODES, `${label} certificate`, 'sev.cert_malformed');
+    throw new SigilError(m.code, m.message, { status: BAD_INPUT_CODES.has(m.code) ? 400 : 403, cause: m.cause });
+  }
+  const hit = sevCache.get(cert);
   if (hit) return hit;
-
-  if (derOuterLength(der) !== der.length) fail('sev.cert_malformed', `${label} certificate is not a single DER SEQUENCE (bad length or trailing bytes)`);
-  let cert: Certificate;
-  try {
-    cert = AsnConvert.parse(der, Certificate);
-  } catch (e) {
-    throw asSigilError(e, 'sev.cert_malformed', `${label} certificate is not valid X.509 DER`);
-  }
-  try {
-    // Round trip: only canonical DER is accepted, so no unsigned byte of the certificate (outer
-    // algorithm parameters, BIT STRING padding, lengths) can vary while the parsed value stays the same.
-    if (!Buffer.from(AsnConvert.serialize(cert)).equals(der)) fail('sev.cert_malformed', `${label} certificate is not canonical DER`);
-    const tbsRaw = cert.tbsCertificateRaw;
-    if (!tbsRaw) fail('sev.cert_malformed', `${label} certificate has no tbsCertificate bytes`);
-    const tbs = cert.tbsCertificate;
-    const outerAlg = Buffer.from(AsnConvert.serialize(cert.signatureAlgorithm));
-    const innerAlg = Buffer.from(AsnConvert.serialize(tbs.signature));
-    if (!outerAlg.equals(innerAlg)) fail('sev.cert_malformed', `${label} certificate signature algorithms inside and outside tbsCertificate differ`);
-    checkAmdPss(cert.signatureAlgorithm.algorithm, cert.signatureAlgorithm.parameters ?? null, label);
-
-    const extensions = new Map<string, { critical: boolean; value: Buffer }>();
-    let hasBasicConstraints = false;
-    let isCA = false;
-    let keyCertSign: boolean | undefined;
-    for (const ext of tbs.extensions ?? []) {
-      if (extensions.has(ext.extnID)) fail('sev.cert_malformed', `${label} certificate repeats extension ${ext.extnID}`);
-      const value = Buffer.from(ext.extnValue.buffer);
-      extensions.set(ext.extnID, { critical: ext.critical, value });
-      if (ext.extnID === id_ce_basicConstraints) {
-        hasBasicConstraints = true;
-        isCA = AsnConvert.parse(value, BasicConstraints).cA;
-      } else if (ext.extnID === id_ce_keyUsage) {
-        const ku = AsnConvert.parse(value, KeyUsage);
-        keyCertSign = (ku.toNumber() & KeyUsageFlags.keyCertSign) !== 0;
-      } else if (ext.critical) {
-        fail('sev.cert_malformed', `${label} certificate has unknown critical extension ${ext.extnID}`);
-      }
-    }
-
-    const spkiDer = Buffer.from(AsnConvert.serialize(tbs.subjectPublicKeyInfo));
-    let publicKey: KeyObject;
-    try {
-      publicKey = createPublicKey({ key: spkiDer, format: 'der', type: 'spki' });
-    } catch (e) {
-      throw asSigilError(e, 'sev.cert_malformed', `${label} certificate public key is unusable`);
-    }
-    const parsed: SevCert = {
-      der,
-      sha256,
-      tbs: Buffer.from(tbsRaw),
-      signature: Buffer.from(cert.signatureValue),
-      subject: Buffer.from(AsnConvert.serialize(tbs.subject)),
-      issuer: Buffer.from(AsnConvert.serialize(tbs.issuer)),
-      subjectCN: commonName(tbs.subject),
-      issuerCN: commonName(tbs.issuer),
-      notBefore: tbs.validity.notBefore.getTime(),
-      notAfter: tbs.validity.notAfter.getTime(),
-      serialHex: Buffer.from(tbs.serialNumber).toString('hex'),
-      spkiAlgorithm: tbs.subjectPublicKeyInfo.algorithm.algorithm,
-      publicKey,
-      hasBasicConstraints,
-      isCA,
-      keyCertSign,
-      extensions,
-    };
-    if (Number.isNaN(parsed.notBefore.getTime()) || Number.isNaN(parsed.notAfter.getTime())) {
-      fail('sev.cert_malformed', `${label} certificate validity dates are invalid`);
-    }
-    remember(parseCache, sha256, parsed, PARSE_CACHE_MAX);
-    return parsed;
-  } catch (e) {
-    throw asSigilError(e, 'sev.cert_malformed', `${label} certificate could not be parsed`);
-  }
-}
-
-function checkAmdPss(algorithm: string, params: ArrayBuffer | null, label: string): void {
-  if (algorithm !== id_RSASSA_PSS) {
-    fail('sev.cert_algorithm_unsupported', `${label} certificate is not signed with RSASSA-PSS (algorithm ${algorithm})`);
-  }
-  if (params === null) fail('sev.cert_algorithm_unsupported', `${label} certificate RSASSA-PSS parameters are missing`);
-  let p: RsaSaPssParams;
-  try {
-    p = AsnConvert.parse(params, RsaSaPssParams);
-  } catch (e) {
-    throw asSigilError(e, 'sev.cert_algorithm_unsupported', `${label} certificate RSASSA-PSS parameters are malformed`);
-  }
-  let mgfHash = '';
-  try {
-    if (p.maskGenAlgorithm.algorithm === id_mgf1 && p.maskGenAlgorithm.parameters) {
-      mgfHash = AsnConvert.parse(p.maskGenAlgorithm.parameters, AlgorithmIdentifier).algorithm;
-    }
-  } catch {
-    mgfHash = '';
-  }
-  if (p.hashAlgorithm.algorithm !== id_sha384 || mgfHash !== id_sha384 || p.saltLength !== 48 || p.trailerField !== 1) {
+  const a = cert.sigAlg;
+  if (a.oid !== OID_RSASSA_PSS) fail('sev.cert_algorithm_unsupported', `${label} certificate is not signed with RSASSA-PSS (algorithm ${a.oid})`);
+  if (a.hash !== 'sha384' || a.saltLength !== 48) {
     fail('sev.cert_algorithm_unsupported', `${label} certificate RSASSA-PSS parameters are not SHA-384 / MGF1-SHA-384 / salt 48`);
   }
-}
-
-/** RSASSA-PSS (SHA-384, MGF1-SHA-384, salt 48) signature of `cert` by `issuerKey` over the raw TBS bytes. */
-function pssSignedBy(cert: SevCert, issuerKey: KeyObject): boolean {
-  const type = issuerKey.asymmetricKeyType;
-  if (type !== 'rsa' && type !== 'rsa-pss') return false;
-  const bits = issuerKey.asymmetricKeyDetails?.modulusLength ?? 0;
-  if (bits < 2048) return false;
-  try {
-    return cryptoVerify('sha384', cert.tbs, { key: issuerKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 48 }, cert.signature);
-  } catch {
-    return false;
+  const extensions = new Map<string, { critical: boolean; value: Buffer }>();
+  for (const ext of cert.extensions) {
+    extensions.set(ext.oid, { critical: ext.critical, value: ext.value });
+    if (ext.critical && ext.oid !== OID_BC && ext.oid !== OID_KU) fail('sev.cert_malformed', `${label} certificate has unknown critical extension ${ext.oid}`);
   }
+  let publicKey: KeyObject;
+  try {
+    publicKey = publicKeyOf(cert);
+  } catch (e) {
+    fail('sev.cert_malformed', `${label} certificate public key is unusable: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const cn = (formatted: string): string | undefined => (/(?:^|,)CN=/.test(formatted) ? nameAttribute(formatted, 'CN') : undefined);
+  const parsed: SevCert = {
+    cert,
+    der: cert.der,
+    sha256: cert.sha256,
+    tbs: cert.tbs,
+    signature: cert.signature,
+    subject: cert.subjectDer,
+    issuer: cert.issuerDer,
+    subjectCN: cn(cert.subject),
+    issuerCN: cn(cert.issuer),
+    notBefore: cert.notBefore,
+    notAfter: cert.notAfter,
+    serialHex: cert.serialHex,
+    spkiAlgorithm: spkiAlgorithmOf(cert.spki),
+    publicKey,
+    hasBasicConstraints: cert.basicConstraints !== undefined,
+    isCA: cert.basicConstraints?.ca === true,
+    keyCertSign: cert.keyUsage === undefined ? undefined : (cert.keyUsage.flags & KU.keyCertSign) !== 0,
+    extensions,
+  };
+  sevCache.set(cert, parsed);
+  return parsed;
 }
 
 function splValue(exts: SevCert['extensions'], oid: string, name: string): number | undefined {
@@ -359,23 +287,21 @@ export interface ChainOptions {
   pins: Record<SnpProduct, string>;
 }
 
-/** Successful signature checks, keyed by "<subject sha256>:<issuer sha256>". Validity is still checked on every call. */
-const signatureCache = new Map<string, true>();
-const SIGNATURE_CACHE_MAX = 4096;
+/** Verified (certificate, issuer) links, keyed by the two DER hashes (the toolkit's cache). Validity is still checked on every call. */
+const signatureCache = new LinkCache(4096);
 
 function checkSignedBy(cert: SevCert, issuer: SevCert, label: string, issuerLabel: string): void {
-  const key = `${cert.sha256}:${issuer.sha256}`;
-  if (signatureCache.has(key)) return;
   if (!cert.issuer.equals(issuer.subject)) fail('sev.chain_incomplete', `${label} issuer (CN=${cert.issuerCN}) is not the ${issuerLabel} (CN=${issuer.subjectCN})`);
-  if (!pssSignedBy(cert, issuer.publicKey)) fail('sev.cert_signature_invalid', `${label} certificate signature does not verify under the ${issuerLabel}`);
-  remember(signatureCache, key, true, SIGNATURE_CACHE_MAX);
+  if (!signatureCache.check(cert, issuer, () => signatureVerifies(cert.cert, issuer.cert))) {
+    fail('sev.cert_signature_invalid', `${label} certificate signature does not verify under the ${issuerLabel}`);
+  }
 }
 
 function checkValidity(cert: SevCert, label: string, now: Date): void {
-  const t = now.getTime();
-  if (Number.isNaN(t)) fail('sev.time_invalid', 'verification time is not a valid date');
-  if (t < cert.notBefore.getTime()) fail('sev.cert_not_yet_valid', `${label} certificate is not valid before ${cert.notBefore.toISOString()}`);
-  if (t > cert.notAfter.getTime()) fail('sev.cert_expired', `${label} certificate expired at ${cert.notAfter.toISOString()}`);
+  if (Number.isNaN(now.getTime())) fail('sev.time_invalid', 'verification time is not a valid date');
+  const p = validityProblem(cert, now);
+  if (p === 'x509.not_yet_valid') fail('sev.cert_not_yet_valid', `${label} certificate is not valid before ${cert.notBefore.toISOString()}`);
+  if (p === 'x509.expired') fail('sev.cert_expired', `${label} certificate expired at ${cert.notAfter.toISOString()}`);
 }
 
 /**
@@ -542,19 +468,13 @@ export function verifyEndorsementChain(leafDer: Uint8Array, chainDers: readonly 
   return { kind, product, leaf, amd, intermediate, ark };
 }
 
-/** Split a PEM text into DER certificates (only CERTIFICATE blocks; anything else is an error). */
+/** Split a PEM text into DER certificates (only CERTIFICATE blocks; text between blocks is ignored). */
 export function pemToDerList(text: string, what: string): Buffer[] {
-  const out: Buffer[] = [];
-  const re = /-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g;
-  let m: RegExpExecArray | null;
-  while ((m = re.exec(text)) !== null) {
-    if (m[1] !== 'CERTIFICATE') fail('sev.cert_malformed', `${what} contains a ${m[1]} block, expected only CERTIFICATE`);
-    const body = m[2]!.replace(/\s+/g, '');
-    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(body)) fail('sev.cert_malformed', `${what} has a PEM block that is not base64`);
-    out.push(Buffer.from(body, 'base64'));
+  try {
+    return pemBlocks(text, 'CERTIFICATE', { lax: true });
+  } catch (e) {
+    throw new SigilError('sev.cert_malformed', `${what}: ${e instanceof Error ? e.message : String(e)}`, { status: 400, cause: e });
   }
-  if (out.length === 0) fail('sev.cert_malformed', `${what} has no PEM CERTIFICATE block`);
-  return out;
 }
 
 /** DER or PEM bytes → DER certificates. */

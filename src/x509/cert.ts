@@ -78,6 +78,8 @@ export interface ParseOptions {
   maxBytes?: number;
   /** Accept RSASSA-PSS signatures (AMD's certificates); default false. */
   pss?: boolean;
+  /** Only these signature algorithm OIDs (checked before their parameters); default every allowlisted one. */
+  algorithms?: readonly string[];
 }
 
 const C = X509_CODES.malformed;
@@ -111,7 +113,7 @@ function parse(input: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKe
   const [tbsT, algT, sigT] = outer as [Tlv, Tlv, Tlv];
   if (tbsT.tag !== TAG.SEQUENCE || sigT.tag !== TAG.BIT_STRING) bad('wrong structure');
   if (der[sigT.valueStart] !== 0) bad('signature BIT STRING has unused bits');
-  const sigAlg = parseSigAlg(der, algT, C, X509_CODES.unsupportedAlgorithm, { pss: opts.pss === true });
+  const sigAlg = parseSigAlg(der, algT, C, X509_CODES.unsupportedAlgorithm, { pss: opts.pss === true, ...(opts.algorithms ? { only: opts.algorithms } : {}) });
 
   const f = children(der, tbsT, C);
   let i = 0;
@@ -308,7 +310,7 @@ export class CertCache {
   }
 
   #get(der: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKeyCertificate {
-    const key = `${createHash('sha256').update(der).digest('hex')}:${opts.pss === true ? 'p' : ''}${sigilKeys ? 's' : 'a'}${opts.maxBytes ?? ''}`;
+    const key = `${createHash('sha256').update(der).digest('hex')}:${opts.pss === true ? 'p' : ''}${sigilKeys ? 's' : 'a'}${opts.maxBytes ?? ''}:${opts.algorithms?.join(',') ?? ''}`;
     const hit = this.#lru.get(key);
     if (hit) {
       this.hits++;

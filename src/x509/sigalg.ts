@@ -43,6 +43,8 @@ export const ALG_ID_DER = {
 export interface SigAlgOptions {
   /** Accept RSASSA-PSS (default false: refused as unsupported). */
   pss?: boolean;
+  /** The caller's own allowlist of algorithm OIDs: any other is refused as unsupported before its parameters are read. */
+  only?: readonly string[];
 }
 
 /** Parse a signature AlgorithmIdentifier; `unsupportedCode` for algorithms outside the allowlist. */
@@ -51,6 +53,7 @@ export function parseSigAlg(buf: Uint8Array, t: Tlv, malformedCode: string, unsu
   const parts = children(buf, t, malformedCode);
   if (parts.length < 1 || parts.length > 2) throw new SigilError(malformedCode, 'signature AlgorithmIdentifier must have one or two elements');
   const oid = decodeOid(buf, parts[0]!, malformedCode);
+  if (opts.only && !opts.only.includes(oid)) throw new SigilError(unsupportedCode, `signature algorithm ${oid} is not accepted here (expected ${opts.only.join(' or ')})`);
   if (oid === OID_RSASSA_PSS && opts.pss === true) return parsePssParams(buf, parts[1], malformedCode, unsupportedCode);
   const alg = ALGS[oid];
   if (!alg) throw new SigilError(unsupportedCode, `signature algorithm ${oid} is not accepted (ECDSA or RSA PKCS#1 v1.5 with SHA-256/384/512 only)`);

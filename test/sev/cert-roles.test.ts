@@ -61,7 +61,8 @@ function reissue(der: Buffer, roles: Roles, signer: KeyObject, spki?: Buffer): B
     validity: t.validity,
     subject: t.subject,
     subjectPublicKeyInfo: spki ? AsnConvert.parse(spki, SubjectPublicKeyInfo) : t.subjectPublicKeyInfo,
-    extensions: new Extensions([...roleExtensions(roles), ...kept]),
+    // RFC 5280: extensions is SEQUENCE SIZE (1..MAX); a certificate with none omits the field.
+    ...(roleExtensions(roles).length + kept.length > 0 ? { extensions: new Extensions([...roleExtensions(roles), ...kept]) } : {}),
   });
   const tbsDer = Buffer.from(AsnConvert.serialize(tbs));
   const sig = sign('sha384', tbsDer, { key: signer, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 48 });
