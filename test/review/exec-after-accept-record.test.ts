@@ -35,7 +35,7 @@ beforeAll(() => {
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 describe('program recorded at accept', () => {
-  it.fails('is the one the caller ran when the connection was accepted, not after the start-time read', async () => {
+  it('is the one the caller ran when the connection was accepted, not after the start-time read', async () => {
     const c = new CallerConnection({ pid: PID, uid: 0, gid: 0 }, root);
     // The caller exec's the trusted binary right after accept (same tick).
     unlinkSync(join(root, String(PID), 'exe'));

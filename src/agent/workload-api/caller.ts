@@ -21,7 +21,8 @@
  * The pidfd is kept open for the life of the connection and closed with it.
  *
  * What this cannot see: an exec between the client's connect() and the agent's accept (the
- * image is recorded in the accept callback, right after SO_PEERCRED) — see docs/workload-api.md.
+ * image is recorded synchronously in the accept callback, right after SO_PEERCRED, before the
+ * start time is read) — see docs/workload-api.md.
  */
 import { closeSync } from 'node:fs';
 import type { WorkloadCaller } from '../../plugins/types.js';
@@ -52,14 +53,27 @@ export class CallerConnection {
   ) {
     this.caller = { pid: peer.pid, uid: peer.uid, gid: peer.gid };
     if (peer.pidfd !== undefined && peer.pidfd >= 0) this.caller.pidfd = peer.pidfd;
-    this.ready = this.capture();
+    // The program is read here, synchronously, in the accept callback: nothing may run between
+    // accept and this read (an await would let the caller exec a trusted binary meanwhile, while
+    // the read waits in the thread pool, and be recorded as that binary).
+    let image: ExeImage | undefined;
+    let unreadable: unknown;
+    if (peer.pid > 0) {
+      try {
+        image = readExeImageSync(procRoot, peer.pid);
+      } catch (e) {
+        unreadable = e;
+      }
+    }
+    this.ready = this.capture(image, unreadable);
     this.ready.catch(() => undefined); // observed by whoever awaits it
   }
 
-  private async capture(): Promise<void> {
+  private async capture(image: ExeImage | undefined, unreadable: unknown): Promise<void> {
     if (this.caller.pid <= 0) throw new SigilError('workload_api.no_peer_pid', 'peer credentials carry no pid (caller in another pid namespace?)');
+    if (image === undefined) throw unreadable;
     this.startTime = await readStartTime(this.procRoot, this.caller.pid);
-    this.image = readExeImageSync(this.procRoot, this.caller.pid);
+    this.image = image;
     await this.checkPidfd();
   }
 
