@@ -124,7 +124,7 @@ interface Ticket {
  * Times are elapsed time on the ledger's own clock, which follows the verifier clock forward and
  * ignores its steps back: with wall-clock expiry times, a step back would put the tickets opened
  * before it in the future and stop the walk there, so every slot opened after it would be held for
- * as long as the step (test/review/session-ledger-clock-step.test.ts).
+ * as long as the step (test/attacks/session-ledger-clock-step.test.ts).
  */
 export class SessionLedger {
   private readonly tickets = new Set<Ticket>();
