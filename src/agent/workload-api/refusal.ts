@@ -31,8 +31,10 @@ export class Refusals {
   /** Refuse `socket`: with a reason (a limit), tell the client; without one (shutdown), just close it. */
   refuse(socket: net.Socket, why: SigilError | undefined): void {
     this.count++;
-    const now = Date.now();
-    if (now - this.lastLog > LOG_EVERY_MS) {
+    // A monotonic clock: after a step back of the wall clock, Date.now() would keep the window
+    // "open" until the clock caught up, and refusals would go unlogged meanwhile.
+    const now = performance.now();
+    if (this.count === 1 || now - this.lastLog > LOG_EVERY_MS) {
       this.lastLog = now;
       this.logger.warn({ code: why?.code, why: why?.message ?? 'agent is shutting down', rejected: this.count }, 'Workload API connection refused');
     }
