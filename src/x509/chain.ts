@@ -37,15 +37,25 @@ export class LinkCache {
 
   /** Run `verify` unless the link (child, issuer) verified before; remember it if it verifies now. */
   check(child: Pick<Cert, 'sha256'>, issuer: Pick<Cert, 'sha256'>, verify: () => boolean): boolean {
-    const key = `${child.sha256}:${issuer.sha256}`;
-    if (this.#lru.get(key)) {
+    if (this.hit(child, issuer)) return true;
+    const ok = verify();
+    if (ok) this.add(child, issuer);
+    return ok;
+  }
+
+  /** Whether the link (child, issuer) verified before (counted as a hit or a miss). */
+  hit(child: Pick<Cert, 'sha256'>, issuer: Pick<Cert, 'sha256'>): boolean {
+    if (this.#lru.get(`${child.sha256}:${issuer.sha256}`)) {
       this.hits++;
       return true;
     }
     this.misses++;
-    const ok = verify();
-    if (ok) this.#lru.set(key, true);
-    return ok;
+    return false;
+  }
+
+  /** Remember a verified link. */
+  add(child: Pick<Cert, 'sha256'>, issuer: Pick<Cert, 'sha256'>): void {
+    this.#lru.set(`${child.sha256}:${issuer.sha256}`, true);
   }
 
   clear(): void {
@@ -65,11 +75,13 @@ export function signatureVerifies(child: Cert, issuer: Cert): boolean {
  * (through `links` when given). Throws `x509.issuer_mismatch` / `x509.signature_invalid`.
  */
 export function checkIssuedBy(child: Cert, issuer: Cert, links?: LinkCache, what = 'certificate'): void {
+  // A remembered link was checked for these very bytes (names included).
+  if (links?.hit(child, issuer)) return;
   if (!child.issuerDer.equals(issuer.subjectDer)) {
     throw new SigilError(X509_CODES.issuerMismatch, `${what}: issuer name does not equal its issuer's subject`, { status: 403 });
   }
-  const ok = links ? links.check(child, issuer, () => signatureVerifies(child, issuer)) : signatureVerifies(child, issuer);
-  if (!ok) throw new SigilError(X509_CODES.signatureInvalid, `${what}: signature does not verify under its issuer's key`, { status: 403 });
+  if (!signatureVerifies(child, issuer)) throw new SigilError(X509_CODES.signatureInvalid, `${what}: signature does not verify under its issuer's key`, { status: 403 });
+  links?.add(child, issuer);
 }
 
 /** Throw `x509.not_a_ca` unless `cert` may issue certificates. */
