@@ -23,6 +23,9 @@ import { RSAPublicKey } from '@peculiar/asn1-rsa';
 import { ECParameters } from '@peculiar/asn1-ecc';
 import { X509Certificate } from '@peculiar/x509';
 import { SigilError } from '../errors.js';
+import { TAG, readTlv } from '../x509/der.js';
+import { certificatesFromBytes as readCertificateBytes } from '../x509/pem.js';
+import { validityProblem } from '../x509/validity.js';
 import { CURVES } from './constants.js';
 import { padTo } from './keys.js';
 import type { TpmtPublic } from './structures.js';
@@ -79,16 +82,14 @@ export interface EkChainResult {
   identity: TpmIdentity;
 }
 
+/** Outer TLV length of a DER certificate (the toolkit's strict reader), or -1; used to cut zero padding some TPMs leave in NV. */
 function derLength(buf: Buffer): number {
-  // Outer TLV length of a DER SEQUENCE; used to cut zero padding some TPMs leave in NV.
-  if (buf.length < 2 || buf[0] !== 0x30) return -1;
-  const l0 = buf[1] ?? 0;
-  if (l0 < 0x80) return 2 + l0;
-  const n = l0 & 0x7f;
-  if (n === 0 || n > 4 || buf.length < 2 + n) return -1;
-  let len = 0;
-  for (let i = 0; i < n; i++) len = len * 256 + (buf[2 + i] ?? 0);
-  return 2 + n + len;
+  try {
+    const t = readTlv(buf, 0, buf.length, 'tpm.ek_cert_malformed');
+    return t.tag === TAG.SEQUENCE ? t.end : -1;
+  } catch {
+    return -1;
+  }
 }
 
 /** Parse one DER certificate (trailing zero padding from TPM NV storage is tolerated, other trailing bytes are not). */
@@ -140,22 +141,13 @@ export function parseCertificate(input: Buffer, what: string, code = 'tpm.ek_cer
   }
 }
 
-const PEM_RE = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----/g;
-
-/** Certificates from a file's bytes: one or more PEM blocks, or a single DER certificate (raw, hex or base64). */
+/** Certificates from a file's bytes: one or more PEM blocks, or a single DER certificate (raw, hex or base64); the toolkit's reader. */
 export function certificatesFromBytes(data: Buffer, what: string): Buffer[] {
-  const text = data.toString('latin1');
-  if (text.includes('-----BEGIN CERTIFICATE-----')) {
-    const out: Buffer[] = [];
-    for (const m of text.matchAll(PEM_RE)) out.push(Buffer.from((m[1] ?? '').replace(/\s+/g, ''), 'base64'));
-    if (out.length === 0) throw new SigilError('tpm.ek_cert_malformed', `${what}: PEM block could not be decoded`);
-    return out;
+  try {
+    return readCertificateBytes(data);
+  } catch (e) {
+    throw new SigilError('tpm.ek_cert_malformed', `${what}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
-  if (data[0] === 0x30) return [data];
-  const t = text.replace(/\s+/g, '');
-  if (/^[0-9a-fA-F]+$/.test(t) && t.length % 2 === 0) return [Buffer.from(t, 'hex')];
-  if (/^[A-Za-z0-9+/]+={0,2}$/.test(t)) return [Buffer.from(t, 'base64')];
-  throw new SigilError('tpm.ek_cert_malformed', `${what} is neither PEM nor DER`);
 }
 
 /** TPM manufacturer / model / version from the EK certificate's subjectAltName directoryName. */
@@ -215,11 +207,11 @@ function checkLeafExtensions(leaf: ParsedCert): void {
 }
 
 function checkTime(c: ParsedCert, at: Date, role: string): void {
-  const t = at.getTime();
-  if (t < c.notBefore.getTime()) {
+  const p = validityProblem(c, at);
+  if (p === 'x509.not_yet_valid') {
     throw new SigilError('tpm.ek_cert_expired', `${role} (${c.x509.subject}) is not valid before ${c.notBefore.toISOString()} (checked at ${at.toISOString()})`);
   }
-  if (t > c.notAfter.getTime()) {
+  if (p === 'x509.expired') {
     throw new SigilError('tpm.ek_cert_expired', `${role} (${c.x509.subject}) expired ${c.notAfter.toISOString()} (checked at ${at.toISOString()})`);
   }
 }
