@@ -797,6 +797,11 @@ export class PostgresStore implements DataStore {
     }
   }
 
+  async hasSession(id: string, now: Date): Promise<boolean> {
+    const r = await this.q('hasSession', `SELECT 1 FROM ${this.s}.sessions WHERE id = $1 AND expires_at > $2`, [id, now.toISOString()]);
+    return r.rows.length > 0;
+  }
+
   async sweepSessions(now: Date): Promise<number> {
     await this.q('sweepSessions', `DELETE FROM ${this.s}.sessions WHERE expires_at <= $1`, [now.toISOString()]);
     const r = await this.q<{ n: string }>('countSessions', `SELECT COUNT(*) AS n FROM ${this.s}.sessions`);

@@ -260,6 +260,7 @@ export class SqliteStore implements DataStore {
       listJournals: db.prepare('SELECT instance, body FROM ca_journals ORDER BY instance'),
       putSession: db.prepare('INSERT INTO sessions (id, body, expires_at) VALUES (?, ?, ?)'),
       takeSession: db.prepare('DELETE FROM sessions WHERE id = ? RETURNING body'),
+      hasSession: db.prepare('SELECT 1 AS one FROM sessions WHERE id = ? AND expires_at > ?'),
       sweepSessions: db.prepare('DELETE FROM sessions WHERE expires_at <= ?'),
       countSessions: db.prepare('SELECT COUNT(*) AS n FROM sessions'),
       getState: db.prepare('SELECT value FROM plugin_state WHERE plugin = ? AND key = ?'),
@@ -509,6 +510,10 @@ export class SqliteStore implements DataStore {
   async takeSession(id: string): Promise<StoredSession | undefined> {
     const r = this.stmt.takeSession!.get(id) as { body: string } | undefined;
     return r ? (JSON.parse(r.body) as StoredSession) : undefined;
+  }
+
+  async hasSession(id: string, now: Date): Promise<boolean> {
+    return this.stmt.hasSession!.get(id, now.toISOString()) !== undefined;
   }
 
   async sweepSessions(now: Date): Promise<number> {

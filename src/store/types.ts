@@ -240,6 +240,8 @@ export interface DataStore {
   putSession(s: StoredSession): Promise<void>;
   /** Remove and return the session: single use, atomic across verifiers. */
   takeSession(id: string): Promise<StoredSession | undefined>;
+  /** Whether an unexpired session with this ID exists (a cheap look before a message body is read). */
+  hasSession(id: string, now: Date): Promise<boolean>;
   /** Delete sessions expired at `now`; returns how many remain. */
   sweepSessions(now: Date): Promise<number>;
 

@@ -50,6 +50,21 @@ async function trustedClientFirst(req: FastifyRequest): Promise<void> {
   peerAgentId(req);
 }
 
+const SESSION_ID = /^[0-9a-f]{32}$/;
+
+/**
+ * onRequest hook of `POST /v1/attest/:session`: a session that is not open (on any verifier
+ * sharing the store) is refused before the body is read or parsed, so the unauthenticated second
+ * message costs one indexed lookup, not a megabyte of JSON.parse.
+ */
+function openSessionFirst(core: VerifierCore) {
+  return async (req: FastifyRequest<{ Params: { session: string } }>): Promise<void> => {
+    const id = req.params.session;
+    if (typeof id !== 'string' || !SESSION_ID.test(id)) throw new SigilError('http.bad_request', 'params/session must match pattern "^[0-9a-f]{32}$"', { status: 400 });
+    if (!(await core.store.hasSession(id, core.now()))) throw new SigilError('attest.session_unknown', 'attestation session is unknown, expired or was already used', { status: 401 });
+  };
+}
+
 export async function requireAgent(core: VerifierCore, req: FastifyRequest): Promise<AgentRecord> {
   const { id, serial } = peerAgentId(req);
   const agent = await core.store.getAgent(id);
@@ -109,6 +124,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
   app.post<{ Params: { session: string }; Body: { responses: Record<string, unknown> } }>(
     '/v1/attest/:session',
     {
+      onRequest: openSessionFirst(core),
       schema: {
         params: { type: 'object', properties: { session: { type: 'string', pattern: '^[0-9a-f]{32}$' } }, required: ['session'] },
         body: { type: 'object', additionalProperties: false, required: ['responses'], properties: { responses: { type: 'object', maxProperties: 8 } } },

@@ -609,10 +609,14 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         const s = await fresh();
         const a = sess('a'.repeat(32), '2099-01-01T00:00:00.000Z');
         await s.putSession(a);
+        expect(await s.hasSession(a.id, new Date())).toBe(true);
+        expect(await s.hasSession(a.id, new Date('2099-01-01T00:00:00.000Z'))).toBe(false);
         const takers = await Promise.all(Array.from({ length: 10 }, () => s.takeSession(a.id)));
         expect(takers.filter((t) => t !== undefined)).toEqual([a]);
         expect(await s.takeSession(a.id)).toBeUndefined();
         expect(await s.takeSession('unknown')).toBeUndefined();
+        expect(await s.hasSession(a.id, new Date())).toBe(false);
+        expect(await s.hasSession('unknown', new Date())).toBe(false);
       });
 
       it('sweeps expired sessions and counts the open ones', async () => {
