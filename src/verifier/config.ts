@@ -13,7 +13,7 @@ import { LONG_POLL_DEFAULTS, type LongPollLimits } from './authorized-cache.js';
 
 export interface VerifierConfig {
   trustDomain: string;
-  listen: { address: string; port: number };
+  listen: { address: string; port: number; maxConnections: number; maxConnectionsPerAddress: number };
   adminSocket: string;
   dataDir: string;
   datastore: { kind: 'sqlite' } | { kind: 'postgres'; url: string; schema?: string };
@@ -44,7 +44,12 @@ const schema = {
     listen: {
       type: 'object',
       additionalProperties: false,
-      properties: { address: { type: 'string', minLength: 1, default: '127.0.0.1' }, port: { type: 'integer', minimum: 0, maximum: 65535, default: 8443 } },
+      properties: {
+        address: { type: 'string', minLength: 1, default: '127.0.0.1' },
+        port: { type: 'integer', minimum: 0, maximum: 65535, default: 8443 },
+        maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 16384 },
+        maxConnectionsPerAddress: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 1024 },
+      },
       default: {},
     },
     adminSocket: { type: 'string', minLength: 1, default: '/run/sigil/admin.sock' },
@@ -115,7 +120,7 @@ const schema = {
 
 interface RawConfig {
   trustDomain: string;
-  listen: { address: string; port: number };
+  listen: { address: string; port: number; maxConnections: number; maxConnectionsPerAddress: number };
   adminSocket: string;
   dataDir: string;
   datastore: { kind: 'sqlite' | 'postgres'; url?: string; schema?: string };
