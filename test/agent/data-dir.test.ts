@@ -91,6 +91,35 @@ describe('agent dataDir', () => {
     expect(out.ms).toBeLessThan(2000);
   });
 
+  it('a Workload API socket under /proc fails at once too (Node\'s recursive mkdir never returns there)', () => {
+    const dir = tempDir();
+    const cfg = {
+      trustDomain: 'example.org',
+      verifier: { address: '127.0.0.1', port: 1 },
+      trustBundle: join(dir, 'bootstrap.pem'),
+      workloadApiSocket: `/proc/sigil-agent-${process.pid}/api/agent.sock`,
+      dataDir: join(dir, 'data'),
+      nodeAttestors: { join_token: { token: 'x'.repeat(32) } },
+      logLevel: 'silent',
+    };
+    // A well-formed bootstrap bundle, so that the socket is what fails.
+    spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'bootstrap.pem'), '-days', '1', '-subj', '/CN=bootstrap'], { stdio: 'ignore' });
+    const script = join(dir, 'start-sock.mts');
+    writeFileSync(
+      script,
+      `import { agentConfigFrom } from ${JSON.stringify(new URL('../../src/agent/config.ts', import.meta.url).href)};
+       import { startAgent } from ${JSON.stringify(new URL('../../src/agent/agent.ts', import.meta.url).href)};
+       const t0 = Date.now();
+       try { const a = await startAgent(agentConfigFrom(${JSON.stringify(cfg)}, ${JSON.stringify(dir)})); await a.close(); console.log(JSON.stringify({ started: true })); }
+       catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, ms: Date.now() - t0 })); }`,
+    );
+    const r = spawnSync(process.execPath, ['--import', 'tsx', script], { cwd: fileURLToPath(new URL('../..', import.meta.url)), encoding: 'utf8', timeout: 40_000 });
+    expect(r.error?.message, 'the agent neither started nor failed within 40 s').toBeUndefined();
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { code?: string; message?: string; ms?: number };
+    expect(out.code).toMatch(/^workload_api\.socket_(path_invalid|dir_insecure)$/);
+    expect(out.ms).toBeLessThan(5000);
+  });
+
   it('that is a regular file gives agent.data_dir_not_directory, naming it', async () => {
     const dir = tempDir();
     writeFileSync(join(dir, 'data'), 'a file');

@@ -11,12 +11,13 @@
  * the pending connections wait in the kernel's backlog meanwhile.
  */
 import { closeSync, type Stats } from 'node:fs';
-import { chmod, lstat, mkdir, stat, unlink } from 'node:fs/promises';
+import { chmod, lstat, stat, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import { dirname, isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { SigilError, isSigilError } from '../../errors.js';
 import type { SysAddon } from '../../native/sys.js';
+import { makeDirs } from '../../util/private-dir.js';
 import { checkSocketDir } from '../../util/socket-dir.js';
 
 /** Pending connections the kernel queues before accept. */
@@ -126,7 +127,12 @@ async function prepareSocketPath(socketPath: string): Promise<void> {
   } catch (e) {
     if (isSigilError(e)) throw e;
     if ((e as { code?: string }).code !== 'ENOENT') throw new SigilError('workload_api.socket_path_invalid', `cannot inspect ${dir}: ${(e as Error).message}`);
-    await mkdir(dir, { recursive: true, mode: 0o755 });
+    // makeDirs, not mkdir -p: Node's recursive mkdir never returns for a path under /proc.
+    try {
+      makeDirs(dir, 0o755);
+    } catch (err) {
+      throw new SigilError('workload_api.socket_path_invalid', `cannot create ${dir}: ${(err as Error).message}`);
+    }
     await chmod(dir, 0o755);
   }
   let st;
