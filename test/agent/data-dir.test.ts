@@ -60,32 +60,38 @@ async function start(dir: string, extra: Record<string, unknown>): Promise<Runni
   return startAgent(env.config, { logger: pino({ level: 'silent' }), backoff: { baseMs: 100, capMs: 1000 } });
 }
 
+/**
+ * Start an agent with `paths` in a child process (a start that hangs must not hang the test
+ * runner) and return how it ended: its error code, message and time to fail.
+ */
+function startInChild(dir: string, paths: { dataDir: string; workloadApiSocket: string }): { code?: string; message?: string; ms?: number; stderr: string } {
+  const cfg = {
+    trustDomain: 'example.org',
+    verifier: { address: '127.0.0.1', port: 1 },
+    trustBundle: join(dir, 'bootstrap.pem'),
+    ...paths,
+    nodeAttestors: { join_token: { token: 'x'.repeat(32) } },
+    logLevel: 'silent',
+  };
+  const script = join(dir, 'start.mts');
+  writeFileSync(
+    script,
+    `import { agentConfigFrom } from ${JSON.stringify(new URL('../../src/agent/config.ts', import.meta.url).href)};
+     import { startAgent } from ${JSON.stringify(new URL('../../src/agent/agent.ts', import.meta.url).href)};
+     const t0 = Date.now();
+     try { const a = await startAgent(agentConfigFrom(${JSON.stringify(cfg)}, ${JSON.stringify(dir)})); await a.close(); console.log(JSON.stringify({ started: true })); }
+     catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, ms: Date.now() - t0 })); }`,
+  );
+  const r = spawnSync(process.execPath, ['--import', 'tsx', script], { cwd: fileURLToPath(new URL('../..', import.meta.url)), encoding: 'utf8', timeout: 40_000 });
+  expect(r.error?.message, 'the agent neither started nor failed within 40 s').toBeUndefined();
+  return { ...(JSON.parse(r.stdout.trim().split('\n').pop()!) as { code?: string; message?: string; ms?: number }), stderr: r.stderr };
+}
+
 describe('agent dataDir', () => {
   it('under /proc fails at once with agent.data_dir_unusable (in a child process: the old code looped forever)', () => {
     const dir = tempDir();
-    const dataDir = `/proc/sigil-agent-${process.pid}/data`;
-    const cfg = {
-      trustDomain: 'example.org',
-      verifier: { address: '127.0.0.1', port: 1 },
-      trustBundle: join(dir, 'bootstrap.pem'),
-      workloadApiSocket: join(dir, 'agent.sock'),
-      dataDir,
-      nodeAttestors: { join_token: { token: 'x'.repeat(32) } },
-      logLevel: 'silent',
-    };
-    const script = join(dir, 'start.mts');
-    writeFileSync(
-      script,
-      `import { agentConfigFrom } from ${JSON.stringify(new URL('../../src/agent/config.ts', import.meta.url).href)};
-       import { startAgent } from ${JSON.stringify(new URL('../../src/agent/agent.ts', import.meta.url).href)};
-       const t0 = Date.now();
-       try { const a = await startAgent(agentConfigFrom(${JSON.stringify(cfg)}, ${JSON.stringify(dir)})); await a.close(); console.log(JSON.stringify({ started: true })); }
-       catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, ms: Date.now() - t0 })); }`,
-    );
-    const r = spawnSync(process.execPath, ['--import', 'tsx', script], { cwd: fileURLToPath(new URL('../..', import.meta.url)), encoding: 'utf8', timeout: 40_000 });
-    expect(r.error?.message, 'the agent neither started nor failed within 40 s').toBeUndefined();
-    expect(r.stderr).toBe('');
-    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { code?: string; message?: string; ms?: number };
+    const out = startInChild(dir, { dataDir: `/proc/sigil-agent-${process.pid}/data`, workloadApiSocket: join(dir, 'agent.sock') });
+    expect(out.stderr).toBe('');
     expect(out.code).toBe('agent.data_dir_unusable');
     expect(out.message).toContain(`/proc/sigil-agent-${process.pid}`);
     expect(out.ms).toBeLessThan(2000);
@@ -93,29 +99,9 @@ describe('agent dataDir', () => {
 
   it('a Workload API socket under /proc fails at once too (Node\'s recursive mkdir never returns there)', () => {
     const dir = tempDir();
-    const cfg = {
-      trustDomain: 'example.org',
-      verifier: { address: '127.0.0.1', port: 1 },
-      trustBundle: join(dir, 'bootstrap.pem'),
-      workloadApiSocket: `/proc/sigil-agent-${process.pid}/api/agent.sock`,
-      dataDir: join(dir, 'data'),
-      nodeAttestors: { join_token: { token: 'x'.repeat(32) } },
-      logLevel: 'silent',
-    };
     // A well-formed bootstrap bundle, so that the socket is what fails.
     spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'bootstrap.pem'), '-days', '1', '-subj', '/CN=bootstrap'], { stdio: 'ignore' });
-    const script = join(dir, 'start-sock.mts');
-    writeFileSync(
-      script,
-      `import { agentConfigFrom } from ${JSON.stringify(new URL('../../src/agent/config.ts', import.meta.url).href)};
-       import { startAgent } from ${JSON.stringify(new URL('../../src/agent/agent.ts', import.meta.url).href)};
-       const t0 = Date.now();
-       try { const a = await startAgent(agentConfigFrom(${JSON.stringify(cfg)}, ${JSON.stringify(dir)})); await a.close(); console.log(JSON.stringify({ started: true })); }
-       catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, ms: Date.now() - t0 })); }`,
-    );
-    const r = spawnSync(process.execPath, ['--import', 'tsx', script], { cwd: fileURLToPath(new URL('../..', import.meta.url)), encoding: 'utf8', timeout: 40_000 });
-    expect(r.error?.message, 'the agent neither started nor failed within 40 s').toBeUndefined();
-    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { code?: string; message?: string; ms?: number };
+    const out = startInChild(dir, { dataDir: join(dir, 'data'), workloadApiSocket: `/proc/sigil-agent-${process.pid}/api/agent.sock` });
     expect(out.code).toMatch(/^workload_api\.socket_(path_invalid|dir_insecure)$/);
     expect(out.ms).toBeLessThan(5000);
   });
