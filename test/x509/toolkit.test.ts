@@ -7,8 +7,11 @@ import { createHash, generateKeyPairSync, sign, type KeyObject } from 'node:cryp
 import { describe, expect, it } from 'vitest';
 import { SigilError } from '../../src/errors.js';
 import { encodeCertificate, encodeName } from '../../src/spiffe/x509svid.js';
+import { BasicConstraints } from '@peculiar/asn1-x509';
 import {
   CertCache,
+  asn1Extension,
+  nameAttribute,
   LinkCache,
   certificatesFromBytes,
   certsToPem,
@@ -144,6 +147,16 @@ describe('x509 toolkit: parse', () => {
     const c = parseCertificateAnyKey(der);
     expect(c.spkiInfo).toBeUndefined();
     expect(codeOf(() => verifyChain([c, parseCertificate(issuer.der)], { at: T0 }))).toBe('accepted');
+  });
+
+  it('decodes an extension value with an @peculiar/asn1-x509 schema on demand', () => {
+    const { root } = pki();
+    const c = parseCertificate(root.der);
+    expect(asn1Extension(c, OID_BC, BasicConstraints)?.cA).toBe(true);
+    expect(asn1Extension(c, '2.5.29.17', BasicConstraints)).toBeUndefined();
+    // A keyUsage value read as basicConstraints does not decode: a typed error, not a library one.
+    expect(codeOf(() => asn1Extension(c, OID_KU, BasicConstraints))).toBe('x509.malformed');
+    expect(nameAttribute(c.subject)).toBe('root');
   });
 
   it('CertCache parses once per DER hash and never remembers a failure', () => {
