@@ -10,7 +10,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminCall } from '../../src/cli/admin-client.js';
 import { tpmAvailable } from '../../src/native/tpm.js';
 import { agentEnv, createEntry, runAgent, UID, WorkloadClient, describeSvids } from '../agent/harness.js';
+import { collateralKeyOfQuote, writeCollateralDir } from '../../src/tdx/collateral.js';
 import { makeSnpTestChain } from '../support/sev-synthetic.js';
+import { makeCollateral, makeTdxQuote, makeTdxTestPki } from '../tdx/synthetic.js';
 import { startSwtpm, type SwtpmHandle } from '../support/swtpm.js';
 import { startTestVerifier, type TestVerifier } from '../support/verifier.js';
 
@@ -119,5 +121,50 @@ d('TPM node attestation end to end (swtpm)', () => {
     } finally {
       wc.close();
     }
+  });
+
+  it('multi-factor: a TDX VM with a vTPM presents tdx + tpm in one session, both bound to the CSR key', async () => {
+    const t = tpm!;
+    const dir = mkdtempSync(join(tmpdir(), 'sigil-tdx-tpm-e2e-'));
+    const DAY = 86_400_000;
+    const now = Date.now();
+    const pki = makeTdxTestPki({ notBefore: new Date(now - DAY), notAfter: new Date(now + 365 * DAY) });
+    (globalThis as { __sigilTdxTestPki?: unknown }).__sigilTdxTestPki = pki;
+    const dates = { issueDate: new Date(now - DAY), nextUpdate: new Date(now + 29 * DAY) };
+    const collateralDir = sub(dir, 'collateral');
+    await writeCollateralDir(collateralDir, collateralKeyOfQuote(makeTdxQuote(pki)), makeCollateral(pki, { tcbInfo: dates, qeIdentity: dates, crlThisUpdate: dates.issueDate, crlNextUpdate: dates.nextUpdate }));
+    const tv = await startTestVerifier(
+      { nodeAttestors: { tpm: { ekCa: t.ekCaFiles }, tdx: { collateralDir, rootSha256: pki.rootSha256 } }, requireAttestors: ['tdx', 'tpm'] },
+      { dir },
+    );
+    running.push({ close: () => tv.stop() });
+    // The tdx agent half is the real one, collecting through configfs-tsm from an in-memory configfs
+    // that plays the TDX module with the synthetic Intel-like PKI.
+    const tdxPlugin = resolve(__dirname, '../fixtures/plugins/tdx-synthetic-agent.ts');
+    const env = await agentEnv(sub(dir, 'agent'), tv.adminSocket, tv.v.port, { tdx: { eventLog: 'never' }, tpm: { tcti: t.tcti } }, { plugins: { tdx: tdxPlugin } });
+    const agent = await runAgent(env);
+    running.push(agent);
+    await agent.whenAttested();
+    const agentId = agent.agentId()!;
+    expect(agentId).toMatch(/\/sigil\/agent\/tdx\//);
+    const { agents } = await adminCall<{ agents: { id: string; attestors: string[]; selectors: string[] }[] }>(tv.adminSocket, 'GET', '/v1/admin/agents');
+    const rec = agents.find((a) => a.id === agentId)!;
+    expect(rec.attestors).toEqual(['tdx', 'tpm']);
+    const ek = rec.selectors.find((s) => s.startsWith('tpm:ek_pubhash:'))!;
+    const mrtd = rec.selectors.find((s) => s.startsWith('tdx:mrtd:'))!;
+    expect(ek).toBeDefined();
+    expect(mrtd).toBeDefined();
+    expect(rec.selectors).toContain('tdx:tcb_status:UpToDate');
+    // A node entry needing both factors parents the workload entry.
+    const node = await createEntry(tv.adminSocket, { spiffeId: 'spiffe://example.org/nodes/tdx-vtpm', parentId: 'spiffe://example.org/sigil/verifier', selectors: [ek, mrtd] });
+    await createEntry(tv.adminSocket, { spiffeId: 'spiffe://example.org/tdx-app', parentId: node.spiffeId, selectors: [`unix:uid:${UID}`] });
+    const wc = new WorkloadClient(env.socket);
+    try {
+      const s = await wc.streamWhen((m) => describeSvids(m).some((x) => x.id === 'spiffe://example.org/tdx-app'), 15_000, 'tdx + tpm workload SVID');
+      expect(describeSvids(s.messages[s.messages.length - 1]!).map((x) => x.id)).toEqual(['spiffe://example.org/tdx-app']);
+    } finally {
+      wc.close();
+    }
+    await agent.close();
   });
 });

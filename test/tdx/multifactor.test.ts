@@ -1,7 +1,7 @@
 /**
  * `tdx` as one factor of a multi-factor session on a running verifier (requireAttestors: [tdx,
  * join_token]): the quote is bound to the session's CSR key, selectors of both factors are unioned.
- * (The issue's pairing is tdx + tpm; the TPM factor needs swtpm, so join_token stands in here.)
+ * (The issue's pairing, tdx + tpm with swtpm, is in test/e2e/tpm-agent.test.ts.)
  */
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
