@@ -15,26 +15,13 @@ import type { KeyObject } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { SigilError } from '../errors.js';
 import { certsToPem } from '../spiffe/pem.js';
+import { TLS_TRUST_ERRORS, uriSans } from '../util/tls-peer.js';
 
 export const DEFAULT_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024;
 /** The authorized-entries list can be large on busy nodes. */
 export const ENTRIES_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 
-/** TLS verification failures: the server's certificate is not trusted by our bundle. */
-const TLS_TRUST_ERRORS = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_SIGNATURE_FAILURE',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'CERT_UNTRUSTED',
-  'CERT_REJECTED',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
 
 export interface AuthorizedEntry {
   id: string;
@@ -149,13 +136,6 @@ function parseEntry(v: unknown, i: number): AuthorizedEntry {
   };
 }
 
-/** The URI SANs of a peer certificate as Node formats them (`URI:a, DNS:b`). */
-function uriSans(cert: PeerCertificate): string[] {
-  return (cert.subjectaltname ?? '')
-    .split(', ')
-    .filter((s) => s.startsWith('URI:'))
-    .map((s) => s.slice(4));
-}
 
 export class VerifierClient {
   readonly trustDomain: string;

@@ -14,6 +14,7 @@ import { SigilError } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 import { parseTrustDomain } from '../spiffe/id.js';
 import { certsToPem } from '../spiffe/pem.js';
+import { uriSans } from '../util/tls-peer.js';
 import { readSmallFile, writeFileAtomic } from '../agent/files.js';
 import { FOREIGN_BUNDLE_MAX_KEYS, parseForeignBundle } from './validate.js';
 
@@ -156,7 +157,7 @@ export function fetchFederatedFromVerifier(t: FederatedFetchTarget): Promise<unk
         minVersion: 'TLSv1.2',
         headers: { accept: 'application/json' },
         checkServerIdentity: (_h: string, cert: PeerCertificate) => {
-          const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
+          const uris = uriSans(cert);
           if (uris.length === 1 && uris[0] === serverId) return undefined;
           return new SigilError('agent.verifier_untrusted', `verifier certificate has URI SAN ${JSON.stringify(uris)}, expected exactly ${serverId}`, { status: 502 });
         },

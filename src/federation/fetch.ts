@@ -14,33 +14,12 @@ import type { PeerCertificate } from 'node:tls';
 import { SigilError } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 import { certsToPem } from '../spiffe/pem.js';
+import { TLS_TRUST_ERRORS, uriSans } from '../util/tls-peer.js';
 import { FOREIGN_BUNDLE_MAX_BYTES } from './validate.js';
 import type { ValidRelationship } from './validate.js';
 
 export const FETCH_TIMEOUT_MS = 10_000;
 
-/** The TLS verification failures Node reports for a certificate that does not verify. */
-const TLS_TRUST_ERRORS = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_SIGNATURE_FAILURE',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'CERT_UNTRUSTED',
-  'CERT_REJECTED',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-  'HOSTNAME_MISMATCH',
-]);
-
-function uriSans(cert: PeerCertificate): string[] {
-  return (cert.subjectaltname ?? '')
-    .split(', ')
-    .filter((s) => s.startsWith('URI:'))
-    .map((s) => s.slice(4));
-}
 
 export interface FetchOptions {
   /** https_spiffe: the last good bundle of the foreign trust domain (its X.509 authorities authenticate the endpoint). */
