@@ -47,6 +47,7 @@ import { freePort } from '../test/agent/harness.js';
 import { startPostgres, type PostgresHandle } from '../test/support/postgres.js';
 import { FleetConn } from './support/fleet-client.js';
 import { pct } from './support/load.js';
+import { errorMessage } from '../src/errors.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: number): number => {
@@ -293,7 +294,7 @@ async function main(): Promise<void> {
     const errorKinds = new Map<string, number>();
     const failed = (e: unknown): void => {
       errors++;
-      const k = e instanceof Error ? e.message : String(e);
+      const k = errorMessage(e);
       errorKinds.set(k, (errorKinds.get(k) ?? 0) + 1);
     };
     const pollLoop = async (a: SimAgent, offset: number): Promise<void> => {
@@ -377,7 +378,7 @@ async function main(): Promise<void> {
         } catch (e) {
           // e.g. EPIPE on a keep-alive admin connection the verifier had just closed: counted, not fatal.
           adminErrors++;
-          if (adminErrors <= 3) console.error(`entry change failed: ${e instanceof Error ? e.message : String(e)}`);
+          if (adminErrors <= 3) console.error(`entry change failed: ${errorMessage(e)}`);
         }
         due += 1000 / RATE;
         await sleep(Math.max(0, due - performance.now()));

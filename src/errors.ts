@@ -29,9 +29,24 @@ export function isSigilError(e: unknown): e is SigilError {
   return e instanceof SigilError;
 }
 
+/** The message of anything thrown: an Error's message, otherwise its string form. */
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * Log fields for anything thrown, one shape everywhere: `err` is the one-line message, `code` the
+ * SigilError code, and `stack` only for errors Sigil did not throw on purpose (those are bugs).
+ */
+export function errorFields(e: unknown): { err: string; code?: string; stack?: string } {
+  if (e instanceof SigilError) return { err: e.message, code: e.code };
+  if (e instanceof Error && e.stack !== undefined) return { err: e.message, stack: e.stack };
+  return { err: errorMessage(e) };
+}
+
 /** Wrap anything thrown by a library into a SigilError with the given code, keeping SigilErrors as they are. */
 export function asSigilError(e: unknown, code: string, prefix: string): SigilError {
   if (e instanceof SigilError) return e;
-  const msg = e instanceof Error ? e.message : String(e);
+  const msg = errorMessage(e);
   return new SigilError(code, `${prefix}: ${msg}`, { cause: e });
 }

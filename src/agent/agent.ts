@@ -5,7 +5,7 @@
  * whatever is cached.
  */
 import { pino, type Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorFields } from '../errors.js';
 import { preparePrivateDir } from '../util/private-dir.js';
 import { loadNodeAttestorAgents, loadWorkloadAttestors } from '../catalog.js';
 import type { AgentPluginDeps, NodeAttestorAgent } from '../plugins/types.js';
@@ -73,7 +73,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       try {
         await c();
       } catch (e) {
-        logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'error while closing');
+        logger.warn(errorFields(e), 'error while closing');
       }
     }
     closers.length = 0;

@@ -4,7 +4,7 @@
  */
 import { BlockList, isIP } from 'node:net';
 import { resolve } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { validateAgainstSchema } from '../plugins/validate.js';
 import { parseTrustDomain } from '../spiffe/id.js';
 import { readConfigFile } from '../util/config-file.js';
@@ -149,13 +149,13 @@ export function agentConfigFrom(raw: unknown, configDir: string): AgentConfig {
   try {
     trustDomain = parseTrustDomain(c.trustDomain);
   } catch (e) {
-    throw new SigilError('config.invalid', `agent config: /trustDomain ${e instanceof Error ? e.message : String(e)}`);
+    throw new SigilError('config.invalid', `agent config: /trustDomain ${errorMessage(e)}`);
   }
   let syncIntervalSeconds: number;
   try {
     syncIntervalSeconds = parseDuration(c.syncInterval, 'agent config: /syncInterval');
   } catch (e) {
-    throw new SigilError('config.invalid', e instanceof Error ? e.message : String(e));
+    throw new SigilError('config.invalid', errorMessage(e));
   }
   if (syncIntervalSeconds < 0.05 || syncIntervalSeconds > 300) {
     throw new SigilError('config.invalid', `agent config: /syncInterval must be between 50ms and 5m (entry changes must reach workloads quickly), got ${syncIntervalSeconds}s`);
@@ -165,7 +165,7 @@ export function agentConfigFrom(raw: unknown, configDir: string): AgentConfig {
     try {
       metrics = parseListenAddress(c.metrics.listen);
     } catch (e) {
-      throw new SigilError('config.invalid', `agent config: /metrics/listen ${e instanceof Error ? e.message : String(e)}`);
+      throw new SigilError('config.invalid', `agent config: /metrics/listen ${errorMessage(e)}`);
     }
   }
   const nullToEmpty = (m: Record<string, unknown>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, v ?? {}]));

@@ -24,7 +24,7 @@
  */
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
-import { SigilError, asSigilError } from '../errors.js';
+import { SigilError, asSigilError, errorMessage } from '../errors.js';
 import { parseCertificate } from '../spiffe/cert.js';
 import { createCsr } from '../spiffe/csr.js';
 import { spkiDer } from '../spiffe/keys.js';
@@ -223,7 +223,7 @@ export class EntrySync {
       await this.syncNow();
       if (this.o.cache.dueForIssue(this.o.now()).length > 0) await this.syncNow();
     } catch (e) {
-      this.o.logger.debug({ reason: e instanceof Error ? e.message : String(e) }, 'sync after a pushed change failed; the periodic sync retries');
+      this.o.logger.debug({ reason: errorMessage(e) }, 'sync after a pushed change failed; the periodic sync retries');
     }
   }
 

@@ -1,6 +1,6 @@
 /** Small durable-file helpers for the agent's dataDir. */
 import { readFileSync } from 'node:fs';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
 
 /** Write `data` to `path` atomically (temp file in the same directory, fsync, rename, fsync dir). */
@@ -8,7 +8,7 @@ export function writeFileAtomic(path: string, data: string | Buffer, mode = 0o60
   try {
     replaceFileAtomic(path, data, mode);
   } catch (e) {
-    throw new SigilError('agent.data_dir_write_failed', `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('agent.data_dir_write_failed', `cannot write ${path}: ${errorMessage(e)}`, { cause: e });
   }
 }
 
@@ -19,7 +19,7 @@ export function readSmallFile(path: string, maxBytes = 8 * 1024 * 1024): Buffer 
     b = readFileSync(path);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new SigilError('agent.data_dir_read_failed', `cannot read ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('agent.data_dir_read_failed', `cannot read ${path}: ${errorMessage(e)}`, { cause: e });
   }
   if (b.length > maxBytes) throw new SigilError('agent.data_dir_read_failed', `${path} is larger than ${maxBytes} bytes`);
   return b;

@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Counter } from 'prom-client';
-import { SigilError } from '../errors.js';
+import { SigilError, errorFields } from '../errors.js';
 import { isLoopbackHost } from './config.js';
 import type { WorkloadApiStats } from './workload-api/server.js';
 import type { ServiceTimeSummary } from './workload-api/service-time.js';
@@ -271,7 +271,7 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
       try {
         reason = sources.notReadyReason();
       } catch (e) {
-        logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'readiness check failed');
+        logger.warn(errorFields(e), 'readiness check failed');
         reason = 'readiness check failed (see the agent log)';
       }
       return reason === undefined ? send(res, 200, 'ok\n') : send(res, 503, `not ready: ${oneLine(reason)}\n`);
@@ -280,7 +280,7 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
     try {
       body = await registry.scrape();
     } catch (e) {
-      logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'metrics collection failed');
+      logger.warn(errorFields(e), 'metrics collection failed');
       return send(res, 500, 'metrics collection failed\n');
     }
     send(res, 200, body, registry.contentType);
@@ -290,7 +290,7 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
   // connections could hold the endpoint for half a minute at a time).
   const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000, connectionsCheckingInterval: 1_000 }, (req, res) => {
     handle(req, res).catch((e: unknown) => {
-      logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'metrics request failed');
+      logger.warn(errorFields(e), 'metrics request failed');
       res.destroy();
     });
   });
@@ -318,7 +318,7 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
       resolve();
     });
   });
-  server.on('error', (e) => logger.error({ err: e.message }, 'metrics listener error'));
+  server.on('error', (e) => logger.error(errorFields(e), 'metrics listener error'));
 
   const port = (server.address() as AddressInfo).port;
   const url = `http://${shown}:${port}`;

@@ -23,7 +23,7 @@ import { generateKeyPair, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { SigilError, asSigilError } from '../errors.js';
+import { SigilError, asSigilError, errorFields } from '../errors.js';
 import { sessionBinding } from '../plugins/binding.js';
 import type { NodeAttestorAgent } from '../plugins/types.js';
 import { parseCertificate } from '../spiffe/cert.js';
@@ -189,7 +189,7 @@ export class NodeIdentity {
       });
       this.o.client.setTrust(union);
     } catch (e) {
-      this.o.logger.error({ err: e instanceof Error ? e.message : String(e) }, 'bootstrap trustBundle unusable');
+      this.o.logger.error(errorFields(e), 'bootstrap trustBundle unusable');
     }
     if (first) this.wake();
   }
@@ -223,7 +223,7 @@ export class NodeIdentity {
       this.adopt({ ...s, renewAt: halfLife(now, parseCertificate(chain[0] as Buffer).notBefore, s.notAfter) }, false);
       log.info({ agentId: s.agentId, expiresAt: s.notAfter.toISOString() }, 'using the persisted node SVID');
     } catch (e) {
-      log.warn({ err: e instanceof Error ? e.message : String(e) }, 'persisted node SVID not usable; the agent will attest');
+      log.warn(errorFields(e), 'persisted node SVID not usable; the agent will attest');
     }
   }
 
@@ -259,7 +259,7 @@ export class NodeIdentity {
       try {
         l(s);
       } catch (e) {
-        this.o.logger.error({ err: e }, 'identity listener failed');
+        this.o.logger.error(errorFields(e), 'identity listener failed');
       }
     }
   }

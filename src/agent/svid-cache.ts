@@ -6,7 +6,7 @@
  */
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorFields } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 import { SpiffeBundle as Bundle } from '../spiffe/bundle.js';
 import { decodeJwtSvidUnverified, validateJwtSvid } from '../spiffe/jwtsvid.js';
@@ -259,7 +259,7 @@ export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource 
       try {
         l();
       } catch (e) {
-        this.o.logger.error({ err: e }, 'workload identity listener failed');
+        this.o.logger.error(errorFields(e), 'workload identity listener failed');
       }
     }
   }

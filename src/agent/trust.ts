@@ -9,7 +9,7 @@
  */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage, errorFields } from '../errors.js';
 import { SpiffeBundle } from '../spiffe/bundle.js';
 import { readSmallFile, writeFileAtomic } from './files.js';
 
@@ -50,7 +50,7 @@ export class TrustStore {
         if (pem) persisted = SpiffeBundle.fromPem(trustDomain, pem.toString('utf8'));
       }
     } catch (e) {
-      logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'persisted bundle in dataDir is unusable; using the bootstrap trustBundle');
+      logger.warn(errorFields(e), 'persisted bundle in dataDir is unusable; using the bootstrap trustBundle');
       persisted = undefined;
     }
     if (persisted && persisted.x509Authorities.length > 0) {
@@ -69,13 +69,13 @@ export class TrustStore {
       if (!b) throw new Error('no such file');
       text = b.toString('utf8');
     } catch (e) {
-      throw new SigilError('agent.trust_bundle_unreadable', `cannot read trustBundle ${path}: ${e instanceof Error ? e.message : String(e)}`);
+      throw new SigilError('agent.trust_bundle_unreadable', `cannot read trustBundle ${path}: ${errorMessage(e)}`);
     }
     let b: SpiffeBundle;
     try {
       b = SpiffeBundle.fromPem(trustDomain, text);
     } catch (e) {
-      throw new SigilError('agent.trust_bundle_invalid', `trustBundle ${path} is not PEM certificates: ${e instanceof Error ? e.message : String(e)}`);
+      throw new SigilError('agent.trust_bundle_invalid', `trustBundle ${path} is not PEM certificates: ${errorMessage(e)}`);
     }
     if (b.x509Authorities.length === 0) throw new SigilError('agent.trust_bundle_invalid', `trustBundle ${path} holds no certificates`);
     return b;
@@ -116,7 +116,7 @@ export class TrustStore {
       try {
         l(b);
       } catch (e) {
-        this.logger.error({ err: e }, 'bundle listener failed');
+        this.logger.error(errorFields(e), 'bundle listener failed');
       }
     }
     return true;

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { startAgent } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
+import { errorFields } from '../errors.js';
 
 export function registerAgentRun(agentCmd: Command): void {
   agentCmd
@@ -25,7 +26,7 @@ export function registerAgentRun(agentCmd: Command): void {
         void agent.close().then(
           () => process.exit(0),
           (e: unknown) => {
-            logger.error({ err: e instanceof Error ? e.message : String(e) }, 'error during shutdown');
+            logger.error(errorFields(e), 'error during shutdown');
             process.exit(1);
           },
         );

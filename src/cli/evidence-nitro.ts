@@ -6,7 +6,7 @@
  * at the verification time. Without --root the built-in AWS Nitro Enclaves Root-G1 pin is used.
  */
 import { readFileSync } from 'node:fs';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { pemCertificateToDer, sha256Hex } from '../nitro/certs.js';
 import { nitroClaims, nitroSelectors, verifyNitroDocument } from '../nitro/verify.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
@@ -33,7 +33,7 @@ function readFileOrFail(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${e instanceof Error ? e.message : String(e)}`);
+    throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${errorMessage(e)}`);
   }
 }
 
@@ -46,7 +46,7 @@ export function runNitroEvidence(file: string, opts: NitroCliOptions): number {
     at = parseAt(opts.at);
     nonce = opts.nonce === undefined ? undefined : parseHexArg('--nonce', opts.nonce);
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
+    const msg = errorMessage(e);
     if (json) printEvidenceOutcome(rejectedOutcome(ATTESTOR, new UsageError(msg)), true);
     else process.stderr.write(`error: ${msg}\n`);
     return EXIT_USAGE;

@@ -9,7 +9,7 @@
  * (<dir>/<product>/<hwid>-<tcb>.der, <dir>/ask_ark_<product>.pem). Never touches the network.
  */
 import { readFileSync } from 'node:fs';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert } from '../sev/certs.js';
 import { SnpCollateralSource } from '../sev/collateral.js';
 import { type SnpProduct, SNP_PRODUCTS, parseSnpReport, productFromReport } from '../sev/report.js';
@@ -48,7 +48,7 @@ function readFileOrFail(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${e instanceof Error ? e.message : String(e)}`);
+    throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${errorMessage(e)}`);
   }
 }
 
@@ -75,7 +75,7 @@ export async function runSevEvidence(file: string, opts: SevCliOptions): Promise
     }
     if (opts.vcek === undefined && opts.collateralDir === undefined) throw new UsageError('give --vcek FILE (the VCEK or VLEK) or --collateral-dir DIR');
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
+    const msg = errorMessage(e);
     if (json) printEvidenceOutcome(rejectedOutcome(SEV_ATTESTOR, new UsageError(msg)), true);
     else process.stderr.write(`error: ${msg}\n`);
     return EXIT_USAGE;

@@ -12,7 +12,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
 import { EXIT_USAGE, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
 
@@ -63,7 +63,7 @@ function readFileOrFail(path: string, what: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${e instanceof Error ? e.message : String(e)}`);
+    throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${errorMessage(e)}`);
   }
 }
 
@@ -91,7 +91,7 @@ export async function runTdxEvidence(file: string, opts: TdxCliOptions): Promise
     if (opts.ccelTable !== undefined && opts.eventLog === undefined) throw new UsageError('--ccel-table needs --event-log');
     if (opts.collateral === undefined && opts.allowUnknownTcb !== true) throw new UsageError('give --collateral DIR, or --allow-unknown-tcb to verify without it (TCB status Unknown)');
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
+    const msg = errorMessage(e);
     if (json) printEvidenceOutcome(rejectedOutcome(ATTESTOR, new UsageError(msg)), true);
     else process.stderr.write(`error: ${msg}\n`);
     return EXIT_USAGE;

@@ -7,7 +7,7 @@
  * proven; the output says so (`claims.akBoundToEk: false`).
  */
 import { readFileSync } from 'node:fs';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { HASHES } from '../tpm/constants.js';
 import { certificatesFromBytes } from '../tpm/ekcert.js';
 import { encodePcrSelection, parsePcrSelection, type PcrBankSelection } from '../tpm/structures.js';
@@ -36,7 +36,7 @@ function readArg(flag: string, path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    throw new UsageError(`${flag}: cannot read ${path}: ${e instanceof Error ? e.message : String(e)}`);
+    throw new UsageError(`${flag}: cannot read ${path}: ${errorMessage(e)}`);
   }
 }
 
@@ -64,7 +64,7 @@ export async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> 
     try {
       return parseHexArg('--nonce', opts.nonce);
     } catch (e) {
-      throw new UsageError(e instanceof Error ? e.message : String(e));
+      throw new UsageError(errorMessage(e));
     }
   })();
   let at = new Date();
@@ -123,7 +123,7 @@ function parsePcrsJson(arg: string): TrustedPcr[] {
   try {
     o = JSON.parse(text);
   } catch (e) {
-    throw new UsageError(`--pcrs: not JSON: ${e instanceof Error ? e.message : String(e)}`);
+    throw new UsageError(`--pcrs: not JSON: ${errorMessage(e)}`);
   }
   if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new UsageError('--pcrs: expected { "<bank>": { "<index>": "<hex>" } }');
   const out: TrustedPcr[] = [];

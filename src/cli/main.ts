@@ -1,7 +1,7 @@
 /** `sigil` command line (DESIGN §9). Exit 0 success, 1 failed/rejected (one-line reason), 2 usage error. */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { adminCall } from './admin-client.js';
 import { registerAgentRun } from './agent-run.js';
 import { registerFederationCommands } from './federation-commands.js';
@@ -123,7 +123,7 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = EXIT_FAILED;
       return;
     }
-    process.stderr.write(`sigil: internal error: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`sigil: internal error: ${errorMessage(e)}\n`);
     process.exitCode = EXIT_FAILED;
   }
 }

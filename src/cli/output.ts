@@ -1,4 +1,4 @@
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 
 /** Exit codes (DESIGN §9): 0 success, 1 rejected/failed, 2 usage error. */
 export const EXIT_OK = 0;
@@ -42,6 +42,6 @@ export function printEvidenceOutcome(outcome: EvidenceOutcome, json: boolean): n
 
 /** Turn a thrown error into a rejected outcome; non-SigilErrors get code `internal`. */
 export function rejectedOutcome(attestor: string, e: unknown): EvidenceOutcome {
-  const err = e instanceof SigilError ? { code: e.code, message: e.message } : { code: 'internal', message: e instanceof Error ? e.message : String(e) };
+  const err = e instanceof SigilError ? { code: e.code, message: e.message } : { code: 'internal', message: errorMessage(e) };
   return { ok: false, attestor, selectors: [], claims: {}, error: err };
 }

@@ -7,7 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { SigilError, isSigilError } from '../errors.js';
+import { SigilError, isSigilError, errorMessage } from '../errors.js';
 import { certsToPem, derToPem } from '../spiffe/pem.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
 import { WorkloadApiClient, resolveWorkloadSocket, type FetchedX509Svid } from '../workload/client.js';
@@ -50,7 +50,7 @@ export function writeSvidFiles(dir: string, svid: FetchedX509Svid): string[] {
 }
 
 function failJson(e: unknown): void {
-  const err = isSigilError(e) ? e.toJSON() : { code: 'internal', message: e instanceof Error ? e.message : String(e) };
+  const err = isSigilError(e) ? e.toJSON() : { code: 'internal', message: errorMessage(e) };
   process.stdout.write(JSON.stringify({ ok: false, error: err }) + '\n');
   process.exitCode = EXIT_FAILED;
 }
@@ -143,7 +143,7 @@ export async function workloadHealthcheck(socket: string, timeoutMs = 5000): Pro
     if (bundles.size === 0) throw new SigilError('workload_client.unhealthy', `agent at ${path} returned no trust bundle`);
   } catch (e) {
     if (isSigilError(e) && e.code === 'workload_client.unhealthy') throw e;
-    throw new SigilError('workload_client.unhealthy', `agent at ${path} is not healthy: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('workload_client.unhealthy', `agent at ${path} is not healthy: ${errorMessage(e)}`, { cause: e });
   } finally {
     client.close();
   }

@@ -10,7 +10,7 @@ import { request } from 'node:https';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorFields } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 import { parseTrustDomain } from '../spiffe/id.js';
 import { certsToPem } from '../spiffe/pem.js';
@@ -48,7 +48,7 @@ export class FederatedBundles {
       const b = readSmallFile(this.path, ANSWER_MAX_BYTES);
       if (b) this.adopt(JSON.parse(b.toString('utf8')), false);
     } catch (e) {
-      logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'persisted federated bundles unusable; waiting for the verifier');
+      logger.warn(errorFields(e), 'persisted federated bundles unusable; waiting for the verifier');
     }
   }
 

@@ -12,7 +12,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorFields } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 
 export interface BundleEndpointConfig {
@@ -93,7 +93,7 @@ export async function startBundleEndpoint(o: BundleEndpointOptions): Promise<Run
     try {
       server.setSecureContext({ ...material(), minVersion: 'TLSv1.2' });
     } catch (e) {
-      logger.error({ err: e instanceof Error ? e.message : String(e) }, 'bundle endpoint: new certificate not taken into use; keeping the old one');
+      logger.error(errorFields(e), 'bundle endpoint: new certificate not taken into use; keeping the old one');
     }
   };
   let watch: NodeJS.Timeout | undefined;
@@ -105,7 +105,7 @@ export async function startBundleEndpoint(o: BundleEndpointOptions): Promise<Run
           logger.info({ cert: config.certFile }, 'bundle endpoint certificate reloaded');
         }
       } catch (e) {
-        logger.warn({ err: (e as Error).message }, 'bundle endpoint certificate check failed');
+        logger.warn(errorFields(e), 'bundle endpoint certificate check failed');
       }
     }, 30_000);
     watch.unref();

@@ -12,7 +12,7 @@
  */
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { SigilError, asSigilError } from '../errors.js';
+import { SigilError, asSigilError, errorFields } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 import type { DataStore, FederatedBundleRecord, FederationRelationship } from '../store/types.js';
 import { fetchBundleDocument, type FetchOptions } from './fetch.js';
@@ -101,7 +101,7 @@ export class FederationService {
     this.running = true;
     await this.sweep();
     this.sweepTimer = setInterval(() => {
-      this.sweep().catch((e) => this.o.logger.warn({ err: e }, 'federation: listing relationships failed'));
+      this.sweep().catch((e) => this.o.logger.warn(errorFields(e), 'federation: listing relationships failed'));
     }, 10_000);
     this.sweepTimer.unref();
   }

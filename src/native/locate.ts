@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { errorMessage } from '../errors.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const requireNative = createRequire(import.meta.url);
@@ -55,7 +56,7 @@ export function loadAddon<T>(name: 'sigil_sys' | 'sigil_tpm'): LoadResult<T> {
   try {
     return { ok: true, addon: requireNative(path) as T };
   } catch (e) {
-    return { ok: false, missing: 'load', path, error: e instanceof Error ? e.message : String(e) };
+    return { ok: false, missing: 'load', path, error: errorMessage(e) };
   }
 }
 

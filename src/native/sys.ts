@@ -3,7 +3,7 @@
  * that hands accepted connections over as fds, and the two confidential computing ioctls (Nitro
  * NSM, SEV-SNP extended report). See docs/native.md.
  */
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { REBUILD_HINT, loadAddon } from './locate.js';
 
 export interface PeerCred {
@@ -77,7 +77,7 @@ export function parseSnpReportResponse(resp: Buffer): Buffer {
 }
 
 function errMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
+  return errorMessage(e);
 }
 
 /** Wraps the raw addon, mapping its errors to SigilErrors. `devicePath` overrides exist for tests. */

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { REBUILD_HINT, loadAddon, nativeDir } from './locate.js';
 
 export type EkAlg = 'rsa' | 'ecc-p256' | 'ecc-p384';
@@ -131,7 +131,7 @@ interface NativeError {
 function toSigilError(e: unknown, what: string): SigilError {
   if (e instanceof SigilError) return e;
   const ne = e as NativeError;
-  const msg = e instanceof Error ? e.message : String(e);
+  const msg = errorMessage(e);
   if (e instanceof TypeError || e instanceof RangeError || (typeof ne.op === 'string' && ne.op.startsWith('unmarshal'))) {
     return new SigilError('tpm.invalid_argument', `${what}: ${msg}`, { cause: e });
   }

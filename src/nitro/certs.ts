@@ -19,7 +19,7 @@
  * its COSE signature only. Validity periods are checked on every call.
  */
 import { createHash, type KeyObject } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { parseCertificate, publicKeyOf, type ParsedCertificate } from '../x509/cert.js';
 import { LinkCache, verifyChain } from '../x509/chain.js';
 import { remapX509Error, type X509CodeMap } from '../x509/errors.js';
@@ -221,7 +221,7 @@ export function pemCertificateToDer(pem: string, what: string): Buffer {
   try {
     blocks = pemBlocks(pem, 'CERTIFICATE', { lax: true });
   } catch (e) {
-    throw new SigilError('nitro.bad_root_cert', `${what}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('nitro.bad_root_cert', `${what}: ${errorMessage(e)}`, { cause: e });
   }
   if (blocks.length !== 1) {
     throw new SigilError('nitro.bad_root_cert', `${what}: expected exactly one PEM CERTIFICATE block, found ${blocks.length}`);
@@ -230,7 +230,7 @@ export function pemCertificateToDer(pem: string, what: string): Buffer {
   try {
     parseNitroCert(der, 'ca', what);
   } catch (e) {
-    throw new SigilError('nitro.bad_root_cert', `${what}: not a usable root certificate: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('nitro.bad_root_cert', `${what}: not a usable root certificate: ${errorMessage(e)}`, { cause: e });
   }
   return der;
 }

@@ -5,7 +5,7 @@
  * every field is checked for presence, type and size. Nothing here checks signatures: see verify.ts.
  */
 import { Tag } from 'cbor2';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 
 /** Protected header bytes every Nitro document carries: {1: -35} = { alg: ES384 }. */
 export const ES384_PROTECTED_HEADER = Buffer.from('a1013822', 'hex');
@@ -163,7 +163,7 @@ export function decodeStrict(bytes: Uint8Array, what: string, code = 'nitro.cbor
   try {
     return StrictCborReader.decode(bytes);
   } catch (e) {
-    throw bad(code, `${what} is not valid CBOR under the strict profile: ${e instanceof Error ? e.message : String(e)}`);
+    throw bad(code, `${what} is not valid CBOR under the strict profile: ${errorMessage(e)}`);
   }
 }
 

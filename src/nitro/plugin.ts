@@ -13,7 +13,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import type { AttestorResult, NodeAttestorAgentPlugin, NodeAttestorVerifierPlugin, SessionInput } from '../plugins/types.js';
 import { decodeBase64 } from '../plugins/base64.js';
 import { pluginConfigError, validatePluginConfig } from '../plugins/validate.js';
@@ -77,7 +77,7 @@ function resolveConfig(raw: unknown, configDir: string): ResolvedConfig {
     try {
       pem = readFileSync(path, 'utf8');
     } catch (e) {
-      throw configError(`rootCert: cannot read ${path}: ${e instanceof Error ? e.message : String(e)}`);
+      throw configError(`rootCert: cannot read ${path}: ${errorMessage(e)}`);
     }
     const fromFile = sha256Hex(pemCertificateToDer(pem, `rootCert ${path}`));
     if (c.rootCertSha256 !== undefined && fromFile !== rootSha256) {
@@ -157,7 +157,7 @@ export const nativeNsmTransport: NsmTransport = async (request) => {
     sys = (await import('../native/sys.js')).loadSys();
   } catch (e) {
     if (e instanceof SigilError) throw e;
-    throw new SigilError('nitro.nsm_unavailable', `cannot load the native addon for /dev/nsm: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    throw new SigilError('nitro.nsm_unavailable', `cannot load the native addon for /dev/nsm: ${errorMessage(e)}`, { status: 500, cause: e });
   }
   return sys.nsmRequest(request, NSM_RESPONSE_MAX_SIZE);
 };
@@ -183,7 +183,7 @@ export function makeNitroAgentPlugin(opts: { transport?: NsmTransport } = {}): N
             raw = await transport(request);
           } catch (e) {
             if (e instanceof SigilError) throw e;
-            throw new SigilError('nitro.nsm_unavailable', `NSM request failed: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+            throw new SigilError('nitro.nsm_unavailable', `NSM request failed: ${errorMessage(e)}`, { status: 500, cause: e });
           }
           const document = decodeAttestationResponse(raw);
           return { document: document.toString('base64') };

@@ -8,7 +8,7 @@
  * freshness → nonce / public_key binding → required PCR values.
  */
 import { createPublicKey, timingSafeEqual, verify as cryptoVerify } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { AWS_NITRO_ROOT_G1_SHA256 } from './aws-root.js';
 import { NitroCertCache, validateNitroChain } from './certs.js';
 import { parseCoseSign1, parseNitroPayload, sigStructure } from './document.js';
@@ -113,7 +113,7 @@ export function verifyNitroDocument(document: Uint8Array, opts: NitroVerifyOptio
   } catch (e) {
     if (e instanceof SigilError) throw e;
     // Every expected failure is typed below; this only keeps an unforeseen library error from escaping untyped.
-    throw new SigilError('nitro.verify_failed', `attestation document could not be verified: ${e instanceof Error ? e.message : String(e)}`, { status: 400, cause: e });
+    throw new SigilError('nitro.verify_failed', `attestation document could not be verified: ${errorMessage(e)}`, { status: 400, cause: e });
   }
 }
 

@@ -9,7 +9,7 @@
  * found only where src/plugins/resolve.ts says, and their errors cross src/plugins/error-boundary.ts.
  */
 import { pathToFileURL } from 'node:url';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { fromPlugin, guardAgent, guardVerifier, guardWorkload } from './error-boundary.js';
 import { resolvePluginModule } from './resolve.js';
 import { validatePluginConfig } from './validate.js';
@@ -78,7 +78,7 @@ async function importThirdParty(name: string, spec: string, configDir: string): 
   try {
     mod = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
   } catch (e) {
-    throw new SigilError('plugin.load_failed', `plugin "${name}": cannot load module "${spec}" (${file}): ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('plugin.load_failed', `plugin "${name}": cannot load module "${spec}" (${file}): ${errorMessage(e)}`, { cause: e });
   }
   return (mod.default ?? mod.plugin ?? mod) as PluginModule;
 }
@@ -124,7 +124,7 @@ export async function resolvePluginEntry<K extends Kind>(catalog: BuiltinCatalog
   try {
     plugin = await builtin.load();
   } catch (e) {
-    throw new SigilError('plugin.load_failed', `plugin "${name}": cannot load built-in: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('plugin.load_failed', `plugin "${name}": cannot load built-in: ${errorMessage(e)}`, { cause: e });
   }
   checkShape(kind, name, plugin);
   return { plugin: plugin as PluginOf<K>, thirdParty: false, errorNamespace: builtin.errorNamespace };
@@ -169,7 +169,7 @@ async function loadAll<K extends Kind, T>(
     } catch (e0) {
       const e = r.thirdParty ? fromPlugin(e0, name) : e0;
       if (e instanceof SigilError) throw e;
-      throw new SigilError('plugin.init_failed', `plugin "${name}": ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError('plugin.init_failed', `plugin "${name}": ${errorMessage(e)}`, { cause: e });
     }
   }
   return out;

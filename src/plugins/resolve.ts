@@ -14,7 +14,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 
 /** The conditions Node uses for `import()`, in the order a package's `exports` is matched against. */
 const CONDITIONS = new Set(['node', 'import', 'default']);
@@ -121,7 +121,7 @@ function packageEntry(pkgDir: string, subpath: string, tried: string[]): string 
     try {
       pj = JSON.parse(readFileSync(pjPath, 'utf8')) as typeof pj;
     } catch (e) {
-      throw new SigilError('plugin.load_failed', `${pjPath} is not valid JSON: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError('plugin.load_failed', `${pjPath} is not valid JSON: ${errorMessage(e)}`, { cause: e });
     }
   } else if (!isDir(pkgDir)) {
     return null;

@@ -11,7 +11,7 @@
  * provider file); it cannot prove what a real kernel does, only that this code follows the
  * documented protocol. The ioctl path has no test outside an SEV-SNP guest (no /dev/sev-guest here).
  */
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { DEFAULT_CONFIGFS_ROOT, type TsmFs, getTsmReport, nodeTsmFs } from '../util/configfs-tsm.js';
 import { SNP_REPORT_SIZE } from './report.js';
 
@@ -41,7 +41,7 @@ export interface ConfigfsOptions {
 }
 
 function ioFail(code: string, what: string, e: unknown): SigilError {
-  const msg = e instanceof Error ? e.message : String(e);
+  const msg = errorMessage(e);
   return new SigilError(code, `${what}: ${msg}`, { cause: e, status: 500 });
 }
 

@@ -12,7 +12,7 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { AsnParser, AsnProp, AsnPropTypes, AsnSerializer, AsnType, AsnTypeTypes } from '@peculiar/asn1-schema';
-import { SigilError, asSigilError } from '../errors.js';
+import { SigilError, asSigilError, errorMessage } from '../errors.js';
 import { CertCache, nameAttribute, publicKeyOf, type AnyKeyCertificate } from '../x509/cert.js';
 import { LinkCache, signatureVerifies } from '../x509/chain.js';
 import { TAG, children, decodeOid, readSingle } from '../x509/der.js';
@@ -179,7 +179,7 @@ export function parseSevCert(input: Uint8Array, label: string): SevCert {
   try {
     publicKey = publicKeyOf(cert);
   } catch (e) {
-    fail('sev.cert_malformed', `${label} certificate public key is unusable: ${e instanceof Error ? e.message : String(e)}`);
+    fail('sev.cert_malformed', `${label} certificate public key is unusable: ${errorMessage(e)}`);
   }
   const cn = (formatted: string): string | undefined => (/(?:^|,)CN=/.test(formatted) ? nameAttribute(formatted, 'CN') : undefined);
   const parsed: SevCert = {
@@ -473,7 +473,7 @@ export function pemToDerList(text: string, what: string): Buffer[] {
   try {
     return pemBlocks(text, 'CERTIFICATE', { lax: true });
   } catch (e) {
-    throw new SigilError('sev.cert_malformed', `${what}: ${e instanceof Error ? e.message : String(e)}`, { status: 400, cause: e });
+    throw new SigilError('sev.cert_malformed', `${what}: ${errorMessage(e)}`, { status: 400, cause: e });
   }
 }
 

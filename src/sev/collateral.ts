@@ -30,7 +30,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { certificatesFromFile, endorsementTcb, parseAmdExtensions, parseSevCert, pemToDerList, productFromEndorsementCert } from './certs.js';
 import { type SnpProduct, type SnpSigningKey, decodeTcb, hwIdForProduct, tcbHex } from './report.js';
 
@@ -103,7 +103,7 @@ async function readOptional(path: string): Promise<Buffer | undefined> {
   } catch (e) {
     const code = typeof e === 'object' && e !== null && 'code' in e ? (e as { code: unknown }).code : '';
     if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw new SigilError('sev.collateral_unreadable', `cannot read collateral ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e, status: 500 });
+    throw new SigilError('sev.collateral_unreadable', `cannot read collateral ${path}: ${errorMessage(e)}`, { cause: e, status: 500 });
   }
 }
 
@@ -152,7 +152,7 @@ async function readCapped(res: KdsResponse, max: number, abort: AbortController,
     try {
       step = await reader.read();
     } catch (e) {
-      throw kdsFailed(`AMD KDS answer for ${url} could not be read: ${e instanceof Error ? e.message : String(e)}`, e);
+      throw kdsFailed(`AMD KDS answer for ${url} could not be read: ${errorMessage(e)}`, e);
     }
     if (step.done) break;
     const chunk: unknown = step.value;
@@ -181,7 +181,7 @@ async function kdsGet(fetchImpl: FetchLike, url: string): Promise<Buffer | undef
     try {
       res = await fetchImpl(url, { signal: abort.signal });
     } catch (e) {
-      throw kdsFailed(`AMD KDS request ${url} failed: ${e instanceof Error ? e.message : String(e)}`, e);
+      throw kdsFailed(`AMD KDS request ${url} failed: ${errorMessage(e)}`, e);
     }
     if (res.status === 404) {
       await discardBody(res);

@@ -26,7 +26,7 @@ import type {
   SessionInput,
   VerifierPluginDeps,
 } from '../plugins/types.js';
-import { SigilError, asSigilError } from '../errors.js';
+import { SigilError, asSigilError, errorMessage, errorFields } from '../errors.js';
 import { decodeBase64 } from '../plugins/base64.js';
 import { validatePluginConfig } from '../plugins/validate.js';
 import { type SnpReportSource, type TsmFs, DEFAULT_CONFIGFS_ROOT, createSnpReportSource } from './attester.js';
@@ -179,7 +179,7 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
       ? { kds: { enabled: true, baseUrl: cfg.kds.baseUrl ?? DEFAULT_KDS_BASE_URL, maxRequestsPerMinute: cfg.kds.maxRequestsPerMinute ?? DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE } }
       : {}),
     ...(inject.fetch ? { fetch: inject.fetch } : {}),
-    onCacheWriteError: (path, e) => deps.logger.warn({ path, err: e instanceof Error ? e.message : String(e) }, 'sev_snp: could not cache collateral'),
+    onCacheWriteError: (path, e) => deps.logger.warn({ path, err: errorMessage(e) }, 'sev_snp: could not cache collateral'),
   });
   const policy: SnpPolicyOptions = {
     allowDebug: cfg.allowDebug === true,
@@ -364,7 +364,7 @@ export function createSevAgent(config: unknown, deps: AgentPluginDeps, inject: S
           certs = encodeCerts(certBundleFromTable(raw.certTable));
         } catch (e) {
           // The verifier can still use its collateral; say why the host certificates are missing.
-          deps.logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'sev_snp: ignoring malformed host certificate table');
+          deps.logger.warn(errorFields(e), 'sev_snp: ignoring malformed host certificate table');
         }
       }
       return certs ? { report: raw.report.toString('base64'), certs } : { report: raw.report.toString('base64') };

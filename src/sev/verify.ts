@@ -3,7 +3,7 @@
  * certificates + time + policy in, verified selectors/claims or a SigilError out. No I/O.
  */
 import { timingSafeEqual, verify as cryptoVerify } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import {
   type SnpProduct,
   type SnpReport,
@@ -218,7 +218,7 @@ function noLineFits(report: SnpReport, failures: { product: SnpProduct; error: u
   if (failures.length === 1 || !(first.error instanceof SigilError)) return first.error;
   const byReason = new Map<string, SnpProduct[]>();
   for (const f of failures) {
-    const reason = f.error instanceof Error ? f.error.message : String(f.error);
+    const reason = errorMessage(f.error);
     byReason.set(reason, [...(byReason.get(reason) ?? []), f.product]);
   }
   const why = [...byReason].map(([reason, lines]) => `${lines.join(', ')}: ${reason}`).join('; ');

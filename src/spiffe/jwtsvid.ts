@@ -8,7 +8,7 @@
  */
 import { sign as cryptoSign, type KeyObject } from 'node:crypto';
 import { jwtVerify, errors as joseErrors } from 'jose';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { SpiffeId } from './id.js';
 import { jwsAlgFor, keyFamilyOf } from './keys.js';
 
@@ -181,5 +181,5 @@ function mapJoseError(e: unknown): SigilError {
     return err('jwtsvid.bad_claims', `JWT claim ${e.claim} is invalid: ${e.message}`);
   }
   if (e instanceof joseErrors.JOSEError) return err('jwtsvid.invalid', `JWT rejected: ${e.message}`);
-  return err('jwtsvid.invalid', `JWT rejected: ${e instanceof Error ? e.message : String(e)}`);
+  return err('jwtsvid.invalid', `JWT rejected: ${errorMessage(e)}`);
 }

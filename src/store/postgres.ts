@@ -22,7 +22,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import type { FederatedBundleRecord, FederationRelationship } from './types.js';
 import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
@@ -201,7 +201,7 @@ const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'ETIMEDOUT',
 /** Map anything node-postgres throws onto a SigilError with a stable `store.*` code. */
 export function postgresError(e: unknown, op: string): SigilError {
   if (e instanceof SigilError) return e;
-  const msg = e instanceof Error ? e.message : String(e);
+  const msg = errorMessage(e);
   const code = typeof e === 'object' && e !== null && 'code' in e && typeof (e as { code: unknown }).code === 'string' ? (e as { code: string }).code : '';
   const mk = (c: string, status: number): SigilError => new SigilError(c, `PostgreSQL ${op} failed: ${msg}`, { status, cause: e });
   // Node socket errors first: some (EPIPE) look like a five-character SQLSTATE.

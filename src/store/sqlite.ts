@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, closeSync, constants as fsc, openSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { makeDirs } from '../util/private-dir.js';
 import type { FederatedBundleRecord, FederationRelationship } from './types.js';
 import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
@@ -172,7 +172,7 @@ function makeDbFilesPrivate(path: string): void {
     makeDirs(dirname(path), 0o700);
     closeSync(openSync(path, fsc.O_RDWR | fsc.O_CREAT, 0o600));
   } catch (e) {
-    throw new SigilError('store.open_failed', `cannot create the SQLite datastore ${path}: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    throw new SigilError('store.open_failed', `cannot create the SQLite datastore ${path}: ${errorMessage(e)}`, { status: 500, cause: e });
   }
   for (const suffix of DB_FILE_SUFFIXES) {
     const file = path + suffix;
@@ -186,7 +186,7 @@ function makeDbFilesPrivate(path: string): void {
     try {
       chmodSync(file, 0o600);
     } catch (e) {
-      throw new SigilError('store.open_failed', `${file} is readable by other users and cannot be made 0600: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+      throw new SigilError('store.open_failed', `${file} is readable by other users and cannot be made 0600: ${errorMessage(e)}`, { status: 500, cause: e });
     }
   }
 }
@@ -208,7 +208,7 @@ export class SqliteStore implements DataStore {
       this.migrate();
     } catch (e) {
       if (e instanceof SigilError) throw e;
-      throw new SigilError('store.open_failed', `cannot open SQLite datastore at ${path}: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+      throw new SigilError('store.open_failed', `cannot open SQLite datastore at ${path}: ${errorMessage(e)}`, { status: 500, cause: e });
     }
     const db = this.db;
     this.stmt = {

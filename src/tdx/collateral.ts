@@ -23,7 +23,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { chainFromPem, parseIntelCert, parsePckExtensions } from './pki.js';
 import { parseTdxQuote } from './quote.js';
 import type { TdxCollateral } from './verify.js';
@@ -75,7 +75,7 @@ async function readOptional(path: string): Promise<Buffer | undefined> {
   } catch (e) {
     const code = typeof e === 'object' && e !== null && 'code' in e ? (e as { code: unknown }).code : '';
     if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw new SigilError('tdx.collateral_unreadable', `cannot read collateral ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e, status: 500 });
+    throw new SigilError('tdx.collateral_unreadable', `cannot read collateral ${path}: ${errorMessage(e)}`, { cause: e, status: 500 });
   }
 }
 
@@ -153,7 +153,7 @@ async function readCapped(res: PcsResponse, abort: AbortController, url: string)
   let total = 0;
   for (;;) {
     const step = await reader.read().catch((e: unknown) => {
-      throw pcsFailed(`Intel PCS answer for ${url} could not be read: ${e instanceof Error ? e.message : String(e)}`, e);
+      throw pcsFailed(`Intel PCS answer for ${url} could not be read: ${errorMessage(e)}`, e);
     });
     if (step.done) break;
     total += step.value.byteLength;
@@ -244,7 +244,7 @@ export class TdxCollateralSource {
       try {
         res = await this.fetchImpl(url, { signal: abort.signal });
       } catch (e) {
-        throw pcsFailed(`Intel PCS request ${url} failed: ${e instanceof Error ? e.message : String(e)}`, e);
+        throw pcsFailed(`Intel PCS request ${url} failed: ${errorMessage(e)}`, e);
       }
       if (!res.ok) {
         await res.body?.cancel().catch(() => undefined);

@@ -9,7 +9,7 @@
  * revocation by the issuer's CRL), maps the toolkit's codes to the `tdx.*` codes, and reads the
  * SGX extension with the toolkit's strict DER reader.
  */
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { CertCache, nameAttribute, publicKeyOf, type ParsedCertificate } from '../x509/cert.js';
 import { LinkCache, verifyChain } from '../x509/chain.js';
 import { checkCrl as checkX509Crl, crlSignatureVerifies, parseCrl as parseX509Crl, type ParsedCrl } from '../x509/crl.js';
@@ -119,7 +119,7 @@ export function chainFromPem(pem: string, role: ChainRole): Buffer[] {
   try {
     return pemToDers(pem);
   } catch (e) {
-    throw new SigilError(`tdx.${role}_chain_malformed`, `${role.replace(/_/g, ' ')} chain: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError(`tdx.${role}_chain_malformed`, `${role.replace(/_/g, ' ')} chain: ${errorMessage(e)}`, { cause: e });
   }
 }
 
@@ -275,7 +275,7 @@ function readPckExtensions(pck: IntelCert): SgxPckExtensions {
   try {
     top = readSingle(b, C, TAG.SEQUENCE);
   } catch (e) {
-    throw new SigilError(C, `PCK certificate SGX extension: ${e instanceof Error ? e.message : String(e)}`, { status: 400 });
+    throw new SigilError(C, `PCK certificate SGX extension: ${errorMessage(e)}`, { status: 400 });
   }
   const fields = new Map<string, Tlv>();
   for (const item of children(b, top, C)) {

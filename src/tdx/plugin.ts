@@ -14,7 +14,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
-import { SigilError, asSigilError } from '../errors.js';
+import { SigilError, asSigilError, errorFields } from '../errors.js';
 import { decodeBase64 } from '../plugins/base64.js';
 import type {
   AgentPluginDeps,
@@ -192,7 +192,7 @@ export function createTdxVerifier(config: unknown, deps: VerifierPluginDeps, inj
         }
       }
       if (hit && v.collateralValidUntil) {
-        await hit.persist(v.collateralValidUntil).catch((e: unknown) => deps.logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'tdx: could not cache collateral'));
+        await hit.persist(v.collateralValidUntil).catch((e: unknown) => deps.logger.warn(errorFields(e), 'tdx: could not cache collateral'));
       }
       return { selectors: v.selectors, claims: v.claims, agentIdSuffix: v.agentIdSuffix };
     },
@@ -229,7 +229,7 @@ export function createTdxAgent(config: unknown, deps: AgentPluginDeps, inject: T
       return { eventLog: area.toString('base64'), ...(table && table.length === CCEL_TABLE_SIZE ? { ccelTable: table.toString('base64') } : {}) };
     } catch (e) {
       if (mode === 'always') throw asSigilError(e, 'tdx.event_log_unreadable', 'cannot read the CC event log');
-      deps.logger.warn({ err: e instanceof Error ? e.message : String(e) }, 'tdx: sending no CC event log');
+      deps.logger.warn(errorFields(e), 'tdx: sending no CC event log');
       return {};
     }
   };

@@ -7,7 +7,7 @@
  * whose signed text was reformatted or re-ordered does not verify.
  */
 import { createHash, verify as cryptoVerify, type KeyObject } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 
 export const SIGNED_JSON_MAX_BYTES = 1024 * 1024;
 
@@ -63,7 +63,7 @@ export function splitSignedJson(input: Uint8Array, member: 'tcbInfo' | 'enclaveI
   try {
     whole = JSON.parse(s.toString('utf8'));
   } catch (e) {
-    bad(what, `not JSON (${e instanceof Error ? e.message : String(e)})`);
+    bad(what, `not JSON (${errorMessage(e)})`);
   }
   if (typeof whole !== 'object' || whole === null || Array.isArray(whole)) bad(what, 'top level is not an object');
   // Scan the top-level members for their raw byte spans.

@@ -14,7 +14,7 @@
  *  credentialBlob = TPM2B_ID_OBJECT(TPM2B_DIGEST(outerHMAC) ‖ encIdentity)
  */
 import { constants, createCipheriv, createECDH, createHmac, publicEncrypt, randomBytes } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { TPM_ALG, algName, hashByAlg, type HashInfo } from './constants.js';
 import { kdfa, kdfe } from './kdf.js';
 import { eccCurve, padTo, publicToKeyObject } from './keys.js';
@@ -54,7 +54,7 @@ function makeSeed(ek: TpmtPublic, h: HashInfo): { seed: Buffer; secret: Buffer }
       );
       return { seed, secret };
     } catch (e) {
-      throw new SigilError('tpm.ek_unsupported', `RSA-OAEP(${h.name}) encryption to the EK failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError('tpm.ek_unsupported', `RSA-OAEP(${h.name}) encryption to the EK failed: ${errorMessage(e)}`, { cause: e });
     }
   }
   const curve = eccCurve(ek);

@@ -22,7 +22,7 @@ import {
 import { RSAPublicKey } from '@peculiar/asn1-rsa';
 import { ECParameters } from '@peculiar/asn1-ecc';
 import { X509Certificate } from '@peculiar/x509';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { TAG, readTlv } from '../x509/der.js';
 import { certificatesFromBytes as readCertificateBytes } from '../x509/pem.js';
 import { validityProblem } from '../x509/validity.js';
@@ -137,7 +137,7 @@ export function parseCertificate(input: Buffer, what: string, code = 'tpm.ek_cer
     return out;
   } catch (e) {
     if (e instanceof SigilError) throw e;
-    throw new SigilError(code, `${what} could not be parsed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError(code, `${what} could not be parsed: ${errorMessage(e)}`, { cause: e });
   }
 }
 
@@ -146,7 +146,7 @@ export function certificatesFromBytes(data: Buffer, what: string): Buffer[] {
   try {
     return readCertificateBytes(data);
   } catch (e) {
-    throw new SigilError('tpm.ek_cert_malformed', `${what}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('tpm.ek_cert_malformed', `${what}: ${errorMessage(e)}`, { cause: e });
   }
 }
 
@@ -160,7 +160,7 @@ export function tpmIdentity(cert: ParsedCert): TpmIdentity {
   try {
     san = AsnConvert.parse(ext.extnValue.buffer, SubjectAlternativeName);
   } catch (e) {
-    throw new SigilError('tpm.ek_cert_san_invalid', `EK certificate subjectAltName could not be parsed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('tpm.ek_cert_san_invalid', `EK certificate subjectAltName could not be parsed: ${errorMessage(e)}`, { cause: e });
   }
   const keys: Record<string, keyof TpmIdentity> = { [OID.tpmManufacturer]: 'manufacturer', [OID.tpmModel]: 'model', [OID.tpmVersion]: 'version' };
   for (const gn of san) {
@@ -427,7 +427,7 @@ export function certPublicSpkiDer(cert: ParsedCert): Buffer {
     }
     return createPublicKey({ key: Buffer.from(AsnConvert.serialize(spki)), format: 'der', type: 'spki' }).export({ type: 'spki', format: 'der' });
   } catch (e) {
-    throw new SigilError('tpm.ek_cert_malformed', `EK certificate public key could not be read: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('tpm.ek_cert_malformed', `EK certificate public key could not be read: ${errorMessage(e)}`, { cause: e });
   }
 }
 

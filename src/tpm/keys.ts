@@ -1,6 +1,6 @@
 /** Conversion of TPMT_PUBLIC (RSA / ECC) to node:crypto KeyObjects and SPKI DER. */
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { curveById, type CurveInfo } from './constants.js';
 import type { EccPublic, TpmtPublic } from './structures.js';
 
@@ -80,7 +80,7 @@ function makeKeyObject(pub: TpmtPublic): KeyObject {
     return createPublicKey({ key: { kty: 'EC', crv: c.jwk, x: b64url(x), y: b64url(y) }, format: 'jwk' });
   } catch (e) {
     if (e instanceof SigilError) throw e;
-    throw new SigilError('tpm.malformed_public', `public key is not a valid ${pub.type.toUpperCase()} key: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('tpm.malformed_public', `public key is not a valid ${pub.type.toUpperCase()} key: ${errorMessage(e)}`, { cause: e });
   }
 }
 

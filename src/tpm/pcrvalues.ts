@@ -12,7 +12,7 @@
  * Hand-written (no maintained library reads these); every count and size is bounded.
  */
 import { parse as parseYaml } from 'yaml';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { LIMITS, hashByAlg, hashByName } from './constants.js';
 import type { PcrValue } from './quote.js';
 import { TpmReader } from './reader.js';
@@ -150,7 +150,7 @@ export function parseTextPcrValues(text: string): PcrValue[] {
     // failsafe schema: every scalar stays a string, so 0x… digests are not read as numbers
     doc = parseYaml(text, { schema: 'failsafe', maxAliasCount: 0 });
   } catch (e) {
-    throw new SigilError(CODE, `PCR values: not JSON or YAML: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError(CODE, `PCR values: not JSON or YAML: ${errorMessage(e)}`, { cause: e });
   }
   if (Array.isArray(doc)) {
     if (doc.length > 32 * 4) fail('too many entries');

@@ -11,7 +11,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage, errorFields } from '../errors.js';
 import { decodeBase64 } from '../plugins/base64.js';
 import { validatePluginConfig } from '../plugins/validate.js';
 import type {
@@ -159,7 +159,7 @@ export async function loadImaPolicy(ima: NonNullable<MeasuredBootConfig['ima']>,
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
-    throw new SigilError('tpm.config_invalid', `tpm: cannot read ima.allowlist file ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError('tpm.config_invalid', `tpm: cannot read ima.allowlist file ${file}: ${errorMessage(e)}`, { cause: e });
   }
   return { name: ima.name, allow: parseImaAllowlist(text), excludes: compileExcludes(ima.excludes) };
 }
@@ -231,12 +231,12 @@ export async function loadEkCaFiles(paths: string[], configDir: string): Promise
     try {
       data = await readFile(file);
     } catch (e) {
-      throw new SigilError('tpm.config_invalid', `tpm: cannot read ekCa file ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError('tpm.config_invalid', `tpm: cannot read ekCa file ${file}: ${errorMessage(e)}`, { cause: e });
     }
     try {
       out.push(...certificatesFromBytes(data, `ekCa file ${file}`));
     } catch (e) {
-      throw new SigilError('tpm.config_invalid', `tpm: ekCa file ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError('tpm.config_invalid', `tpm: ekCa file ${file}: ${errorMessage(e)}`, { cause: e });
     }
   }
   return out;
@@ -341,7 +341,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     try {
       prevRaw = await this.deps.state.get(key);
     } catch (e) {
-      throw new SigilError('tpm.state_unavailable', `tpm: reading the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
+      throw new SigilError('tpm.state_unavailable', `tpm: reading the counter state failed: ${errorMessage(e)}`, { status: 503, cause: e });
     }
     // Fail closed: a stored value that is not counter state must not turn the rollback check off.
     if (prevRaw !== undefined && !isCounterState(prevRaw)) {
@@ -401,7 +401,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     try {
       stored = await this.deps.state.compareAndSet(pending.key, pending.expected, pending.next);
     } catch (e) {
-      throw new SigilError('tpm.state_unavailable', `tpm: storing the counter state failed: ${e instanceof Error ? e.message : String(e)}`, { status: 503, cause: e });
+      throw new SigilError('tpm.state_unavailable', `tpm: storing the counter state failed: ${errorMessage(e)}`, { status: 503, cause: e });
     }
     if (!stored) {
       // Another session for this EK stored its counters after this one checked them: accepting
@@ -433,7 +433,7 @@ export const tpmVerifierPlugin: NodeAttestorVerifierPlugin = {
     try {
       trust = new EkTrustStore(ders);
     } catch (e) {
-      throw new SigilError('tpm.config_invalid', `tpm: ekCa: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError('tpm.config_invalid', `tpm: ekCa: ${errorMessage(e)}`, { cause: e });
     }
     const imaPolicy = c.measured.ima ? await loadImaPolicy(c.measured.ima, deps.configDir) : undefined;
     return new TpmVerifier(new EkCertVerifier(trust), c.selection, c.hashAllowlist, deps, { ...c.measured, ...(imaPolicy ? { imaPolicy } : {}) });
@@ -466,7 +466,7 @@ export async function loadNativeTpm(): Promise<NativeTpmModule> {
   } catch (e) {
     throw new SigilError(
       'tpm.native_unavailable',
-      `tpm: the TPM binding module (src/native/tpm.ts → dist/native/tpm.js) could not be loaded: ${e instanceof Error ? e.message : String(e)}`,
+      `tpm: the TPM binding module (src/native/tpm.ts → dist/native/tpm.js) could not be loaded: ${errorMessage(e)}`,
       { cause: e },
     );
   }
@@ -604,7 +604,7 @@ export class TpmAgent implements NodeAttestorAgent {
         await dev.loadAk({ public: Buffer.from(stored.public, 'base64'), private: Buffer.from(stored.private, 'base64') });
         loaded = true;
       } catch (e) {
-        this.deps.logger.warn({ err: e }, 'tpm: stored AK could not be loaded; creating a new AK');
+        this.deps.logger.warn(errorFields(e), 'tpm: stored AK could not be loaded; creating a new AK');
       }
     }
     if (!loaded || !stored) {
@@ -624,7 +624,7 @@ export class TpmAgent implements NodeAttestorAgent {
         try {
           data = await readFile(file);
         } catch (e) {
-          throw new SigilError('tpm.config_invalid', `tpm: cannot read ekIntermediates file ${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+          throw new SigilError('tpm.config_invalid', `tpm: cannot read ekIntermediates file ${file}: ${errorMessage(e)}`, { cause: e });
         }
         for (const d of certificatesFromBytes(data, `ekIntermediates file ${file}`)) ders.push(d.toString('base64'));
       }
@@ -715,7 +715,7 @@ export class TpmAgent implements NodeAttestorAgent {
         this.deps.logger.info({ path }, `tpm: no ${key} at the default path; attesting without it`);
         return undefined;
       }
-      throw new SigilError('tpm.eventlog_unreadable', `tpm: cannot read ${key} ${path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError('tpm.eventlog_unreadable', `tpm: cannot read ${key} ${path}: ${errorMessage(e)}`, { cause: e });
     }
   }
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 
 /** Read a YAML (or JSON) config file; returns the parsed value and the file's directory (relative paths resolve against it). */
 export function readConfigFile(path: string): { raw: unknown; dir: string } {
@@ -9,7 +9,7 @@ export function readConfigFile(path: string): { raw: unknown; dir: string } {
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new SigilError('config.unreadable', `cannot read config ${path}: ${e instanceof Error ? e.message : String(e)}`);
+    throw new SigilError('config.unreadable', `cannot read config ${path}: ${errorMessage(e)}`);
   }
   try {
     return { raw: parseYaml(text), dir: dirname(resolve(path)) };

@@ -14,7 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 
 export const DEFAULT_CONFIGFS_ROOT = '/sys/kernel/config/tsm/report';
 
@@ -77,7 +77,7 @@ export function errnoOf(e: unknown): string {
 }
 
 function ioFail(code: string, what: string, e: unknown): SigilError {
-  const msg = e instanceof Error ? e.message : String(e);
+  const msg = errorMessage(e);
   return new SigilError(code, `${what}: ${msg}`, { cause: e, status: 500 });
 }
 

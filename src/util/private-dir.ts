@@ -7,11 +7,11 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, constants as fsc, mkdirSync, openSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { checkDirChain } from './socket-dir.js';
 
 function errnoText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
+  return errorMessage(e);
 }
 
 /**

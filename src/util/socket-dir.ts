@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, linkSync, lstatSync, mkdirSync, readdirSync, realpathSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 
 /** Longest Unix socket path Linux accepts (sun_path is 108 bytes with the terminating NUL). */
 export const MAX_SOCKET_PATH_BYTES = 107;
@@ -46,7 +46,7 @@ export function checkDirChain(dir: string, code: string, what: string, risk: str
   try {
     real = realpathSync(given);
   } catch (e) {
-    throw new SigilError(code, `${what} ${given} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    throw new SigilError(code, `${what} ${given} cannot be inspected: ${errorMessage(e)}`, { status: 500, cause: e });
   }
   if (real !== given) walkSocketDir(real, euid, code, what, risk);
 }
@@ -58,7 +58,7 @@ function walkSocketDir(start: string, euid: number, code: string, what: string, 
     try {
       st = lstatSync(p);
     } catch (e) {
-      throw new SigilError(code, `${what} ${p} cannot be inspected: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+      throw new SigilError(code, `${what} ${p} cannot be inspected: ${errorMessage(e)}`, { status: 500, cause: e });
     }
     if (st.isSymbolicLink()) {
       if (st.uid !== euid && st.uid !== 0) {

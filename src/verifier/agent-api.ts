@@ -2,7 +2,7 @@
 import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { parseCsr } from '../spiffe/csr.js';
 import type { AgentRecord } from '../store/types.js';
 import { AuthorizedSetCache } from './authorized-cache.js';
@@ -266,7 +266,7 @@ export function registerHealthRoutes(app: FastifyInstance, core: VerifierCore): 
     try {
       await core.store.ping();
     } catch (e) {
-      problems.push(`datastore: ${e instanceof Error ? e.message : String(e)}`);
+      problems.push(`datastore: ${errorMessage(e)}`);
     }
     if (!core.ca.ready()) problems.push('no active CA');
     if (problems.length) return reply.code(503).send({ status: 'not ready', problems });

@@ -11,7 +11,7 @@
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import type { Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage, errorFields } from '../errors.js';
 import { decodeBase64 } from '../plugins/base64.js';
 import { sessionBinding } from '../plugins/binding.js';
 import { agentIdFor, checkSelectors } from '../plugins/result.js';
@@ -461,7 +461,7 @@ export class AttestationService {
     try {
       keys = a.stateKeysForAgent(rest.slice(slash + 1));
     } catch (e) {
-      this.o.logger.error({ err: e, plugin, agentId }, 'stateKeysForAgent failed; no plugin state is deleted for this agent ID');
+      this.o.logger.error({ ...errorFields(e), plugin, agentId }, 'stateKeysForAgent failed; no plugin state is deleted for this agent ID');
       return [];
     }
     if (!Array.isArray(keys)) return [];
@@ -477,5 +477,5 @@ function prefixed(e: unknown, attestor: string): SigilError {
   if (e instanceof SigilError) {
     return new SigilError(e.code, `${attestor}: ${e.message}`, { status: e.status === 400 ? 401 : e.status, details: e.details, cause: e });
   }
-  return new SigilError('attest.attestor_failed', `${attestor}: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+  return new SigilError('attest.attestor_failed', `${attestor}: ${errorMessage(e)}`, { status: 500, cause: e });
 }

@@ -12,7 +12,7 @@ import { randomUUID, createHash, type KeyObject } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage, errorFields } from '../errors.js';
 import type { CaJournal, CaSlot, DataStore, JwtKeySlot } from '../store/types.js';
 import { generateKey, loadPrivateKeyPkcs8, publicKeyOf, savePrivateKeyPkcs8, spkiDer, type KeyType } from '../spiffe/keys.js';
 import { issueCaCertificate, issueX509Svid } from '../spiffe/x509svid.js';
@@ -329,7 +329,7 @@ export class CertificateAuthority {
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.onTimer()
-        .catch((e: unknown) => this.opts.logger.error({ err: e instanceof Error ? e.message : String(e) }, 'CA rotation step failed; retrying'))
+        .catch((e: unknown) => this.opts.logger.error(errorFields(e), 'CA rotation step failed; retrying'))
         .finally(() => this.arm());
     }, wait);
     this.timer.unref();
@@ -543,13 +543,13 @@ function loadUpstream(u: { cert: string; key: string }): Upstream {
   try {
     chain = pemToDers(readFileSync(u.cert, 'utf8'));
   } catch (e) {
-    throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert}: ${e instanceof Error ? e.message : String(e)}`, { status: 500 });
+    throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert}: ${errorMessage(e)}`, { status: 500 });
   }
   if (chain.length === 0) throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert} holds no certificate`, { status: 500 });
   try {
     key = createPrivateKey(readFileSync(u.key));
   } catch (e) {
-    throw new SigilError('ca.upstream_invalid', `ca.upstream.key ${u.key}: ${e instanceof Error ? e.message : String(e)}`, { status: 500 });
+    throw new SigilError('ca.upstream_invalid', `ca.upstream.key ${u.key}: ${errorMessage(e)}`, { status: 500 });
   }
   const signer = new X509Certificate(chain[0] as Buffer);
   if (!signer.publicKey.equals(publicKeyOf(key))) {

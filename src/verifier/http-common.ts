@@ -1,7 +1,7 @@
 /** Shared fastify setup: strict JSON Schema validation, error shape, body limits, metrics. */
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import type { Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorFields } from '../errors.js';
 import type { VerifierMetrics } from './metrics.js';
 
 /** Largest body of any route; `POST /v1/attest` (the unauthenticated hello) has its own, lower limit. */
@@ -133,7 +133,7 @@ export function installErrorHandling(app: FastifyInstance, logger: Logger, refus
     if (err instanceof SigilError) {
       // A 500 is a bug or a misbehaving plugin: logged in full. Anything else is a refusal.
       if (err.status !== 500) return refuse(err.status, err.code, err.message);
-      logger.error({ err, url: req.url }, 'request failed');
+      logger.error({ ...errorFields(err), url: req.url }, 'request failed');
       return reply.code(err.status).send({ error: { code: err.code, message: err.message } });
     }
     const fe = err as FastifyError;
@@ -156,7 +156,7 @@ export function installErrorHandling(app: FastifyInstance, logger: Logger, refus
     if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
       return refuse(fe.statusCode, 'http.bad_request', fe.message);
     }
-    logger.error({ err, url: req.url }, 'unexpected error');
+    logger.error({ ...errorFields(err), url: req.url }, 'unexpected error');
     return reply.code(500).send({ error: { code: 'internal', message: 'internal error (see verifier log)' } });
   });
   app.setNotFoundHandler((req, reply) => {

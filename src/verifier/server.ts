@@ -10,7 +10,7 @@ import type { AddressInfo, Server as NetServer } from 'node:net';
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import type { Server as HttpsServer } from 'node:https';
 import { pino, type Logger } from 'pino';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage, errorFields } from '../errors.js';
 import { loadNodeAttestorVerifiers } from '../catalog.js';
 import { generateKey, spkiDer } from '../spiffe/keys.js';
 import { certsToPem } from '../spiffe/x509svid.js';
@@ -68,7 +68,7 @@ async function prepareSocketPath(path: string): Promise<void> {
   try {
     makeDirs(dirname(path), 0o755);
   } catch (e) {
-    throw new SigilError('verifier.admin_socket_dir_insecure', `adminSocket directory ${dirname(path)} cannot be created: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+    throw new SigilError('verifier.admin_socket_dir_insecure', `adminSocket directory ${dirname(path)} cannot be created: ${errorMessage(e)}`, { status: 500, cause: e });
   }
   checkSocketDir(dirname(path), 'verifier.admin_socket_dir_insecure', 'adminSocket');
   removeStaleBindDirs(dirname(path), Date.now());
@@ -113,7 +113,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
       : new SqliteStore(join(config.dataDir, 'sigil.db'));
   const closers: (() => Promise<void>)[] = [() => store.close()];
   const closeAll = async () => {
-    for (const c of closers.reverse()) await c().catch((e) => logger.warn({ err: e }, 'error while closing'));
+    for (const c of closers.reverse()) await c().catch((e) => logger.warn(errorFields(e), 'error while closing'));
   };
   try {
     const metrics = createMetrics();
@@ -243,7 +243,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     } catch (e) {
       await admin.close();
       if (e instanceof SigilError) throw e;
-      throw new SigilError('verifier.admin_socket_failed', `cannot create the admin socket ${config.adminSocket}: ${e instanceof Error ? e.message : String(e)}`, { status: 500, cause: e });
+      throw new SigilError('verifier.admin_socket_failed', `cannot create the admin socket ${config.adminSocket}: ${errorMessage(e)}`, { status: 500, cause: e });
     }
     closers.push(async () => {
       await admin.close();
@@ -261,7 +261,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     const tickMs = opts.tickMs ?? 10_000;
     if (tickMs > 0) {
       const timer = setInterval(() => {
-        tick().catch((e) => logger.error({ err: e }, 'rotation step failed'));
+        tick().catch((e) => logger.error(errorFields(e), 'rotation step failed'));
       }, tickMs);
       timer.unref();
       closers.push(async () => clearInterval(timer));

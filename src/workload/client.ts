@@ -8,7 +8,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { isAbsolute } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { workloadProtoPath } from '../agent/workload-api/proto.js';
 
 export const DEFAULT_WORKLOAD_SOCKET = '/run/sigil/agent.sock';
@@ -123,7 +123,7 @@ function mapGrpcError(e: unknown): SigilError {
   const err = e as Partial<grpc.ServiceError>;
   const code = typeof err.code === 'number' ? err.code : undefined;
   const name = code !== undefined ? (grpc.status[code] ?? String(code)) : 'ERROR';
-  const details = err.details ?? (e instanceof Error ? e.message : String(e));
+  const details = err.details ?? (errorMessage(e));
   const codeMap: Record<number, string> = {
     [grpc.status.PERMISSION_DENIED]: 'workload_client.permission_denied',
     [grpc.status.INVALID_ARGUMENT]: 'workload_client.invalid_argument',

@@ -10,7 +10,7 @@
  */
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { formatName } from '../spiffe/name.js';
 import { TAG, bytesOf, checkStrictDer, children, decodeOid, decodeTime, readSingle, type Tlv } from './der.js';
 import { X509_CODES } from './errors.js';
@@ -257,7 +257,7 @@ export function asn1Extension<T>(cert: Pick<ParsedCertificate, 'extensions'>, oi
   try {
     return AsnConvert.parse(e.value, type);
   } catch (err) {
-    throw new SigilError(C, `certificate: extension ${oid} does not decode: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    throw new SigilError(C, `certificate: extension ${oid} does not decode: ${errorMessage(err)}`, { cause: err });
   }
 }
 
@@ -277,7 +277,7 @@ export function publicKeyOf(cert: Pick<AnyKeyCertificate, 'spki' | 'spkiInfo'>):
       const jwk = cert.spkiInfo?.jwk;
       k = jwk ? createPublicKey({ key: jwk, format: 'jwk' }) : createPublicKey({ key: cert.spki, format: 'der', type: 'spki' });
     } catch (e) {
-      throw new SigilError(C, `certificate: public key is invalid: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError(C, `certificate: public key is invalid: ${errorMessage(e)}`, { cause: e });
     }
     keyMemo.set(cert, k);
   }

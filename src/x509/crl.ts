@@ -4,7 +4,7 @@
  * and the revocation lookup for a verified path.
  */
 import { createHash } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { publicKeyOf, type AnyKeyCertificate } from './cert.js';
 import { TAG, bytesOf, checkStrictDer, children, decodeOid, decodeTime, readSingle, valueOf, type Tlv } from './der.js';
 import { X509_CODES } from './errors.js';
@@ -43,13 +43,13 @@ export function parseCrl(input: Uint8Array): ParsedCrl {
       der = blocks[0]!;
     } catch (e) {
       if (e instanceof SigilError && e.code === C) throw e;
-      crlBad(`malformed PEM: ${e instanceof Error ? e.message : String(e)}`);
+      crlBad(`malformed PEM: ${errorMessage(e)}`);
     }
   }
   try {
     checkStrictDer(der, C);
   } catch (e) {
-    throw new SigilError(C, `CRL: ${e instanceof Error ? e.message : String(e)}`, { cause: e, status: 400 });
+    throw new SigilError(C, `CRL: ${errorMessage(e)}`, { cause: e, status: 400 });
   }
   const top = readSingle(der, C, TAG.SEQUENCE);
   const outer = children(der, top, C);

@@ -3,7 +3,7 @@
  * attestor that promised its own codes at its boundary (`nitro.cert_expired`, `tdx.cert_malformed`,
  * …) maps them with `remapX509Error`, so its tests and docs stay as they are.
  */
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 
 export const X509_CODES = {
   /** Not a DER certificate / CRL / PEM block, or a field breaks RFC 5280's encoding rules. */
@@ -56,5 +56,5 @@ export function remapX509Error(e: unknown, map: X509CodeMap, what: string, fallb
     if (code === undefined) return e;
     return new SigilError(code, what ? `${what}: ${e.message}` : e.message, { status: status ?? e.status, cause: e });
   }
-  return new SigilError(fallbackCode, `${what}: ${e instanceof Error ? e.message : String(e)}`, { cause: e, ...(status === undefined ? {} : { status }) });
+  return new SigilError(fallbackCode, `${what}: ${errorMessage(e)}`, { cause: e, ...(status === undefined ? {} : { status }) });
 }

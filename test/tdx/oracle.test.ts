@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { verifyTdxQuote } from '../../src/tdx/verify.js';
 import { SPR_AT, oracleCollateral, sprCollateral, sprQuote } from './helpers.js';
 import { T0, makeCollateral, makeTdxQuote, makeTdxTestPki } from './synthetic.js';
+import { errorMessage } from '../../src/errors.js';
 
 interface Oracle {
   QuoteVerifier: { newWithRootCa(der: Buffer): { verify(q: Buffer, c: unknown, nowSecs: number): { status: string; advisory_ids: string[] } } };
@@ -18,7 +19,7 @@ function oracleVerdict(f: () => { status: string }): string {
   try {
     return f().status;
   } catch (e) {
-    return `error: ${e instanceof Error ? e.message : String(e)}`;
+    return `error: ${errorMessage(e)}`;
   }
 }
 

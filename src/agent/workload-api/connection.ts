@@ -19,6 +19,7 @@ import type { CallerConnection } from './caller.js';
 import type { CancelDeadline, ScheduleDeadline } from './deadlines.js';
 import { GrpcError, GrpcStatus, type GrpcStatusCode } from './grpc.js';
 import { NodeList, type ListNode } from './node-list.js';
+import { errorMessage } from '../../errors.js';
 
 export const CALLER_CHANGED = 'caller process changed since it connected; reconnect';
 const CLOSING = 'connection is closing; reconnect';
@@ -158,7 +159,7 @@ export class WorkloadConnection {
       this.cache = { selectors: r.selectors, failed: NO_FAILURES, x509Key: x509KeyOf(r.selectors), until };
       return this.cache;
     } catch (e) {
-      this.poison(e instanceof Error ? e.message : String(e));
+      this.poison(errorMessage(e));
       throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
     }
   }

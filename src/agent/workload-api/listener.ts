@@ -15,7 +15,7 @@ import { chmod, lstat, stat, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import { dirname, isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
-import { SigilError, isSigilError } from '../../errors.js';
+import { SigilError, isSigilError, errorFields } from '../../errors.js';
 import type { SysAddon } from '../../native/sys.js';
 import { makeDirs } from '../../util/private-dir.js';
 import { checkSocketDir } from '../../util/socket-dir.js';
@@ -58,7 +58,7 @@ export async function listenWorkloadSocket(
       socket = new net.Socket({ fd, readable: true, writable: true });
     } catch (e) {
       closeQuietly(fd);
-      logger.warn({ err: (e as Error).message }, 'cannot use an accepted Workload API connection; closed');
+      logger.warn(errorFields(e), 'cannot use an accepted Workload API connection; closed');
       return;
     }
     socket.on('error', () => undefined);
@@ -72,7 +72,7 @@ export async function listenWorkloadSocket(
   let listening: ReturnType<SysAddon['listenUnix']>;
   try {
     listening = addon.listenUnix(socketPath, BACKLOG, onAccept, (e) => {
-      logger.error({ err: e.message }, `Workload API listener error; accepting again in ${ACCEPT_RETRY_MS} ms`);
+      logger.error(errorFields(e), `Workload API listener error; accepting again in ${ACCEPT_RETRY_MS} ms`);
       if (stopped) return;
       retry = setTimeout(() => {
         retry = undefined;

@@ -15,6 +15,7 @@ import type { Handler } from './handlers.js';
 import { SERVICE_NAME } from './proto.js';
 import { ServiceTimeHistogram, type ServiceTimeSummary } from './service-time.js';
 import { grpcStatusForError } from './status.js';
+import { errorMessage } from '../../errors.js';
 
 const GRPC_CONTENT_TYPE = /^application\/grpc(?:\+proto)?(?:;.*)?$/;
 
@@ -58,7 +59,7 @@ export class CallRouter {
     conn.addCall(call);
     void this.dispatch(conn, call, headers).catch((e: unknown) => {
       const m = grpcStatusForError(e);
-      if (m.internal) this.o.logger.error({ conn: conn.id, err: e instanceof Error ? e.message : String(e) }, 'Workload API call failed');
+      if (m.internal) this.o.logger.error({ conn: conn.id, err: errorMessage(e) }, 'Workload API call failed');
       call.finish(m.code, m.message);
     });
   }

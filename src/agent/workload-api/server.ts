@@ -48,6 +48,7 @@ import { ResponseCache } from './responses.js';
 import { CallRouter } from './router.js';
 import type { ServiceTimeSummary } from './service-time.js';
 import { Streams } from './streams.js';
+import { errorFields } from '../../errors.js';
 
 /** Options; the connection limits are described in ./limits.ts. */
 export interface WorkloadApiOptions extends ConnectionLimitOptions {
@@ -176,7 +177,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     try {
       peer = readPeer(fd);
     } catch (e) {
-      logger.warn({ err: (e as Error).message }, 'cannot read peer credentials; connection refused');
+      logger.warn(errorFields(e), 'cannot read peer credentials; connection refused');
       socket.destroy();
       return;
     }
@@ -192,7 +193,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       session = http2.performServerHandshake(socket, sessionOptions(maxConcurrentStreams));
     } catch (e) {
       admission.release(peer.uid);
-      logger.warn({ err: (e as Error).message }, 'HTTP/2 handshake setup failed');
+      logger.warn(errorFields(e), 'HTTP/2 handshake setup failed');
       caller.close();
       socket.destroy();
       return;

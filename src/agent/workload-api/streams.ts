@@ -13,6 +13,7 @@ import { GrpcStatus } from './grpc.js';
 import { NodeList } from './node-list.js';
 import type { ResponseCache } from './responses.js';
 import { grpcStatusForError, noIdentity, type StatusAndMessage } from './status.js';
+import { errorMessage, errorFields } from '../../errors.js';
 
 export class Streams {
   /** Open streaming calls, each waiting to send a new message when the identity source changes. */
@@ -50,7 +51,7 @@ export class Streams {
       try {
         next = build();
       } catch (e) {
-        this.logger.error({ err: (e as Error).message }, 'building a Workload API update failed');
+        this.logger.error(errorFields(e), 'building a Workload API update failed');
         call.finish(GrpcStatus.INTERNAL, 'internal error');
         return;
       }
@@ -117,7 +118,7 @@ export class Streams {
       update()
         .catch((e: unknown) => {
           const m = grpcStatusForError(e);
-          if (m.internal) this.logger.error({ conn: conn.id, err: e instanceof Error ? e.message : String(e) }, 'building a Workload API update failed');
+          if (m.internal) this.logger.error({ conn: conn.id, err: errorMessage(e) }, 'building a Workload API update failed');
           call.finish(m.code, m.message);
         })
         .finally(() => {

@@ -4,7 +4,7 @@
  * allowed for that path; `boot_aggregate` is always allowed (it is the PCR 0–7 aggregate,
  * checked through the firmware event log).
  */
-import { SigilError } from '../../errors.js';
+import { SigilError, errorMessage } from '../../errors.js';
 import type { ImaEntry } from './log.js';
 
 export interface ImaPolicy {
@@ -38,7 +38,7 @@ export function parseImaAllowlist(text: string): Map<string, Set<string>> {
     try {
       o = JSON.parse(trimmed);
     } catch (e) {
-      cfg(`not JSON: ${e instanceof Error ? e.message : String(e)}`);
+      cfg(`not JSON: ${errorMessage(e)}`);
     }
     if (typeof o !== 'object' || o === null || Array.isArray(o)) cfg('JSON must be an object of path → digests');
     for (const [path, list] of Object.entries(o as Record<string, unknown>)) {
@@ -63,7 +63,7 @@ export function compileExcludes(list: readonly string[]): RegExp[] {
     try {
       return new RegExp(s);
     } catch (e) {
-      throw new SigilError('tpm.config_invalid', `tpm: ima.excludes: "${s}" is not a regular expression: ${e instanceof Error ? e.message : String(e)}`);
+      throw new SigilError('tpm.config_invalid', `tpm: ima.excludes: "${s}" is not a regular expression: ${errorMessage(e)}`);
     }
   });
 }
