@@ -36,10 +36,16 @@ export function errorMessage(e: unknown): string {
 
 /**
  * Log fields for anything thrown, one shape everywhere: `err` is the one-line message, `code` the
- * SigilError code, and `stack` only for errors Sigil did not throw on purpose (those are bugs).
+ * SigilError code, and `stack` only for errors Sigil did not throw on purpose (bugs, or a library's
+ * exception wrapped as the cause of a SigilError).
  */
 export function errorFields(e: unknown): { err: string; code?: string; stack?: string } {
-  if (e instanceof SigilError) return { err: e.message, code: e.code };
+  if (e instanceof SigilError) {
+    // A SigilError wrapping a library's exception (asSigilError) keeps that exception's stack.
+    const c: unknown = e.cause;
+    if (c instanceof Error && !(c instanceof SigilError) && c.stack !== undefined) return { err: e.message, code: e.code, stack: c.stack };
+    return { err: e.message, code: e.code };
+  }
   if (e instanceof Error && e.stack !== undefined) return { err: e.message, stack: e.stack };
   return { err: errorMessage(e) };
 }
