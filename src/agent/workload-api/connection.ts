@@ -18,7 +18,7 @@ import type { Call } from './call.js';
 import type { CallerConnection } from './caller.js';
 import type { CancelDeadline, ScheduleDeadline } from './deadlines.js';
 import { GrpcError, GrpcStatus, type GrpcStatusCode } from './grpc.js';
-import { NodeList, type ListNode } from './node-list.js';
+import { LinkedList, type ListEntry } from './linked-list.js';
 import { errorMessage } from '../../errors.js';
 
 export const CALLER_CHANGED = 'caller process changed since it connected; reconnect';
@@ -64,11 +64,11 @@ export class WorkloadConnection {
   /** Attestations started on this connection; `inflight` is number `started`. */
   private started = 0;
   /** Open FetchX509SVID streams, each told to re-check when the selectors are due again. */
-  private readonly x509Streams = new NodeList<() => void>();
+  private readonly x509Streams = new LinkedList<() => void>();
   /** The timer that wakes the streams when the cached selectors expire. */
   private reattest: CancelDeadline | undefined;
-  /** Open calls (a list, not a Set: see node-list.ts). */
-  readonly calls = new NodeList<Call>();
+  /** Open calls (a list, not a Set: see linked-list.ts). */
+  readonly calls = new LinkedList<Call>();
   poisoned = false;
 
   constructor(
@@ -170,7 +170,7 @@ export class WorkloadConnection {
    * pushed. Returns the function that stops it.
    */
   watchSelectors(wake: () => void): () => void {
-    const node: ListNode<() => void> = this.x509Streams.add(wake);
+    const node: ListEntry<() => void> = this.x509Streams.add(wake);
     this.armReattest();
     return () => {
       this.x509Streams.remove(node);

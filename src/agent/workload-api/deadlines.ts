@@ -17,7 +17,7 @@
  * not keep the interval running. The interval runs while bucketed deadlines are pending and stops
  * after `idleTicks` ticks without any, so an idle agent does not wake up.
  */
-import { NodeList, type ListNode } from './node-list.js';
+import { LinkedList, type ListEntry } from './linked-list.js';
 
 interface Pending {
   fire: () => void;
@@ -66,7 +66,7 @@ export const timerDeadline: ScheduleDeadline = (ms, fire) => {
 
 export class Deadlines {
   /** Bucket index (due at index × tickMs on `now`'s clock) → deadlines in it. */
-  private readonly buckets = new Map<number, NodeList<Pending>>();
+  private readonly buckets = new Map<number, LinkedList<Pending>>();
   private bucketed = 0;
   private timer: NodeJS.Timeout | undefined;
   private emptyTicks = 0;
@@ -89,7 +89,7 @@ export class Deadlines {
     const index = Math.ceil((this.now() + d) / this.tickMs);
     let list = this.buckets.get(index);
     if (list === undefined) {
-      list = new NodeList<Pending>();
+      list = new LinkedList<Pending>();
       this.buckets.set(index, list);
     }
     const bucket = list;
@@ -113,7 +113,7 @@ export class Deadlines {
     return this.timer !== undefined;
   }
 
-  private cancel(index: number, bucket: NodeList<Pending>, node: ListNode<Pending>): void {
+  private cancel(index: number, bucket: LinkedList<Pending>, node: ListEntry<Pending>): void {
     if (!node.linked) return;
     bucket.remove(node);
     this.bucketed--;
@@ -136,7 +136,7 @@ export class Deadlines {
       const bucket = this.buckets.get(index);
       if (bucket === undefined) continue;
       this.buckets.delete(index);
-      for (const n of bucket.nodes()) {
+      for (const n of bucket.entries()) {
         if (!n.linked) continue; // cancelled by a handler fired before it
         bucket.remove(n);
         this.bucketed--;
@@ -156,7 +156,7 @@ export class Deadlines {
 
   /** Drop every bucketed deadline without firing it, and stop the interval. */
   clear(): void {
-    for (const bucket of this.buckets.values()) for (const n of bucket.nodes()) bucket.remove(n);
+    for (const bucket of this.buckets.values()) for (const n of bucket.entries()) bucket.remove(n);
     this.buckets.clear();
     this.bucketed = 0;
     this.stop();

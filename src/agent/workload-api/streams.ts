@@ -2,7 +2,7 @@
  * Server-streaming calls (FetchX509SVID, FetchX509Bundles, FetchJWTBundles): the first message at
  * once, then a new one (full state) whenever the identity source changes what it would be. The
  * server holds one subscription to the source and tells every open stream through `changed()`
- * (streams come and go with every call; see node-list.ts for why they are not each a listener of
+ * (streams come and go with every call; see linked-list.ts for why they are not each a listener of
  * the source). A stream whose client does not read is coalesced: while its buffer waits to drain,
  * changes only mark it, and one message with the latest state goes out after the drain.
  */
@@ -10,14 +10,14 @@ import type { Logger } from 'pino';
 import type { Call } from './call.js';
 import type { ConnAttestation, WorkloadConnection } from './connection.js';
 import { GrpcStatus } from './grpc.js';
-import { NodeList } from './node-list.js';
+import { LinkedList } from './linked-list.js';
 import type { ResponseCache } from './responses.js';
 import { grpcStatusForError, noIdentity, type StatusAndMessage } from './status.js';
 import { errorMessage, errorFields } from '../../errors.js';
 
 export class Streams {
   /** Open streaming calls, each waiting to send a new message when the identity source changes. */
-  private readonly watchers = new NodeList<() => void>();
+  private readonly watchers = new LinkedList<() => void>();
 
   constructor(
     private readonly responses: ResponseCache,

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { NodeList } from '../../src/agent/workload-api/node-list.js';
+import { LinkedList } from '../../src/agent/workload-api/linked-list.js';
 
-describe('NodeList', () => {
+describe('LinkedList', () => {
   it('keeps insertion order and size across removals from the head, middle and tail', () => {
-    const l = new NodeList<string>();
+    const l = new LinkedList<string>();
     const a = l.add('a');
     const b = l.add('b');
     const c = l.add('c');
@@ -24,7 +24,7 @@ describe('NodeList', () => {
   });
 
   it('ignores a second removal of the same node', () => {
-    const l = new NodeList<number>();
+    const l = new LinkedList<number>();
     const one = l.add(1);
     l.add(2);
     l.remove(one);
@@ -34,7 +34,7 @@ describe('NodeList', () => {
   });
 
   it('lets callers remove members while walking a copy of them', () => {
-    const l = new NodeList<number>();
+    const l = new LinkedList<number>();
     const nodes = [1, 2, 3, 4].map((n) => l.add(n));
     const seen: number[] = [];
     for (const v of l.values()) {
