@@ -42,6 +42,7 @@ function describe(r: RelationshipView): string {
     `Bundle endpoint: ${r.bundleEndpointUrl} (${r.profile}${r.endpointSpiffeId ? `, ${r.endpointSpiffeId}` : ''})`,
     `Bundle: ${r.bundleSequence === null ? 'none yet' : `sequence ${r.bundleSequence}, ${r.x509Authorities} X.509 / ${r.jwtAuthorities} JWT authorities, accepted ${r.bundleUpdatedAt}`}`,
   ];
+  if (r.declaredInConfig) lines.push('Declared in the verifier config (change it there; only --trust-bundle is taken at run time)');
   if (r.refresh.lastSuccessAt) lines.push(`Last refresh: ${r.refresh.lastSuccessAt}`);
   if (r.refresh.lastError) lines.push(`Last error: ${r.refresh.lastError.code}: ${r.refresh.lastError.message} (${r.refresh.consecutiveFailures} in a row)`);
   if (r.refresh.nextRefreshAt) lines.push(`Next refresh: ${r.refresh.nextRefreshAt}`);

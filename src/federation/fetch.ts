@@ -20,7 +20,6 @@ import type { ValidRelationship } from './validate.js';
 
 export const FETCH_TIMEOUT_MS = 10_000;
 
-
 export interface FetchOptions {
   /** https_spiffe: the last good bundle of the foreign trust domain (its X.509 authorities authenticate the endpoint). */
   trust?: SpiffeBundle;
@@ -106,7 +105,8 @@ export function fetchBundleDocument(rel: ValidRelationship, o: FetchOptions = {}
     req.on('error', (e: Error & { code?: string }) => {
       if (e instanceof SigilError) return done(e);
       if (e.code && TLS_TRUST_ERRORS.has(e.code)) {
-        return done(new SigilError('federation.endpoint_untrusted', `${where}: TLS certificate not trusted (${e.code}): ${e.message}`, { status: 502, cause: e }));
+        const why = e.code === 'CERT_HAS_EXPIRED' ? 'a certificate of its chain has expired' : e.code === 'CERT_NOT_YET_VALID' ? 'a certificate of its chain is not valid yet' : 'TLS certificate not trusted';
+        return done(new SigilError('federation.endpoint_untrusted', `${where}: ${why} (${e.code}): ${e.message}`, { status: 502, cause: e }));
       }
       done(new SigilError('federation.endpoint_unreachable', `${where}: ${`${e.code ?? ''} ${e.message}`.trim()}`, { status: 503, cause: e }));
     });

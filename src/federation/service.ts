@@ -42,6 +42,8 @@ export interface RelationshipView extends FederationRelationship {
   bundleUpdatedAt: string | null;
   x509Authorities: number;
   jwtAuthorities: number;
+  /** Declared in this verifier's config: its fields are changed there, not through the CLI. */
+  declaredInConfig: boolean;
   refresh: RefreshStatus;
 }
 
@@ -76,6 +78,8 @@ export class FederationService {
   private readonly status = new Map<string, RefreshStatus>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private readonly inflight = new Map<string, Promise<RelationshipView>>();
+  /** Trust domains whose relationship this verifier's config declares (declare()). */
+  private readonly declared = new Set<string>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private running = false;
   private bundleCache: { at: number; byTd: Map<string, FederatedBundleRecord> } | undefined;
@@ -183,8 +187,66 @@ export class FederationService {
     return this.view(record);
   }
 
-  /** Change a relationship's endpoint, profile, endpoint ID or web CA; an `initialBundle` replaces the last good bundle (operator's word). */
+  /**
+   * Apply the relationships declared in the config, at start (docs/federation.md, "Config and CLI"):
+   * each is created when absent (its `initialBundle` stored), or, when the datastore holds it with
+   * other fields (changed through the CLI, or by a verifier with another config), updated to the
+   * config's fields — the config wins, and the difference is logged. The stored bundle is kept; the
+   * config's trust bundle is used only when none is stored. Two verifiers starting at once on one
+   * datastore both succeed (a lost creation race becomes the comparison).
+   */
+  async declare(rels: readonly (ValidRelationship & { initialBundle?: string })[]): Promise<void> {
+    for (const r of rels) {
+      const { initialBundle, ...fields } = r;
+      const rel = validateRelationship(fields, this.o.trustDomain);
+      this.declared.add(rel.trustDomain);
+      try {
+        await this.create({ ...rel, ...(initialBundle !== undefined ? { initialBundle } : {}) });
+        continue;
+      } catch (e) {
+        if (!(e instanceof SigilError) || e.code !== 'federation.exists') throw e;
+      }
+      const old = relOf(await this.must(rel.trustDomain));
+      const differs = (['bundleEndpointUrl', 'profile', 'endpointSpiffeId', 'webCaPem'] as const).filter((k) => old[k] !== rel[k]);
+      const noBundle = !(await this.o.store.getFederatedBundle(rel.trustDomain));
+      if (differs.length === 0 && !(noBundle && initialBundle !== undefined)) continue;
+      if (differs.length > 0) {
+        this.o.logger.warn(
+          { trustDomain: rel.trustDomain, fields: differs, datastore: Object.fromEntries(differs.map((k) => [k, k === 'webCaPem' ? (old[k] ? 'PEM' : null) : (old[k] ?? null)])) },
+          'federation relationship in the datastore differs from the config; the config is applied',
+        );
+      }
+      await this.applyUpdate(rel.trustDomain, {
+        bundleEndpointUrl: rel.bundleEndpointUrl,
+        profile: rel.profile,
+        endpointSpiffeId: rel.endpointSpiffeId ?? null,
+        webCaPem: rel.webCaPem ?? null,
+        ...(noBundle && initialBundle !== undefined ? { initialBundle } : {}),
+      });
+    }
+  }
+
+  /**
+   * Change a relationship's endpoint, profile, endpoint ID or web CA; an `initialBundle` replaces the
+   * last good bundle (operator's word). A relationship declared in this verifier's config takes only
+   * an `initialBundle` here: its other fields are the config's (`federation.declared_in_config`).
+   */
   async update(td: string, patch: Partial<RelationshipInput> & { initialBundle?: unknown }): Promise<RelationshipView> {
+    const name = this.name(td);
+    if (this.declared.has(name)) {
+      const fields = Object.keys(patch).filter((k) => k !== 'initialBundle' && k !== 'trustDomain');
+      if (fields.length > 0) {
+        throw new SigilError(
+          'federation.declared_in_config',
+          `the relationship with ${name} is declared in this verifier's config (federation.relationships); change ${fields.join(', ')} there and restart (only a new trust bundle can be given at run time)`,
+          { status: 409 },
+        );
+      }
+    }
+    return this.applyUpdate(name, patch);
+  }
+
+  private async applyUpdate(td: string, patch: Partial<RelationshipInput> & { initialBundle?: unknown }): Promise<RelationshipView> {
     const old = await this.must(td);
     const merged: RelationshipInput = { ...relOf(old), ...patch, trustDomain: old.trustDomain };
     // A profile change drops the fields of the other profile unless they are given again.
@@ -214,6 +276,9 @@ export class FederationService {
   /** Cut a relationship: the relationship and its bundle go; agents stop receiving the bundle at their next sync. */
   async delete(td: string): Promise<void> {
     const name = this.name(td);
+    if (this.declared.has(name)) {
+      throw new SigilError('federation.declared_in_config', `the relationship with ${name} is declared in this verifier's config (federation.relationships); remove it there and restart, then delete it`, { status: 409 });
+    }
     if (!(await this.o.store.deleteFederation(name))) throw this.notFound(name);
     this.unschedule(name);
     this.status.delete(name);
@@ -364,6 +429,7 @@ export class FederationService {
       bundleUpdatedAt: b ? b.updatedAt : null,
       x509Authorities: x,
       jwtAuthorities: j,
+      declaredInConfig: this.declared.has(r.trustDomain),
       refresh: { ...this.statusOf(r.trustDomain) },
     };
   }

@@ -3,8 +3,7 @@
  * admin API on a Unix socket. Time is injectable (`now`) so rotation can be tested with a fake clock.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
-import { connect } from 'node:net';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { AddressInfo, Server as NetServer } from 'node:net';
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
@@ -18,7 +17,7 @@ import { PostgresStore } from '../store/postgres.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
 import { makeDirs, preparePrivateDir } from '../util/private-dir.js';
-import { MAX_SOCKET_PATH_BYTES, bindPrivately, checkSocketDir, privateBindPathFits, removeStaleBindDirs, unlinkIfSame } from '../util/socket-dir.js';
+import { MAX_SOCKET_PATH_BYTES, bindPrivately, checkSocketDir, privateBindPathFits, removeStaleBindDirs, removeStaleSocket, unlinkIfSame } from '../util/socket-dir.js';
 import type { DataStore } from '../store/types.js';
 import { registerAdminRoutes } from './admin-api.js';
 import { registerAgentRoutes, registerHealthRoutes } from './agent-api.js';
@@ -72,18 +71,7 @@ async function prepareSocketPath(path: string): Promise<void> {
   }
   checkSocketDir(dirname(path), 'verifier.admin_socket_dir_insecure', 'adminSocket');
   removeStaleBindDirs(dirname(path), Date.now());
-  if (!existsSync(path)) return;
-  if (!lstatSync(path).isSocket()) throw new SigilError('verifier.admin_socket_exists', `adminSocket ${path} exists and is not a socket; remove it or choose another path`, { status: 500 });
-  const inUse = await new Promise<boolean>((res) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      res(true);
-    });
-    s.once('error', () => res(false));
-  });
-  if (inUse) throw new SigilError('verifier.admin_socket_in_use', `another process is serving ${path}; is a verifier already running?`, { status: 500 });
-  unlinkSync(path);
+  await removeStaleSocket(path, 'adminSocket', { notSocket: 'verifier.admin_socket_exists', inUse: 'verifier.admin_socket_in_use', unusable: 'verifier.admin_socket_failed' });
 }
 
 /**
@@ -161,13 +149,8 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     });
     const core: VerifierCore = { config, store, ca, attestation, metrics, logger, now };
     const federation = new FederationService({ store, trustDomain: config.trustDomain, logger: logger.child({ part: 'federation' }), registry: metrics.registry, now, refresh: config.federation.refresh });
-    for (const r of config.federation.relationships) {
-      // Relationships declared in the config: created at first start, updated to the config's
-      // fields afterwards (the bundle kept unless the config's initial bundle is the only one).
-      const { initialBundle, ...fields } = r;
-      if (await store.getFederation(r.trustDomain)) await federation.update(r.trustDomain, fields);
-      else await federation.create({ ...fields, ...(initialBundle !== undefined ? { initialBundle } : {}) });
-    }
+    // Relationships declared in the config: created, or updated to the config's fields (docs/federation.md).
+    await federation.declare(config.federation.relationships);
 
     // The verifier's own X.509-SVID for its HTTPS endpoint.
     const tlsKey = generateKey('ec-p256');
