@@ -27,10 +27,10 @@
  * An answer is read as a stream and the read is aborted as soon as it passes 64 KiB (or up front when
  * Content-Length says so). `baseUrl` must be https://, or http:// on a loopback host (tests).
  */
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { SigilError, errorMessage } from '../errors.js';
+import { replaceFileAtomicAsync } from '../util/atomic-file.js';
 import { certificatesFromFile, endorsementTcb, parseAmdExtensions, parseSevCert, pemToDerList, productFromEndorsementCert } from './certs.js';
 import { type SnpProduct, type SnpSigningKey, decodeTcb, hwIdForProduct, tcbHex } from './report.js';
 
@@ -107,12 +107,10 @@ async function readOptional(path: string): Promise<Buffer | undefined> {
   }
 }
 
-/** Write atomically (temp file + rename) so a concurrent reader never sees half a certificate. */
+/** Write durably (util/atomic-file.ts) so a concurrent reader never sees half a certificate; public data (0644). */
 async function writeAtomic(path: string, data: Buffer | string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
+  await replaceFileAtomicAsync(path, data, 0o644);
 }
 
 export function kdsVcekUrl(baseUrl: string, product: SnpProduct, chipId: Buffer, reportedTcb: Buffer): string {

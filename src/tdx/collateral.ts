@@ -20,10 +20,10 @@
  * caller runs only after the collateral verified; it writes the directory (when configured) and a
  * memory cache that serves until the earliest nextUpdate of the set.
  */
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
+import { replaceFileAtomicAsync } from '../util/atomic-file.js';
 import { chainFromPem, parseIntelCert, parsePckExtensions } from './pki.js';
 import { parseTdxQuote } from './quote.js';
 import type { TdxCollateral } from './verify.js';
@@ -100,14 +100,12 @@ export async function loadCollateralDir(dir: string, key: CollateralKey): Promis
   };
 }
 
-/** Write the collateral files atomically (temp file + rename). */
+/** Write the collateral files, each durably replaced (util/atomic-file.ts); they are public data (0644). */
 export async function writeCollateralDir(dir: string, key: CollateralKey, c: TdxCollateral): Promise<void> {
   await mkdir(dir, { recursive: true });
   const files = collateralFiles(dir, key);
   for (const n of Object.keys(files) as (keyof TdxCollateral)[]) {
-    const tmp = `${files[n]}.${randomBytes(6).toString('hex')}.tmp`;
-    await writeFile(tmp, c[n]);
-    await rename(tmp, files[n]);
+    await replaceFileAtomicAsync(files[n], c[n], 0o644);
   }
 }
 

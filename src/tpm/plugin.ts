@@ -9,7 +9,8 @@
  * sent with the quote is trusted only as far as its replay reproduces the quoted PCRs.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { replaceFileAtomicAsync } from '../util/atomic-file.js';
 import { isAbsolute, join, resolve } from 'node:path';
 import { SigilError, errorMessage, errorFields } from '../errors.js';
 import { decodeBase64 } from '../plugins/base64.js';
@@ -44,7 +45,7 @@ import {
 import { encodePcrSelection, objectName, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from './structures.js';
 import { tpmClaims, tpmSelectors } from './verify.js';
 import { EventLogCheckCache, EVENTLOG_DEFAULT_MAX_BYTES } from './eventlog/index.js';
-import { checkImaLog, compileExcludes, parseImaAllowlist, IMA_DEFAULT_MAX_BYTES, type ImaPolicy } from './ima/index.js';
+import { checkImaLog, compileExcludes, detectImaFormat, imaListResumesAt, isImaProgress, parseImaAllowlist, policyFingerprint, IMA_DEFAULT_MAX_BYTES, type ImaPolicy, type ImaProgress } from './ima/index.js';
 
 const NAME = 'tpm';
 const BANKS = ['sha1', 'sha256', 'sha384', 'sha512'] as const;
@@ -177,6 +178,8 @@ interface TpmSessionState {
   ekPubHash: string;
   ekCert: string;
   ekIntermediates: string[];
+  /** The IMA progress offered in the challenge (the agent may then send only the entries after it). */
+  ima?: ImaProgress;
 }
 
 const STATE_VERSION = 2;
@@ -192,7 +195,8 @@ function parseState(state: unknown): TpmSessionState {
       'tpm session state is version 1 (it kept the credential secret in plain form); this verifier accepts only version 2 (secret digest): attest again',
     );
   }
-  const o = strictObject(state, 'tpm session state', 'tpm.bad_state', ['v', 'secretHash', 'akPub', 'ekPubHash', 'ekCert', 'ekIntermediates']);
+  const o = strictObject(state, 'tpm session state', 'tpm.bad_state', ['v', 'secretHash', 'akPub', 'ekPubHash', 'ekCert', 'ekIntermediates'], ['ima']);
+  if (o.ima !== undefined && !isImaProgress(o.ima)) throw new SigilError('tpm.bad_state', 'tpm session state ima progress is not one this verifier wrote');
   if (o.v !== STATE_VERSION || typeof o.secretHash !== 'string' || typeof o.akPub !== 'string' || typeof o.ekPubHash !== 'string' || typeof o.ekCert !== 'string') {
     throw new SigilError('tpm.bad_state', 'tpm session state is not one this verifier wrote');
   }
@@ -246,6 +250,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
   private readonly pcrSelectionWire: Buffer;
   /** Outcomes of event log checks (pure, keyed by log, quoted PCRs and unlogged PCRs). */
   private readonly eventLogChecks = new EventLogCheckCache();
+  private imaFp: string | undefined;
 
   constructor(
     private readonly ek: EkCertVerifier,
@@ -291,33 +296,66 @@ export class TpmVerifier implements NodeAttestorVerifier {
     checkAkPublic(ak);
     const secret = randomBytes(32);
     const made = makeCredential(ekPub, objectName(ak), secret);
+    const ekPubHash = spkiHash(ekPub);
+    const ima = await this.imaProgress(ekPubHash);
     const state: TpmSessionState = {
       v: STATE_VERSION,
       secretHash: secretDigest(secret).toString('base64'),
       akPub: akPubBytes.toString('base64'),
-      ekPubHash: spkiHash(ekPub),
+      ekPubHash,
       ekCert: ekCertDer.toString('base64'),
       ekIntermediates: inters.map((b) => b.toString('base64')),
+      ...(ima ? { ima } : {}),
     };
     return {
       challenge: {
         credentialBlob: made.credentialBlob.toString('base64'),
         encryptedSecret: made.encryptedSecret.toString('base64'),
         pcrSelection: this.pcrSelectionWire.toString('base64'),
+        ...(ima ? { imaFrom: { entries: ima.entries, bytes: ima.bytes, format: ima.format, lastTemplateHash: ima.lastTemplateHash } } : {}),
       },
       state,
     };
   }
 
+  /**
+   * The IMA progress stored for this EK when it can be used with this verifier's policy: offered
+   * in the challenge. Unreadable or foreign state means no offer (the next check is full).
+   */
+  private async imaProgress(ekPubHash: string): Promise<ImaProgress | undefined> {
+    let v: unknown;
+    try {
+      v = await this.deps.state.get(imaKey(ekPubHash));
+    } catch {
+      return undefined;
+    }
+    return isImaProgress(v) && v.policy === this.imaPolicyFp ? v : undefined;
+  }
+
+  private get imaPolicyFp(): string {
+    this.imaFp ??= policyFingerprint(this.measured.imaPolicy);
+    return this.imaFp;
+  }
+
   async finish(response: unknown, state: unknown, session: SessionInput): Promise<AttestorResult> {
     const st = parseState(state);
-    const r = strictObject(response, 'tpm response', 'tpm.bad_response', ['secret', 'quote', 'signature', 'pcrValues'], ['eventLog', 'imaLog']);
+    const r = strictObject(response, 'tpm response', 'tpm.bad_response', ['secret', 'quote', 'signature', 'pcrValues'], ['eventLog', 'imaLog', 'imaLogFrom']);
     const secret = decodeB64(r.secret, 'secret', 'tpm.bad_response', 64);
     const quoteBytes = decodeB64(r.quote, 'quote', 'tpm.bad_response', 2048);
     const sigBytes = decodeB64(r.signature, 'signature', 'tpm.bad_response', 1024);
     const pcrValues = parsePcrValuesJson(r.pcrValues);
     const eventLogBytes = r.eventLog === undefined ? undefined : decodeLogB64(r.eventLog, 'eventLog', EVENTLOG_DEFAULT_MAX_BYTES);
-    const imaLogBytes = r.imaLog === undefined ? undefined : decodeLogB64(r.imaLog, 'imaLog', IMA_DEFAULT_MAX_BYTES);
+    const imaTail = r.imaLogFrom !== undefined;
+    if (imaTail) {
+      // Only the start this verifier offered is accepted: a tail from anywhere else would skip entries.
+      const f = strictObject(r.imaLogFrom, 'imaLogFrom', 'tpm.bad_response', ['entries', 'bytes']);
+      if (st.ima === undefined) throw new SigilError('tpm.ima_bad_start', 'tpm: the agent sent an IMA tail (imaLogFrom) but this session offered no starting point');
+      if (f.entries !== st.ima.entries || f.bytes !== st.ima.bytes) {
+        throw new SigilError('tpm.ima_bad_start', `tpm: imaLogFrom is not the starting point offered (entry ${st.ima.entries}, byte ${st.ima.bytes})`);
+      }
+      if (r.imaLog === undefined) throw new SigilError('tpm.bad_response', 'tpm response has imaLogFrom without imaLog');
+    }
+    const imaLogBytes = r.imaLog === undefined ? undefined : imaTail && r.imaLog === '' ? Buffer.alloc(0) : decodeLogB64(r.imaLog, 'imaLog', IMA_DEFAULT_MAX_BYTES);
 
     // Both sides are 32-byte digests: the comparison time says nothing about the stored value.
     if (!constantTimeEqual(secretDigest(secret), Buffer.from(st.secretHash, 'base64'))) {
@@ -352,12 +390,20 @@ export class TpmVerifier implements NodeAttestorVerifier {
       );
     }
     const next = checkCounters(prevRaw, quote.attest.clockInfo);
-    // Stored by commit(), only once every factor of the session passed, and only if the stored
-    // counters are still the ones checked here (compare-and-set on exactly what was read).
-    pendingCounters.set(state as object, { key, expected: prevRaw, next });
 
     const input = { ekPubHash: st.ekPubHash, chain, pcrs: quote.pcrs };
-    const measured = this.checkMeasuredBoot(quote.pcrs ?? [], eventLogBytes, imaLogBytes);
+    let measured: ReturnType<TpmVerifier['checkMeasuredBoot']>;
+    try {
+      measured = this.checkMeasuredBoot(quote.pcrs ?? [], eventLogBytes, imaLogBytes, st.ima, imaTail);
+    } catch (e) {
+      // The stored IMA progress did not fit this node's list: forget it, so the next challenge
+      // offers nothing and the agent sends its whole list (checked from scratch).
+      if (e instanceof SigilError && e.code === 'tpm.ima_full_log_required') await this.deps.state.put(imaKey(st.ekPubHash), null).catch(() => undefined);
+      throw e;
+    }
+    // Stored by commit(), only once every factor of the session passed, and only if the stored
+    // counters are still the ones checked here (compare-and-set on exactly what was read).
+    pendingCounters.set(state as object, { key, expected: prevRaw, next, ...(measured.imaProgress ? { ima: { key: imaKey(st.ekPubHash), next: measured.imaProgress } } : {}) });
     return {
       selectors: [...tpmSelectors(input), ...measured.selectors],
       claims: { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: true, ...measured.claims },
@@ -369,7 +415,13 @@ export class TpmVerifier implements NodeAttestorVerifier {
    * Replays the event logs sent with the quote against the quoted (signature-checked) PCRs: a
    * mismatch refuses the attestation; matching logs add boot and IMA selectors.
    */
-  private checkMeasuredBoot(pcrs: PcrValue[], eventLog: Buffer | undefined, imaLog: Buffer | undefined): { selectors: string[]; claims: Record<string, unknown> } {
+  private checkMeasuredBoot(
+    pcrs: PcrValue[],
+    eventLog: Buffer | undefined,
+    imaLog: Buffer | undefined,
+    imaProgress?: ImaProgress,
+    imaTail = false,
+  ): { selectors: string[]; claims: Record<string, unknown>; imaProgress?: ImaProgress } {
     const m = this.measured;
     const selectors: string[] = [];
     const claims: Record<string, unknown> = {};
@@ -381,16 +433,17 @@ export class TpmVerifier implements NodeAttestorVerifier {
     }
     if (imaLog === undefined && m.ima?.require) throw new SigilError('tpm.ima_log_missing', 'tpm: the verifier requires an IMA log (ima.require) and the agent sent none');
     if (imaLog !== undefined) {
-      const r = checkImaLog({ log: imaLog, pcrs, ...(m.imaPolicy ? { policy: m.imaPolicy } : {}) });
+      const r = checkImaLog({ log: imaLog, pcrs, ...(m.imaPolicy ? { policy: m.imaPolicy } : {}), ...(imaProgress ? { progress: imaProgress } : {}), tail: imaTail });
       selectors.push(...r.selectors);
-      claims.ima = { entries: r.entries.length, pending: r.pending, ...(m.imaPolicy ? { policy: m.imaPolicy.name } : {}) };
+      claims.ima = { entries: r.covered, checked: r.entries.length, mode: r.mode, format: r.progress.format, pending: r.pending, ...(m.imaPolicy ? { policy: m.imaPolicy.name } : {}) };
+      return { selectors, claims, imaProgress: r.progress };
     }
     return { selectors, claims };
   }
 
   /** The counters stored for the EK whose hash is the agent ID suffix; evicting the agent deletes them. */
   stateKeysForAgent(agentIdSuffix: string): string[] {
-    return /^[0-9a-f]{64}$/.test(agentIdSuffix) ? [counterKey(agentIdSuffix)] : [];
+    return /^[0-9a-f]{64}$/.test(agentIdSuffix) ? [counterKey(agentIdSuffix), imaKey(agentIdSuffix)] : [];
   }
 
   async commit(state: unknown): Promise<void> {
@@ -412,6 +465,14 @@ export class TpmVerifier implements NodeAttestorVerifier {
         { status: 409 },
       );
     }
+    // The node's IMA progress, after its counters: losing it only makes the next check a full one.
+    if (pending.ima) {
+      try {
+        await this.deps.state.put(pending.ima.key, pending.ima.next);
+      } catch {
+        // Not fatal: the attestation passed; the next one checks the whole list.
+      }
+    }
   }
 }
 
@@ -420,8 +481,13 @@ function counterKey(ekPubHash: string): string {
   return `counters:${ekPubHash}`;
 }
 
+/** Plugin state key of the IMA progress (entries checked, PCR 10 after them) of the EK with this public key hash. */
+function imaKey(ekPubHash: string): string {
+  return `ima:${ekPubHash}`;
+}
+
 /** Counter state checked in finish() (`expected`: the value read), written in commit(); keyed by the session's state object. */
-const pendingCounters = new WeakMap<object, { key: string; expected: unknown; next: unknown }>();
+const pendingCounters = new WeakMap<object, { key: string; expected: unknown; next: unknown; ima?: { key: string; next: ImaProgress } }>();
 
 export const tpmVerifierPlugin: NodeAttestorVerifierPlugin = {
   name: NAME,
@@ -481,12 +547,16 @@ export interface TpmAgentConfig {
   ekIntermediates?: string[];
   /** Firmware event log sent with the quote: a path, true (the default path; skipped when absent) or false. Default: true with a `device:` TCTI, else false. */
   eventLog?: string | boolean;
-  /** IMA ASCII runtime measurements sent with the quote: a path, true (the default path) or false (default). */
+  /**
+   * IMA runtime measurements sent with the quote: a path (binary or ASCII list, recognised by its
+   * first byte), true (the binary list if the kernel has it, else the ASCII one) or false (default).
+   */
   imaLog?: string | boolean;
 }
 
 export const DEFAULT_EVENT_LOG_PATH = '/sys/kernel/security/tpm0/binary_bios_measurements';
 export const DEFAULT_IMA_LOG_PATH = '/sys/kernel/security/ima/ascii_runtime_measurements';
+export const DEFAULT_IMA_BINARY_LOG_PATH = '/sys/kernel/security/ima/binary_runtime_measurements';
 
 export const tpmAgentConfigSchema: JsonSchema = {
   type: 'object',
@@ -580,10 +650,7 @@ export class TpmAgent implements NodeAttestorAgent {
 
   private async storeAk(ak: StoredAk): Promise<void> {
     await mkdir(this.deps.dataDir, { recursive: true, mode: 0o700 });
-    const tmp = `${this.akFile()}.${process.pid}.tmp`;
-    await writeFile(tmp, JSON.stringify(ak), { mode: 0o600 });
-    await chmod(tmp, 0o600);
-    await rename(tmp, this.akFile());
+    await replaceFileAtomicAsync(this.akFile(), JSON.stringify(ak), 0o600);
   }
 
   async hello(): Promise<unknown> {
@@ -634,7 +701,7 @@ export class TpmAgent implements NodeAttestorAgent {
   }
 
   async respond(challenge: unknown, session: { nonce: Buffer; binding: Buffer; csrSpki: Buffer }): Promise<unknown> {
-    const c = strictObject(challenge, 'tpm challenge', 'tpm.bad_challenge', ['credentialBlob', 'encryptedSecret', 'pcrSelection']);
+    const c = strictObject(challenge, 'tpm challenge', 'tpm.bad_challenge', ['credentialBlob', 'encryptedSecret', 'pcrSelection'], ['imaFrom']);
     const blob = decodeB64(c.credentialBlob, 'credentialBlob', 'tpm.bad_challenge', 1024);
     const encSecret = decodeB64(c.encryptedSecret, 'encryptedSecret', 'tpm.bad_challenge', 1024);
     const selWire = decodeB64(c.pcrSelection, 'pcrSelection', 'tpm.bad_challenge', 256);
@@ -659,14 +726,19 @@ export class TpmAgent implements NodeAttestorAgent {
         // Read after the quote: the IMA list only grows, so it covers what the quote covers.
         // The kernel's log belongs to the kernel's TPM: by default only a device TCTI sends it.
         const eventLog = await this.readLog('eventLog', this.config.eventLog ?? this.config.tcti.startsWith('device:'), DEFAULT_EVENT_LOG_PATH);
-        const imaLog = await this.readLog('imaLog', this.config.imaLog ?? false, DEFAULT_IMA_LOG_PATH);
+        const imaSetting = this.config.imaLog ?? false;
+        const imaLog =
+          imaSetting === true
+            ? ((await this.readLog('imaLog', true, DEFAULT_IMA_BINARY_LOG_PATH, true)) ?? (await this.readLog('imaLog', true, DEFAULT_IMA_LOG_PATH)))
+            : await this.readLog('imaLog', imaSetting, DEFAULT_IMA_LOG_PATH);
+        const ima = imaLog === undefined ? undefined : imaToSend(imaLog, c.imaFrom);
         return {
           secret: secret.toString('base64'),
           quote: q.attest.toString('base64'),
           signature: q.signature.toString('base64'),
           pcrValues: values.map((v) => ({ bank: v.bank, index: v.index, value: v.value.toString('hex') })),
           ...(eventLog ? { eventLog: eventLog.toString('base64') } : {}),
-          ...(imaLog ? { imaLog: imaLog.toString('base64') } : {}),
+          ...(ima ? { imaLog: ima.bytes.toString('base64'), ...(ima.from ? { imaLogFrom: ima.from } : {}) } : {}),
         };
       }
       this.deps.logger.info({ attempt }, 'tpm: PCRs changed between quote and read; quoting again');
@@ -705,14 +777,14 @@ export class TpmAgent implements NodeAttestorAgent {
    * A measurement log to send: none when disabled; with `true` the default path, silently absent
    * when the kernel does not provide it; a configured path must be readable.
    */
-  private async readLog(key: 'eventLog' | 'imaLog', setting: string | boolean, defaultPath: string): Promise<Buffer | undefined> {
+  private async readLog(key: 'eventLog' | 'imaLog', setting: string | boolean, defaultPath: string, quiet = false): Promise<Buffer | undefined> {
     if (setting === false) return undefined;
     const path = setting === true ? defaultPath : isAbsolute(setting) ? setting : resolve(this.deps.configDir, setting);
     try {
       return await readFile(path);
     } catch (e) {
       if (setting === true && (e as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.deps.logger.info({ path }, `tpm: no ${key} at the default path; attesting without it`);
+        if (!quiet) this.deps.logger.info({ path }, `tpm: no ${key} at the default path; attesting without it`);
         return undefined;
       }
       throw new SigilError('tpm.eventlog_unreadable', `tpm: cannot read ${key} ${path}: ${errorMessage(e)}`, { cause: e });
@@ -726,6 +798,25 @@ export class TpmAgent implements NodeAttestorAgent {
     this.ekAlg = null;
     if (d) await d.close();
   }
+}
+
+/**
+ * The IMA list to send: only the entries after the verifier's offered starting point when the
+ * list still begins with the entries it checked (same form, an entry boundary at the offered
+ * byte, the same last template hash), else the whole list. A malformed offer means the whole list.
+ */
+export function imaToSend(list: Buffer, offer: unknown): { bytes: Buffer; from?: { entries: number; bytes: number } } {
+  if (typeof offer !== 'object' || offer === null || list.length === 0) return { bytes: list };
+  const o = offer as { entries?: unknown; bytes?: unknown; format?: unknown; lastTemplateHash?: unknown };
+  if (typeof o.entries !== 'number' || typeof o.bytes !== 'number' || typeof o.lastTemplateHash !== 'string' || (o.format !== 'ascii' && o.format !== 'binary')) return { bytes: list };
+  let format: string;
+  try {
+    format = detectImaFormat(list);
+  } catch {
+    return { bytes: list };
+  }
+  if (format !== o.format || !imaListResumesAt(list, o.format, o.entries, o.bytes, o.lastTemplateHash)) return { bytes: list };
+  return { bytes: list.subarray(o.bytes), from: { entries: o.entries, bytes: o.bytes } };
 }
 
 export const tpmAgentPlugin: NodeAttestorAgentPlugin = {

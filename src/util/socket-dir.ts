@@ -8,6 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmodSync, linkSync, lstatSync, mkdirSync, readdirSync, realpathSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
+import { connect } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
 
@@ -168,6 +169,65 @@ export function removeStaleBindDirs(dir: string, nowMs: number, minAgeMs = 60_00
     }
   }
   return removed;
+}
+
+/** Error codes `removeStaleSocket` throws, in the caller's area. */
+export interface StaleSocketCodes {
+  /** Something other than a socket is at the path (it is never removed). */
+  notSocket: string;
+  /** A process accepts connections on the socket. */
+  inUse: string;
+  /** The path cannot be inspected, or the socket answers neither "connected" nor "refused". */
+  unusable: string;
+}
+
+/** How long a connect may take before the socket counts as live (a busy server still answers). */
+const LIVE_PROBE_MS = 1000;
+
+/**
+ * Decide whether a socket file is served: `connect` succeeds (or does not fail within
+ * `LIVE_PROBE_MS`) → live; ECONNREFUSED → nobody listens (stale); ENOENT → gone meanwhile. Any
+ * other failure (EACCES, EPERM …) tells nothing about the server and is returned as is.
+ */
+function probeSocket(path: string): Promise<'live' | 'stale' | 'gone' | NodeJS.ErrnoException> {
+  return new Promise((res) => {
+    const s = connect(path);
+    const done = (r: 'live' | 'stale' | 'gone' | NodeJS.ErrnoException): void => {
+      clearTimeout(t);
+      s.destroy();
+      res(r);
+    };
+    const t = setTimeout(() => done('live'), LIVE_PROBE_MS);
+    s.once('connect', () => done('live'));
+    s.once('error', (e: NodeJS.ErrnoException) => done(e.code === 'ECONNREFUSED' ? 'stale' : e.code === 'ENOENT' ? 'gone' : e));
+  });
+}
+
+/**
+ * Make `path` free for a new listener: nothing there → 'absent'; a socket nobody serves (left by a
+ * stopped process) → removed, 'removed'. Refuses, with the caller's codes and `what` naming the
+ * socket ("adminSocket", "Workload API socket"): anything that is not a socket (`notSocket`), a
+ * socket a process still serves (`inUse`), a path or socket that cannot be inspected (`unusable`).
+ */
+export async function removeStaleSocket(path: string, what: string, codes: StaleSocketCodes): Promise<'absent' | 'removed'> {
+  let st: Stats;
+  try {
+    st = lstatSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
+    throw new SigilError(codes.unusable, `${what} ${path} cannot be inspected: ${errorMessage(e)}`, { status: 500, cause: e });
+  }
+  if (!st.isSocket()) {
+    const kind = st.isFile() ? 'a regular file' : st.isDirectory() ? 'a directory' : st.isSymbolicLink() ? 'a symlink' : 'not a socket';
+    throw new SigilError(codes.notSocket, `${what} ${path} exists and is ${kind}; refusing to remove it: remove it or choose another path`, { status: 500 });
+  }
+  const probe = await probeSocket(path);
+  if (probe === 'gone') return 'absent';
+  if (probe === 'live') throw new SigilError(codes.inUse, `another process is serving ${what} ${path}; is one already running?`, { status: 500 });
+  if (probe !== 'stale') throw new SigilError(codes.unusable, `${what} ${path} cannot be probed: ${errorMessage(probe)}`, { status: 500, cause: probe });
+  // Remove exactly the socket probed: one bound in its place meanwhile is another process's.
+  unlinkIfSame(path, { dev: st.dev, ino: st.ino });
+  return 'removed';
 }
 
 /** Remove `path` if it is still the socket `id` (not one a later process put there). */
