@@ -291,7 +291,7 @@ describe('counter state that does not parse, and eviction', () => {
     const s = session();
     const b = await fv.begin(hello, s);
     const r = await fv.finish(respond(b.challenge, s, 100n), b.state, s);
-    expect(fv.stateKeysForAgent?.(r.agentIdSuffix)).toEqual([`counters:${r.agentIdSuffix}`]);
+    expect(fv.stateKeysForAgent?.(r.agentIdSuffix)).toEqual([`counters:${r.agentIdSuffix}`, `ima:${r.agentIdSuffix}`]);
     for (const other of ['', 'abc', 'A'.repeat(64), `${'a'.repeat(64)}/x`, '../counters']) expect(fv.stateKeysForAgent?.(other)).toEqual([]);
   });
 });
