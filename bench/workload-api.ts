@@ -138,6 +138,7 @@ async function runServer(socketPath: string, uid: number): Promise<void> {
     : startWorkloadApi;
   const server = await start({
     socketPath,
+    trustDomain: TD,
     source: src,
     attestors: new Map<string, WorkloadAttestor>([
       ['unix', createUnixAttestor({ hashBinaries: true })],

@@ -156,6 +156,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     const server = await startWorkloadApi({
       ...(opts.workloadApi ?? {}),
       socketPath: config.workloadApiSocket,
+      trustDomain: config.trustDomain,
       source: cache,
       attestors: workloadAttestors,
       logger,

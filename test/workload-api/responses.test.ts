@@ -24,7 +24,7 @@ describe('ResponseCache', () => {
   it('shares one framed X.509 response per selector set until the source changes', () => {
     const src = new FakeSource();
     src.addEntry({ id: 'a', spiffeId: `spiffe://${TD}/a`, selectors: ['unix:uid:1'] });
-    const cache = new ResponseCache(src, pino({ level: 'silent' }));
+    const cache = new ResponseCache(src, pino({ level: 'silent' }), TD);
     const first = cache.x509For(attestation(['unix:uid:1']))!;
     expect(decodeX509(first).svids.map((s) => s.spiffe_id)).toEqual([`spiffe://${TD}/a`]);
     expect(cache.x509For(attestation(['unix:uid:1']))).toBe(first);
@@ -41,7 +41,7 @@ describe('ResponseCache', () => {
   });
 
   it('re-encodes a JWT-SVID response only when its tokens change', () => {
-    const cache = new ResponseCache(new FakeSource(), pino({ level: 'silent' }));
+    const cache = new ResponseCache(new FakeSource(), pino({ level: 'silent' }), TD);
     const r1: JwtSvidResult = { spiffeId: `spiffe://${TD}/a`, token: 'a.b.c', hint: '', expiresAt: new Date() };
     const r2: JwtSvidResult = { ...r1, token: 'd.e.f' };
     const one = cache.jwt([r1]);

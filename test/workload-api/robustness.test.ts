@@ -267,7 +267,7 @@ describe('Workload API under bad input', () => {
     const d = socketDir();
     try {
       writeFileSync(d.socket, 'not a socket');
-      await expect(startWorkloadApi({ socketPath: d.socket, source, attestors: new Map(), logger: silentLogger })).rejects.toMatchObject({
+      await expect(startWorkloadApi({ socketPath: d.socket, trustDomain: TD, source, attestors: new Map(), logger: silentLogger })).rejects.toMatchObject({
         code: 'workload_api.socket_path_in_use',
       });
       const { unlinkSync } = await import('node:fs');
@@ -275,7 +275,7 @@ describe('Workload API under bad input', () => {
       // a stale socket: bound, then its server closed without unlinking
       const stale = net.createServer();
       await new Promise<void>((r) => stale.listen(d.socket, r));
-      await expect(startWorkloadApi({ socketPath: d.socket, source, attestors: new Map(), logger: silentLogger })).rejects.toMatchObject({
+      await expect(startWorkloadApi({ socketPath: d.socket, trustDomain: TD, source, attestors: new Map(), logger: silentLogger })).rejects.toMatchObject({
         code: 'workload_api.socket_path_in_use',
       });
       await new Promise<void>((r) => stale.close(() => r()));
@@ -284,11 +284,11 @@ describe('Workload API under bad input', () => {
       const py = spawnSync('/usr/bin/python3', ['-c', 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()', d.socket]);
       expect(py.status).toBe(0);
       expect(statSync(d.socket).isSocket()).toBe(true);
-      const srv = await startWorkloadApi({ socketPath: `${d.dir}/sub/agent.sock`, source, attestors: new Map(), logger: silentLogger });
+      const srv = await startWorkloadApi({ socketPath: `${d.dir}/sub/agent.sock`, trustDomain: TD, source, attestors: new Map(), logger: silentLogger });
       expect(statSync(`${d.dir}/sub/agent.sock`).mode & 0o777).toBe(0o777);
       expect(statSync(`${d.dir}/sub`).mode & 0o777).toBe(0o755);
       await srv.close();
-      const srv2 = await startWorkloadApi({ socketPath: d.socket, source, attestors: new Map(), logger: silentLogger });
+      const srv2 = await startWorkloadApi({ socketPath: d.socket, trustDomain: TD, source, attestors: new Map(), logger: silentLogger });
       expect(srv2.address).toBe(`unix://${d.socket}`);
       await srv2.close();
     } finally {

@@ -201,7 +201,7 @@ export async function startTestServer(
   extra: Partial<WorkloadApiOptions> = {},
 ): Promise<{ server: WorkloadApiServer; socket: string; cleanup(): Promise<void> }> {
   const d = socketDir();
-  const server = await startWorkloadApi({ socketPath: d.socket, source, attestors, logger: silentLogger, ...extra });
+  const server = await startWorkloadApi({ socketPath: d.socket, trustDomain: TD, source, attestors, logger: silentLogger, ...extra });
   return {
     server,
     socket: d.socket,

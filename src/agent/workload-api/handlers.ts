@@ -13,7 +13,7 @@ import type { ScheduleDeadline } from './deadlines.js';
 import { GrpcError, GrpcStatus } from './grpc.js';
 import { encodeMessage, toStruct, workloadCodecs } from './proto.js';
 import type { ResponseCache } from './responses.js';
-import { NO_BUNDLE, noIdentity } from './status.js';
+import { noIdentity } from './status.js';
 import type { Streams } from './streams.js';
 import { decodeEmptyRequest, decodeJwtSvidRequest, decodeValidateJwtSvidRequest } from './wire.js';
 
@@ -58,13 +58,13 @@ export function workloadHandlers(d: HandlerDeps): Record<string, Handler> {
       decodeEmptyRequest(body);
       streams.serveX509(conn, call, await conn.attest());
     },
-    async FetchX509Bundles(_conn, call, body) {
+    async FetchX509Bundles(conn, call, body) {
       decodeEmptyRequest(body);
-      streams.serve(call, () => responses.x509Bundles(), NO_BUNDLE);
+      streams.serveBundles(conn, call, responses.federating() ? await conn.attest() : undefined, (a) => responses.x509Bundles(a));
     },
-    async FetchJWTBundles(_conn, call, body) {
+    async FetchJWTBundles(conn, call, body) {
       decodeEmptyRequest(body);
-      streams.serve(call, () => responses.jwtBundles(), NO_BUNDLE);
+      streams.serveBundles(conn, call, responses.federating() ? await conn.attest() : undefined, (a) => responses.jwtBundles(a));
     },
     async FetchJWTSVID(conn, call, body, deadlineMs) {
       const req = decodeJwtSvidRequest(body, d.maxAudiences);
@@ -92,7 +92,7 @@ export function workloadHandlers(d: HandlerDeps): Record<string, Handler> {
       call.sendFramed(responses.jwt(results));
       call.finish(GrpcStatus.OK);
     },
-    async ValidateJWTSVID(_conn, call, body, deadlineMs) {
+    async ValidateJWTSVID(conn, call, body, deadlineMs) {
       const req = decodeValidateJwtSvidRequest(body);
       if (req.audience.length === 0) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'audience must be specified');
       if (req.svid.length === 0) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'svid must be specified');
@@ -105,6 +105,12 @@ export function workloadHandlers(d: HandlerDeps): Record<string, Handler> {
         if (e instanceof GrpcError) throw e;
         if (isSigilError(e) && e.status < 500) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, e.message);
         throw e;
+      }
+      // Valid for the node is not enough: the token's trust domain must be the own one or one the
+      // caller's entries federate with (its FetchJWTBundles set).
+      const td = SpiffeId.parse(r.spiffeId).trustDomain;
+      if (!responses.trustFor(responses.federating() ? await conn.attest() : undefined).trustDomains.has(td)) {
+        throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `JWT-SVID of trust domain ${td} is not trusted by this caller: none of its entries federates with ${td}`);
       }
       call.send(encodeMessage(codecs.ValidateJWTSVIDResponse, { spiffe_id: r.spiffeId, claims: toStruct(r.claims) }));
       call.finish(GrpcStatus.OK);

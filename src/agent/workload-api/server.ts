@@ -53,6 +53,8 @@ import { errorFields } from '../../errors.js';
 /** Options; the connection limits are described in ./limits.ts. */
 export interface WorkloadApiOptions extends ConnectionLimitOptions {
   socketPath: string;
+  /** The agent's trust domain: its bundle goes to every caller; foreign ones only to callers whose entries federate with them. */
+  trustDomain: string;
   source: WorkloadIdentitySource;
   attestors: Map<string, WorkloadAttestor>;
   logger: Logger;
@@ -151,7 +153,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     schedule: deadlines.schedule,
     onCallerChanged: () => callerChanged++,
   };
-  const responses = new ResponseCache(source, logger);
+  const responses = new ResponseCache(source, logger, opts.trustDomain);
   const streams = new Streams(responses, logger);
   const router = new CallRouter({
     handlers: workloadHandlers({ source, responses, streams, schedule: deadlines.schedule, maxAudiences: opts.maxAudiences ?? 64, unaryTimeoutMs: opts.unaryTimeoutMs ?? 30_000 }),
