@@ -105,7 +105,7 @@ describe('bad binary lists', () => {
     expect(codeOf(() => parseImaBinaryLog(edit((b) => b.writeUInt32LE(16, nameLenAt))))).toBe('tpm.ima_bad_entry');
     expect(codeOf(() => parseImaBinaryLog(edit((b) => b.writeUInt32LE(IMA_MAX_TEMPLATE_DATA + 1, dataLenAt))))).toBe('tpm.ima_bad_entry');
     expect(codeOf(() => parseImaBinaryLog(edit((b) => b.write('imx-ng', 28, 'latin1'))))).toBe('tpm.ima_bad_entry');
-    expect(codeOf(() => parseImaBinaryLog(edit((b) => (b[4] ^= 1))))).toBe('tpm.ima_bad_entry');
+    expect(codeOf(() => parseImaBinaryLog(edit((b) => (b[4] = b[4]! ^ 1))))).toBe('tpm.ima_bad_entry');
     expect(codeOf(() => parseImaBinaryLog(edit((b) => b.writeUInt32LE(24, 0))))).toBe('tpm.ima_bad_entry');
     // The first field's length runs past the template data.
     expect(codeOf(() => parseImaBinaryLog(edit((b) => b.writeUInt32LE(0xffff, dataLenAt + 4))))).toBe('tpm.ima_bad_entry');

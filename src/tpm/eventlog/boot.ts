@@ -36,8 +36,20 @@ export interface BootFacts {
   readonly scrtmVersion: string | undefined;
   readonly scrtm: readonly string[];
   readonly firmwareBlobs: readonly string[];
+  /**
+   * UKI PE sections systemd-stub measured into PCR 11, in order: the name (proven by the name
+   * record's digest, the hash of the ASCII name with its NUL) and the digest of the contents
+   * (the record right after it). See `ukiSections` below.
+   */
+  readonly ukiSections: readonly { readonly name: string; readonly digest: string }[];
   readonly quirks: readonly QuirkName[];
 }
+
+/** PE section names are at most 8 bytes: a dot and up to 7 lowercase letters/digits (UAPI.5: .linux, .osrel, .cmdline, …). */
+const UKI_SECTION = /^\.[a-z0-9]{1,7}$/;
+
+/** Linux EFI stub tagged events (EV_EVENT_TAG in PCR 9): the initrd and the load options (command line). */
+const LINUX_EFI_STUB_TAG = { initrd: 0x8730ec41, loadOptions: 0x8f3b22ed } as const;
 
 function badEvent(ev: EventLogEvent, msg: string): never {
   throw new SigilError('tpm.eventlog_event_data_mismatch', `event log: event ${ev.seq} (${eventTypeName(ev.type)}, PCR ${ev.index}): ${msg}`);
@@ -82,10 +94,17 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
   const separated = new Set<number>();
   const seenVars = new Set<string>();
   let exitBootServices = false;
+  const ukiSections: { name: string; digest: string }[] = [];
+  /** The PCR 11 section name record just seen (its digest verified), waiting for its data record. */
+  let ukiName: string | undefined;
 
   for (const ev of log.events) {
     if (ev.type === EV.NO_ACTION || !trustedPcrs.has(ev.index)) continue;
     const hex = digestOf(ev).toString('hex');
+    if (ev.index === 11) {
+      ukiName = ukiRecord(ev, ukiName);
+      continue;
+    }
     switch (ev.type) {
       case EV.SEPARATOR:
         if (!dataHashes(ev)) badEvent(ev, 'the digest is not the hash of the separator data');
@@ -141,9 +160,11 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
           const covered = dataHashes(ev, Buffer.from(cmdline, 'latin1'));
           if (covered) quirks.add(QUIRKS.grubStringWithoutNul);
           kernelCmdlines.push({ digest: hex, text: covered ? cmdline : undefined });
-        } else if (ev.index === 12) {
+        } else if (ev.index === 12 || (ev.index === 8 && utf16Text(ev.data) !== undefined)) {
+          // systemd-stub and systemd-boot (PCR 12; before systemd 251, systemd-boot used PCR 8):
+          // the command line in UTF-16, hashed without trailing NULs (the description may keep one).
           const t = utf16Text(ev.data);
-          if (t !== undefined) kernelCmdlines.push({ digest: hex, text: dataHashes(ev) ? t : undefined });
+          if (t !== undefined) kernelCmdlines.push({ digest: hex, text: dataHashes(ev) || dataHashes(ev, Buffer.from(t, 'utf16le')) ? t : undefined });
         } else if (ev.index === 9 && text !== undefined) {
           const file = text.slice(text.lastIndexOf('/') + 1);
           if (/^(initrd|initramfs)/.test(file)) pushOnce(initrds, hex);
@@ -171,11 +192,21 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
       case EV.EFI_ACTION:
         if (asciiText(ev.data) === 'Exit Boot Services Invocation') exitBootServices = true;
         break;
+      case EV.EVENT_TAG: {
+        // TCG_PCClientTaggedEvent { u32 taggedEventID; u32 taggedEventDataSize; data }: only the
+        // digest is proven (the data is a label), so these yield digests, never text.
+        if (ev.index !== 9 || ev.data.length < 8 || ev.data.readUInt32LE(4) !== ev.data.length - 8) break;
+        const tag = ev.data.readUInt32LE(0);
+        if (tag === LINUX_EFI_STUB_TAG.initrd) pushOnce(initrds, hex);
+        else if (tag === LINUX_EFI_STUB_TAG.loadOptions) kernelCmdlines.push({ digest: hex, text: undefined });
+        break;
+      }
       default:
         break;
     }
   }
   if (trustedPcrs.has(5) && bootApps.length > 0 && !exitBootServices) quirks.add(QUIRKS.missingExitBootServices);
+  if (ukiName !== undefined) badEvent(log.events.findLast((e) => e.index === 11)!, `UKI section ${ukiName} has a name record but no data record`);
   return {
     bank,
     pcrs: [...trustedPcrs].sort((a, b) => a - b),
@@ -192,8 +223,27 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
     scrtmVersion,
     scrtm,
     firmwareBlobs,
+    ukiSections,
     quirks: [...quirks],
   };
+
+  /**
+   * One PCR 11 record. systemd-stub writes a pair per UKI section, both EV_IPL with the section
+   * name (UTF-16) as description: first a record whose digest is the hash of the ASCII name with
+   * its NUL — checked here, so the name is proven — then one whose digest is the hash of the
+   * section's contents. Returns the name awaiting its data record. Records that are not such a
+   * pair yield nothing; a data record whose description names another section is refused.
+   */
+  function ukiRecord(ev: EventLogEvent, pending: string | undefined): string | undefined {
+    const label = ev.type === EV.IPL ? utf16Text(ev.data) : undefined;
+    if (pending !== undefined) {
+      if (label !== pending) badEvent(ev, `UKI section ${pending}'s data record is labelled ${JSON.stringify(label ?? ev.data.toString('hex').slice(0, 32))}`);
+      ukiSections.push({ name: pending, digest: digestOf(ev).toString('hex') });
+      return undefined;
+    }
+    if (label === undefined || !UKI_SECTION.test(label)) return undefined;
+    return dataHashes(ev, Buffer.from(`${label}\0`, 'latin1')) ? label : undefined;
+  }
 }
 
 const MAX_SELECTOR = 1024;
@@ -218,6 +268,7 @@ export function bootSelectors(f: BootFacts): string[] {
   if (f.scrtmVersion !== undefined) s.push(`tpm:firmware:scrtm_version:${f.scrtmVersion}`);
   for (const x of f.scrtm) s.push(`tpm:firmware:scrtm:${f.bank}:${x}`);
   for (const x of f.firmwareBlobs) s.push(`tpm:firmware:blob:${f.bank}:${x}`);
+  for (const x of f.ukiSections) s.push(`tpm:uki:section:${x.name.slice(1)}:${f.bank}:${x.digest}`);
   return s;
 }
 

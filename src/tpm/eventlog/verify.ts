@@ -3,6 +3,7 @@
  * verifier trusts (quoted by the TPM, or given by the operator). Pure: bytes and values in.
  */
 import { SigilError } from '../../errors.js';
+import { algorithmByName, bankHash } from './algorithms.js';
 import { bootSelectors, deriveBootFacts, type BootFacts } from './boot.js';
 import { parseEventLog, type ParseEventLogOptions, type ParsedEventLog } from './parse.js';
 import { replayEventLog, replayedToJson, type ReplayedRegisters } from './replay.js';
@@ -30,6 +31,11 @@ export interface EventLogCheckResult {
   matched: Map<string, Set<number>>;
   /** Boot facts from the preferred matched bank (undefined when no PCR was compared). */
   facts: BootFacts | undefined;
+  /**
+   * Per bank, when PCR 11 matched only after systemd-pcrextend's boot phases (userspace, not in
+   * the firmware log) were extended on top of the log: the last phase.
+   */
+  pcr11Phase: Map<string, string>;
   selectors: string[];
 }
 
@@ -48,9 +54,12 @@ export function checkEventLog(input: EventLogCheckInput): EventLogCheckResult {
   const banks = [...new Set(compared.map((p) => p.bank))];
   const replayed = replayEventLog(log, { banks, indices: [...new Set(compared.map((p) => p.index))] });
   const matched = new Map<string, Set<number>>();
+  const pcr11Phase = new Map<string, string>();
   for (const p of compared) {
     const got = replayed.get(p.bank)?.get(p.index);
-    if (got === undefined || !got.equals(p.value)) {
+    const phase = p.index === 11 && got !== undefined && !got.equals(p.value) ? phaseMatching(got, p) : undefined;
+    if (phase !== undefined) pcr11Phase.set(p.bank, phase);
+    else if (got === undefined || !got.equals(p.value)) {
       throw new SigilError(
         'tpm.eventlog_mismatch',
         `event log: replaying it gives PCR ${p.index} (${p.bank}) = ${got?.toString('hex') ?? 'nothing'}, but the trusted value is ${p.value.toString('hex')}`,
@@ -63,7 +72,26 @@ export function checkEventLog(input: EventLogCheckInput): EventLogCheckResult {
   }
   const bank = FACT_BANKS.find((b) => matched.has(b)) ?? [...matched.keys()][0];
   const facts = bank === undefined ? undefined : deriveBootFacts(log, bank, matched.get(bank)!);
-  return { log, replayed, matched, facts, selectors: facts ? bootSelectors(facts) : [] };
+  return { log, replayed, matched, facts, pcr11Phase, selectors: facts ? bootSelectors(facts) : [] };
+}
+
+/**
+ * systemd-pcrextend measures boot phases into PCR 11 from userspace, after the firmware log ends:
+ * the hash of each phase string (UTF-8, no NUL), in this order (systemd TPM2_PCR_MEASUREMENTS).
+ * At shutdown "shutdown" and "final" follow; a running node has reached at most "ready".
+ */
+export const SYSTEMD_PCR11_PHASES = ['enter-initrd', 'leave-initrd', 'sysinit', 'ready'] as const;
+
+/** The phase after which the log's PCR 11 extended by the first phases equals the trusted value, if any. */
+function phaseMatching(fromLog: Buffer, p: TrustedPcr): string | undefined {
+  const alg = algorithmByName(p.bank);
+  if (alg === undefined) return undefined;
+  let v = fromLog;
+  for (const phase of SYSTEMD_PCR11_PHASES) {
+    v = bankHash(alg, v, bankHash(alg, Buffer.from(phase, 'utf8')));
+    if (v.equals(p.value)) return phase;
+  }
+  return undefined;
 }
 
 /** Claims for a checked log (JSON-friendly). */
@@ -74,6 +102,7 @@ export function eventLogClaims(r: EventLogCheckResult): Record<string, unknown> 
     banks: r.log.banks.map((b) => b.name),
     matchedPcrs: Object.fromEntries([...r.matched].map(([b, s]) => [b, [...s].sort((x, y) => x - y)])),
     replayed: replayedToJson(r.replayed),
+    ...(r.pcr11Phase.size > 0 ? { pcr11Phase: Object.fromEntries(r.pcr11Phase) } : {}),
     ...(r.facts ? { boot: r.facts } : {}),
   };
 }

@@ -69,13 +69,20 @@ export interface ImaCheckResult {
   selectors: string[];
 }
 
-/** A stable fingerprint of a policy (name, allowlist, excludes), or `none`. */
+const fingerprints = new WeakMap<ImaPolicy, string>();
+
+/** A stable fingerprint of a policy (name, allowlist, excludes), or `none`; computed once per policy object. */
 export function policyFingerprint(policy: ImaPolicy | undefined): string {
   if (!policy) return 'none';
-  const h = createHash('sha256').update(`name:${policy.name}\n`);
-  for (const path of [...policy.allow.keys()].sort()) h.update(`allow:${path}\0${[...policy.allow.get(path)!].sort().join(',')}\n`);
-  for (const r of policy.excludes) h.update(`exclude:${r.source}\n`);
-  return h.digest('hex');
+  let fp = fingerprints.get(policy);
+  if (fp === undefined) {
+    const h = createHash('sha256').update(`name:${policy.name}\n`);
+    for (const [path, set] of [...policy.allow].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) h.update(`allow:${path}\0${[...set].sort().join(',')}\n`);
+    for (const r of policy.excludes) h.update(`exclude:${r.source}\n`);
+    fp = h.digest('hex');
+    fingerprints.set(policy, fp);
+  }
+  return fp;
 }
 
 /** A stored value that is an ImaProgress (anything else is ignored and the next check is full). */
