@@ -20,9 +20,25 @@
  * All values are bound parameters; the only text put into SQL is the schema identifier, which
  * is validated against a strict pattern and quoted.
  */
-import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { SigilError, errorMessage } from '../errors.js';
+import { pendingMigrations } from './migrations.js';
+import { evictedPluginStateKeys, pluginStateExpectedText, pluginStateText, pluginStateValue } from './plugin-state.js';
+import {
+  type AgentColumns,
+  type ColumnDecoder,
+  type EntryColumns,
+  type FederatedBundleColumns,
+  type TokenColumns,
+  agentFromRow,
+  entriesChangeOf,
+  entryFromRow,
+  factorIdsOf,
+  federatedBundleFromRow,
+  newEntryRecord,
+  parseStoredJson,
+  tokenFromRow,
+} from './rows.js';
 import type { FederatedBundleRecord, FederationRelationship } from './types.js';
 import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
@@ -103,98 +119,13 @@ const SCHEMA_RE = /^[a-z_][a-z0-9_]{0,62}$/;
 /** Rows per INSERT in createEntries (keeps each statement's bound arrays modest). */
 const INSERT_CHUNK = 1000;
 
-interface EntryRow {
-  id: string;
-  spiffe_id: string;
-  parent_id: string;
-  selectors: string[];
-  x509_ttl: string;
-  jwt_ttl: string;
-  dns_names: string[];
-  hint: string;
-  admin: boolean;
-  expires_at: Date | null;
-  created_at: Date;
-  revision: string;
-  federates_with: string[];
-}
-
-interface AgentRow {
-  id: string;
-  attestors: string[];
-  selectors: string[];
-  serial: string;
-  svid_expires_at: Date;
-  attested_at: Date;
-  banned: boolean;
-  factor_ids: string[];
-}
-
-interface TokenRow {
-  id: string;
-  secret_hash: string;
-  expires_at: Date;
-  used_at: Date | null;
-  spiffe_id: string | null;
-  created_at: Date;
-}
-
-function iso(d: Date): string {
-  return d.toISOString();
-}
-
-function rowToEntry(r: EntryRow): RegistrationEntry {
-  return {
-    id: r.id,
-    spiffeId: r.spiffe_id,
-    parentId: r.parent_id,
-    selectors: r.selectors,
-    x509SvidTtl: Number(r.x509_ttl),
-    jwtSvidTtl: Number(r.jwt_ttl),
-    dnsNames: r.dns_names,
-    hint: r.hint,
-    admin: r.admin,
-    expiresAt: r.expires_at === null ? null : iso(r.expires_at),
-    federatesWith: r.federates_with,
-    createdAt: iso(r.created_at),
-    revisionNumber: Number(r.revision),
-  };
-}
-
-interface PgFedBundleRow {
-  trust_domain: string;
-  bundle: string;
-  sequence: string;
-  updated_at: Date;
-}
-
-function pgFedBundleOf(r: PgFedBundleRow): FederatedBundleRecord {
-  return { trustDomain: r.trust_domain, bundle: r.bundle, sequence: Number(r.sequence), updatedAt: iso(r.updated_at) };
-}
-
-function rowToAgent(r: AgentRow): AgentRecord {
-  return {
-    id: r.id,
-    attestors: r.attestors,
-    selectors: r.selectors,
-    serial: r.serial,
-    svidExpiresAt: iso(r.svid_expires_at),
-    attestedAt: iso(r.attested_at),
-    banned: r.banned,
-    factorIds: r.factor_ids.length > 0 ? r.factor_ids : [r.id],
-  };
-}
-
-function rowToToken(r: TokenRow): JoinTokenRecord {
-  return {
-    id: r.id,
-    secretHash: r.secret_hash,
-    expiresAt: iso(r.expires_at),
-    usedAt: r.used_at === null ? null : iso(r.used_at),
-    spiffeId: r.spiffe_id,
-    createdAt: iso(r.created_at),
-  };
-}
+/** node-postgres returns JSONB decoded, BIGINT as a string, BOOLEAN as a boolean, TIMESTAMPTZ as a Date. */
+const PG_COLUMNS: ColumnDecoder = {
+  list: (v) => v as string[],
+  int: (v) => Number(v),
+  bool: (v) => v as boolean,
+  time: (v) => (v as Date).toISOString(),
+};
 
 const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'EACCES']);
 
@@ -413,21 +344,7 @@ export class PostgresStore implements DataStore {
         federates: [] as string[],
       };
       chunk.forEach((e, k) => {
-        const entry: RegistrationEntry = {
-          id: e.id ?? randomUUID(),
-          spiffeId: e.spiffeId,
-          parentId: e.parentId,
-          selectors: [...e.selectors].sort(),
-          x509SvidTtl: e.x509SvidTtl,
-          jwtSvidTtl: e.jwtSvidTtl,
-          dnsNames: [...e.dnsNames],
-          hint: e.hint,
-          admin: e.admin,
-          expiresAt: e.expiresAt,
-          federatesWith: [...(e.federatesWith ?? [])].sort(),
-          createdAt: new Date().toISOString(),
-          revisionNumber: first + k,
-        };
+        const entry = newEntryRecord(e, first + k, new Date().toISOString());
         cols.id.push(entry.id);
         cols.spiffe.push(entry.spiffeId);
         cols.parent.push(entry.parentId);
@@ -444,7 +361,7 @@ export class PostgresStore implements DataStore {
         out.push(entry);
       });
       try {
-        const r = await c.query<EntryRow>(
+        const r = await c.query<EntryColumns>(
           `INSERT INTO ${this.s}.entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, hint, admin, expires_at, created_at, revision, federates_with)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[], $6::bigint[], $7::jsonb[], $8::text[], $9::boolean[],
                                 $10::timestamptz[], $11::timestamptz[], $12::bigint[], $13::jsonb[])
@@ -452,7 +369,7 @@ export class PostgresStore implements DataStore {
           [cols.id, cols.spiffe, cols.parent, cols.selectors, cols.x509, cols.jwt, cols.dns, cols.hint, cols.admin, cols.expires, cols.created, cols.revision, cols.federates],
         );
         // Return what the database holds (normalised times), in input order.
-        const byId = new Map(r.rows.map((row) => [row.id, rowToEntry(row)]));
+        const byId = new Map(r.rows.map((row) => [row.id, entryFromRow(row, PG_COLUMNS)]));
         for (let k = out.length - chunk.length; k < out.length; k++) {
           const stored = byId.get(out[k]!.id);
           if (stored) out[k] = stored;
@@ -474,16 +391,6 @@ export class PostgresStore implements DataStore {
   /** Tell this process's entry watchers at once (the NOTIFY of the same write may come later). */
   private entriesWritten(change: EntriesChange): void {
     for (const l of this.entryListeners) l(change);
-  }
-
-  private writtenChange(es: RegistrationEntry[]): EntriesChange {
-    let lo = Infinity;
-    let hi = -Infinity;
-    for (const e of es) {
-      lo = Math.min(lo, e.revisionNumber);
-      hi = Math.max(hi, e.revisionNumber);
-    }
-    return { fromRevision: lo - 1, toRevision: hi, entries: es.map((e) => ({ parentId: e.parentId, selectors: e.selectors })) };
   }
 
   watchEntries(listener: (change: EntriesChange) => void): EntriesWatch {
@@ -546,21 +453,21 @@ export class PostgresStore implements DataStore {
 
   async createEntry(e: NewEntry): Promise<RegistrationEntry> {
     const [entry] = await this.tx('createEntry', (c) => this.insertEntries(c, [e]));
-    this.entriesWritten(this.writtenChange([entry as RegistrationEntry]));
+    this.entriesWritten(entriesChangeOf([entry as RegistrationEntry]));
     return entry as RegistrationEntry;
   }
 
   async createEntries(es: NewEntry[]): Promise<RegistrationEntry[]> {
     if (es.length === 0) return [];
     const out = await this.tx('createEntries', (c) => this.insertEntries(c, es));
-    this.entriesWritten(this.writtenChange(out));
+    this.entriesWritten(entriesChangeOf(out));
     return out;
   }
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
-    const r = await this.q<EntryRow>('getEntry', `SELECT * FROM ${this.s}.entries WHERE id = $1`, [id]);
+    const r = await this.q<EntryColumns>('getEntry', `SELECT * FROM ${this.s}.entries WHERE id = $1`, [id]);
     const row = r.rows[0];
-    return row ? rowToEntry(row) : undefined;
+    return row ? entryFromRow(row, PG_COLUMNS) : undefined;
   }
 
   async deleteEntry(id: string): Promise<boolean> {
@@ -594,14 +501,14 @@ export class PostgresStore implements DataStore {
     args.push(limit, offset);
     const sql = `SELECT * FROM ${this.s}.entries ${where.length ? 'WHERE ' + where.join(' AND ') : ''}
                  ORDER BY created_at, id COLLATE "C" LIMIT $${args.length - 1}::bigint OFFSET $${args.length}::bigint`;
-    return (await this.q<EntryRow>('listEntries', sql, args)).rows.map(rowToEntry);
+    return (await this.q<EntryColumns>('listEntries', sql, args)).rows.map((row) => entryFromRow(row, PG_COLUMNS));
   }
 
   async entriesByParents(parentIds: string[]): Promise<RegistrationEntry[]> {
     if (parentIds.length === 0) return [];
     // One array parameter, whatever the number of ids (no bound-parameter limit to chunk around).
-    const r = await this.q<EntryRow>('entriesByParents', `SELECT * FROM ${this.s}.entries WHERE parent_id = ANY($1::text[])`, [parentIds]);
-    return r.rows.map(rowToEntry);
+    const r = await this.q<EntryColumns>('entriesByParents', `SELECT * FROM ${this.s}.entries WHERE parent_id = ANY($1::text[])`, [parentIds]);
+    return r.rows.map((row) => entryFromRow(row, PG_COLUMNS));
   }
 
   async entriesRevision(): Promise<number> {
@@ -634,13 +541,13 @@ export class PostgresStore implements DataStore {
   }
 
   async getAgent(id: string): Promise<AgentRecord | undefined> {
-    const r = await this.q<AgentRow>('getAgent', `SELECT * FROM ${this.s}.agents WHERE id = $1`, [id]);
+    const r = await this.q<AgentColumns>('getAgent', `SELECT * FROM ${this.s}.agents WHERE id = $1`, [id]);
     const row = r.rows[0];
-    return row ? rowToAgent(row) : undefined;
+    return row ? agentFromRow(row, PG_COLUMNS) : undefined;
   }
 
   async listAgents(): Promise<AgentRecord[]> {
-    return (await this.q<AgentRow>('listAgents', `SELECT * FROM ${this.s}.agents ORDER BY id COLLATE "C"`)).rows.map(rowToAgent);
+    return (await this.q<AgentColumns>('listAgents', `SELECT * FROM ${this.s}.agents ORDER BY id COLLATE "C"`)).rows.map((row) => agentFromRow(row, PG_COLUMNS));
   }
 
   async evictAgent(id: string, ban: boolean, pluginState?: (agentId: string) => PluginStateKey[]): Promise<boolean> {
@@ -672,19 +579,10 @@ export class PostgresStore implements DataStore {
       if (ban && hits.length === 0) return false;
       let changed = hits.length > 0;
       if (pluginState) {
-        const plugins: string[] = [];
-        const keys: string[] = [];
-        const seen = new Set<string>();
-        // Without ban, also the state of `id` itself, even when no record is or names it.
-        for (const fid of new Set([...hits.flatMap((h) => (h.factor_ids.length > 0 ? h.factor_ids : [h.id])), ...(ban ? [] : [id])])) {
-          for (const k of pluginState(fid)) {
-            const tag = JSON.stringify([k.plugin, k.key]);
-            if (seen.has(tag)) continue;
-            seen.add(tag);
-            plugins.push(k.plugin);
-            keys.push(k.key);
-          }
-        }
+        const factors = hits.map((h) => ({ factorIds: factorIdsOf(h.id, h.factor_ids) }));
+        const evicted = evictedPluginStateKeys(factors, id, ban, pluginState);
+        const plugins = evicted.map((k) => k.plugin);
+        const keys = evicted.map((k) => k.key);
         if (plugins.length > 0) {
           const r = await c.query(
             `DELETE FROM ${this.s}.plugin_state s USING unnest($1::text[], $2::text[]) AS k(plugin, key) WHERE s.plugin = k.plugin AND s.key = k.key`,
@@ -728,22 +626,22 @@ export class PostgresStore implements DataStore {
   }
 
   async getJoinTokenByHash(secretHash: string): Promise<JoinTokenRecord | undefined> {
-    const r = await this.q<TokenRow>('getJoinTokenByHash', `SELECT * FROM ${this.s}.join_tokens WHERE secret_hash = $1`, [secretHash]);
+    const r = await this.q<TokenColumns>('getJoinTokenByHash', `SELECT * FROM ${this.s}.join_tokens WHERE secret_hash = $1`, [secretHash]);
     const row = r.rows[0];
-    return row ? rowToToken(row) : undefined;
+    return row ? tokenFromRow(row, PG_COLUMNS) : undefined;
   }
 
   async useJoinToken(secretHash: string, now: Date): Promise<JoinTokenRecord | undefined> {
     // Concurrent callers queue on the row lock; after the winner commits, the others re-check
     // `used_at IS NULL` against the new row version and update nothing.
-    const r = await this.q<TokenRow>(
+    const r = await this.q<TokenColumns>(
       'useJoinToken',
       `UPDATE ${this.s}.join_tokens SET used_at = $2::timestamptz
        WHERE secret_hash = $1 AND used_at IS NULL AND expires_at > $2::timestamptz RETURNING *`,
       [secretHash, now.toISOString()],
     );
     const row = r.rows[0];
-    return row ? rowToToken(row) : undefined;
+    return row ? tokenFromRow(row, PG_COLUMNS) : undefined;
   }
 
   async createJoinTokenWithAlias(t: JoinTokenRecord, alias: NewEntry): Promise<RegistrationEntry> {
@@ -751,16 +649,12 @@ export class PostgresStore implements DataStore {
       await c.query(this.insertTokenSql(), this.tokenArgs(t));
       return this.insertEntries(c, [alias]);
     });
-    this.entriesWritten(this.writtenChange([entry as RegistrationEntry]));
+    this.entriesWritten(entriesChangeOf([entry as RegistrationEntry]));
     return entry as RegistrationEntry;
   }
 
   private parseJournal(body: string, instance: string): CaJournal {
-    try {
-      return JSON.parse(body) as CaJournal;
-    } catch (e) {
-      throw new SigilError('store.corrupt', `PostgreSQL datastore holds a CA journal for ${instance} that is not valid JSON`, { status: 500, cause: e });
-    }
+    return parseStoredJson<CaJournal>(body, `a CA journal for ${instance}`);
   }
 
   async loadCaJournal(instance: string): Promise<CaJournal | undefined> {
@@ -790,11 +684,7 @@ export class PostgresStore implements DataStore {
     const r = await this.q<{ body: string }>('takeSession', `DELETE FROM ${this.s}.sessions WHERE id = $1 RETURNING body`, [id]);
     const row = r.rows[0];
     if (!row) return undefined;
-    try {
-      return JSON.parse(row.body) as StoredSession;
-    } catch (e) {
-      throw new SigilError('store.corrupt', 'PostgreSQL datastore holds an attestation session that is not valid JSON', { status: 500, cause: e });
-    }
+    return parseStoredJson<StoredSession>(row.body, 'an attestation session');
   }
 
   async hasSession(id: string, now: Date): Promise<boolean> {
@@ -811,12 +701,7 @@ export class PostgresStore implements DataStore {
   async getPluginState(plugin: string, key: string): Promise<unknown | undefined> {
     const r = await this.q<{ value: string }>('getPluginState', `SELECT value FROM ${this.s}.plugin_state WHERE plugin = $1 AND key = $2`, [plugin, key]);
     const row = r.rows[0];
-    if (!row) return undefined;
-    try {
-      return JSON.parse(row.value) as unknown;
-    } catch (e) {
-      throw new SigilError('store.corrupt', `PostgreSQL datastore holds plugin state ${plugin}/${key} that is not valid JSON`, { status: 500, cause: e });
-    }
+    return row ? pluginStateValue(row.value, plugin, key) : undefined;
   }
 
   async putPluginState(plugin: string, key: string, value: unknown): Promise<void> {
@@ -824,13 +709,12 @@ export class PostgresStore implements DataStore {
       'putPluginState',
       `INSERT INTO ${this.s}.plugin_state (plugin, key, value) VALUES ($1, $2, $3)
        ON CONFLICT (plugin, key) DO UPDATE SET value = EXCLUDED.value`,
-      [plugin, key, JSON.stringify(value)],
+      [plugin, key, pluginStateText(value)],
     );
   }
 
   async compareAndSetPluginState(plugin: string, key: string, expected: unknown | undefined, next: unknown): Promise<boolean> {
-    const text = JSON.stringify(next) as string | undefined;
-    if (text === undefined) throw new SigilError('store.invalid_value', 'plugin state value is not JSON-serialisable', { status: 400 });
+    const text = pluginStateText(next);
     if (expected === undefined) {
       // Concurrent creators conflict on the primary key; exactly one inserts.
       const r = await this.q(
@@ -840,7 +724,7 @@ export class PostgresStore implements DataStore {
       );
       return (r.rowCount ?? 0) > 0;
     }
-    const want = JSON.stringify(expected) as string | undefined;
+    const want = pluginStateExpectedText(expected);
     if (want === undefined) return false;
     // The row lock serialises concurrent swaps; a waiter re-checks `value = $4` against the winner's
     // committed value (READ COMMITTED) and updates nothing.
@@ -863,12 +747,12 @@ export class PostgresStore implements DataStore {
 
   async getFederation(trustDomain: string): Promise<FederationRelationship | undefined> {
     const row = (await this.q<{ body: string }>('getFederation', `SELECT body FROM ${this.s}.federations WHERE trust_domain = $1`, [trustDomain])).rows[0];
-    return row ? (JSON.parse(row.body) as FederationRelationship) : undefined;
+    return row ? parseStoredJson<FederationRelationship>(row.body, `the federation relationship with ${trustDomain}`) : undefined;
   }
 
   async listFederations(): Promise<FederationRelationship[]> {
     const r = await this.q<{ body: string }>('listFederations', `SELECT body FROM ${this.s}.federations ORDER BY trust_domain COLLATE "C"`);
-    return r.rows.map((row) => JSON.parse(row.body) as FederationRelationship);
+    return r.rows.map((row) => parseStoredJson<FederationRelationship>(row.body, 'a federation relationship'));
   }
 
   async deleteFederation(trustDomain: string): Promise<boolean> {
@@ -889,13 +773,13 @@ export class PostgresStore implements DataStore {
   }
 
   async getFederatedBundle(trustDomain: string): Promise<FederatedBundleRecord | undefined> {
-    const r = await this.q<PgFedBundleRow>('getFederatedBundle', `SELECT trust_domain, bundle, sequence, updated_at FROM ${this.s}.federated_bundles WHERE trust_domain = $1`, [trustDomain]);
-    return r.rows[0] ? pgFedBundleOf(r.rows[0]) : undefined;
+    const r = await this.q<FederatedBundleColumns>('getFederatedBundle', `SELECT trust_domain, bundle, sequence, updated_at FROM ${this.s}.federated_bundles WHERE trust_domain = $1`, [trustDomain]);
+    return r.rows[0] ? federatedBundleFromRow(r.rows[0], PG_COLUMNS) : undefined;
   }
 
   async listFederatedBundles(): Promise<FederatedBundleRecord[]> {
-    const r = await this.q<PgFedBundleRow>('listFederatedBundles', `SELECT trust_domain, bundle, sequence, updated_at FROM ${this.s}.federated_bundles ORDER BY trust_domain COLLATE "C"`);
-    return r.rows.map(pgFedBundleOf);
+    const r = await this.q<FederatedBundleColumns>('listFederatedBundles', `SELECT trust_domain, bundle, sequence, updated_at FROM ${this.s}.federated_bundles ORDER BY trust_domain COLLATE "C"`);
+    return r.rows.map((row) => federatedBundleFromRow(row, PG_COLUMNS));
   }
 
   async close(): Promise<void> {
@@ -934,11 +818,9 @@ async function migrate(url: string, quoted: string, schema: string, connectTimeo
     await client.query(`INSERT INTO ${quoted}.schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING`);
     const version = Number((await client.query<{ version: number }>(`SELECT version FROM ${quoted}.schema_version WHERE id = 1`)).rows[0]?.version);
     if (!Number.isInteger(version) || version < 0) throw new SigilError('store.corrupt', `schema_version row in schema ${schema} is invalid`, { status: 500 });
-    if (version > MIGRATIONS.length) {
-      throw new SigilError('store.schema_too_new', `datastore schema version ${version} is newer than this Sigil (knows ${MIGRATIONS.length}); upgrade Sigil`, { status: 500 });
-    }
-    for (let v = version; v < MIGRATIONS.length; v++) {
-      const sql = (MIGRATIONS[v] as string).replaceAll('${S}', quoted);
+    for (const step of pendingMigrations(version, MIGRATIONS)) {
+      const v = step.version - 1;
+      const sql = step.migration.replaceAll('${S}', quoted);
       await client.query('BEGIN');
       try {
         await client.query(sql);

@@ -3,11 +3,26 @@
  * or kill -9 of the verifier). Schema changes are versioned migrations applied in one transaction.
  */
 import Database from 'better-sqlite3';
-import { randomUUID } from 'node:crypto';
 import { chmodSync, closeSync, constants as fsc, openSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
 import { makeDirs } from '../util/private-dir.js';
+import { pendingMigrations } from './migrations.js';
+import { evictedPluginStateKeys, pluginStateExpectedText, pluginStateText, pluginStateValue } from './plugin-state.js';
+import {
+  type AgentColumns,
+  type ColumnDecoder,
+  type FederatedBundleColumns,
+  type TokenColumns,
+  agentFromRow,
+  entriesChangeOf,
+  entryFromRow,
+  factorIdsOf,
+  federatedBundleFromRow,
+  newEntryRecord,
+  parseStoredJson,
+  tokenFromRow,
+} from './rows.js';
 import type { FederatedBundleRecord, FederationRelationship } from './types.js';
 import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
@@ -62,20 +77,10 @@ const MIGRATIONS: string[] = [
    CREATE TABLE federated_bundles (trust_domain TEXT PRIMARY KEY REFERENCES federations(trust_domain) ON DELETE CASCADE, bundle TEXT NOT NULL, sequence INTEGER NOT NULL, updated_at TEXT NOT NULL);`,
 ];
 
-interface FedBundleRow {
-  trust_domain: string;
-  bundle: string;
-  sequence: number;
-  updated_at: string;
-}
-
-function fedBundleOf(r: FedBundleRow): FederatedBundleRecord {
-  return { trustDomain: r.trust_domain, bundle: r.bundle, sequence: r.sequence, updatedAt: r.updated_at };
-}
-
 /** Schema version this build creates (SQLite `user_version`). */
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
 
+/** An `entries` row as SQLite binds and returns it. */
 interface EntryRow {
   id: string;
   spiffe_id: string;
@@ -92,72 +97,13 @@ interface EntryRow {
   federates_with: string;
 }
 
-function rowToEntry(r: EntryRow): RegistrationEntry {
-  return {
-    id: r.id,
-    spiffeId: r.spiffe_id,
-    parentId: r.parent_id,
-    selectors: JSON.parse(r.selectors) as string[],
-    x509SvidTtl: r.x509_ttl,
-    jwtSvidTtl: r.jwt_ttl,
-    dnsNames: JSON.parse(r.dns_names) as string[],
-    hint: r.hint,
-    admin: r.admin === 1,
-    expiresAt: r.expires_at,
-    federatesWith: JSON.parse(r.federates_with) as string[],
-    createdAt: r.created_at,
-    revisionNumber: r.revision,
-  };
-}
-
-interface AgentRow {
-  id: string;
-  attestors: string;
-  selectors: string;
-  serial: string;
-  svid_expires_at: string;
-  attested_at: string;
-  banned: number;
-  factor_ids: string;
-}
-
-function factorIdsOf(r: { id: string; factor_ids: string }): string[] {
-  const ids = JSON.parse(r.factor_ids) as string[];
-  return ids.length > 0 ? ids : [r.id];
-}
-
-function rowToAgent(r: AgentRow): AgentRecord {
-  return {
-    id: r.id,
-    attestors: JSON.parse(r.attestors) as string[],
-    selectors: JSON.parse(r.selectors) as string[],
-    serial: r.serial,
-    svidExpiresAt: r.svid_expires_at,
-    attestedAt: r.attested_at,
-    banned: r.banned === 1,
-    factorIds: factorIdsOf(r),
-  };
-}
-
-interface TokenRow {
-  id: string;
-  secret_hash: string;
-  expires_at: string;
-  used_at: string | null;
-  spiffe_id: string | null;
-  created_at: string;
-}
-
-function rowToToken(r: TokenRow): JoinTokenRecord {
-  return { id: r.id, secretHash: r.secret_hash, expiresAt: r.expires_at, usedAt: r.used_at, spiffeId: r.spiffe_id, createdAt: r.created_at };
-}
-
-/** The stored text of a plugin state value; refuses what JSON cannot represent. */
-function pluginStateText(value: unknown): string {
-  const text = JSON.stringify(value) as string | undefined;
-  if (text === undefined) throw new SigilError('store.invalid_value', 'plugin state value is not JSON-serialisable', { status: 400 });
-  return text;
-}
+/** SQLite returns JSON arrays as text, integers as numbers, booleans as 0/1, times as ISO text. */
+const SQLITE_COLUMNS: ColumnDecoder = {
+  list: (v, column) => parseStoredJson<string[]>(v as string, `a ${column} column`),
+  int: (v) => v as number,
+  bool: (v) => v === 1,
+  time: (v) => v as string,
+};
 
 /** The files SQLite keeps for a database in WAL mode (and the rollback journal of an older one). */
 const DB_FILE_SUFFIXES = ['', '-wal', '-shm', '-journal'];
@@ -272,14 +218,10 @@ export class SqliteStore implements DataStore {
 
   private migrate(): void {
     const version = this.db.pragma('user_version', { simple: true }) as number;
-    if (version > MIGRATIONS.length) {
-      throw new SigilError('store.schema_too_new', `datastore schema version ${version} is newer than this Sigil (knows ${MIGRATIONS.length}); upgrade Sigil`, { status: 500 });
-    }
-    for (let v = version; v < MIGRATIONS.length; v++) {
-      const sql = MIGRATIONS[v] as string;
+    for (const step of pendingMigrations(version, MIGRATIONS)) {
       this.db.transaction(() => {
-        this.db.exec(sql);
-        this.db.pragma(`user_version = ${v + 1}`);
+        this.db.exec(step.migration);
+        this.db.pragma(`user_version = ${step.version}`);
       })();
     }
   }
@@ -290,20 +232,21 @@ export class SqliteStore implements DataStore {
 
   private insertEntryRow(e: NewEntry): RegistrationEntry {
     const rev = (this.stmt.bumpRevision!.get() as { v: number }).v;
+    const entry = newEntryRecord(e, rev, new Date().toISOString());
     const row: EntryRow = {
-      id: e.id ?? randomUUID(),
-      spiffe_id: e.spiffeId,
-      parent_id: e.parentId,
-      selectors: JSON.stringify([...e.selectors].sort()),
-      x509_ttl: e.x509SvidTtl,
-      jwt_ttl: e.jwtSvidTtl,
-      dns_names: JSON.stringify(e.dnsNames),
-      hint: e.hint,
-      admin: e.admin ? 1 : 0,
-      expires_at: e.expiresAt,
-      created_at: new Date().toISOString(),
-      revision: rev,
-      federates_with: JSON.stringify([...(e.federatesWith ?? [])].sort()),
+      id: entry.id,
+      spiffe_id: entry.spiffeId,
+      parent_id: entry.parentId,
+      selectors: JSON.stringify(entry.selectors),
+      x509_ttl: entry.x509SvidTtl,
+      jwt_ttl: entry.jwtSvidTtl,
+      dns_names: JSON.stringify(entry.dnsNames),
+      hint: entry.hint,
+      admin: entry.admin ? 1 : 0,
+      expires_at: entry.expiresAt,
+      created_at: entry.createdAt,
+      revision: entry.revisionNumber,
+      federates_with: JSON.stringify(entry.federatesWith),
     };
     try {
       this.stmt.insertEntry!.run(row);
@@ -311,23 +254,13 @@ export class SqliteStore implements DataStore {
       if (String(err).includes('UNIQUE')) throw new SigilError('entry.exists', `an entry with id ${row.id} already exists`, { status: 409 });
       throw err;
     }
-    return rowToEntry(row);
+    return entry;
   }
 
   /** Tell the entry watchers about entries written by a transaction that has just committed. */
   private entriesWritten(written: { parentId: string; selectors: string[]; revisionNumber: number }[]): void {
     if (written.length === 0 || this.entryListeners.size === 0) return;
-    let lo = Infinity;
-    let hi = -Infinity;
-    for (const e of written) {
-      lo = Math.min(lo, e.revisionNumber);
-      hi = Math.max(hi, e.revisionNumber);
-    }
-    const change: EntriesChange = {
-      fromRevision: lo - 1,
-      toRevision: hi,
-      entries: written.map((e) => ({ parentId: e.parentId, selectors: e.selectors })),
-    };
+    const change = entriesChangeOf(written);
     for (const l of this.entryListeners) l(change);
   }
 
@@ -352,7 +285,7 @@ export class SqliteStore implements DataStore {
 
   async getEntry(id: string): Promise<RegistrationEntry | undefined> {
     const r = this.stmt.getEntry!.get(id) as EntryRow | undefined;
-    return r ? rowToEntry(r) : undefined;
+    return r ? entryFromRow(r, SQLITE_COLUMNS) : undefined;
   }
 
   async deleteEntry(id: string): Promise<boolean> {
@@ -360,7 +293,7 @@ export class SqliteStore implements DataStore {
       const row = this.stmt.getEntry!.get(id) as EntryRow | undefined;
       if (!row || this.stmt.deleteEntry!.run(id).changes === 0) return undefined;
       const rev = (this.stmt.bumpRevision!.get() as { v: number }).v;
-      return { parentId: row.parent_id, selectors: JSON.parse(row.selectors) as string[], revisionNumber: rev };
+      return { parentId: row.parent_id, selectors: SQLITE_COLUMNS.list(row.selectors, 'selectors'), revisionNumber: rev };
     })();
     if (gone) this.entriesWritten([gone]);
     return gone !== undefined;
@@ -379,7 +312,7 @@ export class SqliteStore implements DataStore {
     }
     const sql = `SELECT * FROM entries ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at, id LIMIT ? OFFSET ?`;
     args.push(opts.limit ?? -1, opts.offset ?? 0);
-    return (this.db.prepare(sql).all(...args) as EntryRow[]).map(rowToEntry);
+    return (this.db.prepare(sql).all(...args) as EntryRow[]).map((r) => entryFromRow(r, SQLITE_COLUMNS));
   }
 
   async entriesByParents(parentIds: string[]): Promise<RegistrationEntry[]> {
@@ -389,7 +322,7 @@ export class SqliteStore implements DataStore {
     for (let i = 0; i < parentIds.length; i += 500) {
       const chunk = parentIds.slice(i, i + 500);
       const rows = this.inStatement(chunk.length).all(...chunk) as EntryRow[];
-      for (const r of rows) out.push(rowToEntry(r));
+      for (const r of rows) out.push(entryFromRow(r, SQLITE_COLUMNS));
     }
     return out;
   }
@@ -429,12 +362,12 @@ export class SqliteStore implements DataStore {
   }
 
   async getAgent(id: string): Promise<AgentRecord | undefined> {
-    const r = this.stmt.getAgent!.get(id) as AgentRow | undefined;
-    return r ? rowToAgent(r) : undefined;
+    const r = this.stmt.getAgent!.get(id) as AgentColumns | undefined;
+    return r ? agentFromRow(r, SQLITE_COLUMNS) : undefined;
   }
 
   async listAgents(): Promise<AgentRecord[]> {
-    return (this.stmt.listAgents!.all() as AgentRow[]).map(rowToAgent);
+    return (this.stmt.listAgents!.all() as AgentColumns[]).map((r) => agentFromRow(r, SQLITE_COLUMNS));
   }
 
   async evictAgent(id: string, ban: boolean, pluginState?: (agentId: string) => PluginStateKey[]): Promise<boolean> {
@@ -449,14 +382,9 @@ export class SqliteStore implements DataStore {
       if (ban && hits.length === 0) return false;
       let changed = hits.length > 0;
       if (pluginState) {
-        const done = new Set<string>();
-        for (const fid of new Set([...hits.flatMap(factorIdsOf), ...(ban ? [] : [id])])) {
-          for (const k of pluginState(fid)) {
-            const tag = JSON.stringify([k.plugin, k.key]);
-            if (done.has(tag)) continue;
-            done.add(tag);
-            if (this.stmt.deleteState!.run(k.plugin, k.key).changes > 0) changed = true;
-          }
+        const factors = hits.map((h) => ({ factorIds: factorIdsOf(h.id, SQLITE_COLUMNS.list(h.factor_ids, 'factor_ids')) }));
+        for (const k of evictedPluginStateKeys(factors, id, ban, pluginState)) {
+          if (this.stmt.deleteState!.run(k.plugin, k.key).changes > 0) changed = true;
         }
       }
       return changed;
@@ -472,13 +400,13 @@ export class SqliteStore implements DataStore {
   }
 
   async getJoinTokenByHash(secretHash: string): Promise<JoinTokenRecord | undefined> {
-    const r = this.stmt.tokenByHash!.get(secretHash) as TokenRow | undefined;
-    return r ? rowToToken(r) : undefined;
+    const r = this.stmt.tokenByHash!.get(secretHash) as TokenColumns | undefined;
+    return r ? tokenFromRow(r, SQLITE_COLUMNS) : undefined;
   }
 
   async useJoinToken(secretHash: string, now: Date): Promise<JoinTokenRecord | undefined> {
-    const r = this.stmt.useToken!.get({ hash: secretHash, now: now.toISOString() }) as TokenRow | undefined;
-    return r ? rowToToken(r) : undefined;
+    const r = this.stmt.useToken!.get({ hash: secretHash, now: now.toISOString() }) as TokenColumns | undefined;
+    return r ? tokenFromRow(r, SQLITE_COLUMNS) : undefined;
   }
 
   async createJoinTokenWithAlias(t: JoinTokenRecord, alias: NewEntry): Promise<RegistrationEntry> {
@@ -492,7 +420,7 @@ export class SqliteStore implements DataStore {
 
   async loadCaJournal(instance: string): Promise<CaJournal | undefined> {
     const r = this.stmt.loadJournal!.get(instance) as { body: string } | undefined;
-    return r ? (JSON.parse(r.body) as CaJournal) : undefined;
+    return r ? parseStoredJson<CaJournal>(r.body, `a CA journal for ${instance}`) : undefined;
   }
 
   async saveCaJournal(instance: string, j: CaJournal): Promise<void> {
@@ -500,7 +428,7 @@ export class SqliteStore implements DataStore {
   }
 
   async listCaJournals(): Promise<{ instance: string; journal: CaJournal }[]> {
-    return (this.stmt.listJournals!.all() as { instance: string; body: string }[]).map((r) => ({ instance: r.instance, journal: JSON.parse(r.body) as CaJournal }));
+    return (this.stmt.listJournals!.all() as { instance: string; body: string }[]).map((r) => ({ instance: r.instance, journal: parseStoredJson<CaJournal>(r.body, `a CA journal for ${r.instance}`) }));
   }
 
   async putSession(sess: StoredSession): Promise<void> {
@@ -509,7 +437,7 @@ export class SqliteStore implements DataStore {
 
   async takeSession(id: string): Promise<StoredSession | undefined> {
     const r = this.stmt.takeSession!.get(id) as { body: string } | undefined;
-    return r ? (JSON.parse(r.body) as StoredSession) : undefined;
+    return r ? parseStoredJson<StoredSession>(r.body, 'an attestation session') : undefined;
   }
 
   async hasSession(id: string, now: Date): Promise<boolean> {
@@ -523,11 +451,11 @@ export class SqliteStore implements DataStore {
 
   async getPluginState(plugin: string, key: string): Promise<unknown | undefined> {
     const r = this.stmt.getState!.get(plugin, key) as { value: string } | undefined;
-    return r ? (JSON.parse(r.value) as unknown) : undefined;
+    return r ? pluginStateValue(r.value, plugin, key) : undefined;
   }
 
   async putPluginState(plugin: string, key: string, value: unknown): Promise<void> {
-    this.stmt.putState!.run(plugin, key, JSON.stringify(value));
+    this.stmt.putState!.run(plugin, key, pluginStateText(value));
   }
 
   async compareAndSetPluginState(plugin: string, key: string, expected: unknown | undefined, next: unknown): Promise<boolean> {
@@ -535,7 +463,7 @@ export class SqliteStore implements DataStore {
     // One statement each: SQLite runs it under its write lock, so the comparison and the write
     // cannot be separated by another connection's write.
     if (expected === undefined) return this.stmt.createStateIfAbsent!.run(plugin, key, text).changes > 0;
-    const want = JSON.stringify(expected) as string | undefined;
+    const want = pluginStateExpectedText(expected);
     if (want === undefined) return false; // not a JSON value: nothing stored can equal it
     return this.stmt.swapState!.run(text, plugin, key, want).changes > 0;
   }
@@ -551,11 +479,11 @@ export class SqliteStore implements DataStore {
 
   async getFederation(trustDomain: string): Promise<FederationRelationship | undefined> {
     const row = this.db.prepare('SELECT body FROM federations WHERE trust_domain = ?').get(trustDomain) as { body: string } | undefined;
-    return row ? (JSON.parse(row.body) as FederationRelationship) : undefined;
+    return row ? parseStoredJson<FederationRelationship>(row.body, `the federation relationship with ${trustDomain}`) : undefined;
   }
 
   async listFederations(): Promise<FederationRelationship[]> {
-    return (this.db.prepare('SELECT body FROM federations ORDER BY trust_domain').all() as { body: string }[]).map((r) => JSON.parse(r.body) as FederationRelationship);
+    return (this.db.prepare('SELECT body FROM federations ORDER BY trust_domain').all() as { body: string }[]).map((r) => parseStoredJson<FederationRelationship>(r.body, 'a federation relationship'));
   }
 
   async deleteFederation(trustDomain: string): Promise<boolean> {
@@ -578,12 +506,12 @@ export class SqliteStore implements DataStore {
   }
 
   async getFederatedBundle(trustDomain: string): Promise<FederatedBundleRecord | undefined> {
-    const row = this.db.prepare('SELECT trust_domain, bundle, sequence, updated_at FROM federated_bundles WHERE trust_domain = ?').get(trustDomain) as FedBundleRow | undefined;
-    return row ? fedBundleOf(row) : undefined;
+    const row = this.db.prepare('SELECT trust_domain, bundle, sequence, updated_at FROM federated_bundles WHERE trust_domain = ?').get(trustDomain) as FederatedBundleColumns | undefined;
+    return row ? federatedBundleFromRow(row, SQLITE_COLUMNS) : undefined;
   }
 
   async listFederatedBundles(): Promise<FederatedBundleRecord[]> {
-    return (this.db.prepare('SELECT trust_domain, bundle, sequence, updated_at FROM federated_bundles ORDER BY trust_domain').all() as FedBundleRow[]).map(fedBundleOf);
+    return (this.db.prepare('SELECT trust_domain, bundle, sequence, updated_at FROM federated_bundles ORDER BY trust_domain').all() as FederatedBundleColumns[]).map((r) => federatedBundleFromRow(r, SQLITE_COLUMNS));
   }
 
   async close(): Promise<void> {
