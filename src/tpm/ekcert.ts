@@ -1,30 +1,35 @@
 /**
- * EK certificate validation per the TCG EK Credential Profile for TPM 2.0:
- * the critical subjectAltName directoryName carrying tcg-at-tpmManufacturer /
- * tpmModel / tpmVersion (2.23.133.2.1/2/3) is parsed with @peculiar/asn1-x509;
- * any other unknown critical extension is rejected; the chain is built to the
- * configured `ekCa` certificates (hello intermediates are untrusted helpers),
- * with signatures, validity at the given time and issuer basicConstraints checked.
- * Pure: certificates and time in, typed result or SigilError out.
+ * EK certificate validation per the TCG EK Credential Profile for TPM 2.0, on the X.509 toolkit
+ * (src/x509): certificates are parsed with `parseCertificateAnyKey` under the EK profile
+ * (`EK_PARSE`: BER tolerated, RSASSA-PSS and the SHA-1 algorithms accepted, see below), the
+ * critical subjectAltName directoryName carrying tcg-at-tpmManufacturer / tpmModel / tpmVersion
+ * (2.23.133.2.1/2/3) is decoded with `asn1Extension`; any other unknown critical extension is
+ * rejected; the chain is built to the configured `ekCa` certificates (hello intermediates are
+ * untrusted helpers), with signatures (toolkit `signatureVerifies`, links remembered in a
+ * `LinkCache`), validity at the given time (`validityProblem`) and issuer basicConstraints /
+ * keyUsage (`checkCanIssue`) checked. Pure: certificates and time in, typed result or SigilError out.
+ *
+ * Quirks of EK certificates the toolkit tolerates here, and why (all were accepted before the EK
+ * path moved onto the toolkit, and test/tpm/ekcert-claims.test.ts pins them):
+ * - BER where RFC 5280 wants DER (`ParseOptions.ber`): vendors' EK certificates carry non-minimal
+ *   INTEGERs and lengths, explicit critical FALSE, BOOLEAN TRUE as 01, GeneralizedTime before
+ *   2050, long or negative serial numbers, multi-valued RDNs in TCG order rather than DER order.
+ * - SHA-1 signatures (sha1WithRSAEncryption, ecdsa-with-SHA1) from older EK CAs: accepted on this
+ *   path only, by naming them in `EK_SIGNATURE_ALGORITHMS`; nowhere else in Sigil.
+ * - RSASSA-PSS signatures (`pss`), RSA and EC keys of any size node:crypto imports (the EK key is
+ *   compared with the TPM's, not used to sign), an empty subject, missing keyUsage, the critical
+ *   subjectAltName with a directoryName (understood here, so not "unknown critical").
+ * - Zero padding after the certificate, as TPM NV indices often hold it.
  */
-import 'reflect-metadata';
 import { createHash, createPublicKey } from 'node:crypto';
 import { AsnConvert } from '@peculiar/asn1-schema';
-import {
-  BasicConstraints,
-  Certificate,
-  ExtendedKeyUsage,
-  KeyUsage,
-  KeyUsageFlags,
-  Name as AsnName,
-  SubjectAlternativeName,
-} from '@peculiar/asn1-x509';
-import { RSAPublicKey } from '@peculiar/asn1-rsa';
-import { ECParameters } from '@peculiar/asn1-ecc';
-import { X509Certificate } from '@peculiar/x509';
+import { Name as AsnName, SubjectAlternativeName } from '@peculiar/asn1-x509';
 import { SigilError, errorMessage } from '../errors.js';
-import { TAG, readTlv } from '../x509/der.js';
+import { parseCertificateAnyKey, asn1Extension, extensionOf, type AnyKeyCertificate, type ParseOptions } from '../x509/cert.js';
+import { LinkCache, checkCanIssue, signatureVerifies } from '../x509/chain.js';
+import { TAG, children, decodeOid, readSingle, readTlv } from '../x509/der.js';
 import { certificatesFromBytes as readCertificateBytes } from '../x509/pem.js';
+import { DEFAULT_SIG_ALG_OIDS, OID_ECDSA_WITH_SHA1, OID_SHA1_WITH_RSA } from '../x509/sigalg.js';
 import { validityProblem } from '../x509/validity.js';
 import { CURVES } from './constants.js';
 import { padTo } from './keys.js';
@@ -45,19 +50,28 @@ const OID = {
   ecPublicKey: '1.2.840.10045.2.1',
 } as const;
 
+/**
+ * Signature algorithms EK chains accept (docs/tpm.md): ECDSA and RSA PKCS#1 v1.5 with SHA-256/384/512,
+ * RSASSA-PSS (SHA-256/384/512), and — on this path only — sha1WithRSAEncryption and ecdsa-with-SHA1.
+ */
+export const EK_SIGNATURE_ALGORITHMS: readonly string[] = [...DEFAULT_SIG_ALG_OIDS, OID_SHA1_WITH_RSA, OID_ECDSA_WITH_SHA1];
+
+/** Limits for certificates sent by an agent. */
+export const EK_LIMITS = { certBytes: 16 * 1024, intermediates: 8, depth: 8 } as const;
+
+/** How the toolkit parses certificates on the EK path. */
+const EK_PARSE: ParseOptions = { maxBytes: EK_LIMITS.certBytes, pss: true, algorithms: EK_SIGNATURE_ALGORITHMS, ber: true };
+
 /** Critical extensions Sigil understands on an EK (leaf) certificate. */
 const LEAF_CRITICAL_OK = new Set<string>([OID.keyUsage, OID.basicConstraints, OID.subjectAltName, OID.extKeyUsage]);
 /** Critical extensions Sigil understands on an issuing CA certificate. */
 const CA_CRITICAL_OK = new Set<string>([OID.keyUsage, OID.basicConstraints]);
 
-/** Limits for certificates sent by an agent. */
-export const EK_LIMITS = { certBytes: 16 * 1024, intermediates: 8, depth: 8 } as const;
-
+/** A toolkit certificate with what the EK path reads from it. */
 export interface ParsedCert {
   der: Buffer;
   sha256: string;
-  asn: Certificate;
-  x509: X509Certificate;
+  cert: AnyKeyCertificate;
   subjectDer: Buffer;
   issuerDer: Buffer;
   selfIssued: boolean;
@@ -66,6 +80,12 @@ export interface ParsedCert {
   criticalExtensions: string[];
   basicConstraints?: { cA: boolean; pathLen?: number };
   keyUsage?: number;
+  /** Serial number as the `ekCertSerial` claim carries it (see `claimSerial`). */
+  serialNumber: string;
+  /** Issuer Name as the `ekCertIssuer` claim carries it (see `claimName`). */
+  issuer: string;
+  /** Subject Name in the same form. */
+  subject: string;
 }
 
 export interface TpmIdentity {
@@ -92,6 +112,63 @@ function derLength(buf: Buffer): number {
   }
 }
 
+/**
+ * The `ekCertSerial` claim: the serialNumber INTEGER's content octets in lowercase hex, as
+ * encoded, less the one 00 octet that pads a positive number whose top bit is set (the form the
+ * claim has always had: "0a1b", "ff1b" for 00 ff 1b, "000a" for a non-minimal 00 0a).
+ */
+function claimSerial(serial: Buffer): string {
+  const s = serial.length > 1 && serial[0] === 0 && serial[1]! > 0x7f ? serial.subarray(1) : serial;
+  return s.toString('hex');
+}
+
+/** Short names of the `ekCertIssuer` claim's Name form. */
+const CLAIM_NAME_SHORT: Record<string, string> = {
+  '2.5.4.3': 'CN',
+  '2.5.4.7': 'L',
+  '2.5.4.8': 'ST',
+  '2.5.4.10': 'O',
+  '2.5.4.11': 'OU',
+  '2.5.4.6': 'C',
+  '0.9.2342.19200300.100.1.25': 'DC',
+  '1.2.840.113549.1.9.1': 'E',
+  '2.5.4.42': 'G',
+  '2.5.4.43': 'I',
+  '2.5.4.4': 'SN',
+  '2.5.4.12': 'T',
+};
+
+function claimEscape(v: string): string {
+  return v
+    .replace(/([,+"\\<>;])/g, '\\$1')
+    .replace(/^([ #])/, '\\$1')
+    .replace(/([ ]$)/, '\\$1')
+    .replace(/([\r\n\t])/, (c) => `\\${Buffer.from(c, 'utf8').toString('hex').toUpperCase()}`);
+}
+
+/**
+ * The Name form of the `ekCertIssuer` claim, frozen so claims stay byte for byte what they have
+ * always been: RDNs in encoded order joined by ", ", attributes of one RDN by "+", the short names
+ * above (others dotted), string values escaped (only the first CR/LF/TAB as \XX) and any other
+ * value type as "#" and the hex of its DER. The strings are decoded by asn1-x509's Name schema.
+ * (The toolkit's own `subject`/`issuer` are RFC 4514 strings; they are used in messages.)
+ */
+function claimName(nameDer: Buffer): string {
+  const name = AsnConvert.parse(nameDer, AsnName);
+  return name
+    .map((rdn) =>
+      rdn
+        .map((atv) => {
+          const type = CLAIM_NAME_SHORT[atv.type] ?? atv.type;
+          const v = atv.value;
+          const value = v.anyValue ? `#${Buffer.from(v.anyValue).toString('hex')}` : claimEscape(v.toString());
+          return `${type}=${value}`;
+        })
+        .join('+'),
+    )
+    .join(', ');
+}
+
 /** Parse one DER certificate (trailing zero padding from TPM NV storage is tolerated, other trailing bytes are not). */
 export function parseCertificate(input: Buffer, what: string, code = 'tpm.ek_cert_malformed'): ParsedCert {
   if (input.length > EK_LIMITS.certBytes) throw new SigilError(code, `${what} is ${input.length} bytes, more than ${EK_LIMITS.certBytes}`);
@@ -100,43 +177,29 @@ export function parseCertificate(input: Buffer, what: string, code = 'tpm.ek_cer
   if (input.subarray(len).some((b) => b !== 0)) throw new SigilError(code, `${what} has trailing bytes after the certificate`);
   const der = Buffer.from(input.subarray(0, len));
   try {
-    const asn = AsnConvert.parse(der, Certificate);
-    const x509 = new X509Certificate(der);
-    const tbs = asn.tbsCertificate;
-    const subjectDer = Buffer.from(AsnConvert.serialize(tbs.subject));
-    const issuerDer = Buffer.from(AsnConvert.serialize(tbs.issuer));
-    const critical: string[] = [];
-    let basicConstraints: ParsedCert['basicConstraints'];
-    let keyUsage: number | undefined;
-    const seen = new Set<string>();
-    for (const ext of tbs.extensions ?? []) {
-      if (seen.has(ext.extnID)) throw new SigilError(code, `${what} repeats extension ${ext.extnID}`);
-      seen.add(ext.extnID);
-      if (ext.critical) critical.push(ext.extnID);
-      if (ext.extnID === OID.basicConstraints) {
-        const bc = AsnConvert.parse(ext.extnValue.buffer, BasicConstraints);
-        basicConstraints = bc.pathLenConstraint === undefined ? { cA: bc.cA } : { cA: bc.cA, pathLen: bc.pathLenConstraint };
-      } else if (ext.extnID === OID.keyUsage) {
-        keyUsage = AsnConvert.parse(ext.extnValue.buffer, KeyUsage).toNumber();
-      }
-    }
+    const cert = parseCertificateAnyKey(der, EK_PARSE);
     const out: ParsedCert = {
       der,
-      sha256: createHash('sha256').update(der).digest('hex'),
-      asn,
-      x509,
-      subjectDer,
-      issuerDer,
-      selfIssued: subjectDer.equals(issuerDer),
-      notBefore: x509.notBefore,
-      notAfter: x509.notAfter,
-      criticalExtensions: critical,
+      sha256: cert.sha256,
+      cert,
+      subjectDer: cert.subjectDer,
+      issuerDer: cert.issuerDer,
+      selfIssued: cert.subjectDer.equals(cert.issuerDer),
+      notBefore: cert.notBefore,
+      notAfter: cert.notAfter,
+      criticalExtensions: cert.extensions.filter((e) => e.critical).map((e) => e.oid),
+      serialNumber: claimSerial(cert.serial),
+      issuer: claimName(cert.issuerDer),
+      subject: claimName(cert.subjectDer),
     };
-    if (basicConstraints) out.basicConstraints = basicConstraints;
-    if (keyUsage !== undefined) out.keyUsage = keyUsage;
+    if (cert.basicConstraints) {
+      const bc = cert.basicConstraints;
+      out.basicConstraints = bc.pathLen === undefined ? { cA: bc.ca } : { cA: bc.ca, pathLen: bc.pathLen };
+    }
+    if (cert.keyUsage) out.keyUsage = cert.keyUsage.flags;
     return out;
   } catch (e) {
-    if (e instanceof SigilError) throw e;
+    if (e instanceof SigilError && !e.code.startsWith('x509.')) throw e;
     throw new SigilError(code, `${what} could not be parsed: ${errorMessage(e)}`, { cause: e });
   }
 }
@@ -152,13 +215,13 @@ export function certificatesFromBytes(data: Buffer, what: string): Buffer[] {
 
 /** TPM manufacturer / model / version from the EK certificate's subjectAltName directoryName. */
 export function tpmIdentity(cert: ParsedCert): TpmIdentity {
-  const exts = (cert.asn.tbsCertificate.extensions ?? []).filter((e) => e.extnID === OID.subjectAltName);
-  const ext = exts[0];
+  const ext = extensionOf(cert.cert, OID.subjectAltName);
   if (!ext) return {};
   const id: TpmIdentity = {};
   let san: SubjectAlternativeName;
   try {
-    san = AsnConvert.parse(ext.extnValue.buffer, SubjectAlternativeName);
+    // asn1-x509's schema decodes the directoryName's strings (UTF8, Printable, IA5, Teletex, BMP, Universal).
+    san = asn1Extension(cert.cert, OID.subjectAltName, SubjectAlternativeName) ?? new SubjectAlternativeName();
   } catch (e) {
     throw new SigilError('tpm.ek_cert_san_invalid', `EK certificate subjectAltName could not be parsed: ${errorMessage(e)}`, { cause: e });
   }
@@ -192,14 +255,10 @@ function checkLeafExtensions(leaf: ParsedCert): void {
     if (!LEAF_CRITICAL_OK.has(oid)) throw new SigilError('tpm.ek_cert_unknown_critical_extension', `EK certificate has unknown critical extension ${oid}`);
   }
   if (leaf.basicConstraints?.cA) throw new SigilError('tpm.ek_cert_invalid', 'EK certificate is a CA certificate (basicConstraints cA=TRUE)');
-  const eku = (leaf.asn.tbsCertificate.extensions ?? []).find((e) => e.extnID === OID.extKeyUsage);
+  const eku = extensionOf(leaf.cert, OID.extKeyUsage);
   if (eku?.critical) {
-    let list: string[];
-    try {
-      list = AsnConvert.parse(eku.extnValue.buffer, ExtendedKeyUsage).map(String);
-    } catch (e) {
-      throw new SigilError('tpm.ek_cert_malformed', 'EK certificate extendedKeyUsage could not be parsed', { cause: e });
-    }
+    // Decoded (BER tolerated) by the toolkit's parser; a value that does not decode was refused there.
+    const list = leaf.cert.extKeyUsage ?? [];
     if (!list.includes(OID.tcgKpEkCertificate) && !list.includes(OID.anyExtendedKeyUsage)) {
       throw new SigilError('tpm.ek_cert_invalid', 'EK certificate has a critical extendedKeyUsage without tcg-kp-EKCertificate (2.23.133.8.1)');
     }
@@ -209,10 +268,10 @@ function checkLeafExtensions(leaf: ParsedCert): void {
 function checkTime(c: ParsedCert, at: Date, role: string): void {
   const p = validityProblem(c, at);
   if (p === 'x509.not_yet_valid') {
-    throw new SigilError('tpm.ek_cert_expired', `${role} (${c.x509.subject}) is not valid before ${c.notBefore.toISOString()} (checked at ${at.toISOString()})`);
+    throw new SigilError('tpm.ek_cert_expired', `${role} (${c.cert.subject}) is not valid before ${c.notBefore.toISOString()} (checked at ${at.toISOString()})`);
   }
   if (p === 'x509.expired') {
-    throw new SigilError('tpm.ek_cert_expired', `${role} (${c.x509.subject}) expired ${c.notAfter.toISOString()} (checked at ${at.toISOString()})`);
+    throw new SigilError('tpm.ek_cert_expired', `${role} (${c.cert.subject}) expired ${c.notAfter.toISOString()} (checked at ${at.toISOString()})`);
   }
 }
 
@@ -224,21 +283,30 @@ function checkIssuer(ca: ParsedCert, intermediatesBelow: number, configured: boo
   if (ca.basicConstraints.pathLen !== undefined && intermediatesBelow > ca.basicConstraints.pathLen) {
     return `pathLenConstraint ${ca.basicConstraints.pathLen} is exceeded`;
   }
-  if (ca.keyUsage !== undefined && (ca.keyUsage & KeyUsageFlags.keyCertSign) === 0) return 'keyUsage lacks keyCertSign';
+  try {
+    checkCanIssue(ca.cert, 'issuer');
+  } catch (e) {
+    return errorMessage(e).replace(/^issuer /, '');
+  }
   return null;
 }
 
-async function signedBy(child: ParsedCert, issuer: ParsedCert): Promise<boolean> {
-  try {
-    return await child.x509.verify({ publicKey: issuer.x509.publicKey, signatureOnly: true });
-  } catch {
-    return false;
-  }
+/** Signature of `child` under `issuer`'s key with the EK algorithms, remembered per (child, issuer) in `links`. */
+function signedBy(child: ParsedCert, issuer: ParsedCert, links: LinkCache): boolean {
+  return links.check(child, issuer, () => {
+    try {
+      return signatureVerifies(child.cert, issuer.cert, EK_SIGNATURE_ALGORITHMS);
+    } catch {
+      return false; // an issuer key node:crypto cannot import verifies nothing
+    }
+  });
 }
 
 /** Trusted EK CA certificates (roots and intermediates named in the `ekCa` config). */
 export class EkTrustStore {
   readonly certs: ParsedCert[];
+  /** Verified (child, issuer) signature links under these anchors. */
+  readonly links = new LinkCache(1024);
   private readonly byDer: Set<string>;
 
   constructor(ders: Buffer[]) {
@@ -285,7 +353,7 @@ export class EkCertVerifier {
       this.cache.set(key, hit);
       return hit.result;
     }
-    const result = await verifyEkChain(ekCertDer, intermediatesDer, this.trust, at);
+    const result = verifyEkChainSync(ekCertDer, intermediatesDer, this.trust, at);
     if (this.cache.size >= this.maxCache) {
       const oldest = this.cache.keys().next().value;
       if (oldest !== undefined) this.cache.delete(oldest);
@@ -301,6 +369,10 @@ export class EkCertVerifier {
 
 /** Build and check the EK certificate path to a configured certificate (uncached). */
 export async function verifyEkChain(ekCertDer: Buffer, intermediatesDer: Buffer[], trust: EkTrustStore, at: Date): Promise<EkChainResult> {
+  return Promise.resolve(verifyEkChainSync(ekCertDer, intermediatesDer, trust, at));
+}
+
+function verifyEkChainSync(ekCertDer: Buffer, intermediatesDer: Buffer[], trust: EkTrustStore, at: Date): EkChainResult {
   const leaf = parseCertificate(ekCertDer, 'EK certificate');
   checkLeafExtensions(leaf);
   const identity = tpmIdentity(leaf);
@@ -323,11 +395,11 @@ export async function verifyEkChain(ekCertDer: Buffer, intermediatesDer: Buffer[
       const configured = trust.isTrusted(cand);
       const problem = checkIssuer(cand, chain.length - 1, configured);
       if (problem) {
-        reasons.push(`issuer ${cand.x509.subject} ${problem}`);
+        reasons.push(`issuer ${cand.cert.subject} ${problem}`);
         continue;
       }
-      if (!(await signedBy(current, cand))) {
-        reasons.push(`signature of ${current.x509.subject} does not verify with ${cand.x509.subject}`);
+      if (!signedBy(current, cand, trust.links)) {
+        reasons.push(`signature of ${current.cert.subject} does not verify with ${cand.cert.subject}`);
         continue;
       }
       next = cand;
@@ -340,14 +412,10 @@ export async function verifyEkChain(ekCertDer: Buffer, intermediatesDer: Buffer[
     if (trust.isTrusted(next)) reachedTrust = true;
   }
   if (!reachedTrust) {
-    const why = reasons.length > 0 ? `: ${reasons.join('; ')}` : `: no configured ekCa certificate issued ${current.x509.subject} (issuer ${current.x509.issuer})`;
+    const why = reasons.length > 0 ? `: ${reasons.join('; ')}` : `: no configured ekCa certificate issued ${current.cert.subject} (issuer ${current.cert.issuer})`;
     throw new SigilError('tpm.ek_untrusted', `EK certificate does not chain to a configured ekCa certificate${why}`);
   }
   return { chain, anchor: current, identity };
-}
-
-function bufFromArrayBuffer(b: ArrayBuffer): Buffer {
-  return Buffer.from(new Uint8Array(b));
 }
 
 function mismatch(why: string): never {
@@ -365,24 +433,47 @@ function stripZeros(b: Buffer): Buffer {
 /** Key material of a certificate, computed once per parsed certificate (cached chains reuse it). */
 const certKeys = new WeakMap<ParsedCert, CertKey>();
 
+/** The SPKI's algorithm OID, its parameters (curve OID when an OID) and the subjectPublicKey bits, read BER-tolerantly. */
+function spkiParts(cert: ParsedCert): { alg: string; curveOid: string | undefined; keyBits: Buffer } {
+  const code = 'tpm.ek_cert_malformed';
+  const spki = cert.cert.spki;
+  const top = readSingle(spki, code, TAG.SEQUENCE, true);
+  const [algT, bitsT] = children(spki, top, code, true);
+  if (!algT || !bitsT || algT.tag !== TAG.SEQUENCE || bitsT.tag !== TAG.BIT_STRING || bitsT.end === bitsT.valueStart) {
+    throw new SigilError(code, 'EK certificate SubjectPublicKeyInfo is malformed');
+  }
+  const a = children(spki, algT, code, true);
+  if (!a[0]) throw new SigilError(code, 'EK certificate SubjectPublicKeyInfo has no algorithm');
+  const alg = decodeOid(spki, a[0], code);
+  const curveOid = a[1]?.tag === TAG.OID ? decodeOid(spki, a[1], code) : undefined;
+  return { alg, curveOid, keyBits: Buffer.from(spki.subarray(bitsT.valueStart + 1, bitsT.end)) };
+}
+
+/** RSAPublicKey { modulus, publicExponent } content octets (as encoded; sign not checked, as before). */
+function rsaPublicKey(keyBits: Buffer): { n: Buffer; e: Buffer } {
+  const code = 'tpm.ek_cert_malformed';
+  const top = readSingle(keyBits, code, TAG.SEQUENCE, true);
+  const [nT, eT, ...rest] = children(keyBits, top, code, true);
+  if (!nT || !eT || rest.length > 0 || nT.tag !== TAG.INTEGER || eT.tag !== TAG.INTEGER) throw new SigilError(code, 'RSAPublicKey must be SEQUENCE { n, e }');
+  return { n: keyBits.subarray(nT.valueStart, nT.end), e: keyBits.subarray(eT.valueStart, eT.end) };
+}
+
 function certKey(cert: ParsedCert): CertKey {
   const hit = certKeys.get(cert);
   if (hit) return hit;
-  const spki = cert.asn.tbsCertificate.subjectPublicKeyInfo;
-  const alg = spki.algorithm.algorithm;
+  const { alg, curveOid, keyBits } = spkiParts(cert);
   let k: CertKey;
   if (alg === OID.rsaEncryption || alg === OID.rsaesOaep) {
     try {
-      const r = AsnConvert.parse(spki.subjectPublicKey, RSAPublicKey);
-      k = { kind: 'rsa', n: stripZeros(bufFromArrayBuffer(r.modulus)), e: stripZeros(bufFromArrayBuffer(r.publicExponent)) };
+      const r = rsaPublicKey(keyBits);
+      k = { kind: 'rsa', n: stripZeros(r.n), e: stripZeros(r.e) };
     } catch (err) {
       throw new SigilError('tpm.ek_cert_malformed', 'EK certificate RSA public key could not be parsed', { cause: err });
     }
   } else if (alg === OID.ecPublicKey) {
     try {
-      const params = spki.algorithm.parameters ? AsnConvert.parse(spki.algorithm.parameters, ECParameters) : undefined;
-      const jwk = createPublicKey({ key: Buffer.from(AsnConvert.serialize(spki)), format: 'der', type: 'spki' }).export({ format: 'jwk' });
-      k = { kind: 'ec', curveOid: params?.namedCurve, x: jwk.x ?? '', y: jwk.y ?? '' };
+      const jwk = createPublicKey({ key: cert.cert.spki, format: 'der', type: 'spki' }).export({ format: 'jwk' });
+      k = { kind: 'ec', curveOid, x: jwk.x ?? '', y: jwk.y ?? '' };
     } catch (err) {
       throw new SigilError('tpm.ek_cert_malformed', 'EK certificate EC public key could not be parsed', { cause: err });
     }
@@ -418,14 +509,14 @@ export function checkEkPublicMatches(cert: ParsedCert, ek: TpmtPublic): void {
 
 /** DER SPKI of the certificate's key in node's canonical encoding (RSAES-OAEP keys re-encoded as rsaEncryption). */
 export function certPublicSpkiDer(cert: ParsedCert): Buffer {
-  const spki = cert.asn.tbsCertificate.subjectPublicKeyInfo;
   try {
-    if (spki.algorithm.algorithm === OID.rsaesOaep) {
-      const k = AsnConvert.parse(spki.subjectPublicKey, RSAPublicKey);
-      const jwk = { kty: 'RSA', n: stripZeros(bufFromArrayBuffer(k.modulus)).toString('base64url'), e: stripZeros(bufFromArrayBuffer(k.publicExponent)).toString('base64url') };
+    if (spkiParts(cert).alg === OID.rsaesOaep) {
+      const k = certKey(cert);
+      if (k.kind !== 'rsa') throw new SigilError('tpm.ek_cert_malformed', 'EK certificate RSAES-OAEP key is not an RSA key');
+      const jwk = { kty: 'RSA', n: k.n.toString('base64url'), e: k.e.toString('base64url') };
       return createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' });
     }
-    return createPublicKey({ key: Buffer.from(AsnConvert.serialize(spki)), format: 'der', type: 'spki' }).export({ type: 'spki', format: 'der' });
+    return createPublicKey({ key: cert.cert.spki, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'der' });
   } catch (e) {
     throw new SigilError('tpm.ek_cert_malformed', `EK certificate public key could not be read: ${errorMessage(e)}`, { cause: e });
   }
@@ -433,17 +524,17 @@ export function certPublicSpkiDer(cert: ParsedCert): Buffer {
 
 /** Key kind of a certificate's public key, as the native binding names EK algorithms. */
 export function certKeyKind(cert: ParsedCert): 'rsa' | 'ecc-p256' | 'ecc-p384' | 'ecc-p521' | 'other' {
-  const spki = cert.asn.tbsCertificate.subjectPublicKeyInfo;
-  const alg = spki.algorithm.algorithm;
-  if (alg === OID.rsaEncryption || alg === OID.rsaesOaep) return 'rsa';
-  if (alg !== OID.ecPublicKey || !spki.algorithm.parameters) return 'other';
+  let parts: ReturnType<typeof spkiParts>;
   try {
-    const curve = CURVES.find((c) => c.oid === AsnConvert.parse(spki.algorithm.parameters as ArrayBuffer, ECParameters).namedCurve);
-    if (curve?.jwk === 'P-256') return 'ecc-p256';
-    if (curve?.jwk === 'P-384') return 'ecc-p384';
-    if (curve?.jwk === 'P-521') return 'ecc-p521';
+    parts = spkiParts(cert);
   } catch {
     return 'other';
   }
+  if (parts.alg === OID.rsaEncryption || parts.alg === OID.rsaesOaep) return 'rsa';
+  if (parts.alg !== OID.ecPublicKey || parts.curveOid === undefined) return 'other';
+  const curve = CURVES.find((c) => c.oid === parts.curveOid);
+  if (curve?.jwk === 'P-256') return 'ecc-p256';
+  if (curve?.jwk === 'P-384') return 'ecc-p384';
+  if (curve?.jwk === 'P-521') return 'ecc-p521';
   return 'other';
 }

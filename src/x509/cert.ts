@@ -78,8 +78,24 @@ export interface ParseOptions {
   maxBytes?: number;
   /** Accept RSASSA-PSS signatures (AMD's certificates); default false. */
   pss?: boolean;
-  /** Only these signature algorithm OIDs (checked before their parameters); default every allowlisted one. */
+  /**
+   * Only these signature algorithm OIDs (checked before their parameters); default every
+   * allowlisted one. SHA-1 algorithms are accepted only when named here (sigalg.ts).
+   */
   algorithms?: readonly string[];
+  /**
+   * TPM EK certificates only: read BER where RFC 5280 asks for DER, because TPM vendors' EK
+   * certificates (TCG EK Credential Profile) carry such encodings and Sigil has always accepted
+   * them. Tolerated: non-canonical encodings below the outer framing (non-minimal lengths and
+   * INTEGERs, BOOLEAN TRUE other than FF, SET OF out of order), explicit DEFAULT values (critical
+   * FALSE, cA FALSE), serial numbers longer than 20 octets, UTCTime without seconds,
+   * GeneralizedTime before 2050, v1/v2 certificates, NULL parameters after an ECDSA OID, and
+   * public keys the SPKI inspector does not read (left to node:crypto). Still refused: indefinite
+   * lengths, trailing bytes, a TBSCertificate signature algorithm that differs from the outer
+   * one. Signatures are always checked over the TBSCertificate bytes as received.
+   * SubjectAltName, key identifiers that do not decode are left undefined instead of refused.
+   */
+  ber?: boolean;
 }
 
 const C = X509_CODES.malformed;
@@ -106,26 +122,28 @@ function parse(input: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKe
   if (!(input instanceof Uint8Array) || input.length === 0) bad('empty input');
   if (input.length > max) bad(`larger than ${max} bytes`);
   const der = Buffer.from(input);
-  checkStrictDer(der, C);
-  const top = readSingle(der, C, TAG.SEQUENCE);
-  const outer = children(der, top, C);
+  const ber = opts.ber === true;
+  if (!ber) checkStrictDer(der, C);
+  const kids = (t: Tlv): Tlv[] => children(der, t, C, ber);
+  const top = readSingle(der, C, TAG.SEQUENCE, ber);
+  const outer = kids(top);
   if (outer.length !== 3) bad('Certificate must have three elements');
   const [tbsT, algT, sigT] = outer as [Tlv, Tlv, Tlv];
   if (tbsT.tag !== TAG.SEQUENCE || sigT.tag !== TAG.BIT_STRING) bad('wrong structure');
   if (der[sigT.valueStart] !== 0) bad('signature BIT STRING has unused bits');
-  const sigAlg = parseSigAlg(der, algT, C, X509_CODES.unsupportedAlgorithm, { pss: opts.pss === true, ...(opts.algorithms ? { only: opts.algorithms } : {}) });
+  const sigAlg = parseSigAlg(der, algT, C, X509_CODES.unsupportedAlgorithm, { pss: opts.pss === true, ber, ...(opts.algorithms ? { only: opts.algorithms } : {}) });
 
-  const f = children(der, tbsT, C);
+  const f = kids(tbsT);
   let i = 0;
   let version = 1;
   if (f[i]?.tag === 0xa0) {
-    const v = children(der, f[i]!, C);
+    const v = kids(f[i]!);
     if (v.length !== 1 || v[0]!.tag !== TAG.INTEGER || v[0]!.end - v[0]!.valueStart !== 1) bad('bad version');
     version = der[v[0]!.valueStart]! + 1;
-    if (version === 1) bad('explicit v1 version must be omitted in DER');
+    if (version === 1 && !ber) bad('explicit v1 version must be omitted in DER');
     i++;
   }
-  if (version !== 3) bad(`version ${version} is not v3`);
+  if (version !== 3 && !(ber && (version === 1 || version === 2))) bad(`version ${version} is not v3`);
   const serialT = f[i++];
   const innerAlgT = f[i++];
   const issuerT = f[i++];
@@ -135,17 +153,18 @@ function parse(input: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKe
   if (!serialT || !innerAlgT || !issuerT || !validityT || !subjectT || !spkiT) bad('TBSCertificate is missing fields');
   if (serialT.tag !== TAG.INTEGER) bad('serialNumber is not an INTEGER');
   const serialLen = serialT.end - serialT.valueStart;
-  if (serialLen > 21) bad('serialNumber longer than 20 octets');
+  if (serialLen === 0) bad('serialNumber is empty');
+  if (serialLen > 21 && !ber) bad('serialNumber longer than 20 octets');
   if (!bytesOf(der, innerAlgT).equals(bytesOf(der, algT))) bad('TBSCertificate signature algorithm differs from the outer one');
   if (issuerT.tag !== TAG.SEQUENCE || subjectT.tag !== TAG.SEQUENCE || validityT.tag !== TAG.SEQUENCE) bad('wrong TBSCertificate structure');
-  const vt = children(der, validityT, C);
+  const vt = kids(validityT);
   if (vt.length !== 2) bad('validity must have two times');
-  const notBefore = decodeTime(der, vt[0]!, C);
-  const notAfter = decodeTime(der, vt[1]!, C);
+  const notBefore = decodeTime(der, vt[0]!, C, ber);
+  const notAfter = decodeTime(der, vt[1]!, C, ber);
   // RFC 5280: dates through 2049 MUST be UTCTime.
   for (const [t, d] of [[vt[0]!, notBefore], [vt[1]!, notAfter]] as const) {
     const y = d.getUTCFullYear();
-    if (t.tag === TAG.GENERALIZED_TIME && y >= 1950 && y < 2050) bad('GeneralizedTime used for a date before 2050');
+    if (t.tag === TAG.GENERALIZED_TIME && y >= 1950 && y < 2050 && !ber) bad('GeneralizedTime used for a date before 2050');
   }
   const spki = Buffer.from(bytesOf(der, spkiT));
   let spkiInfo: SpkiInfo | undefined;
@@ -154,9 +173,10 @@ function parse(input: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKe
   } else {
     if (spkiT.tag !== TAG.SEQUENCE) bad('SubjectPublicKeyInfo is not a SEQUENCE');
     try {
-      spkiInfo = inspectSpki(spki, C, X509_CODES.unsupportedKey);
+      spkiInfo = inspectSpki(spki, C, X509_CODES.unsupportedKey, !ber);
     } catch (e) {
-      if (!(e instanceof SigilError) || e.code !== X509_CODES.unsupportedKey) throw e;
+      // BER: a key the inspector cannot read is left to node:crypto (publicKeyOf), as before.
+      if (!(e instanceof SigilError) || (e.code !== X509_CODES.unsupportedKey && !ber)) throw e;
     }
   }
 
@@ -166,22 +186,24 @@ function parse(input: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKe
     if (t.tag === 0xa1 || t.tag === 0xa2 || t.tag === 0x81 || t.tag === 0x82) continue; // unique identifiers (ignored)
     if (t.tag !== 0xa3) bad(`unexpected TBSCertificate field tag 0x${t.tag.toString(16)}`);
     if (i !== f.length) bad('fields after extensions');
-    const w = children(der, t, C);
+    const w = kids(t);
     if (w.length !== 1 || w[0]!.tag !== TAG.SEQUENCE) bad('extensions wrapper malformed');
-    const exts = children(der, w[0]!, C);
+    const exts = kids(w[0]!);
     if (exts.length === 0) bad('empty extensions');
     const seen = new Set<string>();
     for (const e of exts) {
-      const ef = children(der, e, C);
+      const ef = kids(e);
       if (e.tag !== TAG.SEQUENCE || ef.length < 2 || ef.length > 3) bad('Extension malformed');
       const oid = decodeOid(der, ef[0]!, C);
       if (seen.has(oid)) bad(`extension ${oid} appears twice`);
       seen.add(oid);
       let critical = false;
       if (ef.length === 3) {
-        if (ef[1]!.tag !== TAG.BOOLEAN) bad('Extension critical is not a BOOLEAN');
-        if (der[ef[1]!.valueStart] === 0) bad('Extension critical=FALSE must be omitted in DER');
-        critical = true;
+        const b = ef[1]!;
+        if (b.tag !== TAG.BOOLEAN || b.end - b.valueStart !== 1) bad('Extension critical is not a BOOLEAN');
+        if (der[b.valueStart] === 0 && !ber) bad('Extension critical=FALSE must be omitted in DER');
+        // BER: any non-zero octet is TRUE, an explicit FALSE is the default.
+        critical = der[b.valueStart] !== 0;
       }
       const vT = ef[ef.length - 1]!;
       if (vT.tag !== TAG.OCTET_STRING) bad('Extension value is not an OCTET STRING');
@@ -200,8 +222,8 @@ function parse(input: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKe
     signature: Buffer.from(der.subarray(sigT.valueStart + 1, sigT.end)),
     issuerDer: Buffer.from(bytesOf(der, issuerT)),
     subjectDer: Buffer.from(bytesOf(der, subjectT)),
-    issuer: formatName(der, issuerT, C),
-    subject: formatName(der, subjectT, C),
+    issuer: displayName(der, issuerT, ber),
+    subject: displayName(der, subjectT, ber),
     notBefore,
     notAfter,
     spki,
@@ -217,28 +239,50 @@ function parse(input: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKe
   for (const e of extensions) {
     switch (e.oid) {
       case OID_BC:
-        cert.basicConstraints = { ...parseBasicConstraintsValue(e.value, C), critical: e.critical };
+        cert.basicConstraints = { ...parseBasicConstraintsValue(e.value, C, ber), critical: e.critical };
         break;
       case OID_KU:
-        cert.keyUsage = { flags: parseKeyUsageValue(e.value, C), critical: e.critical };
+        cert.keyUsage = { flags: parseKeyUsageValue(e.value, C, ber), critical: e.critical };
         break;
       case OID_EKU:
-        cert.extKeyUsage = parseExtKeyUsageValue(e.value, C);
+        cert.extKeyUsage = parseExtKeyUsageValue(e.value, C, ber);
         break;
       case OID_SAN:
-        cert.san = { ...parseGeneralNames(e.value, C), critical: e.critical };
+        cert.san = optional(ber, () => ({ ...parseGeneralNames(e.value, C), critical: e.critical }));
         break;
       case OID_SKI:
-        cert.subjectKeyId = parseSkiValue(e.value, C);
+        cert.subjectKeyId = optional(ber, () => parseSkiValue(e.value, C));
         break;
       case OID_AKI:
-        cert.authorityKeyId = parseAkiValue(e.value, C);
+        cert.authorityKeyId = optional(ber, () => parseAkiValue(e.value, C));
         break;
       default:
         break;
     }
   }
   return cert;
+}
+
+/** A decoded extension, or (BER only, the caller decodes it itself if it needs it) undefined when it does not decode. */
+function optional<T>(ber: boolean, decode: () => T): T | undefined {
+  if (!ber) return decode();
+  try {
+    return decode();
+  } catch (e) {
+    if (e instanceof SigilError) return undefined;
+    throw e;
+  }
+}
+
+/** The RFC 4514 display form of a Name; under BER a Name the formatter cannot walk is shown as hex. */
+function displayName(der: Buffer, t: Tlv, ber: boolean): string {
+  if (!ber) return formatName(der, t, C);
+  try {
+    return formatName(der, t, C);
+  } catch (e) {
+    if (!(e instanceof SigilError)) throw e;
+    return `#${bytesOf(der, t).toString('hex')}`;
+  }
 }
 
 /** Extensions the parser decodes; a critical extension outside a caller's own set must be refused by that caller. */
@@ -310,7 +354,7 @@ export class CertCache {
   }
 
   #get(der: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKeyCertificate {
-    const key = `${createHash('sha256').update(der).digest('hex')}:${opts.pss === true ? 'p' : ''}${sigilKeys ? 's' : 'a'}${opts.maxBytes ?? ''}:${opts.algorithms?.join(',') ?? ''}`;
+    const key = `${createHash('sha256').update(der).digest('hex')}:${opts.pss === true ? 'p' : ''}${opts.ber === true ? 'b' : ''}${sigilKeys ? 's' : 'a'}${opts.maxBytes ?? ''}:${opts.algorithms?.join(',') ?? ''}`;
     const hit = this.#lru.get(key);
     if (hit) {
       this.hits++;

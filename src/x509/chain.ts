@@ -16,7 +16,7 @@ import { publicKeyOf, type AnyKeyCertificate } from './cert.js';
 import { X509_CODES } from './errors.js';
 import { KU } from './ext.js';
 import { Lru } from './lru.js';
-import { verifyWith } from './sigalg.js';
+import { sigAlgAllowed, verifyWith } from './sigalg.js';
 import { checkValidity } from './validity.js';
 
 type Cert = AnyKeyCertificate;
@@ -65,8 +65,12 @@ export class LinkCache {
   }
 }
 
-/** Signature of `child` under `issuer`'s key over the raw TBS bytes (false on any mismatch). */
-export function signatureVerifies(child: Cert, issuer: Cert): boolean {
+/**
+ * Signature of `child` under `issuer`'s key over the raw TBS bytes (false on any mismatch, and for
+ * an algorithm outside `algorithms`; a SHA-1 signature is false unless `algorithms` names it).
+ */
+export function signatureVerifies(child: Cert, issuer: Cert, algorithms?: readonly string[]): boolean {
+  if (!sigAlgAllowed(child.sigAlg, algorithms)) return false;
   return verifyWith(child.sigAlg, child.tbs, publicKeyOf(issuer), child.signature);
 }
 
@@ -74,13 +78,17 @@ export function signatureVerifies(child: Cert, issuer: Cert): boolean {
  * `child` names `issuer` (byte-exact Name) and its signature verifies under the issuer's key
  * (through `links` when given). Throws `x509.issuer_mismatch` / `x509.signature_invalid`.
  */
-export function checkIssuedBy(child: Cert, issuer: Cert, links?: LinkCache, what = 'certificate'): void {
+export function checkIssuedBy(child: Cert, issuer: Cert, links?: LinkCache, what = 'certificate', algorithms?: readonly string[]): void {
+  // Before the cache: a link remembered under another call's algorithm list proves nothing here.
+  if (!sigAlgAllowed(child.sigAlg, algorithms)) {
+    throw new SigilError(X509_CODES.unsupportedAlgorithm, `${what}: signature algorithm ${child.sigAlg.oid} is not accepted here`, { status: 403 });
+  }
   // A remembered link was checked for these very bytes (names included).
   if (links?.hit(child, issuer)) return;
   if (!child.issuerDer.equals(issuer.subjectDer)) {
     throw new SigilError(X509_CODES.issuerMismatch, `${what}: issuer name does not equal its issuer's subject`, { status: 403 });
   }
-  if (!signatureVerifies(child, issuer)) throw new SigilError(X509_CODES.signatureInvalid, `${what}: signature does not verify under its issuer's key`, { status: 403 });
+  if (!signatureVerifies(child, issuer, algorithms)) throw new SigilError(X509_CODES.signatureInvalid, `${what}: signature does not verify under its issuer's key`, { status: 403 });
   links?.add(child, issuer);
 }
 
@@ -103,6 +111,11 @@ export interface ChainOptions {
   anchorSelfSigned?: boolean;
   /** Names for errors by position, leaf 0 (default `certificate <i>`). */
   names?: readonly string[] | ((i: number) => string);
+  /**
+   * This call's signature algorithm OIDs (default: every allowlisted one). SHA-1 signatures verify
+   * only when this list names them; the TPM EK path is the one caller that does.
+   */
+  algorithms?: readonly string[];
 }
 
 /**
@@ -116,10 +129,10 @@ export function verifyChain(path: readonly Cert[], opts: ChainOptions): void {
   const names = opts.names;
   const name = (i: number): string => (typeof names === 'function' ? names(i) : names?.[i]) ?? `certificate ${i}`;
   const anchor = path[n - 1]!;
-  if (opts.anchorSelfSigned === true) checkIssuedBy(anchor, anchor, opts.links, name(n - 1));
+  if (opts.anchorSelfSigned === true) checkIssuedBy(anchor, anchor, opts.links, name(n - 1), opts.algorithms);
   for (let i = n - 1; i >= 0; i--) {
     const c = path[i]!;
-    if (i < n - 1) checkIssuedBy(c, path[i + 1]!, i === 0 ? (opts.leafLinks ?? opts.links) : opts.links, name(i));
+    if (i < n - 1) checkIssuedBy(c, path[i + 1]!, i === 0 ? (opts.leafLinks ?? opts.links) : opts.links, name(i), opts.algorithms);
     checkValidity(c, opts.at, name(i));
     if (i > 0) {
       checkCanIssue(c, name(i));

@@ -48,8 +48,12 @@ function fail(code: string, msg: string): never {
   throw new SigilError(code, msg);
 }
 
-/** Read one TLV at `offset`, never reading past `limit`. Rejects indefinite and non-minimal lengths. */
-export function readTlv(buf: Uint8Array, offset: number, limit: number, code: string): Tlv {
+/**
+ * Read one TLV at `offset`, never reading past `limit`. Rejects indefinite and non-minimal lengths;
+ * with `ber` (TPM EK certificates only, see cert.ts `ParseOptions.ber`) non-minimal long-form
+ * lengths are read, indefinite lengths still refused.
+ */
+export function readTlv(buf: Uint8Array, offset: number, limit: number, code: string, ber = false): Tlv {
   if (offset >= limit) fail(code, 'DER: unexpected end of data');
   const tag = buf[offset]!;
   if ((tag & 0x1f) === 0x1f) fail(code, 'DER: high-tag-number form is not supported');
@@ -64,11 +68,11 @@ export function readTlv(buf: Uint8Array, offset: number, limit: number, code: st
     if (n === 0) fail(code, 'DER: indefinite length is not allowed');
     if (n > 4) fail(code, 'DER: length too large');
     if (p + n > limit) fail(code, 'DER: truncated length');
-    if (buf[p] === 0) fail(code, 'DER: non-minimal length encoding');
+    if (buf[p] === 0 && !ber) fail(code, 'DER: non-minimal length encoding');
     len = 0;
     for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
     p += n;
-    if (len < 0x80) fail(code, 'DER: non-minimal length encoding');
+    if (len < 0x80 && !ber) fail(code, 'DER: non-minimal length encoding');
   }
   const end = p + len;
   if (end > limit) fail(code, 'DER: value runs past the end of its container');
@@ -76,20 +80,20 @@ export function readTlv(buf: Uint8Array, offset: number, limit: number, code: st
 }
 
 /** Read exactly one TLV spanning the whole buffer (no trailing bytes). */
-export function readSingle(buf: Uint8Array, code: string, expectTag?: number): Tlv {
-  const t = readTlv(buf, 0, buf.length, code);
+export function readSingle(buf: Uint8Array, code: string, expectTag?: number, ber = false): Tlv {
+  const t = readTlv(buf, 0, buf.length, code, ber);
   if (t.end !== buf.length) fail(code, 'DER: trailing bytes after the top-level element');
   if (expectTag !== undefined && t.tag !== expectTag) fail(code, `DER: expected tag 0x${expectTag.toString(16)}, got 0x${t.tag.toString(16)}`);
   return t;
 }
 
-/** Children of a constructed TLV, in order. */
-export function children(buf: Uint8Array, parent: Tlv, code: string): Tlv[] {
+/** Children of a constructed TLV, in order (`ber`: see readTlv). */
+export function children(buf: Uint8Array, parent: Tlv, code: string, ber = false): Tlv[] {
   if ((parent.tag & 0x20) === 0) fail(code, 'DER: expected a constructed element');
   const out: Tlv[] = [];
   let p = parent.valueStart;
   while (p < parent.end) {
-    const c = readTlv(buf, p, parent.end, code);
+    const c = readTlv(buf, p, parent.end, code, ber);
     out.push(c);
     p = c.end;
   }
@@ -256,13 +260,16 @@ export function encodeTime(d: Date): Buffer {
   return tlv(TAG.GENERALIZED_TIME, Buffer.from(`${String(y).padStart(4, '0')}${rest}`, 'latin1'));
 }
 
-/** Decode UTCTime / GeneralizedTime (DER form: Zulu, seconds, no fractional part). */
-export function decodeTime(buf: Uint8Array, t: Tlv, code: string): Date {
+/**
+ * Decode UTCTime / GeneralizedTime (DER form: Zulu, seconds, no fractional part). With `ber`
+ * (TPM EK certificates only) the seconds may be left out, as X.680 allows for UTCTime.
+ */
+export function decodeTime(buf: Uint8Array, t: Tlv, code: string, ber = false): Date {
   const s = Buffer.from(buf.subarray(t.valueStart, t.end)).toString('latin1');
   let m: RegExpExecArray | null;
   let year: number;
   if (t.tag === TAG.UTC_TIME) {
-    m = /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/.exec(s);
+    m = (ber ? /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})?Z$/ : /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/).exec(s);
     if (!m) fail(code, 'DER: malformed UTCTime');
     const yy = Number(m[1]);
     year = yy >= 50 ? 1900 + yy : 2000 + yy;
@@ -273,7 +280,7 @@ export function decodeTime(buf: Uint8Array, t: Tlv, code: string): Date {
   } else {
     fail(code, 'DER: expected a time');
   }
-  const [mo, da, h, mi, se] = [Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])];
+  const [mo, da, h, mi, se] = [Number(m[2]), Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6] ?? 0)];
   const ms = Date.UTC(year, mo - 1, da, h, mi, se);
   const d = new Date(ms);
   if (d.getUTCMonth() !== mo - 1 || d.getUTCDate() !== da || h > 23 || mi > 59 || se > 59) fail(code, 'DER: invalid calendar time');

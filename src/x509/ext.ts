@@ -133,8 +133,8 @@ export function parseGeneralNames(value: Uint8Array, code: string): GeneralNames
   return out;
 }
 
-export function parseKeyUsageValue(value: Uint8Array, code: string): number {
-  const t = readSingle(value, code, TAG.BIT_STRING);
+export function parseKeyUsageValue(value: Uint8Array, code: string, ber = false): number {
+  const t = readSingle(value, code, TAG.BIT_STRING, ber);
   const len = t.end - t.valueStart;
   if (len < 1 || len > 3) throw new SigilError(code, 'keyUsage BIT STRING has a bad length');
   let flags = 0;
@@ -145,15 +145,18 @@ export function parseKeyUsageValue(value: Uint8Array, code: string): number {
   return flags;
 }
 
-export function parseBasicConstraintsValue(value: Uint8Array, code: string): { ca: boolean; pathLen: number | undefined } {
-  const t = readSingle(value, code, TAG.SEQUENCE);
-  const kids = children(value, t, code);
+/** `ber` (TPM EK certificates only): an explicit cA FALSE and non-minimal lengths are read. */
+export function parseBasicConstraintsValue(value: Uint8Array, code: string, ber = false): { ca: boolean; pathLen: number | undefined } {
+  const t = readSingle(value, code, TAG.SEQUENCE, ber);
+  const kids = children(value, t, code, ber);
   let i = 0;
   let ca = false;
   let pathLen: number | undefined;
   if (kids[i]?.tag === TAG.BOOLEAN) {
-    if (value[kids[i]!.valueStart] === 0) throw new SigilError(code, 'basicConstraints cA=FALSE must be omitted in DER');
-    ca = true;
+    const b = kids[i]!;
+    if (b.end - b.valueStart !== 1) throw new SigilError(code, 'basicConstraints cA is not a one-octet BOOLEAN');
+    if (value[b.valueStart] === 0 && !ber) throw new SigilError(code, 'basicConstraints cA=FALSE must be omitted in DER');
+    ca = value[b.valueStart] !== 0;
     i++;
   }
   if (kids[i]?.tag === TAG.INTEGER) {
@@ -167,9 +170,9 @@ export function parseBasicConstraintsValue(value: Uint8Array, code: string): { c
   return { ca, pathLen };
 }
 
-export function parseExtKeyUsageValue(value: Uint8Array, code: string): string[] {
-  const t = readSingle(value, code, TAG.SEQUENCE);
-  const out = children(value, t, code).map((k: Tlv) => decodeOid(value, k, code));
+export function parseExtKeyUsageValue(value: Uint8Array, code: string, ber = false): string[] {
+  const t = readSingle(value, code, TAG.SEQUENCE, ber);
+  const out = children(value, t, code, ber).map((k: Tlv) => decodeOid(value, k, code));
   if (out.length === 0) throw new SigilError(code, 'extKeyUsage is empty');
   return out;
 }
