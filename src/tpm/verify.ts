@@ -41,8 +41,8 @@ export function tpmClaims(v: TpmSelectorInput & { ak: TpmtPublic; quote: QuoteCh
   return {
     ekPubHash: v.ekPubHash,
     ekCa: v.chain.anchor.sha256,
-    ekCertSerial: leaf?.x509.serialNumber,
-    ekCertIssuer: leaf?.x509.issuer,
+    ekCertSerial: leaf?.serialNumber,
+    ekCertIssuer: leaf?.issuer,
     tpmManufacturer: v.chain.identity.manufacturer ?? null,
     tpmModel: v.chain.identity.model ?? null,
     tpmVersion: v.chain.identity.version ?? null,
