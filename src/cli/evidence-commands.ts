@@ -1,5 +1,6 @@
 /**
- * `sigil evidence verify tpm|aws-nitro|sev-snp`: the command definitions only. Each command's
+ * `sigil evidence verify tpm|aws_nitro|sev_snp|tdx`: the command definitions only. The verb is the
+ * attestor's name; `aws-nitro` and `sev-snp` (the spelling of the first releases) stay as aliases. Each command's
  * implementation (and the verification code behind it) is imported when the command runs, so
  * other commands — the agent daemon above all — do not load the evidence verifiers.
  */
@@ -47,10 +48,11 @@ export function registerEventLogCommand(evidenceCmd: Command): void {
     });
 }
 
-/** Add `aws-nitro` under `sigil evidence verify`. */
+/** Add `aws_nitro` (alias `aws-nitro`) under `sigil evidence verify`. */
 export function registerNitroEvidence(verifyCmd: Command): void {
   verifyCmd
-    .command('aws-nitro')
+    .command('aws_nitro')
+    .alias('aws-nitro')
     .description('verify an AWS Nitro Enclaves attestation document (raw CBOR, hex or base64) offline')
     .argument('<file>', 'attestation document (COSE_Sign1)')
     .option('--at <iso-time>', 'verification time (default: now); certificate validity is checked at this time')
@@ -64,10 +66,11 @@ export function registerNitroEvidence(verifyCmd: Command): void {
     });
 }
 
-/** Add `sev-snp` under `sigil evidence verify`. */
+/** Add `sev_snp` (alias `sev-snp`) under `sigil evidence verify`. */
 export function registerSevEvidence(verifyCmd: Command): void {
   verifyCmd
-    .command('sev-snp')
+    .command('sev_snp')
+    .alias('sev-snp')
     .description('verify an AMD SEV-SNP attestation report (raw, hex or base64) offline')
     .argument('<file>', 'attestation report (0x4A0 bytes)')
     .option('--vcek <file>', 'VCEK or VLEK certificate (DER or PEM)')

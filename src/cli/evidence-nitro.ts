@@ -1,5 +1,5 @@
 /**
- * `sigil evidence verify aws-nitro FILE [--at ISO] [--allow-debug] [--nonce HEX] [--root PEM] [--json]`
+ * `sigil evidence verify aws_nitro FILE [--at ISO] [--allow-debug] [--nonce HEX] [--root PEM] [--json]`
  *
  * Verifies a Nitro attestation document offline. Without --at the current time is used. maxAge is
  * not applied offline (there is no session to be fresh for); certificate validity is always checked

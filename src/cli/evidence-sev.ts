@@ -1,5 +1,5 @@
 /**
- * `sigil evidence verify sev-snp FILE [--vcek F] [--ca F] [--collateral-dir DIR] [--at ISO]
+ * `sigil evidence verify sev_snp FILE [--vcek F] [--ca F] [--collateral-dir DIR] [--at ISO]
  *   [--allow-debug] [--vmpl N…] [--report-data HEX] [--ark-sha256 HEX] [--json]`
  *
  * Verifies an SEV-SNP attestation report offline. FILE is the 0x4A0-byte report (raw, hex or
