@@ -9,6 +9,11 @@
  * back to back), the agent process's RSS (from /proc/<pid>/status: idle with 1,000 SVIDs, with
  * 200 connections, after the runs) and its CPU time per call (from /proc/<pid>/stat).
  *
+ * The floor, in the same run: a bare node:http2 server process (bench/support/floor-server.ts,
+ * same Node flags as the agent, on the agent's CPU with --pin) answering with the very bytes the
+ * agent sent, under the same loads from its own 200 connections; its CPU per call and the
+ * agent's ratio to it are printed.
+ *
  *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--seconds 10] [--entries 1000] [--pin] [--client raw|h2]
  *
  * The compiled CLI in dist/ is rebuilt first (`npm run build`) so the agent runs the current code.
@@ -16,12 +21,14 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:https';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { adminCall } from '../src/cli/admin-client.js';
 import { freePort } from '../test/agent/harness.js';
-import { closedLoop, connectLoadClient, fetchJwt, fetchX509, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type LoadClientKind } from './support/load.js';
+import { closedLoop, connectLoadClient, fetchJwt, fetchX509, launcherNodeFlags, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type LoadClientKind } from './support/load.js';
+import { grpcFirstMessage } from './support/floor-server.js';
+import { workloadCodecs } from '../src/agent/workload-api/proto.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: number): number => {
@@ -86,6 +93,7 @@ async function main(): Promise<void> {
   const clientKind = (ci >= 0 ? args[ci + 1] : 'raw') as LoadClientKind;
   if (clientKind !== 'raw' && clientKind !== 'h2') throw new Error('--client must be raw or h2');
 
+  const load0 = loadavg().map((l) => l.toFixed(1)).join(' ');
   process.stdout.write('building dist/ (npm run build)… ');
   execFileSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' });
   console.log('done');
@@ -190,17 +198,53 @@ async function main(): Promise<void> {
     const cpu4 = procCpuUs(pid);
     const rssAfter = procRss(pid);
 
+    // The floor: the same bytes from a bare node:http2 server process, the same loads.
+    const x509Bytes = await grpcFirstMessage(socket, 'FetchX509SVID', new Uint8Array(0));
+    const jwtBytes = await grpcFirstMessage(socket, 'FetchJWTSVID', workloadCodecs().JWTSVIDRequest.encode({ audience: ['bench'] }).finish());
+    writeFileSync(join(dir, 'floor-x509.bin'), x509Bytes);
+    writeFileSync(join(dir, 'floor-jwt.bin'), jwtBytes);
+    const floorSocket = join(dir, 'floor.sock');
+    const floorArgv = [process.execPath, '--import', 'tsx', ...launcherNodeFlags(), join(root, 'bench/support/floor-server.ts'), floorSocket, join(dir, 'floor-x509.bin'), join(dir, 'floor-jwt.bin')];
+    const floorCmd = pin ? ['taskset', '-c', '1', ...floorArgv] : floorArgv;
+    const floorProc = spawn(floorCmd[0]!, floorCmd.slice(1), { stdio: ['ignore', 'pipe', 'inherit'], cwd: root });
+    daemons.push({ child: floorProc, exited: new Promise((r) => floorProc.once('exit', r)) });
+    await new Promise<void>((resolve, reject) => {
+      floorProc.stdout!.once('data', () => resolve());
+      floorProc.once('exit', (c) => reject(new Error(`floor server exited (${c})`)));
+    });
+    const floorPid = floorProc.pid!;
+    const floorClients = await Promise.all(Array.from({ length: nClients }, () => connectLoadClient(clientKind, floorSocket)));
+    await openLoop(floorClients, rate, 1, fetchX509);
+    await openLoop(floorClients, rate, 1, fetchJwt);
+    const f0 = procCpuUs(floorPid);
+    const fxo = await openLoop(floorClients, rate, seconds, fetchX509);
+    const f1 = procCpuUs(floorPid);
+    const fjo = await openLoop(floorClients, rate, seconds, fetchJwt);
+    const f2 = procCpuUs(floorPid);
+    const fx = await closedLoop(floorClients, calls, fetchX509);
+    const f3 = procCpuUs(floorPid);
+    const fj = await closedLoop(floorClients, calls, fetchJwt);
+    const f4 = procCpuUs(floorPid);
+    for (const c of floorClients) c.close();
+
     const row = (name: string, lat: number[], cpuUs: number, extra = ''): string =>
-      `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms   ${(cpuUs / lat.length).toFixed(0)} µs agent CPU/call${extra}`;
+      `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms   ${(cpuUs / lat.length).toFixed(0)} µs CPU/call${extra}`;
     const loopNote = (c: { p99: number; max: number }): string => `; client event-loop delay p99 ${c.p99.toFixed(1)} ms max ${c.max.toFixed(1)} ms`;
     console.log(`\nreal agent (bin/sigil agent run, pid ${pid}${pin ? ', alone on CPU 1; clients and verifier on CPU 0' : ', sharing both CPUs with the clients'}): ${nEntries} entries with SVIDs, caller matches 3, ${nClients} clients (one connection each; load client: ${clientKind === 'raw' ? 'bench/support/raw-h2.ts' : 'node:http2'})`);
-    console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s`);
+    console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s; load average now ${loadavg().map((l) => l.toFixed(1)).join(' ')} (at the start: ${load0})`);
     console.log(`open loop (${rate} calls/s spread over ${nClients} clients, ${seconds} s each):`);
     console.log(row('FetchX509SVID', xo.lat, cpu1 - cpu0, loopNote(xo.clientLoop)));
     console.log(row('FetchJWTSVID (cached tokens)', jo.lat, cpu2 - cpu1, loopNote(jo.clientLoop)));
     console.log(`closed loop (${nClients} concurrent, ${calls} calls each, back to back; latency includes queueing):`);
     console.log(row('FetchX509SVID', x.lat, cpu3 - cpu2, `   ${x.perSec.toFixed(0)} calls/s`));
     console.log(row('FetchJWTSVID', j.lat, cpu4 - cpu3, `   ${j.perSec.toFixed(0)} calls/s`));
+    const perCall = (cpuUs: number, n: number): number => cpuUs / n;
+    const vs = (agent: number, floor: number): string => `; ${(agent / floor).toFixed(2)}× the floor's CPU/call (goal ≤ 1.3)`;
+    console.log(`the floor (bare node:http2 server process, pid ${floorPid}, same bytes, no caller checks; same loads, after the agent's):`);
+    console.log(row('open FetchX509SVID', fxo.lat, f1 - f0, vs(perCall(cpu1 - cpu0, xo.lat.length), perCall(f1 - f0, fxo.lat.length))));
+    console.log(row('open FetchJWTSVID', fjo.lat, f2 - f1, vs(perCall(cpu2 - cpu1, jo.lat.length), perCall(f2 - f1, fjo.lat.length))));
+    console.log(row('closed FetchX509SVID', fx.lat, f3 - f2, `   ${fx.perSec.toFixed(0)} calls/s${vs(perCall(cpu3 - cpu2, x.lat.length), perCall(f3 - f2, fx.lat.length))}`));
+    console.log(row('closed FetchJWTSVID', fj.lat, f4 - f3, `   ${fj.perSec.toFixed(0)} calls/s${vs(perCall(cpu4 - cpu3, j.lat.length), perCall(f4 - f3, fj.lat.length))}`));
     const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
     console.log(`agent RSS: ${mb(rssIdle)} idle with ${nEntries} SVIDs, ${mb(rssConns)} with ${nClients} connections, ${mb(rssAfter)} after the runs (goal < 150 MB)`);
     for (const c of clients) c.close();
