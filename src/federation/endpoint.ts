@@ -30,6 +30,8 @@ export interface BundleEndpointOptions {
   /** https_spiffe: the verifier's current SVID (PEM chain and key). */
   svid?: () => { cert: string; key: string };
   logger: Logger;
+  /** https_web: how often the certificate files are checked for a change (default 30 s). */
+  watchMs?: number;
 }
 
 export interface RunningBundleEndpoint {
@@ -107,7 +109,7 @@ export async function startBundleEndpoint(o: BundleEndpointOptions): Promise<Run
       } catch (e) {
         logger.warn(errorFields(e), 'bundle endpoint certificate check failed');
       }
-    }, 30_000);
+    }, o.watchMs ?? 30_000);
     watch.unref();
   }
   const addr = server.address() as AddressInfo;
