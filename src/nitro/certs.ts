@@ -15,8 +15,10 @@
  * certificate (root included) is within its validity period at the verification time.
  *
  * Verified links are remembered by (SHA-256 of the DER, SHA-256 of the issuer's DER), intermediates
- * and leaves in separate bounded caches (see NitroCertCache): the same enclave's next document costs
- * its COSE signature only. Validity periods are checked on every call.
+ * and leaves in separate bounded caches, and whole verified paths by the leaf's DER hash with the
+ * exact bytes of every certificate in them (see NitroCertCache): the same enclave's next document
+ * costs one SHA-256 of its leaf, byte compares and its COSE signature. Validity periods are checked
+ * on every call.
  */
 import { createHash, type KeyObject } from 'node:crypto';
 import { SigilError, errorMessage } from '../errors.js';
@@ -123,14 +125,42 @@ export function parseNitroCert(derIn: Uint8Array, role: 'ca' | 'leaf', what: str
  *   enclave's next document costs one P-384 verification (the COSE signature); another leaf, even
  *   with the same subject and key, has another DER hash and is verified in full.
  * - parsed, profile-checked certificates by (DER hash, role); a pinned root counts as a CA entry.
+ * - `paths`: whole verified paths (leaf, cabundle, pin), `leafMaxEntries` of them, indexed by the
+ *   leaf's DER hash. An entry holds its own copies of every certificate's DER and is used only when
+ *   the document's leaf and every cabundle entry equal them byte for byte and the pin is the same;
+ *   its validity window (latest notBefore, earliest notAfter over the path) is compared with the
+ *   verification time on every use, and when the time falls outside it the path is verified again
+ *   step by step, so the refusal names the certificate.
  * Failures are never cached. Validity periods are always checked at the verification time.
  */
 const PINNED = { sha256: 'pinned' } as const;
+
+interface VerifiedPath {
+  leafDer: Buffer;
+  /** cabundle as received (root first). */
+  cabundle: Buffer[];
+  pin: string;
+  /** Latest notBefore and earliest notAfter over the path (ms): the path is valid in between, both included. */
+  notBefore: number;
+  notAfter: number;
+  result: ChainResult;
+}
+
+function samePath(p: VerifiedPath, leafDer: Uint8Array, cabundle: readonly Uint8Array[], pin: string): boolean {
+  if (p.pin !== pin || p.cabundle.length !== cabundle.length || !p.leafDer.equals(leafDer)) return false;
+  for (let i = 0; i < cabundle.length; i++) if (!p.cabundle[i]!.equals(cabundle[i]!)) return false;
+  return true;
+}
 
 export class NitroCertCache {
   readonly links: LinkCache;
   readonly leafLinks: LinkCache;
   readonly #parsed: Lru<NitroCert>;
+  readonly #paths: Lru<VerifiedPath>;
+  /** Documents whose whole path came from `paths` (no certificate step run). */
+  pathHits = 0;
+  /** Lookups in `paths` that found no entry for these exact bytes under this pin. */
+  pathMisses = 0;
 
   /** `maxEntries` bounds the CA caches, `leafMaxEntries` (default the same) the leaf caches. */
   constructor(maxEntries = 1024, leafMaxEntries = maxEntries) {
@@ -140,12 +170,14 @@ export class NitroCertCache {
     this.links = new LinkCache(maxEntries);
     this.leafLinks = new LinkCache(leafMaxEntries);
     this.#parsed = new Lru(maxEntries + leafMaxEntries);
+    this.#paths = new Lru(leafMaxEntries);
   }
 
-  get size(): { ca: number; leaf: number } {
-    return { ca: this.links.size, leaf: this.leafLinks.size };
+  get size(): { ca: number; leaf: number; paths: number } {
+    return { ca: this.links.size, leaf: this.leafLinks.size, paths: this.#paths.size };
   }
 
+  /** Link cache hits (CAs and leaves), counted when a path is verified step by step. */
   get hits(): number {
     return this.links.hits + this.leafLinks.hits;
   }
@@ -172,10 +204,46 @@ export class NitroCertCache {
     return c;
   }
 
+  /**
+   * The verified path for exactly these bytes under this pin, when one is cached and `atMs` is inside
+   * its validity window; otherwise undefined (then the caller verifies the path step by step).
+   */
+  path(leafHash: string, leafDer: Uint8Array, cabundle: readonly Uint8Array[], pin: string, atMs: number): ChainResult | undefined {
+    const p = this.#paths.get(leafHash);
+    if (p === undefined || !samePath(p, leafDer, cabundle, pin)) {
+      this.pathMisses++;
+      return undefined;
+    }
+    // The same path outside its window: verified step by step, so the refusal names the certificate.
+    if (atMs < p.notBefore || atMs > p.notAfter) return undefined;
+    this.pathHits++;
+    return p.result;
+  }
+
+  /**
+   * Remember a path that has just verified in full (`path` is leaf first, root last). The bytes kept
+   * are the parsed certificates' own DER copies (never the caller's buffers), shared with the
+   * parse cache.
+   */
+  rememberPath(leafHash: string, pin: string, path: readonly NitroCert[], result: ChainResult): void {
+    let notBefore = -Infinity;
+    let notAfter = Infinity;
+    for (const c of path) {
+      notBefore = Math.max(notBefore, c.notBefore);
+      notAfter = Math.min(notAfter, c.notAfter);
+    }
+    // cabundle order: root first, then the intermediates from the top down.
+    const cabundle = path.slice(1).reverse().map((c) => c.der);
+    this.#paths.set(leafHash, { leafDer: path[0]!.der, cabundle, pin, notBefore, notAfter, result });
+  }
+
   clear(): void {
     this.links.clear();
     this.leafLinks.clear();
     this.#parsed.clear();
+    this.#paths.clear();
+    this.pathHits = 0;
+    this.pathMisses = 0;
   }
 }
 
@@ -194,6 +262,9 @@ export interface ChainResult {
  * All certificates must be valid at `atMs`.
  */
 export function validateNitroChain(leafDer: Uint8Array, cabundle: readonly Uint8Array[], rootSha256: string, atMs: number, cache: NitroCertCache): ChainResult {
+  const leafHash = sha256Hex(leafDer);
+  const hit = cache.path(leafHash, leafDer, cabundle, rootSha256, atMs);
+  if (hit !== undefined) return hit;
   const rootDer = cabundle[0];
   if (rootDer === undefined) throw certError('nitro.chain_invalid', 'cabundle', 'cabundle is empty');
   const rootHash = sha256Hex(rootDer);
@@ -203,7 +274,7 @@ export function validateNitroChain(leafDer: Uint8Array, cabundle: readonly Uint8
   const n = cabundle.length;
   const root = cache.anchor(rootDer, rootHash, ROOT);
   // Leaf first, root last, as the toolkit's verifier takes a path.
-  const path: NitroCert[] = [cache.parsed(leafDer, 'leaf', LEAF)];
+  const path: NitroCert[] = [cache.parsed(leafDer, 'leaf', LEAF, leafHash)];
   for (let k = n - 1; k >= 1; k--) path.push(cache.parsed(cabundle[k] as Uint8Array, 'ca', `cabundle[${k}]`));
   path.push(root);
   const certs: ParsedCertificate[] = path.map((c) => c.cert);
@@ -212,7 +283,9 @@ export function validateNitroChain(leafDer: Uint8Array, cabundle: readonly Uint8
   } catch (e) {
     throw remapX509Error(e, NITRO_CODES, '', 'nitro.chain_invalid', 401);
   }
-  return { leaf: path[0]!, root, length: n + 1 };
+  const result: ChainResult = { leaf: path[0]!, root, length: n + 1 };
+  cache.rememberPath(leafHash, rootSha256, path, result);
+  return result;
 }
 
 /** Extract the single CERTIFICATE block of a PEM text as DER. Throws nitro.bad_root_cert. */

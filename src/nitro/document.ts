@@ -20,6 +20,9 @@ export const MAX_CBOR_DEPTH = 8;
 
 class CborReject extends Error {}
 
+/** Text strings up to this many bytes are tried as ASCII first (see StrictCborReader). */
+const SHORT_TEXT = 64;
+
 const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /**
@@ -105,10 +108,25 @@ class StrictCborReader {
       }
       case 3: {
         const n = this.length(ai, 1, 'text string');
-        const v = this.b.subarray(this.pos, this.pos + n);
+        const start = this.pos;
         this.pos += n;
+        // Short ASCII text (every key and most values of a Nitro document) is built directly: ASCII
+        // is well-formed UTF-8 that decodes to the same code units, so the result is identical.
+        if (n <= SHORT_TEXT) {
+          let s = '';
+          let ascii = true;
+          for (let i = start; i < start + n; i++) {
+            const c = this.b[i] as number;
+            if (c >= 0x80) {
+              ascii = false;
+              break;
+            }
+            s += String.fromCharCode(c);
+          }
+          if (ascii) return s;
+        }
         try {
-          return UTF8.decode(v);
+          return UTF8.decode(this.b.subarray(start, start + n));
         } catch {
           throw new CborReject('text string is not valid UTF-8');
         }
@@ -124,13 +142,22 @@ class StrictCborReader {
         if (depth >= MAX_CBOR_DEPTH) throw new CborReject(`nesting deeper than ${MAX_CBOR_DEPTH}`);
         const n = this.length(ai, 2, 'map');
         const out = new Map<unknown, unknown>();
-        const seen = new Set<string>();
+        // Keys that decode to numbers, strings, booleans or null are equal exactly when their bytes
+        // are (heads are in preferred form, text is UTF-8 checked), so `out.has` finds their
+        // duplicates; other keys (byte strings, arrays, maps, tags) decode to fresh objects and are
+        // compared by their encoded bytes.
+        let seen: Set<string> | undefined;
         for (let i = 0; i < n; i++) {
           const start = this.pos;
           const key = this.item(depth + 1);
-          const keyBytes = Buffer.from(this.b.buffer, this.b.byteOffset + start, this.pos - start).toString('latin1');
-          if (seen.has(keyBytes)) throw new CborReject('duplicate map key');
-          seen.add(keyBytes);
+          if (typeof key === 'object' && key !== null) {
+            const keyBytes = Buffer.from(this.b.buffer, this.b.byteOffset + start, this.pos - start).toString('latin1');
+            seen ??= new Set<string>();
+            if (seen.has(keyBytes)) throw new CborReject('duplicate map key');
+            seen.add(keyBytes);
+          } else if (out.has(key)) {
+            throw new CborReject('duplicate map key');
+          }
           out.set(key, this.item(depth + 1));
         }
         return out;
@@ -216,28 +243,82 @@ export function parseCoseSign1(bytes: Uint8Array): CoseSign1 {
   return { protectedHeader: view(prot), payload: view(payload), signature: view(sig), tagged };
 }
 
-function bstrHead(len: number): Buffer {
-  if (len < 24) return Buffer.from([0x40 | len]);
-  if (len < 0x100) return Buffer.from([0x58, len]);
-  if (len < 0x10000) return Buffer.from([0x59, len >> 8, len & 0xff]);
-  const b = Buffer.alloc(5);
-  b[0] = 0x5a;
-  b.writeUInt32BE(len, 1);
-  return b;
+/** Bytes of a byte-string head for `len` (preferred form). */
+function bstrHeadLength(len: number): number {
+  return len < 24 ? 1 : len < 0x100 ? 2 : len < 0x10000 ? 3 : 5;
+}
+
+/** Write the byte-string head for `len` at `off`; returns the offset after it. */
+function writeBstrHead(out: Buffer, off: number, len: number): number {
+  if (len < 24) {
+    out[off] = 0x40 | len;
+    return off + 1;
+  }
+  if (len < 0x100) {
+    out[off] = 0x58;
+    out[off + 1] = len;
+    return off + 2;
+  }
+  if (len < 0x10000) {
+    out[off] = 0x59;
+    out.writeUInt16BE(len, off + 1);
+    return off + 3;
+  }
+  out[off] = 0x5a;
+  out.writeUInt32BE(len, off + 1);
+  return off + 5;
 }
 
 /** "Signature1" as a CBOR text string (0x6a = text, length 10). */
 const SIGNATURE1 = Buffer.from('6a5369676e617475726531', 'hex');
 
-/**
- * Sig_structure = ["Signature1", protected, external_aad = h'', payload] (RFC 9052 §4.4), built by
- * concatenating CBOR heads with the received byte strings, so nothing is ever re-encoded.
- */
-export function sigStructure(protectedHeader: Uint8Array, payload: Uint8Array): Buffer {
-  return Buffer.concat([Buffer.from([0x84]), SIGNATURE1, bstrHead(protectedHeader.length), protectedHeader, Buffer.from([0x40]), bstrHead(payload.length), payload]);
+function sigStructureLength(protectedHeader: Uint8Array, payload: Uint8Array): number {
+  return 1 + SIGNATURE1.length + bstrHeadLength(protectedHeader.length) + protectedHeader.length + 1 + bstrHeadLength(payload.length) + payload.length;
 }
 
-/** The decoded payload. Byte strings are copies. Not authenticated by itself. */
+function writeSigStructure(out: Buffer, protectedHeader: Uint8Array, payload: Uint8Array): number {
+  out[0] = 0x84;
+  let off = 1 + SIGNATURE1.copy(out, 1);
+  off = writeBstrHead(out, off, protectedHeader.length);
+  out.set(protectedHeader, off);
+  off += protectedHeader.length;
+  out[off++] = 0x40; // external_aad = h''
+  off = writeBstrHead(out, off, payload.length);
+  out.set(payload, off);
+  return off + payload.length;
+}
+
+/**
+ * Sig_structure = ["Signature1", protected, external_aad = h'', payload] (RFC 9052 §4.4), built by
+ * writing CBOR heads and the received byte strings into one buffer, so nothing is ever re-encoded.
+ */
+export function sigStructure(protectedHeader: Uint8Array, payload: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(sigStructureLength(protectedHeader, payload));
+  writeSigStructure(out, protectedHeader, payload);
+  return out;
+}
+
+/** Scratch space for the Sig_structure of any document within MAX_DOCUMENT_BYTES. */
+const SIG_SCRATCH = Buffer.allocUnsafe(1 + SIGNATURE1.length + 5 + MAX_DOCUMENT_BYTES);
+
+/**
+ * `fn` applied to the Sig_structure of (protectedHeader, payload), built in a module-wide
+ * preallocated buffer: no allocation and one copy of the payload per document. The view passed to
+ * `fn` is only valid during the (synchronous) call; `fn` must not keep it.
+ */
+export function withSigStructure<T>(protectedHeader: Uint8Array, payload: Uint8Array, fn: (tbs: Buffer) => T): T {
+  const len = sigStructureLength(protectedHeader, payload);
+  if (len > SIG_SCRATCH.length) return fn(sigStructure(protectedHeader, payload));
+  writeSigStructure(SIG_SCRATCH, protectedHeader, payload);
+  return fn(SIG_SCRATCH.subarray(0, len));
+}
+
+/**
+ * The decoded payload. Not authenticated by itself. `certificate` and `cabundle` are views into the
+ * payload passed in (the certificate cache keeps its own copies); the PCR values, `publicKey`,
+ * `userData` and `nonce` are copies (in one allocation), so a verified result never changes with
+ * the caller's buffer.
+ */
 export interface NitroDocumentFields {
   moduleId: string;
   digest: 'SHA384';
@@ -267,12 +348,13 @@ function optionalBytes(v: unknown, field: string, min: number, max: number): Buf
   if (v === null || v === undefined) return null; // CBOR null means absent
   if (!isBytes(v)) throw badField(field, 'must be a byte string or null');
   if (v.length < min || v.length > max) throw badField(field, `is ${v.length} bytes (must be ${min}..${max})`);
-  return Buffer.from(v);
+  return v as Buffer;
 }
 
 /** Decode and check the attestation document payload (the map inside COSE_Sign1). */
 export function parseNitroPayload(payload: Uint8Array): NitroDocumentFields {
-  const m = decodeStrict(payload, 'attestation document payload');
+  // Decoded in place (byte strings are Buffer views into `payload`); the fields handed on are copied below.
+  const m = decodeStrict(Buffer.isBuffer(payload) ? payload : view(payload), 'attestation document payload');
   if (!(m instanceof Map)) throw bad('nitro.payload_invalid', 'payload must be a CBOR map');
   for (const k of m.keys()) {
     if (typeof k !== 'string') throw bad('nitro.payload_unknown_field', 'payload has a non-text key');
@@ -292,31 +374,51 @@ export function parseNitroPayload(payload: Uint8Array): NitroDocumentFields {
   const pcrsIn: unknown = m.get('pcrs');
   if (!(pcrsIn instanceof Map)) throw badField('pcrs', 'must be a map');
   if (pcrsIn.size < 1 || pcrsIn.size > 32) throw badField('pcrs', `has ${pcrsIn.size} entries (must be 1..32)`);
-  const pcrs = new Map<number, Buffer>();
+  let last = -1;
+  let sorted = true;
   for (const [k, v] of pcrsIn as Map<unknown, unknown>) {
     if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k > 31) throw badField('pcrs', 'has a key that is not an integer 0..31');
     if (!isBytes(v) || (v.length !== 32 && v.length !== 48 && v.length !== 64)) throw badField('pcrs', `entry ${k} must be a byte string of 32, 48 or 64 bytes`);
-    pcrs.set(k, Buffer.from(v));
+    if (k < last) sorted = false;
+    last = k;
   }
+  // AWS sends the PCRs in index order; any other order is sorted here.
+  const pcrs = pcrsIn as Map<number, Buffer>;
   const certificate: unknown = m.get('certificate');
   if (!isBytes(certificate) || certificate.length < 1 || certificate.length > 1024) throw badField('certificate', 'must be a byte string of 1..1024 bytes');
   const cabundleIn: unknown = m.get('cabundle');
   if (!Array.isArray(cabundleIn) || cabundleIn.length < 1 || cabundleIn.length > MAX_CABUNDLE_ENTRIES) {
     throw badField('cabundle', `must be an array of 1..${MAX_CABUNDLE_ENTRIES} certificates`);
   }
-  const cabundle = (cabundleIn as unknown[]).map((c, i) => {
+  const cabundle = cabundleIn as Buffer[];
+  cabundle.forEach((c: unknown, i) => {
     if (!isBytes(c) || c.length < 1 || c.length > 1024) throw badField('cabundle', `entry ${i} must be a byte string of 1..1024 bytes`);
-    return Buffer.from(c);
   });
+  const publicKey = optionalBytes(m.get('public_key'), 'public_key', 1, MAX_USER_BYTES);
+  const userData = optionalBytes(m.get('user_data'), 'user_data', 0, MAX_USER_BYTES);
+  const nonce = optionalBytes(m.get('nonce'), 'nonce', 0, MAX_USER_BYTES);
+
+  // Copy the PCR values, public_key, user_data and nonce into one buffer (at most 32 × 64 + 3 × 1024 bytes).
+  let total = (publicKey?.length ?? 0) + (userData?.length ?? 0) + (nonce?.length ?? 0);
+  for (const v of pcrs.values()) total += v.length;
+  const own = Buffer.allocUnsafe(total);
+  let off = 0;
+  const copy = (v: Buffer): Buffer => {
+    v.copy(own, off);
+    off += v.length;
+    return own.subarray(off - v.length, off);
+  };
+  const ownPcrs = new Map<number, Buffer>();
+  for (const [k, v] of sorted ? pcrs : [...pcrs.entries()].sort((a, b) => a[0] - b[0])) ownPcrs.set(k, copy(v));
   return {
     moduleId,
     digest: 'SHA384',
     timestamp: ts,
-    pcrs: new Map([...pcrs.entries()].sort((a, b) => a[0] - b[0])),
-    certificate: Buffer.from(certificate),
+    pcrs: ownPcrs,
+    certificate: certificate as Buffer,
     cabundle,
-    publicKey: optionalBytes(m.get('public_key'), 'public_key', 1, MAX_USER_BYTES),
-    userData: optionalBytes(m.get('user_data'), 'user_data', 0, MAX_USER_BYTES),
-    nonce: optionalBytes(m.get('nonce'), 'nonce', 0, MAX_USER_BYTES),
+    publicKey: publicKey && copy(publicKey),
+    userData: userData && copy(userData),
+    nonce: nonce && copy(nonce),
   };
 }

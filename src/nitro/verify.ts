@@ -11,7 +11,7 @@ import { createPublicKey, timingSafeEqual, verify as cryptoVerify } from 'node:c
 import { SigilError, errorMessage } from '../errors.js';
 import { AWS_NITRO_ROOT_G1_SHA256 } from './aws-root.js';
 import { NitroCertCache, validateNitroChain } from './certs.js';
-import { parseCoseSign1, parseNitroPayload, sigStructure } from './document.js';
+import { parseCoseSign1, parseNitroPayload, withSigStructure } from './document.js';
 
 export const DEFAULT_MAX_AGE_SECONDS = 300;
 export const DEFAULT_MAX_FUTURE_SKEW_SECONDS = 60;
@@ -129,9 +129,13 @@ function verifyInner(document: Uint8Array, opts: NitroVerifyOptions): NitroVerif
   const doc = parseNitroPayload(cose.payload);
   const chain = validateNitroChain(doc.certificate, doc.cabundle, pin, atMs, cache);
 
+  // The one P-384 verification a repeated document costs: the leaf's imported KeyObject comes from
+  // the cache, the Sig_structure is written into a preallocated buffer, and the signature stays in
+  // COSE's r‖s form (ieee-p1363), as received.
+  const key = { key: chain.leaf.key, dsaEncoding: 'ieee-p1363' } as const;
   let sigOk = false;
   try {
-    sigOk = cryptoVerify('sha384', sigStructure(cose.protectedHeader, cose.payload), { key: chain.leaf.key, dsaEncoding: 'ieee-p1363' }, cose.signature);
+    sigOk = withSigStructure(cose.protectedHeader, cose.payload, (tbs) => cryptoVerify('sha384', tbs, key, cose.signature));
   } catch {
     sigOk = false;
   }

@@ -2,12 +2,15 @@
  * The verified-leaf cache (issue 15 item 4): the same enclave's next document costs one P-384
  * verification (its COSE signature); validity is still judged at every verification time; another
  * leaf — same subject, or the same bytes under another issuer — is verified in full; the cache is
- * bounded. node:crypto's verify is counted to see what each verification costs.
+ * bounded. The whole verified path is remembered with its own copies of the certificates' bytes
+ * and used only for the same bytes under the same pin, inside the path's validity window.
+ * node:crypto's verify is counted to see what each verification costs.
  */
 import { describe, expect, it, vi } from 'vitest';
 import { NitroCertCache } from '../../src/nitro/certs.js';
 import { verifyNitroDocument } from '../../src/nitro/verify.js';
-import { makeCa, makeDocument, makeLeaf, makePki } from './fixtures.js';
+import { createHash } from 'node:crypto';
+import { makeCa, makeDocument, makeLeaf, makePki, type TestPki } from './fixtures.js';
 
 const counter = vi.hoisted(() => ({ verifies: 0 }));
 vi.mock('node:crypto', async (importOriginal) => {
@@ -117,5 +120,61 @@ describe('Nitro verified-leaf cache', () => {
     const doc = makeDocument(pki, forged, { timestamp: T0 });
     for (let i = 0; i < 2; i++) expect(codeOf(() => verifyNitroDocument(doc, { at, rootSha256: pki.rootSha256, cache }))).toBe('nitro.cert_signature_invalid');
     expect(cache.size.leaf).toBe(0);
+  });
+
+  it('a cached path keeps its own bytes: overwriting the caller\'s buffer after verification changes nothing', async () => {
+    const pki = await makePki({ name: 'pathcache-copy' });
+    const leaf = await makeLeaf(pki);
+    const cache = new NitroCertCache();
+    const doc = makeDocument(pki, leaf, { timestamp: T0 });
+    const callers = Buffer.from(doc);
+    expect(codeOf(() => verifyNitroDocument(callers, { at, rootSha256: pki.rootSha256, cache }))).toBe('accepted');
+    callers.fill(0); // e.g. a pooled network buffer reused for the next request
+    expect(verifiesDuring(() => verifyNitroDocument(Buffer.from(doc), { at, rootSha256: pki.rootSha256, cache }))).toBe(1);
+    expect(cache.pathHits).toBe(1);
+  });
+
+  it('a cached path counts only under the same pin and with the same cabundle bytes', async () => {
+    const pki = await makePki({ name: 'pathcache-pin' });
+    const other = await makePki({ name: 'pathcache-pin-other' });
+    const leaf = await makeLeaf(pki);
+    const cache = new NitroCertCache();
+    const doc = makeDocument(pki, leaf, { timestamp: T0 });
+    expect(codeOf(() => verifyNitroDocument(doc, { at, rootSha256: pki.rootSha256, cache }))).toBe('accepted');
+    // The same document under another pin: its root is not that pin.
+    expect(codeOf(() => verifyNitroDocument(doc, { at, rootSha256: other.rootSha256, cache }))).toBe('nitro.untrusted_root');
+    // The same leaf with its issuer left out of the cabundle: verified step by step, and refused.
+    const misses = cache.pathMisses;
+    const short = makeDocument(pki, leaf, { timestamp: T0, cabundle: pki.cabundle.slice(0, -1) });
+    expect(codeOf(() => verifyNitroDocument(short, { at, rootSha256: pki.rootSha256, cache }))).toBe('nitro.chain_invalid');
+    expect(cache.pathMisses).toBe(misses + 1);
+    expect(cache.pathHits).toBe(0);
+  });
+
+  it('a cached path is used only inside the validity of every certificate in it (an intermediate expiring first)', async () => {
+    const root = await makeCa(null, { name: 'CN=pathcache-window.nitro-enclaves, O=Sigil Test, C=US' });
+    const int = await makeCa(root, { name: 'CN=pathcache-window-int.nitro-enclaves, O=Sigil Test, C=US', notAfter: new Date(T0 + 3600_000) });
+    const pki: TestPki = {
+      root,
+      intermediates: [int],
+      rootPem: root.cert.toString('pem'),
+      rootSha256: createHash('sha256').update(root.der).digest('hex'),
+      cabundle: [root.der, int.der],
+    };
+    const leaf = await makeLeaf(pki); // valid until 2040
+    const cache = new NitroCertCache();
+    const doc = makeDocument(pki, leaf, { timestamp: T0 });
+    const opts = (when: number) => ({ at: new Date(when), rootSha256: pki.rootSha256, cache, maxFutureSkewSeconds: 86_400 * 365 });
+    expect(codeOf(() => verifyNitroDocument(doc, opts(T0)))).toBe('accepted');
+    expect(codeOf(() => verifyNitroDocument(doc, opts(T0 + 3600_000)))).toBe('accepted'); // notAfter itself is inside
+    expect(cache.pathHits).toBe(1);
+    let message = '';
+    try {
+      verifyNitroDocument(doc, opts(T0 + 3600_000 + 1));
+    } catch (e) {
+      message = `${(e as { code?: string }).code}: ${(e as Error).message}`;
+    }
+    expect(message).toMatch(/^nitro\.cert_expired: cabundle\[1\]/);
+    expect(cache.pathHits).toBe(1);
   });
 });

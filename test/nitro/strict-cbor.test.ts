@@ -71,6 +71,14 @@ describe('strict CBOR decoder', () => {
       ['62c328', /UTF-8/], // invalid UTF-8
       ['a2 0100 0100', /duplicate/],
       ['a2 6161 00 6161 01', /duplicate/],
+      ['a2 62c3a9 00 62c3a9 01', /duplicate/], // non-ASCII text key
+      ['a2 4101 00 4101 01', /duplicate/], // byte-string keys
+      ['a2 8100 00 8100 01', /duplicate/], // array keys
+      ['a2 c10100 c10101', /duplicate/], // tagged keys
+      ['a2 f6 00 f6 01', /duplicate/], // null keys
+      ['a3 01 00 4161 00 4161 01', /duplicate/],
+      ['6180', /UTF-8/], // a lone continuation byte in a short text
+      ['61c3', /UTF-8/], // a two-byte sequence cut short inside the text
       ['5f ff', /indefinite/],
       ['9f ff', /indefinite/],
       ['ff', /break/],
@@ -99,6 +107,20 @@ describe('strict CBOR decoder', () => {
     expect(reason(nest('a100', MAX_CBOR_DEPTH + 1))).toMatch(/nesting/);
     expect(reason(nest('c1', MAX_CBOR_DEPTH + 1))).toMatch(/nesting/);
     expect(reason(Buffer.concat([Buffer.alloc(100_000, 0x81), h('00')]))).toMatch(/nesting/);
+  });
+
+  it('keys of different kinds or bytes are not duplicates; text decodes the same on the ASCII path and the UTF-8 path', () => {
+    expect(plain(decodeStrict(h('a4 4161 00 6161 01 01 02 6131 03'), 'x'))).toEqual({
+      map: [
+        [{ bytes: '61' }, 0],
+        ['a', 1],
+        [1, 2],
+        ['1', 3],
+      ],
+    });
+    for (const text of ['', 'a', 'x'.repeat(64), 'y'.repeat(65), '\u007f\u0000', 'é', 'a'.repeat(63) + 'é', '😀 enclave']) {
+      expect(decodeStrict(encode(text), 'x'), JSON.stringify(text)).toBe(text);
+    }
   });
 
   it('byte strings are views into the input, not copies', () => {

@@ -333,9 +333,9 @@ describe('certificate path defects (synthetic)', () => {
     const cache = new NitroCertCache(2);
     const docA = makeDocument(pki, leaf, { timestamp: T0 });
     expect(code(docA, pki.rootSha256, cache)).toBe('accepted');
-    expect(cache.size).toEqual({ ca: 2, leaf: 1 });
+    expect(cache.size).toEqual({ ca: 2, leaf: 1, paths: 1 });
     cache.clear();
-    expect(cache.size).toEqual({ ca: 0, leaf: 0 });
+    expect(cache.size).toEqual({ ca: 0, leaf: 0, paths: 0 });
     expect(() => new NitroCertCache(0)).toThrow(SigilError);
   });
 });
