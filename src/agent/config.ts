@@ -2,13 +2,13 @@
  * Agent configuration (DESIGN §8): YAML or JSON, validated with JSON Schema (ajv) before anything
  * starts. Errors name the key, e.g. `agent config: /verifier/port must be integer`.
  */
-import { BlockList, isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
 import { validateAgainstSchema } from '../plugins/validate.js';
 import { parseTrustDomain } from '../spiffe/id.js';
 import { readConfigFile } from '../util/config-file.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
+import { listenAddressFrom } from '../util/listen.js';
 
 export interface AgentConfig {
   trustDomain: string;
@@ -68,7 +68,7 @@ const schema = {
       additionalProperties: false,
       required: ['listen'],
       properties: {
-        // "<host>:<port>" or "[<ipv6>]:<port>"; checked by parseListenAddress (ajv's pattern message would not say what is expected).
+        // "<host>:<port>" or "[<ipv6>]:<port>"; checked by listenAddressFrom (util/listen.ts) (ajv's pattern message would not say what is expected).
         listen: { type: 'string', minLength: 1, maxLength: 300 },
       },
     },
@@ -90,54 +90,9 @@ interface RawConfig {
   metrics?: { listen: string };
 }
 
-const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
-
-/**
- * Parse a TCP listen address: `<host>:<port>` (host name or IPv4 address) or `[<ipv6>]:<port>`.
- * The port is 1–65535 in decimal. Throws a plain Error whose message says what is expected.
- */
-export function parseListenAddress(value: string): { host: string; port: number } {
-  const expected = `must be "<host>:<port>" or "[<ipv6>]:<port>" with a port from 1 to 65535, got ${JSON.stringify(value)}`;
-  let host: string;
-  let portText: string;
-  if (value.startsWith('[')) {
-    const bracketed = /^\[([^\]]*)\]:(.*)$/.exec(value);
-    if (!bracketed) throw new Error(`${expected} (no ":<port>" after the bracketed address)`);
-    host = bracketed[1]!;
-    portText = bracketed[2]!;
-    if (isIP(host) !== 6) throw new Error(`${expected} (${JSON.stringify(host)} is not an IPv6 address)`);
-  } else {
-    const colon = value.lastIndexOf(':');
-    if (colon < 0) throw new Error(`${expected} (no port)`);
-    host = value.slice(0, colon);
-    portText = value.slice(colon + 1);
-    if (host.includes(':')) throw new Error(`${expected} (an IPv6 address goes in brackets: "[::1]:9090")`);
-    // A name whose last label is all digits would be a malformed IPv4 address (as in WHATWG URLs).
-    if (isIP(host) !== 4 && (!HOST_NAME.test(host) || /(?:^|\.)[0-9]+$/.test(host))) {
-      throw new Error(`${expected} (${JSON.stringify(host)} is not a host name or IPv4 address)`);
-    }
-  }
-  if (!/^[0-9]{1,5}$/.test(portText)) throw new Error(`${expected} (bad port)`);
-  const port = Number(portText);
-  if (port < 1 || port > 65535) throw new Error(`${expected} (bad port)`);
-  return { host, port };
-}
-
-const LOOPBACK = new BlockList();
-LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
-LOOPBACK.addAddress('::1', 'ipv6');
-
-/**
- * Whether a listen host only accepts connections from this machine: `localhost`, 127.0.0.0/8 or
- * ::1 (in any spelling, IPv4-mapped included). Any other name counts as not loopback.
- */
-export function isLoopbackHost(host: string): boolean {
-  if (host.toLowerCase() === 'localhost') return true;
-  const family = isIP(host);
-  if (family === 4) return LOOPBACK.check(host, 'ipv4');
-  if (family === 6) return LOOPBACK.check(host, 'ipv6');
-  return false;
-}
+// Listen addresses are parsed by util/listen.ts for every listen key; isLoopbackHost stays
+// importable from here for the metrics endpoint and its tests.
+export { isLoopbackHost } from '../util/listen.js';
 
 /** Validate a parsed config object; `configDir` anchors relative paths. */
 export function agentConfigFrom(raw: unknown, configDir: string): AgentConfig {
@@ -162,11 +117,7 @@ export function agentConfigFrom(raw: unknown, configDir: string): AgentConfig {
   }
   let metrics: { host: string; port: number } | undefined;
   if (c.metrics) {
-    try {
-      metrics = parseListenAddress(c.metrics.listen);
-    } catch (e) {
-      throw new SigilError('config.invalid', `agent config: /metrics/listen ${errorMessage(e)}`);
-    }
+    metrics = listenAddressFrom(c.metrics.listen, 'agent config: /metrics/listen');
   }
   const nullToEmpty = (m: Record<string, unknown>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, v ?? {}]));
   return {

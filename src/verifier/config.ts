@@ -6,6 +6,7 @@ import { SigilError } from '../errors.js';
 import { validateAgainstSchema } from '../plugins/validate.js';
 import { readConfigFile } from '../util/config-file.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
+import { listenAddressFrom } from '../util/listen.js';
 import { parseTrustDomain } from '../spiffe/id.js';
 import { federationConfigFrom, federationSchema, type FederationConfig, type RawFederation } from '../federation/config.js';
 import { SESSION_DEFAULTS, type SessionLimits } from './attestation.js';
@@ -35,20 +36,27 @@ export interface VerifierConfig {
   configDir: string;
 }
 
+/** Defaults of the agent-facing HTTPS listener (also when `listen` is given as "<host>:<port>"). */
+const LISTEN_DEFAULTS = { address: '127.0.0.1', port: 8443, maxConnections: 16384, maxConnectionsPerAddress: 1024 } as const;
+
 const schema = {
   type: 'object',
   additionalProperties: false,
   required: ['trustDomain', 'dataDir'],
   properties: {
     trustDomain: { type: 'string', minLength: 1, maxLength: 255 },
+    // "<host>:<port>" / "[<ipv6>]:<port>" (the form every listen key takes), or the object form,
+    // which also holds the connection caps; address and port are checked by listenAddressFrom.
     listen: {
-      type: 'object',
+      type: ['string', 'object'],
+      minLength: 1,
+      maxLength: 300,
       additionalProperties: false,
       properties: {
-        address: { type: 'string', minLength: 1, default: '127.0.0.1' },
-        port: { type: 'integer', minimum: 0, maximum: 65535, default: 8443 },
-        maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 16384 },
-        maxConnectionsPerAddress: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 1024 },
+        address: { type: 'string', minLength: 1, default: LISTEN_DEFAULTS.address },
+        port: { type: 'integer', minimum: 0, maximum: 65535, default: LISTEN_DEFAULTS.port },
+        maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: LISTEN_DEFAULTS.maxConnections },
+        maxConnectionsPerAddress: { type: 'integer', minimum: 1, maximum: 1_000_000, default: LISTEN_DEFAULTS.maxConnectionsPerAddress },
       },
       default: {},
     },
@@ -120,7 +128,7 @@ const schema = {
 
 interface RawConfig {
   trustDomain: string;
-  listen: { address: string; port: number; maxConnections: number; maxConnectionsPerAddress: number };
+  listen: string | { address: string; port: number; maxConnections: number; maxConnectionsPerAddress: number };
   adminSocket: string;
   dataDir: string;
   datastore: { kind: 'sqlite' | 'postgres'; url?: string; schema?: string };
@@ -172,9 +180,11 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
   const maxWaitSeconds = parseDuration(c.longPoll.maxWait, 'longPoll.maxWait');
   // The HTTPS listener drops a connection idle for 30 s (connectionTimeout), a held long-poll included.
   if (maxWaitSeconds < 1 || maxWaitSeconds > 25) throw new SigilError('config.invalid', 'verifier config: /longPoll/maxWait must be between 1s and 25s');
+  const listen = listenAddressFrom(c.listen, 'verifier config: /listen', { allowPortZero: true });
+  const caps = typeof c.listen === 'string' ? { maxConnections: LISTEN_DEFAULTS.maxConnections, maxConnectionsPerAddress: LISTEN_DEFAULTS.maxConnectionsPerAddress } : c.listen;
   return {
     trustDomain,
-    listen: c.listen,
+    listen: { address: listen.host, port: listen.port, maxConnections: caps.maxConnections, maxConnectionsPerAddress: caps.maxConnectionsPerAddress },
     adminSocket: resolve(configDir, c.adminSocket),
     dataDir: resolve(configDir, c.dataDir),
     datastore,
