@@ -38,7 +38,7 @@ export interface SysAddon {
   snpGetExtReport(reportData: Buffer, vmpl: number, certsBufferLen: number): Promise<{ report: Buffer; certs: Buffer }>;
 }
 
-/** The raw binding as exported by native/sys.cc (the optional path arguments exist for tests). */
+/** The raw native addon as exported by native/sys.cc (the optional path arguments exist for tests). */
 interface RawSys {
   peerCred(fd: number): PeerCred;
   listenUnix(path: string, backlog: number, onAccept: (fd: number) => void, onError: (err: Error) => void): unknown;

@@ -85,7 +85,7 @@ function getAvailability(): Availability {
   return availability;
 }
 
-/** Whether the TPM binding can be used here, and if not exactly what is missing. */
+/** Whether the TPM native addon can be used here, and if not exactly what is missing. */
 export function tpmAvailable(): { ok: true } | { ok: false; reason: string } {
   const a = getAvailability();
   return a.ok ? { ok: true } : { ok: false, reason: a.reason };
@@ -237,7 +237,7 @@ class NativeTpmDevice implements TpmDevice {
 
 /**
  * Opens a TCTI by config string: "device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321",
- * "mssim:host=…,port=…". Throws SigilError('native.tpm_unavailable', …) when the TPM binding is
+ * "mssim:host=…,port=…". Throws SigilError('native.tpm_unavailable', …) when the TPM native addon is
  * not available, and SigilError('tpm.device_error', …) with the decoded TSS2 code when the TCTI
  * cannot be opened.
  */
@@ -263,7 +263,7 @@ export function transientHandles(dev: TpmDevice): Promise<number[]> {
   return dev.transientHandles();
 }
 
-/** Human text for a TSS2_RC (Tss2_RC_Decode), or null when the TPM binding is unavailable. */
+/** Human text for a TSS2_RC (Tss2_RC_Decode), or null when the TPM native addon is unavailable. */
 export function decodeTpmRc(rc: number): string | null {
   const a = getAvailability();
   return a.ok ? a.raw.decodeRc(rc >>> 0) : null;

@@ -1,3 +1,9 @@
+/**
+ * The session binding: the value that ties an attestor's evidence to one attestation session (its
+ * nonce) and to the key of the CSR the node SVID is issued for. Attestors put it where their
+ * evidence carries caller data (TPM qualifyingData, Nitro nonce, SEV-SNP/TDX report data).
+ * "binding" in Sigil means this only; the compiled C++ code under src/native is the native addon.
+ */
 import { createHash } from 'node:crypto';
 
 const DOMAIN = Buffer.from('sigil-attest-v1', 'utf8');

@@ -29,8 +29,8 @@ import { parseTpm2bPublic } from '../../src/tpm/structures.js';
 const exec = promisify(execFile);
 const avail = tpmAvailable();
 if (!avail.ok) {
-  if (process.env.CI === 'true') throw new Error(`native TPM binding unavailable under CI: ${avail.reason}`);
-  console.warn(`[skip] native TPM binding unavailable: ${avail.reason}`);
+  if (process.env.CI === 'true') throw new Error(`TPM native addon unavailable under CI: ${avail.reason}`);
+  console.warn(`[skip] TPM native addon unavailable: ${avail.reason}`);
 }
 const logger = pino({ level: 'silent' });
 

@@ -158,7 +158,7 @@ describe('sigil_tpm on swtpm', () => {
     return h;
   };
 
-  it('reads the EK certificates and they certify the EKs the binding returns', async () => {
+  it('reads the EK certificates and they certify the EKs the native addon returns', async () => {
     const sw = ready();
     if (!sw || !haveTools) return;
     const dev = await openTpm(sw.tcti);
