@@ -112,9 +112,24 @@ describe('sigil federation', () => {
 
     expectRefused(await sigil(createArgs()), 'federation.exists');
 
+    // Entries federate with it (--federates-with, repeatable, bare or spiffe:// form); not with an unknown or the own trust domain.
+    const [entry, unknown, local] = await Promise.all([
+      sigil(['entry', 'create', '--spiffe-id', `spiffe://${A}/fed`, '--parent-id', `spiffe://${A}/node`, '--selector', 'unix:uid:1', '--federates-with', B, '--federates-with', `spiffe://${B}`, '--json']),
+      sigil(['entry', 'create', '--spiffe-id', `spiffe://${A}/fed2`, '--parent-id', `spiffe://${A}/node`, '--selector', 'unix:uid:1', '--federates-with', 'third.org']),
+      sigil(['entry', 'create', '--spiffe-id', `spiffe://${A}/fed3`, '--parent-id', `spiffe://${A}/node`, '--selector', 'unix:uid:1', '--federates-with', A]),
+    ]);
+    expect(entry.code).toBe(0);
+    const entryId = (JSON.parse(entry.out) as { id: string; federatesWith: string[] }).id;
+    expect((JSON.parse(entry.out) as { federatesWith: string[] }).federatesWith).toEqual([B]);
+    expectRefused(unknown, 'entry.federates_with_unknown');
+    expectRefused(local, 'entry.federates_with_local');
+
     const deleted = await sigil(['federation', 'delete', B]);
     expect(deleted).toEqual({ code: 0, out: `deleted ${B}\n`, err: '' });
     expect((await sigil(['federation', 'list'])).out).toBe('(no federation relationships)\n');
+    // The entry keeps the name (and receives nothing until the relationship is made again).
+    const entries = JSON.parse((await sigil(['entry', 'list', '--json'])).out) as { entries: { id: string; federatesWith: string[] }[] };
+    expect(entries.entries.find((e) => e.id === entryId)?.federatesWith).toEqual([B]);
   }, 300_000);
 
   it('refuses bad input with a coded one-line error and exit 1', async () => {

@@ -266,15 +266,13 @@ describe('refusals: the last good bundle is kept', () => {
   });
 
   it('an https_spiffe endpoint presenting another SPIFFE ID', async () => {
-    const td = 'third.example';
-    // B's real endpoint, but the relationship expects a different endpoint ID in a third trust domain: B's certificate does not chain to its bundle.
+    // B's real endpoint, but the relationship expects another endpoint SPIFFE ID of B: the certificate chains to B's bundle and is refused for its ID.
     const err = await adminCall(va.adminSocket, 'PATCH', `/v1/admin/federations/${B}`, { endpointSpiffeId: `spiffe://${B}/not-the-endpoint` }).then(async () => adminCall(va.adminSocket, 'POST', `/v1/admin/federations/${B}/refresh`)).then(
       () => undefined,
       (e: unknown) => e,
     );
     await adminCall(va.adminSocket, 'PATCH', `/v1/admin/federations/${B}`, { endpointSpiffeId: `spiffe://${B}/sigil/verifier` });
     expect((err as SigilError).code).toBe('federation.endpoint_id_mismatch');
-    void td;
   });
 
   it('a good bundle with a higher sequence is taken', async () => {
