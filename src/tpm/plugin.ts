@@ -344,7 +344,9 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const quoteBytes = decodeB64(r.quote, 'quote', 'tpm.bad_response', 2048);
     const sigBytes = decodeB64(r.signature, 'signature', 'tpm.bad_response', 1024);
     const pcrValues = parsePcrValuesJson(r.pcrValues);
-    const eventLogBytes = r.eventLog === undefined ? undefined : decodeLogB64(r.eventLog, 'eventLog', EVENTLOG_DEFAULT_MAX_BYTES);
+    // The event log text is decoded by the memo only when it was not seen before (checkMeasuredBoot).
+    if (r.eventLog !== undefined && typeof r.eventLog !== 'string') throw new SigilError('tpm.bad_response', 'eventLog must be a non-empty base64 string');
+    const eventLogText = r.eventLog;
     const imaTail = r.imaLogFrom !== undefined;
     if (imaTail) {
       // Only the start this verifier offered is accepted: a tail from anywhere else would skip entries.
@@ -394,7 +396,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const input = { ekPubHash: st.ekPubHash, chain, pcrs: quote.pcrs };
     let measured: ReturnType<TpmVerifier['checkMeasuredBoot']>;
     try {
-      measured = this.checkMeasuredBoot(quote.pcrs ?? [], eventLogBytes, imaLogBytes, st.ima, imaTail);
+      measured = this.checkMeasuredBoot(quote.pcrs ?? [], eventLogText, imaLogBytes, st.ima, imaTail);
     } catch (e) {
       // The stored IMA progress did not fit this node's list: forget it, so the next challenge
       // offers nothing and the agent sends its whole list (checked from scratch).
@@ -417,7 +419,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
    */
   private checkMeasuredBoot(
     pcrs: PcrValue[],
-    eventLog: Buffer | undefined,
+    eventLog: string | undefined,
     imaLog: Buffer | undefined,
     imaProgress?: ImaProgress,
     imaTail = false,
@@ -427,7 +429,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const claims: Record<string, unknown> = {};
     if (eventLog === undefined && m.requireEventLog) throw new SigilError('tpm.eventlog_missing', 'tpm: the verifier requires an event log (eventLog.require) and the agent sent none');
     if (eventLog !== undefined) {
-      const r = this.eventLogChecks.check(eventLog, pcrs, m.unloggedPcrs);
+      const r = this.eventLogChecks.checkText(eventLog, (t) => decodeLogB64(t, 'eventLog', EVENTLOG_DEFAULT_MAX_BYTES), pcrs, m.unloggedPcrs);
       selectors.push(...r.selectors);
       claims.eventLog = r.claims;
     }

@@ -330,6 +330,36 @@ describe.skipIf(!have)('EventLogCheckCache', () => {
     expect(cache.size).toBe(2);
     expect(a.selectors).toContain('tpm:secureboot:enabled');
   });
+
+  it('checkText decodes a log text once; bad text is refused every time and never kept; the text budget evicts', async () => {
+    const { EventLogCheckCache } = await import('../../src/tpm/eventlog/index.js');
+    const raw = read('keylime_binary_bios_measurements_secureboot');
+    const text = raw.toString('base64');
+    const m = pcrsOf(raw);
+    let decodes = 0;
+    const decode = (t: string): Buffer => {
+      decodes++;
+      const b = Buffer.from(t, 'base64');
+      if (b.toString('base64') !== t) throw new SigilError('tpm.bad_response', 'not canonical');
+      return b;
+    };
+    const cache = new EventLogCheckCache(8, text.length + 10);
+    const a = cache.checkText(text, decode, trusted(m), [10]);
+    expect(cache.checkText(text, decode, trusted(m), [10])).toBe(a);
+    expect(decodes).toBe(1);
+    // Same text, other PCRs: no decode for the key, one for the check itself.
+    expect(codeOf(() => cache.checkText(text, decode, trusted(m).map((p) => ({ ...p, value: Buffer.alloc(32) })), [10]))).toBe('tpm.eventlog_mismatch');
+    expect(decodes).toBe(2);
+    const bad = `${text.slice(0, -4)}@@@@`;
+    expect(codeOf(() => cache.checkText(bad, decode, trusted(m), [10]))).toBe('tpm.bad_response');
+    expect(codeOf(() => cache.checkText(bad, decode, trusted(m), [10]))).toBe('tpm.bad_response');
+    expect(decodes).toBe(4);
+    // Another log's text pushes the first out of the text budget: it is decoded again (and still hits the check memo).
+    const other = read('sb_cert_eventlog');
+    cache.checkText(other.toString('base64'), decode, [], [10]);
+    expect(cache.checkText(text, decode, trusted(m), [10])).toBe(a);
+    expect(decodes).toBe(6);
+  });
 });
 
 describe.skipIf(!have)('mutations of real logs checked against their true PCRs', () => {
