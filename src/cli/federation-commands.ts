@@ -1,7 +1,7 @@
 /** `sigil federation create|list|show|update|delete|refresh` (docs/federation.md), over the verifier's admin socket. */
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import type { RelationshipView } from '../federation/service.js';
 import { adminCall } from './admin-client.js';
 import { UsageError } from './output.js';
@@ -22,7 +22,7 @@ function readInput(path: string, what: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (e) {
-    throw new SigilError('cli.file_unreadable', `cannot read ${what} ${path}: ${(e as Error).message}`);
+    throw new SigilError('cli.file_unreadable', `cannot read ${what} ${path}: ${errorMessage(e)}`);
   }
 }
 

@@ -79,7 +79,7 @@ export class FederatedBundles {
       try {
         td = parseTrustDomain(rawTd);
       } catch (e) {
-        this.logger.error({ trustDomain: rawTd.slice(0, 80), reason: (e as Error).message }, 'federated bundle for an invalid trust domain name ignored');
+        this.logger.error({ trustDomain: rawTd.slice(0, 80), ...errorFields(e) }, 'federated bundle for an invalid trust domain name ignored');
         continue;
       }
       if (td === this.trustDomain) {
@@ -92,7 +92,7 @@ export class FederatedBundles {
       } catch (e) {
         const held = this.byTd.get(td);
         if (held) byTd.set(td, held);
-        this.logger.error({ trustDomain: td, code: (e as SigilError).code, reason: (e as Error).message }, 'federated bundle refused; keeping the one held');
+        this.logger.error({ trustDomain: td, ...errorFields(e) }, 'federated bundle refused; keeping the one held');
       }
     }
     const byEntry = new Map<string, string[]>();

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import type { BundleEndpointConfig } from './endpoint.js';
 import { REFRESH_DEFAULTS, type RefreshSettings } from './service.js';
@@ -77,7 +77,7 @@ function readText(path: string, what: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (e) {
-    throw new SigilError('config.invalid', `verifier config: /federation: cannot read ${what} ${path}: ${(e as Error).message}`);
+    throw new SigilError('config.invalid', `verifier config: /federation: cannot read ${what} ${path}: ${errorMessage(e)}`);
   }
 }
 

@@ -12,7 +12,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { SigilError, errorFields } from '../errors.js';
+import { SigilError, errorFields, errorMessage } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 
 export interface BundleEndpointConfig {
@@ -47,7 +47,7 @@ function readWebCert(c: BundleEndpointConfig): { cert: string; key: string; stam
     const stamp = `${statSync(c.certFile!).mtimeMs}:${statSync(c.keyFile!).mtimeMs}`;
     return { cert: readFileSync(c.certFile!, 'utf8'), key: readFileSync(c.keyFile!, 'utf8'), stamp };
   } catch (e) {
-    throw new SigilError('federation.endpoint_cert_unreadable', `bundle endpoint certificate ${c.certFile} / key ${c.keyFile}: ${(e as Error).message}`, { status: 500, cause: e });
+    throw new SigilError('federation.endpoint_cert_unreadable', `bundle endpoint certificate ${c.certFile} / key ${c.keyFile}: ${errorMessage(e)}`, { status: 500, cause: e });
   }
 }
 
@@ -81,7 +81,7 @@ export async function startBundleEndpoint(o: BundleEndpointOptions): Promise<Run
     });
   } catch (e) {
     if (e instanceof SigilError) throw e;
-    throw new SigilError('federation.endpoint_cert_invalid', `bundle endpoint certificate or key is unusable: ${(e as Error).message}`, { status: 500, cause: e });
+    throw new SigilError('federation.endpoint_cert_invalid', `bundle endpoint certificate or key is unusable: ${errorMessage(e)}`, { status: 500, cause: e });
   }
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;

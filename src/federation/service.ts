@@ -350,7 +350,7 @@ export class FederationService {
     try {
       return parseForeignBundle(td, b.bundle);
     } catch (e) {
-      this.o.logger.error({ trustDomain: td, err: e }, 'federation: the stored bundle no longer parses; treating it as absent');
+      this.o.logger.error({ trustDomain: td, ...errorFields(e) }, 'federation: the stored bundle no longer parses; treating it as absent');
       return undefined;
     }
   }

@@ -3,7 +3,7 @@
  * fields and foreign bundles. Pure: bytes, names and the last good bundle in, a typed result or a
  * `SigilError` out. Nothing here does I/O.
  */
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import { SpiffeBundle } from '../spiffe/bundle.js';
 import { parseCertificate } from '../spiffe/cert.js';
 import { SpiffeId, parseTrustDomain } from '../spiffe/id.js';
@@ -46,7 +46,7 @@ export function foreignTrustDomain(value: unknown, localTrustDomain: string, wha
   try {
     td = parseTrustDomain(value);
   } catch (e) {
-    fail('federation.invalid_trust_domain', `${what} "${value.slice(0, 80)}": ${(e as Error).message}`);
+    fail('federation.invalid_trust_domain', `${what} "${value.slice(0, 80)}": ${errorMessage(e)}`);
   }
   if (td === localTrustDomain) fail('federation.local_trust_domain', `${what} ${td} is this verifier's own trust domain; a foreign bundle can never replace its own`);
   return td;
@@ -77,7 +77,7 @@ export function webCaPem(value: unknown): string {
     ders = pemToDers(value);
     for (const d of ders) parseCertificate(d);
   } catch (e) {
-    fail('federation.invalid_web_ca', `webCaPem: ${(e as Error).message}`);
+    fail('federation.invalid_web_ca', `webCaPem: ${errorMessage(e)}`);
   }
   if (ders.length === 0) fail('federation.invalid_web_ca', 'webCaPem holds no certificate');
   return value;
@@ -95,7 +95,7 @@ export function validateRelationship(input: RelationshipInput, localTrustDomain:
     try {
       id = SpiffeId.parse(String(input.endpointSpiffeId));
     } catch (e) {
-      fail('federation.invalid_endpoint_id', `endpointSpiffeId: ${(e as Error).message}`);
+      fail('federation.invalid_endpoint_id', `endpointSpiffeId: ${errorMessage(e)}`);
     }
     // Sigil authenticates the endpoint with the foreign trust domain's own bundle, so the endpoint
     // must hold an SVID of that trust domain.
@@ -146,7 +146,7 @@ export function parseForeignBundle(trustDomain: string, bytes: Uint8Array | stri
   try {
     doc = JSON.parse(text);
   } catch (e) {
-    fail('federation.bundle_malformed', `bundle of ${trustDomain} is not JSON: ${(e as Error).message}`);
+    fail('federation.bundle_malformed', `bundle of ${trustDomain} is not JSON: ${errorMessage(e)}`);
   }
   const keys = (doc as { keys?: unknown } | null)?.keys;
   if (Array.isArray(keys) && keys.length > FOREIGN_BUNDLE_MAX_KEYS) fail('federation.bundle_too_large', `bundle of ${trustDomain} holds ${keys.length} keys; at most ${FOREIGN_BUNDLE_MAX_KEYS} are accepted`);
@@ -154,7 +154,7 @@ export function parseForeignBundle(trustDomain: string, bytes: Uint8Array | stri
   try {
     b = SpiffeBundle.fromJwks(trustDomain, doc);
   } catch (e) {
-    fail('federation.bundle_malformed', `bundle of ${trustDomain}: ${(e as Error).message}`);
+    fail('federation.bundle_malformed', `bundle of ${trustDomain}: ${errorMessage(e)}`);
   }
   if (b.x509Authorities.length === 0) fail('federation.bundle_empty', `bundle of ${trustDomain} holds no X.509 authority`);
   for (const der of b.x509Authorities) {
@@ -200,7 +200,7 @@ export function parseInitialBundle(trustDomain: string, text: unknown): SpiffeBu
     try {
       b = SpiffeBundle.fromPem(trustDomain, text);
     } catch (e) {
-      fail('federation.bundle_malformed', `initial bundle of ${trustDomain}: ${(e as Error).message}`);
+      fail('federation.bundle_malformed', `initial bundle of ${trustDomain}: ${errorMessage(e)}`);
     }
     return parseForeignBundle(trustDomain, JSON.stringify(b.toJwks()));
   }
