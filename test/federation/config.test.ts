@@ -134,6 +134,23 @@ describe('a relationship declared in the config', () => {
   }, 60_000);
 });
 
+describe('a declared https_spiffe relationship without a trust bundle', () => {
+  it('stops the verifier at start when the datastore holds no bundle of that trust domain (federation.initial_bundle_required)', async () => {
+    const d = join(root, 'no-bundle');
+    mkdirSync(d, { recursive: true });
+    const { trustBundle: _omitted, ...rel } = declared();
+    const err = await startA(d, [rel]).then(
+      async (v) => {
+        await v.stop();
+        return undefined;
+      },
+      (e: unknown) => e as { code?: string; message: string },
+    );
+    expect(err?.code).toBe('federation.initial_bundle_required');
+    expect(err?.message).toMatch(/other\.org/);
+  }, 30_000);
+});
+
 describe('config validation of federation.relationships', () => {
   const base = { trustDomain: A, listen: { address: '127.0.0.1', port: 0 }, adminSocket: '/tmp/x.sock', dataDir: '/tmp/x', nodeAttestors: { join_token: {} } };
   const rel = { trustDomain: B, bundleEndpointUrl: 'https://b.example/', profile: 'https_web' };
