@@ -248,8 +248,8 @@ interface CaTemplate {
   notAfter: Date;
   caSpki: Buffer;
   trustDomain: string | undefined;
-  /** CA private keys already checked against caSpki. */
-  keys: WeakSet<KeyObject>;
+  /** CA private keys already checked against caSpki, with their signature algorithm. */
+  keys: WeakMap<KeyObject, { algId: Buffer; hash: 'sha256' | 'sha384' }>;
 }
 
 const TEMPLATE_CACHE_MAX = 32;
@@ -283,7 +283,7 @@ function templateFor(caCertDer: Buffer): CaTemplate {
       notAfter: ca.notAfter,
       caSpki: ca.spki,
       trustDomain,
-      keys: new WeakSet(),
+      keys: new WeakMap(),
     };
     if (templates.size >= TEMPLATE_CACHE_MAX) {
       const oldest = templates.keys().next().value;
@@ -316,10 +316,12 @@ export interface IssueX509SvidOptions {
  */
 export function issueX509Svid(opts: IssueX509SvidOptions): Buffer {
   const t = templateFor(opts.caCertDer);
-  if (!t.keys.has(opts.caKey)) {
+  let alg = t.keys.get(opts.caKey);
+  if (alg === undefined) {
     if (opts.caKey.type !== 'private') throw err('x509svid.key_mismatch', 'caKey must be a private key');
     if (!spkiDer(opts.caKey).equals(t.caSpki)) throw err('x509svid.key_mismatch', 'caKey does not match the CA certificate');
-    t.keys.add(opts.caKey);
+    alg = signingAlgFor(opts.caKey);
+    t.keys.set(opts.caKey, alg);
   }
   const id = SpiffeId.parse(opts.spiffeId);
   if (id.isTrustDomainId) throw err('x509svid.id_no_path', `X.509-SVID SPIFFE ID ${id.toString()} must have a path`);
@@ -346,7 +348,7 @@ export function issueX509Svid(opts: IssueX509SvidOptions): Buffer {
     0xa3,
     tlv(TAG.SEQUENCE, EXT_BC_LEAF, info.family === 'rsa' ? EXT_KU_RSA : EXT_KU_EC, EXT_EKU, sanExt, skiExt, t.akiExt),
   );
-  const { algId, hash } = signingAlgFor(opts.caKey);
+  const { algId, hash } = alg;
   const tbs = tlvOf(TAG.SEQUENCE, [
     VERSION_V3,
     encodeUnsignedInteger(serial),
