@@ -24,13 +24,19 @@
  *
  *   npx tsx bench/fleet.ts [--agents 1000] [--entries 100000] [--group 10] [--seconds 20] [--rate 50]
  *                          [--interval 2] [--store sqlite|postgres] [--verifiers 1|2] [--no-push] [--saturate 8]
+ *                          [--pin 1]
  *
- * The compiled CLI in dist/ is rebuilt first (`npm run build`) so the verifier runs the current code.
+ * --pin <cpus> runs the verifier(s) under `taskset -c <cpus>` and this load generator (with the
+ * PostgreSQL it starts) on the other CPUs, so "CPU per core" means one core: on a 2-core machine
+ * `--pin 1` gives the verifier core 1 and everything else core 0.
+ *
+ * The verifier is compiled first into build/bench-fleet/ (not dist/, which other work may rebuild
+ * meanwhile) so it runs the current code; --no-build reuses that build (repeated runs).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { request } from 'node:https';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -61,6 +67,8 @@ const optS = (name: string, dflt: string): string => {
 const root = fileURLToPath(new URL('..', import.meta.url));
 const TD = 'example.org';
 const VID = `spiffe://${TD}/sigil/verifier`;
+// BENCH_FLEET_BUILD names another build folder (e.g. to keep an older build for a before/after pair).
+const buildDir = process.env.BENCH_FLEET_BUILD ?? join(root, 'build', 'bench-fleet');
 
 const N = opt('--agents', 1000);
 const ENTRIES = opt('--entries', 100_000);
@@ -75,6 +83,21 @@ const PUSH = !args.includes('--no-push');
 if (STORE !== 'sqlite' && STORE !== 'postgres') throw new Error('--store must be sqlite or postgres');
 if (VERIFIERS !== 1 && VERIFIERS !== 2) throw new Error('--verifiers must be 1 or 2');
 if (VERIFIERS === 2 && STORE !== 'postgres') throw new Error('two verifiers need --store postgres');
+const PIN = optS('--pin', '');
+if (PIN !== '' && !/^[0-9]+(?:[-,][0-9]+)*$/.test(PIN)) throw new Error('--pin takes a taskset CPU list such as 1 or 1-3');
+
+/** The CPUs not in `list` (a taskset list), of the machine's. */
+function otherCpus(list: string): string {
+  const mine = new Set<number>();
+  for (const part of list.split(',')) {
+    const [a, b] = part.split('-').map(Number) as [number, number | undefined];
+    for (let c = a; c <= (b ?? a); c++) mine.add(c);
+  }
+  const all = Number(execFileSync('nproc', ['--all']).toString().trim());
+  const rest = Array.from({ length: all }, (_, c) => c).filter((c) => !mine.has(c));
+  if (rest.length === 0) throw new Error(`--pin ${list} leaves no CPU for the load generator`);
+  return rest.join(',');
+}
 
 function procRss(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -138,9 +161,29 @@ interface Op {
 }
 
 async function main(): Promise<void> {
-  process.stdout.write('building dist/ (npm run build)… ');
-  execFileSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' });
-  console.log('done');
+  // The verifier runs from its own build of the current sources (build/bench-fleet/, beside the
+  // native addons in build/Release), not from dist/: other work in the tree can rebuild dist/ at any time.
+  if (args.includes('--no-build')) console.log(`${buildDir} used as it is (--no-build)`);
+  else {
+    process.stdout.write(`building ${buildDir} (tsc -p tsconfig.build.json)… `);
+    rmSync(buildDir, { recursive: true, force: true });
+    try {
+      execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--outDir', join(buildDir, 'dist')], { cwd: root, stdio: 'pipe' });
+    } catch (e) {
+      // tsc still writes every file; type errors in parts the verifier does not load are reported, not fatal.
+      const out = String((e as { stdout?: Buffer }).stdout ?? '');
+      console.log(`\n  type errors (files written anyway):\n${out.trim().split('\n').map((l) => `  ${l}`).join('\n')}`);
+    }
+    mkdirSync(join(buildDir, 'bin'), { recursive: true });
+    copyFileSync(join(root, 'bin/sigil'), join(buildDir, 'bin/sigil'));
+    copyFileSync(join(root, 'package.json'), join(buildDir, 'package.json'));
+    console.log('done');
+  }
+  if (PIN !== '') {
+    const rest = otherCpus(PIN);
+    execFileSync('taskset', ['-a', '-p', '-c', rest, String(process.pid)], { stdio: 'ignore' });
+    console.log(`verifier(s) pinned to CPU ${PIN}; load generator and PostgreSQL to CPU ${rest}`);
+  }
   const dir = mkdtempSync(join(tmpdir(), 'sigil-bench-fleet-'));
   chmodSync(dir, 0o755);
   const daemons: { child: ChildProcess; exited: Promise<unknown> }[] = [];
@@ -192,7 +235,8 @@ async function main(): Promise<void> {
         join(dir, `verifier${v}.yaml`),
         [
           `trustDomain: ${TD}`,
-          `listen: { address: 127.0.0.1, port: ${port} }`,
+          // Two connections per agent (sync + long-poll) must fit under the total cap.
+          `listen: { address: 127.0.0.1, port: ${port}, maxConnections: ${Math.max(16384, 2 * N + 1024)} }`,
           `adminSocket: ${adminSocket}`,
           `dataDir: ${join(dir, `v${v}`)}`,
           pg ? `datastore: { kind: postgres, url: "${pg.url}", schema: fleet }` : 'datastore: { kind: sqlite }',
@@ -203,9 +247,13 @@ async function main(): Promise<void> {
       );
       // BENCH_VERIFIER_NODE_FLAGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") runs `node <flags> bin/sigil`.
       const flags = process.env.BENCH_VERIFIER_NODE_FLAGS?.split(' ').filter((f) => f.length > 0);
-      const cmd = [...(flags ? [process.execPath, ...flags] : []), join(root, 'bin/sigil'), 'verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)];
-      const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'] });
-      daemons.push({ child, exited: new Promise((r) => child.once('exit', r)) });
+      const cmd = [...(PIN !== '' ? ['taskset', '-c', PIN] : []), ...(flags || PIN !== '' ? [process.execPath, ...(flags ?? [])] : []), join(buildDir, 'bin/sigil'), 'verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)];
+      // The native addons stay where `npm ci` built them.
+      const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, SIGIL_NATIVE_DIR: join(root, 'build', 'Release') } });
+      let gone = false;
+      daemons.push({ child, exited: new Promise((r) => child.once('exit', (c) => ((gone = true), r(c)))) });
+      await sleep(500);
+      if (gone) throw new Error(`verifier ${v} exited at start`);
       await waitFor(() => adminCall(adminSocket, 'GET', '/readyz').then(() => true), 60_000, `verifier ${v}`);
       ports.push(port);
       pids.push(child.pid as number);
@@ -237,7 +285,9 @@ async function main(): Promise<void> {
           const f = await postJson(ports[v] as number, `/v1/attest/${String(b.body.session)}`, { responses: { join_token: {} } }, caPem);
           if (f.status !== 200 || f.body.agentId !== tok.agentId) throw new Error(`attest finish ${f.status} ${JSON.stringify(f.body)}`);
           const tls = { cert: certsToPem((f.body.svid as string[]).map((s) => Buffer.from(s, 'base64'))), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string };
-          const conn = (): FleetConn => new FleetConn({ host: '127.0.0.1', port: ports[v] as number, ca: caPem, ...tls, serverId: VID });
+          // Each agent its own source address (127.1.0.0/16), as separate hosts are: the verifier's per-address connection cap applies per agent.
+          const localAddress = `127.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
+          const conn = (): FleetConn => new FleetConn({ host: '127.0.0.1', port: ports[v] as number, ca: caPem, ...tls, serverId: VID, localAddress });
           agents[i] = { i, v, agentId: tok.agentId, group: i % groups, tls, poll: conn(), push: conn(), etag: '' };
         }
       }),
@@ -337,6 +387,7 @@ async function main(): Promise<void> {
         }
       }
     };
+    const handshakes0 = agents.reduce((n, a) => n + a.poll.connects + a.push.connects, 0);
     const loops = agents.map((a) => pollLoop(a, (a.i / N) * INTERVAL_MS));
     const pushLoops = PUSH ? agents.map((a) => pushLoop(a)) : [];
     // The trickle: creates and deletes under one agent or one alias, through verifier 0.
@@ -407,7 +458,11 @@ async function main(): Promise<void> {
     const perSync = cpuTotal / syncs;
     const ms = (x: number): string => `${x.toFixed(1)} ms`;
     console.log(`\n== steady state: ${VERIFIERS} verifier(s) on ${STORE}, ${N} agents, sync every ${INTERVAL_MS / 1000} s${PUSH ? ' + a held long-poll each' : ''}, ${changes} entry changes (${RATE}/s) in ${elapsed.toFixed(1)} s`);
-    console.log(`syncs: ${syncs} (${(syncs / elapsed).toFixed(0)}/s; ${full} answered 200, the rest 304), ${pushed} sets pushed by long-poll, ${errors} errors, ${adminErrors} failed entry changes`);
+    const reconnects = agents.reduce((n, a) => n + a.poll.reconnects + a.push.reconnects, 0);
+    const handshakes = agents.reduce((n, a) => n + a.poll.connects + a.push.connects, 0) - handshakes0;
+    console.log(
+      `syncs: ${syncs} (${(syncs / elapsed).toFixed(0)}/s; ${full} answered 200, the rest 304), ${pushed} sets pushed by long-poll, ${errors} errors, ${adminErrors} failed entry changes, ${reconnects} requests sent again after the verifier closed an idle connection, ${handshakes} TLS handshakes (from the start of the warm-up)`,
+    );
     console.log(`verifier CPU: ${cpuUsed.map((c) => `${((c / 1e6 / elapsed) * 100).toFixed(0)} %`).join(' + ')} of a core; ${(perSync).toFixed(0)} µs per sync (GET /v1/bundle + GET /v1/entries/authorized, long-polls and changes included)`);
     console.log(`one core at this cost: ${((INTERVAL_MS * 1000) / perSync).toFixed(0)} agents at a ${INTERVAL_MS / 1000} s interval (goal ≥ 10,000)`);
     console.log(`sync latency: p50 ${ms(pct(syncLat, 50))}, p99 ${ms(pct(syncLat, 99))}, max ${ms(Math.max(...syncLat))} (goal p99 < 50 ms)`);
@@ -421,6 +476,7 @@ async function main(): Promise<void> {
     // 6. Saturation: back-to-back syncs (entries only, 304), no interval.
     if (SATURATE > 0) {
       let n = 0;
+      const hs1 = agents.reduce((x, a) => x + a.poll.connects, 0);
       const c1 = pids.map(procCpuUs);
       const t3 = performance.now();
       const end = t3 + SATURATE * 1000;
@@ -437,7 +493,7 @@ async function main(): Promise<void> {
       const used = pids.map((p, k) => procCpuUs(p) - (c1[k] as number));
       const usedTotal = used.reduce((x, y) => x + y, 0);
       console.log(
-        `\n== saturation (${N} agents back to back, GET /v1/entries/authorized → 304): ${(n / s).toFixed(0)} syncs/s; verifier CPU ${used.map((c) => `${((c / 1e6 / s) * 100).toFixed(0)} %`).join(' + ')}; ${(usedTotal / n).toFixed(0)} µs per 304`,
+        `\n== saturation (${N} agents back to back, GET /v1/entries/authorized → 304): ${(n / s).toFixed(0)} syncs/s; verifier CPU ${used.map((c) => `${((c / 1e6 / s) * 100).toFixed(0)} %`).join(' + ')}; ${(usedTotal / n).toFixed(0)} µs per 304; ${agents.reduce((x, a) => x + a.poll.connects, 0) - hs1} TLS handshakes meanwhile`,
       );
     }
     const cpus = execFileSync('nproc').toString().trim();

@@ -21,6 +21,8 @@ export interface FleetConnOptions {
   key: string;
   /** The URI SAN the verifier's certificate must carry. */
   serverId: string;
+  /** Source address (each simulated agent its own loopback address, as agents are separate hosts). */
+  localAddress?: string;
 }
 
 export class FleetConn {
@@ -33,10 +35,12 @@ export class FleetConn {
 
   private open(): Promise<TLSSocket> {
     if (this.sock && !this.sock.destroyed) return Promise.resolve(this.sock);
+    this.connects++;
     return new Promise((resolve, reject) => {
       const s = connect({
         host: this.o.host,
         port: this.o.port,
+        ...(this.o.localAddress ? { localAddress: this.o.localAddress } : {}),
         ca: this.o.ca,
         cert: this.o.cert,
         key: this.o.key,
@@ -69,6 +73,7 @@ export class FleetConn {
   private moreBytes = 0;
 
   private onData(d: Buffer): void {
+    this.answered = true;
     if (this.head && this.buf.length + this.moreBytes + d.length < this.head.headerEnd + this.head.length) {
       this.more.push(d);
       this.moreBytes += d.length;
@@ -108,14 +113,37 @@ export class FleetConn {
     }
   }
 
-  /** GET `path` with extra headers; one request at a time per connection. */
+  /**
+   * GET `path` with extra headers; one request at a time per connection. As HTTP clients do for an
+   * idempotent request, one that fails because a kept-alive connection was closed by the server
+   * before any answer came (its idle timeout) is sent again once on a new connection.
+   */
   async get(path: string, headers: Record<string, string> = {}): Promise<FleetResponse> {
+    const reused = this.sock !== undefined && !this.sock.destroyed;
+    try {
+      return await this.send(path, headers);
+    } catch (e) {
+      if (!reused || this.answered) throw e;
+      this.reconnects++;
+      return this.send(path, headers);
+    }
+  }
+
+  /** Requests sent again on a new connection after the server closed a kept-alive one. */
+  reconnects = 0;
+  /** TLS connections opened (handshakes). */
+  connects = 0;
+  /** Whether any byte of an answer to the request in flight has come. */
+  private answered = false;
+
+  private async send(path: string, headers: Record<string, string>): Promise<FleetResponse> {
     const s = await this.open();
     if (this.pending) throw new Error('one request at a time');
     let req = `GET ${path} HTTP/1.1\r\nhost: verifier\r\naccept: application/json\r\n`;
     for (const [k, v] of Object.entries(headers)) req += `${k}: ${v}\r\n`;
     return new Promise((resolve, reject) => {
       this.pending = { resolve, reject };
+      this.answered = false;
       s.write(req + '\r\n');
     });
   }

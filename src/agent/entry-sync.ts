@@ -25,6 +25,7 @@
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import { SigilError, asSigilError, errorMessage } from '../errors.js';
+import type { SpiffeBundle } from '../spiffe/bundle.js';
 import { parseCertificate } from '../spiffe/cert.js';
 import { createCsr } from '../spiffe/csr.js';
 import { spkiDer } from '../spiffe/keys.js';
@@ -62,6 +63,8 @@ export interface EntrySyncOptions {
 
 export class EntrySync {
   private revision: string | undefined;
+  /** ETag of the bundle last fetched from the verifier, and the trust store's bundle it matched. */
+  private bundleEtag: { etag: string; held: SpiffeBundle } | undefined;
   private agentId: string | undefined;
   private closed = false;
   private running: Promise<void> | undefined;
@@ -286,7 +289,14 @@ export class EntrySync {
   /** Fetch the verifier's bundle; adopt it (and trust it for TLS) when it changed. */
   private async refreshBundle(): Promise<void> {
     const { client, trust } = this.o;
-    if (trust.update(await client.bundle())) client.setTrust(trust.bundle().x509Authorities);
+    // Conditional on the ETag of the bundle last adopted, as long as the trust store still holds
+    // that very bundle (attestation and renewal adopt bundles too): an unchanged bundle is a 304.
+    const held = this.bundleEtag !== undefined && this.bundleEtag.held === trust.bundle() ? this.bundleEtag.etag : undefined;
+    const r = await client.bundleIfChanged(held);
+    if (r === undefined) return;
+    this.bundleEtag = undefined;
+    if (trust.update(r.jwks)) client.setTrust(trust.bundle().x509Authorities);
+    if (r.etag !== undefined) this.bundleEtag = { etag: r.etag, held: trust.bundle() };
   }
 
   /** Make keys + CSRs for `batch`, have them signed, verify and cache. Returns how many were stored. */

@@ -368,7 +368,20 @@ export class VerifierClient {
 
   /** The trust domain's SPIFFE bundle (JWKS object). No client certificate needed. */
   async bundle(): Promise<unknown> {
-    const r = await this.call('GET', '/v1/bundle', undefined, { mtls: false });
-    return obj(r.body, 'bundle');
+    return (await this.bundleIfChanged(undefined))?.jwks;
+  }
+
+  /**
+   * The bundle unless the verifier's ETag is still `etag` (undefined: HTTP 304, the bundle held is
+   * current); `etag` is the ETag the verifier sent with it (undefined if it sent none).
+   */
+  async bundleIfChanged(etag: string | undefined): Promise<{ jwks: unknown; etag: string | undefined } | undefined> {
+    const r = await this.call('GET', '/v1/bundle', undefined, { mtls: false, ...(etag !== undefined ? { headers: { 'if-none-match': etag } } : {}) });
+    if (r.status === 304) {
+      if (etag === undefined) bad('HTTP 304 to an unconditional bundle request');
+      return undefined;
+    }
+    const tag = r.headers.etag;
+    return { jwks: obj(r.body, 'bundle'), etag: typeof tag === 'string' && tag.length <= 128 ? tag : undefined };
   }
 }

@@ -1,8 +1,9 @@
 /** Agent-facing HTTPS routes (DESIGN §3, docs/api.md). */
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createHash } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { SigilError, errorMessage } from '../errors.js';
+import type { SpiffeBundle } from '../spiffe/bundle.js';
 import { parseCsr } from '../spiffe/csr.js';
 import type { AgentRecord } from '../store/types.js';
 import { AuthorizedSetCache } from './authorized-cache.js';
@@ -10,17 +11,41 @@ import { b64String } from './http-common.js';
 import type { VerifierCore } from './core.js';
 import type { FederationService } from '../federation/service.js';
 
+/** What a TLS connection's client certificate says: the agent ID and serial, or why it is refused. */
+type PeerIdentity = { id: string; serial: string } | SigilError;
+
+/**
+ * The peer identity of each TLS connection, read from its certificate once: a keep-alive agent
+ * connection sends a sync every few seconds over the same session, and parsing the certificate's
+ * SANs every time was a large part of a 304. The first read turns TLS renegotiation off for that
+ * connection (TLS 1.2 could otherwise present another certificate later; TLS 1.3 has none), so the
+ * certificate cannot change under the cached answer. Entries go away with their socket.
+ */
+const peerIdentities = new WeakMap<TLSSocket, PeerIdentity>();
+
+function readPeerIdentity(sock: TLSSocket): PeerIdentity {
+  const cert = sock.getPeerX509Certificate();
+  if (!cert) return new SigilError('agent.no_client_cert', 'this call needs the agent\'s node SVID as TLS client certificate', { status: 401 });
+  if (!sock.authorized) {
+    return new SigilError('agent.bad_client_cert', `client certificate not trusted: ${String(sock.authorizationError ?? 'unknown reason')}`, { status: 401 });
+  }
+  const uris = (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:'));
+  if (uris.length !== 1) return new SigilError('agent.bad_client_cert', 'client certificate must carry exactly one URI SAN', { status: 401 });
+  return { id: (uris[0] as string).slice(4), serial: cert.serialNumber };
+}
+
 function peerAgentId(req: FastifyRequest): { id: string; serial: string } {
   const sock = req.raw.socket as TLSSocket;
   if (typeof sock.getPeerX509Certificate !== 'function') throw new SigilError('agent.no_client_cert', 'this call needs TLS with a client certificate', { status: 401 });
-  const cert = sock.getPeerX509Certificate();
-  if (!cert) throw new SigilError('agent.no_client_cert', 'this call needs the agent\'s node SVID as TLS client certificate', { status: 401 });
-  if (!sock.authorized) {
-    throw new SigilError('agent.bad_client_cert', `client certificate not trusted: ${String(sock.authorizationError ?? 'unknown reason')}`, { status: 401 });
+  let p = peerIdentities.get(sock);
+  if (p === undefined) {
+    sock.disableRenegotiation();
+    p = readPeerIdentity(sock);
+    peerIdentities.set(sock, p);
   }
-  const uris = (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:'));
-  if (uris.length !== 1) throw new SigilError('agent.bad_client_cert', 'client certificate must carry exactly one URI SAN', { status: 401 });
-  return { id: (uris[0] as string).slice(4), serial: cert.serialNumber };
+  // A fresh error each time: the cached one carries the first request's stack.
+  if (p instanceof SigilError) throw new SigilError(p.code, p.message, { status: p.status });
+  return p;
 }
 
 function unknownAgent(id: string): SigilError {
@@ -169,7 +194,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
         if (next) set = next;
       }
       if (req.headers['if-none-match'] === set.etag) return reply.code(304).send();
-      return reply.header('etag', set.etag).type('application/json; charset=utf-8').send(set.body);
+      return reply.header('etag', set.etag).type('application/json; charset=utf-8').send(sets.body(set));
     },
   );
 
@@ -241,7 +266,21 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
     },
   );
 
-  app.get('/v1/bundle', async () => core.ca.bundle().toJwks());
+  // The bundle changes when the CA journals do (rotation, a peer verifier's CA): its JSON and ETag
+  // are made once per bundle object, and an agent that holds it gets a 304.
+  const bundleAnswers = new WeakMap<SpiffeBundle, { etag: string; body: string }>();
+  app.get('/v1/bundle', async (req, reply) => {
+    const b = core.ca.bundle();
+    let a = bundleAnswers.get(b);
+    if (a === undefined) {
+      const body = JSON.stringify(b.toJwks());
+      a = { etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"`, body };
+      bundleAnswers.set(b, a);
+    }
+    reply.header('etag', a.etag);
+    if (req.headers['if-none-match'] === a.etag) return reply.code(304).send();
+    return reply.type('application/json; charset=utf-8').send(a.body);
+  });
 
   // SPIFFE Federation: the foreign bundles the agent's authorized entries federate with, and which
   // entry federates with which trust domain (docs/federation.md).

@@ -61,8 +61,6 @@ export interface AuthorizedSet {
   entries: RegistrationEntry[];
   /** Content hash, sent as ETag and `revision`. */
   etag: string;
-  /** The 200 answer, serialised once. */
-  body: string;
   /** Epoch ms at which the first of its entries (or node entries) expires; Infinity if none does. */
   validUntil: number;
 }
@@ -250,6 +248,17 @@ export class AuthorizedSetCache {
     return t;
   }
 
+  /**
+   * The 200 answer for `s`. Made when asked (a changed set, a first sync), not kept with the set: at
+   * 100,000 entries each agent's text is 20–250 KB, which for every cached agent would be most of
+   * the verifier's memory; the entries' own JSON is made once per entry and shared by every set.
+   */
+  body(s: AuthorizedSet): string {
+    let out = '{"entries":[';
+    for (let i = 0; i < s.entries.length; i++) out += (i === 0 ? '' : ',') + this.json(s.entries[i] as RegistrationEntry);
+    return `${out}],"revision":${JSON.stringify(s.etag)}}`;
+  }
+
   /** The agent's authorized set, from the cache when it is still current. */
   async get(agent: AgentRecord): Promise<AuthorizedSet> {
     const rev = await this.currentRevision();
@@ -293,7 +302,6 @@ export class AuthorizedSetCache {
       nodeEntries: a.nodeEntries,
       entries: a.entries,
       etag,
-      body: `{"entries":[${a.entries.map((e) => this.json(e)).join(',')}],"revision":${JSON.stringify(etag)}}`,
       validUntil: earliestExpiry(a.entries, earliestExpiry(a.nodeEntries, Infinity)),
     };
     const prev = this.sets.get(agent.id);
