@@ -31,21 +31,16 @@ function notAfterOf(der: Buffer): string {
 }
 
 /**
- * Write a file atomically with the given mode: a new temp file (O_EXCL, random name, created with
- * `mode`) in the same directory, then renamed into place. Never opens a file that was already
- * there, so in a directory others can write a planted temp file or symlink receives nothing.
+ * Writes DIR/svid.pem (leaf first, then intermediates), DIR/key.pem (0600), DIR/bundle.pem, each
+ * through util/atomic-file.ts: a new O_EXCL temp file renamed into place, so a file or symlink
+ * planted in a directory others can write receives nothing.
  */
-function writeAtomic(path: string, data: string, mode: number): void {
-  replaceFileAtomic(path, data, mode);
-}
-
-/** Writes DIR/svid.pem (leaf first, then intermediates), DIR/key.pem (0600), DIR/bundle.pem. */
 export function writeSvidFiles(dir: string, svid: FetchedX509Svid): string[] {
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const files = [join(dir, 'svid.pem'), join(dir, 'key.pem'), join(dir, 'bundle.pem')] as const;
-  writeAtomic(files[1], derToPem(svid.keyPkcs8Der, 'PRIVATE KEY'), 0o600);
-  writeAtomic(files[0], certsToPem(svid.chain), 0o644);
-  writeAtomic(files[2], certsToPem(svid.bundle), 0o644);
+  replaceFileAtomic(files[1], derToPem(svid.keyPkcs8Der, 'PRIVATE KEY'), 0o600);
+  replaceFileAtomic(files[0], certsToPem(svid.chain), 0o644);
+  replaceFileAtomic(files[2], certsToPem(svid.bundle), 0o644);
   return [...files];
 }
 
