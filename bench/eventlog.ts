@@ -13,7 +13,11 @@
  * Rates are per second of this process's CPU time (user + system), so they mean "on one core"
  * even on a busy machine; wall-clock rates on a shared machine would measure the neighbours.
  *
- *   npx tsx bench/eventlog.ts [seconds=2]
+ *  - IMA lists of 10,000 and 100,000 synthetic ima-ng entries (ASCII and binary): bytes, and
+ *    verifier CPU time of a full check vs an incremental one (100 new entries after the stored
+ *    progress, sent as a tail or inside the whole list), with an allowlist policy.
+ *
+ *   npx tsx bench/eventlog.ts [seconds=2] [ima]   (`ima`: only the IMA part)
  */
 import 'reflect-metadata';
 import { createHash, randomBytes } from 'node:crypto';
@@ -22,7 +26,10 @@ import { sessionBinding } from '../src/plugins/binding.js';
 import type { PluginStateStore, SessionInput } from '../src/plugins/types.js';
 import { EkCertVerifier, EkTrustStore } from '../src/tpm/ekcert.js';
 import { checkEventLog, parseEventLog, replayEventLog } from '../src/tpm/eventlog/index.js';
+import { checkImaLog, parseImaLog, replayIma, type ImaPolicy } from '../src/tpm/ima/index.js';
+import { algorithmByName } from '../src/tpm/eventlog/algorithms.js';
 import { TpmVerifier } from '../src/tpm/plugin.js';
+import { asciiList, binaryList, syntheticSpecs } from '../test/tpm/ima-builder.js';
 import type { PcrBankSelection } from '../src/tpm/structures.js';
 import { td } from '../test/support/testdata.js';
 import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
@@ -127,7 +134,54 @@ async function attestRates(raw: Buffer, pcrs: Map<number, Buffer>): Promise<Reco
   return out;
 }
 
+/** CPU milliseconds per call of fn (at least `min` calls and 1 s). */
+function msPer(fn: () => unknown, min = 3): number {
+  let n = 0;
+  const c0 = process.cpuUsage();
+  while (n < min || cpuSeconds(c0) < 1) {
+    fn();
+    n++;
+  }
+  return (cpuSeconds(c0) * 1000) / n;
+}
+
+function imaBench(): void {
+  const sha256 = algorithmByName('sha256')!;
+  const sha1 = algorithmByName('sha1')!;
+  const limits = { maxBytes: 1 << 30, maxEntries: 1_000_000 };
+  for (const n of [10_000, 100_000]) {
+    const specs = syntheticSpecs(n + 100);
+    const policy: ImaPolicy = { name: 'bench', allow: new Map(specs.map((s) => [s.path, new Set([`sha256:${s.digest.toString('hex')}`])])), excludes: [] };
+    for (const [form, build] of [['ascii', asciiList], ['binary', binaryList]] as const) {
+      const before = build(specs.slice(0, n));
+      const after = build(specs);
+      const pcrsOf = (b: Buffer): { bank: string; index: number; value: Buffer }[] => {
+        const e = parseImaLog(b, limits);
+        return [
+          { bank: 'sha256', index: 10, value: replayIma(e, sha256) },
+          { bank: 'sha1', index: 10, value: replayIma(e, sha1) },
+        ];
+      };
+      const p0 = pcrsOf(before);
+      const p1 = pcrsOf(after);
+      const progress = checkImaLog({ log: before, pcrs: p0, policy, ...limits }).progress;
+      const tail = after.subarray(progress.bytes);
+      const full = msPer(() => checkImaLog({ log: after, pcrs: p1, policy, ...limits }));
+      const incWhole = msPer(() => checkImaLog({ log: after, pcrs: p1, policy, progress, ...limits }), 20);
+      const incTail = msPer(() => checkImaLog({ log: tail, tail: true, pcrs: p1, policy, progress, ...limits }), 50);
+      console.log(
+        `IMA ${String(n).padStart(6)} entries ${form.padEnd(6)}: ${(after.length / 1024).toFixed(0).padStart(6)} KiB whole, tail of 100 new ${(tail.length / 1024).toFixed(1)} KiB; ` +
+          `full check ${full.toFixed(1)} ms, incremental (whole list sent) ${incWhole.toFixed(2)} ms, incremental (tail sent) ${incTail.toFixed(2)} ms (sha1+sha256 banks)`,
+      );
+    }
+  }
+}
+
 async function main(): Promise<void> {
+  if (process.argv[3] === 'ima') {
+    imaBench();
+    return;
+  }
   const raw = readFileSync(td('tpm-eventlog', 'ubuntu_2104_shielded_vm_no_secure_boot_eventlog'));
   const log = parseEventLog(raw);
   const regs = replayEventLog(log, { banks: ['sha256'], indices: [0, 1, 2, 3, 4, 5, 6, 7] }).get('sha256')!;
@@ -141,6 +195,7 @@ async function main(): Promise<void> {
   const { none: base, memo, fresh } = await attestRates(raw, regs);
   console.log(`event log cost per attestation: ${(1e6 / memo - 1e6 / base).toFixed(0)} µs (memo hit), ${(1e6 / fresh - 1e6 / base).toFixed(0)} µs (afresh)`);
   console.log(`target ≥ 2,000 attestations/s/core with an event log: memo hit ${memo >= 2000 ? 'met' : 'NOT met'}, afresh ${fresh >= 2000 ? 'met' : 'NOT met'}`);
+  imaBench();
 }
 
 main().catch((e: unknown) => {
