@@ -8,6 +8,7 @@ import { resolve } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import type { BundleEndpointConfig } from './endpoint.js';
+import { listenAddressFrom } from '../util/listen.js';
 import { REFRESH_DEFAULTS, type RefreshSettings } from './service.js';
 import { validateRelationship, type ValidRelationship } from './validate.js';
 
@@ -26,8 +27,9 @@ export const federationSchema = {
       additionalProperties: false,
       required: ['profile'],
       properties: {
-        address: { type: 'string', minLength: 1, default: '0.0.0.0' },
-        port: { type: 'integer', minimum: 0, maximum: 65535, default: 8444 },
+        listen: { type: 'string', minLength: 1 },
+        address: { type: 'string', minLength: 1 },
+        port: { type: 'integer', minimum: 0, maximum: 65535 },
         profile: { enum: ['https_web', 'https_spiffe'] },
         cert: { type: 'string', minLength: 1 },
         key: { type: 'string', minLength: 1 },
@@ -68,7 +70,7 @@ export const federationSchema = {
 } as const;
 
 export interface RawFederation {
-  bundleEndpoint?: { address: string; port: number; profile: 'https_web' | 'https_spiffe'; cert?: string; key?: string };
+  bundleEndpoint?: { listen?: string; address?: string; port?: number; profile: 'https_web' | 'https_spiffe'; cert?: string; key?: string };
   refresh: { default: string | number; min: string | number; max: string | number; maxBackoff: string | number; timeout: string | number };
   relationships: { trustDomain: string; bundleEndpointUrl: string; profile: string; endpointSpiffeId?: string; trustBundle?: string; webCa?: string }[];
 }
@@ -99,9 +101,17 @@ export function federationConfigFrom(raw: RawFederation, trustDomain: string, co
   if (be) {
     if (be.profile === 'https_web' && (!be.cert || !be.key)) throw new SigilError('config.invalid', 'verifier config: /federation/bundleEndpoint: profile https_web needs "cert" and "key" (a Web PKI certificate for the endpoint\'s host name)');
     if (be.profile === 'https_spiffe' && (be.cert || be.key)) throw new SigilError('config.invalid', 'verifier config: /federation/bundleEndpoint: profile https_spiffe serves the verifier\'s own SVID; "cert" and "key" apply to https_web only');
+    // Either `listen: "host:port"` (the form every listen key takes, src/util/listen.ts) or the
+    // older `address`/`port` pair (defaults 0.0.0.0 and 8444); not both.
+    if (be.listen !== undefined && (be.address !== undefined || be.port !== undefined)) {
+      throw new SigilError('config.invalid', 'verifier config: /federation/bundleEndpoint: give either "listen" or "address"/"port", not both');
+    }
+    const at = be.listen !== undefined
+      ? listenAddressFrom(be.listen, 'verifier config: /federation/bundleEndpoint/listen', { allowPortZero: true })
+      : { host: be.address ?? '0.0.0.0', port: be.port ?? 8444 };
     out.bundleEndpoint = {
-      address: be.address,
-      port: be.port,
+      address: at.host,
+      port: at.port,
       profile: be.profile,
       ...(be.cert ? { certFile: resolve(configDir, be.cert) } : {}),
       ...(be.key ? { keyFile: resolve(configDir, be.key) } : {}),
