@@ -2,7 +2,7 @@
  * The composition root for plugins (as SPIRE's catalog, pkg/server/catalog): the one place that
  * knows which attestors are built in. Attestor folders never import it, and the loader
  * (src/plugins/loader.ts) imports no attestor; the verifier and the agent load their plugins
- * through the functions below. Each built-in is imported lazily, so e.g. the TPM native binding is
+ * through the functions below. Each built-in is imported lazily, so e.g. the TPM native addon is
  * loaded only when a `tpm` block is configured.
  *
  * To add a built-in attestor: give it its own folder exporting its plugin halves, then add one line

@@ -52,7 +52,7 @@ function reservedName(catalog: BuiltinCatalog, kind: Kind, name: string): boolea
   return false;
 }
 
-/** One built-in plugin: how to import it (lazily, so e.g. the TPM binding loads only when configured) and its error-code namespace. */
+/** One built-in plugin: how to import it (lazily, so e.g. the TPM native addon loads only when configured) and its error-code namespace. */
 export interface BuiltinPlugin<K extends Kind> {
   load: () => Promise<PluginOf<K>>;
   /** First segment of the plugin's error codes (`tpm`, `nitro`, `sev`, …); its config errors are `<namespace>.config_invalid`. */

@@ -522,7 +522,7 @@ export function certPublicSpkiDer(cert: ParsedCert): Buffer {
   }
 }
 
-/** Key kind of a certificate's public key, as the native binding names EK algorithms. */
+/** Key kind of a certificate's public key, as the native addon names EK algorithms. */
 export function certKeyKind(cert: ParsedCert): 'rsa' | 'ecc-p256' | 'ecc-p384' | 'ecc-p521' | 'other' {
   let parts: ReturnType<typeof spkiParts>;
   try {

@@ -20,7 +20,7 @@
  *   await tpm.stop();
  *
  * swtpm serves one TCP client at a time (others wait in the listen queue), so close a device
- * opened through the native binding before running tpm2-tools against the same instance.
+ * opened through the native addon before running tpm2-tools against the same instance.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';

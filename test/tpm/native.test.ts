@@ -1,7 +1,7 @@
 /**
- * Agent half over the native TPM binding (src/native/tpm.ts) against Sigil's verifier half,
+ * Agent half over the native TPM addon (src/native/tpm.ts) against Sigil's verifier half,
  * on a manufactured swtpm: hello (EK cert + EK public + AK), credential activation and quote.
- * Skipped with a reason only when the binding is unavailable outside CI.
+ * Skipped with a reason only when the native addon is unavailable outside CI.
  */
 import { finishAndCommit } from './commit.js';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
@@ -25,8 +25,8 @@ const exec = promisify(execFile);
 
 const avail = tpmAvailable();
 if (!avail.ok) {
-  if (process.env.CI === 'true') throw new Error(`native TPM binding unavailable under CI: ${avail.reason}`);
-  console.warn(`[skip] native TPM binding unavailable: ${avail.reason}`);
+  if (process.env.CI === 'true') throw new Error(`native TPM addon unavailable under CI: ${avail.reason}`);
+  console.warn(`[skip] native TPM addon unavailable: ${avail.reason}`);
 }
 
 const logger = pino({ level: 'silent' });
@@ -74,7 +74,7 @@ async function attest(a: NodeAttestorAgent, state: MemoryState): Promise<{ selec
   return { selectors: r.selectors, agentIdSuffix: r.agentIdSuffix, hello };
 }
 
-describe.skipIf(!avail.ok)('tpm agent plugin over the native binding', () => {
+describe.skipIf(!avail.ok)('tpm agent plugin over the native addon', () => {
   it('RSA AK: attests, keeps the AK in dataDir (0600) and reuses it after a restart', async () => {
     if (!tpm) throw new Error('swtpm unavailable');
     const state = new MemoryState();
