@@ -75,7 +75,7 @@ describe('sigil CLI against a running verifier', () => {
     expect((await sigil(['agent', 'list', '--json'])).code).toBe(0);
     expect((await sigil(['agent', 'evict', 'spiffe://example.org/sigil/agent/join_token/none'])).code).toBe(1);
     expect((await sigil(['healthcheck'])).code).toBe(0);
-  });
+  }, 240_000); // 17 CLI processes one after another, each compiling the CLI with tsx
 
   it('says clearly when the verifier is not reachable', async () => {
     const r = (await sigil(['entry', 'list'], { SIGIL_ADMIN_SOCKET: join(tmpdir(), 'no-such-sigil.sock') }));
