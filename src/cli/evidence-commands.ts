@@ -25,7 +25,7 @@ export function registerTpmEvidence(verifyCmd: Command): void {
     .option('--pcr-values <file>', 'PCR values: `tpm2_quote -o` output, or YAML/JSON as printed by tpm2_pcrread')
     .option('--pcrs <spec>', 'require exactly this PCR selection, e.g. sha256:0,1,2,3,4,5,6,7')
     .option('--event-log <file>', 'firmware event log (binary_bios_measurements): replayed against the quoted PCRs, adds boot selectors')
-    .option('--ima-log <file>', 'IMA ascii_runtime_measurements: replayed against the quoted PCR 10')
+    .option('--ima-log <file>', 'IMA runtime measurements (binary or ASCII list): replayed against the quoted PCR 10')
     .option('--at <iso-time>', 'verification time for certificate validity (default: now)')
     .option('--json', 'print one JSON object')
     .action(async (opts: TpmEvidenceOptions) => {

@@ -83,7 +83,7 @@ export interface OfflineTpmEvidence {
   eventLog?: Buffer;
   /** PCRs the event log does not cover (default [10], IMA's). */
   unloggedPcrs?: number[];
-  /** IMA ASCII runtime measurements: replayed against the quoted PCR 10. Needs pcrValues. */
+  /** IMA runtime measurements (binary or ASCII list, told apart by the first byte): replayed against the quoted PCR 10. Needs pcrValues. */
   imaLog?: Buffer;
 }
 
@@ -139,7 +139,7 @@ export async function verifyTpmEvidenceOffline(ev: OfflineTpmEvidence): Promise<
   }
   if (ev.imaLog && quote.pcrs) {
     const r = checkImaLog({ log: ev.imaLog, pcrs: quote.pcrs });
-    claims.ima = { entries: r.entries.length, pending: r.pending };
+    claims.ima = { entries: r.entries.length, pending: r.pending, format: r.progress.format };
   }
   return { selectors, claims };
 }
