@@ -221,13 +221,67 @@ export async function removeStaleSocket(path: string, what: string, codes: Stale
     const kind = st.isFile() ? 'a regular file' : st.isDirectory() ? 'a directory' : st.isSymbolicLink() ? 'a symlink' : 'not a socket';
     throw new SigilError(codes.notSocket, `${what} ${path} exists and is ${kind}; refusing to remove it: remove it or choose another path`, { status: 500 });
   }
-  const probe = await probeSocket(path);
-  if (probe === 'gone') return 'absent';
-  if (probe === 'live') throw new SigilError(codes.inUse, `another process is serving ${what} ${path}; is one already running?`, { status: 500 });
-  if (probe !== 'stale') throw new SigilError(codes.unusable, `${what} ${path} cannot be probed: ${errorMessage(probe)}`, { status: 500, cause: probe });
-  // Remove exactly the socket probed: one bound in its place meanwhile is another process's.
-  unlinkIfSame(path, { dev: st.dev, ino: st.ino });
-  return 'removed';
+  // Hold the socket's inode under a second name while deciding: once its last name goes, a freed
+  // inode number can be handed straight to the next socket bound at `path` (ext4 does), and a
+  // (dev, ino) identity would then match another process's live socket. A held inode is not freed.
+  const hold = holdInode(path, what, codes);
+  if (hold === undefined) return 'absent';
+  try {
+    const probe = await probeSocket(path);
+    if (probe === 'gone') return 'absent';
+    if (probe === 'live') throw new SigilError(codes.inUse, `another process is serving ${what} ${path}; is one already running?`, { status: 500 });
+    if (probe !== 'stale') throw new SigilError(codes.unusable, `${what} ${path} cannot be probed: ${errorMessage(probe)}`, { status: 500, cause: probe });
+    // Remove exactly the socket held: one bound in its place meanwhile is another process's.
+    unlinkIfSame(path, hold.id);
+    return 'removed';
+  } finally {
+    hold.release();
+  }
+}
+
+/**
+ * A second name for the socket at `path`, in a fresh 0700 `.sXXXXXX` directory next to it (what
+ * `removeStaleBindDirs` cleans up after a crash), and the identity of what was linked. undefined
+ * when `path` is gone; refuses a path that is no longer a socket, or that cannot be linked (e.g.
+ * another user's socket under fs.protected_hardlinks: it is left for the operator to remove).
+ */
+function holdInode(path: string, what: string, codes: StaleSocketCodes): { id: { dev: number; ino: number }; release: () => void } | undefined {
+  const dir = dirname(path);
+  let holdDir: string | undefined;
+  for (let i = 0; i < 8 && holdDir === undefined; i++) {
+    const candidate = join(dir, `.s${randomBytes(3).toString('hex')}`);
+    try {
+      mkdirSync(candidate, { mode: 0o700 });
+      holdDir = candidate;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new SigilError(codes.unusable, `${what} ${path} cannot be checked: ${errorMessage(e)}`, { status: 500, cause: e });
+    }
+  }
+  if (holdDir === undefined) throw new SigilError(codes.unusable, `${what} ${path} cannot be checked: no free temporary directory name in ${dir}`, { status: 500 });
+  const held = join(holdDir, 's');
+  const release = (): void => {
+    try {
+      unlinkSync(held);
+    } catch {
+      // never linked
+    }
+    try {
+      rmdirSync(holdDir);
+    } catch {
+      // left for removeStaleBindDirs
+    }
+  };
+  try {
+    linkSync(path, held); // link() does not follow a symlink at `path`: the name itself is held
+    const st = lstatSync(held);
+    if (!st.isSocket()) throw new SigilError(codes.notSocket, `${what} ${path} was replaced by something that is not a socket; refusing to remove it`, { status: 500 });
+    return { id: { dev: st.dev, ino: st.ino }, release };
+  } catch (e) {
+    release();
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (e instanceof SigilError) throw e;
+    throw new SigilError(codes.unusable, `${what} ${path} cannot be held for removal (${errorMessage(e)}); remove it by hand if no process serves it`, { status: 500, cause: e });
+  }
 }
 
 /** Remove `path` if it is still the socket `id` (not one a later process put there). */
