@@ -1,7 +1,9 @@
 /**
  * The `tpm` node attestor (DESIGN §2–4):
- *  hello     = { ekCert, ekIntermediates?, ekPub, akPub }                  (agent → verifier)
- *  challenge = { credentialBlob, encryptedSecret, pcrSelection }          (verifier → agent)
+ *  hello     = { ekCert, ekIntermediates?, ekPub, akPub, imaTail? }        (agent → verifier)
+ *  challenge = { credentialBlob, encryptedSecret, pcrSelection, imaFrom? } (verifier → agent)
+ * `imaTail: true` says the agent can send an IMA tail; only then does the verifier offer `imaFrom`
+ * (an agent that does not say so never sees the field, so verifiers can be upgraded first).
  *  response  = { secret, quote, signature, pcrValues: [{bank,index,value}], eventLog?, imaLog? } (agent → verifier)
  * The verifier proves the AK lives in the TPM holding the certified EK by credential
  * activation (MakeCredential to the AK Name under the EK), then checks a quote signed by
@@ -276,7 +278,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
   }
 
   async begin(hello: unknown, session: SessionInput): Promise<{ challenge: unknown; state: unknown }> {
-    const h = strictObject(hello, 'tpm hello', 'tpm.bad_hello', ['ekCert', 'ekPub', 'akPub'], ['ekIntermediates']);
+    const h = strictObject(hello, 'tpm hello', 'tpm.bad_hello', ['ekCert', 'ekPub', 'akPub'], ['ekIntermediates', 'imaTail']);
+    if (h.imaTail !== undefined && h.imaTail !== true) throw new SigilError('tpm.bad_hello', 'tpm hello: imaTail must be true when present');
     const ekCertDer = decodeB64(h.ekCert, 'ekCert', 'tpm.bad_hello', EK_LIMITS.certBytes);
     const inters: Buffer[] = [];
     if (h.ekIntermediates !== undefined) {
@@ -297,7 +300,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const secret = randomBytes(32);
     const made = makeCredential(ekPub, objectName(ak), secret);
     const ekPubHash = spkiHash(ekPub);
-    const ima = await this.imaProgress(ekPubHash);
+    const ima = h.imaTail === true ? await this.imaProgress(ekPubHash) : undefined;
     const state: TpmSessionState = {
       v: STATE_VERSION,
       secretHash: secretDigest(secret).toString('base64'),
@@ -685,6 +688,9 @@ export class TpmAgent implements NodeAttestorAgent {
     this.loadedAk = stored;
     this.ekAlg = ekAlg;
     const hello: Record<string, unknown> = { ekCert: ekCert.der.toString('base64'), ekPub: ekPubBytes.toString('base64'), akPub: stored.public };
+    // Only an agent that sends an IMA log asks for the tail protocol, so an agent without one
+    // still talks to verifiers that predate it.
+    if (this.config.imaLog !== undefined && this.config.imaLog !== false) hello.imaTail = true;
     if (this.config.ekIntermediates?.length) {
       const ders: string[] = [];
       for (const p of this.config.ekIntermediates) {

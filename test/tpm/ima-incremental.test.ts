@@ -147,6 +147,7 @@ beforeAll(async () => {
     ekCert: (await makeEkCert(ek.publicKey, inter, { notBefore: new Date(Date.now() - 86_400_000) })).toString('base64'),
     ekPub: ekPublicFor(ek.publicKey).toString('base64'),
     akPub: akPublicFor(ak.publicKey).toString('base64'),
+    imaTail: true,
   };
   const specs = syntheticSpecs(200);
   writeFileSync(join(dir, 'allow.json'), JSON.stringify(Object.fromEntries(specs.map((s) => [s.path, [`sha256:${s.digest.toString('hex')}`]]))));
@@ -193,6 +194,17 @@ async function codeAsync(p: Promise<unknown>): Promise<string> {
 describe('tpm verifier: IMA progress across attestations', () => {
   const make = async (state: MemoryState): Promise<NodeAttestorVerifier> =>
     tpmVerifierPlugin.create({ ekCa: ['roots.pem'], pcrs: { sha256: [10] }, ima: { allowlist: 'allow.json', name: 'fleet' } }, { trustDomain: 'example.org', logger, now: () => new Date(), state, configDir: dir });
+
+  it('an agent that does not ask for the tail protocol (no imaTail in its hello: older agents) is never offered imaFrom', async () => {
+    const state = new MemoryState();
+    const v = await make(state);
+    await attest(v, asciiList(syntheticSpecs(100)));
+    const s: SessionInput = { nonce: randomBytes(32), csrSpki: Buffer.alloc(0), binding: Buffer.alloc(32), now: new Date() };
+    const { imaTail: _asked, ...older } = hello;
+    expect(((await v.begin(older, s)).challenge as Record<string, unknown>).imaFrom).toBeUndefined();
+    expect(((await v.begin(hello, s)).challenge as Record<string, unknown>).imaFrom).toMatchObject({ entries: 100 });
+    expect(await codeAsync(v.begin({ ...hello, imaTail: 'yes' }, s))).toBe('tpm.bad_hello');
+  });
 
   for (const [form, list] of [['ascii', asciiList], ['binary', binaryList]] as const) {
     it(`${form}: first attestation full, renewal sends and checks only the new entries; a restarted verifier on another datastore checks in full`, async () => {
