@@ -18,7 +18,7 @@ import type { Logger } from 'pino';
 import { SigilError, isSigilError, errorFields } from '../../errors.js';
 import type { SysAddon } from '../../native/sys.js';
 import { makeDirs } from '../../util/private-dir.js';
-import { checkSocketDir } from '../../util/socket-dir.js';
+import { checkSocketDir, removeStaleSocket } from '../../util/socket-dir.js';
 
 /** Pending connections the kernel queues before accept. */
 const BACKLOG = 511;
@@ -135,28 +135,10 @@ async function prepareSocketPath(socketPath: string): Promise<void> {
     }
     await chmod(dir, 0o755);
   }
-  let st;
-  try {
-    st = await lstat(socketPath);
-  } catch (e) {
-    if ((e as { code?: string }).code === 'ENOENT') return;
-    throw new SigilError('workload_api.socket_path_invalid', `cannot inspect ${socketPath}: ${(e as Error).message}`);
-  }
-  if (!st.isSocket()) throw new SigilError('workload_api.socket_path_in_use', `${socketPath} exists and is not a socket; refusing to remove it`);
-  if (await socketIsLive(socketPath)) throw new SigilError('workload_api.socket_path_in_use', `another process is serving on ${socketPath}`);
-  await unlink(socketPath);
-}
-
-function socketIsLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(path);
-    const done = (live: boolean): void => {
-      clearTimeout(t);
-      s.destroy();
-      resolve(live);
-    };
-    const t = setTimeout(() => done(true), 1000);
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
+  // One stale-socket routine for every socket Sigil binds (src/util/socket-dir.ts).
+  await removeStaleSocket(socketPath, 'Workload API socket', {
+    notSocket: 'workload_api.socket_path_in_use',
+    inUse: 'workload_api.socket_path_in_use',
+    unusable: 'workload_api.socket_path_invalid',
   });
 }
