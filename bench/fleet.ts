@@ -11,7 +11,7 @@
  * Each simulated agent does what `sigil agent run` does against the verifier:
  *   - every --interval seconds (default 2, the agent's default syncInterval; start times spread
  *     evenly) a sync on its own keep-alive mTLS connection: GET /v1/bundle, then
- *     GET /v1/entries/authorized with If-None-Match;
+ *     GET /v1/entries/authorized, both with If-None-Match;
  *   - on a second connection, a held long-poll GET /v1/entries/authorized?wait=20 (unless --no-push).
  * A trickle of --rate entry changes per second (creates and deletes, under one agent or one alias,
  * through the first verifier's admin socket) runs meanwhile; for each, the time until every affected
@@ -150,6 +150,7 @@ interface SimAgent {
   poll: FleetConn;
   push: FleetConn;
   etag: string;
+  bundleEtag: string;
 }
 
 /** An entry change being propagated: which agents still have to see it. */
@@ -288,7 +289,7 @@ async function main(): Promise<void> {
           // Each agent its own source address (127.1.0.0/16), as separate hosts are: the verifier's per-address connection cap applies per agent.
           const localAddress = `127.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
           const conn = (): FleetConn => new FleetConn({ host: '127.0.0.1', port: ports[v] as number, ca: caPem, ...tls, serverId: VID, localAddress });
-          agents[i] = { i, v, agentId: tok.agentId, group: i % groups, tls, poll: conn(), push: conn(), etag: '' };
+          agents[i] = { i, v, agentId: tok.agentId, group: i % groups, tls, poll: conn(), push: conn(), etag: '', bundleEtag: '' };
         }
       }),
     );
@@ -353,7 +354,10 @@ async function main(): Promise<void> {
       while (running) {
         const s = performance.now();
         try {
-          await a.poll.get('/v1/bundle');
+          // As the agent does: the bundle with the ETag of the one it holds (304 while unchanged).
+          const b = await a.poll.get('/v1/bundle', a.bundleEtag ? { 'if-none-match': a.bundleEtag } : {});
+          if (b.status === 200) a.bundleEtag = b.etag ?? '';
+          else if (b.status !== 304) throw new Error(`bundle ${b.status}`);
           const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag });
           if (r.status === 200) {
             a.etag = r.etag ?? '';

@@ -4,7 +4,7 @@
  * enough (status, ETag, Content-Length body). Thousands of these in one load generator cost far less
  * CPU than node:https agents, so the verifier's CPU is what the benchmark measures.
  */
-import { connect, type TLSSocket } from 'node:tls';
+import { connect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 
 export interface FleetResponse {
   status: number;
@@ -31,7 +31,12 @@ export class FleetConn {
   private pending: { resolve: (r: FleetResponse) => void; reject: (e: Error) => void } | undefined;
   private head: { status: number; etag: string | undefined; length: number; headerEnd: number } | undefined;
 
-  constructor(private readonly o: FleetConnOptions) {}
+  /** Made once: a new connection (after the verifier closed an idle one) does not parse the PEM again. */
+  private readonly context: SecureContext;
+
+  constructor(private readonly o: FleetConnOptions) {
+    this.context = createSecureContext({ ca: o.ca, cert: o.cert, key: o.key });
+  }
 
   private open(): Promise<TLSSocket> {
     if (this.sock && !this.sock.destroyed) return Promise.resolve(this.sock);
@@ -41,9 +46,7 @@ export class FleetConn {
         host: this.o.host,
         port: this.o.port,
         ...(this.o.localAddress ? { localAddress: this.o.localAddress } : {}),
-        ca: this.o.ca,
-        cert: this.o.cert,
-        key: this.o.key,
+        secureContext: this.context,
         checkServerIdentity: (_h, cert) => (cert.subjectaltname === `URI:${this.o.serverId}` ? undefined : new Error(`verifier SAN ${String(cert.subjectaltname)}`)),
       });
       s.setNoDelay(true);

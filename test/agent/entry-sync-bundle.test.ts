@@ -42,9 +42,10 @@ function setup(hasNodeSvid: boolean) {
   let bundleCalls = 0;
   const trustSets: Buffer[][] = [];
   const client = {
-    bundle: async () => {
+    // A verifier that sends no ETag: every refresh gets the whole bundle.
+    bundleIfChanged: async () => {
       bundleCalls++;
-      return published.toJwks();
+      return { jwks: published.toJwks(), etag: undefined };
     },
     setTrust: (d: Buffer[]) => void trustSets.push(d),
     authorizedEntries: async () => undefined,
