@@ -164,7 +164,9 @@ export function entriesChangeOf(written: readonly { parentId: string; selectors:
 export function parseStoredJson<T>(text: string, what: string): T {
   try {
     return JSON.parse(text) as T;
-  } catch (e) {
-    throw new SigilError('store.corrupt', `the datastore holds ${what} that is not valid JSON`, { status: 500, cause: e });
+  } catch {
+    // No cause: JSON.parse's message quotes the text, and stored state may hold secrets (a
+    // third-party plugin's), which must not reach the logs through a stack.
+    throw new SigilError('store.corrupt', `the datastore holds ${what} that is not valid JSON`, { status: 500 });
   }
 }
