@@ -232,7 +232,8 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
    * name (UTF-16) as description: first a record whose digest is the hash of the ASCII name with
    * its NUL — checked here, so the name is proven — then one whose digest is the hash of the
    * section's contents. Returns the name awaiting its data record. Records that are not such a
-   * pair yield nothing; a data record whose description names another section is refused.
+   * pair yield nothing; a data record whose description names another section, or a second
+   * name record for a section already measured, is refused.
    */
   function ukiRecord(ev: EventLogEvent, pending: string | undefined): string | undefined {
     const label = ev.type === EV.IPL ? utf16Text(ev.data) : undefined;
@@ -242,7 +243,11 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
       return undefined;
     }
     if (label === undefined || !UKI_SECTION.test(label)) return undefined;
-    return dataHashes(ev, Buffer.from(`${label}\0`, 'latin1')) ? label : undefined;
+    if (!dataHashes(ev, Buffer.from(`${label}\0`, 'latin1'))) return undefined;
+    // systemd-stub measures each section once; a second pair can only come from a later extend
+    // (PCR 11 is extendable from userspace) and would add a selector the booted UKI does not have.
+    if (ukiSections.some((s) => s.name === label)) badEvent(ev, `UKI section ${label} is measured a second time`);
+    return label;
   }
 }
 
