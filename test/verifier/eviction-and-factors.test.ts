@@ -272,7 +272,10 @@ describe('eviction resets the TPM counters of the evicted node', () => {
   it('only enabled attestors that name their state are asked, and only for IDs in this trust domain', () => {
     const a = tv.v.core.attestation;
     const hash = 'ab'.repeat(32);
-    expect(a.pluginStateOf(agentIdOf('tpm', hash))).toEqual([{ plugin: 'tpm', key: `counters:${hash}` }]);
+    expect(a.pluginStateOf(agentIdOf('tpm', hash))).toEqual([
+      { plugin: 'tpm', key: `counters:${hash}` },
+      { plugin: 'tpm', key: `ima:${hash}` },
+    ]);
     expect(a.pluginStateOf(`spiffe://other.org/sigil/agent/tpm/${hash}`)).toEqual([]);
     expect(a.pluginStateOf(agentIdOf('tpm', 'not-a-hash'))).toEqual([]);
     expect(a.pluginStateOf(agentIdOf('join_token', hash))).toEqual([]);
