@@ -53,3 +53,13 @@ describe('ResponseCache', () => {
     expect(cache.jwt([{ ...r1 }])).not.toBe(one); // a refreshed token is a new object
   });
 });
+
+describe('x509KeyOf', () => {
+  it('gives two different selector sets different keys even when a value holds a NUL', () => {
+    // Joined with NUL, ['k8s:pod_label:a\0b'] and ['k8s:pod_label:a', 'b'] were one key: one
+    // caller's cached SVID response could then be served to the other.
+    expect(x509KeyOf(['k8s:pod_label:a\0b'])).not.toBe(x509KeyOf(['k8s:pod_label:a', 'b']));
+    expect(x509KeyOf(['unix:uid:0', 'unix:gid:0'])).not.toBe(x509KeyOf(['unix:uid:0\0unix:gid:0']));
+    expect(x509KeyOf(['unix:uid:0'])).toBe(x509KeyOf(['unix:uid:0']));
+  });
+});

@@ -47,7 +47,11 @@ const NO_FAILURES: string[] = Object.freeze([]) as unknown as string[];
 
 /** Response-cache key of the X.509 response for a selector set. */
 export function x509KeyOf(selectors: readonly Selector[]): string {
-  return `x509\0${selectors.join('\0')}`;
+  // Length-prefixed, so no selector value (a NUL in a plugin's label, say) can make two selector
+  // sets share one key.
+  let key = 'x509\0';
+  for (const s of selectors) key += `${s.length}:${s}`;
+  return key;
 }
 
 function sameSelectors(a: readonly Selector[], b: readonly Selector[]): boolean {
