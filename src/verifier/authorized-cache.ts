@@ -86,7 +86,8 @@ interface Waiter {
 }
 
 function selectorsKey(agent: AgentRecord): string {
-  return agent.selectors.join('\n');
+  // JSON, not a join: no selector value can make two different selector lists one key.
+  return JSON.stringify(agent.selectors);
 }
 
 function earliestExpiry(es: RegistrationEntry[], from: number): number {
