@@ -76,6 +76,35 @@ describe.skipIf(!have)('checkEventLog over the real logs', () => {
     expect(r.selectors).not.toContain(`tpm:secureboot:${want === 'enabled' ? 'disabled' : 'enabled'}`);
   });
 
+  it('replays only the compared PCRs (the others are the log\'s word): claims carry exactly those, with the values of a full replay', () => {
+    const raw = read('ubuntu_2104_shielded_vm_no_secure_boot_eventlog');
+    const full = pcrsOf(raw);
+    const r = checkEventLog({ log: raw, pcrs: trusted(full, [0, 4, 7]) });
+    expect([...r.replayed.get('sha256')!.keys()].sort((a, b) => a - b)).toEqual([0, 4, 7]);
+    for (const i of [0, 4, 7]) expect(r.replayed.get('sha256')!.get(i)!.equals(full.get(i)!)).toBe(true);
+    // PCR 8 (GRUB, 67 events) is not quoted: not replayed, and no selector comes from it.
+    expect(r.selectors.some((s) => s.startsWith('tpm:kernel_cmdline:'))).toBe(false);
+    // Every bank replays the same with the shared-scratch extender as with a plain H(R || d) per event.
+    const log = parseEventLog(raw);
+    for (const alg of log.banks) {
+      const plain = new Map<number, Buffer>();
+      for (const ev of log.events.slice(1)) {
+        if (ev.type === 3) continue;
+        const d = ev.digests.find((x) => x.alg.id === alg.id)!.digest;
+        plain.set(ev.index, createHash(alg.nodeHash).update(plain.get(ev.index) ?? Buffer.alloc(alg.size)).update(d).digest());
+      }
+      expect(replayEventLog(log, { banks: [alg.name] }).get(alg.name)).toEqual(plain);
+    }
+  });
+
+  it('a hand-built log with a digest of the wrong size for its bank is a typed error, not a silent short hash', () => {
+    const log = parseEventLog(read('ubuntu_2104_shielded_vm_no_secure_boot_eventlog'));
+    const ev = log.events[1]!;
+    const bad = { ...log, events: [log.events[0]!, { ...ev, digests: ev.digests.map((d) => (d.alg.name === 'sha256' ? { ...d, digest: d.digest.subarray(0, 31) } : d)) }] };
+    expect(codeOf(() => replayEventLog(bad, { banks: ['sha256'] }))).toBe('tpm.eventlog_bad_digest_size');
+    expect(replayEventLog(bad, { banks: ['sha1'] }).get('sha1')!.size).toBe(1);
+  });
+
   it('sb_cert_eventlog: the db authority and shim\'s own authority (3 post-separator events, 2 certificates; old shim quirk named)', () => {
     const raw = read('sb_cert_eventlog');
     const r = checkEventLog({ log: raw, pcrs: trusted(pcrsOf(raw)) });

@@ -41,18 +41,44 @@ export function algorithmByName(name: string): EventLogAlgorithm | undefined {
 
 let available: Set<string> | undefined;
 
-/** Hash `parts` with the bank's algorithm; a bank this Node build cannot hash is a typed error. */
-export function bankHash(alg: EventLogAlgorithm, ...parts: Uint8Array[]): Buffer {
+function requireHash(alg: EventLogAlgorithm): void {
   available ??= new Set(getHashes());
   if (!available.has(alg.nodeHash)) {
     throw new SigilError('tpm.eventlog_unsupported_algorithm', `event log bank ${alg.name}: this Node.js build cannot compute ${alg.nodeHash}`);
   }
+}
+
+/** Hash `parts` with the bank's algorithm; a bank this Node build cannot hash is a typed error. */
+export function bankHash(alg: EventLogAlgorithm, ...parts: Uint8Array[]): Buffer {
+  requireHash(alg);
   // One-shot crypto.hash (Node ≥ 20.12, 22, 24) is markedly cheaper than createHash for the
   // short inputs of a replay; older Node 20 releases take the streaming path.
   if (oneShot !== undefined) return oneShot(alg.nodeHash, parts.length === 1 ? parts[0]! : Buffer.concat(parts), 'buffer');
   const h = createHash(alg.nodeHash);
   for (const p of parts) h.update(p);
   return h.digest();
+}
+
+/**
+ * A register extender for one bank: `extend(register, digest)` = H(register ‖ digest), a new
+ * buffer. Both inputs are copied into one scratch buffer owned by the extender (no allocation per
+ * call besides the result), so an extender must not be shared between interleaved replays that
+ * rely on the scratch between calls — it is not: each call reads it only within itself.
+ * Throws `tpm.eventlog_unsupported_algorithm` at creation if Node cannot hash the bank.
+ */
+export function bankExtender(alg: EventLogAlgorithm): (register: Uint8Array, digest: Uint8Array) => Buffer {
+  requireHash(alg);
+  const n = alg.size;
+  const scratch = Buffer.allocUnsafe(2 * n);
+  return (register, digest) => {
+    if (register.length !== n || digest.length !== n) {
+      throw new SigilError('tpm.eventlog_bad_digest_size', `event log: extending ${alg.name} needs ${n}-byte register and digest, got ${register.length} and ${digest.length}`);
+    }
+    scratch.set(register, 0);
+    scratch.set(digest, n);
+    if (oneShot !== undefined) return oneShot(alg.nodeHash, scratch, 'buffer');
+    return createHash(alg.nodeHash).update(scratch).digest();
+  };
 }
 
 const oneShot = (nodeCrypto as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }).hash;

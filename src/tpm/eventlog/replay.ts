@@ -5,7 +5,7 @@
  * measurement registers (e.g. TDX RTMRs) with `initialValue` and `startupLocality: false`.
  */
 import { SigilError } from '../../errors.js';
-import { algorithmByName, bankHash, type EventLogAlgorithm } from './algorithms.js';
+import { algorithmByName, bankExtender, type EventLogAlgorithm } from './algorithms.js';
 import { EV } from './events.js';
 import type { EventLogEvent, ParsedEventLog } from './parse.js';
 
@@ -58,13 +58,21 @@ export function replayEventLog(log: ParsedEventLog, opts: ReplayOptions = {}): R
       return Buffer.from(v);
     };
     for (const i of opts.indices ?? []) regs.set(i, start(i));
+    const extend = bankExtender(alg);
+    const filter = opts.filter;
     for (const ev of log.events) {
       if (ev.type === EV.NO_ACTION) continue;
-      if (opts.filter !== undefined && !opts.filter(ev)) continue;
-      const d = ev.digests.find((x) => x.alg.id === alg.id);
+      if (filter !== undefined && !filter(ev)) continue;
+      let d: Buffer | undefined;
+      for (const x of ev.digests) {
+        if (x.alg.id === alg.id) {
+          d = x.digest;
+          break;
+        }
+      }
       // The parser guarantees one digest per bank; a missing one means a hand-built log.
       if (d === undefined) throw new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
-      regs.set(ev.index, bankHash(alg, regs.get(ev.index) ?? start(ev.index), d.digest));
+      regs.set(ev.index, extend(regs.get(ev.index) ?? start(ev.index), d));
     }
     out.set(alg.name, regs);
   }
