@@ -158,8 +158,9 @@ export interface WorkloadCaller {
 export interface WorkloadAttestor {
   /**
    * Selectors for the caller, each prefixed with the attestor name. Throw SigilError on failure.
-   * `signal` is aborted when the attestation's deadline passes (and, harmlessly, once it is over);
-   * its reason is a shared, frozen Error named "AbortError".
+   * `signal` is aborted when the attestation's deadline passes (and, harmlessly, once it is over
+   * if anything still listens to it; a signal nobody listens to any more may instead be handed,
+   * unaborted, to a later attestation); its reason is a shared, frozen Error named "AbortError".
    */
   attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]>;
   /**

@@ -51,6 +51,30 @@ describe('Deadlines', () => {
     expect(fired).toBe(false);
   });
 
+  it('keeps a bucket emptied by cancel until it is due, reuses it, and still fires what is put in it later', async () => {
+    let now = 0;
+    d = new Deadlines(10, 2, () => now);
+    // Set and cleared over and over (a call's timeout): one bucket, not one per call.
+    for (let i = 0; i < 1000; i++) d.schedule(50, () => undefined)();
+    expect(d.size).toBe(0);
+    expect(d.bucketCount).toBe(1);
+    let fired = 0;
+    d.schedule(50, () => fired++); // lands in the emptied bucket
+    expect(d.bucketCount).toBe(1);
+    now = 49;
+    await sleep(40);
+    expect(fired).toBe(0);
+    now = 50;
+    await until(() => fired === 1);
+    expect(d.bucketCount).toBe(0); // a due bucket is dropped by its tick
+    // Emptied buckets that never come due are dropped when the interval stops for lack of work.
+    for (let i = 0; i < 10; i++) d.schedule(1000 + i * 10, () => undefined)();
+    expect(d.bucketCount).toBe(10);
+    await until(() => !d!.running);
+    expect(d.bucketCount).toBe(0);
+    expect(fired).toBe(1);
+  });
+
   it('does not fire a due deadline that an earlier handler cancelled in the same tick', async () => {
     let now = 0;
     d = new Deadlines(5, 50, () => now);

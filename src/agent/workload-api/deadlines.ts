@@ -100,7 +100,7 @@ export class Deadlines {
       this.timer = setInterval(() => this.tick(), this.tickMs);
       this.timer.unref();
     }
-    return () => this.cancel(index, bucket, node);
+    return () => this.cancel(bucket, node);
   };
 
   /** Deadlines waiting in buckets (long ones on their own timers are not counted). */
@@ -108,16 +108,25 @@ export class Deadlines {
     return this.bucketed;
   }
 
+  /** Buckets held, empty ones included (for tests: an emptied bucket is kept until it is due). */
+  get bucketCount(): number {
+    return this.buckets.size;
+  }
+
   /** Whether the interval timer is running. */
   get running(): boolean {
     return this.timer !== undefined;
   }
 
-  private cancel(index: number, bucket: LinkedList<Pending>, node: ListEntry<Pending>): void {
+  private cancel(bucket: LinkedList<Pending>, node: ListEntry<Pending>): void {
     if (!node.linked) return;
     bucket.remove(node);
     this.bucketed--;
-    if (bucket.size === 0 && this.buckets.get(index) === bucket) this.buckets.delete(index);
+    // An emptied bucket stays in the map until its tick comes (at most horizonMs / tickMs of
+    // them exist). Deleting it here, as before, made every call that set and cleared a deadline
+    // (an attestation's timeout, a request's read timeout) delete a key of this long-lived Map
+    // and the next one add it back with a new list: the Map's backing table was reallocated
+    // over and over, each table outlived the young generation (the Map is old) and was promoted.
   }
 
   private tick(): void {
@@ -152,6 +161,8 @@ export class Deadlines {
   private stop(): void {
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;
+    // Only called with nothing bucketed: the buckets left are empty ones kept by cancel().
+    if (this.bucketed === 0) this.buckets.clear();
   }
 
   /** Drop every bucketed deadline without firing it, and stop the interval. */
