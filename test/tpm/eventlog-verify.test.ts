@@ -22,6 +22,7 @@ import { verifyQuote } from '../../src/tpm/quote.js';
 import { parseTpmtPublic } from '../../src/tpm/structures.js';
 import { codeOf } from '../support/codes.js';
 import { requireTestdata, td } from '../support/testdata.js';
+import { agileRecord } from './eventlog-builder.js';
 import { finishAndCommit } from './commit.js';
 import { MemoryState } from './memory-state.js';
 import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from './synthetic.js';
@@ -388,6 +389,36 @@ describe.skipIf(!have)('EventLogCheckCache', () => {
     cache.checkText(other.toString('base64'), decode, [], [10]);
     expect(cache.checkText(text, decode, trusted(m), [10])).toBe(a);
     expect(decodes).toBe(6);
+  });
+
+  it('checkText keeps many texts of one length apart (V8 hashes long strings by length: they must not share a slot); a text that failed a check against other PCRs stays kept', async () => {
+    const { EventLogCheckCache } = await import('../../src/tpm/eventlog/index.js');
+    const raw = read('keylime_binary_bios_measurements_secureboot');
+    const banks = parseEventLog(raw).banks.map((b) => b.id);
+    // One more record in PCR 14 (not compared) makes 40 logs of one length that all match PCRs 0-7.
+    const texts = Array.from({ length: 40 }, (_, n) => Buffer.concat([raw, agileRecord({ index: 14, type: 0xd, data: Buffer.from(`node ${String(n).padStart(3, '0')}`) }, banks)]).toString('base64'));
+    expect(new Set(texts.map((t) => t.length)).size).toBe(1);
+    expect(new Set(texts).size).toBe(40);
+    const m = pcrsOf(raw);
+    let decodes = 0;
+    const decode = (t: string): Buffer => {
+      decodes++;
+      return Buffer.from(t, 'base64');
+    };
+    const cache = new EventLogCheckCache(64);
+    const first = texts.map((t) => cache.checkText(t, decode, trusted(m), [10]));
+    expect(decodes).toBe(40);
+    expect(cache.size).toBe(40);
+    texts.forEach((t, n) => expect(cache.checkText(t, decode, trusted(m), [10])).toBe(first[n]));
+    expect(decodes).toBe(40);
+    // Same text against a wrong PCR 4: refused (one decode for the check), and the text is still kept.
+    const wrong = trusted(m).map((p) => (p.index === 4 ? { ...p, value: Buffer.alloc(32) } : p));
+    expect(codeOf(() => cache.checkText(texts[0]!, decode, wrong, [10]))).toBe('tpm.eventlog_mismatch');
+    expect(decodes).toBe(41);
+    expect(cache.checkText(texts[0]!, decode, trusted(m), [10])).toBe(first[0]);
+    expect(decodes).toBe(41);
+    // Each of them is a log of its own: its selectors are those of the log it extends.
+    expect(first[39]!.selectors).toEqual(first[0]!.selectors);
   });
 });
 

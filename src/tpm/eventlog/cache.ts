@@ -20,8 +20,13 @@ export interface CachedEventLogCheck {
 
 export class EventLogCheckCache {
   private readonly entries = new Map<string, CachedEventLogCheck>();
-  /** base64 text of a log → SHA-256 of its bytes (base64), most recently used last. */
-  private readonly texts = new Map<string, string>();
+  /**
+   * textKey(text) → the text and the SHA-256 of its bytes (base64), most recently used last. Not
+   * keyed by the text itself: V8 hashes a string longer than 16,383 characters by its length
+   * alone, so the texts of logs of one length (a fleet booted alike) all collided, and every
+   * lookup compared the new text with each kept one (measured: 1.2 ms per miss with 160 kept).
+   */
+  private readonly texts = new Map<string, { readonly text: string; readonly digest: string }>();
   private textChars = 0;
 
   constructor(
@@ -44,22 +49,29 @@ export class EventLogCheckCache {
    * throws on bad text) and runs only when the text was not seen before.
    */
   checkText(text: string, decode: (text: string) => Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[]): CachedEventLogCheck {
-    let digest = this.texts.get(text);
-    let log: Uint8Array | undefined;
-    if (digest === undefined) {
-      log = decode(text);
-      digest = createHash('sha256').update(log).digest('base64');
-    } else {
-      this.texts.delete(text);
+    const key = textKey(text);
+    const kept = this.texts.get(key);
+    if (kept !== undefined && kept.text === text) {
+      // Most recently used last; kept whatever the check below says (the text decoded cleanly).
+      this.texts.delete(key);
+      this.texts.set(key, kept);
+      return this.checkDigest(kept.digest, () => decode(text), pcrs, unloggedPcrs);
     }
-    const out = this.checkDigest(digest, () => log ?? decode(text), pcrs, unloggedPcrs);
+    const log = decode(text);
+    const digest = createHash('sha256').update(log).digest('base64');
+    const out = this.checkDigest(digest, () => log, pcrs, unloggedPcrs);
     if (text.length <= this.maxTextChars) {
-      if (log !== undefined) this.textChars += text.length;
-      this.texts.set(text, digest);
-      for (const k of this.texts.keys()) {
+      // Another text with the same key (rare by chance, or made on purpose: it only costs a decode) gives up its place.
+      if (kept !== undefined) {
+        this.texts.delete(key);
+        this.textChars -= kept.text.length;
+      }
+      this.texts.set(key, { text, digest });
+      this.textChars += text.length;
+      for (const [k, e] of this.texts) {
         if (this.textChars <= this.maxTextChars) break;
         this.texts.delete(k);
-        this.textChars -= k.length;
+        this.textChars -= e.text.length;
       }
     }
     return out;
@@ -83,4 +95,18 @@ export class EventLogCheckCache {
     if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
     return out;
   }
+}
+
+/**
+ * Map key for a log's base64 text: its length and a 32-bit FNV-1a over every `stride`-th
+ * character from the end, stride 16 (wider past 128 Ki characters: at most 8,192 samples). Equal texts get equal keys; the
+ * cache compares whole texts, so two texts sharing a key cost a decode, never a wrong digest.
+ * With a stride under 27 characters, every SHA-1 or longer digest in the log has a sampled
+ * character in its base64, so logs that differ in a digest rarely share a key.
+ */
+function textKey(text: string): string {
+  const stride = Math.max(16, Math.ceil(text.length / 8192));
+  let h = 0x811c9dc5;
+  for (let i = text.length - 1; i >= 0; i -= stride) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  return `${text.length}:${h >>> 0}`;
 }
