@@ -22,7 +22,7 @@
  *    verifier CPU time of a full check vs an incremental one (100 new entries after the stored
  *    progress, sent as a tail or inside the whole list), with an allowlist policy.
  *
- *   npx tsx bench/eventlog.ts [seconds=2] [ima]   (`ima`: only the IMA part)
+ *   npx tsx bench/eventlog.ts [seconds=2] [ima|boot]   (`ima`: only the IMA part; `boot`: all but it)
  */
 import 'reflect-metadata';
 import { createHash, randomBytes } from 'node:crypto';
@@ -210,9 +210,9 @@ async function main(): Promise<void> {
   const full = loop('parse + replay + match PCRs 0-7 + selectors (checkEventLog)', () => checkEventLog({ log: raw, pcrs: trusted }));
   console.log(`ratio checkEventLog / raw SHA-256: ${(full / sha).toFixed(3)}`);
   const { none: base, memo, fresh } = await attestRates(raw, regs);
-  console.log(`event log cost per attestation: ${(1e6 / memo - 1e6 / base).toFixed(0)} µs (memo hit), ${(1e6 / fresh - 1e6 / base).toFixed(0)} µs (afresh)`);
-  console.log(`target ≥ 2,000 attestations/s/core with an event log: memo hit ${memo >= 2000 ? 'met' : 'NOT met'}, afresh ${fresh >= 2000 ? 'met' : 'NOT met'}`);
-  imaBench();
+  console.log(`event log cost per attestation: ${(1e6 / memo - 1e6 / base).toFixed(0)} µs (memo hit), ${(1e6 / fresh - 1e6 / base).toFixed(0)} µs (memo miss)`);
+  console.log(`target ≥ 2,000 attestations/s/core with an event log: memo hit ${memo >= 2000 ? 'met' : 'NOT met'}, memo miss ${fresh >= 2000 ? 'met' : 'NOT met'}`);
+  if (process.argv[3] !== 'boot') imaBench();
 }
 
 main().catch((e: unknown) => {

@@ -4,9 +4,8 @@
  * profile makes the digest the hash of that data and the verifier checked it (UEFI variables in
  * PCR 7, separators, the S-CRTM version). Everything else yields only digests.
  */
-import { createHash } from 'node:crypto';
 import { SigilError } from '../../errors.js';
-import { bankHash } from './algorithms.js';
+import { algorithmByName, bankHash } from './algorithms.js';
 import { EV, eventTypeName } from './events.js';
 import type { EventLogEvent, ParsedEventLog } from './parse.js';
 import { QUIRKS, shimAuthorityDigestedLength, type QuirkName } from './quirks.js';
@@ -55,7 +54,8 @@ function badEvent(ev: EventLogEvent, msg: string): never {
   throw new SigilError('tpm.eventlog_event_data_mismatch', `event log: event ${ev.seq} (${eventTypeName(ev.type)}, PCR ${ev.index}): ${msg}`);
 }
 
-const fp = (der: Buffer): string => createHash('sha256').update(der).digest('hex');
+const SHA256 = algorithmByName('sha256')!;
+const fp = (der: Buffer): string => bankHash(SHA256, der).toString('hex');
 
 function certFingerprint(varData: Buffer): string | undefined {
   if (isDerSequence(varData)) return fp(varData); // shim: the certificate itself

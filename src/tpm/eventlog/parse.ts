@@ -240,6 +240,13 @@ function readLegacy(r: LeReader, seq: number): EventLogEvent {
   return { seq, offset, index, type, digests: [{ alg: SHA1, digest }], data };
 }
 
+/** Field names for truncation messages, made once rather than per digest read. */
+const DIGEST_FIELD = new Map<number, string>();
+for (let id = 0; id < 0x30; id++) {
+  const a = algorithmById(id);
+  if (a !== undefined) DIGEST_FIELD.set(id, `${a.name} digest`);
+}
+
 function readAgile(r: LeReader, seq: number, algs: readonly EventLogAlgorithm[]): EventLogEvent {
   const offset = r.off;
   const index = r.u32('pcrIndex', offset);
@@ -252,7 +259,7 @@ function readAgile(r: LeReader, seq: number, algs: readonly EventLogAlgorithm[])
     const alg = algs.find((a) => a.id === id);
     if (alg === undefined) fail('unknown_algorithm', `event ${seq} has a digest of algorithm 0x${id.toString(16).padStart(4, '0')}, not declared by the Spec ID event`, offset);
     if (digests.some((d) => d.alg.id === id)) fail('digest_count_mismatch', `event ${seq} has two ${alg.name} digests`, offset);
-    digests.push({ alg, digest: r.bytes(alg.size, `${alg.name} digest`, offset) });
+    digests.push({ alg, digest: r.bytes(alg.size, DIGEST_FIELD.get(alg.id) ?? 'digest', offset) });
   }
   const size = r.u32('eventSize', offset);
   const data = r.bytes(size, 'event data', offset);
