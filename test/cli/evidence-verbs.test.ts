@@ -4,16 +4,17 @@
  * evidence through the real CLI entry point.
  */
 import { execFile } from 'node:child_process';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { requireTestdata, td } from '../support/testdata.js';
+import { cliArgv } from '../support/cli-argv.js';
 
 const root = resolve(__dirname, '../..');
 const have = requireTestdata();
 
 function sigil(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((res) => {
-    execFile(process.execPath, ['--import', 'tsx', join(root, 'test/support/run-cli.ts'), ...args], { cwd: root, encoding: 'utf8', timeout: 120_000 }, (error, stdout, stderr) =>
+    execFile(cliArgv()[0]!, [...cliArgv().slice(1), ...args], { cwd: root, encoding: 'utf8', timeout: 120_000 }, (error, stdout, stderr) =>
       res({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, out: stdout, err: stderr }),
     );
   });

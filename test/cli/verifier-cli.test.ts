@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestVerifier, type TestVerifier } from '../support/verifier.js';
+import { cliArgv } from '../support/cli-argv.js';
 
 const root = resolve(__dirname, '../..');
 let tv: TestVerifier;
@@ -12,8 +13,8 @@ let tv: TestVerifier;
 function sigil(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((res) => {
     execFile(
-      process.execPath,
-      ['--import', 'tsx', join(root, 'test/support/run-cli.ts'), ...args],
+      cliArgv()[0]!,
+      [...cliArgv().slice(1), ...args],
       { cwd: root, encoding: 'utf8', env: { ...process.env, SIGIL_ADMIN_SOCKET: tv.adminSocket, ...env }, timeout: 60_000 },
       (error, stdout, stderr) => res({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, out: stdout, err: stderr }),
     );

@@ -15,6 +15,7 @@ import { adminCall } from '../../src/cli/admin-client.js';
 import type { RelationshipView } from '../../src/federation/service.js';
 import { startTestVerifier, type TestVerifier } from '../support/verifier.js';
 import { x509Of } from './support.js';
+import { cliArgv } from '../support/cli-argv.js';
 
 const A = 'example.org';
 const B = 'other.org';
@@ -37,8 +38,8 @@ interface Run {
 function sigil(args: string[], socket = va.adminSocket): Promise<Run> {
   return new Promise((res) => {
     execFile(
-      process.execPath,
-      ['--import', 'tsx', join(root, 'test/support/run-cli.ts'), ...args],
+      cliArgv()[0]!,
+      [...cliArgv().slice(1), ...args],
       { cwd: root, encoding: 'utf8', env: { ...process.env, SIGIL_ADMIN_SOCKET: socket }, timeout: 60_000 },
       (error, stdout, stderr) => res({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, out: stdout, err: stderr }),
     );
