@@ -1,9 +1,9 @@
 /**
  * PKCS#10 certification requests (RFC 2986).
  *
- * Parsed with the strict DER reader (der.ts) rather than @peculiar/asn1-csr because the
- * self-signature must be checked over the exact CertificationRequestInfo bytes and the input
- * must be rejected if it is not canonical DER; asn1-schema exposes neither. The structure is
+ * Parsed with the toolkit's strict DER reader (der.ts) rather than @peculiar/asn1-csr: the input
+ * must be refused unless it is canonical DER (asn1-schema's parser accepts BER forms), and the
+ * self-signature is checked over the exact CertificationRequestInfo bytes. The structure is
  * small: CertificationRequest ::= SEQUENCE { info, signatureAlgorithm, signature BIT STRING },
  * info ::= SEQUENCE { version 0, subject Name, subjectPKInfo, attributes [0] }.
  */
