@@ -10,11 +10,14 @@
  * 200 connections, after the runs) and its CPU time per call (from /proc/<pid>/stat).
  *
  * The floor, in the same run: a bare node:http2 server process (bench/support/floor-server.ts,
- * same Node flags as the agent, on the agent's CPU with --pin) answering with the very bytes the
- * agent sent, under the same loads from its own 200 connections; its CPU per call and the
- * agent's ratio to it are printed.
+ * same Node flags as the agent, on the agent's CPU with --pin) answering with the very bytes and
+ * response headers the agent sent, under the same loads from its own 200 connections of the same
+ * client code; its CPU per call and the agent's ratio to it are printed. The open loops of the
+ * agent and the floor alternate in `--slice`-second slices (so that both see the same machine
+ * load), the closed loops run back to back. Each row also splits the CPU into user and system
+ * time, and the main (JavaScript) thread's share of each.
  *
- *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--seconds 10] [--entries 1000] [--pin] [--client raw|h2]
+ *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--seconds 10] [--slice 2] [--entries 1000] [--pin] [--client raw|h2]
  *
  * The compiled CLI in dist/ is rebuilt first (`npm run build`) so the agent runs the current code.
  */
@@ -26,7 +29,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { adminCall } from '../src/cli/admin-client.js';
 import { freePort } from '../test/agent/harness.js';
-import { closedLoop, connectLoadClient, fetchJwt, fetchX509, launcherNodeFlags, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type LoadClientKind } from './support/load.js';
+import { closedLoop, connectLoadClient, type BenchClient, fetchJwt, fetchX509, launcherNodeFlags, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type LoadClientKind } from './support/load.js';
 import { grpcFirstMessage } from './support/floor-server.js';
 import { workloadCodecs } from '../src/agent/workload-api/proto.js';
 
@@ -43,12 +46,31 @@ function procRss(pid: number): number {
   return Number(m[1]) * 1024;
 }
 
-/** User + system CPU of a process in µs (fields 14 and 15 of /proc/<pid>/stat, in clock ticks). */
-function procCpuUs(pid: number): number {
-  const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+/** User and system CPU of a process or thread in µs (fields 14 and 15 of its stat file, in clock ticks). */
+function statCpu(path: string): { user: number; sys: number } {
+  const text = readFileSync(path, 'utf8');
   const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(f[11]) + Number(f[12]);
-  return (ticks * 1e6) / 100; // USER_HZ is 100 on Linux
+  return { user: (Number(f[11]) * 1e6) / 100, sys: (Number(f[12]) * 1e6) / 100 }; // USER_HZ is 100 on Linux
+}
+
+/** Where a process's CPU went: user and system time of the whole process, and of its main (JavaScript) thread. */
+interface CpuSplit {
+  user: number;
+  sys: number;
+  mainUser: number;
+  mainSys: number;
+}
+
+function cpuSplit(pid: number): CpuSplit {
+  const all = statCpu(`/proc/${pid}/stat`);
+  const main = statCpu(`/proc/${pid}/task/${pid}/stat`);
+  return { user: all.user, sys: all.sys, mainUser: main.user, mainSys: main.sys };
+}
+
+/** Per call between two splits: "user U + sys S µs (main thread U + S)". */
+function splitNote(a: CpuSplit, b: CpuSplit, n: number): string {
+  const per = (x: number): string => (x / n).toFixed(0);
+  return `user ${per(b.user - a.user)} + sys ${per(b.sys - a.sys)} µs (main thread ${per(b.mainUser - a.mainUser)} + ${per(b.mainSys - a.mainSys)})`;
 }
 
 
@@ -85,6 +107,7 @@ async function main(): Promise<void> {
   const rate = opt('--rate', 1000);
   const nEntries = opt('--entries', 1000);
   const seconds = opt('--seconds', 10);
+  const slice = opt('--slice', 2);
   const uid = process.getuid!();
   // --pin: the agent alone on CPU 1; this load generator and the verifier on CPU 0, so that the
   // harness does not take the agent's CPU on a 2-core machine.
@@ -183,22 +206,8 @@ async function main(): Promise<void> {
     await Promise.all(clients.map((c) => c.x509())); // connect + warm up
     await Promise.all(clients.map((c) => c.jwt())); // JWT-SVIDs minted once by the verifier, then cached
     const rssConns = procRss(pid);
-    // Warm-up at the measured rate (JIT compilation of the call paths), not measured.
-    await openLoop(clients, rate, 1, fetchX509);
-    await openLoop(clients, rate, 1, fetchJwt);
-
-    const cpu0 = procCpuUs(pid);
-    const xo = await openLoop(clients, rate, seconds, fetchX509);
-    const cpu1 = procCpuUs(pid);
-    const jo = await openLoop(clients, rate, seconds, fetchJwt);
-    const cpu2 = procCpuUs(pid);
-    const x = await closedLoop(clients, calls, fetchX509);
-    const cpu3 = procCpuUs(pid);
-    const j = await closedLoop(clients, calls, fetchJwt);
-    const cpu4 = procCpuUs(pid);
-    const rssAfter = procRss(pid);
-
-    // The floor: the same bytes from a bare node:http2 server process, the same loads.
+    // The floor: the same bytes from a bare node:http2 server process (started now, idle while
+    // the agent is measured and the other way round), on the agent's CPU with --pin.
     const x509Bytes = await grpcFirstMessage(socket, 'FetchX509SVID', new Uint8Array(0));
     const jwtBytes = await grpcFirstMessage(socket, 'FetchJWTSVID', workloadCodecs().JWTSVIDRequest.encode({ audience: ['bench'] }).finish());
     writeFileSync(join(dir, 'floor-x509.bin'), x509Bytes);
@@ -214,37 +223,96 @@ async function main(): Promise<void> {
     });
     const floorPid = floorProc.pid!;
     const floorClients = await Promise.all(Array.from({ length: nClients }, () => connectLoadClient(clientKind, floorSocket)));
-    await openLoop(floorClients, rate, 1, fetchX509);
-    await openLoop(floorClients, rate, 1, fetchJwt);
-    const f0 = procCpuUs(floorPid);
-    const fxo = await openLoop(floorClients, rate, seconds, fetchX509);
-    const f1 = procCpuUs(floorPid);
-    const fjo = await openLoop(floorClients, rate, seconds, fetchJwt);
-    const f2 = procCpuUs(floorPid);
-    const fx = await closedLoop(floorClients, calls, fetchX509);
-    const f3 = procCpuUs(floorPid);
-    const fj = await closedLoop(floorClients, calls, fetchJwt);
-    const f4 = procCpuUs(floorPid);
+
+    // Warm-up at the measured rate (JIT compilation of the call paths), not measured.
+    for (const cs of [clients, floorClients]) {
+      await openLoop(cs, rate, 1, fetchX509);
+      await openLoop(cs, rate, 1, fetchJwt);
+    }
+
+    /**
+     * Open loop, the agent and the floor interleaved in slices of `slice` seconds (`seconds` in
+     * all for each), so that both see the same machine load; CPU from /proc around each slice.
+     */
+    type Side = { lat: number[]; cpu: number; split: CpuSplit; clientLoop: { p99: number; max: number } };
+    const zeroSplit = (): CpuSplit => ({ user: 0, sys: 0, mainUser: 0, mainSys: 0 });
+    const addSplit = (acc: CpuSplit, a: CpuSplit, b: CpuSplit): void => {
+      acc.user += b.user - a.user;
+      acc.sys += b.sys - a.sys;
+      acc.mainUser += b.mainUser - a.mainUser;
+      acc.mainSys += b.mainSys - a.mainSys;
+    };
+    const side = (): Side => ({ lat: [], cpu: 0, split: zeroSplit(), clientLoop: { p99: 0, max: 0 } });
+    async function measured(p: number, cs: BenchClient[], fn: (c: BenchClient) => Promise<void>, s: Side, run: (cs: BenchClient[], fn: (c: BenchClient) => Promise<void>) => Promise<{ lat: number[]; clientLoop?: { p99: number; max: number } }>): Promise<void> {
+      const a = cpuSplit(p);
+      const r = await run(cs, fn);
+      const b = cpuSplit(p);
+      for (const l of r.lat) s.lat.push(l);
+      addSplit(s.split, a, b);
+      s.cpu += b.user - a.user + (b.sys - a.sys);
+      if (r.clientLoop) s.clientLoop = { p99: Math.max(s.clientLoop.p99, r.clientLoop.p99), max: Math.max(s.clientLoop.max, r.clientLoop.max) };
+    }
+    const open = (cs: BenchClient[], fn: (c: BenchClient) => Promise<void>, secs: number) => openLoop(cs, rate, secs, fn);
+    async function interleavedOpen(fn: (c: BenchClient) => Promise<void>): Promise<{ agent: Side; floor: Side }> {
+      const agent = side();
+      const floor = side();
+      for (let left = seconds; left > 0; left -= slice) {
+        const secs = Math.min(slice, left);
+        await measured(pid, clients, fn, agent, (cs, f) => open(cs, f, secs));
+        await measured(floorPid, floorClients, fn, floor, (cs, f) => open(cs, f, secs));
+      }
+      return { agent, floor };
+    }
+    const xo = await interleavedOpen(fetchX509);
+    const jo = await interleavedOpen(fetchJwt);
+    const closed = (cs: BenchClient[], fn: (c: BenchClient) => Promise<void>) => closedLoop(cs, calls, fn);
+    const x = side();
+    const fx = side();
+    const j = side();
+    const fj = side();
+    const t = { x: 0, fx: 0, j: 0, fj: 0 };
+    let t0c = performance.now();
+    await measured(pid, clients, fetchX509, x, closed);
+    t.x = performance.now() - t0c;
+    t0c = performance.now();
+    await measured(floorPid, floorClients, fetchX509, fx, closed);
+    t.fx = performance.now() - t0c;
+    t0c = performance.now();
+    await measured(pid, clients, fetchJwt, j, closed);
+    t.j = performance.now() - t0c;
+    t0c = performance.now();
+    await measured(floorPid, floorClients, fetchJwt, fj, closed);
+    t.fj = performance.now() - t0c;
+    const rssAfter = procRss(pid);
     for (const c of floorClients) c.close();
 
-    const row = (name: string, lat: number[], cpuUs: number, extra = ''): string =>
-      `  ${name.padEnd(44)} p50 ${pct(lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(lat, 99).toFixed(2).padStart(7)} ms   ${(cpuUs / lat.length).toFixed(0)} µs CPU/call${extra}`;
-    const loopNote = (c: { p99: number; max: number }): string => `; client event-loop delay p99 ${c.p99.toFixed(1)} ms max ${c.max.toFixed(1)} ms`;
+    const row = (name: string, s: Side, extra = ''): string =>
+      `  ${name.padEnd(44)} p50 ${pct(s.lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(s.lat, 99).toFixed(2).padStart(7)} ms   ${(s.cpu / s.lat.length).toFixed(0)} µs CPU/call${extra}`;
+    const detail = (s: Side): string => `      ${splitNote(zeroSplit(), s.split, s.lat.length)}`;
+    const loopNote = (s: Side): string => `; client event-loop delay p99 ${s.clientLoop.p99.toFixed(1)} ms max ${s.clientLoop.max.toFixed(1)} ms`;
+    const perSec = (s: Side, ms: number): string => `   ${((s.lat.length / ms) * 1000).toFixed(0)} calls/s`;
+    const vs = (agent: Side, floor: Side): string => `; ${(agent.cpu / agent.lat.length / (floor.cpu / floor.lat.length)).toFixed(2)}× the floor's CPU/call (goal ≤ 1.3)`;
     console.log(`\nreal agent (bin/sigil agent run, pid ${pid}${pin ? ', alone on CPU 1; clients and verifier on CPU 0' : ', sharing both CPUs with the clients'}): ${nEntries} entries with SVIDs, caller matches 3, ${nClients} clients (one connection each; load client: ${clientKind === 'raw' ? 'bench/support/raw-h2.ts' : 'node:http2'})`);
     console.log(`raw ES256 sign rate: ${es256.toFixed(0)} signatures/s; load average now ${loadavg().map((l) => l.toFixed(1)).join(' ')} (at the start: ${load0})`);
-    console.log(`open loop (${rate} calls/s spread over ${nClients} clients, ${seconds} s each):`);
-    console.log(row('FetchX509SVID', xo.lat, cpu1 - cpu0, loopNote(xo.clientLoop)));
-    console.log(row('FetchJWTSVID (cached tokens)', jo.lat, cpu2 - cpu1, loopNote(jo.clientLoop)));
+    console.log(`open loop (${rate} calls/s spread over ${nClients} clients, ${seconds} s each, in ${slice}-s slices interleaved with the floor's):`);
+    console.log(row('FetchX509SVID', xo.agent, loopNote(xo.agent)));
+    console.log(detail(xo.agent));
+    console.log(row('FetchJWTSVID (cached tokens)', jo.agent, loopNote(jo.agent)));
+    console.log(detail(jo.agent));
     console.log(`closed loop (${nClients} concurrent, ${calls} calls each, back to back; latency includes queueing):`);
-    console.log(row('FetchX509SVID', x.lat, cpu3 - cpu2, `   ${x.perSec.toFixed(0)} calls/s`));
-    console.log(row('FetchJWTSVID', j.lat, cpu4 - cpu3, `   ${j.perSec.toFixed(0)} calls/s`));
-    const perCall = (cpuUs: number, n: number): number => cpuUs / n;
-    const vs = (agent: number, floor: number): string => `; ${(agent / floor).toFixed(2)}× the floor's CPU/call (goal ≤ 1.3)`;
-    console.log(`the floor (bare node:http2 server process, pid ${floorPid}, same bytes, no caller checks; same loads, after the agent's):`);
-    console.log(row('open FetchX509SVID', fxo.lat, f1 - f0, vs(perCall(cpu1 - cpu0, xo.lat.length), perCall(f1 - f0, fxo.lat.length))));
-    console.log(row('open FetchJWTSVID', fjo.lat, f2 - f1, vs(perCall(cpu2 - cpu1, jo.lat.length), perCall(f2 - f1, fjo.lat.length))));
-    console.log(row('closed FetchX509SVID', fx.lat, f3 - f2, `   ${fx.perSec.toFixed(0)} calls/s${vs(perCall(cpu3 - cpu2, x.lat.length), perCall(f3 - f2, fx.lat.length))}`));
-    console.log(row('closed FetchJWTSVID', fj.lat, f4 - f3, `   ${fj.perSec.toFixed(0)} calls/s${vs(perCall(cpu4 - cpu3, j.lat.length), perCall(f4 - f3, fj.lat.length))}`));
+    console.log(row('FetchX509SVID', x, perSec(x, t.x)));
+    console.log(detail(x));
+    console.log(row('FetchJWTSVID', j, perSec(j, t.j)));
+    console.log(detail(j));
+    console.log(`the floor (bare node:http2 server process, pid ${floorPid}, same bytes and headers, no caller checks; same loads and clients' code, interleaved with the agent's):`);
+    console.log(row('open FetchX509SVID', xo.floor, vs(xo.agent, xo.floor)));
+    console.log(detail(xo.floor));
+    console.log(row('open FetchJWTSVID', jo.floor, vs(jo.agent, jo.floor)));
+    console.log(detail(jo.floor));
+    console.log(row('closed FetchX509SVID', fx, `${perSec(fx, t.fx)}${vs(x, fx)}`));
+    console.log(detail(fx));
+    console.log(row('closed FetchJWTSVID', fj, `${perSec(fj, t.fj)}${vs(j, fj)}`));
+    console.log(detail(fj));
     const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
     console.log(`agent RSS: ${mb(rssIdle)} idle with ${nEntries} SVIDs, ${mb(rssConns)} with ${nClients} connections, ${mb(rssAfter)} after the runs (goal < 150 MB)`);
     for (const c of clients) c.close();

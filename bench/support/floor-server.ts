@@ -15,6 +15,9 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
+/** The response headers the agent sends (src/agent/workload-api/call.ts), so that both send the same bytes. */
+const HEADERS = { ':status': 200, 'content-type': 'application/grpc+proto', 'grpc-accept-encoding': 'identity' };
+
 export function startFloorServer(socketPath: string, x509: Buffer, jwt: Buffer): Promise<net.Server> {
   const server = net.createServer((sock) => {
     const session = http2.performServerHandshake(sock);
@@ -24,10 +27,10 @@ export function startFloorServer(socketPath: string, x509: Buffer, jwt: Buffer):
       st.on('data', () => undefined);
       st.on('end', () => {
         if (headers[':path'] === '/SpiffeWorkloadAPI/FetchX509SVID') {
-          st.respond({ ':status': 200, 'content-type': 'application/grpc+proto' });
+          st.respond(HEADERS, { waitForTrailers: true });
           st.write(x509);
         } else {
-          st.respond({ ':status': 200, 'content-type': 'application/grpc+proto' }, { waitForTrailers: true });
+          st.respond(HEADERS, { waitForTrailers: true });
           st.once('wantTrailers', () => st.sendTrailers({ 'grpc-status': '0' }));
           st.end(jwt);
         }
