@@ -22,6 +22,7 @@ const SPEC_ID_PREFIX = Buffer.from('Spec ID Event', 'latin1');
 const STARTUP_LOCALITY = Buffer.from('StartupLocality\0', 'latin1');
 /** At most this many banks in a Spec ID event (the registry has fewer hash algorithms). */
 const MAX_SPEC_ALGORITHMS = 8;
+const SHA1 = algorithmById(0x0004)!;
 
 export interface EventLogDigest {
   readonly alg: EventLogAlgorithm;
@@ -40,6 +41,71 @@ export interface EventLogEvent {
   readonly digests: readonly EventLogDigest[];
   /** Event data. Digests and data are views into the parsed bytes: do not change those while using the result. */
   readonly data: Buffer;
+}
+
+/**
+ * A record as `parseEventLog` returns it: numbers into the one buffer of the log, and views
+ * (`data`, `digests`) made only when asked for — a check reads the data of few events and the
+ * digests of one bank, so most records never get a `Buffer` of their own.
+ */
+export class ParsedEvent implements EventLogEvent {
+  #data: Buffer | undefined;
+  #digests: readonly EventLogDigest[] | undefined;
+  constructor(
+    /** The whole log. */
+    readonly bytes: Buffer,
+    readonly seq: number,
+    readonly offset: number,
+    readonly index: number,
+    readonly type: number,
+    /** Crypto-agile: offset of the first digest's algorithm ID; legacy: offset of the SHA-1 digest. */
+    readonly digestStart: number,
+    /** Number of digests (1 and no algorithm IDs in a legacy record). */
+    readonly digestCount: number,
+    readonly agile: boolean,
+    readonly dataStart: number,
+    readonly dataLength: number,
+  ) {}
+
+  get data(): Buffer {
+    return (this.#data ??= this.bytes.subarray(this.dataStart, this.dataStart + this.dataLength));
+  }
+
+  get digests(): readonly EventLogDigest[] {
+    if (this.#digests === undefined) {
+      const out: EventLogDigest[] = [];
+      if (!this.agile) out.push({ alg: SHA1, digest: this.bytes.subarray(this.digestStart, this.digestStart + SHA1.size) });
+      else {
+        let p = this.digestStart;
+        for (let i = 0; i < this.digestCount; i++) {
+          // Checked by the parser: a known, declared algorithm whose digest fits.
+          const alg = algorithmById(this.bytes.readUInt16LE(p))!;
+          out.push({ alg, digest: this.bytes.subarray(p + 2, p + 2 + alg.size) });
+          p += 2 + alg.size;
+        }
+      }
+      this.#digests = out;
+    }
+    return this.#digests;
+  }
+
+  /** Offset in `bytes` of this record's digest of algorithm `id`, or -1. */
+  digestOffset(id: number): number {
+    if (!this.agile) return id === SHA1.id ? this.digestStart : -1;
+    const b = this.bytes;
+    let p = this.digestStart;
+    for (let i = 0; i < this.digestCount; i++) {
+      const a = b[p]! | (b[p + 1]! << 8);
+      if (a === id) return p + 2;
+      p += 2 + algorithmById(a)!.size;
+    }
+    return -1;
+  }
+
+  /** True when the data starts with `prefix`. */
+  dataStartsWith(prefix: Buffer): boolean {
+    return this.dataLength >= prefix.length && this.bytes.compare(prefix, 0, prefix.length, this.dataStart, this.dataStart + prefix.length) === 0;
+  }
 }
 
 export interface SpecIdEvent {
@@ -108,6 +174,14 @@ class LeReader {
     return v;
   }
 
+  /** Skips n bytes; returns where they start. */
+  skip(n: number, field: string, rec: number): number {
+    this.need(n, field, rec);
+    const at = this.off;
+    this.off += n;
+    return at;
+  }
+
   bytes(n: number, field: string, rec: number): Buffer {
     this.need(n, field, rec);
     const v = this.buf.subarray(this.off, this.off + n);
@@ -158,8 +232,6 @@ export function parseSpecIdEvent(data: Buffer): SpecIdEvent {
   });
 }
 
-const SHA1 = algorithmById(0x0004)!;
-
 /**
  * Parse a TCG event log. The form is chosen by the first record: a crypto-agile log begins with
  * an EV_NO_ACTION TCG_PCR_EVENT in PCR 0 with a zero digest whose data starts with
@@ -173,24 +245,24 @@ export function parseEventLog(bytes: Uint8Array, opts: ParseEventLogOptions = {}
   if (bytes.length > maxBytes) fail('too_large', `the log is ${bytes.length} bytes, more than the limit of ${maxBytes}`);
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const r = new LeReader(buf);
-  const events: EventLogEvent[] = [];
+  const events: ParsedEvent[] = [];
   let specId: SpecIdEvent | undefined;
   let startupLocality: number | undefined;
   let pcr0Extended = false;
 
-  const push = (ev: EventLogEvent): void => {
+  const push = (ev: ParsedEvent): void => {
     if (events.length >= maxEvents) fail('too_many_events', `more than ${maxEvents} events`, ev.offset);
     if (ev.index > maxIndex) fail('bad_index', `event ${ev.seq} names register ${ev.index} (at most ${maxIndex})`, ev.offset);
     if (ev.type === EV.NO_ACTION) {
-      if (ev.data.length >= SPEC_ID_PREFIX.length && ev.data.subarray(0, SPEC_ID_PREFIX.length).equals(SPEC_ID_PREFIX) && ev.seq !== 0) {
+      if (ev.dataStartsWith(SPEC_ID_PREFIX) && ev.seq !== 0) {
         fail('bad_spec_id', `event ${ev.seq}: a Spec ID event after the first record`, ev.offset);
       }
-      if (ev.data.length >= STARTUP_LOCALITY.length && ev.data.subarray(0, STARTUP_LOCALITY.length).equals(STARTUP_LOCALITY)) {
-        if (ev.data.length !== STARTUP_LOCALITY.length + 1) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality data is ${ev.data.length} bytes, expected 17`, ev.offset);
+      if (ev.dataStartsWith(STARTUP_LOCALITY)) {
+        if (ev.dataLength !== STARTUP_LOCALITY.length + 1) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality data is ${ev.dataLength} bytes, expected 17`, ev.offset);
         if (ev.index !== 0) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality in register ${ev.index}, expected 0`, ev.offset);
         if (startupLocality !== undefined) fail('bad_startup_locality', `event ${ev.seq}: a second StartupLocality event`, ev.offset);
         if (pcr0Extended) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality after PCR 0 was extended`, ev.offset);
-        const loc = ev.data[STARTUP_LOCALITY.length]!;
+        const loc = buf[ev.dataStart + STARTUP_LOCALITY.length]!;
         if (loc > 4) fail('bad_startup_locality', `event ${ev.seq}: locality ${loc} (0–4 allowed)`, ev.offset);
         startupLocality = loc;
       }
@@ -201,19 +273,19 @@ export function parseEventLog(bytes: Uint8Array, opts: ParseEventLogOptions = {}
   };
 
   // First record: always a TCG_PCR_EVENT (SHA-1 header).
-  const first = readLegacy(r, 0);
-  const cryptoAgile = first.type === EV.NO_ACTION && first.data.length >= SPEC_ID_03.length && first.data.subarray(0, SPEC_ID_03.length).equals(SPEC_ID_03);
+  const first = readLegacy(r, buf, 0);
+  const cryptoAgile = first.type === EV.NO_ACTION && first.dataStartsWith(SPEC_ID_03);
   if (cryptoAgile) {
     if (first.index !== 0) fail('bad_spec_id', `Spec ID event in register ${first.index}, expected 0`, 0);
-    if (!first.digests[0]!.digest.equals(Buffer.alloc(20))) fail('bad_spec_id', 'Spec ID event digest is not zero', 0);
+    if (!isZero(buf, first.digestStart, SHA1.size)) fail('bad_spec_id', 'Spec ID event digest is not zero', 0);
     specId = parseSpecIdEvent(first.data);
     events.push(first);
     const algs = specId.algorithms;
-    while (r.remaining > 0) push(readAgile(r, events.length, algs));
+    while (r.remaining > 0) push(readAgile(r, buf, events.length, algs));
     requireMeasurements(events);
     return { format: 'crypto-agile', specId, banks: algs, events, startupLocality, byteLength: buf.length };
   }
-  if (first.type === EV.NO_ACTION && first.data.length >= SPEC_ID_PREFIX.length && first.data.subarray(0, SPEC_ID_PREFIX.length).equals(SPEC_ID_PREFIX)) {
+  if (first.type === EV.NO_ACTION && first.dataStartsWith(SPEC_ID_PREFIX)) {
     // "Spec ID Event00"/"02": the TCG EFI Platform (SHA-1) header; the rest is TCG_PCR_EVENT.
     if (first.index !== 0) fail('bad_spec_id', `Spec ID event in register ${first.index}, expected 0`, 0);
   }
@@ -221,23 +293,28 @@ export function parseEventLog(bytes: Uint8Array, opts: ParseEventLogOptions = {}
   // StartupLocality is defined only right after the Spec ID event of a crypto-agile log: a log
   // that begins with it has lost its header, i.e. it is truncated at the front.
   if (startupLocality !== undefined) fail('truncated', 'the log begins with a StartupLocality event but has no Spec ID event before it (its header is missing)', 0);
-  while (r.remaining > 0) push(readLegacy(r, events.length));
+  while (r.remaining > 0) push(readLegacy(r, buf, events.length));
   requireMeasurements(events);
   return { format: 'legacy-sha1', specId: undefined, banks: [SHA1], events, startupLocality, byteLength: buf.length };
+}
+
+function isZero(b: Buffer, off: number, n: number): boolean {
+  for (let i = off; i < off + n; i++) if (b[i] !== 0) return false;
+  return true;
 }
 
 function requireMeasurements(events: readonly EventLogEvent[]): void {
   if (!events.some((e) => e.type !== EV.NO_ACTION)) fail('no_measurements', 'the log has no measured events (only EV_NO_ACTION records)');
 }
 
-function readLegacy(r: LeReader, seq: number): EventLogEvent {
+function readLegacy(r: LeReader, buf: Buffer, seq: number): ParsedEvent {
   const offset = r.off;
   const index = r.u32('pcrIndex', offset);
   const type = r.u32('eventType', offset);
-  const digest = r.bytes(20, 'digest', offset);
+  const digestStart = r.skip(SHA1.size, 'digest', offset);
   const size = r.u32('eventSize', offset);
-  const data = r.bytes(size, 'event data', offset);
-  return { seq, offset, index, type, digests: [{ alg: SHA1, digest }], data };
+  const dataStart = r.skip(size, 'event data', offset);
+  return new ParsedEvent(buf, seq, offset, index, type, digestStart, 1, false, dataStart, size);
 }
 
 /** Field names for truncation messages, made once rather than per digest read. */
@@ -247,23 +324,28 @@ for (let id = 0; id < 0x30; id++) {
   if (a !== undefined) DIGEST_FIELD.set(id, `${a.name} digest`);
 }
 
-function readAgile(r: LeReader, seq: number, algs: readonly EventLogAlgorithm[]): EventLogEvent {
+function readAgile(r: LeReader, buf: Buffer, seq: number, algs: readonly EventLogAlgorithm[]): ParsedEvent {
   const offset = r.off;
   const index = r.u32('pcrIndex', offset);
   const type = r.u32('eventType', offset);
   const count = r.u32('digest count', offset);
   if (count !== algs.length) fail('digest_count_mismatch', `event ${seq} has ${count} digest(s), the Spec ID event declares ${algs.length}`, offset);
-  const digests: EventLogDigest[] = [];
+  const digestStart = r.off;
+  // Bit i set: the record has a digest of algs[i] (at most 8 banks).
+  let seen = 0;
   for (let i = 0; i < count; i++) {
     const id = r.u16('algorithmId', offset);
-    const alg = algs.find((a) => a.id === id);
-    if (alg === undefined) fail('unknown_algorithm', `event ${seq} has a digest of algorithm 0x${id.toString(16).padStart(4, '0')}, not declared by the Spec ID event`, offset);
-    if (digests.some((d) => d.alg.id === id)) fail('digest_count_mismatch', `event ${seq} has two ${alg.name} digests`, offset);
-    digests.push({ alg, digest: r.bytes(alg.size, DIGEST_FIELD.get(alg.id) ?? 'digest', offset) });
+    let slot = 0;
+    while (slot < algs.length && algs[slot]!.id !== id) slot++;
+    if (slot === algs.length) fail('unknown_algorithm', `event ${seq} has a digest of algorithm 0x${id.toString(16).padStart(4, '0')}, not declared by the Spec ID event`, offset);
+    const alg = algs[slot]!;
+    if ((seen & (1 << slot)) !== 0) fail('digest_count_mismatch', `event ${seq} has two ${alg.name} digests`, offset);
+    seen |= 1 << slot;
+    r.skip(alg.size, DIGEST_FIELD.get(alg.id) ?? 'digest', offset);
   }
   const size = r.u32('eventSize', offset);
-  const data = r.bytes(size, 'event data', offset);
-  return { seq, offset, index, type, digests, data };
+  const dataStart = r.skip(size, 'event data', offset);
+  return new ParsedEvent(buf, seq, offset, index, type, digestStart, count, true, dataStart, size);
 }
 
 /** The digest of `ev` in `bank`, or undefined. */

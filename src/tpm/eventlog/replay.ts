@@ -5,9 +5,9 @@
  * measurement registers (e.g. TDX RTMRs) with `initialValue` and `startupLocality: false`.
  */
 import { SigilError } from '../../errors.js';
-import { algorithmByName, bankExtender, type EventLogAlgorithm } from './algorithms.js';
+import { BankRegister, algorithmByName, type EventLogAlgorithm } from './algorithms.js';
 import { EV } from './events.js';
-import type { EventLogEvent, ParsedEventLog } from './parse.js';
+import { ParsedEvent, type EventLogEvent, type ParsedEventLog } from './parse.js';
 
 /** bank name → register index → value. Only indices that were extended or asked for appear. */
 export type ReplayedRegisters = Map<string, Map<number, Buffer>>;
@@ -46,23 +46,31 @@ export function replayEventLog(log: ParsedEventLog, opts: ReplayOptions = {}): R
   const useLocality = opts.startupLocality ?? true;
   const out: ReplayedRegisters = new Map();
   for (const alg of banks) {
-    const regs = new Map<number, Buffer>();
-    const start = (index: number): Buffer => {
+    const regs = new Map<number, BankRegister>();
+    const start = (index: number): BankRegister => {
       const v = init(index, alg);
       if (v.length !== alg.size) throw new SigilError('tpm.eventlog_bad_initial_value', `event log: initial value of ${alg.name} register ${index} is ${v.length} bytes, expected ${alg.size}`);
       if (index === 0 && useLocality && log.startupLocality !== undefined) {
         const b = Buffer.alloc(alg.size);
         b[alg.size - 1] = log.startupLocality;
-        return b;
+        return new BankRegister(alg, b);
       }
-      return Buffer.from(v);
+      return new BankRegister(alg, v);
     };
     for (const i of opts.indices ?? []) regs.set(i, start(i));
-    const extend = bankExtender(alg);
     const filter = opts.filter;
     for (const ev of log.events) {
       if (ev.type === EV.NO_ACTION) continue;
       if (filter !== undefined && !filter(ev)) continue;
+      let reg = regs.get(ev.index);
+      if (reg === undefined) regs.set(ev.index, (reg = start(ev.index)));
+      if (ev instanceof ParsedEvent) {
+        // Straight from the log's bytes: no view per digest.
+        const off = ev.digestOffset(alg.id);
+        if (off < 0) throw new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
+        reg.extendFrom(ev.bytes, off);
+        continue;
+      }
       let d: Buffer | undefined;
       for (const x of ev.digests) {
         if (x.alg.id === alg.id) {
@@ -72,9 +80,11 @@ export function replayEventLog(log: ParsedEventLog, opts: ReplayOptions = {}): R
       }
       // The parser guarantees one digest per bank; a missing one means a hand-built log.
       if (d === undefined) throw new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
-      regs.set(ev.index, extend(regs.get(ev.index) ?? start(ev.index), d));
+      reg.extend(d);
     }
-    out.set(alg.name, regs);
+    const values = new Map<number, Buffer>();
+    for (const [i, r] of regs) values.set(i, r.value());
+    out.set(alg.name, values);
   }
   return out;
 }
