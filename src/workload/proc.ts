@@ -39,13 +39,28 @@ function isNotFound(e: unknown): boolean {
  * far more than the read itself on a busy Workload API. Files are bounded by `maxBytes`.
  */
 export function readBoundedFileSync(path: string, maxBytes = PROC_FILE_MAX_BYTES): Buffer {
-  let fd: number;
+  const fd = openProcFileSync(path);
   try {
-    fd = openSync(path, 'r');
+    return readFdBounded(fd, path, maxBytes, null);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function openProcFileSync(path: string): number {
+  try {
+    return openSync(path, 'r');
   } catch (e) {
     if (isNotFound(e)) throw new SigilError('workload.process_gone', `${path} does not exist (process gone?)`, { cause: e });
     throw new SigilError('workload.proc_read_failed', `cannot open ${path}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/**
+ * Read all of an open file, refusing more than `maxBytes`: from its current offset
+ * (`position` null) or, with `position` 0, from its start (pread, whatever its offset).
+ */
+function readFdBounded(fd: number, path: string, maxBytes: number, position: number | null): Buffer {
   try {
     // Reads go through one reused scratch buffer (the read is synchronous, so nothing else can
     // use it meanwhile); only the bytes read are copied out. A fresh 16 KiB buffer per file was
@@ -54,7 +69,7 @@ export function readBoundedFileSync(path: string, maxBytes = PROC_FILE_MAX_BYTES
     let total = 0;
     for (;;) {
       const want = Math.min(SCRATCH.length, maxBytes + 1 - total);
-      const n = readSync(fd, SCRATCH, 0, want, null);
+      const n = readSync(fd, SCRATCH, 0, want, position === null ? null : position + total);
       if (n === 0) break;
       chunks.push(Buffer.from(SCRATCH.subarray(0, n)));
       total += n;
@@ -65,8 +80,50 @@ export function readBoundedFileSync(path: string, maxBytes = PROC_FILE_MAX_BYTES
     if (e instanceof SigilError) throw e;
     if (isNotFound(e)) throw new SigilError('workload.process_gone', `${path} vanished while reading (process gone?)`, { cause: e });
     throw new SigilError('workload.proc_read_failed', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
-  } finally {
-    closeSync(fd);
+  }
+}
+
+/**
+ * One /proc/<pid>/ file held open and read again from its start on each `read()`.
+ *
+ * A /proc/<pid>/ file opened while a process runs stays bound to that process (the kernel keeps
+ * its struct pid, not the number): once the process has been reaped, a read fails with ESRCH
+ * (`workload.process_gone`), even if the pid number has been given to another process since —
+ * which a path opened anew would then describe. Reading a held file is also cheaper than opening
+ * it again (no path walk, no open and close: about half the CPU of a fresh read here).
+ *
+ * After `close()` every read throws: the fd number may by then belong to another file.
+ */
+export class HeldProcFile {
+  private fd: number | undefined;
+  private constructor(
+    readonly path: string,
+    fd: number,
+    private readonly maxBytes: number,
+  ) {
+    this.fd = fd;
+  }
+
+  /** Open `path` now (synchronously); errors as readBoundedFileSync's. */
+  static openSync(path: string, maxBytes = PROC_FILE_MAX_BYTES): HeldProcFile {
+    return new HeldProcFile(path, openProcFileSync(path), maxBytes);
+  }
+
+  /** The whole file as the kernel generates it now. */
+  read(): Buffer {
+    if (this.fd === undefined) throw new SigilError('workload.process_gone', `${this.path} is no longer held open`);
+    return readFdBounded(this.fd, this.path, this.maxBytes, 0);
+  }
+
+  close(): void {
+    const fd = this.fd;
+    if (fd === undefined) return;
+    this.fd = undefined;
+    try {
+      closeSync(fd);
+    } catch {
+      // already closed
+    }
   }
 }
 

@@ -7,6 +7,9 @@
 import http2, { type ServerHttp2Stream } from 'node:http2';
 import { encodeGrpcMessage, frameMessage, type GrpcStatusCode } from './grpc.js';
 
+/** The trailers of a call that ended OK without a message (sent as they are, never changed). */
+const OK_TRAILERS: Record<string, string> = Object.freeze({ 'grpc-status': '0' }) as Record<string, string>;
+
 export class Call {
   private headersSent = false;
   done = false;
@@ -76,6 +79,28 @@ export class Call {
     this.answer();
     this.sendHeaders();
     this.stream.write(framed);
+    return true;
+  }
+
+  /**
+   * Answer a unary call: one already framed message (shared, never mutated) and status OK, in a
+   * single write that also ends the stream (the trailers follow it), instead of a write and then
+   * an end. Returns false when the stream is closed.
+   */
+  reply(framed: Buffer): boolean {
+    if (this.done || this.stream.destroyed || this.stream.closed) {
+      this.markDone();
+      return false;
+    }
+    this.answer();
+    this.trailers = OK_TRAILERS;
+    this.sendHeaders();
+    try {
+      this.stream.end(framed);
+    } catch {
+      // stream went away
+    }
+    this.markDone();
     return true;
   }
 

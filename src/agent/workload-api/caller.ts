@@ -18,7 +18,12 @@
  *      on any mismatch the connection is closed and nothing is served on it.
  *   3. between attestations, every call that uses the cached selectors first compares the exe
  *      file's identity (one stat of /proc/<pid>/exe) with the one recorded at accept.
- * The pidfd is kept open for the life of the connection and closed with it.
+ * The pidfd is kept open for the life of the connection and closed with it, and so are
+ * /proc/<pid>/stat (opened in the accept callback) and /proc/<pid>/status (at the first check),
+ * read again from their start at every check: an open /proc/<pid>/ file stays bound to the
+ * process it was opened for (a read fails once that process has been reaped, whoever holds the
+ * pid number by then), so these reads cannot describe a process that reused the pid after they
+ * were opened, and they cost no path walk, open or close (see proc.ts HeldProcFile).
  *
  * What this cannot see: an exec between the client's connect() and the agent's accept (the
  * image is recorded synchronously in the accept callback, right after SO_PEERCRED, before the
@@ -27,7 +32,7 @@
 import { closeSync } from 'node:fs';
 import type { WorkloadCaller } from '../../plugins/types.js';
 import { SigilError } from '../../errors.js';
-import { describeImage, pidfdStillHolds, procPath, readExeFileSync, readExeImageSync, readStartTime, readStatus, sameFile, sameImage, type ExeImage } from '../../workload/proc.js';
+import { HeldProcFile, describeImage, parseStatStartTime, parseStatus, pidfdStillHolds, procPath, readExeFileSync, readExeImageSync, sameFile, sameImage, type ExeImage } from '../../workload/proc.js';
 
 export interface PeerCredentials {
   pid: number;
@@ -45,6 +50,9 @@ export class CallerConnection {
   /** Resolves once the start time has been captured; rejects if the process is already gone. */
   readonly ready: Promise<void>;
   private closed = false;
+  /** /proc/<pid>/stat and /proc/<pid>/status, held open from accept to close. */
+  private statFile: HeldProcFile | undefined;
+  private statusFile: HeldProcFile | undefined;
 
   constructor(
     peer: PeerCredentials,
@@ -61,8 +69,11 @@ export class CallerConnection {
     if (peer.pid > 0) {
       try {
         image = readExeImageSync(procRoot, peer.pid);
+        this.statFile = HeldProcFile.openSync(procPath(procRoot, peer.pid, 'stat'), 8192);
       } catch (e) {
+        image = undefined;
         unreadable = e;
+        this.closeHeld();
       }
     }
     this.ready = this.capture(image, unreadable);
@@ -72,9 +83,14 @@ export class CallerConnection {
   private async capture(image: ExeImage | undefined, unreadable: unknown): Promise<void> {
     if (this.caller.pid <= 0) throw new SigilError('workload_api.no_peer_pid', 'peer credentials carry no pid (caller in another pid namespace?)');
     if (image === undefined) throw unreadable;
-    this.startTime = await readStartTime(this.procRoot, this.caller.pid);
+    this.startTime = this.readStartTime();
     this.image = image;
     await this.checkPidfd();
+  }
+
+  private readStartTime(): bigint {
+    if (this.statFile === undefined) throw new SigilError('workload_api.caller_changed', `connection of pid ${this.caller.pid} is closed`);
+    return parseStatStartTime(this.statFile.read().toString('utf8'));
   }
 
   private exeLinkPath: string | undefined;
@@ -123,9 +139,11 @@ export class CallerConnection {
     let status;
     let image: ExeImage;
     try {
-      status = await readStatus(this.procRoot, this.caller.pid);
+      if (this.closed) throw new SigilError('workload_api.caller_changed', `connection of pid ${this.caller.pid} is closed`);
+      this.statusFile ??= HeldProcFile.openSync(procPath(this.procRoot, this.caller.pid, 'status'), 64 * 1024);
+      status = parseStatus(this.statusFile.read().toString('utf8'));
       image = readExeImageSync(this.procRoot, this.caller.pid);
-      start = await readStartTime(this.procRoot, this.caller.pid);
+      start = this.readStartTime();
     } catch (e) {
       throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} is gone: ${(e as Error).message}`, { cause: e });
     }
@@ -147,9 +165,17 @@ export class CallerConnection {
     await this.checkPidfd();
   }
 
+  private closeHeld(): void {
+    this.statFile?.close();
+    this.statusFile?.close();
+    this.statFile = undefined;
+    this.statusFile = undefined;
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.closeHeld();
     const fd = this.caller.pidfd;
     if (fd !== undefined) {
       try {

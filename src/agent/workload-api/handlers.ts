@@ -89,8 +89,7 @@ export function workloadHandlers(d: HandlerDeps): Record<string, Handler> {
         const n = noIdentity(a);
         throw new GrpcError(n.code, n.message);
       }
-      call.sendFramed(responses.jwt(results));
-      call.finish(GrpcStatus.OK);
+      call.reply(responses.jwt(results));
     },
     async ValidateJWTSVID(conn, call, body, deadlineMs) {
       const req = decodeValidateJwtSvidRequest(body);
