@@ -100,7 +100,8 @@ export function readSingleMessage(
   return new Promise<Buffer>((resolve, reject) => {
     let header: Buffer | undefined;
     let headerFill = 0;
-    const headBuf = Buffer.alloc(5);
+    /** Only for a prefix split over chunks (rare); a whole one is read where it arrived. */
+    let headBuf: Buffer | undefined;
     let body: Buffer | undefined;
     let bodyFill = 0;
     let reserved = 0;
@@ -125,12 +126,18 @@ export function readSingleMessage(
       let off = 0;
       while (off < chunk.length && !done) {
         if (header === undefined) {
-          const n = Math.min(5 - headerFill, chunk.length - off);
-          chunk.copy(headBuf, headerFill, off, off + n);
-          headerFill += n;
-          off += n;
-          if (headerFill < 5) return;
-          header = headBuf;
+          if (headerFill === 0 && chunk.length - off >= 5) {
+            header = chunk.subarray(off, off + 5);
+            off += 5;
+          } else {
+            headBuf ??= Buffer.alloc(5);
+            const n = Math.min(5 - headerFill, chunk.length - off);
+            chunk.copy(headBuf, headerFill, off, off + n);
+            headerFill += n;
+            off += n;
+            if (headerFill < 5) return;
+            header = headBuf;
+          }
           messages++;
           if (messages > 1) return finish(new GrpcError(GrpcStatus.INTERNAL, 'more than one request message on a unary or server-streaming call'));
           const flag = header[0]!;
