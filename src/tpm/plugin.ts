@@ -64,12 +64,41 @@ function decodeB64(v: unknown, field: string, code: string, maxBytes: number): B
  * over the whole string.
  */
 function decodeLogB64(v: unknown, field: string, maxBytes: number): Buffer {
-  if (typeof v !== 'string' || v.length === 0) throw new SigilError('tpm.bad_response', `${field} must be a non-empty base64 string`);
-  if (v.length > Math.ceil((maxBytes * 4) / 3) + 4) throw new SigilError('tpm.bad_response', `${field} is larger than ${maxBytes} bytes`);
+  checkLogB64Length(v, field, maxBytes);
   const b = Buffer.from(v, 'base64');
   if (b.toString('base64') !== v) throw new SigilError('tpm.bad_response', `${field} is not canonical standard base64`);
   if (b.length > maxBytes) throw new SigilError('tpm.bad_response', `${field} is larger than ${maxBytes} bytes`);
   return b;
+}
+
+function checkLogB64Length(v: unknown, field: string, maxBytes: number): asserts v is string {
+  if (typeof v !== 'string' || v.length === 0) throw new SigilError('tpm.bad_response', `${field} must be a non-empty base64 string`);
+  if (v.length > Math.ceil((maxBytes * 4) / 3) + 4) throw new SigilError('tpm.bad_response', `${field} is larger than ${maxBytes} bytes`);
+}
+
+/**
+ * `decodeLogB64` into a buffer reused from call to call (grown as needed, up to the limit), for a
+ * log whose bytes are not kept past the check that reads them: a log the verifier has not seen
+ * then costs no new 40 KB buffer. The result is a view valid until the next call.
+ */
+class LogDecoder {
+  private scratch = Buffer.alloc(0);
+  constructor(
+    private readonly field: string,
+    private readonly maxBytes: number,
+  ) {}
+
+  decode(v: unknown): Buffer {
+    checkLogB64Length(v, this.field, this.maxBytes);
+    // Canonical base64 of n bytes is 4·ceil(n/3) characters, so a text of that length decodes to at most 3/4 of it.
+    const room = Math.floor((v.length * 3) / 4);
+    if (this.scratch.length < room) this.scratch = Buffer.alloc(Math.max(room, Math.min(2 * this.scratch.length, Math.ceil(this.maxBytes / 3) * 3 + 3)));
+    const n = this.scratch.write(v, 0, 'base64');
+    const b = this.scratch.subarray(0, n);
+    if (n > this.maxBytes) throw new SigilError('tpm.bad_response', `${this.field} is larger than ${this.maxBytes} bytes`);
+    if (b.toString('base64') !== v) throw new SigilError('tpm.bad_response', `${this.field} is not canonical standard base64`);
+    return b;
+  }
 }
 
 function strictObject(v: unknown, what: string, code: string, required: string[], optional: string[] = []): Record<string, unknown> {
@@ -252,6 +281,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
   private readonly pcrSelectionWire: Buffer;
   /** Outcomes of event log checks (pure, keyed by log, quoted PCRs and unlogged PCRs). */
   private readonly eventLogChecks = new EventLogCheckCache();
+  /** Decodes a log text the memo has not seen; its bytes are read only within the check. */
+  private readonly eventLogDecoder = new LogDecoder('eventLog', EVENTLOG_DEFAULT_MAX_BYTES);
   private imaFp: string | undefined;
 
   constructor(
@@ -432,7 +463,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const claims: Record<string, unknown> = {};
     if (eventLog === undefined && m.requireEventLog) throw new SigilError('tpm.eventlog_missing', 'tpm: the verifier requires an event log (eventLog.require) and the agent sent none');
     if (eventLog !== undefined) {
-      const r = this.eventLogChecks.checkText(eventLog, (t) => decodeLogB64(t, 'eventLog', EVENTLOG_DEFAULT_MAX_BYTES), pcrs, m.unloggedPcrs);
+      const r = this.eventLogChecks.checkText(eventLog, (t) => this.eventLogDecoder.decode(t), pcrs, m.unloggedPcrs);
       selectors.push(...r.selectors);
       claims.eventLog = r.claims;
     }

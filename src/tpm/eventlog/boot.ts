@@ -5,9 +5,9 @@
  * PCR 7, separators, the S-CRTM version). Everything else yields only digests.
  */
 import { SigilError } from '../../errors.js';
-import { algorithmByName, bankHash } from './algorithms.js';
+import { algorithmByName, bankHashHex } from './algorithms.js';
 import { EV, eventTypeName } from './events.js';
-import type { EventLogEvent, ParsedEventLog } from './parse.js';
+import { ParsedEvent, type EventLogEvent, type ParsedEventLog } from './parse.js';
 import { QUIRKS, shimAuthorityDigestedLength, type QuirkName } from './quirks.js';
 import { GUID, asciiText, isDerSequence, parseUefiVariable, utf16Text, walkSignatureLists } from './uefi.js';
 
@@ -55,7 +55,7 @@ function badEvent(ev: EventLogEvent, msg: string): never {
 }
 
 const SHA256 = algorithmByName('sha256')!;
-const fp = (der: Buffer): string => bankHash(SHA256, der).toString('hex');
+const fp = (der: Buffer): string => bankHashHex(SHA256, der);
 
 function certFingerprint(varData: Buffer): string | undefined {
   if (isDerSequence(varData)) return fp(varData); // shim: the certificate itself
@@ -67,16 +67,113 @@ function pushOnce(list: string[], v: string): void {
   if (!list.includes(v)) list.push(v);
 }
 
+/** What a PCR 7 EV_EFI_VARIABLE_DRIVER_CONFIG event says, a pure function of its data. */
+type BootVariable =
+  | { readonly kind: 'other' }
+  | { readonly kind: 'SecureBoot'; readonly key: string; readonly secureBoot: 'enabled' | 'disabled'; readonly emptySecureBoot: boolean }
+  | { readonly kind: 'dbx'; readonly key: string; readonly dbx: { readonly count: number; readonly digest: string } }
+  | { readonly kind: 'PK' | 'KEK' | 'db'; readonly key: string; readonly certs: readonly string[] };
+
+function readBootVariable(ev: EventLogEvent): BootVariable {
+  const v = parseUefiVariable(ev.data, `event ${ev.seq}`);
+  const key = `${v.guid}/${v.name}`;
+  const isGlobal = v.guid === GUID.EFI_GLOBAL_VARIABLE;
+  const isDb = v.guid === GUID.EFI_IMAGE_SECURITY_DATABASE;
+  if (isGlobal && v.name === 'SecureBoot') {
+    if (v.data.length > 0 && (v.data.length !== 1 || v.data[0]! > 1)) badEvent(ev, `SecureBoot variable holds ${v.data.toString('hex')}, not 00 or 01`);
+    return { kind: 'SecureBoot', key, secureBoot: v.data.length === 1 && v.data[0] === 1 ? 'enabled' : 'disabled', emptySecureBoot: v.data.length === 0 };
+  }
+  if (isDb && v.name === 'dbx') return { kind: 'dbx', key, dbx: { count: walkSignatureLists(v.data, `event ${ev.seq} dbx`), digest: fp(v.data) } };
+  if ((isGlobal && (v.name === 'PK' || v.name === 'KEK')) || (isDb && v.name === 'db')) {
+    const certs: string[] = [];
+    walkSignatureLists(v.data, `event ${ev.seq} ${v.name}`, (type, data) => {
+      if (type === GUID.EFI_CERT_X509) pushOnce(certs, fp(data));
+    });
+    return { kind: v.name as 'PK' | 'KEK' | 'db', key, certs };
+  }
+  return { kind: 'other' };
+}
+
+/**
+ * PCR 7 UEFI variable data already checked: bytes that hashed to a digest, and what they say.
+ * Nodes of one platform measure the same PK, KEK, db and dbx (some 20–50 KB, hashed twice: the
+ * event digest, then the dbx and certificate fingerprints), so a verifier that checked them for
+ * one node needs only a byte comparison for the next. Entries are looked up by bank and digest
+ * and used only when the event's data equals the kept copy byte for byte; only data whose hash was
+ * checked is put. Bounded by entries and bytes, least recently used out first.
+ */
+export class VerifiedVariableMemo {
+  private readonly kept = new Map<string, { readonly data: Buffer; variable: BootVariable | undefined }>();
+  private bytes = 0;
+
+  constructor(
+    readonly maxEntries = 256,
+    readonly maxBytes = 4 * 1024 * 1024,
+  ) {}
+
+  get size(): number {
+    return this.kept.size;
+  }
+
+  /** The entry for `ev` (its data hashes to `hex` in `bank`), or undefined when not kept or the data differs. */
+  get(bank: string, hex: string, ev: EventLogEvent): { readonly variable: BootVariable | undefined } | undefined {
+    const k = `${bank}:${hex}`;
+    const e = this.kept.get(k);
+    if (e === undefined || !sameData(ev, e.data)) return undefined;
+    this.kept.delete(k);
+    this.kept.set(k, e);
+    return e;
+  }
+
+  /** Records that `ev`'s data hashes to `hex` in `bank` (the caller checked it) and, when known, what it says. */
+  put(bank: string, hex: string, ev: EventLogEvent, variable: BootVariable | undefined): void {
+    const k = `${bank}:${hex}`;
+    const old = this.kept.get(k);
+    if (old !== undefined && sameData(ev, old.data)) {
+      old.variable ??= variable;
+      return;
+    }
+    const n = ev.data.length;
+    if (n > this.maxBytes / 4) return;
+    if (old !== undefined) {
+      this.kept.delete(k);
+      this.bytes -= old.data.length;
+    }
+    // A copy: the event's bytes may live in a buffer the caller reuses.
+    this.kept.set(k, { data: Buffer.from(ev.data), variable });
+    this.bytes += n;
+    for (const [key, e] of this.kept) {
+      if (this.kept.size <= this.maxEntries && this.bytes <= this.maxBytes) break;
+      this.kept.delete(key);
+      this.bytes -= e.data.length;
+    }
+  }
+}
+
+function sameData(ev: EventLogEvent, kept: Buffer): boolean {
+  if (ev instanceof ParsedEvent) return ev.dataLength === kept.length && ev.bytes.compare(kept, 0, kept.length, ev.dataStart, ev.dataStart + ev.dataLength) === 0;
+  return ev.data.equals(kept);
+}
+
 /**
  * Derive boot facts from `log` using the digests of `bank`, for events in `trustedPcrs` only.
  * Throws `tpm.eventlog_event_data_mismatch` when an event whose data must hash to its digest
  * does not (the log lies about that event), `tpm.eventlog_bad_event` for malformed UEFI data.
  */
-export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: ReadonlySet<number>): BootFacts {
+export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: ReadonlySet<number>, memo?: VerifiedVariableMemo): BootFacts {
   const alg = log.banks.find((b) => b.name === bank);
   if (alg === undefined) throw new SigilError('tpm.eventlog_bank_missing', `event log: the log has no ${bank} digests`);
   const digestOf = (ev: EventLogEvent): Buffer => ev.digests.find((d) => d.alg.id === alg.id)!.digest;
-  const dataHashes = (ev: EventLogEvent, data: Buffer = ev.data): boolean => bankHash(alg, data).equals(digestOf(ev));
+  /** Hex of the event's digest in this bank, straight from the log's bytes when it was parsed here. */
+  const hexOf = (ev: EventLogEvent): string => {
+    if (ev instanceof ParsedEvent) {
+      const off = ev.digestOffset(alg.id);
+      if (off >= 0) return ev.bytes.toString('hex', off, off + alg.size);
+    }
+    return digestOf(ev).toString('hex');
+  };
+  /** Whether `data` hashes to the event's digest, whose hex is `hex`. */
+  const dataHashes = (ev: EventLogEvent, hex: string, data: Buffer = ev.data): boolean => bankHashHex(alg, data) === hex;
   const quirks = new Set<QuirkName>();
   let secureBoot: 'enabled' | 'disabled' | undefined;
   const pk: string[] = [];
@@ -100,40 +197,35 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
 
   for (const ev of log.events) {
     if (ev.type === EV.NO_ACTION || !trustedPcrs.has(ev.index)) continue;
-    const hex = digestOf(ev).toString('hex');
+    const hex = hexOf(ev);
     if (ev.index === 11) {
-      ukiName = ukiRecord(ev, ukiName);
+      ukiName = ukiRecord(ev, hex, ukiName);
       continue;
     }
     switch (ev.type) {
       case EV.SEPARATOR:
-        if (!dataHashes(ev)) badEvent(ev, 'the digest is not the hash of the separator data');
+        if (!dataHashes(ev, hex)) badEvent(ev, 'the digest is not the hash of the separator data');
         separated.add(ev.index);
         break;
       case EV.EFI_VARIABLE_DRIVER_CONFIG: {
         if (ev.index !== 7) break;
-        if (!dataHashes(ev)) badEvent(ev, 'the digest is not the hash of the UEFI variable data');
-        if (separated.has(7)) break; // configuration after the separator is not the boot policy
-        const v = parseUefiVariable(ev.data, `event ${ev.seq}`);
-        const key = `${v.guid}/${v.name}`;
-        const isGlobal = v.guid === GUID.EFI_GLOBAL_VARIABLE;
-        const isDb = v.guid === GUID.EFI_IMAGE_SECURITY_DATABASE;
-        const known = (isGlobal && ['SecureBoot', 'PK', 'KEK'].includes(v.name)) || (isDb && ['db', 'dbx'].includes(v.name));
-        if (!known) break;
-        if (seenVars.has(key)) badEvent(ev, `${v.name} is measured twice before the separator`);
-        seenVars.add(key);
-        if (isGlobal && v.name === 'SecureBoot') {
-          if (v.data.length === 0) quirks.add(QUIRKS.emptySecureBootVariable);
-          else if (v.data.length !== 1 || v.data[0]! > 1) badEvent(ev, `SecureBoot variable holds ${v.data.toString('hex')}, not 00 or 01`);
-          secureBoot = v.data.length === 1 && v.data[0] === 1 ? 'enabled' : 'disabled';
-        } else if (v.name === 'dbx') {
-          dbx = { count: walkSignatureLists(v.data, `event ${ev.seq} dbx`), digest: fp(v.data) };
-        } else {
-          const list = v.name === 'PK' ? pk : v.name === 'KEK' ? kek : db;
-          walkSignatureLists(v.data, `event ${ev.seq} ${v.name}`, (type, data) => {
-            if (type === GUID.EFI_CERT_X509) pushOnce(list, fp(data));
-          });
+        // The memo holds only bytes that were hashed to this digest before (compared whole here).
+        const kept = memo?.get(alg.name, hex, ev);
+        if (kept === undefined && !dataHashes(ev, hex)) badEvent(ev, 'the digest is not the hash of the UEFI variable data');
+        if (separated.has(7)) {
+          if (kept === undefined) memo?.put(alg.name, hex, ev, undefined);
+          break; // configuration after the separator is not the boot policy
         }
+        const v = kept?.variable ?? readBootVariable(ev);
+        if (kept?.variable === undefined) memo?.put(alg.name, hex, ev, v);
+        if (v.kind === 'other') break;
+        if (seenVars.has(v.key)) badEvent(ev, `${v.kind} is measured twice before the separator`);
+        seenVars.add(v.key);
+        if (v.kind === 'SecureBoot') {
+          if (v.emptySecureBoot) quirks.add(QUIRKS.emptySecureBootVariable);
+          secureBoot = v.secureBoot;
+        } else if (v.kind === 'dbx') dbx = v.dbx;
+        else for (const f of v.certs) pushOnce(v.kind === 'PK' ? pk : v.kind === 'KEK' ? kek : db, f);
         break;
       }
       case EV.EFI_VARIABLE_AUTHORITY: {
@@ -157,14 +249,14 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
         if (ev.index === 8 && text?.startsWith('kernel_cmdline: ')) {
           // GRUB hashes the command line alone: without the "kernel_cmdline: " label and the NUL.
           const cmdline = text.slice('kernel_cmdline: '.length);
-          const covered = dataHashes(ev, Buffer.from(cmdline, 'latin1'));
+          const covered = dataHashes(ev, hex, Buffer.from(cmdline, 'latin1'));
           if (covered) quirks.add(QUIRKS.grubStringWithoutNul);
           kernelCmdlines.push({ digest: hex, text: covered ? cmdline : undefined });
         } else if (ev.index === 12 || (ev.index === 8 && utf16Text(ev.data) !== undefined)) {
           // systemd-stub and systemd-boot (PCR 12; before systemd 251, systemd-boot used PCR 8):
           // the command line in UTF-16, hashed without trailing NULs (the description may keep one).
           const t = utf16Text(ev.data);
-          if (t !== undefined) kernelCmdlines.push({ digest: hex, text: dataHashes(ev) || dataHashes(ev, Buffer.from(t, 'utf16le')) ? t : undefined });
+          if (t !== undefined) kernelCmdlines.push({ digest: hex, text: dataHashes(ev, hex) || dataHashes(ev, hex, Buffer.from(t, 'utf16le')) ? t : undefined });
         } else if (ev.index === 9 && text !== undefined) {
           const file = text.slice(text.lastIndexOf('/') + 1);
           if (/^(initrd|initramfs)/.test(file)) pushOnce(initrds, hex);
@@ -174,7 +266,7 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
       }
       case EV.S_CRTM_VERSION:
         if (ev.index !== 0) break;
-        if (!dataHashes(ev)) badEvent(ev, 'the digest is not the hash of the S-CRTM version');
+        if (!dataHashes(ev, hex)) badEvent(ev, 'the digest is not the hash of the S-CRTM version');
         {
           // Text when it is printable without edge spaces (copyable into a selector), else hex.
           const t = utf16Text(ev.data) ?? asciiText(ev.data);
@@ -235,15 +327,15 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
    * pair yield nothing; a data record whose description names another section, or a second
    * name record for a section already measured, is refused.
    */
-  function ukiRecord(ev: EventLogEvent, pending: string | undefined): string | undefined {
+  function ukiRecord(ev: EventLogEvent, hex: string, pending: string | undefined): string | undefined {
     const label = ev.type === EV.IPL ? utf16Text(ev.data) : undefined;
     if (pending !== undefined) {
       if (label !== pending) badEvent(ev, `UKI section ${pending}'s data record is labelled ${JSON.stringify(label ?? ev.data.toString('hex').slice(0, 32))}`);
-      ukiSections.push({ name: pending, digest: digestOf(ev).toString('hex') });
+      ukiSections.push({ name: pending, digest: hex });
       return undefined;
     }
     if (label === undefined || !UKI_SECTION.test(label)) return undefined;
-    if (!dataHashes(ev, Buffer.from(`${label}\0`, 'latin1'))) return undefined;
+    if (!dataHashes(ev, hex, Buffer.from(`${label}\0`, 'latin1'))) return undefined;
     // systemd-stub measures each section once; a second pair can only come from a later extend
     // (PCR 11 is extendable from userspace) and would add a selector the booted UKI does not have.
     if (ukiSections.some((s) => s.name === label)) badEvent(ev, `UKI section ${label} is measured a second time`);

@@ -1,16 +1,19 @@
 /**
  * A bounded memo of event log checks. `checkEventLog` is a pure function of the log bytes, the
- * trusted PCR values and the unlogged PCRs, and a node sends the same firmware log every time
- * it attests until it reboots, so a verifier can keep the outcome keyed by a SHA-256 over all
- * three and skip the replay. Refusals are not kept (they are rare and cheap to recompute).
+ * compared PCR values (trusted PCRs less the unlogged ones) and the unlogged PCRs, and a node
+ * sends the same firmware log every time it attests until it reboots, so a verifier can keep the
+ * outcome and skip the replay. Refusals are not kept (they are rare and cheap to recompute).
  *
- * In front of it, `checkText` keeps the log's SHA-256 by the exact base64 text the agent sent
- * (bounded by total characters): a repeated log then costs a string comparison instead of a
- * base64 decode and a SHA-256 over some 40 KB — most of what a memo hit cost. Only text that
- * decoded cleanly once (canonical base64, within limits) is kept, so skipping the decode skips
- * no check.
+ * Logs are identified two ways:
+ *  - `checkText`, for a log as the agent sent it (base64 text): by the exact text. A repeated log
+ *    then costs a string comparison, with no base64 decode and no hash over some 40 KB. Only text
+ *    that decoded cleanly once (canonical base64, within limits) is kept, so skipping the decode
+ *    skips no check. Canonical base64 is one text per byte string, so the text names the bytes.
+ *    Kept texts are bounded by total characters; a text's results go with it.
+ *  - `check`, for raw bytes: by their SHA-256.
  */
 import { createHash } from 'node:crypto';
+import { VerifiedVariableMemo } from './boot.js';
 import { checkEventLog, eventLogClaims, type TrustedPcr } from './verify.js';
 
 export interface CachedEventLogCheck {
@@ -18,16 +21,28 @@ export interface CachedEventLogCheck {
   readonly claims: Readonly<Record<string, unknown>>;
 }
 
+interface KeptText {
+  readonly text: string;
+  /** Names this text's results in `entries` (unique per kept text). */
+  readonly id: string;
+  /** Keys in `entries` of this text's results, removed with it. */
+  readonly keys: string[];
+}
+
 export class EventLogCheckCache {
+  /** `${log id}|${compared PCRs}` → outcome, most recently used last. */
   private readonly entries = new Map<string, CachedEventLogCheck>();
   /**
-   * textKey(text) → the text and the SHA-256 of its bytes (base64), most recently used last. Not
-   * keyed by the text itself: V8 hashes a string longer than 16,383 characters by its length
-   * alone, so the texts of logs of one length (a fleet booted alike) all collided, and every
-   * lookup compared the new text with each kept one (measured: 1.2 ms per miss with 160 kept).
+   * textKey(text) → the kept text, most recently used last. Not keyed by the text itself: V8
+   * hashes a string longer than 16,383 characters by its length alone, so the texts of logs of
+   * one length (a fleet booted alike) all collided, and every lookup compared the new text with
+   * each kept one (measured: 1.2 ms per miss with 160 kept).
    */
-  private readonly texts = new Map<string, { readonly text: string; readonly digest: string }>();
+  private readonly texts = new Map<string, KeptText>();
   private textChars = 0;
+  private nextId = 0;
+  /** PCR 7 variable contents checked for earlier logs (a fleet shares PK, KEK, db and dbx). */
+  private readonly variables = new VerifiedVariableMemo();
 
   constructor(
     readonly maxEntries = 1024,
@@ -35,18 +50,21 @@ export class EventLogCheckCache {
     readonly maxTextChars = 8 * 1024 * 1024,
   ) {}
 
+  /** Outcomes kept. */
   get size(): number {
     return this.entries.size;
   }
 
   /** checkEventLog + eventLogClaims, memoised. Throws whatever checkEventLog throws. */
   check(log: Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[]): CachedEventLogCheck {
-    return this.checkDigest(createHash('sha256').update(log).digest('base64'), () => log, pcrs, unloggedPcrs);
+    const id = `sha256:${createHash('sha256').update(log).digest('base64')}`;
+    return this.checkKeyed(id, () => log, pcrs, unloggedPcrs, undefined);
   }
 
   /**
    * Like `check` for a log as the agent sent it, base64 `text`; `decode` turns it into bytes (and
-   * throws on bad text) and runs only when the text was not seen before.
+   * throws on bad text) and runs only when the text is not kept. The bytes it returns are read
+   * only during this call (nothing kept refers to them), so it may decode into a reused buffer.
    */
   checkText(text: string, decode: (text: string) => Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[]): CachedEventLogCheck {
     const key = textKey(text);
@@ -55,33 +73,31 @@ export class EventLogCheckCache {
       // Most recently used last; kept whatever the check below says (the text decoded cleanly).
       this.texts.delete(key);
       this.texts.set(key, kept);
-      return this.checkDigest(kept.digest, () => decode(text), pcrs, unloggedPcrs);
+      return this.checkKeyed(kept.id, () => decode(text), pcrs, unloggedPcrs, kept);
     }
     const log = decode(text);
-    const digest = createHash('sha256').update(log).digest('base64');
-    const out = this.checkDigest(digest, () => log, pcrs, unloggedPcrs);
-    if (text.length <= this.maxTextChars) {
-      // Another text with the same key (rare by chance, or made on purpose: it only costs a decode) gives up its place.
-      if (kept !== undefined) {
-        this.texts.delete(key);
-        this.textChars -= kept.text.length;
-      }
-      this.texts.set(key, { text, digest });
-      this.textChars += text.length;
-      for (const [k, e] of this.texts) {
-        if (this.textChars <= this.maxTextChars) break;
-        this.texts.delete(k);
-        this.textChars -= e.text.length;
-      }
+    if (text.length > this.maxTextChars) return checkOnce(log, pcrs, unloggedPcrs, this.variables);
+    const slot: KeptText = { text, id: `t${this.nextId++}`, keys: [] };
+    const out = this.checkKeyed(slot.id, () => log, pcrs, unloggedPcrs, slot);
+    // Another text with the same key (rare by chance, or made on purpose: it only costs a decode) gives up its place.
+    if (kept !== undefined) this.dropText(key, kept);
+    this.texts.set(key, slot);
+    this.textChars += text.length;
+    for (const [k, e] of this.texts) {
+      if (this.textChars <= this.maxTextChars) break;
+      this.dropText(k, e);
     }
     return out;
   }
 
-  private checkDigest(logDigest: string, log: () => Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[]): CachedEventLogCheck {
-    const h = createHash('sha256').update(logDigest);
-    for (const p of [...pcrs].sort((a, b) => (a.bank === b.bank ? a.index - b.index : a.bank < b.bank ? -1 : 1))) h.update(`|${p.bank}:${p.index}:`).update(p.value);
-    h.update(`|unlogged:${[...unloggedPcrs].sort((a, b) => a - b).join(',')}`);
-    const key = h.digest('base64');
+  private dropText(key: string, t: KeptText): void {
+    this.texts.delete(key);
+    this.textChars -= t.text.length;
+    for (const k of t.keys) this.entries.delete(k);
+  }
+
+  private checkKeyed(logId: string, log: () => Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[], slot: KeptText | undefined): CachedEventLogCheck {
+    const key = `${logId}|${comparedKey(pcrs, unloggedPcrs)}`;
     const hit = this.entries.get(key);
     if (hit) {
       // Most recently used last.
@@ -89,18 +105,39 @@ export class EventLogCheckCache {
       this.entries.set(key, hit);
       return hit;
     }
-    const r = checkEventLog({ log: log(), pcrs, unloggedPcrs });
-    const out: CachedEventLogCheck = Object.freeze({ selectors: Object.freeze([...r.selectors]), claims: Object.freeze(eventLogClaims(r)) });
+    const out = checkOnce(log(), pcrs, unloggedPcrs, this.variables);
     this.entries.set(key, out);
+    if (slot !== undefined) {
+      slot.keys.push(key);
+      // Entries evicted below stay listed in their slot's keys: deleting a missing key is harmless.
+      if (slot.keys.length > 64) slot.keys.splice(0, slot.keys.length - 64).forEach((k) => this.entries.delete(k));
+    }
     if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
     return out;
   }
 }
 
+function checkOnce(log: Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[], variableMemo: VerifiedVariableMemo): CachedEventLogCheck {
+  const r = checkEventLog({ log, pcrs, unloggedPcrs, variableMemo });
+  return Object.freeze({ selectors: Object.freeze([...r.selectors]), claims: Object.freeze(eventLogClaims(r)) });
+}
+
+/**
+ * What a check's outcome depends on besides the log: the compared PCRs (bank, index, value) in a
+ * fixed order, and the unlogged set. PCRs in the unlogged set are left out: they are not compared
+ * (PCR 10 changes with every IMA measurement and must not defeat the memo).
+ */
+function comparedKey(pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[]): string {
+  const parts: string[] = [];
+  for (const p of pcrs) if (!unloggedPcrs.includes(p.index)) parts.push(`${p.bank}:${p.index}:${p.value.toString('hex')}`);
+  parts.sort();
+  return `${parts.join(',')}|unlogged:${[...unloggedPcrs].sort((a, b) => a - b).join(',')}`;
+}
+
 /**
  * Map key for a log's base64 text: its length and a 32-bit FNV-1a over every `stride`-th
  * character from the end, stride 16 (wider past 128 Ki characters: at most 8,192 samples). Equal texts get equal keys; the
- * cache compares whole texts, so two texts sharing a key cost a decode, never a wrong digest.
+ * cache compares whole texts, so two texts sharing a key cost a decode, never a wrong outcome.
  * With a stride under 27 characters, every SHA-1 or longer digest in the log has a sampled
  * character in its base64, so logs that differ in a digest rarely share a key.
  */

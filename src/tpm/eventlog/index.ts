@@ -17,6 +17,6 @@ export {
 export { replayEventLog, replayedToJson, pcClientInitialValue, type ReplayOptions, type ReplayedRegisters } from './replay.js';
 export { GUID, guidText, parseUefiVariable, parseSignatureLists, walkSignatureLists, type UefiVariable, type SignatureEntry } from './uefi.js';
 export { QUIRKS, type QuirkName } from './quirks.js';
-export { deriveBootFacts, bootSelectors, type BootFacts } from './boot.js';
+export { deriveBootFacts, bootSelectors, VerifiedVariableMemo, type BootFacts } from './boot.js';
 export { checkEventLog, eventLogClaims, type EventLogCheckInput, type EventLogCheckResult, type TrustedPcr } from './verify.js';
 export { EventLogCheckCache, type CachedEventLogCheck } from './cache.js';

@@ -16,10 +16,10 @@ export const GUID = {
 
 /** A mixed-endian EFI_GUID (u32, u16, u16 little-endian, then 8 bytes) as text. */
 export function guidText(b: Buffer, off = 0): string {
-  const d1 = b.readUInt32LE(off).toString(16).padStart(8, '0');
-  const d2 = b.readUInt16LE(off + 4).toString(16).padStart(4, '0');
-  const d3 = b.readUInt16LE(off + 6).toString(16).padStart(4, '0');
-  return `${d1}-${d2}-${d3}-${b.toString('hex', off + 8, off + 10)}-${b.toString('hex', off + 10, off + 16)}`;
+  if (off < 0 || off + 16 > b.length) throw new RangeError(`a GUID at byte ${off} does not fit in ${b.length} bytes`);
+  // One hex conversion, the first three fields byte-swapped from it.
+  const h = b.toString('hex', off, off + 16);
+  return `${h.slice(6, 8)}${h.slice(4, 6)}${h.slice(2, 4)}${h.slice(0, 2)}-${h.slice(10, 12)}${h.slice(8, 10)}-${h.slice(14, 16)}${h.slice(12, 14)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }
 
 export interface UefiVariable {

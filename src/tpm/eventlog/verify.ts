@@ -4,7 +4,7 @@
  */
 import { SigilError } from '../../errors.js';
 import { algorithmByName, bankHash } from './algorithms.js';
-import { bootSelectors, deriveBootFacts, type BootFacts } from './boot.js';
+import { bootSelectors, deriveBootFacts, type BootFacts, type VerifiedVariableMemo } from './boot.js';
 import { parseEventLog, type ParseEventLogOptions, type ParsedEventLog } from './parse.js';
 import { replayEventLog, replayedToJson, type ReplayedRegisters } from './replay.js';
 
@@ -22,6 +22,8 @@ export interface EventLogCheckInput {
   /** PCRs extended outside this log (e.g. 10 by IMA) that are not compared and yield no events. */
   unloggedPcrs?: readonly number[];
   parse?: ParseEventLogOptions;
+  /** PCR 7 variable data checked before (by this verifier): equal bytes are not hashed again. */
+  variableMemo?: VerifiedVariableMemo;
 }
 
 export interface EventLogCheckResult {
@@ -75,7 +77,7 @@ export function checkEventLog(input: EventLogCheckInput): EventLogCheckResult {
     set.add(p.index);
   }
   const bank = FACT_BANKS.find((b) => matched.has(b)) ?? [...matched.keys()][0];
-  const facts = bank === undefined ? undefined : deriveBootFacts(log, bank, matched.get(bank)!);
+  const facts = bank === undefined ? undefined : deriveBootFacts(log, bank, matched.get(bank)!, input.variableMemo);
   return { log, replayed, matched, facts, pcr11Phase, selectors: facts ? bootSelectors(facts) : [] };
 }
 
