@@ -15,7 +15,9 @@
  * client code; its CPU per call and the agent's ratio to it are printed. The open loops of the
  * agent and the floor alternate in `--slice`-second slices (so that both see the same machine
  * load), the closed loops run back to back. Each row also splits the CPU into user and system
- * time, and the main (JavaScript) thread's share of each.
+ * time, and the main (JavaScript) thread's share of each. Each process's background CPU (the
+ * agent's entry sync and bundle fetches) is measured while the other one is under load, and the
+ * ratio is also given net of it (the floor has none to speak of).
  *
  *   npx tsx bench/agent.ts [--clients 200] [--calls 20] [--rate 1000] [--seconds 10] [--slice 2] [--entries 1000] [--pin] [--client raw|h2]
  *
@@ -234,7 +236,7 @@ async function main(): Promise<void> {
      * Open loop, the agent and the floor interleaved in slices of `slice` seconds (`seconds` in
      * all for each), so that both see the same machine load; CPU from /proc around each slice.
      */
-    type Side = { lat: number[]; cpu: number; split: CpuSplit; clientLoop: { p99: number; max: number } };
+    type Side = { lat: number[]; cpu: number; ms: number; split: CpuSplit; clientLoop: { p99: number; max: number } };
     const zeroSplit = (): CpuSplit => ({ user: 0, sys: 0, mainUser: 0, mainSys: 0 });
     const addSplit = (acc: CpuSplit, a: CpuSplit, b: CpuSplit): void => {
       acc.user += b.user - a.user;
@@ -242,14 +244,31 @@ async function main(): Promise<void> {
       acc.mainUser += b.mainUser - a.mainUser;
       acc.mainSys += b.mainSys - a.mainSys;
     };
-    const side = (): Side => ({ lat: [], cpu: 0, split: zeroSplit(), clientLoop: { p99: 0, max: 0 } });
+    const side = (): Side => ({ lat: [], cpu: 0, ms: 0, split: zeroSplit(), clientLoop: { p99: 0, max: 0 } });
+    /**
+     * Each process's own background CPU (the agent's entry sync, bundle fetches, timers), measured
+     * while the other one is under load and it has no calls: CPU µs and wall ms.
+     */
+    const background = new Map<number, { cpu: number; ms: number }>([
+      [pid, { cpu: 0, ms: 0 }],
+      [floorPid, { cpu: 0, ms: 0 }],
+    ]);
     async function measured(p: number, cs: BenchClient[], fn: (c: BenchClient) => Promise<void>, s: Side, run: (cs: BenchClient[], fn: (c: BenchClient) => Promise<void>) => Promise<{ lat: number[]; clientLoop?: { p99: number; max: number } }>): Promise<void> {
+      const idle = p === pid ? floorPid : pid;
+      const i0 = cpuSplit(idle);
       const a = cpuSplit(p);
+      const t0 = performance.now();
       const r = await run(cs, fn);
+      const ms = performance.now() - t0;
       const b = cpuSplit(p);
+      const i1 = cpuSplit(idle);
+      const bg = background.get(idle)!;
+      bg.cpu += i1.user - i0.user + (i1.sys - i0.sys);
+      bg.ms += ms;
       for (const l of r.lat) s.lat.push(l);
       addSplit(s.split, a, b);
       s.cpu += b.user - a.user + (b.sys - a.sys);
+      s.ms += ms;
       if (r.clientLoop) s.clientLoop = { p99: Math.max(s.clientLoop.p99, r.clientLoop.p99), max: Math.max(s.clientLoop.max, r.clientLoop.max) };
     }
     const open = (cs: BenchClient[], fn: (c: BenchClient) => Promise<void>, secs: number) => openLoop(cs, rate, secs, fn);
@@ -288,7 +307,14 @@ async function main(): Promise<void> {
 
     const row = (name: string, s: Side, extra = ''): string =>
       `  ${name.padEnd(44)} p50 ${pct(s.lat, 50).toFixed(2).padStart(7)} ms   p99 ${pct(s.lat, 99).toFixed(2).padStart(7)} ms   ${(s.cpu / s.lat.length).toFixed(0)} µs CPU/call${extra}`;
-    const detail = (s: Side): string => `      ${splitNote(zeroSplit(), s.split, s.lat.length)}`;
+    /** CPU per call less the process's background CPU over the same time (µs). */
+    const net = (s: Side, p: number): number => {
+      const bg = background.get(p)!;
+      return (s.cpu - (bg.ms > 0 ? (bg.cpu / bg.ms) * s.ms : 0)) / s.lat.length;
+    };
+    const netRatio = (agent: Side, floor: Side): string =>
+      `net of background: agent ${net(agent, pid).toFixed(0)} µs, floor ${net(floor, floorPid).toFixed(0)} µs per call, ${(net(agent, pid) / net(floor, floorPid)).toFixed(2)}×`;
+    const detail = (s: Side, extra = ''): string => `      ${splitNote(zeroSplit(), s.split, s.lat.length)}${extra}`;
     const loopNote = (s: Side): string => `; client event-loop delay p99 ${s.clientLoop.p99.toFixed(1)} ms max ${s.clientLoop.max.toFixed(1)} ms`;
     const perSec = (s: Side, ms: number): string => `   ${((s.lat.length / ms) * 1000).toFixed(0)} calls/s`;
     const vs = (agent: Side, floor: Side): string => `; ${(agent.cpu / agent.lat.length / (floor.cpu / floor.lat.length)).toFixed(2)}× the floor's CPU/call (goal ≤ 1.3)`;
@@ -306,13 +332,18 @@ async function main(): Promise<void> {
     console.log(detail(j));
     console.log(`the floor (bare node:http2 server process, pid ${floorPid}, same bytes and headers, no caller checks; same loads and clients' code, interleaved with the agent's):`);
     console.log(row('open FetchX509SVID', xo.floor, vs(xo.agent, xo.floor)));
-    console.log(detail(xo.floor));
+    console.log(detail(xo.floor, `; ${netRatio(xo.agent, xo.floor)}`));
     console.log(row('open FetchJWTSVID', jo.floor, vs(jo.agent, jo.floor)));
-    console.log(detail(jo.floor));
+    console.log(detail(jo.floor, `; ${netRatio(jo.agent, jo.floor)}`));
     console.log(row('closed FetchX509SVID', fx, `${perSec(fx, t.fx)}${vs(x, fx)}`));
-    console.log(detail(fx));
+    console.log(detail(fx, `; ${netRatio(x, fx)}`));
     console.log(row('closed FetchJWTSVID', fj, `${perSec(fj, t.fj)}${vs(j, fj)}`));
-    console.log(detail(fj));
+    console.log(detail(fj, `; ${netRatio(j, fj)}`));
+    const bgNote = (p: number): string => {
+      const bg = background.get(p)!;
+      return `${((bg.cpu / bg.ms) * 1000).toFixed(0)} µs/s over ${(bg.ms / 1000).toFixed(1)} s`;
+    };
+    console.log(`background CPU without calls (measured while the other process was under load): agent ${bgNote(pid)}, floor ${bgNote(floorPid)}`);
     const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
     console.log(`agent RSS: ${mb(rssIdle)} idle with ${nEntries} SVIDs, ${mb(rssConns)} with ${nClients} connections, ${mb(rssAfter)} after the runs (goal < 150 MB)`);
     for (const c of clients) c.close();
