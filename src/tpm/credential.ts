@@ -13,10 +13,11 @@
  *  outerHMAC = HMAC_nameAlg(hmacKey, encIdentity ‖ AK Name)
  *  credentialBlob = TPM2B_ID_OBJECT(TPM2B_DIGEST(outerHMAC) ‖ encIdentity)
  */
-import { constants, createCipheriv, createECDH, createHmac, publicEncrypt, randomBytes } from 'node:crypto';
+import { constants, createCipheriv, createECDH, createHmac, publicEncrypt } from 'node:crypto';
 import { SigilError, errorMessage } from '../errors.js';
 import { TPM_ALG, algName, hashByAlg, type HashInfo } from './constants.js';
 import { kdfa, kdfe } from './kdf.js';
+import { poolRandomBytes } from './random.js';
 import { eccCurve, padTo, publicToKeyObject } from './keys.js';
 import { encodeDigest2b, encodeEccPoint, encodeEncryptedSecret, encodeIdObject, type TpmtPublic } from './structures.js';
 
@@ -45,7 +46,7 @@ function cipherName(ek: TpmtPublic): string {
 
 function makeSeed(ek: TpmtPublic, h: HashInfo): { seed: Buffer; secret: Buffer } {
   if (ek.type === 'rsa') {
-    const seed = randomBytes(h.size);
+    const seed = poolRandomBytes(h.size);
     const key = publicToKeyObject(ek);
     try {
       const secret = publicEncrypt(

@@ -10,7 +10,7 @@
  * that AK over the session binding and the configured PCRs. An event log (firmware, and IMA's)
  * sent with the quote is trusted only as far as its replay reproduces the quoted PCRs.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { replaceFileAtomicAsync } from '../util/atomic-file.js';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -47,6 +47,7 @@ import {
 import { encodePcrSelection, objectName, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from './structures.js';
 import { tpmClaims, tpmSelectors } from './verify.js';
 import { EventLogCheckCache, EVENTLOG_DEFAULT_MAX_BYTES } from './eventlog/index.js';
+import { poolRandomBytes } from './random.js';
 import { checkImaLog, compileExcludes, detectImaFormat, imaListResumesAt, isImaProgress, parseImaAllowlist, policyFingerprint, IMA_DEFAULT_MAX_BYTES, type ImaPolicy, type ImaProgress } from './ima/index.js';
 
 const NAME = 'tpm';
@@ -328,7 +329,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     if (!leaf) throw new SigilError('tpm.ek_untrusted', 'empty EK chain');
     checkEkPublicMatches(leaf, ekPub);
     checkAkPublic(ak);
-    const secret = randomBytes(32);
+    const secret = poolRandomBytes(32);
     const made = makeCredential(ekPub, objectName(ak), secret);
     const ekPubHash = spkiHash(ekPub);
     const ima = h.imaTail === true ? await this.imaProgress(ekPubHash) : undefined;

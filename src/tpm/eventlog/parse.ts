@@ -334,14 +334,17 @@ function readAgile(r: LeReader, buf: Buffer, seq: number, algs: readonly EventLo
   // Bit i set: the record has a digest of algs[i] (at most 8 banks).
   let seen = 0;
   for (let i = 0; i < count; i++) {
-    const id = r.u16('algorithmId', offset);
+    r.need(2, 'algorithmId', offset);
+    const id = buf[r.off]! | (buf[r.off + 1]! << 8);
+    r.off += 2;
     let slot = 0;
     while (slot < algs.length && algs[slot]!.id !== id) slot++;
     if (slot === algs.length) fail('unknown_algorithm', `event ${seq} has a digest of algorithm 0x${id.toString(16).padStart(4, '0')}, not declared by the Spec ID event`, offset);
     const alg = algs[slot]!;
     if ((seen & (1 << slot)) !== 0) fail('digest_count_mismatch', `event ${seq} has two ${alg.name} digests`, offset);
     seen |= 1 << slot;
-    r.skip(alg.size, DIGEST_FIELD.get(alg.id) ?? 'digest', offset);
+    if (alg.size > r.remaining) r.need(alg.size, DIGEST_FIELD.get(alg.id) ?? 'digest', offset);
+    r.off += alg.size;
   }
   const size = r.u32('eventSize', offset);
   const dataStart = r.skip(size, 'event data', offset);

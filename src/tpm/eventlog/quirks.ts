@@ -3,7 +3,7 @@
  * the claims when a log needed it) and documented in docs/tpm.md. Nothing else is tolerated.
  */
 import type { EventLogAlgorithm } from './algorithms.js';
-import { bankHash } from './algorithms.js';
+import { bankHashHex } from './algorithms.js';
 
 export const QUIRKS = {
   /**
@@ -27,7 +27,8 @@ export type QuirkName = (typeof QUIRKS)[keyof typeof QUIRKS];
  * when the digest is neither over all of `data` nor over all but its last byte.
  */
 export function shimAuthorityDigestedLength(alg: EventLogAlgorithm, digest: Buffer, data: Buffer): number | undefined {
-  if (bankHash(alg, data).equals(digest)) return data.length;
-  if (data.length > 0 && bankHash(alg, data.subarray(0, data.length - 1)).equals(digest)) return data.length - 1;
+  const want = digest.toString('hex');
+  if (bankHashHex(alg, data) === want) return data.length;
+  if (data.length > 0 && bankHashHex(alg, data.subarray(0, data.length - 1)) === want) return data.length - 1;
   return undefined;
 }
