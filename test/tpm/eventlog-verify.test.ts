@@ -317,6 +317,36 @@ describe.skipIf(!have)('tpm verifier half with event logs', () => {
     expect(await codeAsync(attest(v, pcrsOf(raw()), PCRS, { eventLog: read('short_no_action_eventlog').toString('base64') }))).toBe('tpm.eventlog_truncated');
   });
 
+  it('only canonical standard base64 is accepted for the log, whatever the verifier decoded before (the decode buffer is reused)', async () => {
+    const v = await plugin({});
+    const m = pcrsOf(raw());
+    const text = raw().toString('base64');
+    // raw() is 3k+1 bytes long or not: build the cases on a text that ends in padding.
+    const padded = text.endsWith('=') ? text : Buffer.concat([raw(), Buffer.from([0])]).toString('base64');
+    const last = padded.replace(/=+$/, '');
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+    const nonzeroTail = last.slice(0, -1) + alphabet[alphabet.indexOf(last.at(-1)!) | 1]! + padded.slice(last.length);
+    expect(Buffer.from(nonzeroTail, 'base64').equals(Buffer.from(padded, 'base64'))).toBe(true);
+    const urlSafe = text.includes('+') ? text.replace('+', '-') : text.replace('/', '_');
+    const bad = [
+      urlSafe, // base64url alphabet: decodes to the same bytes
+      padded.replace(/=+$/, ''), // padding left out
+      nonzeroTail, // unused bits of the last character set
+      `${text.slice(0, 40)}\n${text.slice(40)}`, // a line break
+      `${text.slice(0, 40)} ${text.slice(40)}`,
+      `${padded}AAAA`, // data after the padding
+      `${text}=`,
+    ];
+    for (const t of bad) expect(await codeAsync(attest(v, m, PCRS, { eventLog: t }))).toBe('tpm.bad_response');
+    // A larger log then a smaller one through the same decode buffer: each is read at its own length.
+    const big = read('keylime_binary_bios_measurements');
+    expect(big.length).toBeGreaterThan(raw().length);
+    expect((await attest(v, pcrsOf(big), PCRS, { eventLog: big.toString('base64') })).selectors.some((x) => x.startsWith('tpm:boot_app:'))).toBe(true);
+    expect((await attest(v, m, PCRS, { eventLog: text })).selectors).toContain('tpm:secureboot:enabled');
+    // The refused texts are refused again (never kept), after the good one was.
+    for (const t of bad) expect(await codeAsync(attest(v, m, PCRS, { eventLog: t }))).toBe('tpm.bad_response');
+  });
+
   it('IMA: PCR 10 quoted, allowlist file (sha256sum format) → tpm:ima:policy:<name>; a file not in it → tpm.ima_policy_violation', async () => {
     const ima = read('keylime_ima_log_sha256.txt');
     writeFileSync(join(dir, 'allow.txt'), '# golden\n96d7fae8adb7286a419a88f78c13d35fb782d63df654b7db56f154765698b754  /data\n');

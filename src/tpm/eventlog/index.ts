@@ -4,6 +4,7 @@ export { EV, eventTypeName } from './events.js';
 export {
   parseEventLog,
   parseSpecIdEvent,
+  ParsedEvent,
   eventDigest,
   EVENTLOG_DEFAULT_MAX_BYTES,
   EVENTLOG_DEFAULT_MAX_EVENTS,
