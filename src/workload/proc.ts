@@ -221,13 +221,21 @@ export async function readStatus(procRoot: string, pid: number, signal?: AbortSi
 export async function pidfdStillHolds(pidfd: number, pid: number, fdinfoRoot = '/proc/self/fdinfo'): Promise<boolean> {
   let text: string;
   try {
-    text = (await readBoundedFile(join(fdinfoRoot, String(pidfd)), 16384)).toString('utf8');
+    text = (await readBoundedFile(join(fdinfoRoot, String(pidfd)), FDINFO_MAX_BYTES)).toString('utf8');
   } catch {
     return false;
   }
+  return fdinfoNamesPid(text, pid);
+}
+
+/** Whether the text of a pidfd's fdinfo has a "Pid:" line naming `pid` (see pidfdStillHolds). */
+export function fdinfoNamesPid(text: string, pid: number): boolean {
   const m = /^Pid:\s*(-?\d+)\s*$/m.exec(text);
   return m !== null && Number(m[1]) === pid;
 }
+
+/** Largest pidfd fdinfo text read. */
+export const FDINFO_MAX_BYTES = 16384;
 
 /** Identity of a file: device, inode, size, and modification and change times (ns). */
 export interface FileIdentity {

@@ -19,8 +19,8 @@
  *   3. between attestations, every call that uses the cached selectors first compares the exe
  *      file's identity (one stat of /proc/<pid>/exe) with the one recorded at accept.
  * The pidfd is kept open for the life of the connection and closed with it, and so are
- * /proc/<pid>/stat (opened in the accept callback) and /proc/<pid>/status (at the first check),
- * read again from their start at every check: an open /proc/<pid>/ file stays bound to the
+ * /proc/<pid>/stat (opened in the accept callback), /proc/<pid>/status and the pidfd's fdinfo
+ * (at the first check), read again from their start at every check: an open /proc/<pid>/ file stays bound to the
  * process it was opened for (a read fails once that process has been reaped, whoever holds the
  * pid number by then), so these reads cannot describe a process that reused the pid after they
  * were opened, and they cost no path walk, open or close (see proc.ts HeldProcFile).
@@ -30,9 +30,10 @@
  * start time is read) — see docs/workload-api.md.
  */
 import { closeSync } from 'node:fs';
+import { join } from 'node:path';
 import type { WorkloadCaller } from '../../plugins/types.js';
 import { SigilError } from '../../errors.js';
-import { HeldProcFile, describeImage, parseStatStartTime, parseStatus, pidfdStillHolds, procPath, readExeFileSync, readExeImageSync, sameFile, sameImage, type ExeImage } from '../../workload/proc.js';
+import { FDINFO_MAX_BYTES, HeldProcFile, describeImage, fdinfoNamesPid, parseStatStartTime, parseStatus, procPath, readExeFileSync, readExeImageSync, sameFile, sameImage, type ExeImage } from '../../workload/proc.js';
 
 export interface PeerCredentials {
   pid: number;
@@ -53,6 +54,12 @@ export class CallerConnection {
   /** /proc/<pid>/stat and /proc/<pid>/status, held open from accept to close. */
   private statFile: HeldProcFile | undefined;
   private statusFile: HeldProcFile | undefined;
+  /**
+   * The pidfd's fdinfo (<fdinfoRoot>/<pidfd>), held open from the first check to close. The
+   * kernel looks the fd number up in this process's table again at every read, so the pidfd
+   * itself stays open for as long (until close(), after which nothing reads it).
+   */
+  private fdinfoFile: HeldProcFile | undefined;
 
   constructor(
     peer: PeerCredentials,
@@ -121,9 +128,14 @@ export class CallerConnection {
     if (fd === undefined) return;
     // Once closed, the fd number may already name another connection's pidfd.
     if (this.closed) throw new SigilError('workload_api.caller_changed', `connection of pid ${this.caller.pid} is closed`);
-    if (!(await pidfdStillHolds(fd, this.caller.pid, this.fdinfoRoot))) {
-      throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} has exited (pidfd)`);
+    let holds: boolean;
+    try {
+      this.fdinfoFile ??= HeldProcFile.openSync(join(this.fdinfoRoot, String(fd)), FDINFO_MAX_BYTES);
+      holds = fdinfoNamesPid(this.fdinfoFile.read().toString('utf8'), this.caller.pid);
+    } catch {
+      holds = false; // unreadable: not (or no longer) a pidfd of a live process
     }
+    if (!holds) throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} has exited (pidfd)`);
   }
 
   /** Throws `workload_api.caller_changed` when the process behind the pid is not the one that connected. */
@@ -168,8 +180,10 @@ export class CallerConnection {
   private closeHeld(): void {
     this.statFile?.close();
     this.statusFile?.close();
+    this.fdinfoFile?.close();
     this.statFile = undefined;
     this.statusFile = undefined;
+    this.fdinfoFile = undefined;
   }
 
   close(): void {
