@@ -159,7 +159,8 @@ export function pcrForCcEvent(ev: EventLogEvent): number {
  * lines and kernels, with SHA-384 digests.
  */
 export function ccelSelectors(replay: CcelReplay): string[] {
-  const events = replay.log.events.map((ev) => (ev.type === EV.NO_ACTION ? ev : { ...ev, index: pcrForCcEvent(ev) }));
+  // data and digests named: parsed records make them on demand (prototype getters a spread skips).
+  const events = replay.log.events.map((ev) => (ev.type === EV.NO_ACTION ? ev : { ...ev, data: ev.data, digests: ev.digests, index: pcrForCcEvent(ev) }));
   const view: ParsedEventLog = { ...replay.log, events };
   let facts: ReturnType<typeof deriveBootFacts>;
   try {

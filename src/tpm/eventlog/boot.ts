@@ -68,7 +68,7 @@ function pushOnce(list: string[], v: string): void {
 }
 
 /** What a PCR 7 EV_EFI_VARIABLE_DRIVER_CONFIG event says, a pure function of its data. */
-type BootVariable =
+export type BootVariable =
   | { readonly kind: 'other' }
   | { readonly kind: 'SecureBoot'; readonly key: string; readonly secureBoot: 'enabled' | 'disabled'; readonly emptySecureBoot: boolean }
   | { readonly kind: 'dbx'; readonly key: string; readonly dbx: { readonly count: number; readonly digest: string } }
@@ -224,7 +224,7 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
         if (v.kind === 'SecureBoot') {
           if (v.emptySecureBoot) quirks.add(QUIRKS.emptySecureBootVariable);
           secureBoot = v.secureBoot;
-        } else if (v.kind === 'dbx') dbx = v.dbx;
+        } else if (v.kind === 'dbx') dbx = { ...v.dbx }; // the memo's object is shared: the facts get their own
         else for (const f of v.certs) pushOnce(v.kind === 'PK' ? pk : v.kind === 'KEK' ? kek : db, f);
         break;
       }

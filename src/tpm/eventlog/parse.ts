@@ -46,7 +46,8 @@ export interface EventLogEvent {
 /**
  * A record as `parseEventLog` returns it: numbers into the one buffer of the log, and views
  * (`data`, `digests`) made only when asked for — a check reads the data of few events and the
- * digests of one bank, so most records never get a `Buffer` of their own.
+ * digests of one bank, so most records never get a `Buffer` of their own. `data` and `digests`
+ * are getters: an object spread (`{ ...ev }`) leaves them out, so name them when copying a record.
  */
 export class ParsedEvent implements EventLogEvent {
   #data: Buffer | undefined;
