@@ -1,9 +1,10 @@
 /**
  * Keeps the SVID cache in step with the verifier: every `syncInterval` (2 s by default, so entry
  * changes reach workloads well within 5 s) it
- *   1. refreshes the trust bundle (GET /v1/bundle),
- *   2. fetches the authorized entries (GET /v1/entries/authorized with If-None-Match, so an
- *      unchanged set costs a 304),
+ *   1. fetches the authorized entries (GET /v1/entries/authorized with If-None-Match, so an
+ *      unchanged set costs a 304); the answer names the verifier's bundle ETag,
+ *   2. refreshes the trust bundle (GET /v1/bundle) only when that ETag is not the held bundle's
+ *      (every cycle against a verifier that does not name it),
  *   3. makes a P-256 key and CSR in the agent for every entry that has no SVID or whose SVID is due
  *      for rotation, and has them signed in batches of at most 500 (POST /v1/svid/x509),
  *      verifying every returned chain against the bundle before caching it.
@@ -256,10 +257,12 @@ export class EntrySync {
   private async cycle(): Promise<void> {
     const { client, cache, logger } = this.o;
     let changed = false;
-    // 1. bundle (TrustStore listeners rebuild the cache's bundle views and notify on change)
-    await this.refreshBundle();
-    // 2. entries
-    const r = await client.authorizedEntries(this.revision);
+    // 1. entries; the answer names the verifier's current bundle ETag
+    const { set: r, bundleEtag } = await client.syncEntries(this.revision);
+    // 2. bundle (TrustStore listeners rebuild the cache's bundle views and notify on change), fetched
+    //    only when the named ETag is not that of the bundle held (or not named: an older verifier).
+    //    The bundle is current before any SVID of this cycle is verified against it (step 3).
+    if (bundleEtag === undefined || this.heldBundleEtag() !== bundleEtag) await this.refreshBundle();
     if (r) {
       if (cache.setEntries(r.entries)) {
         changed = true;
@@ -286,12 +289,16 @@ export class EntrySync {
     this.lastOk = this.o.now();
   }
 
+  /** ETag of the bundle last fetched, while the trust store still holds that very bundle (attestation and renewal adopt bundles too). */
+  private heldBundleEtag(): string | undefined {
+    return this.bundleEtag !== undefined && this.bundleEtag.held === this.o.trust.bundle() ? this.bundleEtag.etag : undefined;
+  }
+
   /** Fetch the verifier's bundle; adopt it (and trust it for TLS) when it changed. */
   private async refreshBundle(): Promise<void> {
     const { client, trust } = this.o;
-    // Conditional on the ETag of the bundle last adopted, as long as the trust store still holds
-    // that very bundle (attestation and renewal adopt bundles too): an unchanged bundle is a 304.
-    const held = this.bundleEtag !== undefined && this.bundleEtag.held === trust.bundle() ? this.bundleEtag.etag : undefined;
+    // Conditional on the ETag of the bundle last adopted: an unchanged bundle is a 304.
+    const held = this.heldBundleEtag();
     const r = await client.bundleIfChanged(held);
     if (r === undefined) return;
     this.bundleEtag = undefined;

@@ -316,15 +316,26 @@ export class VerifierClient {
 
   /** Authorized entries; with `revision`, `undefined` means unchanged (HTTP 304). */
   async authorizedEntries(revision?: string): Promise<{ entries: AuthorizedEntry[]; revision: string } | undefined> {
+    return (await this.syncEntries(revision)).set;
+  }
+
+  /**
+   * One sync: the authorized entries (`set` undefined when unchanged, HTTP 304) and the ETag the
+   * verifier's bundle has now (header `sigil-bundle-etag`; undefined from a verifier that does not
+   * send it, or a malformed one), so the caller fetches the bundle only when that differs.
+   */
+  async syncEntries(revision?: string): Promise<{ set: { entries: AuthorizedEntry[]; revision: string } | undefined; bundleEtag: string | undefined }> {
     const r = await this.call('GET', '/v1/entries/authorized', undefined, {
       mtls: true,
       maxBytes: ENTRIES_MAX_RESPONSE_BYTES,
       ...(revision !== undefined ? { headers: { 'if-none-match': revision } } : {}),
     });
-    if (r.status === 304) return undefined;
+    const tag = r.headers['sigil-bundle-etag'];
+    const bundleEtag = typeof tag === 'string' && tag.length > 0 && tag.length <= 128 ? tag : undefined;
+    if (r.status === 304) return { set: undefined, bundleEtag };
     const b = obj(r.body, 'entries answer');
     if (!Array.isArray(b.entries)) bad('entries is not a list');
-    return { entries: b.entries.map(parseEntry), revision: str(b.revision, 'revision') };
+    return { set: { entries: b.entries.map(parseEntry), revision: str(b.revision, 'revision') }, bundleEtag };
   }
 
   /**

@@ -31,7 +31,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function setup(hasNodeSvid: boolean) {
+function setup(hasNodeSvid: boolean, named?: { etag: () => string | undefined }) {
   const dir = mkdtempSync(join(tmpdir(), 'sigil-sync-bundle-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   const first = ca();
@@ -40,15 +40,24 @@ function setup(hasNodeSvid: boolean) {
   // The verifier's bundle: the first CA plus a successor, refresh hint 1 s.
   const published = new SpiffeBundle('example.org', { x509Authorities: [first, ca()], sequence: 2, refreshHintSeconds: 1 });
   let bundleCalls = 0;
+  let syncs = 0;
+  const heldSent: (string | undefined)[] = [];
   const trustSets: Buffer[][] = [];
   const client = {
     // A verifier that sends no ETag: every refresh gets the whole bundle.
-    bundleIfChanged: async () => {
+    bundleIfChanged: async (held: string | undefined) => {
       bundleCalls++;
-      return { jwks: published.toJwks(), etag: undefined };
+      heldSent.push(held);
+      if (named === undefined) return { jwks: published.toJwks(), etag: undefined };
+      const now = named.etag();
+      return held !== undefined && held === now ? undefined : { jwks: published.toJwks(), etag: now };
     },
     setTrust: (d: Buffer[]) => void trustSets.push(d),
-    authorizedEntries: async () => undefined,
+    // Without `named`, a verifier that does not name its bundle ETag on entries answers.
+    syncEntries: async () => {
+      syncs++;
+      return { set: undefined, bundleEtag: named?.etag() };
+    },
     signX509: async () => [],
   } as unknown as VerifierClient;
   const node = {
@@ -59,10 +68,10 @@ function setup(hasNodeSvid: boolean) {
     invalidate: () => undefined,
   } as unknown as NodeIdentity;
   const cache = { setEntries: () => false, dueForIssue: () => [], nextRotation: () => undefined, notify: () => undefined } as unknown as SvidCache;
-  const sync = new EntrySync({ trustDomain: 'example.org', client, cache, node, trust, logger, now: () => new Date(), intervalMs: 60_000 });
+  const sync = new EntrySync({ trustDomain: 'example.org', client, cache, node, trust, logger, now: () => new Date(), intervalMs: named ? 100 : 60_000, longPollSeconds: 0 });
   sync.start();
   cleanups.push(() => sync.close());
-  return { trust, published, calls: () => bundleCalls, trustSets };
+  return { trust, published, calls: () => bundleCalls, syncs: () => syncs, heldSent, trustSets };
 }
 
 describe('agent bundle refresh', () => {
@@ -76,5 +85,24 @@ describe('agent bundle refresh', () => {
   it('refreshes at the bundle refresh hint when syncInterval is longer', async () => {
     const { calls } = setup(true);
     await waitFor(() => calls() >= 3, 4000, 'three bundle fetches within 4 s (hint 1 s, syncInterval 60 s)');
+  });
+
+  it('fetches the bundle only when the ETag named by the entries answer is not the held one', async () => {
+    let now: string | undefined = '"A"';
+    const { calls, syncs, heldSent, trust } = setup(true, { etag: () => now });
+    // First cycle: nothing held yet, so one fetch; then every sync names "A", the held bundle's ETag.
+    await waitFor(() => syncs() >= 6, 4000, 'six syncs at a 100 ms interval');
+    expect(calls()).toBe(1);
+    expect(trust.bundle().x509Authorities).toHaveLength(2);
+    // The verifier's bundle changes: the next sync names "B", and the agent fetches with "A" held.
+    now = '"B"';
+    await waitFor(() => calls() === 2, 3000, 'a fetch after the named ETag changed');
+    expect(heldSent).toEqual([undefined, '"A"']);
+    const before = syncs();
+    await waitFor(() => syncs() >= before + 4, 3000, 'four more syncs');
+    expect(calls()).toBe(2);
+    // An older verifier (no header): a conditional fetch on every sync, as before.
+    now = undefined;
+    await waitFor(() => calls() >= 5, 3000, 'a fetch per sync without the header');
   });
 });

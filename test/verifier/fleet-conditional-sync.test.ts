@@ -103,9 +103,34 @@ describe('peer identity read once per connection, the agent record on every requ
   });
 });
 
+describe('GET /v1/entries/authorized names the bundle ETag', () => {
+  it('on a 200, a 304 and a long-poll answer, equal to the ETag of GET /v1/bundle', async () => {
+    const a = await attest();
+    const bundleEtag = (await httpsJson(tv.v.port, 'GET', '/v1/bundle', { caPem })).headers.etag as string;
+    const r1 = await httpsJson(tv.v.port, 'GET', '/v1/entries/authorized', { caPem, ...a.tls });
+    expect(r1.status).toBe(200);
+    expect(r1.headers['sigil-bundle-etag']).toBe(bundleEtag);
+    const rev = r1.headers.etag as string;
+    const r2 = await httpsJson(tv.v.port, 'GET', '/v1/entries/authorized', { caPem, ...a.tls, headers: { 'if-none-match': rev } });
+    expect(r2.status).toBe(304);
+    expect(r2.headers['sigil-bundle-etag']).toBe(bundleEtag);
+    const r3 = await httpsJson(tv.v.port, 'GET', '/v1/entries/authorized?wait=1', { caPem, ...a.tls, headers: { 'if-none-match': rev } });
+    expect(r3.status).toBe(304);
+    expect(r3.headers['sigil-bundle-etag']).toBe(bundleEtag);
+    // The agent's client reads it.
+    const client = new VerifierClient({ trustDomain: TD, address: '127.0.0.1', port: tv.v.port, trust: tv.v.core.ca.x509Authorities() });
+    try {
+      expect((await client.bundleIfChanged(undefined))?.etag).toBe(bundleEtag);
+    } finally {
+      client.close();
+    }
+  });
+});
+
 // Last: it moves the clock past half the CA's life.
 describe('GET /v1/bundle after a rotation', () => {
   it('answers 304 to the current ETag, 200 with the new bundle once the CA publishes a successor', async () => {
+    const a = await attest(); // before the clock moves: its SVID must be valid at the real time too
     const r1 = await httpsJson(tv.v.port, 'GET', '/v1/bundle', { caPem });
     expect(r1.status).toBe(200);
     const etag = r1.headers.etag as string;
@@ -127,5 +152,9 @@ describe('GET /v1/bundle after a rotation', () => {
     expect(r3.headers.etag).not.toBe(etag);
     expect(SpiffeBundle.fromJwks(TD, r3.body).x509Authorities.length).toBe(before + 1);
     expect((await httpsJson(tv.v.port, 'GET', '/v1/bundle', { caPem, headers: { 'if-none-match': r3.headers.etag as string } })).status).toBe(304);
+    // Every entries answer names the bundle ETag of the moment: after the rotation, the new one.
+    const e1 = await httpsJson(tv.v.port, 'GET', '/v1/entries/authorized', { caPem, ...a.tls });
+    expect(e1.headers['sigil-bundle-etag']).toBe(r3.headers.etag);
+    expect(e1.headers['sigil-bundle-etag']).not.toBe(etag);
   });
 });
