@@ -342,6 +342,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
       ekIntermediates: inters.map((b) => b.toString('base64')),
       ...(ima ? { ima } : {}),
     };
+    // Only its digest is needed from here on (the buffer is its own memory: see random.ts).
+    secret.fill(0);
     return {
       challenge: {
         credentialBlob: made.credentialBlob.toString('base64'),

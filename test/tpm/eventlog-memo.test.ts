@@ -4,11 +4,14 @@
  *    log that keeps a known variable's digest but changes its data is still refused;
  *  - the outcome memo ignores PCRs that are not compared (PCR 10), and nothing else;
  *  - records parsed into offsets give the same digests and data as the bytes say;
- *  - the random pool for attestation secrets hands out fresh bytes.
+ *  - a log text is kept only the second time it checks out (first sight leaves a fingerprint in a
+ *    bounded set), and a fingerprint shared with a kept text never makes another text a hit;
+ *  - the random pool for attestation secrets hands out fresh bytes, each in memory of its own.
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { EV, EventLogCheckCache, ParsedEvent, VerifiedVariableMemo, checkEventLog, eventLogClaims, parseEventLog, replayEventLog } from '../../src/tpm/eventlog/index.js';
+import { textKey } from '../../src/tpm/eventlog/cache.js';
 import { poolRandomBytes } from '../../src/tpm/random.js';
 import { codeOf } from '../support/codes.js';
 import { requireTestdata, td } from '../support/testdata.js';
@@ -104,17 +107,127 @@ describe.skipIf(!have)('EventLogCheckCache keys', () => {
     };
     const cache = new EventLogCheckCache();
     const base = trusted(raw);
+    cache.checkText(text, decode, base, [10]); // first sight: checked, not kept
     const a = cache.checkText(text, decode, [...base, { bank: 'sha256', index: 10, value: Buffer.alloc(32, 1) }], [10]);
     expect(cache.checkText(text, decode, [...base, { bank: 'sha256', index: 10, value: Buffer.alloc(32, 2) }], [10])).toBe(a);
     expect(cache.checkText(text, decode, [...base].reverse(), [10])).toBe(a);
-    expect(decodes).toBe(1);
+    expect(decodes).toBe(2);
     expect(cache.size).toBe(1);
     // PCR 10 compared (not unlogged): another outcome, and the log does not replay to it.
     expect(codeOf(() => cache.checkText(text, decode, [...base, { bank: 'sha256', index: 10, value: Buffer.alloc(32, 2) }], []))).toBe('tpm.eventlog_mismatch');
     const wrong = base.map((p) => (p.index === 0 ? { ...p, value: Buffer.alloc(32) } : p));
     expect(codeOf(() => cache.checkText(text, decode, wrong, [10]))).toBe('tpm.eventlog_mismatch');
-    expect(decodes).toBe(3);
+    expect(decodes).toBe(4);
     expect(cache.size).toBe(1);
+  });
+});
+
+describe.skipIf(!have)('EventLogCheckCache keeps a log text the second time it checks out', () => {
+  const texts = LOGS.map((f) => read(f).toString('base64'));
+  const pcrsOf = new Map(LOGS.map((f, i) => [texts[i]!, trusted(read(f))]));
+  function counting(): { decode: (t: string) => Buffer; count: () => number } {
+    let n = 0;
+    return {
+      decode: (t) => {
+        n++;
+        return Buffer.from(t, 'base64');
+      },
+      count: () => n,
+    };
+  }
+
+  it('seen once: checked, not kept; seen twice: checked again and kept; third time: a hit (no decode, same outcome)', () => {
+    const cache = new EventLogCheckCache();
+    const d = counting();
+    const t = texts[1]!;
+    const first = cache.checkText(t, d.decode, pcrsOf.get(t)!, []);
+    expect([d.count(), cache.keptTexts, cache.size, cache.seenOnceSize]).toEqual([1, 0, 0, 1]);
+    const second = cache.checkText(t, d.decode, pcrsOf.get(t)!, []);
+    expect([d.count(), cache.keptTexts, cache.size, cache.seenOnceSize]).toEqual([2, 1, 1, 0]);
+    expect(second).toEqual(first);
+    expect(cache.checkText(t, d.decode, pcrsOf.get(t)!, [])).toBe(second);
+    expect(d.count()).toBe(2);
+    // Other logs seen once each leave only fingerprints, and the kept one stays a hit.
+    for (const o of texts.filter((x) => x !== t)) cache.checkText(o, d.decode, pcrsOf.get(o)!, []);
+    expect([d.count(), cache.keptTexts, cache.seenOnceSize]).toEqual([2 + texts.length - 1, 1, texts.length - 1]);
+    expect(cache.checkText(t, d.decode, pcrsOf.get(t)!, [])).toBe(second);
+  });
+
+  it('a refused text leaves no fingerprint: it is not kept on its next (good) sight', () => {
+    const cache = new EventLogCheckCache();
+    const d = counting();
+    const t = texts[0]!;
+    const wrong = pcrsOf.get(t)!.map((p) => (p.index === 0 ? { ...p, value: Buffer.alloc(32) } : p));
+    expect(codeOf(() => cache.checkText(t, d.decode, wrong, []))).toBe('tpm.eventlog_mismatch');
+    expect(cache.seenOnceSize).toBe(0);
+    cache.checkText(t, d.decode, pcrsOf.get(t)!, []);
+    expect(cache.keptTexts).toBe(0);
+    cache.checkText(t, d.decode, pcrsOf.get(t)!, []);
+    expect(cache.keptTexts).toBe(1);
+  });
+
+  it('the seen-once set is bounded (oldest fingerprint out): a log pushed out is not kept on its next sight', () => {
+    const cache = new EventLogCheckCache(1024, 8 * 1024 * 1024, 3);
+    const d = counting();
+    for (const t of texts.slice(0, 4)) cache.checkText(t, d.decode, pcrsOf.get(t)!, []);
+    expect(cache.seenOnceSize).toBe(3);
+    // texts[0] was pushed out by texts[3]: its next sight is a first sight again.
+    cache.checkText(texts[0]!, d.decode, pcrsOf.get(texts[0]!)!, []);
+    expect([cache.keptTexts, cache.seenOnceSize]).toEqual([0, 3]);
+    // texts[3] is still remembered: kept on this sight.
+    cache.checkText(texts[3]!, d.decode, pcrsOf.get(texts[3]!)!, []);
+    expect([cache.keptTexts, cache.seenOnceSize]).toEqual([1, 2]);
+    // Many one-off texts: the set never grows past its bound.
+    const raw2 = read(LOGS[2]!);
+    for (let i = 0; i < 50; i++) cache.checkText(`${texts[2]!}#${i}`, () => raw2, pcrsOf.get(texts[2]!)!, []);
+    expect(cache.seenOnceSize).toBe(3);
+    expect(cache.keptTexts).toBe(1);
+  });
+
+  it('attack: a text sharing a kept or seen text\'s fingerprint is decoded and checked, never a hit', () => {
+    const t = texts[1]!;
+    // One base64 character changed where the fingerprint does not sample (the second from the
+    // end): same length, same fingerprint, another text.
+    const i = t.length - 2;
+    const forged = t.slice(0, i) + (t[i] === 'A' ? 'B' : 'A') + t.slice(i + 1);
+    expect(forged).not.toBe(t);
+    expect(textKey(forged)).toBe(textKey(t));
+    const raw = read(LOGS[1]!);
+    // A bit of a PCR 4 event's sha256 digest flipped: the log no longer replays to the PCRs.
+    const ev = parseEventLog(raw).events.find((e): e is ParsedEvent => e instanceof ParsedEvent && e.index === 4)!;
+    const bad = Buffer.from(raw);
+    const at = ev.digestOffset(0x000b);
+    expect(at).toBeGreaterThan(0);
+    bad[at] = bad[at]! ^ 0x01;
+    const other = read(LOGS[4]!); // a valid log, with its own PCRs
+    const decodes: string[] = [];
+    const decode = (x: string): Buffer => {
+      decodes.push(x === t ? 'good' : 'forged');
+      return x === t ? Buffer.from(x, 'base64') : forgedBytes;
+    };
+    let forgedBytes: Buffer = bad;
+    const cache = new EventLogCheckCache();
+    const pcrs = pcrsOf.get(t)!;
+    // Seen once, then the forged text (its fingerprint is "seen"): checked and refused, not kept.
+    const want = cache.checkText(t, decode, pcrs, []);
+    expect(codeOf(() => cache.checkText(forged, decode, pcrs, []))).toBe('tpm.eventlog_mismatch');
+    expect(cache.keptTexts).toBe(0);
+    // The good text's fingerprint survived the refusal: its second sight keeps it; third is a hit.
+    expect(cache.checkText(t, decode, pcrs, [])).toEqual(want);
+    expect(cache.checkText(t, decode, pcrs, [])).toEqual(want);
+    expect(decodes).toEqual(['good', 'forged', 'good']);
+    // Kept now: the forged text is still decoded and checked (and refused), every time.
+    expect(codeOf(() => cache.checkText(forged, decode, pcrs, []))).toBe('tpm.eventlog_mismatch');
+    expect(codeOf(() => cache.checkText(forged, decode, pcrs, []))).toBe('tpm.eventlog_mismatch');
+    expect(decodes).toEqual(['good', 'forged', 'good', 'forged', 'forged']);
+    // A forged text whose bytes are another valid log gets that log's outcome, not the kept one's.
+    forgedBytes = other;
+    const otherPcrs = trusted(other);
+    const plain = checkEventLog({ log: other, pcrs: otherPcrs });
+    const got = cache.checkText(forged, decode, otherPcrs, []);
+    expect(got.selectors).toEqual(plain.selectors);
+    expect(got.claims).toEqual(eventLogClaims(plain));
+    expect(cache.checkText(t, decode, pcrs, [])).toEqual(want);
   });
 });
 
@@ -155,5 +268,24 @@ describe('poolRandomBytes', () => {
     poolRandomBytes(32);
     expect(a.equals(copy)).toBe(true);
     for (const n of [0, -1, 1.5, 257]) expect(() => poolRandomBytes(n)).toThrow(RangeError);
+  });
+
+  it('each buffer alone owns its memory: not in Node\'s shared allocation pool, untouched by refills, zeroing it touches nothing else', () => {
+    const held: { b: Buffer; copy: Buffer }[] = [];
+    for (let i = 0; i < 300; i++) {
+      const b = poolRandomBytes(32);
+      // Its own ArrayBuffer: no other buffer (e.g. a small Buffer.from elsewhere) can view it.
+      expect([b.byteOffset, b.buffer.byteLength]).toEqual([0, 32]);
+      held.push({ b, copy: Buffer.from(b) });
+    }
+    // Small pooled allocations made now share no memory with any handed-out secret.
+    const pooled = Buffer.from('another attestation\'s input');
+    for (const { b } of held) expect(pooled.buffer).not.toBe(b.buffer);
+    // 300 × 32 bytes went through at least two refills of the 4 KiB pool: nothing held changed.
+    for (let i = 0; i < 300; i++) poolRandomBytes(48);
+    for (const { b, copy } of held) expect(b.equals(copy)).toBe(true);
+    // A caller zeroing its secret changes no other caller's bytes.
+    held[0]!.b.fill(0);
+    for (const { b, copy } of held.slice(1)) expect(b.equals(copy)).toBe(true);
   });
 });
