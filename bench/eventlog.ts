@@ -12,6 +12,8 @@
  *    base64 text and SHA-256 are new and the whole check runs (decode, parse, replay, facts,
  *    claims), while the memo fills and evicts as on a verifier serving many nodes. (Until
  *    2026-12-02 this mode built a new TpmVerifier per attestation, which also paid cold caches.)
+ *    Each of these logs is seen once, so the memo keeps only its fingerprint, not its text (a
+ *    text is kept on its second sight: a node's second attestation after a boot).
  *    The agent's work is untimed. The three are measured interleaved, so that a busy neighbour
  *    slows them alike.
  *
