@@ -35,7 +35,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { request } from 'node:https';
+import { Agent as HttpsAgent, request } from 'node:https';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -123,11 +123,14 @@ async function waitFor<T>(fn: () => Promise<T | undefined>, ms: number, what: st
   }
 }
 
+/** Attestation requests reuse kept-alive connections (one per worker): a TLS handshake per request would cost more than the attestation. */
+const attestAgent = new HttpsAgent({ keepAlive: true, maxSockets: 16 });
+
 function postJson(port: number, path: string, body: unknown, ca: string): Promise<{ status: number; body: Record<string, unknown> }> {
   const payload = Buffer.from(JSON.stringify(body));
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: '127.0.0.1', port, method: 'POST', path, ca, checkServerIdentity: () => undefined, headers: { 'content-type': 'application/json', 'content-length': String(payload.length) } },
+      { host: '127.0.0.1', port, method: 'POST', path, ca, agent: attestAgent, checkServerIdentity: () => undefined, headers: { 'content-type': 'application/json', 'content-length': String(payload.length) } },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -184,6 +187,14 @@ async function main(): Promise<void> {
     const rest = otherCpus(PIN);
     execFileSync('taskset', ['-a', '-p', '-c', rest, String(process.pid)], { stdio: 'ignore' });
     console.log(`verifier(s) pinned to CPU ${PIN}; load generator and PostgreSQL to CPU ${rest}`);
+  }
+  // Two connections per simulated agent, on both ends: raise the open-file limit (soft and hard;
+  // needs root or CAP_SYS_RESOURCE beyond the hard limit) of this process and of the verifiers.
+  const NOFILE = 2 * N + 4096;
+  try {
+    execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${NOFILE}:${NOFILE}`], { stdio: 'pipe' });
+  } catch (e) {
+    console.log(`could not raise the open-file limit to ${NOFILE} (${errorMessage(e).split('\n')[0]}); runs beyond ~${Math.floor(NOFILE / 2)} agents may fail with EMFILE`);
   }
   const dir = mkdtempSync(join(tmpdir(), 'sigil-bench-fleet-'));
   chmodSync(dir, 0o755);
@@ -248,7 +259,7 @@ async function main(): Promise<void> {
       );
       // BENCH_VERIFIER_NODE_FLAGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") runs `node <flags> bin/sigil`.
       const flags = process.env.BENCH_VERIFIER_NODE_FLAGS?.split(' ').filter((f) => f.length > 0);
-      const cmd = [...(PIN !== '' ? ['taskset', '-c', PIN] : []), ...(flags || PIN !== '' ? [process.execPath, ...(flags ?? [])] : []), join(buildDir, 'bin/sigil'), 'verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)];
+      const cmd = ['prlimit', `--nofile=${NOFILE}:${NOFILE}`, '--', ...(PIN !== '' ? ['taskset', '-c', PIN] : []), process.execPath, ...(flags ?? []), join(buildDir, 'bin/sigil'), 'verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)];
       // The native addons stay where `npm ci` built them.
       const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, SIGIL_NATIVE_DIR: join(root, 'build', 'Release') } });
       let gone = false;
@@ -296,28 +307,6 @@ async function main(): Promise<void> {
     const attestS = (performance.now() - t1) / 1000;
     console.log(`${N} agents attested (join token, real protocol) in ${attestS.toFixed(1)} s (${(N / attestS).toFixed(0)}/s)`);
 
-    // 4. First sync of every agent: a full set each.
-    const cpu = (): number => pids.reduce((s, p) => s + procCpuUs(p), 0);
-    const c0 = cpu();
-    const t2 = performance.now();
-    let bytes = 0;
-    next = 0;
-    await Promise.all(
-      Array.from({ length: 16 }, async () => {
-        for (let i = next++; i < N; i = next++) {
-          const a = agents[i] as SimAgent;
-          const r = await a.poll.get('/v1/entries/authorized');
-          if (r.status !== 200 || !r.etag) throw new Error(`first sync ${r.status} ${r.body.toString().slice(0, 200)}`);
-          a.etag = r.etag;
-          bytes += r.body.length;
-        }
-      }),
-    );
-    const firstCpu = cpu() - c0;
-    console.log(
-      `first sync (full set, ${(bytes / N / 1024).toFixed(0)} KiB average) of ${N} agents in ${((performance.now() - t2) / 1000).toFixed(1)} s; verifier CPU ${(firstCpu / N / 1000).toFixed(2)} ms per agent`,
-    );
-
     // 5. Steady state.
     const byAgent = new Map<number, Set<Op>>();
     const propagation: number[] = [];
@@ -341,6 +330,7 @@ async function main(): Promise<void> {
     let syncs = 0;
     let full = 0;
     let pushed = 0;
+    let bundleFetches = 0;
     let errors = 0;
     const errorKinds = new Map<string, number>();
     const failed = (e: unknown): void => {
@@ -354,16 +344,20 @@ async function main(): Promise<void> {
       while (running) {
         const s = performance.now();
         try {
-          // As the agent does: the bundle with the ETag of the one it holds (304 while unchanged).
-          const b = await a.poll.get('/v1/bundle', a.bundleEtag ? { 'if-none-match': a.bundleEtag } : {});
-          if (b.status === 200) a.bundleEtag = b.etag ?? '';
-          else if (b.status !== 304) throw new Error(`bundle ${b.status}`);
+          // As the agent does: the entries with the revision it holds (304 while unchanged), then the
+          // bundle only when the answer names another bundle ETag than the one held.
           const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag });
           if (r.status === 200) {
             a.etag = r.etag ?? '';
             seen(a, r.body);
             if (measuring) full++;
           } else if (r.status !== 304) throw new Error(`sync ${r.status}`);
+          if (r.bundleEtag === undefined || r.bundleEtag !== a.bundleEtag) {
+            const b = await a.poll.get('/v1/bundle', a.bundleEtag ? { 'if-none-match': a.bundleEtag } : {});
+            if (b.status === 200) a.bundleEtag = b.etag ?? '';
+            else if (b.status !== 304) throw new Error(`bundle ${b.status}`);
+            if (measuring) bundleFetches++;
+          }
           if (measuring) {
             syncs++;
             syncLat.push(performance.now() - s);
@@ -391,9 +385,37 @@ async function main(): Promise<void> {
         }
       }
     };
+    // 4. First sync of every agent (a full set each), 16 at a time; each agent then goes straight
+    //    into its sync loop (first sync at a random point of its interval) and its long-poll, so no
+    //    connection sits idle past the verifier's keep-alive timeout while the others start.
+    const cpu = (): number => pids.reduce((s, p) => s + procCpuUs(p), 0);
+    const c0 = cpu();
+    const t2 = performance.now();
+    let bytes = 0;
+    next = 0;
+    const loops: Promise<void>[] = [];
+    const pushLoops: Promise<void>[] = [];
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        for (let i = next++; i < N; i = next++) {
+          const a = agents[i] as SimAgent;
+          const r = await a.poll.get('/v1/entries/authorized');
+          if (r.status !== 200 || !r.etag) throw new Error(`first sync ${r.status} ${r.body.toString().slice(0, 200)}`);
+          a.etag = r.etag;
+          bytes += r.body.length;
+          const b = await a.poll.get('/v1/bundle');
+          if (b.status !== 200 || !b.etag) throw new Error(`first bundle ${b.status}`);
+          a.bundleEtag = b.etag;
+          loops.push(pollLoop(a, Math.random() * INTERVAL_MS));
+          if (PUSH) pushLoops.push(pushLoop(a));
+        }
+      }),
+    );
+    const firstCpu = cpu() - c0;
+    console.log(
+      `first sync (full set, ${(bytes / N / 1024).toFixed(0)} KiB average) of ${N} agents in ${((performance.now() - t2) / 1000).toFixed(1)} s; verifier CPU ${(firstCpu / N / 1000).toFixed(2)} ms per agent (its TLS handshakes included; the agents already started sync meanwhile)`,
+    );
     const handshakes0 = agents.reduce((n, a) => n + a.poll.connects + a.push.connects, 0);
-    const loops = agents.map((a) => pollLoop(a, (a.i / N) * INTERVAL_MS));
-    const pushLoops = PUSH ? agents.map((a) => pushLoop(a)) : [];
     // The trickle: creates and deletes under one agent or one alias, through verifier 0.
     const live: { id: string; affected: number[] }[] = [];
     let changes = 0;
@@ -451,6 +473,9 @@ async function main(): Promise<void> {
     const cpuUsed = pids.map((p, k) => procCpuUs(p) - (cpuStart[k] as number));
     const rss = pids.map(procRss);
     loopDelay.disable();
+    // Counted before the run's own shutdown closes the held long-polls.
+    const reconnects = agents.reduce((n, a) => n + a.poll.reconnects + a.push.reconnects, 0);
+    const handshakes = agents.reduce((n, a) => n + a.poll.connects + a.push.connects, 0) - handshakes0;
     await sleep(3000); // let the last changes arrive
     const stillPending = unfinished();
     running = false;
@@ -462,12 +487,10 @@ async function main(): Promise<void> {
     const perSync = cpuTotal / syncs;
     const ms = (x: number): string => `${x.toFixed(1)} ms`;
     console.log(`\n== steady state: ${VERIFIERS} verifier(s) on ${STORE}, ${N} agents, sync every ${INTERVAL_MS / 1000} s${PUSH ? ' + a held long-poll each' : ''}, ${changes} entry changes (${RATE}/s) in ${elapsed.toFixed(1)} s`);
-    const reconnects = agents.reduce((n, a) => n + a.poll.reconnects + a.push.reconnects, 0);
-    const handshakes = agents.reduce((n, a) => n + a.poll.connects + a.push.connects, 0) - handshakes0;
     console.log(
-      `syncs: ${syncs} (${(syncs / elapsed).toFixed(0)}/s; ${full} answered 200, the rest 304), ${pushed} sets pushed by long-poll, ${errors} errors, ${adminErrors} failed entry changes, ${reconnects} requests sent again after the verifier closed an idle connection, ${handshakes} TLS handshakes (from the start of the warm-up)`,
+      `syncs: ${syncs} (${(syncs / elapsed).toFixed(0)}/s; ${full} answered 200, the rest 304; ${bundleFetches} bundle fetches), ${pushed} sets pushed by long-poll, ${errors} errors, ${adminErrors} failed entry changes, ${reconnects} requests sent again after the verifier closed an idle connection, ${handshakes} TLS handshakes (warm-up and window)`,
     );
-    console.log(`verifier CPU: ${cpuUsed.map((c) => `${((c / 1e6 / elapsed) * 100).toFixed(0)} %`).join(' + ')} of a core; ${(perSync).toFixed(0)} µs per sync (GET /v1/bundle + GET /v1/entries/authorized, long-polls and changes included)`);
+    console.log(`verifier CPU: ${cpuUsed.map((c) => `${((c / 1e6 / elapsed) * 100).toFixed(0)} %`).join(' + ')} of a core; ${(perSync).toFixed(0)} µs per sync (GET /v1/entries/authorized, plus GET /v1/bundle when the answer names a new bundle; long-polls and changes included)`);
     console.log(`one core at this cost: ${((INTERVAL_MS * 1000) / perSync).toFixed(0)} agents at a ${INTERVAL_MS / 1000} s interval (goal ≥ 10,000)`);
     console.log(`sync latency: p50 ${ms(pct(syncLat, 50))}, p99 ${ms(pct(syncLat, 99))}, max ${ms(Math.max(...syncLat))} (goal p99 < 50 ms)`);
     console.log(

@@ -9,6 +9,8 @@ import { connect, createSecureContext, type SecureContext, type TLSSocket } from
 export interface FleetResponse {
   status: number;
   etag: string | undefined;
+  /** `sigil-bundle-etag` (entries answers): the ETag the verifier's bundle has now. */
+  bundleEtag: string | undefined;
   body: Buffer;
 }
 
@@ -29,7 +31,7 @@ export class FleetConn {
   private sock: TLSSocket | undefined;
   private buf: Buffer = Buffer.alloc(0);
   private pending: { resolve: (r: FleetResponse) => void; reject: (e: Error) => void } | undefined;
-  private head: { status: number; etag: string | undefined; length: number; headerEnd: number } | undefined;
+  private head: { status: number; etag: string | undefined; bundleEtag: string | undefined; length: number; headerEnd: number } | undefined;
 
   /** Made once: a new connection (after the verifier closed an idle one) does not parse the PEM again. */
   private readonly context: SecureContext;
@@ -39,6 +41,7 @@ export class FleetConn {
   }
 
   private open(): Promise<TLSSocket> {
+    if (this.closed) return Promise.reject(new Error('closed'));
     if (this.sock && !this.sock.destroyed) return Promise.resolve(this.sock);
     this.connects++;
     return new Promise((resolve, reject) => {
@@ -94,15 +97,17 @@ export class FleetConn {
         const status = Number((lines[0] ?? '').split(' ')[1]);
         let length = 0;
         let etag: string | undefined;
+        let bundleEtag: string | undefined;
         for (const l of lines.slice(1)) {
           const i = l.indexOf(':');
           const k = l.slice(0, i).toLowerCase();
           const v = l.slice(i + 1).trim();
           if (k === 'content-length') length = Number(v);
           else if (k === 'etag') etag = v;
+          else if (k === 'sigil-bundle-etag') bundleEtag = v;
           else if (k === 'transfer-encoding') throw new Error('chunked answers are not expected');
         }
-        this.head = { status, etag, length, headerEnd: end + 4 };
+        this.head = { status, etag, bundleEtag, length, headerEnd: end + 4 };
       }
       const h = this.head;
       if (this.buf.length < h.headerEnd + h.length) return;
@@ -111,7 +116,7 @@ export class FleetConn {
       this.head = undefined;
       const p = this.pending;
       this.pending = undefined;
-      p?.resolve({ status: h.status, etag: h.etag, body: Buffer.from(body) });
+      p?.resolve({ status: h.status, etag: h.etag, bundleEtag: h.bundleEtag, body: Buffer.from(body) });
       if (this.buf.length === 0) return;
     }
   }
@@ -126,7 +131,9 @@ export class FleetConn {
     try {
       return await this.send(path, headers);
     } catch (e) {
-      if (!reused || this.answered) throw e;
+      // Not after close(): the benchmark ends its held long-polls that way, and a request sent again
+      // would open a new connection (a handshake, and a long-poll held past the end of the run).
+      if (!reused || this.answered || this.closed) throw e;
       this.reconnects++;
       return this.send(path, headers);
     }
@@ -134,6 +141,7 @@ export class FleetConn {
 
   /** Requests sent again on a new connection after the server closed a kept-alive one. */
   reconnects = 0;
+  private closed = false;
   /** TLS connections opened (handshakes). */
   connects = 0;
   /** Whether any byte of an answer to the request in flight has come. */
@@ -152,6 +160,7 @@ export class FleetConn {
   }
 
   close(): void {
+    this.closed = true;
     this.sock?.destroy();
     this.sock = undefined;
   }
