@@ -94,5 +94,9 @@ export function makeCredential(ek: TpmtPublic, akName: Buffer, credential: Buffe
   const encIdentity = Buffer.concat([c.update(encodeDigest2b(credential)), c.final()]);
   const hmacKey = kdfa(h.name, seed, 'INTEGRITY', Buffer.alloc(0), Buffer.alloc(0), h.size * 8);
   const outerHmac = createHmac(h.name, hmacKey).update(encIdentity).update(akName).digest();
+  // The seed and the keys made from it protect the credential: gone once the blob is made.
+  seed.fill(0);
+  symKey.fill(0);
+  hmacKey.fill(0);
   return { credentialBlob: encodeIdObject(outerHmac, encIdentity), encryptedSecret: encodeEncryptedSecret(secret) };
 }
