@@ -21,6 +21,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VerifiedVariableMemo } from './boot.js';
+import { ReplayMemo } from './replay.js';
 import { checkEventLog, eventLogClaims, type TrustedPcr } from './verify.js';
 
 export interface CachedEventLogCheck {
@@ -55,6 +56,8 @@ export class EventLogCheckCache {
   private nextId = 0;
   /** PCR 7 variable contents checked for earlier logs (a fleet shares PK, KEK, db and dbx). */
   private readonly variables = new VerifiedVariableMemo();
+  /** Replays of earlier logs (a fleet's firmware measures the same PCR 0–7 events). */
+  private readonly replays = new ReplayMemo();
 
   constructor(
     readonly maxEntries = 1024,
@@ -100,11 +103,11 @@ export class EventLogCheckCache {
       return this.checkKeyed(kept.id, () => decode(text), pcrs, unloggedPcrs, kept);
     }
     const log = decode(text);
-    if (text.length > this.maxTextChars) return checkOnce(log, pcrs, unloggedPcrs, this.variables);
+    if (text.length > this.maxTextChars) return checkOnce(log, pcrs, unloggedPcrs, this.variables, this.replays);
     if (!this.seenOnce.has(key)) {
       // First sight (or not seen lately): check, remember only the fingerprint. A refusal (thrown
       // here) leaves no fingerprint, so only a text that checked out can be kept next time.
-      const out = checkOnce(log, pcrs, unloggedPcrs, this.variables);
+      const out = checkOnce(log, pcrs, unloggedPcrs, this.variables, this.replays);
       this.seenOnce.add(key);
       if (this.seenOnce.size > this.maxSeenOnce) this.seenOnce.delete(this.seenOnce.values().next().value!);
       return out;
@@ -140,7 +143,7 @@ export class EventLogCheckCache {
       this.entries.set(key, hit);
       return hit;
     }
-    const out = checkOnce(log(), pcrs, unloggedPcrs, this.variables);
+    const out = checkOnce(log(), pcrs, unloggedPcrs, this.variables, this.replays);
     this.entries.set(key, out);
     if (slot !== undefined) {
       slot.keys.push(key);
@@ -152,8 +155,8 @@ export class EventLogCheckCache {
   }
 }
 
-function checkOnce(log: Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[], variableMemo: VerifiedVariableMemo): CachedEventLogCheck {
-  const r = checkEventLog({ log, pcrs, unloggedPcrs, variableMemo });
+function checkOnce(log: Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[], variableMemo: VerifiedVariableMemo, replayMemo: ReplayMemo): CachedEventLogCheck {
+  const r = checkEventLog({ log, pcrs, unloggedPcrs, variableMemo, replayMemo });
   return Object.freeze({ selectors: Object.freeze([...r.selectors]), claims: Object.freeze(eventLogClaims(r)) });
 }
 

@@ -15,7 +15,7 @@ export {
   type EventLogDigest,
   type SpecIdEvent,
 } from './parse.js';
-export { replayEventLog, replayedToJson, pcClientInitialValue, type ReplayOptions, type ReplayedRegisters } from './replay.js';
+export { replayEventLog, replayedToJson, pcClientInitialValue, ReplayMemo, type ReplayOptions, type ReplayedRegisters } from './replay.js';
 export { GUID, guidText, parseUefiVariable, parseSignatureLists, walkSignatureLists, type UefiVariable, type SignatureEntry } from './uefi.js';
 export { QUIRKS, type QuirkName } from './quirks.js';
 export { deriveBootFacts, bootSelectors, VerifiedVariableMemo, type BootFacts } from './boot.js';

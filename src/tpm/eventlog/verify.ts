@@ -6,7 +6,7 @@ import { SigilError } from '../../errors.js';
 import { algorithmByName, bankHash } from './algorithms.js';
 import { bootSelectors, deriveBootFacts, type BootFacts, type VerifiedVariableMemo } from './boot.js';
 import { parseEventLog, type ParseEventLogOptions, type ParsedEventLog } from './parse.js';
-import { replayEventLog, replayedToJson, type ReplayedRegisters } from './replay.js';
+import { replayEventLog, replayedToJson, type ReplayMemo, type ReplayedRegisters } from './replay.js';
 
 export interface TrustedPcr {
   bank: string;
@@ -24,6 +24,8 @@ export interface EventLogCheckInput {
   parse?: ParseEventLogOptions;
   /** PCR 7 variable data checked before (by this verifier): equal bytes are not hashed again. */
   variableMemo?: VerifiedVariableMemo;
+  /** Replays done before (by this verifier): the same replay input is not hashed again. */
+  replayMemo?: ReplayMemo;
 }
 
 export interface EventLogCheckResult {
@@ -58,7 +60,7 @@ export function checkEventLog(input: EventLogCheckInput): EventLogCheckResult {
   // Only the compared PCRs are replayed: events of other PCRs cannot be checked against anything
   // (their replay would be the log's word) and yield no facts, so hashing them is wasted work.
   const indices = new Set(compared.map((p) => p.index));
-  const replayed = replayEventLog(log, { banks, indices: [...indices], filter: (ev) => indices.has(ev.index) });
+  const replayed = replayEventLog(log, { banks, indices: [...indices], filter: (ev) => indices.has(ev.index), ...(input.replayMemo ? { memo: input.replayMemo } : {}) });
   const matched = new Map<string, Set<number>>();
   const pcr11Phase = new Map<string, string>();
   for (const p of compared) {
