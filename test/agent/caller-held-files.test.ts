@@ -4,32 +4,17 @@
  * the real /proc (the pidfd's fdinfo is a stand-in file: the pid it names is what is checked):
  * the checks still refuse a caller that has gone, and nothing is read after close.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { CallerConnection } from '../../src/agent/workload-api/caller.js';
+import { childProcesses } from '../support/child-processes.js';
 
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) c.kill('SIGKILL');
-});
+const { sleeper, reap } = childProcesses();
 const fdinfo = mkdtempSync(join(tmpdir(), 'sigil-fdinfo-'));
 afterAll(() => rmSync(fdinfo, { recursive: true, force: true }));
 
-async function sleeper(): Promise<ChildProcess> {
-  const c = spawn('sleep', ['30'], { stdio: 'ignore' });
-  children.push(c);
-  await new Promise((r) => c.once('spawn', r));
-  return c;
-}
-
-async function reap(c: ChildProcess): Promise<void> {
-  const exited = new Promise((r) => c.once('exit', r));
-  c.kill('SIGKILL');
-  await exited;
-}
 
 const me = { uid: process.geteuid!(), gid: process.getegid!() };
 const CHANGED = { code: 'workload_api.caller_changed' };

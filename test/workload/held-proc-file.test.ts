@@ -3,30 +3,15 @@
  * was opened for. Real processes and the real /proc: the Workload API's caller checks rely on the
  * kernel failing a read of a reaped process's held file (whoever gets its pid number next).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { HeldProcFile, parseStatStartTime, parseStatus } from '../../src/workload/proc.js';
+import { childProcesses } from '../support/child-processes.js';
 
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) c.kill('SIGKILL');
-});
+const { sleeper, reap } = childProcesses();
 
-async function sleeper(): Promise<ChildProcess> {
-  const c = spawn('sleep', ['30'], { stdio: 'ignore' });
-  children.push(c);
-  await new Promise((r) => c.once('spawn', r));
-  return c;
-}
-
-async function reap(c: ChildProcess): Promise<void> {
-  const exited = new Promise((r) => c.once('exit', r));
-  c.kill('SIGKILL');
-  await exited;
-}
 
 describe('HeldProcFile', () => {
   it('reads the live process again from the start on every read', async () => {
