@@ -142,6 +142,31 @@ function postJson(port: number, path: string, body: unknown, ca: string): Promis
   });
 }
 
+/** The verifier's own V8 heap figures from its /metrics (prom-client default metrics). */
+function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/metrics', ca, agent: attestAgent, checkServerIdentity: () => undefined }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        const num = (name: string): number => {
+          const m = new RegExp(`^sigil_verifier_${name} ([0-9.e+]+)$`, 'm').exec(text);
+          if (!m) throw new Error(`no ${name} in /metrics`);
+          return Number(m[1]);
+        };
+        try {
+          resolve({ heapUsed: num('nodejs_heap_size_used_bytes'), heapTotal: num('nodejs_heap_size_total_bytes'), external: num('nodejs_external_memory_bytes') });
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 const mk = (spiffeId: string, parentId: string, selectors: string[]): NewEntry => ({ spiffeId, parentId, selectors, x509SvidTtl: 0, jwtSvidTtl: 0, dnsNames: [], hint: '', admin: false, expiresAt: null });
 
 interface SimAgent {
@@ -478,6 +503,9 @@ async function main(): Promise<void> {
     const elapsed = (performance.now() - tStart) / 1000;
     const cpuUsed = pids.map((p, k) => procCpuUs(p) - (cpuStart[k] as number));
     const rss = pids.map(procRss);
+    // Where the verifier's memory is: V8 heap in use, and memory outside it (TLS connections live in
+    // native memory, which RSS includes and the heap figures do not).
+    const heap = await Promise.all(ports.map((port) => metricsOf(port, caPem).catch(() => undefined)));
     loopDelay.disable();
     // Counted before the run's own shutdown closes the held long-polls.
     const reconnects = agents.reduce((n, a) => n + a.poll.reconnects + a.push.reconnects, 0);
@@ -504,6 +532,11 @@ async function main(): Promise<void> {
     );
     if (errors > 0) console.log(`errors: ${[...errorKinds].map(([k, n]) => `${n} × ${k}`).join('; ')}`);
     console.log(`verifier RSS: ${rss.map((r) => `${(r / 1e6).toFixed(0)} MB`).join(' + ')} (goal < 500 MB)`);
+    console.log(
+      `verifier memory: ${heap
+        .map((h) => (h ? `V8 heap used ${(h.heapUsed / 1e6).toFixed(0)} MB of ${(h.heapTotal / 1e6).toFixed(0)} MB, external ${(h.external / 1e6).toFixed(0)} MB` : 'metrics not read'))
+        .join(' + ')}; the rest of RSS is native (OpenSSL connection state, allocator)`,
+    );
     console.log(`load generator event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms`);
 
     // 6. Saturation: back-to-back syncs (entries only, 304), no interval.
