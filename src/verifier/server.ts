@@ -23,6 +23,7 @@ import { registerAdminRoutes } from './admin-api.js';
 import { registerAgentRoutes, registerHealthRoutes } from './agent-api.js';
 import { AttestationService } from './attestation.js';
 import { installConnectionCaps } from './connection-caps.js';
+import { connectionCapWarning, openFileLimit } from '../util/open-file-limit.js';
 import { CertificateAuthority } from './ca.js';
 import type { VerifierConfig } from './config.js';
 import type { VerifierCore } from './core.js';
@@ -180,6 +181,8 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     registerHealthRoutes(app, core);
     registerAgentRoutes(app, core, federation);
     installConnectionCaps(app.server as unknown as NetServer, config.listen, metrics, logger);
+    const capWarning = connectionCapWarning('listen.maxConnections', config.listen.maxConnections, openFileLimit());
+    if (capWarning !== undefined) logger.warn({ code: 'verifier.open_file_limit_low' }, capWarning);
     await app.listen({ host: config.listen.address, port: config.listen.port });
     closers.push(() => app.close());
     const httpsServer = app.server as unknown as HttpsServer;
