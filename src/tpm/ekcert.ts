@@ -333,6 +333,8 @@ interface CacheEntry {
  */
 export class EkCertVerifier {
   private readonly cache = new Map<string, CacheEntry>();
+  /** The same results by the certificates' base64 texts (see verifyTexts). */
+  private readonly textCache = new Map<string, CacheEntry>();
 
   constructor(
     readonly trust: EkTrustStore,
@@ -346,25 +348,61 @@ export class EkCertVerifier {
     const h = createHash('sha256');
     for (const d of [ekCertDer, ...intermediatesDer]) h.update(`${d.length}:`).update(d);
     const key = h.digest('hex');
-    const hit = this.cache.get(key);
-    const t = at.getTime();
-    if (hit && t >= hit.notBefore && t <= hit.notAfter) {
-      this.cache.delete(key);
-      this.cache.set(key, hit);
-      return hit.result;
-    }
+    const hit = cachedAt(this.cache, key, at);
+    if (hit) return hit.result;
     const result = verifyEkChainSync(ekCertDer, intermediatesDer, this.trust, at);
-    if (this.cache.size >= this.maxCache) {
-      const oldest = this.cache.keys().next().value;
-      if (oldest !== undefined) this.cache.delete(oldest);
-    }
-    this.cache.set(key, {
-      result,
-      notBefore: Math.max(...result.chain.map((c) => c.notBefore.getTime())),
-      notAfter: Math.min(...result.chain.map((c) => c.notAfter.getTime())),
-    });
+    remember(this.cache, key, entryFor(result), this.maxCache);
     return result;
   }
+
+  /**
+   * `verify` for certificates as the base64 texts an agent sent (or a session state holds): a chain
+   * whose exact texts verified before, and is within its validity at `at`, is answered without
+   * decoding or hashing them. Otherwise `decode` turns each text into DER (index -1: the EK
+   * certificate; it throws on bad text) and `verify` runs. Equal texts are equal DER, so a hit
+   * skips no check but the repeated path building. Chains longer than 16,000 characters of text
+   * are not kept by text: V8 hashes longer strings by their length alone, and equal-length keys
+   * would share one hash chain.
+   */
+  async verifyTexts(ekCert: string, intermediates: readonly string[], at: Date, decode: (text: string, index: number) => Buffer): Promise<EkChainResult> {
+    if (intermediates.length > EK_LIMITS.intermediates) {
+      throw new SigilError('tpm.ek_cert_malformed', `more than ${EK_LIMITS.intermediates} EK intermediate certificates`);
+    }
+    // "|" is not a base64 character, so the joined key names one list of texts.
+    const key = ekCert.length + intermediates.reduce((n, t) => n + t.length + 1, 0) <= 16_000 ? [ekCert, ...intermediates].join('|') : undefined;
+    const hit = key === undefined ? undefined : cachedAt(this.textCache, key, at);
+    if (hit) return hit.result;
+    const result = await this.verify(decode(ekCert, -1), intermediates.map((t, i) => decode(t, i)), at);
+    if (key !== undefined) remember(this.textCache, key, entryFor(result), this.maxCache);
+    return result;
+  }
+}
+
+/** The cached entry for `key` when `at` lies within its validity (moved to most recently used). */
+function cachedAt(cache: Map<string, CacheEntry>, key: string, at: Date): CacheEntry | undefined {
+  const hit = cache.get(key);
+  const t = at.getTime();
+  if (hit === undefined || t < hit.notBefore || t > hit.notAfter) return undefined;
+  cache.delete(key);
+  cache.set(key, hit);
+  return hit;
+}
+
+function remember(cache: Map<string, CacheEntry>, key: string, entry: CacheEntry, max: number): void {
+  cache.delete(key);
+  if (cache.size >= max) {
+    const oldest = cache.keys().next().value;
+    if (oldest !== undefined) cache.delete(oldest);
+  }
+  cache.set(key, entry);
+}
+
+function entryFor(result: EkChainResult): CacheEntry {
+  return {
+    result,
+    notBefore: Math.max(...result.chain.map((c) => c.notBefore.getTime())),
+    notAfter: Math.min(...result.chain.map((c) => c.notAfter.getTime())),
+  };
 }
 
 /** Build and check the EK certificate path to a configured certificate (uncached). */

@@ -1,5 +1,6 @@
 /** Conversion of TPMT_PUBLIC (RSA / ECC) to node:crypto KeyObjects and SPKI DER. */
-import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { digestHex } from '../util/digest.js';
 import { SigilError, errorMessage } from '../errors.js';
 import { curveById, type CurveInfo } from './constants.js';
 import type { EccPublic, TpmtPublic } from './structures.js';
@@ -94,6 +95,6 @@ export function publicToSpkiDer(pub: TpmtPublic): Buffer {
 /** Lowercase hex SHA-256 of the SPKI DER (the `tpm:ek_pubhash` value). */
 export function spkiHash(pub: TpmtPublic): string {
   const c = cached(pub);
-  c.spkiHash ??= createHash('sha256').update(publicToSpkiDer(pub)).digest('hex');
+  c.spkiHash ??= digestHex('sha256', publicToSpkiDer(pub));
   return c.spkiHash;
 }

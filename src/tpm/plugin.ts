@@ -10,7 +10,7 @@
  * that AK over the session binding and the configured PCRs. An event log (firmware, and IMA's)
  * sent with the quote is trusted only as far as its replay reproduces the quoted PCRs.
  */
-import { createHash } from 'node:crypto';
+import { digest } from '../util/digest.js';
 import { mkdir, readFile } from 'node:fs/promises';
 import { replaceFileAtomicAsync } from '../util/atomic-file.js';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -44,10 +44,11 @@ import {
   verifyQuote,
   type PcrValue,
 } from './quote.js';
-import { encodePcrSelection, objectName, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from './structures.js';
+import { encodePcrSelection, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from './structures.js';
 import { tpmClaims, tpmSelectors } from './verify.js';
 import { EventLogCheckCache, EVENTLOG_DEFAULT_MAX_BYTES } from './eventlog/index.js';
 import { poolRandomBytes } from './random.js';
+import { PublicAreaMemo } from './public-memo.js';
 import { checkImaLog, compileExcludes, detectImaFormat, imaListResumesAt, isImaProgress, parseImaAllowlist, policyFingerprint, IMA_DEFAULT_MAX_BYTES, type ImaPolicy, type ImaProgress } from './ima/index.js';
 
 const NAME = 'tpm';
@@ -100,6 +101,16 @@ class LogDecoder {
     if (b.toString('base64') !== v) throw new SigilError('tpm.bad_response', `${this.field} is not canonical standard base64`);
     return b;
   }
+}
+
+/** An EK certificate of the hello (index -1) or one of its intermediates, as DER. */
+function decodeHelloCert(text: string, index: number): Buffer {
+  return decodeB64(text, index < 0 ? 'ekCert' : `ekIntermediates[${index}]`, 'tpm.bad_hello', EK_LIMITS.certBytes);
+}
+
+/** The same from the session state (written by begin from texts that decoded). */
+function decodeStateCert(text: string, index: number): Buffer {
+  return decodeB64(text, index < 0 ? 'session state ekCert' : `session state ekIntermediates[${index}]`, 'tpm.bad_state', EK_LIMITS.certBytes);
 }
 
 function strictObject(v: unknown, what: string, code: string, required: string[], optional: string[] = []): Record<string, unknown> {
@@ -217,7 +228,7 @@ interface TpmSessionState {
 const STATE_VERSION = 2;
 
 function secretDigest(secret: Buffer): Buffer {
-  return createHash('sha256').update(secret).digest();
+  return digest('sha256', secret);
 }
 
 function parseState(state: unknown): TpmSessionState {
@@ -284,6 +295,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
   private readonly eventLogChecks = new EventLogCheckCache();
   /** Decodes a log text the memo has not seen; its bytes are read only within the check. */
   private readonly eventLogDecoder = new LogDecoder('eventLog', EVENTLOG_DEFAULT_MAX_BYTES);
+  /** EK and AK public areas by the text the agent sent (a node sends the same ones every time). */
+  private readonly publics = new PublicAreaMemo();
   private imaFp: string | undefined;
 
   constructor(
@@ -303,7 +316,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
   credentialKey(hello: unknown): string | undefined {
     const ekPub = (hello as { ekPub?: unknown } | null)?.ekPub;
     try {
-      return spkiHash(parseTpm2bPublic(decodeB64(ekPub, 'ekPub', 'tpm.bad_hello', 2048)));
+      return spkiHash(this.publics.get(ekPub, 'ekPub', 'tpm.bad_hello').pub);
     } catch {
       return undefined;
     }
@@ -312,34 +325,40 @@ export class TpmVerifier implements NodeAttestorVerifier {
   async begin(hello: unknown, session: SessionInput): Promise<{ challenge: unknown; state: unknown }> {
     const h = strictObject(hello, 'tpm hello', 'tpm.bad_hello', ['ekCert', 'ekPub', 'akPub'], ['ekIntermediates', 'imaTail']);
     if (h.imaTail !== undefined && h.imaTail !== true) throw new SigilError('tpm.bad_hello', 'tpm hello: imaTail must be true when present');
-    const ekCertDer = decodeB64(h.ekCert, 'ekCert', 'tpm.bad_hello', EK_LIMITS.certBytes);
-    const inters: Buffer[] = [];
+    // The certificates are decoded (strictly) only when this exact chain text was not verified
+    // before (EkCertVerifier.verifyTexts); their types are checked here, first, as before.
+    if (typeof h.ekCert !== 'string') throw new SigilError('tpm.bad_hello', 'ekCert must be a base64 string');
+    const interTexts: string[] = [];
     if (h.ekIntermediates !== undefined) {
       if (!Array.isArray(h.ekIntermediates) || h.ekIntermediates.length > EK_LIMITS.intermediates) {
         throw new SigilError('tpm.bad_hello', `ekIntermediates must be an array of at most ${EK_LIMITS.intermediates} certificates`);
       }
-      h.ekIntermediates.forEach((c, i) => inters.push(decodeB64(c, `ekIntermediates[${i}]`, 'tpm.bad_hello', EK_LIMITS.certBytes)));
+      h.ekIntermediates.forEach((c, i) => {
+        if (typeof c !== 'string') throw new SigilError('tpm.bad_hello', `ekIntermediates[${i}] must be a base64 string`);
+        interTexts.push(c);
+      });
     }
-    const ekPub = parseTpm2bPublic(decodeB64(h.ekPub, 'ekPub', 'tpm.bad_hello', 2048));
-    const akPubBytes = decodeB64(h.akPub, 'akPub', 'tpm.bad_hello', 2048);
-    const ak = parseTpm2bPublic(akPubBytes);
+    const ekPub = this.publics.get(h.ekPub, 'ekPub', 'tpm.bad_hello').pub;
+    const akArea = this.publics.get(h.akPub, 'akPub', 'tpm.bad_hello');
+    const ak = akArea.pub;
     checkEkPublic(ekPub);
-    const chain = await this.ek.verify(ekCertDer, inters, session.now);
+    const chain = await this.ek.verifyTexts(h.ekCert, interTexts, session.now, decodeHelloCert);
     const leaf = chain.chain[0];
     if (!leaf) throw new SigilError('tpm.ek_untrusted', 'empty EK chain');
     checkEkPublicMatches(leaf, ekPub);
     checkAkPublic(ak);
     const secret = poolRandomBytes(32);
-    const made = makeCredential(ekPub, objectName(ak), secret);
+    const made = makeCredential(ekPub, akArea.name(), secret);
     const ekPubHash = spkiHash(ekPub);
     const ima = h.imaTail === true ? await this.imaProgress(ekPubHash) : undefined;
     const state: TpmSessionState = {
       v: STATE_VERSION,
       secretHash: secretDigest(secret).toString('base64'),
-      akPub: akPubBytes.toString('base64'),
+      // The texts as sent: each decoded cleanly (now or when its memo entry was made).
+      akPub: h.akPub as string,
       ekPubHash,
-      ekCert: ekCertDer.toString('base64'),
-      ekIntermediates: inters.map((b) => b.toString('base64')),
+      ekCert: h.ekCert,
+      ekIntermediates: interTexts,
       ...(ima ? { ima } : {}),
     };
     // Only its digest is needed from here on (the buffer is its own memory: see random.ts).
@@ -400,7 +419,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
     if (!constantTimeEqual(secretDigest(secret), Buffer.from(st.secretHash, 'base64'))) {
       throw new SigilError('tpm.credential_mismatch', 'activated credential secret is wrong: the AK is not in the TPM holding the EK, or the response is replayed');
     }
-    const ak = parseTpm2bPublic(Buffer.from(st.akPub, 'base64'));
+    const akArea = this.publics.get(st.akPub, 'session state akPub', 'tpm.bad_state');
+    const ak = akArea.pub;
     const quote = verifyQuote({
       ak,
       quote: quoteBytes,
@@ -411,7 +431,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
       hashAllowlist: this.hashAllowlist,
     });
     // The EK chain was validated in begin(); this is a cache hit that re-checks validity times.
-    const chain = await this.ek.verify(Buffer.from(st.ekCert, 'base64'), st.ekIntermediates.map((b) => Buffer.from(b, 'base64')), session.now);
+    const chain = await this.ek.verifyTexts(st.ekCert, st.ekIntermediates, session.now, decodeStateCert);
 
     const key = counterKey(st.ekPubHash);
     let prevRaw: unknown;
@@ -445,7 +465,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     pendingCounters.set(state as object, { key, expected: prevRaw, next, ...(measured.imaProgress ? { ima: { key: imaKey(st.ekPubHash), next: measured.imaProgress } } : {}) });
     return {
       selectors: [...tpmSelectors(input), ...measured.selectors],
-      claims: { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: true, ...measured.claims },
+      claims: { ...tpmClaims({ ...input, ak, akName: akArea.name(), quote }), akBoundToEk: true, ...measured.claims },
       agentIdSuffix: st.ekPubHash,
     };
   }

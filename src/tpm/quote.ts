@@ -2,7 +2,8 @@
  * TPM2_Quote verification and AK checks (pure: bytes, expected values and
  * policy in; typed result or SigilError out).
  */
-import { constants, createHash, timingSafeEqual, verify as cryptoVerify } from 'node:crypto';
+import { constants, timingSafeEqual, verify as cryptoVerify } from 'node:crypto';
+import { digest } from '../util/digest.js';
 import { SigilError } from '../errors.js';
 import { TPM_ALG, TPM_ST, TPMA_OBJECT, algName, hashByAlg, hashByName, type HashName } from './constants.js';
 import { eccCurve, padTo, publicToKeyObject } from './keys.js';
@@ -173,9 +174,7 @@ export function orderPcrValues(selection: PcrSelection[], values: PcrValue[]): P
 
 /** pcrDigest = H_hash(value₁ ‖ value₂ ‖ …) in selection order. */
 export function pcrDigest(hash: HashName, ordered: PcrValue[]): Buffer {
-  const h = createHash(hash);
-  for (const v of ordered) h.update(v.value);
-  return h.digest();
+  return digest(hash, ordered.length === 1 ? ordered[0]!.value : Buffer.concat(ordered.map((v) => v.value)));
 }
 
 export interface QuoteCheckInput {

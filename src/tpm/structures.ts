@@ -8,7 +8,7 @@
  * size, selectors (algorithm IDs, structure tags) must be known, and no trailing
  * bytes are accepted. Malformed input throws SigilError with a `tpm.malformed_*` code.
  */
-import { createHash } from 'node:crypto';
+import { digest } from '../util/digest.js';
 import { SigilError } from '../errors.js';
 import { HASHES, LIMITS, TPM_ALG, TPM_GENERATED_VALUE, TPM_ST, TPMA_OBJECT_RESERVED, algName, hashByAlg, type HashName } from './constants.js';
 import { TpmReader, TpmWriter } from './reader.js';
@@ -169,7 +169,7 @@ export function objectName(pub: TpmtPublic): Buffer {
   const h = hashByAlg(pub.nameAlg);
   if (!h) throw new SigilError('tpm.unsupported_algorithm', `nameAlg ${algName(pub.nameAlg)} is not supported for Name computation`);
   const w = new TpmWriter().u16(pub.nameAlg);
-  return Buffer.concat([w.toBuffer(), createHash(h.name).update(pub.raw).digest()]);
+  return Buffer.concat([w.toBuffer(), digest(h.name, pub.raw)]);
 }
 
 // ---------------------------------------------------------------- PCR selection

@@ -4,7 +4,7 @@
  * (optionally) PCR values. Offline there is no credential activation, so nothing proves
  * that the AK lives in the same TPM as the EK: the result says so (`akBoundToEk: false`).
  */
-import { createHash } from 'node:crypto';
+import { digestHex } from '../util/digest.js';
 import { SigilError } from '../errors.js';
 import type { HashName } from './constants.js';
 import { EkTrustStore, certPublicSpkiDer, verifyEkChain, type EkChainResult } from './ekcert.js';
@@ -33,7 +33,8 @@ export function tpmSelectors(v: TpmSelectorInput): string[] {
 }
 
 /** Claims shared by the online and offline verifiers. */
-export function tpmClaims(v: TpmSelectorInput & { ak: TpmtPublic; quote: QuoteCheckResult }): Record<string, unknown> {
+/** `akName`: the AK's Name when the caller has it already (otherwise computed here). */
+export function tpmClaims(v: TpmSelectorInput & { ak: TpmtPublic; akName?: Buffer; quote: QuoteCheckResult }): Record<string, unknown> {
   const leaf = v.chain.chain[0];
   const ci = v.quote.attest.clockInfo;
   const pcrs: Record<string, Record<string, string>> = {};
@@ -46,7 +47,7 @@ export function tpmClaims(v: TpmSelectorInput & { ak: TpmtPublic; quote: QuoteCh
     tpmManufacturer: v.chain.identity.manufacturer ?? null,
     tpmModel: v.chain.identity.model ?? null,
     tpmVersion: v.chain.identity.version ?? null,
-    akName: objectName(v.ak).toString('hex'),
+    akName: (v.akName ?? objectName(v.ak)).toString('hex'),
     quoteHash: v.quote.signatureHash,
     clock: ci.clock.toString(),
     resetCount: ci.resetCount,
@@ -125,7 +126,7 @@ export async function verifyTpmEvidenceOffline(ev: OfflineTpmEvidence): Promise<
   const chain = await verifyEkChain(ev.ekCert, ev.ekIntermediates ?? [], trust, ev.at);
   const leaf = chain.chain[0];
   if (!leaf) throw new SigilError('tpm.ek_untrusted', 'empty EK chain');
-  const ekPubHash = createHash('sha256').update(certPublicSpkiDer(leaf)).digest('hex');
+  const ekPubHash = digestHex('sha256', certPublicSpkiDer(leaf));
   const input = { ekPubHash, chain, pcrs: quote.pcrs };
   const selectors = tpmSelectors(input);
   const claims: Record<string, unknown> = { ...tpmClaims({ ...input, ak, quote }), akBoundToEk: false, note: OFFLINE_NOTE };

@@ -4,8 +4,7 @@
  * PCR 10 replay; errors are `tpm.ima_*` SigilErrors. The binary form is in binary.ts; both give
  * the same `ImaEntry` (the template data the kernel hashed, checked against the template hash).
  */
-import * as nodeCrypto from 'node:crypto';
-import { createHash } from 'node:crypto';
+import { digest } from '../../util/digest.js';
 import { SigilError } from '../../errors.js';
 import { bankHash, type EventLogAlgorithm } from '../eventlog/algorithms.js';
 
@@ -58,9 +57,7 @@ export function legacyImaHashed(digest: Buffer, name: Buffer): Buffer {
   return out;
 }
 
-// One-shot crypto.hash (Node ≥ 20.12) is markedly cheaper than createHash for short inputs.
-const oneShot = (nodeCrypto as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }).hash;
-const sha1 = (b: Buffer): Buffer => (oneShot ? oneShot('sha1', b, 'buffer') : createHash('sha1').update(b).digest());
+const sha1 = (b: Buffer): Buffer => digest('sha1', b);
 
 export function checkTemplateHash(templateHash: Buffer, templateData: Buffer, where: string): boolean {
   const violation = templateHash.equals(ZERO20);
