@@ -49,6 +49,7 @@ import { tpmClaims, tpmSelectors } from './verify.js';
 import { EventLogCheckCache, EVENTLOG_DEFAULT_MAX_BYTES } from './eventlog/index.js';
 import { poolRandomBytes } from './random.js';
 import { PublicAreaMemo } from './public-memo.js';
+import { LogDecoder, decodeLogB64 } from './log-text.js';
 import { checkImaLog, compileExcludes, detectImaFormat, imaListResumesAt, isImaProgress, parseImaAllowlist, policyFingerprint, IMA_DEFAULT_MAX_BYTES, type ImaPolicy, type ImaProgress } from './ima/index.js';
 
 const NAME = 'tpm';
@@ -58,49 +59,6 @@ const BANKS = ['sha1', 'sha256', 'sha384', 'sha512'] as const;
 
 function decodeB64(v: unknown, field: string, code: string, maxBytes: number): Buffer {
   return decodeBase64(v, field, { code, maxBytes });
-}
-
-/**
- * Base64 of a measurement log (tens of kilobytes): decoded, then required to re-encode to exactly
- * the text sent — canonical standard base64 — which costs a fraction of a character-class regex
- * over the whole string.
- */
-function decodeLogB64(v: unknown, field: string, maxBytes: number): Buffer {
-  checkLogB64Length(v, field, maxBytes);
-  const b = Buffer.from(v, 'base64');
-  if (b.toString('base64') !== v) throw new SigilError('tpm.bad_response', `${field} is not canonical standard base64`);
-  if (b.length > maxBytes) throw new SigilError('tpm.bad_response', `${field} is larger than ${maxBytes} bytes`);
-  return b;
-}
-
-function checkLogB64Length(v: unknown, field: string, maxBytes: number): asserts v is string {
-  if (typeof v !== 'string' || v.length === 0) throw new SigilError('tpm.bad_response', `${field} must be a non-empty base64 string`);
-  if (v.length > Math.ceil((maxBytes * 4) / 3) + 4) throw new SigilError('tpm.bad_response', `${field} is larger than ${maxBytes} bytes`);
-}
-
-/**
- * `decodeLogB64` into a buffer reused from call to call (grown as needed, up to the limit), for a
- * log whose bytes are not kept past the check that reads them: a log the verifier has not seen
- * then costs no new 40 KB buffer. The result is a view valid until the next call.
- */
-class LogDecoder {
-  private scratch = Buffer.alloc(0);
-  constructor(
-    private readonly field: string,
-    private readonly maxBytes: number,
-  ) {}
-
-  decode(v: unknown): Buffer {
-    checkLogB64Length(v, this.field, this.maxBytes);
-    // Canonical base64 of n bytes is 4·ceil(n/3) characters, so a text of that length decodes to at most 3/4 of it.
-    const room = Math.floor((v.length * 3) / 4);
-    if (this.scratch.length < room) this.scratch = Buffer.alloc(Math.max(room, Math.min(2 * this.scratch.length, Math.ceil(this.maxBytes / 3) * 3 + 3)));
-    const n = this.scratch.write(v, 0, 'base64');
-    const b = this.scratch.subarray(0, n);
-    if (n > this.maxBytes) throw new SigilError('tpm.bad_response', `${this.field} is larger than ${this.maxBytes} bytes`);
-    if (b.toString('base64') !== v) throw new SigilError('tpm.bad_response', `${this.field} is not canonical standard base64`);
-    return b;
-  }
 }
 
 /** An EK certificate of the hello (index -1) or one of its intermediates, as DER. */

@@ -1,0 +1,101 @@
+import 'reflect-metadata';
+import { describe, expect, it } from 'vitest';
+import { SigilError } from '../../src/errors.js';
+import { EkCertVerifier, EkTrustStore } from '../../src/tpm/ekcert.js';
+import { PublicAreaMemo } from '../../src/tpm/public-memo.js';
+import { objectName, parseTpm2bPublic } from '../../src/tpm/structures.js';
+import { akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, rsaKeyPair } from './synthetic.js';
+
+function codeOf(f: () => unknown): string | undefined {
+  try {
+    f();
+  } catch (e) {
+    return e instanceof SigilError ? e.code : 'not a SigilError';
+  }
+  return undefined;
+}
+
+async function codeOfAsync(p: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await p;
+  } catch (e) {
+    return e instanceof SigilError ? e.code : 'not a SigilError';
+  }
+  return undefined;
+}
+
+describe('PublicAreaMemo (TPM public areas by the text the agent sent)', () => {
+  const ak = akPublicFor(rsaKeyPair().publicKey);
+  const ek = ekPublicFor(rsaKeyPair().publicKey);
+
+  it('parses a text once: the same text gives the same frozen area; its Name is the TPM Name, handed out as a copy', () => {
+    const m = new PublicAreaMemo();
+    const a = m.get(ak.toString('base64'), 'akPub', 'tpm.bad_hello');
+    expect(m.get(ak.toString('base64'), 'akPub', 'tpm.bad_hello')).toBe(a);
+    expect(a.pub).toStrictEqual(Object.freeze(parseTpm2bPublic(ak)));
+    expect(Object.isFrozen(a.pub)).toBe(true);
+    expect(a.bytes.equals(ak)).toBe(true);
+    const n = a.name();
+    expect(n.equals(objectName(parseTpm2bPublic(ak)))).toBe(true);
+    n.fill(0);
+    expect(a.name().equals(objectName(parseTpm2bPublic(ak)))).toBe(true);
+  });
+
+  it('keeps nothing that failed: a non-string, bad base64, bytes that are no public area, a text over the size limit', () => {
+    const m = new PublicAreaMemo();
+    expect(codeOf(() => m.get(42, 'akPub', 'tpm.bad_hello'))).toBe('tpm.bad_hello');
+    expect(codeOf(() => m.get('not base64!', 'akPub', 'tpm.bad_hello'))).toBe('tpm.bad_hello');
+    const junk = Buffer.from([0, 4, 1, 2, 3, 4]).toString('base64');
+    expect(codeOf(() => m.get(junk, 'akPub', 'tpm.bad_hello'))).toMatch(/^tpm\./);
+    // The same junk again is parsed (and refused) again, not answered from the memo.
+    expect(codeOf(() => m.get(junk, 'akPub', 'tpm.bad_hello'))).toMatch(/^tpm\./);
+    expect(codeOf(() => m.get(Buffer.alloc(2049, 1).toString('base64'), 'akPub', 'tpm.bad_hello'))).toBe('tpm.bad_hello');
+    // A valid area with trailing bytes is refused by the parser, and not kept.
+    const trailing = Buffer.concat([ak, Buffer.from([0])]).toString('base64');
+    expect(codeOf(() => m.get(trailing, 'akPub', 'tpm.bad_hello'))).toMatch(/^tpm\./);
+    expect(m.size).toBe(0);
+  });
+
+  it('is bounded, least recently used out first', () => {
+    const m = new PublicAreaMemo(2);
+    const [a, b, c] = [ak, ek, akPublicFor(rsaKeyPair().publicKey)].map((x) => x.toString('base64')) as [string, string, string];
+    const first = m.get(a, 'akPub', 'tpm.bad_hello');
+    const second = m.get(b, 'ekPub', 'tpm.bad_hello');
+    m.get(a, 'akPub', 'tpm.bad_hello');
+    m.get(c, 'akPub', 'tpm.bad_hello');
+    expect(m.size).toBe(2);
+    expect(m.get(a, 'akPub', 'tpm.bad_hello')).toBe(first);
+    // b was the least recently used: parsed again, a new entry.
+    expect(m.get(b, 'ekPub', 'tpm.bad_hello')).not.toBe(second);
+  });
+});
+
+describe('EkCertVerifier.verifyTexts (EK chains by their base64 texts)', () => {
+  it('decodes and verifies a chain text once while valid; other texts, a time outside the validity and bad text are checked again', async () => {
+    const root = await makeRoot('Memo Root');
+    const inter = await makeIntermediate('Memo CA', root, { notAfter: new Date('2030-01-01T00:00:00Z') });
+    const ekKey = rsaKeyPair().publicKey;
+    const cert = await makeEkCert(ekKey, inter);
+    const v = new EkCertVerifier(new EkTrustStore([root.der]));
+    let decodes = 0;
+    const decode = (t: string): Buffer => {
+      decodes++;
+      const b = Buffer.from(t, 'base64');
+      if (b.toString('base64') !== t) throw new SigilError('tpm.bad_hello', 'bad text');
+      return b;
+    };
+    const at = new Date('2026-06-01T00:00:00Z');
+    const texts = [cert.toString('base64'), [inter.der.toString('base64')]] as const;
+    const r = await v.verifyTexts(texts[0], texts[1], at, decode);
+    expect(decodes).toBe(2);
+    expect(await v.verifyTexts(texts[0], texts[1], at, decode)).toBe(r);
+    expect(decodes).toBe(2);
+    // Without the intermediate: another text, verified on its own (and refused: no path to the root).
+    expect(await codeOfAsync(v.verifyTexts(texts[0], [], at, decode))).toMatch(/^tpm\.ek_/);
+    // Past the intermediate's notAfter the kept result does not answer: checked again and refused.
+    expect(await codeOfAsync(v.verifyTexts(texts[0], texts[1], new Date('2031-01-01T00:00:00Z'), decode))).toBe('tpm.ek_cert_expired');
+    // A bad text is the decoder's error.
+    expect(await codeOfAsync(v.verifyTexts(`${texts[0]}x`, texts[1], at, decode))).toBe('tpm.bad_hello');
+    expect(await codeOfAsync(v.verifyTexts(texts[0], Array.from({ length: 9 }, () => texts[1][0]), at, decode))).toBe('tpm.ek_cert_malformed');
+  });
+});
