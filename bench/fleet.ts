@@ -307,8 +307,9 @@ async function main(): Promise<void> {
         join(dir, `verifier${v}.yaml`),
         [
           `trustDomain: ${TD}`,
-          // Every agent's connection(s) (with --poll: sync + long-poll) must fit under the total cap.
-          `listen: { address: 127.0.0.1, port: ${port}, maxConnections: ${Math.max(16384, CONNS * N + 1024)} }`,
+          // Every agent's connection(s) (with --poll: sync + long-poll) must fit under the total cap,
+          // and the cap under the open-file limit (the verifier warns otherwise).
+          `listen: { address: 127.0.0.1, port: ${port}, maxConnections: ${NOFILE - 256} }`,
           `adminSocket: ${adminSocket}`,
           `dataDir: ${join(dir, `v${v}`)}`,
           pg ? `datastore: { kind: postgres, url: "${pg.url}", schema: fleet }` : 'datastore: { kind: sqlite }',
@@ -638,34 +639,58 @@ async function main(): Promise<void> {
 
     // 6. Saturation: back-to-back syncs (entries only, 304), no interval.
     if (SATURATE > 0) {
+      // Push mode: the long-polls were ended by closing their connections, so each agent opens a new
+      // one (16 handshakes at a time) and goes straight into back-to-back syncs, so that no
+      // connection idles past the verifier's keep-alive timeout; the phase is timed from the moment
+      // the last one is open.
+      let open = POLL ? N : 0;
       let n = 0;
-      if (!POLL) {
-        // The long-polls were ended by closing their connections: new ones, opened (and their first
-        // answer received) before the phase is timed.
-        for (const a of agents) a.poll = a.fresh();
-        next = 0;
-        const t = performance.now();
-        await Promise.all(
-          Array.from({ length: 16 }, async () => {
-            for (let i = next++; i < N; i = next++) {
-              const a = agents[i] as SimAgent;
-              const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag });
-              if (r.status === 200) a.etag = r.etag ?? '';
-            }
-          }),
-        );
-        console.log(`\n${N} new connections for the saturation phase opened in ${((performance.now() - t) / 1000).toFixed(1)} s (not timed below)`);
-      }
-      const hs1 = agents.reduce((x, a) => x + a.poll.connects, 0);
-      const c1 = pids.map(procCpuUs);
-      const t3 = performance.now();
-      const end = t3 + SATURATE * 1000;
+      let timing = POLL;
+      let hs1 = 0;
+      let c1: number[] = [];
+      let t3 = 0;
+      let end = Infinity;
+      const t = performance.now();
+      const startTiming = (): void => {
+        timing = true;
+        hs1 = agents.reduce((x, a) => x + a.poll.connects, 0);
+        c1 = pids.map(procCpuUs);
+        t3 = performance.now();
+        end = t3 + SATURATE * 1000;
+      };
+      if (POLL) startTiming();
+      let gate = 0;
+      const gates: (() => void)[] = [];
+      const handshake = async (): Promise<void> => {
+        if (gate < 16) {
+          gate++;
+          return;
+        }
+        await new Promise<void>((r) => gates.push(r));
+      };
+      const release = (): void => {
+        const g = gates.shift();
+        if (g) g();
+        else gate--;
+      };
       await Promise.all(
         agents.map(async (a) => {
+          if (!POLL) {
+            a.poll = a.fresh();
+            await handshake();
+            const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag }).catch(() => undefined);
+            if (r?.status === 200) a.etag = r.etag ?? '';
+            release();
+            if (++open === N) {
+              console.log(`\n${N} new connections for the saturation phase opened in ${((performance.now() - t) / 1000).toFixed(1)} s, each then syncing back to back (not timed)`);
+              startTiming();
+            }
+          }
           while (performance.now() < end) {
             const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag }).catch(() => undefined);
-            if (r?.status === 304) n++;
-            else if (r?.status === 200) a.etag = r.etag ?? '';
+            if (r?.status === 304) {
+              if (timing) n++;
+            } else if (r?.status === 200) a.etag = r.etag ?? '';
           }
         }),
       );

@@ -1,27 +1,39 @@
 /**
- * Keeps the SVID cache in step with the verifier: every `syncInterval` (2 s by default, so entry
- * changes reach workloads well within 5 s) it
- *   1. fetches the authorized entries (GET /v1/entries/authorized with If-None-Match, so an
- *      unchanged set costs a 304); the answer names the verifier's bundle ETag,
- *   2. refreshes the trust bundle (GET /v1/bundle) only when that ETag is not the held bundle's
- *      (every cycle against a verifier that does not name it),
- *   3. makes a P-256 key and CSR in the agent for every entry that has no SVID or whose SVID is due
- *      for rotation, and has them signed in batches of at most 500 (POST /v1/svid/x509),
- *      verifying every returned chain against the bundle before caching it.
- * The next cycle runs earlier when an SVID's rotation point comes first, and never later than the
- * bundle's `spiffe_refresh_hint`: the verifier publishes a successor CA two hints before it signs
- * anything with it, so the agent holds it in time however short ca.ttl is. Without a valid node
- * SVID the bundle is still refreshed (GET /v1/bundle needs no client certificate), so an agent
- * waiting to attest again keeps trusting the verifier across its CA rotations. When the verifier is
- * unreachable the cache is left as it is (still-valid SVIDs keep being served) and retries back off
- * with full jitter.
+ * Keeps the SVID cache in step with the verifier. Two loops share the work:
  *
- * Besides that periodic sync, the agent holds a long-poll (`GET /v1/entries/authorized?wait=N`,
- * docs/api.md) that the verifier answers as soon as this agent's authorized set changes, so a change
- * reaches workloads in well under a second; the new set is cached and its SVIDs issued at once. A
- * verifier that refuses long-polls (`entries.long_poll_disabled`, `entries.wait_limit`,
- * `entries.agent_wait_limit`) is asked again after LONG_POLL_RETRY_MS; the periodic sync carries on
- * regardless, so nothing depends on the long-poll.
+ * The long-poll (`GET /v1/entries/authorized?wait=N`, docs/api.md) is the entries sync while it is
+ * healthy: the verifier holds it until this agent's authorized set changes (200 with the new set,
+ * typically milliseconds after the admin write) or the wait is over (304). Either answer is a
+ * completed sync: it names the verifier's bundle ETag, and the bundle (GET /v1/bundle) is fetched
+ * when that is not the held bundle's; a new set is cached and its SVIDs issued at once. The wait
+ * asked is min(longPollSeconds, the bundle's `spiffe_refresh_hint`), so a CA rotation's new bundle
+ * ETag reaches the agent within one hint even when nothing else changes. The long-poll is healthy
+ * from an answer "as designed" (a 200, or a 304 held at least LONG_POLL_HELD_MS — half the wait when
+ * that is shorter) until the next answer is overdue (wait + LONG_POLL_MARGIN_MS); it is not healthy
+ * before the first such answer, after a failure or a refusal (`entries.long_poll_disabled`,
+ * `entries.wait_limit`, `entries.agent_wait_limit`: asked again after LONG_POLL_RETRY_MS), or when
+ * the verifier answers at once without holding (a verifier that does not know `wait`).
+ *
+ * The periodic cycle runs every `syncInterval` (2 s by default; never later than the bundle's refresh
+ * hint, and earlier when an SVID's rotation point comes first) and
+ *   1. only while the long-poll is not healthy: fetches the authorized entries (GET
+ *      /v1/entries/authorized with If-None-Match, so an unchanged set costs a 304) and refreshes the
+ *      bundle when the answer names another ETag (every cycle against a verifier that names none);
+ *   2. fetches the foreign bundles of federated trust domains, when the node has entries that
+ *      federate (and once more after the last of them went away, to drop those bundles);
+ *   3. makes a P-256 key and CSR in the agent for every entry that has no SVID or whose SVID is due
+ *      for rotation, and has them signed in batches of at most 500 (POST /v1/svid/x509), verifying
+ *      every returned chain against the bundle before caching it.
+ * So an agent whose set does not change sends one request per wait (20 s) on one keep-alive
+ * connection, and a change reaches workloads in well under a second; when the long-poll fails the
+ * entries are fetched again within one interval, as before it existed. Both kinds of request go
+ * through the client's one connection pool, so they share one connection when not concurrent.
+ *
+ * The verifier publishes a successor CA two hints before it signs anything with it, so the agent
+ * holds it in time however short ca.ttl is. Without a valid node SVID the bundle is still refreshed
+ * every cycle (GET /v1/bundle needs no client certificate), so an agent waiting to attest again
+ * keeps trusting the verifier across its CA rotations. When the verifier is unreachable the cache is
+ * left as it is (still-valid SVIDs keep being served) and retries back off with full jitter.
  */
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -41,8 +53,12 @@ import { WakeableSleep } from './sleeper.js';
 export const X509_BATCH = 500;
 /** Seconds a long-poll asks the verifier to hold it (the verifier caps it at its longPoll.maxWait). */
 export const LONG_POLL_SECONDS = 20;
-/** Pause before a refused long-poll is tried again, ms. */
+/** Pause before a refused long-poll (or one a verifier keeps answering at once) is tried again, ms. */
 export const LONG_POLL_RETRY_MS = 30_000;
+/** A 304 held at least this long (or half the wait, if shorter) was held by the verifier as designed, ms. */
+export const LONG_POLL_HELD_MS = 1000;
+/** The long-poll stops counting as the sync when its answer is this much later than the wait asked, ms. */
+export const LONG_POLL_MARGIN_MS = 5000;
 /** The verifier's refusals of a long-poll (the plain sync still works). */
 const LONG_POLL_REFUSALS = new Set(['entries.long_poll_disabled', 'entries.wait_limit', 'entries.agent_wait_limit']);
 
@@ -56,7 +72,7 @@ export interface EntrySyncOptions {
   now: () => Date;
   intervalMs: number;
   backoff?: BackoffOptions;
-  /** Seconds each long-poll asks to be held (default LONG_POLL_SECONDS); 0: no long-poll, periodic sync only. */
+  /** Seconds each long-poll asks to be held at most (default LONG_POLL_SECONDS; shortened to the bundle's refresh hint); 0: no long-poll, periodic sync only. */
   longPollSeconds?: number;
   /** Fetch and adopt the foreign bundles the node's entries federate with (SPIFFE Federation; src/federation/). */
   federation?: () => Promise<void>;
@@ -81,6 +97,14 @@ export class EntrySync {
   /** The long-poll waits for the first synced revision (woken by the cycle that sets it). */
   private pushIdle = false;
   private pushes = 0;
+  /** Real-clock ms until which the long-poll carries the entries sync (0: it does not). */
+  private pushHealthyUntil = 0;
+  /** Entries fetched by the periodic cycle (while the long-poll was not healthy). */
+  private fetches = 0;
+  /** Whether the last set had entries that federate (foreign bundles are fetched while it did, and once after). */
+  private federating = true;
+  /** Whether the last set received has entries that federate. */
+  private setFederates = false;
 
   constructor(private readonly o: EntrySyncOptions) {
     this.backoff = new Backoff(o.backoff);
@@ -91,12 +115,23 @@ export class EntrySync {
     return this.pushes;
   }
 
+  /** How many times the periodic cycle fetched the entries itself (the long-poll was not healthy). */
+  periodicFetches(): number {
+    return this.fetches;
+  }
+
+  /** Whether the held long-poll currently carries the entries sync. */
+  longPollHealthy(): boolean {
+    return Date.now() < this.pushHealthyUntil;
+  }
+
   start(): void {
     this.unsubscribe = this.o.node.onIdentity((s) => {
       if (s.agentId !== this.agentId) {
         // A new agent ID (re-attested with another token or factor) may be authorized for other entries.
         this.agentId = s.agentId;
         this.revision = undefined;
+        this.pushHealthyUntil = 0;
         this.wake();
       }
     });
@@ -123,9 +158,13 @@ export class EntrySync {
     return this.lastError;
   }
 
-  /** Run a cycle now (or join the one running) and wait for it. Errors propagate. */
-  syncNow(): Promise<void> {
-    if (!this.cycleP) this.cycleP = this.cycle().finally(() => (this.cycleP = undefined));
+  /**
+   * Run a cycle now (or join the one running) and wait for it. Errors propagate. The cycle fetches
+   * the entries unless `fetch` is false (the long-poll just delivered them) or, by default, while
+   * the long-poll is healthy.
+   */
+  syncNow(fetch: boolean = !this.longPollHealthy()): Promise<void> {
+    if (!this.cycleP) this.cycleP = this.cycle(fetch).finally(() => (this.cycleP = undefined));
     return this.cycleP;
   }
 
@@ -178,27 +217,54 @@ export class EntrySync {
     }
   }
 
-  /** Hold a long-poll for changes of the authorized set; on a change, cache it and issue its SVIDs. */
+  /** The wait each long-poll asks: longPollSeconds, at most the bundle's refresh hint (at least 1 s). */
+  private pushWaitSeconds(): number {
+    const hint = this.o.trust.bundle().refreshHintSeconds;
+    const w = this.o.longPollSeconds ?? LONG_POLL_SECONDS;
+    return Math.max(1, Math.floor(hint !== undefined && hint > 0 ? Math.min(w, hint) : w));
+  }
+
+  /** The long-poll stops carrying the sync: the periodic cycle fetches the entries again. */
+  private pushUnhealthy(): void {
+    this.pushHealthyUntil = 0;
+  }
+
+  /** Hold a long-poll for changes of the authorized set; while it is answered as designed it is the entries sync. */
   private async pushLoop(): Promise<void> {
-    const waitSeconds = this.o.longPollSeconds ?? LONG_POLL_SECONDS;
     let refusalLogged = false;
+    let early = 0;
     while (!this.closed) {
       const revision = this.revision;
       if (!this.o.node.current() || revision === undefined) {
+        this.pushUnhealthy();
         this.pushIdle = true;
         await this.pushSleeper.sleep(this.interval());
         this.pushIdle = false;
         continue;
       }
+      const waitSeconds = this.pushWaitSeconds();
       const started = Date.now();
       let pause = 0;
       try {
-        const r = await this.o.client.waitAuthorizedEntries(revision, waitSeconds, this.pushAbort.signal);
+        const r = await this.o.client.waitEntries(revision, waitSeconds, this.pushAbort.signal);
         if (this.closed) break;
-        if (r) await this.applyPushed(r);
-        // A verifier that answers at once without holding the poll: no faster than the periodic sync.
-        else if (Date.now() - started < 1000) pause = this.interval();
+        const held = Date.now() - started;
+        if (r.set !== undefined || held >= Math.min(LONG_POLL_HELD_MS, (waitSeconds * 1000) / 2)) {
+          early = 0;
+          // A completed sync: the bundle first (SVIDs of a new set are verified against it).
+          await this.bundleAsNamed(r.bundleEtag);
+          if (r.set !== undefined && this.revision === revision) await this.applyPushed(r.set);
+          this.pushHealthyUntil = Date.now() + this.pushWaitSeconds() * 1000 + LONG_POLL_MARGIN_MS;
+        } else {
+          // Answered at once without holding (a verifier that does not know `wait`): the periodic
+          // sync carries on; asked again after an interval, after LONG_POLL_RETRY_MS if it repeats.
+          this.pushUnhealthy();
+          early++;
+          pause = early > 1 ? LONG_POLL_RETRY_MS : this.interval();
+          if (early === 2) this.o.logger.info({ retryInMs: LONG_POLL_RETRY_MS }, 'verifier answers the entries long-poll without holding it; entries are fetched every sync interval');
+        }
       } catch (e) {
+        this.pushUnhealthy();
         if (this.closed) break;
         const err = asSigilError(e, 'agent.sync_failed', 'entry long-poll');
         if (LONG_POLL_REFUSALS.has(err.code)) {
@@ -206,8 +272,10 @@ export class EntrySync {
           refusalLogged = true;
           pause = LONG_POLL_RETRY_MS;
         } else {
-          // The periodic sync meets (and reports, and acts on) the same failures.
-          this.o.logger.debug({ code: err.code, reason: err.message }, 'entries long-poll failed');
+          // The periodic cycle, fetching again, meets (reports and acts on) the same failure; an
+          // eviction, a ban or an untrusted verifier is acted on now rather than within an interval.
+          this.o.logger.debug({ code: err.code, reason: err.message }, 'entries long-poll failed; entries are fetched every sync interval');
+          if (REATTEST_CODES.has(err.code) || err.code === 'agent.banned' || err.code === 'agent.verifier_untrusted') this.wake();
           pause = this.interval();
         }
       }
@@ -217,18 +285,29 @@ export class EntrySync {
 
   private async applyPushed(r: { entries: AuthorizedEntry[]; revision: string }): Promise<void> {
     this.pushes++;
-    if (this.o.cache.setEntries(r.entries)) {
-      this.o.logger.info({ entries: r.entries.length }, 'authorized entries changed (pushed)');
-      this.o.cache.notify();
-    }
+    if (this.adoptEntries(r.entries, 'authorized entries changed (pushed)')) this.o.cache.notify();
     this.revision = r.revision;
     try {
-      // Issue the new entries' SVIDs now (the cycle's own entries fetch is then a 304).
-      await this.syncNow();
-      if (this.o.cache.dueForIssue(this.o.now()).length > 0) await this.syncNow();
+      // Issue the new entries' SVIDs now, without fetching the set just delivered.
+      await this.syncNow(false);
+      if (this.o.cache.dueForIssue(this.o.now()).length > 0) await this.syncNow(false);
     } catch (e) {
       this.o.logger.debug({ reason: errorMessage(e) }, 'sync after a pushed change failed; the periodic sync retries');
     }
+  }
+
+  /** Cache a new set (notifying Workload API streams when it differs); returns whether it did. */
+  private adoptEntries(entries: AuthorizedEntry[], msg: string): boolean {
+    this.setFederates = entries.some((e) => (e.federatesWith?.length ?? 0) > 0);
+    this.federating ||= this.setFederates;
+    if (!this.o.cache.setEntries(entries)) return false;
+    this.o.logger.info({ entries: entries.length }, msg);
+    return true;
+  }
+
+  /** Refresh the bundle when an entries answer names another ETag than the held bundle's (or none). */
+  private async bundleAsNamed(bundleEtag: string | undefined): Promise<void> {
+    if (bundleEtag === undefined || this.heldBundleEtag() !== bundleEtag) await this.refreshBundle();
   }
 
   private onError(err: SigilError, generation: number): number {
@@ -254,25 +333,29 @@ export class EntrySync {
     return delay;
   }
 
-  private async cycle(): Promise<void> {
-    const { client, cache, logger } = this.o;
+  private async cycle(fetch: boolean): Promise<void> {
+    const { client, cache } = this.o;
     let changed = false;
-    // 1. entries; the answer names the verifier's current bundle ETag
-    const { set: r, bundleEtag } = await client.syncEntries(this.revision);
-    // 2. bundle (TrustStore listeners rebuild the cache's bundle views and notify on change), fetched
-    //    only when the named ETag is not that of the bundle held (or not named: an older verifier).
-    //    The bundle is current before any SVID of this cycle is verified against it (step 3).
-    if (bundleEtag === undefined || this.heldBundleEtag() !== bundleEtag) await this.refreshBundle();
-    if (r) {
-      if (cache.setEntries(r.entries)) {
-        changed = true;
-        logger.info({ entries: r.entries.length }, 'authorized entries changed');
+    if (fetch) {
+      this.fetches++;
+      // 1. entries; the answer names the verifier's current bundle ETag
+      const { set: r, bundleEtag } = await client.syncEntries(this.revision);
+      // 2. bundle (TrustStore listeners rebuild the cache's bundle views and notify on change), fetched
+      //    only when the named ETag is not that of the bundle held (or not named: an older verifier).
+      //    The bundle is current before any SVID of this cycle is verified against it (step 3).
+      await this.bundleAsNamed(bundleEtag);
+      if (r) {
+        if (this.adoptEntries(r.entries, 'authorized entries changed')) changed = true;
+        this.revision = r.revision;
+        if (this.pushIdle) this.pushSleeper.wake();
       }
-      this.revision = r.revision;
-      if (this.pushIdle) this.pushSleeper.wake();
     }
-    // 2b. foreign bundles of federated trust domains (every cycle: they change without any entry change)
-    await this.o.federation?.();
+    // 2b. foreign bundles of federated trust domains (every cycle while entries federate: they change
+    //     without any entry change; once more after the last such entry went away, to drop them)
+    if (this.federating && this.o.federation) {
+      await this.o.federation();
+      this.federating = this.setFederates;
+    }
     // 3. X.509-SVIDs for new entries and rotations
     const due = cache.dueForIssue(this.o.now());
     try {

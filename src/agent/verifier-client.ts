@@ -35,6 +35,8 @@ export interface AuthorizedEntry {
   admin: boolean;
   expiresAt: string | null;
   revisionNumber: number;
+  /** Trust domains the entry federates with (absent when none): the agent fetches foreign bundles only for these. */
+  federatesWith?: string[];
 }
 
 export interface AttestBeginResult {
@@ -48,6 +50,12 @@ export interface AttestFinishResult {
   svid: Buffer[];
   bundle: unknown;
   result: unknown;
+}
+
+/** An entries sync: the new set (undefined: unchanged, HTTP 304) and the bundle ETag the answer named. */
+export interface EntriesSync {
+  set: { entries: AuthorizedEntry[]; revision: string } | undefined;
+  bundleEtag: string | undefined;
 }
 
 export interface IssuedX509 {
@@ -133,6 +141,7 @@ function parseEntry(v: unknown, i: number): AuthorizedEntry {
     admin: e.admin === true,
     expiresAt: typeof e.expiresAt === 'string' ? e.expiresAt : null,
     revisionNumber: num(e.revisionNumber ?? 0, 'revisionNumber'),
+    ...(e.federatesWith !== undefined && !(Array.isArray(e.federatesWith) && e.federatesWith.length === 0) ? { federatesWith: strings(e.federatesWith, 'federatesWith') } : {}),
   };
 }
 
@@ -324,11 +333,33 @@ export class VerifierClient {
    * verifier's bundle has now (header `sigil-bundle-etag`; undefined from a verifier that does not
    * send it, or a malformed one), so the caller fetches the bundle only when that differs.
    */
-  async syncEntries(revision?: string): Promise<{ set: { entries: AuthorizedEntry[]; revision: string } | undefined; bundleEtag: string | undefined }> {
-    const r = await this.call('GET', '/v1/entries/authorized', undefined, {
+  async syncEntries(revision?: string): Promise<EntriesSync> {
+    return this.entries(revision, undefined);
+  }
+
+  /**
+   * Long-poll (docs/api.md): held by the verifier until the authorized set differs from `revision`
+   * (`set` is the new one) or `waitSeconds` pass (`set` undefined, HTTP 304); either answer names the
+   * bundle ETag as a sync does. The verifier caps the wait (`longPoll.maxWait`) and may refuse the
+   * poll (`entries.long_poll_disabled`, `entries.wait_limit`, `entries.agent_wait_limit`). `signal`
+   * cancels it (`agent.request_cancelled`). Sent through the same connection pool as every other
+   * mTLS call, so while nothing else is in flight the agent holds one connection to the verifier.
+   */
+  async waitEntries(revision: string, waitSeconds: number, signal?: AbortSignal): Promise<EntriesSync> {
+    return this.entries(revision, { waitSeconds: Math.max(1, Math.floor(waitSeconds)), ...(signal ? { signal } : {}) });
+  }
+
+  /** waitEntries without the bundle ETag. */
+  async waitAuthorizedEntries(revision: string, waitSeconds: number, signal?: AbortSignal): Promise<{ entries: AuthorizedEntry[]; revision: string } | undefined> {
+    return (await this.waitEntries(revision, waitSeconds, signal)).set;
+  }
+
+  private async entries(revision: string | undefined, wait: { waitSeconds: number; signal?: AbortSignal } | undefined): Promise<EntriesSync> {
+    const r = await this.call('GET', wait ? `/v1/entries/authorized?wait=${wait.waitSeconds}` : '/v1/entries/authorized', undefined, {
       mtls: true,
       maxBytes: ENTRIES_MAX_RESPONSE_BYTES,
       ...(revision !== undefined ? { headers: { 'if-none-match': revision } } : {}),
+      ...(wait ? { timeoutMs: wait.waitSeconds * 1000 + this.timeoutMs, ...(wait.signal ? { signal: wait.signal } : {}) } : {}),
     });
     const tag = r.headers['sigil-bundle-etag'];
     const bundleEtag = typeof tag === 'string' && tag.length > 0 && tag.length <= 128 ? tag : undefined;
@@ -336,26 +367,6 @@ export class VerifierClient {
     const b = obj(r.body, 'entries answer');
     if (!Array.isArray(b.entries)) bad('entries is not a list');
     return { set: { entries: b.entries.map(parseEntry), revision: str(b.revision, 'revision') }, bundleEtag };
-  }
-
-  /**
-   * Long-poll (docs/api.md): held by the verifier until the authorized set differs from `revision`
-   * (resolves with it) or `waitSeconds` pass (undefined, HTTP 304). The verifier caps the wait
-   * (`longPoll.maxWait`) and may refuse the poll (`entries.long_poll_disabled`, `entries.wait_limit`,
-   * `entries.agent_wait_limit`). `signal` cancels it (`agent.request_cancelled`).
-   */
-  async waitAuthorizedEntries(revision: string, waitSeconds: number, signal?: AbortSignal): Promise<{ entries: AuthorizedEntry[]; revision: string } | undefined> {
-    const r = await this.call('GET', `/v1/entries/authorized?wait=${Math.max(1, Math.floor(waitSeconds))}`, undefined, {
-      mtls: true,
-      maxBytes: ENTRIES_MAX_RESPONSE_BYTES,
-      headers: { 'if-none-match': revision },
-      timeoutMs: waitSeconds * 1000 + this.timeoutMs,
-      ...(signal ? { signal } : {}),
-    });
-    if (r.status === 304) return undefined;
-    const b = obj(r.body, 'entries answer');
-    if (!Array.isArray(b.entries)) bad('entries is not a list');
-    return { entries: b.entries.map(parseEntry), revision: str(b.revision, 'revision') };
   }
 
   /** Sign CSRs for entries (at most 500 per call, as the verifier allows). */

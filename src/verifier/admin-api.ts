@@ -8,6 +8,7 @@ import { parseCsr } from '../spiffe/csr.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { parseDuration } from '../util/duration.js';
 import { validateEntry, type EntryInput } from './entries.js';
+import { agentRecordChanged } from './agent-api.js';
 import { b64String } from './http-common.js';
 import { generateJoinToken } from './tokens.js';
 import type { VerifierCore } from './core.js';
@@ -117,6 +118,7 @@ export function registerAdminRoutes(app: FastifyInstance, core: VerifierCore): v
         throw new SigilError('agent.not_found', `no agent ${req.body.id} (no agent record is or names this ID, and no attestor state belongs to it)`, { status: 404 });
       }
       core.logger.info({ agentId: req.body.id, ban }, ban ? 'agent banned' : 'agent evicted');
+      agentRecordChanged(core, req.body.id);
       return { evicted: req.body.id, banned: ban };
     },
   );

@@ -18,6 +18,9 @@
  *
  * The agent record itself is not cached: the route reads it (and its factors' bans) on every call.
  *
+ * An eviction or ban through this verifier's admin API (agentChanged) answers the evicted agents'
+ * held long-polls at once with the refusal; through another verifier, when their wait ends.
+ *
  * Long-poll waiters are bounded (`longPoll.maxWaiters` in total, `maxWaitersPerAgent` each) and are
  * re-evaluated first in, first out, at most EVAL_SLICE per event-loop turn, so a change that touches
  * every agent does not starve the other routes.
@@ -318,6 +321,24 @@ export class AuthorizedSetCache {
   /** Forget an agent's set (its record went away). */
   forget(agentId: string): void {
     this.sets.delete(agentId);
+  }
+
+  /**
+   * An agent record was evicted or banned through this verifier: every long-poll held by that agent,
+   * or by an agent that attested with it as a factor, is re-evaluated now (its recheck refuses it, so
+   * the agent learns at once instead of when its wait is over). Returns how many were re-evaluated.
+   * Agents evicted through another verifier of a shared datastore learn it when their wait ends.
+   */
+  agentChanged(agentId: string): number {
+    this.sets.delete(agentId);
+    let n = 0;
+    for (const w of this.waiters) {
+      if (w.agent.id === agentId || w.agent.factorIds.includes(agentId)) {
+        this.enqueue(w);
+        n++;
+      }
+    }
+    return n;
   }
 
   /**
