@@ -531,7 +531,9 @@ async function main(): Promise<void> {
     const live: { id: string; affected: number[] }[] = [];
     let changes = 0;
     let adminErrors = 0;
+    // --rate 0: no changes (an idle fleet).
     const trickle = (async () => {
+      if (RATE <= 0) return;
       let due = performance.now();
       let k = 0;
       while (running) {
@@ -682,11 +684,13 @@ async function main(): Promise<void> {
             if (r?.status === 200) a.etag = r.etag ?? '';
             release();
             if (++open === N) {
-              console.log(`\n${N} new connections for the saturation phase opened in ${((performance.now() - t) / 1000).toFixed(1)} s, each then syncing back to back (not timed)`);
+              console.log(`\n${N} new connections for the saturation phase opened in ${((performance.now() - t) / 1000).toFixed(1)} s, each syncing every 2 s meanwhile (not timed)`);
               startTiming();
             }
           }
           while (performance.now() < end) {
+            // Until every connection is open, a sync every 2 s keeps this one alive without starving the handshakes.
+            if (!timing) await sleep(2000);
             const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag }).catch(() => undefined);
             if (r?.status === 304) {
               if (timing) n++;
