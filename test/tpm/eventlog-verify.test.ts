@@ -420,7 +420,7 @@ describe.skipIf(!have)('EventLogCheckCache', () => {
     cache.checkText(other.toString('base64'), decode, [], [10]);
     cache.checkText(other.toString('base64'), decode, [], [10]);
     const again = cache.checkText(text, decode, trusted(m), [10]);
-    expect(again).not.toBe(a);
+    // Decoded and parsed again; the outcome itself may come from the outcome memo (same compared records).
     expect(again).toStrictEqual(a);
     expect(decodes).toBe(8);
   });

@@ -21,6 +21,8 @@
  */
 import { createHash } from 'node:crypto';
 import { VerifiedVariableMemo } from './boot.js';
+import { OutcomeMemo } from './outcome-memo.js';
+import { parseEventLog } from './parse.js';
 import { ReplayMemo } from './replay.js';
 import { checkEventLog, eventLogClaims, type TrustedPcr } from './verify.js';
 
@@ -58,6 +60,12 @@ export class EventLogCheckCache {
   private readonly variables = new VerifiedVariableMemo();
   /** Replays of earlier logs (a fleet's firmware measures the same PCR 0–7 events). */
   private readonly replays = new ReplayMemo();
+  /** Outcomes by the compared PCRs' records: a log never seen whole whose compared part was. */
+  private readonly outcomes = new OutcomeMemo();
+
+  private get memos(): Memos {
+    return { variables: this.variables, replays: this.replays, outcomes: this.outcomes };
+  }
 
   constructor(
     readonly maxEntries = 1024,
@@ -103,11 +111,11 @@ export class EventLogCheckCache {
       return this.checkKeyed(kept.id, () => decode(text), pcrs, unloggedPcrs, kept);
     }
     const log = decode(text);
-    if (text.length > this.maxTextChars) return checkOnce(log, pcrs, unloggedPcrs, this.variables, this.replays);
+    if (text.length > this.maxTextChars) return checkOnce(log, pcrs, unloggedPcrs, this.memos);
     if (!this.seenOnce.has(key)) {
       // First sight (or not seen lately): check, remember only the fingerprint. A refusal (thrown
       // here) leaves no fingerprint, so only a text that checked out can be kept next time.
-      const out = checkOnce(log, pcrs, unloggedPcrs, this.variables, this.replays);
+      const out = checkOnce(log, pcrs, unloggedPcrs, this.memos);
       this.seenOnce.add(key);
       if (this.seenOnce.size > this.maxSeenOnce) this.seenOnce.delete(this.seenOnce.values().next().value!);
       return out;
@@ -143,7 +151,7 @@ export class EventLogCheckCache {
       this.entries.set(key, hit);
       return hit;
     }
-    const out = checkOnce(log(), pcrs, unloggedPcrs, this.variables, this.replays);
+    const out = checkOnce(log(), pcrs, unloggedPcrs, this.memos);
     this.entries.set(key, out);
     if (slot !== undefined) {
       slot.keys.push(key);
@@ -155,9 +163,28 @@ export class EventLogCheckCache {
   }
 }
 
-function checkOnce(log: Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[], variableMemo: VerifiedVariableMemo, replayMemo: ReplayMemo): CachedEventLogCheck {
-  const r = checkEventLog({ log, pcrs, unloggedPcrs, variableMemo, replayMemo });
-  return Object.freeze({ selectors: Object.freeze([...r.selectors]), claims: Object.freeze(eventLogClaims(r)) });
+interface Memos {
+  variables: VerifiedVariableMemo;
+  replays: ReplayMemo;
+  outcomes: OutcomeMemo;
+}
+
+function checkOnce(log: Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[], memos: Memos): CachedEventLogCheck {
+  // Parsed whole first, always: the outcome memo skips the replay and the facts, never the parse.
+  const parsed = parseEventLog(log);
+  const indices = new Set<number>();
+  for (const p of pcrs) if (!unloggedPcrs.includes(p.index)) indices.add(p.index);
+  const key = memos.outcomes.key(parsed, comparedKey(pcrs, unloggedPcrs), indices);
+  const hit = key === undefined ? undefined : memos.outcomes.get(key);
+  if (hit !== undefined) {
+    // The record count is the one claim outside the key.
+    return hit.claims.events === parsed.events.length ? hit : Object.freeze({ selectors: hit.selectors, claims: Object.freeze({ ...hit.claims, events: parsed.events.length }) });
+  }
+  const r = checkEventLog({ log: parsed, pcrs, unloggedPcrs, variableMemo: memos.variables, replayMemo: memos.replays });
+  const out: CachedEventLogCheck = Object.freeze({ selectors: Object.freeze([...r.selectors]), claims: Object.freeze(eventLogClaims(r)) });
+  // The key was built before the check, into a buffer nothing else uses; put copies it.
+  if (key !== undefined) memos.outcomes.put(key, out);
+  return out;
 }
 
 /**
