@@ -3,7 +3,7 @@
  * Sigil names them: the bank names used by PCR selectors (`sha1`, `sha256`, …).
  */
 import { getHashes } from 'node:crypto';
-import { digest, digestBase64, digestHex } from '../../util/digest.js';
+import { digest, digestHex, digestInto } from '../../util/digest.js';
 import { SigilError } from '../../errors.js';
 
 export interface EventLogAlgorithm {
@@ -93,10 +93,8 @@ export class BankRegister {
   }
 
   private rehash(): void {
-    const n = this.alg.size;
-    // One-shot hash to base64 and a base64 write back: measured the cheapest round trip on Node 20
-    // (590 ns for SHA-256 against 1,500 ns with Buffer output).
-    this.buf.write(digestBase64(this.alg.nodeHash, this.buf), 0, n, 'base64');
+    // One-shot hash written back in place (src/util/digest.ts: the cheapest round trip on Node 20).
+    digestInto(this.alg.nodeHash, this.buf, this.buf);
   }
 
   /** The value, a new buffer. */

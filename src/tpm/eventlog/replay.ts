@@ -28,23 +28,24 @@ export interface ReplayOptions {
 }
 
 /**
- * A bounded memo of replays. A replay is a fold over its input alone — the bank, the PCR 0
- * StartupLocality (when applied), the indices asked for, and the ordered (index, digest) pairs of
- * the events replayed — and the firmware part of a fleet's logs (PCRs 0–7) is the same from node
- * to node and boot to boot, so a verifier can keep the registers a given input gives. The key is
- * that input itself, byte for byte (no digest of it: equal keys mean equal inputs, so a hit is
- * exactly the replay that would be computed). Building it copies some 36 bytes per event
- * replayed, against one hash per event for the replay. Inputs longer than `maxKeyBytes` are
- * replayed without the memo, so it holds at most `maxEntries` × `maxKeyBytes` of keys (4 MB by
- * default; some 1 KB per entry for PCRs 0–7 of a typical firmware log). A verifier whose nodes
- * all differ in PCRs 0–7 pays the key and a miss (measured: a few µs) for nothing.
+ * A bounded memo of replays, one register at a time. A register's replay is a fold over its input
+ * alone — the bank, the register index, the PCR 0 StartupLocality (when applied), and the ordered
+ * digests of the events replayed into it — and the firmware part of a fleet's logs (PCRs 0–7) is
+ * the same from node to node and boot to boot, and mostly the same after an update (a kernel update
+ * changes PCRs 4, 8 and 9, not the firmware's PCR 0). So a verifier keeps the value each input
+ * gives. The key is that input itself, byte for byte (no digest of it: equal keys mean equal
+ * inputs, so a hit is exactly the replay that would be computed). Building the keys copies the
+ * digests replayed, against one hash per event for the replay. Inputs longer than `maxKeyBytes`
+ * are replayed without the memo, so it holds at most `maxEntries` × `maxKeyBytes` of keys (32 MB;
+ * some 1–4 KB per register of a typical firmware log in practice). A verifier whose nodes all
+ * differ pays the keys and a miss (measured: a few µs) for nothing.
  */
 export class ReplayMemo {
-  private readonly kept = new Map<string, readonly (readonly [number, Buffer])[]>();
+  private readonly kept = new Map<string, Buffer>();
   private scratch = Buffer.alloc(4096);
 
   constructor(
-    readonly maxEntries = 256,
+    readonly maxEntries = 2048,
     /** Under V8's 16,384-character limit past which a string's hash is its length alone. */
     readonly maxKeyBytes = 16_000,
   ) {}
@@ -68,39 +69,38 @@ export class ReplayMemo {
     return this.scratch;
   }
 
-  get(key: string): Map<number, Buffer> | undefined {
+  get(key: string): Buffer | undefined {
     const e = this.kept.get(key);
     if (e === undefined) return undefined;
     this.kept.delete(key);
     this.kept.set(key, e);
-    // Copies: the caller owns what a replay returns.
-    return new Map(e.map(([i, v]) => [i, Buffer.from(v)]));
+    // A copy: the caller owns what a replay returns.
+    return Buffer.from(e);
   }
 
-  put(key: string, values: ReadonlyMap<number, Buffer>): void {
-    this.kept.set(key, [...values].map(([i, v]) => [i, Buffer.from(v)] as const));
+  put(key: string, value: Buffer): void {
+    this.kept.delete(key);
+    this.kept.set(key, Buffer.from(value));
     if (this.kept.size > this.maxEntries) this.kept.delete(this.kept.keys().next().value!);
   }
 }
 
 /**
- * The memo key of one bank's replay (see ReplayMemo), or undefined when it would be too long.
- * Throws, as the replay would, when a replayed event lacks the bank's digest.
+ * The memo key of register `index`'s replay in one bank (see ReplayMemo), or undefined when it
+ * would be too long. Throws, as the replay would, when a replayed event lacks the bank's digest.
  */
-function replayKey(memo: ReplayMemo, log: ParsedEventLog, alg: EventLogAlgorithm, locality: number | undefined, indices: readonly number[], filter: ((ev: EventLogEvent) => boolean) | undefined): string | undefined {
-  if (!memo.room(0, 8 + 4 * indices.length)) return undefined;
+function registerKey(memo: ReplayMemo, log: ParsedEventLog, alg: EventLogAlgorithm, locality: number | undefined, index: number, filter: ((ev: EventLogEvent) => boolean) | undefined): string | undefined {
+  if (!memo.room(0, 10)) return undefined;
   let b = memo.buf;
   b.writeUInt16LE(alg.id, 0);
-  b.writeInt32LE(locality ?? -1, 2);
-  b.writeUInt16LE(indices.length, 6);
-  let n = 8;
-  for (const i of indices) n = b.writeUInt32LE(i, n);
+  b.writeUInt32LE(index, 2);
+  b.writeInt32LE(index === 0 ? (locality ?? -1) : -1, 6);
+  let n = 10;
   for (const ev of log.events) {
-    if (ev.type === EV.NO_ACTION) continue;
+    if (ev.index !== index || ev.type === EV.NO_ACTION) continue;
     if (filter !== undefined && !filter(ev)) continue;
-    if (!memo.room(n, 4 + alg.size)) return undefined;
+    if (!memo.room(n, alg.size)) return undefined;
     b = memo.buf;
-    n = b.writeUInt32LE(ev.index, n);
     if (ev instanceof ParsedEvent) {
       const off = ev.digestOffset(alg.id);
       if (off < 0) throw new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
@@ -117,6 +117,45 @@ function replayKey(memo: ReplayMemo, log: ParsedEventLog, alg: EventLogAlgorithm
     n += d.copy(b, n);
   }
   return b.toString('latin1', 0, n);
+}
+
+/**
+ * One bank's replay through the memo: the registers whose input was replayed before come from it,
+ * the others are replayed (only their events) and kept. Undefined when the memo cannot serve this
+ * replay: an event passing the filter extends a register not asked for.
+ */
+function replayThroughMemo(memo: ReplayMemo, log: ParsedEventLog, alg: EventLogAlgorithm, opts: ReplayOptions, useLocality: boolean): Map<number, Buffer> | undefined {
+  const indices = opts.indices ?? [];
+  const wanted = new Set(indices);
+  const filter = opts.filter;
+  for (const ev of log.events) {
+    if (ev.type === EV.NO_ACTION || wanted.has(ev.index)) continue;
+    if (filter === undefined || filter(ev)) return undefined;
+  }
+  const locality = useLocality ? log.startupLocality : undefined;
+  const values = new Map<number, Buffer>();
+  const missing = new Map<number, string | undefined>();
+  for (const i of wanted) {
+    const key = registerKey(memo, log, alg, locality, i, filter);
+    const hit = key === undefined ? undefined : memo.get(key);
+    if (hit !== undefined) values.set(i, hit);
+    else missing.set(i, key);
+  }
+  if (missing.size > 0) {
+    const rest = replayEventLog(log, {
+      banks: [alg.name],
+      indices: [...missing.keys()],
+      startupLocality: useLocality,
+      filter: (ev) => missing.has(ev.index) && (filter === undefined || filter(ev)),
+    }).get(alg.name)!;
+    for (const [i, key] of missing) {
+      const v = rest.get(i)!;
+      if (key !== undefined) memo.put(key, v);
+      values.set(i, v);
+    }
+  }
+  // In the order asked for, as the plain replay reports them.
+  return new Map(indices.map((i) => [i, values.get(i)!]));
 }
 
 /** The TCG PC Client initial PCR values: 17–22 start at all ones, every other PCR at zeros. */
@@ -141,10 +180,9 @@ export function replayEventLog(log: ParsedEventLog, opts: ReplayOptions = {}): R
   const out: ReplayedRegisters = new Map();
   const memo = opts.initialValue === undefined ? opts.memo : undefined;
   for (const alg of banks) {
-    const key = memo && replayKey(memo, log, alg, useLocality ? log.startupLocality : undefined, opts.indices ?? [], opts.filter);
-    const hit = key === undefined ? undefined : memo!.get(key);
-    if (hit !== undefined) {
-      out.set(alg.name, hit);
+    const viaMemo = memo === undefined ? undefined : replayThroughMemo(memo, log, alg, opts, useLocality);
+    if (viaMemo !== undefined) {
+      out.set(alg.name, viaMemo);
       continue;
     }
     const regs = new Map<number, BankRegister>();
@@ -185,7 +223,6 @@ export function replayEventLog(log: ParsedEventLog, opts: ReplayOptions = {}): R
     }
     const values = new Map<number, Buffer>();
     for (const [i, r] of regs) values.set(i, r.value());
-    if (key !== undefined) memo!.put(key, values);
     out.set(alg.name, values);
   }
   return out;
