@@ -57,6 +57,9 @@ describe.skipIf(!have)('event log outcomes by the compared records', () => {
     const cache = new EventLogCheckCache();
     const first = cache.check(plus(raw, 14, 'node a'), pcrs, [10]);
     const memo = (cache as unknown as { outcomes: OutcomeMemo }).outcomes;
+    // First sight of these compared records: only a fingerprint is remembered; the second keeps the outcome.
+    expect(memo.size).toBe(0);
+    expect(cache.check(plus(raw, 14, 'node a2'), pcrs, [10])).toEqual({ ...first, claims: { ...first.claims } });
     expect(memo.size).toBe(1);
     const other = plus(plus(raw, 14, 'node b'), 9, 'more');
     const second = cache.check(other, pcrs, [10]);
@@ -73,6 +76,8 @@ describe.skipIf(!have)('event log outcomes by the compared records', () => {
     const pcrs = trusted(raw);
     const cache = new EventLogCheckCache();
     cache.check(raw, pcrs, [10]);
+    cache.check(plus(raw, 14, 'kept'), pcrs, [10]);
+    expect((cache as unknown as { outcomes: OutcomeMemo }).outcomes.size).toBe(1);
     const events = parseEventLog(raw).events.filter((e): e is ParsedEvent => e instanceof ParsedEvent && PCRS.includes(e.index) && e.type !== EV.NO_ACTION);
     expect(events.length).toBeGreaterThan(10);
     let tried = 0;
@@ -117,12 +122,22 @@ describe.skipIf(!have)('event log outcomes by the compared records', () => {
     const memo = new OutcomeMemo(2, 1 << 20);
     const log = parseEventLog(raw);
     const outcome = { selectors: [], claims: {} };
-    for (const h of ['a', 'b', 'c']) memo.put(memo.key(log, h, new Set(PCRS))!, outcome);
+    // Seen once: not kept.
+    memo.put(memo.key(log, 'a', new Set(PCRS))!, outcome);
+    expect(memo.size).toBe(0);
+    for (const h of ['a', 'b', 'c']) for (let i = 0; i < 2; i++) memo.put(memo.key(log, h, new Set(PCRS))!, outcome);
     expect(memo.size).toBe(2);
     expect(memo.get(memo.key(log, 'a', new Set(PCRS))!)).toBeUndefined();
     expect(memo.get(memo.key(log, 'c', new Set(PCRS))!)).toBe(outcome);
     // A key over a quarter of the byte budget is neither built nor kept.
     const small = new OutcomeMemo(8, 4096);
     expect(small.key(log, 'a', new Set(PCRS))).toBeUndefined();
+    // The set of fingerprints seen once is bounded too: the oldest is forgotten, so its key needs two more sights.
+    const few = new OutcomeMemo(8, 1 << 20, 2);
+    for (const h of ['x', 'y', 'z']) few.put(few.key(log, h, new Set(PCRS))!, outcome);
+    few.put(few.key(log, 'x', new Set(PCRS))!, outcome);
+    expect(few.size).toBe(0);
+    few.put(few.key(log, 'z', new Set(PCRS))!, outcome);
+    expect(few.size).toBe(1);
   });
 });

@@ -14,8 +14,11 @@
  * length. A hit needs the whole key equal to the kept one — no hash decides it; a sampled
  * fingerprint only finds the slot. The whole log is still parsed first (bounds, trailing bytes,
  * limits), so a hit skips the replay, the data checks and the fact derivation, not the parse.
- * Only outcomes that checked out are kept (a refusal is thrown before anything is put).
- * Bounded by entries and key bytes, least recently used out first.
+ * Only outcomes that checked out are kept (a refusal is thrown before anything is put), and only
+ * on the second sight of their key's fingerprint: a key seen once (a one-off, or the first node of
+ * an update) leaves only the fingerprint in a bounded set, so records that never repeat do not fill
+ * the old generation with 30 KB keys (the garbage collection that follows would land in other
+ * attestations). Bounded by entries and key bytes, least recently used out first.
  */
 import { ParsedEvent, type ParsedEventLog } from './parse.js';
 
@@ -33,12 +36,16 @@ interface Kept {
 export class OutcomeMemo {
   private readonly kept = new Map<string, Kept>();
   private keyBytes = 0;
+  /** Fingerprints of keys put once and not kept, oldest first. */
+  private readonly seenOnce = new Set<string>();
   private scratch = Buffer.alloc(64 * 1024);
 
   constructor(
     readonly maxEntries = 256,
     /** Total bytes of keys kept (8 MiB: some 200 keys of a 40 KB log's PCR 0–7 records). */
     readonly maxBytes = 8 * 1024 * 1024,
+    /** Fingerprints of keys seen once, remembered so that a second sight keeps the outcome. */
+    readonly maxSeenOnce = 4096,
   ) {}
 
   get size(): number {
@@ -89,11 +96,20 @@ export class OutcomeMemo {
     return e.outcome;
   }
 
-  /** Keeps `outcome` for a copy of `key` (a key sharing its slot gives up its place). */
+  /**
+   * Keeps `outcome` for a copy of `key` when its fingerprint was put before (a key sharing its slot
+   * gives up its place); otherwise remembers the fingerprint only.
+   */
   put(key: Buffer, outcome: MemoizedOutcome): void {
     if (key.length > this.maxBytes / 4) return;
     const slot = fingerprint(key);
     const old = this.kept.get(slot);
+    if (old === undefined && !this.seenOnce.has(slot)) {
+      this.seenOnce.add(slot);
+      if (this.seenOnce.size > this.maxSeenOnce) this.seenOnce.delete(this.seenOnce.values().next().value!);
+      return;
+    }
+    this.seenOnce.delete(slot);
     if (old !== undefined) {
       this.kept.delete(slot);
       this.keyBytes -= old.key.length;
