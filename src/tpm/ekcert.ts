@@ -368,8 +368,10 @@ export class EkCertVerifier {
     if (intermediates.length > EK_LIMITS.intermediates) {
       throw new SigilError('tpm.ek_cert_malformed', `more than ${EK_LIMITS.intermediates} EK intermediate certificates`);
     }
-    // "|" is not a base64 character, so the joined key names one list of texts.
-    const key = ekCert.length + intermediates.reduce((n, t) => n + t.length + 1, 0) <= 16_000 ? [ekCert, ...intermediates].join('|') : undefined;
+    // The lengths first, so the key names one list of texts whatever characters they hold (a text
+    // that is not base64 never gets into the cache, but it is looked up before it is decoded).
+    const total = ekCert.length + intermediates.reduce((n, t) => n + t.length, 0);
+    const key = total <= 16_000 ? `${ekCert.length}${intermediates.map((t) => `,${t.length}`).join('')}|${ekCert}${intermediates.join('')}` : undefined;
     const hit = key === undefined ? undefined : cachedAt(this.textCache, key, at);
     if (hit) return hit.result;
     const result = await this.verify(decode(ekCert, -1), intermediates.map((t, i) => decode(t, i)), at);

@@ -94,6 +94,9 @@ describe('EkCertVerifier.verifyTexts (EK chains by their base64 texts)', () => {
     expect(await codeOfAsync(v.verifyTexts(texts[0], [], at, decode))).toMatch(/^tpm\.ek_/);
     // Past the intermediate's notAfter the kept result does not answer: checked again and refused.
     expect(await codeOfAsync(v.verifyTexts(texts[0], texts[1], new Date('2031-01-01T00:00:00Z'), decode))).toBe('tpm.ek_cert_expired');
+    // The same characters split differently between the certificate and its intermediates are another list: decoded, refused.
+    expect(await codeOfAsync(v.verifyTexts(`${texts[0]}|${texts[1][0]}`, [], at, decode))).toBe('tpm.bad_hello');
+    expect(await codeOfAsync(v.verifyTexts(texts[0] + texts[1][0], [], at, decode))).toBe('tpm.bad_hello');
     // A bad text is the decoder's error.
     expect(await codeOfAsync(v.verifyTexts(`${texts[0]}x`, texts[1], at, decode))).toBe('tpm.bad_hello');
     expect(await codeOfAsync(v.verifyTexts(texts[0], Array.from({ length: 9 }, () => texts[1][0]), at, decode))).toBe('tpm.ek_cert_malformed');
