@@ -21,6 +21,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VerifiedVariableMemo } from './boot.js';
+import { FirstSights } from './first-sights.js';
 import { OutcomeMemo } from './outcome-memo.js';
 import { parseEventLog } from './parse.js';
 import { ReplayMemo } from './replay.js';
@@ -54,7 +55,7 @@ export class EventLogCheckCache {
    * textKey of texts that checked out once and were not kept, oldest first, at most `maxSeenOnce`.
    * Small strings: a one-off log leaves only this behind.
    */
-  private readonly seenOnce = new Set<string>();
+  private readonly seenOnce: FirstSights;
   private nextId = 0;
   /** PCR 7 variable contents checked for earlier logs (a fleet shares PK, KEK, db and dbx). */
   private readonly variables = new VerifiedVariableMemo();
@@ -73,7 +74,9 @@ export class EventLogCheckCache {
     readonly maxTextChars = 8 * 1024 * 1024,
     /** Fingerprints of texts seen once, kept so that a second sight keeps the text (4,096: some 400 KB). */
     readonly maxSeenOnce = 4096,
-  ) {}
+  ) {
+    this.seenOnce = new FirstSights(maxSeenOnce);
+  }
 
   /** Outcomes kept. */
   get size(): number {
@@ -116,15 +119,14 @@ export class EventLogCheckCache {
       // First sight (or not seen lately): check, remember only the fingerprint. A refusal (thrown
       // here) leaves no fingerprint, so only a text that checked out can be kept next time.
       const out = checkOnce(log, pcrs, unloggedPcrs, this.memos);
-      this.seenOnce.add(key);
-      if (this.seenOnce.size > this.maxSeenOnce) this.seenOnce.delete(this.seenOnce.values().next().value!);
+      this.seenOnce.note(key);
       return out;
     }
     // Seen before (by fingerprint: perhaps another text, which only means this one is kept early).
     const slot: KeptText = { text, id: `t${this.nextId++}`, keys: [] };
     const out = this.checkKeyed(slot.id, () => log, pcrs, unloggedPcrs, slot);
     // Only now: a refused text sharing the fingerprint leaves the one seen before its place.
-    this.seenOnce.delete(key);
+    this.seenOnce.forget(key);
     // Another text with the same key (rare by chance, or made on purpose: it only costs a decode) gives up its place.
     if (kept !== undefined) this.dropText(key, kept);
     this.texts.set(key, slot);

@@ -20,6 +20,7 @@
  * the old generation with 30 KB keys (the garbage collection that follows would land in other
  * attestations). Bounded by entries and key bytes, least recently used out first.
  */
+import { FirstSights } from './first-sights.js';
 import { ParsedEvent, type ParsedEventLog } from './parse.js';
 
 export interface MemoizedOutcome {
@@ -36,8 +37,8 @@ interface Kept {
 export class OutcomeMemo {
   private readonly kept = new Map<string, Kept>();
   private keyBytes = 0;
-  /** Fingerprints of keys put once and not kept, oldest first. */
-  private readonly seenOnce = new Set<string>();
+  /** Fingerprints of keys put once and not kept. */
+  private readonly seenOnce: FirstSights;
   private scratch = Buffer.alloc(64 * 1024);
 
   constructor(
@@ -45,8 +46,10 @@ export class OutcomeMemo {
     /** Total bytes of keys kept (8 MiB: some 200 keys of a 40 KB log's PCR 0–7 records). */
     readonly maxBytes = 8 * 1024 * 1024,
     /** Fingerprints of keys seen once, remembered so that a second sight keeps the outcome. */
-    readonly maxSeenOnce = 4096,
-  ) {}
+    maxSeenOnce = 4096,
+  ) {
+    this.seenOnce = new FirstSights(maxSeenOnce);
+  }
 
   get size(): number {
     return this.kept.size;
@@ -105,11 +108,10 @@ export class OutcomeMemo {
     const slot = fingerprint(key);
     const old = this.kept.get(slot);
     if (old === undefined && !this.seenOnce.has(slot)) {
-      this.seenOnce.add(slot);
-      if (this.seenOnce.size > this.maxSeenOnce) this.seenOnce.delete(this.seenOnce.values().next().value!);
+      this.seenOnce.note(slot);
       return;
     }
-    this.seenOnce.delete(slot);
+    this.seenOnce.forget(slot);
     if (old !== undefined) {
       this.kept.delete(slot);
       this.keyBytes -= old.key.length;
