@@ -20,14 +20,12 @@
  * the old generation with 30 KB keys (the garbage collection that follows would land in other
  * attestations). Bounded by entries and key bytes, least recently used out first.
  */
+import type { CachedEventLogCheck } from './cache.js';
 import { FirstSights } from './first-sights.js';
 import { ParsedEvent, type ParsedEventLog } from './parse.js';
 
-export interface MemoizedOutcome {
-  readonly selectors: readonly string[];
-  /** eventLogClaims of the check (frozen); its `events` is the record count of the log checked. */
-  readonly claims: Readonly<Record<string, unknown>>;
-}
+/** An outcome as the check cache hands it out (frozen; claims.events is the record count of the log checked). */
+type MemoizedOutcome = CachedEventLogCheck;
 
 interface Kept {
   readonly key: Buffer;
