@@ -11,3 +11,14 @@ export function codeOf(fn: () => unknown): string {
   }
   return 'no error';
 }
+
+/** The SigilError code `p` rejects with ('no error' if it resolves); anything else rejected fails the test. */
+export async function codeOfAsync(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(SigilError);
+    return (e as SigilError).code;
+  }
+  return 'no error';
+}

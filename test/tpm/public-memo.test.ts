@@ -1,28 +1,11 @@
 import 'reflect-metadata';
 import { describe, expect, it } from 'vitest';
 import { SigilError } from '../../src/errors.js';
+import { codeOf, codeOfAsync } from '../support/codes.js';
 import { EkCertVerifier, EkTrustStore } from '../../src/tpm/ekcert.js';
 import { PublicAreaMemo } from '../../src/tpm/public-memo.js';
 import { objectName, parseTpm2bPublic } from '../../src/tpm/structures.js';
 import { akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, rsaKeyPair } from './synthetic.js';
-
-function codeOf(f: () => unknown): string | undefined {
-  try {
-    f();
-  } catch (e) {
-    return e instanceof SigilError ? e.code : 'not a SigilError';
-  }
-  return undefined;
-}
-
-async function codeOfAsync(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-  } catch (e) {
-    return e instanceof SigilError ? e.code : 'not a SigilError';
-  }
-  return undefined;
-}
 
 describe('PublicAreaMemo (TPM public areas by the text the agent sent)', () => {
   const ak = akPublicFor(rsaKeyPair().publicKey);
