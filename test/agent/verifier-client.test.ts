@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VerifierClient } from '../../src/agent/verifier-client.js';
+import { codeOfAsync as codeOf } from '../support/codes.js';
 import { SigilError } from '../../src/errors.js';
 import { generateKey, spkiDer } from '../../src/spiffe/keys.js';
 import { certsToPem } from '../../src/spiffe/pem.js';
@@ -90,16 +91,6 @@ afterAll(async () => {
 
 function client(port: number, extra: Partial<ConstructorParameters<typeof VerifierClient>[0]> = {}) {
   return new VerifierClient({ trustDomain: 'example.org', address: '127.0.0.1', port, trust: [ca.der], ...extra });
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(SigilError);
-    return (e as SigilError).code;
-  }
-  return 'no error';
 }
 
 describe('VerifierClient', () => {

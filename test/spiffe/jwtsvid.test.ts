@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { createHmac, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
 import { SignJWT, jwtVerify } from 'jose';
 import { generateKey, mintJwtSvid, validateJwtSvid, type JwtAuthority, type KeyType } from '../../src/spiffe/index.js';
-import { SigilError } from '../../src/errors.js';
+import { codeOfAsync as codeOf } from '../support/codes.js';
 
 const NOW = new Date('2030-06-01T12:00:00Z');
 const nowS = Math.floor(NOW.getTime() / 1000);
@@ -16,16 +16,6 @@ const authorities: JwtAuthority[] = [
 ];
 const keysFor = (td: string): JwtAuthority[] | undefined => (td === 'example.org' ? authorities : undefined);
 const opts = { audience: 'spiffe://example.org/db', keysFor, now: NOW };
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(SigilError);
-    return (e as SigilError).code;
-  }
-  return 'no error';
-}
 
 const b64 = (o: unknown): string => Buffer.from(typeof o === 'string' ? o : JSON.stringify(o)).toString('base64url');
 
