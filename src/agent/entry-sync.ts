@@ -9,7 +9,7 @@
  * asked is min(longPollSeconds, the bundle's `spiffe_refresh_hint`), so a CA rotation's new bundle
  * ETag reaches the agent within one hint even when nothing else changes. The long-poll is healthy
  * from an answer "as designed" (a 200, or a 304 held at least LONG_POLL_HELD_MS — half the wait when
- * that is shorter) until the next answer is overdue (wait + LONG_POLL_MARGIN_MS); it is not healthy
+ * that is shorter) until the next answer is overdue (wait + min(LONG_POLL_MARGIN_MS, wait / 4)); it is not healthy
  * before the first such answer, after a failure or a refusal (`entries.long_poll_disabled`,
  * `entries.wait_limit`, `entries.agent_wait_limit`: asked again after LONG_POLL_RETRY_MS), or when
  * the verifier answers at once without holding (a verifier that does not know `wait`).
@@ -57,7 +57,12 @@ export const LONG_POLL_SECONDS = 20;
 export const LONG_POLL_RETRY_MS = 30_000;
 /** A 304 held at least this long (or half the wait, if shorter) was held by the verifier as designed, ms. */
 export const LONG_POLL_HELD_MS = 1000;
-/** The long-poll stops counting as the sync when its answer is this much later than the wait asked, ms. */
+/**
+ * The long-poll stops counting as the sync when its answer is later than the wait asked by this
+ * much, ms — or by a quarter of the wait when that is less, so that with a short bundle refresh hint
+ * (the wait) a stalled long-poll still hands the bundle refresh back to the cycle well within the two
+ * hints the verifier leaves between publishing a CA and signing with it.
+ */
 export const LONG_POLL_MARGIN_MS = 5000;
 /** The verifier's refusals of a long-poll (the plain sync still works). */
 const LONG_POLL_REFUSALS = new Set(['entries.long_poll_disabled', 'entries.wait_limit', 'entries.agent_wait_limit']);
@@ -254,7 +259,8 @@ export class EntrySync {
           // A completed sync: the bundle first (SVIDs of a new set are verified against it).
           await this.bundleAsNamed(r.bundleEtag);
           if (r.set !== undefined && this.revision === revision) await this.applyPushed(r.set);
-          this.pushHealthyUntil = Date.now() + this.pushWaitSeconds() * 1000 + LONG_POLL_MARGIN_MS;
+          const next = this.pushWaitSeconds() * 1000;
+          this.pushHealthyUntil = Date.now() + next + Math.min(LONG_POLL_MARGIN_MS, next / 4);
         } else {
           // Answered at once without holding (a verifier that does not know `wait`): the periodic
           // sync carries on; asked again after an interval, after LONG_POLL_RETRY_MS if it repeats.
