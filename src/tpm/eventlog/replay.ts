@@ -86,24 +86,23 @@ export class ReplayMemo {
 }
 
 /**
- * The memo key of register `index`'s replay in one bank (see ReplayMemo), or undefined when it
- * would be too long. Throws, as the replay would, when a replayed event lacks the bank's digest.
+ * The memo key of register `index`'s replay in one bank (see ReplayMemo) from the events replayed
+ * into it, or undefined when it would be too long. Throws, as the replay would, when an event
+ * lacks the bank's digest.
  */
-function registerKey(memo: ReplayMemo, log: ParsedEventLog, alg: EventLogAlgorithm, locality: number | undefined, index: number, filter: ((ev: EventLogEvent) => boolean) | undefined): string | undefined {
+function registerKey(memo: ReplayMemo, alg: EventLogAlgorithm, locality: number | undefined, index: number, events: readonly EventLogEvent[]): string | undefined {
   if (!memo.room(0, 10)) return undefined;
   let b = memo.buf;
   b.writeUInt16LE(alg.id, 0);
   b.writeUInt32LE(index, 2);
   b.writeInt32LE(index === 0 ? (locality ?? -1) : -1, 6);
   let n = 10;
-  for (const ev of log.events) {
-    if (ev.index !== index || ev.type === EV.NO_ACTION) continue;
-    if (filter !== undefined && !filter(ev)) continue;
+  for (const ev of events) {
     if (!memo.room(n, alg.size)) return undefined;
     b = memo.buf;
     if (ev instanceof ParsedEvent) {
       const off = ev.digestOffset(alg.id);
-      if (off < 0) throw new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
+      if (off < 0) throw noDigest(ev, alg);
       const src = ev.bytes;
       if (off + alg.size > src.length) return undefined; // the replay reports it
       // A byte loop: cheaper than a native copy call for 20–64 bytes.
@@ -112,50 +111,80 @@ function registerKey(memo: ReplayMemo, log: ParsedEventLog, alg: EventLogAlgorit
       continue;
     }
     const d = ev.digests.find((x) => x.alg.id === alg.id)?.digest;
-    if (d === undefined) throw new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
+    if (d === undefined) throw noDigest(ev, alg);
     if (d.length !== alg.size) return undefined; // the replay reports it
     n += d.copy(b, n);
   }
   return b.toString('latin1', 0, n);
 }
 
-/**
- * One bank's replay through the memo: the registers whose input was replayed before come from it,
- * the others are replayed (only their events) and kept. Undefined when the memo cannot serve this
- * replay: an event passing the filter extends a register not asked for.
- */
-function replayThroughMemo(memo: ReplayMemo, log: ParsedEventLog, alg: EventLogAlgorithm, opts: ReplayOptions, useLocality: boolean): Map<number, Buffer> | undefined {
-  const indices = opts.indices ?? [];
-  const wanted = new Set(indices);
-  const filter = opts.filter;
-  for (const ev of log.events) {
-    if (ev.type === EV.NO_ACTION || wanted.has(ev.index)) continue;
-    if (filter === undefined || filter(ev)) return undefined;
+function noDigest(ev: EventLogEvent, alg: EventLogAlgorithm): SigilError {
+  return new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
+}
+
+/** Extends `reg` by `ev`'s digest in `alg`'s bank. */
+function extendBy(reg: BankRegister, ev: EventLogEvent, alg: EventLogAlgorithm): void {
+  if (ev instanceof ParsedEvent) {
+    // Straight from the log's bytes: no view per digest.
+    const off = ev.digestOffset(alg.id);
+    if (off < 0) throw noDigest(ev, alg);
+    reg.extendFrom(ev.bytes, off);
+    return;
   }
-  const locality = useLocality ? log.startupLocality : undefined;
-  const values = new Map<number, Buffer>();
-  const missing = new Map<number, string | undefined>();
-  for (const i of wanted) {
-    const key = registerKey(memo, log, alg, locality, i, filter);
-    const hit = key === undefined ? undefined : memo.get(key);
-    if (hit !== undefined) values.set(i, hit);
-    else missing.set(i, key);
-  }
-  if (missing.size > 0) {
-    const rest = replayEventLog(log, {
-      banks: [alg.name],
-      indices: [...missing.keys()],
-      startupLocality: useLocality,
-      filter: (ev) => missing.has(ev.index) && (filter === undefined || filter(ev)),
-    }).get(alg.name)!;
-    for (const [i, key] of missing) {
-      const v = rest.get(i)!;
-      if (key !== undefined) memo.put(key, v);
-      values.set(i, v);
+  let d: Buffer | undefined;
+  for (const x of ev.digests) {
+    if (x.alg.id === alg.id) {
+      d = x.digest;
+      break;
     }
   }
+  // The parser guarantees one digest per bank; a missing one means a hand-built log.
+  if (d === undefined) throw noDigest(ev, alg);
+  reg.extend(d);
+}
+
+/** A register at its PC Client initial value, PCR 0 at the StartupLocality when one applies. */
+function pcClientRegister(alg: EventLogAlgorithm, index: number, locality: number | undefined): BankRegister {
+  if (index === 0 && locality !== undefined) {
+    const b = Buffer.alloc(alg.size);
+    b[alg.size - 1] = locality;
+    return new BankRegister(alg, b);
+  }
+  return new BankRegister(alg, pcClientInitialValue(index, alg));
+}
+
+/**
+ * One bank's replay through the memo: the registers whose input was replayed before come from it,
+ * the others are replayed (only their events) and kept. One pass sorts the events by register.
+ * Undefined when the memo cannot serve this replay: an event passing the filter extends a
+ * register not asked for.
+ */
+function replayThroughMemo(memo: ReplayMemo, log: ParsedEventLog, alg: EventLogAlgorithm, opts: ReplayOptions, useLocality: boolean): Map<number, Buffer> | undefined {
+  const byIndex = new Map<number, EventLogEvent[]>();
+  for (const i of opts.indices ?? []) byIndex.set(i, []);
+  const filter = opts.filter;
+  for (const ev of log.events) {
+    if (ev.type === EV.NO_ACTION) continue;
+    if (filter !== undefined && !filter(ev)) continue;
+    const list = byIndex.get(ev.index);
+    if (list === undefined) return undefined;
+    list.push(ev);
+  }
+  const locality = useLocality ? log.startupLocality : undefined;
   // In the order asked for, as the plain replay reports them.
-  return new Map(indices.map((i) => [i, values.get(i)!]));
+  const out = new Map<number, Buffer>();
+  for (const [i, events] of byIndex) {
+    const key = registerKey(memo, alg, locality, i, events);
+    let v = key === undefined ? undefined : memo.get(key);
+    if (v === undefined) {
+      const reg = pcClientRegister(alg, i, locality);
+      for (const ev of events) extendBy(reg, ev, alg);
+      v = reg.value();
+      if (key !== undefined) memo.put(key, v);
+    }
+    out.set(i, v);
+  }
+  return out;
 }
 
 /** The TCG PC Client initial PCR values: 17–22 start at all ones, every other PCR at zeros. */
@@ -203,23 +232,7 @@ export function replayEventLog(log: ParsedEventLog, opts: ReplayOptions = {}): R
       if (filter !== undefined && !filter(ev)) continue;
       let reg = regs.get(ev.index);
       if (reg === undefined) regs.set(ev.index, (reg = start(ev.index)));
-      if (ev instanceof ParsedEvent) {
-        // Straight from the log's bytes: no view per digest.
-        const off = ev.digestOffset(alg.id);
-        if (off < 0) throw new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
-        reg.extendFrom(ev.bytes, off);
-        continue;
-      }
-      let d: Buffer | undefined;
-      for (const x of ev.digests) {
-        if (x.alg.id === alg.id) {
-          d = x.digest;
-          break;
-        }
-      }
-      // The parser guarantees one digest per bank; a missing one means a hand-built log.
-      if (d === undefined) throw new SigilError('tpm.eventlog_digest_count_mismatch', `event log: event ${ev.seq} has no ${alg.name} digest`);
-      reg.extend(d);
+      extendBy(reg, ev, alg);
     }
     const values = new Map<number, Buffer>();
     for (const [i, r] of regs) values.set(i, r.value());
