@@ -258,9 +258,12 @@ export class EntrySync {
           early = 0;
           // A completed sync: the bundle first (SVIDs of a new set are verified against it).
           await this.bundleAsNamed(r.bundleEtag);
-          if (r.set !== undefined && this.revision === revision) await this.applyPushed(r.set);
-          const next = this.pushWaitSeconds() * 1000;
-          this.pushHealthyUntil = Date.now() + next + Math.min(LONG_POLL_MARGIN_MS, next / 4);
+          // Unless the agent's identity (and so its revision) changed while the poll was held.
+          if (this.revision === revision) {
+            if (r.set !== undefined) await this.applyPushed(r.set);
+            const next = this.pushWaitSeconds() * 1000;
+            this.pushHealthyUntil = Date.now() + next + Math.min(LONG_POLL_MARGIN_MS, next / 4);
+          }
         } else {
           // Answered at once without holding (a verifier that does not know `wait`): the periodic
           // sync carries on; asked again after an interval, after LONG_POLL_RETRY_MS if it repeats.
