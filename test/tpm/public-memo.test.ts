@@ -79,7 +79,11 @@ describe('EkCertVerifier.verifyTexts (EK chains by their base64 texts)', () => {
     expect(await codeOfAsync(v.verifyTexts(texts[0], texts[1], new Date('2031-01-01T00:00:00Z'), decode))).toBe('tpm.ek_cert_expired');
     // The same characters split differently between the certificate and its intermediates are another list: decoded, refused.
     expect(await codeOfAsync(v.verifyTexts(`${texts[0]}|${texts[1][0]}`, [], at, decode))).toBe('tpm.bad_hello');
-    expect(await codeOfAsync(v.verifyTexts(texts[0] + texts[1][0], [], at, decode))).toBe('tpm.bad_hello');
+    // Joined without a separator: when the certificate's length is a multiple of 3 its text has no padding, the
+    // joined text is canonical base64 and decodes to a certificate with trailing bytes; otherwise the padding in
+    // the middle is refused by the decoder. Either way it is refused, never the kept result.
+    const joined = cert.length % 3 === 0 ? 'tpm.ek_cert_malformed' : 'tpm.bad_hello';
+    expect(await codeOfAsync(v.verifyTexts(texts[0] + texts[1][0], [], at, decode))).toBe(joined);
     // A bad text is the decoder's error.
     expect(await codeOfAsync(v.verifyTexts(`${texts[0]}x`, texts[1], at, decode))).toBe('tpm.bad_hello');
     expect(await codeOfAsync(v.verifyTexts(texts[0], Array.from({ length: 9 }, () => texts[1][0]), at, decode))).toBe('tpm.ek_cert_malformed');
