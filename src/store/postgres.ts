@@ -20,6 +20,7 @@
  * All values are bound parameters; the only text put into SQL is the schema identifier, which
  * is validated against a strict pattern and quoted.
  */
+import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { SigilError, errorMessage } from '../errors.js';
 import { pendingMigrations } from './migrations.js';
@@ -40,7 +41,7 @@ import {
   tokenFromRow,
 } from './rows.js';
 import type { FederatedBundleRecord, FederationRelationship } from './types.js';
-import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
+import type { AgentRecord, AgentsListener, AgentsWatch, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 const { Pool, Client } = pg;
 type PoolClient = pg.PoolClient;
@@ -165,15 +166,19 @@ export function redactPostgresUrl(url: string): string {
 
 /** NOTIFY channel of entry writes (every schema; the payload names its schema). */
 const ENTRIES_CHANNEL = 'sigil_entries';
-/** NOTIFY payloads are limited to 8000 bytes; a write with a longer description is sent as "not described". */
+/** NOTIFY channel of evictions and bans (every schema; the payload names its schema). */
+const AGENTS_CHANNEL = 'sigil_agents';
+/** NOTIFY payloads are limited to 8000 bytes (UTF-8); a longer description is sent as "not described". */
 const NOTIFY_PAYLOAD_MAX = 7000;
+/** Characters of a malformed payload quoted in the report of it. */
+const BAD_PAYLOAD_QUOTE = 120;
 /** Delay before a lost LISTEN connection is opened again, ms. */
 const LISTEN_RETRY_MS = 1000;
 
 /** The NOTIFY payload of an entry write: schema, revision range and (if short enough) the entries. */
 function entriesPayload(schema: string, change: EntriesChange): string {
   const full = JSON.stringify({ s: schema, f: change.fromRevision, t: change.toRevision, e: change.entries?.map((e) => [e.parentId, e.selectors]) ?? null });
-  if (full.length <= NOTIFY_PAYLOAD_MAX) return full;
+  if (Buffer.byteLength(full) <= NOTIFY_PAYLOAD_MAX) return full;
   return JSON.stringify({ s: schema, f: change.fromRevision, t: change.toRevision, e: null });
 }
 
@@ -195,10 +200,45 @@ function parseEntriesPayload(text: string | undefined, schema: string): EntriesC
   }
 }
 
+/**
+ * The NOTIFY payload of an eviction or ban: schema, the store that made it (`o`, so it skips its own
+ * notification, already reported) and the agent ID given to evictAgent — null when the ID is too
+ * long to send (listeners then treat every agent as changed).
+ */
+function agentsPayload(schema: string, origin: string, agentId: string): string {
+  const full = JSON.stringify({ s: schema, o: origin, a: agentId });
+  if (Buffer.byteLength(full) <= NOTIFY_PAYLOAD_MAX) return full;
+  return JSON.stringify({ s: schema, o: origin, a: null });
+}
+
+/** A read agents payload: for this schema, another schema's (undefined), or why it is unreadable. */
+type AgentsNotice = { origin: string; agentId: string | null } | { invalid: string } | undefined;
+
+/** Read an agents payload. It comes from the database, so anything in it is checked. */
+export function parseAgentsPayload(text: string | undefined, schema: string): AgentsNotice {
+  const bad = (why: string): AgentsNotice => ({ invalid: `${why}: ${JSON.stringify((text ?? '').slice(0, BAD_PAYLOAD_QUOTE))}` });
+  let p: unknown;
+  try {
+    p = JSON.parse(text ?? '');
+  } catch {
+    return bad('not JSON');
+  }
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) return bad('not a JSON object');
+  const { s, o, a } = p as Record<string, unknown>;
+  if (typeof s !== 'string') return bad('no schema name (s)');
+  if (s !== schema) return undefined;
+  if (typeof o !== 'string' || o.length === 0 || o.length > 64) return bad('no origin (o)');
+  if (a !== null && (typeof a !== 'string' || a.length === 0)) return bad('the agent ID (a) is neither a non-empty string nor null');
+  return { origin: o, agentId: a };
+}
+
 export class PostgresStore implements DataStore {
   readonly kind = 'postgres';
   private closed = false;
   private readonly entryListeners = new Set<(change: EntriesChange) => void>();
+  private readonly agentListeners = new Set<AgentsListener>();
+  /** Names this store in its agents notifications. */
+  private readonly origin = randomBytes(8).toString('hex');
   private listenClient: pg.Client | undefined;
   private listenLive = false;
   private listenTimer: NodeJS.Timeout | undefined;
@@ -400,14 +440,40 @@ export class PostgresStore implements DataStore {
       currentRevision: () => (this.listenLive ? this.notifiedRevision : undefined),
       close: () => {
         this.entryListeners.delete(listener);
-        if (this.entryListeners.size === 0) this.stopListening();
+        if (!this.watched()) this.stopListening();
       },
     };
   }
 
+  watchAgents(listener: AgentsListener): AgentsWatch {
+    this.agentListeners.add(listener);
+    void this.listen();
+    return {
+      close: () => {
+        this.agentListeners.delete(listener);
+        if (!this.watched()) this.stopListening();
+      },
+    };
+  }
+
+  private watched(): boolean {
+    return this.entryListeners.size > 0 || this.agentListeners.size > 0;
+  }
+
+  /** An agents notification arrived: tell the listeners, unless it is another schema's or this store's own. */
+  private agentsNotified(text: string | undefined): void {
+    const n = parseAgentsPayload(text, this.schemaName);
+    if (n === undefined || ('origin' in n && n.origin === this.origin)) return;
+    for (const l of this.agentListeners) {
+      if ('invalid' in n) l.invalid(`${AGENTS_CHANNEL} notification ignored, ${n.invalid}`);
+      else if (n.agentId === null) l.missed();
+      else l.changed(n.agentId);
+    }
+  }
+
   /** Open the LISTEN connection; on loss, report "not live" and open it again after LISTEN_RETRY_MS. */
   private async listen(): Promise<void> {
-    if (this.closed || this.listenClient || this.entryListeners.size === 0) return;
+    if (this.closed || this.listenClient || !this.watched()) return;
     clearTimeout(this.listenTimer);
     const c = new Client(this.listenOptions);
     this.listenClient = c;
@@ -416,7 +482,7 @@ export class PostgresStore implements DataStore {
       this.listenClient = undefined;
       this.listenLive = false;
       c.end().catch(() => undefined);
-      if (!this.closed && this.entryListeners.size > 0) {
+      if (!this.closed && this.watched()) {
         this.listenTimer = setTimeout(() => void this.listen(), LISTEN_RETRY_MS);
         this.listenTimer.unref();
       }
@@ -424,6 +490,7 @@ export class PostgresStore implements DataStore {
     c.on('error', lost);
     c.on('end', lost);
     c.on('notification', (n) => {
+      if (n.channel === AGENTS_CHANNEL) this.agentsNotified(n.payload);
       if (n.channel !== ENTRIES_CHANNEL) return;
       const change = parseEntriesPayload(n.payload, this.schemaName);
       if (!change) return;
@@ -433,11 +500,14 @@ export class PostgresStore implements DataStore {
     try {
       await c.connect();
       await c.query(`LISTEN ${ENTRIES_CHANNEL}`);
+      await c.query(`LISTEN ${AGENTS_CHANNEL}`);
       // Primed after LISTEN: every write committed later is notified, every earlier one is in this read.
       const rev = await this.entriesRevision();
       if (this.listenClient !== c) return;
       this.notifiedRevision = Math.max(this.notifiedRevision ?? rev, rev);
       this.listenLive = true;
+      // Evictions committed while nothing listened were not heard; later ones are.
+      for (const l of this.agentListeners) l.missed();
     } catch {
       lost();
     }
@@ -551,7 +621,7 @@ export class PostgresStore implements DataStore {
   }
 
   async evictAgent(id: string, ban: boolean, pluginState?: (agentId: string) => PluginStateKey[]): Promise<boolean> {
-    return this.tx('evictAgent', async (c) => {
+    const changed = await this.tx('evictAgent', async (c) => {
       type Hit = { id: string; factor_ids: string[] };
       let hits: Hit[];
       if (!ban) {
@@ -591,8 +661,13 @@ export class PostgresStore implements DataStore {
           if ((r.rowCount ?? 0) > 0) changed = true;
         }
       }
+      // Delivered to every verifier's LISTEN connection when (and only if) this transaction commits.
+      if (changed) await c.query('SELECT pg_notify($1, $2)', [AGENTS_CHANNEL, agentsPayload(this.schemaName, this.origin, id)]);
       return changed;
     });
+    // This store's own watchers at once (its NOTIFY names this store and is skipped).
+    if (changed) for (const l of this.agentListeners) l.changed(id);
+    return changed;
   }
 
   async renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean> {
@@ -786,6 +861,7 @@ export class PostgresStore implements DataStore {
     if (this.closed) return;
     this.closed = true;
     this.entryListeners.clear();
+    this.agentListeners.clear();
     this.stopListening();
     await this.pool.end().catch(() => undefined);
   }

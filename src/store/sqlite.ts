@@ -24,7 +24,7 @@ import {
   tokenFromRow,
 } from './rows.js';
 import type { FederatedBundleRecord, FederationRelationship } from './types.js';
-import type { AgentRecord, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
+import type { AgentRecord, AgentsListener, AgentsWatch, CaJournal, DataStore, EntriesChange, EntriesWatch, JoinTokenRecord, NewEntry, PluginStateKey, RegistrationEntry, StoredSession } from './types.js';
 
 /** Migrations, in order; index + 1 = schema version. Never edit a shipped migration: add a new one. */
 const MIGRATIONS: string[] = [
@@ -142,6 +142,7 @@ export class SqliteStore implements DataStore {
   private readonly db: Database.Database;
   private readonly stmt: Record<string, Database.Statement>;
   private readonly entryListeners = new Set<(change: EntriesChange) => void>();
+  private readonly agentListeners = new Set<AgentsListener>();
 
   constructor(path: string) {
     if (path !== ':memory:' && path !== '') makeDbFilesPrivate(path);
@@ -271,6 +272,12 @@ export class SqliteStore implements DataStore {
     return { currentRevision: () => undefined, close: () => void this.entryListeners.delete(listener) };
   }
 
+  watchAgents(listener: AgentsListener): AgentsWatch {
+    // Only this process evicts (one verifier per SQLite datastore): reported after the commit.
+    this.agentListeners.add(listener);
+    return { close: () => void this.agentListeners.delete(listener) };
+  }
+
   async createEntry(e: NewEntry): Promise<RegistrationEntry> {
     const out = this.db.transaction(() => this.insertEntryRow(e))();
     this.entriesWritten([out]);
@@ -371,7 +378,7 @@ export class SqliteStore implements DataStore {
   }
 
   async evictAgent(id: string, ban: boolean, pluginState?: (agentId: string) => PluginStateKey[]): Promise<boolean> {
-    return this.db.transaction(() => {
+    const changed = this.db.transaction(() => {
       type Hit = { id: string; factor_ids: string };
       let hits: Hit[];
       if (!ban) hits = this.stmt.deleteAgents!.all({ id }) as Hit[];
@@ -389,6 +396,8 @@ export class SqliteStore implements DataStore {
       }
       return changed;
     })();
+    if (changed) for (const l of this.agentListeners) l.changed(id);
+    return changed;
   }
 
   async renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean> {
@@ -516,6 +525,7 @@ export class SqliteStore implements DataStore {
 
   async close(): Promise<void> {
     this.entryListeners.clear();
+    this.agentListeners.clear();
     if (this.db.open) this.db.close();
   }
 }

@@ -81,6 +81,31 @@ export interface EntriesWatch {
   close(): void;
 }
 
+/**
+ * What a subscriber to agent-record changes is told (DataStore.watchAgents). Used to answer held
+ * long-polls of evicted and banned agents at once; correctness never depends on it (the record is
+ * read on every agent call, and a held long-poll ends when its wait does).
+ */
+export interface AgentsListener {
+  /**
+   * An eviction or ban of `agentId` committed (evictAgent resolved true). The agents that attested
+   * with `agentId` as a factor are affected as well.
+   */
+  changed(agentId: string): void;
+  /**
+   * Changes may have been missed (PostgreSQL: the LISTEN connection was down and is up again, or a
+   * change could not be described): treat every agent as changed.
+   */
+  missed(): void;
+  /** A notification from the store could not be read; it was ignored. `detail` says why. */
+  invalid(detail: string): void;
+}
+
+/** A subscription to agent-record changes (DataStore.watchAgents). */
+export interface AgentsWatch {
+  close(): void;
+}
+
 export interface AgentRecord {
   id: string;
   attestors: string[];
@@ -186,6 +211,13 @@ export interface DataStore {
    * gap as "anything changed".
    */
   watchEntries(listener: (change: EntriesChange) => void): EntriesWatch;
+  /**
+   * Be told about evictions and bans after they commit. SQLite: this process's (the only writer of
+   * its file), synchronously. PostgreSQL: every verifier's on the same schema — this store's own at
+   * once, the others' by NOTIFY sent in the evicting transaction and heard on the LISTEN connection
+   * watchEntries uses. Each time that connection comes up (again) the listener is told `missed`.
+   */
+  watchAgents(listener: AgentsListener): AgentsWatch;
   countEntries(): Promise<number>;
 
   /**

@@ -8,7 +8,6 @@ import { parseCsr } from '../spiffe/csr.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { parseDuration } from '../util/duration.js';
 import { validateEntry, type EntryInput } from './entries.js';
-import { agentRecordChanged } from './agent-api.js';
 import { b64String } from './http-common.js';
 import { generateJoinToken } from './tokens.js';
 import type { VerifierCore } from './core.js';
@@ -117,8 +116,9 @@ export function registerAdminRoutes(app: FastifyInstance, core: VerifierCore): v
       if (!(await core.store.evictAgent(req.body.id, ban, (id) => core.attestation.pluginStateOf(id)))) {
         throw new SigilError('agent.not_found', `no agent ${req.body.id} (no agent record is or names this ID, and no attestor state belongs to it)`, { status: 404 });
       }
+      // The store reports the eviction to every verifier sharing it (DataStore.watchAgents), whose
+      // authorized-set caches answer the evicted agents' held long-polls with the refusal.
       core.logger.info({ agentId: req.body.id, ban }, ban ? 'agent banned' : 'agent evicted');
-      agentRecordChanged(core, req.body.id);
       return { evicted: req.body.id, banned: ban };
     },
   );

@@ -75,17 +75,6 @@ async function trustedClientFirst(req: FastifyRequest): Promise<void> {
   peerAgentId(req);
 }
 
-/** The authorized-set cache of each verifier (its agent routes), so its admin API can reach the held long-polls. */
-const setCaches = new WeakMap<VerifierCore, AuthorizedSetCache>();
-
-/**
- * An agent record was evicted or banned (admin API): its held long-polls (and those of agents that
- * attested with it as a factor) are answered now with the refusal instead of when their wait ends.
- */
-export function agentRecordChanged(core: VerifierCore, agentId: string): void {
-  setCaches.get(core)?.agentChanged(agentId);
-}
-
 const SESSION_ID = /^[0-9a-f]{32}$/;
 
 /**
@@ -136,9 +125,11 @@ const csrBody = {
 } as const;
 
 export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, federation?: FederationService): void {
-  // Each agent's authorized set, kept current by the store's change feed (authorized-cache.ts).
-  const sets = new AuthorizedSetCache(core.store, core.config.trustDomain, core.now, core.config.longPoll);
-  setCaches.set(core, sets);
+  // Each agent's authorized set, kept current by the store's change feeds (authorized-cache.ts),
+  // which also answer the held long-polls of agents evicted or banned through any verifier.
+  const sets = new AuthorizedSetCache(core.store, core.config.trustDomain, core.now, core.config.longPoll, (detail, ignored) =>
+    core.logger.warn({ detail, ignored }, 'datastore: ignored unreadable agent notifications'),
+  );
   // Held long-polls are answered (unchanged) before the listener waits for open requests to end.
   app.addHook('preClose', async () => sets.close());
   // The bundle changes when the CA journals do (rotation, a peer verifier's CA): its JSON and ETag

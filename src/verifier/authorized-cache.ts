@@ -18,8 +18,11 @@
  *
  * The agent record itself is not cached: the route reads it (and its factors' bans) on every call.
  *
- * An eviction or ban through this verifier's admin API (agentChanged) answers the evicted agents'
- * held long-polls at once with the refusal; through another verifier, when their wait ends.
+ * An eviction or ban answers the evicted agents' held long-polls with the refusal: the store's agent
+ * feed (DataStore.watchAgents) reports this verifier's evictions at once and, on PostgreSQL, every
+ * other verifier's by NOTIFY (agentChanged). When the feed may have missed some (the LISTEN
+ * connection came back), every held long-poll is re-checked. If the feed is down, a held long-poll
+ * still ends when its wait does (≤ `longPoll.maxWait`), and the next call is refused.
  *
  * Long-poll waiters are bounded (`longPoll.maxWaiters` in total, `maxWaitersPerAgent` each) and are
  * re-evaluated first in, first out, at most EVAL_SLICE per event-loop turn, so a change that touches
@@ -27,7 +30,7 @@
  */
 import { createHash } from 'node:crypto';
 import { SigilError } from '../errors.js';
-import type { AgentRecord, DataStore, EntriesChange, EntriesWatch, RegistrationEntry } from '../store/types.js';
+import type { AgentRecord, AgentsWatch, DataStore, EntriesChange, EntriesWatch, RegistrationEntry } from '../store/types.js';
 import { agentNodeSelectors, authorizedEntries } from './authorization.js';
 import { verifierId } from './entries.js';
 
@@ -52,6 +55,8 @@ export const EVAL_SLICE = 32;
 export const REVISION_CHECK_MS = 1000;
 /** Parent IDs whose children are kept (beyond that the children cache starts afresh). */
 export const CHILDREN_MAX = 500_000;
+/** Unreadable store notifications are logged at most once per this many ms (with a count). */
+export const BAD_NOTICE_LOG_MS = 10_000;
 
 export interface AuthorizedSet {
   agentId: string;
@@ -105,6 +110,10 @@ export class AuthorizedSetCache {
   private readonly vid: string;
   private readonly trustDomain: string;
   private readonly watch: EntriesWatch;
+  private readonly agentsWatch: AgentsWatch;
+  /** Unreadable agent notifications not yet logged (at most one line per BAD_NOTICE_LOG_MS). */
+  private badNotices = 0;
+  private badNoticeLoggedAt = -Infinity;
   private readonly waiters = new Set<Waiter>();
   private readonly waitersPerAgent = new Map<string, number>();
   private readonly queue: Waiter[] = [];
@@ -127,10 +136,17 @@ export class AuthorizedSetCache {
     trustDomain: string,
     private readonly now: () => Date,
     readonly limits: LongPollLimits = LONG_POLL_DEFAULTS,
+    /** Told about unreadable notifications from the store (they are ignored). */
+    private readonly warn: (detail: string, ignored: number) => void = () => undefined,
   ) {
     this.vid = verifierId(trustDomain);
     this.trustDomain = trustDomain;
     this.watch = store.watchEntries((c) => this.onChange(c));
+    this.agentsWatch = store.watchAgents({
+      changed: (id) => void this.agentChanged(id),
+      missed: () => void this.everyAgentChanged(),
+      invalid: (detail) => this.badNotice(detail),
+    });
     this.checker = setInterval(() => void this.checkRevision(), REVISION_CHECK_MS);
     this.checker.unref();
   }
@@ -324,10 +340,10 @@ export class AuthorizedSetCache {
   }
 
   /**
-   * An agent record was evicted or banned through this verifier: every long-poll held by that agent,
-   * or by an agent that attested with it as a factor, is re-evaluated now (its recheck refuses it, so
-   * the agent learns at once instead of when its wait is over). Returns how many were re-evaluated.
-   * Agents evicted through another verifier of a shared datastore learn it when their wait ends.
+   * An agent record was evicted or banned (on any verifier sharing the store): every long-poll held
+   * by that agent, or by an agent that attested with it as a factor, is re-evaluated now (its recheck
+   * refuses it, so the agent learns at once instead of when its wait is over). Returns how many were
+   * re-evaluated.
    */
   agentChanged(agentId: string): number {
     this.sets.delete(agentId);
@@ -339,6 +355,23 @@ export class AuthorizedSetCache {
       }
     }
     return n;
+  }
+
+  /** Agent changes may have been missed: every held long-poll is re-evaluated. Returns how many. */
+  everyAgentChanged(): number {
+    for (const w of this.waiters) this.enqueue(w);
+    return this.waiters.size;
+  }
+
+  /** Report an unreadable notification, at most one line per BAD_NOTICE_LOG_MS (with the count since the last). */
+  private badNotice(detail: string): void {
+    this.badNotices++;
+    const t = Date.now();
+    if (t - this.badNoticeLoggedAt < BAD_NOTICE_LOG_MS) return;
+    this.badNoticeLoggedAt = t;
+    const n = this.badNotices;
+    this.badNotices = 0;
+    this.warn(detail, n);
   }
 
   /**
@@ -437,6 +470,7 @@ export class AuthorizedSetCache {
     this.closed = true;
     clearInterval(this.checker);
     this.watch.close();
+    this.agentsWatch.close();
     for (const w of [...this.waiters]) w.finish({});
     this.queue.length = 0;
   }
