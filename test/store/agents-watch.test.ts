@@ -1,0 +1,165 @@
+/**
+ * DataStore.watchAgents: an eviction or ban is reported after it commits, by the ID given to
+ * evictAgent — SQLite in-process; PostgreSQL to this store at once and to every store on the same
+ * schema through NOTIFY (never twice to the store that evicted, never to another schema). Nothing is
+ * reported when nothing changed or the eviction rolled back; an ID too long for a NOTIFY is reported
+ * as `missed`. Also: NOTIFY payload sizes are counted in UTF-8 bytes, so an entry write with a long
+ * non-ASCII description is announced as "not described" instead of failing.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { PostgresStore, parseAgentsPayload } from '../../src/store/postgres.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+import type { AgentRecord, AgentsWatch, DataStore, EntriesChange } from '../../src/store/types.js';
+import { startPostgres, type PostgresHandle } from '../support/postgres.js';
+
+const TD = 'spiffe://example.org';
+
+function agent(id: string): AgentRecord {
+  return { id, attestors: ['join_token'], selectors: ['join_token:id:x'], serial: '0a1b', svidExpiresAt: '2030-01-01T01:00:00.000Z', attestedAt: '2030-01-01T00:00:00.000Z', banned: false, factorIds: [id] };
+}
+
+interface Heard {
+  events: string[];
+  watch: AgentsWatch;
+}
+
+/** Record what a watcher hears as `changed:<id>`, `missed`, `invalid`. */
+function listen(s: DataStore): Heard {
+  const events: string[] = [];
+  const watch = s.watchAgents({ changed: (id) => events.push(`changed:${id}`), missed: () => events.push('missed'), invalid: () => events.push('invalid') });
+  return { events, watch };
+}
+
+async function until(fn: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const failing = (): never => {
+  throw new Error('mapper failed');
+};
+
+let pg: PostgresHandle | null = null;
+const dirs: string[] = [];
+afterAll(async () => {
+  await pg?.stop();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe('agent change feed', () => {
+  it('SQLite reports committed evictions and bans at once, and nothing else', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sigil-agents-watch-'));
+    dirs.push(dir);
+    const s = new SqliteStore(join(dir, 'db.sqlite'));
+    try {
+      const h = listen(s);
+      await s.upsertAgent(agent(`${TD}/a`));
+      await s.upsertAgent(agent(`${TD}/b`));
+      expect(h.events).toEqual([]);
+      await expect(s.evictAgent(`${TD}/a`, false, failing)).rejects.toThrow('mapper failed'); // rolled back
+      expect(await s.evictAgent(`${TD}/none`, true)).toBe(false);
+      expect(h.events).toEqual([]);
+      expect(await s.evictAgent(`${TD}/a`, false)).toBe(true);
+      expect(h.events).toEqual([`changed:${TD}/a`]); // before evictAgent resolved
+      expect(await s.evictAgent(`${TD}/b`, true)).toBe(true);
+      expect(h.events).toEqual([`changed:${TD}/a`, `changed:${TD}/b`]);
+      h.watch.close();
+      await s.upsertAgent(agent(`${TD}/c`));
+      expect(await s.evictAgent(`${TD}/c`, false)).toBe(true);
+      expect(h.events).toHaveLength(2);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('PostgreSQL reports an eviction to the evicting store once and to every store on its schema', async ({ skip }) => {
+    pg = await startPostgres();
+    if (!pg) return skip();
+    const a = await PostgresStore.open(pg.url, { schema: 'agents_watch' });
+    const b = await PostgresStore.open(pg.url, { schema: 'agents_watch' });
+    const other = await PostgresStore.open(pg.url, { schema: 'agents_watch_other' });
+    try {
+      const ha = listen(a);
+      const hb = listen(b);
+      const ho = listen(other);
+      // Each LISTEN connection, once up, reports `missed` (evictions before it were not heard).
+      await until(() => ha.events.length > 0 && hb.events.length > 0 && ho.events.length > 0);
+      expect([ha.events, hb.events, ho.events]).toEqual([['missed'], ['missed'], ['missed']]);
+      ha.events.length = hb.events.length = ho.events.length = 0;
+
+      await a.upsertAgent(agent(`${TD}/a`));
+      await other.upsertAgent(agent(`${TD}/a`));
+      await expect(a.evictAgent(`${TD}/a`, true, failing)).rejects.toThrow('mapper failed'); // rolled back: no NOTIFY
+      expect(await a.evictAgent(`${TD}/none`, false)).toBe(false);
+      expect(await a.evictAgent(`${TD}/a`, true)).toBe(true);
+      expect(ha.events).toEqual([`changed:${TD}/a`]); // at once
+      await until(() => hb.events.length > 0);
+      expect(hb.events).toEqual([`changed:${TD}/a`]);
+
+      // An ID too long for one NOTIFY: the others are told `missed`; the eviction itself commits.
+      const long = `${TD}/${'€'.repeat(3000)}`;
+      await b.upsertAgent(agent(long));
+      expect(await b.evictAgent(long, false)).toBe(true);
+      expect(await a.getAgent(long)).toBeUndefined();
+      await until(() => ha.events.length > 1);
+      expect(hb.events).toEqual([`changed:${TD}/a`, `changed:${long}`]);
+      expect(ha.events).toEqual([`changed:${TD}/a`, 'missed']);
+
+      await new Promise((r) => setTimeout(r, 200));
+      // Never twice to the evicting store; nothing to the other schema (where the same ID exists).
+      expect(ha.events).toHaveLength(2);
+      expect(hb.events).toHaveLength(2);
+      expect(ho.events).toEqual([]);
+      expect(await other.getAgent(`${TD}/a`)).toEqual(agent(`${TD}/a`));
+      ha.watch.close();
+      hb.watch.close();
+      ho.watch.close();
+    } finally {
+      await a.close();
+      await b.close();
+      await other.close();
+    }
+  });
+
+  it('an agents payload is read only when every field is well formed', () => {
+    const ok = parseAgentsPayload(JSON.stringify({ s: 'x', o: 'o1', a: 'spiffe://example.org/a' }), 'x');
+    expect(ok).toEqual({ origin: 'o1', agentId: 'spiffe://example.org/a' });
+    expect(parseAgentsPayload(JSON.stringify({ s: 'x', o: 'o1', a: null }), 'x')).toEqual({ origin: 'o1', agentId: null });
+    expect(parseAgentsPayload(JSON.stringify({ s: 'y', o: 'o1', a: 'z' }), 'x')).toBeUndefined();
+    for (const bad of [undefined, '', '{', '"s"', '[]', 'null', '{"s":1}', '{"s":"x","a":"z"}', '{"s":"x","o":7,"a":"z"}', `{"s":"x","o":"${'o'.repeat(65)}","a":"z"}`, '{"s":"x","o":"o1"}', '{"s":"x","o":"o1","a":""}', '{"s":"x","o":"o1","a":["z"]}']) {
+      const r = parseAgentsPayload(bad, 'x');
+      expect(r && 'invalid' in r, String(bad)).toBe(true);
+    }
+    // The quote of a malformed payload is short and escaped.
+    const r = parseAgentsPayload(`\u0000${'x'.repeat(5000)}`, 'x') as { invalid: string };
+    expect(r.invalid.length).toBeLessThan(200);
+    expect(r.invalid).toContain('\\u0000');
+  });
+
+  it('PostgreSQL: an entry write whose description is short in characters but long in UTF-8 bytes is announced without entries', async ({ skip }) => {
+    pg ??= await startPostgres();
+    if (!pg) return skip();
+    const a = await PostgresStore.open(pg.url, { schema: 'entries_bytes' });
+    const b = await PostgresStore.open(pg.url, { schema: 'entries_bytes' });
+    try {
+      const seen: EntriesChange[] = [];
+      const w = b.watchEntries((c) => seen.push(c));
+      await until(() => w.currentRevision() !== undefined);
+      // 3,000 characters, 9,000 bytes: over the 8,000-byte NOTIFY limit.
+      const sel = `unix:user:${'€'.repeat(3000)}`;
+      await a.createEntry({ spiffeId: `${TD}/w`, parentId: `${TD}/p`, selectors: [sel], x509SvidTtl: 0, jwtSvidTtl: 0, dnsNames: [], hint: '', admin: false, expiresAt: null });
+      await until(() => seen.length > 0);
+      expect(seen).toEqual([{ fromRevision: 0, toRevision: 1, entries: null }]);
+      w.close();
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+});
