@@ -68,20 +68,98 @@ export interface FederatedBundleColumns {
   updated_at: unknown;
 }
 
-export function entryFromRow(r: EntryColumns, d: ColumnDecoder): RegistrationEntry {
+/**
+ * The empty list that entries read through an EntryInterner share (most entries have no DNS names
+ * and federate with nothing). Frozen: a caller that tried to change it would throw, not change
+ * every entry.
+ */
+export const SHARED_EMPTY_LIST: string[] = Object.freeze([]) as unknown as string[];
+
+/** Strings longer than this are not kept in an EntryInterner's value table. */
+export const INTERN_MAX_LENGTH = 256;
+/** Strings an EntryInterner's value table holds; when full it starts afresh. */
+export const INTERN_MAX_VALUES = 16_384;
+
+/**
+ * One copy of each repeated string among the entries a verifier keeps in memory (issue 15: every
+ * row a driver returns is a new copy of its parent ID, creation time and selectors, so 100,000
+ * cached entries held some 700,000 duplicate strings). Strings are looked up by their content, so
+ * only equal strings are merged.
+ *
+ * `values` (selectors, DNS names, trust domains, hints, times) lives as long as the store and is
+ * bounded (INTERN_MAX_VALUES strings of at most INTERN_MAX_LENGTH characters). IDs (parent and SPIFFE
+ * IDs) go through `ids`, a table made for one read and seeded with the parent IDs it asked for, so
+ * the children of a parent share the caller's own string and nothing outlives the read.
+ */
+export class EntryInterner {
+  private readonly ids: Map<string, string>;
+
+  constructor(
+    private readonly values: Map<string, string>,
+    seedIds: readonly string[],
+  ) {
+    this.ids = new Map(seedIds.map((s) => [s, s]));
+  }
+
+  id(s: string): string {
+    const t = this.ids.get(s);
+    if (t !== undefined) return t;
+    this.ids.set(s, s);
+    return s;
+  }
+
+  value(s: string): string {
+    if (s.length > INTERN_MAX_LENGTH) return s;
+    const t = this.values.get(s);
+    if (t !== undefined) return t;
+    if (this.values.size >= INTERN_MAX_VALUES) this.values.clear();
+    this.values.set(s, s);
+    return s;
+  }
+
+  /** The list with its strings interned (in place: the list is the caller's fresh copy), or the shared empty list. */
+  list(l: string[]): string[] {
+    if (l.length === 0) return SHARED_EMPTY_LIST;
+    for (let i = 0; i < l.length; i++) {
+      const x = l[i];
+      if (typeof x === 'string') l[i] = this.value(x);
+    }
+    return l;
+  }
+}
+
+/** An entry record from its row; with `intern`, its repeated strings and empty lists are shared (EntryInterner). */
+export function entryFromRow(r: EntryColumns, d: ColumnDecoder, intern?: EntryInterner): RegistrationEntry {
+  if (intern === undefined) {
+    return {
+      id: r.id,
+      spiffeId: r.spiffe_id,
+      parentId: r.parent_id,
+      selectors: d.list(r.selectors, 'selectors'),
+      x509SvidTtl: d.int(r.x509_ttl),
+      jwtSvidTtl: d.int(r.jwt_ttl),
+      dnsNames: d.list(r.dns_names, 'dns_names'),
+      hint: r.hint,
+      admin: d.bool(r.admin),
+      expiresAt: r.expires_at === null ? null : d.time(r.expires_at),
+      federatesWith: d.list(r.federates_with, 'federates_with'),
+      createdAt: d.time(r.created_at),
+      revisionNumber: d.int(r.revision),
+    };
+  }
   return {
     id: r.id,
-    spiffeId: r.spiffe_id,
-    parentId: r.parent_id,
-    selectors: d.list(r.selectors, 'selectors'),
+    spiffeId: intern.id(r.spiffe_id),
+    parentId: intern.id(r.parent_id),
+    selectors: intern.list(d.list(r.selectors, 'selectors')),
     x509SvidTtl: d.int(r.x509_ttl),
     jwtSvidTtl: d.int(r.jwt_ttl),
-    dnsNames: d.list(r.dns_names, 'dns_names'),
-    hint: r.hint,
+    dnsNames: intern.list(d.list(r.dns_names, 'dns_names')),
+    hint: intern.value(r.hint),
     admin: d.bool(r.admin),
-    expiresAt: r.expires_at === null ? null : d.time(r.expires_at),
-    federatesWith: d.list(r.federates_with, 'federates_with'),
-    createdAt: d.time(r.created_at),
+    expiresAt: r.expires_at === null ? null : intern.value(d.time(r.expires_at)),
+    federatesWith: intern.list(d.list(r.federates_with, 'federates_with')),
+    createdAt: intern.value(d.time(r.created_at)),
     revisionNumber: d.int(r.revision),
   };
 }
@@ -91,7 +169,10 @@ export function entryFromRow(r: EntryColumns, d: ColumnDecoder): RegistrationEnt
  * schema version 2 (or a banned factor's placeholder) has none stored: its own ID stands alone.
  */
 export function factorIdsOf(id: string, stored: string[]): string[] {
-  return stored.length > 0 ? stored : [id];
+  if (stored.length === 0) return [id];
+  // The own ID comes first: one copy of it, not two (held long-polls keep their agent's record).
+  if (stored[0] === id) stored[0] = id;
+  return stored;
 }
 
 export function agentFromRow(r: AgentColumns, d: ColumnDecoder): AgentRecord {

@@ -14,6 +14,7 @@ import {
   type ColumnDecoder,
   type FederatedBundleColumns,
   type TokenColumns,
+  EntryInterner,
   agentFromRow,
   entriesChangeOf,
   entryFromRow,
@@ -325,14 +326,19 @@ export class SqliteStore implements DataStore {
   async entriesByParents(parentIds: string[]): Promise<RegistrationEntry[]> {
     if (parentIds.length === 0) return [];
     const out: RegistrationEntry[] = [];
+    // The verifier keeps these entries (its authorized-set cache): one copy of each repeated string.
+    const intern = new EntryInterner(this.internedValues, parentIds);
     // Chunk to stay under SQLite's bound-parameter limit.
     for (let i = 0; i < parentIds.length; i += 500) {
       const chunk = parentIds.slice(i, i + 500);
       const rows = this.inStatement(chunk.length).all(...chunk) as EntryRow[];
-      for (const r of rows) out.push(entryFromRow(r, SQLITE_COLUMNS));
+      for (const r of rows) out.push(entryFromRow(r, SQLITE_COLUMNS, intern));
     }
     return out;
   }
+
+  /** Selectors, times and other values shared by the entries entriesByParents returns (EntryInterner). */
+  private readonly internedValues = new Map<string, string>();
 
   private inCache = new Map<number, Database.Statement>();
   private inStatement(n: number): Database.Statement {

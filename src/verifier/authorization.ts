@@ -59,5 +59,6 @@ export async function authorizedEntries(store: Pick<DataStore, 'entriesByParents
   }
   out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   seenIds.delete(vid);
-  return { nodeEntries, entries: out, parentIds: seenIds };
+  // A copy: `out` grew by push and has spare room, and cached sets keep this list (issue 15).
+  return { nodeEntries, entries: out.slice(), parentIds: seenIds };
 }
