@@ -31,19 +31,24 @@ export interface LongPollAnswer {
   tookMs: number;
 }
 
-/** Attest a new agent with a join token made through `p.writer`, on `p.server`, and sync it once. */
-export async function attestAndSync(p: VerifierPair): Promise<SyncedAgent> {
-  const tok = await adminCall<{ token: string; agentId: string }>(p.writer.adminSocket, 'POST', '/v1/admin/tokens', {});
+/** Attest a new agent with a join token made through `p.writer` (with `spiffeId` as its alias when given), on `p.server`. */
+export async function attestJoinTokenAgent(p: VerifierPair, spiffeId?: string): Promise<{ agentId: string; tls: { cert: string; key: string } }> {
+  const tok = await adminCall<{ token: string; agentId: string }>(p.writer.adminSocket, 'POST', '/v1/admin/tokens', spiffeId ? { spiffeId } : {});
   const key = generateKey('ec-p256');
   const r1 = await httpsJson(p.server.v.port, 'POST', '/v1/attest', { caPem: p.caPem, body: { attestors: { join_token: { token: tok.token } }, csr: createCsr(key).toString('base64') } });
   expect(r1.status).toBe(200);
   const r2 = await httpsJson(p.server.v.port, 'POST', `/v1/attest/${(r1.body as { session: string }).session}`, { caPem: p.caPem, body: { responses: { join_token: {} } } });
   expect(r2.status).toBe(200);
   const svid = (r2.body as { svid: string[] }).svid.map((s) => Buffer.from(s, 'base64'));
-  const tls = { cert: certsToPem(svid), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string };
+  return { agentId: tok.agentId, tls: { cert: certsToPem(svid), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string } };
+}
+
+/** Attest a new agent with a join token made through `p.writer`, on `p.server`, and sync it once. */
+export async function attestAndSync(p: VerifierPair): Promise<SyncedAgent> {
+  const { agentId, tls } = await attestJoinTokenAgent(p);
   const r3 = await httpsJson(p.server.v.port, 'GET', '/v1/entries/authorized', { caPem: p.caPem, ...tls });
   expect(r3.status).toBe(200);
-  return { agentId: tok.agentId, tls, etag: r3.headers.etag as string };
+  return { agentId, tls, etag: r3.headers.etag as string };
 }
 
 /** Hold a long-poll of `a` on `p.server` with its current ETag; resolves with the answer and how long it took. */

@@ -14,8 +14,8 @@ import { adminCall } from '../../src/cli/admin-client.js';
 import { SpiffeBundle } from '../../src/spiffe/bundle.js';
 import { createCsr } from '../../src/spiffe/csr.js';
 import { generateKey } from '../../src/spiffe/keys.js';
-import { certsToPem } from '../../src/spiffe/x509svid.js';
 import type { DataStore } from '../../src/store/types.js';
+import { attestJoinTokenAgent } from '../support/long-poll-agents.js';
 import { startPostgres, type PostgresHandle } from '../support/postgres.js';
 import { httpsJson, startTestVerifier, type HttpsResult, type TestVerifier } from '../support/verifier.js';
 
@@ -32,15 +32,8 @@ interface Pair {
   caPem: string;
 }
 
-async function attest(p: Pair, alias?: string): Promise<{ agentId: string; tls: { cert: string; key: string } }> {
-  const tok = await adminCall<{ token: string; agentId: string }>(p.writer.adminSocket, 'POST', '/v1/admin/tokens', alias ? { spiffeId: alias } : {});
-  const key = generateKey('ec-p256');
-  const r1 = await httpsJson(p.server.v.port, 'POST', '/v1/attest', { caPem: p.caPem, body: { attestors: { join_token: { token: tok.token } }, csr: createCsr(key).toString('base64') } });
-  expect(r1.status).toBe(200);
-  const r2 = await httpsJson(p.server.v.port, 'POST', `/v1/attest/${(r1.body as { session: string }).session}`, { caPem: p.caPem, body: { responses: { join_token: {} } } });
-  expect(r2.status).toBe(200);
-  const svid = (r2.body as { svid: string[] }).svid.map((s) => Buffer.from(s, 'base64'));
-  return { agentId: tok.agentId, tls: { cert: certsToPem(svid), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string } };
+function attest(p: Pair, alias?: string): Promise<{ agentId: string; tls: { cert: string; key: string } }> {
+  return attestJoinTokenAgent(p, alias);
 }
 
 function entry(p: Pair, spiffeId: string, parentId: string, extra: Record<string, unknown> = {}): Promise<{ id: string }> {
