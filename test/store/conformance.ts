@@ -6,6 +6,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SigilError } from '../../src/errors.js';
 import type { AgentRecord, CaJournal, DataStore, JoinTokenRecord, NewEntry } from '../../src/store/types.js';
+import { newEntry as entryWith } from '../support/entries.js';
 
 export interface StoreUnderTest {
   store: DataStore;
@@ -16,18 +17,7 @@ const TD = 'spiffe://example.org';
 const VERIFIER = `${TD}/spire/server`;
 
 function newEntry(over: Partial<NewEntry> = {}): NewEntry {
-  return {
-    spiffeId: `${TD}/workload/${randomUUID()}`,
-    parentId: `${TD}/agent/one`,
-    selectors: ['unix:uid:1000', 'tpm:pcr:7:abc'],
-    x509SvidTtl: 0,
-    jwtSvidTtl: 0,
-    dnsNames: [],
-    hint: '',
-    admin: false,
-    expiresAt: null,
-    ...over,
-  };
+  return entryWith(`${TD}/workload/${randomUUID()}`, `${TD}/agent/one`, { selectors: ['unix:uid:1000', 'tpm:pcr:7:abc'], ...over });
 }
 
 function token(over: Partial<JoinTokenRecord> = {}, now = new Date('2030-01-01T00:00:00.000Z')): JoinTokenRecord {

@@ -13,20 +13,10 @@ import { SqliteStore } from '../../src/store/sqlite.js';
 import type { EntriesChange, NewEntry } from '../../src/store/types.js';
 import { verifierConfigFrom } from '../../src/verifier/config.js';
 import { codeOf } from '../support/codes.js';
+import { newEntry } from '../support/entries.js';
 import { startPostgres, type PostgresHandle } from '../support/postgres.js';
 
-const mk = (spiffeId: string, parentId: string, selectors = ['unix:uid:1'], id?: string): NewEntry => ({
-  ...(id ? { id } : {}),
-  spiffeId,
-  parentId,
-  selectors,
-  x509SvidTtl: 0,
-  jwtSvidTtl: 0,
-  dnsNames: [],
-  hint: '',
-  admin: false,
-  expiresAt: null,
-});
+const mk = (spiffeId: string, parentId: string, selectors = ['unix:uid:1'], id?: string): NewEntry => newEntry(spiffeId, parentId, { selectors, ...(id ? { id } : {}) });
 
 async function until<T>(fn: () => T | undefined, ms = 3000): Promise<T> {
   const end = Date.now() + ms;

@@ -7,24 +7,14 @@ import { createHash } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EntryInterner, INTERN_MAX_LENGTH, INTERN_MAX_VALUES, SHARED_EMPTY_LIST } from '../../src/store/rows.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
-import type { AgentRecord, NewEntry, RegistrationEntry } from '../../src/store/types.js';
+import type { AgentRecord, RegistrationEntry } from '../../src/store/types.js';
 import { AuthorizedSetCache } from '../../src/verifier/authorized-cache.js';
+import { newEntry } from '../support/entries.js';
 
 const TD = 'example.org';
 const VID = `spiffe://${TD}/sigil/verifier`;
 
-const entry = (spiffeId: string, parentId: string, over: Partial<NewEntry> = {}): NewEntry => ({
-  spiffeId,
-  parentId,
-  selectors: ['unix:uid:1'],
-  x509SvidTtl: 0,
-  jwtSvidTtl: 0,
-  dnsNames: [],
-  hint: '',
-  admin: false,
-  expiresAt: null,
-  ...over,
-});
+const entry = newEntry;
 
 const agent = (id: string): AgentRecord => ({ id, attestors: ['join_token'], selectors: [], serial: '01', svidExpiresAt: '2030-01-01T00:00:00.000Z', attestedAt: '2026-01-01T00:00:00.000Z', banned: false, factorIds: [id] });
 
