@@ -182,22 +182,32 @@ function entriesPayload(schema: string, change: EntriesChange): string {
   return JSON.stringify({ s: schema, f: change.fromRevision, t: change.toRevision, e: null });
 }
 
-function parseEntriesPayload(text: string | undefined, schema: string): EntriesChange | undefined {
+/**
+ * Read an entries payload: the change for this schema, undefined for another schema's, or why it
+ * is unreadable. It comes from the database, so anything in it is checked. A well-formed header
+ * whose entry list is not of the expected shape counts as a change that is not described.
+ */
+export function parseEntriesPayload(text: string | undefined, schema: string): EntriesChange | { invalid: string } | undefined {
+  const bad = (why: string): { invalid: string } => ({ invalid: `${why}: ${JSON.stringify((text ?? '').slice(0, BAD_PAYLOAD_QUOTE))}` });
+  let p: unknown;
   try {
-    const p = JSON.parse(text ?? '') as { s?: unknown; f?: unknown; t?: unknown; e?: unknown };
-    if (p.s !== schema || !Number.isSafeInteger(p.f) || !Number.isSafeInteger(p.t)) return undefined;
-    let entries: EntriesChange['entries'] = null;
-    if (Array.isArray(p.e)) {
-      entries = [];
-      for (const x of p.e as unknown[]) {
-        if (!Array.isArray(x) || typeof x[0] !== 'string' || !Array.isArray(x[1]) || !x[1].every((v) => typeof v === 'string')) return { fromRevision: p.f as number, toRevision: p.t as number, entries: null };
-        entries.push({ parentId: x[0], selectors: x[1] as string[] });
-      }
-    }
-    return { fromRevision: p.f as number, toRevision: p.t as number, entries };
+    p = JSON.parse(text ?? '');
   } catch {
-    return undefined;
+    return bad('not JSON');
   }
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) return bad('not a JSON object');
+  const { s, f, t, e } = p as Record<string, unknown>;
+  if (typeof s !== 'string') return bad('no schema name (s)');
+  if (s !== schema) return undefined;
+  if (!Number.isSafeInteger(f) || !Number.isSafeInteger(t)) return bad('no revision range (f, t)');
+  const range = { fromRevision: f as number, toRevision: t as number };
+  if (!Array.isArray(e)) return { ...range, entries: null };
+  const entries: { parentId: string; selectors: string[] }[] = [];
+  for (const x of e as unknown[]) {
+    if (!Array.isArray(x) || typeof x[0] !== 'string' || !Array.isArray(x[1]) || !x[1].every((v) => typeof v === 'string')) return { ...range, entries: null };
+    entries.push({ parentId: x[0], selectors: x[1] as string[] });
+  }
+  return { ...range, entries };
 }
 
 /**
@@ -236,6 +246,8 @@ export class PostgresStore implements DataStore {
   readonly kind = 'postgres';
   private closed = false;
   private readonly entryListeners = new Set<(change: EntriesChange) => void>();
+  /** Told about unreadable entries notifications (watchEntries' onInvalid). */
+  private readonly entryInvalidListeners = new Set<(detail: string) => void>();
   private readonly agentListeners = new Set<AgentsListener>();
   /** Names this store in its agents notifications. */
   private readonly origin = randomBytes(8).toString('hex');
@@ -433,13 +445,15 @@ export class PostgresStore implements DataStore {
     for (const l of this.entryListeners) l(change);
   }
 
-  watchEntries(listener: (change: EntriesChange) => void): EntriesWatch {
+  watchEntries(listener: (change: EntriesChange) => void, onInvalid?: (detail: string) => void): EntriesWatch {
     this.entryListeners.add(listener);
+    if (onInvalid) this.entryInvalidListeners.add(onInvalid);
     void this.listen();
     return {
       currentRevision: () => (this.listenLive ? this.notifiedRevision : undefined),
       close: () => {
         this.entryListeners.delete(listener);
+        if (onInvalid) this.entryInvalidListeners.delete(onInvalid);
         if (!this.watched()) this.stopListening();
       },
     };
@@ -494,6 +508,11 @@ export class PostgresStore implements DataStore {
       if (n.channel !== ENTRIES_CHANNEL) return;
       const change = parseEntriesPayload(n.payload, this.schemaName);
       if (!change) return;
+      if ('invalid' in change) {
+        // Ignored: the revision check notices any write it would have described.
+        for (const l of this.entryInvalidListeners) l(`${ENTRIES_CHANNEL} notification ignored, ${change.invalid}`);
+        return;
+      }
       this.notifiedRevision = Math.max(this.notifiedRevision ?? change.toRevision, change.toRevision);
       this.entriesWritten(change);
     });
@@ -861,6 +880,7 @@ export class PostgresStore implements DataStore {
     if (this.closed) return;
     this.closed = true;
     this.entryListeners.clear();
+    this.entryInvalidListeners.clear();
     this.agentListeners.clear();
     this.stopListening();
     await this.pool.end().catch(() => undefined);

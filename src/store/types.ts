@@ -210,7 +210,8 @@ export interface DataStore {
    * connection, a write by another process), so a listener checks revision continuity and treats a
    * gap as "anything changed".
    */
-  watchEntries(listener: (change: EntriesChange) => void): EntriesWatch;
+  /** `onInvalid` is told about a notification from the store that could not be read (it is ignored). */
+  watchEntries(listener: (change: EntriesChange) => void, onInvalid?: (detail: string) => void): EntriesWatch;
   /**
    * Be told about evictions and bans after they commit. SQLite: this process's (the only writer of
    * its file), synchronously. PostgreSQL: every verifier's on the same schema — this store's own at

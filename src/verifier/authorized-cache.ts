@@ -154,7 +154,10 @@ export class AuthorizedSetCache {
   ) {
     this.vid = verifierId(trustDomain);
     this.trustDomain = trustDomain;
-    this.watch = store.watchEntries((c) => this.onChange(c));
+    this.watch = store.watchEntries(
+      (c) => this.onChange(c),
+      (detail) => this.badNotice(detail),
+    );
     this.agentsWatch = store.watchAgents({
       changed: (id) => void this.agentChanged(id),
       missed: () => void this.everyAgentChanged(),

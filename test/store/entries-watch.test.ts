@@ -8,13 +8,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PostgresStore } from '../../src/store/postgres.js';
+import pg_ from 'pg';
+import { PostgresStore, parseEntriesPayload } from '../../src/store/postgres.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { EntriesChange, NewEntry } from '../../src/store/types.js';
 import { verifierConfigFrom } from '../../src/verifier/config.js';
 import { codeOf } from '../support/codes.js';
 import { newEntry } from '../support/entries.js';
 import { startPostgres, type PostgresHandle } from '../support/postgres.js';
+
+const { Client } = pg_;
 
 const mk = (spiffeId: string, parentId: string, selectors = ['unix:uid:1'], id?: string): NewEntry => newEntry(spiffeId, parentId, { selectors, ...(id ? { id } : {}) });
 
@@ -100,6 +103,48 @@ describe('entry change feed', () => {
       await a.close();
       await b.close();
       await other.close();
+    }
+  });
+
+  it('an entries payload is read only when its header is well formed; a malformed entry list is a change not described', () => {
+    expect(parseEntriesPayload(JSON.stringify({ s: 'x', f: 1, t: 2, e: [['p', ['unix:uid:1']]] }), 'x')).toEqual({ fromRevision: 1, toRevision: 2, entries: [{ parentId: 'p', selectors: ['unix:uid:1'] }] });
+    expect(parseEntriesPayload(JSON.stringify({ s: 'x', f: 1, t: 2, e: null }), 'x')).toEqual({ fromRevision: 1, toRevision: 2, entries: null });
+    expect(parseEntriesPayload(JSON.stringify({ s: 'x', f: 1, t: 2, e: [['p', [7]]] }), 'x')).toEqual({ fromRevision: 1, toRevision: 2, entries: null });
+    expect(parseEntriesPayload(JSON.stringify({ s: 'y', f: 1, t: 2, e: null }), 'x')).toBeUndefined();
+    for (const bad of [undefined, '', '{', '[]', 'null', '7', '{"f":1,"t":2}', '{"s":1,"f":1,"t":2}', '{"s":"x","t":2}', '{"s":"x","f":1.5,"t":2}', '{"s":"x","f":1,"t":"2"}', `{"s":"x","f":1,"t":${2 ** 60}}`]) {
+      const r = parseEntriesPayload(bad, 'x');
+      expect(r !== undefined && 'invalid' in r, String(bad)).toBe(true);
+    }
+    const r = parseEntriesPayload(`\u0000${'x'.repeat(5000)}`, 'x') as { invalid: string };
+    expect(r.invalid.length).toBeLessThan(200);
+  });
+
+  it('PostgreSQL: a malformed notification on the entries channel is reported to onInvalid and ignored; writes are still heard', async ({ skip }) => {
+    pg ??= await startPostgres();
+    if (!pg) return skip();
+    const a = await PostgresStore.open(pg.url, { schema: 'watch_invalid' });
+    const b = await PostgresStore.open(pg.url, { schema: 'watch_invalid' });
+    const sql = new Client(pg.url);
+    await sql.connect();
+    try {
+      const seen: EntriesChange[] = [];
+      const invalid: string[] = [];
+      const w = b.watchEntries((c) => seen.push(c), (d) => invalid.push(d));
+      await until(() => (w.currentRevision() !== undefined ? true : undefined));
+      for (const m of ['not json', '{"s":"watch_invalid"}', '[1]']) await sql.query('SELECT pg_notify($1, $2)', ['sigil_entries', m]);
+      await sql.query('SELECT pg_notify($1, $2)', ['sigil_entries', JSON.stringify({ s: 'another_schema', f: 5, t: 6, e: null })]);
+      await until(() => (invalid.length >= 3 ? true : undefined));
+      expect(invalid.every((d) => d.startsWith('sigil_entries notification ignored'))).toBe(true);
+      expect(seen).toEqual([]);
+      await a.createEntry(mk('spiffe://example.org/after', 'spiffe://example.org/p'));
+      await until(() => (seen.length >= 1 ? true : undefined));
+      expect(seen[0]).toMatchObject({ fromRevision: 0, toRevision: 1 });
+      expect(invalid).toHaveLength(3);
+      w.close();
+    } finally {
+      await sql.end();
+      await a.close();
+      await b.close();
     }
   });
 
