@@ -30,10 +30,21 @@ export interface Authorization {
   parentIds: Set<string>;
 }
 
-export async function authorizedEntries(store: Pick<DataStore, 'entriesByParents'>, trustDomain: string, agentId: string, selectors: string[], now: Date): Promise<Authorization> {
+/**
+ * Where the entries come from. `nodeEntryCandidates`, when given, returns a subset of the node
+ * entries (children of the verifier's ID) that contains every one whose selectors are all in
+ * `nodeSelectors`, in the order entriesByParents gives them (an index, so that an agent's set does not
+ * scan every node entry of the trust domain); the match itself is still checked here.
+ */
+export interface EntrySource extends Pick<DataStore, 'entriesByParents'> {
+  nodeEntryCandidates?: (nodeSelectors: ReadonlySet<string>) => Promise<readonly RegistrationEntry[]>;
+}
+
+export async function authorizedEntries(store: EntrySource, trustDomain: string, agentId: string, selectors: string[], now: Date): Promise<Authorization> {
   const vid = verifierId(trustDomain);
   const nodeSel = agentNodeSelectors(agentId, selectors);
-  const nodeEntries = (await store.entriesByParents([vid])).filter((e) => entryLive(e, now) && e.selectors.every((s) => nodeSel.has(s)));
+  const candidates = store.nodeEntryCandidates ? await store.nodeEntryCandidates(nodeSel) : await store.entriesByParents([vid]);
+  const nodeEntries = candidates.filter((e) => entryLive(e, now) && e.selectors.every((s) => nodeSel.has(s)));
   const seenIds = new Set<string>([agentId, vid]);
   let frontier = [agentId];
   for (const n of nodeEntries) {

@@ -31,8 +31,10 @@
 import { createHash } from 'node:crypto';
 import { SigilError } from '../errors.js';
 import type { AgentRecord, AgentsWatch, DataStore, EntriesChange, EntriesWatch, RegistrationEntry } from '../store/types.js';
+import { KeySets } from '../util/key-sets.js';
 import { agentNodeSelectors, authorizedEntries } from './authorization.js';
 import { verifierId } from './entries.js';
+import { NodeEntryIndex } from './node-entry-index.js';
 
 export interface LongPollLimits {
   /** Longest wait granted, seconds (a request asking more gets this). */
@@ -81,9 +83,13 @@ export interface CacheStats {
 }
 
 interface Waiter {
+  /** Arrival order: waiters a change touches are re-evaluated in this order. */
+  seq: number;
   agent: AgentRecord;
   etag: string;
   set: AuthorizedSet;
+  /** The set whose parent IDs and node selectors file this waiter in the cache's index. */
+  indexed: AuthorizedSet | undefined;
   deadline: number;
   timer: NodeJS.Timeout | undefined;
   queued: boolean;
@@ -128,6 +134,16 @@ export class AuthorizedSetCache {
   private badNotices = 0;
   private badNoticeLoggedAt = -Infinity;
   private readonly waiters = new Set<Waiter>();
+  /**
+   * Held long-polls by the parent IDs and node selectors of the set each holds, so that a change
+   * finds the waiters it touches without testing every one (issue 15: 50 changes/s against 10,000
+   * held long-polls was half a million tests a second).
+   */
+  private readonly waitersByParent = new KeySets<Waiter>();
+  private readonly waitersByNodeSelector = new KeySets<Waiter>();
+  private waiterSeq = 0;
+  /** The node entries (children of the verifier's ID) by selector, for the list cached in `children`. */
+  private nodeIndex: NodeEntryIndex | undefined;
   private readonly waitersPerAgent = new Map<string, number>();
   private readonly queue: Waiter[] = [];
   private draining = false;
@@ -184,7 +200,48 @@ export class AuthorizedSetCache {
     else for (const e of c.entries) this.children.delete(e.parentId);
     this.log.push(c);
     if (this.log.length > CHANGE_LOG_MAX) this.log.splice(0, this.log.length - CHANGE_LOG_MAX);
-    for (const w of this.waiters) if (!w.queued && this.affects(c, w.set)) this.enqueue(w);
+    for (const w of this.touchedWaiters(c)) this.enqueue(w);
+  }
+
+  /**
+   * The held long-polls whose sets `c` may change, in arrival order: those filed under a written
+   * entry's parent ID, and for a node entry those whose node selectors include all of its selectors
+   * (looked up under the one fewest waiters carry). A change the feed did not describe, or a node
+   * entry without selectors, touches all.
+   */
+  private touchedWaiters(c: EntriesChange): Waiter[] {
+    if (c.entries === null) return [...this.waiters];
+    const found = new Set<Waiter>();
+    for (const e of c.entries) {
+      if (e.parentId !== this.vid) {
+        this.waitersByParent.forEach(e.parentId, (w) => found.add(w));
+        continue;
+      }
+      if (e.selectors.length === 0) return [...this.waiters];
+      let rarest = e.selectors[0] as string;
+      for (const x of e.selectors) if (this.waitersByNodeSelector.count(x) < this.waitersByNodeSelector.count(rarest)) rarest = x;
+      this.waitersByNodeSelector.forEach(rarest, (w) => {
+        if (e.selectors.every((x) => w.set.nodeSelectors.has(x))) found.add(w);
+      });
+    }
+    return [...found].sort((a, b) => a.seq - b.seq);
+  }
+
+  /** File `w` under its current set's parent IDs and node selectors (and out of its previous set's). */
+  private index(w: Waiter): void {
+    if (w.indexed === w.set) return;
+    this.unindex(w);
+    for (const p of w.set.parentIds) this.waitersByParent.add(p, w);
+    for (const x of w.set.nodeSelectors) this.waitersByNodeSelector.add(x, w);
+    w.indexed = w.set;
+  }
+
+  private unindex(w: Waiter): void {
+    const s = w.indexed;
+    if (s === undefined) return;
+    for (const p of s.parentIds) this.waitersByParent.delete(p, w);
+    for (const x of s.nodeSelectors) this.waitersByNodeSelector.delete(x, w);
+    w.indexed = undefined;
   }
 
   /** Writes the feed did not report (another process, a lost LISTEN connection): re-evaluate every waiter. */
@@ -249,6 +306,22 @@ export class AuthorizedSetCache {
 
   /** Highest revision seen without a change-feed entry (children cache cleared at it). */
   private unreported = -1;
+
+  /**
+   * The node entries that could match `nodeSelectors` (authorization.ts checks them), from the index
+   * of the cached node-entry list; the list is read first when it is not cached. A read that raced a
+   * write is not cached (childrenOf): then all it returned are candidates.
+   */
+  private async nodeEntryCandidates(nodeSelectors: ReadonlySet<string>): Promise<readonly RegistrationEntry[]> {
+    let list = this.children.get(this.vid);
+    if (list === undefined) {
+      const read = await this.childrenOf([this.vid]);
+      list = this.children.get(this.vid);
+      if (list === undefined) return read;
+    }
+    if (this.nodeIndex?.entries !== list) this.nodeIndex = new NodeEntryIndex(list);
+    return this.nodeIndex.candidates(nodeSelectors);
+  }
 
   /** entriesByParents through the shared children cache. */
   private async childrenOf(ids: string[]): Promise<RegistrationEntry[]> {
@@ -325,7 +398,13 @@ export class AuthorizedSetCache {
 
   private async compute(agent: AgentRecord, rev: number, now: number): Promise<AuthorizedSet> {
     this.stats.computed++;
-    const a = await authorizedEntries({ entriesByParents: (ids) => this.childrenOf(ids) }, this.trustDomain, agent.id, agent.selectors, new Date(now));
+    const a = await authorizedEntries(
+      { entriesByParents: (ids) => this.childrenOf(ids), nodeEntryCandidates: (sel) => this.nodeEntryCandidates(sel) },
+      this.trustDomain,
+      agent.id,
+      agent.selectors,
+      new Date(now),
+    );
     const h = createHash('sha256').update(agent.id);
     for (const n of [...a.nodeEntries].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))) h.update(`\nn:${n.id}:${n.revisionNumber}`);
     for (const e of a.entries) h.update(`\ne:${e.id}:${e.revisionNumber}`);
@@ -409,9 +488,11 @@ export class AuthorizedSetCache {
     }
     return new Promise((resolve, reject) => {
       const w: Waiter = {
+        seq: this.waiterSeq++,
         agent,
         etag: current.etag,
         set: current,
+        indexed: undefined,
         // The wait is measured on the real clock; entry expiry on the verifier's (injectable) one.
         deadline: Date.now() + waitMs,
         timer: undefined,
@@ -423,6 +504,7 @@ export class AuthorizedSetCache {
           w.done = true;
           clearTimeout(w.timer);
           this.waiters.delete(w);
+          this.unindex(w);
           const n = (this.waitersPerAgent.get(agent.id) ?? 1) - 1;
           if (n > 0) this.waitersPerAgent.set(agent.id, n);
           else this.waitersPerAgent.delete(agent.id);
@@ -431,6 +513,7 @@ export class AuthorizedSetCache {
         },
       };
       this.waiters.add(w);
+      this.index(w);
       this.waitersPerAgent.set(agent.id, mine + 1);
       this.arm(w);
       onCancel(() => w.finish({}));
@@ -471,6 +554,7 @@ export class AuthorizedSetCache {
         else {
           w.set = s;
           w.agent = agent;
+          this.index(w);
           this.arm(w);
         }
       } catch (e) {
