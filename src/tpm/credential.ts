@@ -29,6 +29,10 @@ export interface MadeCredential {
 }
 
 const IDENTITY = 'IDENTITY';
+/** The RSA-OAEP label, the IV of the credential's AES-CFB and an empty context: constants, read only. */
+const OAEP_LABEL = Buffer.from(`${IDENTITY}\0`, 'latin1');
+const ZERO_IV = Buffer.alloc(16);
+const EMPTY = Buffer.alloc(0);
 
 function ekHash(ek: TpmtPublic): HashInfo {
   const h = hashByAlg(ek.nameAlg);
@@ -50,7 +54,7 @@ function makeSeed(ek: TpmtPublic, h: HashInfo): { seed: Buffer; secret: Buffer }
     const key = publicToKeyObject(ek);
     try {
       const secret = publicEncrypt(
-        { key, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: h.name, oaepLabel: Buffer.from(`${IDENTITY}\0`, 'latin1') },
+        { key, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: h.name, oaepLabel: OAEP_LABEL },
         seed,
       );
       return { seed, secret };
@@ -89,10 +93,10 @@ export function makeCredential(ek: TpmtPublic, akName: Buffer, credential: Buffe
     throw new SigilError('tpm.credential_invalid', `credential must be 1..${h.size} bytes for an EK with nameAlg ${h.name}`);
   }
   const { seed, secret } = makeSeed(ek, h);
-  const symKey = kdfa(h.name, seed, 'STORAGE', akName, Buffer.alloc(0), ek.symmetric.keyBits);
-  const c = createCipheriv(cipher, symKey, Buffer.alloc(16));
+  const symKey = kdfa(h.name, seed, 'STORAGE', akName, EMPTY, ek.symmetric.keyBits);
+  const c = createCipheriv(cipher, symKey, ZERO_IV);
   const encIdentity = Buffer.concat([c.update(encodeDigest2b(credential)), c.final()]);
-  const hmacKey = kdfa(h.name, seed, 'INTEGRITY', Buffer.alloc(0), Buffer.alloc(0), h.size * 8);
+  const hmacKey = kdfa(h.name, seed, 'INTEGRITY', EMPTY, EMPTY, h.size * 8);
   const outerHmac = createHmac(h.name, hmacKey).update(encIdentity).update(akName).digest();
   // The seed and the keys made from it protect the credential: gone once the blob is made.
   seed.fill(0);

@@ -326,6 +326,15 @@ interface CacheEntry {
   notAfter: number;
 }
 
+/** A chain remembered by its texts: the intermediates' texts as they were sent (the EK certificate's is the map key). */
+interface TextEntry {
+  intermediates: readonly string[];
+  entry: CacheEntry;
+}
+
+/** Chains kept per EK certificate text (other intermediates sent with the same certificate). */
+const TEXT_VARIANTS_MAX = 4;
+
 /**
  * Validates EK certificates against an EkTrustStore. Successful chains are cached per
  * (certificate, intermediates) so repeated attestations skip the signature checks; the
@@ -333,8 +342,15 @@ interface CacheEntry {
  */
 export class EkCertVerifier {
   private readonly cache = new Map<string, CacheEntry>();
-  /** The same results by the certificates' base64 texts (see verifyTexts). */
-  private readonly textCache = new Map<string, CacheEntry>();
+  /**
+   * The same results by the certificates' base64 texts (see verifyTexts): by the EK certificate's
+   * text, then the intermediates' texts compared one by one, most recently used first. Keyed so,
+   * a lookup hashes only the certificate's text (once per string: V8 keeps a string's hash) and
+   * compares the others, instead of joining ~2–3 KB of texts into a new key and hashing that on
+   * every call. `textEntries` counts the chains held, bounded by maxCache as before.
+   */
+  private readonly textCache = new Map<string, TextEntry[]>();
+  private textEntries = 0;
 
   constructor(
     readonly trust: EkTrustStore,
@@ -368,16 +384,75 @@ export class EkCertVerifier {
     if (intermediates.length > EK_LIMITS.intermediates) {
       throw new SigilError('tpm.ek_cert_malformed', `more than ${EK_LIMITS.intermediates} EK intermediate certificates`);
     }
-    // The lengths first, so the key names one list of texts whatever characters they hold (a text
-    // that is not base64 never gets into the cache, but it is looked up before it is decoded).
-    const total = ekCert.length + intermediates.reduce((n, t) => n + t.length, 0);
-    const key = total <= 16_000 ? `${ekCert.length}${intermediates.map((t) => `,${t.length}`).join('')}|${ekCert}${intermediates.join('')}` : undefined;
-    const hit = key === undefined ? undefined : cachedAt(this.textCache, key, at);
-    if (hit) return hit.result;
+    let total = ekCert.length;
+    for (const t of intermediates) total += t.length;
+    const keep = total <= 16_000;
+    if (keep) {
+      const hit = this.textHit(ekCert, intermediates, at);
+      if (hit) return hit.result;
+    }
     const result = await this.verify(decode(ekCert, -1), intermediates.map((t, i) => decode(t, i)), at);
-    if (key !== undefined) remember(this.textCache, key, entryFor(result), this.maxCache);
+    if (keep) this.rememberText(ekCert, intermediates, entryFor(result));
     return result;
   }
+
+  /**
+   * What verifyTexts answers from its memo, without a promise: the result for exactly these texts
+   * when it is kept and valid at `at`, else undefined (then call verifyTexts, which checks them).
+   */
+  cachedTexts(ekCert: string, intermediates: readonly string[], at: Date): EkChainResult | undefined {
+    if (intermediates.length > EK_LIMITS.intermediates) return undefined;
+    let total = ekCert.length;
+    for (const t of intermediates) total += t.length;
+    return total <= 16_000 ? this.textHit(ekCert, intermediates, at)?.result : undefined;
+  }
+
+  /** The chain kept for exactly these texts when `at` lies within its validity (moved to most recently used). */
+  private textHit(ekCert: string, intermediates: readonly string[], at: Date): CacheEntry | undefined {
+    const list = this.textCache.get(ekCert);
+    if (list === undefined) return undefined;
+    const i = list.findIndex((e) => sameTexts(e.intermediates, intermediates));
+    const e = list[i];
+    if (e === undefined) return undefined;
+    const t = at.getTime();
+    if (t < e.entry.notBefore || t > e.entry.notAfter) return undefined;
+    if (i > 0) {
+      list.splice(i, 1);
+      list.unshift(e);
+    }
+    this.textCache.delete(ekCert);
+    this.textCache.set(ekCert, list);
+    return e.entry;
+  }
+
+  private rememberText(ekCert: string, intermediates: readonly string[], entry: CacheEntry): void {
+    const list = this.textCache.get(ekCert) ?? [];
+    if (this.textCache.delete(ekCert)) this.textEntries -= list.length;
+    const i = list.findIndex((e) => sameTexts(e.intermediates, intermediates));
+    if (i >= 0) list.splice(i, 1);
+    list.unshift({ intermediates: [...intermediates], entry });
+    if (list.length > Math.min(TEXT_VARIANTS_MAX, this.maxCache)) list.length = Math.min(TEXT_VARIANTS_MAX, this.maxCache);
+    // Least recently used certificates first out, with their chains, until this list fits.
+    while (this.textEntries + list.length > this.maxCache) {
+      const oldest = this.textCache.entries().next().value as [string, TextEntry[]] | undefined;
+      if (oldest === undefined) break;
+      this.textCache.delete(oldest[0]);
+      this.textEntries -= oldest[1].length;
+    }
+    this.textCache.set(ekCert, list);
+    this.textEntries += list.length;
+  }
+
+  /** Chains held by text (for tests of the bound). */
+  get textCacheSize(): number {
+    return this.textEntries;
+  }
+}
+
+function sameTexts(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** The cached entry for `key` when `at` lies within its validity (moved to most recently used). */

@@ -11,6 +11,19 @@ function labelBytes(label: string): Buffer {
   return b.length > 0 && b[b.length - 1] === 0 ? b : Buffer.concat([b, Buffer.from([0])]);
 }
 
+/** Labels as bytes, for the few labels the code uses (shared: read only; a label is public). */
+const LABELS = new Map<string, Buffer>();
+const LABELS_MAX = 16;
+
+function labelBytesCached(label: string): Buffer {
+  let b = LABELS.get(label);
+  if (b === undefined) {
+    b = labelBytes(label);
+    if (LABELS.size < LABELS_MAX) LABELS.set(label, b);
+  }
+  return b;
+}
+
 function u32(v: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(v >>> 0);
@@ -27,21 +40,32 @@ function truncateBits(out: Buffer, bits: number): Buffer {
 
 /** KDFa(hash, key, label, contextU, contextV, bits). */
 export function kdfa(hash: HashName, key: Buffer, label: string, contextU: Buffer, contextV: Buffer, bits: number): Buffer {
-  const lab = labelBytes(label);
-  const lenField = u32(bits);
+  const lab = labelBytesCached(label);
+  // The HMAC input of one block, i ‖ label ‖ contextU ‖ contextV ‖ bits, in one buffer given in
+  // one update (each update is a call into the native side). It holds no key material, so it may
+  // come from Node's shared pool (every byte is written below).
+  const input = Buffer.allocUnsafe(4 + lab.length + contextU.length + contextV.length + 4);
+  let at = 4;
+  at += lab.copy(input, at);
+  at += contextU.copy(input, at);
+  at += contextV.copy(input, at);
+  input.writeUInt32BE(bits >>> 0, at);
   const blocks: Buffer[] = [];
   let have = 0;
   for (let i = 1; have * 8 < bits; i++) {
-    const block = createHmac(hash, key).update(u32(i)).update(lab).update(contextU).update(contextV).update(lenField).digest();
+    input.writeUInt32BE(i >>> 0, 0);
+    const block = createHmac(hash, key).update(input).digest();
     blocks.push(block);
     have += block.length;
   }
-  return truncateBits(Buffer.concat(blocks), bits);
+  const out = truncateBits(blocks.length === 1 ? blocks[0]! : Buffer.concat(blocks), bits);
+  for (const b of blocks) b.fill(0);
+  return out;
 }
 
 /** KDFe(hash, Z, label, partyUInfo, partyVInfo, bits). */
 export function kdfe(hash: HashName, z: Buffer, label: string, partyUInfo: Buffer, partyVInfo: Buffer, bits: number): Buffer {
-  const lab = labelBytes(label);
+  const lab = labelBytesCached(label);
   const blocks: Buffer[] = [];
   let have = 0;
   for (let i = 1; have * 8 < bits; i++) {

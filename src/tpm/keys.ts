@@ -48,7 +48,44 @@ interface CachedKey {
 const keyCache = new Map<string, CachedKey>();
 const KEY_CACHE_MAX = 4096;
 
+/**
+ * The entry last found for a public area object, with a copy of the key bytes it was found by.
+ * Callers hand in the same (memoized, frozen) area several times per attestation, and building the
+ * text key (base64 of the modulus, then hashing it) cost more than the lookup saves. A hit is
+ * still decided by the key bytes: the copy must equal the area's current ones, else the text-keyed
+ * cache decides as before. Entries live only as long as their area objects.
+ */
+interface AreaHit {
+  entry: CachedKey;
+  type: TpmtPublic['type'];
+  /** RSA: the exponent; ECC: the curve ID. */
+  param: number;
+  /** RSA: the modulus; ECC: x. */
+  a: Buffer;
+  /** ECC: y (empty for RSA). */
+  b: Buffer;
+}
+const byArea = new WeakMap<TpmtPublic, AreaHit>();
+
+function sameKeyBytes(hit: AreaHit, pub: TpmtPublic): boolean {
+  if (pub.type === 'rsa') return hit.type === 'rsa' && hit.param === pub.exponent && hit.a.equals(pub.modulus);
+  return hit.type === 'ecc' && hit.param === pub.curveId && hit.a.equals(pub.x) && hit.b.equals(pub.y);
+}
+
 function cached(pub: TpmtPublic): CachedKey {
+  const seen = byArea.get(pub);
+  if (seen !== undefined && sameKeyBytes(seen, pub)) return seen.entry;
+  const entry = cachedByText(pub);
+  byArea.set(
+    pub,
+    pub.type === 'rsa'
+      ? { entry, type: 'rsa', param: pub.exponent, a: Buffer.from(pub.modulus), b: Buffer.alloc(0) }
+      : { entry, type: 'ecc', param: pub.curveId, a: Buffer.from(pub.x), b: Buffer.from(pub.y) },
+  );
+  return entry;
+}
+
+function cachedByText(pub: TpmtPublic): CachedKey {
   const id = pub.type === 'rsa' ? `rsa:${pub.exponent}:${pub.modulus.toString('base64')}` : `ecc:${pub.curveId}:${pub.x.toString('base64')}:${pub.y.toString('base64')}`;
   const hit = keyCache.get(id);
   if (hit) {

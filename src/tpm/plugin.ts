@@ -44,8 +44,8 @@ import {
   verifyQuote,
   type PcrValue,
 } from './quote.js';
-import { encodePcrSelection, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from './structures.js';
-import { tpmClaims, tpmSelectors } from './verify.js';
+import { encodePcrSelection, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection, type PcrSelection } from './structures.js';
+import { pcrHexOf, tpmClaims, tpmSelectors } from './verify.js';
 import { EventLogCheckCache, EVENTLOG_DEFAULT_MAX_BYTES } from './eventlog/index.js';
 import { poolRandomBytes } from './random.js';
 import { PublicAreaMemo } from './public-memo.js';
@@ -72,10 +72,15 @@ function decodeStateCert(text: string, index: number): Buffer {
 }
 
 function strictObject(v: unknown, what: string, code: string, required: string[], optional: string[] = []): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new SigilError(code, `${what} must be a JSON object`);
+  return strictObjectNamed(v, () => what, code, required, optional);
+}
+
+/** strictObject whose name is made only for an error message. */
+function strictObjectNamed(v: unknown, what: () => string, code: string, required: string[], optional: string[] = []): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new SigilError(code, `${what()} must be a JSON object`);
   const o = v as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!required.includes(k) && !optional.includes(k)) throw new SigilError(code, `${what} has unknown field ${k}`);
-  for (const k of required) if (o[k] === undefined) throw new SigilError(code, `${what} lacks ${k}`);
+  for (const k of Object.keys(o)) if (!required.includes(k) && !optional.includes(k)) throw new SigilError(code, `${what()} has unknown field ${k}`);
+  for (const k of required) if (o[k] === undefined) throw new SigilError(code, `${what()} lacks ${k}`);
   return o;
 }
 
@@ -210,11 +215,16 @@ function parseState(state: unknown): TpmSessionState {
   return o as unknown as TpmSessionState;
 }
 
+const PCR_VALUE_FIELDS = ['bank', 'index', 'value'];
+
 function parsePcrValuesJson(v: unknown): PcrValue[] {
   if (!Array.isArray(v)) throw new SigilError('tpm.bad_response', 'pcrValues must be an array');
   if (v.length > 24 * BANKS.length) throw new SigilError('tpm.bad_response', 'pcrValues has too many entries');
-  return v.map((e, i) => {
-    const o = strictObject(e, `pcrValues[${i}]`, 'tpm.bad_response', ['bank', 'index', 'value']);
+  const out: PcrValue[] = [];
+  for (let i = 0; i < v.length; i++) {
+    const e: unknown = v[i];
+    // The entry's name is built only for a message (strictObjectNamed): a response has up to 96.
+    const o = strictObjectNamed(e, () => `pcrValues[${i}]`, 'tpm.bad_response', PCR_VALUE_FIELDS);
     const h = typeof o.bank === 'string' ? hashByName(o.bank) : undefined;
     if (!h) throw new SigilError('tpm.bad_response', `pcrValues[${i}].bank is not sha1, sha256, sha384 or sha512`);
     if (!Number.isInteger(o.index) || (o.index as number) < 0 || (o.index as number) > 31) {
@@ -223,8 +233,10 @@ function parsePcrValuesJson(v: unknown): PcrValue[] {
     if (typeof o.value !== 'string' || !/^[0-9a-fA-F]*$/.test(o.value) || o.value.length !== h.size * 2) {
       throw new SigilError('tpm.bad_response', `pcrValues[${i}].value must be ${h.size * 2} hex digits`);
     }
-    return { bank: h.name, index: o.index as number, value: Buffer.from(o.value, 'hex') };
-  });
+    const value = Buffer.from(o.value, 'hex');
+    out.push({ bank: h.name, index: o.index as number, value });
+  }
+  return out;
 }
 
 /** Reads the ekCa files (PEM bundles or DER) named in the config, resolved against configDir. */
@@ -249,6 +261,8 @@ export async function loadEkCaFiles(paths: string[], configDir: string): Promise
 
 export class TpmVerifier implements NodeAttestorVerifier {
   private readonly pcrSelectionWire: Buffer;
+  /** The same selection parsed (read only), as every quote must carry it. */
+  private readonly expectedSelection: PcrSelection[];
   /** Outcomes of event log checks (pure, keyed by log, quoted PCRs and unlogged PCRs). */
   private readonly eventLogChecks = new EventLogCheckCache();
   /** Decodes a log text the memo has not seen; its bytes are read only within the check. */
@@ -265,6 +279,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     private readonly measured: MeasuredBootConfig & { imaPolicy?: ImaPolicy } = { requireEventLog: false, unloggedPcrs: [10] },
   ) {
     this.pcrSelectionWire = encodePcrSelection(selection);
+    this.expectedSelection = parsePcrSelection(this.pcrSelectionWire);
   }
 
   /**
@@ -300,7 +315,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     const akArea = this.publics.get(h.akPub, 'akPub', 'tpm.bad_hello');
     const ak = akArea.pub;
     checkEkPublic(ekPub);
-    const chain = await this.ek.verifyTexts(h.ekCert, interTexts, session.now, decodeHelloCert);
+    const chain = this.ek.cachedTexts(h.ekCert, interTexts, session.now) ?? (await this.ek.verifyTexts(h.ekCert, interTexts, session.now, decodeHelloCert));
     const leaf = chain.chain[0];
     if (!leaf) throw new SigilError('tpm.ek_untrusted', 'empty EK chain');
     checkEkPublicMatches(leaf, ekPub);
@@ -384,12 +399,12 @@ export class TpmVerifier implements NodeAttestorVerifier {
       quote: quoteBytes,
       signature: sigBytes,
       qualifyingData: session.binding,
-      expectedSelection: parsePcrSelection(this.pcrSelectionWire),
+      expectedSelection: this.expectedSelection,
       pcrValues,
       hashAllowlist: this.hashAllowlist,
     });
     // The EK chain was validated in begin(); this is a cache hit that re-checks validity times.
-    const chain = await this.ek.verifyTexts(st.ekCert, st.ekIntermediates, session.now, decodeStateCert);
+    const chain = this.ek.cachedTexts(st.ekCert, st.ekIntermediates, session.now) ?? (await this.ek.verifyTexts(st.ekCert, st.ekIntermediates, session.now, decodeStateCert));
 
     const key = counterKey(st.ekPubHash);
     let prevRaw: unknown;
@@ -408,7 +423,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
     }
     const next = checkCounters(prevRaw, quote.attest.clockInfo);
 
-    const input = { ekPubHash: st.ekPubHash, chain, pcrs: quote.pcrs };
+    const input = { ekPubHash: st.ekPubHash, chain, pcrs: quote.pcrs, pcrHex: pcrHexOf(quote) };
     let measured: ReturnType<TpmVerifier['checkMeasuredBoot']>;
     try {
       measured = this.checkMeasuredBoot(quote.pcrs ?? [], eventLogText, imaLogBytes, st.ima, imaTail);
@@ -421,11 +436,13 @@ export class TpmVerifier implements NodeAttestorVerifier {
     // Stored by commit(), only once every factor of the session passed, and only if the stored
     // counters are still the ones checked here (compare-and-set on exactly what was read).
     pendingCounters.set(state as object, { key, expected: prevRaw, next, ...(measured.imaProgress ? { ima: { key: imaKey(st.ekPubHash), next: measured.imaProgress } } : {}) });
-    return {
-      selectors: [...tpmSelectors(input), ...measured.selectors],
-      claims: { ...tpmClaims({ ...input, ak, akName: akArea.name(), quote }), akBoundToEk: true, ...measured.claims },
-      agentIdSuffix: st.ekPubHash,
-    };
+    // Built in place rather than by spreading (same keys, same order).
+    const selectors = tpmSelectors(input);
+    for (const s of measured.selectors) selectors.push(s);
+    const claims = tpmClaims({ ...input, ak, akName: akArea.name(), quote });
+    claims.akBoundToEk = true;
+    Object.assign(claims, measured.claims);
+    return { selectors, claims, agentIdSuffix: st.ekPubHash };
   }
 
   /**

@@ -145,14 +145,15 @@ export function constantTimeEqual(a: Buffer, b: Buffer): boolean {
 
 /** Order `values` by `selection` (bank order, PCR index ascending); each selected PCR exactly once. */
 export function orderPcrValues(selection: PcrSelection[], values: PcrValue[]): PcrValue[] {
-  const map = new Map<string, PcrValue>();
+  // Keyed by bank algorithm and index as one number (index ≤ 31): no key text per value.
+  const map = new Map<number, PcrValue>();
   for (const v of values) {
     const h = hashByName(v.bank);
     if (!h) throw new SigilError('tpm.pcr_values_invalid', `PCR bank ${String(v.bank)} is not supported`);
     if (!Number.isInteger(v.index) || v.index < 0 || v.index > 31) throw new SigilError('tpm.pcr_values_invalid', `PCR index ${v.index} is out of range`);
     if (v.value.length !== h.size) throw new SigilError('tpm.pcr_values_invalid', `PCR ${v.bank}:${v.index} value is ${v.value.length} bytes, ${v.bank} needs ${h.size}`);
-    const k = `${v.bank}:${v.index}`;
-    if (map.has(k)) throw new SigilError('tpm.pcr_values_invalid', `PCR ${k} is listed twice`);
+    const k = h.alg * 32 + v.index;
+    if (map.has(k)) throw new SigilError('tpm.pcr_values_invalid', `PCR ${v.bank}:${v.index} is listed twice`);
     map.set(k, v);
   }
   const out: PcrValue[] = [];
@@ -162,13 +163,15 @@ export function orderPcrValues(selection: PcrSelection[], values: PcrValue[]): P
     seenBanks.add(s.hashAlg);
     const bank = hashByAlg(s.hashAlg)?.name;
     for (const i of s.pcrs) {
-      const v = bank ? map.get(`${bank}:${i}`) : undefined;
+      // Values have indices 0..31 only, so no other index finds one (nor may it alias another bank's key).
+      const k = s.hashAlg * 32 + i;
+      const v = bank !== undefined && Number.isInteger(i) && i >= 0 && i <= 31 ? map.get(k) : undefined;
       if (!v) throw new SigilError('tpm.pcr_values_invalid', `no value for quoted PCR ${bank ?? s.hashAlg}:${i}`);
       out.push(v);
-      map.delete(`${bank}:${i}`);
+      map.delete(k);
     }
   }
-  if (map.size > 0) throw new SigilError('tpm.pcr_values_invalid', `PCR values not in the quote's selection: ${[...map.keys()].join(', ')}`);
+  if (map.size > 0) throw new SigilError('tpm.pcr_values_invalid', `PCR values not in the quote's selection: ${[...map.values()].map((v) => `${v.bank}:${v.index}`).join(', ')}`);
   return out;
 }
 
@@ -271,15 +274,16 @@ export function isCounterState(v: unknown): v is CounterState {
 export function checkCounters(prev: CounterState | undefined, cur: ClockInfo): CounterState {
   const next: CounterState = { resetCount: cur.resetCount, restartCount: cur.restartCount, clock: cur.clock.toString() };
   if (!prev) return next;
-  const fail = (why: string): never => {
-    throw new SigilError('tpm.counter_rollback', `TPM clock went backwards: ${why}`);
-  };
-  if (cur.resetCount < prev.resetCount) fail(`resetCount ${cur.resetCount} < last seen ${prev.resetCount}`);
+  if (cur.resetCount < prev.resetCount) rollback(`resetCount ${cur.resetCount} < last seen ${prev.resetCount}`);
   if (cur.resetCount === prev.resetCount) {
-    if (cur.restartCount < prev.restartCount) fail(`restartCount ${cur.restartCount} < last seen ${prev.restartCount} (same resetCount ${cur.resetCount})`);
+    if (cur.restartCount < prev.restartCount) rollback(`restartCount ${cur.restartCount} < last seen ${prev.restartCount} (same resetCount ${cur.resetCount})`);
     if (cur.restartCount === prev.restartCount && cur.clock < BigInt(prev.clock)) {
-      fail(`clock ${cur.clock} < last seen ${prev.clock} (same resetCount ${cur.resetCount} and restartCount ${cur.restartCount})`);
+      rollback(`clock ${cur.clock} < last seen ${prev.clock} (same resetCount ${cur.resetCount} and restartCount ${cur.restartCount})`);
     }
   }
   return next;
+}
+
+function rollback(why: string): never {
+  throw new SigilError('tpm.counter_rollback', `TPM clock went backwards: ${why}`);
 }

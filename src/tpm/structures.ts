@@ -380,9 +380,16 @@ const ENCRYPTED_SECRET_MAX = LIMITS.rsaKey;
 
 /** TPM2B_ID_OBJECT = u16 size ‖ TPM2B_DIGEST(integrityHMAC) ‖ encIdentity. */
 export function encodeIdObject(integrityHmac: Buffer, encIdentity: Buffer): Buffer {
-  const inner = new TpmWriter().tpm2b(integrityHmac).bytes(encIdentity).toBuffer();
-  if (inner.length > ID_OBJECT_MAX) throw new SigilError('tpm.malformed_id_object', `ID object of ${inner.length} bytes exceeds ${ID_OBJECT_MAX}`);
-  return new TpmWriter().tpm2b(inner).toBuffer();
+  if (integrityHmac.length > 0xffff) throw new SigilError('tpm.encode_too_large', `TPM2B of ${integrityHmac.length} bytes exceeds 65535`);
+  const inner = 2 + integrityHmac.length + encIdentity.length;
+  if (inner > ID_OBJECT_MAX) throw new SigilError('tpm.malformed_id_object', `ID object of ${inner} bytes exceeds ${ID_OBJECT_MAX}`);
+  // size ‖ (size ‖ integrityHMAC ‖ encIdentity), written in place (the TpmWriter's parts cost more than the bytes).
+  const out = Buffer.allocUnsafe(2 + inner); // every byte is written; the blob is public
+  out.writeUInt16BE(inner, 0);
+  out.writeUInt16BE(integrityHmac.length, 2);
+  integrityHmac.copy(out, 4);
+  encIdentity.copy(out, 4 + integrityHmac.length);
+  return out;
 }
 
 /** Parse a TPM2B_ID_OBJECT that fills `buf` exactly. */

@@ -18,6 +18,13 @@ export interface TpmSelectorInput {
   ekPubHash: string;
   chain: EkChainResult;
   pcrs: PcrValue[] | null;
+  /** The PCR values in lowercase hex, in the order of `pcrs`, when the caller has them (selectors and claims both need them). */
+  pcrHex?: readonly string[];
+}
+
+/** The values of `v.pcrs` in lowercase hex. */
+export function pcrHexOf(v: { pcrs: PcrValue[] | null; pcrHex?: readonly string[] }): readonly string[] {
+  return v.pcrHex ?? (v.pcrs ?? []).map((p) => p.value.toString('hex'));
 }
 
 /** Selectors of DESIGN §4 for verified TPM facts. */
@@ -28,7 +35,8 @@ export function tpmSelectors(v: TpmSelectorInput): string[] {
   if (id.model !== undefined) s.push(`tpm:ek_model:${id.model}`);
   if (id.version !== undefined) s.push(`tpm:ek_version:${id.version}`);
   s.push(`tpm:ek_ca:${v.chain.anchor.sha256}`);
-  for (const p of v.pcrs ?? []) s.push(`tpm:pcr:${p.bank}:${p.index}:${p.value.toString('hex')}`);
+  const hex = pcrHexOf(v);
+  (v.pcrs ?? []).forEach((p, i) => s.push(`tpm:pcr:${p.bank}:${p.index}:${hex[i]}`));
   return s;
 }
 
@@ -38,7 +46,8 @@ export function tpmClaims(v: TpmSelectorInput & { ak: TpmtPublic; akName?: Buffe
   const leaf = v.chain.chain[0];
   const ci = v.quote.attest.clockInfo;
   const pcrs: Record<string, Record<string, string>> = {};
-  for (const p of v.pcrs ?? []) (pcrs[p.bank] ??= {})[String(p.index)] = p.value.toString('hex');
+  const hex = pcrHexOf(v);
+  (v.pcrs ?? []).forEach((p, i) => ((pcrs[p.bank] ??= {})[String(p.index)] = hex[i]!));
   return {
     ekPubHash: v.ekPubHash,
     ekCa: v.chain.anchor.sha256,
