@@ -139,3 +139,102 @@ describe('long-poll index', () => {
     for (const h of held.values()) expect(h.answer).not.toBe('pending');
   });
 });
+
+/**
+ * The change feed delivered by hand (the SQLite store's own reports are not subscribed), to play the
+ * orders a shared PostgreSQL can produce: this verifier's own write reported at once, another
+ * verifier's earlier write arriving by NOTIFY after it.
+ */
+function handFed(s: SqliteStore): { store: SqliteStore; feed: (c: { fromRevision: number; toRevision: number; entries: { parentId: string; selectors: string[] }[] | null }) => void } {
+  let listener: ((c: Parameters<Parameters<SqliteStore['watchEntries']>[0]>[0]) => void) | undefined;
+  const fake = Object.create(s) as SqliteStore;
+  fake.watchEntries = (l) => {
+    listener = l;
+    return { currentRevision: () => undefined, close: () => undefined };
+  };
+  return { store: fake, feed: (c) => listener?.(c) };
+}
+
+describe('long-poll and the order of change reports', () => {
+  const A = agent(`spiffe://${TD}/sigil/agent/join_token/x`, []);
+  const B = agent(`spiffe://${TD}/sigil/agent/join_token/y`, []);
+
+  async function setup(): Promise<{ cache: AuthorizedSetCache; feed: ReturnType<typeof handFed>['feed']; s: SqliteStore }> {
+    store = new SqliteStore(':memory:');
+    await store.createEntry(newEntry(`spiffe://${TD}/w/first`, A.id));
+    const h = handFed(store);
+    const cache = new AuthorizedSetCache(h.store, TD, () => new Date());
+    caches.push(cache);
+    return { cache, feed: h.feed, s: store };
+  }
+
+  const hold = (cache: AuthorizedSetCache, a: AgentRecord, set: AuthorizedSet, ms = 60_000) => {
+    let answer: AuthorizedSet | undefined | 'pending' = 'pending';
+    void cache.waitForChange(a, set, ms, async () => a, () => undefined).then((s) => (answer = s));
+    return () => answer;
+  };
+
+  it('a write reported after a later one (another verifier\'s NOTIFY) still answers the long-poll it touches', async () => {
+    const { cache, feed, s } = await setup();
+    const set = await cache.get(A);
+    const answer = hold(cache, A, set);
+    const mine = await s.createEntry(newEntry(`spiffe://${TD}/w/touches-A`, A.id)); // revision n
+    const other = await s.createEntry(newEntry(`spiffe://${TD}/w/elsewhere`, B.id)); // revision n + 1
+    feed({ fromRevision: other.revisionNumber - 1, toRevision: other.revisionNumber, entries: [{ parentId: B.id, selectors: other.selectors }] });
+    await settle();
+    expect(answer()).toBe('pending');
+    feed({ fromRevision: mine.revisionNumber - 1, toRevision: mine.revisionNumber, entries: [{ parentId: A.id, selectors: mine.selectors }] });
+    await settle();
+    await settle();
+    const got = answer();
+    expect(got).not.toBe('pending');
+    expect((got as AuthorizedSet).entries.map((e) => e.spiffeId)).toContain(`spiffe://${TD}/w/touches-A`);
+    // Reported again (the NOTIFY of a write this process reported): not a change, nothing re-evaluated.
+    const again = hold(cache, A, got as AuthorizedSet);
+    feed({ fromRevision: mine.revisionNumber - 1, toRevision: mine.revisionNumber, entries: [{ parentId: A.id, selectors: mine.selectors }] });
+    await settle();
+    expect(again()).toBe('pending');
+  });
+
+  it('a change reported between computing a set and holding it answers the long-poll at once', async () => {
+    const { cache, feed, s } = await setup();
+    const set = await cache.get(A);
+    const e = await s.createEntry(newEntry(`spiffe://${TD}/w/raced`, A.id));
+    feed({ fromRevision: e.revisionNumber - 1, toRevision: e.revisionNumber, entries: [{ parentId: A.id, selectors: e.selectors }] });
+    const answer = hold(cache, A, set);
+    await settle();
+    await settle();
+    const got = answer();
+    expect(got).not.toBe('pending');
+    expect((got as AuthorizedSet).entries.map((x) => x.spiffeId)).toContain(`spiffe://${TD}/w/raced`);
+  });
+
+  it('a long-poll that ends untouched leaves its set current through the changes examined meanwhile; not across a gap in the feed', async () => {
+    const { cache, feed, s } = await setup();
+    const set = await cache.get(A);
+    const answer = hold(cache, A, set, 300);
+    for (let i = 0; i < 20; i++) {
+      const e = await s.createEntry(newEntry(`spiffe://${TD}/w/b${i}`, B.id));
+      feed({ fromRevision: e.revisionNumber - 1, toRevision: e.revisionNumber, entries: [{ parentId: B.id, selectors: e.selectors }] });
+    }
+    await new Promise((r) => setTimeout(r, 400));
+    expect(answer()).toBeUndefined();
+    const before = cache.counters();
+    expect(await cache.get(A)).toBe(set);
+    expect(cache.counters().hits).toBe(before.hits + 1);
+    expect(cache.counters().revalidated).toBe(before.revalidated);
+
+    // A gap: revisions nobody described went by while the long-poll was held. The set may not be
+    // taken as current through them: it is computed again (when the waiter is re-evaluated, or at
+    // the next call at the latest).
+    const answer2 = hold(cache, A, set, 300);
+    const c0 = cache.counters();
+    await s.createEntry(newEntry(`spiffe://${TD}/w/undescribed`, B.id));
+    const e = await s.createEntry(newEntry(`spiffe://${TD}/w/after-gap`, B.id));
+    feed({ fromRevision: e.revisionNumber - 1, toRevision: e.revisionNumber, entries: [{ parentId: B.id, selectors: e.selectors }] });
+    await new Promise((r) => setTimeout(r, 400));
+    expect(answer2()).toBeUndefined();
+    await cache.get(A);
+    expect(cache.counters().computed).toBeGreaterThanOrEqual(c0.computed + 1);
+  });
+});
