@@ -28,17 +28,28 @@ export interface PcrValue {
   value: Buffer;
 }
 
+/** Attributes an AK must have: bit, error code, name (in the order they are checked). */
+const AK_NEEDS: readonly (readonly [number, string, string])[] = [
+  [TPMA_OBJECT.fixedTPM, 'tpm.ak_not_fixed_tpm', 'fixedTPM'],
+  [TPMA_OBJECT.fixedParent, 'tpm.ak_not_fixed_parent', 'fixedParent'],
+  [TPMA_OBJECT.sensitiveDataOrigin, 'tpm.ak_not_sensitive_data_origin', 'sensitiveDataOrigin'],
+  [TPMA_OBJECT.restricted, 'tpm.ak_not_restricted', 'restricted'],
+  [TPMA_OBJECT.sign, 'tpm.ak_not_signing', 'sign'],
+];
+
+/** Attributes an EK must have: bit, name. */
+const EK_NEEDS: readonly (readonly [number, string])[] = [
+  [TPMA_OBJECT.fixedTPM, 'fixedTPM'],
+  [TPMA_OBJECT.fixedParent, 'fixedParent'],
+  [TPMA_OBJECT.sensitiveDataOrigin, 'sensitiveDataOrigin'],
+  [TPMA_OBJECT.restricted, 'restricted'],
+  [TPMA_OBJECT.decrypt, 'decrypt'],
+];
+
 /** Attribute checks for an attestation key: restricted signing key that never leaves the TPM. */
 export function checkAkPublic(ak: TpmtPublic): void {
   const a = ak.objectAttributes;
-  const need: [number, string, string][] = [
-    [TPMA_OBJECT.fixedTPM, 'tpm.ak_not_fixed_tpm', 'fixedTPM'],
-    [TPMA_OBJECT.fixedParent, 'tpm.ak_not_fixed_parent', 'fixedParent'],
-    [TPMA_OBJECT.sensitiveDataOrigin, 'tpm.ak_not_sensitive_data_origin', 'sensitiveDataOrigin'],
-    [TPMA_OBJECT.restricted, 'tpm.ak_not_restricted', 'restricted'],
-    [TPMA_OBJECT.sign, 'tpm.ak_not_signing', 'sign'],
-  ];
-  for (const [bit, code, name] of need) {
+  for (const [bit, code, name] of AK_NEEDS) {
     if ((a & bit) === 0) throw new SigilError(code, `attestation key lacks the ${name} attribute (attributes 0x${a.toString(16)})`);
   }
   if ((a & TPMA_OBJECT.decrypt) !== 0) throw new SigilError('tpm.ak_decrypt_set', 'attestation key has the decrypt attribute set (must be a signing-only key)');
@@ -63,14 +74,7 @@ export function checkAkPublic(ak: TpmtPublic): void {
 /** Attribute checks for an endorsement key: restricted decryption key that never leaves the TPM. */
 export function checkEkPublic(ek: TpmtPublic): void {
   const a = ek.objectAttributes;
-  const need: [number, string][] = [
-    [TPMA_OBJECT.fixedTPM, 'fixedTPM'],
-    [TPMA_OBJECT.fixedParent, 'fixedParent'],
-    [TPMA_OBJECT.sensitiveDataOrigin, 'sensitiveDataOrigin'],
-    [TPMA_OBJECT.restricted, 'restricted'],
-    [TPMA_OBJECT.decrypt, 'decrypt'],
-  ];
-  for (const [bit, name] of need) {
+  for (const [bit, name] of EK_NEEDS) {
     if ((a & bit) === 0) throw new SigilError('tpm.ek_attributes_invalid', `endorsement key lacks the ${name} attribute (attributes 0x${a.toString(16)})`);
   }
   if ((a & TPMA_OBJECT.sign) !== 0) throw new SigilError('tpm.ek_attributes_invalid', 'endorsement key has the sign attribute set');

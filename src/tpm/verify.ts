@@ -36,7 +36,8 @@ export function tpmSelectors(v: TpmSelectorInput): string[] {
   if (id.version !== undefined) s.push(`tpm:ek_version:${id.version}`);
   s.push(`tpm:ek_ca:${v.chain.anchor.sha256}`);
   const hex = pcrHexOf(v);
-  (v.pcrs ?? []).forEach((p, i) => s.push(`tpm:pcr:${p.bank}:${p.index}:${hex[i]}`));
+  const pcrs = v.pcrs ?? [];
+  for (let i = 0; i < pcrs.length; i++) s.push(`tpm:pcr:${pcrs[i]!.bank}:${pcrs[i]!.index}:${hex[i]}`);
   return s;
 }
 
@@ -47,7 +48,8 @@ export function tpmClaims(v: TpmSelectorInput & { ak: TpmtPublic; akName?: Buffe
   const ci = v.quote.attest.clockInfo;
   const pcrs: Record<string, Record<string, string>> = {};
   const hex = pcrHexOf(v);
-  (v.pcrs ?? []).forEach((p, i) => ((pcrs[p.bank] ??= {})[String(p.index)] = hex[i]!));
+  const list = v.pcrs ?? [];
+  for (let i = 0; i < list.length; i++) (pcrs[list[i]!.bank] ??= {})[String(list[i]!.index)] = hex[i]!;
   return {
     ekPubHash: v.ekPubHash,
     ekCa: v.chain.anchor.sha256,

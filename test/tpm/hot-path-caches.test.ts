@@ -229,3 +229,55 @@ describe('tpmSelectors / tpmClaims with the PCR hex handed in', () => {
     expect(tpmClaims({ ...withHex, ak, quote })).toStrictEqual(tpmClaims({ ...base, ak, quote }));
   });
 });
+
+describe('finish: response entries checked without Object.keys lists or names made up front', () => {
+  it('refuses unknown own fields and missing ones with the same messages; inherited enumerable keys are not fields', async () => {
+    const { TpmVerifier } = await import('../../src/tpm/plugin.js');
+    const { MemoryState } = await import('./memory-state.js');
+    const { sessionBinding } = await import('../../src/plugins/binding.js');
+    const { activateCredentialSoftware, syntheticQuote } = await import('./synthetic.js');
+    const root = await makeRoot('Finish Root');
+    const inter = await makeIntermediate('Finish CA', root);
+    const ek = rsaKeyPair();
+    const ak = rsaKeyPair();
+    const akPub = akPublicFor(ak.publicKey);
+    const hello = {
+      ekCert: (await makeEkCert(ek.publicKey, inter, { notBefore: new Date(Date.now() - 86_400_000) })).toString('base64'),
+      ekIntermediates: [inter.der.toString('base64')],
+      ekPub: ekPublicFor(ek.publicKey).toString('base64'),
+      akPub: akPub.toString('base64'),
+    };
+    const v = new TpmVerifier(new EkCertVerifier(new EkTrustStore([root.der])), [{ bank: 'sha256', pcrs: [7] }], ['sha256'], { state: new MemoryState() });
+    let clock = 10n;
+    const attempt = async (entry: (e: Record<string, unknown>) => unknown): Promise<string> => {
+      const nonce = randomBytes(32);
+      const csrSpki = p256KeyPair().publicKey.export({ type: 'spki', format: 'der' });
+      const s = { nonce, csrSpki, binding: sessionBinding(nonce, csrSpki), now: new Date() };
+      const b = await v.begin(hello, s);
+      const c = b.challenge as { credentialBlob: string; encryptedSecret: string };
+      const secret = activateCredentialSoftware(ek.privateKey, akPub, Buffer.from(c.credentialBlob, 'base64'), Buffer.from(c.encryptedSecret, 'base64'));
+      const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [7] }], values: new Map([['sha256:7', Buffer.alloc(32, 7)]]), clock: clock++, resetCount: 1, restartCount: 0 });
+      const response = {
+        secret: secret.toString('base64'),
+        quote: q.attest.toString('base64'),
+        signature: q.signature.toString('base64'),
+        pcrValues: [entry({ bank: 'sha256', index: 7, value: '07'.repeat(32) })],
+      };
+      try {
+        await v.finish(response, b.state, s);
+        return 'ok';
+      } catch (e) {
+        return `${(e as SigilError).code}: ${(e as Error).message}`;
+      }
+    };
+    expect(await attempt((e) => e)).toBe('ok');
+    expect(await attempt((e) => ({ ...e, extra: 1 }))).toBe('tpm.bad_response: pcrValues[0] has unknown field extra');
+    expect(await attempt((e) => ({ bank: e.bank, index: e.index }))).toBe('tpm.bad_response: pcrValues[0] lacks value');
+    expect(await attempt(() => 'x')).toBe('tpm.bad_response: pcrValues[0] must be a JSON object');
+    expect(await attempt(() => [1])).toBe('tpm.bad_response: pcrValues[0] must be a JSON object');
+    // An inherited enumerable key is not an own field (Object.keys never listed it).
+    expect(await attempt((e) => Object.assign(Object.create({ inherited: 1 }) as object, e))).toBe('ok');
+    expect(await attempt((e) => ({ ...e, value: `${'07'.repeat(31)}0g` }))).toBe('tpm.bad_response: pcrValues[0].value must be 64 hex digits');
+    expect(await attempt((e) => ({ ...e, value: `${'07'.repeat(31)}0\u0130` }))).toBe('tpm.bad_response: pcrValues[0].value must be 64 hex digits');
+  });
+});
