@@ -44,6 +44,9 @@ export function decodeCanonicalInto(text: string, target: Buffer, field: string)
   const pad = eq < 0 ? 0 : len - eq;
   if (pad > 2 || (pad === 2 && text.charCodeAt(len - 1) !== 0x3d)) return notCanonical();
   if (text.indexOf('-') >= 0 || text.indexOf('_') >= 0) return notCanonical();
+  // Node's decoder reads a character by its low byte, so 'š' (U+0161) decodes as 'a' would: only
+  // ASCII text is base64 at all (one UTF-8 byte per character exactly when every one is ASCII).
+  if (Buffer.byteLength(text, 'utf8') !== len) return notCanonical();
   const want = (len / 4) * 3 - pad;
   if (target.length < want) throw new RangeError(`decodeCanonicalInto: ${target.length} bytes of room for ${want}`);
   const n = target.write(text, 0, 'base64');

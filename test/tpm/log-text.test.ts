@@ -79,6 +79,19 @@ describe('canonical base64 of measurement logs (decoded without encoding again)'
     expect(accepts('AQJ=')).toBeUndefined();
   });
 
+  it('refuses non-ASCII look-alikes that Node\'s decoder reads by their low byte', () => {
+    const text = Buffer.from('hello world!').toString('base64');
+    expect(text).toBe('aGVsbG8gd29ybGQh');
+    // U+0161 has the low byte 0x61 ('a'), U+0147 0x47 ('G'), U+FF2B 0x2b ('+'): each decodes as that character.
+    for (const bad of ['\u0161GVsbG8gd29ybGQh', 'a\u0147VsbG8gd29ybGQh', 'aGVsbG8gd29ybGQ\u0168', '\uff2b/+/AQ==']) {
+      expect(accepts(bad), JSON.stringify(bad)).toBeUndefined();
+    }
+    for (let c = 0x80; c < 0x10000; c += 0x3f) {
+      const t = String.fromCharCode(c) + text.slice(1);
+      expect(accepts(t), `U+${c.toString(16)}`).toBeUndefined();
+    }
+  });
+
   it('LogDecoder reuses its buffer and reads each text at its own length; decodeLogB64 gives a buffer of its own', () => {
     const d = new LogDecoder('imaLog', 1000);
     const big = randomBytes(700);
