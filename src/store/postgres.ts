@@ -32,6 +32,7 @@ import {
   type FederatedBundleColumns,
   type TokenColumns,
   agentFromRow,
+  EntryInterner,
   entriesChangeOf,
   entryFromRow,
   factorIdsOf,
@@ -597,8 +598,14 @@ export class PostgresStore implements DataStore {
     if (parentIds.length === 0) return [];
     // One array parameter, whatever the number of ids (no bound-parameter limit to chunk around).
     const r = await this.q<EntryColumns>('entriesByParents', `SELECT * FROM ${this.s}.entries WHERE parent_id = ANY($1::text[])`, [parentIds]);
-    return r.rows.map((row) => entryFromRow(row, PG_COLUMNS));
+    // The verifier keeps these entries (its authorized-set cache): one copy of each repeated string,
+    // as on SQLite (EntryInterner).
+    const intern = new EntryInterner(this.internedValues, parentIds);
+    return r.rows.map((row) => entryFromRow(row, PG_COLUMNS, intern));
   }
+
+  /** Selectors, times and other values shared by the entries entriesByParents returns (EntryInterner). */
+  private readonly internedValues = new Map<string, string>();
 
   async entriesRevision(): Promise<number> {
     const r = await this.q<{ v: string }>('entriesRevision', `SELECT value AS v FROM ${this.s}.meta WHERE key = 'entries_revision'`);

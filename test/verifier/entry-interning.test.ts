@@ -4,12 +4,14 @@
  * read one by one, and the cache's bodies and ETags are the same text as before.
  */
 import { createHash } from 'node:crypto';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { EntryInterner, INTERN_MAX_LENGTH, INTERN_MAX_VALUES, SHARED_EMPTY_LIST } from '../../src/store/rows.js';
+import { PostgresStore } from '../../src/store/postgres.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
-import type { AgentRecord, RegistrationEntry } from '../../src/store/types.js';
+import type { AgentRecord, DataStore, RegistrationEntry } from '../../src/store/types.js';
 import { AuthorizedSetCache } from '../../src/verifier/authorized-cache.js';
 import { newEntry } from '../support/entries.js';
+import { startPostgres, type PostgresHandle } from '../support/postgres.js';
 
 const TD = 'example.org';
 const VID = `spiffe://${TD}/sigil/verifier`;
@@ -58,15 +60,25 @@ describe('EntryInterner', () => {
   });
 });
 
-describe('SqliteStore.entriesByParents with interning', () => {
-  let store: SqliteStore | undefined;
+let pg: PostgresHandle | null = null;
+afterAll(async () => {
+  await pg?.stop();
+});
+
+for (const kind of ['sqlite', 'postgres'] as const) describe(`entriesByParents with interning (${kind})`, () => {
+  let store: DataStore | undefined;
   afterEach(async () => {
     await store?.close();
     store = undefined;
   });
 
-  it('returns the same entries as a read one by one; equal selector lists stay separate lists', async () => {
-    store = new SqliteStore(':memory:');
+  it('returns the same entries as a read one by one; equal selector lists stay separate lists', async ({ skip }) => {
+    if (kind === 'sqlite') store = new SqliteStore(':memory:');
+    else {
+      pg ??= await startPostgres();
+      if (!pg) return skip();
+      store = await PostgresStore.open(pg.url, { schema: 'interning_test' });
+    }
     const p1 = `spiffe://${TD}/node/p1`;
     const p2 = `spiffe://${TD}/node/p10`;
     const written = await store.createEntries([
