@@ -619,6 +619,11 @@ export class PostgresStore implements DataStore {
     return Number(r.rows[0]?.n ?? 0);
   }
 
+  async countAgents(): Promise<number> {
+    const r = await this.q<{ n: string }>('countAgents', `SELECT count(*) AS n FROM ${this.s}.agents`);
+    return Number(r.rows[0]?.n ?? 0);
+  }
+
   async upsertAgent(a: AgentRecord): Promise<boolean> {
     // One statement: on a conflict PostgreSQL locks the existing row and evaluates the DO UPDATE
     // WHERE against its latest committed version (READ COMMITTED), so a ban committed concurrently

@@ -169,6 +169,7 @@ export class SqliteStore implements DataStore {
       bumpRevision: db.prepare(`UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'entries_revision' RETURNING CAST(value AS INTEGER) AS v`),
       revision: db.prepare(`SELECT CAST(value AS INTEGER) AS v FROM meta WHERE key = 'entries_revision'`),
       countEntries: db.prepare('SELECT COUNT(*) AS n FROM entries'),
+      countAgents: db.prepare('SELECT COUNT(*) AS n FROM agents'),
       upsertAgent: db.prepare(
         `INSERT INTO agents (id, attestors, selectors, serial, svid_expires_at, attested_at, banned, factor_ids)
          VALUES (@id, @attestors, @selectors, @serial, @svid_expires_at, @attested_at, @banned, @factor_ids)
@@ -356,6 +357,10 @@ export class SqliteStore implements DataStore {
 
   async countEntries(): Promise<number> {
     return (this.stmt.countEntries!.get() as { n: number }).n;
+  }
+
+  async countAgents(): Promise<number> {
+    return (this.stmt.countAgents!.get() as { n: number }).n;
   }
 
   async upsertAgent(a: AgentRecord): Promise<boolean> {

@@ -220,6 +220,8 @@ export interface DataStore {
    */
   watchAgents(listener: AgentsListener): AgentsWatch;
   countEntries(): Promise<number>;
+  /** Agent records, banned ones included (what listAgents would return, counted in the database). */
+  countAgents(): Promise<number>;
 
   /**
    * Create or replace the agent record (node attestation), in one conditional write that never

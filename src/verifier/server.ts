@@ -242,7 +242,9 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
       const changed = rotated || peersChanged;
       const t = now().getTime();
       if (!changed && t >= tlsIssuedAt + (tlsNotAfter - tlsIssuedAt) / 2) refreshTls();
-      metrics.agents.set((await store.listAgents()).length);
+      // Counted in the database: reading every record to count them stalled a 10,000-agent verifier
+      // for tens of milliseconds every tick.
+      metrics.agents.set(await store.countAgents());
     };
     const tickMs = opts.tickMs ?? 10_000;
     if (tickMs > 0) {

@@ -82,6 +82,7 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
       expect(await s.entriesRevision()).toBe(0);
       expect(await s.listEntries()).toEqual([]);
       expect(await s.listAgents()).toEqual([]);
+      expect(await s.countAgents()).toBe(0);
       expect(await s.loadCaJournal('v1')).toBeUndefined();
       expect(await s.listCaJournals()).toEqual([]);
       expect(await s.getPluginState('tpm', 'k')).toBeUndefined();
@@ -239,6 +240,7 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         await s.upsertAgent(b2);
         expect(await s.getAgent(b.id)).toEqual(b2);
         expect(await s.listAgents()).toEqual([a, b2]);
+        expect(await s.countAgents()).toBe((await s.listAgents()).length);
       });
 
       it('evicts (deletes) or bans (keeps the record, banned, with no accepted serial)', async () => {
@@ -255,6 +257,7 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         expect(await s.evictAgent(`${TD}/spire/agent/none`, true)).toBe(false);
         expect(await s.getAgent(`${TD}/spire/agent/none`)).toBeUndefined();
         expect((await s.listAgents()).map((x) => x.id)).toEqual([b.id]);
+        expect(await s.countAgents()).toBe((await s.listAgents()).length);
         // A banned record is never overwritten, whatever the caller passes (even banned: true).
         expect(await s.upsertAgent({ ...b, banned: true, serial: '99' })).toBe(false);
         expect(await s.getAgent(b.id)).toEqual({ ...b, banned: true, serial: '' });
@@ -277,6 +280,7 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         const b = agent(`${TD}/spire/agent/b`);
         expect(await s.upsertAgent(b)).toBe(true);
         expect(await s.listAgents()).toEqual([bannedA, b]);
+        expect(await s.countAgents()).toBe((await s.listAgents()).length);
         // An eviction without ban removes the record; attesting again re-creates it.
         expect(await s.evictAgent(b.id, false)).toBe(true);
         expect(await s.upsertAgent({ ...b, serial: 'ff01' })).toBe(true);
@@ -343,6 +347,7 @@ export function runStoreConformance(name: string, makeStore: () => Promise<Store
         expect(await s.renewAgentSvid(a.id, readA!.serial, 'bb02', '2030-01-01T02:00:00.000Z')).toBe(false);
         expect(await s.getAgent(a.id)).toBeUndefined();
         expect(await s.listAgents()).toEqual([{ ...b, banned: true, serial: '' }]);
+        expect(await s.countAgents()).toBe((await s.listAgents()).length);
         expect(await s.renewAgentSvid(b.id, readB!.serial, 'cc02', '2030-01-01T02:00:00.000Z')).toBe(false);
         expect(await s.getAgent(b.id)).toEqual({ ...b, banned: true, serial: '' });
         // Even a caller that passes the banned row's (empty) serial cannot revive it.

@@ -175,5 +175,11 @@ describe('join token attestation over real HTTPS', () => {
     expect((await httpsJson(tv.v.port, 'GET', '/readyz', { caPem })).status).toBe(200);
     const m = await httpsJson(tv.v.port, 'GET', '/metrics', { caPem });
     expect(String(m.body)).toMatch(/sigil_attestations_total\{attestor="join_token",result="accepted"\}/);
+    // The agent gauge is set at each tick from a count in the datastore.
+    await tv.v.tick();
+    const n = (await tv.v.core.store.listAgents()).length;
+    expect(n).toBeGreaterThan(0);
+    const m2 = await httpsJson(tv.v.port, 'GET', '/metrics', { caPem });
+    expect(String(m2.body)).toMatch(new RegExp(`^sigil_attested_agents ${n}$`, 'm'));
   });
 });
