@@ -95,6 +95,8 @@ interface Waiter {
   deadline: number;
   timer: NodeJS.Timeout | undefined;
   queued: boolean;
+  /** Queued because a change touches `set`: no need to walk the change log to find that out again. */
+  stale: boolean;
   done: boolean;
   finish: (r: { set?: AuthorizedSet; error?: unknown }) => void;
   /** Reads the agent record again (bans, evictions) before a new set is handed out. */
@@ -212,7 +214,7 @@ export class AuthorizedSetCache {
       this.gaps++;
       this.children.clear();
     } else for (const e of c.entries as NonNullable<EntriesChange['entries']>) this.children.delete(e.parentId);
-    for (const w of this.touchedWaiters(c)) this.enqueue(w);
+    for (const w of this.touchedWaiters(c)) this.enqueue(w, true);
   }
 
   /** Puts a change older than the newest logged in its place; false if it is logged already (the same write). */
@@ -398,7 +400,7 @@ export class AuthorizedSetCache {
   }
 
   /** The agent's authorized set, from the cache when it is still current. */
-  async get(agent: AgentRecord): Promise<AuthorizedSet> {
+  async get(agent: AgentRecord, knownStale?: AuthorizedSet): Promise<AuthorizedSet> {
     const rev = await this.currentRevision();
     const now = this.now().getTime();
     const key = selectorsKey(agent);
@@ -409,7 +411,9 @@ export class AuthorizedSetCache {
         this.touch(c);
         return c;
       }
-      if (this.unchangedThrough(c, rev)) {
+      // A set a reported change touches is not walked to the change again (a long-poll's set may be
+      // ~1,000 changes behind when one touches it).
+      if (c !== knownStale && this.unchangedThrough(c, rev)) {
         this.stats.revalidated++;
         c.revision = rev;
         this.touch(c);
@@ -526,6 +530,7 @@ export class AuthorizedSetCache {
         deadline: Date.now() + waitMs,
         timer: undefined,
         queued: false,
+        stale: false,
         done: false,
         recheck,
         finish: (r) => {
@@ -571,7 +576,7 @@ export class AuthorizedSetCache {
   private checkHeld(w: Waiter): void {
     w.gaps = this.gaps;
     const last = this.lastLogged();
-    if (last !== undefined && w.set.revision < last && !this.unchangedThrough(w.set, last)) this.enqueue(w);
+    if (last !== undefined && w.set.revision < last && !this.unchangedThrough(w.set, last)) this.enqueue(w, true);
   }
 
   /**
@@ -587,8 +592,11 @@ export class AuthorizedSetCache {
     if (w.set.revision < last) w.set.revision = last;
   }
 
-  private enqueue(w: Waiter): void {
-    if (w.done || w.queued) return;
+  /** Queue `w` for re-evaluation; `stale`: a reported change touches its set. */
+  private enqueue(w: Waiter, stale = false): void {
+    if (w.done) return;
+    if (stale) w.stale = true;
+    if (w.queued) return;
     w.queued = true;
     this.queue.push(w);
     if (!this.draining) {
@@ -602,10 +610,12 @@ export class AuthorizedSetCache {
     const slice = this.queue.splice(0, EVAL_SLICE);
     for (const w of slice) {
       w.queued = false;
+      const stale = w.stale ? w.set : undefined;
+      w.stale = false;
       if (w.done) continue;
       try {
         const agent = await w.recheck();
-        const s = await this.get(agent);
+        const s = await this.get(agent, stale);
         if (s.etag !== w.etag) w.finish({ set: s });
         else {
           w.set = s;
