@@ -184,11 +184,10 @@ function entriesPayload(schema: string, change: EntriesChange): string {
 }
 
 /**
- * Read an entries payload: the change for this schema, undefined for another schema's, or why it
- * is unreadable. It comes from the database, so anything in it is checked. A well-formed header
- * whose entry list is not of the expected shape counts as a change that is not described.
+ * A notification payload's JSON object, or why it is not one; `bad` words a later refusal the same
+ * way (the reason and the start of the payload, quoted).
  */
-export function parseEntriesPayload(text: string | undefined, schema: string): EntriesChange | { invalid: string } | undefined {
+function payloadObject(text: string | undefined): { fields: Record<string, unknown>; bad: (why: string) => { invalid: string } } | { invalid: string } {
   const bad = (why: string): { invalid: string } => ({ invalid: `${why}: ${JSON.stringify((text ?? '').slice(0, BAD_PAYLOAD_QUOTE))}` });
   let p: unknown;
   try {
@@ -197,7 +196,19 @@ export function parseEntriesPayload(text: string | undefined, schema: string): E
     return bad('not JSON');
   }
   if (typeof p !== 'object' || p === null || Array.isArray(p)) return bad('not a JSON object');
-  const { s, f, t, e } = p as Record<string, unknown>;
+  return { fields: p as Record<string, unknown>, bad };
+}
+
+/**
+ * Read an entries payload: the change for this schema, undefined for another schema's, or why it
+ * is unreadable. It comes from the database, so anything in it is checked. A well-formed header
+ * whose entry list is not of the expected shape counts as a change that is not described.
+ */
+export function parseEntriesPayload(text: string | undefined, schema: string): EntriesChange | { invalid: string } | undefined {
+  const p = payloadObject(text);
+  if ('invalid' in p) return p;
+  const bad = p.bad;
+  const { s, f, t, e } = p.fields;
   if (typeof s !== 'string') return bad('no schema name (s)');
   if (s !== schema) return undefined;
   if (!Number.isSafeInteger(f) || !Number.isSafeInteger(t)) return bad('no revision range (f, t)');
@@ -227,15 +238,10 @@ type AgentsNotice = { origin: string; agentId: string | null } | { invalid: stri
 
 /** Read an agents payload. It comes from the database, so anything in it is checked. */
 export function parseAgentsPayload(text: string | undefined, schema: string): AgentsNotice {
-  const bad = (why: string): AgentsNotice => ({ invalid: `${why}: ${JSON.stringify((text ?? '').slice(0, BAD_PAYLOAD_QUOTE))}` });
-  let p: unknown;
-  try {
-    p = JSON.parse(text ?? '');
-  } catch {
-    return bad('not JSON');
-  }
-  if (typeof p !== 'object' || p === null || Array.isArray(p)) return bad('not a JSON object');
-  const { s, o, a } = p as Record<string, unknown>;
+  const p = payloadObject(text);
+  if ('invalid' in p) return p;
+  const bad = p.bad;
+  const { s, o, a } = p.fields;
   if (typeof s !== 'string') return bad('no schema name (s)');
   if (s !== schema) return undefined;
   if (typeof o !== 'string' || o.length === 0 || o.length > 64) return bad('no origin (o)');
