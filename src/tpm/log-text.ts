@@ -24,6 +24,12 @@ const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 const VALUE = new Int8Array(128).fill(-1);
 for (let i = 0; i < ALPHABET.length; i++) VALUE[ALPHABET.charCodeAt(i)] = i;
 
+// Outside decodeCanonicalInto: a closure over `field` there was made on every call, for a throw
+// that canonical text never reaches.
+function notCanonicalError(field: string): never {
+  throw new SigilError('tpm.bad_response', `${field} is not canonical standard base64`);
+}
+
 /** Throws unless `v` is a non-empty string short enough to hold at most `maxBytes`. */
 export function checkLogB64Length(v: unknown, field: string, maxBytes: number): asserts v is string {
   if (typeof v !== 'string' || v.length === 0) throw new SigilError('tpm.bad_response', `${field} must be a non-empty base64 string`);
@@ -35,26 +41,23 @@ export function checkLogB64Length(v: unknown, field: string, maxBytes: number): 
  * of bytes; throws `tpm.bad_response` naming `field` for any other text.
  */
 export function decodeCanonicalInto(text: string, target: Buffer, field: string): number {
-  const notCanonical = (): never => {
-    throw new SigilError('tpm.bad_response', `${field} is not canonical standard base64`);
-  };
   const len = text.length;
-  if (len % 4 !== 0) return notCanonical();
+  if (len % 4 !== 0) return notCanonicalError(field);
   const eq = text.indexOf('=');
   const pad = eq < 0 ? 0 : len - eq;
-  if (pad > 2 || (pad === 2 && text.charCodeAt(len - 1) !== 0x3d)) return notCanonical();
-  if (text.indexOf('-') >= 0 || text.indexOf('_') >= 0) return notCanonical();
+  if (pad > 2 || (pad === 2 && text.charCodeAt(len - 1) !== 0x3d)) return notCanonicalError(field);
+  if (text.indexOf('-') >= 0 || text.indexOf('_') >= 0) return notCanonicalError(field);
   // Node's decoder reads a character by its low byte, so 'š' (U+0161) decodes as 'a' would: only
   // ASCII text is base64 at all (one UTF-8 byte per character exactly when every one is ASCII).
-  if (Buffer.byteLength(text, 'utf8') !== len) return notCanonical();
+  if (Buffer.byteLength(text, 'utf8') !== len) return notCanonicalError(field);
   const want = (len / 4) * 3 - pad;
   if (target.length < want) throw new RangeError(`decodeCanonicalInto: ${target.length} bytes of room for ${want}`);
   const n = target.write(text, 0, 'base64');
-  if (n !== want) return notCanonical();
+  if (n !== want) return notCanonicalError(field);
   if (pad > 0) {
     const last = VALUE[text.charCodeAt(len - pad - 1)] ?? -1;
     // One "=": the last character holds 2 bits beyond the data; two "=": 4 bits.
-    if (last < 0 || (last & (pad === 1 ? 0x03 : 0x0f)) !== 0) return notCanonical();
+    if (last < 0 || (last & (pad === 1 ? 0x03 : 0x0f)) !== 0) return notCanonicalError(field);
   }
   return n;
 }

@@ -212,5 +212,8 @@ export function textKey(text: string): string {
   const stride = Math.max(16, Math.ceil(text.length / 8192));
   let h = 0x811c9dc5;
   for (let i = text.length - 1; i >= 0; i -= stride) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  return `${text.length}:${h >>> 0}`;
+  // The hash as a signed 32-bit value (the same bits). As `h >>> 0`, a hash of 2^31 or more (half
+  // of them) missed the optimized code's int32 guess and deoptimized it ("lost precision", seen
+  // with --trace-deopt): a deoptimization for about every other log text the verifier had not kept.
+  return `${text.length}:${h}`;
 }

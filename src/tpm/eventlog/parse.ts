@@ -325,30 +325,62 @@ for (let id = 0; id < 0x30; id++) {
   if (a !== undefined) DIGEST_FIELD.set(id, `${a.name} digest`);
 }
 
+/** Little-endian u32 at `o` (the caller has checked that 4 bytes are there). */
+function le32(b: Buffer, o: number): number {
+  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16)) + b[o + 3]! * 0x1000000;
+}
+
 function readAgile(r: LeReader, buf: Buffer, seq: number, algs: readonly EventLogAlgorithm[]): ParsedEvent {
   const offset = r.off;
-  const index = r.u32('pcrIndex', offset);
-  const type = r.u32('eventType', offset);
-  const count = r.u32('digest count', offset);
+  // The three header fields read directly when all 12 bytes are there (nearly every record); a
+  // shorter tail goes through the reader, which names the field that does not fit.
+  let index: number, type: number, count: number;
+  if (buf.length - offset >= 12) {
+    index = le32(buf, offset);
+    type = le32(buf, offset + 4);
+    count = le32(buf, offset + 8);
+    r.off = offset + 12;
+  } else {
+    index = r.u32('pcrIndex', offset);
+    type = r.u32('eventType', offset);
+    count = r.u32('digest count', offset);
+  }
   if (count !== algs.length) fail('digest_count_mismatch', `event ${seq} has ${count} digest(s), the Spec ID event declares ${algs.length}`, offset);
   const digestStart = r.off;
+  const end = buf.length;
+  let p = digestStart;
   // Bit i set: the record has a digest of algs[i] (at most 8 banks).
   let seen = 0;
   for (let i = 0; i < count; i++) {
-    r.need(2, 'algorithmId', offset);
-    const id = buf[r.off]! | (buf[r.off + 1]! << 8);
-    r.off += 2;
+    if (end - p < 2) {
+      r.off = p;
+      r.need(2, 'algorithmId', offset);
+    }
+    const id = buf[p]! | (buf[p + 1]! << 8);
+    p += 2;
     let slot = 0;
     while (slot < algs.length && algs[slot]!.id !== id) slot++;
     if (slot === algs.length) fail('unknown_algorithm', `event ${seq} has a digest of algorithm 0x${id.toString(16).padStart(4, '0')}, not declared by the Spec ID event`, offset);
     const alg = algs[slot]!;
     if ((seen & (1 << slot)) !== 0) fail('digest_count_mismatch', `event ${seq} has two ${alg.name} digests`, offset);
     seen |= 1 << slot;
-    if (alg.size > r.remaining) r.need(alg.size, DIGEST_FIELD.get(alg.id) ?? 'digest', offset);
-    r.off += alg.size;
+    if (alg.size > end - p) {
+      r.off = p;
+      r.need(alg.size, DIGEST_FIELD.get(alg.id) ?? 'digest', offset);
+    }
+    p += alg.size;
   }
-  const size = r.u32('eventSize', offset);
-  const dataStart = r.skip(size, 'event data', offset);
+  if (end - p < 4) {
+    r.off = p;
+    r.need(4, 'eventSize', offset);
+  }
+  const size = le32(buf, p);
+  const dataStart = p + 4;
+  if (size > end - dataStart) {
+    r.off = dataStart;
+    r.need(size, 'event data', offset);
+  }
+  r.off = dataStart + size;
   return new ParsedEvent(buf, seq, offset, index, type, digestStart, count, true, dataStart, size);
 }
 
