@@ -97,6 +97,8 @@ interface Waiter {
   queued: boolean;
   /** Queued because a change touches `set`: no need to walk the change log to find that out again. */
   stale: boolean;
+  /** Being re-evaluated (drain is reading the agent record or the set): `set` may be behind. */
+  busy: boolean;
   done: boolean;
   finish: (r: { set?: AuthorizedSet; error?: unknown }) => void;
   /** Reads the agent record again (bans, evictions) before a new set is handed out. */
@@ -406,7 +408,7 @@ export class AuthorizedSetCache {
     const key = selectorsKey(agent);
     const c = this.sets.get(agent.id);
     if (c && c.selectorsKey === key && now < c.validUntil) {
-      if (c.revision >= rev) {
+      if (c !== knownStale && c.revision >= rev) {
         this.stats.hits++;
         this.touch(c);
         return c;
@@ -531,6 +533,7 @@ export class AuthorizedSetCache {
         timer: undefined,
         queued: false,
         stale: false,
+        busy: false,
         done: false,
         recheck,
         finish: (r) => {
@@ -584,11 +587,11 @@ export class AuthorizedSetCache {
    * was examined against it through the index and touched it not, so the set is current through the
    * newest logged revision — recorded, so the agent's next call is a lookup rather than a walk over
    * every change of the wait (~1,000 at 50 changes/s and 20 s). Not across a gap in the feed, nor
-   * while the waiter is queued for re-evaluation.
+   * while the waiter is queued for or in re-evaluation (a change touched it).
    */
   private heldThrough(w: Waiter): void {
     const last = this.lastLogged();
-    if (w.queued || w.gaps !== this.gaps || last === undefined) return;
+    if (w.queued || w.busy || w.stale || w.gaps !== this.gaps || last === undefined) return;
     if (w.set.revision < last) w.set.revision = last;
   }
 
@@ -613,9 +616,13 @@ export class AuthorizedSetCache {
       const stale = w.stale ? w.set : undefined;
       w.stale = false;
       if (w.done) continue;
+      w.busy = true;
       try {
         const agent = await w.recheck();
         const s = await this.get(agent, stale);
+        w.busy = false;
+        // Ended meanwhile (its wait, the client gone): not filed again under any set.
+        if (w.done) continue;
         if (s.etag !== w.etag) w.finish({ set: s });
         else {
           w.set = s;
@@ -625,6 +632,7 @@ export class AuthorizedSetCache {
           this.checkHeld(w);
         }
       } catch (e) {
+        w.busy = false;
         w.finish({ error: e });
       }
     }
