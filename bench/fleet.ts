@@ -166,8 +166,12 @@ function postJson(port: number, path: string, body: unknown, ca: string): Promis
   });
 }
 
-/** The verifier's own V8 heap figures from its /metrics (prom-client default metrics). */
-function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number }> {
+/**
+ * The verifier's own V8 heap figures and event-loop delay from its /metrics (prom-client default
+ * metrics). prom-client starts its event-loop delay histogram afresh at every read of /metrics, so a
+ * read at the start of the window and one at its end give the delay over the window alone.
+ */
+function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number }> {
   return new Promise((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port, path: '/metrics', ca, agent: attestAgent, checkServerIdentity: () => undefined }, (res) => {
       const chunks: Buffer[] = [];
@@ -180,7 +184,13 @@ function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTo
           return Number(m[1]);
         };
         try {
-          resolve({ heapUsed: num('nodejs_heap_size_used_bytes'), heapTotal: num('nodejs_heap_size_total_bytes'), external: num('nodejs_external_memory_bytes') });
+          resolve({
+            heapUsed: num('nodejs_heap_size_used_bytes'),
+            heapTotal: num('nodejs_heap_size_total_bytes'),
+            external: num('nodejs_external_memory_bytes'),
+            lagP99: num('nodejs_eventloop_lag_p99_seconds'),
+            lagMax: num('nodejs_eventloop_lag_max_seconds'),
+          });
         } catch (e) {
           reject(e);
         }
@@ -578,6 +588,8 @@ async function main(): Promise<void> {
     await sleep(POLL ? Math.max(INTERVAL_MS * 2, 5000) : (WAIT + 2) * 1000);
     const loopDelay = monitorEventLoopDelay({ resolution: 10 });
     loopDelay.enable();
+    // Starts the verifiers' own event-loop delay histograms afresh (read again at the window's end).
+    await Promise.all(ports.map((port) => metricsOf(port, caPem).catch(() => undefined)));
     const cpuStart = pids.map(procCpuUs);
     const tStart = performance.now();
     measuring = true;
@@ -636,6 +648,9 @@ async function main(): Promise<void> {
       `verifier memory: ${heap
         .map((h) => (h ? `V8 heap used ${(h.heapUsed / 1e6).toFixed(0)} MB of ${(h.heapTotal / 1e6).toFixed(0)} MB, external ${(h.external / 1e6).toFixed(0)} MB` : 'metrics not read'))
         .join(' + ')}; the rest of RSS is native (OpenSSL connection state, allocator)`,
+    );
+    console.log(
+      `verifier event-loop delay over the window (its part of the lateness above): ${heap.map((h) => (h ? `p99 ${(h.lagP99 * 1000).toFixed(1)} ms, max ${(h.lagMax * 1000).toFixed(1)} ms` : 'metrics not read')).join(' + ')}`,
     );
     console.log(`load generator event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms`);
 
