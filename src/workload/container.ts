@@ -37,7 +37,7 @@ import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
 import { validatePluginConfig } from '../plugins/validate.js';
 import type { AgentPluginDeps, JsonSchema, Selector, WorkloadAttestor, WorkloadAttestorPlugin, WorkloadCaller } from '../plugins/types.js';
-import { DEFAULT_PROC_ROOT, procPath, readBoundedFile } from './proc.js';
+import { DEFAULT_PROC_ROOT, procPath, readBoundedFile, type CallerProcFiles, type HeldFilesAttestor } from './proc.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import { SELECTOR_GROUPS, type SelectorGroup } from './runtime/details.js';
 import { RuntimeLookup } from './runtime/lookup.js';
@@ -227,10 +227,26 @@ export function containerSelectors(info: ContainerInfo | null): Selector[] {
   return out;
 }
 
-export class ContainerAttestor implements WorkloadAttestor {
+/** A cgroup file's text, parsed (see ContainerAttestor.parsed). */
+interface ParsedCgroup {
+  readonly info: ContainerInfo | null;
+  /** containerSelectors(info); never handed out, only copies of it. */
+  readonly selectors: readonly Selector[];
+}
+
+/**
+ * Cgroup file texts whose parse is remembered (emptied when full; distinct texts are few: one per
+ * cgroup callers run in), each of at most MAX_REMEMBERED_TEXT characters (a few hundred in
+ * practice): at most 1 MiB of text.
+ */
+const MAX_REMEMBERED_PARSES = 256;
+const MAX_REMEMBERED_TEXT = 4096;
+
+export class ContainerAttestor implements WorkloadAttestor, HeldFilesAttestor {
   /** Besides `container:…`, this attestor speaks for the `k8s:…` selectors (pods). */
   readonly selectorTypes: readonly string[] = ['container', 'k8s'];
   private readonly procRoot: string;
+  private readonly parses = new Map<string, ParsedCgroup>();
   private readonly lookup: RuntimeLookup | undefined;
   constructor(
     private readonly config: ContainerAttestorConfig = {},
@@ -258,10 +274,37 @@ export class ContainerAttestor implements WorkloadAttestor {
 
   async attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]> {
     const text = (await readBoundedFile(procPath(this.procRoot, caller.pid, 'cgroup'), 64 * 1024, signal)).toString('utf8');
+    return this.selectorsOf(text, signal);
+  }
+
+  /** attest() through the files the caller's connection holds open (CallerProcFiles). */
+  async attestWithFiles(_caller: WorkloadCaller, files: CallerProcFiles, signal: AbortSignal): Promise<Selector[]> {
+    if (signal.aborted) throw new SigilError('workload.attestation_aborted', 'container attestation was aborted (timeout)');
+    return this.selectorsOf(files.cgroupText(), signal);
+  }
+
+  private async selectorsOf(text: string, signal: AbortSignal): Promise<Selector[]> {
+    const parsed = this.parsed(text);
+    const base = parsed.selectors.slice();
+    if (parsed.info === null || this.lookup === undefined) return base;
+    return base.concat(await this.lookup.selectorsFor(parsed.info, signal));
+  }
+
+  /**
+   * parseCgroupFile and containerSelectors of a cgroup file's text, remembered by the text (the
+   * parse is a pure function of it and of the config): a caller's cgroup file reads the same at
+   * every attestation, and many callers share one. Texts that fail to parse are not remembered.
+   */
+  private parsed(text: string): ParsedCgroup {
+    const hit = this.parses.get(text);
+    if (hit !== undefined) return hit;
     const info = parseCgroupFile(text, { allowUserDelegated: this.config.allowUserDelegated === true, containerdNamespaces: this.config.containerd?.namespaces ?? [] });
-    const base = containerSelectors(info);
-    if (info === null || this.lookup === undefined) return base;
-    return base.concat(await this.lookup.selectorsFor(info, signal));
+    const p: ParsedCgroup = { info, selectors: containerSelectors(info) };
+    if (text.length <= MAX_REMEMBERED_TEXT) {
+      if (this.parses.size >= MAX_REMEMBERED_PARSES) this.parses.clear();
+      this.parses.set(text, p);
+    }
+    return p;
   }
 
   close(): void {

@@ -8,6 +8,7 @@
 import { closeSync, openSync, readSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SigilError } from '../errors.js';
+import type { Selector, WorkloadCaller } from '../plugins/types.js';
 
 export const DEFAULT_PROC_ROOT = '/proc';
 
@@ -41,7 +42,7 @@ function isNotFound(e: unknown): boolean {
 export function readBoundedFileSync(path: string, maxBytes = PROC_FILE_MAX_BYTES): Buffer {
   const fd = openProcFileSync(path);
   try {
-    return readFdBounded(fd, path, maxBytes, null);
+    return readFdBounded(fd, path, maxBytes, null, false);
   } finally {
     closeSync(fd);
   }
@@ -58,24 +59,39 @@ function openProcFileSync(path: string): number {
 
 /**
  * Read all of an open file, refusing more than `maxBytes`: from its current offset
- * (`position` null) or, with `position` 0, from its start (pread, whatever its offset).
+ * (`position` null) or, with `position` 0, from its start (pread, whatever its offset). As a
+ * Buffer, or (`text`) as UTF-8 text decoded straight from the scratch buffer.
+ *
+ * A read that returns fewer bytes than were asked for ends the file: no second read to see the
+ * end. The /proc/<pid>/ files read here (stat, status, cgroup, a pidfd's fdinfo) are each one
+ * seq_file record, which the kernel generates whole and hands out whole to any read that has
+ * room for it (seq_read_iter: the record goes into a buffer grown until it fits, then
+ * min(record, count) bytes are copied), and a regular file (a test's fake /proc) returns less
+ * than asked for only at its end. A caller check then costs one read syscall per file, not two.
  */
-function readFdBounded(fd: number, path: string, maxBytes: number, position: number | null): Buffer {
+function readFdBounded(fd: number, path: string, maxBytes: number, position: number | null, text: true): string;
+function readFdBounded(fd: number, path: string, maxBytes: number, position: number | null, text: false): Buffer;
+function readFdBounded(fd: number, path: string, maxBytes: number, position: number | null, text: boolean): Buffer | string {
   try {
     // Reads go through one reused scratch buffer (the read is synchronous, so nothing else can
     // use it meanwhile); only the bytes read are copied out. A fresh 16 KiB buffer per file was
     // most of the memory a busy Workload API allocated for caller checks.
-    const chunks: Buffer[] = [];
-    let total = 0;
+    const want = Math.min(SCRATCH.length, maxBytes + 1);
+    const n = readSync(fd, SCRATCH, 0, want, position);
+    if (n < want) return text ? SCRATCH.toString('utf8', 0, n) : Buffer.from(SCRATCH.subarray(0, n));
+    const chunks: Buffer[] = [Buffer.from(SCRATCH.subarray(0, n))];
+    let total = n;
     for (;;) {
-      const want = Math.min(SCRATCH.length, maxBytes + 1 - total);
-      const n = readSync(fd, SCRATCH, 0, want, position === null ? null : position + total);
-      if (n === 0) break;
-      chunks.push(Buffer.from(SCRATCH.subarray(0, n)));
-      total += n;
       if (total > maxBytes) throw new SigilError('workload.proc_file_too_large', `${path} is larger than ${maxBytes} bytes`);
+      const more = Math.min(SCRATCH.length, maxBytes + 1 - total);
+      const m = readSync(fd, SCRATCH, 0, more, position === null ? null : position + total);
+      if (m === 0) break;
+      chunks.push(Buffer.from(SCRATCH.subarray(0, m)));
+      total += m;
+      if (m < more) break;
     }
-    return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
+    const all = Buffer.concat(chunks, total);
+    return text ? all.toString('utf8') : all;
   } catch (e) {
     if (e instanceof SigilError) throw e;
     if (isNotFound(e)) throw new SigilError('workload.process_gone', `${path} vanished while reading (process gone?)`, { cause: e });
@@ -112,7 +128,13 @@ export class HeldProcFile {
   /** The whole file as the kernel generates it now. */
   read(): Buffer {
     if (this.fd === undefined) throw new SigilError('workload.process_gone', `${this.path} is no longer held open`);
-    return readFdBounded(this.fd, this.path, this.maxBytes, 0);
+    return readFdBounded(this.fd, this.path, this.maxBytes, 0, false);
+  }
+
+  /** The whole file as the kernel generates it now, as UTF-8 text (no intermediate Buffer). */
+  readText(): string {
+    if (this.fd === undefined) throw new SigilError('workload.process_gone', `${this.path} is no longer held open`);
+    return readFdBounded(this.fd, this.path, this.maxBytes, 0, true);
   }
 
   close(): void {
@@ -125,6 +147,36 @@ export class HeldProcFile {
       // already closed
     }
   }
+}
+
+/**
+ * A caller's /proc/<pid>/ files as the Workload API connection that identified it holds them open
+ * (src/agent/workload-api/caller.ts), for the built-in workload attestors to read instead of
+ * opening the paths again at every attestation: no path walk, open or close, and a held file
+ * never describes a process that took over the pid after the connection's caller was reaped (its
+ * reads fail with `workload.process_gone` instead). Each call reads the file anew.
+ */
+export interface CallerProcFiles {
+  /** /proc/<pid>/status. */
+  statusText(): string;
+  /** /proc/<pid>/cgroup. */
+  cgroupText(): string;
+  /** The path of the /proc/<pid>/exe link (a link is not held: it is followed anew on every use). */
+  readonly exeLink: string;
+}
+
+/**
+ * A workload attestor that can also read the caller's /proc files through a connection's held
+ * files (the built-in `unix` and `container`). An internal contract between the agent and its
+ * built-in attestors, not part of the plugin API: a third-party attestor is only ever called
+ * through `attest()`.
+ */
+export interface HeldFilesAttestor {
+  attestWithFiles(caller: WorkloadCaller, files: CallerProcFiles, signal: AbortSignal): Promise<Selector[]>;
+}
+
+export function readsHeldFiles(a: object): a is HeldFilesAttestor {
+  return typeof (a as Partial<HeldFilesAttestor>).attestWithFiles === 'function';
 }
 
 /** Async form of readBoundedFileSync (checks `signal` first). */
@@ -143,11 +195,47 @@ export function parseStatStartTime(text: string): bigint {
   if (close < 0 || text.indexOf('(') < 0 || text.indexOf('(') > close) {
     throw new SigilError('workload.bad_proc_stat', 'stat line has no "(comm)" field');
   }
+  const fast = startTimeField(text, close + 1);
+  if (fast !== undefined) return BigInt(fast);
   const rest = text.slice(close + 1).trim().split(/\s+/);
   // rest[0] is field 3 (state); field 22 is rest[19].
   const v = rest[19];
   if (v === undefined || !/^\d{1,20}$/.test(v)) throw new SigilError('workload.bad_proc_stat', 'stat line has no valid starttime (field 22)');
   return BigInt(v);
+}
+
+/**
+ * Field 22 of a stat line as the kernel writes it (fields after "(comm)" separated by single
+ * spaces, each made of ASCII letters, digits and '-'), found without splitting the line: the
+ * digits of field 22 when it is 1–20 of them followed by a space, a newline or the end; undefined
+ * for anything else, which the general parser then reads (and refuses) as before.
+ */
+function startTimeField(text: string, from: number): string | undefined {
+  let i = from;
+  const n = text.length;
+  // Fields 3 to 21: " <field>" each.
+  for (let field = 3; field < 22; field++) {
+    if (i >= n || text.charCodeAt(i) !== 0x20) return undefined;
+    i++;
+    const start = i;
+    while (i < n && isFieldChar(text.charCodeAt(i))) i++;
+    if (i === start) return undefined;
+  }
+  if (i >= n || text.charCodeAt(i) !== 0x20) return undefined;
+  const start = ++i;
+  while (i < n && isDigit(text.charCodeAt(i))) i++;
+  const len = i - start;
+  if (len < 1 || len > 20) return undefined;
+  if (i < n && text.charCodeAt(i) !== 0x20 && text.charCodeAt(i) !== 0x0a) return undefined;
+  return text.slice(start, i);
+}
+
+function isDigit(c: number): boolean {
+  return c >= 0x30 && c <= 0x39;
+}
+
+function isFieldChar(c: number): boolean {
+  return isDigit(c) || c === 0x2d || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
 }
 
 export async function readStartTime(procRoot: string, pid: number): Promise<bigint> {
@@ -178,33 +266,80 @@ function parseIdList(line: string, what: string, exactlyFour: boolean): number[]
   });
 }
 
-/** Parse the Uid, Gid and Groups lines of /proc/<pid>/status. */
-export function parseStatus(text: string): ProcStatus {
-  let uids: number[] | undefined;
-  let gids: number[] | undefined;
-  let groups: number[] | undefined;
-  for (const line of text.split('\n')) {
-    const colon = line.indexOf(':');
-    if (colon < 0) continue;
-    const key = line.slice(0, colon);
-    const value = line.slice(colon + 1);
-    if (key === 'Uid') {
-      if (uids) throw new SigilError('workload.bad_proc_status', 'status has two Uid lines');
-      uids = parseIdList(value, 'Uid', true);
-    } else if (key === 'Gid') {
-      if (gids) throw new SigilError('workload.bad_proc_status', 'status has two Gid lines');
-      gids = parseIdList(value, 'Gid', true);
-    } else if (key === 'Groups') {
-      if (groups) throw new SigilError('workload.bad_proc_status', 'status has two Groups lines');
-      groups = parseIdList(value, 'Groups', false);
+/**
+ * The ids of one status line's value (from `start` to `end`) when it is written as the kernel
+ * writes it: ids of 1–10 digits, each at most MAX_ID, separated by tabs or spaces. Undefined for
+ * anything else (then parseIdList reads it, and refuses it, as it always did), so that this
+ * gives exactly what parseIdList would.
+ */
+function plainIdList(text: string, start: number, end: number, exactlyFour: boolean): number[] | undefined {
+  const out: number[] = [];
+  let i = start;
+  for (;;) {
+    while (i < end && (text.charCodeAt(i) === 0x09 || text.charCodeAt(i) === 0x20)) i++;
+    if (i >= end) break;
+    let v = 0;
+    let digits = 0;
+    while (i < end) {
+      const c = text.charCodeAt(i);
+      if (c === 0x09 || c === 0x20) break;
+      if (!isDigit(c) || ++digits > 10) return undefined;
+      v = v * 10 + (c - 0x30);
+      i++;
     }
+    if (v > MAX_ID || out.length >= MAX_GROUPS) return undefined;
+    out.push(v);
   }
-  if (!uids || !gids) throw new SigilError('workload.bad_proc_status', 'status has no Uid/Gid lines');
+  if (exactlyFour && out.length !== 4) return undefined;
+  return out;
+}
+
+/** Where the value of a status line starts (after "<key>:") and ends; undefined: no such line. */
+interface ValueSpan {
+  from: number;
+  end: number;
+}
+
+/**
+ * Parse the Uid, Gid and Groups lines of /proc/<pid>/status (a line's key is the text before its
+ * first ':'; other lines are skipped, two lines with one of these keys are refused). The lines
+ * are found by hopping from newline to newline and looking at their first characters, not by
+ * splitting the whole text (about 60 lines) into strings.
+ */
+export function parseStatus(text: string): ProcStatus {
+  let uid: ValueSpan | undefined;
+  let gid: ValueSpan | undefined;
+  let groups: ValueSpan | undefined;
+  const n = text.length;
+  for (let at = 0; at < n; ) {
+    const nl = text.indexOf('\n', at);
+    const end = nl < 0 ? n : nl;
+    const c = text.charCodeAt(at);
+    if (c === 0x55 /* U */ && text.startsWith('Uid:', at)) {
+      if (uid) throw new SigilError('workload.bad_proc_status', 'status has two Uid lines');
+      uid = { from: at + 4, end };
+    } else if (c === 0x47 /* G */) {
+      if (text.startsWith('Gid:', at)) {
+        if (gid) throw new SigilError('workload.bad_proc_status', 'status has two Gid lines');
+        gid = { from: at + 4, end };
+      } else if (text.startsWith('Groups:', at)) {
+        if (groups) throw new SigilError('workload.bad_proc_status', 'status has two Groups lines');
+        groups = { from: at + 7, end };
+      }
+    }
+    at = end + 1;
+  }
+  if (!uid || !gid) throw new SigilError('workload.bad_proc_status', 'status has no Uid/Gid lines');
   return {
-    uids: uids as [number, number, number, number],
-    gids: gids as [number, number, number, number],
-    groups: groups ?? [],
+    uids: idsOf(text, uid, 'Uid', true) as ProcStatus['uids'],
+    gids: idsOf(text, gid, 'Gid', true) as ProcStatus['gids'],
+    groups: groups ? idsOf(text, groups, 'Groups', false) : [],
   };
+}
+
+/** The ids of a status line's value: read directly when plain, else by parseIdList (which refuses it or reads it as always). */
+function idsOf(text: string, span: ValueSpan, what: string, exactlyFour: boolean): number[] {
+  return plainIdList(text, span.from, span.end, exactlyFour) ?? parseIdList(text.slice(span.from, span.end), what, exactlyFour);
 }
 
 export async function readStatus(procRoot: string, pid: number, signal?: AbortSignal): Promise<ProcStatus> {
@@ -280,7 +415,11 @@ export function readExeFileSync(exeLink: string): FileIdentity | undefined {
 
 /** The program /proc/<pid>/exe shows (one readlink, one stat). */
 export function readExeImageSync(procRoot: string, pid: number): ExeImage {
-  const link = procPath(procRoot, pid, 'exe');
+  return readExeImageAtSync(procPath(procRoot, pid, 'exe'));
+}
+
+/** readExeImageSync for the path of a /proc/<pid>/exe link. */
+export function readExeImageAtSync(link: string): ExeImage {
   let path: string | undefined;
   try {
     path = readlinkSync(link);

@@ -24,7 +24,7 @@ import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
 import { validatePluginConfig } from '../plugins/validate.js';
 import type { AgentPluginDeps, JsonSchema, Selector, WorkloadAttestor, WorkloadAttestorPlugin, WorkloadCaller } from '../plugins/types.js';
-import { DEFAULT_PROC_ROOT, procPath, readBoundedFile, readStatus } from './proc.js';
+import { DEFAULT_PROC_ROOT, parseStatus, procPath, readBoundedFileSync, readStatus, type CallerProcFiles, type HeldFilesAttestor, type ProcStatus } from './proc.js';
 
 export interface UnixAttestorConfig {
   /** Add `unix:sha256:` selectors (default true). */
@@ -87,7 +87,8 @@ class NameFile {
     private readonly recheckMs: number,
   ) {}
 
-  async lookup(id: number): Promise<string | undefined> {
+  /** The name of `id` (synchronous: a stat at most once per recheck interval, the file read only when it changed). */
+  lookup(id: number): string | undefined {
     const now = performance.now();
     if (this.cached && now - this.checkedAt < this.recheckMs) return this.cached.map.get(id);
     this.checkedAt = now;
@@ -102,7 +103,7 @@ class NameFile {
     if (!this.cached || this.cached.key !== key) {
       // The file changed: until it has been read again, nothing of the old one is served.
       this.cached = undefined;
-      const text = (await readBoundedFile(this.path, NAME_FILE_MAX_BYTES)).toString('utf8');
+      const text = readBoundedFileSync(this.path, NAME_FILE_MAX_BYTES).toString('utf8');
       this.cached = { key, map: parseIdNameFile(text) };
     }
     return this.cached.map.get(id);
@@ -141,7 +142,7 @@ class HashCache {
   }
 }
 
-export class UnixAttestor implements WorkloadAttestor {
+export class UnixAttestor implements WorkloadAttestor, HeldFilesAttestor {
   readonly stats = { hashHits: 0, hashMisses: 0, hashSkippedTooLarge: 0 };
   private readonly procRoot: string;
   private readonly passwd: NameFile;
@@ -169,16 +170,26 @@ export class UnixAttestor implements WorkloadAttestor {
   }
 
   async attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]> {
-    const { pid, uid, gid } = caller;
-    const status = await readStatus(this.procRoot, pid, signal);
+    const status = await readStatus(this.procRoot, caller.pid, signal);
+    return this.selectorsOf(caller, status, procPath(this.procRoot, caller.pid, 'exe'), signal);
+  }
+
+  /** attest() through the files the caller's connection holds open (CallerProcFiles). */
+  async attestWithFiles(caller: WorkloadCaller, files: CallerProcFiles, signal: AbortSignal): Promise<Selector[]> {
+    abortCheck(signal);
+    return this.selectorsOf(caller, parseStatus(files.statusText()), files.exeLink, signal);
+  }
+
+  private async selectorsOf(caller: WorkloadCaller, status: ProcStatus, exeLink: string, signal: AbortSignal): Promise<Selector[]> {
+    const { uid, gid } = caller;
     const out: Selector[] = [`unix:uid:${uid}`, `unix:gid:${gid}`];
-    const [user, group] = await Promise.all([this.passwd.lookup(uid), this.group.lookup(gid)]);
+    const user = this.passwd.lookup(uid);
+    const group = this.group.lookup(gid);
     if (user !== undefined) out.push(`unix:user:${user}`);
     if (group !== undefined) out.push(`unix:group:${group}`);
-    for (const g of new Set(status.groups)) out.push(`unix:supplementary_gid:${g}`);
+    for (const g of distinct(status.groups)) out.push(`unix:supplementary_gid:${g}`);
     abortCheck(signal);
 
-    const exeLink = procPath(this.procRoot, pid, 'exe');
     let exePath: string | undefined;
     try {
       exePath = readlinkSync(exeLink);
@@ -187,19 +198,19 @@ export class UnixAttestor implements WorkloadAttestor {
     }
     if (exePath !== undefined && isAbsolute(exePath) && !exePath.endsWith(' (deleted)')) out.push(`unix:path:${exePath}`);
     if (this.hashBinaries && exePath !== undefined) {
-      const h = await this.hashExecutable(exeLink, signal);
-      if (h !== undefined) out.push(`unix:sha256:${h}`);
+      const h = this.hashCached(exeLink);
+      const hex = typeof h === 'string' || h === undefined ? h : await this.hashExecutable(exeLink, h, signal);
+      if (hex !== undefined) out.push(`unix:sha256:${hex}`);
     }
     return out;
   }
 
   /**
-   * SHA-256 of the file behind the /proc/<pid>/exe magic link; undefined if skipped. Concurrent
-   * callers for the same file share one hashing run (so a burst of new connections from one
-   * program reads it once), at most `MAX_PARALLEL_HASHES` files are hashed at a time, and a
-   * caller whose deadline passes stops waiting while the run goes on to fill the cache.
+   * The cached SHA-256 of the file behind the /proc/<pid>/exe link (a hit is synchronous: one
+   * stat), undefined when it is not hashed (not a regular file, gone), or the file's key and size
+   * for hashExecutable().
    */
-  private async hashExecutable(exeLink: string, signal: AbortSignal): Promise<string | undefined> {
+  private hashCached(exeLink: string): string | undefined | { key: string; size: bigint } {
     let key: string;
     let size: bigint;
     try {
@@ -215,6 +226,17 @@ export class UnixAttestor implements WorkloadAttestor {
       this.stats.hashHits++;
       return hit;
     }
+    return { key, size };
+  }
+
+  /**
+   * SHA-256 of the file behind the /proc/<pid>/exe magic link; undefined if skipped. Concurrent
+   * callers for the same file share one hashing run (so a burst of new connections from one
+   * program reads it once), at most `MAX_PARALLEL_HASHES` files are hashed at a time, and a
+   * caller whose deadline passes stops waiting while the run goes on to fill the cache.
+   */
+  private async hashExecutable(exeLink: string, file: { key: string; size: bigint }, signal: AbortSignal): Promise<string | undefined> {
+    const { key, size } = file;
     if (size > BigInt(this.maxBinaryBytes)) {
       this.stats.hashSkippedTooLarge++;
       this.logger?.warn({ exe: exeLink, size: Number(size), maxBinaryBytes: this.maxBinaryBytes }, 'executable too large to hash; no unix:sha256 selector');
@@ -264,6 +286,13 @@ export class UnixAttestor implements WorkloadAttestor {
 }
 
 const MAX_PARALLEL_HASHES = 2;
+
+/** The distinct numbers of `xs`, in the order they first appear (a few groups: no Set). */
+function distinct(xs: number[]): Iterable<number> {
+  if (xs.length > 16) return new Set(xs);
+  for (let i = 1; i < xs.length; i++) if (xs.lastIndexOf(xs[i]!, i - 1) >= 0) return new Set(xs);
+  return xs;
+}
 
 function fileKey(st: { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;

@@ -1,14 +1,21 @@
 /**
- * CallerConnection (src/agent/workload-api/caller.ts) reads /proc/<pid>/stat, /proc/<pid>/status
- * and the pidfd's fdinfo through files held open for the connection's life. Real processes and
- * the real /proc (the pidfd's fdinfo is a stand-in file: the pid it names is what is checked):
- * the checks still refuse a caller that has gone, and nothing is read after close.
+ * CallerConnection (src/agent/workload-api/caller.ts) reads /proc/<pid>/stat, /proc/<pid>/status,
+ * /proc/<pid>/cgroup and the pidfd's fdinfo through files held open for the connection's life, and
+ * the built-in attestors read status and cgroup through it. Real processes and the real /proc (the
+ * pidfd's fdinfo is a stand-in file: the pid it names is what is checked): the checks still refuse
+ * a caller that has gone, the attestors get nothing from a caller that has gone, and nothing is
+ * read after close.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CallerConnection } from '../../src/agent/workload-api/caller.js';
+import { attestCaller } from '../../src/agent/workload-api/attest.js';
+import type { WorkloadAttestor } from '../../src/plugins/types.js';
+import { createContainerAttestor } from '../../src/workload/container.js';
+import { createUnixAttestor } from '../../src/workload/unix.js';
 import { childProcesses } from '../support/child-processes.js';
 
 const { sleeper, reap } = childProcesses();
@@ -60,6 +67,61 @@ describe('caller checks through held /proc files', () => {
     const c = await sleeper();
     const conn = new CallerConnection({ pid: c.pid!, ...me, pidfd: 999_991 }, '/proc', fdinfo);
     await expect(conn.ready).rejects.toMatchObject(CHANGED);
+    conn.close();
+  });
+
+  it('give the built-in attestors what the paths give, and nothing once the caller is reaped', async () => {
+    const c = await sleeper();
+    const conn = new CallerConnection({ pid: c.pid!, ...me }, '/proc');
+    await conn.ready;
+    const unix = createUnixAttestor({ hashBinaries: false });
+    const container = createContainerAttestor({});
+    const signal = new AbortController().signal;
+    const caller = { ...conn.caller };
+    expect(await unix.attestWithFiles(caller, conn, signal)).toEqual(await unix.attest(caller, signal));
+    expect(await container.attestWithFiles(caller, conn, signal)).toEqual(await container.attest(caller, signal));
+    expect(await unix.attestWithFiles(caller, conn, signal)).toContain(`unix:uid:${me.uid}`);
+    await reap(c);
+    // Whoever gets the pid number next, the held files describe nobody now.
+    await expect(unix.attestWithFiles(caller, conn, signal)).rejects.toMatchObject({ code: 'workload.process_gone' });
+    await expect(container.attestWithFiles(caller, conn, signal)).rejects.toMatchObject({ code: 'workload.process_gone' });
+    conn.close();
+  });
+
+  it('a caller reaped while it is attested: the attestors fail and the connection check refuses it', async () => {
+    const c = await sleeper();
+    const conn = new CallerConnection({ pid: c.pid!, ...me }, '/proc');
+    await conn.ready;
+    const attestors = new Map<string, WorkloadAttestor>([
+      ['unix', createUnixAttestor({ hashBinaries: false })],
+      ['container', createContainerAttestor({})],
+    ]);
+    const logger = pino({ level: 'silent' });
+    const ok = await attestCaller(conn.caller, attestors, logger, 5000, undefined, conn);
+    expect(ok.failed).toEqual([]);
+    await reap(c);
+    const gone = await attestCaller(conn.caller, attestors, logger, 5000, undefined, conn);
+    expect(gone.failed).toEqual(['container', 'unix']);
+    expect(gone.selectors).toEqual([]);
+    expect(() => conn.checkUnchanged()).toThrow(expect.objectContaining(CHANGED) as Error);
+    conn.close();
+  });
+
+  it('never read the held files after close (their fd numbers may be reused)', async () => {
+    const c = await sleeper();
+    const conn = new CallerConnection({ pid: c.pid!, ...me }, '/proc');
+    await conn.ready;
+    conn.statusText();
+    conn.cgroupText();
+    conn.close();
+    expect(() => conn.statusText()).toThrow(expect.objectContaining({ code: 'workload.process_gone' }) as Error);
+    expect(() => conn.cgroupText()).toThrow(expect.objectContaining({ code: 'workload.process_gone' }) as Error);
+    expect(() => conn.checkUnchanged()).toThrow(expect.objectContaining(CHANGED) as Error);
+  });
+
+  it('check nothing synchronously before the start time was captured', () => {
+    const conn = new CallerConnection({ pid: 2 ** 30, ...me }, '/proc');
+    expect(() => conn.checkUnchanged()).toThrow(expect.objectContaining(CHANGED) as Error);
     conn.close();
   });
 });

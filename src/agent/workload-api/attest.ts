@@ -10,6 +10,7 @@ import { getEventListeners } from 'node:events';
 import type { Logger } from 'pino';
 import type { Selector, WorkloadAttestor, WorkloadCaller } from '../../plugins/types.js';
 import { timerDeadline, type ScheduleDeadline } from './deadlines.js';
+import { readsHeldFiles, type CallerProcFiles } from '../../workload/proc.js';
 
 export const DEFAULT_ATTEST_TIMEOUT_MS = 5000;
 const MAX_SELECTORS_PER_ATTESTOR = 4096;
@@ -78,12 +79,17 @@ export interface CallerAttestation {
   failed: string[];
 }
 
+/**
+ * Attest `caller` with every attestor. `files`: the caller's /proc files as its connection holds
+ * them open, read by the built-in attestors that can (see CallerProcFiles) instead of the paths.
+ */
 export async function attestCaller(
   caller: WorkloadCaller,
   attestors: Map<string, WorkloadAttestor>,
   logger: Logger,
   timeoutMs = DEFAULT_ATTEST_TIMEOUT_MS,
   schedule: ScheduleDeadline = timerDeadline,
+  files?: CallerProcFiles,
 ): Promise<CallerAttestation> {
   const failed: string[] = [];
   const prefixes = selectorPrefixes(attestors);
@@ -95,39 +101,60 @@ export async function attestCaller(
       resolve('timeout');
     });
   });
+  const one = async (name: string, attestor: WorkloadAttestor): Promise<Selector[]> => {
+    try {
+      const copy = { ...caller };
+      const r = await Promise.race([files !== undefined && readsHeldFiles(attestor) ? attestor.attestWithFiles(copy, files, ac.signal) : attestor.attest(copy, ac.signal), timeout]);
+      if (r === 'timeout') {
+        logger.warn({ attestor: name, pid: caller.pid, timeoutMs }, 'workload attestor timed out; it contributes no selectors');
+        failed.push(name);
+        return [];
+      }
+      if (!Array.isArray(r)) {
+        logger.warn({ attestor: name, pid: caller.pid }, 'workload attestor returned a non-array; ignored');
+        failed.push(name);
+        return [];
+      }
+      const allowed = prefixes.get(name) as string[];
+      const good: Selector[] = [];
+      const n = Math.min(r.length, MAX_SELECTORS_PER_ATTESTOR);
+      for (let i = 0; i < n; i++) {
+        const s: unknown = r[i];
+        if (typeof s === 'string' && s.length <= MAX_SELECTOR_LENGTH && hasPrefix(s, allowed)) good.push(s);
+        else logger.warn({ attestor: name, selector: String(s).slice(0, 100) }, 'workload attestor returned a selector outside its namespace; dropped');
+      }
+      return good;
+    } catch (e) {
+      const err = e as { code?: string; message?: string };
+      logger.warn({ attestor: name, pid: caller.pid, code: err.code, err: err.message }, 'workload attestor failed; it contributes no selectors');
+      failed.push(name);
+      return [];
+    }
+  };
   try {
-    const results = await Promise.all(
-      [...attestors].map(async ([name, attestor]): Promise<Selector[]> => {
-        try {
-          const r = await Promise.race([attestor.attest({ ...caller }, ac.signal), timeout]);
-          if (r === 'timeout') {
-            logger.warn({ attestor: name, pid: caller.pid, timeoutMs }, 'workload attestor timed out; it contributes no selectors');
-            failed.push(name);
-            return [];
-          }
-          if (!Array.isArray(r)) {
-            logger.warn({ attestor: name, pid: caller.pid }, 'workload attestor returned a non-array; ignored');
-            failed.push(name);
-            return [];
-          }
-          const allowed = prefixes.get(name) as string[];
-          const good: Selector[] = [];
-          for (const s of r.slice(0, MAX_SELECTORS_PER_ATTESTOR)) {
-            if (typeof s === 'string' && s.length <= MAX_SELECTOR_LENGTH && allowed.some((p) => s.startsWith(p) && s.length > p.length)) good.push(s);
-            else logger.warn({ attestor: name, selector: String(s).slice(0, 100) }, 'workload attestor returned a selector outside its namespace; dropped');
-          }
-          return good;
-        } catch (e) {
-          const err = e as { code?: string; message?: string };
-          logger.warn({ attestor: name, pid: caller.pid, code: err.code, err: err.message }, 'workload attestor failed; it contributes no selectors');
-          failed.push(name);
-          return [];
-        }
-      }),
-    );
-    return { selectors: [...new Set(results.flat())].sort(), failed: failed.sort() };
+    const runs: Promise<Selector[]>[] = [];
+    for (const [name, attestor] of attestors) runs.push(one(name, attestor));
+    const results = await Promise.all(runs);
+    return { selectors: sortedUnion(results), failed: failed.sort() };
   } finally {
     cancelTimeout();
     releaseController(ac);
   }
+}
+
+/** Whether `s` starts with one of `prefixes` and has more after it. */
+function hasPrefix(s: string, prefixes: readonly string[]): boolean {
+  for (const p of prefixes) if (s.length > p.length && s.startsWith(p)) return true;
+  return false;
+}
+
+/** The union of selector lists, sorted (as `[...new Set(lists.flat())].sort()`). */
+function sortedUnion(lists: readonly Selector[][]): Selector[] {
+  const all: Selector[] = [];
+  for (const l of lists) for (const s of l) all.push(s);
+  all.sort();
+  let w = 0;
+  for (let i = 0; i < all.length; i++) if (i === 0 || all[i] !== all[w - 1]) all[w++] = all[i]!;
+  all.length = w;
+  return all;
 }

@@ -6,24 +6,49 @@
  */
 import http2, { type ServerHttp2Stream } from 'node:http2';
 import { encodeGrpcMessage, frameMessage, type GrpcStatusCode } from './grpc.js';
+import type { LinkedList, ListEntry } from './linked-list.js';
 
 /** The trailers of a call that ended OK without a message (sent as they are, never changed). */
 const OK_TRAILERS: Record<string, string> = Object.freeze({ 'grpc-status': '0' }) as Record<string, string>;
+
+/** The response headers of every call that sends a message (never changed). */
+const RESPONSE_HEADERS = Object.freeze({ ':status': 200, 'content-type': 'application/grpc+proto', 'grpc-accept-encoding': 'identity' });
+const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
+
+/** Where a call's service time goes (./service-time.ts ServiceTimeHistogram). */
+export interface ServiceTimeRecorder {
+  record(ms: number): void;
+}
+
+/**
+ * The 'wantTrailers' listener of a call that ended OK: one shared function (the stream is
+ * `this`), so that a unary answer allocates no closure for its trailers.
+ */
+function sendOkTrailers(this: ServerHttp2Stream): void {
+  try {
+    this.sendTrailers(OK_TRAILERS);
+  } catch {
+    // stream went away
+  }
+}
 
 export class Call {
   private headersSent = false;
   done = false;
   /** The request message has been read completely. */
   requestRead = false;
-  private trailers: Record<string, string> = {};
-  private readonly cleanups: (() => void)[] = [];
+  /** Cleanups to run when the call ends (most calls have one or two). */
+  private cleanups: (() => void)[] | undefined;
+  /** The list of open calls that holds this call until it ends (its connection's), and its entry there. */
+  private tracking: LinkedList<Call> | undefined;
+  private trackEntry: ListEntry<Call> | undefined;
 
   private readonly startedAt = performance.now();
   private answered = false;
 
   constructor(
     readonly stream: ServerHttp2Stream,
-    private readonly onAnswer: (ms: number) => void,
+    private readonly times: ServiceTimeRecorder,
   ) {
     stream.on('close', () => this.markDone());
   }
@@ -32,18 +57,33 @@ export class Call {
   private answer(): void {
     if (this.answered) return;
     this.answered = true;
-    this.onAnswer(performance.now() - this.startedAt);
+    this.times.record(performance.now() - this.startedAt);
+  }
+
+  /** Be a member of `list` (a connection's open calls) until the call ends. */
+  trackIn(list: LinkedList<Call>): void {
+    if (this.done) return;
+    this.tracking = list;
+    this.trackEntry = list.add(this);
   }
 
   onDone(fn: () => void): void {
     if (this.done) fn();
-    else this.cleanups.push(fn);
+    else (this.cleanups ??= []).push(fn);
   }
 
   private markDone(): void {
     if (this.done) return;
     this.done = true;
-    for (const fn of this.cleanups.splice(0)) {
+    if (this.tracking !== undefined) {
+      this.tracking.remove(this.trackEntry!);
+      this.tracking = undefined;
+      this.trackEntry = undefined;
+    }
+    const fns = this.cleanups;
+    if (fns === undefined) return;
+    this.cleanups = undefined;
+    for (const fn of fns) {
       try {
         fn();
       } catch {
@@ -52,20 +92,30 @@ export class Call {
     }
   }
 
+  /**
+   * Response headers, once. The trailers are sent when the stream ends (see endWith()); a stream
+   * the client cancels (the usual end of FetchX509SVID) never asks for them.
+   */
   private sendHeaders(): void {
     if (this.headersSent) return;
     this.headersSent = true;
-    this.stream.respond(
-      { ':status': 200, 'content-type': 'application/grpc+proto', 'grpc-accept-encoding': 'identity' },
-      { waitForTrailers: true },
-    );
-    this.stream.once('wantTrailers', () => {
-      try {
-        this.stream.sendTrailers(this.trailers);
-      } catch {
-        // stream went away
-      }
-    });
+    this.stream.respond(RESPONSE_HEADERS, WAIT_FOR_TRAILERS);
+  }
+
+  /** End the stream after the headers went out; `trailers` follow the last DATA frame. */
+  private endWith(trailers: Record<string, string>, framed?: Buffer): void {
+    if (trailers === OK_TRAILERS) this.stream.on('wantTrailers', sendOkTrailers);
+    else {
+      this.stream.on('wantTrailers', () => {
+        try {
+          this.stream.sendTrailers(trailers);
+        } catch {
+          // stream went away
+        }
+      });
+    }
+    if (framed === undefined) this.stream.end();
+    else this.stream.end(framed);
   }
 
   /** Write one message; returns false when the stream is closed. */
@@ -93,10 +143,9 @@ export class Call {
       return false;
     }
     this.answer();
-    this.trailers = OK_TRAILERS;
     this.sendHeaders();
     try {
-      this.stream.end(framed);
+      this.endWith(OK_TRAILERS, framed);
     } catch {
       // stream went away
     }
@@ -114,7 +163,7 @@ export class Call {
       return;
     }
     this.answer();
-    const t: Record<string, string> = { 'grpc-status': String(code) };
+    const t: Record<string, string> = code === 0 && (message === undefined || message.length === 0) ? OK_TRAILERS : { 'grpc-status': String(code) };
     if (message !== undefined && message.length > 0) t['grpc-message'] = encodeGrpcMessage(message);
     try {
       if (!this.headersSent) {
@@ -122,8 +171,7 @@ export class Call {
         this.stream.respond({ ':status': 200, 'content-type': 'application/grpc+proto', ...t }, { endStream: true });
         if (!this.stream.writableEnded) this.stream.end();
       } else {
-        this.trailers = t;
-        this.stream.end();
+        this.endWith(t);
       }
     } catch {
       // stream went away

@@ -19,11 +19,14 @@
  *   3. between attestations, every call that uses the cached selectors first compares the exe
  *      file's identity (one stat of /proc/<pid>/exe) with the one recorded at accept.
  * The pidfd is kept open for the life of the connection and closed with it, and so are
- * /proc/<pid>/stat (opened in the accept callback), /proc/<pid>/status and the pidfd's fdinfo
- * (at the first check), read again from their start at every check: an open /proc/<pid>/ file stays bound to the
- * process it was opened for (a read fails once that process has been reaped, whoever holds the
- * pid number by then), so these reads cannot describe a process that reused the pid after they
- * were opened, and they cost no path walk, open or close (see proc.ts HeldProcFile).
+ * /proc/<pid>/stat (opened in the accept callback), /proc/<pid>/status, /proc/<pid>/cgroup and the
+ * pidfd's fdinfo (at their first read), read again from their start at every check: an open
+ * /proc/<pid>/ file stays bound to the process it was opened for (a read fails once that process
+ * has been reaped, whoever holds the pid number by then), so these reads cannot describe a process
+ * that reused the pid after they were opened, and they cost no path walk, open or close (see
+ * proc.ts HeldProcFile). The built-in `unix` and `container` attestors read status and cgroup
+ * through the same held files (this class is their CallerProcFiles); the checks above still read
+ * everything again after the attestors have finished.
  *
  * What this cannot see: an exec between the client's connect() and the agent's accept (the
  * image is recorded synchronously in the accept callback, right after SO_PEERCRED, before the
@@ -33,7 +36,22 @@ import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { WorkloadCaller } from '../../plugins/types.js';
 import { SigilError } from '../../errors.js';
-import { FDINFO_MAX_BYTES, HeldProcFile, describeImage, fdinfoNamesPid, parseStatStartTime, parseStatus, procPath, readExeFileSync, readExeImageSync, sameFile, sameImage, type ExeImage } from '../../workload/proc.js';
+import {
+  FDINFO_MAX_BYTES,
+  HeldProcFile,
+  describeImage,
+  fdinfoNamesPid,
+  parseStatStartTime,
+  parseStatus,
+  procPath,
+  readExeFileSync,
+  readExeImageAtSync,
+  readExeImageSync,
+  sameFile,
+  sameImage,
+  type CallerProcFiles,
+  type ExeImage,
+} from '../../workload/proc.js';
 
 export interface PeerCredentials {
   pid: number;
@@ -42,7 +60,7 @@ export interface PeerCredentials {
   pidfd?: number;
 }
 
-export class CallerConnection {
+export class CallerConnection implements CallerProcFiles {
   readonly caller: WorkloadCaller;
   /** Start time read right after accept (undefined until `ready` resolves). */
   startTime: bigint | undefined;
@@ -50,10 +68,16 @@ export class CallerConnection {
   image: ExeImage | undefined;
   /** Resolves once the start time has been captured; rejects if the process is already gone. */
   readonly ready: Promise<void>;
+  /** `ready` has resolved. */
+  private captured = false;
   private closed = false;
-  /** /proc/<pid>/stat and /proc/<pid>/status, held open from accept to close. */
+  /**
+   * /proc/<pid>/stat (opened in the accept callback), /proc/<pid>/status and /proc/<pid>/cgroup
+   * (at their first read), held open until close.
+   */
   private statFile: HeldProcFile | undefined;
   private statusFile: HeldProcFile | undefined;
+  private cgroupFile: HeldProcFile | undefined;
   /**
    * The pidfd's fdinfo (<fdinfoRoot>/<pidfd>), held open from the first check to close. The
    * kernel looks the fd number up in this process's table again at every read, so the pidfd
@@ -92,17 +116,35 @@ export class CallerConnection {
     if (image === undefined) throw unreadable;
     this.startTime = this.readStartTime();
     this.image = image;
-    await this.checkPidfd();
+    this.checkPidfd();
+    this.captured = true;
   }
 
   private readStartTime(): bigint {
     if (this.statFile === undefined) throw new SigilError('workload_api.caller_changed', `connection of pid ${this.caller.pid} is closed`);
-    return parseStatStartTime(this.statFile.read().toString('utf8'));
+    return parseStatStartTime(this.statFile.readText());
   }
 
   private exeLinkPath: string | undefined;
-  private get exeLink(): string {
+  /** The path of the caller's /proc/<pid>/exe link. */
+  get exeLink(): string {
     return (this.exeLinkPath ??= procPath(this.procRoot, this.caller.pid, 'exe'));
+  }
+
+  /** /proc/<pid>/status through the held file (CallerProcFiles, for the built-in attestors). */
+  statusText(): string {
+    return (this.statusFile ??= this.hold('status', 64 * 1024)).readText();
+  }
+
+  /** /proc/<pid>/cgroup through the held file (CallerProcFiles, for the built-in attestors). */
+  cgroupText(): string {
+    return (this.cgroupFile ??= this.hold('cgroup', 64 * 1024)).readText();
+  }
+
+  /** Open and hold /proc/<pid>/<file> (never once the connection is closed). */
+  private hold(file: string, maxBytes: number): HeldProcFile {
+    if (this.closed) throw new SigilError('workload.process_gone', `connection of pid ${this.caller.pid} is closed`);
+    return HeldProcFile.openSync(procPath(this.procRoot, this.caller.pid, file), maxBytes);
   }
 
   /**
@@ -123,7 +165,7 @@ export class CallerConnection {
     }
   }
 
-  private async checkPidfd(): Promise<void> {
+  private checkPidfd(): void {
     const fd = this.caller.pidfd;
     if (fd === undefined) return;
     // Once closed, the fd number may already name another connection's pidfd.
@@ -131,7 +173,7 @@ export class CallerConnection {
     let holds: boolean;
     try {
       this.fdinfoFile ??= HeldProcFile.openSync(join(this.fdinfoRoot, String(fd)), FDINFO_MAX_BYTES);
-      holds = fdinfoNamesPid(this.fdinfoFile.read().toString('utf8'), this.caller.pid);
+      holds = fdinfoNamesPid(this.fdinfoFile.readText(), this.caller.pid);
     } catch {
       holds = false; // unreadable: not (or no longer) a pidfd of a live process
     }
@@ -140,7 +182,16 @@ export class CallerConnection {
 
   /** Throws `workload_api.caller_changed` when the process behind the pid is not the one that connected. */
   async verifyUnchanged(): Promise<void> {
-    await this.ready;
+    if (!this.captured) await this.ready;
+    this.checkUnchanged();
+  }
+
+  /**
+   * verifyUnchanged() once `ready` has resolved, without waiting (every check is a synchronous
+   * read); throws as verifyUnchanged() rejects.
+   */
+  checkUnchanged(): void {
+    if (!this.captured) throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} was never identified`);
     // Two proofs that the pid still names the process that connected. The start time must be
     // the one read at accept. With a pidfd, one check after all reads is also proof: a process
     // keeps its pid until it is reaped, so if the pidfd's process still holds the pid now, every
@@ -152,9 +203,8 @@ export class CallerConnection {
     let image: ExeImage;
     try {
       if (this.closed) throw new SigilError('workload_api.caller_changed', `connection of pid ${this.caller.pid} is closed`);
-      this.statusFile ??= HeldProcFile.openSync(procPath(this.procRoot, this.caller.pid, 'status'), 64 * 1024);
-      status = parseStatus(this.statusFile.read().toString('utf8'));
-      image = readExeImageSync(this.procRoot, this.caller.pid);
+      status = parseStatus(this.statusText());
+      image = readExeImageAtSync(this.exeLink);
       start = this.readStartTime();
     } catch (e) {
       throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} is gone: ${(e as Error).message}`, { cause: e });
@@ -174,15 +224,17 @@ export class CallerConnection {
     }
     // The pidfd check last: if the process was reaped while /proc was read, the values read may
     // belong to a new process that happens to match.
-    await this.checkPidfd();
+    this.checkPidfd();
   }
 
   private closeHeld(): void {
     this.statFile?.close();
     this.statusFile?.close();
+    this.cgroupFile?.close();
     this.fdinfoFile?.close();
     this.statFile = undefined;
     this.statusFile = undefined;
+    this.cgroupFile = undefined;
     this.fdinfoFile = undefined;
   }
 

@@ -60,6 +60,11 @@ function sameSelectors(a: readonly Selector[], b: readonly Selector[]): boolean 
   return true;
 }
 
+/** A FetchX509SVID stream (or a bundles stream of a federating node), told when the connection's selectors are due again. */
+export interface SelectorWatcher {
+  wake(): void;
+}
+
 export class WorkloadConnection {
   readonly id = randomUUID().slice(0, 8);
   /** The last complete attestation and until when (performance.now(), a monotonic clock) it may be reused. */
@@ -68,8 +73,13 @@ export class WorkloadConnection {
   /** Attestations started on this connection; `inflight` is number `started`. */
   private started = 0;
   /** Open FetchX509SVID streams, each told to re-check when the selectors are due again. */
-  private readonly x509Streams = new LinkedList<() => void>();
-  /** The timer that wakes the streams when the cached selectors expire. */
+  private readonly x509Streams = new LinkedList<SelectorWatcher>();
+  /**
+   * The timer that wakes the streams when the cached selectors expire. It is left running when
+   * the last stream ends (a stream usually lives a millisecond; arming and cancelling a deadline
+   * per call cost more than one that fires with nobody to wake), and cancelled when the
+   * connection closes.
+   */
   private reattest: CancelDeadline | undefined;
   /** Open calls (a list, not a Set: see linked-list.ts). */
   readonly calls = new LinkedList<Call>();
@@ -83,8 +93,18 @@ export class WorkloadConnection {
 
   /** Track `call` until it ends. */
   addCall(call: Call): void {
-    const node = this.calls.add(call);
-    call.onDone(() => this.calls.remove(node));
+    call.trackIn(this.calls);
+  }
+
+  /** Logs an error of one of the connection's streams (one listener for all of them). */
+  readonly onStreamError = (e: Error): void => {
+    this.policy.logger.debug({ conn: this.id, err: e.message }, 'stream error');
+  };
+
+  /** The connection is closed: stop its timer. */
+  closed(): void {
+    this.reattest?.();
+    this.reattest = undefined;
   }
 
   /** End every open call with `code`. */
@@ -116,17 +136,10 @@ export class WorkloadConnection {
   async attest(fresh = false): Promise<ConnAttestation> {
     const need = fresh ? this.started + 1 : 0;
     for (;;) {
-      if (this.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, CLOSING);
-      const c = this.cache;
-      if (!fresh && c && performance.now() < c.until) {
-        try {
-          this.peer.checkImage();
-        } catch (e) {
-          this.poison((e as Error).message);
-          throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
-        }
-        return c;
-      }
+      if (!fresh) {
+        const c = this.cachedAttestation();
+        if (c !== undefined) return c;
+      } else if (this.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, CLOSING);
       const running = this.inflight;
       if (running === undefined) break;
       if (this.started >= need) return running;
@@ -143,12 +156,30 @@ export class WorkloadConnection {
     }
   }
 
+  /**
+   * The cached selectors when they may still be used, without waiting: the same as `attest()`
+   * when that would answer from the cache (the exe checked first; a caller that changed poisons
+   * the connection and this throws Unavailable), else undefined — then call `attest()`.
+   */
+  cachedAttestation(): ConnAttestation | undefined {
+    if (this.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, CLOSING);
+    const c = this.cache;
+    if (c === undefined || performance.now() >= c.until) return undefined;
+    try {
+      this.peer.checkImage();
+    } catch (e) {
+      this.poison((e as Error).message);
+      throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
+    }
+    return c;
+  }
+
   private async attestNow(): Promise<ConnAttestation> {
     const { attestors, logger, attestTimeoutMs, selectorCacheMs, schedule } = this.policy;
     try {
       await this.peer.ready;
-      const r = await attestCaller(this.peer.caller, attestors, logger, attestTimeoutMs, schedule);
-      await this.peer.verifyUnchanged();
+      const r = await attestCaller(this.peer.caller, attestors, logger, attestTimeoutMs, schedule, this.peer);
+      this.peer.checkUnchanged();
       logger.debug({ conn: this.id, pid: this.peer.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
       if (r.failed.length > 0) return { selectors: r.selectors, failed: r.failed, x509Key: x509KeyOf(r.selectors), until: 0 };
       const until = performance.now() + selectorCacheMs * (0.5 + Math.random() / 2);
@@ -169,20 +200,19 @@ export class WorkloadConnection {
   }
 
   /**
-   * Have `wake` called whenever the connection's cached selectors expire, so that a
-   * FetchX509SVID stream re-attests on the same schedule as unary calls even when nothing is
-   * pushed. Returns the function that stops it.
+   * Have `w` woken whenever the connection's cached selectors expire, so that a FetchX509SVID
+   * stream re-attests on the same schedule as unary calls even when nothing is pushed. Returns
+   * the entry that unwatchSelectors() removes.
    */
-  watchSelectors(wake: () => void): () => void {
-    const node: ListEntry<() => void> = this.x509Streams.add(wake);
+  watchSelectors(w: SelectorWatcher): ListEntry<SelectorWatcher> {
+    const entry = this.x509Streams.add(w);
     this.armReattest();
-    return () => {
-      this.x509Streams.remove(node);
-      if (this.x509Streams.size === 0) {
-        this.reattest?.();
-        this.reattest = undefined;
-      }
-    };
+    return entry;
+  }
+
+  /** Stop waking a watcher added by watchSelectors(). */
+  unwatchSelectors(entry: ListEntry<SelectorWatcher>): void {
+    this.x509Streams.remove(entry);
   }
 
   /** Arm the timer that wakes the selector watchers (no-op when armed, poisoned or unwatched). */
@@ -193,7 +223,7 @@ export class WorkloadConnection {
     const delay = c && c.until > now ? c.until - now : this.policy.selectorCacheMs / 2;
     this.reattest = this.policy.schedule(delay, () => {
       this.reattest = undefined;
-      for (const wake of this.x509Streams.values()) wake();
+      for (const w of this.x509Streams.values()) w.wake();
     });
   }
 }

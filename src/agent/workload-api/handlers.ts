@@ -56,15 +56,15 @@ export function workloadHandlers(d: HandlerDeps): Record<string, Handler> {
   return {
     async FetchX509SVID(conn, call, body) {
       decodeEmptyRequest(body);
-      streams.serveX509(conn, call, await conn.attest());
+      streams.serveX509(conn, call, conn.cachedAttestation() ?? (await conn.attest()));
     },
     async FetchX509Bundles(conn, call, body) {
       decodeEmptyRequest(body);
-      streams.serveBundles(conn, call, responses.federating() ? await conn.attest() : undefined, (a) => responses.x509Bundles(a));
+      streams.serveBundles(conn, call, responses.federating() ? (conn.cachedAttestation() ?? (await conn.attest())) : undefined, 'x509-bundles');
     },
     async FetchJWTBundles(conn, call, body) {
       decodeEmptyRequest(body);
-      streams.serveBundles(conn, call, responses.federating() ? await conn.attest() : undefined, (a) => responses.jwtBundles(a));
+      streams.serveBundles(conn, call, responses.federating() ? (conn.cachedAttestation() ?? (await conn.attest())) : undefined, 'jwt-bundles');
     },
     async FetchJWTSVID(conn, call, body, deadlineMs) {
       const req = decodeJwtSvidRequest(body, d.maxAudiences);
@@ -82,7 +82,7 @@ export function workloadHandlers(d: HandlerDeps): Record<string, Handler> {
           throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `spiffe_id: ${(e as Error).message}`);
         }
       }
-      const a = await conn.attest();
+      const a = conn.cachedAttestation() ?? (await conn.attest());
       const results =
         source.jwtSvidsCached?.(a.selectors, audience, spiffeId) ?? (await withDeadline(source.jwtSvidsFor(a.selectors, audience, spiffeId), deadlineMs ?? d.unaryTimeoutMs));
       if (results.length === 0) {

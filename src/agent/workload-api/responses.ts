@@ -90,6 +90,8 @@ export class ResponseCache {
 
   /** The framed FetchX509SVID response for an attestation (null: no SVID for its selectors). */
   x509For(a: ConnAttestation): Buffer | null {
+    const hit = this.cache.get(a.x509Key);
+    if (hit !== undefined) return hit;
     return this.cached(a.x509Key, () => this.x509Response(this.source.x509SvidsFor(a.selectors)));
   }
 

@@ -33,19 +33,32 @@ export interface RouterOptions {
   closing(): boolean;
 }
 
+/** A known method: its handler and its service times. */
+interface Route {
+  name: string;
+  handler: Handler;
+  times: ServiceTimeHistogram;
+}
+
 export class CallRouter {
   private readonly methodPrefix = `/${SERVICE_NAME}/`;
+  /** The routes by method name, and by request path (`/SpiffeWorkloadAPI/<name>`). */
   private readonly times = new Map<string, ServiceTimeHistogram>();
+  private readonly routes = new Map<string, Route>();
   /** Service times of calls to unknown paths (one histogram for all of them). */
   private readonly otherCalls = new ServiceTimeHistogram();
 
   constructor(private readonly o: RouterOptions) {
-    for (const m of Object.keys(o.handlers)) this.times.set(m, new ServiceTimeHistogram());
+    for (const [name, handler] of Object.entries(o.handlers)) {
+      const times = new ServiceTimeHistogram();
+      this.times.set(name, times);
+      this.routes.set(this.methodPrefix + name, { name, handler, times });
+    }
   }
 
   /** A new stream on `conn`'s session. */
   handleStream(conn: WorkloadConnection, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
-    stream.on('error', (e) => this.o.logger.debug({ conn: conn.id, err: e.message }, 'stream error'));
+    stream.on('error', conn.onStreamError);
     if (headers[':method'] !== 'POST') {
       stream.respond({ ':status': 405, allow: 'POST' }, { endStream: true });
       return;
@@ -55,13 +68,11 @@ export class CallRouter {
       stream.respond({ ':status': 415 }, { endStream: true });
       return;
     }
-    const call = new Call(stream, this.recorder(headers[':path']));
+    const path = headers[':path'];
+    const route = typeof path === 'string' ? this.routes.get(path) : undefined;
+    const call = new Call(stream, route?.times ?? this.otherCalls);
     conn.addCall(call);
-    void this.dispatch(conn, call, headers).catch((e: unknown) => {
-      const m = grpcStatusForError(e);
-      if (m.internal) this.o.logger.error({ conn: conn.id, err: errorMessage(e) }, 'Workload API call failed');
-      call.finish(m.code, m.message);
-    });
+    void this.dispatch(conn, call, headers, route);
   }
 
   /**
@@ -78,31 +89,25 @@ export class CallRouter {
     return out;
   }
 
-  private methodOf(path: string | undefined): string {
-    return path?.startsWith(this.methodPrefix) ? path.slice(this.methodPrefix.length) : '';
-  }
-
-  /** Where a call's service time goes: its method's histogram (unknown paths share one). */
-  private recorder(path: string | undefined): (ms: number) => void {
-    const h = this.times.get(this.methodOf(path)) ?? this.otherCalls;
-    return (ms) => h.record(ms);
-  }
-
-  private async dispatch(conn: WorkloadConnection, call: Call, headers: IncomingHttpHeaders): Promise<void> {
-    const path = headers[':path'] ?? '';
-    const name = this.methodOf(path);
-    const handler = Object.hasOwn(this.o.handlers, name) ? this.o.handlers[name] : undefined;
-    if (!handler) throw new GrpcError(GrpcStatus.UNIMPLEMENTED, `unknown method ${path.slice(0, 200)}`);
-    const enc = headers['grpc-encoding'];
-    if (enc !== undefined && enc !== 'identity') throw new GrpcError(GrpcStatus.UNIMPLEMENTED, `grpc-encoding "${String(enc).slice(0, 40)}" is not supported (identity only)`);
-    if (headers['workload.spiffe.io'] !== 'true') throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'security header missing from request');
-    if (conn.poisoned || this.o.closing()) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
-    const timeout = parseGrpcTimeout(headers['grpc-timeout']);
-    if (timeout !== undefined) call.onDone(this.o.schedule(timeout, () => call.finish(GrpcStatus.DEADLINE_EXCEEDED, 'deadline exceeded')));
-    const { maxRequestBytes, requestTimeoutMs, budget, schedule } = this.o;
-    const body = await readSingleMessage(call.stream, maxRequestBytes, Math.min(requestTimeoutMs, timeout ?? requestTimeoutMs), budget, schedule);
-    call.requestRead = true;
-    if (call.done) return;
-    await handler(conn, call, body, timeout);
+  /** Serve one call; every failure ends the call with its status (nothing is thrown). */
+  private async dispatch(conn: WorkloadConnection, call: Call, headers: IncomingHttpHeaders, route: Route | undefined): Promise<void> {
+    try {
+      if (route === undefined) throw new GrpcError(GrpcStatus.UNIMPLEMENTED, `unknown method ${(headers[':path'] ?? '').slice(0, 200)}`);
+      const enc = headers['grpc-encoding'];
+      if (enc !== undefined && enc !== 'identity') throw new GrpcError(GrpcStatus.UNIMPLEMENTED, `grpc-encoding "${String(enc).slice(0, 40)}" is not supported (identity only)`);
+      if (headers['workload.spiffe.io'] !== 'true') throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'security header missing from request');
+      if (conn.poisoned || this.o.closing()) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'connection is closing; reconnect');
+      const timeout = parseGrpcTimeout(headers['grpc-timeout']);
+      if (timeout !== undefined) call.onDone(this.o.schedule(timeout, () => call.finish(GrpcStatus.DEADLINE_EXCEEDED, 'deadline exceeded')));
+      const { maxRequestBytes, requestTimeoutMs, budget, schedule } = this.o;
+      const body = await readSingleMessage(call.stream, maxRequestBytes, Math.min(requestTimeoutMs, timeout ?? requestTimeoutMs), budget, schedule);
+      call.requestRead = true;
+      if (call.done) return;
+      await route.handler(conn, call, body, timeout);
+    } catch (e) {
+      const m = grpcStatusForError(e);
+      if (m.internal) this.o.logger.error({ conn: conn.id, err: errorMessage(e) }, 'Workload API call failed');
+      call.finish(m.code, m.message);
+    }
   }
 }

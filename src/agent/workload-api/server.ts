@@ -219,6 +219,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     session.once('close', () => {
       clearTimeout(hsTimer);
       conn.finishCalls(GrpcStatus.CANCELLED, 'connection closed');
+      conn.closed();
       conns.delete(conn);
       admission.release(peer.uid);
       caller.close();

@@ -92,8 +92,12 @@ function str(f: WireField, name: string): string {
 
 /** X509SVIDRequest, X509BundlesRequest, JWTBundlesRequest: no fields; unknown ones are skipped. */
 export function decodeEmptyRequest(buf: Uint8Array): Record<string, never> {
-  walkFields(buf, () => undefined);
+  if (buf.length > 0) walkFields(buf, ignoreField);
   return {};
+}
+
+function ignoreField(): void {
+  // unknown fields of an empty request are skipped (proto3)
 }
 
 export interface JwtSvidRequest {
