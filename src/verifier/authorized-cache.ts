@@ -57,6 +57,8 @@ export const EVAL_SLICE = 32;
 export const REVISION_CHECK_MS = 1000;
 /** Parent IDs whose children are kept (beyond that the children cache starts afresh). */
 export const CHILDREN_MAX = 500_000;
+/** Parents whose dropped children lists are kept for reuse by the next read of those parents. */
+export const RETIRED_MAX = 4096;
 /** Unreadable store notifications are logged at most once per this many ms (with a count). */
 export const BAD_NOTICE_LOG_MS = 10_000;
 
@@ -164,6 +166,14 @@ export class AuthorizedSetCache {
    * a gap in the feed. `epoch` counts those drops, so a read that raced one is not stored.
    */
   private readonly children = new Map<string, RegistrationEntry[]>();
+  /**
+   * A parent's children list dropped by a reported write, until the parent is read again: the read
+   * hands back the old object of every entry still there (entries are never changed in place, so an
+   * equal ID and revision number is an equal entry). One write under a parent with 50 children then
+   * makes one new entry object, not 50 that replace long-lived ones (and their JSON made again):
+   * at 50 changes/s that churn was old-generation garbage the collector had to copy and sweep.
+   */
+  private readonly retired = new Map<string, RegistrationEntry[]>();
   private epoch = 0;
   /** The JSON text of each entry, made once per entry object. */
   private readonly entryJson = new WeakMap<RegistrationEntry, string>();
@@ -215,7 +225,7 @@ export class AuthorizedSetCache {
     if (gap) {
       this.gaps++;
       this.children.clear();
-    } else for (const e of c.entries as NonNullable<EntriesChange['entries']>) this.children.delete(e.parentId);
+    } else for (const e of c.entries as NonNullable<EntriesChange['entries']>) this.retire(e.parentId);
     for (const w of this.touchedWaiters(c)) this.enqueue(w, true);
   }
 
@@ -355,6 +365,34 @@ export class AuthorizedSetCache {
     return this.nodeIndex.candidates(nodeSelectors);
   }
 
+  /** Drop a parent's children (a write under it was reported), kept for reuse by its next read. */
+  private retire(parentId: string): void {
+    const old = this.children.get(parentId);
+    if (old === undefined) return;
+    this.children.delete(parentId);
+    if (old.length === 0) return;
+    if (this.retired.size >= RETIRED_MAX && !this.retired.has(parentId)) this.retired.clear();
+    this.retired.set(parentId, old);
+  }
+
+  /** The entries of a read, with the objects of its parents' retired lists where the entry is the same. */
+  private reuseRetired(read: RegistrationEntry[], parents: readonly string[]): RegistrationEntry[] {
+    if (this.retired.size === 0) return read;
+    let byId: Map<string, RegistrationEntry> | undefined;
+    for (const p of parents) {
+      const old = this.retired.get(p);
+      if (old === undefined) continue;
+      this.retired.delete(p);
+      byId ??= new Map();
+      for (const e of old) byId.set(e.id, e);
+    }
+    if (byId === undefined) return read;
+    return read.map((e) => {
+      const o = byId.get(e.id);
+      return o !== undefined && o.revisionNumber === e.revisionNumber && o.parentId === e.parentId ? o : e;
+    });
+  }
+
   /** entriesByParents through the shared children cache. */
   private async childrenOf(ids: string[]): Promise<RegistrationEntry[]> {
     const out: RegistrationEntry[] = [];
@@ -366,7 +404,7 @@ export class AuthorizedSetCache {
     }
     if (missing.length === 0) return out;
     const epoch = this.epoch;
-    const read = await this.store.entriesByParents(missing);
+    const read = this.reuseRetired(await this.store.entriesByParents(missing), missing);
     const byParent = new Map<string, RegistrationEntry[]>(missing.map((id) => [id, []]));
     for (const e of read) {
       byParent.get(e.parentId)?.push(e);

@@ -133,6 +133,41 @@ describe('AuthorizedSetCache answers after the memory changes', () => {
     expect(JSON.parse(body)).toEqual(JSON.parse(JSON.stringify({ entries: s.entries, revision: s.etag })));
   });
 
+  it('a write under a parent keeps the objects of its unchanged children; a deleted child is gone and one created again under the same ID is the new entry', async () => {
+    store = new SqliteStore(':memory:');
+    const a = `spiffe://${TD}/sigil/agent/join_token/a`;
+    const kept = await store.createEntries([entry(`spiffe://${TD}/w/1`, a), entry(`spiffe://${TD}/w/2`, a)]);
+    const doomed = await store.createEntry(entry(`spiffe://${TD}/w/3`, a, { id: 'same-id' }));
+    cache = new AuthorizedSetCache(store, TD, () => new Date());
+    const s1 = await cache.get(agent(a));
+    const obj = (s: { entries: RegistrationEntry[] }, id: string): RegistrationEntry => s.entries.find((e) => e.id === id) as RegistrationEntry;
+    const body1 = cache.body(s1);
+    await store.createEntry(entry(`spiffe://${TD}/w/4`, a));
+    const s2 = await cache.get(agent(a));
+    expect(s2.entries.map((e) => e.spiffeId).sort()).toEqual([1, 2, 3, 4].map((n) => `spiffe://${TD}/w/${n}`));
+    for (const k of [...kept, doomed]) expect(obj(s2, k.id)).toBe(obj(s1, k.id));
+    // The same text for the unchanged entries as a fresh read gives.
+    expect(JSON.parse(cache.body(s2)).entries).toEqual(JSON.parse(JSON.stringify(s2.entries)));
+    expect(JSON.parse(body1).entries.length).toBe(3);
+    // Deleted, then created again with the same ID but other content before anyone reads: the old
+    // object (still in the dropped list) must not come back.
+    expect(await store.deleteEntry('same-id')).toBe(true);
+    const again = await store.createEntry(entry(`spiffe://${TD}/w/3-again`, a, { id: 'same-id', selectors: ['unix:uid:2'] }));
+    const s4 = await cache.get(agent(a));
+    const got = obj(s4, 'same-id');
+    expect(got).not.toBe(obj(s1, 'same-id'));
+    expect(got.spiffeId).toBe(`spiffe://${TD}/w/3-again`);
+    expect(got.selectors).toEqual(['unix:uid:2']);
+    expect(got.revisionNumber).toBe(again.revisionNumber);
+    expect(JSON.parse(cache.body(s4)).entries.find((e: RegistrationEntry) => e.id === 'same-id').spiffeId).toBe(`spiffe://${TD}/w/3-again`);
+    for (const k of kept) expect(obj(s4, k.id)).toBe(obj(s1, k.id));
+    // Deleted only: gone.
+    expect(await store.deleteEntry(kept[0]!.id)).toBe(true);
+    const s5 = await cache.get(agent(a));
+    expect(s5.entries.map((e) => e.id)).not.toContain(kept[0]!.id);
+    expect(obj(s5, kept[1]!.id)).toBe(obj(s1, kept[1]!.id));
+  });
+
   it('a child created under an entry that had none reaches that agent only (the shared empty children list is not changed)', async () => {
     store = new SqliteStore(':memory:');
     const a = `spiffe://${TD}/sigil/agent/join_token/a`;
