@@ -35,6 +35,15 @@ export function algorithmById(id: number): EventLogAlgorithm | undefined {
   return BY_ID.get(id);
 }
 
+/** Digest sizes by TPM_ALG_ID (every registered ID here is under 64); 0 for an ID Sigil does not know. */
+const SIZE_BY_ID = new Uint8Array(64);
+for (const a of ALGORITHMS) SIZE_BY_ID[a.id] = a.size;
+
+/** The digest size of algorithm `id`, or 0 when Sigil does not know it: a table read, for loops over every record's digests. */
+export function digestSizeById(id: number): number {
+  return id >= 0 && id < 64 ? SIZE_BY_ID[id]! : 0;
+}
+
 export function algorithmByName(name: string): EventLogAlgorithm | undefined {
   return BY_NAME.get(name);
 }

@@ -5,10 +5,11 @@
  * PCR 7, separators, the S-CRTM version). Everything else yields only digests.
  */
 import { SigilError } from '../../errors.js';
-import { algorithmByName, bankHashHex } from './algorithms.js';
+import { algorithmByName, bankHashHex, type EventLogAlgorithm } from './algorithms.js';
 import { EV, eventTypeName } from './events.js';
 import { ParsedEvent, type EventLogEvent, type ParsedEventLog } from './parse.js';
 import { QUIRKS, shimAuthorityDigestedLength, type QuirkName } from './quirks.js';
+import { inMask, registerMask } from './register-mask.js';
 import { GUID, asciiText, isDerSequence, parseUefiVariable, utf16Text, walkSignatureLists } from './uefi.js';
 
 export interface BootFacts {
@@ -163,17 +164,6 @@ function sameData(ev: EventLogEvent, kept: Buffer): boolean {
 export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: ReadonlySet<number>, memo?: VerifiedVariableMemo): BootFacts {
   const alg = log.banks.find((b) => b.name === bank);
   if (alg === undefined) throw new SigilError('tpm.eventlog_bank_missing', `event log: the log has no ${bank} digests`);
-  const digestOf = (ev: EventLogEvent): Buffer => ev.digests.find((d) => d.alg.id === alg.id)!.digest;
-  /** Hex of the event's digest in this bank, straight from the log's bytes when it was parsed here. */
-  const hexOf = (ev: EventLogEvent): string => {
-    if (ev instanceof ParsedEvent) {
-      const off = ev.digestOffset(alg.id);
-      if (off >= 0) return ev.bytes.toString('hex', off, off + alg.size);
-    }
-    return digestOf(ev).toString('hex');
-  };
-  /** Whether `data` hashes to the event's digest, whose hex is `hex`. */
-  const dataHashes = (ev: EventLogEvent, hex: string, data: Buffer = ev.data): boolean => bankHashHex(alg, data) === hex;
   const quirks = new Set<QuirkName>();
   let secureBoot: 'enabled' | 'disabled' | undefined;
   const pk: string[] = [];
@@ -195,23 +185,25 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
   /** The PCR 11 section name record just seen (its digest verified), waiting for its data record. */
   let ukiName: string | undefined;
 
+  const mask = registerMask(trustedPcrs);
   for (const ev of log.events) {
-    if (ev.type === EV.NO_ACTION || !trustedPcrs.has(ev.index)) continue;
-    const hex = hexOf(ev);
+    if (ev.type === EV.NO_ACTION || (mask !== undefined ? !inMask(mask, ev.index) : !trustedPcrs.has(ev.index))) continue;
+    // The digest's hex is made where a case reads it: most records (boot variables, GPT, actions) never do.
     if (ev.index === 11) {
-      ukiName = ukiRecord(ev, hex, ukiName);
+      ukiName = ukiRecord(alg, ukiSections, ev, digestHexOf(alg, ev), ukiName);
       continue;
     }
     switch (ev.type) {
       case EV.SEPARATOR:
-        if (!dataHashes(ev, hex)) badEvent(ev, 'the digest is not the hash of the separator data');
+        if (!hashesTo(alg, ev.data, digestHexOf(alg, ev))) badEvent(ev, 'the digest is not the hash of the separator data');
         separated.add(ev.index);
         break;
       case EV.EFI_VARIABLE_DRIVER_CONFIG: {
         if (ev.index !== 7) break;
+        const hex = digestHexOf(alg, ev);
         // The memo holds only bytes that were hashed to this digest before (compared whole here).
         const kept = memo?.get(alg.name, hex, ev);
-        if (kept === undefined && !dataHashes(ev, hex)) badEvent(ev, 'the digest is not the hash of the UEFI variable data');
+        if (kept === undefined && !hashesTo(alg, ev.data, hex)) badEvent(ev, 'the digest is not the hash of the UEFI variable data');
         if (separated.has(7)) {
           if (kept === undefined) memo?.put(alg.name, hex, ev, undefined);
           break; // configuration after the separator is not the boot policy
@@ -230,7 +222,7 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
       }
       case EV.EFI_VARIABLE_AUTHORITY: {
         if (ev.index !== 7) break;
-        const n = shimAuthorityDigestedLength(alg, digestOf(ev), ev.data);
+        const n = shimAuthorityDigestedLength(alg, digestHexOf(alg, ev), ev.data);
         if (n === undefined) badEvent(ev, 'the digest is not the hash of the authority data');
         const v = parseUefiVariable(ev.data.subarray(0, n), `event ${ev.seq}`, n === ev.data.length);
         if (n !== ev.data.length || v.length !== ev.data.length) {
@@ -242,21 +234,23 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
         break;
       }
       case EV.EFI_BOOT_SERVICES_APPLICATION:
-        if (ev.index === 4) bootApps.push(hex);
+        if (ev.index === 4) bootApps.push(digestHexOf(alg, ev));
         break;
       case EV.IPL: {
+        if (ev.index !== 8 && ev.index !== 9 && ev.index !== 12) break; // nothing else is read from EV_IPL
+        const hex = digestHexOf(alg, ev);
         const text = asciiText(ev.data);
         if (ev.index === 8 && text?.startsWith('kernel_cmdline: ')) {
           // GRUB hashes the command line alone: without the "kernel_cmdline: " label and the NUL.
           const cmdline = text.slice('kernel_cmdline: '.length);
-          const covered = dataHashes(ev, hex, Buffer.from(cmdline, 'latin1'));
+          const covered = hashesTo(alg, Buffer.from(cmdline, 'latin1'), hex);
           if (covered) quirks.add(QUIRKS.grubStringWithoutNul);
           kernelCmdlines.push({ digest: hex, text: covered ? cmdline : undefined });
         } else if (ev.index === 12 || (ev.index === 8 && utf16Text(ev.data) !== undefined)) {
           // systemd-stub and systemd-boot (PCR 12; before systemd 251, systemd-boot used PCR 8):
           // the command line in UTF-16, hashed without trailing NULs (the description may keep one).
           const t = utf16Text(ev.data);
-          if (t !== undefined) kernelCmdlines.push({ digest: hex, text: dataHashes(ev, hex) || dataHashes(ev, hex, Buffer.from(t, 'utf16le')) ? t : undefined });
+          if (t !== undefined) kernelCmdlines.push({ digest: hex, text: hashesTo(alg, ev.data, hex) || hashesTo(alg, Buffer.from(t, 'utf16le'), hex) ? t : undefined });
         } else if (ev.index === 9 && text !== undefined) {
           const file = text.slice(text.lastIndexOf('/') + 1);
           if (/^(initrd|initramfs)/.test(file)) pushOnce(initrds, hex);
@@ -266,7 +260,7 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
       }
       case EV.S_CRTM_VERSION:
         if (ev.index !== 0) break;
-        if (!dataHashes(ev, hex)) badEvent(ev, 'the digest is not the hash of the S-CRTM version');
+        if (!hashesTo(alg, ev.data, digestHexOf(alg, ev))) badEvent(ev, 'the digest is not the hash of the S-CRTM version');
         {
           // Text when it is printable without edge spaces (copyable into a selector), else hex.
           const t = utf16Text(ev.data) ?? asciiText(ev.data);
@@ -275,11 +269,11 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
         }
         break;
       case EV.S_CRTM_CONTENTS:
-        if (ev.index === 0) pushOnce(scrtm, hex);
+        if (ev.index === 0) pushOnce(scrtm, digestHexOf(alg, ev));
         break;
       case EV.EFI_PLATFORM_FIRMWARE_BLOB:
       case EV.EFI_PLATFORM_FIRMWARE_BLOB2:
-        if (ev.index === 0) pushOnce(firmwareBlobs, hex);
+        if (ev.index === 0) pushOnce(firmwareBlobs, digestHexOf(alg, ev));
         break;
       case EV.EFI_ACTION:
         if (asciiText(ev.data) === 'Exit Boot Services Invocation') exitBootServices = true;
@@ -289,8 +283,8 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
         // digest is proven (the data is a label), so these yield digests, never text.
         if (ev.index !== 9 || ev.data.length < 8 || ev.data.readUInt32LE(4) !== ev.data.length - 8) break;
         const tag = ev.data.readUInt32LE(0);
-        if (tag === LINUX_EFI_STUB_TAG.initrd) pushOnce(initrds, hex);
-        else if (tag === LINUX_EFI_STUB_TAG.loadOptions) kernelCmdlines.push({ digest: hex, text: undefined });
+        if (tag === LINUX_EFI_STUB_TAG.initrd) pushOnce(initrds, digestHexOf(alg, ev));
+        else if (tag === LINUX_EFI_STUB_TAG.loadOptions) kernelCmdlines.push({ digest: digestHexOf(alg, ev), text: undefined });
         break;
       }
       default:
@@ -319,29 +313,46 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
     quirks: [...quirks],
   };
 
-  /**
-   * One PCR 11 record. systemd-stub writes a pair per UKI section, both EV_IPL with the section
-   * name (UTF-16) as description: first a record whose digest is the hash of the ASCII name with
-   * its NUL — checked here, so the name is proven — then one whose digest is the hash of the
-   * section's contents. Returns the name awaiting its data record. Records that are not such a
-   * pair yield nothing; a data record whose description names another section, or a second
-   * name record for a section already measured, is refused.
-   */
-  function ukiRecord(ev: EventLogEvent, hex: string, pending: string | undefined): string | undefined {
-    const label = ev.type === EV.IPL ? utf16Text(ev.data) : undefined;
-    if (pending !== undefined) {
-      if (label !== pending) badEvent(ev, `UKI section ${pending}'s data record is labelled ${JSON.stringify(label ?? ev.data.toString('hex').slice(0, 32))}`);
-      ukiSections.push({ name: pending, digest: hex });
-      return undefined;
-    }
-    if (label === undefined || !UKI_SECTION.test(label)) return undefined;
-    if (!dataHashes(ev, hex, Buffer.from(`${label}\0`, 'latin1'))) return undefined;
-    // systemd-stub measures each section once; a second pair can only come from a later extend
-    // (PCR 11 is extendable from userspace) and would add a selector the booted UKI does not have.
-    if (ukiSections.some((s) => s.name === label)) badEvent(ev, `UKI section ${label} is measured a second time`);
-    return label;
-  }
 }
+
+/** Lowercase hex of `ev`'s digest in bank `alg`, straight from the log's bytes when it was parsed here. */
+function digestHexOf(alg: EventLogAlgorithm, ev: EventLogEvent): string {
+  if (ev instanceof ParsedEvent) {
+    const off = ev.digestOffset(alg.id);
+    if (off >= 0) return ev.bytes.toString('hex', off, off + alg.size);
+  }
+  return ev.digests.find((d) => d.alg.id === alg.id)!.digest.toString('hex');
+}
+
+/** Whether `data` hashes to the digest whose lowercase hex is `hex` in bank `alg`. */
+function hashesTo(alg: EventLogAlgorithm, data: Buffer, hex: string): boolean {
+  return bankHashHex(alg, data) === hex;
+}
+
+/**
+ * One PCR 11 record. systemd-stub writes a pair per UKI section, both EV_IPL with the section
+ * name (UTF-16) as description: first a record whose digest (`hex`, in bank `alg`) is the hash of
+ * the ASCII name with its NUL — checked here, so the name is proven — then one whose digest is the
+ * hash of the section's contents. Returns the name awaiting its data record (`pending` is the one
+ * before this record); a completed pair goes into `ukiSections`. Records that are not such a pair
+ * yield nothing; a data record whose description names another section, or a second name record
+ * for a section already measured, is refused.
+ */
+function ukiRecord(alg: EventLogAlgorithm, ukiSections: { name: string; digest: string }[], ev: EventLogEvent, hex: string, pending: string | undefined): string | undefined {
+  const label = ev.type === EV.IPL ? utf16Text(ev.data) : undefined;
+  if (pending !== undefined) {
+    if (label !== pending) badEvent(ev, `UKI section ${pending}'s data record is labelled ${JSON.stringify(label ?? ev.data.toString('hex').slice(0, 32))}`);
+    ukiSections.push({ name: pending, digest: hex });
+    return undefined;
+  }
+  if (label === undefined || !UKI_SECTION.test(label)) return undefined;
+  if (!hashesTo(alg, Buffer.from(`${label}\0`, 'latin1'), hex)) return undefined;
+  // systemd-stub measures each section once; a second pair can only come from a later extend
+  // (PCR 11 is extendable from userspace) and would add a selector the booted UKI does not have.
+  if (ukiSections.some((s) => s.name === label)) badEvent(ev, `UKI section ${label} is measured a second time`);
+  return label;
+}
+
 
 const MAX_SELECTOR = 1024;
 

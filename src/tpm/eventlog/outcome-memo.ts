@@ -23,6 +23,7 @@
 import type { CachedEventLogCheck } from './cache.js';
 import { FirstSights } from './first-sights.js';
 import { ParsedEvent, type ParsedEventLog } from './parse.js';
+import { inMask, registerMask } from './register-mask.js';
 
 /** An outcome as the check cache hands it out (frozen; claims.events is the record count of the log checked). */
 type MemoizedOutcome = CachedEventLogCheck;
@@ -32,12 +33,20 @@ interface Kept {
   readonly outcome: MemoizedOutcome;
 }
 
+/** A key as `OutcomeMemo.key` builds it: the bytes (a view of a reused buffer) and their fingerprint, the slot. */
+export interface OutcomeKey {
+  readonly bytes: Buffer;
+  readonly slot: string;
+}
+
 export class OutcomeMemo {
   private readonly kept = new Map<string, Kept>();
   private keyBytes = 0;
   /** Fingerprints of keys put once and not kept. */
   private readonly seenOnce: FirstSights;
   private scratch = Buffer.alloc(64 * 1024);
+  /** The scratch buffer as 32-bit words, for the fingerprint (Buffer.alloc gives a buffer of its own at offset 0). */
+  private words = new Int32Array(this.scratch.buffer, this.scratch.byteOffset, this.scratch.length >> 2);
 
   constructor(
     readonly maxEntries = 256,
@@ -55,45 +64,49 @@ export class OutcomeMemo {
 
   /**
    * The key of `log` for the compared PCRs `indices` (`header` names the compared values and the
-   * unlogged set), as a view of a reused buffer valid until the next call; undefined when the log
-   * was not parsed by parseEventLog or the key would exceed a quarter of maxBytes.
+   * unlogged set): its bytes as a view of a reused buffer, valid until the next call, and its
+   * fingerprint (computed once here, for both `get` and `put`). Undefined when the log was not
+   * parsed by parseEventLog or the key would exceed a quarter of maxBytes.
    */
-  key(log: ParsedEventLog, header: string, indices: ReadonlySet<number>): Buffer | undefined {
-    const limit = Math.floor(this.maxBytes / 4);
+  key(log: ParsedEventLog, header: string, indices: ReadonlySet<number>): OutcomeKey | undefined {
     let n = 0;
-    const room = (k: number): boolean => {
-      if (n + k > limit) return false;
-      if (n + k > this.scratch.length) {
-        const b = Buffer.alloc(Math.min(limit, Math.max(2 * this.scratch.length, n + k)));
-        this.scratch.copy(b, 0, 0, n);
-        this.scratch = b;
-      }
-      return true;
-    };
     const head = `${log.format}|${log.banks.map((b) => b.id).join(',')}|${log.startupLocality ?? '-'}|${header}`;
-    if (!room(4 + 3 * head.length)) return undefined;
+    if (!this.room(n, 4 + 3 * head.length)) return undefined;
     const headLen = this.scratch.write(head, n + 4, 'utf8');
     this.scratch.writeUInt32LE(headLen, n);
     n += 4 + headLen;
+    const mask = registerMask(indices);
     for (const ev of log.events) {
-      if (!indices.has(ev.index)) continue;
+      if (mask !== undefined ? !inMask(mask, ev.index) : !indices.has(ev.index)) continue;
       if (!(ev instanceof ParsedEvent)) return undefined;
       const end = ev.dataStart + ev.dataLength;
       const len = end - ev.offset;
-      if (!room(4 + len)) return undefined;
+      if (!this.room(n, 4 + len)) return undefined;
       this.scratch.writeUInt32LE(len, n);
       n += 4 + ev.bytes.copy(this.scratch, n + 4, ev.offset, end);
     }
-    return this.scratch.subarray(0, n);
+    return { bytes: this.scratch.subarray(0, n), slot: fingerprint(this.scratch, this.words, n) };
+  }
+
+  /** Room for `k` more key bytes after the first `n` (grown as needed, keeping those); false past a quarter of maxBytes. */
+  private room(n: number, k: number): boolean {
+    const limit = Math.floor(this.maxBytes / 4);
+    if (n + k > limit) return false;
+    if (n + k > this.scratch.length) {
+      const b = Buffer.alloc(Math.min(limit, Math.max(2 * this.scratch.length, n + k)));
+      this.scratch.copy(b, 0, 0, n);
+      this.scratch = b;
+      this.words = new Int32Array(b.buffer, b.byteOffset, b.length >> 2);
+    }
+    return true;
   }
 
   /** The outcome kept for exactly `key`, if any. */
-  get(key: Buffer): MemoizedOutcome | undefined {
-    const slot = fingerprint(key);
-    const e = this.kept.get(slot);
-    if (e === undefined || !e.key.equals(key)) return undefined;
-    this.kept.delete(slot);
-    this.kept.set(slot, e);
+  get(key: OutcomeKey): MemoizedOutcome | undefined {
+    const e = this.kept.get(key.slot);
+    if (e === undefined || !e.key.equals(key.bytes)) return undefined;
+    this.kept.delete(key.slot);
+    this.kept.set(key.slot, e);
     return e.outcome;
   }
 
@@ -101,9 +114,9 @@ export class OutcomeMemo {
    * Keeps `outcome` for a copy of `key` when its fingerprint was put before (a key sharing its slot
    * gives up its place); otherwise remembers the fingerprint only.
    */
-  put(key: Buffer, outcome: MemoizedOutcome): void {
-    if (key.length > this.maxBytes / 4) return;
-    const slot = fingerprint(key);
+  put(key: OutcomeKey, outcome: MemoizedOutcome): void {
+    if (key.bytes.length > this.maxBytes / 4) return;
+    const slot = key.slot;
     const old = this.kept.get(slot);
     if (old === undefined && !this.seenOnce.has(slot)) {
       this.seenOnce.note(slot);
@@ -114,8 +127,8 @@ export class OutcomeMemo {
       this.kept.delete(slot);
       this.keyBytes -= old.key.length;
     }
-    this.kept.set(slot, { key: Buffer.from(key), outcome });
-    this.keyBytes += key.length;
+    this.kept.set(slot, { key: Buffer.from(key.bytes), outcome });
+    this.keyBytes += key.bytes.length;
     for (const [k, e] of this.kept) {
       if (this.kept.size <= this.maxEntries && this.keyBytes <= this.maxBytes) break;
       this.kept.delete(k);
@@ -125,17 +138,39 @@ export class OutcomeMemo {
 }
 
 /**
- * Length and a 32-bit FNV-1a over the first 1 KiB (the header: compared values, banks) and every
- * 16th byte after it (stride wider past 128 KiB): the slot of a key, never a verdict (get compares
- * whole keys; keys sharing a slot only displace each other). With stride 16, every SHA-1 or longer
- * digest in the records has a sampled byte.
+ * The slot of the first `n` bytes of `b` (`words`: the same memory as 32-bit words, `b` at offset
+ * 0): the length and a 32-bit FNV-1a-style mix of every word of the first 1 KiB (the header:
+ * compared values, banks, unlogged set), the word at every 16th byte after it (stride wider past
+ * 128 KiB: at most 8,192 samples) and the last three bytes, in four interleaved lanes (the
+ * multiplications of one lane do not wait for another's). Never a verdict: get compares whole keys,
+ * and keys sharing a slot only displace each other. Past the first 1 KiB every run of 16 or more
+ * bytes (every SHA-1 or longer digest) has a sampled byte.
  */
-function fingerprint(key: Buffer): string {
-  const stride = Math.max(16, Math.ceil(key.length / 8192));
-  const head = Math.min(1024, key.length);
-  let h = 0x811c9dc5;
-  for (let i = 0; i < head; i++) h = Math.imul(h ^ key[i]!, 0x01000193);
-  for (let i = key.length - 1; i >= head; i -= stride) h = Math.imul(h ^ key[i]!, 0x01000193);
+function fingerprint(b: Buffer, words: Int32Array, n: number): string {
+  const last = (n >> 2) - 1;
+  let h0 = 0x811c9dc5 ^ n;
+  let h1 = 0x01000193;
+  let h2 = 0x2545f491;
+  let h3 = 0x6a09e667;
+  let i = 0;
+  const head = Math.min(last + 1, 256);
+  for (; i + 3 < head; i += 4) {
+    h0 = Math.imul(h0 ^ words[i]!, 0x01000193);
+    h1 = Math.imul(h1 ^ words[i + 1]!, 0x01000193);
+    h2 = Math.imul(h2 ^ words[i + 2]!, 0x01000193);
+    h3 = Math.imul(h3 ^ words[i + 3]!, 0x01000193);
+  }
+  for (; i < head; i++) h0 = Math.imul(h0 ^ words[i]!, 0x01000193);
+  const step = 4 * Math.max(1, Math.ceil(n / (8192 * 16)));
+  for (; i + 3 * step <= last; i += 4 * step) {
+    h0 = Math.imul(h0 ^ words[i]!, 0x01000193);
+    h1 = Math.imul(h1 ^ words[i + step]!, 0x01000193);
+    h2 = Math.imul(h2 ^ words[i + 2 * step]!, 0x01000193);
+    h3 = Math.imul(h3 ^ words[i + 3 * step]!, 0x01000193);
+  }
+  for (; i <= last; i += step) h0 = Math.imul(h0 ^ words[i]!, 0x01000193);
+  for (let k = Math.max(0, n - 3); k < n; k++) h1 = Math.imul(h1 ^ b[k]!, 0x01000193);
+  const h = Math.imul(Math.imul(Math.imul(h0 ^ h1, 0x01000193) ^ h2, 0x01000193) ^ h3, 0x01000193);
   // Signed (the same bits): `h >>> 0` deoptimized the optimized code for half the hashes (cache.ts textKey).
-  return `${key.length}:${h}`;
+  return `${n}:${h}`;
 }

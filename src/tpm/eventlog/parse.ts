@@ -9,7 +9,7 @@
  * `tpm.eventlog_*` codes; nothing here reads files or clocks.
  */
 import { SigilError } from '../../errors.js';
-import { algorithmById, type EventLogAlgorithm } from './algorithms.js';
+import { algorithmById, digestSizeById, type EventLogAlgorithm } from './algorithms.js';
 import { EV } from './events.js';
 
 export const EVENTLOG_DEFAULT_MAX_BYTES = 1024 * 1024;
@@ -98,7 +98,10 @@ export class ParsedEvent implements EventLogEvent {
     for (let i = 0; i < this.digestCount; i++) {
       const a = b[p]! | (b[p + 1]! << 8);
       if (a === id) return p + 2;
-      p += 2 + algorithmById(a)!.size;
+      // Known (checked by the parser); a table read, not a map lookup, for every record of every replay.
+      const size = digestSizeById(a);
+      if (size === 0) return -1;
+      p += 2 + size;
     }
     return -1;
   }
@@ -246,32 +249,8 @@ export function parseEventLog(bytes: Uint8Array, opts: ParseEventLogOptions = {}
   if (bytes.length > maxBytes) fail('too_large', `the log is ${bytes.length} bytes, more than the limit of ${maxBytes}`);
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const r = new LeReader(buf);
-  const events: ParsedEvent[] = [];
-  let specId: SpecIdEvent | undefined;
-  let startupLocality: number | undefined;
-  let pcr0Extended = false;
-
-  const push = (ev: ParsedEvent): void => {
-    if (events.length >= maxEvents) fail('too_many_events', `more than ${maxEvents} events`, ev.offset);
-    if (ev.index > maxIndex) fail('bad_index', `event ${ev.seq} names register ${ev.index} (at most ${maxIndex})`, ev.offset);
-    if (ev.type === EV.NO_ACTION) {
-      if (ev.dataStartsWith(SPEC_ID_PREFIX) && ev.seq !== 0) {
-        fail('bad_spec_id', `event ${ev.seq}: a Spec ID event after the first record`, ev.offset);
-      }
-      if (ev.dataStartsWith(STARTUP_LOCALITY)) {
-        if (ev.dataLength !== STARTUP_LOCALITY.length + 1) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality data is ${ev.dataLength} bytes, expected 17`, ev.offset);
-        if (ev.index !== 0) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality in register ${ev.index}, expected 0`, ev.offset);
-        if (startupLocality !== undefined) fail('bad_startup_locality', `event ${ev.seq}: a second StartupLocality event`, ev.offset);
-        if (pcr0Extended) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality after PCR 0 was extended`, ev.offset);
-        const loc = buf[ev.dataStart + STARTUP_LOCALITY.length]!;
-        if (loc > 4) fail('bad_startup_locality', `event ${ev.seq}: locality ${loc} (0–4 allowed)`, ev.offset);
-        startupLocality = loc;
-      }
-    } else if (ev.index === 0) {
-      pcr0Extended = true;
-    }
-    events.push(ev);
-  };
+  const st: Records = { buf, events: [], maxEvents, maxIndex, startupLocality: undefined, pcr0Extended: false };
+  const events = st.events;
 
   // First record: always a TCG_PCR_EVENT (SHA-1 header).
   const first = readLegacy(r, buf, 0);
@@ -279,24 +258,59 @@ export function parseEventLog(bytes: Uint8Array, opts: ParseEventLogOptions = {}
   if (cryptoAgile) {
     if (first.index !== 0) fail('bad_spec_id', `Spec ID event in register ${first.index}, expected 0`, 0);
     if (!isZero(buf, first.digestStart, SHA1.size)) fail('bad_spec_id', 'Spec ID event digest is not zero', 0);
-    specId = parseSpecIdEvent(first.data);
+    const specId = parseSpecIdEvent(first.data);
     events.push(first);
     const algs = specId.algorithms;
-    while (r.remaining > 0) push(readAgile(r, buf, events.length, algs));
+    const dv = new DataView(buf.buffer, buf.byteOffset, buf.length);
+    while (r.remaining > 0) push(st, readAgile(r, buf, dv, events.length, algs));
     requireMeasurements(events);
-    return { format: 'crypto-agile', specId, banks: algs, events, startupLocality, byteLength: buf.length };
+    return { format: 'crypto-agile', specId, banks: algs, events, startupLocality: st.startupLocality, byteLength: buf.length };
   }
   if (first.type === EV.NO_ACTION && first.dataStartsWith(SPEC_ID_PREFIX)) {
     // "Spec ID Event00"/"02": the TCG EFI Platform (SHA-1) header; the rest is TCG_PCR_EVENT.
     if (first.index !== 0) fail('bad_spec_id', `Spec ID event in register ${first.index}, expected 0`, 0);
   }
-  push(first);
+  push(st, first);
   // StartupLocality is defined only right after the Spec ID event of a crypto-agile log: a log
   // that begins with it has lost its header, i.e. it is truncated at the front.
-  if (startupLocality !== undefined) fail('truncated', 'the log begins with a StartupLocality event but has no Spec ID event before it (its header is missing)', 0);
-  while (r.remaining > 0) push(readLegacy(r, buf, events.length));
+  if (st.startupLocality !== undefined) fail('truncated', 'the log begins with a StartupLocality event but has no Spec ID event before it (its header is missing)', 0);
+  while (r.remaining > 0) push(st, readLegacy(r, buf, events.length));
   requireMeasurements(events);
-  return { format: 'legacy-sha1', specId: undefined, banks: [SHA1], events, startupLocality, byteLength: buf.length };
+  return { format: 'legacy-sha1', specId: undefined, banks: [SHA1], events, startupLocality: st.startupLocality, byteLength: buf.length };
+}
+
+/** The records read so far and what the checks across records need (a parse's state, not a closure made per parse). */
+interface Records {
+  readonly buf: Buffer;
+  readonly events: ParsedEvent[];
+  readonly maxEvents: number;
+  readonly maxIndex: number;
+  startupLocality: number | undefined;
+  pcr0Extended: boolean;
+}
+
+/** Appends `ev` after the checks that span records: count and index limits, the Spec ID event first only, StartupLocality. */
+function push(st: Records, ev: ParsedEvent): void {
+  const events = st.events;
+  if (events.length >= st.maxEvents) fail('too_many_events', `more than ${st.maxEvents} events`, ev.offset);
+  if (ev.index > st.maxIndex) fail('bad_index', `event ${ev.seq} names register ${ev.index} (at most ${st.maxIndex})`, ev.offset);
+  if (ev.type === EV.NO_ACTION) {
+    if (ev.dataStartsWith(SPEC_ID_PREFIX) && ev.seq !== 0) {
+      fail('bad_spec_id', `event ${ev.seq}: a Spec ID event after the first record`, ev.offset);
+    }
+    if (ev.dataStartsWith(STARTUP_LOCALITY)) {
+      if (ev.dataLength !== STARTUP_LOCALITY.length + 1) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality data is ${ev.dataLength} bytes, expected 17`, ev.offset);
+      if (ev.index !== 0) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality in register ${ev.index}, expected 0`, ev.offset);
+      if (st.startupLocality !== undefined) fail('bad_startup_locality', `event ${ev.seq}: a second StartupLocality event`, ev.offset);
+      if (st.pcr0Extended) fail('bad_startup_locality', `event ${ev.seq}: StartupLocality after PCR 0 was extended`, ev.offset);
+      const loc = st.buf[ev.dataStart + STARTUP_LOCALITY.length]!;
+      if (loc > 4) fail('bad_startup_locality', `event ${ev.seq}: locality ${loc} (0–4 allowed)`, ev.offset);
+      st.startupLocality = loc;
+    }
+  } else if (ev.index === 0) {
+    st.pcr0Extended = true;
+  }
+  events.push(ev);
 }
 
 function isZero(b: Buffer, off: number, n: number): boolean {
@@ -325,20 +339,15 @@ for (let id = 0; id < 0x30; id++) {
   if (a !== undefined) DIGEST_FIELD.set(id, `${a.name} digest`);
 }
 
-/** Little-endian u32 at `o` (the caller has checked that 4 bytes are there). */
-function le32(b: Buffer, o: number): number {
-  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16)) + b[o + 3]! * 0x1000000;
-}
-
-function readAgile(r: LeReader, buf: Buffer, seq: number, algs: readonly EventLogAlgorithm[]): ParsedEvent {
+function readAgile(r: LeReader, buf: Buffer, dv: DataView, seq: number, algs: readonly EventLogAlgorithm[]): ParsedEvent {
   const offset = r.off;
   // The three header fields read directly when all 12 bytes are there (nearly every record); a
   // shorter tail goes through the reader, which names the field that does not fit.
   let index: number, type: number, count: number;
   if (buf.length - offset >= 12) {
-    index = le32(buf, offset);
-    type = le32(buf, offset + 4);
-    count = le32(buf, offset + 8);
+    index = dv.getUint32(offset, true);
+    type = dv.getUint32(offset + 4, true);
+    count = dv.getUint32(offset + 8, true);
     r.off = offset + 12;
   } else {
     index = r.u32('pcrIndex', offset);
@@ -356,7 +365,7 @@ function readAgile(r: LeReader, buf: Buffer, seq: number, algs: readonly EventLo
       r.off = p;
       r.need(2, 'algorithmId', offset);
     }
-    const id = buf[p]! | (buf[p + 1]! << 8);
+    const id = dv.getUint16(p, true);
     p += 2;
     let slot = 0;
     while (slot < algs.length && algs[slot]!.id !== id) slot++;
@@ -374,7 +383,7 @@ function readAgile(r: LeReader, buf: Buffer, seq: number, algs: readonly EventLo
     r.off = p;
     r.need(4, 'eventSize', offset);
   }
-  const size = le32(buf, p);
+  const size = dv.getUint32(p, true);
   const dataStart = p + 4;
   if (size > end - dataStart) {
     r.off = dataStart;

@@ -23,11 +23,11 @@ export const QUIRKS = {
 export type QuirkName = (typeof QUIRKS)[keyof typeof QUIRKS];
 
 /**
- * How many leading bytes of `data` the digest covers under the shim authority quirk, or undefined
- * when the digest is neither over all of `data` nor over all but its last byte.
+ * How many leading bytes of `data` the digest (lowercase hex `want`) covers under the shim
+ * authority quirk, or undefined when the digest is neither over all of `data` nor over all but its
+ * last byte.
  */
-export function shimAuthorityDigestedLength(alg: EventLogAlgorithm, digest: Buffer, data: Buffer): number | undefined {
-  const want = digest.toString('hex');
+export function shimAuthorityDigestedLength(alg: EventLogAlgorithm, want: string, data: Buffer): number | undefined {
   if (bankHashHex(alg, data) === want) return data.length;
   if (data.length > 0 && bankHashHex(alg, data.subarray(0, data.length - 1)) === want) return data.length - 1;
   return undefined;

@@ -5,7 +5,8 @@
 import { SigilError } from '../../errors.js';
 import { algorithmByName, bankHash } from './algorithms.js';
 import { bootSelectors, deriveBootFacts, type BootFacts, type VerifiedVariableMemo } from './boot.js';
-import { parseEventLog, type ParseEventLogOptions, type ParsedEventLog } from './parse.js';
+import { parseEventLog, type EventLogEvent, type ParseEventLogOptions, type ParsedEventLog } from './parse.js';
+import { inMask, registerMask } from './register-mask.js';
 import { replayEventLog, replayedToJson, type ReplayMemo, type ReplayedRegisters } from './replay.js';
 
 export interface TrustedPcr {
@@ -60,7 +61,7 @@ export function checkEventLog(input: EventLogCheckInput): EventLogCheckResult {
   // Only the compared PCRs are replayed: events of other PCRs cannot be checked against anything
   // (their replay would be the log's word) and yield no facts, so hashing them is wasted work.
   const indices = new Set(compared.map((p) => p.index));
-  const replayed = replayEventLog(log, { banks, indices: [...indices], filter: (ev) => indices.has(ev.index), ...(input.replayMemo ? { memo: input.replayMemo } : {}) });
+  const replayed = replayEventLog(log, { banks, indices: [...indices], filter: inRegisters(indices), ...(input.replayMemo ? { memo: input.replayMemo } : {}) });
   const matched = new Map<string, Set<number>>();
   const pcr11Phase = new Map<string, string>();
   for (const p of compared) {
@@ -81,6 +82,12 @@ export function checkEventLog(input: EventLogCheckInput): EventLogCheckResult {
   const bank = FACT_BANKS.find((b) => matched.has(b)) ?? [...matched.keys()][0];
   const facts = bank === undefined ? undefined : deriveBootFacts(log, bank, matched.get(bank)!, input.variableMemo);
   return { log, replayed, matched, facts, pcr11Phase, selectors: facts ? bootSelectors(facts) : [] };
+}
+
+/** A replay filter: the events of `indices` only (a bit test when the indices allow one). */
+function inRegisters(indices: ReadonlySet<number>): (ev: EventLogEvent) => boolean {
+  const mask = registerMask(indices);
+  return mask !== undefined ? (ev) => inMask(mask, ev.index) : (ev) => indices.has(ev.index);
 }
 
 /**
