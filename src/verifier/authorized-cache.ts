@@ -82,6 +82,8 @@ export interface CacheStats {
   revalidated: number;
   computed: number;
   waiters: number;
+  /** Sets filed in the long-poll index (held by a long-poll, or an idle agent's cached set that was). */
+  filed: number;
 }
 
 interface Waiter {
@@ -90,7 +92,7 @@ interface Waiter {
   agent: AgentRecord;
   etag: string;
   set: AuthorizedSet;
-  /** The set whose parent IDs and node selectors file this waiter in the cache's index. */
+  /** The filed set this waiter is a holder of (`set`, once filed). */
   indexed: AuthorizedSet | undefined;
   /** The cache's gap count when `set` was last checked against the whole change log. */
   gaps: number;
@@ -143,12 +145,17 @@ export class AuthorizedSetCache {
   private badNoticeLoggedAt = -Infinity;
   private readonly waiters = new Set<Waiter>();
   /**
-   * Held long-polls by the parent IDs and node selectors of the set each holds, so that a change
-   * finds the waiters it touches without testing every one (issue 15: 50 changes/s against 10,000
-   * held long-polls was half a million tests a second).
+   * Sets held by long-polls, by their parent IDs and node selectors, so that a change finds the
+   * waiters it touches without testing every one (issue 15: 50 changes/s against 10,000 held
+   * long-polls was half a million tests a second). Sets are filed rather than waiters: an agent's
+   * next long-poll holds the same set as its last (every 20 s), and filing the waiter anew each time
+   * was ~12 map insertions and deletions per long-poll, a third of what the verifier's heap promoted
+   * at 10,000 agents. A set stays filed while a long-poll holds it or while it is its agent's cached
+   * set (`filed`: its holders, possibly none); it is taken out when neither holds.
    */
-  private readonly waitersByParent = new KeySets<Waiter>();
-  private readonly waitersByNodeSelector = new KeySets<Waiter>();
+  private readonly setsByParent = new KeySets<AuthorizedSet>();
+  private readonly setsByNodeSelector = new KeySets<AuthorizedSet>();
+  private readonly filed = new Map<AuthorizedSet, Set<Waiter>>();
   private waiterSeq = 0;
   /** Changes that left revisions undescribed (or described no entries), counted; see Waiter.gaps. */
   private gaps = 0;
@@ -159,7 +166,7 @@ export class AuthorizedSetCache {
   private draining = false;
   private readonly checker: NodeJS.Timeout;
   private closed = false;
-  private readonly stats: CacheStats = { hits: 0, revalidated: 0, computed: 0, waiters: 0 };
+  private readonly stats: CacheStats = { hits: 0, revalidated: 0, computed: 0, waiters: 0, filed: 0 };
   /**
    * Entries by parent ID, shared by every agent's computation (agents of one node alias share its
    * children): dropped for a parent when the change feed reports a write under it, and altogether on
@@ -202,7 +209,7 @@ export class AuthorizedSetCache {
   }
 
   counters(): CacheStats {
-    return { ...this.stats, waiters: this.waiters.size };
+    return { ...this.stats, waiters: this.waiters.size, filed: this.filed.size };
   }
 
   private lastLogged(): number | undefined {
@@ -254,36 +261,64 @@ export class AuthorizedSetCache {
   private touchedWaiters(c: EntriesChange): Waiter[] {
     if (c.entries === null) return [...this.waiters];
     const found = new Set<Waiter>();
+    const holders = (s: AuthorizedSet): void => {
+      const h = this.filed.get(s);
+      if (h !== undefined) for (const w of h) found.add(w);
+    };
     for (const e of c.entries) {
       if (e.parentId !== this.vid) {
-        this.waitersByParent.forEach(e.parentId, (w) => found.add(w));
+        this.setsByParent.forEach(e.parentId, holders);
         continue;
       }
       if (e.selectors.length === 0) return [...this.waiters];
       let rarest = e.selectors[0] as string;
-      for (const x of e.selectors) if (this.waitersByNodeSelector.count(x) < this.waitersByNodeSelector.count(rarest)) rarest = x;
-      this.waitersByNodeSelector.forEach(rarest, (w) => {
-        if (e.selectors.every((x) => w.set.nodeSelectors.has(x))) found.add(w);
+      for (const x of e.selectors) if (this.setsByNodeSelector.count(x) < this.setsByNodeSelector.count(rarest)) rarest = x;
+      this.setsByNodeSelector.forEach(rarest, (s) => {
+        if (e.selectors.every((x) => s.nodeSelectors.has(x))) holders(s);
       });
     }
     return [...found].sort((a, b) => a.seq - b.seq);
   }
 
-  /** File `w` under its current set's parent IDs and node selectors (and out of its previous set's). */
+  /** Make `w` a holder of its current set, filing the set under its parent IDs and node selectors if it is not filed (and out of its previous set). */
   private index(w: Waiter): void {
     if (w.indexed === w.set) return;
     this.unindex(w);
-    for (const p of w.set.parentIds) this.waitersByParent.add(p, w);
-    for (const x of w.set.nodeSelectors) this.waitersByNodeSelector.add(x, w);
-    w.indexed = w.set;
+    const s = w.set;
+    let h = this.filed.get(s);
+    if (h === undefined) {
+      h = new Set();
+      this.filed.set(s, h);
+      for (const p of s.parentIds) this.setsByParent.add(p, s);
+      for (const x of s.nodeSelectors) this.setsByNodeSelector.add(x, s);
+    }
+    h.add(w);
+    w.indexed = s;
   }
 
   private unindex(w: Waiter): void {
     const s = w.indexed;
     if (s === undefined) return;
-    for (const p of s.parentIds) this.waitersByParent.delete(p, w);
-    for (const x of s.nodeSelectors) this.waitersByNodeSelector.delete(x, w);
     w.indexed = undefined;
+    this.filed.get(s)?.delete(w);
+    this.unfileIfIdle(s);
+  }
+
+  /** Take `s` out of the index when no long-poll holds it and it is not its agent's cached set. */
+  private unfileIfIdle(s: AuthorizedSet): void {
+    const h = this.filed.get(s);
+    if (h === undefined || h.size > 0 || this.sets.get(s.agentId) === s) return;
+    this.filed.delete(s);
+    for (const p of s.parentIds) this.setsByParent.delete(p, s);
+    for (const x of s.nodeSelectors) this.setsByNodeSelector.delete(x, s);
+  }
+
+  /** Drop the agent's cached set (its record went away, it was evicted, or the cache is full). */
+  private dropSet(agentId: string): void {
+    const s = this.sets.get(agentId);
+    if (s === undefined) return;
+    this.sets.delete(agentId);
+    this.unfileIfIdle(s);
   }
 
   /** Writes the feed did not report (another process, a lost LISTEN connection): re-evaluate every waiter. */
@@ -497,14 +532,15 @@ export class AuthorizedSetCache {
     if (!prev || prev.revision <= rev) {
       this.sets.delete(agent.id);
       this.sets.set(agent.id, s);
-      if (this.sets.size > CACHE_MAX_AGENTS) this.sets.delete(this.sets.keys().next().value as string);
+      if (prev !== undefined) this.unfileIfIdle(prev);
+      if (this.sets.size > CACHE_MAX_AGENTS) this.dropSet(this.sets.keys().next().value as string);
     }
     return s;
   }
 
   /** Forget an agent's set (its record went away). */
   forget(agentId: string): void {
-    this.sets.delete(agentId);
+    this.dropSet(agentId);
   }
 
   /**
@@ -514,7 +550,7 @@ export class AuthorizedSetCache {
    * re-evaluated.
    */
   agentChanged(agentId: string): number {
-    this.sets.delete(agentId);
+    this.dropSet(agentId);
     let n = 0;
     for (const w of this.waiters) {
       if (w.agent.id === agentId || w.agent.factorIds.includes(agentId)) {

@@ -137,6 +137,33 @@ describe('long-poll index', () => {
     await settle();
     expect(rechecked.size).toBe(agents.length);
     for (const h of held.values()) expect(h.answer).not.toBe('pending');
+    // Nothing holds any more: only each agent's cached set can still be filed (none leaks).
+    expect(cache.counters().waiters).toBe(0);
+    expect(cache.counters().filed).toBeLessThanOrEqual(agents.length);
+    for (const a of agents) cache.forget(a.id);
+    expect(cache.counters().filed).toBe(0);
+  });
+
+  it('a held set stays filed when its agent\'s cached set is replaced (new selectors): a change to it still answers the long-poll', async () => {
+    store = new SqliteStore(':memory:');
+    const cache = new AuthorizedSetCache(store, TD, () => new Date());
+    caches.push(cache);
+    const a = agent(`spiffe://${TD}/sigil/agent/join_token/re`, []);
+    await store.createEntry(newEntry(`spiffe://${TD}/w/re`, a.id));
+    const s1 = await cache.get(a);
+    let answer: AuthorizedSet | undefined | 'pending' = 'pending';
+    void cache.waitForChange(a, s1, 60_000, async () => a, () => undefined).then((x) => (answer = x));
+    // The agent attests again with other selectors: its cached set is another object now.
+    const s2 = await cache.get({ ...a, selectors: ['region:eu'] });
+    expect(s2).not.toBe(s1);
+    expect(cache.counters().filed).toBe(1);
+    await store.createEntry(newEntry(`spiffe://${TD}/w/re2`, a.id));
+    await settle();
+    await settle();
+    expect(answer).not.toBe('pending');
+    expect((answer as unknown as AuthorizedSet).entries.map((e) => e.spiffeId)).toContain(`spiffe://${TD}/w/re2`);
+    // Its holder gone and no longer the cached set: out of the index.
+    expect(cache.counters().filed).toBe(0);
   });
 });
 
