@@ -208,8 +208,15 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
         const waitMs = Math.min(Number(req.query.wait), core.config.longPoll.maxWaitSeconds) * 1000;
         // Throws at once when the long-poll is refused (limits); the client going away ends the wait.
         const held = sets.waitForChange(agent, set, waitMs, () => requireAgent(core, req), (c) => (cancel = c));
-        reply.raw.once('close', onClose);
-        const next = await held.finally(() => reply.raw.removeListener('close', onClose));
+        // Plain on/removeListener and try/finally rather than once() and held.finally(): a held
+        // long-poll's objects live its whole wait and are promoted, so each one less counts (issue 15).
+        reply.raw.on('close', onClose);
+        let next: Awaited<typeof held>;
+        try {
+          next = await held;
+        } finally {
+          reply.raw.removeListener('close', onClose);
+        }
         if (next) set = next;
       }
       // Read after any wait: a long-poll answered at a CA rotation carries the new bundle's ETag.

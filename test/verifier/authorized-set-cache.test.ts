@@ -7,6 +7,7 @@
  * learns of A's writes only through the store's change feed).
  */
 import { mkdtempSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -277,6 +278,25 @@ describe('long-poll limits', () => {
     expect((await heldA).status).toBe(304);
     expect((await heldB).status).toBe(304);
     expect(Date.now() - t0).toBeLessThan(2500);
+  });
+
+  it('a long-poll whose client goes away frees its slot at once (the next one of that agent is held, not refused)', async () => {
+    const p: Pair = { writer: tv, server: tv, caPem };
+    const a = await attest(p);
+    const ea = etagOf(await sync(p, a.tls));
+    const req = httpsRequest({ host: '127.0.0.1', port: tv.v.port, path: '/v1/entries/authorized?wait=60', ca: caPem, ...a.tls, headers: { 'if-none-match': ea }, checkServerIdentity: () => undefined });
+    req.on('error', () => undefined);
+    req.end();
+    await new Promise((res) => setTimeout(res, 300));
+    // Held: this agent's one slot (maxWaitersPerAgent 1) is taken.
+    const refused = await sync(p, a.tls, ea, 1);
+    expect([refused.status, code(refused)]).toEqual([429, 'entries.agent_wait_limit']);
+    req.destroy();
+    await new Promise((res) => setTimeout(res, 300));
+    const t0 = Date.now();
+    const again = await sync(p, a.tls, ea, 1);
+    expect(again.status).toBe(304);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
   });
 
   it('maxWaiters 0 turns long-poll off with its own code', async () => {
