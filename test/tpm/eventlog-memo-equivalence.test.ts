@@ -134,6 +134,21 @@ describe.skipIf(!have)('memo slots shared by different keys', () => {
     }
   });
 
+  it('replay memo: indices that are not u32 integers bypass it (the replay is the plain one, nothing kept for them)', () => {
+    const raw = read(LOGS[0]!);
+    const memo = new ReplayMemo();
+    for (const odd of [-1, 1.5, 2 ** 32, 2 ** 32 + 1]) {
+      const indices = [0, 1, odd];
+      const set = new Set(indices);
+      const run = (m?: ReplayMemo): Record<string, Record<string, string>> =>
+        replayedToJson(replayEventLog(parseEventLog(raw), { banks: ['sha256'], indices, filter: (ev) => set.has(ev.index), ...(m ? { memo: m } : {}) }));
+      expect(run(memo)).toEqual(run());
+      expect(run(memo)).toEqual(run());
+    }
+    // Only registers 0 and 1 were kept.
+    expect(memo.size).toBe(2);
+  });
+
   it('outcome memo: records that differ only in unsampled bytes share a slot, and neither answers for the other', () => {
     const raw = read(LOGS[0]!);
     const indices = new Set(PCRS);

@@ -109,15 +109,17 @@ interface RegisterKey {
  * replay would, when an event lacks the bank's digest.
  */
 function registerKey(memo: ReplayMemo, alg: EventLogAlgorithm, locality: number | undefined, index: number, events: readonly EventLogEvent[]): RegisterKey | undefined {
+  // The index goes into the key as a u32: any other number (a caller's odd index) is replayed without the memo.
+  if ((index >>> 0) !== index) return undefined;
   // One digest of alg.size per event: room for the whole key at once, or no key.
   if (!memo.room(0, 10 + events.length * alg.size)) return undefined;
   const b = memo.buf;
-  const loc = index === 0 ? (locality ?? -1) : -1;
-  b.writeUInt16LE(alg.id, 0);
-  b.writeUInt32LE(index, 2);
-  b.writeInt32LE(loc, 6);
-  let h = Math.imul(Math.imul(Math.imul(0x811c9dc5 ^ alg.id, 0x01000193) ^ index, 0x01000193) ^ loc, 0x01000193) ^ events.length;
   const kv = memo.view;
+  const loc = index === 0 ? (locality ?? -1) : -1;
+  kv.setUint16(0, alg.id, true);
+  kv.setUint32(2, index, true);
+  kv.setInt32(6, loc, true);
+  let h = Math.imul(Math.imul(Math.imul(0x811c9dc5 ^ alg.id, 0x01000193) ^ index, 0x01000193) ^ loc, 0x01000193) ^ events.length;
   const size = alg.size;
   // Every registered digest size is a multiple of 4: copied a word at a time through DataViews
   // (the log's made once per log, not per event); a byte loop otherwise.
