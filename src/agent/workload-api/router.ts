@@ -58,7 +58,10 @@ export class CallRouter {
 
   /** A new stream on `conn`'s session. */
   handleStream(conn: WorkloadConnection, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
-    stream.on('error', conn.onStreamError);
+    // A closure per stream, on purpose: handing every stream the connection's one shared
+    // listener made Readable.prototype.on itself cost about 30 µs per call under load (Node 20,
+    // measured in a CPU profile; cause not established).
+    stream.on('error', (e) => conn.onStreamError(e));
     if (headers[':method'] !== 'POST') {
       stream.respond({ ':status': 405, allow: 'POST' }, { endStream: true });
       return;
