@@ -149,8 +149,8 @@ export class AuthorizedSetCache {
    * waiters it touches without testing every one (issue 15: 50 changes/s against 10,000 held
    * long-polls was half a million tests a second). Sets are filed rather than waiters: an agent's
    * next long-poll holds the same set as its last (every 20 s), and filing the waiter anew each time
-   * was ~12 map insertions and deletions per long-poll, a third of what the verifier's heap promoted
-   * at 10,000 agents. A set stays filed while a long-poll holds it or while it is its agent's cached
+   * was ~12 map insertions and deletions per long-poll (in a sampled heap profile at 10,000 agents,
+   * up to 28 % of what survived scavenges; docs/benchmarks.md). A set stays filed while a long-poll holds it or while it is its agent's cached
    * set (`filed`: its holders, possibly none); it is taken out when neither holds.
    */
   private readonly setsByParent = new KeySets<AuthorizedSet>();
