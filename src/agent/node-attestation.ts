@@ -267,12 +267,14 @@ export class NodeIdentity {
   private async loop(): Promise<void> {
     while (!this.closed) {
       let delay: number;
+      let attempted: 'attesting again' | 'renewing it' = 'attesting again';
       try {
         const now = this.o.now();
         const s = this.svid;
         if (!s || this.needsAttest || s.notAfter.getTime() <= now.getTime()) {
           await this.attest();
         } else if (now.getTime() >= s.renewAt.getTime()) {
+          attempted = 'renewing it';
           await this.renew();
         }
         this.backoff.reset();
@@ -302,7 +304,7 @@ export class NodeIdentity {
           this.lostFailures++;
           this.lastError = new SigilError(
             'agent.node_svid_expired',
-            `the node SVID of ${held.agentId} expired at ${held.notAfter.toISOString()} and attesting again failed (${err.code}: ${err.message}); ` +
+            `the node SVID of ${held.agentId} expired at ${held.notAfter.toISOString()} and ${attempted} failed (${err.code}: ${err.message}); ` +
               'the agent cannot renew workload SVIDs until it attests again — check the verifier and the node attestors (a used join token needs a new one in tokenFile)',
             { status: 503, cause: err },
           );

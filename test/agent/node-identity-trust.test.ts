@@ -30,6 +30,8 @@ class ScriptedVerifier {
   calls: string[] = [];
   ttlMs = 3600_000;
   renewFailures: SigilError[] = [];
+  /** How long each renewal takes before it answers. */
+  renewDelayMs = 0;
   attestFailure: SigilError | undefined;
   /** Every trust list the agent set for TLS. */
   trustSets: Buffer[][] = [];
@@ -54,6 +56,7 @@ class ScriptedVerifier {
       attestFinish: async () => ({ agentId: AGENT_ID, svid: [this.issue(this.spki!)], bundle: this.jwks(), result: { status: 'affirming' } }),
       renew: async (csr: Buffer) => {
         this.calls.push('renew');
+        if (this.renewDelayMs > 0) await new Promise((r) => setTimeout(r, this.renewDelayMs));
         const f = this.renewFailures.shift();
         if (f) throw f;
         return { svid: [this.issue(parseCsr(csr).spki)], bundle: this.jwks() };
@@ -131,6 +134,23 @@ describe('node identity and verifier trust', () => {
     expect(v.calls.filter((c) => c === 'attest')).toHaveLength(1);
   }, 15_000);
 
+  it('a renewal that fails after the node SVID expired says it was the renewal that failed, then attests again', async () => {
+    const v = new ScriptedVerifier();
+    v.ttlMs = 1200;
+    const { node, logs } = setup(v, { baseMs: 100, capMs: 200, random: () => 0.5 });
+    node.start();
+    await node.whenReady();
+    // The renewal starts at half life and answers (unreachable) only after the SVID's end.
+    v.renewDelayMs = 1500;
+    v.renewFailures.push(new SigilError('agent.verifier_unreachable', 'connection refused', { status: 503 }));
+    v.attestFailure = new SigilError('join_token.used', 'verifier refused POST /v1/attest: join token was already used', { status: 401 });
+    const err = await waitFor(() => (node.error()?.code === 'agent.node_svid_expired' ? node.error() : undefined), 5000, 'agent.node_svid_expired');
+    expect(err!.message).toMatch(/expired at .* renewing it failed \(agent\.verifier_unreachable: connection refused\)/);
+    await waitFor(() => v.calls.includes('attest') && v.calls.lastIndexOf('attest') > v.calls.indexOf('renew'), 5000, 'an attestation after the failed renewal');
+    await waitFor(() => (/attesting again failed \(join_token\.used: /.test(node.error()?.message ?? '') ? true : undefined), 5000, 'the attestation failure reported');
+    expect(logs.some((l) => l.msg === 'node SVID expired and the agent cannot attest again' && l.cause === 'agent.verifier_unreachable')).toBe(true);
+  }, 15_000);
+
   it('says plainly that the node SVID expired and why attesting again fails, instead of looping on the attestor error', async () => {
     const v = new ScriptedVerifier();
     v.ttlMs = 1200;
@@ -141,10 +161,16 @@ describe('node identity and verifier trust', () => {
     const down = new SigilError('agent.verifier_unreachable', 'connection refused', { status: 503 });
     v.renewFailures.push(...Array.from({ length: 50 }, () => down));
     v.attestFailure = new SigilError('join_token.used', 'verifier refused POST /v1/attest: join token was already used', { status: 401 });
-    const err = await waitFor(() => (node.error()?.code === 'agent.node_svid_expired' ? node.error() : undefined), 5000, 'agent.node_svid_expired');
+    // A renewal still under way when the SVID expires reports its own failure first ("renewing it
+    // failed (agent.verifier_unreachable …)"); the attestation that follows names the used token.
+    const expired = () => {
+      const e = node.error();
+      return e?.code === 'agent.node_svid_expired' && /attesting again failed/.test(e.message) ? e : undefined;
+    };
+    const err = await waitFor(expired, 5000, 'agent.node_svid_expired from an attestation');
     expect(err!.message).toMatch(/expired at .* attesting again failed \(join_token\.used: /);
     expect(err!.message).toMatch(/new one in tokenFile/);
-    const line = logs.find((l) => l.msg === 'node SVID expired and the agent cannot attest again');
+    const line = logs.find((l) => l.msg === 'node SVID expired and the agent cannot attest again' && l.cause === 'join_token.used');
     expect(line).toMatchObject({ level: 50, code: 'agent.node_svid_expired', cause: 'join_token.used' });
     expect(node.current()).toBeUndefined();
     // Once an attestation succeeds again (e.g. a new token), the identity is back and the error is gone.

@@ -5,6 +5,7 @@ import type { AuthorizedEntry } from '../../src/agent/verifier-client.js';
 import { SpiffeBundle } from '../../src/spiffe/bundle.js';
 import { mintJwtSvidSync } from '../../src/spiffe/jwtsvid.js';
 import { generateKey } from '../../src/spiffe/keys.js';
+import { waitFor } from './harness.js';
 
 const logger = pino({ level: 'silent' });
 const T0 = new Date('2030-01-01T00:00:00Z');
@@ -299,18 +300,20 @@ describe('expiry notifications', () => {
     });
     let fired = 0;
     cache.onChange(() => fired++);
-    const soon = new Date(Date.now() + 120).toISOString();
+    // Far enough apart that a loaded host's late timers cannot merge the two expiries.
+    const soon = new Date(Date.now() + 150).toISOString();
     const a = entry('a', ['unix:uid:1'], { expiresAt: soon });
     const b = entry('b', ['unix:uid:1']);
     cache.setEntries([a, b]);
     const key = generateKey('ec-p256');
-    cache.putSvid(b, [Buffer.from('leaf')], key.privateKey, new Date(Date.now() - 1000), new Date(Date.now() + 250), new Date());
+    const bEnds = Date.now() + 900;
+    cache.putSvid(b, [Buffer.from('leaf')], key.privateKey, new Date(Date.now() - 1000), new Date(bEnds), new Date());
     expect(fired).toBe(0);
-    await new Promise((r) => setTimeout(r, 180)); // entry a has expired
-    expect(fired).toBe(1);
-    await new Promise((r) => setTimeout(r, 150)); // b's SVID has expired
-    expect(fired).toBe(2);
-    await new Promise((r) => setTimeout(r, 100)); // nothing left to expire: no more notifications
+    await waitFor(() => fired >= 1, 5000, 'entry a expired', 10);
+    if (Date.now() < bEnds) expect(fired).toBe(1);
+    await waitFor(() => fired >= 2, 5000, "b's SVID expired", 10);
+    expect(Date.now()).toBeGreaterThanOrEqual(bEnds - 5);
+    await new Promise((r) => setTimeout(r, 150)); // nothing left to expire: no more notifications
     expect(fired).toBe(2);
     cache.close();
   });
