@@ -8,6 +8,7 @@
  *    bounded set), and a fingerprint shared with a kept text never makes another text a hit;
  *  - the random pool for attestation secrets hands out fresh bytes, each in memory of its own.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { EV, EventLogCheckCache, ParsedEvent, VerifiedVariableMemo, checkEventLog, eventLogClaims, parseEventLog, replayEventLog } from '../../src/tpm/eventlog/index.js';
@@ -33,6 +34,42 @@ function pcr7Variables(raw: Buffer): ParsedEvent[] {
     .sort((a, b) => b.dataLength - a.dataLength);
 }
 
+/**
+ * The distinct (sha256 digest, data) pairs of the compared records whose data the check hashes
+ * against the digest: PCR 7 variables, separators, the S-CRTM version (PCR 0) and PCR 7 authority
+ * records hashed whole (the shim quirk's shorter digest is not kept).
+ */
+function checkedData(raw: Buffer, pcrs = PCRS): ParsedEvent[] {
+  const seen = new Set<string>();
+  const out: ParsedEvent[] = [];
+  for (const e of parseEventLog(raw).events) {
+    if (!(e instanceof ParsedEvent) || !pcrs.includes(e.index) || e.type === EV.NO_ACTION) continue;
+    const digest = e.digests.find((d) => d.alg.name === 'sha256')!.digest;
+    const whole = createHash('sha256').update(e.data).digest().equals(digest);
+    const checked =
+      (e.index === 7 && e.type === EV.EFI_VARIABLE_DRIVER_CONFIG) ||
+      e.type === EV.SEPARATOR ||
+      (e.index === 0 && e.type === EV.S_CRTM_VERSION) ||
+      (e.index === 7 && e.type === EV.EFI_VARIABLE_AUTHORITY && whole);
+    const k = `${digest.toString('hex')}/${e.data.toString('hex')}`;
+    if (checked && !seen.has(k)) {
+      seen.add(k);
+      out.push(e);
+    }
+  }
+  return out;
+}
+
+/** `code: message` of what `f` throws (a SigilError), or 'no error'. */
+function messageOf(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    return `${(e as { code?: string }).code}: ${(e as Error).message}`;
+  }
+  return 'no error';
+}
+
 /** `raw` with one bit of event `ev`'s data flipped at `at` (digests kept). */
 function flipped(raw: Buffer, ev: ParsedEvent, at: number): Buffer {
   const out = Buffer.from(raw);
@@ -51,7 +88,7 @@ describe.skipIf(!have)('PCR 7 variables checked once per platform', () => {
       expect(r.selectors).toEqual(plain.selectors);
       expect(eventLogClaims(r)).toEqual(eventLogClaims(plain));
     }
-    expect(memo.size).toBe(pcr7Variables(raw).length);
+    expect(memo.size).toBe(checkedData(raw).length);
   });
 
   it.each(['ubuntu_2104_shielded_vm_no_secure_boot_eventlog', 'keylime_binary_bios_measurements_secureboot'])(
@@ -71,7 +108,29 @@ describe.skipIf(!have)('PCR 7 variables checked once per platform', () => {
       }
       // The memo still holds the true data, and only it.
       expect(checkEventLog({ log: raw, pcrs, variableMemo: memo }).selectors).toEqual(want);
-      expect(memo.size).toBe(vars.length);
+      expect(memo.size).toBe(checkedData(raw).length);
+    },
+  );
+
+  it.each(LOGS)(
+    'attack %s: a separator, S-CRTM version or authority record with a digest the memo knows but other data gets the plain check\'s refusal',
+    (f) => {
+      const raw = read(f);
+      const pcrs = trusted(raw);
+      const memo = new VerifiedVariableMemo();
+      const want = checkEventLog({ log: raw, pcrs, variableMemo: memo }).selectors;
+      const small = checkedData(raw).filter((e) => e.type !== EV.EFI_VARIABLE_DRIVER_CONFIG);
+      expect(small.some((e) => e.type === EV.SEPARATOR)).toBe(true);
+      for (const ev of small) {
+        for (const at of new Set([0, ev.dataLength >> 1, ev.dataLength - 1])) {
+          const bad = flipped(raw, ev, at);
+          const plain = messageOf(() => checkEventLog({ log: bad, pcrs }));
+          expect(plain).toMatch(/^tpm\.eventlog_event_data_mismatch: /);
+          expect(messageOf(() => checkEventLog({ log: bad, pcrs, variableMemo: memo }))).toBe(plain);
+        }
+      }
+      expect(checkEventLog({ log: raw, pcrs, variableMemo: memo }).selectors).toEqual(want);
+      expect(memo.size).toBe(checkedData(raw).length);
     },
   );
 
@@ -84,7 +143,7 @@ describe.skipIf(!have)('PCR 7 variables checked once per platform', () => {
     expect(small.size).toBe(2);
     const bytes = new VerifiedVariableMemo(256, vars[0]!.dataLength * 4 - 1);
     checkEventLog({ log: raw, pcrs, variableMemo: bytes });
-    expect(bytes.size).toBe(vars.length - 1); // the largest (dbx) is over a quarter of the budget: never kept
+    expect(bytes.size).toBe(checkedData(raw).length - 1); // the largest (dbx) is over a quarter of the budget: never kept
     // Checked from a buffer that is then overwritten: the memo kept copies, so the next check (of the
     // true log) still matches, and a forged one is still refused.
     const memo = new VerifiedVariableMemo();

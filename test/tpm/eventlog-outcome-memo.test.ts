@@ -123,21 +123,21 @@ describe.skipIf(!have)('event log outcomes by the compared records', () => {
     const log = parseEventLog(raw);
     const outcome = { selectors: [], claims: {} };
     // Seen once: not kept.
-    memo.put(memo.key(log, 'a', new Set(PCRS))!, outcome);
+    memo.put(memo.key(log, Buffer.from('a'), new Set(PCRS))!, outcome);
     expect(memo.size).toBe(0);
-    for (const h of ['a', 'b', 'c']) for (let i = 0; i < 2; i++) memo.put(memo.key(log, h, new Set(PCRS))!, outcome);
+    for (const h of ['a', 'b', 'c']) for (let i = 0; i < 2; i++) memo.put(memo.key(log, Buffer.from(h), new Set(PCRS))!, outcome);
     expect(memo.size).toBe(2);
-    expect(memo.get(memo.key(log, 'a', new Set(PCRS))!)).toBeUndefined();
-    expect(memo.get(memo.key(log, 'c', new Set(PCRS))!)).toBe(outcome);
+    expect(memo.get(memo.key(log, Buffer.from('a'), new Set(PCRS))!)).toBeUndefined();
+    expect(memo.get(memo.key(log, Buffer.from('c'), new Set(PCRS))!)).toBe(outcome);
     // A key over a quarter of the byte budget is neither built nor kept.
     const small = new OutcomeMemo(8, 4096);
-    expect(small.key(log, 'a', new Set(PCRS))).toBeUndefined();
+    expect(small.key(log, Buffer.from('a'), new Set(PCRS))).toBeUndefined();
     // The set of fingerprints seen once is bounded too: the oldest is forgotten, so its key needs two more sights.
     const few = new OutcomeMemo(8, 1 << 20, 2);
-    for (const h of ['x', 'y', 'z']) few.put(few.key(log, h, new Set(PCRS))!, outcome);
-    few.put(few.key(log, 'x', new Set(PCRS))!, outcome);
+    for (const h of ['x', 'y', 'z']) few.put(few.key(log, Buffer.from(h), new Set(PCRS))!, outcome);
+    few.put(few.key(log, Buffer.from('x'), new Set(PCRS))!, outcome);
     expect(few.size).toBe(0);
-    few.put(few.key(log, 'z', new Set(PCRS))!, outcome);
+    few.put(few.key(log, Buffer.from('z'), new Set(PCRS))!, outcome);
     expect(few.size).toBe(1);
   });
 });

@@ -176,7 +176,7 @@ function checkOnce(log: Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: r
   const parsed = parseEventLog(log);
   const indices = new Set<number>();
   for (const p of pcrs) if (!unloggedPcrs.includes(p.index)) indices.add(p.index);
-  const key = memos.outcomes.key(parsed, comparedKey(pcrs, unloggedPcrs), indices);
+  const key = memos.outcomes.key(parsed, comparedHeader(pcrs, unloggedPcrs), indices);
   const hit = key === undefined ? undefined : memos.outcomes.get(key);
   if (hit !== undefined) {
     // The record count is the one claim outside the key.
@@ -199,6 +199,54 @@ function comparedKey(pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[
   for (const p of pcrs) if (!unloggedPcrs.includes(p.index)) parts.push(`${p.bank}:${p.index}:${p.value.toString('hex')}`);
   parts.sort();
   return `${parts.join(',')}|unlogged:${[...unloggedPcrs].sort((a, b) => a - b).join(',')}`;
+}
+
+/**
+ * What `comparedKey` names, as bytes for the outcome memo's key (no hex text): the compared PCRs
+ * sorted by bank, index and value, each as its bank name (length, then UTF-16 code units), its
+ * index (float64) and its value (length, then bytes); then the unlogged indices in numeric order
+ * (count, then float64 each). Every field has a fixed size or a length before it, so different
+ * inputs give different bytes.
+ */
+function comparedHeader(pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[]): Buffer {
+  const compared: TrustedPcr[] = [];
+  let n = 4 + 4 + 8 * unloggedPcrs.length;
+  for (const p of pcrs) {
+    if (unloggedPcrs.includes(p.index)) continue;
+    compared.push(p);
+    n += 4 + 2 * p.bank.length + 8 + 4 + p.value.length;
+  }
+  compared.sort(byBankIndexValue);
+  const b = Buffer.allocUnsafe(n);
+  const dv = new DataView(b.buffer, b.byteOffset, n);
+  let o = 0;
+  dv.setUint32(o, compared.length, true);
+  o += 4;
+  for (const p of compared) {
+    const bank = p.bank;
+    dv.setUint32(o, bank.length, true);
+    o += 4;
+    for (let k = 0; k < bank.length; k++, o += 2) dv.setUint16(o, bank.charCodeAt(k), true);
+    dv.setFloat64(o, p.index, true);
+    dv.setUint32(o + 8, p.value.length, true);
+    o += 12;
+    b.set(p.value, o);
+    o += p.value.length;
+  }
+  const unlogged = [...unloggedPcrs].sort((x, y) => x - y);
+  dv.setUint32(o, unlogged.length, true);
+  o += 4;
+  for (const u of unlogged) {
+    dv.setFloat64(o, u, true);
+    o += 8;
+  }
+  return b;
+}
+
+function byBankIndexValue(a: TrustedPcr, b: TrustedPcr): number {
+  if (a.bank !== b.bank) return a.bank < b.bank ? -1 : 1;
+  if (a.index !== b.index) return a.index < b.index ? -1 : 1;
+  return Buffer.compare(a.value, b.value);
 }
 
 /**

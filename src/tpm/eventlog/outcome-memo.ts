@@ -33,10 +33,55 @@ interface Kept {
   readonly outcome: MemoizedOutcome;
 }
 
-/** A key as `OutcomeMemo.key` builds it: the bytes (a view of a reused buffer) and their fingerprint, the slot. */
-export interface OutcomeKey {
-  readonly bytes: Buffer;
-  readonly slot: string;
+/**
+ * A key as `OutcomeMemo.key` builds it: a header and the compared records, left where they are in
+ * the log (nothing is copied unless the key is kept), and their fingerprint, the slot. Valid only
+ * while the log's bytes are unchanged (they may be a buffer the caller reuses).
+ */
+export class OutcomeKey {
+  #bytes: Buffer | undefined;
+  constructor(
+    /** Form, banks, StartupLocality and the caller's header (the compared values, the unlogged set). */
+    private readonly head: Buffer,
+    /** The compared records, in log order: each is its 4-byte length and its bytes in the key. */
+    private readonly records: readonly ParsedEvent[],
+    /** Bytes of the key. */
+    readonly length: number,
+    readonly slot: string,
+  ) {}
+
+  /** The key's bytes: the head, then each record as its length (u32 LE) and raw bytes. A copy of its own, made once. */
+  get bytes(): Buffer {
+    if (this.#bytes === undefined) {
+      const b = Buffer.allocUnsafeSlow(this.length);
+      let n = this.head.copy(b, 0);
+      for (const ev of this.records) {
+        const end = ev.dataStart + ev.dataLength;
+        n = b.writeUInt32LE(end - ev.offset, n);
+        n += ev.bytes.copy(b, n, ev.offset, end);
+      }
+      this.#bytes = b;
+    }
+    return this.#bytes;
+  }
+
+  /** Whether `kept` is exactly this key's bytes (compared piece by piece where they lie). */
+  equals(kept: Buffer): boolean {
+    if (kept.length !== this.length) return false;
+    if (this.#bytes !== undefined) return this.#bytes.equals(kept);
+    const h = this.head.length;
+    if (kept.compare(this.head, 0, h, 0, h) !== 0) return false;
+    let n = h;
+    for (const ev of this.records) {
+      const end = ev.dataStart + ev.dataLength;
+      const len = end - ev.offset;
+      if (kept.readUInt32LE(n) !== len) return false;
+      n += 4;
+      if (kept.compare(ev.bytes, ev.offset, end, n, n + len) !== 0) return false;
+      n += len;
+    }
+    return true;
+  }
 }
 
 export class OutcomeMemo {
@@ -44,9 +89,6 @@ export class OutcomeMemo {
   private keyBytes = 0;
   /** Fingerprints of keys put once and not kept. */
   private readonly seenOnce: FirstSights;
-  private scratch = Buffer.alloc(64 * 1024);
-  /** The scratch buffer as 32-bit words, for the fingerprint (Buffer.alloc gives a buffer of its own at offset 0). */
-  private words = new Int32Array(this.scratch.buffer, this.scratch.byteOffset, this.scratch.length >> 2);
 
   constructor(
     readonly maxEntries = 256,
@@ -63,48 +105,41 @@ export class OutcomeMemo {
   }
 
   /**
-   * The key of `log` for the compared PCRs `indices` (`header` names the compared values and the
-   * unlogged set): its bytes as a view of a reused buffer, valid until the next call, and its
-   * fingerprint (computed once here, for both `get` and `put`). Undefined when the log was not
-   * parsed by parseEventLog or the key would exceed a quarter of maxBytes.
+   * The key of `log` for the compared PCRs `indices` (`header`: bytes naming the compared values and
+   * the unlogged set), with its fingerprint (computed once here, for both `get` and `put`).
+   * Undefined when the log was not parsed by parseEventLog or the key would exceed a quarter of
+   * maxBytes. The records stay in the log's bytes: use the key before those change.
    */
-  key(log: ParsedEventLog, header: string, indices: ReadonlySet<number>): OutcomeKey | undefined {
-    let n = 0;
-    const head = `${log.format}|${log.banks.map((b) => b.id).join(',')}|${log.startupLocality ?? '-'}|${header}`;
-    if (!this.room(n, 4 + 3 * head.length)) return undefined;
-    const headLen = this.scratch.write(head, n + 4, 'utf8');
-    this.scratch.writeUInt32LE(headLen, n);
-    n += 4 + headLen;
+  key(log: ParsedEventLog, header: Uint8Array, indices: ReadonlySet<number>): OutcomeKey | undefined {
+    const limit = Math.floor(this.maxBytes / 4);
+    const banks = log.banks;
+    // Form (0 crypto-agile, 1 legacy), bank count and IDs, StartupLocality (-1: none), the header's length and bytes.
+    const headLen = 1 + 1 + 2 * banks.length + 4 + 4 + header.length;
+    if (headLen > limit) return undefined;
+    const head = Buffer.allocUnsafe(headLen);
+    let p = head.writeUInt8(log.format === 'crypto-agile' ? 0 : 1, 0);
+    p = head.writeUInt8(banks.length, p);
+    for (const b of banks) p = head.writeUInt16LE(b.id, p);
+    p = head.writeInt32LE(log.startupLocality ?? -1, p);
+    p = head.writeUInt32LE(header.length, p);
+    head.set(header, p);
+    const records: ParsedEvent[] = [];
+    let n = headLen;
     const mask = registerMask(indices);
     for (const ev of log.events) {
       if (mask !== undefined ? !inMask(mask, ev.index) : !indices.has(ev.index)) continue;
       if (!(ev instanceof ParsedEvent)) return undefined;
-      const end = ev.dataStart + ev.dataLength;
-      const len = end - ev.offset;
-      if (!this.room(n, 4 + len)) return undefined;
-      this.scratch.writeUInt32LE(len, n);
-      n += 4 + ev.bytes.copy(this.scratch, n + 4, ev.offset, end);
+      n += 4 + ev.dataStart + ev.dataLength - ev.offset;
+      if (n > limit) return undefined;
+      records.push(ev);
     }
-    return { bytes: this.scratch.subarray(0, n), slot: fingerprint(this.scratch, this.words, n) };
-  }
-
-  /** Room for `k` more key bytes after the first `n` (grown as needed, keeping those); false past a quarter of maxBytes. */
-  private room(n: number, k: number): boolean {
-    const limit = Math.floor(this.maxBytes / 4);
-    if (n + k > limit) return false;
-    if (n + k > this.scratch.length) {
-      const b = Buffer.alloc(Math.min(limit, Math.max(2 * this.scratch.length, n + k)));
-      this.scratch.copy(b, 0, 0, n);
-      this.scratch = b;
-      this.words = new Int32Array(b.buffer, b.byteOffset, b.length >> 2);
-    }
-    return true;
+    return new OutcomeKey(head, records, n, fingerprint(head, records, n));
   }
 
   /** The outcome kept for exactly `key`, if any. */
   get(key: OutcomeKey): MemoizedOutcome | undefined {
     const e = this.kept.get(key.slot);
-    if (e === undefined || !e.key.equals(key.bytes)) return undefined;
+    if (e === undefined || !key.equals(e.key)) return undefined;
     this.kept.delete(key.slot);
     this.kept.set(key.slot, e);
     return e.outcome;
@@ -115,7 +150,7 @@ export class OutcomeMemo {
    * gives up its place); otherwise remembers the fingerprint only.
    */
   put(key: OutcomeKey, outcome: MemoizedOutcome): void {
-    if (key.bytes.length > this.maxBytes / 4) return;
+    if (key.length > this.maxBytes / 4) return;
     const slot = key.slot;
     const old = this.kept.get(slot);
     if (old === undefined && !this.seenOnce.has(slot)) {
@@ -127,8 +162,8 @@ export class OutcomeMemo {
       this.kept.delete(slot);
       this.keyBytes -= old.key.length;
     }
-    this.kept.set(slot, { key: Buffer.from(key.bytes), outcome });
-    this.keyBytes += key.bytes.length;
+    this.kept.set(slot, { key: key.bytes, outcome });
+    this.keyBytes += key.length;
     for (const [k, e] of this.kept) {
       if (this.kept.size <= this.maxEntries && this.keyBytes <= this.maxBytes) break;
       this.kept.delete(k);
@@ -138,39 +173,45 @@ export class OutcomeMemo {
 }
 
 /**
- * The slot of the first `n` bytes of `b` (`words`: the same memory as 32-bit words, `b` at offset
- * 0): the length and a 32-bit FNV-1a-style mix of every word of the first 1 KiB (the header:
- * compared values, banks, unlogged set), the word at every 16th byte after it (stride wider past
- * 128 KiB: at most 8,192 samples) and the last three bytes, in four interleaved lanes (the
- * multiplications of one lane do not wait for another's). Never a verdict: get compares whole keys,
- * and keys sharing a slot only displace each other. Past the first 1 KiB every run of 16 or more
- * bytes (every SHA-1 or longer digest) has a sampled byte.
+ * The slot of a key (`head`, then `records` as laid out in the key, `n` bytes in all): its length
+ * and a 32-bit FNV-1a-style mix of every 32-bit word of the head (the compared values, banks, the
+ * unlogged set), and of each record its length, the word at every 16th byte of it (stride wider
+ * past 128 KiB of records: at most some 8,192 samples) and its last word, in two interleaved lanes.
+ * Read where the records lie in the log: nothing is copied for a fingerprint. Never a verdict: get
+ * compares whole keys, and keys sharing a slot only displace each other. Every run of 16 or more
+ * bytes of a record (every SHA-1 or longer digest) has a sampled word.
  */
-function fingerprint(b: Buffer, words: Int32Array, n: number): string {
-  const last = (n >> 2) - 1;
+function fingerprint(head: Buffer, records: readonly ParsedEvent[], n: number): string {
   let h0 = 0x811c9dc5 ^ n;
   let h1 = 0x01000193;
-  let h2 = 0x2545f491;
-  let h3 = 0x6a09e667;
+  const hv = new DataView(head.buffer, head.byteOffset, head.length);
   let i = 0;
-  const head = Math.min(last + 1, 256);
-  for (; i + 3 < head; i += 4) {
-    h0 = Math.imul(h0 ^ words[i]!, 0x01000193);
-    h1 = Math.imul(h1 ^ words[i + 1]!, 0x01000193);
-    h2 = Math.imul(h2 ^ words[i + 2]!, 0x01000193);
-    h3 = Math.imul(h3 ^ words[i + 3]!, 0x01000193);
+  for (; i + 8 <= head.length; i += 8) {
+    h0 = Math.imul(h0 ^ hv.getInt32(i, true), 0x01000193);
+    h1 = Math.imul(h1 ^ hv.getInt32(i + 4, true), 0x01000193);
   }
-  for (; i < head; i++) h0 = Math.imul(h0 ^ words[i]!, 0x01000193);
-  const step = 4 * Math.max(1, Math.ceil(n / (8192 * 16)));
-  for (; i + 3 * step <= last; i += 4 * step) {
-    h0 = Math.imul(h0 ^ words[i]!, 0x01000193);
-    h1 = Math.imul(h1 ^ words[i + step]!, 0x01000193);
-    h2 = Math.imul(h2 ^ words[i + 2 * step]!, 0x01000193);
-    h3 = Math.imul(h3 ^ words[i + 3 * step]!, 0x01000193);
+  for (; i < head.length; i++) h0 = Math.imul(h0 ^ head[i]!, 0x01000193);
+  const step = 16 * Math.max(1, Math.ceil(n / (8192 * 16)));
+  let src: Buffer | undefined;
+  let dv: DataView | undefined;
+  for (const ev of records) {
+    if (ev.bytes !== src) {
+      src = ev.bytes;
+      dv = new DataView(src.buffer, src.byteOffset, src.length);
+    }
+    const start = ev.offset;
+    const end = ev.dataStart + ev.dataLength;
+    h1 = Math.imul(h1 ^ (end - start), 0x01000193);
+    let p = start;
+    for (; p + step + 4 <= end; p += 2 * step) {
+      h0 = Math.imul(h0 ^ dv!.getInt32(p, true), 0x01000193);
+      h1 = Math.imul(h1 ^ dv!.getInt32(p + step, true), 0x01000193);
+    }
+    if (p + 4 <= end) h0 = Math.imul(h0 ^ dv!.getInt32(p, true), 0x01000193);
+    // A record's last word (records are at least 12 bytes: index, type, a count or a digest).
+    if (end - start >= 4) h1 = Math.imul(h1 ^ dv!.getInt32(end - 4, true), 0x01000193);
   }
-  for (; i <= last; i += step) h0 = Math.imul(h0 ^ words[i]!, 0x01000193);
-  for (let k = Math.max(0, n - 3); k < n; k++) h1 = Math.imul(h1 ^ b[k]!, 0x01000193);
-  const h = Math.imul(Math.imul(Math.imul(h0 ^ h1, 0x01000193) ^ h2, 0x01000193) ^ h3, 0x01000193);
+  const h = Math.imul(Math.imul(h0 ^ h1, 0x01000193) ^ h1, 0x01000193);
   // Signed (the same bits): `h >>> 0` deoptimized the optimized code for half the hashes (cache.ts textKey).
   return `${n}:${h}`;
 }
