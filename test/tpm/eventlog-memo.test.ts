@@ -11,7 +11,8 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { EV, EventLogCheckCache, ParsedEvent, VerifiedVariableMemo, checkEventLog, eventLogClaims, parseEventLog, replayEventLog } from '../../src/tpm/eventlog/index.js';
+import { EV, EventLogCheckCache, ParsedEvent, VerifiedVariableMemo, type EventLogEvent, checkEventLog, eventLogClaims, parseEventLog, replayEventLog } from '../../src/tpm/eventlog/index.js';
+import { algorithmByName } from '../../src/tpm/eventlog/algorithms.js';
 import { textKey } from '../../src/tpm/eventlog/cache.js';
 import { poolRandomBytes } from '../../src/tpm/random.js';
 import { codeOf } from '../support/codes.js';
@@ -133,6 +134,32 @@ describe.skipIf(!have)('PCR 7 variables checked once per platform', () => {
       expect(memo.size).toBe(checkedData(raw).length);
     },
   );
+
+  it('attack: an entry answers only for its own bank, whole digest and data (digests sharing the slot bytes do not)', () => {
+    const sha256 = algorithmByName('sha256')!;
+    const sm3 = algorithmByName('sm3_256')!;
+    const data = Buffer.from('separator data');
+    const digest = createHash('sha256').update(data).digest();
+    const event = (alg: typeof sha256, d: Buffer, x: Buffer): EventLogEvent => ({ seq: 1, offset: 0, index: 7, type: EV.SEPARATOR, digests: [{ alg, digest: d }], data: x });
+    const memo = new VerifiedVariableMemo();
+    memo.put(sha256, event(sha256, digest, data), undefined);
+    expect(memo.get(sha256, event(sha256, Buffer.from(digest), Buffer.from(data)))).toBeDefined();
+    for (const at of [4, 16, 31]) {
+      // The same first four bytes (the slot), another digest.
+      const other = Buffer.from(digest);
+      other[at] = other[at]! ^ 0x01;
+      expect(memo.get(sha256, event(sha256, other, data))).toBeUndefined();
+    }
+    expect(memo.get(sha256, event(sha256, digest, Buffer.from('separator datA')))).toBeUndefined();
+    expect(memo.get(sm3, event(sm3, digest, data))).toBeUndefined();
+    // A put for a digest sharing the slot displaces the entry; neither answers for the other.
+    const twin = Buffer.from(digest);
+    twin[20] = twin[20]! ^ 0x80;
+    memo.put(sha256, event(sha256, twin, data), undefined);
+    expect(memo.size).toBe(1);
+    expect(memo.get(sha256, event(sha256, digest, data))).toBeUndefined();
+    expect(memo.get(sha256, event(sha256, twin, data))).toBeDefined();
+  });
 
   it('the memo is bounded by entries and bytes (least recently used out) and keeps no view into a reused buffer', () => {
     const raw = read('ubuntu_2104_shielded_vm_no_secure_boot_eventlog');

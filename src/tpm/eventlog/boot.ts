@@ -100,12 +100,14 @@ function readBootVariable(ev: EventLogEvent): BootVariable {
  * variables what they say. Nodes of one platform measure the same PK, KEK, db and dbx (some
  * 20–50 KB, hashed twice: the event digest, then the dbx and certificate fingerprints), and the
  * same separators, S-CRTM version and authority records, so a verifier that checked them for one
- * node needs only a byte comparison for the next. Entries are looked up by bank and digest and
- * used only when the event's data equals the kept copy byte for byte; only data whose hash was
- * checked is put. Bounded by entries and bytes, least recently used out first.
+ * node needs only a byte comparison for the next. Entries are found by a slot made of the bank and
+ * the digest's first bytes (no hex text) and used only when the bank, the whole digest and the
+ * event's data equal the kept copies byte for byte; only data whose hash was checked is put.
+ * Bounded by entries and bytes, least recently used out first.
  */
 export class VerifiedVariableMemo {
-  private readonly kept = new Map<string, { readonly data: Buffer; variable: BootVariable | undefined }>();
+  /** By slot: the digest's first four bytes mixed with the bank's ID (keys sharing a slot displace each other). */
+  private readonly kept = new Map<number, MemoEntry>();
   private bytes = 0;
 
   constructor(
@@ -117,32 +119,39 @@ export class VerifiedVariableMemo {
     return this.kept.size;
   }
 
-  /** The entry for `ev` (its data hashes to `hex` in `bank`), or undefined when not kept or the data differs. */
-  get(bank: string, hex: string, ev: EventLogEvent): { readonly variable: BootVariable | undefined } | undefined {
-    const k = `${bank}:${hex}`;
-    const e = this.kept.get(k);
-    if (e === undefined || !sameData(ev, e.data)) return undefined;
-    this.kept.delete(k);
-    this.kept.set(k, e);
+  /**
+   * The entry for `ev` in bank `alg` (its data hashed to its digest before), or undefined when none
+   * is kept for exactly this bank, digest and data (all three compared whole).
+   */
+  get(alg: EventLogAlgorithm, ev: EventLogEvent): { readonly variable: BootVariable | undefined } | undefined {
+    const d = digestOf(alg, ev);
+    if (d === undefined) return undefined;
+    const slot = slotOf(alg, d.src, d.off);
+    const e = this.kept.get(slot);
+    if (e === undefined || !sameEntry(e, alg, d.src, d.off, ev)) return undefined;
+    this.kept.delete(slot);
+    this.kept.set(slot, e);
     return e;
   }
 
-  /** Records that `ev`'s data hashes to `hex` in `bank` (the caller checked it) and, when known, what it says. */
-  put(bank: string, hex: string, ev: EventLogEvent, variable: BootVariable | undefined): void {
-    const k = `${bank}:${hex}`;
-    const old = this.kept.get(k);
-    if (old !== undefined && sameData(ev, old.data)) {
+  /** Records that `ev`'s data hashes to its digest in bank `alg` (the caller checked it) and, when known, what it says. */
+  put(alg: EventLogAlgorithm, ev: EventLogEvent, variable: BootVariable | undefined): void {
+    const d = digestOf(alg, ev);
+    if (d === undefined) return;
+    const slot = slotOf(alg, d.src, d.off);
+    const old = this.kept.get(slot);
+    if (old !== undefined && sameEntry(old, alg, d.src, d.off, ev)) {
       old.variable ??= variable;
       return;
     }
     const n = ev.data.length;
     if (n > this.maxBytes / 4) return;
     if (old !== undefined) {
-      this.kept.delete(k);
+      this.kept.delete(slot);
       this.bytes -= old.data.length;
     }
-    // A copy: the event's bytes may live in a buffer the caller reuses.
-    this.kept.set(k, { data: Buffer.from(ev.data), variable });
+    // Copies: the event's bytes may live in a buffer the caller reuses.
+    this.kept.set(slot, { alg: alg.id, digest: Buffer.from(d.src.subarray(d.off, d.off + alg.size)), data: Buffer.from(ev.data), variable });
     this.bytes += n;
     for (const [key, e] of this.kept) {
       if (this.kept.size <= this.maxEntries && this.bytes <= this.maxBytes) break;
@@ -150,6 +159,35 @@ export class VerifiedVariableMemo {
       this.bytes -= e.data.length;
     }
   }
+}
+
+interface MemoEntry {
+  readonly alg: number;
+  readonly digest: Buffer;
+  readonly data: Buffer;
+  variable: BootVariable | undefined;
+}
+
+/** Where `ev`'s digest in bank `alg` lies: straight in the log's bytes when it was parsed here. */
+function digestOf(alg: EventLogAlgorithm, ev: EventLogEvent): { readonly src: Buffer; readonly off: number } | undefined {
+  if (ev instanceof ParsedEvent) {
+    const off = ev.digestOffset(alg.id);
+    return off < 0 || off + alg.size > ev.bytes.length ? undefined : { src: ev.bytes, off };
+  }
+  const d = ev.digests.find((x) => x.alg.id === alg.id)?.digest;
+  return d === undefined || d.length !== alg.size ? undefined : { src: d, off: 0 };
+}
+
+/** A 30-bit slot: the first four digest bytes (a hash output: as good as any four) and the bank. */
+function slotOf(alg: EventLogAlgorithm, src: Buffer, off: number): number {
+  return ((src[off]! | (src[off + 1]! << 8) | (src[off + 2]! << 16) | (src[off + 3]! << 24)) ^ Math.imul(alg.id, 0x9e3779b1)) >>> 2;
+}
+
+function sameEntry(e: MemoEntry, alg: EventLogAlgorithm, src: Buffer, off: number, ev: EventLogEvent): boolean {
+  if (e.alg !== alg.id) return false;
+  const d = e.digest;
+  for (let i = 0; i < d.length; i++) if (d[i] !== src[off + i]) return false;
+  return sameData(ev, e.data);
 }
 
 function sameData(ev: EventLogEvent, kept: Buffer): boolean {
@@ -201,16 +239,15 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
         break;
       case EV.EFI_VARIABLE_DRIVER_CONFIG: {
         if (ev.index !== 7) break;
-        const hex = digestHexOf(alg, ev);
         // The memo holds only bytes that were hashed to this digest before (compared whole here).
-        const kept = memo?.get(alg.name, hex, ev);
-        if (kept === undefined && !hashesTo(alg, ev.data, hex)) badEvent(ev, 'the digest is not the hash of the UEFI variable data');
+        const kept = memo?.get(alg, ev);
+        if (kept === undefined && !hashesTo(alg, ev.data, digestHexOf(alg, ev))) badEvent(ev, 'the digest is not the hash of the UEFI variable data');
         if (separated.has(7)) {
-          if (kept === undefined) memo?.put(alg.name, hex, ev, undefined);
+          if (kept === undefined) memo?.put(alg, ev, undefined);
           break; // configuration after the separator is not the boot policy
         }
         const v = kept?.variable ?? readBootVariable(ev);
-        if (kept?.variable === undefined) memo?.put(alg.name, hex, ev, v);
+        if (kept?.variable === undefined) memo?.put(alg, ev, v);
         if (v.kind === 'other') break;
         if (seenVars.has(v.key)) badEvent(ev, `${v.kind} is measured twice before the separator`);
         seenVars.add(v.key);
@@ -223,11 +260,10 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
       }
       case EV.EFI_VARIABLE_AUTHORITY: {
         if (ev.index !== 7) break;
-        const hex = digestHexOf(alg, ev);
         // The memo holds data that hashed whole to its digest (the quirk's shorter digest is not kept).
-        const n = memo?.get(alg.name, hex, ev) !== undefined ? ev.data.length : shimAuthorityDigestedLength(alg, hex, ev.data);
+        const n = memo?.get(alg, ev) !== undefined ? ev.data.length : shimAuthorityDigestedLength(alg, digestHexOf(alg, ev), ev.data);
         if (n === undefined) badEvent(ev, 'the digest is not the hash of the authority data');
-        if (n === ev.data.length) memo?.put(alg.name, hex, ev, undefined);
+        if (n === ev.data.length) memo?.put(alg, ev, undefined);
         const v = parseUefiVariable(ev.data.subarray(0, n), `event ${ev.seq}`, n === ev.data.length);
         if (n !== ev.data.length || v.length !== ev.data.length) {
           if (v.guid !== GUID.SHIM_LOCK) badEvent(ev, 'authority data is longer than its UEFI_VARIABLE_DATA');
@@ -335,10 +371,9 @@ function digestHexOf(alg: EventLogAlgorithm, ev: EventLogEvent): string {
  * version): a hash costs some 5 µs, the memo lookup a fraction of that.
  */
 function checkDataDigest(alg: EventLogAlgorithm, ev: EventLogEvent, memo: VerifiedVariableMemo | undefined, msg: string): void {
-  const hex = digestHexOf(alg, ev);
-  if (memo?.get(alg.name, hex, ev) !== undefined) return;
-  if (!hashesTo(alg, ev.data, hex)) badEvent(ev, msg);
-  memo?.put(alg.name, hex, ev, undefined);
+  if (memo?.get(alg, ev) !== undefined) return;
+  if (!hashesTo(alg, ev.data, digestHexOf(alg, ev))) badEvent(ev, msg);
+  memo?.put(alg, ev, undefined);
 }
 
 /** Whether `data` hashes to the digest whose lowercase hex is `hex` in bank `alg`. */
