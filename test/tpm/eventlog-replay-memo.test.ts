@@ -147,3 +147,31 @@ describe('replay memo keys', () => {
     expect(small.size).toBe(7);
   });
 });
+
+describe('replay memo eviction', () => {
+  /** Writes key `k` (8 bytes) into the memo's buffer; its slot is `k`. */
+  const keyed = (memo: ReplayMemo, k: number): number => {
+    memo.room(0, 8);
+    memo.buf.writeUInt32LE(k, 0);
+    memo.buf.writeUInt32LE(0xabcdef, 4);
+    return 8;
+  };
+
+  it('an entry that keeps being hit survives any number of new entries; the others go, oldest first', () => {
+    const memo = new ReplayMemo(4, 64);
+    memo.put(keyed(memo, 1), 1, Buffer.from([1]));
+    for (let k = 2; k < 50; k++) {
+      expect(memo.get(keyed(memo, 1), 1)).toEqual(Buffer.from([1]));
+      memo.put(keyed(memo, k), k, Buffer.from([k]));
+      expect(memo.size).toBeLessThanOrEqual(4);
+    }
+    expect(memo.get(keyed(memo, 1), 1)).toEqual(Buffer.from([1]));
+    expect(memo.get(keyed(memo, 49), 49)).toEqual(Buffer.from([49]));
+    expect(memo.get(keyed(memo, 2), 2)).toBeUndefined();
+    // Without hits, the first of five goes.
+    const plain = new ReplayMemo(4, 64);
+    for (let k = 1; k <= 5; k++) plain.put(keyed(plain, k), k, Buffer.from([k]));
+    expect(plain.get(keyed(plain, 1), 1)).toBeUndefined();
+    expect(plain.get(keyed(plain, 2), 2)).toEqual(Buffer.from([2]));
+  });
+});

@@ -175,11 +175,14 @@ export class OutcomeMemo {
 /**
  * The slot of a key (`head`, then `records` as laid out in the key, `n` bytes in all): its length
  * and a 32-bit FNV-1a-style mix of every 32-bit word of the head (the compared values, banks, the
- * unlogged set), and of each record its length, the word at every 16th byte of it (stride wider
- * past 128 KiB of records: at most some 8,192 samples) and its last word, in two interleaved lanes.
- * Read where the records lie in the log: nothing is copied for a fingerprint. Never a verdict: get
- * compares whole keys, and keys sharing a slot only displace each other. Every run of 16 or more
- * bytes of a record (every SHA-1 or longer digest) has a sampled word.
+ * unlogged set), and of each record its length, the word at every 16th byte of its header and
+ * digests, at every 64th byte of its data (strides wider past 128 KiB of records) and its last
+ * word, in two interleaved lanes. Read where the records lie in the log: nothing is copied for a
+ * fingerprint. Never a verdict: get compares whole keys, and keys sharing a slot only displace each
+ * other. Every run of 16 or more bytes of a record's digests (every SHA-1 or longer digest) has a
+ * sampled word; event data is sampled more thinly, since data a digest covers changes the digest
+ * too (records differing only in unsampled data share a slot: they cost a check, never a wrong
+ * answer).
  */
 function fingerprint(head: Buffer, records: readonly ParsedEvent[], n: number): string {
   let h0 = 0x811c9dc5 ^ n;
@@ -191,7 +194,9 @@ function fingerprint(head: Buffer, records: readonly ParsedEvent[], n: number): 
     h1 = Math.imul(h1 ^ hv.getInt32(i + 4, true), 0x01000193);
   }
   for (; i < head.length; i++) h0 = Math.imul(h0 ^ head[i]!, 0x01000193);
-  const step = 16 * Math.max(1, Math.ceil(n / (8192 * 16)));
+  const wide = Math.max(1, Math.ceil(n / (8192 * 16)));
+  const step = 16 * wide;
+  const dataStep = 64 * wide;
   let src: Buffer | undefined;
   let dv: DataView | undefined;
   for (const ev of records) {
@@ -202,14 +207,11 @@ function fingerprint(head: Buffer, records: readonly ParsedEvent[], n: number): 
     const start = ev.offset;
     const end = ev.dataStart + ev.dataLength;
     h1 = Math.imul(h1 ^ (end - start), 0x01000193);
-    let p = start;
-    for (; p + step + 4 <= end; p += 2 * step) {
-      h0 = Math.imul(h0 ^ dv!.getInt32(p, true), 0x01000193);
-      h1 = Math.imul(h1 ^ dv!.getInt32(p + step, true), 0x01000193);
-    }
-    if (p + 4 <= end) h0 = Math.imul(h0 ^ dv!.getInt32(p, true), 0x01000193);
+    // Header and digests (up to the data size field).
+    for (let p = start; p + 4 <= ev.dataStart; p += step) h0 = Math.imul(h0 ^ dv!.getInt32(p, true), 0x01000193);
+    for (let p = ev.dataStart; p + 4 <= end; p += dataStep) h1 = Math.imul(h1 ^ dv!.getInt32(p, true), 0x01000193);
     // A record's last word (records are at least 12 bytes: index, type, a count or a digest).
-    if (end - start >= 4) h1 = Math.imul(h1 ^ dv!.getInt32(end - 4, true), 0x01000193);
+    if (end - start >= 4) h0 = Math.imul(h0 ^ dv!.getInt32(end - 4, true), 0x01000193);
   }
   const h = Math.imul(Math.imul(h0 ^ h1, 0x01000193) ^ h1, 0x01000193);
   // Signed (the same bits): `h >>> 0` deoptimized the optimized code for half the hashes (cache.ts textKey).
