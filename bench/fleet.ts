@@ -171,12 +171,14 @@ function postJson(port: number, path: string, body: unknown, ca: string): Promis
  * metrics). prom-client starts its event-loop delay histogram afresh at every read of /metrics, so a
  * read at the start of the window and one at its end give the delay over the window alone.
  */
-function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number }> {
+function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number; scrapeMs: number }> {
   return new Promise((resolve, reject) => {
+    const t0 = performance.now();
     const req = request({ host: '127.0.0.1', port, path: '/metrics', ca, agent: attestAgent, checkServerIdentity: () => undefined }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
+        const scrapeMs = performance.now() - t0;
         const text = Buffer.concat(chunks).toString();
         const num = (name: string): number => {
           const m = new RegExp(`^sigil_verifier_${name} ([0-9.e+]+)$`, 'm').exec(text);
@@ -190,6 +192,7 @@ function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTo
             external: num('nodejs_external_memory_bytes'),
             lagP99: num('nodejs_eventloop_lag_p99_seconds'),
             lagMax: num('nodejs_eventloop_lag_max_seconds'),
+            scrapeMs,
           });
         } catch (e) {
           reject(e);
@@ -589,7 +592,7 @@ async function main(): Promise<void> {
     const loopDelay = monitorEventLoopDelay({ resolution: 10 });
     loopDelay.enable();
     // Starts the verifiers' own event-loop delay histograms afresh (read again at the window's end).
-    await Promise.all(ports.map((port) => metricsOf(port, caPem).catch(() => undefined)));
+    const heap0 = await Promise.all(ports.map((port) => metricsOf(port, caPem).catch(() => undefined)));
     const cpuStart = pids.map(procCpuUs);
     const tStart = performance.now();
     measuring = true;
@@ -652,6 +655,9 @@ async function main(): Promise<void> {
     console.log(
       `verifier event-loop delay over the window (its part of the lateness above): ${heap.map((h) => (h ? `p99 ${(h.lagP99 * 1000).toFixed(1)} ms, max ${(h.lagMax * 1000).toFixed(1)} ms` : 'metrics not read')).join(' + ')}`,
     );
+    // A scrape's own time (request to last byte, over an idle keep-alive connection): the verifier's
+    // event loop is held for most of it, so it lands in the window's delays above.
+    console.log(`verifier /metrics scrape at the window's start and end: ${ports.map((_, k) => `${heap0[k] ? heap0[k].scrapeMs.toFixed(1) : '?'} and ${heap[k] ? heap[k].scrapeMs.toFixed(1) : '?'} ms`).join(' + ')}`);
     console.log(`load generator event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms`);
 
     // 6. Saturation: back-to-back syncs (entries only, 304), no interval.

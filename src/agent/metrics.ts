@@ -102,12 +102,13 @@ class TotalFollower {
 
 /** Build the endpoint's own registry (never the global one) and return its scrape function. */
 async function createAgentRegistry(sources: MetricsSources, reuseMs: number): Promise<{ scrape: () => Promise<string>; contentType: string }> {
-  const { Counter, Gauge, Registry, collectDefaultMetrics } = await import('prom-client');
+  const { Counter, Gauge, Registry } = await import('prom-client');
+  const { registerProcessMetrics } = await import('../util/process-metrics.js');
   const register = new Registry();
   // Process metrics (CPU, memory, heap, event loop lag, GC), prefixed sigil_agent_.
   // The event-loop-lag monitor samples every 100 ms, not every 10 ms (prom-client's default),
   // which made an idle agent use about ten times the CPU.
-  collectDefaultMetrics({ register, prefix: PREFIX, eventLoopMonitoringPrecision: 100 });
+  registerProcessMetrics(register, PREFIX, { eventLoopMonitoringPrecision: 100 });
 
   const read = (): Snapshot => ({ stats: sources.workloadApiStats(), serviceTimes: sources.serviceTimes(), identities: sources.identities() });
   // One read of the sources per scrape, shared by every collect() of that scrape (stats() walks

@@ -1,4 +1,5 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { registerProcessMetrics } from '../util/process-metrics.js';
 
 export interface VerifierMetrics {
   registry: Registry;
@@ -14,7 +15,7 @@ export interface VerifierMetrics {
 /** A registry per verifier instance (so several can run in one process, e.g. in tests). */
 export function createMetrics(): VerifierMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'sigil_verifier_' });
+  registerProcessMetrics(registry, 'sigil_verifier_');
   return {
     registry,
     attestations: new Counter({ name: 'sigil_attestations_total', help: 'Node attestation outcomes per attestor', labelNames: ['attestor', 'result'], registers: [registry] }),
