@@ -15,6 +15,7 @@ import { generateKey, spkiDer } from '../spiffe/keys.js';
 import { certsToPem } from '../spiffe/x509svid.js';
 import { PostgresStore } from '../store/postgres.js';
 import { SqliteStore } from '../store/sqlite.js';
+import type { FileSync } from '../store/wal-sync.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
 import { makeDirs, preparePrivateDir } from '../util/private-dir.js';
 import { MAX_SOCKET_PATH_BYTES, bindPrivately, checkSocketDir, privateBindPathFits, removeStaleBindDirs, removeStaleSocket, unlinkIfSame } from '../util/socket-dir.js';
@@ -40,6 +41,11 @@ export interface StartOptions {
   logger?: Logger;
   /** Rotation check interval in ms (default 10 s). 0 disables the timer (tests call tick()). */
   tickMs?: number;
+  /**
+   * Replaces the flush of the SQLite write-ahead log (store/wal-sync.ts). For tests on a fake clock,
+   * where a flush on the thread pool would end at an arbitrary fake time; never set in production.
+   */
+  sqliteSync?: FileSync;
 }
 
 export interface RunningVerifier {
@@ -99,7 +105,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
   const store: DataStore =
     config.datastore.kind === 'postgres'
       ? await PostgresStore.open(config.datastore.url, config.datastore.schema ? { schema: config.datastore.schema } : {})
-      : new SqliteStore(join(config.dataDir, 'sigil.db'));
+      : new SqliteStore(join(config.dataDir, 'sigil.db'), opts.sqliteSync ? { sync: opts.sqliteSync } : {});
   const closers: (() => Promise<void>)[] = [() => store.close()];
   const closeAll = async () => {
     for (const c of closers.reverse()) await c().catch((e) => logger.warn(errorFields(e), 'error while closing'));

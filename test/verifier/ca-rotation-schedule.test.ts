@@ -156,8 +156,9 @@ async function verifierWithFakeClock(ttl: string, x509Ttl: string): Promise<{ v:
     dir,
   );
   const { logger, lines } = capturingLogger();
-  // The production wiring: the server's periodic tick (10 s) and the CA's own timer.
-  const v = await startVerifier(cfg, { logger, tickMs: 10_000 });
+  // The production wiring: the server's periodic tick (10 s) and the CA's own timer. The SQLite log
+  // is flushed at once: a flush on the thread pool would end at whatever fake time the loop reached.
+  const v = await startVerifier(cfg, { logger, tickMs: 10_000, sqliteSync: async () => undefined });
   cleanups.push(async () => {
     vi.useRealTimers();
     await v.close();
