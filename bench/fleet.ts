@@ -220,6 +220,8 @@ interface SimAgent {
   fresh: () => FleetConn;
   etag: string;
   bundleEtag: string;
+  /** The last set received (a 200's body) and when: a change may reach the agent before its admin call returns. */
+  lastSet?: { body: string; at: number };
 }
 
 /** An entry change being propagated: which agents still have to see it. */
@@ -387,10 +389,11 @@ async function main(): Promise<void> {
     const propagation: number[] = [];
     const unfinished = (): number => [...byAgent.values()].reduce((s, x) => s + x.size, 0);
     const seen = (a: SimAgent, body: Buffer): void => {
-      const ops = byAgent.get(a.i);
-      if (!ops) return;
       const text = body.toString('latin1');
       const now = performance.now();
+      a.lastSet = { body: text, at: now };
+      const ops = byAgent.get(a.i);
+      if (!ops) return;
       for (const op of ops) {
         if (text.includes(`"id":"${op.id}"`) !== op.create) continue;
         ops.delete(op);
@@ -572,11 +575,21 @@ async function main(): Promise<void> {
         }
         if (measuring) {
           changes++;
+          // The verifier pushes a change once it is committed, and acknowledges the admin call once it
+          // is also on disk: an agent may hold the new set already. Its arrival time counts then.
+          let latest = 0;
           for (const i of affected) {
+            const last = (agents[i] as SimAgent).lastSet;
+            if (last && last.at >= t && last.body.includes(`"id":"${op.id}"`) === op.create) {
+              op.remaining.delete(i);
+              latest = Math.max(latest, last.at);
+              continue;
+            }
             let s = byAgent.get(i);
             if (!s) byAgent.set(i, (s = new Set()));
             s.add(op);
           }
+          if (op.remaining.size === 0) propagation.push(latest - op.t0);
         }
         } catch (e) {
           // e.g. EPIPE on a keep-alive admin connection the verifier had just closed: counted, not fatal.
