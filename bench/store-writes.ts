@@ -1,0 +1,84 @@
+/**
+ * SQLite writes and the event loop (src/store/wal-sync.ts). Per entry write, in one run on one
+ * temporary directory:
+ *  - raw floor: one small write + `fdatasync` of a file on the same disk (the physical limit of an
+ *    acknowledged write), and the same through better-sqlite3 with `synchronous = FULL` (the flush
+ *    inside the commit, as Sigil did before: the event loop waits for the disk);
+ *  - `SqliteStore.createEntry` one at a time: time to acknowledgement, and how long the call holds
+ *    the event loop (the synchronous part, before its promise is returned);
+ *  - bursts of 50 concurrent `createEntry` calls: writes per flush (group commit) and writes per
+ *    second.
+ *
+ *   npx tsx bench/store-writes.ts [--writes 300]
+ */
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { SqliteStore } from '../src/store/sqlite.js';
+import { pct } from './support/load.js';
+
+const args = process.argv.slice(2);
+const i = args.indexOf('--writes');
+const WRITES = i >= 0 ? Number(args[i + 1]) : 300;
+const dir = mkdtempSync(join(tmpdir(), 'sigil-bench-writes-'));
+const ms = (x: number): string => `${x.toFixed(2)} ms`;
+const summary = (xs: number[]): string => `p50 ${ms(pct(xs, 50))}, p99 ${ms(pct(xs, 99))}`;
+const entry = (k: number) => ({ spiffeId: `spiffe://example.org/w/${k}`, parentId: 'spiffe://example.org/agent/a', selectors: ['unix:uid:1000'], x509SvidTtl: 0, jwtSvidTtl: 0, dnsNames: [], hint: '', admin: false, expiresAt: null });
+
+try {
+  // 1. Raw: a 300-byte write and fdatasync.
+  const fd = openSync(join(dir, 'raw'), 'w');
+  const raw: number[] = [];
+  const chunk = Buffer.alloc(300, 1);
+  for (let k = 0; k < WRITES; k++) {
+    const t = performance.now();
+    writeSync(fd, chunk);
+    fdatasyncSync(fd);
+    raw.push(performance.now() - t);
+  }
+  closeSync(fd);
+  console.log(`raw write + fdatasync: ${summary(raw)} (the disk's floor for an acknowledged write)`);
+
+  // 2. better-sqlite3 with the flush inside the commit.
+  const db = new Database(join(dir, 'full.db'));
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)');
+  const ins = db.prepare('INSERT INTO t (body) VALUES (?)');
+  const full: number[] = [];
+  for (let k = 0; k < WRITES; k++) {
+    const t = performance.now();
+    ins.run('x'.repeat(300));
+    full.push(performance.now() - t);
+  }
+  db.close();
+  console.log(`commit with synchronous=FULL (event loop held for all of it): ${summary(full)}`);
+
+  // 3. SqliteStore, one write at a time.
+  const store = new SqliteStore(join(dir, 'sigil.db'));
+  const held: number[] = [];
+  const ack: number[] = [];
+  for (let k = 0; k < WRITES; k++) {
+    const t = performance.now();
+    const p = store.createEntry(entry(k));
+    held.push(performance.now() - t);
+    await p;
+    ack.push(performance.now() - t);
+  }
+  console.log(`SqliteStore.createEntry one at a time: acknowledged ${summary(ack)}; event loop held ${summary(held)}`);
+  console.log(`  acknowledgement / raw floor (p50): ${(pct(ack, 50) / pct(raw, 50)).toFixed(2)}; event loop held / FULL commit (p50): ${(pct(held, 50) / pct(full, 50)).toFixed(3)}`);
+
+  // 4. Bursts of 50 concurrent writes.
+  const wal = (store as unknown as { wal: { flushes: number } }).wal;
+  const f0 = wal.flushes;
+  const bursts = Math.max(1, Math.floor(WRITES / 50));
+  const t0 = performance.now();
+  for (let b = 0; b < bursts; b++) await Promise.all(Array.from({ length: 50 }, (_, k) => store.createEntry(entry(100_000 + b * 50 + k))));
+  const s = (performance.now() - t0) / 1000;
+  const flushes = wal.flushes - f0;
+  console.log(`bursts of 50 concurrent writes: ${((bursts * 50) / s).toFixed(0)} writes/s acknowledged, ${((bursts * 50) / flushes).toFixed(1)} writes per flush (${flushes} flushes for ${bursts * 50} writes); raw floor one write per flush: ${(1000 / pct(raw, 50)).toFixed(0)}/s`);
+  await store.close();
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
