@@ -21,7 +21,6 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { sessionBinding } from '../src/plugins/binding.js';
-import type { PluginStateStore } from '../src/plugins/types.js';
 import { EkCertVerifier, EkTrustStore } from '../src/tpm/ekcert.js';
 import { EventLogCheckCache, parseEventLog, replayEventLog } from '../src/tpm/eventlog/index.js';
 import { LogDecoder } from '../src/tpm/log-text.js';
@@ -30,6 +29,7 @@ import type { PcrBankSelection } from '../src/tpm/structures.js';
 import { td } from '../test/support/testdata.js';
 import { agileRecord } from '../test/tpm/eventlog-builder.js';
 import { akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
+import { MemoryState } from './support/memory-state.js';
 
 type Mode = 'none' | 'memo' | 'fresh' | 'novel';
 const mode = (process.env.MODE ?? 'novel') as Mode;
@@ -126,19 +126,6 @@ async function checkLevel(): Promise<void> {
   if (sink === 0) throw new Error('no selectors');
 }
 
-class MemoryState implements PluginStateStore {
-  private readonly m = new Map<string, unknown>();
-  async get(k: string): Promise<unknown> {
-    return this.m.get(k);
-  }
-  async put(k: string, v: unknown): Promise<void> {
-    this.m.set(k, v);
-  }
-  async compareAndSet(k: string, _expected: unknown, next: unknown): Promise<boolean> {
-    this.m.set(k, next);
-    return true;
-  }
-}
 
 async function attestLevel(): Promise<void> {
   const root = await makeRoot('Bench EK Root');

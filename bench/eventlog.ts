@@ -35,7 +35,7 @@ import 'reflect-metadata';
 import { constants, createHash, publicEncrypt, randomBytes, sign, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { sessionBinding } from '../src/plugins/binding.js';
-import type { PluginStateStore, SessionInput } from '../src/plugins/types.js';
+import type { SessionInput } from '../src/plugins/types.js';
 import { EkCertVerifier, EkTrustStore } from '../src/tpm/ekcert.js';
 import { checkEventLog, parseEventLog, replayEventLog } from '../src/tpm/eventlog/index.js';
 import { checkImaLog, parseImaLog, replayIma, type ImaPolicy } from '../src/tpm/ima/index.js';
@@ -46,22 +46,10 @@ import { agileRecord } from '../test/tpm/eventlog-builder.js';
 import type { PcrBankSelection } from '../src/tpm/structures.js';
 import { td } from '../test/support/testdata.js';
 import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
+import { MemoryState } from './support/memory-state.js';
 
 const seconds = Number(process.argv[2] ?? 2);
 
-class MemoryState implements PluginStateStore {
-  private readonly m = new Map<string, unknown>();
-  async get(k: string): Promise<unknown> {
-    return this.m.get(k);
-  }
-  async put(k: string, v: unknown): Promise<void> {
-    this.m.set(k, v);
-  }
-  async compareAndSet(k: string, _expected: unknown, next: unknown): Promise<boolean> {
-    this.m.set(k, next);
-    return true;
-  }
-}
 
 function cpuSeconds(since: NodeJS.CpuUsage): number {
   const u = process.cpuUsage(since);

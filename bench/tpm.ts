@@ -13,31 +13,17 @@
 import 'reflect-metadata';
 import { constants, createHash, publicEncrypt, randomBytes, sign, verify } from 'node:crypto';
 import { sessionBinding } from '../src/plugins/binding.js';
-import type { PluginStateStore, SessionInput } from '../src/plugins/types.js';
+import type { SessionInput } from '../src/plugins/types.js';
 import { makeCredential } from '../src/tpm/credential.js';
 import { EkCertVerifier, EkTrustStore } from '../src/tpm/ekcert.js';
 import { TpmVerifier } from '../src/tpm/plugin.js';
 import { verifyQuote, type PcrValue } from '../src/tpm/quote.js';
 import { encodePcrSelection, objectName, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from '../src/tpm/structures.js';
 import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
+import { MemoryState } from './support/memory-state.js';
 
 const seconds = Number(process.argv[2] ?? 3);
 
-class MemoryState implements PluginStateStore {
-  private readonly m = new Map<string, unknown>();
-  async get(k: string): Promise<unknown> {
-    return this.m.get(k);
-  }
-  async put(k: string, v: unknown): Promise<void> {
-    this.m.set(k, v);
-  }
-  async compareAndSet(k: string, expected: unknown, next: unknown): Promise<boolean> {
-    const cur = this.m.get(k);
-    if (expected === undefined ? cur !== undefined : cur === undefined || JSON.stringify(cur) !== JSON.stringify(expected)) return false;
-    this.m.set(k, next);
-    return true;
-  }
-}
 
 function rate(label: string, n: number, ns: bigint): number {
   const perSec = n / (Number(ns) / 1e9);
