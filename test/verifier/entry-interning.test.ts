@@ -128,8 +128,13 @@ describe('AuthorizedSetCache answers after the memory changes', () => {
     for (const n of s.nodeEntries) h.update(`\nn:${n.id}:${n.revisionNumber}`);
     for (const e of s.entries) h.update(`\ne:${e.id}:${e.revisionNumber}`);
     expect(s.etag).toBe(h.digest('base64url').slice(0, 22));
-    const body = cache.body(s);
+    const body = cache.body(s).toString('utf8');
     expect(body).toBe(JSON.stringify({ entries: s.entries, revision: s.etag }));
+    // Byte for byte the UTF-8 of that text (multi-byte characters in the hint), and for an empty set.
+    expect(cache.body(s).equals(Buffer.from(JSON.stringify({ entries: s.entries, revision: s.etag }), 'utf8'))).toBe(true);
+    const none = await cache.get(agent(`spiffe://${TD}/sigil/agent/join_token/none`));
+    expect(none.entries).toEqual([]);
+    expect(cache.body(none).toString('utf8')).toBe(JSON.stringify({ entries: [], revision: none.etag }));
     expect(JSON.parse(body)).toEqual(JSON.parse(JSON.stringify({ entries: s.entries, revision: s.etag })));
   });
 
@@ -141,13 +146,13 @@ describe('AuthorizedSetCache answers after the memory changes', () => {
     cache = new AuthorizedSetCache(store, TD, () => new Date());
     const s1 = await cache.get(agent(a));
     const obj = (s: { entries: RegistrationEntry[] }, id: string): RegistrationEntry => s.entries.find((e) => e.id === id) as RegistrationEntry;
-    const body1 = cache.body(s1);
+    const body1 = cache.body(s1).toString('utf8');
     await store.createEntry(entry(`spiffe://${TD}/w/4`, a));
     const s2 = await cache.get(agent(a));
     expect(s2.entries.map((e) => e.spiffeId).sort()).toEqual([1, 2, 3, 4].map((n) => `spiffe://${TD}/w/${n}`));
     for (const k of [...kept, doomed]) expect(obj(s2, k.id)).toBe(obj(s1, k.id));
     // The same text for the unchanged entries as a fresh read gives.
-    expect(JSON.parse(cache.body(s2)).entries).toEqual(JSON.parse(JSON.stringify(s2.entries)));
+    expect(JSON.parse(cache.body(s2).toString('utf8')).entries).toEqual(JSON.parse(JSON.stringify(s2.entries)));
     expect(JSON.parse(body1).entries.length).toBe(3);
     // Deleted, then created again with the same ID but other content before anyone reads: the old
     // object (still in the dropped list) must not come back.
@@ -159,7 +164,7 @@ describe('AuthorizedSetCache answers after the memory changes', () => {
     expect(got.spiffeId).toBe(`spiffe://${TD}/w/3-again`);
     expect(got.selectors).toEqual(['unix:uid:2']);
     expect(got.revisionNumber).toBe(again.revisionNumber);
-    expect(JSON.parse(cache.body(s4)).entries.find((e: RegistrationEntry) => e.id === 'same-id').spiffeId).toBe(`spiffe://${TD}/w/3-again`);
+    expect(JSON.parse(cache.body(s4).toString('utf8')).entries.find((e: RegistrationEntry) => e.id === 'same-id').spiffeId).toBe(`spiffe://${TD}/w/3-again`);
     for (const k of kept) expect(obj(s4, k.id)).toBe(obj(s1, k.id));
     // Deleted only: gone.
     expect(await store.deleteEntry(kept[0]!.id)).toBe(true);
