@@ -32,6 +32,11 @@
  *                          [--interval 2] [--store sqlite|postgres] [--verifiers 1|2] [--poll [--no-push]]
  *                          [--saturate 8] [--pin 1]
  *
+ * --seconds: the verifier makes a major garbage collection every one to two minutes at 10,000 agents
+ * (its held long-polls' objects are promoted and die old); a 30-s window often has none and then
+ * shows a shorter tail than a long run keeps. The window's collections are printed; judge the p99
+ * on windows of 120 s or more.
+ *
  * --pin <cpus> runs the verifier(s) under `taskset -c <cpus>` and this load generator (with the
  * PostgreSQL it starts) on the other CPUs, so "CPU per core" means one core: on a 2-core machine
  * `--pin 1` gives the verifier core 1 and everything else core 0.
@@ -45,7 +50,7 @@ import { Agent as HttpsAgent, request } from 'node:https';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { adminCall } from '../src/cli/admin-client.js';
 import { createCsr } from '../src/spiffe/csr.js';
@@ -171,7 +176,10 @@ function postJson(port: number, path: string, body: unknown, ca: string): Promis
  * metrics). prom-client starts its event-loop delay histogram afresh at every read of /metrics, so a
  * read at the start of the window and one at its end give the delay over the window alone.
  */
-function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number; scrapeMs: number }> {
+/** The verifier's garbage collections so far, by prom-client's kinds (count, seconds in all). */
+type GcTotals = Record<'minor' | 'major' | 'incremental', { count: number; seconds: number }>;
+
+function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number; scrapeMs: number; gc: GcTotals }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const req = request({ host: '127.0.0.1', port, path: '/metrics', ca, agent: attestAgent, checkServerIdentity: () => undefined }, (res) => {
@@ -185,8 +193,15 @@ function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTo
           if (!m) throw new Error(`no ${name} in /metrics`);
           return Number(m[1]);
         };
+        // A kind with no collection yet has no series.
+        const gcOf = (kind: string): { count: number; seconds: number } => {
+          const c = new RegExp(`^sigil_verifier_nodejs_gc_duration_seconds_count\\{kind="${kind}"\\} ([0-9.e+]+)$`, 'm').exec(text);
+          const t = new RegExp(`^sigil_verifier_nodejs_gc_duration_seconds_sum\\{kind="${kind}"\\} ([0-9.e+-]+)$`, 'm').exec(text);
+          return { count: c ? Number(c[1]) : 0, seconds: t ? Number(t[1]) : 0 };
+        };
         try {
           resolve({
+            gc: { minor: gcOf('minor'), major: gcOf('major'), incremental: gcOf('incremental') },
             heapUsed: num('nodejs_heap_size_used_bytes'),
             heapTotal: num('nodejs_heap_size_total_bytes'),
             external: num('nodejs_external_memory_bytes'),
@@ -221,7 +236,7 @@ interface SimAgent {
   etag: string;
   bundleEtag: string;
   /** The last set received (a 200's body) and when: a change may reach the agent before its admin call returns. */
-  lastSet?: { body: string; at: number };
+  lastSet?: { body: Buffer; at: number };
 }
 
 /** An entry change being propagated: which agents still have to see it. */
@@ -388,14 +403,15 @@ async function main(): Promise<void> {
     const byAgent = new Map<number, Set<Op>>();
     const propagation: number[] = [];
     const unfinished = (): number => [...byAgent.values()].reduce((s, x) => s + x.size, 0);
+    // The body stays a Buffer (outside the V8 heap): a 16-KiB string per answer, kept until the
+    // agent's next set, made the load generator's own scavenges long, and its pauses count as latency.
     const seen = (a: SimAgent, body: Buffer): void => {
-      const text = body.toString('latin1');
       const now = performance.now();
-      a.lastSet = { body: text, at: now };
+      a.lastSet = { body, at: now };
       const ops = byAgent.get(a.i);
       if (!ops) return;
       for (const op of ops) {
-        if (text.includes(`"id":"${op.id}"`) !== op.create) continue;
+        if (body.includes(`"id":"${op.id}"`) !== op.create) continue;
         ops.delete(op);
         op.remaining.delete(a.i);
         if (op.remaining.size === 0) propagation.push(now - op.t0);
@@ -604,6 +620,12 @@ async function main(): Promise<void> {
     await sleep(POLL ? Math.max(INTERVAL_MS * 2, 5000) : (WAIT + 2) * 1000);
     const loopDelay = monitorEventLoopDelay({ resolution: 10 });
     loopDelay.enable();
+    // The load generator's own garbage-collection pauses in the window (they delay its reading of answers).
+    const genGc: number[] = [];
+    const gcObserver = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) genGc.push(e.duration);
+    });
+    gcObserver.observe({ entryTypes: ['gc'] });
     // Starts the verifiers' own event-loop delay histograms afresh (read again at the window's end).
     const heap0 = await Promise.all(ports.map((port) => metricsOf(port, caPem).catch(() => undefined)));
     const cpuStart = pids.map(procCpuUs);
@@ -619,6 +641,7 @@ async function main(): Promise<void> {
     // native memory, which RSS includes and the heap figures do not).
     const heap = await Promise.all(ports.map((port) => metricsOf(port, caPem).catch(() => undefined)));
     loopDelay.disable();
+    gcObserver.disconnect();
     // Counted before the run's own shutdown closes the held long-polls.
     const reconnects = sumConns((c) => c.reconnects);
     const handshakes = sumConns((c) => c.connects) - handshakes0;
@@ -670,8 +693,23 @@ async function main(): Promise<void> {
     );
     // A scrape's own time (request to last byte, over an idle keep-alive connection): the verifier's
     // event loop is held for most of it, so it lands in the window's delays above.
+    // A major collection marks the whole old generation (mostly on the main thread when the verifier
+    // has one core) and comes every minute or two here: a window without one shows a tail that a
+    // long run does not keep.
+    const gcLine = (k: number): string => {
+      const a = heap0[k]?.gc;
+      const b = heap[k]?.gc;
+      if (!a || !b) return 'metrics not read';
+      const d = (kind: keyof GcTotals): string => `${b[kind].count - a[kind].count} (${((b[kind].seconds - a[kind].seconds) * 1000).toFixed(0)} ms)`;
+      return `${d('minor')} scavenges, ${d('major')} major, ${d('incremental')} incremental-marking steps`;
+    };
+    console.log(`verifier garbage collections in the window: ${ports.map((_, k) => gcLine(k)).join(' + ')}`);
     console.log(`verifier /metrics scrape at the window's start and end: ${ports.map((_, k) => `${heap0[k] ? heap0[k].scrapeMs.toFixed(1) : '?'} and ${heap[k] ? heap[k].scrapeMs.toFixed(1) : '?'} ms`).join(' + ')}`);
-    console.log(`load generator event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms`);
+    const gcSorted = [...genGc].sort((x, y) => x - y);
+    console.log(
+      `load generator event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms; its GC pauses in the window: ${gcSorted.length}` +
+        (gcSorted.length > 0 ? ` (p50 ${ms(pct(gcSorted, 50))}, max ${ms(gcSorted[gcSorted.length - 1] as number)}, ${ms(gcSorted.reduce((x, y) => x + y, 0))} in all)` : ''),
+    );
 
     // 6. Saturation: back-to-back syncs (entries only, 304), no interval.
     if (SATURATE > 0) {
