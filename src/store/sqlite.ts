@@ -9,10 +9,12 @@
  * longer holds the event loop (2–3 ms per write here, 50 writes a second stalled every request for
  * a tenth of the time), and writes that commit while a flush is under way share the next one. A
  * committed write is visible to this process's reads and change watchers before its flush ends;
- * after a power loss, a change that was never acknowledged may have been served meanwhile.
+ * after a power loss, a change that was never acknowledged may have been served meanwhile. A failed
+ * flush is final: from then on every write is refused (`store.sync_failed`) and ping() fails, until
+ * a restart recovers from what the disk holds (wal-sync.ts says why).
  */
 import Database from 'better-sqlite3';
-import { chmodSync, closeSync, constants as fsc, openSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, constants as fsc, openSync, realpathSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { WalSync, type FileSync } from './wal-sync.js';
 import { SigilError, errorMessage } from '../errors.js';
@@ -161,18 +163,24 @@ export class SqliteStore implements DataStore {
   constructor(path: string, opts: { sync?: FileSync } = {}) {
     const onDisk = path !== ':memory:' && path !== '';
     if (onDisk) makeDbFilesPrivate(path);
+    let opened: Database.Database | undefined;
     try {
-      this.db = new Database(path);
+      this.db = opened = new Database(path);
       this.db.pragma('journal_mode = WAL');
       // The commit writes the log; WalSync flushes it before the write is acknowledged. Before the
       // migrations, which are flushed the same way (synchronously: the constructor cannot wait).
       this.db.pragma(onDisk ? 'synchronous = NORMAL' : 'synchronous = FULL');
       this.db.pragma('foreign_keys = ON');
       this.db.pragma('busy_timeout = 5000');
-      this.wal = onDisk ? new WalSync(`${path}-wal`, opts.sync) : undefined;
+      // SQLite names the log after the database file's real path (it resolves symbolic links), so
+      // a symlinked sigil.db has its log next to the link's target: flush that file.
+      this.wal = onDisk ? new WalSync(`${realpathSync(path)}-wal`, opts.sync, () => this.refuseWrites()) : undefined;
       this.migrate();
       this.wal?.flushNow();
     } catch (e) {
+      // Nothing stays open behind a store that was never made.
+      this.wal?.closeFd();
+      if (opened?.open) opened.close();
       if (e instanceof SigilError) throw e;
       throw new SigilError('store.open_failed', `cannot open SQLite datastore at ${path}: ${errorMessage(e)}`, { status: 500, cause: e });
     }
@@ -248,7 +256,25 @@ export class SqliteStore implements DataStore {
   }
 
   async ping(): Promise<void> {
+    // After a failed flush the datastore is not ready: it refuses writes until a restart.
+    const refused = this.wal?.refusal;
+    if (refused) throw refused;
     this.db.prepare('SELECT 1').get();
+  }
+
+  /**
+   * A flush failed (wal-sync.ts): from now on no transaction may commit. Each write method refuses
+   * first with `store.sync_failed` (writable()); `query_only` makes SQLite itself refuse any write
+   * that check would miss. Reads go on; closing still checkpoints what the log holds.
+   */
+  private refuseWrites(): void {
+    if (this.db.open) this.db.pragma('query_only = ON');
+  }
+
+  /** Throws `store.sync_failed` once a flush has failed (see refuseWrites). */
+  private writable(): void {
+    const refused = this.wal?.refusal;
+    if (refused) throw refused;
   }
 
   private insertEntryRow(e: NewEntry): RegistrationEntry {
@@ -304,6 +330,7 @@ export class SqliteStore implements DataStore {
   }
 
   async createEntry(e: NewEntry): Promise<RegistrationEntry> {
+    this.writable();
     const out = this.db.transaction(() => this.insertEntryRow(e))();
     this.entriesWritten([out]);
     await this.durable();
@@ -311,6 +338,7 @@ export class SqliteStore implements DataStore {
   }
 
   async createEntries(es: NewEntry[]): Promise<RegistrationEntry[]> {
+    this.writable();
     const out = this.db.transaction(() => es.map((e) => this.insertEntryRow(e)))();
     this.entriesWritten(out);
     await this.durable();
@@ -323,6 +351,7 @@ export class SqliteStore implements DataStore {
   }
 
   async deleteEntry(id: string): Promise<boolean> {
+    this.writable();
     const gone = this.db.transaction(() => {
       const row = this.stmt.getEntry!.get(id) as EntryRow | undefined;
       if (!row || this.stmt.deleteEntry!.run(id).changes === 0) return undefined;
@@ -391,6 +420,7 @@ export class SqliteStore implements DataStore {
   }
 
   async upsertAgent(a: AgentRecord): Promise<boolean> {
+    this.writable();
     // One statement: SQLite runs it under its write lock, so a ban committed by another connection
     // is either seen by the WHERE (nothing written) or lands after this write (and then stands).
     const r = this.stmt.upsertAgent!.run({
@@ -418,6 +448,7 @@ export class SqliteStore implements DataStore {
   }
 
   async evictAgent(id: string, ban: boolean, pluginState?: (agentId: string) => PluginStateKey[]): Promise<boolean> {
+    this.writable();
     const changed = this.db.transaction(() => {
       type Hit = { id: string; factor_ids: string };
       let hits: Hit[];
@@ -443,12 +474,14 @@ export class SqliteStore implements DataStore {
   }
 
   async renewAgentSvid(id: string, expectedSerial: string, serial: string, svidExpiresAt: string): Promise<boolean> {
+    this.writable();
     if (this.stmt.renewAgent!.run({ id, expected: expectedSerial, serial, svid_expires_at: svidExpiresAt }).changes === 0) return false;
     await this.durable();
     return true;
   }
 
   async createJoinToken(t: JoinTokenRecord): Promise<void> {
+    this.writable();
     this.stmt.insertToken!.run({ id: t.id, secret_hash: t.secretHash, expires_at: t.expiresAt, spiffe_id: t.spiffeId, created_at: t.createdAt });
     await this.durable();
   }
@@ -459,6 +492,7 @@ export class SqliteStore implements DataStore {
   }
 
   async useJoinToken(secretHash: string, now: Date): Promise<JoinTokenRecord | undefined> {
+    this.writable();
     const r = this.stmt.useToken!.get({ hash: secretHash, now: now.toISOString() }) as TokenColumns | undefined;
     if (!r) return undefined;
     await this.durable();
@@ -466,6 +500,7 @@ export class SqliteStore implements DataStore {
   }
 
   async createJoinTokenWithAlias(t: JoinTokenRecord, alias: NewEntry): Promise<RegistrationEntry> {
+    this.writable();
     const out = this.db.transaction(() => {
       this.stmt.insertToken!.run({ id: t.id, secret_hash: t.secretHash, expires_at: t.expiresAt, spiffe_id: t.spiffeId, created_at: t.createdAt });
       return this.insertEntryRow(alias);
@@ -481,6 +516,7 @@ export class SqliteStore implements DataStore {
   }
 
   async saveCaJournal(instance: string, j: CaJournal): Promise<void> {
+    this.writable();
     this.stmt.saveJournal!.run(instance, JSON.stringify(j));
     await this.durable();
   }
@@ -490,11 +526,13 @@ export class SqliteStore implements DataStore {
   }
 
   async putSession(sess: StoredSession): Promise<void> {
+    this.writable();
     this.stmt.putSession!.run(sess.id, JSON.stringify(sess), sess.expiresAt);
     await this.durable();
   }
 
   async takeSession(id: string): Promise<StoredSession | undefined> {
+    this.writable();
     const r = this.stmt.takeSession!.get(id) as { body: string } | undefined;
     if (!r) return undefined;
     // Taken once: the removal is on disk before the session is used.
@@ -507,6 +545,7 @@ export class SqliteStore implements DataStore {
   }
 
   async sweepSessions(now: Date): Promise<number> {
+    this.writable();
     if (this.stmt.sweepSessions!.run(now.toISOString()).changes > 0) await this.durable();
     return (this.stmt.countSessions!.get() as { n: number }).n;
   }
@@ -517,11 +556,13 @@ export class SqliteStore implements DataStore {
   }
 
   async putPluginState(plugin: string, key: string, value: unknown): Promise<void> {
+    this.writable();
     this.stmt.putState!.run(plugin, key, pluginStateText(value));
     await this.durable();
   }
 
   async compareAndSetPluginState(plugin: string, key: string, expected: unknown | undefined, next: unknown): Promise<boolean> {
+    this.writable();
     const text = pluginStateText(next);
     // One statement each: SQLite runs it under its write lock, so the comparison and the write
     // cannot be separated by another connection's write.
@@ -539,6 +580,7 @@ export class SqliteStore implements DataStore {
   // ------------------------------------------------------------ federation (schema version 3)
 
   async putFederation(r: FederationRelationship, create: boolean): Promise<boolean> {
+    this.writable();
     const sql = create
       ? 'INSERT INTO federations (trust_domain, body) VALUES (@td, @body) ON CONFLICT(trust_domain) DO NOTHING'
       : 'UPDATE federations SET body = @body WHERE trust_domain = @td';
@@ -557,6 +599,7 @@ export class SqliteStore implements DataStore {
   }
 
   async deleteFederation(trustDomain: string): Promise<boolean> {
+    this.writable();
     const gone = this.db.transaction(() => {
       this.db.prepare('DELETE FROM federated_bundles WHERE trust_domain = ?').run(trustDomain);
       return this.db.prepare('DELETE FROM federations WHERE trust_domain = ?').run(trustDomain).changes === 1;
@@ -566,6 +609,7 @@ export class SqliteStore implements DataStore {
   }
 
   async saveFederatedBundle(b: FederatedBundleRecord): Promise<boolean> {
+    this.writable();
     const r = this.db
       .prepare(
         `INSERT INTO federated_bundles (trust_domain, bundle, sequence, updated_at)
@@ -591,10 +635,12 @@ export class SqliteStore implements DataStore {
   async close(): Promise<void> {
     this.entryListeners.clear();
     this.agentListeners.clear();
-    // Writes still waiting for their flush get it before the log's descriptor is closed; with none,
-    // the database is closed before this returns its promise, as callers that do not wait expect.
-    const flushing = this.wal?.close();
-    if (flushing) await flushing;
+    // Writes still waiting for their flush get it before the log's descriptor is closed (a write may
+    // commit while one runs and queue another: wait until none is left); with none, the database is
+    // closed before this returns its promise, as callers that do not wait expect. The descriptor and
+    // the database are closed together, with no await between, so no flush can start in between.
+    for (let busy = this.wal?.idle(); busy; busy = this.wal?.idle()) await busy;
+    this.wal?.closeFd();
     if (this.db.open) this.db.close();
   }
 }
