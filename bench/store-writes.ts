@@ -7,7 +7,9 @@
  *  - `SqliteStore.createEntry` one at a time: time to acknowledgement, and how long the call holds
  *    the event loop (the synchronous part, before its promise is returned);
  *  - bursts of 50 concurrent `createEntry` calls: writes per flush (group commit) and writes per
- *    second.
+ *    second;
+ *  - checkpoints (src/store/wal-checkpointer.ts): how long writes hold the event loop when SQLite
+ *    checkpoints inside the commit, against the store's checkpoints on a worker thread.
  *
  *   npx tsx bench/store-writes.ts [--writes 300]
  */
@@ -84,6 +86,42 @@ try {
   const flushes = wal.flushes - f0;
   console.log(`bursts of 50 concurrent writes: ${((bursts * 50) / s).toFixed(0)} writes/s acknowledged, ${((bursts * 50) / flushes).toFixed(1)} writes per flush (${flushes} flushes for ${bursts * 50} writes); raw floor one write per flush: ${(1000 / pct(raw, 50)).toFixed(0)}/s`);
   await store.close();
+
+  // 5. Checkpoints: SQLite's automatic one inside the commit that fills the log past 1,000 pages (on
+  //    the event loop), against the store's worker thread (wal-checkpointer.ts). Same store code,
+  //    100,000 entries first, then CKPT_WRITES writes one at a time of entries with a 1-KiB hint
+  //    under 997 parents; the first store has the worker stopped and SQLite's automatic checkpoint
+  //    turned back on.
+  const CKPT_WRITES = Math.max(WRITES * 10, 3000);
+  const hint = 'h'.repeat(1024);
+  const holds = async (inline: boolean): Promise<{ held: number[]; over5: number; checkpoints: number }> => {
+    const st = new SqliteStore(join(dir, inline ? 'inline.db' : 'worker.db'));
+    const inner = st as unknown as { db: Database.Database; checkpointer: { close(): unknown; checkpoints: number } };
+    if (inline) {
+      inner.checkpointer.close();
+      inner.db.pragma('wal_autocheckpoint = 1000');
+    }
+    // A verifier's datastore: 100,000 entries already there (written before the measurement and
+    // checkpointed), so each write touches pages spread over the tables and indexes.
+    for (let b = 0; b < 100; b++) await st.createEntries(Array.from({ length: 1000 }, (_, k) => entry(1_000_000 + b * 1000 + k)));
+    inner.db.pragma('wal_checkpoint(TRUNCATE)');
+    const out: number[] = [];
+    for (let k = 0; k < CKPT_WRITES; k++) {
+      const t = performance.now();
+      const p = st.createEntry({ ...entry(k), parentId: `spiffe://example.org/agent/a${k % 997}`, hint });
+      out.push(performance.now() - t);
+      await p;
+    }
+    const checkpoints = inner.checkpointer.checkpoints;
+    await st.close();
+    return { held: out, over5: out.filter((x) => x > 5).length, checkpoints };
+  };
+  for (const inline of [true, false]) {
+    const r = await holds(inline);
+    console.log(
+      `${CKPT_WRITES} writes of 1-KiB entries after 100,000 entries, checkpoints ${inline ? 'inside the commit (SQLite automatic, before)' : `on the worker thread (${r.checkpoints} run)`}: event loop held p50 ${ms(pct(r.held, 50))}, p99 ${ms(pct(r.held, 99))}, p99.9 ${ms(pct(r.held, 99.9))}, max ${ms(Math.max(...r.held))}; ${r.over5} writes held it over 5 ms`,
+    );
+  }
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }

@@ -16,6 +16,7 @@
 import Database from 'better-sqlite3';
 import { chmodSync, closeSync, constants as fsc, openSync, realpathSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { WalCheckpointer } from './wal-checkpointer.js';
 import { WalSync, type FileSync } from './wal-sync.js';
 import { SigilError, errorMessage } from '../errors.js';
 import { makeDirs } from '../util/private-dir.js';
@@ -159,8 +160,16 @@ export class SqliteStore implements DataStore {
   /** Flushes the write-ahead log before a write is acknowledged (none for an in-memory database). */
   private readonly wal: WalSync | undefined;
 
-  /** `opts.sync` replaces the flush of the log (tests: to hold or fail it). */
-  constructor(path: string, opts: { sync?: FileSync } = {}) {
+  /** Copies the log into the database file on a worker thread (none for an in-memory database). */
+  private readonly checkpointer: WalCheckpointer | undefined;
+
+  /**
+   * `opts.sync` replaces the flush of the log (tests: to hold or fail it); `checkpointIntervalMs`
+   * and `checkpointBacklogFrames` tune the log's checkpoints (wal-checkpointer.ts; tests);
+   * `onWarning` hears of what the store
+   * recovered from on its own (the checkpoint worker failing).
+   */
+  constructor(path: string, opts: { sync?: FileSync; checkpointIntervalMs?: number; checkpointBacklogFrames?: number; onWarning?: (message: string) => void } = {}) {
     const onDisk = path !== ':memory:' && path !== '';
     if (onDisk) makeDbFilesPrivate(path);
     let opened: Database.Database | undefined;
@@ -174,9 +183,27 @@ export class SqliteStore implements DataStore {
       this.db.pragma('busy_timeout = 5000');
       // SQLite names the log after the database file's real path (it resolves symbolic links), so
       // a symlinked sigil.db has its log next to the link's target: flush that file.
-      this.wal = onDisk ? new WalSync(`${realpathSync(path)}-wal`, opts.sync, () => this.refuseWrites()) : undefined;
+      const real = onDisk ? realpathSync(path) : '';
+      this.wal = onDisk ? new WalSync(`${real}-wal`, opts.sync, () => this.refuseWrites()) : undefined;
       this.migrate();
       this.wal?.flushNow();
+      if (onDisk) {
+        // No checkpoint inside a commit on the event loop: a worker thread makes them.
+        this.db.pragma('wal_autocheckpoint = 0');
+        // A log that grew under a burst of writes is cut back to 16 MiB when it restarts.
+        this.db.pragma(`journal_size_limit = ${16 * 1024 * 1024}`);
+        this.checkpointer = new WalCheckpointer(real, {
+          ...(opts.checkpointIntervalMs !== undefined ? { intervalMs: opts.checkpointIntervalMs } : {}),
+          ...(opts.checkpointBacklogFrames !== undefined ? { backlogFrames: opts.checkpointBacklogFrames } : {}),
+          onBacklog: () => {
+            if (this.db.open && !this.wal?.refusal) this.db.pragma('wal_checkpoint(PASSIVE)');
+          },
+          onFailure: (e) => {
+            if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000');
+            opts.onWarning?.(`${errorMessage(e)}; SQLite checkpoints inside commits again`);
+          },
+        });
+      }
     } catch (e) {
       // Nothing stays open behind a store that was never made.
       this.wal?.closeFd();
@@ -269,6 +296,8 @@ export class SqliteStore implements DataStore {
    */
   private refuseWrites(): void {
     if (this.db.open) this.db.pragma('query_only = ON');
+    // Nothing more is copied into the database file from a log the disk may not hold.
+    void this.checkpointer?.close();
   }
 
   /** Throws `store.sync_failed` once a flush has failed (see refuseWrites). */
@@ -326,7 +355,9 @@ export class SqliteStore implements DataStore {
 
   /** Resolves once every write committed before the call is on disk (see the file header). */
   private durable(): Promise<void> {
-    return this.wal ? this.wal.flush() : Promise.resolve();
+    if (!this.wal) return Promise.resolve();
+    this.checkpointer?.wrote();
+    return this.wal.flush();
   }
 
   async createEntry(e: NewEntry): Promise<RegistrationEntry> {
@@ -639,6 +670,10 @@ export class SqliteStore implements DataStore {
     // commit while one runs and queue another: wait until none is left); with none, the database is
     // closed before this returns its promise, as callers that do not wait expect. The descriptor and
     // the database are closed together, with no await between, so no flush can start in between.
+    // The checkpoint worker's connection closes first, so that this one is the last and its close
+    // checkpoints the whole log.
+    const ending = this.checkpointer?.close();
+    if (ending) await ending;
     for (let busy = this.wal?.idle(); busy; busy = this.wal?.idle()) await busy;
     this.wal?.closeFd();
     if (this.db.open) this.db.close();

@@ -105,7 +105,10 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
   const store: DataStore =
     config.datastore.kind === 'postgres'
       ? await PostgresStore.open(config.datastore.url, config.datastore.schema ? { schema: config.datastore.schema } : {})
-      : new SqliteStore(join(config.dataDir, 'sigil.db'), opts.sqliteSync ? { sync: opts.sqliteSync } : {});
+      : new SqliteStore(join(config.dataDir, 'sigil.db'), {
+          ...(opts.sqliteSync ? { sync: opts.sqliteSync } : {}),
+          onWarning: (message) => logger.warn({ component: 'datastore' }, message),
+        });
   const closers: (() => Promise<void>)[] = [() => store.close()];
   const closeAll = async () => {
     for (const c of closers.reverse()) await c().catch((e) => logger.warn(errorFields(e), 'error while closing'));
