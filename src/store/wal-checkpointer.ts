@@ -17,6 +17,7 @@
  * checkpoint back on, so the log never grows without bound.
  */
 import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { errorMessage } from '../errors.js';
 
@@ -43,32 +44,35 @@ export interface WalCheckpointerOptions {
   backlogFrames?: number;
 }
 
-// The worker's code, run as CommonJS from this string (no file to find next to the compiled or the
-// TypeScript module); it loads the same better-sqlite3 the store uses, by its resolved path.
+// The worker's code, evaluated from this string (no file to find next to the compiled or the
+// TypeScript module). Node evaluates it as CommonJS, or as a module under `--input-type=module`, so
+// it uses only what both have: dynamic import, of the same better-sqlite3 the store uses (by URL).
 const WORKER_SOURCE = `
-const { parentPort, workerData } = require('node:worker_threads');
-const Database = require(workerData.driver);
-let db;
-try {
-  db = new Database(workerData.path, { fileMustExist: true });
-  db.pragma('busy_timeout = 5000');
-} catch (e) {
-  parentPort.postMessage({ error: 'cannot open the database for checkpoints: ' + (e && e.message ? e.message : String(e)) });
-}
-parentPort.on('message', (m) => {
-  if (m === 'close') {
-    if (db) db.close();
-    parentPort.close();
-    return;
-  }
-  if (!db) return;
+(async () => {
+  const { parentPort, workerData } = await import('node:worker_threads');
+  let db;
   try {
-    const row = db.pragma('wal_checkpoint(PASSIVE)')[0];
-    parentPort.postMessage({ log: row.log, checkpointed: row.checkpointed });
+    const Database = (await import(workerData.driver)).default;
+    db = new Database(workerData.path, { fileMustExist: true });
+    db.pragma('busy_timeout = 5000');
   } catch (e) {
-    parentPort.postMessage({ error: e && e.message ? e.message : String(e) });
+    parentPort.postMessage({ error: 'cannot open the database for checkpoints: ' + (e && e.message ? e.message : String(e)) });
   }
-});
+  parentPort.on('message', (m) => {
+    if (m === 'close') {
+      if (db) db.close();
+      parentPort.close();
+      return;
+    }
+    if (!db) return;
+    try {
+      const row = db.pragma('wal_checkpoint(PASSIVE)')[0];
+      parentPort.postMessage({ log: row.log, checkpointed: row.checkpointed });
+    } catch (e) {
+      parentPort.postMessage({ error: e && e.message ? e.message : String(e) });
+    }
+  });
+})();
 `;
 
 export class WalCheckpointer {
@@ -141,7 +145,7 @@ export class WalCheckpointer {
   }
 
   private start(): Worker {
-    const driver = createRequire(import.meta.url).resolve('better-sqlite3');
+    const driver = pathToFileURL(createRequire(import.meta.url).resolve('better-sqlite3')).href;
     const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { driver, path: this.dbPath } });
     // A store that is never closed must not keep its process alive.
     w.unref();

@@ -4,9 +4,10 @@
  * database file after writes, a failed worker hands checkpoints back to SQLite, and close() ends the
  * worker before the last connection closes.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../src/store/sqlite.js';
@@ -115,6 +116,24 @@ describe('SQLite checkpoints on a worker thread', () => {
     await store.createEntry(entry('e2'));
     expect(await store.countEntries()).toBe(2);
   });
+
+  it('the worker starts in a process whose code is evaluated as modules (--input-type=module: no require)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sigil-sqlite-ckpt-'));
+    dirs.push(dir);
+    const code = `
+      const { SqliteStore } = await import(${JSON.stringify(resolve('src/store/sqlite.ts'))});
+      const warnings = [];
+      const s = new SqliteStore(${JSON.stringify(join(dir, 'sigil.db'))}, { checkpointIntervalMs: 20, onWarning: (m) => warnings.push(m) });
+      await s.createEntry({ spiffeId: 'spiffe://example.org/w/1', parentId: 'spiffe://example.org/a', selectors: ['unix:uid:1'], x509SvidTtl: 0, jwtSvidTtl: 0, dnsNames: [], hint: '', admin: false, expiresAt: null });
+      const end = Date.now() + 20000;
+      while (s.checkpointer.checkpoints === 0 && warnings.length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      console.log(JSON.stringify({ checkpoints: s.checkpointer.checkpoints, warnings }));
+      await s.close();`;
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 60_000 });
+    const r = JSON.parse(out.trim().split('\n').pop() as string) as { checkpoints: number; warnings: string[] };
+    expect(r.warnings).toEqual([]);
+    expect(r.checkpoints).toBeGreaterThan(0);
+  }, 90_000);
 
   it('a worker that cannot open the database fails over the same way', async () => {
     const failures: Error[] = [];
