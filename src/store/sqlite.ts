@@ -166,8 +166,7 @@ export class SqliteStore implements DataStore {
   /**
    * `opts.sync` replaces the flush of the log (tests: to hold or fail it); `checkpointIntervalMs`
    * and `checkpointBacklogFrames` tune the log's checkpoints (wal-checkpointer.ts; tests);
-   * `onWarning` hears of what the store
-   * recovered from on its own (the checkpoint worker failing).
+   * `onWarning` hears of what the store recovered from on its own (the checkpoint worker failing).
    */
   constructor(path: string, opts: { sync?: FileSync; checkpointIntervalMs?: number; checkpointBacklogFrames?: number; onWarning?: (message: string) => void } = {}) {
     const onDisk = path !== ':memory:' && path !== '';

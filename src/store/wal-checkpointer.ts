@@ -3,8 +3,9 @@
  *
  * SQLite's automatic checkpoint runs inside the commit that fills the log past 1,000 pages: it
  * copies the log's pages into the database file and flushes both, on the thread that committed,
- * which for the verifier is its event loop (11–16 ms each on a quiet disk here, once every few
- * seconds at 50 entry changes a second; far more when the disk is busy). The store turns it off on
+ * which for the verifier is its event loop (5–7 ms each with 100,000 entries on this quiet disk,
+ * `bench/store-writes.ts`; once every few seconds at 50 entry changes a second; longer when the
+ * disk is busy). The store turns it off on
  * its connection (`wal_autocheckpoint = 0`) and this class runs `PRAGMA wal_checkpoint(PASSIVE)`
  * instead, on a second connection in a worker thread, at most once per interval and only after
  * writes. A passive checkpoint never waits for a lock and never blocks the writer; SQLite restarts
