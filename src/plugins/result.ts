@@ -6,14 +6,33 @@ import { SigilError } from '../errors.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { AttestorResult } from './types.js';
 
-/** Throws `attest.bad_selector` (HTTP 500) unless every selector is a string `<name>:…`. */
+/**
+ * At most this many selectors per attestor result. Evidence can name many facts (a forged event log
+ * can carry thousands of records); they are kept in the agent's record and matched on every sync,
+ * so the count is bounded. Real nodes yield a few dozen to a few hundred.
+ */
+export const MAX_ATTESTOR_SELECTORS = 1024;
+/** At most this many characters per selector: as for an entry's selectors, so a longer one could never match. */
+export const MAX_ATTESTOR_SELECTOR_LEN = 1024;
+
+/**
+ * Throws `attest.bad_selector` (HTTP 500) unless every selector is a string `<name>:…` of at most
+ * MAX_ATTESTOR_SELECTOR_LEN characters, and `attest.too_many_selectors` (HTTP 400: the evidence
+ * decides the count) when there are more than MAX_ATTESTOR_SELECTORS.
+ */
 export function checkSelectors(name: string, r: AttestorResult): void {
   if (typeof r !== 'object' || r === null || !Array.isArray(r.selectors)) {
     throw new SigilError('attest.bad_selector', `attestor "${name}" returned no selector list`, { status: 500 });
   }
+  if (r.selectors.length > MAX_ATTESTOR_SELECTORS) {
+    throw new SigilError('attest.too_many_selectors', `attestor "${name}" produced ${r.selectors.length} selectors, more than the ${MAX_ATTESTOR_SELECTORS} a node may have`);
+  }
   for (const sel of r.selectors as unknown[]) {
     if (typeof sel !== 'string' || !sel.startsWith(`${name}:`)) {
-      throw new SigilError('attest.bad_selector', `attestor "${name}" produced selector "${String(sel)}" outside its own type`, { status: 500 });
+      throw new SigilError('attest.bad_selector', `attestor "${name}" produced selector "${String(sel).slice(0, 80)}" outside its own type`, { status: 500 });
+    }
+    if (sel.length > MAX_ATTESTOR_SELECTOR_LEN) {
+      throw new SigilError('attest.bad_selector', `attestor "${name}" produced a selector of ${sel.length} characters ("${sel.slice(0, 80)}…"), more than ${MAX_ATTESTOR_SELECTOR_LEN}`, { status: 500 });
     }
   }
 }

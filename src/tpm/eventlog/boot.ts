@@ -64,8 +64,54 @@ function certFingerprint(varData: Buffer): string | undefined {
   return undefined;
 }
 
-function pushOnce(list: string[], v: string): void {
-  if (!list.includes(v)) list.push(v);
+/**
+ * At most this many distinct X.509 certificates per PK/KEK/db variable, and distinct authorities
+ * per log. Real platforms hold a handful; the bound keeps one forged log from costing the
+ * verifier more than a bounded amount of work and selectors.
+ */
+export const MAX_BOOT_CERTIFICATES = 256;
+
+/** The two values the profile allows as a separator's data (PFP: 00000000, or ffffffff after an error). */
+const SEPARATOR_DATA = [Buffer.alloc(4, 0x00), Buffer.alloc(4, 0xff)] as const;
+/** By bank ID: the digests of the two separator data values in that bank. */
+const separatorDigests = new Map<number, readonly [Buffer, Buffer]>();
+
+function separatorDigestsOf(alg: EventLogAlgorithm): readonly [Buffer, Buffer] {
+  let d = separatorDigests.get(alg.id);
+  if (d === undefined) separatorDigests.set(alg.id, (d = [Buffer.from(bankHashHex(alg, SEPARATOR_DATA[0]), 'hex'), Buffer.from(bankHashHex(alg, SEPARATOR_DATA[1]), 'hex')]));
+  return d;
+}
+
+/**
+ * 0 or 1 when `ev`'s digest in bank `alg` is the hash of separator data 00000000 or ffffffff, else
+ * -1. The PCRs prove digests, not labels, so the separator of PCRs 0–7 is found by its digest.
+ */
+function separatorKind(alg: EventLogAlgorithm, ev: EventLogEvent): number {
+  const d = digestOf(alg, ev);
+  if (d === undefined) return -1;
+  const seps = separatorDigestsOf(alg);
+  for (let k = 0; k < 2; k++) {
+    const sep = seps[k]!;
+    let i = 0;
+    while (i < sep.length && d.src[d.off + i] === sep[i]) i++;
+    if (i === sep.length) return k;
+  }
+  return -1;
+}
+
+/** Whether `ev`'s data is exactly `want`. */
+function dataEquals(ev: EventLogEvent, want: Buffer): boolean {
+  if (ev instanceof ParsedEvent) return ev.dataLength === want.length && ev.bytes.compare(want, 0, want.length, ev.dataStart, ev.dataStart + want.length) === 0;
+  return ev.data.equals(want);
+}
+
+/** Adds `v` to `set`, refusing (for `ev`) the log once `set` would hold more than MAX_BOOT_CERTIFICATES. */
+function addBounded(set: Set<string>, v: string, ev: EventLogEvent, what: string): void {
+  if (set.has(v)) return;
+  if (set.size >= MAX_BOOT_CERTIFICATES) {
+    throw new SigilError('tpm.eventlog_bad_event', `event log: event ${ev.seq} (${eventTypeName(ev.type)}, PCR ${ev.index}): more than ${MAX_BOOT_CERTIFICATES} distinct ${what}`);
+  }
+  set.add(v);
 }
 
 /** What a PCR 7 EV_EFI_VARIABLE_DRIVER_CONFIG event says, a pure function of its data. */
@@ -86,11 +132,11 @@ function readBootVariable(ev: EventLogEvent): BootVariable {
   }
   if (isDb && v.name === 'dbx') return { kind: 'dbx', key, dbx: { count: walkSignatureLists(v.data, `event ${ev.seq} dbx`), digest: fp(v.data) } };
   if ((isGlobal && (v.name === 'PK' || v.name === 'KEK')) || (isDb && v.name === 'db')) {
-    const certs: string[] = [];
+    const certs = new Set<string>();
     walkSignatureLists(v.data, `event ${ev.seq} ${v.name}`, (type, data) => {
-      if (type === GUID.EFI_CERT_X509) pushOnce(certs, fp(data));
+      if (type === GUID.EFI_CERT_X509) addBounded(certs, fp(data), ev, `X.509 certificates in ${v.name}`);
     });
-    return { kind: v.name as 'PK' | 'KEK' | 'db', key, certs };
+    return { kind: v.name as 'PK' | 'KEK' | 'db', key, certs: [...certs] };
   }
   return { kind: 'other' };
 }
@@ -216,21 +262,24 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
   if (alg === undefined) throw new SigilError('tpm.eventlog_bank_missing', `event log: the log has no ${bank} digests`);
   const quirks = new Set<QuirkName>();
   let secureBoot: 'enabled' | 'disabled' | undefined;
-  const pk: string[] = [];
-  const kek: string[] = [];
-  const db: string[] = [];
+  // Sets, not lists searched on each insert: a forged log may carry thousands of records.
+  const pk = new Set<string>();
+  const kek = new Set<string>();
+  const db = new Set<string>();
   let dbx: { count: number; digest: string } | undefined;
-  const authorities: string[] = [];
+  const authorities = new Set<string>();
   const bootApps: string[] = [];
   const kernelCmdlines: { digest: string; text: string | undefined }[] = [];
-  const kernels: string[] = [];
-  const initrds: string[] = [];
+  const kernels = new Set<string>();
+  const initrds = new Set<string>();
   let scrtmVersion: string | undefined;
-  const scrtm: string[] = [];
-  const firmwareBlobs: string[] = [];
+  const scrtm = new Set<string>();
+  const firmwareBlobs = new Set<string>();
+  /** PCRs 0–7 whose separator (found by its digest) has been seen. */
   const separated = new Set<number>();
   const seenVars = new Set<string>();
   let exitBootServices = false;
+  let scrtmSeen = false;
   const ukiSections: { name: string; digest: string }[] = [];
   /** The PCR 11 section name record just seen (its digest verified), waiting for its data record. */
   let ukiName: string | undefined;
@@ -243,10 +292,23 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
       ukiName = ukiRecord(alg, ukiSections, ev, digestHexOf(alg, ev), ukiName);
       continue;
     }
+    if (ev.index <= 7) {
+      // The PCRs prove digests, not labels: PCR 0–7's separator is the record whose digest is the
+      // hash of separator data, whatever it is labelled, so a relabelled separator cannot move
+      // the line between the boot policy and what came after (nor can a record labelled a
+      // separator that is not one).
+      const sep = separatorKind(alg, ev);
+      if (sep >= 0) {
+        if (ev.type !== EV.SEPARATOR) badEvent(ev, `the digest is that of a separator (${SEPARATOR_DATA[sep]!.toString('hex')}), but the record is not labelled EV_SEPARATOR`);
+        if (!dataEquals(ev, SEPARATOR_DATA[sep]!)) badEvent(ev, 'the digest is not the hash of the separator data');
+        separated.add(ev.index);
+        continue;
+      }
+      if (ev.type === EV.SEPARATOR) badEvent(ev, 'a separator in PCRs 0–7 must be the hash of 00000000 or ffffffff');
+    }
     switch (ev.type) {
       case EV.SEPARATOR:
         checkDataDigest(alg, ev, memo, 'the digest is not the hash of the separator data');
-        separated.add(ev.index);
         break;
       case EV.EFI_VARIABLE_DRIVER_CONFIG: {
         if (ev.index !== 7) break;
@@ -266,7 +328,7 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
           if (v.emptySecureBoot) quirks.add(QUIRKS.emptySecureBootVariable);
           secureBoot = v.secureBoot;
         } else if (v.kind === 'dbx') dbx = { ...v.dbx }; // the memo's object is shared: the facts get their own
-        else for (const f of v.certs) pushOnce(v.kind === 'PK' ? pk : v.kind === 'KEK' ? kek : db, f);
+        else for (const f of v.certs) (v.kind === 'PK' ? pk : v.kind === 'KEK' ? kek : db).add(f); // each variable once, its certificates bounded
         break;
       }
       case EV.EFI_VARIABLE_AUTHORITY: {
@@ -281,7 +343,7 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
           quirks.add(QUIRKS.shimAuthorityExtraBytes);
         }
         const f = certFingerprint(v.data);
-        if (f !== undefined && separated.has(7)) pushOnce(authorities, f);
+        if (f !== undefined && separated.has(7)) addBounded(authorities, f, ev, 'authorities');
         break;
       }
       case EV.EFI_BOOT_SERVICES_APPLICATION:
@@ -304,14 +366,18 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
           if (t !== undefined) kernelCmdlines.push({ digest: hex, text: hashesTo(alg, ev.data, hex) || hashesTo(alg, Buffer.from(t, 'utf16le'), hex) ? t : undefined });
         } else if (ev.index === 9 && text !== undefined) {
           const file = text.slice(text.lastIndexOf('/') + 1);
-          if (/^(initrd|initramfs)/.test(file)) pushOnce(initrds, hex);
-          else if (/^(vmlinuz|vmlinux|linux|bzImage|kernel)/.test(file)) pushOnce(kernels, hex);
+          if (/^(initrd|initramfs)/.test(file)) initrds.add(hex);
+          else if (/^(vmlinuz|vmlinux|linux|bzImage|kernel)/.test(file)) kernels.add(hex);
         }
         break;
       }
       case EV.S_CRTM_VERSION:
-        if (ev.index !== 0) break;
+        // Firmware measures PCR 0 before its separator only; later records were extended after
+        // boot (root can extend PCR 0 too) and yield nothing.
+        if (ev.index !== 0 || separated.has(0)) break;
         checkDataDigest(alg, ev, memo, 'the digest is not the hash of the S-CRTM version');
+        if (scrtmSeen) badEvent(ev, 'the S-CRTM version is measured a second time');
+        scrtmSeen = true;
         {
           // Text when it is printable without edge spaces (copyable into a selector), else hex.
           const t = utf16Text(ev.data) ?? asciiText(ev.data);
@@ -320,11 +386,11 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
         }
         break;
       case EV.S_CRTM_CONTENTS:
-        if (ev.index === 0) pushOnce(scrtm, digestHexOf(alg, ev));
+        if (ev.index === 0 && !separated.has(0)) scrtm.add(digestHexOf(alg, ev));
         break;
       case EV.EFI_PLATFORM_FIRMWARE_BLOB:
       case EV.EFI_PLATFORM_FIRMWARE_BLOB2:
-        if (ev.index === 0) pushOnce(firmwareBlobs, digestHexOf(alg, ev));
+        if (ev.index === 0 && !separated.has(0)) firmwareBlobs.add(digestHexOf(alg, ev));
         break;
       case EV.EFI_ACTION:
         if (asciiText(ev.data) === 'Exit Boot Services Invocation') exitBootServices = true;
@@ -334,7 +400,7 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
         // digest is proven (the data is a label), so these yield digests, never text.
         if (ev.index !== 9 || ev.data.length < 8 || ev.data.readUInt32LE(4) !== ev.data.length - 8) break;
         const tag = ev.data.readUInt32LE(0);
-        if (tag === LINUX_EFI_STUB_TAG.initrd) pushOnce(initrds, digestHexOf(alg, ev));
+        if (tag === LINUX_EFI_STUB_TAG.initrd) initrds.add(digestHexOf(alg, ev));
         else if (tag === LINUX_EFI_STUB_TAG.loadOptions) kernelCmdlines.push({ digest: digestHexOf(alg, ev), text: undefined });
         break;
       }
@@ -348,18 +414,18 @@ export function deriveBootFacts(log: ParsedEventLog, bank: string, trustedPcrs: 
     bank,
     pcrs: [...trustedPcrs].sort((a, b) => a - b),
     secureBoot,
-    pk,
-    kek,
-    db,
+    pk: [...pk],
+    kek: [...kek],
+    db: [...db],
     dbx,
-    authorities,
+    authorities: [...authorities],
     bootApps,
     kernelCmdlines,
-    kernels,
-    initrds,
+    kernels: [...kernels],
+    initrds: [...initrds],
     scrtmVersion,
-    scrtm,
-    firmwareBlobs,
+    scrtm: [...scrtm],
+    firmwareBlobs: [...firmwareBlobs],
     ukiSections,
     quirks: [...quirks],
   };
