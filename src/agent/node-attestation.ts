@@ -48,6 +48,7 @@ export const REATTEST_CODES: ReadonlySet<string> = new Set([
   'agent.evicted',
   'agent.unknown',
   'agent.stale_svid',
+  'agent.svid_expired',
   'agent.bad_client_cert',
   'agent.no_client_cert',
   'agent.banned',

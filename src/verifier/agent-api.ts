@@ -1,5 +1,6 @@
 /** Agent-facing HTTPS routes (DESIGN §3, docs/api.md). */
 import { X509Certificate, createHash } from 'node:crypto';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { SigilError, errorMessage } from '../errors.js';
@@ -11,8 +12,11 @@ import { b64String } from './http-common.js';
 import type { VerifierCore } from './core.js';
 import type { FederationService } from '../federation/service.js';
 
-/** What a TLS connection's client certificate says: the agent ID and serial, or why it is refused. */
-type PeerIdentity = { id: string; serial: string } | SigilError;
+/**
+ * What a TLS connection's client certificate says: the agent ID, serial and validity (ms since the
+ * epoch), or why it is refused.
+ */
+type PeerIdentity = { id: string; serial: string; notBefore: number; notAfter: number } | SigilError;
 
 /**
  * The peer identity of each TLS connection, read from its certificate once: a keep-alive agent
@@ -31,10 +35,13 @@ function readPeerIdentity(sock: TLSSocket): PeerIdentity {
   }
   const uris = (cert.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:'));
   if (uris.length !== 1) return new SigilError('agent.bad_client_cert', 'client certificate must carry exactly one URI SAN', { status: 401 });
-  return { id: (uris[0] as string).slice(4), serial: cert.serialNumber };
+  const notBefore = Date.parse(cert.validFrom);
+  const notAfter = Date.parse(cert.validTo);
+  if (Number.isNaN(notBefore) || Number.isNaN(notAfter)) return new SigilError('agent.bad_client_cert', 'client certificate has an unreadable validity period', { status: 401 });
+  return { id: (uris[0] as string).slice(4), serial: cert.serialNumber, notBefore, notAfter };
 }
 
-function peerAgentId(req: FastifyRequest): { id: string; serial: string } {
+function peerAgentId(req: FastifyRequest): { id: string; serial: string; notBefore: number; notAfter: number } {
   const sock = req.raw.socket as TLSSocket;
   if (typeof sock.getPeerX509Certificate !== 'function') throw new SigilError('agent.no_client_cert', 'this call needs TLS with a client certificate', { status: 401 });
   let p = peerIdentities.get(sock);
@@ -90,8 +97,40 @@ function openSessionFirst(core: VerifierCore) {
   };
 }
 
+/**
+ * A batch of CSRs lets the event loop run other requests between every this many CSRs checked or
+ * signed (a P-384 CSR check costs some 1–4 ms here; 500 at once held the loop for seconds).
+ */
+const CSR_YIELD_EVERY = 8;
+
+/** Requests whose connection is closed after their answer (`Connection: close`, added in onSend). */
+const closeAfterAnswer = new WeakSet<FastifyRequest>();
+
+/**
+ * The node SVID's validity at `now` (ms). TLS checks it once, at the handshake; a kept-alive
+ * connection outlives that check (a long-poll every 20 s keeps one open indefinitely), so every
+ * request checks it again — otherwise an expired node SVID would keep syncing, minting workload
+ * SVIDs and even renew itself on its old connection.
+ */
+function svidValidity(peer: { notBefore: number; notAfter: number }, now: number): SigilError | undefined {
+  if (now > peer.notAfter) {
+    return new SigilError('agent.svid_expired', `the node SVID of this connection expired at ${new Date(peer.notAfter).toISOString()}; attest again (and open a new connection)`, { status: 401 });
+  }
+  if (now < peer.notBefore) {
+    return new SigilError('agent.svid_expired', `the node SVID of this connection is not valid before ${new Date(peer.notBefore).toISOString()}`, { status: 401 });
+  }
+  return undefined;
+}
+
 export async function requireAgent(core: VerifierCore, req: FastifyRequest): Promise<AgentRecord> {
-  const { id, serial } = peerAgentId(req);
+  const peer = peerAgentId(req);
+  const { id, serial } = peer;
+  const expired = svidValidity(peer, core.now().getTime());
+  if (expired) {
+    // Nothing on this connection can succeed any more: close it once this answer is out.
+    closeAfterAnswer.add(req);
+    throw expired;
+  }
   const agent = await core.store.getAgent(id);
   if (!agent) throw unknownAgent(id);
   const ban = await banOf(core, agent);
@@ -125,10 +164,22 @@ const csrBody = {
 } as const;
 
 export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, federation?: FederationService): void {
+  /** Agents with an X.509-SVID batch being checked or signed (one at a time each). */
+  const x509InFlight = new Set<string>();
+  // The callback form: no promise per answer on the sync path.
+  app.addHook('onSend', (req, reply, payload, done) => {
+    if (closeAfterAnswer.has(req)) reply.header('connection', 'close');
+    done(null, payload);
+  });
   // Each agent's authorized set, kept current by the store's change feeds (authorized-cache.ts),
   // which also answer the held long-polls of agents evicted or banned through any verifier.
-  const sets = new AuthorizedSetCache(core.store, core.config.trustDomain, core.now, core.config.longPoll, (detail, ignored) =>
-    core.logger.warn({ detail, ignored }, 'datastore: ignored unreadable agent notifications'),
+  const sets = new AuthorizedSetCache(
+    core.store,
+    core.config.trustDomain,
+    core.now,
+    core.config.longPoll,
+    (detail, ignored) => core.logger.warn({ detail, ignored }, 'datastore: ignored unreadable agent notifications'),
+    { feedBehind: (detail, times) => core.logger.warn({ detail, times }, 'datastore: entry change notifications lost writes') },
   );
   // Held long-polls are answered (unchanged) before the listener waits for open requests to end.
   app.addHook('preClose', async () => sets.close());
@@ -248,21 +299,41 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
     },
     async (req) => {
       const agent = await requireAgent(core, req);
-      const { entries } = await sets.get(agent);
-      const byId = new Map(entries.map((e) => [e.id, e]));
-      // Check everything first: nothing is signed unless every request is authorized and well formed.
-      const work = req.body.csrs.map((c) => {
-        const entry = byId.get(c.entryId);
-        if (!entry) throw new SigilError('svid.entry_not_authorized', `entry ${c.entryId} is not authorized for ${agent.id}`, { status: 403 });
-        return { entry, csr: parseCsr(Buffer.from(c.csr, 'base64')) };
-      });
-      const svids = work.map(({ entry, csr }) => {
-        const ttl = entry.x509SvidTtl || core.config.svid.x509TtlSeconds;
-        const { chain, notAfter } = core.ca.signX509Svid(csr.spki, entry.spiffeId, ttl, entry.dnsNames);
-        return { entryId: entry.id, spiffeId: entry.spiffeId, chain: chain.map((d) => d.toString('base64')), expiresAt: notAfter.toISOString() };
-      });
-      core.metrics.svids.inc({ type: 'x509' }, svids.length);
-      return { svids };
+      // One batch per agent at a time (the agent sends its batches one after another): checking a
+      // CSR costs up to a few ms of CPU (P-384), so parallel batches of one agent would be its way
+      // to take the verifier's event loop from everyone else.
+      if (x509InFlight.has(agent.id)) {
+        throw new SigilError('svid.busy', `another X.509-SVID batch of ${agent.id} is being signed; send batches one at a time`, { status: 429 });
+      }
+      x509InFlight.add(agent.id);
+      try {
+        const { entries } = await sets.get(agent);
+        const byId = new Map(entries.map((e) => [e.id, e]));
+        const seen = new Set<string>();
+        for (const c of req.body.csrs) {
+          if (seen.has(c.entryId)) throw new SigilError('svid.duplicate_entry', `entry ${c.entryId} is asked for more than once in this batch`);
+          seen.add(c.entryId);
+        }
+        // Check everything first: nothing is signed unless every request is authorized and well formed.
+        const work: { entry: (typeof entries)[number]; spki: Buffer }[] = [];
+        for (const [i, c] of req.body.csrs.entries()) {
+          const entry = byId.get(c.entryId);
+          if (!entry) throw new SigilError('svid.entry_not_authorized', `entry ${c.entryId} is not authorized for ${agent.id}`, { status: 403 });
+          if (i > 0 && i % CSR_YIELD_EVERY === 0) await yieldToLoop();
+          work.push({ entry, spki: parseCsr(Buffer.from(c.csr, 'base64')).spki });
+        }
+        const svids: { entryId: string; spiffeId: string; chain: string[]; expiresAt: string }[] = [];
+        for (const [i, { entry, spki }] of work.entries()) {
+          if (i > 0 && i % CSR_YIELD_EVERY === 0) await yieldToLoop();
+          const ttl = entry.x509SvidTtl || core.config.svid.x509TtlSeconds;
+          const { chain, notAfter } = core.ca.signX509Svid(spki, entry.spiffeId, ttl, entry.dnsNames);
+          svids.push({ entryId: entry.id, spiffeId: entry.spiffeId, chain: chain.map((d) => d.toString('base64')), expiresAt: notAfter.toISOString() });
+        }
+        core.metrics.svids.inc({ type: 'x509' }, svids.length);
+        return { svids };
+      } finally {
+        x509InFlight.delete(agent.id);
+      }
     },
   );
 
