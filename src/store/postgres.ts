@@ -58,6 +58,10 @@ export interface PostgresStoreOptions {
   connectTimeoutMs?: number;
   /** How long open() may wait for another verifier's migration (advisory lock) and run its own, ms. Default 120000. */
   migrationTimeoutMs?: number;
+  /** How often the LISTEN connection is probed with `SELECT 1`, ms. Default 5000. */
+  listenProbeMs?: number;
+  /** How long a query on the LISTEN connection (the probe, LISTEN) may go unanswered before the connection is given up and opened again, ms. Default 5000. */
+  listenProbeTimeoutMs?: number;
 }
 
 /**
@@ -175,6 +179,64 @@ const NOTIFY_PAYLOAD_MAX = 7000;
 const BAD_PAYLOAD_QUOTE = 120;
 /** Delay before a lost LISTEN connection is opened again, ms. */
 const LISTEN_RETRY_MS = 1000;
+/** Idle time before the LISTEN connection's first TCP keepalive probe, ms (without it the OS default applies: 2 h on Linux). */
+const LISTEN_KEEPALIVE_MS = 10_000;
+/** How long a LISTEN connection given up may take to say goodbye before its socket is destroyed, ms. */
+const LISTEN_END_MS = 1000;
+/** Writes heard beyond a missing one that are kept; past that the LISTEN connection is opened again (and primed). */
+const HEARD_LATER_MAX = 1024;
+
+/**
+ * The entries revisions a store has heard of (its own writes at commit, every verifier's by NOTIFY),
+ * for EntriesWatch.currentRevision: `through` is the revision up to which every write was heard or
+ * read (the priming read when the LISTEN connection came up); writes heard beyond a missing one wait
+ * in `later` until it is heard. A notification that never comes (dropped as unreadable, lost on a
+ * half-open connection) keeps `through` below the database's revision, which the authorized-set
+ * cache's revision check notices (EntriesWatch.behind).
+ */
+class HeardRevisions {
+  through: number | undefined;
+  private later: { from: number; to: number }[] = [];
+
+  /** A write moved the revision from `from` to `to`. False when too many writes wait behind a missing one (they are forgotten: prime again). */
+  heard(from: number, to: number): boolean {
+    if (this.through !== undefined && from <= this.through) {
+      this.through = Math.max(this.through, to);
+      this.absorb();
+      return true;
+    }
+    this.later.push({ from, to });
+    if (this.later.length <= HEARD_LATER_MAX) return true;
+    this.later = [];
+    return false;
+  }
+
+  /** Every write up to `rev` is in a read made after LISTEN. */
+  primed(rev: number): void {
+    this.through = Math.max(this.through ?? rev, rev);
+    this.absorb();
+  }
+
+  private absorb(): void {
+    if (this.later.length === 0 || this.through === undefined) return;
+    this.later.sort((a, b) => a.from - b.from);
+    let through = this.through;
+    let i = 0;
+    for (; i < this.later.length && (this.later[i] as { from: number }).from <= through; i++) through = Math.max(through, (this.later[i] as { to: number }).to);
+    this.later.splice(0, i);
+    this.through = through;
+  }
+}
+
+/** End a LISTEN client given up; its socket is destroyed if the goodbye does not go through (a half-open connection never answers it). */
+function endListenClient(c: pg.Client): void {
+  const t = setTimeout(() => c.connection.stream.destroy(), LISTEN_END_MS);
+  t.unref();
+  c.end().then(
+    () => clearTimeout(t),
+    () => undefined,
+  );
+}
 
 /** The NOTIFY payload of an entry write: schema, revision range and (if short enough) the entries. */
 function entriesPayload(schema: string, change: EntriesChange): string {
@@ -261,7 +323,9 @@ export class PostgresStore implements DataStore {
   private listenClient: pg.Client | undefined;
   private listenLive = false;
   private listenTimer: NodeJS.Timeout | undefined;
-  private notifiedRevision: number | undefined;
+  /** The next liveness probe of the LISTEN connection. */
+  private probeTimer: NodeJS.Timeout | undefined;
+  private readonly revisions = new HeardRevisions();
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -270,6 +334,8 @@ export class PostgresStore implements DataStore {
     /** The schema name itself (NOTIFY payloads name it). */
     private readonly schemaName: string,
     private readonly listenOptions: pg.ClientConfig,
+    /** Interval of the LISTEN connection's liveness probe, ms. */
+    private readonly probeMs: number,
   ) {}
 
   /**
@@ -294,6 +360,8 @@ export class PostgresStore implements DataStore {
     const statementTimeout = positive(opts.statementTimeoutMs, 15_000, 'statementTimeoutMs');
     const connectTimeout = positive(opts.connectTimeoutMs, 5_000, 'connectTimeoutMs');
     const migrationTimeout = positive(opts.migrationTimeoutMs, 120_000, 'migrationTimeoutMs');
+    const probeMs = positive(opts.listenProbeMs, 5_000, 'listenProbeMs');
+    const probeTimeout = positive(opts.listenProbeTimeoutMs, 5_000, 'listenProbeTimeoutMs');
     const quoted = `"${schema}"`;
 
     await migrate(url, quoted, schema, connectTimeout, migrationTimeout);
@@ -314,7 +382,16 @@ export class PostgresStore implements DataStore {
     // Idle clients report server restarts and network errors here; without a listener Node would
     // treat them as uncaught. The pool drops such clients and the next query reconnects.
     pool.on('error', () => undefined);
-    const store = new PostgresStore(pool, quoted, schema, { connectionString: url, connectionTimeoutMillis: connectTimeout, application_name: 'sigil-verifier-listen', keepAlive: true });
+    const listen: pg.ClientConfig = {
+      connectionString: url,
+      connectionTimeoutMillis: connectTimeout,
+      application_name: 'sigil-verifier-listen',
+      keepAlive: true,
+      keepAliveInitialDelayMillis: LISTEN_KEEPALIVE_MS,
+      // Every query on it (LISTEN, the probe) is tiny: one not answered in time means the connection is dead.
+      query_timeout: probeTimeout,
+    };
+    const store = new PostgresStore(pool, quoted, schema, listen, probeMs);
     try {
       await store.ping();
     } catch (e) {
@@ -449,6 +526,8 @@ export class PostgresStore implements DataStore {
 
   /** Tell this process's entry watchers at once (the NOTIFY of the same write may come later). */
   private entriesWritten(change: EntriesChange): void {
+    // Tracked only while something listens (a LISTEN connection coming up primes what came before).
+    if (this.watched() && !this.revisions.heard(change.fromRevision, change.toRevision) && this.listenClient) this.listenLost(this.listenClient);
     for (const l of this.entryListeners) l(change);
   }
 
@@ -457,7 +536,11 @@ export class PostgresStore implements DataStore {
     if (onInvalid) this.entryInvalidListeners.add(onInvalid);
     void this.listen();
     return {
-      currentRevision: () => (this.listenLive ? this.notifiedRevision : undefined),
+      currentRevision: () => (this.listenLive ? this.revisions.through : undefined),
+      behind: () => {
+        // Writes the database has were not heard: the connection is given up (a half-open one is never reused) and opened again.
+        if (this.listenLive && this.listenClient) this.listenLost(this.listenClient);
+      },
       close: () => {
         this.entryListeners.delete(listener);
         if (onInvalid) this.entryInvalidListeners.delete(onInvalid);
@@ -492,22 +575,17 @@ export class PostgresStore implements DataStore {
     }
   }
 
-  /** Open the LISTEN connection; on loss, report "not live" and open it again after LISTEN_RETRY_MS. */
+  /**
+   * Open the LISTEN connection and probe it every probeMs; on loss (an error, the server closing it,
+   * a query or probe not answered within its timeout) report "not live" and open it again after
+   * LISTEN_RETRY_MS.
+   */
   private async listen(): Promise<void> {
     if (this.closed || this.listenClient || !this.watched()) return;
     clearTimeout(this.listenTimer);
     const c = new Client(this.listenOptions);
     this.listenClient = c;
-    const lost = (): void => {
-      if (this.listenClient !== c) return;
-      this.listenClient = undefined;
-      this.listenLive = false;
-      c.end().catch(() => undefined);
-      if (!this.closed && this.watched()) {
-        this.listenTimer = setTimeout(() => void this.listen(), LISTEN_RETRY_MS);
-        this.listenTimer.unref();
-      }
-    };
+    const lost = (): void => this.listenLost(c);
     c.on('error', lost);
     c.on('end', lost);
     c.on('notification', (n) => {
@@ -516,11 +594,11 @@ export class PostgresStore implements DataStore {
       const change = parseEntriesPayload(n.payload, this.schemaName);
       if (!change) return;
       if ('invalid' in change) {
-        // Ignored: the revision check notices any write it would have described.
+        // Ignored: the write it announced stays unheard, so the authorized-set cache's revision
+        // check finds the database ahead of this feed and stops trusting it (EntriesWatch.behind).
         for (const l of this.entryInvalidListeners) l(`${ENTRIES_CHANNEL} notification ignored, ${change.invalid}`);
         return;
       }
-      this.notifiedRevision = Math.max(this.notifiedRevision ?? change.toRevision, change.toRevision);
       this.entriesWritten(change);
     });
     try {
@@ -530,8 +608,9 @@ export class PostgresStore implements DataStore {
       // Primed after LISTEN: every write committed later is notified, every earlier one is in this read.
       const rev = await this.entriesRevision();
       if (this.listenClient !== c) return;
-      this.notifiedRevision = Math.max(this.notifiedRevision ?? rev, rev);
+      this.revisions.primed(rev);
       this.listenLive = true;
+      this.probeListener(c);
       // Evictions committed while nothing listened were not heard; later ones are.
       for (const l of this.agentListeners) l.missed();
     } catch {
@@ -539,12 +618,45 @@ export class PostgresStore implements DataStore {
     }
   }
 
+  /**
+   * `SELECT 1` on the LISTEN connection every probeMs. A half-open connection (a NAT or load
+   * balancer forgot it, a partition) delivers nothing and reports no error; its probe goes
+   * unanswered and times out (the client's query_timeout), and the connection is opened again.
+   */
+  private probeListener(c: pg.Client): void {
+    clearTimeout(this.probeTimer);
+    this.probeTimer = setTimeout(() => {
+      if (this.listenClient !== c) return;
+      c.query('SELECT 1').then(
+        () => {
+          if (this.listenClient === c) this.probeListener(c);
+        },
+        () => this.listenLost(c),
+      );
+    }, this.probeMs);
+    this.probeTimer.unref();
+  }
+
+  /** The LISTEN connection `c` is lost or given up: not live; opened again after LISTEN_RETRY_MS. */
+  private listenLost(c: pg.Client): void {
+    if (this.listenClient !== c) return;
+    this.listenClient = undefined;
+    this.listenLive = false;
+    clearTimeout(this.probeTimer);
+    endListenClient(c);
+    if (!this.closed && this.watched()) {
+      this.listenTimer = setTimeout(() => void this.listen(), LISTEN_RETRY_MS);
+      this.listenTimer.unref();
+    }
+  }
+
   private stopListening(): void {
     clearTimeout(this.listenTimer);
+    clearTimeout(this.probeTimer);
     const c = this.listenClient;
     this.listenClient = undefined;
     this.listenLive = false;
-    if (c) c.end().catch(() => undefined);
+    if (c) endListenClient(c);
   }
 
   async createEntry(e: NewEntry): Promise<RegistrationEntry> {

@@ -78,6 +78,12 @@ export interface EntriesWatch {
    * the caller reads `entriesRevision()`.
    */
   currentRevision(): number | undefined;
+  /**
+   * The caller found the database ahead of `currentRevision()` for longer than notifications take:
+   * the feed lost writes. The store stops answering `currentRevision()` and opens its feed again
+   * (PostgreSQL: a new LISTEN connection, primed by a read). Absent where the feed cannot lag.
+   */
+  behind?(): void;
   close(): void;
 }
 

@@ -55,6 +55,14 @@ export const CHANGE_LOG_MAX = 8192;
 export const EVAL_SLICE = 32;
 /** How often the store revision is read to catch writes the change feed did not report, ms. */
 export const REVISION_CHECK_MS = 1000;
+/**
+ * How long the store revision may stay ahead of the change feed's before the feed is taken to have
+ * lost writes, ms (notifications in flight take milliseconds). With REVISION_CHECK_MS this bounds
+ * how stale a served set can be: another verifier's committed write is seen by a check within
+ * REVISION_CHECK_MS and, if the feed never reports it, acted on by the first check FEED_GRACE_MS
+ * after that one — within 2 × REVISION_CHECK_MS + FEED_GRACE_MS (4 s) plus one revision read.
+ */
+export const FEED_GRACE_MS = 2000;
 /** Parent IDs whose children are kept (beyond that the children cache starts afresh). */
 export const CHILDREN_MAX = 500_000;
 /** Parents whose dropped children lists are kept for reuse by the next read of those parents. */
@@ -75,6 +83,16 @@ export interface AuthorizedSet {
   etag: string;
   /** Epoch ms at which the first of its entries (or node entries) expires; Infinity if none does. */
   validUntil: number;
+}
+
+/** The revision check's timing (tests shorten it) and where a feed found behind is reported. */
+export interface RevisionCheckOptions {
+  /** Default REVISION_CHECK_MS. */
+  revisionCheckMs?: number;
+  /** Default FEED_GRACE_MS. */
+  feedGraceMs?: number;
+  /** Told when the change feed was found to have lost writes (at most one line per BAD_NOTICE_LOG_MS, with a count). */
+  feedBehind?: (detail: string, times: number) => void;
 }
 
 export interface CacheStats {
@@ -168,6 +186,21 @@ export class AuthorizedSetCache {
   private readonly queue: Waiter[] = [];
   private draining = false;
   private readonly checker: NodeJS.Timeout;
+  /** A revision check is reading the store revision (checks do not overlap). */
+  private checking = false;
+  /** When the last revision check that completed began (Date.now()). */
+  private checkedAt = Date.now();
+  /** How long after the last completed revision check the change feed is believed: revisionCheckMs + feedGraceMs. */
+  private readonly trustMs: number;
+  /** The first revision check that found the store ahead of the change feed, while the feed has not caught up with what it found. */
+  private feedLag: { rev: number; since: number } | undefined;
+  /** The store revision when the change feed was last found to have lost writes: the current revision is never taken to be less. */
+  private floor = -1;
+  private readonly feedGraceMs: number;
+  private readonly feedBehind: (detail: string, times: number) => void;
+  /** Feeds found behind not yet logged (at most one line per BAD_NOTICE_LOG_MS). */
+  private feedBehinds = 0;
+  private feedBehindLoggedAt = -Infinity;
   private closed = false;
   private readonly stats: CacheStats = { hits: 0, revalidated: 0, computed: 0, waiters: 0, filed: 0 };
   /**
@@ -195,7 +228,12 @@ export class AuthorizedSetCache {
     readonly limits: LongPollLimits = LONG_POLL_DEFAULTS,
     /** Told about unreadable notifications from the store (they are ignored). */
     private readonly warn: (detail: string, ignored: number) => void = () => undefined,
+    opts: RevisionCheckOptions = {},
   ) {
+    this.feedGraceMs = opts.feedGraceMs ?? FEED_GRACE_MS;
+    this.feedBehind = opts.feedBehind ?? (() => undefined);
+    const checkMs = opts.revisionCheckMs ?? REVISION_CHECK_MS;
+    this.trustMs = checkMs + this.feedGraceMs;
     this.vid = verifierId(trustDomain);
     this.trustDomain = trustDomain;
     this.watch = store.watchEntries(
@@ -207,7 +245,7 @@ export class AuthorizedSetCache {
       missed: () => void this.everyAgentChanged(),
       invalid: (detail) => this.badNotice(detail),
     });
-    this.checker = setInterval(() => void this.checkRevision(), REVISION_CHECK_MS);
+    this.checker = setInterval(() => void this.checkRevision(), checkMs);
     this.checker.unref();
   }
 
@@ -324,18 +362,69 @@ export class AuthorizedSetCache {
     this.unfileIfIdle(s);
   }
 
-  /** Writes the feed did not report (another process, a lost LISTEN connection): re-evaluate every waiter. */
+  /**
+   * The store revision against what the change feed reported, every REVISION_CHECK_MS whether or not
+   * long-polls are held. While the feed is down (get() reads the store revision then), held
+   * long-polls whose sets are behind it are re-evaluated. While it is up, the store may be ahead by
+   * the notifications in flight; still ahead of what a check found FEED_GRACE_MS earlier, the feed
+   * has lost writes (a half-open LISTEN connection, a notification dropped as unreadable): feedMissed.
+   */
   private async checkRevision(): Promise<void> {
-    if (this.closed || this.waiters.size === 0) return;
+    if (this.closed || this.checking) return;
+    // Without a feed and without held long-polls there is nothing to check: get() reads the revision.
+    if (this.waiters.size === 0 && this.watch.currentRevision() === undefined) {
+      this.feedLag = undefined;
+      this.checkedAt = Date.now();
+      return;
+    }
+    this.checking = true;
+    const started = Date.now();
     let rev: number;
     try {
       rev = await this.store.entriesRevision();
     } catch {
       return;
+    } finally {
+      this.checking = false;
     }
-    const last = this.lastLogged();
-    if (last !== undefined && rev <= last) return;
-    for (const w of this.waiters) if (w.set.revision < rev && !w.queued) this.enqueue(w);
+    if (this.closed) return;
+    this.checkedAt = started;
+    // Read after the revision: a notification that arrived meanwhile counts.
+    const fed = this.watch.currentRevision();
+    if (fed === undefined) {
+      this.feedLag = undefined;
+      const last = this.lastLogged();
+      if (last !== undefined && rev <= last) return;
+      for (const w of this.waiters) if (w.set.revision < rev && !w.queued) this.enqueue(w);
+      return;
+    }
+    if (rev <= fed) this.feedLag = undefined;
+    else if (this.feedLag === undefined || fed >= this.feedLag.rev) this.feedLag = { rev, since: started };
+    else if (started - this.feedLag.since >= this.feedGraceMs) this.feedMissed(rev, fed, started - this.feedLag.since);
+  }
+
+  /**
+   * The change feed lost writes up to `rev`: as for any revision the feed did not describe, the
+   * children cache starts afresh and no set is current through the change log; the current revision
+   * is never taken below `rev` again; the store opens its feed again (until it is back, get() reads
+   * the revision); held long-polls behind `rev` are re-evaluated.
+   */
+  private feedMissed(rev: number, fed: number, ms: number): void {
+    this.feedLag = undefined;
+    this.floor = Math.max(this.floor, rev);
+    this.unreported = Math.max(this.unreported, rev);
+    this.epoch++;
+    this.gaps++;
+    this.children.clear();
+    this.watch.behind?.();
+    for (const w of this.waiters) if (w.set.revision < rev) this.enqueue(w);
+    this.feedBehinds++;
+    const t = Date.now();
+    if (t - this.feedBehindLoggedAt < BAD_NOTICE_LOG_MS) return;
+    this.feedBehindLoggedAt = t;
+    const n = this.feedBehinds;
+    this.feedBehinds = 0;
+    this.feedBehind(`the store is at entries revision ${rev} but its change feed reported writes only up to ${fed} for ${ms} ms: writes were not notified; reading the revision from the store until the feed is open again`, n);
   }
 
   private affects(c: EntriesChange, s: AuthorizedSet): boolean {
@@ -369,13 +458,17 @@ export class AuthorizedSetCache {
   }
 
   private async currentRevision(): Promise<number> {
-    const fed = this.watch.currentRevision();
+    // The feed is believed only while revision checks complete: one that hangs (the store slow or
+    // out of reach) cannot find the feed behind, so past trustMs the revision is read here instead.
+    const fed = Date.now() - this.checkedAt <= this.trustMs ? this.watch.currentRevision() : undefined;
     let rev: number;
-    // This process's own writes are reported at once, their NOTIFY may still be on its way.
-    if (fed !== undefined) rev = Math.max(fed, this.lastLogged() ?? fed);
+    // This process's own writes are reported at once, their NOTIFY may still be on its way; a feed
+    // found to have lost writes is not believed below the revision it had missed.
+    if (fed !== undefined) rev = Math.max(fed, this.lastLogged() ?? fed, this.floor);
     else rev = await this.store.entriesRevision();
     const last = this.lastLogged();
-    if (rev > (last ?? this.unreported)) {
+    // Once per such revision (not on every call while the log stays behind it).
+    if (rev > Math.max(last ?? -1, this.unreported)) {
       // Writes the feed did not describe: nothing cached about children can be trusted.
       this.unreported = rev;
       this.epoch++;
@@ -673,6 +766,11 @@ export class AuthorizedSetCache {
    */
   private checkHeld(w: Waiter): void {
     w.gaps = this.gaps;
+    // A set made before the feed was found to have lost writes is re-evaluated (get() goes past them).
+    if (w.set.revision < this.floor) {
+      this.enqueue(w);
+      return;
+    }
     const last = this.lastLogged();
     if (last !== undefined && w.set.revision < last && !this.unchangedThrough(w.set, last)) this.enqueue(w, true);
   }
