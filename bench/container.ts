@@ -65,7 +65,7 @@ try {
   let hang = false;
   const server = http.createServer((req, res) => {
     if (hang) return;
-    if (req.url?.includes('/containers/')) res.end(JSON.stringify({ Id: ID, Name: '/web', Image: `sha256:${'cd'.repeat(32)}`, Config: { Image: 'web:1', Labels: { tier: 'web', team: 'pay' } } }));
+    if (req.url?.includes('/containers/')) res.end(JSON.stringify({ Id: ID, Name: '/web', Image: `sha256:${'cd'.repeat(32)}`, Config: { Image: 'web:1', Labels: { tier: 'web', team: 'pay' } }, State: { Pid: 100 } }));
     else res.end(JSON.stringify({ RepoDigests: [`web@sha256:${'ef'.repeat(32)}`] }));
   });
   await new Promise<void>((r) => server.listen(sock, r));

@@ -158,7 +158,7 @@ describe('Docker Engine API client against misbehaving sockets', () => {
     let calls = 0;
     const s = await dockerStandIn('count', (req, res) => {
       calls++;
-      if (req.url?.includes('/containers/')) res.end(JSON.stringify(goodContainer()));
+      if (req.url?.includes('/containers/')) res.end(JSON.stringify(goodContainer({ State: { Pid: 9 } })));
       else res.end(JSON.stringify({ RepoDigests: [] }));
     });
     const proc = join(dir, 'proc-cache');
@@ -323,10 +323,10 @@ describe('runtime cache', () => {
 describe('containerd client against a stand-in gRPC server', () => {
   const cdDir = (): string => join(dir, 'cd');
   const protoDir = join(dirname(fileURLToPath(import.meta.url)), '../../proto/containerd');
-  type Impl = { container?: Record<string, unknown> | null; image?: Record<string, unknown> | null; blobs?: Record<string, Buffer> };
+  type Impl = { container?: Record<string, unknown> | null; image?: Record<string, unknown> | null; blobs?: Record<string, Buffer>; pid?: number };
 
   async function standIn(name: string, impl: Impl): Promise<{ socket: string; close: () => Promise<void> }> {
-    const def = protoLoader.loadSync(['containers.proto', 'images.proto', 'content.proto'], { includeDirs: [protoDir], keepCase: true, longs: String, defaults: true });
+    const def = protoLoader.loadSync(['containers.proto', 'images.proto', 'content.proto', 'tasks.proto'], { includeDirs: [protoDir], keepCase: true, longs: String, defaults: true });
     const pkg = grpc.loadPackageDefinition(def) as unknown as { containerd: { services: Record<string, { v1: Record<string, { service: grpc.ServiceDefinition }> }> } };
     const server = new grpc.Server();
     const notFound = { code: grpc.status.NOT_FOUND, details: 'not found' };
@@ -335,6 +335,9 @@ describe('containerd client against a stand-in gRPC server', () => {
     });
     server.addService(pkg.containerd.services.images!.v1.Images!.service, {
       Get: (_c: unknown, cb: grpc.sendUnaryData<unknown>) => (impl.image ? cb(null, { image: impl.image }) : cb(notFound)),
+    });
+    server.addService(pkg.containerd.services.tasks!.v1.Tasks!.service, {
+      Get: (_c: unknown, cb: grpc.sendUnaryData<unknown>) => (impl.pid !== undefined ? cb(null, { process: { container_id: ID, id: ID, pid: impl.pid } }) : cb(notFound)),
     });
     server.addService(pkg.containerd.services.content!.v1.Content!.service, {
       Read: (call: grpc.ServerWritableStream<{ digest: string }, unknown>) => {
@@ -359,9 +362,9 @@ describe('containerd client against a stand-in gRPC server', () => {
   const target = { media_type: 'application/vnd.oci.image.manifest.v1+json', digest: sha(manifest), size: manifest.length };
 
   it('follows image → manifest → config in the content store', async () => {
-    const s = await standIn('good', { container: { id: ID, image: 'registry.example/app:1', labels: { tier: 'web' } }, image: { name: 'registry.example/app:1', target }, blobs: { [sha(manifest)]: manifest } });
+    const s = await standIn('good', { container: { id: ID, image: 'registry.example/app:1', labels: { tier: 'web' } }, image: { name: 'registry.example/app:1', target }, blobs: { [sha(manifest)]: manifest }, pid: 4242 });
     const c = new ContainerdClient({ socketPath: s.socket, timeoutMs: 2000, namespaces: ['default'] });
-    expect(await c.inspect(ID, undefined)).toEqual({ imageId: sha(config), imageRef: 'registry.example/app:1', repoDigests: [`registry.example/app@${sha(manifest)}`], labels: { tier: 'web' } });
+    expect(await c.inspect(ID, undefined)).toEqual({ imageId: sha(config), imageRef: 'registry.example/app:1', repoDigests: [`registry.example/app@${sha(manifest)}`], labels: { tier: 'web' }, pid: 4242 });
     c.close();
     await s.close();
   });

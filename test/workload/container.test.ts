@@ -40,7 +40,7 @@ const samples: { name: string; text: string; expect: ReturnType<typeof parseCgro
   { name: 'cri-o, cgroup v1, cgroupfs driver', text: `5:memory:/kubepods/besteffort/pod${POD}/crio-${ID}\n`, expect: { id: ID, runtime: 'crio', podUid: POD } },
   { name: 'podman, cgroup v2, systemd', text: `0::/machine.slice/libpod-${ID}.scope/container\n`, expect: { id: ID, runtime: 'podman' } },
   { name: 'podman, cgroup v1, cgroupfs', text: `3:memory:/libpod_parent/libpod-${ID}\n1:name=systemd:/libpod_parent/libpod-${ID}\n`, expect: { id: ID, runtime: 'podman' } },
-  { name: 'docker in docker: innermost wins', text: `0::/docker/${ID2}/docker/${ID}\n`, expect: { id: ID, runtime: 'docker' } },
+  { name: 'docker in docker: the outer container (the one the host runtime made) wins', text: `0::/docker/${ID2}/docker/${ID}\n`, expect: { id: ID2, runtime: 'docker' } },
   { name: 'host process', text: '0::/user.slice/user-0.slice/session-3.scope\n', expect: null },
   { name: 'init', text: '0::/init.scope\n', expect: null },
   { name: 'inside a private cgroup namespace', text: '0::/\n', expect: null },

@@ -17,7 +17,9 @@
  *        child it forked keeps using the inherited socket) is not attested as that binary;
  *      on any mismatch the connection is closed and nothing is served on it.
  *   3. between attestations, every call that uses the cached selectors first compares the exe
- *      file's identity (one stat of /proc/<pid>/exe) with the one recorded at accept.
+ *      file's identity (one stat of /proc/<pid>/exe) with the one recorded at accept, and the
+ *      credential lines of the held /proc/<pid>/status with those the attestation saw
+ *      (./connection.ts: a uid or gid drop closes the connection, other changes re-attest).
  * The pidfd is kept open for the life of the connection and closed with it, and so are
  * /proc/<pid>/stat (opened in the accept callback), /proc/<pid>/status, /proc/<pid>/cgroup and the
  * pidfd's fdinfo (at their first read), read again from their start at every check: an open

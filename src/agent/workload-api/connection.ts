@@ -5,8 +5,12 @@
  * The caller's selectors are attested at most once per `selectorCacheMs` per connection (each
  * result is kept for a random 50–100 % of it, so connections opened together do not re-attest
  * together; a result with failed attestors is not kept). Concurrent calls share one attestation.
- * A call served from the cache first checks (one stat) that the caller still runs the program it
- * ran at accept. A caller that changed (exec, uid/gid, exit) poisons the connection: its calls end
+ * A call served from the cache first checks that the caller still runs the program it ran at
+ * accept (one stat) and still has the credentials the attestation saw (one read of the held
+ * /proc/<pid>/status): effective uid/gid other than at connect poison the connection, any other
+ * change of the Uid, Gid or Groups line (supplementary groups, real or saved ids) has the caller
+ * attested anew before it is answered. A result whose attestation saw those lines change is not
+ * kept. A caller that changed (exec, uid/gid, exit) poisons the connection: its calls end
  * `Unavailable` and the connection is closed.
  */
 import { randomUUID } from 'node:crypto';
@@ -20,6 +24,7 @@ import type { CancelDeadline, ScheduleDeadline } from './deadlines.js';
 import { GrpcError, GrpcStatus, type GrpcStatusCode } from './grpc.js';
 import { LinkedList, type ListEntry } from './linked-list.js';
 import { errorMessage } from '../../errors.js';
+import { parseStatus } from '../../workload/proc.js';
 
 export const CALLER_CHANGED = 'caller process changed since it connected; reconnect';
 const CLOSING = 'connection is closing; reconnect';
@@ -60,6 +65,58 @@ function sameSelectors(a: readonly Selector[], b: readonly Selector[]): boolean 
   return true;
 }
 
+/**
+ * The Uid:, Gid: and Groups: lines of a /proc/<pid>/status text as an attestation saw them, each
+ * with its newline ('' for a line that was missing).
+ */
+export interface CredentialLines {
+  uid: string;
+  gid: string;
+  groups: string;
+}
+
+/**
+ * Where the line `name` (e.g. 'Uid:') starts in a status text, searching from `from`, or -1;
+ * `nlName` is '\n' + name.
+ */
+function lineStart(text: string, name: string, nlName: string, from: number): number {
+  if (from === 0 && text.startsWith(name)) return 0;
+  const i = text.indexOf(nlName, from);
+  return i < 0 ? -1 : i + 1;
+}
+
+function lineOf(text: string, name: string, nlName: string): string {
+  const at = lineStart(text, name, nlName, 0);
+  if (at < 0) return '';
+  const end = text.indexOf('\n', at);
+  return end < 0 ? text.slice(at) : text.slice(at, end + 1);
+}
+
+export function credentialLines(status: string): CredentialLines {
+  return { uid: lineOf(status, 'Uid:', '\nUid:'), gid: lineOf(status, 'Gid:', '\nGid:'), groups: lineOf(status, 'Groups:', '\nGroups:') };
+}
+
+/**
+ * The position after the line `line` (as lineOf took it) where `status` has its `name` line,
+ * searching from `from`; -1 when it differs. Allocates nothing.
+ */
+function afterLine(status: string, name: string, nlName: string, line: string, from: number): number {
+  let at = lineStart(status, name, nlName, from);
+  // The kernel writes Uid, Gid, Groups in this order; should it not, search the whole text.
+  if (at < 0 && from > 0) at = lineStart(status, name, nlName, 0);
+  if (line === '') return at < 0 ? from : -1;
+  if (at < 0 || !status.startsWith(line, at)) return -1;
+  // A line taken without a newline was the text's last: it must still end the text.
+  return line.endsWith('\n') || at + line.length === status.length ? at + line.length - 1 : -1;
+}
+
+/** Whether `status` has the credential lines `c` (about a microsecond on a 1.4-KB status). */
+export function sameCredentials(status: string, c: CredentialLines): boolean {
+  const u = afterLine(status, 'Uid:', '\nUid:', c.uid, 0);
+  const g = u < 0 ? -1 : afterLine(status, 'Gid:', '\nGid:', c.gid, u);
+  return g >= 0 && afterLine(status, 'Groups:', '\nGroups:', c.groups, g) >= 0;
+}
+
 /** A FetchX509SVID stream (or a bundles stream of a federating node), told when the connection's selectors are due again. */
 export interface SelectorWatcher {
   wake(): void;
@@ -69,6 +126,8 @@ export class WorkloadConnection {
   readonly id = randomUUID().slice(0, 8);
   /** The last complete attestation and until when (performance.now(), a monotonic clock) it may be reused. */
   private cache: ConnAttestation | undefined;
+  /** The caller's credential lines that `cache`'s attestation saw (before and after it ran). */
+  private cacheCredentials: CredentialLines | undefined;
   private inflight: Promise<ConnAttestation> | undefined;
   /** Attestations started on this connection; `inflight` is number `started`. */
   private started = 0;
@@ -158,32 +217,62 @@ export class WorkloadConnection {
 
   /**
    * The cached selectors when they may still be used, without waiting: the same as `attest()`
-   * when that would answer from the cache (the exe checked first; a caller that changed poisons
-   * the connection and this throws Unavailable), else undefined — then call `attest()`.
+   * when that would answer from the cache (the exe and the credentials checked first; a caller
+   * that changed poisons the connection and this throws Unavailable), else undefined — then call
+   * `attest()`.
    */
   cachedAttestation(): ConnAttestation | undefined {
     if (this.poisoned) throw new GrpcError(GrpcStatus.UNAVAILABLE, CLOSING);
     const c = this.cache;
     if (c === undefined || performance.now() >= c.until) return undefined;
+    let status: string;
     try {
       this.peer.checkImage();
+      // The held file, read again from its start: it cannot describe a process that took the pid over.
+      status = this.peer.statusText();
     } catch (e) {
       this.poison((e as Error).message);
       throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
     }
-    return c;
+    if (this.cacheCredentials !== undefined && sameCredentials(status, this.cacheCredentials)) return c;
+    // The ids changed since the attestation (setuid, setgid, setgroups). Effective ids other than
+    // at connect: what the next attestation's check would find, found now. Anything else (groups
+    // dropped, say): the selectors may differ, so they are attested anew.
+    let reason: string | undefined;
+    try {
+      const now = parseStatus(status);
+      const { uid, gid } = this.peer.caller;
+      if (now.uids[1] !== uid || now.gids[1] !== gid) reason = `pid ${this.peer.caller.pid} credentials changed since connect (uid ${uid}→${now.uids[1]}, gid ${gid}→${now.gids[1]})`;
+    } catch (e) {
+      reason = (e as Error).message;
+    }
+    if (reason !== undefined) {
+      this.poison(reason);
+      throw new GrpcError(GrpcStatus.UNAVAILABLE, CALLER_CHANGED);
+    }
+    this.cache = undefined;
+    this.cacheCredentials = undefined;
+    return undefined;
   }
 
   private async attestNow(): Promise<ConnAttestation> {
     const { attestors, logger, attestTimeoutMs, selectorCacheMs, schedule } = this.policy;
     try {
       await this.peer.ready;
+      const before = this.peer.statusText();
+      // The lines last seen, when they are still these (the usual case): nothing new to keep.
+      const last = this.cacheCredentials;
+      const seen = last !== undefined && sameCredentials(before, last) ? last : credentialLines(before);
       const r = await attestCaller(this.peer.caller, attestors, logger, attestTimeoutMs, schedule, this.peer);
       this.peer.checkUnchanged();
+      // Credentials that changed while the attestors ran (within what checkUnchanged allows:
+      // groups, real or saved ids): the selectors may describe either; answer this call, keep nothing.
+      const steady = sameCredentials(this.peer.statusText(), seen);
       logger.debug({ conn: this.id, pid: this.peer.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
-      if (r.failed.length > 0) return { selectors: r.selectors, failed: r.failed, x509Key: x509KeyOf(r.selectors), until: 0 };
+      if (r.failed.length > 0 || !steady) return { selectors: r.selectors, failed: r.failed.length > 0 ? r.failed : NO_FAILURES, x509Key: x509KeyOf(r.selectors), until: 0 };
       const until = performance.now() + selectorCacheMs * (0.5 + Math.random() / 2);
       const prev = this.cache;
+      this.cacheCredentials = seen;
       // The same selectors as last time (the usual case): keep the old object and only extend
       // it, so that re-attesting a steady caller leaves nothing new behind to outlive the
       // young generation (connections re-attest about once a second).

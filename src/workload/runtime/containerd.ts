@@ -1,11 +1,12 @@
 /**
- * containerd client over its native gRPC API (Containers.Get, Images.Get, Content.Read) with
+ * containerd client over its native gRPC API (Containers.Get, Images.Get, Content.Read, Tasks.Get) with
  * @grpc/grpc-js. The native API, not CRI, because it sees containers in every namespace —
  * those a kubelet created through CRI (namespace `k8s.io`, carrying the `io.kubernetes.*`
  * labels) and those created with containerd's own clients (`default`) — and because it is what
  * containerd itself documents as its stable client API. The image config digest (the image ID)
  * is read from the content store: index → manifest for this node's platform → config, each blob
- * checked against its digest before it is parsed.
+ * checked against its digest before it is parsed. The container's task gives the pid of its
+ * process (./lookup.ts checks that the caller is in that process's container cgroups).
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -35,6 +36,7 @@ interface Clients {
   containers: grpc.Client & { Get: Unary };
   images: grpc.Client & { Get: Unary };
   content: grpc.Client & { Read: Stream };
+  tasks: grpc.Client & { Get: Unary };
 }
 
 function protoDir(): string {
@@ -81,9 +83,16 @@ export class ContainerdClient {
   private get c(): Clients {
     if (this.clients) return this.clients;
     const dir = protoDir();
-    const def = protoLoader.loadSync(['containers.proto', 'images.proto', 'content.proto'], { includeDirs: [dir], keepCase: true, longs: String, defaults: true });
+    const def = protoLoader.loadSync(['containers.proto', 'images.proto', 'content.proto', 'tasks.proto'], { includeDirs: [dir], keepCase: true, longs: String, defaults: true });
     const pkg = grpc.loadPackageDefinition(def) as unknown as {
-      containerd: { services: { containers: { v1: { Containers: grpc.ServiceClientConstructor } }; images: { v1: { Images: grpc.ServiceClientConstructor } }; content: { v1: { Content: grpc.ServiceClientConstructor } } } };
+      containerd: {
+        services: {
+          containers: { v1: { Containers: grpc.ServiceClientConstructor } };
+          images: { v1: { Images: grpc.ServiceClientConstructor } };
+          content: { v1: { Content: grpc.ServiceClientConstructor } };
+          tasks: { v1: { Tasks: grpc.ServiceClientConstructor } };
+        };
+      };
     };
     const target = `unix://${this.o.socketPath}`;
     const creds = grpc.credentials.createInsecure();
@@ -94,6 +103,7 @@ export class ContainerdClient {
       containers: new s.containers.v1.Containers(target, creds, opts) as unknown as Clients['containers'],
       images: new s.images.v1.Images(target, creds, opts) as unknown as Clients['images'],
       content: new s.content.v1.Content(target, creds, opts) as unknown as Clients['content'],
+      tasks: new s.tasks.v1.Tasks(target, creds, opts) as unknown as Clients['tasks'],
     };
     return this.clients;
   }
@@ -233,6 +243,13 @@ export class ContainerdClient {
           details.imageId = await this.configDigest(ns, { media_type: target.media_type, digest: target.digest }, signal);
           if (DIGEST.test(target.digest)) details.repoDigests = [`${repositoryOf(image)}@${target.digest}`];
         }
+      }
+      // The container's task (none: not running). Its id is the container's.
+      const task = obj(obj(await this.unary(this.c.tasks.Get, this.c.tasks, { container_id: id, exec_id: '' }, ns, 'Tasks.Get', signal))?.process);
+      if (task !== undefined) {
+        const pid = task.pid;
+        if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid < 0) throw new SigilError('container.runtime_bad_answer', `${this.what}: the task's pid is not a number`, { status: 502 });
+        if (pid > 0) details.pid = pid;
       }
       return details;
     }

@@ -32,6 +32,12 @@ export interface ContainerDetails {
   imageRef?: string;
   labels: Record<string, string>;
   name?: string;
+  /**
+   * The container's process as the runtime reports it (Docker/podman `State.Pid`, containerd's
+   * task), in the runtime's pid namespace; absent when the runtime reports none running. Never a
+   * selector: it locates the container's cgroups (./lookup.ts).
+   */
+  pid?: number;
 }
 
 export type SelectorGroup = 'image' | 'labels' | 'name' | 'k8s';

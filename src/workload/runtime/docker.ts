@@ -1,8 +1,9 @@
 /**
  * Docker Engine API client (also podman's, served by `podman system service`): GET
  * /containers/<id>/json and /images/<id>/json over the runtime's Unix socket. Only the fields
- * Sigil turns into selectors are read, each checked for type; anything else in the answer is
- * ignored. API version 1.41 is spoken by Docker 20.10 and later and by podman 3 and later.
+ * Sigil turns into selectors, and the container's process (`State.Pid`), are read, each checked
+ * for type; anything else in the answer is ignored. API version 1.41 is spoken by Docker 20.10
+ * and later and by podman 3 and later.
  */
 import { SigilError } from '../../errors.js';
 import type { ContainerDetails } from './details.js';
@@ -65,6 +66,9 @@ export class DockerApiClient {
     const imageRef = optString(config.Image, this.what, 'Config.Image');
     if (imageRef !== undefined) details.imageRef = imageRef;
     if (name !== undefined) details.name = name.startsWith('/') ? name.slice(1) : name;
+    const pid = obj(body.State)?.Pid;
+    if (pid !== undefined && pid !== null && (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid < 0)) throw bad(this.what, 'State.Pid');
+    if (typeof pid === 'number' && pid > 0) details.pid = pid; // 0: not running
     if (imageId !== undefined) {
       details.imageId = imageId;
       details.repoDigests = await this.repoDigests(imageId, signal);

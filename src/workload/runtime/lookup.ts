@@ -1,7 +1,9 @@
 /**
  * Asks the caller's container runtime (and, for pods, the kubelet) about the container that the
  * caller's cgroup names, and turns the answer into selectors. The cgroup stays the only source of
- * *which* container the caller is in; the runtime only describes that container. Answers are
+ * *which* container the caller is in; the runtime describes that container and says which process
+ * of it runs, whose cgroups must be the caller's (a cgroup merely named after the container, made
+ * by whoever can create cgroups elsewhere, is refused: `container.cgroup_mismatch`). Answers are
  * cached per container (bounded LRU with a TTL). A lookup that fails or times out fails the
  * container attestor for that caller only (the Workload API then answers UNAVAILABLE, retry);
  * callers outside containers never wait for a runtime.
@@ -26,6 +28,11 @@ export interface RuntimeLookupConfig {
   lookupTimeoutMs: number;
   cacheSize: number;
   cacheTtlMs: number;
+  /**
+   * The container cgroups (ContainerRef.cgroups) that the runtime's process `pid` of container
+   * `ref` is in, read from /proc (../container.ts); throws when it is in no cgroup of that container.
+   */
+  cgroupsOf(pid: number, ref: ContainerRef): string;
 }
 
 export interface ContainerRef {
@@ -34,6 +41,14 @@ export interface ContainerRef {
   podUid?: string;
   /** containerd namespace, when the cgroup path names it. */
   namespace?: string;
+  /** The container's cgroups as the caller's cgroup file shows them (../container.ts ContainerPlacement). */
+  cgroups: string;
+}
+
+/** A runtime's answer about a container, with the cgroups its process was found in. */
+interface Located {
+  details: ContainerDetails;
+  cgroups: string;
 }
 
 interface Inspector {
@@ -44,16 +59,18 @@ interface Inspector {
 export class RuntimeLookup {
   private readonly inspectors = new Map<string, Inspector>();
   private readonly kubelet: KubeletClient | undefined;
-  private readonly cache: RuntimeCache<ContainerDetails>;
+  private readonly cache: RuntimeCache<Located>;
   /** Selectors already made from a cached answer (containers whose selectors need no kubelet). */
   private readonly made: RuntimeCache<Selector[]>;
   private readonly groups: ReadonlySet<SelectorGroup>;
   private readonly containerd: ContainerdClient | undefined;
+  private readonly cgroupsOf: RuntimeLookupConfig['cgroupsOf'];
 
   constructor(
     cfg: RuntimeLookupConfig,
     private readonly logger?: Logger,
   ) {
+    this.cgroupsOf = cfg.cgroupsOf;
     this.groups = new Set(cfg.selectors);
     this.cache = new RuntimeCache(cfg.cacheSize, cfg.cacheTtlMs);
     this.made = new RuntimeCache(cfg.cacheSize, cfg.cacheTtlMs);
@@ -120,17 +137,26 @@ export class RuntimeLookup {
     const inspector = ref.runtime !== undefined ? this.inspectors.get(ref.runtime) : undefined;
     const key = `${ref.runtime}/${ref.namespace ?? ''}/${ref.id}/${ref.podUid ?? ''}`;
     const needsKubelet = this.kubelet !== undefined && ref.podUid !== undefined && this.groups.has('k8s');
+    // Selectors made for a caller in these very cgroups (so made after the cgroup check below).
+    const madeKey = `${key}\n${ref.cgroups}`;
     if (!needsKubelet) {
-      const made = this.made.peek(key);
+      const made = this.made.peek(madeKey);
       if (made !== undefined) return made;
     }
     let details: ContainerDetails = { repoDigests: [], labels: {} };
     if (inspector) {
-      details = await this.cache.get(key, async () => {
+      const found = await this.cache.get(key, async () => {
         const d = await inspector.inspect(ref.id, ref.namespace, signal);
         if (d === null) throw new SigilError('container.not_found', `the ${ref.runtime} runtime does not know container ${ref.id.slice(0, 12)}… (gone, or not its container)`, { status: 503 });
-        return d;
+        if (d.pid === undefined) throw new SigilError('container.not_running', `the ${ref.runtime} runtime reports no running process for container ${ref.id.slice(0, 12)}…`, { status: 503 });
+        // Where the runtime runs the container: the same for the container's life (a restart
+        // keeps the cgroup, not the pid), so it is kept with the answer; the pid is not used again.
+        return { details: d, cgroups: this.cgroupsOf(d.pid, ref) };
       });
+      if (found.cgroups !== ref.cgroups) {
+        throw new SigilError('container.cgroup_mismatch', `the caller is not in the cgroup where the ${ref.runtime} runtime runs container ${ref.id.slice(0, 12)}… (a cgroup named after it elsewhere)`);
+      }
+      details = found.details;
     }
     let pod: PodDetails | undefined;
     if (this.kubelet && ref.podUid !== undefined && this.groups.has('k8s')) {
@@ -139,7 +165,7 @@ export class RuntimeLookup {
     }
     const { selectors, skippedLabels } = runtimeSelectors(details, pod, this.groups, ref.podUid);
     if (skippedLabels.length > 0) this.logger?.debug({ container: ref.id.slice(0, 12), labels: skippedLabels }, 'labels that cannot be selectors were left out');
-    if (!needsKubelet && inspector) this.made.set(key, selectors);
+    if (!needsKubelet && inspector) this.made.set(madeKey, selectors);
     return selectors;
   }
 }
