@@ -7,7 +7,8 @@
  * Length-Prefixed-Message = Compressed-Flag (1 byte) ‖ Message-Length (4 bytes, big endian) ‖ Message
  */
 import type { ServerHttp2Stream } from 'node:http2';
-import { timerDeadline, type ScheduleDeadline } from './deadlines.js';
+import { timerDeadline, type CancelDeadline, type ScheduleDeadline } from './deadlines.js';
+import type { ByteBudget } from './limits.js';
 
 export const GrpcStatus = {
   OK: 0,
@@ -71,24 +72,25 @@ export function parseGrpcTimeout(v: string | string[] | undefined): number | und
   return Number(m[1]) * TIMEOUT_UNITS[m[2]!]!;
 }
 
-/** Shared budget of request bytes buffered across all streams of one server. */
-export class ByteBudget {
-  used = 0;
-  constructor(readonly limit: number) {}
-  take(n: number): boolean {
-    if (this.used + n > this.limit) return false;
-    this.used += n;
-    return true;
-  }
-  give(n: number): void {
-    this.used = Math.max(0, this.used - n);
-  }
-}
+/** Request bytes being received, per connection, per uid and in total (./limits.ts). */
+export { ByteBudget } from './limits.js';
+
+/** A message split over chunks grows its buffer by doubling from this size (HTTP/2's default largest frame). */
+const FIRST_PARTIAL_BYTES = 16 * 1024;
+const EMPTY = Buffer.alloc(0);
 
 /**
  * Read exactly one length-prefixed message from a request stream (unary and server-streaming
  * calls carry one). The 5-byte prefix is checked as soon as it arrives, so an oversized
  * declaration is refused before its body is buffered; nothing beyond `maxBytes` is ever held.
+ *
+ * The body's bytes are taken from `budget` as they arrive, never from the declared length: a
+ * message that arrives whole takes its length; one split over chunks grows its buffer by doubling
+ * (from 16 KiB, never beyond the declared length) and takes each growth, so it holds at most twice
+ * what arrived or 16 KiB, whichever is more. A growth that does not fit the connection's, its uid's or the server's
+ * share ends this call with ResourceExhausted naming the limit. A message begun and not complete
+ * that receives no byte for `budget.stallMs` ends with DeadlineExceeded. All is given back when
+ * the call's read ends, however it ends.
  */
 export function readSingleMessage(
   stream: ServerHttp2Stream,
@@ -98,29 +100,67 @@ export function readSingleMessage(
   schedule: ScheduleDeadline = timerDeadline,
 ): Promise<Buffer> {
   return new Promise<Buffer>((resolve, reject) => {
+    const share = budget.shareOf(stream);
+    const stallMs = budget.stallMs;
     let header: Buffer | undefined;
     let headerFill = 0;
     /** Only for a prefix split over chunks (rare); a whole one is read where it arrived. */
     let headBuf: Buffer | undefined;
+    /** Declared length of the message being read. */
+    let len = 0;
+    /** The buffer for its body, `bodyFill` bytes received; its length is what is taken from the budget. */
     let body: Buffer | undefined;
     let bodyFill = 0;
-    let reserved = 0;
+    let taken = 0;
     let messages = 0;
     let messageDone = false;
     let done = false;
+    /** When a byte last arrived, while a message is incomplete (performance.now()). */
+    let lastByteAt = 0;
+    let cancelStall: CancelDeadline | undefined;
 
     const finish = (err: GrpcError | undefined, value?: Buffer): void => {
       if (done) return;
       done = true;
       cancelTimeout();
+      cancelStall?.();
       stream.off('data', onData);
       stream.off('end', onEnd);
       stream.off('close', onClose);
-      budget.give(reserved);
+      budget.give(taken, share);
+      taken = 0;
       if (err) reject(err);
       else resolve(value!);
     };
     const cancelTimeout = schedule(timeoutMs, () => finish(new GrpcError(GrpcStatus.DEADLINE_EXCEEDED, 'request message not received in time')));
+    const onStall = (): void => {
+      cancelStall = undefined;
+      if (done) return;
+      const quiet = performance.now() - lastByteAt;
+      if (quiet >= stallMs) {
+        finish(new GrpcError(GrpcStatus.DEADLINE_EXCEEDED, `request message stalled: no byte of it for ${stallMs} ms (requestStallTimeoutMs)`));
+      } else {
+        cancelStall = schedule(stallMs - quiet, onStall);
+      }
+    };
+
+    /** Make room for `n` more body bytes; false when the budget refused (the call is finished). */
+    const room = (n: number): boolean => {
+      const need = bodyFill + n;
+      if (body !== undefined && need <= body.length) return true;
+      // Whole in this chunk: exactly its length; else double, from 16 KiB, up to the length.
+      const size = body === undefined && n === len ? len : Math.min(len, Math.max(need, 2 * (body?.length ?? 0), FIRST_PARTIAL_BYTES));
+      const refused = budget.take(size - taken, share);
+      if (refused !== undefined) {
+        finish(new GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, refused));
+        return false;
+      }
+      taken = size;
+      const grown = Buffer.allocUnsafe(size);
+      if (body !== undefined) body.copy(grown, 0, 0, bodyFill);
+      body = grown;
+      return true;
+    };
 
     const onData = (chunk: Buffer): void => {
       let off = 0;
@@ -135,7 +175,7 @@ export function readSingleMessage(
             chunk.copy(headBuf, headerFill, off, off + n);
             headerFill += n;
             off += n;
-            if (headerFill < 5) return;
+            if (headerFill < 5) break;
             header = headBuf;
           }
           messages++;
@@ -143,32 +183,38 @@ export function readSingleMessage(
           const flag = header[0]!;
           if (flag === 1) return finish(new GrpcError(GrpcStatus.INTERNAL, 'compressed request message, but no compression was negotiated'));
           if (flag !== 0) return finish(new GrpcError(GrpcStatus.INTERNAL, `invalid compressed-flag byte ${flag}`));
-          const len = header.readUInt32BE(1);
+          len = header.readUInt32BE(1);
           if (len > maxBytes) {
-            return finish(new GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, `request message larger than max (${len} vs. ${maxBytes})`));
+            return finish(new GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, `request message of ${len} bytes is larger than the limit (maxRequestBytes ${maxBytes})`));
           }
-          if (!budget.take(len)) return finish(new GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, 'server is busy receiving other requests'));
-          reserved = len;
-          body = Buffer.allocUnsafe(len);
           bodyFill = 0;
           if (len === 0) {
             // Message complete; any further byte starts a second message.
+            body = EMPTY;
             header = undefined;
             headerFill = 0;
             messageDone = true;
           }
           continue;
         }
-        const need = body!.length - bodyFill;
-        const n = Math.min(need, chunk.length - off);
+        const n = Math.min(len - bodyFill, chunk.length - off);
+        if (!room(n)) return;
         chunk.copy(body!, bodyFill, off, off + n);
         bodyFill += n;
         off += n;
-        if (bodyFill === body!.length) {
+        if (bodyFill === len) {
           header = undefined;
           headerFill = 0;
           messageDone = true;
         }
+      }
+      // A message begun and not complete must keep coming.
+      if (!done && (header !== undefined || headerFill !== 0) && stallMs !== Number.POSITIVE_INFINITY) {
+        lastByteAt = performance.now();
+        cancelStall ??= schedule(stallMs, onStall);
+      } else if (cancelStall !== undefined) {
+        cancelStall();
+        cancelStall = undefined;
       }
     };
     const onEnd = (): void => {

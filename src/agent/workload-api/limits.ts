@@ -1,9 +1,17 @@
 /**
- * Admission: how many Workload API connections the agent holds, per uid and in total, and whether
- * a new one may be opened (DESIGN §6). Root keeps `reserved` connections the other uids cannot
- * take, the other uids keep `reserved` root cannot take, and the last `reserved` of the other
- * uids' share stay open to uids that hold few connections, so that one uid opening idle streams
- * locks neither root nor small workloads out. A refusal names the limit that was hit.
+ * Admission and shares (DESIGN §6).
+ *
+ * Connections: how many Workload API connections the agent holds, per uid and in total, and
+ * whether a new one may be opened. Root keeps `reserved` connections the other uids cannot take,
+ * the other uids keep `reserved` root cannot take, and the last `reserved` of the other uids'
+ * share stay open to uids that hold few connections, so that one uid opening idle streams locks
+ * neither root nor small workloads out. A refusal names the limit that was hit.
+ *
+ * Request bytes (ByteBudget): the bytes of request messages still being received, counted as
+ * they arrive — never from a message's declared length — against the connection's share, its
+ * uid's share (all of that uid's connections together) and the server's total, so that neither
+ * one connection nor one uid can take what the other callers' requests need. A call whose next
+ * bytes do not fit ends `ResourceExhausted` naming the limit; other calls are not touched.
  */
 import { SigilError } from '../../errors.js';
 
@@ -123,5 +131,172 @@ export class Admission {
     else this.perUid.set(uid, left);
     if (uid !== 0) this.nonRoot--;
     this.held--;
+  }
+}
+
+/** The largest request message by default; see RequestLimitOptions.maxRequestBytes. */
+export const DEFAULT_MAX_REQUEST_BYTES = 128 * 1024;
+
+export interface RequestLimitOptions {
+  /**
+   * Largest request message (default 128 KiB). The largest legitimate one is a ValidateJWTSVID:
+   * a token of up to 64 KiB (handlers.ts MAX_VALIDATE_TOKEN_BYTES; a JWT is ASCII) and an
+   * audience of up to 256 characters, about 65 KiB; a FetchJWTSVID with 64 audiences of 256
+   * characters (at most 3 bytes each in UTF-8) and a SPIFFE ID (at most 2048 bytes) is under
+   * 52 KiB. Refused from the length prefix alone.
+   */
+  maxRequestBytes?: number;
+  /** Request bytes being received across all calls of the server (default 64 MiB). */
+  maxBufferedRequestBytes?: number;
+  /** Request bytes being received on all connections of one uid together (default an eighth of maxBufferedRequestBytes, 8 MiB). */
+  maxBufferedRequestBytesPerUid?: number;
+  /** Request bytes being received on one connection (default 8 × maxRequestBytes, 1 MiB, at most maxBufferedRequestBytesPerUid). */
+  maxBufferedRequestBytesPerConnection?: number;
+  /**
+   * A request message begun (part of its prefix or body received) and not complete is refused
+   * when no byte of it arrives for this long (default 2 s), so that a stalled sender does not
+   * hold its share of the request bytes until the request timeout.
+   */
+  requestStallTimeoutMs?: number;
+}
+
+export interface RequestLimits {
+  /** Largest request message. */
+  message: number;
+  /** Bytes being received across the server, per uid, per connection. */
+  total: number;
+  perUid: number;
+  perConnection: number;
+  /** How long a begun, incomplete message may go without a byte. */
+  stallMs: number;
+}
+
+/**
+ * The request limits from the options; bad values are refused. Each level of bytes must hold the
+ * one below it: a message ≤ a connection's share ≤ a uid's share ≤ the total.
+ */
+export function requestLimits(opts: RequestLimitOptions): RequestLimits {
+  const bad = (what: string): never => {
+    throw new SigilError('workload_api.bad_request_limits', `Workload API request limits: ${what}`);
+  };
+  const integer = (name: string, v: number, min: number, minText: string): number => {
+    if (!Number.isSafeInteger(v) || v < min) bad(`${name} must be an integer ≥ ${minText}, got ${String(v)}`);
+    return v;
+  };
+  const message = integer('maxRequestBytes', opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES, 1, '1');
+  const total = integer('maxBufferedRequestBytes', opts.maxBufferedRequestBytes ?? 64 * 1024 * 1024, message, `maxRequestBytes (${message})`);
+  const perUid = integer('maxBufferedRequestBytesPerUid', opts.maxBufferedRequestBytesPerUid ?? Math.max(message, Math.floor(total / 8)), message, `maxRequestBytes (${message})`);
+  if (perUid > total) bad(`maxBufferedRequestBytesPerUid (${perUid}) must not exceed maxBufferedRequestBytes (${total})`);
+  const perConnection = integer(
+    'maxBufferedRequestBytesPerConnection',
+    opts.maxBufferedRequestBytesPerConnection ?? Math.min(perUid, 8 * message),
+    message,
+    `maxRequestBytes (${message})`,
+  );
+  if (perConnection > perUid) bad(`maxBufferedRequestBytesPerConnection (${perConnection}) must not exceed maxBufferedRequestBytesPerUid (${perUid})`);
+  const stallMs = opts.requestStallTimeoutMs ?? 2000;
+  if (!(stallMs > 0)) bad(`requestStallTimeoutMs must be > 0, got ${String(stallMs)}`);
+  return { message, total, perUid, perConnection, stallMs };
+}
+
+/** The request bytes held by one uid's connections together. */
+interface UidBytes {
+  readonly uid: number;
+  used: number;
+  connections: number;
+}
+
+/** The request bytes held by one connection's calls. */
+export interface ConnectionBytes {
+  used: number;
+  readonly uid: UidBytes;
+}
+
+/** The shares of a ByteBudget, and how long a message may stall (default: no limit but the call's request timeout). */
+export type ByteBudgetTerms = Pick<RequestLimits, 'total' | 'perUid' | 'perConnection'> & { stallMs?: number };
+
+/**
+ * Request bytes being received, per connection, per uid and in total. A connection is registered
+ * with addConnection() (the server does so for each admitted HTTP/2 session); a stream's bytes
+ * count against the shares of the session it belongs to. Bytes of a stream on no registered
+ * session count against the total only.
+ */
+export class ByteBudget {
+  /** Bytes held across the server. */
+  used = 0;
+  readonly total: number;
+  readonly perUid: number;
+  readonly perConnection: number;
+  readonly stallMs: number;
+  private readonly uids = new Map<number, UidBytes>();
+  private readonly sessions = new WeakMap<object, ConnectionBytes>();
+
+  /** `terms`: the limits, or only a total. */
+  constructor(terms: number | ByteBudgetTerms) {
+    const t = typeof terms === 'number' ? { total: terms, perUid: terms, perConnection: terms } : terms;
+    this.total = t.total;
+    this.perUid = t.perUid;
+    this.perConnection = t.perConnection;
+    this.stallMs = (typeof terms === 'number' ? undefined : terms.stallMs) ?? Number.POSITIVE_INFINITY;
+  }
+
+  /** Count the request bytes of `session`'s streams, a connection of `uid`, against its shares; returns the release, for when the session closes. */
+  addConnection(session: object, uid: number): () => void {
+    let u = this.uids.get(uid);
+    if (u === undefined) {
+      u = { uid, used: 0, connections: 0 };
+      this.uids.set(uid, u);
+    }
+    u.connections++;
+    const account: ConnectionBytes = { used: 0, uid: u };
+    this.sessions.set(session, account);
+    const owner = u;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.sessions.delete(session);
+      // Bytes still held by the connection's calls are given back to this same record when they
+      // end; a new connection of the uid then starts a new one.
+      if (--owner.connections === 0 && this.uids.get(uid) === owner) this.uids.delete(uid);
+    };
+  }
+
+  /** The connection a stream's request bytes count against (undefined: the total only). */
+  shareOf(stream: { readonly session?: object | undefined }): ConnectionBytes | undefined {
+    const s = stream.session;
+    return s === undefined ? undefined : this.sessions.get(s);
+  }
+
+  /**
+   * Take `n` more bytes for a call on `conn`; undefined when taken (give them back with give()),
+   * else why not, naming the limit: the connection's own share is checked first, then its uid's,
+   * then the total.
+   */
+  take(n: number, conn?: ConnectionBytes): string | undefined {
+    if (conn !== undefined) {
+      if (conn.used + n > this.perConnection) {
+        return `request bytes being received on this connection would exceed its share (maxBufferedRequestBytesPerConnection ${this.perConnection})`;
+      }
+      if (conn.uid.used + n > this.perUid) {
+        return `request bytes being received from uid ${conn.uid.uid} would exceed its share (maxBufferedRequestBytesPerUid ${this.perUid})`;
+      }
+    }
+    if (this.used + n > this.total) return `request bytes being received by the agent would exceed its limit (maxBufferedRequestBytes ${this.total}); retry`;
+    this.used += n;
+    if (conn !== undefined) {
+      conn.used += n;
+      conn.uid.used += n;
+    }
+    return undefined;
+  }
+
+  /** Give back `n` bytes taken for a call on `conn`. */
+  give(n: number, conn?: ConnectionBytes): void {
+    this.used = Math.max(0, this.used - n);
+    if (conn !== undefined) {
+      conn.used = Math.max(0, conn.used - n);
+      conn.uid.used = Math.max(0, conn.uid.used - n);
+    }
   }
 }

@@ -24,10 +24,12 @@
  * selector-cache schedule and from scratch before every push.
  *
  * Bounds: connections (total, per uid, reserves for root and for uids with few connections; see
- * connectionLimits()), concurrent streams per connection, request message
- * size, request bytes buffered across the server, HTTP/2 session memory, time to send the
- * preface and the request, audiences per JWT request. A streaming response to a client that does
- * not read is coalesced: at most one pending (latest) message is kept per stream.
+ * connectionLimits()), concurrent streams per connection, request message size, request bytes
+ * being received per connection, per uid and across the server (counted as they arrive; see
+ * requestLimits()), HTTP/2 session memory, time to send the preface and the request, time a
+ * begun request message may go without a byte, audiences per JWT request. A streaming response
+ * to a client that does not read is coalesced: at most one pending (latest) message is kept per
+ * stream.
  */
 import { closeSync } from 'node:fs';
 import http2, { type ServerHttp2Session } from 'node:http2';
@@ -39,9 +41,9 @@ import { DEFAULT_ATTEST_TIMEOUT_MS } from './attest.js';
 import { CallerConnection, type PeerCredentials } from './caller.js';
 import { WorkloadConnection, type AttestationPolicy } from './connection.js';
 import { Deadlines } from './deadlines.js';
-import { ByteBudget, GrpcStatus } from './grpc.js';
+import { GrpcStatus } from './grpc.js';
 import { workloadHandlers } from './handlers.js';
-import { Admission, connectionLimits, type ConnectionLimitOptions } from './limits.js';
+import { Admission, ByteBudget, connectionLimits, requestLimits, type ConnectionLimitOptions, type RequestLimitOptions } from './limits.js';
 import { listenWorkloadSocket } from './listener.js';
 import { Refusals } from './refusal.js';
 import { ResponseCache } from './responses.js';
@@ -50,8 +52,8 @@ import type { ServiceTimeSummary } from './service-time.js';
 import { Streams } from './streams.js';
 import { errorFields } from '../../errors.js';
 
-/** Options; the connection limits are described in ./limits.ts. */
-export interface WorkloadApiOptions extends ConnectionLimitOptions {
+/** Options; the connection and request limits are described in ./limits.ts. */
+export interface WorkloadApiOptions extends ConnectionLimitOptions, RequestLimitOptions {
   socketPath: string;
   /** The agent's trust domain: its bundle goes to every caller; foreign ones only to callers whose entries federate with them. */
   trustDomain: string;
@@ -62,10 +64,6 @@ export interface WorkloadApiOptions extends ConnectionLimitOptions {
   attestTimeoutMs?: number;
   /** Concurrent streams per connection (default 64). */
   maxConcurrentStreams?: number;
-  /** Largest request message (default 4 MiB, gRPC's default). */
-  maxRequestBytes?: number;
-  /** Request bytes buffered across all streams (default 64 MiB). */
-  maxBufferedRequestBytes?: number;
   /** Audiences in one FetchJWTSVID request (default 64), each at most 256 characters. */
   maxAudiences?: number;
   /**
@@ -126,6 +124,8 @@ function sessionOptions(maxConcurrentStreams: number): http2.ServerOptions {
 export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<WorkloadApiServer> {
   const logger = opts.logger.child({ component: 'workload-api' });
   const admission = new Admission(connectionLimits(opts));
+  const requests = requestLimits(opts);
+  const budget = new ByteBudget(requests);
   const maxConcurrentStreams = opts.maxConcurrentStreams ?? 64;
   const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 10_000;
   const idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
@@ -159,9 +159,9 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     handlers: workloadHandlers({ source, responses, streams, schedule: deadlines.schedule, maxAudiences: opts.maxAudiences ?? 64, unaryTimeoutMs: opts.unaryTimeoutMs ?? 30_000 }),
     logger,
     schedule: deadlines.schedule,
-    maxRequestBytes: opts.maxRequestBytes ?? 4 * 1024 * 1024,
+    maxRequestBytes: requests.message,
     requestTimeoutMs: opts.requestTimeoutMs ?? 10_000,
-    budget: new ByteBudget(opts.maxBufferedRequestBytes ?? 64 * 1024 * 1024),
+    budget,
     closing: () => closing,
   });
 
@@ -202,6 +202,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
     }
     const conn = new WorkloadConnection(caller, session, policy);
     conns.add(conn);
+    const releaseRequestBytes = budget.addConnection(session, peer.uid);
     let gotSettings = false;
     const hsTimer = setTimeout(() => {
       if (!gotSettings) session.destroy();
@@ -221,6 +222,7 @@ export async function startWorkloadApi(opts: WorkloadApiOptions): Promise<Worklo
       conn.finishCalls(GrpcStatus.CANCELLED, 'connection closed');
       conn.closed();
       conns.delete(conn);
+      releaseRequestBytes();
       admission.release(peer.uid);
       caller.close();
       if (!socket.destroyed) socket.destroy();
