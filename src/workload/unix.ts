@@ -12,18 +12,20 @@
  *   unix:sha256:<hex>               SHA-256 of the executable read through /proc/<pid>/exe (the
  *                                   file the process runs, even if the path was replaced or
  *                                   deleted), skipped above maxBinaryBytes; cached by
- *                                   (st_dev, st_ino, size, mtime, ctime) in a bounded LRU
+ *                                   (st_dev, st_ino, size, mtime, ctime), hashed on worker
+ *                                   threads with fair turns per uid (exe-hasher.ts). A caller
+ *                                   whose hash cannot be computed fails (never an answer
+ *                                   without it)
  *
  * The passwd/group formats are parsed by hand (colon-separated text; no library needed).
  */
-import { createHash } from 'node:crypto';
 import { readlinkSync, statSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { SigilError } from '../errors.js';
 import { validatePluginConfig } from '../plugins/validate.js';
 import type { AgentPluginDeps, JsonSchema, Selector, WorkloadAttestor, WorkloadAttestorPlugin, WorkloadCaller } from '../plugins/types.js';
+import { ExeHasher } from './exe-hasher.js';
 import { DEFAULT_PROC_ROOT, parseStatus, procPath, readBoundedFileSync, readStatus, type CallerProcFiles, type HeldFilesAttestor, type ProcStatus } from './proc.js';
 
 export interface UnixAttestorConfig {
@@ -40,6 +42,12 @@ export interface UnixAttestorOptions {
   groupPath?: string;
   /** Entries in the executable hash cache (default 512). */
   hashCacheSize?: number;
+  /** Hash cache entries one uid other than 0 may hold (default an eighth of hashCacheSize). */
+  hashCachePerUid?: number;
+  /** Executables waiting to be hashed per uid (default 16); past it a caller fails (`workload.hash_queue_full`). */
+  hashQueuePerUid?: number;
+  /** Executables waiting to be hashed in all, uid 0 exempt (default 256). */
+  hashQueueTotal?: number;
   /** Changes to the passwd/group files are looked for at most this often (default 1000 ms). */
   nameFileRecheckMs?: number;
   logger?: Logger;
@@ -110,63 +118,41 @@ class NameFile {
   }
 }
 
-/** Bounded LRU keyed by file identity → hex SHA-256. */
-class HashCache {
-  private readonly map = new Map<string, string>();
-  /** The most recently used key (re-inserting it again would change nothing). */
-  private newest: string | undefined;
-  constructor(private readonly max: number) {}
-  get(k: string): string | undefined {
-    const v = this.map.get(k);
-    // Move a hit to the back, unless it is there already: the common case (many callers of one
-    // program) then leaves the long-lived map alone instead of reallocating it on every call.
-    if (v !== undefined && k !== this.newest) {
-      this.map.delete(k);
-      this.map.set(k, v);
-      this.newest = k;
-    }
-    return v;
-  }
-  set(k: string, v: string): void {
-    this.map.delete(k);
-    this.map.set(k, v);
-    this.newest = k;
-    while (this.map.size > this.max) {
-      const oldest = this.map.keys().next().value;
-      if (oldest === undefined) break;
-      this.map.delete(oldest);
-    }
-  }
-  get size(): number {
-    return this.map.size;
-  }
-}
-
 export class UnixAttestor implements WorkloadAttestor, HeldFilesAttestor {
-  readonly stats = { hashHits: 0, hashMisses: 0, hashSkippedTooLarge: 0 };
   private readonly procRoot: string;
   private readonly passwd: NameFile;
   private readonly group: NameFile;
-  private readonly cache: HashCache;
-  private readonly inflight = new Map<string, Promise<string | undefined>>();
-  private readonly slots = new Slots(MAX_PARALLEL_HASHES);
+  private readonly hasher: ExeHasher;
   private readonly hashBinaries: boolean;
-  private readonly maxBinaryBytes: number;
-  private readonly logger: Logger | undefined;
 
   constructor(config: UnixAttestorConfig = {}, opts: UnixAttestorOptions = {}) {
     this.hashBinaries = config.hashBinaries ?? true;
-    this.maxBinaryBytes = config.maxBinaryBytes ?? DEFAULT_MAX_BINARY_BYTES;
     this.procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
     const recheck = opts.nameFileRecheckMs ?? NAME_FILE_RECHECK_MS;
     this.passwd = new NameFile(opts.passwdPath ?? '/etc/passwd', recheck);
     this.group = new NameFile(opts.groupPath ?? '/etc/group', recheck);
-    this.cache = new HashCache(opts.hashCacheSize ?? 512);
-    this.logger = opts.logger;
+    this.hasher = new ExeHasher({
+      maxBinaryBytes: config.maxBinaryBytes ?? DEFAULT_MAX_BINARY_BYTES,
+      cacheSize: opts.hashCacheSize,
+      cachePerUid: opts.hashCachePerUid,
+      queuePerUid: opts.hashQueuePerUid,
+      queueTotal: opts.hashQueueTotal,
+      logger: opts.logger,
+    });
+  }
+
+  /** Hash cache hits and misses, executables skipped as too large, hashes failed, callers refused (queue full). */
+  get stats(): ExeHasher['stats'] {
+    return this.hasher.stats;
   }
 
   get hashCacheSize(): number {
-    return this.cache.size;
+    return this.hasher.cacheSize;
+  }
+
+  /** Hash cache entries charged to `uid`. */
+  hashCachedFor(uid: number): number {
+    return this.hasher.cachedFor(uid);
   }
 
   async attest(caller: WorkloadCaller, signal: AbortSignal): Promise<Selector[]> {
@@ -198,139 +184,21 @@ export class UnixAttestor implements WorkloadAttestor, HeldFilesAttestor {
     }
     if (exePath !== undefined && isAbsolute(exePath) && !exePath.endsWith(' (deleted)')) out.push(`unix:path:${exePath}`);
     if (this.hashBinaries && exePath !== undefined) {
-      const h = this.hashCached(exeLink);
-      const hex = typeof h === 'string' || h === undefined ? h : await this.hashExecutable(exeLink, h, signal);
+      // A hit is synchronous (one stat); a miss waits for its turn. Either the hash or a failure:
+      // an answer without it would lose the caller its hash-pinned identities in silence.
+      const found = this.hasher.lookup(uid, exeLink);
+      const hex = 'hex' in found ? found.hex : 'key' in found ? await this.hasher.hash(uid, exeLink, found.key, signal) : undefined;
       if (hex !== undefined) out.push(`unix:sha256:${hex}`);
     }
     return out;
   }
-
-  /**
-   * The cached SHA-256 of the file behind the /proc/<pid>/exe link (a hit is synchronous: one
-   * stat), undefined when it is not hashed (not a regular file, gone), or the file's key and size
-   * for hashExecutable().
-   */
-  private hashCached(exeLink: string): string | undefined | { key: string; size: bigint } {
-    let key: string;
-    let size: bigint;
-    try {
-      const st = statSync(exeLink, { bigint: true });
-      if (!st.isFile()) return undefined;
-      key = fileKey(st);
-      size = st.size;
-    } catch {
-      return undefined;
-    }
-    const hit = this.cache.get(key);
-    if (hit !== undefined) {
-      this.stats.hashHits++;
-      return hit;
-    }
-    return { key, size };
-  }
-
-  /**
-   * SHA-256 of the file behind the /proc/<pid>/exe magic link; undefined if skipped. Concurrent
-   * callers for the same file share one hashing run (so a burst of new connections from one
-   * program reads it once), at most `MAX_PARALLEL_HASHES` files are hashed at a time, and a
-   * caller whose deadline passes stops waiting while the run goes on to fill the cache.
-   */
-  private async hashExecutable(exeLink: string, file: { key: string; size: bigint }, signal: AbortSignal): Promise<string | undefined> {
-    const { key, size } = file;
-    if (size > BigInt(this.maxBinaryBytes)) {
-      this.stats.hashSkippedTooLarge++;
-      this.logger?.warn({ exe: exeLink, size: Number(size), maxBinaryBytes: this.maxBinaryBytes }, 'executable too large to hash; no unix:sha256 selector');
-      return undefined;
-    }
-    let run = this.inflight.get(key);
-    if (!run) {
-      this.stats.hashMisses++;
-      run = this.slots.run(() => this.hashFile(exeLink, key)).finally(() => this.inflight.delete(key));
-      this.inflight.set(key, run);
-    }
-    return await abortable(run, signal);
-  }
-
-  /** Hash the file now behind `exeLink` if it is still the file identified by `key`. */
-  private async hashFile(exeLink: string, key: string): Promise<string | undefined> {
-    let fh;
-    try {
-      fh = await open(exeLink, 'r');
-    } catch {
-      return undefined;
-    }
-    try {
-      if (fileKey(await fh.stat({ bigint: true })) !== key) return undefined;
-      const hash = createHash('sha256');
-      const buf = Buffer.allocUnsafe(1024 * 1024);
-      let position = 0;
-      for (;;) {
-        const { bytesRead } = await fh.read(buf, 0, buf.length, position);
-        if (bytesRead === 0) break;
-        position += bytesRead;
-        if (position > this.maxBinaryBytes) {
-          this.stats.hashSkippedTooLarge++;
-          return undefined; // grew while reading
-        }
-        hash.update(buf.subarray(0, bytesRead));
-      }
-      // Only trust (and cache) the digest when the file did not change while it was read.
-      if (fileKey(await fh.stat({ bigint: true })) !== key) return undefined;
-      const hex = hash.digest('hex');
-      this.cache.set(key, hex);
-      return hex;
-    } finally {
-      await fh.close().catch(() => undefined);
-    }
-  }
 }
-
-const MAX_PARALLEL_HASHES = 2;
 
 /** The distinct numbers of `xs`, in the order they first appear (a few groups: no Set). */
 function distinct(xs: number[]): Iterable<number> {
   if (xs.length > 16) return new Set(xs);
   for (let i = 1; i < xs.length; i++) if (xs.lastIndexOf(xs[i]!, i - 1) >= 0) return new Set(xs);
   return xs;
-}
-
-function fileKey(st: { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-}
-
-/** A tiny counting semaphore. */
-class Slots {
-  private active = 0;
-  private readonly waiting: (() => void)[] = [];
-  constructor(private readonly max: number) {}
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.active >= this.max) await new Promise<void>((r) => this.waiting.push(r));
-    this.active++;
-    try {
-      return await fn();
-    } finally {
-      this.active--;
-      this.waiting.shift()?.();
-    }
-  }
-}
-
-function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(new SigilError('workload.attestation_aborted', 'unix attestation was aborted (timeout)'));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(new SigilError('workload.attestation_aborted', 'unix attestation was aborted (timeout)'));
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  });
 }
 
 function abortCheck(signal: AbortSignal): void {
