@@ -34,7 +34,7 @@ for _ in $(seq 1 100); do "$SIGIL" healthcheck >/dev/null 2>&1 && break; sleep 0
 
 echo "== 2. a join token for one node, known also as spiffe://demo.sigil/node/demo"
 "$SIGIL" token generate --spiffe-id spiffe://demo.sigil/node/demo --json > "$D/token.json"
-node -e 'const t=require(process.argv[1]); console.log(`token for ${t.agentId}, expires ${t.expiresAt}`); require("fs").writeFileSync(process.argv[2], t.token)' "$D/token.json" "$D/join-token"
+node -e 'const t=require(process.argv[1]); console.log(`token for ${t.agentId}, expires ${t.expiresAt}`); require("fs").writeFileSync(process.argv[2], t.token, { mode: 0o600 })' "$D/token.json" "$D/join-token"
 "$SIGIL" bundle show > "$D/bundle.pem"
 
 echo "== 3. a registration entry: processes of uid $(id -u) on that node get spiffe://demo.sigil/demo/app"

@@ -17,6 +17,7 @@ import { certsToPem } from '../spiffe/pem.js';
 import { uriSans } from '../util/tls-peer.js';
 import { readSmallFile, writeFileAtomic } from '../agent/files.js';
 import { FOREIGN_BUNDLE_MAX_KEYS, parseForeignBundle } from './validate.js';
+import { timerDelayMs } from '../util/timers.js';
 
 /** Most foreign trust domains an agent holds bundles of. */
 export const AGENT_MAX_FEDERATED = 256;
@@ -134,7 +135,7 @@ export function fetchFederatedFromVerifier(t: FederatedFetchTarget): Promise<unk
   const id = t.identity();
   if (!id) return Promise.reject(new SigilError('agent.not_attested', 'GET /v1/bundles/federated needs a node SVID; the agent has not attested yet', { status: 503 }));
   const serverId = `spiffe://${t.trustDomain}/sigil/verifier`;
-  const timeoutMs = t.timeoutMs ?? 10_000;
+  const timeoutMs = timerDelayMs(t.timeoutMs ?? 10_000);
   return new Promise((resolve, reject) => {
     let settled = false;
     const done = (e: Error | undefined, v?: unknown): void => {

@@ -83,6 +83,12 @@ function readText(path: string, what: string): string {
   }
 }
 
+/**
+ * Upper bounds of `federation.refresh`: `max`, `default` and `maxBackoff` at most 24 days (a delay
+ * must fit one Node timer, 2^31 − 1 ms ≈ 24.8 days), `timeout` at most 10 minutes.
+ */
+export const REFRESH_UPPER_LIMITS = { intervalSeconds: 24 * 86_400, timeoutSeconds: 600 } as const;
+
 /** Validate the block (already schema-checked and defaulted); relative files resolve against `configDir`. */
 export function federationConfigFrom(raw: RawFederation, trustDomain: string, configDir: string): FederationConfig {
   const r = raw.refresh;
@@ -96,6 +102,15 @@ export function federationConfigFrom(raw: RawFederation, trustDomain: string, co
   };
   if (refresh.minSeconds < 1 || refresh.minSeconds > refresh.maxSeconds) throw new SigilError('config.invalid', 'verifier config: /federation/refresh: min must be at least 1s and at most max');
   if (refresh.maxBackoffSeconds < 1 || refresh.timeoutMs < 1000) throw new SigilError('config.invalid', 'verifier config: /federation/refresh: maxBackoff and timeout must be at least 1s');
+  // Upper bounds: a refresh delay must fit one Node timer (2^31 − 1 ms, 24.8 days).
+  for (const [key, seconds, limit, text] of [
+    ['max', refresh.maxSeconds, REFRESH_UPPER_LIMITS.intervalSeconds, '24d'],
+    ['default', refresh.defaultSeconds, REFRESH_UPPER_LIMITS.intervalSeconds, '24d'],
+    ['maxBackoff', refresh.maxBackoffSeconds, REFRESH_UPPER_LIMITS.intervalSeconds, '24d'],
+    ['timeout', refresh.timeoutMs / 1000, REFRESH_UPPER_LIMITS.timeoutSeconds, '10m'],
+  ] as const) {
+    if (seconds > limit) throw new SigilError('config.invalid', `verifier config: /federation/refresh/${key}: at most ${text} (${limit} s), got ${seconds} s`);
+  }
   const out: FederationConfig = { refresh, relationships: [] };
   const be = raw.bundleEndpoint;
   if (be) {

@@ -15,6 +15,7 @@ import { SigilError } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 import { certsToPem } from '../spiffe/pem.js';
 import { TLS_TRUST_ERRORS, uriSans } from '../util/tls-peer.js';
+import { timerDelayMs } from '../util/timers.js';
 import { FOREIGN_BUNDLE_MAX_BYTES } from './validate.js';
 import type { ValidRelationship } from './validate.js';
 
@@ -23,14 +24,17 @@ export const FETCH_TIMEOUT_MS = 10_000;
 export interface FetchOptions {
   /** https_spiffe: the last good bundle of the foreign trust domain (its X.509 authorities authenticate the endpoint). */
   trust?: SpiffeBundle;
+  /** At most MAX_TIMER_MS (util/timers.ts); the config allows at most 10 min. */
   timeoutMs?: number;
   maxBytes?: number;
+  /** Aborting it abandons the fetch (the relationship changed): the request is destroyed and the promise rejects. */
+  signal?: AbortSignal;
 }
 
 /** GET the bundle document (raw bytes); every failure is a `SigilError` naming what went wrong. */
 export function fetchBundleDocument(rel: ValidRelationship, o: FetchOptions = {}): Promise<Buffer> {
   const maxBytes = o.maxBytes ?? FOREIGN_BUNDLE_MAX_BYTES;
-  const timeoutMs = o.timeoutMs ?? FETCH_TIMEOUT_MS;
+  const timeoutMs = timerDelayMs(o.timeoutMs ?? FETCH_TIMEOUT_MS);
   const url = new URL(rel.bundleEndpointUrl);
   const where = `bundle endpoint ${rel.bundleEndpointUrl} (${rel.trustDomain})`;
   let tls: Record<string, unknown>;
@@ -68,6 +72,7 @@ export function fetchBundleDocument(rel: ValidRelationship, o: FetchOptions = {}
         agent: false,
         minVersion: 'TLSv1.2',
         headers: { accept: 'application/json' },
+        ...(o.signal ? { signal: o.signal } : {}),
         ...tls,
       },
       (res) => {
@@ -104,6 +109,7 @@ export function fetchBundleDocument(rel: ValidRelationship, o: FetchOptions = {}
     }, timeoutMs);
     req.on('error', (e: Error & { code?: string }) => {
       if (e instanceof SigilError) return done(e);
+      if (o.signal?.aborted) return done(new SigilError('federation.refresh_superseded', `${where}: fetch abandoned: the relationship changed`, { status: 409, cause: e }));
       if (e.code && TLS_TRUST_ERRORS.has(e.code)) {
         const why = e.code === 'CERT_HAS_EXPIRED' ? 'a certificate of its chain has expired' : e.code === 'CERT_NOT_YET_VALID' ? 'a certificate of its chain is not valid yet' : 'TLS certificate not trusted';
         return done(new SigilError('federation.endpoint_untrusted', `${where}: ${why} (${e.code}): ${e.message}`, { status: 502, cause: e }));

@@ -9,12 +9,22 @@
  * regular refresh would be — so a foreign endpoint that is down is retried at least as often as it
  * asked to be polled. The last good bundle is never discarded by a failure: agents keep receiving
  * it, and it stays in the datastore across restarts (SQLite or PostgreSQL).
+ *
+ * Every write of a relationship gives it a new generation (the store's). A fetch carries the
+ * generation it started with and its bundle is stored only while the relationship still has it, in
+ * the statement that writes; a fetch running here when the operator updates, re-anchors or deletes
+ * the relationship is also abandoned at once and a fresh one started. So a fetch authenticated with
+ * the old anchors or made to the old endpoint never replaces what the operator gave.
+ *
+ * Every timer is clamped to MAX_TIMER_MS (src/util/timers.ts; Node fires a longer one after 1 ms),
+ * whatever the foreign bundle's hint or the settings say.
  */
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { SigilError, asSigilError, errorFields } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 import type { DataStore, FederatedBundleRecord, FederationRelationship } from '../store/types.js';
+import { timerDelayMs } from '../util/timers.js';
 import { fetchBundleDocument, type FetchOptions } from './fetch.js';
 import { checkSuccessor, parseForeignBundle, parseInitialBundle, validateRelationship, type RelationshipInput, type ValidRelationship } from './validate.js';
 
@@ -61,6 +71,28 @@ export interface FederationServiceOptions {
 
 type Fetcher = (rel: ValidRelationship, o: FetchOptions) => Promise<Buffer>;
 
+/** `p`'s value, or undefined as soon as `signal` aborts (a replaced fetcher may not heed the signal itself). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T | undefined> {
+  if (signal.aborted) {
+    p.catch(() => undefined);
+    return Promise.resolve(undefined);
+  }
+  return new Promise<T | undefined>((resolve, reject) => {
+    const onAbort = (): void => resolve(undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
 function relOf(r: FederationRelationship): ValidRelationship {
   return {
     trustDomain: r.trustDomain,
@@ -77,7 +109,8 @@ export class FederationService {
   private readonly random: () => number;
   private readonly status = new Map<string, RefreshStatus>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
-  private readonly inflight = new Map<string, Promise<RelationshipView>>();
+  /** The fetch running per trust domain; aborted (and forgotten) when the relationship is changed or deleted here. */
+  private readonly inflight = new Map<string, { done: Promise<RelationshipView>; abort: AbortController }>();
   /** Trust domains whose relationship this verifier's config declares (declare()). */
   private readonly declared = new Set<string>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -132,11 +165,12 @@ export class FederationService {
     if (!this.running) return;
     this.unschedule(td);
     const st = this.statusOf(td);
-    st.nextRefreshAt = new Date(this.o.now().getTime() + delayMs).toISOString();
+    const delay = timerDelayMs(delayMs);
+    st.nextRefreshAt = new Date(this.o.now().getTime() + delay).toISOString();
     const t = setTimeout(() => {
       this.timers.delete(td);
       this.refresh(td).catch(() => undefined);
-    }, delayMs);
+    }, delay);
     t.unref();
     this.timers.set(td, t);
   }
@@ -180,8 +214,12 @@ export class FederationService {
     if (rel.profile === 'https_spiffe' && !initial) throw new SigilError('federation.initial_bundle_required', `profile https_spiffe needs an initial bundle of ${rel.trustDomain} to authenticate its bundle endpoint (--trust-bundle)`);
     const at = this.o.now().toISOString();
     const record: FederationRelationship = { ...rel, createdAt: at, updatedAt: at };
-    if (!(await this.o.store.putFederation(record, true))) throw new SigilError('federation.exists', `a relationship with ${rel.trustDomain} exists; use update`, { status: 409 });
-    if (initial) await this.saveBundle(rel.trustDomain, initial, 'initial bundle');
+    // The relationship and its first bundle in one transaction.
+    if (!(await this.o.store.putFederation(record, true, initial && this.bundleRecord(rel.trustDomain, initial)))) {
+      throw new SigilError('federation.exists', `a relationship with ${rel.trustDomain} exists; use update`, { status: 409 });
+    }
+    if (initial) this.bundleStored(rel.trustDomain, initial, 'initial bundle');
+    this.cancelFetch(rel.trustDomain);
     this.o.logger.info({ trustDomain: rel.trustDomain, url: rel.bundleEndpointUrl, profile: rel.profile }, 'federation relationship created');
     this.schedule(rel.trustDomain, 0);
     return this.view(record);
@@ -262,11 +300,12 @@ export class FederationService {
       throw new SigilError('federation.initial_bundle_required', `profile https_spiffe needs a bundle of ${rel.trustDomain} to authenticate its bundle endpoint (--trust-bundle)`);
     }
     const record: FederationRelationship = { ...rel, createdAt: old.createdAt, updatedAt: this.o.now().toISOString() };
-    if (!(await this.o.store.putFederation(record, false))) throw this.notFound(td);
-    if (initial) {
-      // The operator replaces the bundle outright, whatever its sequence: drop and store again.
-      await this.replaceBundle(rel.trustDomain, initial);
-    }
+    // A new generation for the relationship and, given one, the operator's bundle whatever its
+    // sequence, in one transaction: a fetch begun before (here or on another verifier) cannot store
+    // its answer after this.
+    if (!(await this.o.store.putFederation(record, false, initial && this.bundleRecord(rel.trustDomain, initial)))) throw this.notFound(td);
+    if (initial) this.bundleStored(rel.trustDomain, initial, 'bundle given by the operator');
+    this.cancelFetch(rel.trustDomain);
     this.o.logger.info({ trustDomain: rel.trustDomain, url: rel.bundleEndpointUrl, profile: rel.profile }, 'federation relationship updated');
     this.statusOf(rel.trustDomain).consecutiveFailures = 0;
     this.schedule(rel.trustDomain, 0);
@@ -280,6 +319,7 @@ export class FederationService {
       throw new SigilError('federation.declared_in_config', `the relationship with ${name} is declared in this verifier's config (federation.relationships); remove it there and restart, then delete it`, { status: 409 });
     }
     if (!(await this.o.store.deleteFederation(name))) throw this.notFound(name);
+    this.cancelFetch(name);
     this.unschedule(name);
     this.status.delete(name);
     this.bundleCache = undefined;
@@ -297,14 +337,30 @@ export class FederationService {
     return { ...(await this.view(r)), bundle: b ? JSON.parse(b.bundle) : null };
   }
 
-  /** Fetch now (joining a fetch in progress); resolves the view, or rejects with the refusal (the last good bundle stays). */
+  /**
+   * Fetch now (joining a fetch in progress); resolves the view, or rejects with the refusal (the last
+   * good bundle stays). A fetch abandoned because the relationship changed meanwhile resolves as
+   * the fresh fetch does.
+   */
   refresh(td: string): Promise<RelationshipView> {
     const name = this.name(td);
     const running = this.inflight.get(name);
-    if (running) return running;
-    const p = this.doRefresh(name).finally(() => this.inflight.delete(name));
-    this.inflight.set(name, p);
-    return p;
+    if (running) return running.done;
+    const abort = new AbortController();
+    const entry = { abort, done: Promise.resolve() as unknown as Promise<RelationshipView> };
+    entry.done = this.doRefresh(name, abort.signal).finally(() => {
+      if (this.inflight.get(name) === entry) this.inflight.delete(name);
+    });
+    this.inflight.set(name, entry);
+    return entry.done;
+  }
+
+  /** Abandon the fetch running for `td` here (its answer is dropped); the next refresh starts afresh. */
+  private cancelFetch(td: string): void {
+    const f = this.inflight.get(td);
+    if (!f) return;
+    this.inflight.delete(td);
+    f.abort.abort(new SigilError('federation.refresh_superseded', `the relationship with ${td} changed while its bundle was being fetched`));
   }
 
   // ------------------------------------------------------------------ bundles for agents
@@ -355,51 +411,60 @@ export class FederationService {
     }
   }
 
-  private async saveBundle(td: string, b: SpiffeBundle, why: string): Promise<boolean> {
-    const rec: FederatedBundleRecord = { trustDomain: td, bundle: JSON.stringify(b.toJwks()), sequence: b.sequence, updatedAt: this.o.now().toISOString() };
-    const wrote = await this.o.store.saveFederatedBundle(rec);
-    if (wrote) {
-      this.bundleCache = undefined;
-      this.metrics.sequence.set({ trust_domain: td }, b.sequence);
-      this.metrics.age.set({ trust_domain: td }, 0);
-      this.o.logger.info({ trustDomain: td, sequence: b.sequence, x509Authorities: b.x509Authorities.length, jwtAuthorities: b.jwtAuthorities.length, why }, 'federated bundle updated');
-    }
-    return wrote;
+  private bundleRecord(td: string, b: SpiffeBundle): FederatedBundleRecord {
+    return { trustDomain: td, bundle: JSON.stringify(b.toJwks()), sequence: b.sequence, updatedAt: this.o.now().toISOString() };
   }
 
-  private async replaceBundle(td: string, b: SpiffeBundle): Promise<void> {
-    const rel = await this.must(td);
-    // Delete + re-create the relationship drops the bundle in one transaction; then store the new one.
-    await this.o.store.deleteFederation(td);
-    await this.o.store.putFederation(rel, true);
-    await this.saveBundle(td, b, 'bundle given by the operator');
+  /** Account for a bundle just stored. */
+  private bundleStored(td: string, b: SpiffeBundle, why: string): void {
+    this.bundleCache = undefined;
+    this.metrics.sequence.set({ trust_domain: td }, b.sequence);
+    this.metrics.age.set({ trust_domain: td }, 0);
+    this.o.logger.info({ trustDomain: td, sequence: b.sequence, x509Authorities: b.x509Authorities.length, jwtAuthorities: b.jwtAuthorities.length, why }, 'federated bundle updated');
   }
 
-  private async doRefresh(td: string): Promise<RelationshipView> {
+  /**
+   * A fetch that lost to a change of the relationship (here: aborted; through another verifier: its
+   * generation is gone from the store): its answer is dropped, at info, not counted as a failure,
+   * and the fetch is made again with the relationship as it is now (joining one already started).
+   */
+  private superseded(td: string, signal: AbortSignal, generation: string | undefined): Promise<RelationshipView> {
+    this.o.logger.info({ trustDomain: td, generation }, 'federation relationship changed while its bundle was being fetched; the fetched bundle is dropped');
+    this.metrics.refreshes.inc({ trust_domain: td, result: 'superseded' });
+    // Still registered as the running fetch when the change came from another verifier: a fresh
+    // refresh must not join this one.
+    if (!signal.aborted) this.cancelFetch(td);
+    this.unschedule(td);
+    return this.refresh(td);
+  }
+
+  private async doRefresh(td: string, signal: AbortSignal): Promise<RelationshipView> {
     const st = this.statusOf(td);
     const rel = await this.o.store.getFederation(td);
+    if (signal.aborted) return this.superseded(td, signal, rel?.generation);
     if (!rel) {
       this.unschedule(td);
       throw this.notFound(td);
     }
     st.lastAttemptAt = this.o.now().toISOString();
-    const last = await this.lastGood(td);
+    let last: SpiffeBundle | undefined;
+    let next: SpiffeBundle | undefined;
+    let changed = false;
+    let wrote = false;
+    let lost = false;
     try {
-      const bytes = await this.fetcher(relOf(rel), { ...(last ? { trust: last } : {}), timeoutMs: this.settings.timeoutMs });
-      const next = parseForeignBundle(td, bytes);
-      const changed = checkSuccessor(td, last, next);
-      if (changed) {
-        if (await this.saveBundle(td, next, 'fetched from the bundle endpoint')) this.metrics.changes.inc({ trust_domain: td });
-        this.metrics.refreshes.inc({ trust_domain: td, result: 'ok' });
-      } else {
-        this.metrics.refreshes.inc({ trust_domain: td, result: 'unchanged' });
-        this.o.logger.debug({ trustDomain: td, sequence: next.sequence }, 'federated bundle unchanged');
+      last = await this.lastGood(td);
+      const bytes = signal.aborted ? undefined : await untilAborted(this.fetcher(relOf(rel), { ...(last ? { trust: last } : {}), timeoutMs: this.settings.timeoutMs, signal }), signal);
+      if (bytes !== undefined) {
+        next = parseForeignBundle(td, bytes);
+        changed = checkSuccessor(td, last, next);
+        // Stored only while the relationship has the generation this fetch started with (the store checks it in the writing statement).
+        if (changed) wrote = await this.o.store.saveFederatedBundle(this.bundleRecord(td, next), rel.generation);
+        // Refused: a higher sequence is stored (another verifier was faster), or the relationship changed.
+        if (changed && !wrote) lost = (await this.o.store.getFederation(td))?.generation !== rel.generation;
       }
-      st.lastSuccessAt = this.o.now().toISOString();
-      st.consecutiveFailures = 0;
-      delete st.lastError;
-      this.schedule(td, this.regularDelaySeconds(next.refreshHintSeconds) * 1000);
     } catch (e) {
+      if (signal.aborted) return this.superseded(td, signal, rel.generation);
       const err = asSigilError(e, 'federation.refresh_failed', `refresh of ${td}`);
       st.consecutiveFailures++;
       st.lastError = { code: err.code, message: err.message, at: this.o.now().toISOString() };
@@ -409,6 +474,21 @@ export class FederationService {
       this.schedule(td, delay);
       throw err;
     }
+    if (next === undefined || lost || signal.aborted) return this.superseded(td, signal, rel.generation);
+    if (changed) {
+      if (wrote) {
+        this.bundleStored(td, next, 'fetched from the bundle endpoint');
+        this.metrics.changes.inc({ trust_domain: td });
+      }
+      this.metrics.refreshes.inc({ trust_domain: td, result: 'ok' });
+    } else {
+      this.metrics.refreshes.inc({ trust_domain: td, result: 'unchanged' });
+      this.o.logger.debug({ trustDomain: td, sequence: next.sequence }, 'federated bundle unchanged');
+    }
+    st.lastSuccessAt = this.o.now().toISOString();
+    st.consecutiveFailures = 0;
+    delete st.lastError;
+    this.schedule(td, this.regularDelaySeconds(next.refreshHintSeconds) * 1000);
     return this.view(rel);
   }
 
@@ -423,8 +503,10 @@ export class FederationService {
         else if (k.use === 'jwt-svid') j++;
       }
     }
+    // The generation is the datastore's fencing token, not part of the admin API.
+    const { generation: _generation, ...fields } = r;
     return {
-      ...r,
+      ...fields,
       bundleSequence: b ? b.sequence : null,
       bundleUpdatedAt: b ? b.updatedAt : null,
       x509Authorities: x,

@@ -7,9 +7,9 @@
  * Between `begin` and `commit` the session state (kept in the datastore) holds the token's digest,
  * never the token: someone who reads the database or its WAL cannot attest with it.
  */
-import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { SigilError } from '../errors.js';
+import { readSecretFile } from '../spiffe/keys.js';
 import type { NodeAttestorAgentPlugin, NodeAttestorVerifierPlugin, VerifierServices } from '../plugins/types.js';
 
 const TOKEN_RE = /^[A-Za-z0-9_-]{16,128}$/;
@@ -87,7 +87,8 @@ export const joinTokenAgentPlugin: NodeAttestorAgentPlugin = {
     return {
       async hello() {
         // Read the file on every attempt so an operator can drop in a fresh token after an eviction.
-        const token = c.token ?? readFileSync(resolve(deps.configDir, c.tokenFile as string), 'utf8').trim();
+        // The token is a credential: the file is refused when group or others can access it.
+        const token = c.token ?? readSecretFile(resolve(deps.configDir, c.tokenFile as string), 'join_token tokenFile').toString('utf8').trim();
         if (!TOKEN_RE.test(token)) throw new SigilError('join_token.malformed', `join_token: token${c.tokenFile ? ` in ${c.tokenFile}` : ''} is not a valid token`);
         return { token };
       },

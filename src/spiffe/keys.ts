@@ -110,30 +110,40 @@ export function savePrivateKeyPkcs8(path: string, key: KeyObject): void {
 }
 
 /**
- * Load a PKCS#8 PEM private key. Refuses a file readable or writable by group or others
- * (`keys.file_permissions`) and keys of unsupported types.
+ * Read a file that holds a secret (a private key, a join token). The file is opened once and
+ * checked on the opened descriptor, so a rename between check and read cannot swap it: it must be
+ * a regular file of at most 1 MiB, not accessible by group or others (`keys.file_permissions`,
+ * naming the file, its mode and the chmod to run). `what` names the file in messages
+ * ("private key file", "ca.upstream.key", …). Other failures are `keys.file_unreadable`.
  */
-export function loadPrivateKeyPkcs8(path: string): KeyObject {
-  let text: string;
+export function readSecretFile(path: string, what: string): Buffer {
   let fd: number | undefined;
   try {
     fd = openSync(path, fsc.O_RDONLY);
     const st = fstatSync(fd);
-    if (!st.isFile()) throw new SigilError('keys.file_unreadable', `${path} is not a regular file`);
+    if (!st.isFile()) throw new SigilError('keys.file_unreadable', `${what} ${path} is not a regular file`);
     if ((st.mode & 0o077) !== 0) {
       throw new SigilError(
         'keys.file_permissions',
-        `private key file ${path} has mode ${(st.mode & 0o777).toString(8)}; it must not be accessible by group or others (chmod 600)`,
+        `${what} ${path} has mode ${(st.mode & 0o777).toString(8)}; it must not be accessible by group or others (chmod 600 ${path})`,
       );
     }
-    if (st.size > 1 << 20) throw new SigilError('keys.malformed', `private key file ${path} is larger than 1 MiB`);
-    text = readFileSync(fd, 'utf8');
+    if (st.size > 1 << 20) throw new SigilError('keys.malformed', `${what} ${path} is larger than 1 MiB`);
+    return readFileSync(fd);
   } catch (e) {
     if (e instanceof SigilError) throw e;
-    throw new SigilError('keys.file_unreadable', `cannot read private key ${path}: ${(e as Error).message}`, { cause: e });
+    throw new SigilError('keys.file_unreadable', `cannot read ${what} ${path}: ${(e as Error).message}`, { cause: e });
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
+}
+
+/**
+ * Load a PKCS#8 PEM private key. Refuses a file readable or writable by group or others
+ * (`keys.file_permissions`, see readSecretFile) and keys of unsupported types.
+ */
+export function loadPrivateKeyPkcs8(path: string): KeyObject {
+  const text = readSecretFile(path, 'private key file').toString('utf8');
   const m = /^-----BEGIN PRIVATE KEY-----\r?\n([A-Za-z0-9+/=\r\n]+)-----END PRIVATE KEY-----\s*$/.exec(text.trimStart());
   if (!m) throw new SigilError('keys.malformed', `${path} is not a PKCS#8 PEM private key (BEGIN PRIVATE KEY)`);
   let key: KeyObject;

@@ -37,7 +37,10 @@ import {
   entryFromRow,
   factorIdsOf,
   federatedBundleFromRow,
+  federationBody,
+  federationFromRow,
   newEntryRecord,
+  newFederationGeneration,
   parseStoredJson,
   tokenFromRow,
 } from './rows.js';
@@ -116,6 +119,10 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE \${S}.entries ADD COLUMN federates_with JSONB NOT NULL DEFAULT '[]'::jsonb;
    CREATE TABLE \${S}.federations (trust_domain TEXT PRIMARY KEY, body TEXT NOT NULL);
    CREATE TABLE \${S}.federated_bundles (trust_domain TEXT PRIMARY KEY REFERENCES \${S}.federations(trust_domain) ON DELETE CASCADE, bundle TEXT NOT NULL, sequence BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL);`,
+  // 4: a relationship's generation, new on every write of it: a fetched bundle is stored only while
+  // the relationship still has the generation its fetch started with. Existing relationships (and
+  // any a not yet upgraded verifier creates) get a random one.
+  `ALTER TABLE \${S}.federations ADD COLUMN generation TEXT NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text);`,
 ];
 
 /** Number of schema migrations this build knows (the schema version it creates). */
@@ -960,23 +967,34 @@ export class PostgresStore implements DataStore {
     return (r.rowCount ?? 0) > 0;
   }
 
-  // ------------------------------------------------------------ federation (schema version 3)
+  // ------------------------------------------------------------ federation (schema versions 3 and 4)
 
-  async putFederation(r: FederationRelationship, create: boolean): Promise<boolean> {
+  async putFederation(r: FederationRelationship, create: boolean, bundle?: FederatedBundleRecord): Promise<boolean> {
     const sql = create
-      ? `INSERT INTO ${this.s}.federations (trust_domain, body) VALUES ($1, $2) ON CONFLICT (trust_domain) DO NOTHING`
-      : `UPDATE ${this.s}.federations SET body = $2 WHERE trust_domain = $1`;
-    return ((await this.q('putFederation', sql, [r.trustDomain, JSON.stringify(r)])).rowCount ?? 0) === 1;
+      ? `INSERT INTO ${this.s}.federations (trust_domain, body, generation) VALUES ($1, $2, $3) ON CONFLICT (trust_domain) DO NOTHING`
+      : `UPDATE ${this.s}.federations SET body = $2, generation = $3 WHERE trust_domain = $1`;
+    const params = [r.trustDomain, federationBody(r), newFederationGeneration()];
+    if (!bundle) return ((await this.q('putFederation', sql, params)).rowCount ?? 0) === 1;
+    // The relationship row first (a refresh storing a bundle holds it FOR SHARE), then the bundle.
+    return this.tx('putFederation', async (c) => {
+      if (((await c.query(sql, params)).rowCount ?? 0) !== 1) return false;
+      await c.query(
+        `INSERT INTO ${this.s}.federated_bundles (trust_domain, bundle, sequence, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (trust_domain) DO UPDATE SET bundle = EXCLUDED.bundle, sequence = EXCLUDED.sequence, updated_at = EXCLUDED.updated_at`,
+        [r.trustDomain, bundle.bundle, bundle.sequence, bundle.updatedAt],
+      );
+      return true;
+    });
   }
 
   async getFederation(trustDomain: string): Promise<FederationRelationship | undefined> {
-    const row = (await this.q<{ body: string }>('getFederation', `SELECT body FROM ${this.s}.federations WHERE trust_domain = $1`, [trustDomain])).rows[0];
-    return row ? parseStoredJson<FederationRelationship>(row.body, `the federation relationship with ${trustDomain}`) : undefined;
+    const row = (await this.q<{ body: string; generation: string }>('getFederation', `SELECT body, generation FROM ${this.s}.federations WHERE trust_domain = $1`, [trustDomain])).rows[0];
+    return row ? federationFromRow(row, `the federation relationship with ${trustDomain}`) : undefined;
   }
 
   async listFederations(): Promise<FederationRelationship[]> {
-    const r = await this.q<{ body: string }>('listFederations', `SELECT body FROM ${this.s}.federations ORDER BY trust_domain COLLATE "C"`);
-    return r.rows.map((row) => parseStoredJson<FederationRelationship>(row.body, 'a federation relationship'));
+    const r = await this.q<{ body: string; generation: string }>('listFederations', `SELECT body, generation FROM ${this.s}.federations ORDER BY trust_domain COLLATE "C"`);
+    return r.rows.map((row) => federationFromRow(row, 'a federation relationship'));
   }
 
   async deleteFederation(trustDomain: string): Promise<boolean> {
@@ -984,14 +1002,19 @@ export class PostgresStore implements DataStore {
     return ((await this.q('deleteFederation', `DELETE FROM ${this.s}.federations WHERE trust_domain = $1`, [trustDomain])).rowCount ?? 0) === 1;
   }
 
-  async saveFederatedBundle(b: FederatedBundleRecord): Promise<boolean> {
+  async saveFederatedBundle(b: FederatedBundleRecord, generation?: string): Promise<boolean> {
+    // One statement. The relationship row is locked FOR SHARE: an update, re-anchor or delete that
+    // committed after this statement's snapshot is waited for and the row checked again as it is
+    // now (READ COMMITTED re-check), so a bundle fetched under an old generation is never stored;
+    // one that starts later waits for this statement's commit and then has the last word.
     const r = await this.q(
       'saveFederatedBundle',
-      `INSERT INTO ${this.s}.federated_bundles (trust_domain, bundle, sequence, updated_at)
-       SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM ${this.s}.federations WHERE trust_domain = $1)
+      `WITH rel AS (SELECT trust_domain FROM ${this.s}.federations WHERE trust_domain = $1 AND ($5::text IS NULL OR generation = $5::text) FOR SHARE)
+       INSERT INTO ${this.s}.federated_bundles (trust_domain, bundle, sequence, updated_at)
+       SELECT $1, $2, $3, $4 FROM rel
        ON CONFLICT (trust_domain) DO UPDATE SET bundle = EXCLUDED.bundle, sequence = EXCLUDED.sequence, updated_at = EXCLUDED.updated_at
        WHERE ${this.s}.federated_bundles.sequence <= EXCLUDED.sequence`,
-      [b.trustDomain, b.bundle, b.sequence, b.updatedAt],
+      [b.trustDomain, b.bundle, b.sequence, b.updatedAt, generation ?? null],
     );
     return (r.rowCount ?? 0) === 1;
   }

@@ -7,7 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { SigilError } from '../errors.js';
-import type { AgentRecord, EntriesChange, FederatedBundleRecord, JoinTokenRecord, NewEntry, RegistrationEntry } from './types.js';
+import type { AgentRecord, EntriesChange, FederatedBundleRecord, FederationRelationship, JoinTokenRecord, NewEntry, RegistrationEntry } from './types.js';
 
 /** How one driver returns column values of each logical type. */
 export interface ColumnDecoder {
@@ -250,4 +250,20 @@ export function parseStoredJson<T>(text: string, what: string): T {
     // third-party plugin's), which must not reach the logs through a stack.
     throw new SigilError('store.corrupt', `the datastore holds ${what} that is not valid JSON`, { status: 500 });
   }
+}
+
+/** A new federation relationship generation (FederationRelationship.generation): 128 random bits. */
+export function newFederationGeneration(): string {
+  return randomUUID();
+}
+
+/** The `body` column of a federation relationship: the record without its generation (a column of its own). */
+export function federationBody(r: FederationRelationship): string {
+  const { generation: _ignored, ...fields } = r;
+  return JSON.stringify(fields);
+}
+
+/** A federation relationship from its `body` and `generation` columns. */
+export function federationFromRow(r: { body: string; generation: string }, what: string): FederationRelationship {
+  return { ...parseStoredJson<FederationRelationship>(r.body, what), generation: r.generation };
 }

@@ -33,7 +33,10 @@ import {
   entryFromRow,
   factorIdsOf,
   federatedBundleFromRow,
+  federationBody,
+  federationFromRow,
   newEntryRecord,
+  newFederationGeneration,
   parseStoredJson,
   tokenFromRow,
 } from './rows.js';
@@ -89,6 +92,11 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';
    CREATE TABLE federations (trust_domain TEXT PRIMARY KEY, body TEXT NOT NULL);
    CREATE TABLE federated_bundles (trust_domain TEXT PRIMARY KEY REFERENCES federations(trust_domain) ON DELETE CASCADE, bundle TEXT NOT NULL, sequence INTEGER NOT NULL, updated_at TEXT NOT NULL);`,
+  // 4: a relationship's generation, new on every write of it: a fetched bundle is stored only while
+  // the relationship still has the generation its fetch started with. Existing relationships get a
+  // random one.
+  `ALTER TABLE federations ADD COLUMN generation TEXT NOT NULL DEFAULT '';
+   UPDATE federations SET generation = lower(hex(randomblob(16)));`,
 ];
 
 /** Schema version this build creates (SQLite `user_version`). */
@@ -607,25 +615,37 @@ export class SqliteStore implements DataStore {
     return written;
   }
 
-  // ------------------------------------------------------------ federation (schema version 3)
+  // ------------------------------------------------------------ federation (schema versions 3 and 4)
 
-  async putFederation(r: FederationRelationship, create: boolean): Promise<boolean> {
+  async putFederation(r: FederationRelationship, create: boolean, bundle?: FederatedBundleRecord): Promise<boolean> {
     this.writable();
     const sql = create
-      ? 'INSERT INTO federations (trust_domain, body) VALUES (@td, @body) ON CONFLICT(trust_domain) DO NOTHING'
-      : 'UPDATE federations SET body = @body WHERE trust_domain = @td';
-    if (this.db.prepare(sql).run({ td: r.trustDomain, body: JSON.stringify(r) }).changes !== 1) return false;
+      ? 'INSERT INTO federations (trust_domain, body, generation) VALUES (@td, @body, @gen) ON CONFLICT(trust_domain) DO NOTHING'
+      : 'UPDATE federations SET body = @body, generation = @gen WHERE trust_domain = @td';
+    const wrote = this.db.transaction(() => {
+      if (this.db.prepare(sql).run({ td: r.trustDomain, body: federationBody(r), gen: newFederationGeneration() }).changes !== 1) return false;
+      if (bundle) {
+        this.db
+          .prepare(
+            `INSERT INTO federated_bundles (trust_domain, bundle, sequence, updated_at) VALUES (@td, @bundle, @seq, @at)
+             ON CONFLICT(trust_domain) DO UPDATE SET bundle = excluded.bundle, sequence = excluded.sequence, updated_at = excluded.updated_at`,
+          )
+          .run({ td: r.trustDomain, bundle: bundle.bundle, seq: bundle.sequence, at: bundle.updatedAt });
+      }
+      return true;
+    })();
+    if (!wrote) return false;
     await this.durable();
     return true;
   }
 
   async getFederation(trustDomain: string): Promise<FederationRelationship | undefined> {
-    const row = this.db.prepare('SELECT body FROM federations WHERE trust_domain = ?').get(trustDomain) as { body: string } | undefined;
-    return row ? parseStoredJson<FederationRelationship>(row.body, `the federation relationship with ${trustDomain}`) : undefined;
+    const row = this.db.prepare('SELECT body, generation FROM federations WHERE trust_domain = ?').get(trustDomain) as { body: string; generation: string } | undefined;
+    return row ? federationFromRow(row, `the federation relationship with ${trustDomain}`) : undefined;
   }
 
   async listFederations(): Promise<FederationRelationship[]> {
-    return (this.db.prepare('SELECT body FROM federations ORDER BY trust_domain').all() as { body: string }[]).map((r) => parseStoredJson<FederationRelationship>(r.body, 'a federation relationship'));
+    return (this.db.prepare('SELECT body, generation FROM federations ORDER BY trust_domain').all() as { body: string; generation: string }[]).map((r) => federationFromRow(r, 'a federation relationship'));
   }
 
   async deleteFederation(trustDomain: string): Promise<boolean> {
@@ -638,16 +658,18 @@ export class SqliteStore implements DataStore {
     return gone;
   }
 
-  async saveFederatedBundle(b: FederatedBundleRecord): Promise<boolean> {
+  async saveFederatedBundle(b: FederatedBundleRecord, generation?: string): Promise<boolean> {
     this.writable();
+    // One statement: SQLite has one writer, so the relationship (and its generation) checked here is
+    // the one the write lands on.
     const r = this.db
       .prepare(
         `INSERT INTO federated_bundles (trust_domain, bundle, sequence, updated_at)
-         SELECT @td, @bundle, @seq, @at WHERE EXISTS (SELECT 1 FROM federations WHERE trust_domain = @td)
+         SELECT @td, @bundle, @seq, @at WHERE EXISTS (SELECT 1 FROM federations WHERE trust_domain = @td AND (@gen IS NULL OR generation = @gen))
          ON CONFLICT(trust_domain) DO UPDATE SET bundle = excluded.bundle, sequence = excluded.sequence, updated_at = excluded.updated_at
          WHERE federated_bundles.sequence <= excluded.sequence`,
       )
-      .run({ td: b.trustDomain, bundle: b.bundle, seq: b.sequence, at: b.updatedAt });
+      .run({ td: b.trustDomain, bundle: b.bundle, seq: b.sequence, at: b.updatedAt, gen: generation ?? null });
     if (r.changes !== 1) return false;
     await this.durable();
     return true;

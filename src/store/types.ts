@@ -46,6 +46,14 @@ export interface FederationRelationship {
   webCaPem?: string;
   createdAt: string;
   updatedAt: string;
+  /**
+   * Opaque token the store sets anew on every write of the relationship (create, update, re-anchor;
+   * a relationship deleted and created again gets a new one too). Always present when read; ignored
+   * when written. A refresh carries the generation it started with, and its bundle is stored only
+   * while the relationship still has it (saveFederatedBundle), so a fetch that began with the old
+   * endpoint or anchors never lands after the operator changed them (schema version 4).
+   */
+  generation?: string;
 }
 
 /** The last good foreign bundle (SPIFFE JWKS) and the outcome of the last refresh. */
@@ -295,18 +303,24 @@ export interface DataStore {
    */
   compareAndSetPluginState(plugin: string, key: string, expected: unknown | undefined, next: unknown): Promise<boolean>;
 
-  /** Federation relationships (schema version 3). `create` true: refuse (false) when one exists; false: refuse when none does. */
-  putFederation(r: FederationRelationship, create: boolean): Promise<boolean>;
+  /**
+   * Federation relationships (schema version 3). `create` true: refuse (false) when one exists;
+   * false: refuse when none does. Every write gives the relationship a new `generation` (schema
+   * version 4). With `bundle`, that bundle is stored as the last good one whatever its sequence, in
+   * the same transaction (the operator's word: a first bundle, or re-anchoring).
+   */
+  putFederation(r: FederationRelationship, create: boolean, bundle?: FederatedBundleRecord): Promise<boolean>;
   getFederation(trustDomain: string): Promise<FederationRelationship | undefined>;
   listFederations(): Promise<FederationRelationship[]>;
   /** Delete the relationship and its bundle in one transaction; false when there was none. */
   deleteFederation(trustDomain: string): Promise<boolean>;
   /**
-   * Store a foreign bundle as the last good one, only if the relationship exists and the stored
-   * bundle's sequence is not higher (so a slower verifier sharing the store never rolls it back).
-   * Returns whether it wrote.
+   * Store a foreign bundle as the last good one, only if the relationship exists — with
+   * `generation` given, only while it still has that generation — and the stored bundle's sequence
+   * is not higher (so a slower verifier sharing the store never rolls it back). All checked in the
+   * statement that writes, so it holds across verifiers sharing PostgreSQL. Returns whether it wrote.
    */
-  saveFederatedBundle(b: FederatedBundleRecord): Promise<boolean>;
+  saveFederatedBundle(b: FederatedBundleRecord, generation?: string): Promise<boolean>;
   getFederatedBundle(trustDomain: string): Promise<FederatedBundleRecord | undefined>;
   listFederatedBundles(): Promise<FederatedBundleRecord[]>;
 

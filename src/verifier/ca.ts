@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { SigilError, errorMessage, errorFields } from '../errors.js';
 import type { CaJournal, CaSlot, DataStore, JwtKeySlot } from '../store/types.js';
-import { generateKey, loadPrivateKeyPkcs8, publicKeyOf, savePrivateKeyPkcs8, spkiDer, type KeyType } from '../spiffe/keys.js';
+import { generateKey, loadPrivateKeyPkcs8, publicKeyOf, readSecretFile, savePrivateKeyPkcs8, spkiDer, type KeyType } from '../spiffe/keys.js';
 import { issueCaCertificate, issueX509Svid } from '../spiffe/x509svid.js';
 import { pemToDers } from '../x509/pem.js';
 import { mintJwtSvid } from '../spiffe/jwtsvid.js';
@@ -547,9 +547,13 @@ function loadUpstream(u: { cert: string; key: string }): Upstream {
   }
   if (chain.length === 0) throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert} holds no certificate`, { status: 500 });
   try {
-    key = createPrivateKey(readFileSync(u.key));
+    // Same check as the CA keys in dataDir (not accessible by group or others); any PEM form
+    // createPrivateKey reads (PKCS#8, SEC1, PKCS#1) is taken.
+    key = createPrivateKey(readSecretFile(u.key, 'ca.upstream.key'));
   } catch (e) {
-    throw new SigilError('ca.upstream_invalid', `ca.upstream.key ${u.key}: ${errorMessage(e)}`, { status: 500 });
+    if (e instanceof SigilError && e.code === 'keys.file_permissions') throw e;
+    const why = e instanceof SigilError ? e.message : `ca.upstream.key ${u.key}: ${errorMessage(e)}`;
+    throw new SigilError('ca.upstream_invalid', why, { status: 500 });
   }
   const signer = new X509Certificate(chain[0] as Buffer);
   if (!signer.publicKey.equals(publicKeyOf(key))) {

@@ -9,6 +9,7 @@ import { durationSchema, parseDuration } from '../util/duration.js';
 import { listenAddressFrom } from '../util/listen.js';
 import { parseTrustDomain } from '../spiffe/id.js';
 import { federationConfigFrom, federationSchema, type FederationConfig, type RawFederation } from '../federation/config.js';
+import { BUNDLE_ENDPOINT_CAPS } from '../federation/endpoint.js';
 import { SESSION_DEFAULTS, type SessionLimits } from './attestation.js';
 import { LONG_POLL_DEFAULTS, type LongPollLimits } from './authorized-cache.js';
 
@@ -38,6 +39,26 @@ export interface VerifierConfig {
 
 /** Defaults of the agent-facing HTTPS listener (also when `listen` is given as "<host>:<port>"). */
 const LISTEN_DEFAULTS = { address: '127.0.0.1', port: 8443, maxConnections: 16384, maxConnectionsPerAddress: 1024 } as const;
+
+/**
+ * The federation block with the bundle endpoint's connection caps
+ * (`federation.bundleEndpoint.maxConnections`, `maxConnectionsPerAddress`, named like the
+ * listener's caps; defaults BUNDLE_ENDPOINT_CAPS).
+ */
+const federationWithEndpointCaps = {
+  ...federationSchema,
+  properties: {
+    ...federationSchema.properties,
+    bundleEndpoint: {
+      ...federationSchema.properties.bundleEndpoint,
+      properties: {
+        ...federationSchema.properties.bundleEndpoint.properties,
+        maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: BUNDLE_ENDPOINT_CAPS.maxConnections },
+        maxConnectionsPerAddress: { type: 'integer', minimum: 1, maximum: 1_000_000, default: BUNDLE_ENDPOINT_CAPS.maxConnectionsPerAddress },
+      },
+    },
+  },
+} as const;
 
 const schema = {
   type: 'object',
@@ -112,7 +133,7 @@ const schema = {
       },
       default: {},
     },
-    federation: federationSchema,
+    federation: federationWithEndpointCaps,
     longPoll: {
       type: 'object',
       additionalProperties: false,
@@ -141,7 +162,7 @@ interface RawConfig {
   logLevel: string;
   attestation: { sessionTtl: string | number; maxSessions: number; reservedSessions: number; maxSessionsPerCredential: number; maxSessionsPerAddress: number; helloBodyLimit: number };
   longPoll: { maxWait: string | number; maxWaiters: number; maxWaitersPerAgent: number };
-  federation: RawFederation;
+  federation: RawFederation & { bundleEndpoint?: { maxConnections: number; maxConnectionsPerAddress: number } };
 }
 
 /** Validate a parsed config object. `configDir` anchors relative paths. */
@@ -182,6 +203,11 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
   if (maxWaitSeconds < 1 || maxWaitSeconds > 25) throw new SigilError('config.invalid', 'verifier config: /longPoll/maxWait must be between 1s and 25s');
   const listen = listenAddressFrom(c.listen, 'verifier config: /listen', { allowPortZero: true });
   const caps = typeof c.listen === 'string' ? { maxConnections: LISTEN_DEFAULTS.maxConnections, maxConnectionsPerAddress: LISTEN_DEFAULTS.maxConnectionsPerAddress } : c.listen;
+  const federation = federationConfigFrom(c.federation, trustDomain, configDir);
+  const endpointCaps = c.federation.bundleEndpoint;
+  if (federation.bundleEndpoint && endpointCaps) {
+    federation.bundleEndpoint = { ...federation.bundleEndpoint, maxConnections: endpointCaps.maxConnections, maxConnectionsPerAddress: endpointCaps.maxConnectionsPerAddress };
+  }
   return {
     trustDomain,
     listen: { address: listen.host, port: listen.port, maxConnections: caps.maxConnections, maxConnectionsPerAddress: caps.maxConnectionsPerAddress },
@@ -205,7 +231,7 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
       helloBodyLimit: c.attestation.helloBodyLimit,
     },
     longPoll: { maxWaitSeconds, maxWaiters: c.longPoll.maxWaiters, maxWaitersPerAgent: c.longPoll.maxWaitersPerAgent },
-    federation: federationConfigFrom(c.federation, trustDomain, configDir),
+    federation,
     configDir,
   };
 }

@@ -33,7 +33,7 @@ import { Fastify, RefusalLog, baseOptions, installErrorHandling, installJsonPars
 import { createMetrics } from './metrics.js';
 import { joinTokenServices } from './tokens.js';
 import { registerFederationAdminRoutes } from '../federation/admin-routes.js';
-import { startBundleEndpoint } from '../federation/endpoint.js';
+import { BUNDLE_ENDPOINT_CAPS, startBundleEndpoint } from '../federation/endpoint.js';
 import { FederationService } from '../federation/service.js';
 
 export interface StartOptions {
@@ -190,7 +190,13 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     registerHealthRoutes(app, core);
     registerAgentRoutes(app, core, federation);
     installConnectionCaps(app.server as unknown as NetServer, config.listen, metrics, logger);
-    const capWarning = connectionCapWarning('listen.maxConnections', config.listen.maxConnections, openFileLimit());
+    // Both public listeners' caps draw on one open-file budget.
+    const endpointCap = config.federation.bundleEndpoint ? (config.federation.bundleEndpoint.maxConnections ?? BUNDLE_ENDPOINT_CAPS.maxConnections) : 0;
+    const capWarning = connectionCapWarning(
+      endpointCap > 0 ? 'listen.maxConnections + federation.bundleEndpoint.maxConnections' : 'listen.maxConnections',
+      config.listen.maxConnections + endpointCap,
+      openFileLimit(),
+    );
     if (capWarning !== undefined) logger.warn({ code: 'verifier.open_file_limit_low' }, capWarning);
     await app.listen({ host: config.listen.address, port: config.listen.port });
     closers.push(() => app.close());
@@ -213,6 +219,7 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
         bundle: () => ca.bundle(),
         svid: () => endpointSvid as { key: string; cert: string },
         logger,
+        metrics,
       });
       const endpoint = bundleEndpoint;
       closers.push(() => endpoint.close());

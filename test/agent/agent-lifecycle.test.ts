@@ -71,7 +71,7 @@ describe('agent lifecycle', () => {
     const t2 = await joinToken(tv.adminSocket, { spiffeId: alias });
     await createEntry(tv.adminSocket, { spiffeId: 'spiffe://example.org/svc-n2', parentId: alias, selectors: [uidSel] });
     const tokenFile = join(dir, 'evict-token');
-    writeFileSync(tokenFile, `${t1.token}\n`);
+    writeFileSync(tokenFile, `${t1.token}\n`, { mode: 0o600 });
     const { agent, wl, dataDir } = await started('evict', { join_token: { tokenFile } });
     expect(await agent.whenAttested()).toBe(t1.agentId);
     await wl.streamWhen((m) => m.svids.some((x) => x.spiffe_id === 'spiffe://example.org/svc-n2'), 10_000, 'SVID under the node alias');
@@ -92,7 +92,7 @@ describe('agent lifecycle', () => {
   it('falls back to the bootstrap trustBundle when the verifier CA no longer chains to the persisted bundle', async () => {
     const t = await joinToken(tv.adminSocket);
     const tokenFile = join(dir, 'ca-token');
-    writeFileSync(tokenFile, t.token);
+    writeFileSync(tokenFile, t.token, { mode: 0o600 });
     const { agent, wl, trustBundlePath } = await started('ca', { join_token: { tokenFile } });
     expect(await agent.whenAttested()).toBe(t.agentId);
 

@@ -183,9 +183,9 @@ if (!server) {
       );
       const again = await PostgresStore.open(url, { schema });
       try {
-        expect(POSTGRES_SCHEMA_VERSION).toBe(3);
+        expect(POSTGRES_SCHEMA_VERSION).toBe(4);
         const v = await admin.query<{ version: number }>(`SELECT version FROM "${schema}".schema_version`);
-        expect(v.rows).toEqual([{ version: 3 }]);
+        expect(v.rows).toEqual([{ version: 4 }]);
         expect((await again.getAgent(id))?.factorIds).toEqual([id]);
         const raw = await admin.query<{ factor_ids: unknown }>(`SELECT factor_ids FROM "${schema}".agents WHERE id = $1`, [id]);
         expect(raw.rows[0]?.factor_ids).toEqual([id]);

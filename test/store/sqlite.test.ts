@@ -38,14 +38,14 @@ describe('SqliteStore migrations', () => {
       db.close();
       const s = new SqliteStore(path);
       try {
-        expect(SQLITE_SCHEMA_VERSION).toBe(3);
+        expect(SQLITE_SCHEMA_VERSION).toBe(4);
         expect((await s.getAgent(id))?.factorIds).toEqual([id]);
         expect(await s.renewAgentSvid(id, '0a', '0b', '2030-01-01T02:00:00.000Z')).toBe(true);
       } finally {
         await s.close();
       }
       const check = new Database(path, { readonly: true });
-      expect(check.pragma('user_version', { simple: true })).toBe(3);
+      expect(check.pragma('user_version', { simple: true })).toBe(4);
       expect(check.prepare('SELECT factor_ids FROM agents WHERE id = ?').get(id)).toEqual({ factor_ids: JSON.stringify([id]) });
       check.close();
     } finally {

@@ -98,7 +98,7 @@ describe('upstream CA file', () => {
       const validity = { notBefore: new Date(now - 60_000), notAfter: new Date(now + 86400_000 * 30) };
       const rootDer = issueCaCertificate({ subjectKey: root.publicKey, signerKey: root.privateKey, trustDomain: 'example.org', commonName: 'Root', ...validity });
       const interDer = issueCaCertificate({ subjectKey: inter.publicKey, signerKey: root.privateKey, issuerCertDer: rootDer, trustDomain: 'example.org', commonName: 'Inter', pathLen: 1, ...validity });
-      writeFileSync(join(dir, 'inter.key'), inter.privateKey.export({ format: 'pem', type: 'pkcs8' }));
+      writeFileSync(join(dir, 'inter.key'), inter.privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
       writeFileSync(join(dir, 'inter-only.pem'), certsToPem([interDer]));
       writeFileSync(join(dir, 'chain.pem'), certsToPem([interDer, rootDer]));
       writeFileSync(join(dir, 'wrong-order.pem'), certsToPem([interDer, interDer]));

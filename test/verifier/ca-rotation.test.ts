@@ -97,7 +97,7 @@ describe('CA rotation with a fake clock', () => {
     const now = new Date();
     const rootDer = issueCaCertificate({ subjectKey: root.publicKey, signerKey: root.privateKey, trustDomain: 'example.org', commonName: 'Offline Root', notBefore: new Date(now.getTime() - 60_000), notAfter: new Date(now.getTime() + 365 * 24 * H) });
     writeFileSync(join(dir, 'root.pem'), certsToPem([rootDer]));
-    writeFileSync(join(dir, 'root.key'), root.privateKey.export({ format: 'pem', type: 'pkcs8' }));
+    writeFileSync(join(dir, 'root.key'), root.privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
     const tv = await startTestVerifier({ ca: { upstream: { cert: join(dir, 'root.pem'), key: join(dir, 'root.key') } } });
     try {
       const b = SpiffeBundle.fromPem('example.org', await adminCall<string>(tv.adminSocket, 'GET', '/v1/admin/bundle?format=pem'));
