@@ -3,10 +3,11 @@
  * holding idle sockets cannot use up the verifier's file descriptors and lock every agent out.
  * Connections over a cap are closed at accept, before any TLS work; another address still gets in.
  */
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminCall } from '../../src/cli/admin-client.js';
 import { freePort } from '../agent/harness.js';
+import { idleProbe } from '../support/idle-probe.js';
 import { httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
 
 let tv: TestVerifier;
@@ -24,28 +25,7 @@ afterAll(async () => {
 
 /** Connect from `localAddress`; resolves 'open' if the socket is still open after 300 ms, 'closed' if the server closed it. */
 function probe(localAddress: string, keep: boolean): Promise<'open' | 'closed'> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: '127.0.0.1', port, localAddress });
-    let settled = false;
-    s.once('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ECONNRESET') return;
-      if (!settled) reject(e);
-    });
-    s.once('close', () => {
-      if (settled) return;
-      settled = true;
-      resolve('closed');
-    });
-    s.once('connect', () => {
-      setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        if (keep) held.push(s);
-        else s.destroy();
-        resolve('open');
-      }, 300);
-    });
-  });
+  return idleProbe(port, localAddress, keep, held);
 }
 
 describe('HTTPS connection caps', () => {

@@ -4,7 +4,6 @@
  * verifier's open-file budget: any network peer can reach it, and idle sockets piled up to EMFILE
  * would break the whole verifier. 127.0.0.x addresses act as distinct sources (Linux).
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { connect, type Socket } from 'node:net';
@@ -20,7 +19,9 @@ import { generateKey } from '../../src/spiffe/keys.js';
 import { certsToPem } from '../../src/spiffe/pem.js';
 import { issueCaCertificate } from '../../src/spiffe/x509svid.js';
 import { verifierConfigFrom } from '../../src/verifier/config.js';
+import { idleProbe } from '../support/idle-probe.js';
 import { startTestVerifier, type TestVerifier } from '../support/verifier.js';
+import { startupOutputUnder } from '../support/verifier-under-limit.js';
 
 const TD = 'caps.example';
 const held: Socket[] = [];
@@ -50,27 +51,7 @@ afterAll(async () => {
 
 /** A silent TCP connection from `localAddress`: 'open' if still open after 300 ms (then kept when `keep`), 'closed' if the server closed it. */
 function probe(port: number, localAddress: string, keep: boolean): Promise<'open' | 'closed'> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: '127.0.0.1', port, localAddress });
-    let settled = false;
-    s.on('error', (e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ECONNRESET' && !settled) reject(e);
-    });
-    s.once('close', () => {
-      if (settled) return;
-      settled = true;
-      resolve('closed');
-    });
-    s.once('connect', () => {
-      setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        if (keep) held.push(s);
-        else s.destroy();
-        resolve('open');
-      }, 300);
-    });
-  });
+  return idleProbe(port, localAddress, keep, held);
 }
 
 /** GET / from `localAddress` (the TLS identity is not what is tested here). */
@@ -198,24 +179,7 @@ describe('bundle endpoint caps and the open-file limit', () => {
   async function startUnder(limit: number, name: string, federation: string): Promise<string> {
     const config = join(dir, `${name}.yaml`);
     writeFileSync(config, `trustDomain: example.org\nlisten: { address: 127.0.0.1, port: 0, maxConnections: 1000 }\nadminSocket: ${join(dir, `${name}.sock`)}\ndataDir: ${join(dir, name)}\nlogLevel: warn\nnodeAttestors: { join_token: {} }\n${federation}`);
-    const child = spawn('prlimit', [`--nofile=${limit}:${limit}`, '--', process.execPath, '--import', 'tsx', join(root, 'test/support/run-verifier.ts'), config], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    try {
-      await new Promise<void>((res, rej) => {
-        child.stdout.on('data', (c: Buffer) => {
-          out += c.toString();
-          if (out.includes('READY')) res();
-        });
-        child.once('exit', (code) => rej(new Error(`verifier exited early (${code}): ${err}`)));
-      });
-    } finally {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await gone;
-    }
-    return out + err;
+    return startupOutputUnder(root, config, limit);
   }
 
   it('the endpoint cap is added to listen.maxConnections in the start-up check', async () => {

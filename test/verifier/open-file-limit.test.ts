@@ -4,12 +4,13 @@
  * A real verifier process under a real lowered limit (prlimit), and the parser on real
  * /proc/<pid>/limits texts.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { connectionCapWarning, openFileLimit, parseOpenFileLimit } from '../../src/util/open-file-limit.js';
+import { startupOutputUnder } from '../support/verifier-under-limit.js';
 
 const root = resolve(__dirname, '../..');
 const dir = mkdtempSync(join(tmpdir(), 'sigil-nofile-'));
@@ -38,24 +39,7 @@ describe('open-file limit', () => {
   async function startUnder(limit: number, maxConnections: number): Promise<string> {
     const config = join(dir, `v${limit}-${maxConnections}.yaml`);
     writeFileSync(config, `trustDomain: example.org\nlisten: { address: 127.0.0.1, port: 0, maxConnections: ${maxConnections} }\nadminSocket: ${join(dir, `a${limit}-${maxConnections}.sock`)}\ndataDir: ${join(dir, `d${limit}-${maxConnections}`)}\nlogLevel: warn\nnodeAttestors: { join_token: {} }\n`);
-    const child = spawn('prlimit', [`--nofile=${limit}:${limit}`, '--', process.execPath, '--import', 'tsx', join(root, 'test/support/run-verifier.ts'), config], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    try {
-      await new Promise<void>((res, rej) => {
-        child.stdout.on('data', (c: Buffer) => {
-          out += c.toString();
-          if (out.includes('READY')) res();
-        });
-        child.once('exit', (code) => rej(new Error(`verifier exited early (${code}): ${err}`)));
-      });
-    } finally {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await gone;
-    }
-    return out + err;
+    return startupOutputUnder(root, config, limit);
   }
 
   it('a verifier under a limit of 1,024 with the default cap of 16,384 says so at start; under 20,000 with a cap of 1,000 it does not', async () => {
