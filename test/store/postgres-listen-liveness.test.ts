@@ -6,13 +6,13 @@
  * before them, so a notification dropped as unreadable keeps it below the database's, and `behind()`
  * gives the connection up and primes a new one.
  */
-import type { Duplex } from 'node:stream';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PostgresStore } from '../../src/store/postgres.js';
 import type { EntriesChange, EntriesWatch } from '../../src/store/types.js';
 import { newEntry } from '../support/entries.js';
 import { startPostgres, type PostgresHandle } from '../support/postgres.js';
+import { listenSocket } from '../support/postgres-listen.js';
 
 const TD = 'spiffe://example.org';
 
@@ -26,12 +26,6 @@ async function until(fn: () => boolean | Promise<boolean>, ms = 5000): Promise<v
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The store's LISTEN connection (a private field: the test stands in for a network that loses it). */
-function listenSocket(s: PostgresStore): Duplex {
-  const c = (s as unknown as { listenClient: pg.Client | undefined }).listenClient;
-  if (!c) throw new Error('no LISTEN connection');
-  return c.connection.stream;
-}
 
 let pgh: PostgresHandle | null = null;
 let sql: pg.Client | undefined;

@@ -11,7 +11,6 @@
  * long-poll is answered 200, a plain sync no longer lists the entry and no SVID is signed for it.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import type { Duplex } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -26,6 +25,7 @@ import { AuthorizedSetCache, LONG_POLL_DEFAULTS, type AuthorizedSet } from '../.
 import { newEntry } from '../support/entries.js';
 import { attestJoinTokenAgent, type VerifierPair } from '../support/long-poll-agents.js';
 import { startPostgres, type PostgresHandle } from '../support/postgres.js';
+import { listenSocket } from '../support/postgres-listen.js';
 import { httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
 
 const TD = 'example.org';
@@ -43,12 +43,6 @@ async function until<T>(fn: () => T | undefined | false | Promise<T | undefined 
   }
 }
 
-/** The store's LISTEN connection (a private field: the test stands in for a network that loses it). */
-function listenSocket(s: PostgresStore): Duplex {
-  const c = (s as unknown as { listenClient: pg.Client | undefined }).listenClient;
-  if (!c) throw new Error('no LISTEN connection');
-  return c.connection.stream;
-}
 
 function agentRecord(name: string): AgentRecord {
   const id = `spiffe://${TD}/sigil/agent/join_token/${name}`;
