@@ -8,7 +8,7 @@ import { SigilError } from '../errors.js';
 import { parseCertificate } from './cert.js';
 import { readTlv } from './der.js';
 import { parseTrustDomain } from './id.js';
-import { keyFamilyOf } from './keys.js';
+import { exportJwk, keyFamilyOf } from './keys.js';
 import { certsToPem, pemToDers } from './pem.js';
 import type { JwtAuthority } from './jwtsvid.js';
 
@@ -26,7 +26,7 @@ function bad(msg: string): never {
 }
 
 function publicJwkOf(k: KeyObject): Record<string, string> {
-  const j = k.export({ format: 'jwk' }) as Record<string, unknown>;
+  const j = exportJwk(k) as Record<string, unknown>;
   const out: Record<string, string> = {};
   for (const m of ['kty', 'crv', 'x', 'y', 'n', 'e']) if (typeof j[m] === 'string') out[m] = j[m] as string;
   return out;

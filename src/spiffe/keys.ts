@@ -5,6 +5,7 @@ import {
   createPrivateKey,
   createPublicKey,
   generateKeyPairSync,
+  type JsonWebKey,
   type KeyObject,
 } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readFileSync, constants as fsc } from 'node:fs';
@@ -88,6 +89,24 @@ export function spkiDer(k: KeyObject): Buffer {
   const der = pub.export({ type: 'spki', format: 'der' });
   spkiCache.set(k, der);
   return der;
+}
+
+/**
+ * The JWK of a key, exported from a fresh key object made from its DER encoding, never from the
+ * object itself. Node 20 can deadlock exporting a JWK: the export holds a lock of the key's data
+ * while it allocates the JWK's strings, and a garbage collection in that allocation that frees the
+ * key-generation job the key came from (generateKeyPair[Sync]) takes the same lock in the job's
+ * destructor. The thread then waits on itself forever (seen in CI: a vitest worker stuck in
+ * `KeyGenJob::~KeyGenJob` under `ExportJWKRsaKey`; reproduced with a loop of P-256 keys). A key
+ * object made from DER shares no lock with any job.
+ */
+export function exportJwk(k: KeyObject): JsonWebKey {
+  if (k.type === 'secret') throw new SigilError('keys.unsupported_type', 'a secret key is not exported as a JWK here');
+  const fresh =
+    k.type === 'private'
+      ? createPrivateKey({ key: k.export({ type: 'pkcs8', format: 'der' }), format: 'der', type: 'pkcs8' })
+      : createPublicKey({ key: k.export({ type: 'spki', format: 'der' }), format: 'der', type: 'spki' });
+  return fresh.export({ format: 'jwk' });
 }
 
 /** Public half of a private key (or the key itself if already public). */

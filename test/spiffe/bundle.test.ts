@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { generateKeyPairSync } from 'node:crypto';
+import { exportJwk } from '../../src/spiffe/keys.js';
 import {
   SpiffeBundle,
   certsToPem,
@@ -128,7 +129,7 @@ describe('SpiffeBundle JWKS', () => {
       ['jwt duplicate kid', { keys: [jw0, jw0] }],
       ['jwt bad point', { keys: [{ ...jw0, x: 'AAAA' }] }],
       ['jwt bad member type', { keys: [{ ...jw0, x: 5 }] }],
-      ['jwt RSA 1024', { keys: [{ use: 'jwt-svid', kid: 'r', ...generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' }) }] }],
+      ['jwt RSA 1024', { keys: [{ use: 'jwt-svid', kid: 'r', ...exportJwk(generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey) }] }],
     ];
     for (const [name, input] of cases) {
       expect([name, codeOf(() => SpiffeBundle.fromJwks('example.org', input))]).toEqual([name, 'bundle.malformed']);

@@ -7,6 +7,7 @@
  * tests pass `pki.rootSha256` as `rootSha256`.
  */
 import { createHash, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
+import { exportJwk } from '../../src/spiffe/keys.js';
 import { TAG, encodeTime, encodeUnsignedInteger, tlv, tlvOf } from '../../src/spiffe/der.js';
 import { derToPem } from '../../src/spiffe/pem.js';
 import { ALG_ID_DER } from '../../src/spiffe/sigalg.js';
@@ -292,7 +293,7 @@ export function makeTdxQuote(pki: TdxTestPki, o: QuoteOptions = {}): Buffer {
     signed = Buffer.concat([header, d, body]);
   }
   const ak = p256();
-  const akXy = ak.publicKey.export({ format: 'jwk' });
+  const akXy = exportJwk(ak.publicKey);
   const akRaw = Buffer.concat([Buffer.from(akXy.x!, 'base64url'), Buffer.from(akXy.y!, 'base64url')]);
   const auth = o.qeAuthData ?? Buffer.from([...Array(32).keys()]);
   const qe = qeReport(o.qeIsvSvn ?? 4, Buffer.concat([createHash('sha256').update(akRaw).update(auth).digest(), Buffer.alloc(32)]));

@@ -6,6 +6,7 @@
  */
 import 'reflect-metadata';
 import { constants, createDecipheriv, createHash, createHmac, createPublicKey, diffieHellman, generateKeyPairSync, privateDecrypt, sign, timingSafeEqual, webcrypto, type KeyObject } from 'node:crypto';
+import { exportJwk } from '../../src/spiffe/keys.js';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { AttributeTypeAndValue, AttributeValue, GeneralName, Name, RelativeDistinguishedName, SubjectAlternativeName } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
@@ -102,7 +103,7 @@ const EK_ATTRS = 0x000300b2; // fixedTPM|fixedParent|sensitiveDataOrigin|adminWi
 const AK_ATTRS = 0x00050072; // fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|restricted|sign
 
 function jwkBytes(k: KeyObject): { n?: Buffer; e?: Buffer; x?: Buffer; y?: Buffer; crv?: string } {
-  const j = k.export({ format: 'jwk' });
+  const j = exportJwk(k);
   return {
     ...(j.n ? { n: Buffer.from(j.n, 'base64url') } : {}),
     ...(j.e ? { e: Buffer.from(j.e, 'base64url') } : {}),
@@ -270,7 +271,7 @@ export function activateCredentialSoftware(ekPrivate: KeyObject, akPub: Buffer, 
     if (y.next !== secretOuter.value.length) throw new Error('ephemeral point: trailing bytes');
     const eph = createPublicKey({ key: { kty: 'EC', crv: 'P-256', x: x.value.toString('base64url'), y: y.value.toString('base64url') }, format: 'jwk' });
     const z = leftPad(diffieHellman({ privateKey: ekPrivate, publicKey: eph }), 32);
-    const ekX = Buffer.from(ekPrivate.export({ format: 'jwk' }).x as string, 'base64url');
+    const ekX = Buffer.from(exportJwk(ekPrivate).x as string, 'base64url');
     // partyUInfo / partyVInfo: the ephemeral and EK x coordinates as the TPM2Bs hold them.
     seed = kdfeSha256(z, 'IDENTITY', x.value, ekX, 256);
   }

@@ -3,7 +3,7 @@
  * an intermediate, P-256 leaf SVIDs issued by src/spiffe/x509svid.ts), real ES256 JWT-SVIDs
  * (jose) and a server starter.
  */
-import { createPrivateKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { mkdtempSync, chmodSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +12,7 @@ import pino from 'pino';
 import { SigilError } from '../../src/errors.js';
 import type { CachedX509Svid, JwtSvidResult, WorkloadIdentitySource } from '../../src/agent/identity-source.js';
 import { issueCaCertificate, issueX509Svid } from '../../src/spiffe/x509svid.js';
-import { spkiDer } from '../../src/spiffe/keys.js';
+import { exportJwk, spkiDer } from '../../src/spiffe/keys.js';
 import { startWorkloadApi, type WorkloadApiOptions, type WorkloadApiServer } from '../../src/agent/workload-api/server.js';
 import type { WorkloadAttestor } from '../../src/plugins/types.js';
 
@@ -142,7 +142,7 @@ export class FakeSource implements WorkloadIdentitySource {
   }
 
   private get publicJwk(): { x: string; y: string } {
-    const j = this.jwtKey.publicKey.export({ format: 'jwk' }) as { x: string; y: string };
+    const j = exportJwk(this.jwtKey.publicKey) as { x: string; y: string };
     return { x: j.x, y: j.y };
   }
 
@@ -169,7 +169,7 @@ export class FakeSource implements WorkloadIdentitySource {
   }
 
   async validateJwtSvid(token: string, audience: string): Promise<{ spiffeId: string; claims: Record<string, unknown> }> {
-    const jwk = await exportJWK(this.jwtKey.publicKey);
+    const jwk = await exportJWK(createPublicKey({ key: this.jwtKey.publicKey.export({ type: 'spki', format: 'der' }), format: 'der', type: 'spki' })); // not the generated object: see exportJwk in src/spiffe/keys.ts
     const jwks = createLocalJWKSet({ keys: [{ ...jwk, kid: this.kid, alg: 'ES256' }] });
     try {
       const r = await jwtVerify(token, jwks, { audience, algorithms: ['ES256'] });
