@@ -12,7 +12,7 @@ import { attestCaller } from '../../src/agent/workload-api/attest.js';
 import { noIdentity } from '../../src/agent/workload-api/status.js';
 import type { WorkloadAttestor } from '../../src/plugins/types.js';
 import { createUnixAttestor, type UnixAttestor } from '../../src/workload/unix.js';
-import { MiB, executables, sha256File, sha256Of, sleep } from './executables.js';
+import { MiB, executables, sha256File, sha256Of, until } from './executables.js';
 
 const ATTACKER = 65534;
 const OTHER = 65533;
@@ -28,13 +28,6 @@ const FAIRNESS_BOUND_MS = 500;
 const exe = executables();
 const forever = new AbortController().signal;
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await sleep(5);
-  }
-}
 
 /** Start the hashing worker threads (two files of two uids at once), so no test times their start. */
 async function warm(a: UnixAttestor): Promise<void> {

@@ -13,7 +13,7 @@ import { attestCaller } from '../../src/agent/workload-api/attest.js';
 import { noIdentity } from '../../src/agent/workload-api/status.js';
 import type { Selector, WorkloadAttestor, WorkloadCaller } from '../../src/plugins/types.js';
 import { createUnixAttestor, type UnixAttestor } from '../../src/workload/unix.js';
-import { MiB, executables, sha256File, sha256Of, sleep } from './executables.js';
+import { MiB, executables, sha256File, sha256Of, sleep, until } from './executables.js';
 
 const ATTACKER = 65534;
 const OTHER = 65533;
@@ -23,13 +23,6 @@ const BIG = 255 * MiB; // keeps its uid's turn busy while a process is reaped (o
 const exe = executables();
 const forever = new AbortController().signal;
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await sleep(5);
-  }
-}
 
 /** Both hashing slots busy for a while: a large sparse executable of ATTACKER and one of OTHER. */
 async function occupy(a: UnixAttestor, tag: string): Promise<Promise<unknown>[]> {
