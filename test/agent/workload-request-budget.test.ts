@@ -210,8 +210,12 @@ describe('Workload API request bytes', () => {
     expect(over.grpcStatus).toBe('8');
     expect(over.grpcMessage).toBe('request message of 131073 bytes is larger than the limit (maxRequestBytes 131072)');
     // ValidateJWTSVID with a token of MAX_VALIDATE_TOKEN_BYTES and an audience of 256 three-byte characters.
-    const token = await validateJwt(t, 'x'.repeat(64 * KiB), '€'.repeat(256));
+    const token = await validateJwt(t, 'x'.repeat(16 * KiB), '€'.repeat(256));
     expect(token.grpcStatus).toBe('3'); // read, and refused as a token
+    expect(token.grpcMessage).not.toMatch(/longer than/);
+    // One byte longer is refused by its length, before any check, naming the JWT-SVID limit.
+    const long = await validateJwt(t, 'x'.repeat(16 * KiB + 1), '€'.repeat(256));
+    expect([long.grpcStatus, long.grpcMessage]).toEqual(['3', 'svid is longer than 16384 bytes, the largest JWT-SVID accepted']);
     // FetchJWTSVID with 64 such audiences and a spiffe_id.
     const auds = Array.from({ length: 64 }, (_, i) => pbString(1, `${i}`.padEnd(256, '€')));
     const jwt = await fetchJwt(t, Buffer.concat([...auds, pbString(2, `spiffe://${TD}/victim`)]));

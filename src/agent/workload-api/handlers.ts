@@ -6,6 +6,7 @@
  */
 import { isSigilError } from '../../errors.js';
 import { SpiffeId } from '../../spiffe/id.js';
+import { JWT_SVID_MAX_BYTES } from '../../spiffe/jwtsvid.js';
 import type { WorkloadIdentitySource } from '../identity-source.js';
 import type { Call } from './call.js';
 import type { WorkloadConnection } from './connection.js';
@@ -18,7 +19,8 @@ import type { Streams } from './streams.js';
 import { decodeEmptyRequest, decodeJwtSvidRequest, decodeValidateJwtSvidRequest } from './wire.js';
 
 export const MAX_AUDIENCE_LENGTH = 256;
-export const MAX_VALIDATE_TOKEN_BYTES = 64 * 1024;
+/** The longest token ValidateJWTSVID reads: the JWT-SVID limit of src/spiffe/jwtsvid.ts, refused here before any work. */
+export const MAX_VALIDATE_TOKEN_BYTES = JWT_SVID_MAX_BYTES;
 
 /** Serves one call whose request message `body` has been read; `deadlineMs` is the client's deadline, if it set one. */
 export type Handler = (conn: WorkloadConnection, call: Call, body: Buffer, deadlineMs: number | undefined) => Promise<void>;
@@ -96,7 +98,7 @@ export function workloadHandlers(d: HandlerDeps): Record<string, Handler> {
       if (req.audience.length === 0) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'audience must be specified');
       if (req.svid.length === 0) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'svid must be specified');
       if (req.audience.length > MAX_AUDIENCE_LENGTH) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `audience longer than ${MAX_AUDIENCE_LENGTH} characters`);
-      if (req.svid.length > MAX_VALIDATE_TOKEN_BYTES) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'svid is too large');
+      if (req.svid.length > MAX_VALIDATE_TOKEN_BYTES) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `svid is longer than ${MAX_VALIDATE_TOKEN_BYTES} bytes, the largest JWT-SVID accepted`);
       let r: { spiffeId: string; claims: Record<string, unknown> };
       try {
         r = await withDeadline(source.validateJwtSvid(req.svid, req.audience), deadlineMs ?? d.unaryTimeoutMs);

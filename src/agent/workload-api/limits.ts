@@ -139,11 +139,11 @@ export const DEFAULT_MAX_REQUEST_BYTES = 128 * 1024;
 
 export interface RequestLimitOptions {
   /**
-   * Largest request message (default 128 KiB). The largest legitimate one is a ValidateJWTSVID:
-   * a token of up to 64 KiB (handlers.ts MAX_VALIDATE_TOKEN_BYTES; a JWT is ASCII) and an
-   * audience of up to 256 characters, about 65 KiB; a FetchJWTSVID with 64 audiences of 256
-   * characters (at most 3 bytes each in UTF-8) and a SPIFFE ID (at most 2048 bytes) is under
-   * 52 KiB. Refused from the length prefix alone.
+   * Largest request message (default 128 KiB). The largest legitimate one is a FetchJWTSVID with
+   * 64 audiences of 256 characters (at most 3 bytes each in UTF-8) and a SPIFFE ID (at most 2048
+   * bytes), under 52 KiB; a ValidateJWTSVID carries a token of at most 16 KiB (handlers.ts
+   * MAX_VALIDATE_TOKEN_BYTES, the JWT-SVID limit; a JWT is ASCII) and an audience of up to 256
+   * characters. Refused from the length prefix alone.
    */
   maxRequestBytes?: number;
   /** Request bytes being received across all calls of the server (default 64 MiB). */
