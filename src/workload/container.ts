@@ -15,7 +15,9 @@
  *   podman      .../libpod-<id>.scope, /libpod_parent/libpod-<id>
  *   containerd  /<namespace>/<id>                      (containerd's own clients, cgroupfs: `0::/default/<id>`;
  *                                                      only for namespaces listed in `containerd.namespaces`)
- *   pod UID     kubepods-<qos>-pod<uid with _>.slice (systemd) or pod<uid> (cgroupfs) below kubepods
+ *   pod UID     kubepods-<qos>-pod<uid with _>.slice (systemd) or pod<uid> (cgroupfs) below kubepods;
+ *               kubelet-kubepods-<qos>-pod<uid with _>.slice below kubelet-kubepods.slice (a kubelet
+ *               with --cgroup-root=/kubelet and the systemd driver, as in kind's nodes)
  * Monitor processes (`crio-conmon-<id>`, `libpod-conmon-<id>`) are not containers and match nothing.
  *
  * Nested containers: the OUTERMOST match on a line wins, and nothing below it counts (neither a
@@ -121,7 +123,9 @@ const EXPLICIT: { re: RegExp; runtime: ContainerRuntime }[] = [
   { re: new RegExp(`^libpod-(${ID})(?:\\.scope)?$`), runtime: 'podman' },
 ];
 const BARE_ID = new RegExp(`^${ID}$`);
-const POD_SYSTEMD = /^kubepods(?:-[a-z]+)*-pod([0-9a-f_]{36})\.slice$/;
+// `kubelet-` is the prefix systemd gives the slices below a kubelet started with
+// `--cgroup-root=/kubelet` (kind's nodes): kubelet.slice/kubelet-kubepods.slice/….
+const POD_SYSTEMD = /^(?:kubelet-)?kubepods(?:-[a-z]+)*-pod([0-9a-f_]{36})\.slice$/;
 const POD_CGROUPFS = /^pod([0-9a-f-]{36})$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const USER_DELEGATION = /^user@\d+\.service$/;
@@ -168,7 +172,7 @@ export function matchCgroupPath(path: string, containerdNamespaces: readonly str
   for (let i = 0; i < segs.length; i++) {
     const seg = segs[i]!;
     if (USER_DELEGATION.test(seg)) m.delegated = true;
-    if (seg === 'kubepods' || seg.startsWith('kubepods-') || seg === 'kubepods.slice') underKubepods = true;
+    if (seg === 'kubepods' || seg.startsWith('kubepods-') || seg === 'kubepods.slice' || seg.startsWith('kubelet-kubepods-') || seg === 'kubelet-kubepods.slice') underKubepods = true;
     if (underKubepods && m.podUid === undefined) {
       const ps = POD_SYSTEMD.exec(seg);
       const pc = ps ? null : POD_CGROUPFS.exec(seg);

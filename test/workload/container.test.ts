@@ -33,6 +33,16 @@ const samples: { name: string; text: string; expect: ReturnType<typeof parseCgro
     expect: { id: ID, runtime: 'containerd', podUid: POD },
   },
   {
+    name: 'containerd in a kind node (kubelet --cgroup-root=/kubelet, systemd driver), seen from inside the node',
+    text: `0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${POD_}.slice/cri-containerd-${ID}.scope\n`,
+    expect: { id: ID, runtime: 'containerd', podUid: POD },
+  },
+  {
+    name: 'a guaranteed pod in a kind node',
+    text: `0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod${POD_}.slice/cri-containerd-${ID}.scope\n`,
+    expect: { id: ID, runtime: 'containerd', podUid: POD },
+  },
+  {
     name: 'cri-o, cgroup v2, systemd driver',
     text: `0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${POD_}.slice/crio-${ID}.scope\n`,
     expect: { id: ID, runtime: 'crio', podUid: POD },
