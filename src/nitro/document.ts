@@ -337,6 +337,8 @@ export interface NitroDocumentFields {
 const REQUIRED = ['module_id', 'digest', 'timestamp', 'pcrs', 'certificate', 'cabundle'] as const;
 const OPTIONAL = ['public_key', 'user_data', 'nonce'] as const;
 const ALLOWED = new Set<string>([...REQUIRED, ...OPTIONAL]);
+/** The largest time value a JavaScript Date holds (ECMA-262 §21.4.1.1, year 275760). */
+const MAX_TIMESTAMP_MS = 8.64e15;
 /** module_id becomes the agent ID suffix, so it is limited to SPIFFE path-segment characters. */
 const MODULE_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 
@@ -370,7 +372,10 @@ export function parseNitroPayload(payload: Uint8Array): NitroDocumentFields {
   }
   if (m.get('digest') !== 'SHA384') throw badField('digest', 'must be "SHA384"');
   const ts: unknown = m.get('timestamp');
-  if (typeof ts !== 'number' || !Number.isSafeInteger(ts) || ts <= 0) throw badField('timestamp', 'must be a positive integer (ms since the epoch)');
+  // At most the last instant a Date can hold, so every later use (messages, claims) has a valid time.
+  if (typeof ts !== 'number' || !Number.isSafeInteger(ts) || ts <= 0 || ts > MAX_TIMESTAMP_MS) {
+    throw badField('timestamp', `must be a positive integer (ms since the epoch) of at most ${MAX_TIMESTAMP_MS}`);
+  }
   const pcrsIn: unknown = m.get('pcrs');
   if (!(pcrsIn instanceof Map)) throw badField('pcrs', 'must be a map');
   if (pcrsIn.size < 1 || pcrsIn.size > 32) throw badField('pcrs', `has ${pcrsIn.size} entries (must be 1..32)`);

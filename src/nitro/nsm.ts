@@ -68,7 +68,7 @@ export function decodeAttestationRequest(bytes: Uint8Array): NsmAttestationReque
   const names: Record<string, keyof NsmAttestationRequest> = { nonce: 'nonce', public_key: 'publicKey', user_data: 'userData' };
   for (const [k, v] of body) {
     const field = typeof k === 'string' ? names[k] : undefined;
-    if (field === undefined) throw new SigilError('nitro.nsm_request_invalid', `NSM request has unknown field ${String(k)}`);
+    if (field === undefined) throw new SigilError('nitro.nsm_request_invalid', `NSM request has unknown field ${typeof k === 'string' ? `"${k.slice(0, 64)}"` : 'with a non-text key'}`);
     if (v !== null && !(v instanceof Uint8Array)) throw new SigilError('nitro.nsm_request_invalid', `NSM request field ${String(k)} must be bytes or null`);
     out[field] = v === null ? null : Buffer.from(v);
   }

@@ -25,7 +25,7 @@ export interface NitroVerifyOptions {
   allowDebug?: boolean;
   /** Reject documents older than this many seconds at `at`. Undefined: age is not checked (offline use). */
   maxAgeSeconds?: number;
-  /** Reject documents whose timestamp is more than this many seconds after `at`. Default 60. */
+  /** Reject documents whose timestamp is more than this many seconds after `at` (finite, >= 0). Default 60. */
   maxFutureSkewSeconds?: number;
   /** When given, the document's `nonce` must equal it (constant-time compare). */
   expectedNonce?: Uint8Array;
@@ -124,6 +124,8 @@ function verifyInner(document: Uint8Array, opts: NitroVerifyOptions): NitroVerif
   const cache = opts.cache ?? defaultCache;
   const skew = opts.maxFutureSkewSeconds ?? DEFAULT_MAX_FUTURE_SKEW_SECONDS;
   if (opts.maxAgeSeconds !== undefined && !(opts.maxAgeSeconds > 0)) throw new SigilError('nitro.bad_options', 'maxAgeSeconds must be > 0');
+  // NaN would turn the future check off (every comparison with it is false).
+  if (!(skew >= 0 && Number.isFinite(skew))) throw new SigilError('nitro.bad_options', 'maxFutureSkewSeconds must be a finite number >= 0');
 
   const cose = parseCoseSign1(document);
   const doc = parseNitroPayload(cose.payload);
