@@ -114,6 +114,16 @@ function fail(code: string, message: string): never {
   throw new SigilError(code, message, { status: BAD_INPUT_CODES.has(code) ? 400 : 403 });
 }
 
+/**
+ * A name or string from a certificate (not yet verified: anyone can write it) as quoted in an error
+ * message: as is when it is short printable ASCII, else JSON-escaped and cut to 64 characters.
+ */
+function shown(s: string | undefined): string {
+  if (s === undefined) return 'none';
+  if (/^[\x20-\x7e]{1,64}$/.test(s)) return s;
+  return s.length > 64 ? `${JSON.stringify(s.slice(0, 64))}… (${s.length} characters)` : JSON.stringify(s);
+}
+
 /** Parse a DER value with an asn1-schema type and require canonical DER with no trailing bytes (re-encoding must be identical). */
 function parseExact<T>(data: Buffer, type: new () => T, what: string): T {
   let v: T;
@@ -263,10 +273,10 @@ export function productFromEndorsementCert(cert: SevCert, amd: AmdCertExtensions
   const cn = cert.issuerCN ?? '';
   const fromIssuer = productFromName(cn.replace(/^SEV-(VLEK-)?/i, ''));
   if (amd.productName !== undefined && fromExt === undefined) {
-    fail('sev.vcek_extension_invalid', `productName "${amd.productName}" is not Milan, Genoa or Turin`);
+    fail('sev.vcek_extension_invalid', `productName ${shown(amd.productName)} is not Milan, Genoa or Turin`);
   }
   if (fromExt && fromIssuer && fromExt !== fromIssuer) {
-    fail('sev.vcek_extension_invalid', `productName ${amd.productName} disagrees with issuer CN ${cn}`);
+    fail('sev.vcek_extension_invalid', `productName ${shown(amd.productName)} disagrees with issuer CN ${shown(cn)}`);
   }
   return fromExt ?? fromIssuer;
 }
@@ -291,7 +301,7 @@ export interface ChainOptions {
 const signatureCache = new LinkCache(4096);
 
 function checkSignedBy(cert: SevCert, issuer: SevCert, label: string, issuerLabel: string): void {
-  if (!cert.issuer.equals(issuer.subject)) fail('sev.chain_incomplete', `${label} issuer (CN=${cert.issuerCN}) is not the ${issuerLabel} (CN=${issuer.subjectCN})`);
+  if (!cert.issuer.equals(issuer.subject)) fail('sev.chain_incomplete', `${label} issuer (CN=${shown(cert.issuerCN)}) is not the ${issuerLabel} (CN=${shown(issuer.subjectCN)})`);
   if (!signatureCache.check(cert, issuer, () => signatureVerifies(cert.cert, issuer.cert))) {
     fail('sev.cert_signature_invalid', `${label} certificate signature does not verify under the ${issuerLabel}`);
   }
@@ -312,7 +322,7 @@ function checkValidity(cert: SevCert, label: string, now: Date): void {
  * extension is refused rather than given the benefit of the doubt.
  */
 function requireIssuerRole(cert: SevCert, label: string): void {
-  const who = `${label} certificate (CN=${cert.subjectCN ?? 'none'})`;
+  const who = `${label} certificate (CN=${shown(cert.subjectCN)})`;
   if (!cert.hasBasicConstraints) fail('sev.cert_usage_invalid', `${who} has no basicConstraints extension; an AMD ${label} must say CA:TRUE`);
   if (!cert.isCA) fail('sev.cert_usage_invalid', `${who} has basicConstraints CA:FALSE; an AMD ${label} must say CA:TRUE`);
   if (cert.keyCertSign === undefined) fail('sev.cert_usage_invalid', `${who} has no keyUsage extension; an AMD ${label} must have keyUsage keyCertSign`);
@@ -324,7 +334,7 @@ function requireIssuerRole(cert: SevCert, label: string): void {
  * keyUsage. Refuse one that claims CA:TRUE or keyCertSign (it could otherwise pose as an issuer).
  */
 function requireEndEntityRole(cert: SevCert, label: string): void {
-  const who = `${label} certificate (CN=${cert.subjectCN ?? 'none'})`;
+  const who = `${label} certificate (CN=${shown(cert.subjectCN)})`;
   if (cert.isCA) fail('sev.cert_usage_invalid', `${who} has basicConstraints CA:TRUE; a ${label} must be an end-entity (non-CA) certificate`);
   if (cert.keyCertSign === true) fail('sev.cert_usage_invalid', `${who} keyUsage includes keyCertSign; a ${label} must not be allowed to sign certificates`);
 }
@@ -344,7 +354,7 @@ function checkIntermediate(cand: SevCert, ark: SevCert, kind: SnpSigningKey, now
   const interLabel = kind === 'vcek' ? 'ASK' : 'ASVK';
   const interIsVlek = /^SEV-VLEK-/i.test(cand.subjectCN ?? '');
   if (interIsVlek !== (kind === 'vlek')) {
-    fail('sev.chain_kind_mismatch', `${whose} CN=${cand.subjectCN}, which is not an ${interLabel}`);
+    fail('sev.chain_kind_mismatch', `${whose} CN=${shown(cand.subjectCN)}, which is not an ${interLabel}`);
   }
   requireIssuerRole(cand, interLabel);
   checkSignedBy(cand, ark, interLabel, 'ARK');
@@ -442,7 +452,7 @@ export function verifyEndorsementChain(leafDer: Uint8Array, chainDers: readonly 
   const interLabel = kind === 'vcek' ? 'ASK' : 'ASVK';
   const candidates = chain.filter((c) => c !== ark && c.sha256 !== ark.sha256 && c.subject.equals(leaf.issuer));
   if (candidates.length === 0) {
-    fail('sev.chain_incomplete', `no ${interLabel} certificate for ${label} issuer CN=${leaf.issuerCN} was supplied`);
+    fail('sev.chain_incomplete', `no ${interLabel} certificate for ${label} issuer CN=${shown(leaf.issuerCN)} was supplied`);
   }
 
   checkArk(ark, opts.now);

@@ -25,7 +25,8 @@
  * whoever makes the verifier ask KDS spends it for everyone.
  *
  * An answer is read as a stream and the read is aborted as soon as it passes 64 KiB (or up front when
- * Content-Length says so). `baseUrl` must be https://, or http:// on a loopback host (tests).
+ * Content-Length says so). `baseUrl` must be https://, or http:// on a loopback host (tests); a
+ * redirect is never followed (a 3xx answer is sev.kds_fetch_failed).
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -60,7 +61,8 @@ export interface KdsResponse {
   body: ReadableStream<Uint8Array> | null;
 }
 
-export type FetchLike = (url: string, init: { signal: AbortSignal; headers?: Record<string, string> }) => Promise<KdsResponse>;
+/** `redirect: 'manual'`: a 3xx answer is returned as is (and refused), never followed. */
+export type FetchLike = (url: string, init: { signal: AbortSignal; headers?: Record<string, string>; redirect?: 'manual' }) => Promise<KdsResponse>;
 
 function isLoopbackHost(hostname: string): boolean {
   // URL normalises IPv4 forms (127.1 → 127.0.0.1) and brackets IPv6 literals.
@@ -177,7 +179,9 @@ async function kdsGet(fetchImpl: FetchLike, url: string): Promise<Buffer | undef
   try {
     let res: KdsResponse;
     try {
-      res = await fetchImpl(url, { signal: abort.signal });
+      // Redirects are not followed: one would take the request off `baseUrl` (to plain http://, or
+      // to any host the answer names) and is refused below as an HTTP error like any non-2xx.
+      res = await fetchImpl(url, { signal: abort.signal, redirect: 'manual' });
     } catch (e) {
       throw kdsFailed(`AMD KDS request ${url} failed: ${errorMessage(e)}`, e);
     }

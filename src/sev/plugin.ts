@@ -56,6 +56,7 @@ export const sevVerifierConfigSchema: JsonSchema = {
   additionalProperties: false,
   properties: {
     allowDebug: { type: 'boolean', default: false },
+    allowMigrationAgent: { type: 'boolean', default: false },
     vmpls: { type: 'array', items: { type: 'integer', minimum: 0, maximum: 3 }, minItems: 1, uniqueItems: true, default: [0] },
     products: { type: 'array', items: { enum: [...SNP_PRODUCTS] }, minItems: 1, uniqueItems: true, default: [...SNP_PRODUCTS] },
     minTcb: {
@@ -102,6 +103,7 @@ export const sevAgentConfigSchema: JsonSchema = {
 
 export interface SevVerifierConfig {
   allowDebug?: boolean;
+  allowMigrationAgent?: boolean;
   vmpls?: number[];
   products?: SnpProduct[];
   minTcb?: SnpMinTcb;
@@ -128,6 +130,11 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype;
 }
 
+/** An attacker-chosen JSON key as quoted in an error message: JSON-escaped, at most 64 characters. */
+function keyShown(k: string): string {
+  return k.length > 64 ? `${JSON.stringify(k.slice(0, 64))}… (${k.length} characters)` : JSON.stringify(k);
+}
+
 function decodeB64(v: unknown, what: string, maxBytes: number): Buffer {
   return decodeBase64(v, what, { code: 'sev.payload_invalid', maxBytes });
 }
@@ -138,7 +145,7 @@ function decodeCerts(v: unknown, where: string): Partial<Record<CertKind, Buffer
   if (!isPlainObject(v)) throw new SigilError('sev.payload_invalid', `${where}.certs must be an object`);
   const out: Partial<Record<CertKind, Buffer>> = {};
   for (const [k, val] of Object.entries(v)) {
-    if (!(CERT_KINDS as readonly string[]).includes(k)) throw new SigilError('sev.payload_invalid', `${where}.certs has unknown key "${k}"`);
+    if (!(CERT_KINDS as readonly string[]).includes(k)) throw new SigilError('sev.payload_invalid', `${where}.certs has unknown key ${keyShown(k)}`);
     out[k as CertKind] = decodeB64(val, `${where}.certs.${k}`, MAX_CERT_BYTES);
   }
   return out;
@@ -154,7 +161,7 @@ function encodeCerts(c: SnpCertBundle): Record<string, string> | undefined {
 }
 
 function onlyKeys(o: Record<string, unknown>, allowed: string[], where: string): void {
-  for (const k of Object.keys(o)) if (!allowed.includes(k)) throw new SigilError('sev.payload_invalid', `${where} has unknown key "${k}"`);
+  for (const k of Object.keys(o)) if (!allowed.includes(k)) throw new SigilError('sev.payload_invalid', `${where} has unknown key ${keyShown(k)}`);
 }
 
 interface VerifierState {
@@ -183,6 +190,7 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
   });
   const policy: SnpPolicyOptions = {
     allowDebug: cfg.allowDebug === true,
+    allowMigrationAgent: cfg.allowMigrationAgent === true,
     vmpls: cfg.vmpls ?? [0],
     products,
     ...(cfg.minTcb ? { minTcb: cfg.minTcb } : {}),

@@ -33,6 +33,12 @@ export interface SnpMinTcb {
 export interface SnpPolicyOptions {
   /** Accept reports whose guest policy allows debugging. Default false. */
   allowDebug?: boolean;
+  /**
+   * Accept reports whose guest policy allows a migration agent (MIGRATE_MA, bit 18). Default false:
+   * the migration agent, which the host binds at launch and this verifier does not attest, can
+   * export the guest's memory and state.
+   */
+  allowMigrationAgent?: boolean;
   /** VMPLs the report may come from. Default [0]. */
   vmpls?: number[];
   /** Product lines accepted. Default all three. */
@@ -118,6 +124,9 @@ function checkEndorsementMatchesReport(report: SnpReport, end: VerifiedEndorseme
 
 function checkPolicy(report: SnpReport, product: SnpProduct, tcb: SnpTcbParts, opts: SnpPolicyOptions): void {
   if (report.policyFlags.debug && opts.allowDebug !== true) fail('sev.debug_not_allowed', 'guest policy allows debugging (DEBUG bit 19 set) and allowDebug is off');
+  if (report.policyFlags.migrateMa && opts.allowMigrationAgent !== true) {
+    fail('sev.migration_agent_not_allowed', 'guest policy allows a migration agent (MIGRATE_MA bit 18 set) and allowMigrationAgent is off');
+  }
   const vmpls = opts.vmpls ?? [0];
   if (!vmpls.includes(report.vmpl)) fail('sev.vmpl_not_allowed', `report VMPL ${report.vmpl} is not in the allowed list [${vmpls.join(', ')}]`);
   const products = opts.products ?? SNP_PRODUCTS;
