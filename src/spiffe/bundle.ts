@@ -97,8 +97,10 @@ export class SpiffeBundle {
   static fromJwks(trustDomain: string, json: unknown): SpiffeBundle {
     let doc = json;
     if (typeof doc === 'string' || doc instanceof Uint8Array) {
-      const text = typeof doc === 'string' ? doc : Buffer.from(doc).toString('utf8');
-      if (text.length > BUNDLE_MAX_JSON_BYTES) bad(`bundle JSON is larger than ${BUNDLE_MAX_JSON_BYTES} bytes`);
+      // In bytes, and before decoding (a UTF-16 length undercounts multi-byte characters).
+      const size = typeof doc === 'string' ? Buffer.byteLength(doc, 'utf8') : doc.byteLength;
+      if (size > BUNDLE_MAX_JSON_BYTES) bad(`bundle JSON is larger than ${BUNDLE_MAX_JSON_BYTES} bytes`);
+      const text = typeof doc === 'string' ? doc : Buffer.from(doc.buffer, doc.byteOffset, doc.byteLength).toString('utf8');
       try {
         doc = JSON.parse(text);
       } catch (e) {

@@ -24,6 +24,11 @@ function err(code: string, msg: string): SigilError {
   return new SigilError(code, msg, { status: 401 });
 }
 
+/** A token-supplied value for a message, cut short (a token runs to 16 KiB). */
+function shown(s: string): string {
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
 export interface MintJwtSvidOptions {
   privateKey: KeyObject;
   kid: string;
@@ -123,16 +128,16 @@ function keyFitsAlg(key: KeyObject, alg: string): boolean {
 export async function validateJwtSvid(token: string, opts: ValidateJwtSvidOptions): Promise<ValidatedJwtSvid> {
   const { header, claims, signature } = decodeJwtSvidUnverified(token);
   for (const k of Object.keys(header)) {
-    if (!ALLOWED_HEADER.has(k)) throw err('jwtsvid.bad_header', `JWT header parameter "${k}" is not allowed (only alg, kid, typ)`);
+    if (!ALLOWED_HEADER.has(k)) throw err('jwtsvid.bad_header', `JWT header parameter "${shown(k)}" is not allowed (only alg, kid, typ)`);
   }
   const alg = header.alg;
   if (typeof alg !== 'string' || !ALG_SET.has(alg)) {
-    throw err('jwtsvid.bad_alg', `JWT alg ${JSON.stringify(alg ?? null)} is not allowed (RS/ES/PS 256-512 only)`);
+    throw err('jwtsvid.bad_alg', `JWT alg ${shown(JSON.stringify(alg ?? null))} is not allowed (RS/ES/PS 256-512 only)`);
   }
   if (signature.length === 0) throw err('jwtsvid.malformed', 'JWT has no signature');
   if (typeof header.kid !== 'string' || header.kid.length === 0) throw err('jwtsvid.missing_kid', 'JWT header has no kid');
   if (header.typ !== undefined && header.typ !== 'JWT' && header.typ !== 'JOSE') {
-    throw err('jwtsvid.bad_typ', `JWT typ ${JSON.stringify(header.typ)} must be JWT or JOSE`);
+    throw err('jwtsvid.bad_typ', `JWT typ ${shown(JSON.stringify(header.typ))} must be JWT or JOSE`);
   }
   if (claims.aud === undefined) throw err('jwtsvid.missing_aud', 'JWT has no aud claim');
   const aud = claims.aud;
@@ -155,8 +160,8 @@ export async function validateJwtSvid(token: string, opts: ValidateJwtSvidOption
   const authorities = opts.keysFor(spiffeId.trustDomain);
   if (!authorities || authorities.length === 0) throw err('jwtsvid.no_bundle', `no JWT authorities for trust domain ${spiffeId.trustDomain}`);
   const authority = authorities.find((a) => a.kid === header.kid);
-  if (!authority) throw err('jwtsvid.unknown_kid', `kid "${header.kid}" is not a JWT authority of ${spiffeId.trustDomain}`);
-  if (!keyFitsAlg(authority.publicKey, alg)) throw err('jwtsvid.key_mismatch', `authority "${header.kid}" key does not fit alg ${alg}`);
+  if (!authority) throw err('jwtsvid.unknown_kid', `kid "${shown(header.kid)}" is not a JWT authority of ${spiffeId.trustDomain}`);
+  if (!keyFitsAlg(authority.publicKey, alg)) throw err('jwtsvid.key_mismatch', `authority "${shown(header.kid)}" key does not fit alg ${alg}`);
 
   try {
     await jwtVerify(token, authority.publicKey, {

@@ -28,6 +28,7 @@ import {
   OID_BC,
   OID_EKU,
   OID_KU,
+  OID_NAME_CONSTRAINTS,
   OID_SAN,
   OID_SKI,
   encodeAkiValue,
@@ -50,9 +51,20 @@ const OID_CN = Buffer.from('550403', 'hex');
 const OID_SERIAL_NUMBER = Buffer.from('550405', 'hex');
 const MAX_CHAIN = 16;
 const MAX_DEPTH = 8;
+/**
+ * Candidate issuers (name matches) path building may examine per verification: a presented chain
+ * of same-named, mutually issuing CAs would otherwise make the depth-first search walk every
+ * ordering of them (exponential in the chain length).
+ */
+const MAX_PATH_WORK = 256;
 
 function err(code: string, msg: string): SigilError {
   return new SigilError(code, msg);
+}
+
+/** A presented certificate's name for a message, cut short (subjects run to the 64 KiB certificate cap). */
+function shown(name: string): string {
+  return name.length > 120 ? `${name.slice(0, 117)}...` : name;
 }
 
 function checkDate(d: Date, what: string): void {
@@ -454,6 +466,8 @@ function signingCertProblem(c: ParsedCertificate, now: Date, belowCaCount: numbe
   if (v) return v;
   for (const e of c.extensions) {
     if (e.critical && !HANDLED_EXTENSIONS.has(e.oid)) return { code: 'x509svid.unhandled_critical_extension', msg: `has unhandled critical extension ${e.oid}` };
+    // Not applied, so not ignored either (RFC 5280 wants it critical; many CAs mark it non-critical).
+    if (e.oid === OID_NAME_CONSTRAINTS) return bad('has a nameConstraints extension, which Sigil does not apply');
   }
   const uri = c.san?.uris.find((u) => u.startsWith('spiffe://'));
   if (uri !== undefined) {
@@ -511,32 +525,49 @@ export function verifyX509Svid(
   let last: Problem = { code: 'x509svid.untrusted', msg: 'no bundle authority or presented intermediate issued the chain' };
   const path: ParsedCertificate[] = [leaf];
   const used = new Set<number>();
+  // Bounded search: every name-matching candidate counts, and each (child, issuer) signature is checked once.
+  let work = 0;
+  const spend = (): void => {
+    if (++work > MAX_PATH_WORK) {
+      throw err('x509svid.path_search_exhausted', `path building gave up after ${MAX_PATH_WORK} candidate issuers (too many presented certificates share issuer names)`);
+    }
+  };
+  const verdicts = new Map<ParsedCertificate, Map<ParsedCertificate, boolean>>();
+  const signedByOnce = (child: ParsedCertificate, issuer: ParsedCertificate): boolean => {
+    let m = verdicts.get(child);
+    if (!m) verdicts.set(child, (m = new Map()));
+    let v = m.get(issuer);
+    if (v === undefined) m.set(issuer, (v = signedBy(child, issuer)));
+    return v;
+  };
   const build = (child: ParsedCertificate, caCountBelow: number): boolean => {
     for (const r of roots) {
       if (!child.issuerDer.equals(r.subjectDer)) continue;
+      spend();
       const p = signingCertProblem(r, now, caCountBelow);
       if (p !== undefined) {
-        last = { code: p.code, msg: `bundle authority ${r.subject} ${p.msg}` };
+        last = { code: p.code, msg: `bundle authority ${shown(r.subject)} ${p.msg}` };
         continue;
       }
-      if (signedBy(child, r)) {
+      if (signedByOnce(child, r)) {
         path.push(r);
         return true;
       }
-      last = { code: 'x509svid.bad_signature', msg: `signature of ${child === leaf ? 'the leaf' : child.subject} does not verify with bundle authority ${r.subject}` };
+      last = { code: 'x509svid.bad_signature', msg: `signature of ${child === leaf ? 'the leaf' : shown(child.subject)} does not verify with bundle authority ${shown(r.subject)}` };
     }
     if (path.length > MAX_DEPTH) return false;
     for (let i = 0; i < intermediates.length; i++) {
       if (used.has(i)) continue;
       const c = intermediates[i]!;
       if (!child.issuerDer.equals(c.subjectDer)) continue;
+      spend();
       const p = signingCertProblem(c, now, caCountBelow);
       if (p !== undefined) {
-        last = { code: p.code, msg: `intermediate ${c.subject} ${p.msg}` };
+        last = { code: p.code, msg: `intermediate ${shown(c.subject)} ${p.msg}` };
         continue;
       }
-      if (!signedBy(child, c)) {
-        last = { code: 'x509svid.bad_signature', msg: `signature of ${child === leaf ? 'the leaf' : child.subject} does not verify with intermediate ${c.subject}` };
+      if (!signedByOnce(child, c)) {
+        last = { code: 'x509svid.bad_signature', msg: `signature of ${child === leaf ? 'the leaf' : shown(child.subject)} does not verify with intermediate ${shown(c.subject)}` };
         continue;
       }
       used.add(i);

@@ -237,6 +237,8 @@ function parse(input: Uint8Array, opts: ParseOptions, sigilKeys: boolean): AnyKe
     authorityKeyId: undefined,
   };
   for (const e of extensions) {
+    // The walk above stops at each extnValue OCTET STRING: the values decoded here get it too.
+    if (!ber && HANDLED_EXTENSIONS.has(e.oid)) checkStrictDer(e.value, C);
     switch (e.oid) {
       case OID_BC:
         cert.basicConstraints = { ...parseBasicConstraintsValue(e.value, C, ber), critical: e.critical };

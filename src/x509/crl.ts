@@ -11,6 +11,7 @@ import { X509_CODES } from './errors.js';
 import { OID_AKI } from './ext.js';
 import { pemBlocks } from './pem.js';
 import { parseSigAlg, verifyWith, type SigAlg } from './sigalg.js';
+import { verificationTimeMs } from './validity.js';
 
 const OID_CRL_NUMBER = '2.5.29.20';
 const C = X509_CODES.crlMalformed;
@@ -86,9 +87,17 @@ export function parseCrl(input: Uint8Array): ParsedCrl {
   if (f[i]?.tag === 0xa0) {
     // crlExtensions: only CRL number / AKI are expected; an unknown critical one is refused.
     const w = children(der, f[i]!, C);
-    for (const e of children(der, w[0]!, C)) {
+    if (w.length !== 1 || w[0]!.tag !== TAG.SEQUENCE) crlBad('crlExtensions must wrap one Extensions SEQUENCE');
+    const exts = children(der, w[0]!, C);
+    if (exts.length === 0) crlBad('crlExtensions is empty');
+    const seen = new Set<string>();
+    for (const e of exts) {
       const ef = children(der, e, C);
+      if (e.tag !== TAG.SEQUENCE || ef.length < 2 || ef.length > 3 || ef[ef.length - 1]!.tag !== TAG.OCTET_STRING) crlBad('CRL extension malformed');
+      if (ef.length === 3 && ef[1]!.tag !== TAG.BOOLEAN) crlBad('CRL extension critical is not a BOOLEAN');
       const oid = decodeOid(der, ef[0]!, C);
+      if (seen.has(oid)) crlBad(`CRL extension ${oid} appears twice`);
+      seen.add(oid);
       if (ef.length === 3 && oid !== OID_CRL_NUMBER && oid !== OID_AKI) crlBad(`unknown critical CRL extension ${oid}`);
     }
     i++;
@@ -115,12 +124,12 @@ export function crlSignatureVerifies(crl: ParsedCrl, issuer: AnyKeyCertificate):
 /**
  * The CRL names `issuer`, its signature verifies (through `verify`, default a direct check) and
  * `at` is inside thisUpdate..nextUpdate. Throws `x509.crl_issuer_mismatch`,
- * `x509.crl_signature_invalid`, `x509.crl_not_yet_valid`, `x509.crl_expired`.
+ * `x509.crl_signature_invalid`, `x509.crl_not_yet_valid`, `x509.crl_expired` (`x509.bad_time` for a time that is not finite).
  */
 export function checkCrl(crl: ParsedCrl, issuer: AnyKeyCertificate, at: number | Date, what = 'CRL', verify: () => boolean = () => crlSignatureVerifies(crl, issuer)): void {
   if (!crl.issuerDer.equals(issuer.subjectDer)) throw new SigilError(X509_CODES.crlIssuerMismatch, `${what} is not issued by "${issuer.subject}"`, { status: 403 });
   if (!verify()) throw new SigilError(X509_CODES.crlSignatureInvalid, `${what} signature does not verify under its issuer's key`, { status: 403 });
-  const t = typeof at === 'number' ? at : at.getTime();
+  const t = verificationTimeMs(at);
   if (t < crl.thisUpdate.getTime()) throw new SigilError(X509_CODES.crlNotYetValid, `${what} is not valid before ${crl.thisUpdate.toISOString()}`, { status: 403 });
   if (t > crl.nextUpdate.getTime()) throw new SigilError(X509_CODES.crlExpired, `${what} expired at its nextUpdate ${crl.nextUpdate.toISOString()}`, { status: 403 });
 }

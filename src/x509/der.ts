@@ -43,6 +43,8 @@ export const TAG = {
 } as const;
 
 const MAX_DEPTH = 32;
+/** Longest OBJECT IDENTIFIER accepted, in content octets (real ones are a few dozen; refusals name them). */
+const MAX_OID_BYTES = 128;
 
 function fail(code: string, msg: string): never {
   throw new SigilError(code, msg);
@@ -112,7 +114,8 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
 /**
  * Walk a whole DER structure and reject anything that is not canonical DER at the framing
  * level: indefinite or non-minimal lengths, trailing bytes, non-minimal INTEGERs, BOOLEANs
- * other than 00/FF, NULL with content, BIT STRINGs with bad unused-bit counts, unsorted SET OF.
+ * other than 00/FF, NULL with content, BIT STRINGs with bad unused-bit counts, unsorted SET OF,
+ * constructed strings.
  */
 export function checkStrictDer(buf: Uint8Array, code: string): void {
   const top = readSingle(buf, code);
@@ -123,6 +126,8 @@ function walk(buf: Uint8Array, t: Tlv, code: string, depth: number): void {
   if (depth > MAX_DEPTH) fail(code, 'DER: nesting too deep');
   const len = t.end - t.valueStart;
   if ((t.tag & 0x20) !== 0) {
+    // DER: strings and the other universal primitive types are never in constructed form.
+    if ((t.tag & 0xc0) === 0 && t.tag !== TAG.SEQUENCE && t.tag !== TAG.SET) fail(code, `DER: constructed encoding of universal type ${t.tag & 0x1f}`);
     const kids = children(buf, t, code);
     for (const k of kids) walk(buf, k, code, depth + 1);
     if (t.tag === TAG.SET && kids.length > 1) {
@@ -159,6 +164,7 @@ function walk(buf: Uint8Array, t: Tlv, code: string, depth: number): void {
     }
     case TAG.OID: {
       if (len === 0) fail(code, 'DER: empty OBJECT IDENTIFIER');
+      if (len > MAX_OID_BYTES) fail(code, `DER: OBJECT IDENTIFIER longer than ${MAX_OID_BYTES} octets`);
       if ((buf[t.end - 1]! & 0x80) !== 0) fail(code, 'DER: truncated OBJECT IDENTIFIER');
       for (let i = t.valueStart; i < t.end; i++) {
         const prevEnds = i === t.valueStart || (buf[i - 1]! & 0x80) === 0;
@@ -174,6 +180,7 @@ function walk(buf: Uint8Array, t: Tlv, code: string, depth: number): void {
 /** Decode an OBJECT IDENTIFIER value to dotted form. */
 export function decodeOid(buf: Uint8Array, t: Tlv, code: string): string {
   if (t.tag !== TAG.OID) fail(code, 'DER: expected OBJECT IDENTIFIER');
+  if (t.end - t.valueStart > MAX_OID_BYTES) fail(code, `DER: OBJECT IDENTIFIER longer than ${MAX_OID_BYTES} octets`);
   const arcs: number[] = [];
   let v = 0;
   for (let i = t.valueStart; i < t.end; i++) {

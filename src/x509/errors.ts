@@ -26,6 +26,8 @@ export const X509_CODES = {
   notACa: 'x509.not_a_ca',
   /** A pathLenConstraint is exceeded by the CAs below it. */
   pathLength: 'x509.path_length_exceeded',
+  /** The verification time passed in is not a finite date (an Invalid Date, NaN, Infinity). */
+  badTime: 'x509.bad_time',
   /** Empty chain. */
   chainEmpty: 'x509.chain_empty',
   /** Not a DER CertificateList (RFC 5280 §5.1), or nextUpdate missing. */

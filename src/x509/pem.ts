@@ -32,6 +32,13 @@ export interface PemOptions {
   lax?: boolean;
 }
 
+/** `s` without trailing spaces and tabs (a loop: /[ \t]+$/ is quadratic in a run of blanks followed by other text). */
+function trimTrailingBlanks(s: string): string {
+  let e = s.length;
+  while (e > 0 && (s.charCodeAt(e - 1) === 0x20 || s.charCodeAt(e - 1) === 0x09)) e--;
+  return e === s.length ? s : s.slice(0, e);
+}
+
 /** DER of every `label` block of `text` (at least one). Throws `pem.malformed`. */
 export function pemBlocks(text: string, label: string, opts: PemOptions = {}): Buffer[] {
   if (typeof text !== 'string') bad('PEM input must be text');
@@ -43,7 +50,7 @@ export function pemBlocks(text: string, label: string, opts: PemOptions = {}): B
   let lineNo = 0;
   for (const raw of lines) {
     lineNo++;
-    const line = raw.replace(/[ \t]+$/, '');
+    const line = trimTrailingBlanks(raw);
     if (!inBlock) {
       if (line.trim() === '') continue;
       const m = /^-----BEGIN ([A-Z0-9 ]+)-----$/.exec(line);

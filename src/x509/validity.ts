@@ -10,11 +10,16 @@ export interface HasValidity {
   notAfter: Date;
 }
 
-function ms(at: number | Date): number {
-  return typeof at === 'number' ? at : at.getTime();
+/** The verification time in ms; anything but a finite time throws `x509.bad_time` (NaN would make every comparison false). */
+export function verificationTimeMs(at: number | Date): number {
+  const t = typeof at === 'number' ? at : at instanceof Date ? at.getTime() : Number.NaN;
+  if (!Number.isFinite(t)) throw new SigilError(X509_CODES.badTime, 'verification time is not a valid date');
+  return t;
 }
 
-/** `x509.not_yet_valid`, `x509.expired`, or undefined when `at` is inside the validity period. */
+const ms = verificationTimeMs;
+
+/** `x509.not_yet_valid`, `x509.expired`, or undefined when `at` is inside the validity period; throws `x509.bad_time` for a time that is not finite. */
 export function validityProblem(cert: HasValidity, at: number | Date): typeof X509_CODES.notYetValid | typeof X509_CODES.expired | undefined {
   const t = ms(at);
   if (t < cert.notBefore.getTime()) return X509_CODES.notYetValid;
