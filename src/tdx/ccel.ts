@@ -9,7 +9,8 @@
  * Firmware quirk (kept here, named): the CCEL area has a fixed size (the table's LAML, 256 KiB on
  * OVMF/TDVF) and the log is followed by 0xFF fill up to it. The log ends where the fill starts; as
  * an event's own data may end in 0xFF bytes, the cut is moved forward over the fill (at most 64
- * bytes) until the log parses. Bytes after the log other than 0xFF fill are refused.
+ * bytes) to the record boundary the record headers give, and the log is parsed once there. Bytes
+ * after the log other than 0xFF fill are refused.
  *
  * Second quirk: TDVF writes the first record (the TCG_PCR_EVENT carrying `Spec ID Event03`) with
  * register index 1 instead of 0, which the TCG parser rightly refuses for a TPM log. That record is
@@ -17,7 +18,7 @@
  * exact shape (index 1, EV_NO_ACTION, Spec ID data) is rewritten.
  */
 import { SigilError } from '../errors.js';
-import { EV, bootSelectors, deriveBootFacts, parseEventLog, replayEventLog, type EventLogEvent, type ParsedEventLog } from '../tpm/eventlog/index.js';
+import { EV, bootSelectors, deriveBootFacts, parseEventLog, parseSpecIdEvent, replayEventLog, type EventLogEvent, type ParsedEventLog } from '../tpm/eventlog/index.js';
 
 export const CCEL_TABLE_SIZE = 56;
 export const CC_TYPE_TDX = 2;
@@ -55,6 +56,39 @@ export function parseCcelTable(b: Uint8Array): CcelTable {
 
 const MAX_FILL_STEPS = 64;
 
+/**
+ * The first record boundary at or after `end` (where the 0xFF fill starts), walking the record
+ * headers of a crypto-agile log (sizes only: the parser checks the content); undefined when the
+ * headers do not lead there. Linear in the number of records, so the cut costs one parse.
+ */
+function recordBoundaryFrom(log: Buffer, end: number): number | undefined {
+  if (log.length < 32) return undefined;
+  let p = 32 + log.readUInt32LE(28);
+  if (p > log.length) return undefined;
+  let sizes: Map<number, number>;
+  try {
+    sizes = new Map(parseSpecIdEvent(log.subarray(32, p)).algorithms.map((a) => [a.id, a.size]));
+  } catch {
+    return undefined;
+  }
+  while (p < end) {
+    if (log.length - p < 12) return undefined;
+    const count = log.readUInt32LE(p + 8);
+    if (count !== sizes.size) return undefined;
+    let q = p + 12;
+    for (let i = 0; i < count; i++) {
+      if (log.length - q < 2) return undefined;
+      const size = sizes.get(log.readUInt16LE(q));
+      if (size === undefined) return undefined;
+      q += 2 + size;
+    }
+    if (log.length - q < 4) return undefined;
+    p = q + 4 + log.readUInt32LE(q);
+    if (p > log.length) return undefined;
+  }
+  return p;
+}
+
 /** Errors of the shared TCG parser (`tpm.eventlog_*`) as `tdx.ccel_invalid`, so the attestor reports only its own codes. */
 function asCcelError(e: unknown): unknown {
   if (e instanceof SigilError && e.code.startsWith('tpm.eventlog_')) {
@@ -74,17 +108,15 @@ export function parseCcelArea(area: Uint8Array, table?: CcelTable): ParsedEventL
   if (log.length >= 32 + 15 && log.readUInt32LE(0) === 1 && log.readUInt32LE(4) === 3 && log.subarray(32, 32 + 15).toString('latin1') === 'Spec ID Event03') {
     log.writeUInt32LE(0, 0);
   }
-  const opts = { maxBytes: CCEL_MAX_AREA, maxEvents: 100_000, maxIndex: 4 };
-  let lastError: unknown;
-  for (let step = 0; step <= MAX_FILL_STEPS && end + step <= a.length; step++) {
-    try {
-      return parseEventLog(log.subarray(0, end + step), opts);
-    } catch (e) {
-      lastError = e;
-      if (!(e instanceof SigilError) || e.code !== 'tpm.eventlog_truncated') break;
-    }
+  // The cut moves over at most MAX_FILL_STEPS fill bytes, to the record boundary the headers give
+  // (one parse: re-parsing the whole log per fill byte cost up to 65 parses of 4 MiB).
+  const boundary = recordBoundaryFrom(log, end);
+  const cut = boundary !== undefined && boundary - end <= MAX_FILL_STEPS ? boundary : end;
+  try {
+    return parseEventLog(log.subarray(0, cut), { maxBytes: CCEL_MAX_AREA, maxEvents: 100_000, maxIndex: 4 });
+  } catch (e) {
+    throw e instanceof SigilError ? asCcelError(e) : fail('tdx.ccel_invalid', 'CC event log could not be parsed');
   }
-  throw lastError instanceof SigilError ? asCcelError(lastError) : fail('tdx.ccel_invalid', 'CC event log could not be parsed');
 }
 
 export interface CcelReplay {

@@ -24,7 +24,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
 import { replaceFileAtomicAsync } from '../util/atomic-file.js';
-import { chainFromPem, parseIntelCert, parsePckExtensions } from './pki.js';
+import { chainFromPem, clipText, parseIntelCert, parsePckExtensions } from './pki.js';
 import { parseTdxQuote } from './quote.js';
 import type { TdxCollateral } from './verify.js';
 
@@ -54,7 +54,7 @@ export function collateralKeyOfQuote(quote: Uint8Array): CollateralKey {
   const leaf = parseIntelCert(ders[0]!, 'pck chain certificate 0');
   const ca = parseIntelCert(ders[1]!, 'pck chain certificate 1');
   const kind: PckCa | undefined = ca.cn === 'Intel SGX PCK Platform CA' ? 'platform' : ca.cn === 'Intel SGX PCK Processor CA' ? 'processor' : undefined;
-  if (!kind) throw new SigilError('tdx.pck_chain_malformed', `pck chain certificate 1 is "${ca.cn}", not a PCK Platform or Processor CA`);
+  if (!kind) throw new SigilError('tdx.pck_chain_malformed', `pck chain certificate 1 is "${clipText(ca.cn)}", not a PCK Platform or Processor CA`);
   return { fmspc: parsePckExtensions(leaf).fmspc.toString('hex'), ca: kind };
 }
 

@@ -90,6 +90,11 @@ function fail(code: string, message: string, status = 403): never {
   throw new SigilError(code, message, { status });
 }
 
+/** Text from unverified input (a common name, a parser's message) as quoted in a refusal: at most 100 characters. */
+export function clipText(s: string, max = 100): string {
+  return s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`;
+}
+
 const certCache = new CertCache(256);
 const intelCache = new Lru<IntelCert>(256);
 
@@ -119,7 +124,7 @@ export function chainFromPem(pem: string, role: ChainRole): Buffer[] {
   try {
     return pemToDers(pem);
   } catch (e) {
-    throw new SigilError(`tdx.${role}_chain_malformed`, `${role.replace(/_/g, ' ')} chain: ${errorMessage(e)}`, { cause: e });
+    throw new SigilError(`tdx.${role}_chain_malformed`, `${role.replace(/_/g, ' ')} chain: ${clipText(errorMessage(e), 300)}`, { cause: e });
   }
 }
 
@@ -190,10 +195,10 @@ export function verifyIntelChain(ders: readonly Uint8Array[], role: ChainRole, o
   const certs = ders.map((d, i) => parseIntelCert(d, `${name} chain certificate ${i}`));
   const pin = (opts.rootSha256 ?? INTEL_SGX_ROOT_CA_SHA256).toLowerCase();
   const root = certs[certs.length - 1]!;
-  if (root.sha256 !== pin) fail('tdx.root_untrusted', `${name} chain ends in "${root.cn}" (SHA-256 ${root.sha256}), not the pinned Intel SGX Root CA`);
+  if (root.sha256 !== pin) fail('tdx.root_untrusted', `${name} chain ends in "${clipText(root.cn)}" (SHA-256 ${root.sha256}), not the pinned Intel SGX Root CA`);
   for (let i = 0; i < certs.length; i++) {
     const c = certs[i]!;
-    if (!cns[i]!.includes(c.cn)) fail(`tdx.${role}_chain_malformed`, `${name} chain certificate ${i} is "${c.cn}", expected ${cns[i]!.map((x) => `"${x}"`).join(' or ')}`, 400);
+    if (!cns[i]!.includes(c.cn)) fail(`tdx.${role}_chain_malformed`, `${name} chain certificate ${i} is "${clipText(c.cn)}", expected ${cns[i]!.map((x) => `"${x}"`).join(' or ')}`, 400);
     checkRole(c, i > 0 || role === 'pck_crl_issuer', `${name} chain certificate`);
   }
   try {

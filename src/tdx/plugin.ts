@@ -8,9 +8,10 @@
  *   challenge `{}`
  *   response  `{ quote: <base64>, eventLog?: <base64 CCEL area>, ccelTable?: <base64 ACPI CCEL table> }`
  * Collateral comes from `collateralDir` and, if enabled, Intel PCS. Before any lookup the quote
- * passes every check that needs no collateral and no signature (structure, REPORTDATA binding,
- * DEBUG, MRTD allowlist), so a quote bound to another session never makes the verifier call PCS;
- * fetched collateral is cached only once it verified against the pinned root.
+ * passes every check that needs no collateral (structure, REPORTDATA binding, DEBUG, MRTD
+ * allowlist, then the PCK chain to the pinned root and the quote and QE report signatures), so a
+ * quote bound to another session, or forged, never makes the verifier call PCS; fetched collateral
+ * is cached only once it verified against the pinned root.
  */
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
@@ -33,7 +34,7 @@ import { CCEL_MAX_AREA, CCEL_TABLE_SIZE } from './ccel.js';
 import { DEFAULT_PCS_BASE_URL, DEFAULT_PCS_MAX_REQUESTS_PER_MINUTE, DEFAULT_ROOT_CRL_URL, type PcsFetch, TdxCollateralSource, collateralKeyOfQuote } from './collateral.js';
 import { TDX_QUOTE_MAX_BYTES, parseTdxQuote } from './quote.js';
 import { TCB_STATUSES, type TcbStatus } from './tcb.js';
-import { TDX_ATTESTOR, type TdxCollateral, type TdxPolicyOptions, checkTdReportPolicy, tdxReportDataForBinding, verifyTdxCollateral, verifyTdxQuote } from './verify.js';
+import { TDX_ATTESTOR, type TdxCollateral, type TdxPolicyOptions, checkTdReportPolicy, tdxReportDataForBinding, verifyTdxCollateral, verifyTdxQuote, verifyTdxQuoteSignatures } from './verify.js';
 
 export const DEFAULT_CCEL_DATA_PATH = '/sys/firmware/acpi/tables/data/CCEL';
 export const DEFAULT_CCEL_TABLE_PATH = '/sys/firmware/acpi/tables/CCEL';
@@ -162,10 +163,12 @@ export function createTdxVerifier(config: unknown, deps: VerifierPluginDeps, inj
       const table = response.ccelTable === undefined ? undefined : b64(response.ccelTable, 'tdx response.ccelTable', CCEL_TABLE_SIZE);
       if (cfg.requireEventLog && !eventLog) throw new SigilError('tdx.event_log_missing', 'the tdx verifier requires the CC event log and the agent sent none', { status: 403 });
       const expectedReportData = tdxReportDataForBinding(session.binding);
-      // Everything that needs neither collateral nor a signature comes before any lookup, so a quote
-      // bound to another session, or refused by the policy, never makes the verifier call PCS.
+      // Everything that needs no collateral comes before any lookup (policy first, then the PCK
+      // chain and signatures), so a quote bound to another session, refused by the policy, or not
+      // signed under a genuine PCK key never makes the verifier call PCS or spend its budget.
       const quote = parseTdxQuote(quoteBytes);
       checkTdReportPolicy(quote, { ...policy, expectedReportData });
+      verifyTdxQuoteSignatures(quote, session.now, policy.rootSha256);
 
       let hit = collateral.configured ? await collateral.lookup(collateralKeyOfQuote(quoteBytes)) : undefined;
       const opts = { ...policy, now: session.now, expectedReportData, ...(eventLog ? { eventLog: { area: eventLog, ...(table ? { table } : {}) } } : {}) };

@@ -24,7 +24,12 @@ function bad(what: string, msg: string): never {
   throw new SigilError('tdx.collateral_malformed', `${what}: ${msg}`);
 }
 
+/** A member name from the unverified document as quoted in a refusal (at most 64 characters). */
+const shown = (k: string): string => JSON.stringify(k.length <= 64 ? k : `${k.slice(0, 64)}…`);
+
 const WS = new Set([0x20, 0x09, 0x0a, 0x0d]);
+/** Intel's documents nest 6 deep; JSON.parse is slow on deep nesting, so it is refused before parsing. */
+export const SIGNED_JSON_MAX_DEPTH = 32;
 
 /** Index just past the JSON value starting at `i` (strings, nesting; content is checked by JSON.parse). */
 function skipValue(s: Buffer, i: number, what: string): number {
@@ -41,8 +46,9 @@ function skipValue(s: Buffer, i: number, what: string): number {
       continue;
     }
     if (c === 0x22) inString = true;
-    else if (c === 0x7b || c === 0x5b) depth++;
-    else if (c === 0x7d || c === 0x5d) {
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > SIGNED_JSON_MAX_DEPTH) bad(what, `nested more than ${SIGNED_JSON_MAX_DEPTH} deep at byte ${p}`);
+    } else if (c === 0x7d || c === 0x5d) {
       depth--;
       if (depth < 0) bad(what, `unbalanced bracket at byte ${p}`);
       if (depth === 0) return p + 1;
@@ -59,14 +65,8 @@ function skipValue(s: Buffer, i: number, what: string): number {
 export function splitSignedJson(input: Uint8Array, member: 'tcbInfo' | 'enclaveIdentity', what: string): SignedJson {
   const s = Buffer.from(input);
   if (s.length > SIGNED_JSON_MAX_BYTES) bad(what, `larger than ${SIGNED_JSON_MAX_BYTES} bytes`);
-  let whole: unknown;
-  try {
-    whole = JSON.parse(s.toString('utf8'));
-  } catch (e) {
-    bad(what, `not JSON (${errorMessage(e)})`);
-  }
-  if (typeof whole !== 'object' || whole === null || Array.isArray(whole)) bad(what, 'top level is not an object');
-  // Scan the top-level members for their raw byte spans.
+  // Scan the top-level members for their raw byte spans (and the nesting depth) before JSON.parse,
+  // which then checks the content.
   const spans = new Map<string, [number, number]>();
   let i = 0;
   const ws = (): void => {
@@ -80,7 +80,12 @@ export function splitSignedJson(input: Uint8Array, member: 'tcbInfo' | 'enclaveI
     if (s[i] === 0x7d && spans.size === 0) break;
     if (s[i] !== 0x22) bad(what, `expected a member name at byte ${i}`);
     const keyEnd = skipValue(s, i, what);
-    const key = JSON.parse(s.subarray(i, keyEnd).toString('utf8')) as string;
+    let key: string;
+    try {
+      key = JSON.parse(s.subarray(i, keyEnd).toString('utf8')) as string;
+    } catch (e) {
+      bad(what, `member name at byte ${i} is not a JSON string (${errorMessage(e)})`);
+    }
     i = keyEnd;
     ws();
     if (s[i] !== 0x3a) bad(what, `expected ':' at byte ${i}`);
@@ -88,7 +93,7 @@ export function splitSignedJson(input: Uint8Array, member: 'tcbInfo' | 'enclaveI
     ws();
     const start = i;
     i = skipValue(s, i, what);
-    if (spans.has(key)) bad(what, `member "${key}" appears twice`);
+    if (spans.has(key)) bad(what, `member ${shown(key)} appears twice`);
     spans.set(key, [start, i]);
     ws();
     if (s[i] === 0x2c) {
@@ -101,8 +106,15 @@ export function splitSignedJson(input: Uint8Array, member: 'tcbInfo' | 'enclaveI
   i++;
   ws();
   if (i !== s.length) bad(what, 'bytes after the JSON object');
+  let whole: unknown;
+  try {
+    whole = JSON.parse(s.toString('utf8'));
+  } catch (e) {
+    bad(what, `not JSON (${errorMessage(e)})`);
+  }
+  if (typeof whole !== 'object' || whole === null || Array.isArray(whole)) bad(what, 'top level is not an object');
   const keys = [...spans.keys()].sort();
-  if (keys.length !== 2 || !spans.has(member) || !spans.has('signature')) bad(what, `top level must have exactly "${member}" and "signature", has ${keys.map((k) => `"${k}"`).join(', ')}`);
+  if (keys.length !== 2 || !spans.has(member) || !spans.has('signature')) bad(what, `top level must have exactly "${member}" and "signature", has ${keys.slice(0, 4).map(shown).join(', ')}${keys.length > 4 ? ` and ${keys.length - 4} more` : ''}`);
   const [a, b] = spans.get(member)!;
   const signedBytes = s.subarray(a, b);
   if (signedBytes[0] !== 0x7b) bad(what, `"${member}" is not an object`);

@@ -231,12 +231,32 @@ export interface TcbMatch {
 
 const svnList = (a: readonly number[]): string => a.map((x) => x.toString(16).padStart(2, '0')).join('');
 
+/**
+ * What every Intel TD QE Identity (id TD_QE) states about the enclave, for quotes verified without
+ * collateral: the PCE certifies any enclave holding PROVISIONKEY, so a PCK-signed QE report proves
+ * Intel's TD QE only with these checks (MRSIGNER, ISVPRODID 2, MISCSELECT and ATTRIBUTES under the
+ * masks: no DEBUG). No ISVSVN level is implied: that needs the signed QE Identity.
+ */
+export const INTEL_TD_QE_BASELINE: Pick<QeIdentity, 'mrSigner' | 'isvProdId' | 'miscSelect' | 'miscSelectMask' | 'attributes' | 'attributesMask'> = {
+  mrSigner: Buffer.from('dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5', 'hex'),
+  isvProdId: 2,
+  miscSelect: 0,
+  miscSelectMask: 0xffffffff,
+  attributes: Buffer.from('11000000000000000000000000000000', 'hex'),
+  attributesMask: Buffer.from('fbffffffffffffff0000000000000000', 'hex'),
+};
+
+/** QE MRSIGNER, ISVPRODID, MISCSELECT and ATTRIBUTES (under masks) equal `id`'s; `what` names `id` in refusals. */
+export function matchQeEnclave(qe: QeReport, id: typeof INTEL_TD_QE_BASELINE, what = 'the QE Identity'): void {
+  if (!qe.mrSigner.equals(id.mrSigner)) refuse('tdx.qe_identity_mismatch', `QE MRSIGNER ${qe.mrSigner.toString('hex')} is not that of ${what}`);
+  if (qe.isvProdId !== id.isvProdId) refuse('tdx.qe_identity_mismatch', `QE ISVPRODID ${qe.isvProdId} is not that of ${what} (${id.isvProdId})`);
+  if (((qe.miscSelect & id.miscSelectMask) >>> 0) !== ((id.miscSelect & id.miscSelectMask) >>> 0)) refuse('tdx.qe_identity_mismatch', `QE MISCSELECT does not match ${what} under its mask`);
+  if (!maskedEqual(qe.attributes, id.attributes, id.attributesMask)) refuse('tdx.qe_identity_mismatch', `QE ATTRIBUTES do not match ${what} under its mask`);
+}
+
 /** QE identity match: MRSIGNER, ISVPRODID, MISCSELECT and ATTRIBUTES under masks, ISVSVN level. */
 export function matchQeIdentity(qe: QeReport, id: QeIdentity): QeIdentity['levels'][number] {
-  if (!qe.mrSigner.equals(id.mrSigner)) refuse('tdx.qe_identity_mismatch', `QE MRSIGNER ${qe.mrSigner.toString('hex')} is not the QE Identity's`);
-  if (qe.isvProdId !== id.isvProdId) refuse('tdx.qe_identity_mismatch', `QE ISVPRODID ${qe.isvProdId} is not the QE Identity's ${id.isvProdId}`);
-  if (((qe.miscSelect & id.miscSelectMask) >>> 0) !== ((id.miscSelect & id.miscSelectMask) >>> 0)) refuse('tdx.qe_identity_mismatch', 'QE MISCSELECT does not match the QE Identity under its mask');
-  if (!maskedEqual(qe.attributes, id.attributes, id.attributesMask)) refuse('tdx.qe_identity_mismatch', 'QE ATTRIBUTES do not match the QE Identity under its mask');
+  matchQeEnclave(qe, id);
   const level = id.levels.find((l) => l.isvSvn <= qe.isvSvn);
   if (!level) refuse('tdx.qe_tcb_level_unmatched', `QE ISVSVN ${qe.isvSvn} is below every QE Identity TCB level`);
   return level;

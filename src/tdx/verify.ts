@@ -14,7 +14,8 @@
  *  4b. with `eventLog`: the CC event log replayed into RTMR0–3 must equal the quote's (ccel.ts);
  *  5. the TD report: REPORTDATA (session binding) and the DEBUG attribute;
  *  6. TCB matching (tcb.ts) and the policy on the resulting status. Without collateral the status is
- *     `Unknown`, accepted only with `allowUnknownTcb` (and then nothing was checked for revocation).
+ *     `Unknown`, accepted only with `allowUnknownTcb` (and then nothing was checked for revocation),
+ *     and the QE must still be Intel's TD QE (tcb.ts INTEL_TD_QE_BASELINE).
  */
 import { createPublicKey, createHash, timingSafeEqual, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { SigilError } from '../errors.js';
@@ -22,7 +23,7 @@ import { type TdxQuote, TDATTR_DEBUG, parseTdxQuote, tdAttributesValue } from '.
 import { type IntelCrl, type SgxPckExtensions, type VerifiedChain, clearVerifiedMemo, memoVerified, checkCrl, checkRevocation, chainFromPem, parseCrl, parsePckExtensions, verifyIntelChain } from './pki.js';
 import { type CcelReplay, ccelSelectors, checkCcelAgainstRtmrs } from './ccel.js';
 import { splitSignedJson, verifySignedJson } from './signed-json.js';
-import { type QeIdentity, type TcbMatch, type TcbStatus, type TdxTcbInfo, matchTcb, parseQeIdentity, parseTdxTcbInfo } from './tcb.js';
+import { type QeIdentity, type TcbMatch, type TcbStatus, type TdxTcbInfo, INTEL_TD_QE_BASELINE, matchQeEnclave, matchTcb, parseQeIdentity, parseTdxTcbInfo } from './tcb.js';
 
 export const TDX_ATTESTOR = 'tdx';
 
@@ -157,6 +158,7 @@ export interface VerifiedCollateral {
  * as received, their validity windows, the Root CA CRL and the PCK CRL with its issuer chain.
  */
 export function verifyTdxCollateral(c: TdxCollateral, opts: { now: Date; rootSha256?: string; maxCollateralAgeMs?: number }): VerifiedCollateral {
+  if (!(opts.now instanceof Date) || Number.isNaN(opts.now.getTime())) throw new SigilError('tdx.time_invalid', 'verification time is not a valid date');
   // A set verified before is reused while `now` is inside the window in which every time check of
   // that verification holds (certificate validity, CRL thisUpdate..nextUpdate, issueDate..nextUpdate):
   // inside it the same checks give the same answer. The key covers every input byte and the pin.
@@ -198,9 +200,10 @@ const PCK_CHAIN_CACHE_MAX = 1024;
 /**
  * The quote's PCK chain verified to the pin at `now`; a chain verified before (same PEM text, same
  * pin) is reused while `now` is inside the validity of all its certificates, the only time check.
+ * Keyed by the text's SHA-256: the text itself (up to 64 KiB, padded at will) is not kept.
  */
 function verifyPckChain(pem: string, now: Date, rootSha256: string | undefined): VerifiedChain {
-  const key = `${rootSha256 ?? ''}:${pem}`;
+  const key = `${rootSha256 ?? ''}:${createHash('sha256').update(pem, 'latin1').digest('hex')}`;
   const t = now.getTime();
   const hit = pckChainCache.get(key);
   if (hit && t >= hit.from && t <= hit.to) return hit.chain;
@@ -244,15 +247,13 @@ function verifyCollateralAt(c: TdxCollateral, now: Date, rootSha256: string | un
 const hex = (b: Buffer): string => b.toString('hex');
 
 /**
- * Verify a TDX quote end to end (see the module comment for the order). `collateral` undefined =
- * the no-collateral mode: TCB status `Unknown`, refused unless `allowUnknownTcb`.
+ * Steps 2–3, which need no collateral: the PCK chain to the pinned root at `now`, the quote
+ * signature, the QE report signature and the QE binding. The plugin runs this before any
+ * collateral lookup, so a forged quote never costs a PCS request.
  */
-export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral | undefined, opts: TdxVerifyOptions): TdxVerification {
-  if (!(opts.now instanceof Date) || Number.isNaN(opts.now.getTime())) throw new SigilError('tdx.time_invalid', 'verification time is not a valid date');
-  const quote = parseTdxQuote(quoteBytes);
-  const pin = opts.rootSha256 === undefined ? {} : { rootSha256: opts.rootSha256 };
-
-  const pckChain = verifyPckChain(quote.pckChainPem, opts.now, opts.rootSha256);
+export function verifyTdxQuoteSignatures(quote: TdxQuote, now: Date, rootSha256: string | undefined): { pckChain: VerifiedChain; pck: SgxPckExtensions } {
+  if (!(now instanceof Date) || Number.isNaN(now.getTime())) throw new SigilError('tdx.time_invalid', 'verification time is not a valid date');
+  const pckChain = verifyPckChain(quote.pckChainPem, now, rootSha256);
   const pck = parsePckExtensions(pckChain.leaf);
 
   const ak = attestationKeyObject(quote.attestationKey);
@@ -266,6 +267,19 @@ export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral
   if (!rd.subarray(0, 32).equals(binding) || !rd.subarray(32).every((b) => b === 0)) {
     fail('tdx.qe_binding_mismatch', 'QE report REPORTDATA is not SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes');
   }
+  return { pckChain, pck };
+}
+
+/**
+ * Verify a TDX quote end to end (see the module comment for the order). `collateral` undefined =
+ * the no-collateral mode: TCB status `Unknown`, refused unless `allowUnknownTcb`.
+ */
+export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral | undefined, opts: TdxVerifyOptions): TdxVerification {
+  if (!(opts.now instanceof Date) || Number.isNaN(opts.now.getTime())) throw new SigilError('tdx.time_invalid', 'verification time is not a valid date');
+  const quote = parseTdxQuote(quoteBytes);
+  const pin = opts.rootSha256 === undefined ? {} : { rootSha256: opts.rootSha256 };
+
+  const { pckChain, pck } = verifyTdxQuoteSignatures(quote, opts.now, opts.rootSha256);
 
   let tcb: TcbMatch | undefined;
   let verified: VerifiedCollateral | undefined;
@@ -290,6 +304,8 @@ export function verifyTdxQuote(quoteBytes: Uint8Array, collateral: TdxCollateral
   } else {
     tcbStatus = 'Unknown';
     if (opts.allowUnknownTcb !== true) fail('tdx.collateral_missing', 'no TCB Info / QE Identity / CRLs given: the TCB status is unknown and allowUnknownTcb is off');
+    // No QE Identity: the QE must still be Intel's TD QE (not debug), or any PCK-certified enclave could sign TD reports.
+    matchQeEnclave(quote.qeReport, INTEL_TD_QE_BASELINE, "Intel's TD QE (no QE Identity given)");
   }
 
   const b = quote.body;
