@@ -29,6 +29,7 @@ import { parseCertificateAnyKey, asn1Extension, extensionOf, type AnyKeyCertific
 import { LinkCache, checkCanIssue, signatureVerifies } from '../x509/chain.js';
 import { TAG, children, decodeOid, readSingle, readTlv } from '../x509/der.js';
 import { certificatesFromBytes as readCertificateBytes } from '../x509/pem.js';
+import { KU } from '../x509/ext.js';
 import { DEFAULT_SIG_ALG_OIDS, OID_ECDSA_WITH_SHA1, OID_SHA1_WITH_RSA } from '../x509/sigalg.js';
 import { validityProblem } from '../x509/validity.js';
 import { CURVES } from './constants.js';
@@ -255,12 +256,19 @@ function checkLeafExtensions(leaf: ParsedCert): void {
     if (!LEAF_CRITICAL_OK.has(oid)) throw new SigilError('tpm.ek_cert_unknown_critical_extension', `EK certificate has unknown critical extension ${oid}`);
   }
   if (leaf.basicConstraints?.cA) throw new SigilError('tpm.ek_cert_invalid', 'EK certificate is a CA certificate (basicConstraints cA=TRUE)');
+  // An EK decrypts (keyEncipherment for RSA, keyAgreement for ECC in the TCG EK Credential Profile):
+  // a keyUsage without either certifies some other key (dataEncipherment is let through too).
+  if (leaf.keyUsage !== undefined && (leaf.keyUsage & (KU.keyEncipherment | KU.keyAgreement | KU.dataEncipherment)) === 0) {
+    throw new SigilError('tpm.ek_cert_invalid', `EK certificate keyUsage (0x${leaf.keyUsage.toString(16)}) allows neither keyEncipherment nor keyAgreement: it certifies no EK`);
+  }
+  // Critical or not, extendedKeyUsage limits the certificate to the purposes it lists (RFC 5280
+  // 4.2.1.12): one for serverAuth, say, certifies a key that lives in a server, not a TPM's EK.
   const eku = extensionOf(leaf.cert, OID.extKeyUsage);
-  if (eku?.critical) {
+  if (eku) {
     // Decoded (BER tolerated) by the toolkit's parser; a value that does not decode was refused there.
     const list = leaf.cert.extKeyUsage ?? [];
     if (!list.includes(OID.tcgKpEkCertificate) && !list.includes(OID.anyExtendedKeyUsage)) {
-      throw new SigilError('tpm.ek_cert_invalid', 'EK certificate has a critical extendedKeyUsage without tcg-kp-EKCertificate (2.23.133.8.1)');
+      throw new SigilError('tpm.ek_cert_invalid', `EK certificate has ${eku.critical ? 'a critical' : 'an'} extendedKeyUsage without tcg-kp-EKCertificate (2.23.133.8.1)`);
     }
   }
 }

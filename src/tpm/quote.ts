@@ -197,6 +197,12 @@ export interface QuoteCheckInput {
   /** When given, recompute the PCR digest from these values. */
   pcrValues?: PcrValue[];
   hashAllowlist?: readonly HashName[];
+  /**
+   * When given, the quote's qualifiedSigner must equal it: the AK's Qualified Name as a child of the
+   * EK (`qualifiedNameUnderEk`), so the AK is in the endorsement hierarchy, where the TPM does not
+   * obfuscate clockInfo.resetCount/restartCount and firmwareVersion.
+   */
+  expectedSigner?: Buffer;
 }
 
 export interface QuoteCheckResult {
@@ -229,6 +235,12 @@ export function verifyQuote(input: QuoteCheckInput): QuoteCheckResult {
 
   if (!constantTimeEqual(attest.extraData, input.qualifyingData)) {
     throw new SigilError('tpm.nonce_mismatch', 'quote extraData does not equal the expected qualifying data (session binding)');
+  }
+  if (input.expectedSigner && !attest.qualifiedSigner.equals(input.expectedSigner)) {
+    throw new SigilError(
+      'tpm.ak_not_under_ek',
+      'quote qualifiedSigner is not the Qualified Name of the AK as a child of the EK: the AK was created elsewhere (another hierarchy), where the TPM obfuscates resetCount, restartCount and firmwareVersion',
+    );
   }
   const pcrSelect = attest.attested.pcrSelect;
   if (input.expectedSelection && canonicalSelection(pcrSelect) !== canonicalSelection(input.expectedSelection)) {

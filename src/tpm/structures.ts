@@ -172,6 +172,27 @@ export function objectName(pub: TpmtPublic): Buffer {
   return Buffer.concat([w.toBuffer(), digest(h.name, pub.raw)]);
 }
 
+/** TPM_RH_ENDORSEMENT: the endorsement hierarchy's handle, which is also its Qualified Name. */
+const TPM_RH_ENDORSEMENT = Buffer.from([0x40, 0x00, 0x00, 0x0b]);
+
+/** Qualified Name of `child` under a parent whose Qualified Name is `parentQn`: nameAlg ‖ H_nameAlg(parentQn ‖ Name(child)) (Part 1, "Qualified Name"). */
+export function qualifiedName(parentQn: Buffer, child: TpmtPublic, childName = objectName(child)): Buffer {
+  const h = hashByAlg(child.nameAlg);
+  if (!h) throw new SigilError('tpm.unsupported_algorithm', `nameAlg ${algName(child.nameAlg)} is not supported for Name computation`);
+  return Buffer.concat([childName.subarray(0, 2), digest(h.name, Buffer.concat([parentQn, childName]))]);
+}
+
+/**
+ * The Qualified Name of `ak` created as a child of the primary key `ek` of the endorsement
+ * hierarchy: what a TPM puts in `qualifiedSigner` of a quote that AK signs. The verifier compares
+ * the two so that the AK is known to be the EK's child: for a signing key outside the endorsement
+ * and platform hierarchies the TPM obfuscates resetCount, restartCount and firmwareVersion
+ * (Part 2, TPMS_CLOCK_INFO / TPMS_ATTEST), so they would say nothing about the TPM.
+ */
+export function qualifiedNameUnderEk(ek: TpmtPublic, ak: TpmtPublic, akName = objectName(ak)): Buffer {
+  return qualifiedName(qualifiedName(TPM_RH_ENDORSEMENT, ek), ak, akName);
+}
+
 // ---------------------------------------------------------------- PCR selection
 
 export interface PcrSelection {
