@@ -28,7 +28,7 @@ import { TpmVerifier } from '../src/tpm/plugin.js';
 import type { PcrBankSelection } from '../src/tpm/structures.js';
 import { td } from '../test/support/testdata.js';
 import { agileRecord } from '../test/tpm/eventlog-builder.js';
-import { akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
+import { akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, signerUnderEk, syntheticQuote } from '../test/tpm/synthetic.js';
 import { MemoryState } from './support/memory-state.js';
 
 type Mode = 'none' | 'memo' | 'fresh' | 'novel';
@@ -135,6 +135,8 @@ async function attestLevel(): Promise<void> {
   const akPub = akPublicFor(ak.publicKey);
   const selection: PcrBankSelection[] = [{ bank: 'sha256', pcrs: idx }];
   const hello = { ekCert: (await makeEkCert(ek.publicKey, inter)).toString('base64'), ekIntermediates: [inter.der.toString('base64')], ekPub: ekPublicFor(ek.publicKey).toString('base64'), akPub: akPub.toString('base64') };
+  // The quote's qualifiedSigner: the AK as the EK's child (the attestor requires it).
+  const signer = signerUnderEk(Buffer.from(hello.ekPub, 'base64'), akPub);
   const verifier = new TpmVerifier(new EkCertVerifier(new EkTrustStore([root.der])), selection, ['sha256'], { state: new MemoryState() });
   const csrSpki = p256KeyPair().publicKey.export({ type: 'spki', format: 'der' });
   // One session for all units: the agent's answer to the credential challenge is made once (its
@@ -156,7 +158,7 @@ async function attestLevel(): Promise<void> {
     () => {
       const s = nextSent();
       const values = new Map(idx.map((i) => [`sha256:${i}`, i === 4 ? s.pcr4 : regs.get(i)!]));
-      const q = syntheticQuote({ ak: ak.privateKey, extraData: binding, selection, values, clock: clock++, resetCount: 1, restartCount: 0 });
+      const q = syntheticQuote({ ak: ak.privateKey, extraData: binding, selection, values, clock: clock++, resetCount: 1, restartCount: 0, signer });
       const pcrValues = idx.map((i) => ({ bank: 'sha256', index: i, value: values.get(`sha256:${i}`)!.toString('hex') }));
       return { secret: secret.toString('base64'), quote: q.attest.toString('base64'), signature: q.signature.toString('base64'), pcrValues, ...(s.text !== undefined ? { eventLog: s.text } : {}) };
     },

@@ -45,7 +45,7 @@ import { asciiList, binaryList, syntheticSpecs } from '../test/tpm/ima-builder.j
 import { agileRecord } from '../test/tpm/eventlog-builder.js';
 import type { PcrBankSelection } from '../src/tpm/structures.js';
 import { td } from '../test/support/testdata.js';
-import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
+import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, signerUnderEk, syntheticQuote } from '../test/tpm/synthetic.js';
 import { MemoryState } from './support/memory-state.js';
 
 const seconds = Number(process.argv[2] ?? 2);
@@ -90,6 +90,8 @@ async function attestRates(raw: Buffer, pcrs: Map<number, Buffer>): Promise<Part
   const ak = rsaKeyPair();
   const ekPub = ekPublicFor(ek.publicKey);
   const akPub = akPublicFor(ak.publicKey);
+  // The quote's qualifiedSigner: the AK as the EK's child (the attestor requires it).
+  const signer = signerUnderEk(ekPub, akPub);
   const idx = [0, 1, 2, 3, 4, 5, 6, 7];
   const selection: PcrBankSelection[] = [{ bank: 'sha256', pcrs: idx }];
   const values = new Map(idx.map((i) => [`sha256:${i}`, pcrs.get(i)!]));
@@ -126,7 +128,7 @@ async function attestRates(raw: Buffer, pcrs: Map<number, Buffer>): Promise<Part
           log = n.log.toString('base64');
           quoted = new Map(values).set('sha256:4', n.pcr4);
         }
-        const q = syntheticQuote({ ak: ak.privateKey, extraData: session.binding, selection, values: quoted, clock: clock++, resetCount: 1, restartCount: 0 });
+        const q = syntheticQuote({ ak: ak.privateKey, extraData: session.binding, selection, values: quoted, clock: clock++, resetCount: 1, restartCount: 0, signer });
         const pv = mode === 'novel' ? pcrValues.map((p) => (p.index === 4 ? { ...p, value: quoted.get('sha256:4')!.toString('hex') } : p)) : pcrValues;
         const response = { secret, quote: q.attest.toString('base64'), signature: q.signature.toString('base64'), pcrValues: pv, ...(log !== undefined ? { eventLog: log } : {}) };
         a = process.cpuUsage();

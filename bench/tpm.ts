@@ -19,7 +19,7 @@ import { EkCertVerifier, EkTrustStore } from '../src/tpm/ekcert.js';
 import { TpmVerifier } from '../src/tpm/plugin.js';
 import { verifyQuote, type PcrValue } from '../src/tpm/quote.js';
 import { encodePcrSelection, objectName, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection } from '../src/tpm/structures.js';
-import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from '../test/tpm/synthetic.js';
+import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, signerUnderEk, syntheticQuote } from '../test/tpm/synthetic.js';
 import { MemoryState } from './support/memory-state.js';
 
 const seconds = Number(process.argv[2] ?? 3);
@@ -39,6 +39,8 @@ async function main(): Promise<void> {
   const ekCert = await makeEkCert(ek.publicKey, inter);
   const ekPub = ekPublicFor(ek.publicKey);
   const akPub = akPublicFor(ak.publicKey);
+  // The quote's qualifiedSigner: the AK as the EK's child (the attestor requires it).
+  const signer = signerUnderEk(ekPub, akPub);
   const selection: PcrBankSelection[] = [{ bank: 'sha256', pcrs: [0, 1, 2, 3, 4, 5, 6, 7] }];
   const values = new Map<string, Buffer>();
   const pcrValues: { bank: string; index: number; value: string }[] = [];
@@ -77,7 +79,7 @@ async function main(): Promise<void> {
   }
   rate('MakeCredential (RSA-2048 EK)', n, process.hrtime.bigint() - t0);
   const fixedBinding = randomBytes(32);
-  const q = syntheticQuote({ ak: ak.privateKey, extraData: fixedBinding, selection, values, clock: 1n, resetCount: 1, restartCount: 0 });
+  const q = syntheticQuote({ ak: ak.privateKey, extraData: fixedBinding, selection, values, clock: 1n, resetCount: 1, restartCount: 0, signer });
   const pv: PcrValue[] = pcrValues.map((p) => ({ bank: 'sha256', index: p.index, value: Buffer.from(p.value, 'hex') }));
   const expectedSel = parsePcrSelection(encodePcrSelection(selection));
   n = 0;
@@ -102,7 +104,7 @@ async function main(): Promise<void> {
     // agent side (untimed): the TPM would activate the credential and sign the quote
     const ch = challenge as { credentialBlob: string; encryptedSecret: string };
     const secret = activateCredentialSoftware(ek.privateKey, akPub, Buffer.from(ch.credentialBlob, 'base64'), Buffer.from(ch.encryptedSecret, 'base64')).toString('base64');
-    const quote = syntheticQuote({ ak: ak.privateKey, extraData: session.binding, selection, values, clock: clock++, resetCount: 1, restartCount: 0 });
+    const quote = syntheticQuote({ ak: ak.privateKey, extraData: session.binding, selection, values, clock: clock++, resetCount: 1, restartCount: 0, signer });
     const response = { secret, quote: quote.attest.toString('base64'), signature: quote.signature.toString('base64'), pcrValues };
     a = process.hrtime.bigint();
     await verifier.finish(response, state, session);

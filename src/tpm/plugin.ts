@@ -44,7 +44,7 @@ import {
   verifyQuote,
   type PcrValue,
 } from './quote.js';
-import { encodePcrSelection, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection, type PcrSelection } from './structures.js';
+import { encodePcrSelection, parseAttestAny, parsePcrSelection, parseTpm2bPublic, qualifiedNameUnderEk, type PcrBankSelection, type PcrSelection } from './structures.js';
 import { pcrHexOf, tpmClaims, tpmSelectors } from './verify.js';
 import { EventLogCheckCache, EVENTLOG_DEFAULT_MAX_BYTES } from './eventlog/index.js';
 import { poolRandomBytes } from './random.js';
@@ -173,39 +173,53 @@ export async function loadImaPolicy(ima: NonNullable<MeasuredBootConfig['ima']>,
 }
 
 /**
- * What begin() leaves for finish() (the verifier persists it with the session). Version 2 holds
- * only SHA-256 of the credential secret, so whoever can read the session store cannot answer the
- * challenge with it; version 1 held the secret itself and is refused.
+ * What begin() leaves for finish() (the verifier persists it with the session). It holds only
+ * SHA-256 of the credential secret, so whoever can read the session store cannot answer the
+ * challenge with it (version 1 held the secret itself), and, since version 3, the Qualified Name
+ * the quote's signer must have (the AK as the EK's child). Older versions are refused: state lives
+ * for one session, so the agent attests again.
  */
 interface TpmSessionState {
-  v: 2;
+  v: 3;
   /** base64 SHA-256 of the credential secret sealed to the EK/AK in the challenge. */
   secretHash: string;
   akPub: string;
   ekPubHash: string;
   ekCert: string;
   ekIntermediates: string[];
+  /** base64 Qualified Name of the AK as the EK's child: the quote's qualifiedSigner must be it. */
+  akSigner: string;
   /** The IMA progress offered in the challenge (the agent may then send only the entries after it). */
   ima?: ImaProgress;
 }
 
-const STATE_VERSION = 2;
+const STATE_VERSION = 3;
 
 function secretDigest(secret: Buffer): Buffer {
   return digest('sha256', secret);
 }
 
 function parseState(state: unknown): TpmSessionState {
-  if (typeof state === 'object' && state !== null && !Array.isArray(state) && (state as Record<string, unknown>).v === 1) {
+  const oldV = typeof state === 'object' && state !== null && !Array.isArray(state) ? (state as Record<string, unknown>).v : undefined;
+  if (oldV === 1) {
     throw new SigilError(
       'tpm.bad_state',
-      'tpm session state is version 1 (it kept the credential secret in plain form); this verifier accepts only version 2 (secret digest): attest again',
+      'tpm session state is version 1 (it kept the credential secret in plain form); this verifier accepts only version 3 (secret digest and the AK\'s expected signer name): attest again',
     );
   }
-  const o = strictObject(state, 'tpm session state', 'tpm.bad_state', ['v', 'secretHash', 'akPub', 'ekPubHash', 'ekCert', 'ekIntermediates'], ['ima']);
+  if (oldV === 2) {
+    throw new SigilError(
+      'tpm.bad_state',
+      'tpm session state is version 2 (it does not name the AK\'s expected signer, the AK as the EK\'s child); this verifier accepts only version 3: attest again',
+    );
+  }
+  const o = strictObject(state, 'tpm session state', 'tpm.bad_state', ['v', 'secretHash', 'akPub', 'ekPubHash', 'ekCert', 'ekIntermediates', 'akSigner'], ['ima']);
   if (o.ima !== undefined && !isImaProgress(o.ima)) throw new SigilError('tpm.bad_state', 'tpm session state ima progress is not one this verifier wrote');
   if (o.v !== STATE_VERSION || typeof o.secretHash !== 'string' || typeof o.akPub !== 'string' || typeof o.ekPubHash !== 'string' || typeof o.ekCert !== 'string') {
     throw new SigilError('tpm.bad_state', 'tpm session state is not one this verifier wrote');
+  }
+  if (typeof o.akSigner !== 'string' || !/^(?:[A-Za-z0-9+/]{46}==|[A-Za-z0-9+/]{67}=|[A-Za-z0-9+/]{88})$/.test(o.akSigner)) {
+    throw new SigilError('tpm.bad_state', 'tpm session state akSigner is not a base64 Qualified Name');
   }
   if (!/^[A-Za-z0-9+/]{43}=$/.test(o.secretHash)) {
     throw new SigilError('tpm.bad_state', 'tpm session state secretHash is not a base64 SHA-256 digest');
@@ -333,6 +347,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
       ekPubHash,
       ekCert: h.ekCert,
       ekIntermediates: interTexts,
+      akSigner: qualifiedNameUnderEk(ekPub, ak, akArea.name()).toString('base64'),
       ...(ima ? { ima } : {}),
     };
     // Only its digest is needed from here on (the buffer is its own memory: see random.ts).
@@ -403,6 +418,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
       expectedSelection: this.expectedSelection,
       pcrValues,
       hashAllowlist: this.hashAllowlist,
+      expectedSigner: Buffer.from(st.akSigner, 'base64'),
     });
     // The EK chain was validated in begin(); this is a cache hit that re-checks validity times.
     const chain = this.ek.cachedTexts(st.ekCert, st.ekIntermediates, session.now) ?? (await this.ek.verifyTexts(st.ekCert, st.ekIntermediates, session.now, decodeStateCert));

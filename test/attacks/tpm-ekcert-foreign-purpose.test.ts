@@ -69,7 +69,7 @@ async function attestWithoutTpm(ekCert: Buffer, ek: { publicKey: KeyObject; priv
     const { challenge, state } = await v.begin(hello, s);
     const c = challenge as { credentialBlob: string; encryptedSecret: string };
     const secret = activateCredentialSoftware(ek.privateKey, akPub, Buffer.from(c.credentialBlob, 'base64'), Buffer.from(c.encryptedSecret, 'base64'));
-    const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [7] }], values: new Map([['sha256:7', Buffer.alloc(32, 0x77)]]), clock: 1n, resetCount: 1, restartCount: 0 });
+    const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [7] }], values: new Map([['sha256:7', Buffer.alloc(32, 0x77)]]), clock: 1n, resetCount: 1, restartCount: 0, signer: { ekPub: Buffer.from(hello.ekPub, 'base64'), akPub } });
     await v.finish({ secret: secret.toString('base64'), quote: q.attest.toString('base64'), signature: q.signature.toString('base64'), pcrValues: [{ bank: 'sha256', index: 7, value: '77'.repeat(32) }] }, state, s);
     return 'ok';
   } catch (e) {

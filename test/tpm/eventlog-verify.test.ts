@@ -241,7 +241,8 @@ async function attest(v: NodeAttestorVerifier, pcrs: Map<number, Buffer>, indice
   const secret = activateCredentialSoftware(ek.privateKey, Buffer.from(hello.akPub as string, 'base64'), Buffer.from(c.credentialBlob, 'base64'), Buffer.from(c.encryptedSecret, 'base64'));
   const values = new Map(indices.map((i) => [`sha256:${i}`, pcrs.get(i)!]));
   clock += 10n;
-  const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: indices }], values, clock, resetCount: 1, restartCount: 0 });
+  const signer = { ekPub: Buffer.from(hello.ekPub as string, 'base64'), akPub: Buffer.from(hello.akPub as string, 'base64') };
+  const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: indices }], values, clock, resetCount: 1, restartCount: 0, signer });
   const response = {
     secret: secret.toString('base64'),
     quote: q.attest.toString('base64'),

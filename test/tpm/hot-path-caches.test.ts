@@ -256,7 +256,7 @@ describe('finish: response entries checked without Object.keys lists or names ma
       const b = await v.begin(hello, s);
       const c = b.challenge as { credentialBlob: string; encryptedSecret: string };
       const secret = activateCredentialSoftware(ek.privateKey, akPub, Buffer.from(c.credentialBlob, 'base64'), Buffer.from(c.encryptedSecret, 'base64'));
-      const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [7] }], values: new Map([['sha256:7', Buffer.alloc(32, 7)]]), clock: clock++, resetCount: 1, restartCount: 0 });
+      const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [7] }], values: new Map([['sha256:7', Buffer.alloc(32, 7)]]), clock: clock++, resetCount: 1, restartCount: 0, signer: { ekPub: Buffer.from(hello.ekPub, 'base64'), akPub } });
       const response = {
         secret: secret.toString('base64'),
         quote: q.attest.toString('base64'),

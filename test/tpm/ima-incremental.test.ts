@@ -166,7 +166,7 @@ async function attest(v: NodeAttestorVerifier, list: Buffer, extra: Respond = ()
   const secret = activateCredentialSoftware(ek.privateKey, Buffer.from(hello.akPub as string, 'base64'), Buffer.from(c.credentialBlob!, 'base64'), Buffer.from(c.encryptedSecret!, 'base64'));
   const value = pcr10(list)[0]!.value;
   clock += 10n;
-  const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [10] }], values: new Map([['sha256:10', value]]), clock, resetCount: 1, restartCount: 0 });
+  const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [10] }], values: new Map([['sha256:10', value]]), clock, resetCount: 1, restartCount: 0, signer: { ekPub: Buffer.from(hello.ekPub as string, 'base64'), akPub: Buffer.from(hello.akPub as string, 'base64') } });
   const send = imaToSend(list, (b.challenge as Record<string, unknown>).imaFrom);
   const response = {
     secret: secret.toString('base64'),

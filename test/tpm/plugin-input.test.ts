@@ -15,7 +15,7 @@ import { sessionBinding } from '../../src/plugins/binding.js';
 import type { NodeAttestorVerifier, SessionInput } from '../../src/plugins/types.js';
 import { TpmAgent, parseVerifierConfig, tpmVerifierPlugin } from '../../src/tpm/plugin.js';
 import { MemoryState } from './memory-state.js';
-import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, syntheticQuote } from './synthetic.js';
+import { activateCredentialSoftware, akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, p256KeyPair, rsaKeyPair, signerUnderEk, syntheticQuote } from './synthetic.js';
 
 const logger = pino({ level: 'silent' });
 let dir = '';
@@ -50,7 +50,8 @@ function activate(challenge: unknown): Buffer {
 /** The agent's answer to `challenge`: the activated secret and a synthetic quote over the session binding. */
 function respond(challenge: unknown, s: SessionInput, clock: bigint, resetCount = 1, restartCount = 0): Record<string, unknown> {
   const values = new Map<string, Buffer>([['sha256:7', Buffer.alloc(32, 7)]]);
-  const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [7] }], values, clock, resetCount, restartCount });
+  const signer = { ekPub: Buffer.from(hello.ekPub as string, 'base64'), akPub: Buffer.from(hello.akPub as string, 'base64') };
+  const q = syntheticQuote({ ak: ak.privateKey, extraData: s.binding, selection: [{ bank: 'sha256', pcrs: [7] }], values, clock, resetCount, restartCount, signer });
   return {
     secret: activate(challenge).toString('base64'),
     quote: q.attest.toString('base64'),
@@ -152,8 +153,11 @@ describe('verifier input validation', () => {
     for (const st of [
       null,
       {},
-      { ...(b.state as object), v: 3 },
+      { ...(b.state as object), v: 4 },
       { ...(b.state as object), ekIntermediates: 'x' },
+      { ...(b.state as object), akSigner: undefined },
+      { ...(b.state as object), akSigner: 'AAAA' },
+      { ...(b.state as object), akSigner: Buffer.alloc(34).toString('hex') },
       { ...(b.state as object), secretHash: 'AAAA' },
       { ...(b.state as object), secretHash: 5 },
       { ...(b.state as object), secret: good.secret },
@@ -161,18 +165,23 @@ describe('verifier input validation', () => {
       expect(await code(finishAndCommit(v, good, st, s))).toBe('tpm.bad_state');
     }
     expect(await code(finishAndCommit(v, { ...good, secret: randomBytes(32).toString('base64') }, b.state, s))).toBe('tpm.credential_mismatch');
+    // A well-formed akSigner other than the AK's Qualified Name under the EK: the quote's signer is not it.
+    const otherSigner = Buffer.concat([Buffer.from([0, 0x0b]), randomBytes(32)]).toString('base64');
+    expect(await code(finishAndCommit(v, good, { ...(b.state as object), akSigner: otherSigner }, s))).toBe('tpm.ak_not_under_ek');
     expect(await code(finishAndCommit(v, good, b.state, s))).toBe('ok');
   });
 });
 
 describe('credential secret in the session state', () => {
-  it('keeps only a SHA-256 digest of the secret (state v2); the secret the TPM recovers passes finish', async () => {
+  it('keeps only a SHA-256 digest of the secret (state v3); the secret the TPM recovers passes finish', async () => {
     const s = session();
     const b = await v.begin(hello, s);
     const secret = activate(b.challenge);
     expect(secret).toHaveLength(32);
     const st = b.state as Record<string, unknown>;
-    expect(st.v).toBe(2);
+    expect(st.v).toBe(3);
+    // The quote's signer must be the AK as the EK's child.
+    expect(st.akSigner).toBe(signerUnderEk(Buffer.from(hello.ekPub as string, 'base64'), Buffer.from(hello.akPub as string, 'base64')).toString('base64'));
     expect(st).not.toHaveProperty('secret');
     expect(st.secretHash).toBe(createHash('sha256').update(secret).digest('base64'));
     // The stored state (the verifier persists it with the session) holds the secret in no form.
@@ -194,6 +203,16 @@ describe('credential secret in the session state', () => {
     expect(e).toBeInstanceOf(SigilError);
     expect((e as SigilError).code).toBe('tpm.bad_state');
     expect((e as SigilError).message).toMatch(/version 1/);
+  });
+
+  it('refuses version 2 state (no expected AK signer: written before the AK had to be the EK\'s child) with tpm.bad_state telling the agent to attest again', async () => {
+    const s = session();
+    const b = await v.begin(hello, s);
+    const { akSigner: _drop, ...rest } = b.state as Record<string, unknown>;
+    const e = await finishAndCommit(v, respond(b.challenge, s, 6500n, 4, 0), { ...rest, v: 2 }, s).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(SigilError);
+    expect((e as SigilError).code).toBe('tpm.bad_state');
+    expect((e as SigilError).message).toMatch(/version 2.*attest again/);
   });
 
   it('the software activation helper recovers what MakeCredential sealed, for RSA and P-256 EKs, and only for the AK it names', async () => {

@@ -26,6 +26,8 @@ const exec = promisify(execFile);
 let t: ToolsTpm | null = null;
 let ak: { pub: Buffer; ctx: string; nameHex: string };
 let akEcc: { pub: Buffer; ctx: string; nameHex: string };
+/** An AK made under the ECC P-384 EK, as an agent attesting with that EK makes it. */
+let akUnderEccEk: { pub: Buffer; ctx: string; nameHex: string };
 let ak2: { pub: Buffer; ctx: string; nameHex: string };
 const PCRS = { sha1: [0], sha256: [0, 1, 2, 16] };
 
@@ -106,6 +108,7 @@ beforeAll(async () => {
   ak = await t.createAk('ak', 'rsa');
   akEcc = await t.createAk('ak-ecc', 'ecc');
   ak2 = await t.createAk('ak2', 'rsa');
+  akUnderEccEk = await t.createAk('ak-under-ecc-ek', 'ecc', ECC_EK_HANDLE);
 }, 60_000);
 
 afterAll(async () => {
@@ -143,10 +146,19 @@ describe('tpm verifier plugin driven by tpm2-tools', () => {
     if (!t) return skip();
     const { v } = await makeVerifier();
     const s = newSession();
-    const { challenge, state: st } = await v.begin(hello({ ekCert: b64(t.ekCertEcc), ekPub: b64(t.ekPubEcc) }), s);
-    const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'ecc', ekHandle: ECC_EK_HANDLE });
+    const { challenge, state: st } = await v.begin(hello({ ekCert: b64(t.ekCertEcc), ekPub: b64(t.ekPubEcc), akPub: b64(akUnderEccEk.pub) }), s);
+    const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'ecc', ekHandle: ECC_EK_HANDLE, activateWith: akUnderEccEk, quoteWith: akUnderEccEk });
     const r = await finishAndCommit(v, resp, st, s);
     expect(r.agentIdSuffix).toBe(spkiHash(parseTpm2bPublic(t.ekPubEcc)));
+  });
+
+  it('an AK made under the RSA EK, attested with the ECC EK: activation works (any loaded key), the quote signer is not the ECC EK\'s child: tpm.ak_not_under_ek', async ({ skip }) => {
+    if (!t) return skip();
+    const { v } = await makeVerifier();
+    const s = newSession();
+    const { challenge, state: st } = await v.begin(hello({ ekCert: b64(t.ekCertEcc), ekPub: b64(t.ekPubEcc), akPub: b64(akEcc.pub) }), s);
+    const resp = await toolsRespond(challenge as Challenge, s.binding, { tag: 'ecc-foreign-ak', ekHandle: ECC_EK_HANDLE, activateWith: akEcc, quoteWith: akEcc });
+    expect(await codeOf(finishAndCommit(v, resp, st, s))).toBe('tpm.ak_not_under_ek');
   });
 
   it('rejects a quote over another nonce: tpm.nonce_mismatch', async ({ skip }) => {

@@ -12,7 +12,7 @@ import { AttributeTypeAndValue, AttributeValue, GeneralName, Name, RelativeDisti
 import * as x509 from '@peculiar/x509';
 import { TPM_ALG, TPM_GENERATED_VALUE, TPM_ST, hashByName, type HashName } from '../../src/tpm/constants.js';
 import { TpmWriter } from '../../src/tpm/reader.js';
-import { encodePcrSelection, type PcrBankSelection } from '../../src/tpm/structures.js';
+import { encodePcrSelection, parseTpm2bPublic, qualifiedNameUnderEk, type PcrBankSelection } from '../../src/tpm/structures.js';
 
 const subtle = webcrypto.subtle;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -157,6 +157,17 @@ export interface SyntheticQuoteInput {
   hash?: HashName;
   /** RSA AKs: sign RSASSA-PKCS1-v1_5 (default) or RSASSA-PSS with this salt length in bytes. */
   pssSaltLength?: number;
+  /**
+   * The quote's qualifiedSigner: the bytes themselves, or the EK and AK (TPM2B_PUBLIC) to compute
+   * it from as a TPM does for an AK made as the EK's child (what the tpm attestor requires).
+   * Without it, a fixed fake name (enough for verifyQuote without `expectedSigner`).
+   */
+  signer?: Buffer | { ekPub: Buffer; akPub: Buffer };
+}
+
+/** The qualifiedSigner a TPM writes in quotes by the AK `akPub` made under the EK `ekPub` (both TPM2B_PUBLIC). */
+export function signerUnderEk(ekPub: Buffer, akPub: Buffer): Buffer {
+  return qualifiedNameUnderEk(parseTpm2bPublic(ekPub), parseTpm2bPublic(akPub));
 }
 
 /** A TPMS_ATTEST quote laid out as a TPM does, signed with the AK in software; returns TPM2B_ATTEST + TPMT_SIGNATURE. */
@@ -172,7 +183,12 @@ export function syntheticQuote(q: SyntheticQuoteInput): { attest: Buffer; signat
       digest.update(v);
     }
   }
-  const signerName = Buffer.concat([Buffer.from([0, 0x0b]), createHash('sha256').update('synthetic-signer').digest()]);
+  const signerName =
+    q.signer === undefined
+      ? Buffer.concat([Buffer.from([0, 0x0b]), createHash('sha256').update('synthetic-signer').digest()])
+      : Buffer.isBuffer(q.signer)
+        ? q.signer
+        : signerUnderEk(q.signer.ekPub, q.signer.akPub);
   const body = new TpmWriter()
     .u32(TPM_GENERATED_VALUE)
     .u16(TPM_ST.ATTEST_QUOTE)

@@ -33,8 +33,12 @@ export interface ToolsTpm {
   ekCaFiles: string[];
   run(tool: string, args: string[]): Promise<string>;
   file(name: string): string;
-  /** Creates an AK under the RSA EK with tpm2_createak (rsa: RSASSA, rsapss: RSASSA-PSS, ecc: ECDSA; all SHA-256); returns its TPM2B_PUBLIC and context file. */
-  createAk(name: string, alg?: 'rsa' | 'rsapss' | 'ecc'): Promise<{ pub: Buffer; ctx: string; nameHex: string }>;
+  /**
+   * Creates an AK as a child of an EK (the RSA EK unless `ekHandle` names another) with
+   * tpm2_createak (rsa: RSASSA, rsapss: RSASSA-PSS, ecc: ECDSA; all SHA-256), as an agent does:
+   * the tpm attestor requires the AK under the EK it attests with. Returns its TPM2B_PUBLIC and context file.
+   */
+  createAk(name: string, alg?: 'rsa' | 'rsapss' | 'ecc', ekHandle?: string): Promise<{ pub: Buffer; ctx: string; nameHex: string }>;
   /** tpm2_quote with the AK context; returns the message (TPMS_ATTEST), signature and pcrs files' bytes. */
   quote(akCtx: string, pcrList: string, qualificationHex: string, tag: string, scheme?: 'rsapss'): Promise<{ msg: Buffer; sig: Buffer; pcrs: Buffer; files: { msg: string; sig: string; pcrs: string } }>;
   /** tpm2_activatecredential with blob/secret (TPM2B wire bytes); returns the recovered secret. */
@@ -65,6 +69,8 @@ export async function startToolsTpm(): Promise<ToolsTpm | null> {
     await run('tpm2_flushcontext', ['-s']);
   };
   const file = (n: string): string => join(dir, n);
+  /** The EK each AK made by createAk was created under (reloadAk loads it there again). */
+  const akParents = new Map<string, string>();
   await run('tpm2_nvread', ['0x1c00002', '-o', file('ek-rsa.der')]);
   await run('tpm2_nvread', ['0x1c00016', '-o', file('ek-ecc.der')]);
   await run('tpm2_readpublic', ['-c', RSA_EK_HANDLE, '-o', file('ek-rsa.pub')]);
@@ -81,12 +87,13 @@ export async function startToolsTpm(): Promise<ToolsTpm | null> {
     run,
     file,
     flush,
-    async createAk(name, alg = 'rsa') {
-      const args = ['-C', RSA_EK_HANDLE, '-c', file(`${name}.ctx`), '-u', file(`${name}.pub`), '-n', file(`${name}.name`), '-r', file(`${name}.priv`)];
+    async createAk(name, alg = 'rsa', ekHandle = RSA_EK_HANDLE) {
+      const args = ['-C', ekHandle, '-c', file(`${name}.ctx`), '-u', file(`${name}.pub`), '-n', file(`${name}.name`), '-r', file(`${name}.priv`)];
       const scheme = { rsa: ['-G', 'rsa', '-g', 'sha256', '-s', 'rsassa'], rsapss: ['-G', 'rsa', '-g', 'sha256', '-s', 'rsapss'], ecc: ['-G', 'ecc', '-g', 'sha256', '-s', 'ecdsa'] };
       args.push(...scheme[alg]);
       await run('tpm2_createak', args);
       await flush();
+      akParents.set(name, ekHandle);
       return { pub: readFileSync(file(`${name}.pub`)), ctx: file(`${name}.ctx`), nameHex: readFileSync(file(`${name}.name`)).toString('hex') };
     },
     async quote(akCtx, pcrList, qualificationHex, tag, scheme) {
@@ -125,9 +132,17 @@ export async function startToolsTpm(): Promise<ToolsTpm | null> {
       return readFileSync(out);
     },
     async reloadAk(name) {
-      await run('tpm2_startauthsession', ['--policy-session', '-S', file('session.ctx')]);
-      await run('tpm2_policysecret', ['-S', file('session.ctx'), '-c', 'e']);
-      await run('tpm2_load', ['-C', RSA_EK_HANDLE, '-P', `session:${file('session.ctx')}`, '-u', file(`${name}.pub`), '-r', file(`${name}.priv`), '-c', file(`${name}.ctx`)]);
+      const parent = akParents.get(name) ?? RSA_EK_HANDLE;
+      const load = ['-C', parent, '-u', file(`${name}.pub`), '-r', file(`${name}.priv`), '-c', file(`${name}.ctx`)];
+      if (parent === RSA_EK_HANDLE) {
+        // low-range EK: authPolicy = PolicySecret(TPM_RH_ENDORSEMENT)
+        await run('tpm2_startauthsession', ['--policy-session', '-S', file('session.ctx')]);
+        await run('tpm2_policysecret', ['-S', file('session.ctx'), '-c', 'e']);
+        await run('tpm2_load', [...load, '-P', `session:${file('session.ctx')}`]);
+      } else {
+        // high-range EK template sets userWithAuth: empty password authorises it
+        await run('tpm2_load', load);
+      }
       await flush();
     },
     async stop() {

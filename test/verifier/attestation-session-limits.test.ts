@@ -224,7 +224,7 @@ describe('attestation sessions: one public EK certificate', () => {
     const ch = r1.body.challenges?.tpm as { credentialBlob: string; encryptedSecret: string };
     const binding = sessionBinding(Buffer.from(r1.body.nonce as string, 'base64'), spkiDer(key.publicKey));
     const secret = activateCredentialSoftware(t.ek.privateKey as KeyObject, Buffer.from(t.hello.akPub, 'base64'), Buffer.from(ch.credentialBlob, 'base64'), Buffer.from(ch.encryptedSecret, 'base64'));
-    const q = syntheticQuote({ ak: t.ak.privateKey, extraData: binding, selection: [{ bank: 'sha256', pcrs: [7] }], values: new Map([['sha256:7', Buffer.alloc(32, 7)]]), clock: 1000n, resetCount: 1, restartCount: 0 });
+    const q = syntheticQuote({ ak: t.ak.privateKey, extraData: binding, selection: [{ bank: 'sha256', pcrs: [7] }], values: new Map([['sha256:7', Buffer.alloc(32, 7)]]), clock: 1000n, resetCount: 1, restartCount: 0, signer: { ekPub: Buffer.from(t.hello.ekPub, 'base64'), akPub: Buffer.from(t.hello.akPub, 'base64') } });
     const r2 = await post(tv, caPem, `/v1/attest/${r1.body.session as string}`, {
       responses: { tpm: { secret: secret.toString('base64'), quote: q.attest.toString('base64'), signature: q.signature.toString('base64'), pcrValues: [{ bank: 'sha256', index: 7, value: '07'.repeat(32) }] } },
     });

@@ -101,6 +101,7 @@ function tpmResponse(t: FakeTpm, challenge: unknown, binding: Buffer, c: Clock):
     clock: c.clock,
     resetCount: c.resetCount,
     restartCount: c.restartCount ?? 0,
+    signer: { ekPub: Buffer.from(t.hello.ekPub, 'base64'), akPub: Buffer.from(t.hello.akPub, 'base64') },
   });
   return { secret: secret.toString('base64'), quote: q.attest.toString('base64'), signature: q.signature.toString('base64'), pcrValues: [{ bank: 'sha256', index: 7, value: '07'.repeat(32) }] };
 }
