@@ -7,15 +7,20 @@
  *   <dir>/<product>/<hwIdHex>-<reportedTcbHex>.der   VCEK (hwID = 64-byte CHIP_ID; 8 bytes on Turin)
  *   <dir>/ask_ark_<product>.pem                        ASK then ARK
  *   <dir>/asvk_ark_<product>.pem                       ASVK then ARK (VLEK chains)
+ *   <dir>/crl_<vcek|vlek>_<product>.der                AMD's CRL for that product line and key kind
  * KDS (off by default; needs the network):
  *   GET <base>/vcek/v1/<Product>/<hwIdHex>?[fmcSPL=..&]blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..  → VCEK DER
  *   GET <base>/vcek/v1/<Product>/cert_chain, <base>/vlek/v1/<Product>/cert_chain               → PEM
+ *   GET <base>/vcek/v1/<Product>/crl, <base>/vlek/v1/<Product>/crl                             → DER CRL (signed by the ARK)
  * Nothing fetched from KDS is cached by the lookup itself: lookupVcek/lookupChain hand back a
  * `persist()` that the caller runs only once the certificates verified against the pinned ARK (a
  * chain on its own, a VCEK through its chain); it writes them into the directory (when one is
  * configured) and a bounded in-memory cache. A fetched VCEK is cached only under the chip and TCB
  * it names: its persist() does nothing unless its hwID is the requested CHIP_ID (in that product's
- * form) and its SPLs are the requested TCB.
+ * form) and its SPLs are the requested TCB. A CRL is cached the same way, once it verified against
+ * the pinned ARK (crl.ts verifyAmdCrl), and used from the cache only until its nextUpdate (at the
+ * time the caller passes in); past it, KDS is asked again (the stale copy is returned when KDS has
+ * none, so the verifier says it expired).
  *
  * KDS requests are guarded, because the request is made before the report signature can be checked
  * (that needs the VCEK being fetched), so a forged report picks the CHIP_ID and TCB in the URL:
@@ -33,6 +38,7 @@ import { dirname, join } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
 import { replaceFileAtomicAsync } from '../util/atomic-file.js';
 import { certificatesFromFile, endorsementTcb, parseAmdExtensions, parseSevCert, pemToDerList, productFromEndorsementCert } from './certs.js';
+import { amdCrlNextUpdate } from './crl.js';
 import { type SnpProduct, type SnpSigningKey, decodeTcb, hwIdForProduct, tcbHex } from './report.js';
 
 export const DEFAULT_KDS_BASE_URL = 'https://kdsintf.amd.com';
@@ -120,6 +126,14 @@ export function kdsVcekUrl(baseUrl: string, product: SnpProduct, chipId: Buffer,
   const hw = hwIdForProduct(chipId, product).toString('hex');
   const q = `${product === 'turin' ? `fmcSPL=${t.fmc ?? 0}&` : ''}blSPL=${t.bootloader}&teeSPL=${t.tee}&snpSPL=${t.snp}&ucodeSPL=${t.microcode}`;
   return `${baseUrl.replace(/\/+$/, '')}/vcek/v1/${PRODUCT_TITLE[product]}/${hw}?${q}`;
+}
+
+export function crlFileName(dir: string, product: SnpProduct, kind: SnpSigningKey): string {
+  return join(dir, `crl_${kind}_${product}.der`);
+}
+
+export function kdsCrlUrl(baseUrl: string, product: SnpProduct, kind: SnpSigningKey): string {
+  return `${baseUrl.replace(/\/+$/, '')}/${kind}/v1/${PRODUCT_TITLE[product]}/crl`;
 }
 
 export function kdsChainUrl(baseUrl: string, product: SnpProduct, kind: SnpSigningKey): string {
@@ -272,6 +286,8 @@ export class SnpCollateralSource {
   private readonly clock: () => number;
   /** Verified certificates by cache key (`vcek/<product>/<hwId>-<tcb>`, `chain/<product>/<kind>`). */
   private readonly memory = new Map<string, Buffer[]>();
+  /** Verified CRLs by `crl/<product>/<kind>`, with their nextUpdate (ms). */
+  private readonly crlMemory = new Map<string, { der: Buffer; nextUpdate: number }>();
   /** KDS URLs that answered 404 → when that answer expires. */
   private readonly notFound = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<Buffer | undefined>>();
@@ -395,6 +411,49 @@ export class SnpCollateralSource {
     const text = body.toString('latin1');
     const ders = pemToDerList(text, 'KDS cert_chain');
     return this.fetchedHit(key, ders, this.dir ? chainFileName(this.dir, product, kind) : undefined, text);
+  }
+
+  /**
+   * AMD's CRL for a product line and key kind (memory, directory, then KDS), or undefined. A cached
+   * CRL is used only while `now` is not past its nextUpdate; a stale one is returned only when KDS
+   * is off or has none. `ders[0]` is the CRL as stored or served (DER, or PEM from a file); the
+   * caller verifies it (crl.ts) and then runs persist(). `fromKds`: skip memory and directory (the
+   * cached copy did not verify); undefined when KDS is off or has none.
+   */
+  async lookupCrl(product: SnpProduct, kind: SnpSigningKey, now: Date, opts: { fromKds?: boolean } = {}): Promise<CollateralHit | undefined> {
+    const key = `crl/${product}/${kind}`;
+    const t = now.getTime();
+    const mem = opts.fromKds ? undefined : this.crlMemory.get(key);
+    if (mem) {
+      if (mem.nextUpdate >= t) return SnpCollateralSource.cached([mem.der]);
+      this.crlMemory.delete(key);
+    }
+    let stale: Buffer | undefined;
+    const path = this.dir ? crlFileName(this.dir, product, kind) : undefined;
+    if (path && !opts.fromKds) {
+      const hit = await readOptional(path);
+      if (hit) {
+        const next = amdCrlNextUpdate(hit);
+        if (next !== undefined && next.getTime() >= t) return SnpCollateralSource.cached([hit]);
+        stale = hit;
+      }
+    }
+    if (this.kds) {
+      const body = await this.kdsFetch(kdsCrlUrl(this.kds.baseUrl, product, kind));
+      if (body) {
+        return {
+          ders: [body],
+          fetched: true,
+          persist: async () => {
+            const next = amdCrlNextUpdate(body);
+            if (next === undefined) return;
+            remember(this.crlMemory, key, { der: body, nextUpdate: next.getTime() }, MEMORY_CACHE_MAX);
+            if (path !== undefined) await this.writeCache(path, body);
+          },
+        };
+      }
+    }
+    return stale ? SnpCollateralSource.cached([stale]) : undefined;
   }
 
   /** The VCEK's DER, or undefined. Fetched certificates are not cached: use lookupVcek and persist() after verifying. */

@@ -5,5 +5,6 @@ export * from './verify.js';
 export * from './certtable.js';
 export * from './attester.js';
 export * from './collateral.js';
+export * from './crl.js';
 export { sevVerifierPlugin, sevAgentPlugin, createSevVerifier, createSevAgent, sevVerifierConfigSchema, sevAgentConfigSchema } from './plugin.js';
 export type { SevVerifierConfig, SevAgentConfig, SevVerifierInjection, SevAgentInjection } from './plugin.js';

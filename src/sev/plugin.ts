@@ -12,6 +12,12 @@
  * from KDS are cached only once they verified against the pinned ARK: an ASK/ASVK+ARK chain as soon
  * as it checks out on its own, a VCEK once it verified through its chain (and only if it is the
  * requested chip's at the requested TCB, see SnpCollateralSource).
+ *
+ * Revocation: AMD's CRL for the report's product line and key kind comes from the same collateral
+ * source (memory, `collateralDir`, KDS) and is checked against the pinned ARK by verifySnpEvidence.
+ * `crl.mode` (require | best_effort | off) says what happens when no current, verifying CRL can be
+ * had; the default is `require` when KDS is enabled (the verifier can fetch it) and `best_effort`
+ * otherwise (offline deployments keep working; a CRL file in collateralDir is still enforced).
  */
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
@@ -40,6 +46,7 @@ import {
   verifyEndorsementChain,
   verifyIssuerChain,
 } from './certs.js';
+import { type SnpCrlMode, SNP_CRL_MODES, verifyAmdCrl } from './crl.js';
 import { type CollateralHit, DEFAULT_KDS_BASE_URL, DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE, type FetchLike, SnpCollateralSource, checkKdsBaseUrl } from './collateral.js';
 import { type SnpProduct, type SnpSigningKey, SNP_PRODUCTS, SNP_REPORT_SIZE, parseSnpReport } from './report.js';
 import { type SnpMinTcb, type SnpPolicyOptions, type SnpVerification, SEV_ATTESTOR, precheckSnpReport, reportDataForBinding, verifySnpEvidence } from './verify.js';
@@ -64,6 +71,11 @@ export const sevVerifierConfigSchema: JsonSchema = {
       additionalProperties: false,
       properties: { bootloader: spl, tee: spl, snp: spl, microcode: spl, fmc: spl },
     },
+    minLaunchTcb: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { bootloader: spl, tee: spl, snp: spl, microcode: spl, fmc: spl },
+    },
     minGuestSvn: { type: 'integer', minimum: 0, maximum: 4294967295 },
     measurements: { type: 'array', items: { type: 'string', pattern: '^[0-9a-fA-F]{96}$' } },
     arkSha256: {
@@ -81,6 +93,11 @@ export const sevVerifierConfigSchema: JsonSchema = {
         baseUrl: { type: 'string', pattern: '^https?://[^\\s]+$', default: DEFAULT_KDS_BASE_URL },
         maxRequestsPerMinute: { type: 'integer', minimum: 1, maximum: 6000, default: DEFAULT_KDS_MAX_REQUESTS_PER_MINUTE },
       },
+    },
+    crl: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { mode: { enum: [...SNP_CRL_MODES] } },
     },
   },
 };
@@ -107,11 +124,14 @@ export interface SevVerifierConfig {
   vmpls?: number[];
   products?: SnpProduct[];
   minTcb?: SnpMinTcb;
+  minLaunchTcb?: SnpMinTcb;
   minGuestSvn?: number;
   measurements?: string[];
   arkSha256?: Partial<Record<SnpProduct, string>>;
   collateralDir?: string;
   kds?: { enabled: boolean; baseUrl?: string; maxRequestsPerMinute?: number };
+  /** Default mode: `require` when kds.enabled, else `best_effort`. */
+  crl?: { mode?: SnpCrlMode };
 }
 
 export interface SevAgentConfig {
@@ -194,11 +214,31 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
     vmpls: cfg.vmpls ?? [0],
     products,
     ...(cfg.minTcb ? { minTcb: cfg.minTcb } : {}),
+    ...(cfg.minLaunchTcb ? { minLaunchTcb: cfg.minLaunchTcb } : {}),
     ...(cfg.minGuestSvn === undefined ? {} : { minGuestSvn: cfg.minGuestSvn }),
     ...(cfg.measurements ? { measurements: cfg.measurements } : {}),
     ...(cfg.arkSha256 ? { arkSha256: cfg.arkSha256 } : {}),
   };
   const pins = resolveArkPins(cfg.arkSha256);
+  const crlMode: SnpCrlMode = cfg.crl?.mode ?? (cfg.kds?.enabled ? 'require' : 'best_effort');
+  /** best_effort: when revocation was last reported unchecked (one warning per 10 minutes). */
+  let uncheckedWarnedAt = -Infinity;
+
+  /**
+   * Whether a CRL verifies on its own under the pinned ARK of `product` at `now` (issuer,
+   * signature, current), whatever it lists and whatever the session's outcome: only then is a
+   * fetched CRL cached.
+   */
+  const crlVerifies = (crl: Buffer, chain: Buffer[], product: SnpProduct, now: Date): boolean => {
+    try {
+      const ark = chain.map((d) => parseSevCert(d, 'chain certificate')).find((c) => c.sha256 === pins[product]);
+      if (!ark) return false;
+      verifyAmdCrl(crl, ark, product, now);
+      return true;
+    } catch {
+      return false;
+    }
+  };
 
   /**
    * Whether an ASK/ASVK+ARK chain checks out on its own (pinned ARK, self-signed, CA roles, ASK/ASVK
@@ -282,11 +322,48 @@ export function createSevVerifier(config: unknown, deps: VerifierPluginDeps, inj
             }
           }
         }
+        const evidence = { report: reportBytes, ...(endorsement ? { endorsementCert: endorsement } : {}), chain };
+        const opts = { now: session.now, expectedReportData, ...policy };
         let outcome: { ok: true; v: SnpVerification } | { ok: false; error: unknown };
         try {
-          outcome = { ok: true, v: verifySnpEvidence({ report: reportBytes, ...(endorsement ? { endorsementCert: endorsement } : {}), chain }, { now: session.now, expectedReportData, ...policy }) };
+          // Everything but revocation first: a report that fails anyway (forged, wrong chain) never
+          // makes the verifier look up, or spend a KDS request on, the CRL.
+          outcome = { ok: true, v: verifySnpEvidence(evidence, { ...opts, crl: { mode: 'off' } }) };
         } catch (e) {
           outcome = { ok: false, error: e };
+        }
+        // Then AMD's CRL for the verified product line and key kind, checked by the pure verifier.
+        let crl: CollateralHit | undefined;
+        if (outcome.ok && crlMode !== 'off') {
+          const { product } = outcome.v;
+          let crlUnavailableReason = 'neither collateralDir nor KDS is configured';
+          if (collateral.configured) {
+            try {
+              crl = await collateral.lookupCrl(product, outcome.v.signingKey, session.now);
+              // A cached CRL that does not verify (a damaged or foreign file in collateralDir) must
+              // not stand in the way of a good one: ask KDS, when enabled.
+              if (crl && !crl.fetched && !crlVerifies(crl.ders[0]!, chain, product, session.now)) {
+                crl = (await collateral.lookupCrl(product, outcome.v.signingKey, session.now, { fromKds: true })) ?? crl;
+              }
+              crlUnavailableReason = 'not in collateralDir, and KDS is off or has none';
+            } catch (e) {
+              crlUnavailableReason = errorMessage(e);
+            }
+          }
+          try {
+            outcome = { ok: true, v: verifySnpEvidence({ ...evidence, ...(crl ? { crl: crl.ders[0] } : { crlUnavailableReason }) }, { ...opts, crl: { mode: crlMode } }) };
+          } catch (e) {
+            outcome = { ok: false, error: e };
+          }
+          // A fetched CRL is cached once it verifies under the pinned ARK, whatever it lists.
+          if (crl?.fetched && crlVerifies(crl.ders[0]!, chain, product, session.now)) await crl.persist();
+        }
+        if (outcome.ok && !outcome.v.revocation.checked && crlMode === 'best_effort') {
+          const t = session.now.getTime();
+          if (t - uncheckedWarnedAt >= 10 * 60_000 || t < uncheckedWarnedAt) {
+            uncheckedWarnedAt = t;
+            deps.logger.warn({ reason: outcome.v.revocation.reason }, 'sev_snp: revocation not checked (crl.mode best_effort); attestation accepted');
+          }
         }
         // Cache a VCEK fetched from KDS only if it verified against the pinned ARK: on success, or
         // when only the report (signature, binding, policy) failed. A fetched VCEK that does not

@@ -18,6 +18,7 @@ import {
   tcbReservedZero,
 } from './report.js';
 import { type VerifiedEndorsement, endorsementTcb, parseAmdExtensions, parseSevCert, productFromEndorsementCert, resolveArkPins, verifyEndorsementChain } from './certs.js';
+import { type SnpCrlPolicy, type SnpRevocation, checkAmdRevocation } from './crl.js';
 
 export const SEV_ATTESTOR = 'sev_snp';
 
@@ -45,6 +46,11 @@ export interface SnpPolicyOptions {
   products?: SnpProduct[];
   /** Minimum REPORTED_TCB components. */
   minTcb?: SnpMinTcb;
+  /**
+   * Minimum LAUNCH_TCB components (the TCB the guest was launched under, signed in the report).
+   * Refuses a guest launched under older firmware that the host has since updated. Default: none.
+   */
+  minLaunchTcb?: SnpMinTcb;
   minGuestSvn?: number;
   /** Allowed launch measurements (hex, 48 bytes each). Empty or absent = any. */
   measurements?: string[];
@@ -59,6 +65,10 @@ export interface SnpEvidence {
   endorsementCert?: Uint8Array;
   /** ASK/ASVK and ARK certificates, DER, any order. */
   chain?: readonly Uint8Array[];
+  /** AMD's CRL for the report's product line and key kind (DER or PEM), as fetched or read. */
+  crl?: Uint8Array;
+  /** Why there is no `crl` (named in sev.crl_unavailable). */
+  crlUnavailableReason?: string;
 }
 
 export interface SnpVerifyOptions extends SnpPolicyOptions {
@@ -66,6 +76,8 @@ export interface SnpVerifyOptions extends SnpPolicyOptions {
   now: Date;
   /** When set, REPORT_DATA must equal these 64 bytes (compared in constant time). */
   expectedReportData?: Uint8Array;
+  /** Revocation check against `evidence.crl` (crl.ts). Default mode `best_effort`: checked when a CRL is supplied. */
+  crl?: SnpCrlPolicy;
 }
 
 export interface SnpVerification {
@@ -73,6 +85,8 @@ export interface SnpVerification {
   product: SnpProduct;
   signingKey: SnpSigningKey;
   reportedTcb: SnpTcbParts;
+  /** Whether the ARK and ASK/ASVK were checked against AMD's CRL, and which CRL. */
+  revocation: SnpRevocation;
   selectors: string[];
   claims: Record<string, unknown>;
   agentIdSuffix: string;
@@ -122,6 +136,17 @@ function checkEndorsementMatchesReport(report: SnpReport, end: VerifiedEndorseme
   }
 }
 
+function checkTcbFloor(which: 'REPORTED_TCB' | 'LAUNCH_TCB', tcb: SnpTcbParts, floor: SnpMinTcb | undefined, key: string): void {
+  if (!floor) return;
+  for (const name of TCB_NAMES) {
+    const min = floor[name];
+    if (min === undefined) continue;
+    const have = tcb[name];
+    if (have === undefined) continue; // fmc on Milan/Genoa
+    if (have < min) fail('sev.tcb_too_low', `${which} ${name} SPL ${have} is below the minimum ${min}${key === 'minTcb' ? '' : ` (${key})`}`);
+  }
+}
+
 function checkPolicy(report: SnpReport, product: SnpProduct, tcb: SnpTcbParts, opts: SnpPolicyOptions): void {
   if (report.policyFlags.debug && opts.allowDebug !== true) fail('sev.debug_not_allowed', 'guest policy allows debugging (DEBUG bit 19 set) and allowDebug is off');
   if (report.policyFlags.migrateMa && opts.allowMigrationAgent !== true) {
@@ -131,15 +156,8 @@ function checkPolicy(report: SnpReport, product: SnpProduct, tcb: SnpTcbParts, o
   if (!vmpls.includes(report.vmpl)) fail('sev.vmpl_not_allowed', `report VMPL ${report.vmpl} is not in the allowed list [${vmpls.join(', ')}]`);
   const products = opts.products ?? SNP_PRODUCTS;
   if (!products.includes(product)) fail('sev.product_not_allowed', `product ${product} is not in the allowed list [${products.join(', ')}]`);
-  if (opts.minTcb) {
-    for (const name of TCB_NAMES) {
-      const min = opts.minTcb[name];
-      if (min === undefined) continue;
-      const have = tcb[name];
-      if (have === undefined) continue; // fmc on Milan/Genoa
-      if (have < min) fail('sev.tcb_too_low', `REPORTED_TCB ${name} SPL ${have} is below the minimum ${min}`);
-    }
-  }
+  checkTcbFloor('REPORTED_TCB', tcb, opts.minTcb, 'minTcb');
+  checkTcbFloor('LAUNCH_TCB', decodeTcb(report.launchTcb, product), opts.minLaunchTcb, 'minLaunchTcb');
   if (opts.minGuestSvn !== undefined && report.guestSvn < opts.minGuestSvn) {
     fail('sev.guest_svn_too_low', `report GUEST_SVN ${report.guestSvn} is below the minimum ${opts.minGuestSvn}`);
   }
@@ -283,7 +301,8 @@ function tcbClaim(tcb: Buffer, product: SnpProduct): Record<string, unknown> {
  * Verify an SEV-SNP attestation report end to end: structure, every precheckSnpReport check
  * (REPORT_DATA when given, reserved TCB bytes, CHIP_ID shape, policy), certificate chain to the
  * pinned ARK (at `now`), VCEK/VLEK binding to the report (signing key kind, CHIP_ID,
- * REPORTED_TCB) and the report signature.
+ * REPORTED_TCB), the report signature, and the ARK and ASK/ASVK against AMD's CRL
+ * (`evidence.crl`, `opts.crl.mode`, see crl.ts).
  */
 export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions): SnpVerification {
   if (!(opts.now instanceof Date) || Number.isNaN(opts.now.getTime())) throw new SigilError('sev.time_invalid', 'verification time is not a valid date');
@@ -321,6 +340,9 @@ export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions)
     sigOk = false;
   }
   if (!sigOk) fail('sev.signature_invalid', `report signature does not verify under the ${end.kind.toUpperCase()}`);
+
+  // AMD's CRL (issued by the ARK) against the verified ARK and ASK/ASVK; the CRL and the time are passed in.
+  const revocation = checkAmdRevocation(evidence.crl, end, opts.now, opts.crl?.mode ?? 'best_effort', evidence.crlUnavailableReason);
 
   // REPORT_DATA was checked by precheckSnpReport; the policy too, for each candidate line. Checked
   // again here for the certificate's line, which also refuses a line outside `products`.
@@ -386,6 +408,7 @@ export function verifySnpEvidence(evidence: SnpEvidence, opts: SnpVerifyOptions)
     product,
     signingKey: end.kind,
     reportedTcb: tcb,
+    revocation,
     selectors,
     claims,
     agentIdSuffix: chipId ? hex(chipId) : hex(report.measurement),

@@ -8,6 +8,10 @@
  * - a v2 report (no CPUID) whose agent VCEK names a product line the report did not pass the
  *   pre-checks as never causes a chain request;
  * - `kds.baseUrl` must be https:// unless its host is loopback.
+ *
+ * These tests count VCEK/chain requests, so the verifiers here run with `crl: { mode: 'off' }` (with
+ * KDS enabled the default is `require`, which adds a CRL request per product line): AMD's CRL is
+ * covered by test/sev/crl-plugin.test.ts and test/attacks/sev-crl-revocation.test.ts.
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -92,7 +96,7 @@ describe('a fetched chain is cached once it checks out on its own, whatever VCEK
   it('a made-up VCEK costs one chain request in all, so a genuine node still gets its VCEK from KDS', async () => {
     // Same names as AMD's chain, other keys: the agent's VCEK does not verify through the real chain.
     const rogue = makeSnpTestChain('milan', { keyTag: 'kds-guards-rogue' });
-    const verifier = createSevVerifier({ arkSha256: milan.arkPins, kds: { enabled: true, baseUrl: base, maxRequestsPerMinute: 3 } }, vdeps());
+    const verifier = createSevVerifier({ arkSha256: milan.arkPins, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base, maxRequestsPerMinute: 3 } }, vdeps());
     const codes: string[] = [];
     for (let i = 0; i < 5; i++) codes.push(await codeOfAsync(() => round(verifier, rogue, vcekOnly(rogue))));
     expect(codes).toEqual(Array(5).fill('sev.cert_signature_invalid'));
@@ -105,13 +109,13 @@ describe('a fetched chain is cached once it checks out on its own, whatever VCEK
   it('with a collateral directory the chain is written there, the made-up VCEK is not', async () => {
     const dir = join(tmp, 'rogue-dir');
     const rogue = makeSnpTestChain('milan', { keyTag: 'kds-guards-rogue' });
-    const verifier = createSevVerifier({ arkSha256: milan.arkPins, collateralDir: dir, kds: { enabled: true, baseUrl: base } }, vdeps());
+    const verifier = createSevVerifier({ arkSha256: milan.arkPins, collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } }, vdeps());
     expect(await codeOfAsync(() => round(verifier, rogue, vcekOnly(rogue)))).toBe('sev.cert_signature_invalid');
     expect(existsSync(chainFileName(dir, 'milan', 'vcek'))).toBe(true);
     expect(existsSync(vcekFileName(dir, 'milan', rogue.chipId, rogue.reportedTcb))).toBe(false);
     // A second verifier on the same directory needs no request for the chain.
     requests.length = 0;
-    const other = createSevVerifier({ arkSha256: milan.arkPins, collateralDir: dir, kds: { enabled: true, baseUrl: base } }, vdeps());
+    const other = createSevVerifier({ arkSha256: milan.arkPins, collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } }, vdeps());
     expect(await codeOfAsync(() => round(other, milan, vcekOnly(milan)))).toBe('no error');
     expect(requests).toEqual([]);
   });
@@ -120,7 +124,7 @@ describe('a fetched chain is cached once it checks out on its own, whatever VCEK
     const dir = join(tmp, 'unpinned-chain');
     const impostor = makeSnpTestChain('milan', { keyTag: 'kds-guards-impostor' });
     routes.set(chainPath('milan'), impostor.chainPem);
-    const verifier = createSevVerifier({ arkSha256: milan.arkPins, collateralDir: dir, kds: { enabled: true, baseUrl: base } }, vdeps());
+    const verifier = createSevVerifier({ arkSha256: milan.arkPins, collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } }, vdeps());
     for (let i = 0; i < 2; i++) expect(await codeOfAsync(() => round(verifier, impostor, vcekOnly(impostor)))).toBe('sev.ark_untrusted');
     expect(requests).toEqual([chainPath('milan'), chainPath('milan')]);
     expect(existsSync(chainFileName(dir, 'milan', 'vcek'))).toBe(false);
@@ -130,7 +134,7 @@ describe('a fetched chain is cached once it checks out on its own, whatever VCEK
     const dir = join(tmp, 'expired-chain');
     const expired = makeSnpTestChain('milan', { keyTag: 'kds-guards-expired', notBefore: new Date('2019-01-01T00:00:00Z'), notAfter: new Date('2025-01-01T00:00:00Z') });
     routes.set(chainPath('milan'), expired.chainPem);
-    const verifier = createSevVerifier({ arkSha256: expired.arkPins, collateralDir: dir, kds: { enabled: true, baseUrl: base } }, vdeps());
+    const verifier = createSevVerifier({ arkSha256: expired.arkPins, collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } }, vdeps());
     for (let i = 0; i < 2; i++) expect(await codeOfAsync(() => round(verifier, expired, vcekOnly(expired)))).toBe('sev.cert_expired');
     expect(requests).toEqual([chainPath('milan'), chainPath('milan')]);
     expect(existsSync(chainFileName(dir, 'milan', 'vcek'))).toBe(false);
@@ -147,7 +151,7 @@ describe('a fetched VCEK of another chip or TCB is not cached under the requeste
       const dir = join(tmp, `wrong-vcek-${code}`);
       const victim = makeSnpTestChain('milan');
       routes.set(vcekPath(victim), wrongFor(victim).endorsement);
-      const verifier = createSevVerifier({ arkSha256: milan.arkPins, collateralDir: dir, kds: { enabled: true, baseUrl: base } }, vdeps());
+      const verifier = createSevVerifier({ arkSha256: milan.arkPins, collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } }, vdeps());
       expect(await codeOfAsync(() => round(verifier, victim, null))).toBe(code);
       expect(existsSync(vcekFileName(dir, 'milan', victim.chipId, victim.reportedTcb))).toBe(false);
       routes.set(vcekPath(victim), victim.endorsement);
@@ -159,7 +163,7 @@ describe('a fetched VCEK of another chip or TCB is not cached under the requeste
 });
 
 describe('v2 report (no CPUID): no chain request for a line the report did not pass the pre-checks as', () => {
-  const cfg = () => ({ arkSha256: { ...milan.arkPins, ...turin.arkPins }, kds: { enabled: true, baseUrl: base } });
+  const cfg = () => ({ arkSha256: { ...milan.arkPins, ...turin.arkPins }, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } });
   it('agent VCEK for Turin, report passes only as Milan → refused as a product mismatch, no KDS request', async () => {
     // A Milan-shaped report (64-byte CHIP_ID, Milan TCB layout) signed by a Turin VCEK the agent sends.
     const turinSigner = { ...turin, chipId: milan.chipId, reportedTcb: milan.reportedTcb, tcb: milan.tcb };
@@ -194,7 +198,7 @@ describe('kds.baseUrl in the verifier config', () => {
       expect(err?.message).toMatch(/kds\.baseUrl .* must use https:\/\//);
     }
     expect(await codeOfAsync(async () => createSevVerifier({ kds: { enabled: true, baseUrl: 'https://kdsintf.amd.com' } }, vdeps()))).toBe('no error');
-    expect(await codeOfAsync(async () => createSevVerifier({ kds: { enabled: true, baseUrl: base } }, vdeps()))).toBe('no error');
+    expect(await codeOfAsync(async () => createSevVerifier({ crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } }, vdeps()))).toBe('no error');
     expect(await codeOfAsync(async () => createSevVerifier({ kds: { enabled: true } }, vdeps()))).toBe('no error');
   });
 });

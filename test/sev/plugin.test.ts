@@ -221,6 +221,8 @@ describe('session rounds', () => {
 });
 
 describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
+  // These tests count VCEK/chain requests, so revocation is off here (`crl: { mode: 'off' }`; with KDS
+  // enabled the default is `require`, one CRL request per line): see crl-plugin.test.ts for the CRL.
   const milan = makeSnpTestChain('milan');
   const turin = makeSnpTestChain('turin');
   let server: Server;
@@ -279,7 +281,7 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
 
   it('fetches the VCEK and chain from KDS into the cache, then works from the cache offline', async () => {
     const dir = join(tmp, 'kds-cache');
-    const cfg = { collateralDir: dir, kds: { enabled: true, baseUrl: base } };
+    const cfg = { collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } };
     for (const chain of [milan, turin]) {
       requests.length = 0;
       const r = await round({ chain, fs: guest(chain, { aux: null }), verifierConfig: cfg });
@@ -303,13 +305,13 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
     const fresh = makeSnpTestChain('milan');
     const dir = join(tmp, 'kds-errors');
     failWith = 503;
-    expect(await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { collateralDir: dir, kds: { enabled: true, baseUrl: base } } }))).toBe(
+    expect(await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } } }))).toBe(
       'sev.kds_fetch_failed',
     );
     failWith = 0;
-    expect(await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { kds: { enabled: true, baseUrl: base } } }))).toBe('sev.vcek_missing');
+    expect(await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } } }))).toBe('sev.vcek_missing');
     expect(
-      await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { kds: { enabled: true, baseUrl: 'http://127.0.0.1:9' } } })),
+      await codeOfAsync(() => round({ chain: fresh, fs: guest(fresh, { aux: null }), verifierConfig: { crl: { mode: 'off' }, kds: { enabled: true, baseUrl: 'http://127.0.0.1:9' } } })),
     ).toBe('sev.kds_fetch_failed');
   });
 
@@ -327,7 +329,7 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
   });
   describe('a report that fails a check not needing the VCEK never reaches KDS', () => {
     const dir = (): string => join(tmp, 'kds-precheck');
-    const cfg = () => ({ collateralDir: dir(), kds: { enabled: true, baseUrl: base } });
+    const cfg = () => ({ collateralDir: dir(), crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } });
     const turinTail = Buffer.from(turin.chipId);
     turinTail[20] = 1;
     const turinForm = Buffer.concat([randomBytes(8), Buffer.alloc(56)]);
@@ -371,7 +373,7 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
 
   it('a v2 report (no CPUID) asks KDS only for the product lines its CHIP_ID fits', async () => {
     requests.length = 0;
-    const r = await round({ chain: turin, fs: guest(turin, { aux: null, report: { version: 2 } }), verifierConfig: { kds: { enabled: true, baseUrl: base } } });
+    const r = await round({ chain: turin, fs: guest(turin, { aux: null, report: { version: 2 } }), verifierConfig: { crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } } });
     expect(r.result.selectors).toContain('sev_snp:product:turin');
     expect(requests.length).toBe(2);
     for (const u of requests) expect(u.startsWith('/vcek/v1/Turin/')).toBe(true);
@@ -383,7 +385,7 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
     extra.set(pathOf(kdsVcekUrl('http://x', 'milan', rogue.chipId, rogue.reportedTcb)), rogue.endorsement);
     try {
       requests.length = 0;
-      const cfg = { arkSha256: milan.arkPins, collateralDir: dir, kds: { enabled: true, baseUrl: base } };
+      const cfg = { arkSha256: milan.arkPins, collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } };
       expect(await codeOfAsync(() => round({ chain: rogue, fs: guest(rogue, { aux: null }), verifierConfig: cfg }))).toBe('sev.cert_signature_invalid');
       expect(requests.length).toBe(2);
       expect(existsSync(vcekFileName(dir, 'milan', rogue.chipId, rogue.reportedTcb))).toBe(false);
@@ -396,7 +398,7 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
 
   it('a fetched VCEK that verifies against ASK/ARK is cached even if the report signature then fails', async () => {
     const dir = join(tmp, 'kds-badsig');
-    const cfg = { collateralDir: dir, kds: { enabled: true, baseUrl: base } };
+    const cfg = { collateralDir: dir, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } };
     const other = generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey;
     requests.length = 0;
     expect(await codeOfAsync(() => round({ chain: milan, fs: guest(milan, { aux: null, report: { signWith: other } }), verifierConfig: cfg }))).toBe('sev.signature_invalid');
@@ -415,7 +417,7 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
   });
 
   it('KDS requests are rate-limited per verifier (kds.maxRequestsPerMinute)', async () => {
-    const verifier = createSevVerifier({ arkSha256: milan.arkPins, kds: { enabled: true, baseUrl: base, maxRequestsPerMinute: 2 } }, vdeps());
+    const verifier = createSevVerifier({ arkSha256: milan.arkPins, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base, maxRequestsPerMinute: 2 } }, vdeps());
     requests.length = 0;
     // Unknown chips (forged reports that pass every pre-check): each costs one KDS request until the bucket is empty.
     const codes: string[] = [];
@@ -429,7 +431,7 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
   });
 
   it('a KDS 404 is remembered: the same unknown chip does not cause a second request', async () => {
-    const verifier = createSevVerifier({ arkSha256: milan.arkPins, kds: { enabled: true, baseUrl: base } }, vdeps());
+    const verifier = createSevVerifier({ arkSha256: milan.arkPins, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } }, vdeps());
     const unknown = makeSnpTestChain('milan');
     requests.length = 0;
     expect(await codeOfAsync(() => round({ chain: unknown, fs: guest(unknown, { aux: null }), verifier }))).toBe('sev.vcek_missing');
@@ -438,7 +440,7 @@ describe('collateral directory and AMD KDS (local HTTP stand-in)', () => {
   });
 
   it('without a collateral directory, verified KDS certificates are kept in memory', async () => {
-    const verifier = createSevVerifier({ arkSha256: turin.arkPins, kds: { enabled: true, baseUrl: base } }, vdeps());
+    const verifier = createSevVerifier({ arkSha256: turin.arkPins, crl: { mode: 'off' }, kds: { enabled: true, baseUrl: base } }, vdeps());
     requests.length = 0;
     expect(await codeOfAsync(() => round({ chain: turin, fs: guest(turin, { aux: null }), verifier }))).toBe('no error');
     expect(requests.length).toBe(2);
