@@ -5,12 +5,12 @@
  * not applied offline (there is no session to be fresh for); certificate validity is always checked
  * at the verification time. Without --root the built-in AWS Nitro Enclaves Root-G1 pin is used.
  */
-import { readFileSync } from 'node:fs';
 import { SigilError, errorMessage } from '../errors.js';
+import { readRegularFile } from '../util/config-file.js';
 import { pemCertificateToDer, sha256Hex } from '../nitro/certs.js';
 import { nitroClaims, nitroSelectors, verifyNitroDocument } from '../nitro/verify.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
-import { EXIT_USAGE, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
+import { EXIT_USAGE, MAX_INPUT_FILE_BYTES, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
 
 const ATTESTOR = 'aws_nitro';
 
@@ -31,7 +31,7 @@ function parseAt(v: string | undefined): Date {
 
 function readFileOrFail(path: string, what: string): Buffer {
   try {
-    return readFileSync(path);
+    return readRegularFile(path, MAX_INPUT_FILE_BYTES);
   } catch (e) {
     throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${errorMessage(e)}`);
   }

@@ -8,14 +8,14 @@
  * supplies certificates. Without --vcek/--ca, --collateral-dir is searched
  * (<dir>/<product>/<hwid>-<tcb>.der, <dir>/ask_ark_<product>.pem). Never touches the network.
  */
-import { readFileSync } from 'node:fs';
 import { SigilError, errorMessage } from '../errors.js';
+import { readRegularFile } from '../util/config-file.js';
 import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert } from '../sev/certs.js';
 import { SnpCollateralSource } from '../sev/collateral.js';
 import { type SnpProduct, SNP_PRODUCTS, parseSnpReport, productFromReport } from '../sev/report.js';
 import { SEV_ATTESTOR, verifySnpEvidence } from '../sev/verify.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
-import { EXIT_USAGE, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
+import { EXIT_USAGE, MAX_INPUT_FILE_BYTES, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
 
 export interface SevCliOptions {
   vcek?: string;
@@ -46,7 +46,7 @@ function parseVmpls(v: string[] | undefined): number[] | undefined {
 
 function readFileOrFail(path: string, what: string): Buffer {
   try {
-    return readFileSync(path);
+    return readRegularFile(path, MAX_INPUT_FILE_BYTES);
   } catch (e) {
     throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${errorMessage(e)}`);
   }

@@ -10,11 +10,11 @@
  * CA pin (or --root-sha256). Never touches the network. The verifier code is imported when the
  * command runs, so other commands do not load it.
  */
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { SigilError, errorMessage } from '../errors.js';
+import { readRegularFile } from '../util/config-file.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
-import { EXIT_USAGE, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
+import { EXIT_USAGE, MAX_INPUT_FILE_BYTES, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
 
 const ATTESTOR = 'tdx';
 
@@ -61,7 +61,7 @@ function parseAt(v: string | undefined): Date {
 
 function readFileOrFail(path: string, what: string): Buffer {
   try {
-    return readFileSync(path);
+    return readRegularFile(path, MAX_INPUT_FILE_BYTES);
   } catch (e) {
     throw new SigilError('input.unreadable', `cannot read ${what} ${path}: ${errorMessage(e)}`);
   }

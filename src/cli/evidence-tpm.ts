@@ -6,15 +6,15 @@
  * YAML/JSON that tpm2_pcrread prints). Without credential activation the AK–EK link is not
  * proven; the output says so (`claims.akBoundToEk: false`).
  */
-import { readFileSync } from 'node:fs';
 import { SigilError, errorMessage } from '../errors.js';
+import { readRegularFile } from '../util/config-file.js';
 import { HASHES } from '../tpm/constants.js';
 import { certificatesFromBytes } from '../tpm/ekcert.js';
 import { encodePcrSelection, parsePcrSelection, type PcrBankSelection } from '../tpm/structures.js';
 import { verifyTpmEvidenceOffline } from '../tpm/verify.js';
 import { EV, algorithmByName, checkEventLog, eventLogClaims, parseEventLog, replayEventLog, replayedToJson, type TrustedPcr } from '../tpm/eventlog/index.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
-import { UsageError, printEvidenceOutcome, rejectedOutcome } from './output.js';
+import { MAX_INPUT_FILE_BYTES, UsageError, printEvidenceOutcome, rejectedOutcome } from './output.js';
 
 export interface TpmEvidenceOptions {
   ekCert: string;
@@ -34,7 +34,7 @@ export interface TpmEvidenceOptions {
 
 function readArg(flag: string, path: string): Buffer {
   try {
-    return readFileSync(path);
+    return readRegularFile(path, MAX_INPUT_FILE_BYTES);
   } catch (e) {
     throw new UsageError(`${flag}: cannot read ${path}: ${errorMessage(e)}`);
   }

@@ -1,10 +1,10 @@
 /** `sigil federation create|list|show|update|delete|refresh` (docs/federation.md), over the verifier's admin socket. */
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { SigilError, errorMessage } from '../errors.js';
+import { readRegularFile } from '../util/config-file.js';
 import type { RelationshipView } from '../federation/service.js';
 import { adminCall } from './admin-client.js';
-import { UsageError } from './output.js';
+import { MAX_INPUT_FILE_BYTES, UsageError, terminalText as t } from './output.js';
 import { adminSocketOf } from './verifier-commands.js';
 
 interface Opts {
@@ -20,7 +20,7 @@ interface Opts {
 
 function readInput(path: string, what: string): string {
   try {
-    return readFileSync(path, 'utf8');
+    return readRegularFile(path, MAX_INPUT_FILE_BYTES).toString('utf8');
   } catch (e) {
     throw new SigilError('cli.file_unreadable', `cannot read ${what} ${path}: ${errorMessage(e)}`);
   }
@@ -37,15 +37,16 @@ function fields(o: Opts): Record<string, unknown> {
 }
 
 function describe(r: RelationshipView): string {
+  // Every value is escaped: the refresh error quotes what a foreign bundle endpoint sent.
   const lines = [
-    `Trust domain: ${r.trustDomain}`,
-    `Bundle endpoint: ${r.bundleEndpointUrl} (${r.profile}${r.endpointSpiffeId ? `, ${r.endpointSpiffeId}` : ''})`,
-    `Bundle: ${r.bundleSequence === null ? 'none yet' : `sequence ${r.bundleSequence}, ${r.x509Authorities} X.509 / ${r.jwtAuthorities} JWT authorities, accepted ${r.bundleUpdatedAt}`}`,
+    `Trust domain: ${t(r.trustDomain)}`,
+    `Bundle endpoint: ${t(r.bundleEndpointUrl)} (${t(r.profile)}${r.endpointSpiffeId ? `, ${t(r.endpointSpiffeId)}` : ''})`,
+    `Bundle: ${r.bundleSequence === null ? 'none yet' : `sequence ${t(r.bundleSequence)}, ${t(r.x509Authorities)} X.509 / ${t(r.jwtAuthorities)} JWT authorities, accepted ${t(r.bundleUpdatedAt)}`}`,
   ];
   if (r.declaredInConfig) lines.push('Declared in the verifier config (change it there; only --trust-bundle is taken at run time)');
-  if (r.refresh.lastSuccessAt) lines.push(`Last refresh: ${r.refresh.lastSuccessAt}`);
-  if (r.refresh.lastError) lines.push(`Last error: ${r.refresh.lastError.code}: ${r.refresh.lastError.message} (${r.refresh.consecutiveFailures} in a row)`);
-  if (r.refresh.nextRefreshAt) lines.push(`Next refresh: ${r.refresh.nextRefreshAt}`);
+  if (r.refresh.lastSuccessAt) lines.push(`Last refresh: ${t(r.refresh.lastSuccessAt)}`);
+  if (r.refresh.lastError) lines.push(`Last error: ${t(r.refresh.lastError.code)}: ${t(r.refresh.lastError.message)} (${t(r.refresh.consecutiveFailures)} in a row)`);
+  if (r.refresh.nextRefreshAt) lines.push(`Next refresh: ${t(r.refresh.nextRefreshAt)}`);
   return lines.join('\n');
 }
 
@@ -96,7 +97,7 @@ export function registerFederationCommands(program: Command): void {
     .option('--admin-socket <path>', 'verifier admin socket')
     .action(async (td: string, o: Opts) => {
       const r = await adminCall<RelationshipView & { bundle: unknown }>(adminSocketOf(o), 'GET', path(td));
-      print(o.json, r, `${describe(r)}\n${JSON.stringify(r.bundle, null, 2)}`);
+      print(o.json, r, `${describe(r)}\n${t(JSON.stringify(r.bundle, null, 2), true)}`);
     });
   fed
     .command('delete')
@@ -105,7 +106,7 @@ export function registerFederationCommands(program: Command): void {
     .option('--admin-socket <path>', 'verifier admin socket')
     .action(async (td: string, o: Opts) => {
       await adminCall(adminSocketOf(o), 'DELETE', path(td));
-      print(false, null, `deleted ${td}`);
+      print(false, null, `deleted ${t(td)}`);
     });
   fed
     .command('refresh')

@@ -6,7 +6,7 @@ import { adminCall } from './admin-client.js';
 import { registerAgentRun } from './agent-run.js';
 import { registerFederationCommands } from './federation-commands.js';
 import { registerEventLogCommand, registerNitroEvidence, registerSevEvidence, registerTdxEvidence, registerTpmEvidence } from './evidence-commands.js';
-import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError } from './output.js';
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, terminalText } from './output.js';
 import { registerSvidCommands, workloadHealthcheck } from './svid-commands.js';
 import {
   adminSocketOf,
@@ -114,16 +114,16 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     if (e instanceof UsageError) {
-      process.stderr.write(`sigil: ${e.message}\n`);
+      process.stderr.write(`sigil: ${terminalText(e.message)}\n`);
       process.exitCode = EXIT_USAGE;
       return;
     }
     if (e instanceof SigilError) {
-      process.stderr.write(`sigil: ${e.code}: ${e.message}\n`);
+      process.stderr.write(`sigil: ${terminalText(e.code)}: ${terminalText(e.message)}\n`);
       process.exitCode = EXIT_FAILED;
       return;
     }
-    process.stderr.write(`sigil: internal error: ${errorMessage(e)}\n`);
+    process.stderr.write(`sigil: internal error: ${terminalText(errorMessage(e))}\n`);
     process.exitCode = EXIT_FAILED;
   }
 }

@@ -11,7 +11,7 @@ import { SigilError, isSigilError, errorMessage } from '../errors.js';
 import { certsToPem, derToPem } from '../spiffe/pem.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
 import { WorkloadApiClient, resolveWorkloadSocket, type FetchedX509Svid } from '../workload/client.js';
-import { EXIT_FAILED, UsageError } from './output.js';
+import { EXIT_FAILED, UsageError, terminalText } from './output.js';
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
@@ -86,12 +86,12 @@ export function registerSvidCommands(program: Command): void {
         }
         ctx.svids.forEach((s, i) => {
           process.stdout.write(
-            `SPIFFE ID: ${s.spiffeId}${i === 0 ? ' (default)' : ''}\n` +
-              (s.hint ? `Hint: ${s.hint}\n` : '') +
+            `SPIFFE ID: ${terminalText(s.spiffeId)}${i === 0 ? ' (default)' : ''}\n` +
+              (s.hint ? `Hint: ${terminalText(s.hint)}\n` : '') +
               `Expires: ${notAfterOf(s.chain[0]!)}\nChain: ${s.chain.length} certificate(s); bundle: ${s.bundle.length} CA certificate(s)\n`,
           );
         });
-        if (ctx.federatedBundles.size > 0) process.stdout.write(`Federated trust domains: ${[...ctx.federatedBundles.keys()].join(', ')}\n`);
+        if (ctx.federatedBundles.size > 0) process.stdout.write(`Federated trust domains: ${terminalText([...ctx.federatedBundles.keys()].join(', '))}\n`);
         if (written.length > 0) process.stdout.write(`wrote ${written.join(', ')}\n`);
       } catch (e) {
         if (o.json) failJson(e);

@@ -8,7 +8,7 @@ import { certsToPem } from '../spiffe/x509svid.js';
 import type { AgentRecord, RegistrationEntry } from '../store/types.js';
 import { adminCall, DEFAULT_ADMIN_SOCKET } from './admin-client.js';
 import { replaceFileAtomic } from '../util/atomic-file.js';
-import { UsageError } from './output.js';
+import { UsageError, terminalText } from './output.js';
 
 export function adminSocketOf(opts: { adminSocket?: string }): string {
   return opts.adminSocket ?? process.env.SIGIL_ADMIN_SOCKET ?? DEFAULT_ADMIN_SOCKET;
@@ -27,8 +27,10 @@ function intArg(name: string) {
 
 const withSocket = (c: Command): Command => c.option('--admin-socket <path>', 'verifier admin socket (default $SIGIL_ADMIN_SOCKET or /run/sigil/admin.sock)');
 
+/** `obj` as JSON, or `text` with its control characters (other than the line breaks) escaped: it quotes the verifier's records. */
 function out(json: boolean, obj: unknown, text: string): void {
-  process.stdout.write(json ? JSON.stringify(obj) + '\n' : text.endsWith('\n') ? text : text + '\n');
+  const safe = terminalText(text, true);
+  process.stdout.write(json ? JSON.stringify(obj) + '\n' : safe.endsWith('\n') ? safe : safe + '\n');
 }
 
 export function registerVerifierRun(program: Command): void {

@@ -12,8 +12,9 @@
  * the code it tried. Errors without a usable code are left to the host, which wraps them as before
  * (`attest.attestor_failed`, `agent.attestor_failed`, `plugin.init_failed`).
  */
-import { SigilError } from '../errors.js';
-import type { NodeAttestorAgent, NodeAttestorVerifier, WorkloadAttestor } from './types.js';
+import { SigilError, errorMessage } from '../errors.js';
+import { MAX_ATTESTOR_SELECTORS } from './result.js';
+import type { AttestorResult, NodeAttestorAgent, NodeAttestorVerifier, WorkloadAttestor } from './types.js';
 
 const REASON_RE = /^[a-z0-9_]+(?:\.[a-z0-9_]+)*$/;
 /** The longest code the agent accepts from the verifier (src/agent/verifier-client.ts). */
@@ -91,11 +92,65 @@ async function guarded<T>(name: string, run: () => Promise<T>): Promise<T> {
   }
 }
 
-/** The verifier half of a third-party plugin, with its errors passed through `fromPlugin`. */
+/**
+ * How long the agent waits for a third-party attester's `hello()` or `respond()`: the longest an
+ * attestation session may live (`attestation.sessionTtl` is at most 5 min), so a later answer could
+ * not be used anyway. The agent attests in the loop that also renews its SVID; a call that never
+ * settles would stop that loop silently.
+ */
+export const AGENT_PLUGIN_CALL_TIMEOUT_MS = 300_000;
+
+/** `run()` behind the boundary, failing with `plugin.timeout` when it has not settled after `ms`. */
+function guardedWithin<T>(name: string, what: string, ms: number, run: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SigilError('plugin.timeout', `plugin "${name}" ${what} did not finish within ${ms} ms`, { status: 500 })), ms);
+  });
+  return Promise.race([guarded(name, run), deadline]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * A third-party `finish` result as the verifier may use it: each member read once, the selector
+ * list copied into a plain array. The verifier checks the selectors (checkSelectors) and then reads
+ * them again; the plugin's own object (a getter, a Proxy) could show the check one list and the
+ * verifier another. A list longer than MAX_ATTESTOR_SELECTORS is refused before it is copied, and
+ * a result whose members cannot be read is `attest.bad_selector` (HTTP 500, a plugin bug).
+ */
+function ownResult(name: string, r: unknown): AttestorResult {
+  if (typeof r !== 'object' || r === null) return r as AttestorResult; // checkSelectors refuses it
+  let tooMany: number | undefined;
+  let out: AttestorResult | undefined;
+  try {
+    const o = r as Record<string, unknown>;
+    const list = o.selectors;
+    let selectors: unknown = list;
+    if (Array.isArray(list)) {
+      const n = list.length;
+      if (n > MAX_ATTESTOR_SELECTORS) tooMany = n;
+      else {
+        const copy: unknown[] = [];
+        for (let i = 0; i < n; i++) copy.push(list[i]);
+        selectors = copy;
+      }
+    }
+    if (tooMany === undefined) {
+      const status = o.status;
+      out = { selectors, claims: o.claims, agentIdSuffix: o.agentIdSuffix, ...(status !== undefined ? { status } : {}) } as AttestorResult;
+    }
+  } catch (e) {
+    throw new SigilError('attest.bad_selector', `attestor "${name}" returned a result that cannot be read: ${errorMessage(e)}`, { status: 500, cause: e });
+  }
+  if (out === undefined) {
+    throw new SigilError('attest.too_many_selectors', `attestor "${name}" produced ${String(tooMany)} selectors, more than the ${MAX_ATTESTOR_SELECTORS} a node may have`);
+  }
+  return out;
+}
+
+/** The verifier half of a third-party plugin, with its errors passed through `fromPlugin` and its `finish` result copied (ownResult). */
 export function guardVerifier(name: string, v: NodeAttestorVerifier): NodeAttestorVerifier {
   const out: NodeAttestorVerifier = {
     begin: (hello, session) => guarded(name, () => v.begin(hello, session)),
-    finish: (response, state, session) => guarded(name, () => v.finish(response, state, session)),
+    finish: async (response, state, session) => ownResult(name, await guarded(name, () => v.finish(response, state, session))),
   };
   if (typeof v.commit === 'function') out.commit = (state, session) => guarded(name, () => (v.commit as NonNullable<NodeAttestorVerifier['commit']>).call(v, state, session));
   if (v.consumesOnCommit === true) out.consumesOnCommit = true;
@@ -108,11 +163,11 @@ export function guardVerifier(name: string, v: NodeAttestorVerifier): NodeAttest
   return out;
 }
 
-/** The agent half of a third-party plugin, with its errors passed through `fromPlugin`. */
-export function guardAgent(name: string, a: NodeAttestorAgent): NodeAttestorAgent {
+/** The agent half of a third-party plugin, with its errors passed through `fromPlugin` and a deadline on `hello` and `respond`. */
+export function guardAgent(name: string, a: NodeAttestorAgent, timeoutMs = AGENT_PLUGIN_CALL_TIMEOUT_MS): NodeAttestorAgent {
   const out: NodeAttestorAgent = {
-    hello: () => guarded(name, () => a.hello()),
-    respond: (challenge, session) => guarded(name, () => a.respond(challenge, session)),
+    hello: () => guardedWithin(name, 'hello()', timeoutMs, () => a.hello()),
+    respond: (challenge, session) => guardedWithin(name, 'respond()', timeoutMs, () => a.respond(challenge, session)),
   };
   if (typeof a.close === 'function') out.close = () => guarded(name, () => (a.close as NonNullable<NodeAttestorAgent['close']>).call(a));
   return out;

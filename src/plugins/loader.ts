@@ -40,7 +40,7 @@ const NAME_RE = /^[a-z][a-z0-9_]{0,63}$/;
 export const SIGIL_ERROR_AREAS: ReadonlySet<string> = new Set([
   'admin', 'agent', 'attest', 'bundle', 'ca', 'cli', 'config', 'container', 'csr', 'entries', 'entry', 'federation', 'grpc', 'http',
   'input', 'internal', 'io', 'join_token', 'jwtsvid', 'keys', 'native', 'nitro', 'pem', 'plugin', 'selector', 'sev', 'sigil', 'spiffe',
-  'store', 'svid', 'tdx', 'token', 'tpm', 'unix', 'verifier', 'workload', 'workload_api', 'workload_client', 'x509svid',
+  'store', 'svid', 'tdx', 'token', 'tpm', 'unix', 'verifier', 'workload', 'workload_api', 'workload_client', 'x509', 'x509svid',
 ]);
 
 function reservedName(catalog: BuiltinCatalog, kind: Kind, name: string): boolean {
@@ -84,13 +84,27 @@ async function importThirdParty(name: string, spec: string, configDir: string): 
 }
 
 function checkShape(kind: Kind, name: string, p: unknown): void {
-  const o = p as Record<string, unknown> | undefined;
-  const method = kind === 'workloadAttestor' || kind === 'nodeAttestorVerifier' || kind === 'nodeAttestorAgent' ? 'create' : '';
-  if (!o || typeof o !== 'object' || typeof o[method] !== 'function' || typeof o.configSchema !== 'object' || o.configSchema === null) {
+  // Each member is read once, here: a getter that throws (whatever it throws, a SigilError with a
+  // foreign code included) makes the module unusable, and is reported as such.
+  let create: unknown;
+  let configSchema: unknown;
+  let pluginName: unknown;
+  const isObject = typeof p === 'object' && p !== null;
+  if (isObject) {
+    try {
+      const o = p as Record<string, unknown>;
+      create = o.create;
+      configSchema = o.configSchema;
+      pluginName = o.name;
+    } catch (e) {
+      throw new SigilError('plugin.bad_module', `plugin "${name}": its ${kind} cannot be read: ${errorMessage(e)}`, { cause: e });
+    }
+  }
+  if (!isObject || typeof create !== 'function' || typeof configSchema !== 'object' || configSchema === null) {
     throw new SigilError('plugin.bad_module', `plugin "${name}": module does not export a valid ${kind} (needs name, configSchema and create())`);
   }
-  if (o.name !== name) {
-    throw new SigilError('plugin.name_mismatch', `plugin "${name}": module's ${kind} is named "${String(o.name)}"`);
+  if (pluginName !== name) {
+    throw new SigilError('plugin.name_mismatch', `plugin "${name}": module's ${kind} is named "${String(pluginName)}"`);
   }
 }
 
@@ -108,7 +122,12 @@ export async function resolvePluginEntry<K extends Kind>(catalog: BuiltinCatalog
       );
     }
     const mod = await importThirdParty(name, spec, configDir);
-    const plugin = (mod as Record<string, unknown> | null | undefined)?.[kind];
+    let plugin: unknown;
+    try {
+      plugin = (mod as Record<string, unknown> | null | undefined)?.[kind];
+    } catch (e) {
+      throw new SigilError('plugin.bad_module', `plugin "${name}": module "${spec}" cannot be read: ${errorMessage(e)}`, { cause: e });
+    }
     if (plugin === undefined) {
       throw new SigilError('plugin.bad_module', `plugin "${name}": module "${spec}" exports no ${kind}`);
     }
@@ -150,7 +169,7 @@ async function loadAll<K extends Kind, T>(
   what: string,
   sources: PluginSources,
   configDir: string,
-  make: (plugin: PluginOf<K>, config: unknown) => Promise<T> | T,
+  make: (plugin: PluginOf<K>, config: unknown, isolate: boolean) => Promise<T> | T,
   guard: (name: string, made: T) => T,
 ): Promise<Map<string, T>> {
   const out = new Map<string, T>();
@@ -164,7 +183,7 @@ async function loadAll<K extends Kind, T>(
   }
   for (const [name, r, config] of resolved) {
     try {
-      const made = await make(r.plugin, config);
+      const made = await make(r.plugin, config, r.thirdParty);
       out.set(name, r.thirdParty ? guard(name, made) : made);
     } catch (e0) {
       const e = r.thirdParty ? fromPlugin(e0, name) : e0;
@@ -175,6 +194,19 @@ async function loadAll<K extends Kind, T>(
   return out;
 }
 
+/**
+ * What a third-party plugin is given: its own copy of the host's deps (and of `services`), with a
+ * child logger, so that assigning to them (`deps.dataDir = …`, `deps.services.consumeJoinToken = …`,
+ * `deps.logger.level = …`) changes nothing another plugin or the host sees.
+ */
+function ownVerifierDeps(d: VerifierPluginDeps, name: string): VerifierPluginDeps {
+  return { ...d, logger: d.logger.child({ plugin: name }), ...(d.services ? { services: { ...d.services } } : {}) };
+}
+
+function ownAgentDeps(d: AgentPluginDeps, name: string): AgentPluginDeps {
+  return { ...d, logger: d.logger.child({ plugin: name }) };
+}
+
 export function loadNodeAttestorVerifiers(
   catalog: BuiltinCatalog,
   blocks: unknown,
@@ -182,7 +214,7 @@ export function loadNodeAttestorVerifiers(
   sources: PluginSources = {},
   configDir = process.cwd(),
 ): Promise<Map<string, NodeAttestorVerifier>> {
-  return loadAll(catalog, 'nodeAttestorVerifier', blocks, 'nodeAttestors', sources, configDir, (p: NodeAttestorVerifierPlugin, c) => p.create(c, deps(p.name)), guardVerifier);
+  return loadAll(catalog, 'nodeAttestorVerifier', blocks, 'nodeAttestors', sources, configDir, (p: NodeAttestorVerifierPlugin, c, isolate) => p.create(c, isolate ? ownVerifierDeps(deps(p.name), p.name) : deps(p.name)), guardVerifier);
 }
 
 export function loadNodeAttestorAgents(
@@ -191,7 +223,7 @@ export function loadNodeAttestorAgents(
   deps: AgentPluginDeps,
   sources: PluginSources = {},
 ): Promise<Map<string, NodeAttestorAgent>> {
-  return loadAll(catalog, 'nodeAttestorAgent', blocks, 'nodeAttestors', sources, deps.configDir, (p: NodeAttestorAgentPlugin, c) => p.create(c, deps), guardAgent);
+  return loadAll(catalog, 'nodeAttestorAgent', blocks, 'nodeAttestors', sources, deps.configDir, (p: NodeAttestorAgentPlugin, c, isolate) => p.create(c, isolate ? ownAgentDeps(deps, p.name) : deps), guardAgent);
 }
 
 export function loadWorkloadAttestors(
@@ -200,5 +232,5 @@ export function loadWorkloadAttestors(
   deps: AgentPluginDeps,
   sources: PluginSources = {},
 ): Promise<Map<string, WorkloadAttestor>> {
-  return loadAll(catalog, 'workloadAttestor', blocks, 'workloadAttestors', sources, deps.configDir, (p: WorkloadAttestorPlugin, c) => p.create(c, deps), guardWorkload);
+  return loadAll(catalog, 'workloadAttestor', blocks, 'workloadAttestors', sources, deps.configDir, (p: WorkloadAttestorPlugin, c, isolate) => p.create(c, isolate ? ownAgentDeps(deps, p.name) : deps), guardWorkload);
 }

@@ -9,12 +9,15 @@
  *   depend on. The package's `exports` is honoured with the conditions `node`, `import`, `default`
  *   (ESM-only packages work), else `main`, else `index.js`.
  *
- * Nothing found → `plugin.not_found`, listing every path tried.
+ * Nothing found → `plugin.not_found`, listing every path tried. A module found where another user
+ * could change it (the file, its directory or one above, or a symlink on the way) is refused with
+ * `plugin.insecure_path` before it is imported: its code would run with the host's rights.
  */
-import { readFileSync, statSync } from 'node:fs';
-import { isAbsolute, join, relative, resolve } from 'node:path';
+import { lstatSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SigilError, errorMessage } from '../errors.js';
+import { checkDirChain } from '../util/socket-dir.js';
 
 /** The conditions Node uses for `import()`, in the order a package's `exports` is matched against. */
 const CONDITIONS = new Set(['node', 'import', 'default']);
@@ -45,6 +48,35 @@ function isDir(p: string): boolean {
 }
 
 class NotFound extends Error {}
+
+/**
+ * Refuse module `file` of plugin `name` unless only this process's user or root can change it:
+ * the file (after symlinks) owned by one of them and not group- or world-writable, a symlink at
+ * `file` owned by one of them, and the directories holding both passing the rule of the socket
+ * directories (util/socket-dir.ts checkDirChain). Throws SigilError `plugin.insecure_path`.
+ */
+function checkModuleFile(name: string, file: string): void {
+  const euid = process.geteuid?.();
+  if (euid === undefined) return;
+  const fail = (why: string): never => {
+    throw new SigilError('plugin.insecure_path', `plugin "${name}": module ${file} ${why}; another user could replace the plugin's code, which runs with this process's rights`, { status: 500 });
+  };
+  let real: string;
+  try {
+    const link = lstatSync(file);
+    if (link.isSymbolicLink() && link.uid !== euid && link.uid !== 0) fail(`is a symlink owned by uid ${link.uid}, neither this process's uid ${euid} nor root`);
+    real = realpathSync(file);
+    const st = statSync(real);
+    if (st.uid !== euid && st.uid !== 0) fail(`${real === file ? 'is' : `leads to ${real}, which is`} owned by uid ${st.uid}, neither this process's uid ${euid} nor root`);
+    if ((st.mode & 0o022) !== 0) fail(`${real === file ? 'is' : `leads to ${real}, which is`} writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode 0${(st.mode & 0o777).toString(8)})`);
+  } catch (e) {
+    if (e instanceof SigilError) throw e;
+    return fail(`cannot be inspected: ${errorMessage(e)}`);
+  }
+  const what = `plugin "${name}" module directory`;
+  checkDirChain(dirname(file), 'plugin.insecure_path', what, "the plugin's code");
+  if (dirname(real) !== dirname(file)) checkDirChain(dirname(real), 'plugin.insecure_path', what, "the plugin's code");
+}
 
 /** A target from `exports` (`./dist/x.js`, with `*` replaced): inside the package, no `..` or node_modules. */
 function targetPath(pkgDir: string, target: string, star: string | undefined): string {
@@ -147,10 +179,16 @@ function packageEntry(pkgDir: string, subpath: string, tried: string[]): string 
 
 /**
  * Find the module file for plugin `name`'s specifier `spec` (from the `plugins` config map),
- * looking only where the docs say; throws SigilError `plugin.not_found` (with every path tried) or
- * `plugin.bad_specifier`.
+ * looking only where the docs say; throws SigilError `plugin.not_found` (with every path tried),
+ * `plugin.bad_specifier`, or `plugin.insecure_path` (a module another user could change).
  */
 export function resolvePluginModule(name: string, spec: string, configDir: string): ResolvedPlugin {
+  const found = findPluginModule(name, spec, configDir);
+  checkModuleFile(name, found.file);
+  return found;
+}
+
+function findPluginModule(name: string, spec: string, configDir: string): ResolvedPlugin {
   const tried: string[] = [];
   const where = `third-party plugins are found only at paths relative to the config directory (${configDir}) and as packages in ${join(configDir, 'node_modules')}`;
   const notFound = (why?: string): never => {

@@ -1,8 +1,11 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import type { JsonSchema } from './types.js';
 
-const ajv = new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false, removeAdditional: false });
+// addUsedSchema: false — a schema's `$id` is not registered in this instance, which every plugin and
+// both daemon configs share: two plugins with one `$id` (or one plugin whose schema is built anew on
+// each load) would collide, and a plugin could define ids that other schemas resolve.
+const ajv = new Ajv({ allErrors: true, strict: false, useDefaults: true, coerceTypes: false, removeAdditional: false, addUsedSchema: false });
 const cache = new WeakMap<object, ValidateFunction>();
 
 function describe(err: ErrorObject): string {
@@ -20,10 +23,14 @@ function describe(err: ErrorObject): string {
  * Validate `value` against `schema` (defaults filled in place). Throws SigilError(code) whose message
  * names `what` (e.g. `plugin "tpm" config`) and every offending key.
  */
-export function validateAgainstSchema<T>(schema: JsonSchema, value: unknown, what: string, code = 'config.invalid'): T {
+export function validateAgainstSchema<T>(schema: JsonSchema, value: unknown, what: string, code = 'config.invalid', badSchema?: (e: unknown) => SigilError): T {
   let fn = cache.get(schema);
   if (!fn) {
-    fn = ajv.compile(schema);
+    try {
+      fn = ajv.compile(schema);
+    } catch (e) {
+      throw badSchema ? badSchema(e) : new SigilError('internal', `${what}: the schema does not compile: ${errorMessage(e)}`, { status: 500, cause: e });
+    }
     cache.set(schema, fn);
   }
   if (!fn(value)) {
@@ -41,7 +48,9 @@ export function validateAgainstSchema<T>(schema: JsonSchema, value: unknown, wha
  * The message names the plugin and every offending key.
  */
 export function validatePluginConfig<T>(schema: JsonSchema, raw: unknown, opts: { namespace: string; what: string }): T {
-  return validateAgainstSchema<T>(schema, structuredClone(raw ?? {}), opts.what, `${opts.namespace}.config_invalid`);
+  const badSchema = (e: unknown): SigilError =>
+    new SigilError('plugin.bad_module', `${opts.what}: the plugin's configSchema is not a JSON Schema ajv accepts: ${errorMessage(e).slice(0, 300)}`, { cause: e });
+  return validateAgainstSchema<T>(schema, structuredClone(raw ?? {}), opts.what, `${opts.namespace}.config_invalid`, badSchema);
 }
 
 /** A config problem only the plugin can see (a file it cannot read, values that contradict): same code shape. */
