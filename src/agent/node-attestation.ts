@@ -104,6 +104,10 @@ export class NodeIdentity {
   private lostFailures = 0;
   /** The bootstrap trustBundle has been added to the TLS trust since the last bundle from the verifier. */
   private widened = false;
+  /** A renewal is in flight (refusals reported meanwhile wait for its outcome). */
+  private renewing = false;
+  /** The first refusal reported while the renewal was in flight. */
+  private refusedDuringRenewal: SigilError | undefined;
 
   constructor(private readonly o: NodeIdentityOptions) {
     this.backoff = new Backoff(o.backoff);
@@ -160,6 +164,13 @@ export class NodeIdentity {
     if (this.needsAttest) return;
     if (generation !== undefined && generation !== this.gen) {
       this.o.logger.debug({ code: reason.code }, 'refusal of a superseded node SVID ignored');
+      return;
+    }
+    if (this.renewing) {
+      // A renewal is in flight: the verifier may already have recorded its new SVID and so refuse
+      // the one still in use as superseded. The renewal decides: adopted, the refusal was of the
+      // old SVID and is dropped; failed, the refusal is acted on then (renew()).
+      this.refusedDuringRenewal ??= reason;
       return;
     }
     this.o.logger.warn({ code: reason.code, reason: reason.message }, 'node SVID no longer accepted; attesting again');
@@ -368,6 +379,28 @@ export class NodeIdentity {
 
   /** Renew the node SVID (same key) before it expires. */
   private async renew(): Promise<void> {
+    this.renewing = true;
+    this.refusedDuringRenewal = undefined;
+    try {
+      await this.renewOnce();
+    } catch (e) {
+      const refused = this.refusedDuringRenewal;
+      if (refused && !this.needsAttest) {
+        this.o.logger.warn({ code: refused.code, reason: refused.message }, 'node SVID no longer accepted; attesting again');
+        this.needsAttest = true;
+        this.freshKey = true;
+      }
+      throw e;
+    } finally {
+      this.renewing = false;
+      if (this.refusedDuringRenewal && !this.needsAttest) {
+        this.o.logger.debug({ code: this.refusedDuringRenewal.code }, 'refusal of the node SVID replaced by the renewal in flight ignored');
+      }
+      this.refusedDuringRenewal = undefined;
+    }
+  }
+
+  private async renewOnce(): Promise<void> {
     const cur = this.svid as NodeSvid;
     const r = await this.o.client.renew(createCsr({ privateKey: cur.privateKey }));
     const now = this.o.now();

@@ -28,6 +28,8 @@ class FakeVerifier {
   ttlMs = 3600_000;
   wrongKey = false;
   identity: unknown;
+  /** When set, renewals wait for it (a renewal in flight). */
+  renewGate: Promise<void> | undefined;
   private pendingSpki: Buffer | undefined;
 
   jwks() {
@@ -52,6 +54,7 @@ class FakeVerifier {
       attestFinish: async () => ({ agentId: AGENT_ID, svid: [this.issue(this.pendingSpki!)], bundle: this.jwks(), result: { status: 'affirming' } }),
       renew: async (csr: Buffer) => {
         this.calls.push('renew');
+        if (this.renewGate) await this.renewGate;
         if (this.fail) throw this.fail;
         return { svid: [this.issue(parseCsr(csr).spki)], bundle: this.jwks() };
       },
@@ -147,6 +150,47 @@ describe('node identity', () => {
     node.invalidate(new SigilError('agent.unknown', 'evicted'), node.generation());
     await waitFor(() => v.calls.length === 2, 2000, 're-attestation');
     await waitFor(() => readFileSync(join(dir, 'node-key.pem'), 'utf8') !== key1, 2000, 'fresh node key');
+  });
+
+  it('a refusal of the SVID a renewal in flight replaces does not throw the identity away (a join-token node could never attest again)', async () => {
+    // Seen under load: the verifier records the renewal, a request still signed with the old SVID
+    // is refused as superseded (agent.stale_svid) before the agent adopts the new one.
+    const v = new FakeVerifier();
+    v.ttlMs = 2000;
+    const { node } = setup(v);
+    node.start();
+    await node.whenReady();
+    let release!: () => void;
+    v.renewGate = new Promise((r) => (release = r));
+    await waitFor(() => v.calls.includes('renew'), 3000, 'renewal in flight');
+    const gen = node.generation();
+    node.invalidate(new SigilError('agent.stale_svid', 'superseded by a newer one'), gen);
+    release();
+    v.renewGate = undefined;
+    await waitFor(() => node.generation() > gen, 2000, 'renewed SVID adopted');
+    // The next step of the identity loop is another renewal at half life, not an attestation.
+    await waitFor(() => v.calls.length >= 3, 3000, 'the next identity request');
+    expect(v.calls.slice(0, 3)).toEqual(['attest', 'renew', 'renew']);
+    expect(node.current()).toBeDefined();
+    expect(node.error()).toBeUndefined();
+  });
+
+  it('a refusal reported while a renewal is in flight is acted on when the renewal fails', async () => {
+    const v = new FakeVerifier();
+    v.ttlMs = 2000;
+    const { node } = setup(v);
+    node.start();
+    await node.whenReady();
+    let release!: () => void;
+    v.renewGate = new Promise((r) => (release = r));
+    await waitFor(() => v.calls.includes('renew'), 3000, 'renewal in flight');
+    node.invalidate(new SigilError('agent.unknown', 'evicted'), node.generation());
+    v.fail = new SigilError('agent.verifier_unreachable', 'answer lost', { status: 503 });
+    release();
+    v.renewGate = undefined;
+    await waitFor(() => v.calls.filter((c) => c === 'attest').length >= 2, 3000, 're-attestation after the failed renewal');
+    v.fail = undefined;
+    await waitFor(() => node.error() === undefined && node.current() !== undefined, 3000, 'attested again');
   });
 
   it('backs off while the verifier is unreachable and recovers; refuses an SVID for another key', async () => {

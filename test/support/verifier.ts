@@ -28,7 +28,7 @@ export async function startTestVerifier(extra: Record<string, unknown> = {}, opt
     ...extra,
   };
   const cfg = verifierConfigFrom(raw, dir);
-  const start = () => startVerifier(cfg, { logger: pino({ level: 'silent' }), tickMs: 0, ...(opts.now ? { now: opts.now } : {}) });
+  const start = () => startVerifier(cfg, { logger: pino({ level: process.env.SIGIL_TEST_LOG ? 'debug' : 'silent' }), tickMs: 0, ...(opts.now ? { now: opts.now } : {}) });
   const t: TestVerifier = {
     v: await start(),
     dir,
