@@ -10,6 +10,7 @@ import { readRegularFile } from '../util/config-file.js';
 import { pemCertificateToDer, sha256Hex } from '../nitro/certs.js';
 import { nitroClaims, nitroSelectors, verifyNitroDocument } from '../nitro/verify.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
+import { parseAtTime } from './at-time.js';
 import { EXIT_USAGE, MAX_INPUT_FILE_BYTES, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
 
 const ATTESTOR = 'aws_nitro';
@@ -20,13 +21,6 @@ export interface NitroCliOptions {
   nonce?: string;
   root?: string;
   json?: boolean;
-}
-
-function parseAt(v: string | undefined): Date {
-  if (v === undefined) return new Date();
-  const t = Date.parse(v);
-  if (!/^\d{4}-\d{2}-\d{2}T/.test(v) || !Number.isFinite(t)) throw new UsageError(`--at must be an ISO 8601 time such as 2024-12-13T07:37:58.960Z, got "${v}"`);
-  return new Date(t);
 }
 
 function readFileOrFail(path: string, what: string): Buffer {
@@ -43,7 +37,7 @@ export function runNitroEvidence(file: string, opts: NitroCliOptions): number {
   let at: Date;
   let nonce: Buffer | undefined;
   try {
-    at = parseAt(opts.at);
+    at = parseAtTime(opts.at);
     nonce = opts.nonce === undefined ? undefined : parseHexArg('--nonce', opts.nonce);
   } catch (e) {
     const msg = errorMessage(e);

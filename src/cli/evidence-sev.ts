@@ -1,12 +1,18 @@
 /**
- * `sigil evidence verify sev_snp FILE [--vcek F] [--ca F] [--collateral-dir DIR] [--at ISO]
- *   [--allow-debug] [--vmpl N…] [--report-data HEX] [--ark-sha256 HEX] [--json]`
+ * `sigil evidence verify sev_snp FILE [--vcek F] [--ca F] [--collateral-dir DIR] [--crl F] [--at ISO]
+ *   [--allow-debug] [--allow-migration-agent] [--vmpl N…] [--report-data HEX] [--ark-sha256 HEX] [--json]`
  *
  * Verifies an SEV-SNP attestation report offline. FILE is the 0x4A0-byte report (raw, hex or
  * base64). --vcek is the VCEK or VLEK (DER or PEM); --ca the ASK+ARK (or ASVK+ARK) PEM as AMD
  * KDS serves it. Trust always comes from the built-in ARK pins (or --ark-sha256): --ca only
  * supplies certificates. Without --vcek/--ca, --collateral-dir is searched
  * (<dir>/<product>/<hwid>-<tcb>.der, <dir>/ask_ark_<product>.pem). Never touches the network.
+ *
+ * --crl is AMD's CRL for the report's product line and key kind (KDS `/vcek|vlek/v1/<Product>/crl`,
+ * DER or PEM). The verifier's check runs with mode `require` (src/sev/crl.ts): the CRL must be
+ * issued and signed by the pinned ARK and current at --at, and an ARK or ASK/ASVK it lists is
+ * refused (`sev.cert_revoked`). Without --crl revocation is not checked; `claims.revocation` says
+ * which of the two happened.
  */
 import { SigilError, errorMessage } from '../errors.js';
 import { readRegularFile } from '../util/config-file.js';
@@ -15,25 +21,21 @@ import { SnpCollateralSource } from '../sev/collateral.js';
 import { type SnpProduct, SNP_PRODUCTS, parseSnpReport, productFromReport } from '../sev/report.js';
 import { SEV_ATTESTOR, verifySnpEvidence } from '../sev/verify.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
+import { parseAtTime } from './at-time.js';
 import { EXIT_USAGE, MAX_INPUT_FILE_BYTES, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
 
 export interface SevCliOptions {
   vcek?: string;
   ca?: string;
   collateralDir?: string;
+  crl?: string;
   at?: string;
   allowDebug?: boolean;
+  allowMigrationAgent?: boolean;
   vmpl?: string[];
   reportData?: string;
   arkSha256?: string;
   json?: boolean;
-}
-
-function parseAt(v: string | undefined): Date {
-  if (v === undefined) return new Date();
-  const t = Date.parse(v);
-  if (!/^\d{4}-\d{2}-\d{2}T/.test(v) || !Number.isFinite(t)) throw new UsageError(`--at must be an ISO 8601 time such as 2025-01-01T00:00:00Z, got "${v}"`);
-  return new Date(t);
 }
 
 function parseVmpls(v: string[] | undefined): number[] | undefined {
@@ -60,7 +62,7 @@ export async function runSevEvidence(file: string, opts: SevCliOptions): Promise
   let reportData: Buffer | undefined;
   let arkSha256: string | undefined;
   try {
-    at = parseAt(opts.at);
+    at = parseAtTime(opts.at);
     vmpls = parseVmpls(opts.vmpl);
     if (opts.reportData !== undefined) {
       const rd = parseHexArg('--report-data', opts.reportData);
@@ -111,17 +113,26 @@ export async function runSevEvidence(file: string, opts: SevCliOptions): Promise
       );
     }
 
+    const crl = opts.crl === undefined ? undefined : readFileOrFail(opts.crl, '--crl');
     const v = verifySnpEvidence(
-      { report: reportBytes, ...(endorsement ? { endorsementCert: endorsement } : {}), chain },
+      {
+        report: reportBytes,
+        ...(endorsement ? { endorsementCert: endorsement } : {}),
+        chain,
+        ...(crl ? { crl } : { crlUnavailableReason: 'no --crl given' }),
+      },
       {
         now: at,
+        // With --crl the check is required, as the sev_snp attestor requires it when it has a CRL source.
+        crl: { mode: crl ? 'require' : 'best_effort' },
         allowDebug: opts.allowDebug === true,
+        allowMigrationAgent: opts.allowMigrationAgent === true,
         ...(vmpls ? { vmpls } : {}),
         ...(reportData ? { expectedReportData: reportData } : {}),
         ...(arkSha256 ? { arkSha256: { milan: arkSha256, genoa: arkSha256, turin: arkSha256 } } : {}),
       },
     );
-    return printEvidenceOutcome({ ok: true, attestor: SEV_ATTESTOR, selectors: v.selectors, claims: v.claims }, json);
+    return printEvidenceOutcome({ ok: true, attestor: SEV_ATTESTOR, selectors: v.selectors, claims: { ...v.claims, revocation: v.revocation } }, json);
   } catch (e) {
     return printEvidenceOutcome(rejectedOutcome(SEV_ATTESTOR, e), json);
   }

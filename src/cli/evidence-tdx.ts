@@ -14,6 +14,7 @@ import type { Command } from 'commander';
 import { SigilError, errorMessage } from '../errors.js';
 import { readRegularFile } from '../util/config-file.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
+import { parseAtTime } from './at-time.js';
 import { EXIT_USAGE, MAX_INPUT_FILE_BYTES, printEvidenceOutcome, rejectedOutcome, UsageError } from './output.js';
 
 const ATTESTOR = 'tdx';
@@ -38,7 +39,7 @@ export function registerTdxEvidence(verifyCmd: Command): void {
     .description('verify an Intel TDX DCAP quote (raw, hex or base64) offline with Intel collateral')
     .argument('<quote>', 'TDX quote (v4 or v5)')
     .option('--collateral <dir>', 'Intel collateral directory: tcbinfo-<fmspc>.json, qe-identity.json, tcb-signing-chain.pem, pck-crl-<ca>.der, pck-crl-issuer-chain-<ca>.pem, root-crl.der')
-    .option('--at <iso-time>', 'verification time (default: now); certificates, CRLs and collateral are checked at this time')
+    .option('--at <iso-time>', 'verification time, RFC 3339 with Z or ±hh:mm (default: now); certificates, CRLs and collateral are checked at this time')
     .option('--allow-debug', 'accept a debuggable TD (TDATTRIBUTES.DEBUG)')
     .option('--report-data <hex>', 'require REPORTDATA to equal this (64 bytes, or a 32-byte binding padded with zeros)')
     .option('--event-log <file>', 'CC event log area (/sys/firmware/acpi/tables/data/CCEL): replayed into RTMR0-3, adds boot selectors')
@@ -50,13 +51,6 @@ export function registerTdxEvidence(verifyCmd: Command): void {
     .action(async (file: string, opts: TdxCliOptions) => {
       process.exitCode = await runTdxEvidence(file, opts);
     });
-}
-
-function parseAt(v: string | undefined): Date {
-  if (v === undefined) return new Date();
-  const t = Date.parse(v);
-  if (!/^\d{4}-\d{2}-\d{2}T/.test(v) || !Number.isFinite(t)) throw new UsageError(`--at must be an ISO 8601 time such as 2025-01-01T00:00:00Z, got "${v}"`);
-  return new Date(t);
 }
 
 function readFileOrFail(path: string, what: string): Buffer {
@@ -75,7 +69,7 @@ export async function runTdxEvidence(file: string, opts: TdxCliOptions): Promise
   let reportData: Buffer | undefined;
   let statuses: (typeof TCB_STATUSES)[number][] | undefined;
   try {
-    at = parseAt(opts.at);
+    at = parseAtTime(opts.at);
     if (opts.reportData !== undefined) {
       const rd = parseHexArg('--report-data', opts.reportData);
       // A 32-byte value is a session binding: REPORTDATA = binding ‖ 32 zero bytes (DESIGN §3).

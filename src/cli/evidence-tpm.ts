@@ -5,21 +5,31 @@
  * signature (`tpm2_quote -s`, TPMT_SIGNATURE), optional PCR values (`tpm2_quote -o`, or the
  * YAML/JSON that tpm2_pcrread prints). Without credential activation the AK–EK link is not
  * proven; the output says so (`claims.akBoundToEk: false`).
+ *
+ * With --ek-pub (the EK's TPM2B_PUBLIC, which must hold the key of --ek-cert) the verb also applies
+ * the verifier's check that the quote's signer is the AK as the EK's child (`tpm.ak_not_under_ek`):
+ * the TPM obfuscates resetCount, restartCount and firmwareVersion for a key in another hierarchy.
+ * The check needs the EK's whole public area (its Name), which the certificate does not carry;
+ * without --ek-pub the output says the AK's parentage was not checked (`claims.akUnderEkChecked`,
+ * `claims.countersNote`).
  */
 import { SigilError, errorMessage } from '../errors.js';
 import { readRegularFile } from '../util/config-file.js';
 import { HASHES } from '../tpm/constants.js';
-import { certificatesFromBytes } from '../tpm/ekcert.js';
-import { encodePcrSelection, parsePcrSelection, type PcrBankSelection } from '../tpm/structures.js';
+import { certificatesFromBytes, checkEkPublicMatches, parseCertificate } from '../tpm/ekcert.js';
+import { checkEkPublic, verifyQuote } from '../tpm/quote.js';
+import { encodePcrSelection, parsePcrSelection, parseTpm2bPublic, qualifiedNameUnderEk, type PcrBankSelection } from '../tpm/structures.js';
 import { verifyTpmEvidenceOffline } from '../tpm/verify.js';
 import { EV, algorithmByName, checkEventLog, eventLogClaims, parseEventLog, replayEventLog, replayedToJson, type TrustedPcr } from '../tpm/eventlog/index.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
+import { parseAtTime } from './at-time.js';
 import { MAX_INPUT_FILE_BYTES, UsageError, printEvidenceOutcome, rejectedOutcome } from './output.js';
 
 export interface TpmEvidenceOptions {
   ekCert: string;
   ekCa: string[];
   ekIntermediate?: string[];
+  ekPub?: string;
   akPub: string;
   quote: string;
   signature: string;
@@ -57,9 +67,32 @@ export function parsePcrSpec(spec: string): PcrBankSelection[] {
   return out;
 }
 
+/** Told when the AK's parentage was not checked: what the counters and firmware version are worth then. */
+export const COUNTERS_NOTE =
+  "resetCount, restartCount and firmwareVersion are only meaningful when the AK is a child of the EK (the TPM obfuscates them for a key in another hierarchy); the AK's parentage was not checked: give --ek-pub (the EK's TPM2B_PUBLIC) to check it";
+
+/**
+ * The verifier's check that the quote was signed by the AK as a child of the EK: `ekPubRaw` (the
+ * EK's TPM2B_PUBLIC) must be an EK holding the key of `ekCertDer`, and the quote's qualifiedSigner
+ * the AK's Qualified Name under it (verifyQuote's `expectedSigner`, `tpm.ak_not_under_ek`).
+ */
+function checkAkUnderEk(ekPubRaw: Buffer, ekPubFile: string, ekCertDer: Buffer, ev: { akPub: Buffer; quote: Buffer; signature: Buffer; nonce: Buffer }): void {
+  const ekPub = parseTpm2bPublic(ekPubRaw);
+  checkEkPublic(ekPub);
+  try {
+    checkEkPublicMatches(parseCertificate(ekCertDer, 'EK certificate'), ekPub);
+  } catch (e) {
+    if (e instanceof SigilError && e.code === 'tpm.ek_public_mismatch') throw new SigilError(e.code, `--ek-pub ${ekPubFile} is not the EK of --ek-cert: ${e.message}`, { cause: e });
+    throw e;
+  }
+  const ak = parseTpm2bPublic(ev.akPub);
+  verifyQuote({ ak, quote: ev.quote, signature: ev.signature, qualifyingData: ev.nonce, expectedSigner: qualifiedNameUnderEk(ekPub, ak) });
+}
+
 export async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> {
   const json = opts.json === true;
   // Usage problems (unreadable files, bad hex, bad time) surface as UsageError → exit 2.
+  const at = parseAtTime(opts.at);
   const nonce = (() => {
     try {
       return parseHexArg('--nonce', opts.nonce);
@@ -67,15 +100,11 @@ export async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> 
       throw new UsageError(errorMessage(e));
     }
   })();
-  let at = new Date();
-  if (opts.at !== undefined) {
-    at = new Date(opts.at);
-    if (Number.isNaN(at.getTime())) throw new UsageError(`--at: "${opts.at}" is not an ISO-8601 time`);
-  }
   const expected = opts.pcrs !== undefined ? parsePcrSelection(encodePcrSelection(parsePcrSpec(opts.pcrs))) : undefined;
   const ekCertRaw = readArg('--ek-cert', opts.ekCert);
   const caRaw = opts.ekCa.map((f) => ({ f, b: readArg('--ek-ca', f) }));
   const interRaw = (opts.ekIntermediate ?? []).map((f) => ({ f, b: readArg('--ek-intermediate', f) }));
+  const ekPub = opts.ekPub !== undefined ? { file: opts.ekPub, raw: readArg('--ek-pub', opts.ekPub) } : undefined;
   const akPubRaw = readArg('--ak-pub', opts.akPub);
   const quoteRaw = readArg('--quote', opts.quote);
   const sigRaw = readArg('--signature', opts.signature);
@@ -87,21 +116,23 @@ export async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> 
   try {
     const ekCerts = certificatesFromBytes(ekCertRaw, `--ek-cert ${opts.ekCert}`);
     if (ekCerts.length !== 1) throw new SigilError('tpm.ek_cert_malformed', `--ek-cert ${opts.ekCert} holds ${ekCerts.length} certificates; give the EK certificate alone`);
+    const ekCert = ekCerts[0] as Buffer;
+    const signed = { akPub: decodeEvidenceBytes(akPubRaw), quote: decodeEvidenceBytes(quoteRaw), signature: decodeEvidenceBytes(sigRaw), nonce };
     const result = await verifyTpmEvidenceOffline({
-      ekCert: ekCerts[0] as Buffer,
+      ekCert,
       ekCa: caRaw.flatMap(({ f, b }) => certificatesFromBytes(b, `--ek-ca ${f}`)),
       ekIntermediates: interRaw.flatMap(({ f, b }) => certificatesFromBytes(b, `--ek-intermediate ${f}`)),
-      akPub: decodeEvidenceBytes(akPubRaw),
-      quote: decodeEvidenceBytes(quoteRaw),
-      signature: decodeEvidenceBytes(sigRaw),
-      nonce,
+      ...signed,
       ...(pcrRaw ? { pcrValues: pcrRaw } : {}),
       ...(expected ? { expectedSelection: expected } : {}),
       ...(eventLogRaw ? { eventLog: eventLogRaw } : {}),
       ...(imaLogRaw ? { imaLog: imaLogRaw } : {}),
       at,
     });
-    return printEvidenceOutcome({ ok: true, attestor: 'tpm', selectors: result.selectors, claims: result.claims }, json);
+    // After the EK chain and the quote verified: the signer is the AK as the EK's child, or the output says it was not checked.
+    if (ekPub) checkAkUnderEk(decodeEvidenceBytes(ekPub.raw), ekPub.file, ekCert, signed);
+    const claims = { ...result.claims, akUnderEkChecked: ekPub !== undefined, ...(ekPub ? {} : { countersNote: COUNTERS_NOTE }) };
+    return printEvidenceOutcome({ ok: true, attestor: 'tpm', selectors: result.selectors, claims }, json);
   } catch (e) {
     if (e instanceof UsageError) throw e;
     return printEvidenceOutcome(rejectedOutcome('tpm', e), json);
