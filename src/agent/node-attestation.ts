@@ -381,10 +381,12 @@ export class NodeIdentity {
   private async renew(): Promise<void> {
     this.renewing = true;
     this.refusedDuringRenewal = undefined;
+    // Read through a function: invalidate() sets the field while renewOnce() is awaited.
+    const refusal = (): SigilError | undefined => this.refusedDuringRenewal;
     try {
       await this.renewOnce();
     } catch (e) {
-      const refused = this.refusedDuringRenewal;
+      const refused = refusal();
       if (refused && !this.needsAttest) {
         this.o.logger.warn({ code: refused.code, reason: refused.message }, 'node SVID no longer accepted; attesting again');
         this.needsAttest = true;
@@ -393,8 +395,9 @@ export class NodeIdentity {
       throw e;
     } finally {
       this.renewing = false;
-      if (this.refusedDuringRenewal && !this.needsAttest) {
-        this.o.logger.debug({ code: this.refusedDuringRenewal.code }, 'refusal of the node SVID replaced by the renewal in flight ignored');
+      const dropped = refusal();
+      if (dropped && !this.needsAttest) {
+        this.o.logger.debug({ code: dropped.code }, 'refusal of the node SVID replaced by the renewal in flight ignored');
       }
       this.refusedDuringRenewal = undefined;
     }
