@@ -184,8 +184,13 @@ const AGENTS_CHANNEL = 'sigil_agents';
 const NOTIFY_PAYLOAD_MAX = 7000;
 /** Characters of a malformed payload quoted in the report of it. */
 const BAD_PAYLOAD_QUOTE = 120;
-/** Delay before a lost LISTEN connection is opened again, ms. */
+/**
+ * Pause before a lost LISTEN connection is opened again, ms: 0.5–1 s after a connection that came up
+ * (primed), doubling with each attempt that fails since, up to LISTEN_RETRY_MAX_MS; see listenRetryMs.
+ */
 const LISTEN_RETRY_MS = 1000;
+/** Longest pause between attempts to open the LISTEN connection, ms. */
+const LISTEN_RETRY_MAX_MS = 10_000;
 /** Idle time before the LISTEN connection's first TCP keepalive probe, ms (without it the OS default applies: 2 h on Linux). */
 const LISTEN_KEEPALIVE_MS = 10_000;
 /** How long a LISTEN connection given up may take to say goodbye before its socket is destroyed, ms. */
@@ -233,6 +238,18 @@ class HeardRevisions {
     this.later.splice(0, i);
     this.through = through;
   }
+}
+
+/**
+ * The pause before attempt `failed + 1` to open the LISTEN connection, where `failed` attempts have
+ * failed since one came up: a random time in the upper half of min(LISTEN_RETRY_MAX_MS,
+ * LISTEN_RETRY_MS · 2^failed) — 0.5–1 s, 1–2 s, 2–4 s, 4–8 s, then 5–10 s. A server that is down or out
+ * of reach is asked a few times a minute rather than every second by every verifier, the verifiers'
+ * attempts spread apart, and one that is back is found within the pause then due.
+ */
+function listenRetryMs(failed: number): number {
+  const ceiling = Math.min(LISTEN_RETRY_MAX_MS, LISTEN_RETRY_MS * 2 ** Math.min(failed, 30));
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
 }
 
 /** End a LISTEN client given up; its socket is destroyed if the goodbye does not go through (a half-open connection never answers it). */
@@ -330,6 +347,8 @@ export class PostgresStore implements DataStore {
   private listenClient: pg.Client | undefined;
   private listenLive = false;
   private listenTimer: NodeJS.Timeout | undefined;
+  /** Attempts to open the LISTEN connection that failed since one came up (the next pause grows with it). */
+  private listenFailures = 0;
   /** The next liveness probe of the LISTEN connection. */
   private probeTimer: NodeJS.Timeout | undefined;
   private readonly revisions = new HeardRevisions();
@@ -583,9 +602,12 @@ export class PostgresStore implements DataStore {
   }
 
   /**
-   * Open the LISTEN connection and probe it every probeMs; on loss (an error, the server closing it,
-   * a query or probe not answered within its timeout) report "not live" and open it again after
-   * LISTEN_RETRY_MS.
+   * Open the LISTEN connection and probe it every probeMs; on loss (an error, the server closing it
+   * or ending its process, a query or probe not answered within its timeout) report "not live" and
+   * open it again after a pause that grows while attempts fail (listenRetryMs). Every connection that
+   * comes up reads the revision after LISTEN (priming): a write committed while none was up is in
+   * that read, so it is not lost, and the authorized-set cache finds it undescribed (a gap) and
+   * recomputes the sets it may touch.
    */
   private async listen(): Promise<void> {
     if (this.closed || this.listenClient || !this.watched()) return;
@@ -617,6 +639,7 @@ export class PostgresStore implements DataStore {
       if (this.listenClient !== c) return;
       this.revisions.primed(rev);
       this.listenLive = true;
+      this.listenFailures = 0;
       this.probeListener(c);
       // Evictions committed while nothing listened were not heard; later ones are.
       for (const l of this.agentListeners) l.missed();
@@ -644,15 +667,17 @@ export class PostgresStore implements DataStore {
     this.probeTimer.unref();
   }
 
-  /** The LISTEN connection `c` is lost or given up: not live; opened again after LISTEN_RETRY_MS. */
+  /** The LISTEN connection `c` is lost or given up: not live; opened again after listenRetryMs. */
   private listenLost(c: pg.Client): void {
     if (this.listenClient !== c) return;
+    // Counted from 0 when a connection came up (primed), so its loss is followed by the shortest pause.
+    const failed = this.listenFailures++;
     this.listenClient = undefined;
     this.listenLive = false;
     clearTimeout(this.probeTimer);
     endListenClient(c);
     if (!this.closed && this.watched()) {
-      this.listenTimer = setTimeout(() => void this.listen(), LISTEN_RETRY_MS);
+      this.listenTimer = setTimeout(() => void this.listen(), listenRetryMs(failed));
       this.listenTimer.unref();
     }
   }

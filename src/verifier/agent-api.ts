@@ -268,6 +268,8 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
         } finally {
           reply.raw.removeListener('close', onClose);
         }
+        // Undefined: unchanged through the wait. A wait during which the datastore could not be read
+        // throws store.unavailable (503) instead of a 304 (authorized-cache.ts, endUnchanged).
         if (next) set = next;
       }
       // Read after any wait: a long-poll answered at a CA rotation carries the new bundle's ETag.

@@ -24,12 +24,18 @@
  * connection came back), every held long-poll is re-checked. If the feed is down, a held long-poll
  * still ends when its wait does (≤ `longPoll.maxWait`), and the next call is refused.
  *
+ * A held long-poll that ends without a change is answered "unchanged" (304) only when the verifier
+ * could tell: when a revision check failed to read the store during its wait, or at its end the last
+ * check failed or none has completed for revisionCheckMs + feedGraceMs (the checks hang), it is
+ * refused with `store.unavailable` (503) instead, and the agent's periodic sync takes over (and meets
+ * the failure itself). A changed set is still handed out: it was read from the store.
+ *
  * Long-poll waiters are bounded (`longPoll.maxWaiters` in total, `maxWaitersPerAgent` each) and are
  * re-evaluated first in, first out, at most EVAL_SLICE per event-loop turn, so a change that touches
  * every agent does not starve the other routes.
  */
 import { createHash } from 'node:crypto';
-import { SigilError } from '../errors.js';
+import { SigilError, errorMessage } from '../errors.js';
 import type { AgentRecord, AgentsWatch, DataStore, EntriesChange, EntriesWatch, RegistrationEntry } from '../store/types.js';
 import { KeySets } from '../util/key-sets.js';
 import { agentNodeSelectors, authorizedEntries } from './authorization.js';
@@ -114,6 +120,8 @@ interface Waiter {
   indexed: AuthorizedSet | undefined;
   /** The cache's gap count when `set` was last checked against the whole change log. */
   gaps: number;
+  /** The cache's count of failed revision checks when the wait began. */
+  readFailures: number;
   deadline: number;
   timer: NodeJS.Timeout | undefined;
   queued: boolean;
@@ -190,6 +198,10 @@ export class AuthorizedSetCache {
   private checking = false;
   /** When the last revision check that completed began (Date.now()). */
   private checkedAt = Date.now();
+  /** Revision checks that could not read the store, counted: a long-poll held across one cannot be answered "unchanged". */
+  private readFailures = 0;
+  /** Why the last revision check could not read the store, while none has succeeded since. */
+  private readFailure: unknown = undefined;
   /** How long after the last completed revision check the change feed is believed: revisionCheckMs + feedGraceMs. */
   private readonly trustMs: number;
   /** The first revision check that found the store ahead of the change feed, while the feed has not caught up with what it found. */
@@ -382,13 +394,16 @@ export class AuthorizedSetCache {
     let rev: number;
     try {
       rev = await this.store.entriesRevision();
-    } catch {
+    } catch (e) {
+      this.readFailures++;
+      this.readFailure = e;
       return;
     } finally {
       this.checking = false;
     }
     if (this.closed) return;
     this.checkedAt = started;
+    this.readFailure = undefined;
     // Read after the revision: a notification that arrived meanwhile counts.
     const fed = this.watch.currentRevision();
     if (fed === undefined) {
@@ -716,6 +731,7 @@ export class AuthorizedSetCache {
         set: current,
         indexed: undefined,
         gaps: 0,
+        readFailures: this.readFailures,
         // The wait is measured on the real clock; entry expiry on the verifier's (injectable) one.
         deadline: Date.now() + waitMs,
         timer: undefined,
@@ -752,10 +768,8 @@ export class AuthorizedSetCache {
     const delay = Math.min(w.deadline - Date.now(), w.set.validUntil - this.now().getTime(), 2 ** 31 - 1);
     w.timer = setTimeout(() => {
       if (w.done) return;
-      if (Date.now() >= w.deadline) {
-        this.heldThrough(w);
-        w.finish({});
-      } else this.enqueue(w);
+      if (Date.now() >= w.deadline) this.endUnchanged(w);
+      else this.enqueue(w);
     }, Math.max(0, delay));
   }
 
@@ -773,6 +787,34 @@ export class AuthorizedSetCache {
     }
     const last = this.lastLogged();
     if (last !== undefined && w.set.revision < last && !this.unchangedThrough(w.set, last)) this.enqueue(w, true);
+  }
+
+  /** End `w` without a change (its deadline, shutdown): unchanged, or refused when the verifier could not tell. */
+  private endUnchanged(w: Waiter): void {
+    const blind = this.blindness(w);
+    if (blind !== undefined) {
+      w.finish({ error: blind });
+      return;
+    }
+    this.heldThrough(w);
+    w.finish({});
+  }
+
+  /**
+   * Why "unchanged" cannot be said to `w` now, or undefined when it can: a revision check could not
+   * read the store during its wait, or the store cannot be read now (the last check failed, or none
+   * has completed within trustMs — they hang). Changes the feed missed meanwhile would not have been
+   * found (the revision check is what finds them).
+   */
+  private blindness(w: Waiter): SigilError | undefined {
+    const since = Date.now() - this.checkedAt;
+    const failures = this.readFailures - w.readFailures;
+    let why: string;
+    if (this.readFailure !== undefined) why = `the datastore cannot be read (the last revision read failed: ${errorMessage(this.readFailure)})`;
+    else if (failures > 0) why = `the datastore could not be read for part of this long-poll's wait (${failures} failed revision ${failures === 1 ? 'read' : 'reads'})`;
+    else if (since > this.trustMs) why = `no read of the datastore has completed for ${since} ms`;
+    else return undefined;
+    return new SigilError('store.unavailable', `${why}, so whether the authorized set changed is not known; sync without wait`, { status: 503, cause: this.readFailure });
   }
 
   /**
@@ -833,14 +875,14 @@ export class AuthorizedSetCache {
     else this.draining = false;
   }
 
-  /** Answer every waiter (unchanged) and stop watching the store. */
+  /** Answer every waiter (unchanged, or refused when the verifier could not tell: endUnchanged) and stop watching the store. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.checker);
     this.watch.close();
     this.agentsWatch.close();
-    for (const w of [...this.waiters]) w.finish({});
+    for (const w of [...this.waiters]) this.endUnchanged(w);
     this.queue.length = 0;
   }
 }
