@@ -13,6 +13,13 @@ import { certsToPem, pemToDers } from './pem.js';
 import type { JwtAuthority } from './jwtsvid.js';
 
 export const BUNDLE_MAX_JSON_BYTES = 4 * 1024 * 1024;
+/**
+ * Most entries a bundle may hold (JWKS `keys`, PEM or DER certificates). A trust domain publishes
+ * a handful (its CAs and JWT keys across a rotation or two; federation takes at most 64), while
+ * each entry costs a certificate parse or key import: ~26,000 small JWT keys fit in the byte cap
+ * and took seconds to parse. Checked before any entry is looked at.
+ */
+export const BUNDLE_MAX_KEYS = 1024;
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 
 export interface SpiffeBundleJwks {
@@ -23,6 +30,10 @@ export interface SpiffeBundleJwks {
 
 function bad(msg: string): never {
   throw new SigilError('bundle.malformed', msg);
+}
+
+function checkCount(n: number, what: string): void {
+  if (n > BUNDLE_MAX_KEYS) throw new SigilError('bundle.too_many_keys', `bundle holds ${n} ${what}; at most ${BUNDLE_MAX_KEYS} are accepted`);
 }
 
 function publicJwkOf(k: KeyObject): Record<string, string> {
@@ -92,7 +103,7 @@ export class SpiffeBundle {
    * type, or (x509-svid) no `x5c` are ignored as the standards require; anything malformed
    * (wrong types, private key members, x509-svid with a `kid` or several certificates, a
    * certificate whose key differs from the JWK members, jwt-svid without `kid`, duplicate kid)
-   * is rejected with `bundle.malformed`.
+   * is rejected with `bundle.malformed`; more than BUNDLE_MAX_KEYS entries with `bundle.too_many_keys`.
    */
   static fromJwks(trustDomain: string, json: unknown): SpiffeBundle {
     let doc = json;
@@ -110,6 +121,7 @@ export class SpiffeBundle {
     if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) bad('bundle must be a JSON object');
     const o = doc as Record<string, unknown>;
     if (!Array.isArray(o.keys)) bad('bundle "keys" must be an array');
+    checkCount(o.keys.length, 'keys');
     const sequence = optionalNonNegInt(o.spiffe_sequence, 'spiffe_sequence') ?? 0;
     const refreshHint = optionalNonNegInt(o.spiffe_refresh_hint, 'spiffe_refresh_hint');
     const x509: Buffer[] = [];
@@ -181,6 +193,7 @@ export class SpiffeBundle {
   /** A bundle holding the X.509 authorities in `text` (strict PEM, certificates only). */
   static fromPem(trustDomain: string, text: string): SpiffeBundle {
     const ders = pemToDers(text);
+    checkCount(ders.length, 'certificates');
     for (const d of ders) parseCertificate(d);
     return new SpiffeBundle(trustDomain, { x509Authorities: ders });
   }
@@ -196,12 +209,13 @@ export class SpiffeBundle {
   }
 }
 
-/** Split concatenated DER elements, each parsed as a certificate. */
+/** Split concatenated DER elements, each parsed as a certificate (at most BUNDLE_MAX_KEYS). */
 export function splitConcatenatedDer(der: Uint8Array): Buffer[] {
   const out: Buffer[] = [];
   let p = 0;
   if (der.length === 0) bad('no certificates');
   while (p < der.length) {
+    checkCount(out.length + 1, 'certificates or more');
     const t = readTlv(der, p, der.length, 'bundle.malformed');
     const one = Buffer.from(der.subarray(t.start, t.end));
     try {

@@ -192,7 +192,8 @@ export interface IssueCaOptions {
  * Issue a CA certificate for a trust domain: basicConstraints cA=true (critical), keyUsage
  * keyCertSign+cRLSign (critical), URI SAN spiffe://<td>, SKI/AKI. Subject is
  * O=<td>[, CN=<commonName>], serialNumber=<serial hex> so that successive CAs have distinct names.
- * Under an upstream CA, notAfter is clipped to the upstream certificate's notAfter.
+ * Under an upstream CA, notAfter is clipped to the upstream certificate's notAfter; the upstream
+ * certificate must be a CA with keyUsage keyCertSign (`x509svid.issuer_not_ca`).
  */
 export function issueCaCertificate(opts: IssueCaOptions): Buffer {
   const td = parseTrustDomain(opts.trustDomain);
@@ -217,7 +218,7 @@ export function issueCaCertificate(opts: IssueCaOptions): Buffer {
   if (opts.issuerCertDer) {
     const issuer = parseCertificate(opts.issuerCertDer);
     if (!issuer.basicConstraints?.ca) throw err('x509svid.issuer_not_ca', 'issuer certificate is not a CA (basicConstraints cA is not true)');
-    if (issuer.keyUsage && !(issuer.keyUsage.flags & KU.keyCertSign)) throw err('x509svid.issuer_not_ca', 'issuer certificate lacks keyCertSign');
+    if (!issuer.keyUsage || !(issuer.keyUsage.flags & KU.keyCertSign)) throw err('x509svid.issuer_not_ca', 'issuer certificate lacks keyUsage keyCertSign (X509-SVID §4.3)');
     if (!spkiDer(opts.signerKey).equals(issuer.spki)) throw err('x509svid.key_mismatch', 'signerKey does not match the issuer certificate');
     const ipl = issuer.basicConstraints.pathLen;
     if (ipl !== undefined) {
@@ -288,7 +289,7 @@ function templateFor(caCertDer: Buffer): CaTemplate {
   if (!t) {
     const ca = parseCertificate(caCertDer);
     if (!ca.basicConstraints?.ca) throw err('x509svid.issuer_not_ca', 'CA certificate is not a CA (basicConstraints cA is not true)');
-    if (ca.keyUsage && !(ca.keyUsage.flags & KU.keyCertSign)) throw err('x509svid.issuer_not_ca', 'CA certificate lacks keyCertSign');
+    if (!ca.keyUsage || !(ca.keyUsage.flags & KU.keyCertSign)) throw err('x509svid.issuer_not_ca', 'CA certificate lacks keyUsage keyCertSign (X509-SVID §4.3)');
     let trustDomain: string | undefined;
     const uri = ca.san?.uris[0];
     if (uri !== undefined && uri.startsWith('spiffe://')) trustDomain = SpiffeId.parse(uri).trustDomain;
@@ -456,11 +457,25 @@ interface Problem {
   msg: string;
 }
 
+/**
+ * Why `der` cannot sign in an X.509-SVID chain with `belowCaCount` CA certificates under it (the
+ * checks verifyX509Svid applies to intermediates and roots), or undefined. For configuration checks
+ * such as an upstream CA chain, so that it is refused when loaded rather than when SVIDs are verified.
+ */
+export function signingCertificateProblem(der: Buffer, now: Date, belowCaCount: number): string | undefined {
+  const p = signingCertProblem(parseCertificate(der), now, belowCaCount);
+  return p === undefined ? undefined : `${p.code}: ${p.msg}`;
+}
+
 /** Checks on any certificate that signs another (intermediate or root). */
 function signingCertProblem(c: ParsedCertificate, now: Date, belowCaCount: number): Problem | undefined {
   const bad = (msg: string): Problem => ({ code: 'x509svid.bad_signing_cert', msg });
   if (!c.basicConstraints?.ca) return bad('is not a CA (basicConstraints cA is not true)');
-  if (c.keyUsage && !(c.keyUsage.flags & KU.keyCertSign)) return bad('lacks keyCertSign');
+  // X509-SVID §4.3: keyUsage MUST be set on every SVID and signing certificates MUST set
+  // keyCertSign; a CA certificate without keyUsage (which RFC 5280 would read as "any use") is refused.
+  // The vendor chains (Nitro, SEV-SNP, TDX, TPM EK) have their own rules in their own files.
+  if (!c.keyUsage) return bad('has no keyUsage extension (signing certificates must set keyCertSign)');
+  if (!(c.keyUsage.flags & KU.keyCertSign)) return bad('lacks keyCertSign');
   if (c.basicConstraints.pathLen !== undefined && belowCaCount > c.basicConstraints.pathLen) return bad('has its pathLenConstraint exceeded');
   const v = validityIssue(c, now);
   if (v) return v;
@@ -483,7 +498,8 @@ function signingCertProblem(c: ParsedCertificate, now: Date, belowCaCount: numbe
 /**
  * Verify an X.509-SVID chain (leaf first, then any intermediates) against the X.509 authorities
  * of the leaf's trust domain. Enforces the SVID leaf profile and RFC 5280 path rules (validity,
- * signatures, cA/keyCertSign/pathLen of every signing certificate, unknown critical extensions).
+ * signatures, and for every signing certificate, bundle authorities included: cA, a keyUsage
+ * with keyCertSign, pathLen, unknown critical extensions).
  */
 export function verifyX509Svid(
   chainDer: Buffer[],

@@ -53,6 +53,7 @@ const TDX_CERT_CODES: X509CodeMap = {
 const TDX_CRL_CODES: X509CodeMap = {
   'x509.crl_malformed': 'tdx.crl_malformed',
   'x509.crl_issuer_mismatch': 'tdx.crl_issuer_mismatch',
+  'x509.crl_issuer_not_crl_signer': 'tdx.cert_usage_invalid',
   'x509.crl_signature_invalid': 'tdx.crl_signature_invalid',
   'x509.crl_not_yet_valid': 'tdx.crl_not_yet_valid',
   'x509.crl_expired': 'tdx.crl_expired',

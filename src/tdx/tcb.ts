@@ -91,10 +91,28 @@ function hexBytes(v: unknown, what: string, len: number): Buffer {
   if (typeof v !== 'string' || v.length !== len * 2 || !/^[0-9a-fA-F]*$/.test(v)) bad(what, `must be ${len * 2} hex digits`);
   return Buffer.from(v, 'hex');
 }
+const RFC3339_UTC = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?Z$/;
+
+/**
+ * An RFC 3339 UTC time. `new Date(text)` rolls impossible dates over (2023-02-30 → 2023-03-02,
+ * 24:00:00 → the next day), so every field must read back unchanged.
+ */
 function date(v: unknown, what: string): Date {
-  if (typeof v !== 'string' || !/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/.test(v)) bad(what, 'must be an RFC 3339 UTC time');
-  const d = new Date(v);
-  if (Number.isNaN(d.getTime())) bad(what, 'is not a valid time');
+  const m = typeof v === 'string' ? RFC3339_UTC.exec(v) : null;
+  if (!m) bad(what, 'must be an RFC 3339 UTC time');
+  const d = new Date(v as string);
+  const [y, mo, day, h, mi, sec] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  if (
+    Number.isNaN(d.getTime()) ||
+    d.getUTCFullYear() !== y ||
+    d.getUTCMonth() + 1 !== mo ||
+    d.getUTCDate() !== day ||
+    d.getUTCHours() !== h ||
+    d.getUTCMinutes() !== mi ||
+    d.getUTCSeconds() !== sec
+  ) {
+    bad(what, 'is not a valid calendar date and time');
+  }
   return d;
 }
 function status(v: unknown, what: string): TcbStatus {

@@ -10,7 +10,8 @@
  *     QE report's REPORTDATA = SHA-256(attestation key ‖ QE auth data) ‖ 32 zero bytes;
  *  4. with collateral: the TCB Signing chain, the TCB Info and QE Identity signatures over the bytes
  *     as received and their issueDate/nextUpdate (and `maxCollateralAgeMs`), then the Root CA CRL
- *     and PCK CRL (signatures, issuers, validity) and revocation of every chain certificate;
+ *     and PCK CRL (signatures, issuers, validity; the PCK CRL's thisUpdate also within
+ *     `maxCollateralAgeMs`) and revocation of every chain certificate;
  *  4b. with `eventLog`: the CC event log replayed into RTMR0–3 must equal the quote's (ccel.ts);
  *  5. the TD report: REPORTDATA (session binding) and the DEBUG attribute;
  *  6. TCB matching (tcb.ts) and the policy on the resulting status. Without collateral the status is
@@ -52,7 +53,7 @@ export interface TdxPolicyOptions {
   acceptedTcbStatuses?: readonly TcbStatus[];
   /** Accept a quote without collateral, with TCB status `Unknown` (no TCB or revocation check). Default false. */
   allowUnknownTcb?: boolean;
-  /** Refuse TCB Info / QE Identity issued longer than this before `now` (even inside nextUpdate). */
+  /** Refuse TCB Info / QE Identity / PCK CRL issued longer than this before `now` (even inside nextUpdate); not the Root CA CRL (yearly). */
   maxCollateralAgeMs?: number;
   /** SHA-256 hex of the root CA's DER (test PKIs); default the Intel SGX Root CA. */
   rootSha256?: string;
@@ -149,6 +150,8 @@ export interface VerifiedCollateral {
   tcbInfo: TdxTcbInfo;
   qeIdentity: QeIdentity;
   crls: IntelCrl[];
+  /** The PCK CRL (also in `crls`), whose thisUpdate `maxCollateralAgeMs` bounds. */
+  pckCrl: IntelCrl;
   /** The earliest nextUpdate of the TCB Info, QE Identity and both CRLs. */
   validUntil: Date;
 }
@@ -182,6 +185,10 @@ export function verifyTdxCollateral(c: TdxCollateral, opts: { now: Date; rootSha
   if (opts.maxCollateralAgeMs !== undefined) {
     checkDocTime('TCB Info', v.tcbInfo.issueDate, v.tcbInfo.nextUpdate, opts.now, opts.maxCollateralAgeMs);
     checkDocTime('QE Identity', v.qeIdentity.issueDate, v.qeIdentity.nextUpdate, opts.now, opts.maxCollateralAgeMs);
+    // Intel PCS reissues the PCK CRL like the TCB Info and QE Identity (nextUpdate a month out). The
+    // Root CA CRL is not held to the age: Intel issues it about once a year, so any age shorter
+    // than that would refuse every quote for most of the year (docs/tdx.md).
+    checkDocTime('PCK CRL', v.pckCrl.thisUpdate, v.pckCrl.nextUpdate, opts.now, opts.maxCollateralAgeMs);
   }
   return v;
 }
@@ -241,7 +248,7 @@ function verifyCollateralAt(c: TdxCollateral, now: Date, rootSha256: string | un
   const from = Math.max(...certs.map((x) => x.cert.notBefore.getTime()), rootCrl.thisUpdate.getTime(), pckCrl.thisUpdate.getTime(), tcbInfo.issueDate.getTime(), qeIdentity.issueDate.getTime());
   const to = Math.min(...certs.map((x) => x.cert.notAfter.getTime()), rootCrl.nextUpdate.getTime(), pckCrl.nextUpdate.getTime(), tcbInfo.nextUpdate.getTime(), qeIdentity.nextUpdate.getTime());
   const validUntil = new Date(Math.min(tcbInfo.nextUpdate.getTime(), qeIdentity.nextUpdate.getTime(), rootCrl.nextUpdate.getTime(), pckCrl.nextUpdate.getTime()));
-  return { verified: { tcbInfo, qeIdentity, crls: [rootCrl, pckCrl], validUntil }, from, to };
+  return { verified: { tcbInfo, qeIdentity, crls: [rootCrl, pckCrl], pckCrl, validUntil }, from, to };
 }
 
 const hex = (b: Buffer): string => b.toString('hex');

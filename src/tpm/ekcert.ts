@@ -273,13 +273,30 @@ function checkLeafExtensions(leaf: ParsedCert): void {
   }
 }
 
+/** Reasons quoted in a `tpm.ek_untrusted` message (the rest are counted). */
+const MAX_REASONS_SHOWN = 5;
+/** Characters of a Name quoted in a message: Names come from the agent's certificates (up to 16 KiB each). */
+const MAX_NAME_SHOWN = 120;
+
+/** A certificate Name as quoted in a refusal, cut short. */
+function shownName(name: string): string {
+  return name.length > MAX_NAME_SHOWN ? `${name.slice(0, MAX_NAME_SHOWN - 3)}...` : name;
+}
+
+/** The first MAX_REASONS_SHOWN reasons, then how many more there were: one bounded log line whatever the agent sends. */
+function listReasons(reasons: readonly string[]): string {
+  const shown = reasons.slice(0, MAX_REASONS_SHOWN).join('; ');
+  const more = reasons.length - MAX_REASONS_SHOWN;
+  return more > 0 ? `${shown}; and ${more} more` : shown;
+}
+
 function checkTime(c: ParsedCert, at: Date, role: string): void {
   const p = validityProblem(c, at);
   if (p === 'x509.not_yet_valid') {
-    throw new SigilError('tpm.ek_cert_expired', `${role} (${c.cert.subject}) is not valid before ${c.notBefore.toISOString()} (checked at ${at.toISOString()})`);
+    throw new SigilError('tpm.ek_cert_expired', `${role} (${shownName(c.cert.subject)}) is not valid before ${c.notBefore.toISOString()} (checked at ${at.toISOString()})`);
   }
   if (p === 'x509.expired') {
-    throw new SigilError('tpm.ek_cert_expired', `${role} (${c.cert.subject}) expired ${c.notAfter.toISOString()} (checked at ${at.toISOString()})`);
+    throw new SigilError('tpm.ek_cert_expired', `${role} (${shownName(c.cert.subject)}) expired ${c.notAfter.toISOString()} (checked at ${at.toISOString()})`);
   }
 }
 
@@ -518,11 +535,11 @@ function verifyEkChainSync(ekCertDer: Buffer, intermediatesDer: Buffer[], trust:
       const configured = trust.isTrusted(cand);
       const problem = checkIssuer(cand, chain.length - 1, configured);
       if (problem) {
-        reasons.push(`issuer ${cand.cert.subject} ${problem}`);
+        reasons.push(`issuer ${shownName(cand.cert.subject)} ${problem}`);
         continue;
       }
       if (!signedBy(current, cand, trust.links)) {
-        reasons.push(`signature of ${current.cert.subject} does not verify with ${cand.cert.subject}`);
+        reasons.push(`signature of ${shownName(current.cert.subject)} does not verify with ${shownName(cand.cert.subject)}`);
         continue;
       }
       next = cand;
@@ -535,7 +552,7 @@ function verifyEkChainSync(ekCertDer: Buffer, intermediatesDer: Buffer[], trust:
     if (trust.isTrusted(next)) reachedTrust = true;
   }
   if (!reachedTrust) {
-    const why = reasons.length > 0 ? `: ${reasons.join('; ')}` : `: no configured ekCa certificate issued ${current.cert.subject} (issuer ${current.cert.issuer})`;
+    const why = reasons.length > 0 ? `: ${listReasons(reasons)}` : `: no configured ekCa certificate issued ${shownName(current.cert.subject)} (issuer ${shownName(current.cert.issuer)})`;
     throw new SigilError('tpm.ek_untrusted', `EK certificate does not chain to a configured ekCa certificate${why}`);
   }
   return { chain, anchor: current, identity };

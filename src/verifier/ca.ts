@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { SigilError, errorMessage, errorFields } from '../errors.js';
 import type { CaJournal, CaSlot, DataStore, JwtKeySlot } from '../store/types.js';
 import { generateKey, loadPrivateKeyPkcs8, publicKeyOf, readSecretFile, savePrivateKeyPkcs8, spkiDer, type KeyType } from '../spiffe/keys.js';
-import { issueCaCertificate, issueX509Svid } from '../spiffe/x509svid.js';
+import { issueCaCertificate, issueX509Svid, signingCertificateProblem } from '../spiffe/x509svid.js';
 import { pemToDers } from '../x509/pem.js';
 import { mintJwtSvid } from '../spiffe/jwtsvid.js';
 import { SpiffeBundle } from '../spiffe/bundle.js';
@@ -107,7 +107,7 @@ export class CertificateAuthority {
 
   async init(): Promise<void> {
     mkdirSync(this.keysDir, { recursive: true, mode: 0o700 });
-    if (this.opts.upstream) this.upstream = loadUpstream(this.opts.upstream);
+    if (this.opts.upstream) this.upstream = loadUpstream(this.opts.upstream, this.opts.now());
     const j = await this.store.loadCaJournal(this.opts.instance);
     if (j) {
       this.journal = { x509: j.x509, jwt: j.jwt, sequence: j.sequence ?? 0 };
@@ -537,7 +537,7 @@ function advance<S extends Slot>(slots: S[], now: number, leadMs: number, make: 
   return events;
 }
 
-function loadUpstream(u: { cert: string; key: string }): Upstream {
+function loadUpstream(u: { cert: string; key: string }, now: Date): Upstream {
   let chain: Buffer[];
   let key: KeyObject;
   try {
@@ -569,6 +569,19 @@ function loadUpstream(u: { cert: string; key: string }): Upstream {
     if (!c.checkIssued(issuer) || !c.verify(issuer.publicKey)) {
       const what = i + 1 < certs.length ? `certificate ${i + 1} is not issued by certificate ${i + 2}` : 'the last certificate is not a self-signed root (append the chain up to the root)';
       throw new SigilError('ca.upstream_invalid', `ca.upstream.cert ${u.cert}: ${what}`, { status: 500 });
+    }
+    // The checks relying parties make of every signing certificate of an SVID chain (X509-SVID §4.3:
+    // cA, keyUsage with keyCertSign, pathLen, validity, no unhandled critical extension): refused
+    // now rather than in every agent and workload that verifies an SVID issued under it.
+    let problem: string | undefined;
+    try {
+      problem = signingCertificateProblem(chain[i] as Buffer, now, i + 1);
+    } catch (e) {
+      problem = errorMessage(e);
+    }
+    if (problem !== undefined) {
+      const code = problem.startsWith('x509svid.expired') ? 'ca.upstream_expired' : 'ca.upstream_invalid';
+      throw new SigilError(code, `ca.upstream.cert ${u.cert}: certificate ${i + 1} cannot sign SVIDs (${problem})`, { status: 500 });
     }
   }
   return { key, chain, notAfter: new Date(signer.validTo) };

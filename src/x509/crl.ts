@@ -8,7 +8,7 @@ import { SigilError, errorMessage } from '../errors.js';
 import { publicKeyOf, type AnyKeyCertificate } from './cert.js';
 import { TAG, bytesOf, checkStrictDer, children, decodeOid, decodeTime, readSingle, valueOf, type Tlv } from './der.js';
 import { X509_CODES } from './errors.js';
-import { OID_AKI } from './ext.js';
+import { KU, OID_AKI } from './ext.js';
 import { pemBlocks } from './pem.js';
 import { parseSigAlg, verifyWith, type SigAlg } from './sigalg.js';
 import { verificationTimeMs } from './validity.js';
@@ -122,12 +122,16 @@ export function crlSignatureVerifies(crl: ParsedCrl, issuer: AnyKeyCertificate):
 }
 
 /**
- * The CRL names `issuer`, its signature verifies (through `verify`, default a direct check) and
- * `at` is inside thisUpdate..nextUpdate. Throws `x509.crl_issuer_mismatch`,
+ * The CRL names `issuer`, the issuer may sign CRLs (keyUsage, when present, asserts cRLSign: RFC
+ * 5280 §4.2.1.3), its signature verifies (through `verify`, default a direct check) and `at` is
+ * inside thisUpdate..nextUpdate. Throws `x509.crl_issuer_mismatch`, `x509.crl_issuer_not_crl_signer`,
  * `x509.crl_signature_invalid`, `x509.crl_not_yet_valid`, `x509.crl_expired` (`x509.bad_time` for a time that is not finite).
  */
 export function checkCrl(crl: ParsedCrl, issuer: AnyKeyCertificate, at: number | Date, what = 'CRL', verify: () => boolean = () => crlSignatureVerifies(crl, issuer)): void {
   if (!crl.issuerDer.equals(issuer.subjectDer)) throw new SigilError(X509_CODES.crlIssuerMismatch, `${what} is not issued by "${issuer.subject}"`, { status: 403 });
+  if (issuer.keyUsage && (issuer.keyUsage.flags & KU.cRLSign) === 0) {
+    throw new SigilError(X509_CODES.crlIssuerNotCrlSigner, `${what} issuer's keyUsage lacks cRLSign: its key may not sign CRLs`, { status: 403 });
+  }
   if (!verify()) throw new SigilError(X509_CODES.crlSignatureInvalid, `${what} signature does not verify under its issuer's key`, { status: 403 });
   const t = verificationTimeMs(at);
   if (t < crl.thisUpdate.getTime()) throw new SigilError(X509_CODES.crlNotYetValid, `${what} is not valid before ${crl.thisUpdate.toISOString()}`, { status: 403 });

@@ -34,6 +34,8 @@ export const X509_CODES = {
   crlMalformed: 'x509.crl_malformed',
   /** The CRL's issuer Name is not the expected issuer's subject. */
   crlIssuerMismatch: 'x509.crl_issuer_mismatch',
+  /** The CRL's issuer has a keyUsage extension without cRLSign (RFC 5280 §4.2.1.3). */
+  crlIssuerNotCrlSigner: 'x509.crl_issuer_not_crl_signer',
   /** The CRL's signature does not verify under its issuer's key. */
   crlSignatureInvalid: 'x509.crl_signature_invalid',
   /** Verification time before thisUpdate. */
