@@ -1,43 +1,14 @@
 /** Minimal JSON client for the verifier's admin API over its Unix socket. */
 import { lstatSync, realpathSync, type Stats } from 'node:fs';
 import { request } from 'node:http';
-import { dirname, resolve } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
+import { checkTrustedPath } from '../util/trusted-path.js';
 
 export const DEFAULT_ADMIN_SOCKET = '/run/sigil/admin.sock';
 const MAX_RESPONSE = 64 * 1024 * 1024;
 
 function untrusted(socketPath: string, why: string): SigilError {
   return new SigilError('cli.admin_socket_untrusted', `admin socket ${socketPath}: ${why}; refusing to talk to it (the verifier's socket is mode 0600 in a directory only its user or root can change)`);
-}
-
-/**
- * Walk `start` and every directory above it without following links: each symlink and directory
- * must be owned by one of `owners`; the socket's own directory must not be group- or
- * world-writable, an ancestor only with the sticky bit. `start` itself may be the socket.
- */
-function walkTrusted(socketPath: string, start: string, owners: ReadonlySet<number>): void {
-  let p = start;
-  for (;;) {
-    let st: Stats;
-    try {
-      st = lstatSync(p);
-    } catch (e) {
-      throw untrusted(socketPath, `${p} cannot be inspected (${errorMessage(e)})`);
-    }
-    if (st.isSymbolicLink()) {
-      if (!owners.has(st.uid)) throw untrusted(socketPath, `the path goes through the symlink ${p}, owned by uid ${st.uid}`);
-    } else if (st.isDirectory()) {
-      if (!owners.has(st.uid)) throw untrusted(socketPath, `the directory ${p} is owned by uid ${st.uid}, neither this user, root nor the socket's owner`);
-      const othersWrite = (st.mode & 0o022) !== 0;
-      if (othersWrite && (p === dirname(start) || (st.mode & 0o1000) === 0)) {
-        throw untrusted(socketPath, `the directory ${p} is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode 0${(st.mode & 0o7777).toString(8)}), so another user could have put their socket there`);
-      }
-    }
-    const parent = dirname(p);
-    if (parent === p) return;
-    p = parent;
-  }
 }
 
 /**
@@ -49,10 +20,10 @@ function walkTrusted(socketPath: string, start: string, owners: ReadonlySet<numb
 export function checkAdminSocket(socketPath: string): void {
   const euid = process.geteuid?.();
   if (euid === undefined) return;
-  const given = resolve(socketPath);
+  // The path as connect() will use it: `..` after a symlink goes up from where the link leads.
   let real: string;
   try {
-    real = realpathSync(given);
+    real = realpathSync.native(socketPath); // not realpathSync: it resolves `..` lexically first
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return;
@@ -67,9 +38,13 @@ export function checkAdminSocket(socketPath: string): void {
   }
   if (!st.isSocket()) throw untrusted(socketPath, 'it is not a socket');
   if ((st.mode & 0o077) !== 0) throw untrusted(socketPath, `its mode 0${(st.mode & 0o777).toString(8)} lets other users connect, as the verifier's never does`);
-  const owners = new Set([euid, 0, st.uid]);
-  walkTrusted(socketPath, given, owners);
-  if (real !== given) walkTrusted(socketPath, real, owners);
+  checkTrustedPath(socketPath, 'entry', {
+    code: 'cli.admin_socket_untrusted',
+    dir: `admin socket ${socketPath}: directory`,
+    leaf: `admin socket ${socketPath}:`,
+    risk: "the verifier's socket with their own",
+    alsoOwner: { uid: st.uid, who: "the socket's owner" },
+  });
 }
 
 export async function adminCall<T>(socketPath: string, method: string, path: string, body?: unknown, timeoutMs = 30_000): Promise<T> {

@@ -9,6 +9,8 @@
  *   a code outside the plugin's namespace becomes `plugin.code_outside_namespace`;
  * - `validatePluginConfig` / `pluginConfigError`: the validation the loader runs (`<name>.config_invalid`);
  * - `sessionBinding`: the value evidence must be bound to;
+ * - `checkAttestorResult`: the verifier's own checks of what `finish` returns (selectors, status,
+ *   agent ID), with the verifier's codes;
  * - `decodeBase64`: strict, bounded base64 for payload fields.
  */
 import { SigilError } from '../errors.js';

@@ -9,15 +9,20 @@
  *   depend on. The package's `exports` is honoured with the conditions `node`, `import`, `default`
  *   (ESM-only packages work), else `main`, else `index.js`.
  *
- * Nothing found → `plugin.not_found`, listing every path tried. A module found where another user
- * could change it (the file, its directory or one above, or a symlink on the way) is refused with
- * `plugin.insecure_path` before it is imported: its code would run with the host's rights.
+ * Nothing found → `plugin.not_found`, listing every path tried. Code another user could change is
+ * refused with `plugin.insecure_path` before anything is imported, since it would run with the
+ * host's rights: the module (the file, a directory or symlink on the way), the package.json that
+ * chose it (checked before it is read) or gives its module type, any file of its package, and any
+ * file of the node_modules directories Node's resolver looks in for its imports (from the module's
+ * directory up; dependencies linked in from elsewhere are followed). Not covered: modules the code
+ * reaches by relative or absolute paths outside these trees (a single-file plugin's sibling
+ * modules), CommonJS's global folders and NODE_PATH, and files it opens itself.
  */
-import { lstatSync, readFileSync, realpathSync, statSync } from 'node:fs';
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { lstatSync, readFileSync, statSync } from 'node:fs';
+import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SigilError, errorMessage } from '../errors.js';
-import { checkDirChain } from '../util/socket-dir.js';
+import { checkTrustedPath, checkTrustedTree, type TrustRule } from '../util/trusted-path.js';
 
 /** The conditions Node uses for `import()`, in the order a package's `exports` is matched against. */
 const CONDITIONS = new Set(['node', 'import', 'default']);
@@ -39,6 +44,15 @@ function isFile(p: string): boolean {
   }
 }
 
+function exists(p: string): boolean {
+  try {
+    lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function isDir(p: string): boolean {
   try {
     return statSync(p).isDirectory();
@@ -50,32 +64,41 @@ function isDir(p: string): boolean {
 class NotFound extends Error {}
 
 /**
- * Refuse module `file` of plugin `name` unless only this process's user or root can change it:
- * the file (after symlinks) owned by one of them and not group- or world-writable, a symlink at
- * `file` owned by one of them, and the directories holding both passing the rule of the socket
- * directories (util/socket-dir.ts checkDirChain). Throws SigilError `plugin.insecure_path`.
+ * The rule a plugin's code is held to (util/trusted-path.ts): only this process's user or root can
+ * change it. `leaf` names the file in messages ("module", "file").
  */
-function checkModuleFile(name: string, file: string): void {
-  const euid = process.geteuid?.();
-  if (euid === undefined) return;
-  const fail = (why: string): never => {
-    throw new SigilError('plugin.insecure_path', `plugin "${name}": module ${file} ${why}; another user could replace the plugin's code, which runs with this process's rights`, { status: 500 });
+function codeRule(name: string, leaf: string): TrustRule {
+  return {
+    code: 'plugin.insecure_path',
+    dir: `plugin "${name}": directory`,
+    leaf: `plugin "${name}": ${leaf}`,
+    risk: "the plugin's code, which runs with this process's rights",
   };
-  let real: string;
-  try {
-    const link = lstatSync(file);
-    if (link.isSymbolicLink() && link.uid !== euid && link.uid !== 0) fail(`is a symlink owned by uid ${link.uid}, neither this process's uid ${euid} nor root`);
-    real = realpathSync(file);
-    const st = statSync(real);
-    if (st.uid !== euid && st.uid !== 0) fail(`${real === file ? 'is' : `leads to ${real}, which is`} owned by uid ${st.uid}, neither this process's uid ${euid} nor root`);
-    if ((st.mode & 0o022) !== 0) fail(`${real === file ? 'is' : `leads to ${real}, which is`} writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode 0${(st.mode & 0o777).toString(8)})`);
-  } catch (e) {
-    if (e instanceof SigilError) throw e;
-    return fail(`cannot be inspected: ${errorMessage(e)}`);
+}
+
+/** The `node_modules` directories Node's resolver searches, in order, for a bare import from a module in `dir` (those that exist). */
+function nodeModulesAbove(dir: string): string[] {
+  const out: string[] = [];
+  for (let d = dir; ; d = dirname(d)) {
+    if (isDir(join(d, 'node_modules'))) out.push(join(d, 'node_modules'));
+    if (dirname(d) === d) return out;
   }
-  const what = `plugin "${name}" module directory`;
-  checkDirChain(dirname(file), 'plugin.insecure_path', what, "the plugin's code");
-  if (dirname(real) !== dirname(file)) checkDirChain(dirname(real), 'plugin.insecure_path', what, "the plugin's code");
+}
+
+/**
+ * The package.json Node reads for the module type of a file in `dir` (its package scope): the first
+ * one found going up, not looking past a `node_modules` directory. Throws `plugin.insecure_path`
+ * when another user could change it.
+ */
+function checkPackageScope(dir: string, rule: TrustRule): void {
+  for (let d = dir; basename(d) !== 'node_modules'; d = dirname(d)) {
+    const pj = join(d, 'package.json');
+    if (exists(pj)) {
+      checkTrustedPath(pj, 'file', rule);
+      return;
+    }
+    if (dirname(d) === d) return;
+  }
 }
 
 /** A target from `exports` (`./dist/x.js`, with `*` replaced): inside the package, no `..` or node_modules. */
@@ -144,12 +167,16 @@ function exportsEntry(exportsField: unknown, subpath: string): { value: unknown;
   return best ? { value: best.value, star: best.star } : undefined;
 }
 
-/** The entry module of the package in `pkgDir` for `subpath` ("." or "./x"). */
-function packageEntry(pkgDir: string, subpath: string, tried: string[]): string | null {
+/**
+ * The entry module of the package in `pkgDir` for `subpath` ("." or "./x"). Its package.json is
+ * held to `rule` before it is read: whoever can change it chooses which file runs.
+ */
+function packageEntry(pkgDir: string, subpath: string, tried: string[], rule: TrustRule): string | null {
   const pjPath = join(pkgDir, 'package.json');
   tried.push(pjPath);
   let pj: { exports?: unknown; main?: unknown } = {};
   if (isFile(pjPath)) {
+    checkTrustedPath(pjPath, 'file', rule);
     try {
       pj = JSON.parse(readFileSync(pjPath, 'utf8')) as typeof pj;
     } catch (e) {
@@ -180,15 +207,21 @@ function packageEntry(pkgDir: string, subpath: string, tried: string[]): string 
 /**
  * Find the module file for plugin `name`'s specifier `spec` (from the `plugins` config map),
  * looking only where the docs say; throws SigilError `plugin.not_found` (with every path tried),
- * `plugin.bad_specifier`, or `plugin.insecure_path` (a module another user could change).
+ * `plugin.bad_specifier`, or `plugin.insecure_path`: another user could change the code that
+ * would run — the module, the package.json that chose it or gives its module type, any file of
+ * its package (a package or directory plugin), or of the node_modules directories Node finds its
+ * imports in (util/trusted-path.ts checkTrustedTree; docs/plugins.md says what is not covered).
  */
 export function resolvePluginModule(name: string, spec: string, configDir: string): ResolvedPlugin {
-  const found = findPluginModule(name, spec, configDir);
-  checkModuleFile(name, found.file);
-  return found;
+  const rule = codeRule(name, 'file');
+  const { file, tried, packageDir } = findPluginModule(name, spec, configDir, rule);
+  const real = checkTrustedPath(file, 'file', codeRule(name, 'module'));
+  checkPackageScope(dirname(real), rule);
+  checkTrustedTree([...(packageDir === undefined ? [] : [packageDir]), ...nodeModulesAbove(dirname(real))], rule, nodeModulesAbove);
+  return { file, tried };
 }
 
-function findPluginModule(name: string, spec: string, configDir: string): ResolvedPlugin {
+function findPluginModule(name: string, spec: string, configDir: string, rule: TrustRule): ResolvedPlugin & { packageDir?: string } {
   const tried: string[] = [];
   const where = `third-party plugins are found only at paths relative to the config directory (${configDir}) and as packages in ${join(configDir, 'node_modules')}`;
   const notFound = (why?: string): never => {
@@ -209,8 +242,8 @@ function findPluginModule(name: string, spec: string, configDir: string): Resolv
     }
     if (path !== undefined) {
       if (isDir(path)) {
-        const p = packageEntry(path, '.', tried);
-        return p ? { file: p, tried } : notFound();
+        const p = packageEntry(path, '.', tried, rule);
+        return p ? { file: p, tried, packageDir: path } : notFound();
       }
       tried.push(path);
       return isFile(path) ? { file: path, tried } : notFound();
@@ -226,8 +259,8 @@ function findPluginModule(name: string, spec: string, configDir: string): Resolv
       );
     }
     const pkgDir = join(configDir, 'node_modules', ...pkgName.split('/'));
-    const p = packageEntry(pkgDir, rest === '' ? '.' : `.${rest}`, tried);
-    return p ? { file: p, tried } : notFound(isDir(pkgDir) ? undefined : `no ${pkgDir}`);
+    const p = packageEntry(pkgDir, rest === '' ? '.' : `.${rest}`, tried, rule);
+    return p ? { file: p, tried, packageDir: pkgDir } : notFound(isDir(pkgDir) ? undefined : `no ${pkgDir}`);
   } catch (e) {
     if (e instanceof NotFound) return notFound(e.message);
     throw e;

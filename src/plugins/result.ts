@@ -46,8 +46,23 @@ export function agentIdFor(trustDomain: string, name: string, suffix: unknown): 
   }
 }
 
-/** Both checks, as for the first factor of a session; returns the agent ID it would give. */
+/**
+ * The status a factor gives its evidence: "affirming" (or none) and "warning" pass. Plugins are
+ * JavaScript, so their result is not type-checked: one that judged its evidence "contraindicated"
+ * (the EAR status the attestation result knows) instead of throwing fails the session
+ * (`attest.contraindicated`, HTTP 403), and any other value is a plugin bug (`attest.bad_status`,
+ * HTTP 500); neither may be copied into an "affirming" result with an SVID.
+ */
+export function checkAttestorStatus(r: AttestorResult): void {
+  const st: unknown = r.status;
+  if (st === undefined || st === 'affirming' || st === 'warning') return;
+  if (st === 'contraindicated') throw new SigilError('attest.contraindicated', 'the attestor judged the evidence contraindicated', { status: 403 });
+  throw new SigilError('attest.bad_status', `the attestor returned status ${JSON.stringify(String(st)).slice(0, 80)}, not "affirming" or "warning"`, { status: 500 });
+}
+
+/** Every check, in the verifier's order, as for the first factor of a session; returns the agent ID it would give. */
 export function checkAttestorResult(name: string, r: AttestorResult, trustDomain: string): SpiffeId {
   checkSelectors(name, r);
+  checkAttestorStatus(r);
   return agentIdFor(trustDomain, name, r.agentIdSuffix);
 }

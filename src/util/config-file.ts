@@ -1,8 +1,8 @@
-import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, realpathSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { SigilError, errorMessage } from '../errors.js';
-import { checkDirChain } from './socket-dir.js';
+import { checkTrustedPath } from './trusted-path.js';
 
 /** Largest config file read (a config with inline PEM bundles is a few hundred KiB). */
 export const MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024;
@@ -38,33 +38,17 @@ export function readRegularFile(path: string, maxBytes: number): Buffer {
 
 /**
  * Refuse config `path` unless only this process's user or root can change it (it names the plugin
- * modules the daemon imports and the trust anchors it uses): the file (after symlinks) owned by one
- * of them and not group- or world-writable, a symlink at `path` owned by one of them, and the
- * directories holding both passing the rule of the socket directories (socket-dir.ts checkDirChain).
- * Throws SigilError `config.insecure_path`.
+ * modules the daemon imports and the trust anchors it uses): the file, every directory and symlink
+ * on the way to it, by the rule of util/trusted-path.ts. Throws SigilError `config.insecure_path`.
  */
 export function checkConfigPath(path: string): void {
-  const euid = process.geteuid?.();
-  if (euid === undefined) return;
-  const given = resolve(path);
-  const fail = (why: string): never => {
-    throw new SigilError('config.insecure_path', `config ${given} ${why}; another user could change what this process trusts and runs`, { status: 500 });
-  };
-  let real: string;
-  try {
-    const link = lstatSync(given);
-    if (link.isSymbolicLink() && link.uid !== euid && link.uid !== 0) fail(`is a symlink owned by uid ${link.uid}, neither this process's uid ${euid} nor root`);
-    real = realpathSync(given);
-    const st = statSync(real);
-    const what = real === given ? 'is' : `leads to ${real}, which is`;
-    if (st.uid !== euid && st.uid !== 0) fail(`${what} owned by uid ${st.uid}, neither this process's uid ${euid} nor root`);
-    if ((st.mode & 0o022) !== 0) fail(`${what} writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode 0${(st.mode & 0o777).toString(8)})`);
-  } catch (e) {
-    if (e instanceof SigilError) throw e;
-    return fail(`cannot be inspected: ${errorMessage(e)}`);
-  }
-  checkDirChain(dirname(given), 'config.insecure_path', `config ${given}: directory`, 'the config');
-  if (dirname(real) !== dirname(given)) checkDirChain(dirname(real), 'config.insecure_path', `config ${given}: directory`, 'the config');
+  // The path as given, as the file is opened: `..` after a symlink goes up from where it leads.
+  checkTrustedPath(path, 'file', {
+    code: 'config.insecure_path',
+    dir: `config ${path}: directory`,
+    leaf: 'config',
+    risk: 'the config, and with it what this process trusts and runs',
+  });
 }
 
 /** Read a YAML (or JSON) config file; returns the parsed value and the file's directory (relative paths resolve against it). */

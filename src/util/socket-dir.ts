@@ -7,27 +7,20 @@
  *   then links it into place, so its name appears with the final mode.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, linkSync, lstatSync, mkdirSync, readdirSync, realpathSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
+import { chmodSync, linkSync, lstatSync, mkdirSync, readdirSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
 import { connect } from 'node:net';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { SigilError, errorMessage } from '../errors.js';
+import { checkTrustedPath } from './trusted-path.js';
 
 /** Longest Unix socket path Linux accepts (sun_path is 108 bytes with the terminating NUL). */
 export const MAX_SOCKET_PATH_BYTES = 107;
 
-function fmtMode(mode: number): string {
-  return '0' + (mode & 0o7777).toString(8).padStart(3, '0');
-}
-
 /**
  * Check that no user other than this process's user (or root) can change `dir` or any directory
- * above it: each is owned by the effective uid or by root; `dir` itself is not group- or
- * world-writable; an ancestor may be only when it has the sticky bit (as /tmp has: others cannot
- * rename or remove what is ours in it). Symlinks count as the kernel walks them: the path as
- * written is checked component by component without following links (a link must be owned by
- * this user or root, or its owner could point it elsewhere), and so is the real path the links
- * lead to (its parents are the ones that can rename the directory away). Throws SigilError `code`
- * naming the directory or link at fault.
+ * or symlink the kernel goes through to reach it (util/trusted-path.ts: owned by this user or
+ * root, an ancestor group- or world-writable only with the sticky bit, `dir` itself not at all).
+ * Throws SigilError `code` naming the directory or link at fault.
  */
 export function checkSocketDir(dir: string, code: string, what: string): void {
   checkDirChain(dir, code, `${what} directory`, 'the socket');
@@ -39,54 +32,7 @@ export function checkSocketDir(dir: string, code: string, what: string): void {
  * replace ("the keys kept there").
  */
 export function checkDirChain(dir: string, code: string, what: string, risk: string): void {
-  const euid = process.geteuid?.();
-  if (euid === undefined) return;
-  const given = resolve(dir);
-  walkSocketDir(given, euid, code, what, risk);
-  let real: string;
-  try {
-    real = realpathSync(given);
-  } catch (e) {
-    throw new SigilError(code, `${what} ${given} cannot be inspected: ${errorMessage(e)}`, { status: 500, cause: e });
-  }
-  if (real !== given) walkSocketDir(real, euid, code, what, risk);
-}
-
-function walkSocketDir(start: string, euid: number, code: string, what: string, risk: string): void {
-  let p = start;
-  for (;;) {
-    let st: Stats;
-    try {
-      st = lstatSync(p);
-    } catch (e) {
-      throw new SigilError(code, `${what} ${p} cannot be inspected: ${errorMessage(e)}`, { status: 500, cause: e });
-    }
-    if (st.isSymbolicLink()) {
-      if (st.uid !== euid && st.uid !== 0) {
-        throw new SigilError(code, `${what} path goes through the symlink ${p}, owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could point it elsewhere`, {
-          status: 500,
-        });
-      }
-      // Where it leads is checked on the real path; the directory holding the link below.
-    } else {
-      if (!st.isDirectory()) throw new SigilError(code, `${what} ${p} is not a directory`, { status: 500 });
-      if (st.uid !== euid && st.uid !== 0) {
-        throw new SigilError(code, `${what} ${p} is owned by uid ${st.uid}, neither this process's uid ${euid} nor root; its owner could replace ${risk}`, { status: 500 });
-      }
-      const othersWrite = (st.mode & 0o022) !== 0;
-      const sticky = (st.mode & 0o1000) !== 0;
-      if (othersWrite && (p === start || !sticky)) {
-        throw new SigilError(
-          code,
-          `${what} ${p} is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${fmtMode(st.mode)}); another user could replace ${risk}: make it 0755 or 0700, or choose another path`,
-          { status: 500 },
-        );
-      }
-    }
-    const parent = dirname(p);
-    if (parent === p) return;
-    p = parent;
-  }
+  checkTrustedPath(dir, 'directory', { code, dir: what, risk });
 }
 
 /**

@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { SigilError, errorMessage, errorFields } from '../errors.js';
 import { decodeBase64 } from '../plugins/base64.js';
 import { sessionBinding } from '../plugins/binding.js';
-import { agentIdFor, checkSelectors } from '../plugins/result.js';
+import { agentIdFor, checkAttestorStatus, checkSelectors } from '../plugins/result.js';
 import type { AttestorResult, NodeAttestorVerifier, SessionInput } from '../plugins/types.js';
 import { parseCsr } from '../spiffe/csr.js';
 import type { DataStore, PluginStateKey } from '../store/types.js';
@@ -358,7 +358,7 @@ export class AttestationService {
         try {
           const r = await (this.o.attestors.get(n) as NodeAttestorVerifier).finish(body.responses[n], s.states[n], input);
           checkSelectors(n, r);
-          checkStatus(r);
+          checkAttestorStatus(r);
           results.set(n, r);
           this.o.metrics.attestations.inc({ attestor: n, result: 'accepted' });
         } catch (e) {
@@ -468,19 +468,6 @@ export class AttestationService {
     if (!Array.isArray(keys)) return [];
     return keys.filter((k): k is string => typeof k === 'string').map((key) => ({ plugin, key }));
   }
-}
-
-/**
- * The status a factor gives its evidence: "affirming" (or none) and "warning" pass. Plugins are
- * JavaScript, so their result is not type-checked: one that judged its evidence "contraindicated"
- * (the EAR status the attestation result knows) instead of throwing fails the session, and any
- * other value is a plugin bug; neither may be copied into an "affirming" result with an SVID.
- */
-function checkStatus(r: AttestorResult): void {
-  const st: unknown = r.status;
-  if (st === undefined || st === 'affirming' || st === 'warning') return;
-  if (st === 'contraindicated') throw new SigilError('attest.contraindicated', 'the attestor judged the evidence contraindicated', { status: 403 });
-  throw new SigilError('attest.bad_status', `the attestor returned status ${JSON.stringify(String(st)).slice(0, 80)}, not "affirming" or "warning"`, { status: 500 });
 }
 
 function banned(agentId: string): SigilError {
