@@ -10,6 +10,7 @@ import { EV, eventTypeName } from './events.js';
 import { ParsedEvent, type EventLogEvent, type ParsedEventLog } from './parse.js';
 import { QUIRKS, shimAuthorityDigestedLength, type QuirkName } from './quirks.js';
 import { inMask, registerMask } from './register-mask.js';
+import { BUFFER_BYTES, MAP_ENTRY_BYTES, OBJECT_BYTES, VIEW_BYTES, valueBytes } from './retained-size.js';
 import { GUID, asciiText, isDerSequence, parseUefiVariable, utf16Text, walkSignatureLists } from './uefi.js';
 
 export interface BootFacts {
@@ -149,20 +150,29 @@ function readBootVariable(ev: EventLogEvent): BootVariable {
  * node needs only a byte comparison for the next. Entries are found by a slot made of the bank and
  * the digest's first bytes (no hex text) and used only when the bank, the whole digest and the
  * event's data equal the kept copies byte for byte; only data whose hash was checked is put.
- * Bounded by entries and bytes, least recently used out first.
+ * Bounded by entries and by an estimate of the bytes each keeps alive — its data and digest, and
+ * what the variable says (a db of 256 tiny certificates is 5 KB of data but 256 fingerprint
+ * strings) — least recently used out first (retained-size.ts).
  */
 export class VerifiedVariableMemo {
   /** By slot: the digest's first four bytes mixed with the bank's ID (keys sharing a slot displace each other). */
   private readonly kept = new Map<number, MemoEntry>();
+  /** Estimated bytes the kept entries keep alive. */
   private bytes = 0;
 
   constructor(
     readonly maxEntries = 256,
+    /** Estimated bytes kept (data, digests, what the variables say, records); data over a quarter of it is not kept. */
     readonly maxBytes = 4 * 1024 * 1024,
   ) {}
 
   get size(): number {
     return this.kept.size;
+  }
+
+  /** Estimated bytes the kept entries keep alive (at most maxBytes). */
+  get retainedBytes(): number {
+    return this.bytes;
   }
 
   /**
@@ -187,22 +197,39 @@ export class VerifiedVariableMemo {
     const slot = slotOf(alg, d.src, d.off);
     const old = this.kept.get(slot);
     if (old !== undefined && sameEntry(old, alg, d.src, d.off, ev)) {
-      old.variable ??= variable;
+      if (old.variable === undefined && variable !== undefined) {
+        old.variable = variable;
+        const more = valueBytes(variable);
+        old.bytes += more;
+        this.bytes += more;
+        this.evict();
+      }
       return;
     }
     const n = ev.data.length;
     if (n > this.maxBytes / 4) return;
+    const bytes = BUFFER_BYTES + 2 * VIEW_BYTES + alg.size + n + OBJECT_BYTES + MAP_ENTRY_BYTES + (variable === undefined ? 0 : valueBytes(variable));
+    if (bytes > this.maxBytes / 4) return;
     if (old !== undefined) {
       this.kept.delete(slot);
-      this.bytes -= old.data.length;
+      this.bytes -= old.bytes;
     }
-    // Copies: the event's bytes may live in a buffer the caller reuses.
-    this.kept.set(slot, { alg: alg.id, digest: Buffer.from(d.src.subarray(d.off, d.off + alg.size)), data: Buffer.from(ev.data), variable });
-    this.bytes += n;
+    // Copies (the event's bytes may live in a buffer the caller reuses), in one Buffer of its own:
+    // two small copies from Node's Buffer pool each kept the whole 8-KiB pool they came from alive.
+    const store = Buffer.allocUnsafeSlow(alg.size + n);
+    d.src.copy(store, 0, d.off, d.off + alg.size);
+    ev.data.copy(store, alg.size);
+    this.kept.set(slot, { alg: alg.id, digest: store.subarray(0, alg.size), data: store.subarray(alg.size), variable, bytes });
+    this.bytes += bytes;
+    this.evict();
+  }
+
+  /** Least recently used out until within both bounds. */
+  private evict(): void {
     for (const [key, e] of this.kept) {
       if (this.kept.size <= this.maxEntries && this.bytes <= this.maxBytes) break;
       this.kept.delete(key);
-      this.bytes -= e.data.length;
+      this.bytes -= e.bytes;
     }
   }
 }
@@ -212,6 +239,8 @@ interface MemoEntry {
   readonly digest: Buffer;
   readonly data: Buffer;
   variable: BootVariable | undefined;
+  /** Estimated bytes this entry keeps alive (counted in VerifiedVariableMemo's bound). */
+  bytes: number;
 }
 
 /** Where `ev`'s digest in bank `alg` lies: straight in the log's bytes when it was parsed here. */

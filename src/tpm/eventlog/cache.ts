@@ -18,6 +18,13 @@
  *    fingerprint decides only whether to keep a text, never whether to trust one: a hit still
  *    compares the whole text with the kept one.
  *  - `check`, for raw bytes: by their SHA-256.
+ *
+ * Two byte bounds: the kept texts' characters (`maxTextChars`; base64 is ASCII, which V8 keeps at
+ * one byte a character), and an estimate of everything else the cache keeps for them and for
+ * `check` (`maxEntryBytes`): each outcome's selectors and claims, the key strings, the records of
+ * texts and outcomes (retained-size.ts). Counting only the characters let many small texts, or
+ * texts whose outcome outweighs them (hundreds of boot applications, a selector and a fact each),
+ * hold four to six times the bound. Least recently used out first: outcomes, then texts.
  */
 import { createHash } from 'node:crypto';
 import { VerifiedVariableMemo } from './boot.js';
@@ -25,6 +32,7 @@ import { FirstSights } from './first-sights.js';
 import { OutcomeMemo } from './outcome-memo.js';
 import { parseEventLog } from './parse.js';
 import { ReplayMemo } from './replay.js';
+import { MAP_ENTRY_BYTES, OBJECT_BYTES, stringBytes, valueBytes } from './retained-size.js';
 import { checkEventLog, eventLogClaims, type TrustedPcr } from './verify.js';
 
 export interface CachedEventLogCheck {
@@ -34,15 +42,32 @@ export interface CachedEventLogCheck {
 
 interface KeptText {
   readonly text: string;
+  /** Its key in `texts` (textKey). */
+  readonly key: string;
   /** Names this text's results in `entries` (unique per kept text). */
   readonly id: string;
-  /** Keys in `entries` of this text's results, removed with it. */
+  /** Keys in `entries` of this text's results (each removed from here when it leaves `entries`), removed with it. */
   readonly keys: string[];
+  /** Estimated bytes of this record, its id and key strings and its Map record (its characters are counted apart). */
+  readonly bytes: number;
 }
+
+interface KeptEntry {
+  readonly out: CachedEventLogCheck;
+  /** The kept text whose result this is (`checkText`), listing this entry's key. */
+  readonly slot: KeptText | undefined;
+  /** Estimated bytes: the outcome, the key string, this record and its Map record. */
+  readonly bytes: number;
+}
+
+/** A text's results kept at most (results for other PCR sets push the oldest out). */
+const MAX_KEYS_PER_TEXT = 64;
 
 export class EventLogCheckCache {
   /** `${log id}|${compared PCRs}` → outcome, most recently used last. */
-  private readonly entries = new Map<string, CachedEventLogCheck>();
+  private readonly entries = new Map<string, KeptEntry>();
+  /** Estimated bytes of `entries` and of the kept texts' records (not their characters). */
+  private entryBytes = 0;
   /**
    * textKey(text) → the kept text, most recently used last. Not keyed by the text itself: V8
    * hashes a string longer than 16,383 characters by its length alone, so the texts of logs of
@@ -74,6 +99,12 @@ export class EventLogCheckCache {
     readonly maxTextChars = 8 * 1024 * 1024,
     /** Fingerprints of texts seen once, kept so that a second sight keeps the text (4,096: some 400 KB). */
     readonly maxSeenOnce = 4096,
+    /**
+     * Estimated bytes of the outcomes and records kept besides the texts' characters (default
+     * 4 MiB: a real firmware log's outcome and records are estimated at some 10–13 KB, so some 300
+     * texts; for logs of 25 KB or more the 8 Mi characters bind first).
+     */
+    readonly maxEntryBytes = 4 * 1024 * 1024,
   ) {
     this.seenOnce = new FirstSights(maxSeenOnce);
   }
@@ -91,6 +122,15 @@ export class EventLogCheckCache {
   /** Fingerprints of texts seen once by `checkText` and not kept. */
   get seenOnceSize(): number {
     return this.seenOnce.size;
+  }
+
+  /**
+   * Estimated bytes kept, by part: `texts` (characters: at most maxTextChars), `entries` (outcomes
+   * and records: at most maxEntryBytes), and the memos shared by all checks. Estimates: see
+   * retained-size.ts. The fingerprint sets (maxSeenOnce short strings each) are not counted.
+   */
+  get retainedBytes(): { texts: number; entries: number; outcomes: number; variables: number; replays: number } {
+    return { texts: this.textChars, entries: this.entryBytes, outcomes: this.outcomes.retainedBytes, variables: this.variables.retainedBytes, replays: this.replays.retainedBytes };
   }
 
   /** checkEventLog + eventLogClaims, memoised. Throws whatever checkEventLog throws. */
@@ -123,25 +163,68 @@ export class EventLogCheckCache {
       return out;
     }
     // Seen before (by fingerprint: perhaps another text, which only means this one is kept early).
-    const slot: KeptText = { text, id: `t${this.nextId++}`, keys: [] };
+    const id = `t${this.nextId++}`;
+    // The text's record, id, key and keys array, its Map record, and the text's string header.
+    const bytes = OBJECT_BYTES + stringBytes(id) + stringBytes(key) + OBJECT_BYTES + MAP_ENTRY_BYTES + stringBytes('');
+    const slot: KeptText = { text, key, id, keys: [], bytes };
     const out = this.checkKeyed(slot.id, () => log, pcrs, unloggedPcrs, slot);
     // Only now: a refused text sharing the fingerprint leaves the one seen before its place.
     this.seenOnce.forget(key);
     // Another text with the same key (rare by chance, or made on purpose: it only costs a decode) gives up its place.
-    if (kept !== undefined) this.dropText(key, kept);
+    if (kept !== undefined) this.dropText(kept);
     this.texts.set(key, slot);
     this.textChars += text.length;
-    for (const [k, e] of this.texts) {
-      if (this.textChars <= this.maxTextChars) break;
-      this.dropText(k, e);
-    }
+    this.entryBytes += bytes;
+    this.evict();
     return out;
   }
 
-  private dropText(key: string, t: KeptText): void {
-    this.texts.delete(key);
+  private dropText(t: KeptText): void {
+    if (this.texts.get(t.key) !== t) return;
+    this.texts.delete(t.key);
     this.textChars -= t.text.length;
-    for (const k of t.keys) this.entries.delete(k);
+    this.entryBytes -= t.bytes;
+    for (const k of t.keys) {
+      const e = this.entries.get(k);
+      if (e === undefined) continue;
+      this.entries.delete(k);
+      this.entryBytes -= e.bytes;
+    }
+    t.keys.length = 0;
+  }
+
+  private dropEntry(key: string, e: KeptEntry): void {
+    this.entries.delete(key);
+    this.entryBytes -= e.bytes;
+    const keys = e.slot?.keys;
+    if (keys === undefined) return;
+    const i = keys.indexOf(key);
+    if (i >= 0) keys.splice(i, 1);
+  }
+
+  /**
+   * Least recently used out until within every bound. Past maxEntries or maxEntryBytes the oldest
+   * outcome goes, with its text and that text's other outcomes when it is a kept text's (a text
+   * left without outcomes would only cost a decode and a check on its next sight; texts without
+   * one go oldest first once no outcome is left). Past maxTextChars the oldest texts go.
+   */
+  private evict(): void {
+    while (this.entries.size > this.maxEntries || this.entryBytes > this.maxEntryBytes) {
+      const first = this.entries.entries().next();
+      if (first.done) {
+        const t = this.texts.values().next();
+        if (t.done) break;
+        this.dropText(t.value);
+        continue;
+      }
+      const [k, e] = first.value;
+      if (e.slot !== undefined && this.texts.get(e.slot.key) === e.slot) this.dropText(e.slot);
+      else this.dropEntry(k, e);
+    }
+    for (const t of this.texts.values()) {
+      if (this.textChars <= this.maxTextChars) break;
+      this.dropText(t);
+    }
   }
 
   private checkKeyed(logId: string, log: () => Uint8Array, pcrs: readonly TrustedPcr[], unloggedPcrs: readonly number[], slot: KeptText | undefined): CachedEventLogCheck {
@@ -151,16 +234,18 @@ export class EventLogCheckCache {
       // Most recently used last.
       this.entries.delete(key);
       this.entries.set(key, hit);
-      return hit;
+      return hit.out;
     }
     const out = checkOnce(log(), pcrs, unloggedPcrs, this.memos);
-    this.entries.set(key, out);
+    // Estimated only when kept: here, a text's second sight, or `check`.
+    const entry: KeptEntry = { out, slot, bytes: stringBytes(key) + 8 + OBJECT_BYTES + MAP_ENTRY_BYTES + valueBytes(out) };
+    this.entries.set(key, entry);
+    this.entryBytes += entry.bytes;
     if (slot !== undefined) {
       slot.keys.push(key);
-      // Entries evicted below stay listed in their slot's keys: deleting a missing key is harmless.
-      if (slot.keys.length > 64) slot.keys.splice(0, slot.keys.length - 64).forEach((k) => this.entries.delete(k));
+      if (slot.keys.length > MAX_KEYS_PER_TEXT) this.dropEntry(slot.keys[0]!, this.entries.get(slot.keys[0]!)!);
     }
-    if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
+    this.evict();
     return out;
   }
 }

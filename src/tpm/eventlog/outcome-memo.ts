@@ -18,12 +18,16 @@
  * on the second sight of their key's fingerprint: a key seen once (a one-off, or the first node of
  * an update) leaves only the fingerprint in a bounded set, so records that never repeat do not fill
  * the old generation with 30 KB keys (the garbage collection that follows would land in other
- * attestations). Bounded by entries and key bytes, least recently used out first.
+ * attestations). Bounded by entries and by an estimate of the bytes each keeps alive — its key, its
+ * outcome's selectors and claims, its Map record (retained-size.ts) — least recently used out
+ * first. Counting the key alone let outcomes of many small records (a PCR 4 of hundreds of boot
+ * applications, a selector and a fact string each) hold four times the bound.
  */
 import type { CachedEventLogCheck } from './cache.js';
 import { FirstSights } from './first-sights.js';
 import { ParsedEvent, type ParsedEventLog } from './parse.js';
 import { inMask, registerMask } from './register-mask.js';
+import { BUFFER_BYTES, MAP_ENTRY_BYTES, OBJECT_BYTES, stringBytes, valueBytes } from './retained-size.js';
 
 /** An outcome as the check cache hands it out (frozen; claims.events is the record count of the log checked). */
 type MemoizedOutcome = CachedEventLogCheck;
@@ -31,6 +35,8 @@ type MemoizedOutcome = CachedEventLogCheck;
 interface Kept {
   readonly key: Buffer;
   readonly outcome: MemoizedOutcome;
+  /** Estimated bytes this entry keeps alive (counted in OutcomeMemo's bound). */
+  readonly bytes: number;
 }
 
 /**
@@ -86,13 +92,18 @@ export class OutcomeKey {
 
 export class OutcomeMemo {
   private readonly kept = new Map<string, Kept>();
-  private keyBytes = 0;
+  /** Estimated bytes the kept entries keep alive (keys, outcomes, records). */
+  private bytes = 0;
   /** Fingerprints of keys put once and not kept. */
   private readonly seenOnce: FirstSights;
 
   constructor(
     readonly maxEntries = 256,
-    /** Total bytes of keys kept (8 MiB: some 200 keys of a 40 KB log's PCR 0–7 records). */
+    /**
+     * Estimated bytes kept: keys, outcomes and records (8 MiB: some 256 entries of a 40 KB log's
+     * PCR 0–7 records, whose outcome is a few KB). A key over a quarter of it is not built, and
+     * an entry estimated over a quarter of it is not kept.
+     */
     readonly maxBytes = 8 * 1024 * 1024,
     /** Fingerprints of keys seen once, remembered so that a second sight keeps the outcome. */
     maxSeenOnce = 4096,
@@ -102,6 +113,11 @@ export class OutcomeMemo {
 
   get size(): number {
     return this.kept.size;
+  }
+
+  /** Estimated bytes the kept entries keep alive (at most maxBytes). */
+  get retainedBytes(): number {
+    return this.bytes;
   }
 
   /**
@@ -157,19 +173,31 @@ export class OutcomeMemo {
       this.seenOnce.note(slot);
       return;
     }
+    // Estimated only when kept (the second sight), never on a first sight or a hit.
+    const bytes = keptBytes(key.length, slot, outcome);
+    if (bytes > this.maxBytes / 4) return;
     this.seenOnce.forget(slot);
     if (old !== undefined) {
       this.kept.delete(slot);
-      this.keyBytes -= old.key.length;
+      this.bytes -= old.bytes;
     }
-    this.kept.set(slot, { key: key.bytes, outcome });
-    this.keyBytes += key.length;
+    this.kept.set(slot, { key: key.bytes, outcome, bytes });
+    this.bytes += bytes;
     for (const [k, e] of this.kept) {
-      if (this.kept.size <= this.maxEntries && this.keyBytes <= this.maxBytes) break;
+      if (this.kept.size <= this.maxEntries && this.bytes <= this.maxBytes) break;
       this.kept.delete(k);
-      this.keyBytes -= e.key.length;
+      this.bytes -= e.bytes;
     }
   }
+}
+
+/**
+ * Estimated bytes an entry keeps alive: its key (a Buffer of its own), its slot string, the Kept
+ * record and Map record, and the outcome (selectors and claims; shared with the check cache when
+ * that keeps it too, and counted by both).
+ */
+function keptBytes(keyLength: number, slot: string, outcome: MemoizedOutcome): number {
+  return BUFFER_BYTES + keyLength + stringBytes(slot) + OBJECT_BYTES + MAP_ENTRY_BYTES + valueBytes(outcome);
 }
 
 /**

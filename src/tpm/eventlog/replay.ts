@@ -8,6 +8,7 @@ import { SigilError } from '../../errors.js';
 import { BankRegister, algorithmByName, type EventLogAlgorithm } from './algorithms.js';
 import { EV } from './events.js';
 import { ParsedEvent, type EventLogEvent, type ParsedEventLog } from './parse.js';
+import { BUFFER_BYTES, MAP_ENTRY_BYTES, OBJECT_BYTES, VIEW_BYTES } from './retained-size.js';
 
 /** bank name → register index → value. Only indices that were extended or asked for appear. */
 export type ReplayedRegisters = Map<string, Map<number, Buffer>>;
@@ -37,13 +38,19 @@ export interface ReplayOptions {
  * inputs, so a hit is exactly the replay that would be computed); a 30-bit fingerprint of it (the
  * register, the count, the first bytes of each digest) only finds the slot, and keys sharing a
  * slot displace each other. Building a key copies the digests replayed, against one hash per event
- * for the replay. Inputs longer than `maxKeyBytes` are replayed without the memo, so it holds at
- * most `maxEntries` × `maxKeyBytes` of keys (32 MB; some 1–4 KB per register of a typical firmware
- * log in practice). A verifier whose nodes all differ pays the keys and a miss (measured: a few µs)
- * for nothing.
+ * for the replay. Inputs longer than `maxKeyBytes` are replayed without the memo. The memo is bounded
+ * by entries and by an estimate of the bytes each keeps alive, its key and value in one Buffer of
+ * its own and their records (retained-size.ts): `maxBytes` (32 MiB) is what `maxEntries` ×
+ * `maxKeyBytes` of keys allowed before, and a typical firmware log's registers take some 1–4 KB
+ * each, so the entry bound is the one that binds in practice. (The key and value were two copies
+ * from Node's Buffer pool, and each small copy kept its whole 8-KiB pool alive: some 8 KiB an
+ * entry whatever its size.) A verifier whose nodes all differ pays the keys and a miss (measured:
+ * a few µs) for nothing.
  */
 export class ReplayMemo {
-  private readonly kept = new Map<number, { readonly key: Buffer; readonly value: Buffer; used: number }>();
+  private readonly kept = new Map<number, { readonly key: Buffer; readonly value: Buffer; used: number; readonly bytes: number }>();
+  /** Estimated bytes the kept entries keep alive. */
+  private bytes = 0;
   /** Counts gets and puts: an entry's `used` is the count when it last moved to the most recently used end. */
   private clock = 0;
   private scratch = Buffer.alloc(4096);
@@ -53,10 +60,17 @@ export class ReplayMemo {
   constructor(
     readonly maxEntries = 2048,
     readonly maxKeyBytes = 16_000,
+    /** Estimated bytes kept: keys, values and their records. */
+    readonly maxBytes = 32 * 1024 * 1024,
   ) {}
 
   get size(): number {
     return this.kept.size;
+  }
+
+  /** Estimated bytes the kept entries keep alive (at most maxBytes). */
+  get retainedBytes(): number {
+    return this.bytes;
   }
 
   /** Room for `n` more key bytes at `at` (false: the key would be too long for the memo). */
@@ -100,9 +114,24 @@ export class ReplayMemo {
 
   /** Keeps `value` for a copy of the key in `buf[0, n)` (a key sharing its slot gives up its place). */
   put(n: number, slot: number, value: Buffer): void {
-    this.kept.delete(slot);
-    this.kept.set(slot, { key: Buffer.from(this.scratch.subarray(0, n)), value: Buffer.from(value), used: this.clock++ });
-    if (this.kept.size > this.maxEntries) this.kept.delete(this.kept.keys().next().value!);
+    const old = this.kept.get(slot);
+    if (old !== undefined) {
+      this.kept.delete(slot);
+      this.bytes -= old.bytes;
+    }
+    // The value and a copy of the key in one Buffer of its own (not from the pool: see above).
+    const v = value.length;
+    const store = Buffer.allocUnsafeSlow(v + n);
+    value.copy(store, 0);
+    this.scratch.copy(store, v, 0, n);
+    const bytes = BUFFER_BYTES + 2 * VIEW_BYTES + v + n + OBJECT_BYTES + MAP_ENTRY_BYTES;
+    this.kept.set(slot, { key: store.subarray(v), value: store.subarray(0, v), used: this.clock++, bytes });
+    this.bytes += bytes;
+    for (const [k, e] of this.kept) {
+      if (this.kept.size <= this.maxEntries && this.bytes <= this.maxBytes) break;
+      this.kept.delete(k);
+      this.bytes -= e.bytes;
+    }
   }
 }
 
