@@ -210,7 +210,7 @@ function packageEntry(pkgDir: string, subpath: string, tried: string[], rule: Tr
  * `plugin.bad_specifier`, or `plugin.insecure_path`: another user could change the code that
  * would run — the module, the package.json that chose it or gives its module type, any file of
  * its package (a package or directory plugin), or of the node_modules directories Node finds its
- * imports in (util/trusted-path.ts checkTrustedTree; docs/plugins.md says what is not covered).
+ * imports in (util/trusted-path.ts checkTrustedTree; README.md ("Who may change a plugin's code") and LIMITATIONS.md say what is not covered).
  */
 export function resolvePluginModule(name: string, spec: string, configDir: string): ResolvedPlugin {
   const rule = codeRule(name, 'file');
