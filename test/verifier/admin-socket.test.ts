@@ -45,12 +45,13 @@ vi.mock('node:fs', async (importOriginal) => {
   const wrapped: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(real)) {
     if (typeof fn === 'function' && name.endsWith('Sync')) {
-      wrapped[name] = (...args: unknown[]) => {
+      // Own properties carried over (realpathSync.native).
+      wrapped[name] = Object.assign((...args: unknown[]) => {
         look(`before ${name}`);
         const r = (fn as (...a: unknown[]) => unknown)(...args);
         look(`after ${name}`);
         return r;
-      };
+      }, fn);
     } else {
       wrapped[name] = fn;
     }

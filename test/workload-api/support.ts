@@ -186,7 +186,9 @@ export class FakeSource implements WorkloadIdentitySource {
   }
 }
 
-export const silentLogger = pino({ level: process.env.SIGIL_TEST_LOG ?? 'silent' });
+/** SIGIL_TEST_LOG: a pino level name, or any other non-empty value for debug (as test/agent/harness.ts reads it). */
+const testLogLevel = (v: string | undefined): string => (!v ? 'silent' : ['trace', 'debug', 'info', 'warn', 'error', 'fatal'].includes(v) ? v : 'debug');
+export const silentLogger = pino({ level: testLogLevel(process.env.SIGIL_TEST_LOG) });
 
 /** A temp directory reachable by other uids (0755), for the socket. */
 export function socketDir(): { dir: string; socket: string; cleanup(): void } {
