@@ -23,7 +23,7 @@ import { verifyTpmEvidenceOffline } from '../tpm/verify.js';
 import { EV, algorithmByName, checkEventLog, eventLogClaims, parseEventLog, replayEventLog, replayedToJson, type TrustedPcr } from '../tpm/eventlog/index.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
 import { parseAtTime } from './at-time.js';
-import { MAX_INPUT_FILE_BYTES, UsageError, printEvidenceOutcome, rejectedOutcome } from './output.js';
+import { EXIT_USAGE, MAX_INPUT_FILE_BYTES, UsageError, printEvidenceOutcome, rejectedOutcome } from './output.js';
 
 export interface TpmEvidenceOptions {
   ekCert: string;
@@ -48,6 +48,17 @@ function readArg(flag: string, path: string): Buffer {
   } catch (e) {
     throw new UsageError(`${flag}: cannot read ${path}: ${errorMessage(e)}`);
   }
+}
+
+/**
+ * A usage problem found before any evidence was looked at. With --json it is printed as the one
+ * JSON object (`cli.usage`, exit 2), as the aws_nitro, sev_snp and tdx verbs do; without, it goes
+ * to the CLI's usage handling (a message on stderr, exit 2).
+ */
+function usageRefusal(e: unknown, json: boolean): number {
+  if (!(e instanceof UsageError) || !json) throw e;
+  printEvidenceOutcome(rejectedOutcome('tpm', e), true);
+  return EXIT_USAGE;
 }
 
 /** `sha256:0,1,2+sha1:0` → bank selections (tpm2-tools syntax). */
@@ -91,6 +102,14 @@ function checkAkUnderEk(ekPubRaw: Buffer, ekPubFile: string, ekCertDer: Buffer, 
 
 export async function runTpmEvidence(opts: TpmEvidenceOptions): Promise<number> {
   const json = opts.json === true;
+  try {
+    return await verifyTpmFiles(opts, json);
+  } catch (e) {
+    return usageRefusal(e, json);
+  }
+}
+
+async function verifyTpmFiles(opts: TpmEvidenceOptions, json: boolean): Promise<number> {
   // Usage problems (unreadable files, bad hex, bad time) surface as UsageError → exit 2.
   const at = parseAtTime(opts.at);
   const nonce = (() => {
@@ -181,6 +200,14 @@ function parsePcrsJson(arg: string): TrustedPcr[] {
  */
 export function runEventLogCommand(file: string, opts: EventLogCliOptions): number {
   const json = opts.json === true;
+  try {
+    return checkEventLogFile(file, opts, json);
+  } catch (e) {
+    return usageRefusal(e, json);
+  }
+}
+
+function checkEventLogFile(file: string, opts: EventLogCliOptions, json: boolean): number {
   const raw = decodeEvidenceBytes(readArg('<file>', file));
   const given = opts.pcrs !== undefined ? parsePcrsJson(opts.pcrs) : undefined;
   try {
