@@ -12,12 +12,13 @@
  * DER or PEM). The verifier's check runs with mode `require` (src/sev/crl.ts): the CRL must be
  * issued and signed by the pinned ARK and current at --at, and an ARK or ASK/ASVK it lists is
  * refused (`sev.cert_revoked`). Without --crl revocation is not checked; `claims.revocation` says
- * which of the two happened.
+ * which of the two happened. Without --crl, a CRL kept in --collateral-dir
+ * (`crl_<vcek|vlek>_<product>.der`) is checked as the attestor without KDS checks it (`best_effort`).
  */
 import { SigilError, errorMessage } from '../errors.js';
 import { readRegularFile } from '../util/config-file.js';
 import { certificatesFromFile, parseAmdExtensions, parseSevCert, productFromEndorsementCert } from '../sev/certs.js';
-import { SnpCollateralSource } from '../sev/collateral.js';
+import { SnpCollateralSource, crlFileName } from '../sev/collateral.js';
 import { type SnpProduct, SNP_PRODUCTS, parseSnpReport, productFromReport } from '../sev/report.js';
 import { SEV_ATTESTOR, verifySnpEvidence } from '../sev/verify.js';
 import { decodeEvidenceBytes, parseHexArg } from '../util/evidence-input.js';
@@ -113,18 +114,29 @@ export async function runSevEvidence(file: string, opts: SevCliOptions): Promise
       );
     }
 
-    const crl = opts.crl === undefined ? undefined : readFileOrFail(opts.crl, '--crl');
+    // --crl: the check is required, as the sev_snp attestor requires it when it has a CRL source.
+    // Otherwise a CRL in --collateral-dir (crl_<vcek|vlek>_<product>.der, where the attestor keeps
+    // it) is used as the attestor without KDS uses it (best_effort: a stale or unusable one is
+    // reported in claims.revocation, a listed ARK/ASK is still refused).
+    let crl: Buffer | undefined;
+    let noCrl = 'no --crl given';
+    if (opts.crl !== undefined) crl = readFileOrFail(opts.crl, '--crl');
+    else if (collateral) {
+      if (product) {
+        crl = (await collateral.lookupCrl(product, report.signingKey, at))?.ders[0];
+        noCrl = `no --crl given and no ${crlFileName(opts.collateralDir as string, product, report.signingKey)}`;
+      } else noCrl = 'no --crl given and the product line is unknown, so no CRL in --collateral-dir applies';
+    }
     const v = verifySnpEvidence(
       {
         report: reportBytes,
         ...(endorsement ? { endorsementCert: endorsement } : {}),
         chain,
-        ...(crl ? { crl } : { crlUnavailableReason: 'no --crl given' }),
+        ...(crl ? { crl } : { crlUnavailableReason: noCrl }),
       },
       {
         now: at,
-        // With --crl the check is required, as the sev_snp attestor requires it when it has a CRL source.
-        crl: { mode: crl ? 'require' : 'best_effort' },
+        crl: { mode: opts.crl !== undefined ? 'require' : 'best_effort' },
         allowDebug: opts.allowDebug === true,
         allowMigrationAgent: opts.allowMigrationAgent === true,
         ...(vmpls ? { vmpls } : {}),

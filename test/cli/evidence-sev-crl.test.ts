@@ -125,6 +125,31 @@ describe.skipIf(!have)('evidence verify sev_snp --crl, on AMD\'s real Milan repo
     expect(r.json?.claims.revocation).toMatchObject({ checked: false });
     expect(String((r.json?.claims.revocation as { reason: string }).reason)).toMatch(/--crl/);
   }, 120_000);
+
+  it('without --crl, the CRL kept in --collateral-dir (crl_vcek_milan.der) is checked: a listed ASK is refused, a current one is reported checked, a stale one unchecked with the reason', async () => {
+    const { mkdir } = await import('node:fs/promises');
+    const dirWith = async (name: string, der: Buffer | undefined): Promise<string> => {
+      const d = join(tmp, name);
+      await mkdir(d, { recursive: true });
+      if (der) await writeFile(join(d, 'crl_vcek_milan.der'), der);
+      return d;
+    };
+    const current = crlFor(root, THIS, NEXT, [Buffer.from([0x7f, 0x01])]);
+    const [revoked, ok, stale, none] = await Promise.all([
+      sigil(args(['--collateral-dir', await dirWith('coll-revoked', crlFor(root, THIS, NEXT, [serialOf(root.intermediate)]))])),
+      sigil(args(['--collateral-dir', await dirWith('coll-current', current)])),
+      sigil(args(['--collateral-dir', await dirWith('coll-stale', crlFor(root, new Date(Date.parse(AT) - 60 * DAY), new Date(Date.parse(AT) - DAY)))])),
+      sigil(args(['--collateral-dir', await dirWith('coll-none', undefined)])),
+    ]);
+    expect([revoked!.code, revoked!.json?.error?.code]).toEqual([1, 'sev.cert_revoked']);
+    expect(ok!.code).toBe(0);
+    expect(ok!.json?.claims.revocation).toMatchObject({ checked: true, crlSha256: createHash('sha256').update(current).digest('hex') });
+    expect(stale!.code).toBe(0);
+    expect(stale!.json?.claims.revocation).toMatchObject({ checked: false });
+    expect(String((stale!.json?.claims.revocation as { reason: string }).reason)).toContain('sev.crl_expired');
+    expect(none!.code).toBe(0);
+    expect(String((none!.json?.claims.revocation as { reason: string }).reason)).toContain('crl_vcek_milan.der');
+  }, 120_000);
 });
 
 describe('evidence verify sev_snp --allow-migration-agent', () => {
