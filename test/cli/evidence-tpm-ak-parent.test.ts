@@ -85,8 +85,9 @@ describe('sigil evidence verify tpm: the AK as the EK\'s child', () => {
     ]);
     expect(codeOf(other)).toEqual([1, 'tpm.ek_public_mismatch']);
     expect(codeOf(garbage)).toEqual([1, 'tpm.malformed_public']);
-    expect(missing.code).toBe(2);
-    expect(missing.err).toContain('--ek-pub');
+    // A missing file is a usage error; under --json it is the one JSON object on stdout (cli.usage, exit 2).
+    expect(codeOf(missing)).toEqual([2, 'cli.usage']);
+    expect(String(missing.json?.error?.message)).toContain('--ek-pub');
   }, 120_000);
 
   it('without --ek-pub: verified as before, and the output says plainly that the AK\'s parentage was not checked', async ({ skip }) => {
