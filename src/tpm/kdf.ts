@@ -58,6 +58,9 @@ export function kdfa(hash: HashName, key: Buffer, label: string, contextU: Buffe
     blocks.push(block);
     have += block.length;
   }
+  // One whole block (MakeCredential's HMAC key: one digest long) is the output itself, a buffer of
+  // its own that the caller zeroes; otherwise the truncated copy is, and the blocks are zeroed here.
+  if (blocks.length === 1 && bits === blocks[0]!.length * 8) return blocks[0]!;
   const out = truncateBits(blocks.length === 1 ? blocks[0]! : Buffer.concat(blocks), bits);
   for (const b of blocks) b.fill(0);
   return out;

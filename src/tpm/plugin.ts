@@ -44,7 +44,7 @@ import {
   verifyQuote,
   type PcrValue,
 } from './quote.js';
-import { encodePcrSelection, parseAttestAny, parsePcrSelection, parseTpm2bPublic, qualifiedNameUnderEk, type PcrBankSelection, type PcrSelection } from './structures.js';
+import { encodePcrSelection, parseAttestAny, parsePcrSelection, parseTpm2bPublic, type PcrBankSelection, type PcrSelection } from './structures.js';
 import { pcrHexOf, tpmClaims, tpmSelectors } from './verify.js';
 import { EventLogCheckCache, EVENTLOG_DEFAULT_MAX_BYTES } from './eventlog/index.js';
 import { poolRandomBytes } from './random.js';
@@ -326,7 +326,8 @@ export class TpmVerifier implements NodeAttestorVerifier {
         interTexts.push(c);
       });
     }
-    const ekPub = this.publics.get(h.ekPub, 'ekPub', 'tpm.bad_hello').pub;
+    const ekArea = this.publics.get(h.ekPub, 'ekPub', 'tpm.bad_hello');
+    const ekPub = ekArea.pub;
     const akArea = this.publics.get(h.akPub, 'akPub', 'tpm.bad_hello');
     const ak = akArea.pub;
     checkEkPublic(ekPub);
@@ -347,7 +348,7 @@ export class TpmVerifier implements NodeAttestorVerifier {
       ekPubHash,
       ekCert: h.ekCert,
       ekIntermediates: interTexts,
-      akSigner: qualifiedNameUnderEk(ekPub, ak, akArea.name()).toString('base64'),
+      akSigner: akArea.signerUnderEk(ekArea),
       ...(ima ? { ima } : {}),
     };
     // Only its digest is needed from here on (the buffer is its own memory: see random.ts).

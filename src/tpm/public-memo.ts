@@ -11,7 +11,7 @@
  */
 import { SigilError } from '../errors.js';
 import { decodeBase64 } from '../plugins/base64.js';
-import { objectName, parseTpm2bPublic, type TpmtPublic } from './structures.js';
+import { objectName, parseTpm2bPublic, qualifiedNameUnderEk, type TpmtPublic } from './structures.js';
 
 /** Largest TPM2B_PUBLIC accepted from an agent, bytes (the hello's limit). */
 export const PUBLIC_AREA_MAX_BYTES = 2048;
@@ -19,6 +19,8 @@ const MAX_TEXT = Math.ceil(PUBLIC_AREA_MAX_BYTES / 3) * 4;
 
 export class MemoizedPublic {
   private nameBytes: Buffer | undefined;
+  /** The last EK this area's Qualified Name under the endorsement hierarchy was computed for, and that name in base64. */
+  private signer: { readonly ek: MemoizedPublic; readonly base64: string } | undefined;
 
   constructor(
     /** The parsed area (frozen). */
@@ -31,6 +33,22 @@ export class MemoizedPublic {
   name(): Buffer {
     this.nameBytes ??= objectName(this.pub);
     return Buffer.from(this.nameBytes);
+  }
+
+  /**
+   * base64 of this object's Qualified Name as a child of the endorsement primary key `ek`
+   * (qualifiedNameUnderEk: four hashes), computed once per EK area (an AK is presented with the
+   * same EK every time). Both areas are frozen parses of the texts they were memoized under, so
+   * the same two objects always give the same name; an error is thrown again each time.
+   */
+  signerUnderEk(ek: MemoizedPublic): string {
+    const s = this.signer;
+    if (s !== undefined && s.ek === ek) return s.base64;
+    this.nameBytes ??= objectName(this.pub);
+    // qualifiedNameUnderEk only reads the name it is given.
+    const base64 = qualifiedNameUnderEk(ek.pub, this.pub, this.nameBytes).toString('base64');
+    this.signer = { ek, base64 };
+    return base64;
   }
 }
 

@@ -4,7 +4,7 @@ import { SigilError } from '../../src/errors.js';
 import { codeOf, codeOfAsync } from '../support/codes.js';
 import { EkCertVerifier, EkTrustStore } from '../../src/tpm/ekcert.js';
 import { PublicAreaMemo } from '../../src/tpm/public-memo.js';
-import { objectName, parseTpm2bPublic } from '../../src/tpm/structures.js';
+import { objectName, parseTpm2bPublic, qualifiedNameUnderEk } from '../../src/tpm/structures.js';
 import { akPublicFor, ekPublicFor, makeEkCert, makeIntermediate, makeRoot, rsaKeyPair } from './synthetic.js';
 
 describe('PublicAreaMemo (TPM public areas by the text the agent sent)', () => {
@@ -37,6 +37,25 @@ describe('PublicAreaMemo (TPM public areas by the text the agent sent)', () => {
     const trailing = Buffer.concat([ak, Buffer.from([0])]).toString('base64');
     expect(codeOf(() => m.get(trailing, 'akPub', 'tpm.bad_hello'))).toMatch(/^tpm\./);
     expect(m.size).toBe(0);
+  });
+
+  it("gives the AK's Qualified Name under the EK it is asked for (computed once per EK area), as qualifiedNameUnderEk does", () => {
+    const m = new PublicAreaMemo();
+    const a = m.get(ak.toString('base64'), 'akPub', 'tpm.bad_hello');
+    const e = m.get(ek.toString('base64'), 'ekPub', 'tpm.bad_hello');
+    const want = qualifiedNameUnderEk(parseTpm2bPublic(ek), parseTpm2bPublic(ak)).toString('base64');
+    expect(a.signerUnderEk(e)).toBe(want);
+    expect(a.signerUnderEk(e)).toBe(want);
+    // Another EK: its own name, and back again.
+    const ek2 = ekPublicFor(rsaKeyPair().publicKey);
+    const e2 = m.get(ek2.toString('base64'), 'ekPub', 'tpm.bad_hello');
+    const want2 = qualifiedNameUnderEk(parseTpm2bPublic(ek2), parseTpm2bPublic(ak)).toString('base64');
+    expect(want2).not.toBe(want);
+    expect(a.signerUnderEk(e2)).toBe(want2);
+    expect(a.signerUnderEk(e)).toBe(want);
+    // The Name handed out before is a copy: changing it changes nothing kept.
+    a.name().fill(0);
+    expect(a.signerUnderEk(e2)).toBe(want2);
   });
 
   it('is bounded, least recently used out first', () => {

@@ -194,46 +194,54 @@ class LeReader {
   }
 }
 
-/** Parse the Spec ID event data (TCG_EfiSpecIdEvent). */
+function badSpecId(m: string): never {
+  return fail('bad_spec_id', `Spec ID event: ${m}`);
+}
+
+/**
+ * Parse the Spec ID event data (TCG_EfiSpecIdEvent). A field cut short is refused as
+ * `Spec ID event: truncated`. Written without closures: every parse of a crypto-agile log comes
+ * here, and each named closure made per call is a defineProperty call when built with esbuild's
+ * keepNames (as under tsx).
+ */
 export function parseSpecIdEvent(data: Buffer): SpecIdEvent {
-  const bad = (m: string): never => fail('bad_spec_id', `Spec ID event: ${m}`);
-  if (data.length < SPEC_ID_03.length || !data.subarray(0, SPEC_ID_03.length).equals(SPEC_ID_03)) bad('signature is not "Spec ID Event03"');
+  if (data.length < SPEC_ID_03.length || !data.subarray(0, SPEC_ID_03.length).equals(SPEC_ID_03)) badSpecId('signature is not "Spec ID Event03"');
   const r = new LeReader(data);
   r.off = SPEC_ID_03.length;
-  const guard = <T>(f: () => T): T => {
-    try {
-      return f();
-    } catch (e) {
-      if (e instanceof SigilError && e.code === 'tpm.eventlog_truncated') bad('truncated');
-      throw e;
-    }
-  };
-  return guard(() => {
-    const platformClass = r.u32('platformClass', 0);
-    const minor = r.u8('specVersionMinor', 0);
-    const major = r.u8('specVersionMajor', 0);
-    const errata = r.u8('specErrata', 0);
-    const uintnSize = r.u8('uintnSize', 0);
-    if (major !== 2) bad(`spec version major ${major}, expected 2`);
-    if (uintnSize !== 1 && uintnSize !== 2) bad(`uintnSize ${uintnSize}, expected 1 or 2`);
-    const count = r.u32('numberOfAlgorithms', 0);
-    if (count === 0) bad('declares no algorithms');
-    if (count > MAX_SPEC_ALGORITHMS) bad(`declares ${count} algorithms (at most ${MAX_SPEC_ALGORITHMS})`);
-    const algorithms: EventLogAlgorithm[] = [];
-    for (let i = 0; i < count; i++) {
-      const id = r.u16('algorithmId', 0);
-      const size = r.u16('digestSize', 0);
-      const alg = algorithmById(id);
-      if (alg === undefined) fail('unknown_algorithm', `Spec ID event declares algorithm 0x${id.toString(16).padStart(4, '0')}, which Sigil does not know`);
-      if (alg.size !== size) bad(`declares ${alg.name} with digest size ${size}, expected ${alg.size}`);
-      if (algorithms.some((a) => a.id === id)) bad(`declares ${alg.name} twice`);
-      algorithms.push(alg);
-    }
-    const vendorInfoSize = r.u8('vendorInfoSize', 0);
-    const vendorInfo = r.bytes(vendorInfoSize, 'vendorInfo', 0);
-    if (r.remaining !== 0) bad(`${r.remaining} trailing byte(s)`);
-    return { platformClass, specVersion: { major, minor, errata }, uintnSize, algorithms, vendorInfo };
-  });
+  try {
+    return readSpecIdFields(r);
+  } catch (e) {
+    if (e instanceof SigilError && e.code === 'tpm.eventlog_truncated') badSpecId('truncated');
+    throw e;
+  }
+}
+
+/** The fields after the signature; a read past the end throws `tpm.eventlog_truncated` (parseSpecIdEvent renames it). */
+function readSpecIdFields(r: LeReader): SpecIdEvent {
+  const platformClass = r.u32('platformClass', 0);
+  const minor = r.u8('specVersionMinor', 0);
+  const major = r.u8('specVersionMajor', 0);
+  const errata = r.u8('specErrata', 0);
+  const uintnSize = r.u8('uintnSize', 0);
+  if (major !== 2) badSpecId(`spec version major ${major}, expected 2`);
+  if (uintnSize !== 1 && uintnSize !== 2) badSpecId(`uintnSize ${uintnSize}, expected 1 or 2`);
+  const count = r.u32('numberOfAlgorithms', 0);
+  if (count === 0) badSpecId('declares no algorithms');
+  if (count > MAX_SPEC_ALGORITHMS) badSpecId(`declares ${count} algorithms (at most ${MAX_SPEC_ALGORITHMS})`);
+  const algorithms: EventLogAlgorithm[] = [];
+  for (let i = 0; i < count; i++) {
+    const id = r.u16('algorithmId', 0);
+    const size = r.u16('digestSize', 0);
+    const alg = algorithmById(id);
+    if (alg === undefined) fail('unknown_algorithm', `Spec ID event declares algorithm 0x${id.toString(16).padStart(4, '0')}, which Sigil does not know`);
+    if (alg.size !== size) badSpecId(`declares ${alg.name} with digest size ${size}, expected ${alg.size}`);
+    for (const a of algorithms) if (a.id === id) badSpecId(`declares ${alg.name} twice`);
+    algorithms.push(alg);
+  }
+  const vendorInfoSize = r.u8('vendorInfoSize', 0);
+  const vendorInfo = r.bytes(vendorInfoSize, 'vendorInfo', 0);
+  if (r.remaining !== 0) badSpecId(`${r.remaining} trailing byte(s)`);
+  return { platformClass, specVersion: { major, minor, errata }, uintnSize, algorithms, vendorInfo };
 }
 
 /**
