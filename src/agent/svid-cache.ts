@@ -28,6 +28,12 @@ export function rotationTime(start: Date, notAfter: Date, fraction: number, rand
   return new Date(start.getTime() + life * f);
 }
 
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** An entry applies to a workload when all its selectors are among the workload's selectors. */
 export function entryMatches(entrySelectors: readonly string[], workload: ReadonlySet<string>): boolean {
   if (entrySelectors.length === 0) return false;
@@ -39,6 +45,24 @@ interface HeldSvid extends CachedX509Svid {
   rotateAt: Date;
   /** Entry fields the SVID was issued for; a change means a new SVID. */
   issuedFor: string;
+}
+
+/**
+ * The last answer of jwtSvidsCached for one selector array (see there): what was asked, what was
+ * answered, and while what it stays the answer.
+ */
+interface JwtMemo {
+  /** SvidCache.jwtGen when it was made: any change of the entries or the JWT-SVID cache since makes it void. */
+  gen: number;
+  /** The clock when it was made; before it (the clock stepped back) it is void. */
+  at: number;
+  /** The first instant at which an answer could differ: a token's refresh point or expiry, an entry's expiry. */
+  until: number;
+  selectors: string[];
+  audience: string[];
+  spiffeId: string | undefined;
+  keys: string[];
+  results: JwtSvidResult[];
 }
 
 interface JwtCached {
@@ -75,6 +99,10 @@ export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource 
   private readonly svids = new Map<string, HeldSvid>();
   private readonly jwts = new Map<string, JwtCached>();
   private jwtUses = 0;
+  /** Bumped on every change of `entries` or `jwts`, which makes every JwtMemo void. */
+  private jwtGen = 0;
+  /** jwtSvidsCached's last answer per selector array (a connection's array is the same object call after call). */
+  private jwtMemos = new WeakMap<string[], JwtMemo>();
   private readonly inflight = new Map<string, Promise<JwtSvidResult>>();
   private readonly listeners = new Set<() => void>();
   private x509BundleMap: Map<string, Buffer[]> | undefined;
@@ -157,12 +185,11 @@ export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource 
   }
 
   /** The entries a JWT-SVID request is for (one per SPIFFE ID), and its audience as cached. */
-  private jwtRequest(selectors: string[], audience: string[], spiffeId?: string): { matches: AuthorizedEntry[]; aud: string[] } {
+  private jwtRequest(selectors: string[], audience: string[], spiffeId?: string, now = this.o.now().getTime()): { matches: AuthorizedEntry[]; aud: string[] } {
     if (!Array.isArray(audience) || audience.length === 0) throw new SigilError('agent.jwt_audience_required', 'a JWT-SVID needs at least one audience', { status: 400 });
     if (audience.length > 100 || audience.some((a) => typeof a !== 'string' || a.length === 0 || a.length > 256)) {
       throw new SigilError('agent.jwt_bad_audience', 'audiences must be 1–100 non-empty strings of at most 256 characters', { status: 400 });
     }
-    const now = this.o.now().getTime();
     const seen = new Set<string>();
     let matches: AuthorizedEntry[] = [];
     for (const e of this.matching(selectors, now)) {
@@ -188,23 +215,40 @@ export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource 
    * would have to be minted, and for requests `jwtSvidsFor` refuses (it gives the error).
    */
   jwtSvidsCached(selectors: string[], audience: string[], spiffeId?: string): JwtSvidResult[] | undefined {
+    const now = this.o.now().getTime();
+    const memo = this.jwtMemos.get(selectors);
+    if (memo !== undefined && memo.gen === this.jwtGen && now >= memo.at && now < memo.until && memo.spiffeId === spiffeId && sameStrings(memo.selectors, selectors) && sameStrings(memo.audience, audience)) {
+      for (const key of memo.keys) this.touchJwt(key);
+      return memo.results.slice();
+    }
     let req: { matches: AuthorizedEntry[]; aud: string[] };
     try {
-      req = this.jwtRequest(selectors, audience, spiffeId);
+      req = this.jwtRequest(selectors, audience, spiffeId, now);
     } catch {
       return undefined;
     }
-    const now = this.o.now().getTime();
     const out: JwtSvidResult[] = [];
     const keys: string[] = [];
+    let until = Number.POSITIVE_INFINITY;
     for (const e of req.matches) {
       const key = this.jwtKey(e, req.aud);
       const hit = this.jwts.get(key);
       if (!hit || now >= hit.refreshAt || hit.result.expiresAt.getTime() <= now) return undefined;
       out.push(hit.result);
       keys.push(key);
+      until = Math.min(until, hit.refreshAt, hit.result.expiresAt.getTime(), this.liveUntil(e));
     }
     for (const key of keys) this.touchJwt(key);
+    // Remembered for the next call with the same selectors, audience and SPIFFE ID. Why that
+    // answer is then the one computed anew would be: the request checks and the matching are
+    // pure functions of those inputs and of the entries; the answer's tokens are what `jwts`
+    // holds under its keys; `gen` changes with any change to the entries or to `jwts` (a token
+    // minted, refreshed, evicted or dropped), and `until` is the earliest instant at which the
+    // clock alone could change the answer (a token reaching its refresh point or expiry, a matched
+    // entry expiring; an entry that did not match or had expired cannot start to apply while the
+    // clock goes forward, and a clock that went back voids the memo). The inputs are compared by
+    // value, so an array changed in place is not answered from the memo.
+    this.jwtMemos.set(selectors, { gen: this.jwtGen, at: now, until, selectors: selectors.slice(), audience: audience.slice(), spiffeId, keys, results: out.slice() });
     return out;
   }
 
@@ -223,6 +267,7 @@ export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource 
     // Use stamps are unique, so exactly `drop` entries have a stamp at or below the cut.
     const cut = uses[drop - 1]!;
     for (const [k, v] of this.jwts) if (v.used <= cut) this.jwts.delete(k);
+    this.jwtGen++;
   }
 
   /**
@@ -294,6 +339,7 @@ export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource 
       if (next.get(v.entryId)?.revisionNumber !== v.revisionNumber) this.jwts.delete(k);
     }
     this.entries = next;
+    this.jwtGen++;
     const index = new Map<string, { e: AuthorizedEntry; pos: number }[]>();
     let pos = 0;
     for (const e of next.values()) {
@@ -406,6 +452,13 @@ export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource 
     return Number.isNaN(t) || t > now;
   }
 
+  /** The instant from which live() is false for `e` (infinity: never). */
+  private liveUntil(e: AuthorizedEntry): number {
+    if (e.expiresAt === null) return Number.POSITIVE_INFINITY;
+    const t = Date.parse(e.expiresAt);
+    return Number.isNaN(t) ? Number.POSITIVE_INFINITY : t;
+  }
+
   private jwtKey(e: AuthorizedEntry, aud: string[]): string {
     return JSON.stringify([e.id, e.revisionNumber, aud]);
   }
@@ -444,6 +497,7 @@ export class SvidCache implements WorkloadIdentitySource, FederatedBundleSource 
     const result: JwtSvidResult = { spiffeId: e.spiffeId, token: r.token, hint: e.hint, expiresAt: r.expiresAt };
     const refreshAt = receivedAt + Math.max(0, r.expiresAt.getTime() - receivedAt) / 2;
     this.jwts.set(key, { entryId: e.id, revisionNumber: e.revisionNumber, result, refreshAt, used: ++this.jwtUses });
+    this.jwtGen++;
     if (this.jwts.size > this.jwtCacheSize) this.evictJwts();
     return result;
   }

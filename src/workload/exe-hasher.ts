@@ -31,6 +31,7 @@ import { open } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { SigilError, errorMessage } from '../errors.js';
 import { ExeHashCache } from './exe-hash-cache.js';
+import type { FileIdentity } from './proc.js';
 import { FairQueue } from './fair-queue.js';
 import { HashWorkers } from './hash-workers.js';
 
@@ -123,13 +124,33 @@ export class ExeHasher {
       this.stats.hashFailed++;
       throw new SigilError('workload.binary_hash_failed', `cannot stat the executable behind ${exeLink}: ${errorMessage(e)}`, { cause: e });
     }
-    if (!st.isFile()) return { skip: 'not_a_file' };
-    if (st.size > BigInt(this.maxBinaryBytes)) {
+    return this.lookupKnown(uid, exeLink, st.isFile(), st.size, fileKey(st));
+  }
+
+  /**
+   * lookup() for a file whose identity the caller already has (the program its connection recorded
+   * at accept, which the connection checks again after the attestation: see
+   * UnixAttestor.attestWithFiles), without a stat; undefined `file` (the kernel hid it) fails as
+   * an unreadable link does. A hash() of its key still opens the file through `exeLink` and hashes
+   * it only if it is that very file.
+   */
+  lookupFile(uid: number, exeLink: string, file: FileIdentity | undefined): Lookup {
+    if (file === undefined) {
+      this.stats.hashFailed++;
+      throw new SigilError('workload.binary_hash_failed', `cannot stat the executable behind ${exeLink}: the kernel does not show it`);
+    }
+    let key = knownKeys.get(file);
+    if (key === undefined) knownKeys.set(file, (key = fileKey(file)));
+    return this.lookupKnown(uid, exeLink, file.isFile, file.size, key);
+  }
+
+  private lookupKnown(uid: number, exeLink: string, isFile: boolean, size: bigint, key: string): Lookup {
+    if (!isFile) return { skip: 'not_a_file' };
+    if (size > BigInt(this.maxBinaryBytes)) {
       this.stats.hashSkippedTooLarge++;
-      this.logger?.warn({ exe: exeLink, size: Number(st.size), maxBinaryBytes: this.maxBinaryBytes }, 'executable too large to hash; no unix:sha256 selector');
+      this.logger?.warn({ exe: exeLink, size: Number(size), maxBinaryBytes: this.maxBinaryBytes }, 'executable too large to hash; no unix:sha256 selector');
       return { skip: 'too_large' };
     }
-    const key = fileKey(st);
     const hex = this.cache.get(key, uid);
     if (hex !== undefined) {
       this.stats.hashHits++;
@@ -331,6 +352,9 @@ function aborted(): SigilError {
 function hashFailed(why: string): SigilError {
   return new SigilError('workload.binary_hash_failed', `unix: the executable's SHA-256 could not be computed for this caller: ${why} (retry)`, { status: 503 });
 }
+
+/** Keys of identities lookupFile() was given (a connection's recorded program: the same object at every attestation). */
+const knownKeys = new WeakMap<FileIdentity, string>();
 
 function fileKey(st: { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;

@@ -163,6 +163,15 @@ export interface CallerProcFiles {
   cgroupText(): string;
   /** The path of the /proc/<pid>/exe link (a link is not held: it is followed anew on every use). */
   readonly exeLink: string;
+  /**
+   * The program the caller ran when its connection was accepted (the exe link's target and the
+   * identity of the file behind it, read in the accept callback), given only for an attestation
+   * after which the connection checks that the caller still runs exactly that program (link
+   * target and file identity, CallerConnection.checkUnchanged) before its selectors are used.
+   * The `unix` attestor then takes its path and hash selectors from it instead of reading the
+   * link again: see UnixAttestor.attestWithFiles for why that proves the same.
+   */
+  readonly exeImage?: ExeImage;
 }
 
 /**
@@ -372,13 +381,15 @@ export function fdinfoNamesPid(text: string, pid: number): boolean {
 /** Largest pidfd fdinfo text read. */
 export const FDINFO_MAX_BYTES = 16384;
 
-/** Identity of a file: device, inode, size, and modification and change times (ns). */
+/** Identity of a file: device, inode, size, and modification and change times (ns); and whether it is a regular file. */
 export interface FileIdentity {
   dev: bigint;
   ino: bigint;
   size: bigint;
   mtimeNs: bigint;
   ctimeNs: bigint;
+  /** A regular file (not part of the identity compared by sameFile: an inode's type never changes). */
+  isFile: boolean;
 }
 
 /**
@@ -406,7 +417,7 @@ function exeError(e: unknown, what: string, link: string): 'hidden' {
 export function readExeFileSync(exeLink: string): FileIdentity | undefined {
   try {
     const st = statSync(exeLink, { bigint: true });
-    return { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
+    return { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, isFile: st.isFile() };
   } catch (e) {
     exeError(e, 'stat', exeLink);
     return undefined;

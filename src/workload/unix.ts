@@ -26,7 +26,7 @@ import { SigilError } from '../errors.js';
 import { validatePluginConfig } from '../plugins/validate.js';
 import type { AgentPluginDeps, JsonSchema, Selector, WorkloadAttestor, WorkloadAttestorPlugin, WorkloadCaller } from '../plugins/types.js';
 import { ExeHasher } from './exe-hasher.js';
-import { DEFAULT_PROC_ROOT, parseStatus, procPath, readBoundedFileSync, readStatus, type CallerProcFiles, type HeldFilesAttestor, type ProcStatus } from './proc.js';
+import { DEFAULT_PROC_ROOT, parseStatus, procPath, readBoundedFileSync, readStatus, type CallerProcFiles, type ExeImage, type HeldFilesAttestor, type ProcStatus } from './proc.js';
 
 export interface UnixAttestorConfig {
   /** Add `unix:sha256:` selectors (default true). */
@@ -160,13 +160,27 @@ export class UnixAttestor implements WorkloadAttestor, HeldFilesAttestor {
     return this.selectorsOf(caller, status, procPath(this.procRoot, caller.pid, 'exe'), signal);
   }
 
-  /** attest() through the files the caller's connection holds open (CallerProcFiles). */
+  /**
+   * attest() through the files the caller's connection holds open (CallerProcFiles).
+   *
+   * With `files.exeImage` (the program the connection recorded at accept), the path and hash
+   * selectors are that program's, with no readlink or stat of the exe link here. Why this proves
+   * no less: such an attestation's selectors are used only after the connection has checked,
+   * after every attestor finished, that the caller still runs exactly that program (the link's
+   * target and the file's device, inode, size, mtime and ctime; CallerConnection.checkUnchanged),
+   * and each later call answered from them checks the file again. Reading the link here instead
+   * gave the same selectors whenever that check passed, except for a caller that ran another
+   * program while it was attested and came back to the recorded one before the check: that
+   * caller got the other program's selectors, and now gets those of the program the check
+   * confirms. The hash itself still comes from the cache by the file's identity, or from reading
+   * the file through the caller's link, refused unless it is that very file (ExeHasher).
+   */
   async attestWithFiles(caller: WorkloadCaller, files: CallerProcFiles, signal: AbortSignal): Promise<Selector[]> {
     abortCheck(signal);
-    return this.selectorsOf(caller, parseStatus(files.statusText()), files.exeLink, signal);
+    return this.selectorsOf(caller, parseStatus(files.statusText()), files.exeLink, signal, files.exeImage);
   }
 
-  private async selectorsOf(caller: WorkloadCaller, status: ProcStatus, exeLink: string, signal: AbortSignal): Promise<Selector[]> {
+  private async selectorsOf(caller: WorkloadCaller, status: ProcStatus, exeLink: string, signal: AbortSignal, image?: ExeImage): Promise<Selector[]> {
     const { uid, gid } = caller;
     const out: Selector[] = [`unix:uid:${uid}`, `unix:gid:${gid}`];
     const user = this.passwd.lookup(uid);
@@ -177,16 +191,19 @@ export class UnixAttestor implements WorkloadAttestor, HeldFilesAttestor {
     abortCheck(signal);
 
     let exePath: string | undefined;
-    try {
-      exePath = readlinkSync(exeLink);
-    } catch {
-      exePath = undefined; // kernel thread, or no permission: no path/hash selectors
+    if (image !== undefined) exePath = image.path;
+    else {
+      try {
+        exePath = readlinkSync(exeLink);
+      } catch {
+        exePath = undefined; // kernel thread, or no permission: no path/hash selectors
+      }
     }
     if (exePath !== undefined && isAbsolute(exePath) && !exePath.endsWith(' (deleted)')) out.push(`unix:path:${exePath}`);
     if (this.hashBinaries && exePath !== undefined) {
       // A hit is synchronous (one stat); a miss waits for its turn. Either the hash or a failure:
       // an answer without it would lose the caller its hash-pinned identities in silence.
-      const found = this.hasher.lookup(uid, exeLink);
+      const found = image !== undefined ? this.hasher.lookupFile(uid, exeLink, image.file) : this.hasher.lookup(uid, exeLink);
       const hex = 'hex' in found ? found.hex : 'key' in found ? await this.hasher.hash(uid, exeLink, found.key, signal) : undefined;
       if (hex !== undefined) out.push(`unix:sha256:${hex}`);
     }

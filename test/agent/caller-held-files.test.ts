@@ -10,9 +10,13 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { afterAll, describe, expect, it } from 'vitest';
+import type { ServerHttp2Session } from 'node:http2';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { CallerConnection } from '../../src/agent/workload-api/caller.js';
 import { attestCaller } from '../../src/agent/workload-api/attest.js';
+import { WorkloadConnection } from '../../src/agent/workload-api/connection.js';
+import { timerDeadline } from '../../src/agent/workload-api/deadlines.js';
+import type { CallerProcFiles } from '../../src/workload/proc.js';
 import type { WorkloadAttestor } from '../../src/plugins/types.js';
 import { createContainerAttestor } from '../../src/workload/container.js';
 import { createUnixAttestor } from '../../src/workload/unix.js';
@@ -123,5 +127,55 @@ describe('caller checks through held /proc files', () => {
     const conn = new CallerConnection({ pid: 2 ** 30, ...me }, '/proc');
     expect(() => conn.checkUnchanged()).toThrow(expect.objectContaining(CHANGED) as Error);
     conn.close();
+  });
+});
+
+describe('one attestation of a connection', () => {
+  it('reads status twice: the baseline, which the built-in attestors get, and the check after them, compared with it', async () => {
+    const c = await sleeper();
+    const peer = new CallerConnection({ pid: c.pid!, ...me }, '/proc');
+    const statusReads = vi.spyOn(peer, 'statusText');
+    const unix = createUnixAttestor({ hashBinaries: false });
+    const container = createContainerAttestor({});
+    const seenByUnix: string[] = [];
+    const realAttest = unix.attestWithFiles.bind(unix);
+    unix.attestWithFiles = (caller, files: CallerProcFiles, signal) => {
+      seenByUnix.push(files.statusText());
+      return realAttest(caller, files, signal);
+    };
+    const session = { close() {}, destroy() {} } as unknown as ServerHttp2Session;
+    const conn = new WorkloadConnection(peer, session, {
+      attestors: new Map<string, WorkloadAttestor>([
+        ['unix', unix],
+        ['container', container],
+      ]),
+      logger: pino({ level: 'silent' }),
+      attestTimeoutMs: 5000,
+      selectorCacheMs: 60_000,
+      schedule: timerDeadline,
+      onCallerChanged: () => undefined,
+    });
+    const signal = new AbortController().signal;
+    const expected = [...(await unix.attest({ ...peer.caller }, signal)), ...(await container.attest({ ...peer.caller }, signal))].sort();
+    for (let i = 1; i <= 3; i++) {
+      statusReads.mockClear();
+      const a = await conn.attest(true);
+      expect(a.failed).toEqual([]);
+      expect(a.selectors).toEqual(expected);
+      // Before the attestors (the baseline) and in the check after them: no third or fourth read.
+      expect(statusReads).toHaveBeenCalledTimes(2);
+      // The unix attestor's groups come from the baseline read itself.
+      expect(seenByUnix[i - 1]).toBe(statusReads.mock.results[0]!.value);
+      // Kept (steady credentials): the next call is answered from the cache, after one status read.
+      statusReads.mockClear();
+      expect(conn.cachedAttestation()).toBe(a);
+      expect(statusReads).toHaveBeenCalledTimes(1);
+    }
+    expect(conn.poisoned).toBe(false);
+    // A caller that is gone: refused as before.
+    await reap(c);
+    await expect(conn.attest(true)).rejects.toMatchObject({ message: expect.stringContaining('caller process changed') as string });
+    expect(conn.poisoned).toBe(true);
+    peer.close();
   });
 });

@@ -242,6 +242,110 @@ describe('JWT-SVIDs and bundles', () => {
     for (const gone of ['aud-1', 'aud-2']) expect(t.cache.jwtSvidsCached(sel, [gone])).toBeUndefined();
   });
 
+  describe('jwtSvidsCached called again with the same selector array (a connection\'s cached selectors) answers as a first call would', () => {
+    /** The answer for `sel` itself (remembered from the last call) and for a copy of it (computed anew), which must agree. */
+    const both = (t: ReturnType<typeof setup>, sel: string[], aud: string[], id?: string) => {
+      const again = t.cache.jwtSvidsCached(sel, aud, id);
+      const fresh = t.cache.jwtSvidsCached([...sel], [...aud], id);
+      expect(again).toEqual(fresh);
+      return again;
+    };
+
+    it('the same objects while nothing changes, then nothing at the refresh point', async () => {
+      const t = setup();
+      t.cache.setEntries([entry('api', ['unix:uid:1']), entry('web', ['unix:uid:1'])]);
+      const sel = ['unix:uid:1', 'unix:gid:1'];
+      const minted = await t.cache.jwtSvidsFor(sel, ['a']);
+      const first = t.cache.jwtSvidsCached(sel, ['a'])!;
+      expect(first).toEqual(minted);
+      for (let i = 0; i < 3; i++) {
+        const again = both(t, sel, ['a'])!;
+        expect(again[0]).toBe(minted[0]);
+        expect(again[1]).toBe(minted[1]);
+        expect(again).not.toBe(first); // a fresh array: a caller may change it
+      }
+      expect(both(t, sel, ['a'], 'spiffe://example.org/web')!.map((r) => r.spiffeId)).toEqual(['spiffe://example.org/web']);
+      expect(both(t, sel, ['a'])).toHaveLength(2);
+      expect(both(t, sel, ['b'])).toBeUndefined(); // another audience
+      expect(both(t, sel, ['a'], 'spiffe://example.org/other')).toBeUndefined();
+      expect(both(t, sel, ['a'])).toHaveLength(2);
+      t.advance(149_999);
+      expect(both(t, sel, ['a'])).toHaveLength(2);
+      t.advance(1); // the refresh point
+      expect(both(t, sel, ['a'])).toBeUndefined();
+      expect(t.minted).toHaveLength(2);
+    });
+
+    it('follows the entries: one added, one changed, one expiring', async () => {
+      const t = setup();
+      const api = entry('api', ['unix:uid:1'], { expiresAt: new Date(T0.getTime() + 60_000).toISOString() });
+      t.cache.setEntries([api]);
+      const sel = ['unix:uid:1'];
+      await t.cache.jwtSvidsFor(sel, ['a']);
+      expect(both(t, sel, ['a'])).toHaveLength(1);
+      // A second matching entry: its token must be minted first.
+      t.cache.setEntries([api, entry('web', ['unix:uid:1'])]);
+      expect(both(t, sel, ['a'])).toBeUndefined();
+      await t.cache.jwtSvidsFor(sel, ['a']);
+      expect(both(t, sel, ['a'])).toHaveLength(2);
+      // A new revision of an entry: its token is dropped.
+      t.cache.setEntries([api, entry('web', ['unix:uid:1'], { revisionNumber: 2 })]);
+      expect(both(t, sel, ['a'])).toBeUndefined();
+      await t.cache.jwtSvidsFor(sel, ['a']);
+      expect(both(t, sel, ['a'])).toHaveLength(2);
+      // The entry's own expiry, well before its token's refresh point.
+      t.advance(59_999);
+      expect(both(t, sel, ['a'])).toHaveLength(2);
+      t.advance(1);
+      expect(both(t, sel, ['a'])!.map((r) => r.spiffeId)).toEqual(['spiffe://example.org/web']);
+      // A clock stepped back: the expired entry applies again, and has a token to serve.
+      t.advance(-1);
+      expect(both(t, sel, ['a'])).toHaveLength(2);
+    });
+
+    it('follows the token cache: evicted tokens are not served', async () => {
+      const t = setup({ jwtCacheSize: 2 });
+      t.cache.setEntries([entry('a', ['unix:uid:a'])]);
+      const sel = ['unix:uid:a'];
+      await t.cache.jwtSvidsFor(sel, ['x']);
+      expect(both(t, sel, ['x'])).toHaveLength(1);
+      await t.cache.jwtSvidsFor([...sel], ['y']);
+      await t.cache.jwtSvidsFor([...sel], ['z']); // 3 > 2: x, the least recently used, goes
+      expect(t.cache.jwtSvidsCached(sel, ['x'])).toBeUndefined();
+    });
+
+    it('counts as a use of its tokens (least recently used eviction)', async () => {
+      const t = setup({ jwtCacheSize: 2 });
+      t.cache.setEntries([entry('a', ['unix:uid:a'])]);
+      const sel = ['unix:uid:a'];
+      await t.cache.jwtSvidsFor(sel, ['x']);
+      await t.cache.jwtSvidsFor([...sel], ['y']);
+      expect(t.cache.jwtSvidsCached(sel, ['x'])).toHaveLength(1);
+      expect(t.cache.jwtSvidsCached([...sel], ['y'])).toHaveLength(1); // y used after x
+      expect(t.cache.jwtSvidsCached(sel, ['x'])).toHaveLength(1); // from the memo: x is now the most recently used
+      await t.cache.jwtSvidsFor([...sel], ['z']); // y goes, not x
+      expect(t.cache.jwtSvidsCached([...sel], ['x'])).toHaveLength(1);
+      expect(t.cache.jwtSvidsCached([...sel], ['y'])).toBeUndefined();
+    });
+
+    it('an array changed in place is answered for what it now holds', async () => {
+      const t = setup();
+      t.cache.setEntries([entry('api', ['unix:uid:1']), entry('other', ['unix:uid:2'])]);
+      const sel = ['unix:uid:1'];
+      await t.cache.jwtSvidsFor(sel, ['a']);
+      expect(both(t, sel, ['a'])).toHaveLength(1);
+      sel[0] = 'unix:uid:2';
+      expect(both(t, sel, ['a'])).toBeUndefined(); // other's token was never minted
+      sel[0] = 'unix:uid:3';
+      expect(both(t, sel, ['a'])).toEqual([]);
+      const aud = ['a'];
+      sel[0] = 'unix:uid:1';
+      expect(both(t, sel, aud)).toHaveLength(1);
+      aud[0] = 'b';
+      expect(both(t, sel, aud)).toBeUndefined();
+    });
+  });
+
   it('serves a still-valid cached token when minting fails, and refuses tokens for the wrong identity', async () => {
     let fail = false;
     let wrong = false;

@@ -50,7 +50,7 @@ describe('/proc/<pid>/exe', () => {
     const img = readExeImageSync('/proc', process.pid);
     expect(img.path).toBe(realpathSync(process.execPath));
     const st = statSync(process.execPath, { bigint: true });
-    expect(img.file).toEqual({ dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
+    expect(img.file).toEqual({ dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, isFile: true });
     expect(sameFile(readExeFileSync(`/proc/${process.pid}/exe`), img.file)).toBe(true);
     expect(sameImage(img, { ...img, path: '/elsewhere' })).toBe(false);
     expect(sameFile(img.file, img.file && { ...img.file, ctimeNs: img.file.ctimeNs + 1n })).toBe(false);

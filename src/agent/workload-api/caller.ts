@@ -27,8 +27,9 @@
  * has been reaped, whoever holds the pid number by then), so these reads cannot describe a process
  * that reused the pid after they were opened, and they cost no path walk, open or close (see
  * proc.ts HeldProcFile). The built-in `unix` and `container` attestors read status and cgroup
- * through the same held files (this class is their CallerProcFiles); the checks above still read
- * everything again after the attestors have finished.
+ * through the same held files (attestationFiles(): status is the text the attestation read just
+ * before it ran them, from which it also takes its credential baseline); the checks above still
+ * read everything again after the attestors have finished.
  *
  * What this cannot see: an exec between the client's connect() and the agent's accept (the
  * image is recorded synchronously in the accept callback, right after SO_PEERCRED, before the
@@ -189,10 +190,35 @@ export class CallerConnection implements CallerProcFiles {
   }
 
   /**
-   * verifyUnchanged() once `ready` has resolved, without waiting (every check is a synchronous
-   * read); throws as verifyUnchanged() rejects.
+   * The caller's files as the built-in attestors of one attestation read them: /proc/<pid>/status
+   * is `status`, the text the attestation read through the held file just before it ran its
+   * attestors (./connection.ts takes its credential baseline from that same text); the program is
+   * the one recorded at accept (`exeImage`, see CallerProcFiles); cgroup is read anew as usual.
+   * The caller of this must run checkUnchanged() after the attestors and before it uses their
+   * selectors (./connection.ts attestNow does).
+   *
+   * Why this keeps every guarantee: before, the `unix` attestor read status again a moment later
+   * through the same held file, so its supplementary groups came from a read between the baseline
+   * and the check that follows the attestors. Now they come from the baseline read itself, so the
+   * selectors describe exactly the credential lines the connection records, and the check after
+   * the attestors (checkUnchanged: a fresh status read, the exe, the start time, the pidfd) and the
+   * comparison of that fresh read with the baseline run as before: credentials that changed at any
+   * time after the baseline are seen there (the result is then not kept, or the connection closed),
+   * exactly as a change after the attestor's own read was. The text is from the held file, so it
+   * can only describe the process identified at accept (a held /proc/<pid>/ file fails once that
+   * process is reaped); and it is read before the pidfd check, like every read it replaces.
    */
-  checkUnchanged(): void {
+  attestationFiles(status: string): CallerProcFiles {
+    return new AttestationFiles(this, status);
+  }
+
+  /**
+   * verifyUnchanged() once `ready` has resolved, without waiting (every check is a synchronous
+   * read); throws as verifyUnchanged() rejects. Returns the /proc/<pid>/status text the check
+   * read (after every attestor had finished, before the pidfd check), so that the caller need not
+   * read it once more to compare credential lines.
+   */
+  checkUnchanged(): string {
     if (!this.captured) throw new SigilError('workload_api.caller_changed', `caller pid ${this.caller.pid} was never identified`);
     // Two proofs that the pid still names the process that connected. The start time must be
     // the one read at accept. With a pidfd, one check after all reads is also proof: a process
@@ -202,10 +228,12 @@ export class CallerConnection implements CallerProcFiles {
     // time would show it (read the other way round, the status could be a new process's).
     let start: bigint;
     let status;
+    let statusText: string;
     let image: ExeImage;
     try {
       if (this.closed) throw new SigilError('workload_api.caller_changed', `connection of pid ${this.caller.pid} is closed`);
-      status = parseStatus(this.statusText());
+      statusText = this.statusText();
+      status = parseStatus(statusText);
       image = readExeImageAtSync(this.exeLink);
       start = this.readStartTime();
     } catch (e) {
@@ -227,6 +255,7 @@ export class CallerConnection implements CallerProcFiles {
     // The pidfd check last: if the process was reaped while /proc was read, the values read may
     // belong to a new process that happens to match.
     this.checkPidfd();
+    return statusText;
   }
 
   private closeHeld(): void {
@@ -256,5 +285,30 @@ export class CallerConnection implements CallerProcFiles {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+}
+
+/** CallerConnection.attestationFiles(): status as one attestation read it, the rest through the connection. */
+class AttestationFiles implements CallerProcFiles {
+  constructor(
+    private readonly peer: CallerConnection,
+    private readonly status: string,
+  ) {}
+
+  statusText(): string {
+    return this.status;
+  }
+
+  cgroupText(): string {
+    return this.peer.cgroupText();
+  }
+
+  get exeLink(): string {
+    return this.peer.exeLink;
+  }
+
+  /** The program recorded at accept; the attestation's check (checkUnchanged) confirms the caller still runs it. */
+  get exeImage(): ExeImage | undefined {
+    return this.peer.image;
   }
 }

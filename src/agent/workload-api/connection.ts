@@ -263,11 +263,16 @@ export class WorkloadConnection {
       // The lines last seen, when they are still these (the usual case): nothing new to keep.
       const last = this.cacheCredentials;
       const seen = last !== undefined && sameCredentials(before, last) ? last : credentialLines(before);
-      const r = await attestCaller(this.peer.caller, attestors, logger, attestTimeoutMs, schedule, this.peer);
-      this.peer.checkUnchanged();
+      // The built-in attestors read status as `before` (see CallerConnection.attestationFiles):
+      // their selectors describe the very lines `seen` records.
+      const r = await attestCaller(this.peer.caller, attestors, logger, attestTimeoutMs, schedule, this.peer.attestationFiles(before));
+      // The check's own status read, after every attestor had finished, is the one compared with
+      // `seen` (a further read would add nothing: any change after it is what the next cached
+      // call's credential check sees).
+      const after = this.peer.checkUnchanged();
       // Credentials that changed while the attestors ran (within what checkUnchanged allows:
       // groups, real or saved ids): the selectors may describe either; answer this call, keep nothing.
-      const steady = sameCredentials(this.peer.statusText(), seen);
+      const steady = sameCredentials(after, seen);
       logger.debug({ conn: this.id, pid: this.peer.caller.pid, selectors: r.selectors, failed: r.failed }, 'workload attested');
       if (r.failed.length > 0 || !steady) return { selectors: r.selectors, failed: r.failed.length > 0 ? r.failed : NO_FAILURES, x509Key: x509KeyOf(r.selectors), until: 0 };
       const until = performance.now() + selectorCacheMs * (0.5 + Math.random() / 2);
