@@ -11,7 +11,9 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { registerEventLogCommand, registerTpmEvidence } from '../../src/cli/evidence-commands.js';
+import { algorithmByName } from '../../src/tpm/eventlog/algorithms.js';
 import { parseEventLog, replayEventLog, replayedToJson } from '../../src/tpm/eventlog/index.js';
+import { parseImaAsciiLog, replayIma } from '../../src/tpm/ima/index.js';
 import { requireTestdata, td } from '../support/testdata.js';
 import { akPublicFor, makeEkCert, makeIntermediate, makeRoot, rsaKeyPair, syntheticQuote } from './synthetic.js';
 
@@ -112,5 +114,41 @@ describe.skipIf(!have)('sigil evidence verify tpm --event-log', () => {
     const other = await cli([...base, '--event-log', log('keylime_binary_bios_measurements')]);
     expect(other.code).toBe(1);
     expect(other.json!.error!.code).toBe('tpm.eventlog_mismatch');
+  });
+
+  it('--ima-log: replayed against the quoted PCR 10 (the IMA entry count in the claims), exit 1 on a mismatch or when PCR 10 is not quoted; no allowlist here, so no tpm:ima:policy selector', async () => {
+    const root = await makeRoot('CLI IMA Root');
+    const inter = await makeIntermediate('CLI IMA CA', root);
+    const ek = rsaKeyPair();
+    const ak = rsaKeyPair();
+    const d = mkdtempSync(join(dir, 'ima-'));
+    writeFileSync(join(d, 'ca.pem'), root.cert.toString('pem') + '\n' + inter.cert.toString('pem'));
+    writeFileSync(join(d, 'ek.der'), await makeEkCert(ek.publicKey, inter, { notBefore: new Date(Date.now() - 86_400_000) }));
+    writeFileSync(join(d, 'ak.pub'), akPublicFor(ak.publicKey));
+    const ima = readFileSync(log('keylime_ima_log_sha256.txt'));
+    const entries = parseImaAsciiLog(ima);
+    const pcr10 = replayIma(entries, algorithmByName('sha256')!);
+    const quoteOf = (name: string, pcrs: number[], values: Map<number, Buffer>): string[] => {
+      const nonce = randomBytes(32);
+      const q = syntheticQuote({ ak: ak.privateKey, extraData: nonce, selection: [{ bank: 'sha256', pcrs }], values: new Map(pcrs.map((i) => [`sha256:${i}`, values.get(i)!])), clock: 1n, resetCount: 1, restartCount: 0 });
+      writeFileSync(join(d, `${name}.quote`), q.attest);
+      writeFileSync(join(d, `${name}.sig`), q.signature);
+      writeFileSync(join(d, `${name}.pcrs`), JSON.stringify(replayedToJson(new Map([['sha256', new Map(pcrs.map((i) => [i, values.get(i)!]))]]))));
+      return ['verify', 'tpm', '--ek-cert', join(d, 'ek.der'), '--ek-ca', join(d, 'ca.pem'), '--ak-pub', join(d, 'ak.pub'), '--quote', join(d, `${name}.quote`), '--signature', join(d, `${name}.sig`), '--nonce', nonce.toString('hex'), '--pcr-values', join(d, `${name}.pcrs`), '--ima-log', log('keylime_ima_log_sha256.txt'), '--json'];
+    };
+    const zero = Buffer.alloc(32);
+    const ok = await cli(quoteOf('ok', [0, 10], new Map([[0, zero], [10, pcr10]])));
+    expect(ok.code).toBe(0);
+    expect((ok.json!.claims as { ima?: { entries: number } }).ima?.entries).toBe(entries.length);
+    expect(ok.json!.selectors.some((s) => s.startsWith('tpm:ima:'))).toBe(false);
+    // One more measurement extended into PCR 10 that the log does not have.
+    const extra = Buffer.from(replayIma(entries, algorithmByName('sha256')!)).fill(7, 0, 1);
+    const bad = await cli(quoteOf('bad', [0, 10], new Map([[0, zero], [10, extra]])));
+    expect(bad.code).toBe(1);
+    expect(bad.json!.error!.code).toBe('tpm.eventlog_mismatch');
+    expect(bad.json!.error!.message).toContain('PCR 10');
+    const unquoted = await cli(quoteOf('no10', [0], new Map([[0, zero]])));
+    expect(unquoted.code).toBe(1);
+    expect(unquoted.json!.error!.code).toBe('tpm.ima_pcr_not_quoted');
   });
 });

@@ -192,8 +192,13 @@ function mulberry32(seed: number): () => number {
 }
 
 describe.skipIf(!have)('random mutations of the real logs', () => {
-  it.each(REAL.map((r) => r[0]))('%s: 400 mutations end in a parse + replay or a tpm.eventlog_* SigilError, never anything else', (f) => {
-    const raw = read(f);
+  // The six log files, and the GCP Windows vTPM's log from its JSON dump (Log.Raw, legacy SHA-1).
+  const subjects = [...REAL.map((r) => r[0]), 'windows_gcp_shielded_vm.json:Log.Raw'];
+  const rawOf = (f: string): Buffer =>
+    f.endsWith(':Log.Raw') ? Buffer.from((JSON.parse(read(f.slice(0, -':Log.Raw'.length)).toString('utf8')) as { Log: { Raw: string } }).Log.Raw, 'base64') : read(f);
+  it.each(subjects)('%s: 400 mutations end in a parse + replay or a tpm.eventlog_* SigilError, never anything else', (f) => {
+    const raw = rawOf(f);
+    expect(raw.length).toBeGreaterThan(0);
     const rnd = mulberry32(0x5eed ^ raw.length);
     const seen = new Map<string, number>();
     for (let i = 0; i < 400; i++) {
