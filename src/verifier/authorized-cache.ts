@@ -762,15 +762,40 @@ export class AuthorizedSetCache {
     });
   }
 
-  /** Timer to the deadline, or earlier to the set's first expiry (then re-evaluated). */
+  /**
+   * Timer to the deadline, or earlier to the set's first expiry (then re-evaluated, with a timer to
+   * the deadline while that runs). A waiter always has a timer that ends it at its deadline at the
+   * latest, also while a re-evaluation of it waits on the store (a read that hangs must not hold the
+   * long-poll past its wait: at the deadline it is answered, refused with `store.unavailable` when
+   * the store could not be read). The deadline timer ends the waiter whatever Date.now() says when
+   * it fires: Node arms a timer from the event loop's cached clock, so it can fire a few ms before
+   * Date.now() reaches the deadline, and a waiter re-evaluated then could wait on a hung read.
+   */
   private arm(w: Waiter): void {
     clearTimeout(w.timer);
-    const delay = Math.min(w.deadline - Date.now(), w.set.validUntil - this.now().getTime(), 2 ** 31 - 1);
+    const toDeadline = w.deadline - Date.now();
+    const toExpiry = w.set.validUntil - this.now().getTime();
+    if (toDeadline <= toExpiry) {
+      this.armDeadline(w, toDeadline);
+      return;
+    }
     w.timer = setTimeout(() => {
       if (w.done) return;
-      if (Date.now() >= w.deadline) this.endUnchanged(w);
-      else this.enqueue(w);
-    }, Math.max(0, delay));
+      if (Date.now() >= w.deadline) {
+        this.endUnchanged(w);
+        return;
+      }
+      this.armDeadline(w, w.deadline - Date.now());
+      this.enqueue(w);
+    }, Math.max(0, Math.min(toExpiry, 2 ** 31 - 1)));
+  }
+
+  /** The timer that ends `w` at its deadline (unchanged, or refused when the store could not be read: endUnchanged). */
+  private armDeadline(w: Waiter, delay: number): void {
+    clearTimeout(w.timer);
+    w.timer = setTimeout(() => {
+      if (!w.done) this.endUnchanged(w);
+    }, Math.max(0, Math.min(delay, 2 ** 31 - 1)));
   }
 
   /**

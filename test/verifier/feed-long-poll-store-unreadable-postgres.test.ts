@@ -122,6 +122,8 @@ describe('a long-poll whose revision reads hang past its deadline (cache, real P
     if (!pgh) return skip();
     const store = await PostgresStore.open(pgh.url, { schema: 'feed_unreadable_hang' });
     const cache = new AuthorizedSetCache(store, TD, () => new Date(), LONG_POLL_DEFAULTS, undefined, { revisionCheckMs: 100, feedGraceMs: 300 });
+    // Released in `finally` too, so that a failed expectation is reported as itself, not as a hang.
+    let release = (): void => undefined;
     try {
       const agent = agentRecord('hang');
       await store.createEntry(newEntry(`spiffe://${TD}/web`, agent.id));
@@ -129,7 +131,6 @@ describe('a long-poll whose revision reads hang past its deadline (cache, real P
       // Control: the store answers, nothing changes: unchanged at the deadline.
       expect(await cache.waitForChange(agent, set, 800, async () => agent, () => undefined)).toBeUndefined();
       // The revision reads now hang (no error yet: the server out of reach, a TCP timeout to come).
-      let release = (): void => undefined;
       const gate = new Promise<void>((r) => (release = r));
       const read = store.entriesRevision.bind(store);
       store.entriesRevision = async () => {
@@ -147,6 +148,7 @@ describe('a long-poll whose revision reads hang past its deadline (cache, real P
       expect((err as SigilError).message).toMatch(/^no read of the datastore has completed for \d+ ms, so whether the authorized set changed is not known; sync without wait$/);
       release();
     } finally {
+      release();
       cache.close();
       await store.close();
     }
