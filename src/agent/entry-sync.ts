@@ -29,6 +29,11 @@
  * entries are fetched again within one interval, as before it existed. Both kinds of request go
  * through the client's one connection pool, so they share one connection when not concurrent.
  *
+ * Both loops can have an entries request in flight at once, so an answer is adopted only if the
+ * revision held was not written (by the other loop's answer, or by a reset to no revision) since its
+ * request was sent: otherwise an older set could replace a newer one. A dropped answer leaves the
+ * revision as written, so the next request of either loop asks for whatever differs from it.
+ *
  * The verifier publishes a successor CA two hints before it signs anything with it, so the agent
  * holds it in time however short ca.ttl is. Without a valid node SVID the bundle is still refreshed
  * every cycle (GET /v1/bundle needs no client certificate), so an agent waiting to attest again
@@ -84,7 +89,10 @@ export interface EntrySyncOptions {
 }
 
 export class EntrySync {
+  /** Revision of the authorized set held (If-None-Match of the next entries request); written only through setRevision. */
   private revision: string | undefined;
+  /** Writes of `revision`: an entries answer is adopted only if none happened since its request was sent. */
+  private revisionWrites = 0;
   /** ETag of the bundle last fetched from the verifier, and the trust store's bundle it matched. */
   private bundleEtag: { etag: string; held: SpiffeBundle } | undefined;
   private agentId: string | undefined;
@@ -135,7 +143,7 @@ export class EntrySync {
       if (s.agentId !== this.agentId) {
         // A new agent ID (re-attested with another token or factor) may be authorized for other entries.
         this.agentId = s.agentId;
-        this.revision = undefined;
+        this.setRevision(undefined);
         this.pushHealthyUntil = 0;
         this.wake();
       }
@@ -240,6 +248,7 @@ export class EntrySync {
     let early = 0;
     while (!this.closed) {
       const revision = this.revision;
+      const writes = this.revisionWrites;
       if (!this.o.node.current() || revision === undefined) {
         this.pushUnhealthy();
         this.pushIdle = true;
@@ -258,8 +267,9 @@ export class EntrySync {
           early = 0;
           // A completed sync: the bundle first (SVIDs of a new set are verified against it).
           await this.bundleAsNamed(r.bundleEtag);
-          // Unless the agent's identity (and so its revision) changed while the poll was held.
-          if (this.revision === revision) {
+          // Unless the revision was written while the poll was held: the periodic fetch adopted a set
+          // (this answer may be older), or it was reset (a new agent ID). The next poll asks from it.
+          if (this.revisionWrites === writes) {
             if (r.set !== undefined) await this.applyPushed(r.set);
             const next = this.pushWaitSeconds() * 1000;
             this.pushHealthyUntil = Date.now() + next + Math.min(LONG_POLL_MARGIN_MS, next / 4);
@@ -295,7 +305,7 @@ export class EntrySync {
   private async applyPushed(r: { entries: AuthorizedEntry[]; revision: string }): Promise<void> {
     this.pushes++;
     if (this.adoptEntries(r.entries, 'authorized entries changed (pushed)')) this.o.cache.notify();
-    this.revision = r.revision;
+    this.setRevision(r.revision);
     try {
       // Issue the new entries' SVIDs now, without fetching the set just delivered.
       await this.syncNow(false);
@@ -312,6 +322,12 @@ export class EntrySync {
     if (!this.o.cache.setEntries(entries)) return false;
     this.o.logger.info({ entries: entries.length }, msg);
     return true;
+  }
+
+  /** Write the revision held; entries answers to requests sent before are dropped (see cycle and pushLoop). */
+  private setRevision(revision: string | undefined): void {
+    this.revision = revision;
+    this.revisionWrites++;
   }
 
   /** Refresh the bundle when an entries answer names another ETag than the held bundle's (or none). */
@@ -332,7 +348,7 @@ export class EntrySync {
     }
     if (err.code === 'svid.entry_not_authorized') {
       // The entry went away between listing and signing: fetch the full list again next cycle.
-      this.revision = undefined;
+      this.setRevision(undefined);
       this.o.logger.info({ reason: err.message }, 'entry no longer authorized; refreshing entries');
       return interval;
     }
@@ -346,17 +362,32 @@ export class EntrySync {
     const { client, cache } = this.o;
     let changed = false;
     if (fetch) {
-      this.fetches++;
-      // 1. entries; the answer names the verifier's current bundle ETag
-      const { set: r, bundleEtag } = await client.syncEntries(this.revision);
-      // 2. bundle (TrustStore listeners rebuild the cache's bundle views and notify on change), fetched
-      //    only when the named ETag is not that of the bundle held (or not named: an older verifier).
-      //    The bundle is current before any SVID of this cycle is verified against it (step 3).
-      await this.bundleAsNamed(bundleEtag);
-      if (r) {
-        if (this.adoptEntries(r.entries, 'authorized entries changed')) changed = true;
-        this.revision = r.revision;
-        if (this.pushIdle) this.pushSleeper.wake();
+      for (;;) {
+        this.fetches++;
+        // 1. entries; the answer names the verifier's current bundle ETag
+        const sent = this.revision;
+        const writes = this.revisionWrites;
+        const { set: r, bundleEtag } = await client.syncEntries(sent);
+        // 2. bundle (TrustStore listeners rebuild the cache's bundle views and notify on change), fetched
+        //    only when the named ETag is not that of the bundle held (or not named: an older verifier).
+        //    The bundle is current before any SVID of this cycle is verified against it (step 3).
+        await this.bundleAsNamed(bundleEtag);
+        if (this.revisionWrites === writes) {
+          if (r) {
+            if (this.adoptEntries(r.entries, 'authorized entries changed')) changed = true;
+            this.setRevision(r.revision);
+            if (this.pushIdle) this.pushSleeper.wake();
+          }
+          break;
+        }
+        // The revision was written while this fetch was pending, and the answer is dropped: after a
+        // set adopted from the long-poll it may be the older one and would put it back (if it is the
+        // newer, the next long-poll, asking from the revision held, gets it); after a reset (a new
+        // agent ID) it may be the previous agent's.
+        this.o.logger.debug({ sent, held: this.revision }, 'entries fetched by the periodic sync dropped: the revision changed while the fetch was pending');
+        // After a reset the full set is fetched again now: the long-poll waits for a revision, and the
+        // wake() of the reset came while this cycle ran.
+        if (this.revision !== undefined || this.closed || !this.o.node.current()) break;
       }
     }
     // 2b. foreign bundles of federated trust domains (every cycle while entries federate: they change
