@@ -48,6 +48,16 @@ function procRss(pid: number): number {
   return Number(m[1]) * 1024;
 }
 
+/** RssAnon, RssFile and RssShmem of a process (/proc/<pid>/status), as "anon X MB, file Y MB, shmem Z MB". */
+function rssSplit(pid: number): string {
+  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string): string => {
+    const m = new RegExp(`^${k}:\\s+(\\d+) kB$`, 'm').exec(text);
+    return m ? `${(Number(m[1]) / 1024).toFixed(1)} MB` : '?';
+  };
+  return `anon ${kb('RssAnon')}, file ${kb('RssFile')}, shmem ${kb('RssShmem')}`;
+}
+
 /** User and system CPU of a process or thread in µs (fields 14 and 15 of its stat file, in clock ticks). */
 function statCpu(path: string): { user: number; sys: number } {
   const text = readFileSync(path, 'utf8');
@@ -303,6 +313,7 @@ async function main(): Promise<void> {
     await measured(floorPid, floorClients, fetchJwt, fj, closed);
     t.fj = performance.now() - t0c;
     const rssAfter = procRss(pid);
+    const rssAfterSplit = rssSplit(pid);
     for (const c of floorClients) c.close();
 
     const row = (name: string, s: Side, extra = ''): string =>
@@ -345,7 +356,7 @@ async function main(): Promise<void> {
     };
     console.log(`background CPU without calls (measured while the other process was under load): agent ${bgNote(pid)}, floor ${bgNote(floorPid)}`);
     const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
-    console.log(`agent RSS: ${mb(rssIdle)} idle with ${nEntries} SVIDs, ${mb(rssConns)} with ${nClients} connections, ${mb(rssAfter)} after the runs (goal < 150 MB)`);
+    console.log(`agent RSS: ${mb(rssIdle)} idle with ${nEntries} SVIDs, ${mb(rssConns)} with ${nClients} connections, ${mb(rssAfter)} after the runs (${rssAfterSplit}) (goal < 150 MB)`);
     for (const c of clients) c.close();
   } finally {
     for (const d of daemons.reverse()) {
