@@ -48,14 +48,15 @@ function procRss(pid: number): number {
   return Number(m[1]) * 1024;
 }
 
-/** RssAnon, RssFile and RssShmem of a process (/proc/<pid>/status), as "anon X MB, file Y MB, shmem Z MB". */
+/** RssAnon, RssFile and RssShmem of a process and its thread count (/proc/<pid>/status), as "anon X MB, file Y MB, shmem Z MB; N threads". */
 function rssSplit(pid: number): string {
   const text = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = (k: string): string => {
     const m = new RegExp(`^${k}:\\s+(\\d+) kB$`, 'm').exec(text);
     return m ? `${(Number(m[1]) / 1024).toFixed(1)} MB` : '?';
   };
-  return `anon ${kb('RssAnon')}, file ${kb('RssFile')}, shmem ${kb('RssShmem')}`;
+  const threads = /^Threads:\s+(\d+)$/m.exec(text)?.[1] ?? '?';
+  return `anon ${kb('RssAnon')}, file ${kb('RssFile')}, shmem ${kb('RssShmem')}; ${threads} threads`;
 }
 
 /** User and system CPU of a process or thread in µs (fields 14 and 15 of its stat file, in clock ticks). */
