@@ -179,7 +179,23 @@ function postJson(port: number, path: string, body: unknown, ca: string): Promis
 /** The verifier's garbage collections so far, by prom-client's kinds (count, seconds in all). */
 type GcTotals = Record<'minor' | 'major' | 'incremental', { count: number; seconds: number }>;
 
-function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number; scrapeMs: number; gc: GcTotals }> {
+/** `sigil_long_poll_late_seconds`: cumulative counts per bucket upper bound (seconds; Infinity last). */
+type LateBuckets = [number, number][];
+
+/**
+ * A quantile of the observations between two reads of a cumulative histogram, as the upper bound of
+ * the bucket it falls in (the histogram holds no finer truth), or undefined when nothing was observed.
+ */
+function bucketQuantile(before: LateBuckets, after: LateBuckets, q: number): { le: number; n: number } | undefined {
+  const d = after.map(([le, c], k) => [le, c - (before[k]?.[1] ?? 0)] as [number, number]);
+  const n = d.at(-1)?.[1] ?? 0;
+  if (n <= 0) return undefined;
+  const want = (q / 100) * n;
+  for (const [le, c] of d) if (c >= want) return { le, n };
+  return { le: Infinity, n };
+}
+
+function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number; scrapeMs: number; gc: GcTotals; late: LateBuckets }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const req = request({ host: '127.0.0.1', port, path: '/metrics', ca, agent: attestAgent, checkServerIdentity: () => undefined }, (res) => {
@@ -199,8 +215,13 @@ function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTo
           const t = new RegExp(`^sigil_verifier_nodejs_gc_duration_seconds_sum\\{kind="${kind}"\\} ([0-9.e+-]+)$`, 'm').exec(text);
           return { count: c ? Number(c[1]) : 0, seconds: t ? Number(t[1]) : 0 };
         };
+        const late: LateBuckets = [];
+        for (const m of text.matchAll(/^sigil_long_poll_late_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$/gm)) {
+          late.push([m[1] === '+Inf' ? Infinity : Number(m[1]), Number(m[2])]);
+        }
         try {
           resolve({
+            late,
             gc: { minor: gcOf('minor'), major: gcOf('major'), incremental: gcOf('incremental') },
             heapUsed: num('nodejs_heap_size_used_bytes'),
             heapTotal: num('nodejs_heap_size_total_bytes'),
@@ -677,6 +698,20 @@ async function main(): Promise<void> {
       console.log(
         `long-poll 304s answered after their wait by: p50 ${ms(pct(lateness, 50))}, p99 ${ms(pct(lateness, 99))}, max ${ms(Math.max(...lateness))} over ${lateness.length} (the time a sync of an unchanged agent costs it beyond the hold; the sync latency of push mode)`,
       );
+    }
+    if (!POLL) {
+      // The same 304s seen from the verifier: from its route start to the answer written, minus the
+      // wait. What the line above adds to this is the network and the load generator's own delays
+      // (its event loop sends the request and reads the answer, on the other core).
+      const server = heap.map((h, k) => {
+        const h0 = heap0[k];
+        if (!h || !h0) return 'metrics not read';
+        const p50 = bucketQuantile(h0.late, h.late, 50);
+        const p99 = bucketQuantile(h0.late, h.late, 99);
+        if (!p50 || !p99) return 'none observed';
+        return `p50 ≤ ${ms(p50.le * 1000)}, p99 ≤ ${ms(p99.le * 1000)} over ${p99.n}`;
+      });
+      console.log(`the same 304s late at the verifier (sigil_long_poll_late_seconds, bucket upper bounds): ${server.join(' + ')}`);
     }
     console.log(
       `entry change → every affected agent: p50 ${ms(pct(propagation, 50))}, p99 ${ms(pct(propagation, 99))}, max ${ms(Math.max(...propagation))} over ${propagation.length} changes; ${stillPending} agent-changes unseen 3 s after the window (goal p99 < 1 s)`,

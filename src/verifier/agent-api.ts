@@ -55,6 +55,12 @@ function peerAgentId(req: FastifyRequest): { id: string; serial: string; notBefo
   return p;
 }
 
+/**
+ * Long-polls that ended unchanged, with their wait in ms, for `sigil_long_poll_late_seconds`. Set
+ * only when the wait is over (never held through it: its objects would live the whole wait).
+ */
+const answeredUnchanged = new WeakMap<FastifyRequest, number>();
+
 function unknownAgent(id: string): SigilError {
   return new SigilError('agent.unknown', `${id} is not an attested agent (evicted or never attested); attest again`, { status: 401 });
 }
@@ -246,6 +252,12 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
     {
       onRequest: trustedClientFirst,
       schema: { querystring: { type: 'object', additionalProperties: false, properties: { wait: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' } } } },
+      // Measured once the answer is written (fastify's end time), so the write counts.
+      onResponse: (req, reply, done) => {
+        const waitMs = answeredUnchanged.get(req);
+        if (waitMs !== undefined && reply.statusCode === 304) core.metrics.longPollLate.observe(Math.max(0, reply.elapsedTime - waitMs) / 1000);
+        done();
+      },
     },
     async (req, reply) => {
       const agent = await requireAgent(core, req);
@@ -271,6 +283,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
         // Undefined: unchanged through the wait. A wait during which the datastore could not be read
         // throws store.unavailable (503) instead of a 304 (authorized-cache.ts, endUnchanged).
         if (next) set = next;
+        else answeredUnchanged.set(req, waitMs);
       }
       // Read after any wait: a long-poll answered at a CA rotation carries the new bundle's ETag.
       reply.header('sigil-bundle-etag', bundleAnswer().etag);

@@ -10,6 +10,7 @@ export interface VerifierMetrics {
   agents: Gauge;
   attestSessions: Gauge;
   refusals: Counter<'code'>;
+  longPollLate: Histogram;
 }
 
 /** A registry per verifier instance (so several can run in one process, e.g. in tests). */
@@ -31,5 +32,13 @@ export function createMetrics(): VerifierMetrics {
     agents: new Gauge({ name: 'sigil_attested_agents', help: 'Attested agents known to this verifier', registers: [registry] }),
     attestSessions: new Gauge({ name: 'sigil_attestation_sessions_open', help: 'Attestation sessions this verifier holds open', registers: [registry] }),
     refusals: new Counter({ name: 'sigil_refusals_total', help: 'Requests refused with an expected error, per error code (logged lines are rate-limited; this is not)', labelNames: ['code'], registers: [registry] }),
+    // The verifier's share of an unchanged agent's sync in push mode: the held long-poll's wait is
+    // the interval, and anything past it is the verifier's timers, event loop and write.
+    longPollLate: new Histogram({
+      name: 'sigil_long_poll_late_seconds',
+      help: 'How long after its granted wait a long-poll that ended unchanged (304) was answered: route start to the answer written, minus the wait',
+      buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
   };
 }
