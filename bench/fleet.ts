@@ -700,7 +700,7 @@ async function main(): Promise<void> {
       );
     }
     if (!POLL) {
-      // The same 304s seen from the verifier: from its route start to the answer written, minus the
+      // The same 304s seen from the verifier: from its route start to the answer handed to the socket, minus the
       // wait. What the line above adds to this is the network and the load generator's own delays
       // (its event loop sends the request and reads the answer, on the other core).
       const server = heap.map((h, k) => {

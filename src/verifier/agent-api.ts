@@ -55,12 +55,6 @@ function peerAgentId(req: FastifyRequest): { id: string; serial: string; notBefo
   return p;
 }
 
-/**
- * Long-polls that ended unchanged, with their wait in ms, for `sigil_long_poll_late_seconds`. Set
- * only when the wait is over (never held through it: its objects would live the whole wait).
- */
-const answeredUnchanged = new WeakMap<FastifyRequest, number>();
-
 function unknownAgent(id: string): SigilError {
   return new SigilError('agent.unknown', `${id} is not an attested agent (evicted or never attested); attest again`, { status: 401 });
 }
@@ -252,12 +246,6 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
     {
       onRequest: trustedClientFirst,
       schema: { querystring: { type: 'object', additionalProperties: false, properties: { wait: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' } } } },
-      // Measured once the answer is written (fastify's end time), so the write counts.
-      onResponse: (req, reply, done) => {
-        const waitMs = answeredUnchanged.get(req);
-        if (waitMs !== undefined && reply.statusCode === 304) core.metrics.longPollLate.observe(Math.max(0, reply.elapsedTime - waitMs) / 1000);
-        done();
-      },
     },
     async (req, reply) => {
       const agent = await requireAgent(core, req);
@@ -283,7 +271,11 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
         // Undefined: unchanged through the wait. A wait during which the datastore could not be read
         // throws store.unavailable (503) instead of a 304 (authorized-cache.ts, endUnchanged).
         if (next) set = next;
-        else answeredUnchanged.set(req, waitMs);
+        // Unchanged: answered 304 below. Measured as the answer is handed to the socket, not at
+        // its 'finish' event: that comes after every other answer written in the same turn of the
+        // event loop (a deadline timer batch ends many long-polls at once), later than the client
+        // receives it.
+        else core.metrics.longPollLate.observe(Math.max(0, reply.elapsedTime - waitMs) / 1000);
       }
       // Read after any wait: a long-poll answered at a CA rotation carries the new bundle's ETag.
       reply.header('sigil-bundle-etag', bundleAnswer().etag);

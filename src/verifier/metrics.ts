@@ -36,7 +36,7 @@ export function createMetrics(): VerifierMetrics {
     // the interval, and anything past it is the verifier's timers, event loop and write.
     longPollLate: new Histogram({
       name: 'sigil_long_poll_late_seconds',
-      help: 'How long after its granted wait a long-poll that ended unchanged (304) was answered: route start to the answer written, minus the wait',
+      help: 'How long after its granted wait a long-poll that ended unchanged (304) was answered: route start to the answer handed to the socket, minus the wait',
       buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [registry],
     }),
