@@ -372,8 +372,11 @@ async function main(): Promise<void> {
       // BENCH_VERIFIER_NODE_FLAGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") runs `node <flags> bin/sigil`.
       const flags = process.env.BENCH_VERIFIER_NODE_FLAGS?.split(' ').filter((f) => f.length > 0);
       const cmd = ['prlimit', `--nofile=${NOFILE}:${NOFILE}`, '--', ...(PIN !== '' ? ['taskset', '-c', PIN] : []), process.execPath, ...(flags ?? []), join(buildDir, 'bin/sigil'), 'verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)];
-      // The native addons stay where `npm ci` built them.
-      const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, SIGIL_NATIVE_DIR: join(root, 'build', 'Release') } });
+      // The native addons stay where `npm ci` built them. NODE_OPTIONS (the load generator's own
+      // settings) does not reach the verifier: its flags are BENCH_VERIFIER_NODE_FLAGS.
+      const env: NodeJS.ProcessEnv = { ...process.env, SIGIL_NATIVE_DIR: join(root, 'build', 'Release') };
+      delete env.NODE_OPTIONS;
+      const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env });
       let gone = false;
       daemons.push({ child, exited: new Promise((r) => child.once('exit', (c) => ((gone = true), r(c)))) });
       await sleep(500);
