@@ -28,6 +28,11 @@
  * propagation, verifier RSS); then --saturate seconds of back-to-back syncs (no interval, no push,
  * no trickle): the syncs per second the verifier(s) answer.
  *
+ * Push mode's sync latency is printed twice: as this load generator sees each 304 (request written
+ * to answer read, minus the wait: its own event-loop delays included, with ten thousand agents on one
+ * core) and as the verifier does (`sigil_long_poll_late_seconds`, route start to the 304 written,
+ * minus the wait; histogram buckets, so an upper bound).
+ *
  *   npx tsx bench/fleet.ts [--agents 1000] [--entries 100000] [--group 10] [--seconds 20] [--rate 50]
  *                          [--interval 2] [--store sqlite|postgres] [--verifiers 1|2] [--poll [--no-push]]
  *                          [--saturate 8] [--pin 1]
