@@ -10,9 +10,13 @@
  * verifier's event loop for about 130 ms (a CPU profile of `bench/fleet.ts`), so every scrape
  * delayed every held long-poll and request by that much. Those are left out; the descriptor count
  * is kept, read with one stat where the kernel allows (below).
+ *
+ * prom-client's CPU counters count from their own registration (each scrape adds the CPU used since
+ * the last), so start-up was missing from them and a scrape right after start could read 0. Sigil's
+ * count the process's CPU time since it started, as `process_cpu_*_seconds_total` are meant to.
  */
 import { readdirSync, statSync } from 'node:fs';
-import { Gauge, collectDefaultMetrics, type Registry } from 'prom-client';
+import { Counter, Gauge, collectDefaultMetrics, type Registry } from 'prom-client';
 
 /** prom-client default metric names (without prefix) that Sigil does not register. */
 export const DROPPED_DEFAULT_METRICS = [
@@ -25,6 +29,9 @@ export const DROPPED_DEFAULT_METRICS = [
   'process_open_fds',
 ] as const;
 
+/** prom-client default metric names replaced by Sigil's own (counted from process start). */
+const REPLACED_DEFAULT_METRICS = ['process_cpu_user_seconds_total', 'process_cpu_system_seconds_total', 'process_cpu_seconds_total'] as const;
+
 export interface ProcessMetricsOptions {
   /** Sampling interval of the event-loop-lag monitor, ms (prom-client's default is 10). */
   eventLoopMonitoringPrecision?: number;
@@ -33,7 +40,22 @@ export interface ProcessMetricsOptions {
 /** Register the process metrics under `prefix` in `registry` (never the global one). */
 export function registerProcessMetrics(registry: Registry, prefix: string, opts: ProcessMetricsOptions = {}): void {
   collectDefaultMetrics({ register: registry, prefix, ...opts });
-  for (const name of DROPPED_DEFAULT_METRICS) registry.removeSingleMetric(prefix + name);
+  for (const name of [...DROPPED_DEFAULT_METRICS, ...REPLACED_DEFAULT_METRICS]) registry.removeSingleMetric(prefix + name);
+  // process.cpuUsage() is cumulative since the process started; each counter is set to it.
+  const cpuCounter = (name: string, help: string, seconds: (u: NodeJS.CpuUsage) => number): void => {
+    new Counter({
+      name: prefix + name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(seconds(process.cpuUsage()));
+      },
+    });
+  };
+  cpuCounter('process_cpu_user_seconds_total', 'Total user CPU time spent in seconds, since the process started.', (u) => u.user / 1e6);
+  cpuCounter('process_cpu_system_seconds_total', 'Total system CPU time spent in seconds, since the process started.', (u) => u.system / 1e6);
+  cpuCounter('process_cpu_seconds_total', 'Total user and system CPU time spent in seconds, since the process started.', (u) => (u.user + u.system) / 1e6);
   if (process.platform !== 'linux') return;
   new Gauge({
     name: `${prefix}process_open_fds`,

@@ -34,12 +34,8 @@ describe('process metrics', () => {
     }
     expect(saved.size).toBeGreaterThan(0);
     const registry = new Registry();
+    const cpu0 = process.cpuUsage();
     registerProcessMetrics(registry, 't1_');
-    const cpu0 = process.cpuUsage().user;
-    // prom-client counts CPU from the collector's registration, and the kernel may account user time
-    // in scheduler ticks: without some CPU spent in between, a fast machine scrapes 0 (as a CI run did).
-    const until = Date.now() + 2000;
-    while (process.cpuUsage().user === cpu0 && Date.now() < until) Math.sqrt(Math.random());
     const text = await registry.metrics();
     expect(calls).toEqual([]);
     for (const name of DROPPED_DEFAULT_METRICS.filter((n) => n !== 'process_open_fds')) expect(text).not.toMatch(new RegExp(`^t1_${name}[ {]`, 'm'));
@@ -48,6 +44,12 @@ describe('process metrics', () => {
       expect(value(text, `t1_${name}`), name).toBeGreaterThan(0);
     }
     expect(value(text, 't1_nodejs_eventloop_lag_seconds')).toBeGreaterThanOrEqual(0);
+    // CPU since the process started, not since the registry was made (prom-client's own counters
+    // read 0 here when the kernel had not yet accounted a tick since their registration, as in a CI run).
+    expect(value(text, 't1_process_cpu_user_seconds_total')).toBeGreaterThanOrEqual(cpu0.user / 1e6);
+    expect(value(text, 't1_process_cpu_system_seconds_total')).toBeGreaterThanOrEqual(cpu0.system / 1e6);
+    expect(value(text, 't1_process_cpu_seconds_total')).toBeGreaterThanOrEqual((cpu0.user + cpu0.system) / 1e6);
+    expect(text.match(/^t1_process_cpu_user_seconds_total /gm)).toHaveLength(1);
     registry.clear();
   });
 
@@ -63,6 +65,18 @@ describe('process metrics', () => {
       for (const fd of fds) closeSync(fd);
     }
     expect(openFdCount()).toBe(before);
+  });
+
+  it('the CPU counters grow with the CPU the process uses, and never go back', async () => {
+    const registry = new Registry();
+    registerProcessMetrics(registry, 't3_');
+    const first = value(await registry.metrics(), 't3_process_cpu_user_seconds_total') as number;
+    const spin = process.cpuUsage().user;
+    while (process.cpuUsage().user - spin < 20_000) Math.sqrt(Math.random());
+    const second = value(await registry.metrics(), 't3_process_cpu_user_seconds_total') as number;
+    expect(second - first).toBeGreaterThanOrEqual(0.02);
+    expect(second).toBeLessThanOrEqual(process.cpuUsage().user / 1e6);
+    registry.clear();
   });
 
   it('the scraped descriptor count is the process count', async () => {
