@@ -4,6 +4,10 @@ import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { adminCall } from '../../src/cli/admin-client.js';
+import { createCsr } from '../../src/spiffe/csr.js';
+import { generateKey } from '../../src/spiffe/keys.js';
+import { certsToPem } from '../../src/spiffe/x509svid.js';
 import { verifierConfigFrom } from '../../src/verifier/config.js';
 import { startVerifier, type RunningVerifier } from '../../src/verifier/server.js';
 
@@ -94,4 +98,19 @@ export function httpsJson(
     if (payload) req.write(payload);
     req.end();
   });
+}
+
+/**
+ * A new agent attested with a join token through the real protocol (POST /v1/attest, then the
+ * session): its agent ID and its node SVID and key as PEM, ready for `httpsJson`'s cert/key.
+ */
+export async function attestWithJoinToken(tv: TestVerifier, caPem: string): Promise<{ agentId: string; tls: { cert: string; key: string } }> {
+  const tok = await adminCall<{ token: string; agentId: string }>(tv.adminSocket, 'POST', '/v1/admin/tokens', {});
+  const key = generateKey('ec-p256');
+  const r1 = await httpsJson(tv.v.port, 'POST', '/v1/attest', { caPem, body: { attestors: { join_token: { token: tok.token } }, csr: createCsr(key).toString('base64') } });
+  if (r1.status !== 200) throw new Error(`POST /v1/attest answered ${r1.status}: ${JSON.stringify(r1.body)}`);
+  const r2 = await httpsJson(tv.v.port, 'POST', `/v1/attest/${(r1.body as { session: string }).session}`, { caPem, body: { responses: { join_token: {} } } });
+  if (r2.status !== 200) throw new Error(`POST /v1/attest/{session} answered ${r2.status}: ${JSON.stringify(r2.body)}`);
+  const svid = (r2.body as { svid: string[] }).svid.map((s) => Buffer.from(s, 'base64'));
+  return { agentId: tok.agentId, tls: { cert: certsToPem(svid), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string } };
 }

@@ -12,10 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VerifierClient } from '../../src/agent/verifier-client.js';
 import { adminCall } from '../../src/cli/admin-client.js';
 import { SpiffeBundle } from '../../src/spiffe/bundle.js';
-import { createCsr } from '../../src/spiffe/csr.js';
-import { generateKey } from '../../src/spiffe/keys.js';
 import { certsToPem } from '../../src/spiffe/x509svid.js';
-import { httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
+import { attestWithJoinToken, httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
 
 const TD = 'example.org';
 let clock = Date.now();
@@ -29,16 +27,7 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(async () => tv?.stop());
 
-async function attest(): Promise<{ agentId: string; tls: { cert: string; key: string } }> {
-  const tok = await adminCall<{ token: string; agentId: string }>(tv.adminSocket, 'POST', '/v1/admin/tokens', {});
-  const key = generateKey('ec-p256');
-  const r1 = await httpsJson(tv.v.port, 'POST', '/v1/attest', { caPem, body: { attestors: { join_token: { token: tok.token } }, csr: createCsr(key).toString('base64') } });
-  expect(r1.status).toBe(200);
-  const r2 = await httpsJson(tv.v.port, 'POST', `/v1/attest/${(r1.body as { session: string }).session}`, { caPem, body: { responses: { join_token: {} } } });
-  expect(r2.status).toBe(200);
-  const svid = (r2.body as { svid: string[] }).svid.map((s) => Buffer.from(s, 'base64'));
-  return { agentId: tok.agentId, tls: { cert: certsToPem(svid), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string } };
-}
+const attest = () => attestWithJoinToken(tv, caPem);
 
 describe('GET /v1/bundle: ETag and 304', () => {
   it("the agent's client sends the ETag it holds and reads a 304 as unchanged", async () => {

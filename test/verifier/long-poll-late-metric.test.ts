@@ -5,10 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminCall } from '../../src/cli/admin-client.js';
-import { createCsr } from '../../src/spiffe/csr.js';
-import { generateKey } from '../../src/spiffe/keys.js';
 import { certsToPem } from '../../src/spiffe/x509svid.js';
-import { httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
+import { attestWithJoinToken, httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
 
 let tv: TestVerifier;
 let caPem: string;
@@ -19,16 +17,7 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(async () => tv?.stop());
 
-async function attest(): Promise<{ agentId: string; tls: { cert: string; key: string } }> {
-  const tok = await adminCall<{ token: string; agentId: string }>(tv.adminSocket, 'POST', '/v1/admin/tokens', {});
-  const key = generateKey('ec-p256');
-  const r1 = await httpsJson(tv.v.port, 'POST', '/v1/attest', { caPem, body: { attestors: { join_token: { token: tok.token } }, csr: createCsr(key).toString('base64') } });
-  expect(r1.status).toBe(200);
-  const r2 = await httpsJson(tv.v.port, 'POST', `/v1/attest/${(r1.body as { session: string }).session}`, { caPem, body: { responses: { join_token: {} } } });
-  expect(r2.status).toBe(200);
-  const svid = (r2.body as { svid: string[] }).svid.map((s) => Buffer.from(s, 'base64'));
-  return { agentId: tok.agentId, tls: { cert: certsToPem(svid), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string } };
-}
+const attest = () => attestWithJoinToken(tv, caPem);
 
 /** The histogram's count and sum from /metrics. */
 async function late(): Promise<{ count: number; sum: number }> {
