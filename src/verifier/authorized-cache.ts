@@ -31,8 +31,9 @@
  * the failure itself). A changed set is still handed out: it was read from the store.
  *
  * Long-poll waiters are bounded (`longPoll.maxWaiters` in total, `maxWaitersPerAgent` each) and are
- * re-evaluated first in, first out, at most EVAL_SLICE per event-loop turn, so a change that touches
- * every agent does not starve the other routes.
+ * re-evaluated first in, first out, at most EVAL_SLICE at once (started in one event-loop turn, side
+ * by side), so a change that touches every agent does not starve the other routes, and a store read
+ * that hangs holds up only its own waiter.
  */
 import { createHash } from 'node:crypto';
 import { SigilError, errorMessage } from '../errors.js';
@@ -57,7 +58,7 @@ export const LONG_POLL_DEFAULTS: LongPollLimits = { maxWaitSeconds: 20, maxWaite
 export const CACHE_MAX_AGENTS = 200_000;
 /** Entry changes remembered; a set older than the oldest is recomputed. */
 export const CHANGE_LOG_MAX = 8192;
-/** Waiters re-evaluated per event-loop turn. */
+/** Waiters re-evaluated at once (at most this many started per event-loop turn). */
 export const EVAL_SLICE = 32;
 /** How often the store revision is read to catch writes the change feed did not report, ms. */
 export const REVISION_CHECK_MS = 1000;
@@ -127,7 +128,7 @@ interface Waiter {
   queued: boolean;
   /** Queued because a change touches `set`: no need to walk the change log to find that out again. */
   stale: boolean;
-  /** Being re-evaluated (drain is reading the agent record or the set): `set` may be behind. */
+  /** Being re-evaluated (reevaluate is reading the agent record or the set): `set` may be behind. */
   busy: boolean;
   done: boolean;
   finish: (r: { set?: AuthorizedSet; error?: unknown }) => void;
@@ -192,7 +193,9 @@ export class AuthorizedSetCache {
   private nodeIndex: NodeEntryIndex | undefined;
   private readonly waitersPerAgent = new Map<string, number>();
   private readonly queue: Waiter[] = [];
-  private draining = false;
+  /** Re-evaluations under way (pump). */
+  private inFlight = 0;
+  private pumpScheduled = false;
   private readonly checker: NodeJS.Timeout;
   /** A revision check is reading the store revision (checks do not overlap). */
   private checking = false;
@@ -861,43 +864,72 @@ export class AuthorizedSetCache {
     if (stale) w.stale = true;
     if (w.queued) return;
     w.queued = true;
+    // Being re-evaluated: queued again when that ends (idle), never two re-evaluations of one waiter at once.
+    if (w.busy) return;
     this.queue.push(w);
-    if (!this.draining) {
-      this.draining = true;
-      setImmediate(() => void this.drain());
+    this.schedulePump();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled || this.closed) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  /**
+   * Start re-evaluations of queued waiters in arrival order, up to EVAL_SLICE in flight, started
+   * in one event-loop turn at most. They run side by side: a store read that hangs (PostgreSQL out of
+   * reach, a lock) holds its own waiter and one slot, not every waiter queued behind it.
+   */
+  private pump(): void {
+    const room = EVAL_SLICE - this.inFlight;
+    if (room <= 0 || this.closed) return;
+    for (const w of this.queue.splice(0, room)) {
+      w.queued = false;
+      if (w.done) continue;
+      this.inFlight++;
+      void this.reevaluate(w).finally(() => {
+        this.inFlight--;
+        if (this.queue.length > 0) this.schedulePump();
+      });
     }
   }
 
-  /** Re-evaluate queued waiters in arrival order, EVAL_SLICE per event-loop turn. */
-  private async drain(): Promise<void> {
-    const slice = this.queue.splice(0, EVAL_SLICE);
-    for (const w of slice) {
-      w.queued = false;
-      const stale = w.stale ? w.set : undefined;
-      w.stale = false;
-      if (w.done) continue;
-      w.busy = true;
-      try {
-        const agent = await w.recheck();
-        const s = await this.get(agent, stale);
-        w.busy = false;
-        // Ended meanwhile (its wait, the client gone): not filed again under any set.
-        if (w.done) continue;
-        if (s.etag !== w.etag) w.finish({ set: s });
-        else {
-          w.set = s;
-          w.agent = agent;
-          this.index(w);
-          this.arm(w);
-          this.checkHeld(w);
-        }
-      } catch (e) {
-        w.busy = false;
-        w.finish({ error: e });
-      }
+  /** `w` is no longer being re-evaluated; queued again if a change reached it meanwhile. */
+  private idle(w: Waiter): void {
+    w.busy = false;
+    if (w.queued && !w.done) {
+      this.queue.push(w);
+      this.schedulePump();
     }
-    if (this.queue.length > 0 && !this.closed) setImmediate(() => void this.drain());
-    else this.draining = false;
+  }
+
+  /** Read `w`'s agent and set again: answer it with a changed set, or file it under the new one. */
+  private async reevaluate(w: Waiter): Promise<void> {
+    const stale = w.stale ? w.set : undefined;
+    w.stale = false;
+    w.busy = true;
+    try {
+      const agent = await w.recheck();
+      const s = await this.get(agent, stale);
+      this.idle(w);
+      // Ended meanwhile (its wait, the client gone): not filed again under any set.
+      if (w.done) return;
+      if (s.etag !== w.etag) w.finish({ set: s });
+      else {
+        w.set = s;
+        w.agent = agent;
+        this.index(w);
+        this.arm(w);
+        this.checkHeld(w);
+      }
+    } catch (e) {
+      this.idle(w);
+      w.finish({ error: e });
+    }
   }
 
   /** Answer every waiter (unchanged, or refused when the verifier could not tell: endUnchanged) and stop watching the store. */
