@@ -35,7 +35,13 @@
  *
  *   npx tsx bench/fleet.ts [--agents 1000] [--entries 100000] [--group 10] [--seconds 20] [--rate 50]
  *                          [--interval 2] [--store sqlite|postgres] [--verifiers 1|2] [--poll [--no-push]]
- *                          [--saturate 8] [--pin 1]
+ *                          [--saturate 8] [--pin 1] [--threads 1]
+ *
+ * --threads K (push mode, --saturate 0): the simulated agents' connections and long-polls run in K
+ * worker threads of the load generator (agent i in thread i mod K; bench/support/fleet-worker.ts),
+ * each with its own heap and event loop; the main thread makes the entry changes. With ten thousand
+ * agents in one thread, that thread's garbage-collection pauses and answer batches land in every
+ * latency measured; real agents are separate hosts. The threads share the load generator's CPUs.
  *
  * --seconds: the verifier makes a major garbage collection every one to two minutes at 10,000 agents
  * (its held long-polls' objects are promoted and die old); a 30-s window often has none and then
@@ -56,6 +62,7 @@ import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { adminCall } from '../src/cli/admin-client.js';
 import { createCsr } from '../src/spiffe/csr.js';
@@ -68,6 +75,7 @@ import { hashToken } from '../src/verifier/tokens.js';
 import { freePort } from '../test/agent/harness.js';
 import { startPostgres, type PostgresHandle } from '../test/support/postgres.js';
 import { FleetConn } from './support/fleet-client.js';
+import type { FleetWorkerData, FromWorker, ToWorker, WindowStats, WorkerAgent } from './support/fleet-worker.js';
 import { pct } from './support/load.js';
 import { errorMessage } from '../src/errors.js';
 
@@ -105,6 +113,10 @@ if (STORE !== 'sqlite' && STORE !== 'postgres') throw new Error('--store must be
 if (VERIFIERS !== 1 && VERIFIERS !== 2) throw new Error('--verifiers must be 1 or 2');
 if (VERIFIERS === 2 && STORE !== 'postgres') throw new Error('two verifiers need --store postgres');
 const PIN = optS('--pin', '');
+const THREADS = opt('--threads', 1);
+if (!Number.isInteger(THREADS) || THREADS < 1 || THREADS > 64) throw new Error('--threads must be an integer from 1 to 64');
+if (THREADS > 1 && POLL) throw new Error('--threads runs push mode only (not with --poll)');
+if (THREADS > 1 && SATURATE > 0) throw new Error('--threads needs --saturate 0 (the saturation phase runs in one thread)');
 if (PIN !== '' && !/^[0-9]+(?:[-,][0-9]+)*$/.test(PIN)) throw new Error('--pin takes a taskset CPU list such as 1 or 1-3');
 
 /** The CPUs not in `list` (a taskset list), of the machine's. */
@@ -271,6 +283,92 @@ interface Op {
   create: boolean;
   t0: number;
   remaining: Set<number>;
+  /** --threads: the latest arrival reported so far (absolute ms). */
+  latest?: number;
+}
+
+/** What the attestation gave each agent (kept by the main thread in every mode). */
+interface AgentInfo {
+  i: number;
+  agentId: string;
+  group: number;
+  worker: WorkerAgent;
+}
+
+/** --threads: the load generator's worker threads, driven by messages (bench/support/fleet-worker.ts). */
+class Threads {
+  private readonly workers: Worker[] = [];
+  private readonly waiters = new Map<string, ((m: FromWorker) => void)[]>();
+  failure: string | undefined;
+
+  constructor(k: number, infos: AgentInfo[], ca: string, serverId: string, wait: number, onSeen: (id: string, i: number, at: number) => void) {
+    const entry = new URL('./support/fleet-worker.ts', import.meta.url).href;
+    for (let w = 0; w < k; w++) {
+      const data: FleetWorkerData = { entry, agents: infos.filter((a) => a.i % k === w).map((a) => a.worker), ca, serverId, wait, concurrency: Math.max(1, Math.ceil(16 / k)) };
+      const worker = new Worker(new URL('./support/ts-worker.mjs', import.meta.url), { workerData: data });
+      worker.on('message', (m: FromWorker) => {
+        if (m.t === 'seen') onSeen(m.id, m.i, m.at);
+        else if (m.t === 'failed') this.failure ??= `load-generator thread ${w}: ${m.message}`;
+        else this.waiters.get(`${w}:${m.t}`)?.shift()?.(m);
+      });
+      worker.on('error', (e) => (this.failure ??= `load-generator thread ${w}: ${errorMessage(e)}`));
+      this.workers.push(worker);
+    }
+  }
+
+  /** Send `m` to every thread and wait for each one's `reply`. */
+  private all<T extends FromWorker['t']>(m: ToWorker, reply: T): Promise<Extract<FromWorker, { t: T }>[]> {
+    return Promise.all(
+      this.workers.map((worker, w) => {
+        const got = new Promise<Extract<FromWorker, { t: T }>>((resolve, reject) => {
+          const key = `${w}:${reply}`;
+          const list = this.waiters.get(key) ?? [];
+          list.push((x) => resolve(x as Extract<FromWorker, { t: T }>));
+          this.waiters.set(key, list);
+          worker.once('exit', () => reject(new Error(this.failure ?? `load-generator thread ${w} exited`)));
+        });
+        worker.postMessage(m);
+        return got;
+      }),
+    );
+  }
+
+  async start(): Promise<number> {
+    const timer = setInterval(() => {
+      if (this.failure) for (const w of this.workers) void w.terminate();
+    }, 500);
+    try {
+      const r = await this.all({ t: 'start' }, 'started');
+      return r.reduce((n, x) => n + x.bytes, 0);
+    } finally {
+      clearInterval(timer);
+    }
+  }
+
+  measure(): void {
+    for (const w of this.workers) w.postMessage({ t: 'measure', on: true } satisfies ToWorker);
+  }
+
+  async window(): Promise<WindowStats[]> {
+    return (await this.all({ t: 'measure', on: false }, 'window')).map((m) => m.stats);
+  }
+
+  /** Tell the threads holding `affected` of a change made at `t0` (absolute ms). */
+  op(id: string, create: boolean, t0: number, affected: number[]): void {
+    const k = this.workers.length;
+    const by = new Map<number, number[]>();
+    for (const i of affected) {
+      const list = by.get(i % k) ?? [];
+      list.push(i);
+      by.set(i % k, list);
+    }
+    for (const [w, agents] of by) this.workers[w]?.postMessage({ t: 'op', id, create, t0, agents } satisfies ToWorker);
+  }
+
+  async stop(): Promise<void> {
+    await this.all({ t: 'stop' }, 'stopped').catch(() => undefined);
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
 }
 
 async function main(): Promise<void> {
@@ -317,6 +415,8 @@ async function main(): Promise<void> {
   const daemons: { child: ChildProcess; exited: Promise<unknown> }[] = [];
   let pg: PostgresHandle | null = null;
   const agents: SimAgent[] = [];
+  const infos: AgentInfo[] = [];
+  let threads: Threads | undefined;
   try {
     if (STORE === 'postgres') {
       pg = await startPostgres();
@@ -419,6 +519,9 @@ async function main(): Promise<void> {
           const tls = { cert: certsToPem((f.body.svid as string[]).map((s) => Buffer.from(s, 'base64'))), key: key.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string };
           // Each agent its own source address (127.1.0.0/16), as separate hosts are: the verifier's per-address connection cap applies per agent.
           const localAddress = `127.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
+          infos[i] = { i, agentId: tok.agentId, group: i % groups, worker: { i, port: ports[v] as number, localAddress, tls } };
+          // --threads: the connections are the worker threads' (made there).
+          if (THREADS > 1) continue;
           const conn = (): FleetConn => new FleetConn({ host: '127.0.0.1', port: ports[v] as number, ca: caPem, ...tls, serverId: VID, localAddress });
           const main = conn();
           agents[i] = { i, v, agentId: tok.agentId, group: i % groups, tls, poll: main, push: POLL ? conn() : main, fresh: conn, etag: '', bundleEtag: '' };
@@ -561,7 +664,20 @@ async function main(): Promise<void> {
     next = 0;
     const loops: Promise<void>[] = [];
     const pushLoops: Promise<void>[] = [];
-    await Promise.all(
+    /** --threads: changes not yet seen by every affected agent, by ID. */
+    const opsById = new Map<string, Op>();
+    if (THREADS > 1) {
+      threads = new Threads(THREADS, infos, caPem, VID, WAIT, (id, i, at) => {
+        const op = opsById.get(id);
+        if (!op || !op.remaining.delete(i)) return;
+        op.latest = Math.max(op.latest ?? 0, at);
+        if (op.remaining.size === 0) {
+          propagation.push(op.latest - op.t0);
+          opsById.delete(id);
+        }
+      });
+      bytes = await threads.start();
+    } else await Promise.all(
       Array.from({ length: 16 }, async () => {
         for (let i = next++; i < N; i = next++) {
           const a = agents[i] as SimAgent;
@@ -588,6 +704,7 @@ async function main(): Promise<void> {
     const connsOf = (a: SimAgent): FleetConn[] => (a.push === a.poll ? [a.poll] : [a.poll, a.push]);
     const sumConns = (f: (c: FleetConn) => number): number => agents.reduce((n, a) => n + connsOf(a).reduce((m, c) => m + f(c), 0), 0);
     const handshakes0 = sumConns((c) => c.connects);
+    const absNow = (): number => performance.timeOrigin + performance.now();
     // The trickle: creates and deletes under one agent or one alias, through verifier 0.
     const live: { id: string; affected: number[] }[] = [];
     let changes = 0;
@@ -603,12 +720,13 @@ async function main(): Promise<void> {
         let op: Op;
         let affected: number[];
         const t = performance.now();
+        const tAbs = absNow();
         try {
         if (create) {
           const underAlias = k % 4 < 2;
           const target = Math.floor(Math.random() * (underAlias ? groups : N));
-          affected = underAlias ? agents.filter((a) => a.group === target).map((a) => a.i) : [target];
-          const parentId = underAlias ? `spiffe://${TD}/node/g${target}` : (agents[target] as SimAgent).agentId;
+          affected = underAlias ? infos.filter((a) => a.group === target).map((a) => a.i) : [target];
+          const parentId = underAlias ? `spiffe://${TD}/node/g${target}` : (infos[target] as AgentInfo).agentId;
           const e = await adminCall<{ id: string }>(adminSockets[0] as string, 'POST', '/v1/admin/entries', { spiffeId: `spiffe://${TD}/trickle/${k}`, parentId, selectors: ['unix:uid:7'] });
           live.push({ id: e.id, affected });
           op = { id: e.id, create: true, t0: t, remaining: new Set(affected) };
@@ -618,7 +736,12 @@ async function main(): Promise<void> {
           await adminCall(adminSockets[0] as string, 'DELETE', `/v1/admin/entries/${victim.id}`);
           op = { id: victim.id, create: false, t0: t, remaining: new Set(affected) };
         }
-        if (measuring) {
+        if (measuring && threads) {
+          changes++;
+          // The threads check the sets their agents hold already (see below) and report each arrival.
+          opsById.set(op.id, { ...op, t0: tAbs });
+          threads.op(op.id, op.create, tAbs, affected);
+        } else if (measuring) {
           changes++;
           // The verifier pushes a change once it is committed, and acknowledges the admin call once it
           // is also on disk: an agent may hold the new set already. Its arrival time counts then.
@@ -660,8 +783,22 @@ async function main(): Promise<void> {
     const cpuStart = pids.map(procCpuUs);
     const tStart = performance.now();
     measuring = true;
+    threads?.measure();
     await sleep(SECONDS * 1000);
     measuring = false;
+    const windows = threads ? await threads.window() : [];
+    for (const x of windows) {
+      syncs += x.syncs;
+      full += x.pushed;
+      pushed += x.pushed;
+      bundleFetches += x.bundleFetches;
+      requests += x.requests;
+      for (const l of x.lateness) lateness.push(l);
+      for (const [k, n] of x.errors) {
+        errors += n;
+        errorKinds.set(k, (errorKinds.get(k) ?? 0) + n);
+      }
+    }
     const elapsed = (performance.now() - tStart) / 1000;
     const cpuUsed = pids.map((p, k) => procCpuUs(p) - (cpuStart[k] as number));
     const rss = pids.map(procRss);
@@ -672,14 +809,16 @@ async function main(): Promise<void> {
     loopDelay.disable();
     gcObserver.disconnect();
     // Counted before the run's own shutdown closes the held long-polls.
-    const reconnects = sumConns((c) => c.reconnects);
-    const handshakes = sumConns((c) => c.connects) - handshakes0;
+    const reconnects = sumConns((c) => c.reconnects) + windows.reduce((n, x) => n + x.reconnects, 0);
+    const handshakes = sumConns((c) => c.connects) - handshakes0 + windows.reduce((n, x) => n + x.handshakes, 0);
     await sleep(3000); // let the last changes arrive
-    const stillPending = unfinished();
+    const stillPending = unfinished() + [...opsById.values()].reduce((n, op) => n + op.remaining.size, 0);
     running = false;
     await trickle;
     for (const a of agents) a.push.close(); // ends the held long-polls
     await Promise.all([...loops, ...pushLoops]);
+    await threads?.stop();
+    threads = undefined;
 
     const cpuTotal = cpuUsed.reduce((s, x) => s + x, 0);
     const perSync = cpuTotal / syncs;
@@ -750,9 +889,16 @@ async function main(): Promise<void> {
     console.log(`verifier /metrics scrape at the window's start and end: ${ports.map((_, k) => `${heap0[k] ? heap0[k].scrapeMs.toFixed(1) : '?'} and ${heap[k] ? heap[k].scrapeMs.toFixed(1) : '?'} ms`).join(' + ')}`);
     const gcSorted = [...genGc].sort((x, y) => x - y);
     console.log(
-      `load generator event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms; its GC pauses in the window: ${gcSorted.length}` +
+      `load generator ${windows.length > 0 ? 'main thread (the entry changes) ' : ''}event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms; its GC pauses in the window: ${gcSorted.length}` +
         (gcSorted.length > 0 ? ` (p50 ${ms(pct(gcSorted, 50))}, max ${ms(gcSorted[gcSorted.length - 1] as number)}, ${ms(gcSorted.reduce((x, y) => x + y, 0))} in all)` : ''),
     );
+    if (windows.length > 0) {
+      const gcs = windows.flatMap((x) => x.gc).sort((x, y) => x - y);
+      console.log(
+        `load generator's ${windows.length} agent threads: event-loop delay p99 ${windows.map((x) => x.loopP99.toFixed(1)).join(', ')} ms, max ${windows.map((x) => x.loopMax.toFixed(1)).join(', ')} ms; their GC pauses in the window: ${gcs.length}` +
+          (gcs.length > 0 ? ` (p50 ${ms(pct(gcs, 50))}, max ${ms(gcs[gcs.length - 1] as number)}, ${ms(gcs.reduce((x, y) => x + y, 0))} in all)` : ''),
+      );
+    }
 
     // 6. Saturation: back-to-back syncs (entries only, 304), no interval.
     if (SATURATE > 0) {
@@ -824,6 +970,7 @@ async function main(): Promise<void> {
     const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
     console.log(`machine: ${cpus} CPUs, load average ${load}`);
   } finally {
+    await threads?.stop();
     for (const a of agents) {
       a?.poll.close();
       a?.push.close();
