@@ -542,30 +542,58 @@ export class AuthorizedSetCache {
     });
   }
 
-  /** entriesByParents through the shared children cache. */
+  /**
+   * Reads of parents' children in flight, by parent ID, with the epoch each started in. A caller in
+   * the same epoch waits for that read instead of reading the same rows again: each read makes its own
+   * entry objects, and sets computed side by side (long-polls re-evaluated at once after a change under
+   * a shared alias) would otherwise each hold their own copies until the next change. Safe as the
+   * children cache is: a write reported, or a revision the feed did not describe, starts a new epoch.
+   */
+  private readonly reading = new Map<string, { epoch: number; read: Promise<Map<string, RegistrationEntry[]>> }>();
+
+  /** entriesByParents through the shared children cache (and the reads in flight). */
   private async childrenOf(ids: string[]): Promise<RegistrationEntry[]> {
     const out: RegistrationEntry[] = [];
     const missing: string[] = [];
+    let joined: { id: string; read: Promise<Map<string, RegistrationEntry[]>> }[] | undefined;
     for (const id of ids) {
       const c = this.children.get(id);
-      if (c) for (const e of c) out.push(e);
+      if (c) {
+        for (const e of c) out.push(e);
+        continue;
+      }
+      const r = this.reading.get(id);
+      if (r !== undefined && r.epoch === this.epoch) (joined ??= []).push({ id, read: r.read });
       else missing.push(id);
     }
-    if (missing.length === 0) return out;
-    const epoch = this.epoch;
+    if (missing.length > 0) {
+      const epoch = this.epoch;
+      const read = this.readChildren(missing, epoch);
+      for (const id of missing) this.reading.set(id, { epoch, read });
+      let byParent: Map<string, RegistrationEntry[]>;
+      try {
+        byParent = await read;
+      } finally {
+        for (const id of missing) if (this.reading.get(id)?.read === read) this.reading.delete(id);
+      }
+      for (const es of byParent.values()) for (const e of es) out.push(e);
+    }
+    if (joined !== undefined) for (const j of joined) for (const e of (await j.read).get(j.id) ?? []) out.push(e);
+    return out;
+  }
+
+  /** One entriesByParents read, by parent; stored in the children cache if no write was reported meanwhile. */
+  private async readChildren(missing: string[], epoch: number): Promise<Map<string, RegistrationEntry[]>> {
     const read = this.reuseRetired(await this.store.entriesByParents(missing), missing);
     const byParent = new Map<string, RegistrationEntry[]>(missing.map((id) => [id, []]));
-    for (const e of read) {
-      byParent.get(e.parentId)?.push(e);
-      out.push(e);
-    }
+    for (const e of read) byParent.get(e.parentId)?.push(e);
     // Stored only if no write was reported meanwhile (the read may predate it).
     if (epoch === this.epoch) {
       if (this.children.size + byParent.size > CHILDREN_MAX) this.children.clear();
       // Most IDs asked about (the SPIFFE IDs of authorized entries) have no children: one shared empty list.
       for (const [id, es] of byParent) this.children.set(id, es.length === 0 ? NO_CHILDREN : es);
     }
-    return out;
+    return byParent;
   }
 
   private json(e: RegistrationEntry): string {
