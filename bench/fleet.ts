@@ -41,7 +41,10 @@
  * worker threads of the load generator (agent i in thread i mod K; bench/support/fleet-worker.ts),
  * each with its own heap and event loop; the main thread makes the entry changes. With ten thousand
  * agents in one thread, that thread's garbage-collection pauses and answer batches land in every
- * latency measured; real agents are separate hosts. The threads share the load generator's CPUs.
+ * latency measured; real agents are separate hosts. The threads share the load generator's CPUs:
+ * on the 2-core development machine (all of them on one core) they did not help, and four made the
+ * verifier's own tail worse (docs/benchmarks.md, "A threaded load generator"); use them where each
+ * thread gets a core of its own.
  *
  * --seconds: the verifier makes a major garbage collection every one to two minutes at 10,000 agents
  * (its held long-polls' objects are promoted and die old); a 30-s window often has none and then
