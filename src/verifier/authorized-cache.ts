@@ -39,7 +39,7 @@ import { createHash } from 'node:crypto';
 import { SigilError, errorMessage } from '../errors.js';
 import type { AgentRecord, AgentsWatch, DataStore, EntriesChange, EntriesWatch, RegistrationEntry } from '../store/types.js';
 import { KeySets } from '../util/key-sets.js';
-import { agentNodeSelectors, authorizedEntries } from './authorization.js';
+import { authorizedEntries } from './authorization.js';
 import { verifierId } from './entries.js';
 import { NodeEntryIndex } from './node-entry-index.js';
 
@@ -235,6 +235,13 @@ export class AuthorizedSetCache {
   private epoch = 0;
   /** The JSON text of each entry, made once per entry object. */
   private readonly entryJson = new WeakMap<RegistrationEntry, string>();
+  /**
+   * What each entry adds to the ETag hash (`<prefix><id>:<revisionNumber>`), made once per entry
+   * object (entries are never changed in place) rather than once per computation: those strings were
+   * the largest single part of the verifier's allocation at 10,000 agents.
+   */
+  private readonly nodeTags = new WeakMap<RegistrationEntry, string>();
+  private readonly entryTags = new WeakMap<RegistrationEntry, string>();
 
   constructor(
     private readonly store: DataStore,
@@ -475,15 +482,19 @@ export class AuthorizedSetCache {
     return covered >= rev;
   }
 
-  private async currentRevision(): Promise<number> {
+  /** The current entries revision: from the feed at once while it is believed, else read from the store. */
+  private currentRevision(): number | Promise<number> {
     // The feed is believed only while revision checks complete: one that hangs (the store slow or
     // out of reach) cannot find the feed behind, so past trustMs the revision is read here instead.
     const fed = Date.now() - this.checkedAt <= this.trustMs ? this.watch.currentRevision() : undefined;
-    let rev: number;
     // This process's own writes are reported at once, their NOTIFY may still be on its way; a feed
     // found to have lost writes is not believed below the revision it had missed.
-    if (fed !== undefined) rev = Math.max(fed, this.lastLogged() ?? fed, this.floor);
-    else rev = await this.store.entriesRevision();
+    if (fed !== undefined) return this.noteRevision(Math.max(fed, this.lastLogged() ?? fed, this.floor));
+    return this.store.entriesRevision().then((rev) => this.noteRevision(rev));
+  }
+
+  /** `rev` is current: past every revision the change log describes, the children cache starts afresh. */
+  private noteRevision(rev: number): number {
     const last = this.lastLogged();
     // Once per such revision (not on every call while the log stays behind it).
     if (rev > Math.max(last ?? -1, this.unreported)) {
@@ -559,7 +570,7 @@ export class AuthorizedSetCache {
     for (const id of ids) {
       const c = this.children.get(id);
       if (c) {
-        for (const e of c) out.push(e);
+        for (let i = 0; i < c.length; i++) out.push(c[i] as RegistrationEntry);
         continue;
       }
       const r = this.reading.get(id);
@@ -576,7 +587,10 @@ export class AuthorizedSetCache {
       } finally {
         for (const id of missing) if (this.reading.get(id)?.read === read) this.reading.delete(id);
       }
-      for (const es of byParent.values()) for (const e of es) out.push(e);
+      for (const id of missing) {
+        const es = byParent.get(id) ?? NO_CHILDREN;
+        for (let i = 0; i < es.length; i++) out.push(es[i] as RegistrationEntry);
+      }
     }
     if (joined !== undefined) for (const j of joined) for (const e of (await j.read).get(j.id) ?? []) out.push(e);
     return out;
@@ -594,6 +608,15 @@ export class AuthorizedSetCache {
       for (const [id, es] of byParent) this.children.set(id, es.length === 0 ? NO_CHILDREN : es);
     }
     return byParent;
+  }
+
+  private tag(e: RegistrationEntry, memo: WeakMap<RegistrationEntry, string>, prefix: string): string {
+    let t = memo.get(e);
+    if (t === undefined) {
+      t = flat(`${prefix}${e.id}:${e.revisionNumber}`);
+      memo.set(e, t);
+    }
+    return t;
   }
 
   private json(e: RegistrationEntry): string {
@@ -636,7 +659,9 @@ export class AuthorizedSetCache {
 
   /** The agent's authorized set, from the cache when it is still current. */
   async get(agent: AgentRecord, knownStale?: AuthorizedSet): Promise<AuthorizedSet> {
-    const rev = await this.currentRevision();
+    // Most calls know the revision at once (the feed): no promise to wait for then.
+    const r = this.currentRevision();
+    const rev = typeof r === 'number' ? r : await r;
     const now = this.now().getTime();
     const key = selectorsKey(agent);
     const c = this.sets.get(agent.id);
@@ -673,15 +698,16 @@ export class AuthorizedSetCache {
       new Date(now),
     );
     const h = createHash('sha256').update(agent.id);
-    for (const n of [...a.nodeEntries].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))) h.update(`\nn:${n.id}:${n.revisionNumber}`);
-    for (const e of a.entries) h.update(`\ne:${e.id}:${e.revisionNumber}`);
+    const nodes = a.nodeEntries.length > 1 ? [...a.nodeEntries].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0)) : a.nodeEntries;
+    for (let i = 0; i < nodes.length; i++) h.update(this.tag(nodes[i] as RegistrationEntry, this.nodeTags, '\nn:'));
+    for (let i = 0; i < a.entries.length; i++) h.update(this.tag(a.entries[i] as RegistrationEntry, this.entryTags, '\ne:'));
     const etag = flat(h.digest('base64url').slice(0, 22));
     const s: AuthorizedSet = {
       agentId: agent.id,
       selectorsKey: selectorsKey(agent),
       revision: rev,
       parentIds: a.parentIds,
-      nodeSelectors: agentNodeSelectors(agent.id, agent.selectors),
+      nodeSelectors: a.nodeSelectors,
       nodeEntries: a.nodeEntries,
       entries: a.entries,
       etag,
