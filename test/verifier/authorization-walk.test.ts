@@ -6,27 +6,18 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { RegistrationEntry } from '../../src/store/types.js';
+import { newEntry } from '../support/entries.js';
 import { MAX_DEPTH, authorizedEntries, type EntrySource } from '../../src/verifier/authorization.js';
 
 const TD = 'example.org';
 const VID = `spiffe://${TD}/sigil/verifier`;
 const AGENT = `spiffe://${TD}/sigil/agent/join_token/a`;
 let seq = 0;
-const entry = (spiffeId: string, parentId: string, selectors = ['unix:uid:1']): RegistrationEntry =>
-  ({
-    id: `e${String(seq++).padStart(4, '0')}`,
-    spiffeId,
-    parentId,
-    selectors,
-    x509SvidTtl: 0,
-    jwtSvidTtl: 0,
-    dnsNames: [],
-    hint: '',
-    admin: false,
-    expiresAt: null,
-    revisionNumber: 1,
-    createdAt: '2026-01-01T00:00:00.000Z',
-  }) as unknown as RegistrationEntry;
+const entry = (spiffeId: string, parentId: string, selectors = ['unix:uid:1']): RegistrationEntry => ({
+  ...newEntry(spiffeId, parentId, { selectors }),
+  id: `e${String(seq++).padStart(4, '0')}`,
+  revisionNumber: 1,
+} as RegistrationEntry);
 
 /** A source over `all`, returning each matching entry `copies` times. */
 function source(all: RegistrationEntry[], copies = 1): EntrySource & { asked: string[][] } {

@@ -10,21 +10,13 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { AgentRecord, RegistrationEntry } from '../../src/store/types.js';
 import { AuthorizedSetCache } from '../../src/verifier/authorized-cache.js';
+import { joinTokenAgent } from '../support/agents.js';
 import { newEntry } from '../support/entries.js';
 
 const TD = 'example.org';
 const VID = `spiffe://${TD}/sigil/verifier`;
 const ALIAS = `spiffe://${TD}/node/shared`;
-const agent = (name: string): AgentRecord => ({
-  id: `spiffe://${TD}/sigil/agent/join_token/${name}`,
-  attestors: ['join_token'],
-  selectors: [],
-  serial: '01',
-  svidExpiresAt: '2030-01-01T00:00:00.000Z',
-  attestedAt: '2026-01-01T00:00:00.000Z',
-  banned: false,
-  factorIds: [`spiffe://${TD}/sigil/agent/join_token/${name}`],
-});
+const agent = (name: string): AgentRecord => joinTokenAgent(`spiffe://${TD}/sigil/agent/join_token/${name}`);
 
 /** A SQLite store whose entriesByParents calls are counted by parent, and can be held until released. */
 class CountingStore extends SqliteStore {

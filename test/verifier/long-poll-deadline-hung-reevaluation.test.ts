@@ -11,19 +11,11 @@ import { SigilError } from '../../src/errors.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { AgentRecord } from '../../src/store/types.js';
 import { AuthorizedSetCache, LONG_POLL_DEFAULTS } from '../../src/verifier/authorized-cache.js';
+import { joinTokenAgent } from '../support/agents.js';
 import { newEntry } from '../support/entries.js';
 
 const TD = 'example.org';
-const AGENT: AgentRecord = {
-  id: `spiffe://${TD}/sigil/agent/join_token/hung`,
-  attestors: ['join_token'],
-  selectors: [],
-  serial: '01',
-  svidExpiresAt: '2030-01-01T00:00:00.000Z',
-  attestedAt: '2026-01-01T00:00:00.000Z',
-  banned: false,
-  factorIds: [`spiffe://${TD}/sigil/agent/join_token/hung`],
-};
+const AGENT: AgentRecord = joinTokenAgent(`spiffe://${TD}/sigil/agent/join_token/hung`);
 
 let store: SqliteStore | undefined;
 let cache: AuthorizedSetCache | undefined;

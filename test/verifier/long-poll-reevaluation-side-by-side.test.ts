@@ -11,19 +11,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { AgentRecord } from '../../src/store/types.js';
 import { AuthorizedSetCache, EVAL_SLICE, LONG_POLL_DEFAULTS, type AuthorizedSet } from '../../src/verifier/authorized-cache.js';
+import { joinTokenAgent } from '../support/agents.js';
 import { newEntry } from '../support/entries.js';
 
 const TD = 'example.org';
-const agent = (name: string): AgentRecord => ({
-  id: `spiffe://${TD}/sigil/agent/join_token/${name}`,
-  attestors: ['join_token'],
-  selectors: [],
-  serial: '01',
-  svidExpiresAt: '2030-01-01T00:00:00.000Z',
-  attestedAt: '2026-01-01T00:00:00.000Z',
-  banned: false,
-  factorIds: [`spiffe://${TD}/sigil/agent/join_token/${name}`],
-});
+const agent = (name: string): AgentRecord => joinTokenAgent(`spiffe://${TD}/sigil/agent/join_token/${name}`);
 
 let store: SqliteStore | undefined;
 let cache: AuthorizedSetCache | undefined;
