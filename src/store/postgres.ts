@@ -309,30 +309,33 @@ export function parseEntriesPayload(text: string | undefined, schema: string): E
 }
 
 /**
- * The NOTIFY payload of an eviction or ban: schema, the store that made it (`o`, so it skips its own
- * notification, already reported) and the agent ID given to evictAgent — null when the ID is too
- * long to send (listeners then treat every agent as changed).
+ * The NOTIFY payload of an agent-record write: schema, the store that made it (`o`, so it skips its
+ * own notification, already reported), the agent ID — null when the ID is too long to send
+ * (listeners then treat every agent as changed) — and, for a write that is not an eviction or ban
+ * (an attestation's record, a renewal), `k: "w"`.
  */
-function agentsPayload(schema: string, origin: string, agentId: string): string {
-  const full = JSON.stringify({ s: schema, o: origin, a: agentId });
+function agentsPayload(schema: string, origin: string, agentId: string, written = false): string {
+  const k = written ? { k: 'w' } : {};
+  const full = JSON.stringify({ s: schema, o: origin, a: agentId, ...k });
   if (Buffer.byteLength(full) <= NOTIFY_PAYLOAD_MAX) return full;
   return JSON.stringify({ s: schema, o: origin, a: null });
 }
 
 /** A read agents payload: for this schema, another schema's (undefined), or why it is unreadable. */
-type AgentsNotice = { origin: string; agentId: string | null } | { invalid: string } | undefined;
+type AgentsNotice = { origin: string; agentId: string | null; written: boolean } | { invalid: string } | undefined;
 
 /** Read an agents payload. It comes from the database, so anything in it is checked. */
 export function parseAgentsPayload(text: string | undefined, schema: string): AgentsNotice {
   const p = payloadObject(text);
   if ('invalid' in p) return p;
   const bad = p.bad;
-  const { s, o, a } = p.fields;
+  const { s, o, a, k } = p.fields;
   if (typeof s !== 'string') return bad('no schema name (s)');
   if (s !== schema) return undefined;
   if (typeof o !== 'string' || o.length === 0 || o.length > 64) return bad('no origin (o)');
   if (a !== null && (typeof a !== 'string' || a.length === 0)) return bad('the agent ID (a) is neither a non-empty string nor null');
-  return { origin: o, agentId: a };
+  if (k !== undefined && k !== 'w') return bad('unknown kind (k)');
+  return { origin: o, agentId: a, written: k === 'w' };
 }
 
 export class PostgresStore implements DataStore {
@@ -579,6 +582,7 @@ export class PostgresStore implements DataStore {
     this.agentListeners.add(listener);
     void this.listen();
     return {
+      live: () => this.listenLive,
       close: () => {
         this.agentListeners.delete(listener);
         if (!this.watched()) this.stopListening();
@@ -597,6 +601,7 @@ export class PostgresStore implements DataStore {
     for (const l of this.agentListeners) {
       if ('invalid' in n) l.invalid(`${AGENTS_CHANNEL} notification ignored, ${n.invalid}`);
       else if (n.agentId === null) l.missed();
+      else if (n.written) l.written?.(n.agentId);
       else l.changed(n.agentId);
     }
   }
@@ -778,17 +783,29 @@ export class PostgresStore implements DataStore {
     // One statement: on a conflict PostgreSQL locks the existing row and evaluates the DO UPDATE
     // WHERE against its latest committed version (READ COMMITTED), so a ban committed concurrently
     // is seen and nothing is written (rowCount 0); a concurrent insert of the same id is a conflict too.
+    // The NOTIFY rides in the same statement (one per row written, none when nothing was), so it is
+    // delivered exactly when the write commits.
     const r = await this.q(
       'upsertAgent',
-      `INSERT INTO ${this.s}.agents AS cur (id, attestors, selectors, serial, svid_expires_at, attested_at, banned, factor_ids)
-       VALUES ($1, $2::jsonb, $3::jsonb, $4, $5::timestamptz, $6::timestamptz, $7, $8::jsonb)
-       ON CONFLICT (id) DO UPDATE SET attestors = EXCLUDED.attestors, selectors = EXCLUDED.selectors, serial = EXCLUDED.serial,
-         svid_expires_at = EXCLUDED.svid_expires_at, attested_at = EXCLUDED.attested_at, banned = EXCLUDED.banned,
-         factor_ids = EXCLUDED.factor_ids
-       WHERE NOT cur.banned`,
-      [a.id, JSON.stringify(a.attestors), JSON.stringify(a.selectors), a.serial, a.svidExpiresAt, a.attestedAt, a.banned, JSON.stringify(a.factorIds)],
+      `WITH w AS (
+         INSERT INTO ${this.s}.agents AS cur (id, attestors, selectors, serial, svid_expires_at, attested_at, banned, factor_ids)
+         VALUES ($1, $2::jsonb, $3::jsonb, $4, $5::timestamptz, $6::timestamptz, $7, $8::jsonb)
+         ON CONFLICT (id) DO UPDATE SET attestors = EXCLUDED.attestors, selectors = EXCLUDED.selectors, serial = EXCLUDED.serial,
+           svid_expires_at = EXCLUDED.svid_expires_at, attested_at = EXCLUDED.attested_at, banned = EXCLUDED.banned,
+           factor_ids = EXCLUDED.factor_ids
+         WHERE NOT cur.banned
+         RETURNING cur.id)
+       SELECT pg_notify($9, $10) FROM w`,
+      [a.id, JSON.stringify(a.attestors), JSON.stringify(a.selectors), a.serial, a.svidExpiresAt, a.attestedAt, a.banned, JSON.stringify(a.factorIds), AGENTS_CHANNEL, agentsPayload(this.schemaName, this.origin, a.id, true)],
     );
-    return (r.rowCount ?? 0) > 0;
+    if ((r.rowCount ?? 0) === 0) return false;
+    this.agentWritten(a.id);
+    return true;
+  }
+
+  /** Tell this store's own agent watchers of a committed write at once (its NOTIFY names this store and is skipped). */
+  private agentWritten(id: string): void {
+    for (const l of this.agentListeners) l.written?.(id);
   }
 
   async getAgent(id: string): Promise<AgentRecord | undefined> {
@@ -859,13 +876,18 @@ export class PostgresStore implements DataStore {
     // NOT EXISTS; one committed after it is a later ban, seen by the agent's next call.
     const r = await this.q(
       'renewAgentSvid',
-      `UPDATE ${this.s}.agents AS cur SET serial = $3, svid_expires_at = $4::timestamptz
-       WHERE cur.id = $1 AND cur.serial = $2 AND NOT cur.banned
-         AND NOT EXISTS (SELECT 1 FROM ${this.s}.agents b
-                         WHERE b.banned AND b.id IN (SELECT jsonb_array_elements_text(cur.factor_ids)))`,
-      [id, expectedSerial, serial, svidExpiresAt],
+      `WITH w AS (
+         UPDATE ${this.s}.agents AS cur SET serial = $3, svid_expires_at = $4::timestamptz
+         WHERE cur.id = $1 AND cur.serial = $2 AND NOT cur.banned
+           AND NOT EXISTS (SELECT 1 FROM ${this.s}.agents b
+                           WHERE b.banned AND b.id IN (SELECT jsonb_array_elements_text(cur.factor_ids)))
+         RETURNING cur.id)
+       SELECT pg_notify($5, $6) FROM w`,
+      [id, expectedSerial, serial, svidExpiresAt, AGENTS_CHANNEL, agentsPayload(this.schemaName, this.origin, id, true)],
     );
-    return (r.rowCount ?? 0) > 0;
+    if ((r.rowCount ?? 0) === 0) return false;
+    this.agentWritten(id);
+    return true;
   }
 
   private insertTokenSql(): string {

@@ -97,8 +97,9 @@ export interface EntriesWatch {
 
 /**
  * What a subscriber to agent-record changes is told (DataStore.watchAgents). Used to answer held
- * long-polls of evicted and banned agents at once; correctness never depends on it (the record is
- * read on every agent call, and a held long-poll ends when its wait does).
+ * long-polls of evicted and banned agents at once, and to keep agent records in memory while the
+ * feed is live (AgentsWatch.live; verifier/agent-records.ts): a record is only ever dropped on what
+ * the feed says, so anything it says wrongly costs a read, never a stale answer.
  */
 export interface AgentsListener {
   /**
@@ -106,6 +107,11 @@ export interface AgentsListener {
    * with `agentId` as a factor are affected as well.
    */
   changed(agentId: string): void;
+  /**
+   * The record `agentId` was created or replaced (upsertAgent, an attestation) or given a new SVID
+   * serial (renewAgentSvid), and the write committed. Nothing else about the agents changed.
+   */
+  written?(agentId: string): void;
   /**
    * Changes may have been missed (PostgreSQL: the LISTEN connection was down and is up again, or a
    * change could not be described): treat every agent as changed.
@@ -117,6 +123,13 @@ export interface AgentsListener {
 
 /** A subscription to agent-record changes (DataStore.watchAgents). */
 export interface AgentsWatch {
+  /**
+   * True while every agent-record write committed from now on, by any process, will be reported to
+   * this watch (PostgreSQL: the LISTEN connection is up and was primed; when it comes up again the
+   * listener is told `missed` first). Absent where the store cannot promise that — SQLite reports
+   * only its own process's writes — and then nothing may keep agent records between calls.
+   */
+  live?(): boolean;
   close(): void;
 }
 
@@ -227,10 +240,11 @@ export interface DataStore {
   /** `onInvalid` is told about a notification from the store that could not be read (it is ignored). */
   watchEntries(listener: (change: EntriesChange) => void, onInvalid?: (detail: string) => void): EntriesWatch;
   /**
-   * Be told about evictions and bans after they commit. SQLite: this process's (the only writer of
-   * its file), synchronously. PostgreSQL: every verifier's on the same schema — this store's own at
-   * once, the others' by NOTIFY sent in the evicting transaction and heard on the LISTEN connection
-   * watchEntries uses. Each time that connection comes up (again) the listener is told `missed`.
+   * Be told about evictions and bans (`changed`) and other agent-record writes (`written`) after
+   * they commit. SQLite: this process's (the only writer of its file), synchronously. PostgreSQL:
+   * every verifier's on the same schema — this store's own at once, the others' by NOTIFY sent in
+   * the writing transaction and heard on the LISTEN connection watchEntries uses. Each time that
+   * connection comes up (again) the listener is told `missed`.
    */
   watchAgents(listener: AgentsListener): AgentsWatch;
   countEntries(): Promise<number>;

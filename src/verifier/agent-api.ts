@@ -7,6 +7,7 @@ import { SigilError, errorMessage } from '../errors.js';
 import type { SpiffeBundle } from '../spiffe/bundle.js';
 import { parseCsr } from '../spiffe/csr.js';
 import type { AgentRecord } from '../store/types.js';
+import { AgentRecordCache } from './agent-records.js';
 import { AuthorizedSetCache } from './authorized-cache.js';
 import { b64String } from './http-common.js';
 import type { VerifierCore } from './core.js';
@@ -64,10 +65,12 @@ function staleSvid(): SigilError {
 }
 
 /** The ban that keeps this agent out: of its own ID or of any other factor it attested with. */
-async function banOf(core: VerifierCore, agent: AgentRecord): Promise<SigilError | undefined> {
+async function banOf(records: AgentRecordReader, agent: AgentRecord): Promise<SigilError | undefined> {
   if (agent.banned) return new SigilError('agent.banned', `${agent.id} is banned`, { status: 403 });
   for (const fid of agent.factorIds) {
-    if (fid !== agent.id && (await core.store.getAgent(fid))?.banned) {
+    if (fid === agent.id) continue;
+    const f = records.get(fid);
+    if ((f instanceof Promise ? await f : f)?.banned) {
       return new SigilError('agent.banned', `${agent.id} attested with the factor ${fid}, which is banned`, { status: 403 });
     }
   }
@@ -122,7 +125,12 @@ function svidValidity(peer: { notBefore: number; notAfter: number }, now: number
   return undefined;
 }
 
-export async function requireAgent(core: VerifierCore, req: FastifyRequest): Promise<AgentRecord> {
+/** Where agent records are read: the store itself, or the routes' AgentRecordCache. */
+interface AgentRecordReader {
+  get(id: string): AgentRecord | undefined | Promise<AgentRecord | undefined>;
+}
+
+export async function requireAgent(core: VerifierCore, records: AgentRecordReader, req: FastifyRequest): Promise<AgentRecord> {
   const peer = peerAgentId(req);
   const { id, serial } = peer;
   const expired = svidValidity(peer, core.now().getTime());
@@ -131,9 +139,10 @@ export async function requireAgent(core: VerifierCore, req: FastifyRequest): Pro
     closeAfterAnswer.add(req);
     throw expired;
   }
-  const agent = await core.store.getAgent(id);
+  const got = records.get(id);
+  const agent = got instanceof Promise ? await got : got;
   if (!agent) throw unknownAgent(id);
-  const ban = await banOf(core, agent);
+  const ban = await banOf(records, agent);
   if (ban) throw ban;
   if (agent.serial !== serial) throw staleSvid();
   return agent;
@@ -148,7 +157,7 @@ export async function requireAgent(core: VerifierCore, req: FastifyRequest): Pro
 async function renewalRefusal(core: VerifierCore, agent: AgentRecord): Promise<SigilError> {
   const now = await core.store.getAgent(agent.id);
   if (!now) return new SigilError('agent.unknown', `${agent.id} was evicted while this renewal ran; attest again`, { status: 401 });
-  const ban = await banOf(core, now);
+  const ban = await banOf({ get: (id) => core.store.getAgent(id) }, now);
   if (ban) return new SigilError(ban.code, `${ban.message} (banned while this renewal ran)`, { status: ban.status });
   if (now.serial !== agent.serial) {
     return new SigilError('agent.stale_svid', `${agent.id} was renewed or attested again by another request while this renewal ran; this node SVID is no longer accepted: use the current SVID or attest again`, { status: 401 });
@@ -171,6 +180,11 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
     if (closeAfterAnswer.has(req)) reply.header('connection', 'close');
     done(null, payload);
   });
+  // Agent records, kept while the store reports every write of them (agent-records.ts). Made before
+  // the authorized-set cache so that a notification drops a kept record before that cache re-checks
+  // the held long-polls it touches.
+  const reads = { memory: core.metrics.agentRecordReads.labels('memory'), store: core.metrics.agentRecordReads.labels('store') };
+  const records = new AgentRecordCache(core.store, Date.now, { onRead: (source) => reads[source].inc() });
   // Each agent's authorized set, kept current by the store's change feeds (authorized-cache.ts),
   // which also answer the held long-polls of agents evicted or banned through any verifier.
   const sets = new AuthorizedSetCache(
@@ -182,7 +196,10 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
     { feedBehind: (detail, times) => core.logger.warn({ detail, times }, 'datastore: entry change notifications lost writes') },
   );
   // Held long-polls are answered (unchanged) before the listener waits for open requests to end.
-  app.addHook('preClose', async () => sets.close());
+  app.addHook('preClose', async () => {
+    sets.close();
+    records.close();
+  });
   // The bundle changes when the CA journals do (rotation, a peer verifier's CA): its JSON and ETag
   // are made once per bundle object, and an agent that holds it gets a 304. The ETag also rides on
   // every answer to GET /v1/entries/authorized (header `sigil-bundle-etag`), so an agent learns that
@@ -229,7 +246,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
   );
 
   app.post<{ Body: { csr: string } }>('/v1/agent/renew', { onRequest: trustedClientFirst, schema: { body: csrBody } }, async (req) => {
-    const agent = await requireAgent(core, req);
+    const agent = await requireAgent(core, records, req);
     const csr = parseCsr(Buffer.from(req.body.csr, 'base64'));
     const { chain, notAfter } = core.ca.signX509Svid(csr.spki, agent.id, core.config.agentSvidTtlSeconds);
     // Conditional on the agent still holding the SVID it authenticated with: an eviction, ban or
@@ -248,7 +265,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
       schema: { querystring: { type: 'object', additionalProperties: false, properties: { wait: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' } } } },
     },
     async (req, reply) => {
-      const agent = await requireAgent(core, req);
+      const agent = await requireAgent(core, records, req);
       let set = await sets.get(agent);
       // Long-poll: the caller already holds this set and asked to wait for the next one.
       if (req.headers['if-none-match'] === set.etag && req.query.wait !== undefined) {
@@ -258,7 +275,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
         };
         const waitMs = Math.min(Number(req.query.wait), core.config.longPoll.maxWaitSeconds) * 1000;
         // Throws at once when the long-poll is refused (limits); the client going away ends the wait.
-        const held = sets.waitForChange(agent, set, waitMs, () => requireAgent(core, req), (c) => (cancel = c));
+        const held = sets.waitForChange(agent, set, waitMs, () => requireAgent(core, records, req), (c) => (cancel = c));
         // Plain on/removeListener and try/finally rather than once() and held.finally(): a held
         // long-poll's objects live its whole wait and are promoted, so each one less counts (issue 15).
         reply.raw.on('close', onClose);
@@ -305,7 +322,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
       },
     },
     async (req) => {
-      const agent = await requireAgent(core, req);
+      const agent = await requireAgent(core, records, req);
       // One batch per agent at a time (the agent sends its batches one after another): checking a
       // CSR costs up to a few ms of CPU (P-384), so parallel batches of one agent would be its way
       // to take the verifier's event loop from everyone else.
@@ -361,7 +378,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
       },
     },
     async (req) => {
-      const agent = await requireAgent(core, req);
+      const agent = await requireAgent(core, records, req);
       const { entries } = await sets.get(agent);
       const entry = entries.find((e) => e.id === req.body.entryId);
       if (!entry) throw new SigilError('svid.entry_not_authorized', `entry ${req.body.entryId} is not authorized for ${agent.id}`, { status: 403 });
@@ -382,7 +399,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
   // SPIFFE Federation: the foreign bundles the agent's authorized entries federate with, and which
   // entry federates with which trust domain (docs/federation.md).
   app.get('/v1/bundles/federated', { onRequest: trustedClientFirst }, async (req) => {
-    const agent = await requireAgent(core, req);
+    const agent = await requireAgent(core, records, req);
     const { entries } = await sets.get(agent);
     const byEntry: Record<string, string[]> = {};
     const wanted = new Set<string>();

@@ -16,7 +16,8 @@
  * The ETag is a hash of the set's content (entry IDs and their revisions, the node aliases), so it
  * is the same on every verifier and does not change when unrelated entries do.
  *
- * The agent record itself is not cached: the route reads it (and its factors' bans) on every call.
+ * The agent record is not kept here: the route reads it (and its factors' bans) on every call,
+ * through agent-records.ts, which keeps records only while the store reports every write of them.
  *
  * An eviction or ban answers the evicted agents' held long-polls with the refusal: the store's agent
  * feed (DataStore.watchAgents) reports this verifier's evictions at once and, on PostgreSQL, every

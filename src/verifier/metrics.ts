@@ -11,6 +11,7 @@ export interface VerifierMetrics {
   attestSessions: Gauge;
   refusals: Counter<'code'>;
   longPollLate: Histogram;
+  agentRecordReads: Counter<'source'>;
 }
 
 /** A registry per verifier instance (so several can run in one process, e.g. in tests). */
@@ -38,6 +39,12 @@ export function createMetrics(): VerifierMetrics {
       name: 'sigil_long_poll_late_seconds',
       help: 'How long after its granted wait a long-poll that ended unchanged (304) was answered: route start to the answer handed to the socket, minus the wait',
       buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+    agentRecordReads: new Counter({
+      name: 'sigil_agent_record_reads_total',
+      help: 'Agent records read by agent calls, from memory (kept while the datastore reports every write: PostgreSQL) or from the datastore',
+      labelNames: ['source'],
       registers: [registry],
     }),
   };

@@ -52,7 +52,80 @@ afterAll(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
+/** Also record `written:<id>`, and whether the watch says it is live. */
+function listenWrites(s: DataStore): Heard {
+  const events: string[] = [];
+  const watch = s.watchAgents({
+    changed: (id) => events.push(`changed:${id}`),
+    written: (id) => events.push(`written:${id}`),
+    missed: () => events.push('missed'),
+    invalid: () => events.push('invalid'),
+  });
+  return { events, watch };
+}
+
 describe('agent change feed', () => {
+  it('SQLite reports committed attestations and renewals as `written`, refused ones not, and makes no `live` promise', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sigil-agents-watch-'));
+    dirs.push(dir);
+    const s = new SqliteStore(join(dir, 'db.sqlite'));
+    try {
+      const h = listenWrites(s);
+      expect(h.watch.live).toBeUndefined();
+      expect(await s.upsertAgent(agent(`${TD}/a`))).toBe(true);
+      expect(h.events).toEqual([`written:${TD}/a`]); // before upsertAgent resolved
+      expect(await s.renewAgentSvid(`${TD}/a`, 'not-the-serial', '0c', '2030-01-01T02:00:00.000Z')).toBe(false);
+      expect(await s.renewAgentSvid(`${TD}/a`, '0a1b', '0c', '2030-01-01T02:00:00.000Z')).toBe(true);
+      expect(h.events).toEqual([`written:${TD}/a`, `written:${TD}/a`]);
+      expect(await s.evictAgent(`${TD}/a`, true)).toBe(true);
+      expect(await s.upsertAgent(agent(`${TD}/a`))).toBe(false); // banned: nothing written
+      expect(h.events).toEqual([`written:${TD}/a`, `written:${TD}/a`, `changed:${TD}/a`]);
+      h.watch.close();
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('PostgreSQL reports attestations and renewals as `written` to the writing store at once and to every store on its schema, and says when it is live', async ({ skip }) => {
+    pg ??= await startPostgres();
+    if (!pg) return skip();
+    const a = await PostgresStore.open(pg.url, { schema: 'agents_written' });
+    const b = await PostgresStore.open(pg.url, { schema: 'agents_written' });
+    const other = await PostgresStore.open(pg.url, { schema: 'agents_written_other' });
+    try {
+      const ha = listenWrites(a);
+      const hb = listenWrites(b);
+      const ho = listenWrites(other);
+      await until(() => ha.events.length > 0 && hb.events.length > 0 && ho.events.length > 0);
+      expect([ha.watch.live?.(), hb.watch.live?.()]).toEqual([true, true]);
+      ha.events.length = hb.events.length = ho.events.length = 0;
+
+      expect(await a.upsertAgent(agent(`${TD}/a`))).toBe(true);
+      expect(ha.events).toEqual([`written:${TD}/a`]); // at once
+      await until(() => hb.events.length > 0);
+      expect(hb.events).toEqual([`written:${TD}/a`]);
+      expect(await a.renewAgentSvid(`${TD}/a`, 'not-the-serial', '0c', '2030-01-01T02:00:00.000Z')).toBe(false);
+      expect(await b.renewAgentSvid(`${TD}/a`, '0a1b', '0c', '2030-01-01T02:00:00.000Z')).toBe(true);
+      expect((await a.getAgent(`${TD}/a`))?.serial).toBe('0c');
+      await until(() => ha.events.length > 1);
+      expect(ha.events).toEqual([`written:${TD}/a`, `written:${TD}/a`]);
+      expect(await a.evictAgent(`${TD}/a`, true)).toBe(true);
+      expect(await b.upsertAgent(agent(`${TD}/a`))).toBe(false); // banned: nothing written, nothing sent
+      await until(() => hb.events.length > 2);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(hb.events).toEqual([`written:${TD}/a`, `written:${TD}/a`, `changed:${TD}/a`]);
+      expect(ha.events).toEqual([`written:${TD}/a`, `written:${TD}/a`, `changed:${TD}/a`]);
+      expect(ho.events).toEqual([]);
+      ha.watch.close();
+      hb.watch.close();
+      ho.watch.close();
+    } finally {
+      await a.close();
+      await b.close();
+      await other.close();
+    }
+  });
+
   it('SQLite reports committed evictions and bans at once, and nothing else', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'sigil-agents-watch-'));
     dirs.push(dir);
@@ -107,13 +180,14 @@ describe('agent change feed', () => {
       await b.upsertAgent(agent(long));
       expect(await b.evictAgent(long, false)).toBe(true);
       expect(await a.getAgent(long)).toBeUndefined();
-      await until(() => ha.events.length > 1);
+      // (The attestation's record is announced the same way: `missed` too.)
+      await until(() => ha.events.length > 2);
       expect(hb.events).toEqual([`changed:${TD}/a`, `changed:${long}`]);
-      expect(ha.events).toEqual([`changed:${TD}/a`, 'missed']);
+      expect(ha.events).toEqual([`changed:${TD}/a`, 'missed', 'missed']);
 
       await new Promise((r) => setTimeout(r, 200));
       // Never twice to the evicting store; nothing to the other schema (where the same ID exists).
-      expect(ha.events).toHaveLength(2);
+      expect(ha.events).toHaveLength(3);
       expect(hb.events).toHaveLength(2);
       expect(ho.events).toEqual([]);
       expect(await other.getAgent(`${TD}/a`)).toEqual(agent(`${TD}/a`));
@@ -129,8 +203,13 @@ describe('agent change feed', () => {
 
   it('an agents payload is read only when every field is well formed', () => {
     const ok = parseAgentsPayload(JSON.stringify({ s: 'x', o: 'o1', a: 'spiffe://example.org/a' }), 'x');
-    expect(ok).toEqual({ origin: 'o1', agentId: 'spiffe://example.org/a' });
-    expect(parseAgentsPayload(JSON.stringify({ s: 'x', o: 'o1', a: null }), 'x')).toEqual({ origin: 'o1', agentId: null });
+    expect(ok).toEqual({ origin: 'o1', agentId: 'spiffe://example.org/a', written: false });
+    expect(parseAgentsPayload(JSON.stringify({ s: 'x', o: 'o1', a: null }), 'x')).toEqual({ origin: 'o1', agentId: null, written: false });
+    expect(parseAgentsPayload(JSON.stringify({ s: 'x', o: 'o1', a: 'spiffe://example.org/a', k: 'w' }), 'x')).toEqual({ origin: 'o1', agentId: 'spiffe://example.org/a', written: true });
+    for (const k of ['e', 1, null, '', 'W']) {
+      const r = parseAgentsPayload(JSON.stringify({ s: 'x', o: 'o1', a: 'z', k }), 'x');
+      expect(r && 'invalid' in r && r.invalid, JSON.stringify(k)).toMatch(/^unknown kind \(k\)/);
+    }
     expect(parseAgentsPayload(JSON.stringify({ s: 'y', o: 'o1', a: 'z' }), 'x')).toBeUndefined();
     for (const bad of [undefined, '', '{', '"s"', '[]', 'null', '{"s":1}', '{"s":"x","a":"z"}', '{"s":"x","o":7,"a":"z"}', `{"s":"x","o":"${'o'.repeat(65)}","a":"z"}`, '{"s":"x","o":"o1"}', '{"s":"x","o":"o1","a":""}', '{"s":"x","o":"o1","a":["z"]}']) {
       const r = parseAgentsPayload(bad, 'x');
