@@ -215,7 +215,10 @@ function bucketQuantile(before: LateBuckets, after: LateBuckets, q: number): { l
   return { le: Infinity, n };
 }
 
-function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number; scrapeMs: number; gc: GcTotals; late: LateBuckets }> {
+/** `sigil_agent_record_reads_total` so far, by source (both 0 on a verifier without that counter). */
+type RecordReads = { memory: number; store: number };
+
+function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTotal: number; external: number; lagP99: number; lagMax: number; scrapeMs: number; gc: GcTotals; late: LateBuckets; reads: RecordReads }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const req = request({ host: '127.0.0.1', port, path: '/metrics', ca, agent: attestAgent, checkServerIdentity: () => undefined }, (res) => {
@@ -235,6 +238,7 @@ function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTo
           const t = new RegExp(`^sigil_verifier_nodejs_gc_duration_seconds_sum\\{kind="${kind}"\\} ([0-9.e+-]+)$`, 'm').exec(text);
           return { count: c ? Number(c[1]) : 0, seconds: t ? Number(t[1]) : 0 };
         };
+        const readsOf = (source: string): number => Number(new RegExp(`^sigil_agent_record_reads_total\\{source="${source}"\\} ([0-9.e+]+)$`, 'm').exec(text)?.[1] ?? 0);
         const late: LateBuckets = [];
         for (const m of text.matchAll(/^sigil_long_poll_late_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$/gm)) {
           late.push([m[1] === '+Inf' ? Infinity : Number(m[1]), Number(m[2])]);
@@ -242,6 +246,7 @@ function metricsOf(port: number, ca: string): Promise<{ heapUsed: number; heapTo
         try {
           resolve({
             late,
+            reads: { memory: readsOf('memory'), store: readsOf('store') },
             gc: { minor: gcOf('minor'), major: gcOf('major'), incremental: gcOf('incremental') },
             heapUsed: num('nodejs_heap_size_used_bytes'),
             heapTotal: num('nodejs_heap_size_total_bytes'),
@@ -889,6 +894,13 @@ async function main(): Promise<void> {
       return `${d('minor')} scavenges, ${d('major')} major, ${d('incremental')} incremental-marking steps`;
     };
     console.log(`verifier garbage collections in the window: ${ports.map((_, k) => gcLine(k)).join(' + ')}`);
+    const readsLine = (k: number): string => {
+      const a = heap0[k]?.reads;
+      const b = heap[k]?.reads;
+      if (!a || !b) return 'metrics not read';
+      return `${b.memory - a.memory} from memory, ${b.store - a.store} from the datastore`;
+    };
+    console.log(`agent records read by agent calls in the window (sigil_agent_record_reads_total): ${ports.map((_, k) => readsLine(k)).join(' + ')}`);
     console.log(`verifier /metrics scrape at the window's start and end: ${ports.map((_, k) => `${heap0[k] ? heap0[k].scrapeMs.toFixed(1) : '?'} and ${heap[k] ? heap[k].scrapeMs.toFixed(1) : '?'} ms`).join(' + ')}`);
     const gcSorted = [...genGc].sort((x, y) => x - y);
     console.log(

@@ -184,7 +184,7 @@ export function registerAgentRoutes(app: FastifyInstance, core: VerifierCore, fe
   // the authorized-set cache so that a notification drops a kept record before that cache re-checks
   // the held long-polls it touches.
   const reads = { memory: core.metrics.agentRecordReads.labels('memory'), store: core.metrics.agentRecordReads.labels('store') };
-  const records = new AgentRecordCache(core.store, Date.now, { onRead: (source) => reads[source].inc() });
+  const records = new AgentRecordCache(core.store, undefined, { onRead: (source) => reads[source].inc() });
   // Each agent's authorized set, kept current by the store's change feeds (authorized-cache.ts),
   // which also answer the held long-polls of agents evicted or banned through any verifier.
   const sets = new AuthorizedSetCache(

@@ -34,7 +34,7 @@ export type AgentRecordSource = 'memory' | 'store';
 interface Kept {
   /** null: the store has no record of that ID. */
   record: AgentRecord | null;
-  /** When it was read (ms, the clock given to the constructor). */
+  /** When its read began (ms, on the constructor's clock). */
   at: number;
 }
 
@@ -58,7 +58,8 @@ export class AgentRecordCache {
 
   constructor(
     private readonly store: DataStore,
-    private readonly clock: () => number = Date.now,
+    /** Milliseconds on a clock that does not jump (the wall clock can be set back). */
+    private readonly clock: () => number = () => performance.now(),
     opts: AgentRecordCacheOptions = {},
   ) {
     this.max = opts.max ?? AGENT_RECORDS_MAX;
