@@ -64,6 +64,27 @@ function listenWrites(s: DataStore): Heard {
   return { events, watch };
 }
 
+/**
+ * Two stores on `schema` and one on another schema of the test server, each watched with `watch`
+ * and heard from once (its LISTEN connection up: `missed`), then their events cleared. `run` gets
+ * them; the stores are closed afterwards.
+ */
+async function onThreeStores(schema: string, watch: (s: DataStore) => Heard, run: (a: PostgresStore, b: PostgresStore, other: PostgresStore, h: [Heard, Heard, Heard]) => Promise<void>): Promise<void> {
+  const url = (pg as PostgresHandle).url;
+  const stores = [await PostgresStore.open(url, { schema }), await PostgresStore.open(url, { schema }), await PostgresStore.open(url, { schema: `${schema}_other` })] as const;
+  try {
+    const h = stores.map(watch) as [Heard, Heard, Heard];
+    // Each LISTEN connection, once up, reports `missed` (evictions before it were not heard).
+    await until(() => h.every((x) => x.events.length > 0));
+    expect(h.map((x) => x.events)).toEqual([['missed'], ['missed'], ['missed']]);
+    for (const x of h) x.events.length = 0;
+    await run(...stores, h);
+    for (const x of h) x.watch.close();
+  } finally {
+    for (const x of stores) await x.close();
+  }
+}
+
 describe('agent change feed', () => {
   it('SQLite reports committed attestations and renewals as `written`, refused ones not, and makes no `live` promise', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'sigil-agents-watch-'));
@@ -89,16 +110,8 @@ describe('agent change feed', () => {
   it('PostgreSQL reports attestations and renewals as `written` to the writing store at once and to every store on its schema, and says when it is live', async ({ skip }) => {
     pg ??= await startPostgres();
     if (!pg) return skip();
-    const a = await PostgresStore.open(pg.url, { schema: 'agents_written' });
-    const b = await PostgresStore.open(pg.url, { schema: 'agents_written' });
-    const other = await PostgresStore.open(pg.url, { schema: 'agents_written_other' });
-    try {
-      const ha = listenWrites(a);
-      const hb = listenWrites(b);
-      const ho = listenWrites(other);
-      await until(() => ha.events.length > 0 && hb.events.length > 0 && ho.events.length > 0);
+    await onThreeStores('agents_written', listenWrites, async (a, b, _other, [ha, hb, ho]) => {
       expect([ha.watch.live?.(), hb.watch.live?.()]).toEqual([true, true]);
-      ha.events.length = hb.events.length = ho.events.length = 0;
 
       expect(await a.upsertAgent(agent(`${TD}/a`))).toBe(true);
       expect(ha.events).toEqual([`written:${TD}/a`]); // at once
@@ -116,14 +129,7 @@ describe('agent change feed', () => {
       expect(hb.events).toEqual([`written:${TD}/a`, `written:${TD}/a`, `changed:${TD}/a`]);
       expect(ha.events).toEqual([`written:${TD}/a`, `written:${TD}/a`, `changed:${TD}/a`]);
       expect(ho.events).toEqual([]);
-      ha.watch.close();
-      hb.watch.close();
-      ho.watch.close();
-    } finally {
-      await a.close();
-      await b.close();
-      await other.close();
-    }
+    });
   });
 
   it('SQLite reports committed evictions and bans at once, and nothing else', async () => {
@@ -152,19 +158,9 @@ describe('agent change feed', () => {
   });
 
   it('PostgreSQL reports an eviction to the evicting store once and to every store on its schema', async ({ skip }) => {
-    pg = await startPostgres();
+    pg ??= await startPostgres();
     if (!pg) return skip();
-    const a = await PostgresStore.open(pg.url, { schema: 'agents_watch' });
-    const b = await PostgresStore.open(pg.url, { schema: 'agents_watch' });
-    const other = await PostgresStore.open(pg.url, { schema: 'agents_watch_other' });
-    try {
-      const ha = listen(a);
-      const hb = listen(b);
-      const ho = listen(other);
-      // Each LISTEN connection, once up, reports `missed` (evictions before it were not heard).
-      await until(() => ha.events.length > 0 && hb.events.length > 0 && ho.events.length > 0);
-      expect([ha.events, hb.events, ho.events]).toEqual([['missed'], ['missed'], ['missed']]);
-      ha.events.length = hb.events.length = ho.events.length = 0;
+    await onThreeStores('agents_watch', listen, async (a, b, other, [ha, hb, ho]) => {
 
       await a.upsertAgent(agent(`${TD}/a`));
       await other.upsertAgent(agent(`${TD}/a`));
@@ -191,14 +187,7 @@ describe('agent change feed', () => {
       expect(hb.events).toHaveLength(2);
       expect(ho.events).toEqual([]);
       expect(await other.getAgent(`${TD}/a`)).toEqual(agent(`${TD}/a`));
-      ha.watch.close();
-      hb.watch.close();
-      ho.watch.close();
-    } finally {
-      await a.close();
-      await b.close();
-      await other.close();
-    }
+    });
   });
 
   it('an agents payload is read only when every field is well formed', () => {

@@ -10,26 +10,21 @@
  * And the point of it: B answers an unchanged agent's syncs without reading the record from the
  * database.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCsr } from '../../src/spiffe/csr.js';
 import { generateKey } from '../../src/spiffe/keys.js';
-import { SpiffeBundle } from '../../src/spiffe/bundle.js';
 import { attestAndSync, evictThroughWriter, type SyncedAgent, type VerifierPair } from '../support/long-poll-agents.js';
-import { startPostgres, type PostgresHandle } from '../support/postgres.js';
-import { httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
+import { startPostgresPair, type PostgresPair } from '../support/postgres-pair.js';
+import { httpsJson, type TestVerifier } from '../support/verifier.js';
 
 const SCHEMA = 'agent_records';
 
-let pgh: PostgresHandle | null = null;
+let pair: PostgresPair | null = null;
 let sql: pg.Client | undefined;
 let pa: TestVerifier | undefined;
 let pb: TestVerifier | undefined;
 let p: VerifierPair | undefined;
-const dirs: string[] = [];
 
 async function until(fn: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
@@ -72,26 +67,14 @@ async function refusedWithin(a: SyncedAgent, want: [number, string]): Promise<nu
 }
 
 beforeAll(async () => {
-  pgh = await startPostgres();
-  if (!pgh) return;
-  sql = new pg.Client(pgh.url);
-  await sql.connect();
-  const ds = { kind: 'postgres', url: pgh.url, schema: SCHEMA };
-  for (let i = 0; i < 2; i++) dirs.push(mkdtempSync(join(tmpdir(), 'sigil-ar-')));
-  pa = await startTestVerifier({ datastore: ds }, { dir: dirs[0] as string });
-  pb = await startTestVerifier({ datastore: ds }, { dir: dirs[1] as string });
-  await pa.v.tick();
-  await pb.v.tick();
+  pair = await startPostgresPair(SCHEMA);
+  if (!pair) return;
+  ({ sql, pa, pb, p } = pair);
   await until(() => listenersUp(2));
-  p = { writer: pa, server: pb, caPem: SpiffeBundle.fromJwks(pb.trustDomain, pb.v.core.ca.bundle().toJwks()).toPem() };
 }, 60_000);
 
 afterAll(async () => {
-  await pa?.stop();
-  await pb?.stop();
-  await sql?.end();
-  await pgh?.stop();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  await pair?.stop();
 });
 
 describe('agent records kept in memory on PostgreSQL', () => {

@@ -44,6 +44,16 @@ class FakeStore {
     return copy;
   }
 
+  /** Reads started from now on wait until the returned function is called. */
+  holdReads(): () => void {
+    let open!: () => void;
+    this.gate = new Promise((r) => (open = r));
+    return () => {
+      this.gate = undefined;
+      open();
+    };
+  }
+
   asStore(): DataStore {
     return this as unknown as DataStore;
   }
@@ -134,14 +144,12 @@ describe('agent record cache', () => {
     const a = `${TD}/a`;
     s.rows.set(a, record(a));
     const { c } = cacheOf(s);
-    let open!: () => void;
-    s.gate = new Promise((r) => (open = r));
+    let release = s.holdReads();
     const first = c.get(a) as Promise<AgentRecord | undefined>;
     // The read has taken the old row; a renewal commits and is reported before the read returns.
     s.rows.set(a, record(a, { serial: '02' }));
     s.listener?.written?.(a);
-    open();
-    s.gate = undefined;
+    release();
     expect((await first)?.serial).toBe('01');
     expect(c.size).toBe(0);
     expect((await get(c, a))?.serial).toBe('02');
@@ -149,11 +157,10 @@ describe('agent record cache', () => {
     // read again, never an old answer.
     const b = `${TD}/b`;
     s.rows.set(b, record(b));
-    s.gate = new Promise((r) => (open = r));
+    release = s.holdReads();
     const second = c.get(b) as Promise<AgentRecord | undefined>;
     s.listener?.written?.(a);
-    open();
-    s.gate = undefined;
+    release();
     await second;
     expect(c.size).toBe(0);
   });
@@ -184,12 +191,10 @@ describe('agent record cache', () => {
     const a = `${TD}/a`;
     s.rows.set(a, record(a));
     const { c } = cacheOf(s);
-    let open!: () => void;
-    s.gate = new Promise((r) => (open = r));
+    const release = s.holdReads();
     const first = c.get(a) as Promise<AgentRecord | undefined>;
     s.live = false;
-    open();
-    s.gate = undefined;
+    release();
     await first;
     s.live = true;
     expect(c.size).toBe(0);

@@ -5,16 +5,12 @@
  * answered 200 with the new set within 3 s (the feed is back within 1 s and reads the revision again;
  * the revision check reads it every second meanwhile), and B's feed carries the next write at once.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminCall } from '../../src/cli/admin-client.js';
-import { SpiffeBundle } from '../../src/spiffe/bundle.js';
 import { attestAndSync, type VerifierPair } from '../support/long-poll-agents.js';
-import { startPostgres, type PostgresHandle } from '../support/postgres.js';
-import { httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
+import { startPostgresPair, type PostgresPair } from '../support/postgres-pair.js';
+import { httpsJson } from '../support/verifier.js';
 
 const TD = 'example.org';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -27,33 +23,18 @@ async function until(fn: () => boolean | Promise<boolean>, ms = 5000): Promise<v
   }
 }
 
-let pgh: PostgresHandle | null = null;
+let pair: PostgresPair | null = null;
 let sql: pg.Client | undefined;
-const dirs: string[] = [];
-let pa: TestVerifier | undefined;
-let pb: TestVerifier | undefined;
 let p: VerifierPair | undefined;
 
 beforeAll(async () => {
-  pgh = await startPostgres();
-  if (!pgh) return;
-  sql = new pg.Client(pgh.url);
-  await sql.connect();
-  const ds = { kind: 'postgres', url: pgh.url, schema: 'feed_reconnect_http' };
-  for (let i = 0; i < 2; i++) dirs.push(mkdtempSync(join(tmpdir(), 'sigil-feed-')));
-  pa = await startTestVerifier({ datastore: ds }, { dir: dirs[0] as string });
-  pb = await startTestVerifier({ datastore: ds }, { dir: dirs[1] as string });
-  await pa.v.tick();
-  await pb.v.tick();
-  p = { writer: pa, server: pb, caPem: SpiffeBundle.fromJwks(pb.trustDomain, pb.v.core.ca.bundle().toJwks()).toPem() };
+  pair = await startPostgresPair('feed_reconnect_http');
+  if (!pair) return;
+  ({ sql, p } = pair);
 }, 60_000);
 
 afterAll(async () => {
-  await pa?.stop();
-  await pb?.stop();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  await sql?.end();
-  await pgh?.stop();
+  await pair?.stop();
 });
 
 async function listenPids(): Promise<number[]> {

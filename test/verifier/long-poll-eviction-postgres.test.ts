@@ -7,16 +7,12 @@
  * nothing, and B keeps serving. An eviction committed while B's LISTEN connection is down still
  * reaches B's held long-poll when the connection comes back (every held long-poll is re-checked).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { SpiffeBundle } from '../../src/spiffe/bundle.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { attestAndSync, evictThroughWriter, holdLongPoll, refusalOf, type VerifierPair } from '../support/long-poll-agents.js';
-import { startPostgres, type PostgresHandle } from '../support/postgres.js';
-import { httpsJson, startTestVerifier, type TestVerifier } from '../support/verifier.js';
+import { startPostgresPair, type PostgresPair } from '../support/postgres-pair.js';
+import { httpsJson, type TestVerifier } from '../support/verifier.js';
 
 const SCHEMA = 'lp_evict';
 const OTHER_SCHEMA = 'lp_evict_other';
@@ -48,16 +44,14 @@ async function settled(p: Promise<unknown>): Promise<boolean> {
   return Promise.race([p.then(() => true), sleep(0).then(() => false)]);
 }
 
-let pgh: PostgresHandle | null = null;
+let pair: PostgresPair | null = null;
 let sql: pg.Client | undefined;
-let pa: TestVerifier | undefined;
 let pb: TestVerifier | undefined;
 let sameSchema: PostgresStore | undefined;
 let otherSchema: PostgresStore | undefined;
 let heardSame: Heard;
 let heardOther: Heard;
 let p: VerifierPair | undefined;
-const dirs: string[] = [];
 
 /** LISTEN connections open: A, B and the two watching stores. */
 const LISTENERS = 4;
@@ -70,33 +64,22 @@ async function listenersUp(): Promise<boolean> {
 }
 
 beforeAll(async () => {
-  pgh = await startPostgres();
-  if (!pgh) return;
-  sql = new pg.Client(pgh.url);
-  await sql.connect();
-  const ds = { kind: 'postgres', url: pgh.url, schema: SCHEMA };
-  for (let i = 0; i < 2; i++) dirs.push(mkdtempSync(join(tmpdir(), 'sigil-lpe-')));
-  pa = await startTestVerifier({ datastore: ds }, { dir: dirs[0] as string });
-  pb = await startTestVerifier({ datastore: ds }, { dir: dirs[1] as string });
-  await pa.v.tick();
-  await pb.v.tick();
-  sameSchema = await PostgresStore.open(pgh.url, { schema: SCHEMA });
-  otherSchema = await PostgresStore.open(pgh.url, { schema: OTHER_SCHEMA });
+  pair = await startPostgresPair(SCHEMA);
+  if (!pair) return;
+  ({ sql, pb } = pair);
+  sameSchema = await PostgresStore.open(pair.pgh.url, { schema: SCHEMA });
+  otherSchema = await PostgresStore.open(pair.pgh.url, { schema: OTHER_SCHEMA });
   heardSame = watchAgentsOf(sameSchema);
   heardOther = watchAgentsOf(otherSchema);
   await until(() => heardSame.missed > 0 && heardOther.missed > 0);
   await until(listenersUp);
-  p = { writer: pa, server: pb, caPem: SpiffeBundle.fromJwks(pb.trustDomain, pb.v.core.ca.bundle().toJwks()).toPem() };
+  p = pair.p;
 }, 60_000);
 
 afterAll(async () => {
-  await pa?.stop();
-  await pb?.stop();
   await sameSchema?.close();
   await otherSchema?.close();
-  await sql?.end();
-  await pgh?.stop();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  await pair?.stop();
 });
 
 describe('eviction through another verifier sharing PostgreSQL', () => {
