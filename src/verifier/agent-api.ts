@@ -64,12 +64,15 @@ function staleSvid(): SigilError {
   return new SigilError('agent.stale_svid', 'this node SVID was superseded by a newer one; use the current SVID or attest again', { status: 401 });
 }
 
-/** The ban that keeps this agent out: of its own ID or of any other factor it attested with. */
-async function banOf(records: AgentRecordReader, agent: AgentRecord): Promise<SigilError | undefined> {
+/**
+ * The ban that keeps this agent out: of its own ID or of any other factor it attested with. `fresh`:
+ * the factors' records are read from the store itself, not from what is kept.
+ */
+async function banOf(records: AgentRecordReader, agent: AgentRecord, fresh = false): Promise<SigilError | undefined> {
   if (agent.banned) return new SigilError('agent.banned', `${agent.id} is banned`, { status: 403 });
   for (const fid of agent.factorIds) {
     if (fid === agent.id) continue;
-    const f = records.get(fid);
+    const f = fresh && records.fresh ? records.fresh(fid) : records.get(fid);
     if ((f instanceof Promise ? await f : f)?.banned) {
       return new SigilError('agent.banned', `${agent.id} attested with the factor ${fid}, which is banned`, { status: 403 });
     }
@@ -128,6 +131,8 @@ function svidValidity(peer: { notBefore: number; notAfter: number }, now: number
 /** Where agent records are read: the store itself, or the routes' AgentRecordCache. */
 interface AgentRecordReader {
   get(id: string): AgentRecord | undefined | Promise<AgentRecord | undefined>;
+  /** Read from the store itself (AgentRecordCache.fresh): what a refusal is confirmed with. */
+  fresh?(id: string): Promise<AgentRecord | undefined>;
 }
 
 export async function requireAgent(core: VerifierCore, records: AgentRecordReader, req: FastifyRequest): Promise<AgentRecord> {
@@ -140,12 +145,25 @@ export async function requireAgent(core: VerifierCore, records: AgentRecordReade
     throw expired;
   }
   const got = records.get(id);
-  const agent = got instanceof Promise ? await got : got;
-  if (!agent) throw unknownAgent(id);
-  const ban = await banOf(records, agent);
-  if (ban) throw ban;
-  if (agent.serial !== serial) throw staleSvid();
-  return agent;
+  let agent = got instanceof Promise ? await got : got;
+  let refusal = await refusalOf(records, id, serial, agent, false);
+  // Never refused on kept copies alone: the agent may have attested or renewed through another
+  // verifier a moment ago, its notification not here yet (agent-records.ts). Accepting may rest on them.
+  if (refusal && records.fresh) {
+    agent = await records.fresh(id);
+    refusal = await refusalOf(records, id, serial, agent, true);
+  }
+  if (refusal) throw refusal;
+  return agent as AgentRecord;
+}
+
+/** Why an agent call with this ID and serial is refused, given the agent's record; undefined: it is not. */
+async function refusalOf(records: AgentRecordReader, id: string, serial: string, agent: AgentRecord | undefined, fresh: boolean): Promise<SigilError | undefined> {
+  if (!agent) return unknownAgent(id);
+  const ban = await banOf(records, agent, fresh);
+  if (ban) return ban;
+  if (agent.serial !== serial) return staleSvid();
+  return undefined;
 }
 
 /**

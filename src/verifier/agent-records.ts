@@ -15,6 +15,10 @@
  * ran, so a notification that overtakes a read cannot leave that read's older answer behind. A
  * notification can only make the next call read again; a forged or malformed one costs a read.
  *
+ * Only accepting a call may rest on kept records: the routes confirm a refusal (no record, another
+ * serial, a ban) with fresh(), since an agent that has just attested or renewed through another
+ * verifier may call here before that write's notification arrives.
+ *
  * How stale can a kept record be? A write through another verifier reaches this one when its NOTIFY
  * does (the commit, then milliseconds); a LISTEN connection that dies silently is found by its probe
  * (the PostgreSQL store's probe interval plus its timeout, 10 s by default), and from then on every call
@@ -86,6 +90,21 @@ export class AgentRecordCache {
     if (k !== undefined && this.clock() - k.at < this.maxAgeMs) {
       this.onRead('memory');
       return k.record ?? undefined;
+    }
+    return this.read(id);
+  }
+
+  /**
+   * The record of `id` read from the store, whatever is kept (and kept in its place when it may be).
+   * A caller refusing on what get() gave — no record, another serial — confirms it here first: a
+   * write through another verifier can commit a moment before its notification arrives (an agent
+   * that has just attested or renewed there and calls here at once), and only accepting may rest on
+   * a kept copy.
+   */
+  fresh(id: string): Promise<AgentRecord | undefined> {
+    if (!this.live()) {
+      this.onRead('store');
+      return this.store.getAgent(id);
     }
     return this.read(id);
   }

@@ -235,6 +235,24 @@ describe('agent record cache', () => {
     expect((c.get(`${TD}/0`) as AgentRecord).serial).toBe('01');
   });
 
+  it('fresh() reads the store whatever is kept, and keeps what it read', async () => {
+    const s = new FakeStore();
+    const a = `${TD}/a`;
+    s.rows.set(a, record(a));
+    const { c, sources } = cacheOf(s);
+    await get(c, a);
+    // Written elsewhere, not reported yet.
+    s.rows.set(a, record(a, { serial: '02' }));
+    expect((c.get(a) as AgentRecord).serial).toBe('01');
+    expect((await c.fresh(a))?.serial).toBe('02');
+    expect((c.get(a) as AgentRecord).serial).toBe('02');
+    expect(sources).toEqual(['store', 'memory', 'store', 'memory']);
+    // Without a live feed it reads and keeps nothing.
+    s.live = false;
+    expect((await c.fresh(a))?.serial).toBe('02');
+    expect(c.size).toBe(0);
+  });
+
   it('close() stops listening and drops everything', async () => {
     const s = new FakeStore();
     s.rows.set(`${TD}/a`, record(`${TD}/a`));
