@@ -10,21 +10,13 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { AgentRecord, RegistrationEntry } from '../../src/store/types.js';
 import { AuthorizedSetCache, type AuthorizedSet } from '../../src/verifier/authorized-cache.js';
+import { joinTokenAgent } from '../support/agents.js';
 import { newEntry } from '../support/entries.js';
 
 const TD = 'example.org';
 const VID = `spiffe://${TD}/sigil/verifier`;
 
-const agent = (id: string, selectors: string[]): AgentRecord => ({
-  id,
-  attestors: ['join_token'],
-  selectors,
-  serial: '01',
-  svidExpiresAt: '2030-01-01T00:00:00.000Z',
-  attestedAt: '2026-01-01T00:00:00.000Z',
-  banned: false,
-  factorIds: [id],
-});
+const agent = joinTokenAgent;
 
 const settle = () => new Promise((r) => setTimeout(r, 15));
 
