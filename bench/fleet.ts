@@ -35,7 +35,7 @@
  *
  *   npx tsx bench/fleet.ts [--agents 1000] [--entries 100000] [--group 10] [--seconds 20] [--rate 50]
  *                          [--interval 2] [--store sqlite|postgres] [--verifiers 1|2] [--poll [--no-push]]
- *                          [--saturate 8] [--pin 1] [--threads 1]
+ *                          [--saturate 8] [--pin 1] [--threads 1] [--cpu-quota F]
  *
  * --threads K (push mode, --saturate 0): the simulated agents' connections and long-polls run in K
  * worker threads of the load generator (agent i in thread i mod K; bench/support/fleet-worker.ts),
@@ -54,6 +54,14 @@
  * --pin <cpus> runs the verifier(s) under `taskset -c <cpus>` and this load generator (with the
  * PostgreSQL it starts) on the other CPUs, so "CPU per core" means one core: on a 2-core machine
  * `--pin 1` gives the verifier core 1 and everything else core 0.
+ *
+ * --cpu-quota F runs each verifier in a control group of its own limited to F of one CPU (CFS
+ * bandwidth; needs root). With --verifiers 2 the saturation phase then measures what two verifiers
+ * with a core each would: first verifier 0's agents alone back to back (one verifier's syncs per
+ * second), then all agents (both verifiers'), and prints the ratio. On a 2-core machine
+ * `--pin 1 --cpu-quota 0.4` gives each verifier 0.4 of core 1 and leaves core 0 to the load generator
+ * and PostgreSQL; without a quota two verifiers on one core share it, and the ratio says nothing
+ * about scaling.
  *
  * The verifier is compiled first into build/bench-fleet/ (not dist/, which other work may rebuild
  * meanwhile) so it runs the current code; --no-build reuses that build (repeated runs).
@@ -77,6 +85,7 @@ import type { DataStore, NewEntry } from '../src/store/types.js';
 import { hashToken } from '../src/verifier/tokens.js';
 import { freePort } from '../test/agent/harness.js';
 import { startPostgres, type PostgresHandle } from '../test/support/postgres.js';
+import { createCpuQuotaGroup, inGroup, type CpuQuotaGroup } from './support/cpu-quota.js';
 import { FleetConn } from './support/fleet-client.js';
 import type { FleetWorkerData, FromWorker, ToWorker, WindowStats, WorkerAgent } from './support/fleet-worker.js';
 import { pct } from './support/load.js';
@@ -121,6 +130,9 @@ if (!Number.isInteger(THREADS) || THREADS < 1 || THREADS > 64) throw new Error('
 if (THREADS > 1 && POLL) throw new Error('--threads runs push mode only (not with --poll)');
 if (THREADS > 1 && SATURATE > 0) throw new Error('--threads needs --saturate 0 (the saturation phase runs in one thread)');
 if (PIN !== '' && !/^[0-9]+(?:[-,][0-9]+)*$/.test(PIN)) throw new Error('--pin takes a taskset CPU list such as 1 or 1-3');
+/** --cpu-quota F: each verifier in its own control group limited to F of one CPU (0: no limit). */
+const QUOTA = opt('--cpu-quota', 0);
+if (!(QUOTA >= 0 && QUOTA <= 64)) throw new Error('--cpu-quota takes a fraction of one CPU, such as 0.4');
 
 /** The CPUs not in `list` (a taskset list), of the machine's. */
 function otherCpus(list: string): string {
@@ -425,6 +437,8 @@ async function main(): Promise<void> {
   const agents: SimAgent[] = [];
   const infos: AgentInfo[] = [];
   let threads: Threads | undefined;
+  /** --cpu-quota: each verifier's control group. */
+  const quotaGroups: CpuQuotaGroup[] = [];
   try {
     if (STORE === 'postgres') {
       pg = await startPostgres();
@@ -484,7 +498,12 @@ async function main(): Promise<void> {
       );
       // BENCH_VERIFIER_NODE_FLAGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") runs `node <flags> bin/sigil`.
       const flags = process.env.BENCH_VERIFIER_NODE_FLAGS?.split(' ').filter((f) => f.length > 0);
-      const cmd = ['prlimit', `--nofile=${NOFILE}:${NOFILE}`, '--', ...(PIN !== '' ? ['taskset', '-c', PIN] : []), process.execPath, ...(flags ?? []), join(buildDir, 'bin/sigil'), 'verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)];
+      let cmd = ['prlimit', `--nofile=${NOFILE}:${NOFILE}`, '--', ...(PIN !== '' ? ['taskset', '-c', PIN] : []), process.execPath, ...(flags ?? []), join(buildDir, 'bin/sigil'), 'verifier', 'run', '--config', join(dir, `verifier${v}.yaml`)];
+      if (QUOTA > 0) {
+        const group = createCpuQuotaGroup(`sigil-fleet-${process.pid}-v${v}`, QUOTA);
+        quotaGroups.push(group);
+        cmd = inGroup(group, cmd);
+      }
       // The native addons stay where `npm ci` built them. NODE_OPTIONS (the load generator's own
       // settings) does not reach the verifier: its flags are BENCH_VERIFIER_NODE_FLAGS.
       const env: NodeJS.ProcessEnv = { ...process.env, SIGIL_NATIVE_DIR: join(root, 'build', 'Release') };
@@ -915,28 +934,36 @@ async function main(): Promise<void> {
       );
     }
 
-    // 6. Saturation: back-to-back syncs (entries only, 304), no interval.
+    // 6. Saturation: back-to-back syncs (entries only, 304), no interval. With two verifiers, first
+    //    verifier 0's agents alone (one verifier's throughput), then every agent (both verifiers').
     if (SATURATE > 0) {
       // Push mode: the long-polls were ended by closing their connections, so each agent opens a new
-      // one (16 handshakes at a time) and goes straight into back-to-back syncs, so that no
-      // connection idles past the verifier's keep-alive timeout; the phase is timed from the moment
-      // the last one is open.
-      let open = POLL ? N : 0;
+      // one (16 handshakes at a time). Until its phase comes, an agent syncs every 2 s, so that no
+      // connection idles past the verifier's keep-alive timeout; each phase is timed from a moment
+      // every connection is open and every agent of the phase is going back to back.
+      interface Phase {
+        what: string;
+        /** Whether agent `a` syncs back to back in this phase. */
+        busy: (a: SimAgent) => boolean;
+        /** The verifiers whose throughput this is (their CPU is counted per 304). */
+        verifiers: number[];
+      }
+      const phases: Phase[] =
+        VERIFIERS === 2
+          ? [
+              { what: `verifier 0 alone (its ${Math.ceil(N / 2)} agents back to back; verifier 1's agents sync every 2 s)`, busy: (a) => a.v === 0, verifiers: [0] },
+              { what: `both verifiers (all ${N} agents back to back)`, busy: () => true, verifiers: [0, 1] },
+            ]
+          : [{ what: `${N} agents back to back`, busy: () => true, verifiers: [0] }];
+      let phase: Phase | undefined;
+      let counting = false;
+      let stopped = false;
       let n = 0;
-      let timing = POLL;
-      let hs1 = 0;
-      let c1: number[] = [];
-      let t3 = 0;
-      let end = Infinity;
+      let open = POLL ? N : 0;
+      let allOpen: () => void = () => undefined;
+      const opened = new Promise<void>((r) => (allOpen = r));
+      if (open === N) allOpen();
       const t = performance.now();
-      const startTiming = (): void => {
-        timing = true;
-        hs1 = agents.reduce((x, a) => x + a.poll.connects, 0);
-        c1 = pids.map(procCpuUs);
-        t3 = performance.now();
-        end = t3 + SATURATE * 1000;
-      };
-      if (POLL) startTiming();
       let gate = 0;
       const gates: (() => void)[] = [];
       const handshake = async (): Promise<void> => {
@@ -951,35 +978,70 @@ async function main(): Promise<void> {
         if (g) g();
         else gate--;
       };
-      await Promise.all(
-        agents.map(async (a) => {
-          if (!POLL) {
-            a.poll = a.fresh();
-            await handshake();
-            const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag }).catch(() => undefined);
-            if (r?.status === 200) a.etag = r.etag ?? '';
-            release();
-            if (++open === N) {
-              console.log(`\n${N} new connections for the saturation phase opened in ${((performance.now() - t) / 1000).toFixed(1)} s, each syncing every 2 s meanwhile (not timed)`);
-              startTiming();
-            }
+      const loops = agents.map(async (a) => {
+        if (!POLL) {
+          a.poll = a.fresh();
+          await handshake();
+          const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag }).catch(() => undefined);
+          if (r?.status === 200) a.etag = r.etag ?? '';
+          release();
+          if (++open === N) {
+            console.log(`\n${N} new connections for the saturation phase opened in ${((performance.now() - t) / 1000).toFixed(1)} s, each syncing every 2 s meanwhile (not timed)`);
+            allOpen();
           }
-          while (performance.now() < end) {
-            // Until every connection is open, a sync every 2 s keeps this one alive without starving the handshakes.
-            if (!timing) await sleep(2000);
-            const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag }).catch(() => undefined);
-            if (r?.status === 304) {
-              if (timing) n++;
-            } else if (r?.status === 200) a.etag = r.etag ?? '';
-          }
-        }),
-      );
-      const s = (performance.now() - t3) / 1000;
-      const used = pids.map((p, k) => procCpuUs(p) - (c1[k] as number));
-      const usedTotal = used.reduce((x, y) => x + y, 0);
-      console.log(
-        `\n== saturation (${N} agents back to back, GET /v1/entries/authorized → 304): ${(n / s).toFixed(0)} syncs/s; verifier CPU ${used.map((c) => `${((c / 1e6 / s) * 100).toFixed(0)} %`).join(' + ')}; ${(usedTotal / n).toFixed(0)} µs per 304; ${agents.reduce((x, a) => x + a.poll.connects, 0) - hs1} TLS handshakes meanwhile`,
-      );
+        }
+        while (!stopped) {
+          const busy = phase !== undefined && phase.busy(a);
+          if (!busy) await sleep(2000);
+          if (stopped) break;
+          const r = await a.poll.get('/v1/entries/authorized', { 'if-none-match': a.etag }).catch(() => undefined);
+          if (r?.status === 304) {
+            if (busy && counting) n++;
+          } else if (r?.status === 200) a.etag = r.etag ?? '';
+        }
+      });
+      await opened;
+      const rates: number[] = [];
+      for (const p of phases) {
+        phase = p;
+        // Agents that were syncing every 2 s are back to back within 2 s.
+        await sleep(2500);
+        const hs1 = agents.reduce((x, a) => x + a.poll.connects, 0);
+        const c1 = pids.map(procCpuUs);
+        const th1 = quotaGroups.map((g) => g.throttled());
+        n = 0;
+        counting = true;
+        const t3 = performance.now();
+        await sleep(SATURATE * 1000);
+        counting = false;
+        const count = n;
+        const s = (performance.now() - t3) / 1000;
+        const used = pids.map((pid, k) => procCpuUs(pid) - (c1[k] as number));
+        const usedBusy = p.verifiers.reduce((x, k) => x + (used[k] as number), 0);
+        const throttle = quotaGroups.map((g, k) => {
+          const a = th1[k] as { periods: number; throttled: number; throttledMs: number };
+          const b = g.throttled();
+          const throttled = b.throttled - a.throttled;
+          const periods = b.periods - a.periods;
+          // A verifier whose quota was not used up in nearly every period was not CPU-bound: something
+          // else (the load generator, the datastore) limited the phase's throughput.
+          const slack = p.verifiers.includes(k) && throttled < 0.9 * periods ? ' — its quota was not reached in every period, so this phase was not limited by its CPU alone' : '';
+          return `verifier ${k}: ${throttled} of ${periods} periods throttled (${(b.throttledMs - a.throttledMs).toFixed(0)} ms)${slack}`;
+        });
+        rates.push(count / s);
+        console.log(
+          `\n== saturation, ${p.what}, GET /v1/entries/authorized → 304: ${(count / s).toFixed(0)} syncs/s; verifier CPU ${used.map((c) => `${((c / 1e6 / s) * 100).toFixed(0)} %`).join(' + ')}; ${(usedBusy / count).toFixed(0)} µs per 304 (verifier${p.verifiers.length > 1 ? 's' : ''} ${p.verifiers.join(' + ')}); ${agents.reduce((x, a) => x + a.poll.connects, 0) - hs1} TLS handshakes meanwhile` +
+            (QUOTA > 0 ? `\n   CPU quota ${QUOTA} of a CPU per verifier; ${throttle.join('; ')}` : ''),
+        );
+      }
+      stopped = true;
+      await Promise.all(loops);
+      if (rates.length === 2) {
+        console.log(
+          `two verifiers against one: ${((rates[1] as number) / (rates[0] as number)).toFixed(2)}× the syncs per second (goal ≥ 1.7×)` +
+            (QUOTA > 0 ? `, each verifier limited to ${QUOTA} of a CPU` : '; without --cpu-quota both verifiers share the CPUs of --pin, so this is not the scaling of a verifier per core'),
+        );
+      }
     }
     const cpus = execFileSync('nproc').toString().trim();
     const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
@@ -993,6 +1055,13 @@ async function main(): Promise<void> {
     for (const d of daemons.reverse()) {
       d.child.kill('SIGTERM');
       await d.exited;
+    }
+    for (const g of quotaGroups) {
+      try {
+        g.remove();
+      } catch (e) {
+        console.log(`control group ${g.dir} not removed: ${errorMessage(e)}`);
+      }
     }
     await pg?.stop();
     rmSync(dir, { recursive: true, force: true });

@@ -1,0 +1,91 @@
+/**
+ * CPU quotas for benchmark processes: one Linux control group per process with a CFS bandwidth limit
+ * ("this process may use F of one CPU"), so that two verifiers sharing one core of a small machine
+ * each get a budget of their own, as if each had its own (slower) core. cgroup v2 (`cpu.max`) and
+ * v1 (`cpu.cfs_quota_us`) are both handled; creating a group needs root (or a delegated hierarchy).
+ */
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const PERIOD_US = 100_000;
+
+export interface CpuQuotaGroup {
+  /** The group's directory. */
+  dir: string;
+  /** The file a process ID is written to, to move that process (and its later children) in. */
+  procs: string;
+  /** How often the group used up its quota and waited, so far (from its cpu.stat). */
+  throttled(): { periods: number; throttled: number; throttledMs: number };
+  /** Removes the group (once its processes have exited). */
+  remove(): void;
+}
+
+function statOf(file: string): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    const [k, v] = line.split(' ');
+    if (k && v !== undefined) m.set(k, Number(v));
+  }
+  return m;
+}
+
+/**
+ * A new control group limited to `fraction` of one CPU (0 < fraction ≤ 64). Throws an error that says
+ * what is missing when this machine has no usable CPU controller or the caller may not create groups.
+ */
+export function createCpuQuotaGroup(name: string, fraction: number): CpuQuotaGroup {
+  if (!(fraction > 0 && fraction <= 64)) throw new Error(`--cpu-quota must be a fraction of a CPU above 0 (e.g. 0.4), not ${fraction}`);
+  const quotaUs = Math.max(1000, Math.round(fraction * PERIOD_US));
+  const root = '/sys/fs/cgroup';
+  const why = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+  if (existsSync(join(root, 'cgroup.controllers'))) {
+    // cgroup v2: the cpu controller must be enabled for the root's children.
+    const controllers = readFileSync(join(root, 'cgroup.controllers'), 'utf8').split(/\s+/);
+    if (!controllers.includes('cpu')) throw new Error(`--cpu-quota: the cgroup v2 hierarchy at ${root} offers no cpu controller (${controllers.join(' ') || 'none'})`);
+    const dir = join(root, name);
+    try {
+      const subtree = readFileSync(join(root, 'cgroup.subtree_control'), 'utf8');
+      if (!subtree.split(/\s+/).includes('cpu')) writeFileSync(join(root, 'cgroup.subtree_control'), '+cpu');
+      mkdirSync(dir);
+      writeFileSync(join(dir, 'cpu.max'), `${quotaUs} ${PERIOD_US}`);
+    } catch (e) {
+      throw new Error(`--cpu-quota: cannot make the control group ${dir} (needs root): ${why(e)}`);
+    }
+    return {
+      dir,
+      procs: join(dir, 'cgroup.procs'),
+      throttled: () => {
+        const s = statOf(join(dir, 'cpu.stat'));
+        return { periods: s.get('nr_periods') ?? 0, throttled: s.get('nr_throttled') ?? 0, throttledMs: (s.get('throttled_usec') ?? 0) / 1000 };
+      },
+      remove: () => rmdirSync(dir),
+    };
+  }
+  const v1 = [join(root, 'cpu'), join(root, 'cpu,cpuacct')].find((d) => existsSync(join(d, 'cpu.cfs_quota_us')));
+  if (v1 === undefined) throw new Error(`--cpu-quota: no cgroup cpu controller under ${root} (neither v2 cpu.max nor v1 cpu.cfs_quota_us)`);
+  const dir = join(v1, name);
+  try {
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'cpu.cfs_period_us'), String(PERIOD_US));
+    writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quotaUs));
+  } catch (e) {
+    throw new Error(`--cpu-quota: cannot make the control group ${dir} (needs root): ${why(e)}`);
+  }
+  return {
+    dir,
+    procs: join(dir, 'cgroup.procs'),
+    throttled: () => {
+      const s = statOf(join(dir, 'cpu.stat'));
+      return { periods: s.get('nr_periods') ?? 0, throttled: s.get('nr_throttled') ?? 0, throttledMs: (s.get('throttled_time') ?? 0) / 1e6 };
+    },
+    remove: () => rmdirSync(dir),
+  };
+}
+
+/**
+ * The command line that runs `cmd` inside `group`: a shell moves itself in, then execs the command,
+ * so the process is limited from its first instruction.
+ */
+export function inGroup(group: CpuQuotaGroup, cmd: string[]): string[] {
+  return ['sh', '-c', 'echo $$ > "$0" && exec "$@"', group.procs, ...cmd];
+}
