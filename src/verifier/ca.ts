@@ -82,6 +82,8 @@ export class CertificateAuthority {
   private peers: { instance: string; journal: CaJournal }[] = [];
   private peersKey = '';
   private timer: NodeJS.Timeout | undefined;
+  /** The timer's step under way, if any (stop() waits for it). */
+  private stepping: Promise<void> | undefined;
   private stopped = false;
   private nextPeerRefresh = 0;
   /** When the verifier's own server SVID (the last one signed) reaches half its life; listeners are told then. */
@@ -310,10 +312,12 @@ export class CertificateAuthority {
     this.arm();
   }
 
-  stop(): void {
+  /** Stops the timer; resolves once a step under way has ended (it must not run on into a closed datastore). */
+  async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    await this.stepping;
   }
 
   /** Half a refresh hint (at most 10 s): a peer's successor reaches agents within 1.5 hints < `publishLeadMs`. */
@@ -328,9 +332,12 @@ export class CertificateAuthority {
     const wait = Math.max(0, Math.min(due - now, MAX_TIMER_WAIT_MS));
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.onTimer()
+      this.stepping = this.onTimer()
         .catch((e: unknown) => this.opts.logger.error(errorFields(e), 'CA rotation step failed; retrying'))
-        .finally(() => this.arm());
+        .finally(() => {
+          this.stepping = undefined;
+          this.arm();
+        });
     }, wait);
     this.timer.unref();
   }

@@ -264,14 +264,23 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
     };
     const tickMs = opts.tickMs ?? 10_000;
     if (tickMs > 0) {
+      // The step under way, if any: shutting down waits for it, so that it neither runs against a
+      // closed datastore (an error logged at every clean stop) nor is cut off between its writes.
+      let ticking: Promise<void> | undefined;
       const timer = setInterval(() => {
-        tick().catch((e) => logger.error(errorFields(e), 'rotation step failed'));
+        if (ticking) return;
+        ticking = tick()
+          .catch((e) => logger.error(errorFields(e), 'rotation step failed'))
+          .finally(() => (ticking = undefined));
       }, tickMs);
       timer.unref();
-      closers.push(async () => clearInterval(timer));
+      closers.push(async () => {
+        clearInterval(timer);
+        await ticking;
+      });
       // CA preparation/activation (and the server certificate's renewal) at their exact times.
       ca.start();
-      closers.push(async () => ca.stop());
+      closers.push(() => ca.stop());
     }
     const addr = app.server.address() as AddressInfo;
     logger.info({ trustDomain: config.trustDomain, port: addr.port, adminSocket: config.adminSocket, attestors: [...attestors.keys()] }, 'verifier running');

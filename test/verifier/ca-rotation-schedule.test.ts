@@ -288,9 +288,9 @@ describe('CA rotation scheduled at exact times (fake clock)', () => {
     const b = make('b');
     await b.init();
     b.start();
-    cleanups.push(() => {
-      a.stop();
-      b.stop();
+    cleanups.push(async () => {
+      await a.stop();
+      await b.stop();
       store.close();
     });
     // The agent talks to verifier a (bundle and server certificate) but has its SVIDs signed by b.
