@@ -35,7 +35,7 @@
  *
  *   npx tsx bench/fleet.ts [--agents 1000] [--entries 100000] [--group 10] [--seconds 20] [--rate 50]
  *                          [--interval 2] [--store sqlite|postgres] [--verifiers 1|2] [--poll [--no-push]]
- *                          [--saturate 8] [--pin 1] [--threads 1] [--cpu-quota F]
+ *                          [--saturate 8] [--pin 1] [--threads 1] [--cpu-quota F] [--malloc-mmap-threshold B]
  *
  * --threads K (push mode, --saturate 0): the simulated agents' connections and long-polls run in K
  * worker threads of the load generator (agent i in thread i mod K; bench/support/fleet-worker.ts),
@@ -132,6 +132,9 @@ if (THREADS > 1 && SATURATE > 0) throw new Error('--threads needs --saturate 0 (
 if (PIN !== '' && !/^[0-9]+(?:[-,][0-9]+)*$/.test(PIN)) throw new Error('--pin takes a taskset CPU list such as 1 or 1-3');
 /** --cpu-quota F: each verifier in its own control group limited to F of one CPU (0: no limit). */
 const QUOTA = opt('--cpu-quota', 0);
+/** --malloc-mmap-threshold B: the verifiers' mallocMmapThreshold (default: theirs, 65,536; 0 leaves glibc's). */
+const MMAP_THRESHOLD = args.includes('--malloc-mmap-threshold') ? opt('--malloc-mmap-threshold', -1) : undefined;
+if (MMAP_THRESHOLD !== undefined && !(Number.isInteger(MMAP_THRESHOLD) && MMAP_THRESHOLD >= 0)) throw new Error('--malloc-mmap-threshold takes a byte count (0: the C library decides)');
 if (!(QUOTA >= 0 && QUOTA <= 64)) throw new Error('--cpu-quota takes a fraction of one CPU, such as 0.4');
 
 /** The CPUs not in `list` (a taskset list), of the machine's. */
@@ -492,6 +495,7 @@ async function main(): Promise<void> {
           `dataDir: ${join(dir, `v${v}`)}`,
           pg ? `datastore: { kind: postgres, url: "${pg.url}", schema: fleet }` : 'datastore: { kind: sqlite }',
           'logLevel: warn',
+          ...(MMAP_THRESHOLD !== undefined ? [`mallocMmapThreshold: ${MMAP_THRESHOLD}`] : []),
           'nodeAttestors: { join_token: {} }',
           '',
         ].join('\n'),

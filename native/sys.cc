@@ -11,6 +11,13 @@
 //                                                 Node's private socket handle
 //   closeUnixListener(listener)                   stop accepting and close the listening fd
 //   resumeUnixListener(listener)                  accept again after onError paused it
+//   setMallocMmapThreshold(bytes)                 glibc mallopt(M_MMAP_THRESHOLD): allocations of
+//                                                 at least `bytes` get mappings of their own, so
+//                                                 their untouched pages are never resident (Node's
+//                                                 TLS layer takes a 64 KiB read buffer per
+//                                                 connection and touches a few KiB of it)
+//   mallocStats()                                 glibc mallinfo2(): the chunks and bytes served by
+//                                                 their own mappings, and the heap's bytes in use
 //
 // The two ioctls hand raw bytes in and out (NSM: CBOR request/response; SEV: the firmware's
 // MSG_REPORT_RSP and the GHCB certificate table). All decoding happens in TypeScript.
@@ -32,6 +39,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <stdio.h>
 
@@ -593,6 +604,35 @@ Napi::Value ResumeUnixListener(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The largest threshold glibc accepts is HEAP_MAX_SIZE / 2 (32 MiB on 64-bit); mallopt refuses more.
+Napi::Value SetMallocMmapThreshold(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "setMallocMmapThreshold: bytes must be a number");
+  const double bytes = info[0].As<Napi::Number>().DoubleValue();
+  if (!(bytes >= 0 && bytes <= 2147483647.0) || bytes != static_cast<double>(static_cast<int64_t>(bytes))) {
+    throw Napi::RangeError::New(env, "setMallocMmapThreshold: bytes must be an integer from 0 to 2^31-1");
+  }
+#if defined(__GLIBC__)
+  return Napi::String::New(env, mallopt(M_MMAP_THRESHOLD, static_cast<int>(bytes)) == 1 ? "set" : "refused");
+#else
+  return Napi::String::New(env, "not_glibc");
+#endif
+}
+
+Napi::Value MallocStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  const struct mallinfo2 m = mallinfo2();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("mmappedChunks", Napi::Number::New(env, static_cast<double>(m.hblks)));
+  o.Set("mmappedBytes", Napi::Number::New(env, static_cast<double>(m.hblkhd)));
+  o.Set("heapInUseBytes", Napi::Number::New(env, static_cast<double>(m.uordblks)));
+  return o;
+#else
+  return env.Null();
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
   exports.Set("nsmRequest", Napi::Function::New(env, NsmRequest, "nsmRequest"));
@@ -600,6 +640,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("listenUnix", Napi::Function::New(env, ListenUnix, "listenUnix"));
   exports.Set("closeUnixListener", Napi::Function::New(env, CloseUnixListener, "closeUnixListener"));
   exports.Set("resumeUnixListener", Napi::Function::New(env, ResumeUnixListener, "resumeUnixListener"));
+  exports.Set("setMallocMmapThreshold", Napi::Function::New(env, SetMallocMmapThreshold, "setMallocMmapThreshold"));
+  exports.Set("mallocStats", Napi::Function::New(env, MallocStats, "mallocStats"));
   exports.Set("soPeerPidfd", Napi::Number::New(env, SO_PEERPIDFD));
   return exports;
 }

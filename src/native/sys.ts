@@ -36,6 +36,20 @@ export interface SysAddon {
   nsmRequest(request: Buffer, maxResponse?: number): Promise<Buffer>;
   /** /dev/sev-guest SNP_GET_EXT_REPORT: the 1184-byte attestation report and the GHCB certificate table. */
   snpGetExtReport(reportData: Buffer, vmpl: number, certsBufferLen: number): Promise<{ report: Buffer; certs: Buffer }>;
+  /**
+   * glibc `mallopt(M_MMAP_THRESHOLD, bytes)`: from now on, allocations of at least `bytes` get a
+   * mapping of their own (0: every allocation). `not_glibc` on other C libraries, `refused` when
+   * glibc refused the value.
+   */
+  setMallocMmapThreshold(bytes: number): 'set' | 'refused' | 'not_glibc';
+  /** glibc `mallinfo2()`: chunks and bytes in mappings of their own, and the heap's bytes in use (undefined before glibc 2.33 or on another C library). */
+  mallocStats(): MallocStats | undefined;
+}
+
+export interface MallocStats {
+  mmappedChunks: number;
+  mmappedBytes: number;
+  heapInUseBytes: number;
 }
 
 /** The raw native addon as exported by native/sys.cc (the optional path arguments exist for tests). */
@@ -46,6 +60,8 @@ interface RawSys {
   resumeUnixListener(listener: unknown): void;
   nsmRequest(request: Buffer, maxResponse?: number, devicePath?: string): Promise<Buffer>;
   snpGetExtReport(reportData: Buffer, vmpl: number, certsBufferLen: number, devicePath?: string): Promise<{ response: Buffer; certs: Buffer }>;
+  setMallocMmapThreshold?(bytes: number): string;
+  mallocStats?(): MallocStats | null;
   soPeerPidfd: number;
 }
 
@@ -148,6 +164,21 @@ export function wrapSys(raw: RawSys, paths: { nsm?: string; sevGuest?: string } 
         throw new SigilError('native.snp_failed', `SEV-SNP extended report request failed: ${errMessage(e)}`, { cause: e, status: 500 });
       }
       return { report: parseSnpReportResponse(r.response), certs: r.certs };
+    },
+    setMallocMmapThreshold(bytes: number): 'set' | 'refused' | 'not_glibc' {
+      if (typeof raw.setMallocMmapThreshold !== 'function') {
+        throw new SigilError('native.unavailable', `native addon sigil_sys predates setMallocMmapThreshold; ${REBUILD_HINT}`, { status: 500 });
+      }
+      if (!Number.isInteger(bytes) || bytes < 0 || bytes > 0x7fffffff) throw new SigilError('native.invalid_argument', 'setMallocMmapThreshold: bytes must be an integer in 0..2^31-1');
+      const r = raw.setMallocMmapThreshold(bytes);
+      if (r !== 'set' && r !== 'refused' && r !== 'not_glibc') throw new SigilError('native.invalid_argument', `setMallocMmapThreshold: unexpected answer ${JSON.stringify(r)} from the addon`);
+      return r;
+    },
+    mallocStats(): MallocStats | undefined {
+      if (typeof raw.mallocStats !== 'function') {
+        throw new SigilError('native.unavailable', `native addon sigil_sys predates mallocStats; ${REBUILD_HINT}`, { status: 500 });
+      }
+      return raw.mallocStats() ?? undefined;
     },
   };
 }

@@ -12,6 +12,7 @@ import { federationConfigFrom, federationSchema, type FederationConfig, type Raw
 import { BUNDLE_ENDPOINT_CAPS } from '../federation/endpoint.js';
 import { SESSION_DEFAULTS, type SessionLimits } from './attestation.js';
 import { LONG_POLL_DEFAULTS, type LongPollLimits } from './authorized-cache.js';
+import { DEFAULT_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD, MIN_MMAP_THRESHOLD } from './malloc-tuning.js';
 
 export interface VerifierConfig {
   trustDomain: string;
@@ -33,6 +34,8 @@ export interface VerifierConfig {
   longPoll: LongPollLimits;
   /** SPIFFE Federation: bundle endpoint, refresh timing, relationships (docs/federation.md). */
   federation: FederationConfig;
+  /** glibc's mmap threshold for this process, bytes; 0 leaves the C library's own (docs/api.md "Memory per connection"). */
+  mallocMmapThreshold: number;
   /** Directory of the config file; relative paths in the config resolve against it. */
   configDir: string;
 }
@@ -120,6 +123,7 @@ const schema = {
     nodeAttestors: { type: 'object', minProperties: 1, additionalProperties: { type: 'object' } },
     plugins: { type: 'object', additionalProperties: { type: 'string', minLength: 1 }, default: {} },
     logLevel: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+    mallocMmapThreshold: { type: 'integer', minimum: 0, maximum: MAX_MMAP_THRESHOLD, default: DEFAULT_MMAP_THRESHOLD },
     attestation: {
       type: 'object',
       additionalProperties: false,
@@ -160,6 +164,7 @@ interface RawConfig {
   nodeAttestors?: Record<string, unknown>;
   plugins: Record<string, string>;
   logLevel: string;
+  mallocMmapThreshold: number;
   attestation: { sessionTtl: string | number; maxSessions: number; reservedSessions: number; maxSessionsPerCredential: number; maxSessionsPerAddress: number; helloBodyLimit: number };
   longPoll: { maxWait: string | number; maxWaiters: number; maxWaitersPerAgent: number };
   federation: RawFederation & { bundleEndpoint?: { maxConnections: number; maxConnectionsPerAddress: number } };
@@ -201,6 +206,9 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
   const maxWaitSeconds = parseDuration(c.longPoll.maxWait, 'longPoll.maxWait');
   // The HTTPS listener drops a connection idle for 30 s (connectionTimeout), a held long-poll included.
   if (maxWaitSeconds < 1 || maxWaitSeconds > 25) throw new SigilError('config.invalid', 'verifier config: /longPoll/maxWait must be between 1s and 25s');
+  if (c.mallocMmapThreshold !== 0 && c.mallocMmapThreshold < MIN_MMAP_THRESHOLD) {
+    throw new SigilError('config.invalid', `verifier config: /mallocMmapThreshold must be 0 (the C library decides) or at least ${MIN_MMAP_THRESHOLD} bytes: below that every small allocation would be a system call`);
+  }
   const listen = listenAddressFrom(c.listen, 'verifier config: /listen', { allowPortZero: true });
   const caps = typeof c.listen === 'string' ? { maxConnections: LISTEN_DEFAULTS.maxConnections, maxConnectionsPerAddress: LISTEN_DEFAULTS.maxConnectionsPerAddress } : c.listen;
   const federation = federationConfigFrom(c.federation, trustDomain, configDir);
@@ -232,6 +240,7 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
     },
     longPoll: { maxWaitSeconds, maxWaiters: c.longPoll.maxWaiters, maxWaitersPerAgent: c.longPoll.maxWaitersPerAgent },
     federation,
+    mallocMmapThreshold: c.mallocMmapThreshold,
     configDir,
   };
 }

@@ -20,6 +20,7 @@ import { replaceFileAtomic } from '../util/atomic-file.js';
 import { makeDirs, preparePrivateDir } from '../util/private-dir.js';
 import { MAX_SOCKET_PATH_BYTES, bindPrivately, checkSocketDir, privateBindPathFits, removeStaleBindDirs, removeStaleSocket, unlinkIfSame } from '../util/socket-dir.js';
 import type { DataStore } from '../store/types.js';
+import { loadSys } from '../native/sys.js';
 import { registerAdminRoutes } from './admin-api.js';
 import { registerAgentRoutes, registerHealthRoutes } from './agent-api.js';
 import { AttestationService } from './attestation.js';
@@ -30,6 +31,7 @@ import type { VerifierConfig } from './config.js';
 import type { VerifierCore } from './core.js';
 import { verifierId } from './entries.js';
 import { Fastify, RefusalLog, baseOptions, installErrorHandling, installJsonParser, instrument } from './http-common.js';
+import { applyMallocMmapThreshold } from './malloc-tuning.js';
 import { createMetrics } from './metrics.js';
 import { joinTokenServices } from './tokens.js';
 import { registerFederationAdminRoutes } from '../federation/admin-routes.js';
@@ -198,6 +200,9 @@ export async function startVerifier(config: VerifierConfig, opts: StartOptions =
       openFileLimit(),
     );
     if (capWarning !== undefined) logger.warn({ code: 'verifier.open_file_limit_low' }, capWarning);
+    // Before the first connection: each one's TLS read buffer is allocated on its first read.
+    const mmap = applyMallocMmapThreshold(config.mallocMmapThreshold, process.env, loadSys);
+    logger[mmap.level]({ mallocMmapThreshold: config.mallocMmapThreshold, applied: mmap.applied }, mmap.message);
     await app.listen({ host: config.listen.address, port: config.listen.port });
     closers.push(() => app.close());
     const httpsServer = app.server as unknown as HttpsServer;

@@ -1,0 +1,47 @@
+/**
+ * The verifier's one C-library allocator setting (`mallocMmapThreshold`, docs/api.md "Memory per
+ * connection"). Node's TLS layer gives every connection a 64 KiB read buffer from malloc on its first
+ * read and keeps it for the connection's life, though a connection carrying small requests touches a
+ * few KiB of it. Out of glibc's heap those buffers reuse pages that earlier allocations touched, so
+ * most of each is resident; served by a mapping of its own (an allocation at or above the mmap
+ * threshold), only the pages written are. glibc's own threshold starts at 128 KiB and rises as large
+ * blocks are freed, so it never covers these buffers; the verifier sets it to 64 KiB by default.
+ */
+import { errorMessage } from '../errors.js';
+import type { SysAddon } from '../native/sys.js';
+
+/** Node's TLS read buffer is 65,536 bytes (libuv's suggested read size): at this threshold it gets its own mapping. */
+export const DEFAULT_MMAP_THRESHOLD = 65_536;
+/** Below this, ordinary allocations would each become a system call. */
+export const MIN_MMAP_THRESHOLD = 16_384;
+/** glibc refuses thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit). */
+export const MAX_MMAP_THRESHOLD = 33_554_432;
+
+export interface MmapThresholdOutcome {
+  applied: boolean;
+  /** How loud the start-up line should be: a warning only when the operator's choice could not be applied. */
+  level: 'info' | 'warn';
+  message: string;
+}
+
+/**
+ * Applies `bytes` (0: leave the C library alone). The environment variable glibc reads at start
+ * (`MALLOC_MMAP_THRESHOLD_`) wins over the config: whoever set it meant that process. `sys` is the
+ * native addon's loader; without the addon the setting is skipped with a warning, not a failure.
+ */
+export function applyMallocMmapThreshold(bytes: number, env: NodeJS.ProcessEnv, sys: () => Pick<SysAddon, 'setMallocMmapThreshold'>): MmapThresholdOutcome {
+  if (bytes === 0) return { applied: false, level: 'info', message: 'mallocMmapThreshold is 0: the C library keeps its own mmap threshold' };
+  const fromEnv = env.MALLOC_MMAP_THRESHOLD_;
+  if (fromEnv !== undefined && fromEnv !== '') {
+    return { applied: false, level: 'info', message: `MALLOC_MMAP_THRESHOLD_=${fromEnv} is set in the environment: it is used instead of mallocMmapThreshold (${bytes})` };
+  }
+  let r: 'set' | 'refused' | 'not_glibc';
+  try {
+    r = sys().setMallocMmapThreshold(bytes);
+  } catch (e) {
+    return { applied: false, level: 'warn', message: `mallocMmapThreshold (${bytes}) not applied: ${errorMessage(e)}; each held TLS connection may then keep up to 64 KiB more resident` };
+  }
+  if (r === 'set') return { applied: true, level: 'info', message: `allocations of ${bytes} bytes or more get mappings of their own (mallocMmapThreshold)` };
+  if (r === 'not_glibc') return { applied: false, level: 'info', message: `mallocMmapThreshold (${bytes}) not applied: the C library is not glibc` };
+  return { applied: false, level: 'warn', message: `mallocMmapThreshold (${bytes}) not applied: glibc refused the value` };
+}
