@@ -29,6 +29,15 @@ function statOf(file: string): Map<string, number> {
   return m;
 }
 
+/** Removes a group made before a later step failed (nothing is in it yet). */
+function removeQuietly(dir: string): void {
+  try {
+    rmdirSync(dir);
+  } catch {
+    // Not made, or not empty: nothing more to do here.
+  }
+}
+
 /**
  * A new control group limited to `fraction` of one CPU (0 < fraction ≤ 64). Throws an error that says
  * what is missing when this machine has no usable CPU controller or the caller may not create groups.
@@ -49,6 +58,7 @@ export function createCpuQuotaGroup(name: string, fraction: number): CpuQuotaGro
       mkdirSync(dir);
       writeFileSync(join(dir, 'cpu.max'), `${quotaUs} ${PERIOD_US}`);
     } catch (e) {
+      removeQuietly(dir);
       throw new Error(`--cpu-quota: cannot make the control group ${dir} (needs root): ${why(e)}`);
     }
     return {
@@ -69,6 +79,7 @@ export function createCpuQuotaGroup(name: string, fraction: number): CpuQuotaGro
     writeFileSync(join(dir, 'cpu.cfs_period_us'), String(PERIOD_US));
     writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quotaUs));
   } catch (e) {
+    removeQuietly(dir);
     throw new Error(`--cpu-quota: cannot make the control group ${dir} (needs root): ${why(e)}`);
   }
   return {
