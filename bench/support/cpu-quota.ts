@@ -38,6 +38,47 @@ function removeQuietly(dir: string): void {
   }
 }
 
+/** Where and how a hierarchy takes a quota: the files written in a new group, and how its cpu.stat counts throttled time. */
+interface Hierarchy {
+  parent: string;
+  /** Run before the group is made (cgroup v2: the cpu controller enabled for the parent's children). */
+  prepare(): void;
+  limits(quotaUs: number): [file: string, value: string][];
+  throttledKey: string;
+  /** cpu.stat's unit of throttled time, in ms. */
+  throttledUnitMs: number;
+}
+
+function hierarchy(): Hierarchy {
+  const root = '/sys/fs/cgroup';
+  if (existsSync(join(root, 'cgroup.controllers'))) {
+    const controllers = readFileSync(join(root, 'cgroup.controllers'), 'utf8').split(/\s+/);
+    if (!controllers.includes('cpu')) throw new Error(`--cpu-quota: the cgroup v2 hierarchy at ${root} offers no cpu controller (${controllers.join(' ') || 'none'})`);
+    return {
+      parent: root,
+      prepare: () => {
+        const subtree = readFileSync(join(root, 'cgroup.subtree_control'), 'utf8');
+        if (!subtree.split(/\s+/).includes('cpu')) writeFileSync(join(root, 'cgroup.subtree_control'), '+cpu');
+      },
+      limits: (quotaUs) => [['cpu.max', `${quotaUs} ${PERIOD_US}`]],
+      throttledKey: 'throttled_usec',
+      throttledUnitMs: 1e-3,
+    };
+  }
+  const v1 = [join(root, 'cpu'), join(root, 'cpu,cpuacct')].find((d) => existsSync(join(d, 'cpu.cfs_quota_us')));
+  if (v1 === undefined) throw new Error(`--cpu-quota: no cgroup cpu controller under ${root} (neither v2 cpu.max nor v1 cpu.cfs_quota_us)`);
+  return {
+    parent: v1,
+    prepare: () => undefined,
+    limits: (quotaUs) => [
+      ['cpu.cfs_period_us', String(PERIOD_US)],
+      ['cpu.cfs_quota_us', String(quotaUs)],
+    ],
+    throttledKey: 'throttled_time',
+    throttledUnitMs: 1e-6,
+  };
+}
+
 /**
  * A new control group limited to `fraction` of one CPU (0 < fraction ≤ 64). Throws an error that says
  * what is missing when this machine has no usable CPU controller or the caller may not create groups.
@@ -45,49 +86,22 @@ function removeQuietly(dir: string): void {
 export function createCpuQuotaGroup(name: string, fraction: number): CpuQuotaGroup {
   if (!(fraction > 0 && fraction <= 64)) throw new Error(`--cpu-quota must be a fraction of a CPU above 0 (e.g. 0.4), not ${fraction}`);
   const quotaUs = Math.max(1000, Math.round(fraction * PERIOD_US));
-  const root = '/sys/fs/cgroup';
-  const why = (e: unknown): string => (e instanceof Error ? e.message : String(e));
-  if (existsSync(join(root, 'cgroup.controllers'))) {
-    // cgroup v2: the cpu controller must be enabled for the root's children.
-    const controllers = readFileSync(join(root, 'cgroup.controllers'), 'utf8').split(/\s+/);
-    if (!controllers.includes('cpu')) throw new Error(`--cpu-quota: the cgroup v2 hierarchy at ${root} offers no cpu controller (${controllers.join(' ') || 'none'})`);
-    const dir = join(root, name);
-    try {
-      const subtree = readFileSync(join(root, 'cgroup.subtree_control'), 'utf8');
-      if (!subtree.split(/\s+/).includes('cpu')) writeFileSync(join(root, 'cgroup.subtree_control'), '+cpu');
-      mkdirSync(dir);
-      writeFileSync(join(dir, 'cpu.max'), `${quotaUs} ${PERIOD_US}`);
-    } catch (e) {
-      removeQuietly(dir);
-      throw new Error(`--cpu-quota: cannot make the control group ${dir} (needs root): ${why(e)}`);
-    }
-    return {
-      dir,
-      procs: join(dir, 'cgroup.procs'),
-      throttled: () => {
-        const s = statOf(join(dir, 'cpu.stat'));
-        return { periods: s.get('nr_periods') ?? 0, throttled: s.get('nr_throttled') ?? 0, throttledMs: (s.get('throttled_usec') ?? 0) / 1000 };
-      },
-      remove: () => rmdirSync(dir),
-    };
-  }
-  const v1 = [join(root, 'cpu'), join(root, 'cpu,cpuacct')].find((d) => existsSync(join(d, 'cpu.cfs_quota_us')));
-  if (v1 === undefined) throw new Error(`--cpu-quota: no cgroup cpu controller under ${root} (neither v2 cpu.max nor v1 cpu.cfs_quota_us)`);
-  const dir = join(v1, name);
+  const h = hierarchy();
+  const dir = join(h.parent, name);
   try {
+    h.prepare();
     mkdirSync(dir);
-    writeFileSync(join(dir, 'cpu.cfs_period_us'), String(PERIOD_US));
-    writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quotaUs));
+    for (const [file, value] of h.limits(quotaUs)) writeFileSync(join(dir, file), value);
   } catch (e) {
     removeQuietly(dir);
-    throw new Error(`--cpu-quota: cannot make the control group ${dir} (needs root): ${why(e)}`);
+    throw new Error(`--cpu-quota: cannot make the control group ${dir} (needs root): ${e instanceof Error ? e.message : String(e)}`);
   }
   return {
     dir,
     procs: join(dir, 'cgroup.procs'),
     throttled: () => {
       const s = statOf(join(dir, 'cpu.stat'));
-      return { periods: s.get('nr_periods') ?? 0, throttled: s.get('nr_throttled') ?? 0, throttledMs: (s.get('throttled_time') ?? 0) / 1e6 };
+      return { periods: s.get('nr_periods') ?? 0, throttled: s.get('nr_throttled') ?? 0, throttledMs: (s.get(h.throttledKey) ?? 0) * h.throttledUnitMs };
     },
     remove: () => rmdirSync(dir),
   };
