@@ -11,10 +11,11 @@
 //                                                 Node's private socket handle
 //   closeUnixListener(listener)                   stop accepting and close the listening fd
 //   resumeUnixListener(listener)                  accept again after onError paused it
-//   setMallocMmapThreshold(bytes)                 glibc mallopt(M_MMAP_THRESHOLD): allocations of
-//                                                 at least `bytes` get mappings of their own, so
-//                                                 their untouched pages are never resident (Node's
-//                                                 TLS layer takes a 64 KiB read buffer per
+//   setMallocMmapThreshold(bytes)                 glibc mallopt(M_MMAP_THRESHOLD): an allocation
+//                                                 of at least `bytes` that no free heap chunk fits
+//                                                 gets a mapping of its own instead of growing the
+//                                                 heap, so its untouched pages are never resident
+//                                                 (Node's TLS layer takes a 64 KiB read buffer per
 //                                                 connection and touches a few KiB of it)
 //   mallocStats()                                 glibc mallinfo2(): the chunks and bytes served by
 //                                                 their own mappings, and the heap's bytes in use
@@ -604,7 +605,7 @@ Napi::Value ResumeUnixListener(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// The largest threshold glibc accepts is HEAP_MAX_SIZE / 2 (32 MiB on 64-bit); mallopt refuses more.
+// Some glibc versions refuse thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit): "refused".
 Napi::Value SetMallocMmapThreshold(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "setMallocMmapThreshold: bytes must be a number");

@@ -37,9 +37,9 @@ export interface SysAddon {
   /** /dev/sev-guest SNP_GET_EXT_REPORT: the 1184-byte attestation report and the GHCB certificate table. */
   snpGetExtReport(reportData: Buffer, vmpl: number, certsBufferLen: number): Promise<{ report: Buffer; certs: Buffer }>;
   /**
-   * glibc `mallopt(M_MMAP_THRESHOLD, bytes)`: from now on, allocations of at least `bytes` get a
-   * mapping of their own (0: every allocation). `not_glibc` on other C libraries, `refused` when
-   * glibc refused the value.
+   * glibc `mallopt(M_MMAP_THRESHOLD, bytes)`, for the whole process: from now on an allocation of at
+   * least `bytes` that no free heap chunk fits gets a mapping of its own instead of growing the heap.
+   * `not_glibc` on other C libraries, `refused` when glibc refused the value.
    */
   setMallocMmapThreshold(bytes: number): 'set' | 'refused' | 'not_glibc';
   /** glibc `mallinfo2()`: chunks and bytes in mappings of their own, and the heap's bytes in use (undefined before glibc 2.33 or on another C library). */

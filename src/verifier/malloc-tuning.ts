@@ -3,8 +3,9 @@
  * connection"). Node's TLS layer gives every connection a 64 KiB read buffer from malloc on its first
  * read and keeps it for the connection's life, though a connection carrying small requests touches a
  * few KiB of it. Out of glibc's heap those buffers reuse pages that earlier allocations touched, so
- * most of each is resident; served by a mapping of its own (an allocation at or above the mmap
- * threshold), only the pages written are. glibc's own threshold starts at 128 KiB and rises as large
+ * most of each is resident; served by a mapping of its own, only the pages written are. glibc maps
+ * an allocation of its own when it is at or above the mmap threshold and no free heap chunk fits it
+ * (where the heap would otherwise grow). Its own threshold starts at 128 KiB and rises as large
  * blocks are freed, so it never covers these buffers; the verifier sets it to 64 KiB by default.
  */
 import { errorMessage } from '../errors.js';
@@ -14,7 +15,7 @@ import type { SysAddon } from '../native/sys.js';
 export const DEFAULT_MMAP_THRESHOLD = 65_536;
 /** Below this, ordinary allocations would each become a system call. */
 export const MIN_MMAP_THRESHOLD = 16_384;
-/** glibc refuses thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit). */
+/** Some glibc versions refuse thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit). */
 export const MAX_MMAP_THRESHOLD = 33_554_432;
 
 export interface MmapThresholdOutcome {
