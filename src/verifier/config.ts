@@ -12,7 +12,7 @@ import { federationConfigFrom, federationSchema, type FederationConfig, type Raw
 import { BUNDLE_ENDPOINT_CAPS } from '../federation/endpoint.js';
 import { SESSION_DEFAULTS, type SessionLimits } from './attestation.js';
 import { LONG_POLL_DEFAULTS, type LongPollLimits } from './authorized-cache.js';
-import { DEFAULT_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD, MIN_MMAP_THRESHOLD } from './malloc-tuning.js';
+import { checkMmapThreshold, mmapThresholdSchema } from '../native/malloc-tuning.js';
 
 export interface VerifierConfig {
   trustDomain: string;
@@ -123,7 +123,7 @@ const schema = {
     nodeAttestors: { type: 'object', minProperties: 1, additionalProperties: { type: 'object' } },
     plugins: { type: 'object', additionalProperties: { type: 'string', minLength: 1 }, default: {} },
     logLevel: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
-    mallocMmapThreshold: { type: 'integer', minimum: 0, maximum: MAX_MMAP_THRESHOLD, default: DEFAULT_MMAP_THRESHOLD },
+    mallocMmapThreshold: mmapThresholdSchema,
     attestation: {
       type: 'object',
       additionalProperties: false,
@@ -206,9 +206,6 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
   const maxWaitSeconds = parseDuration(c.longPoll.maxWait, 'longPoll.maxWait');
   // The HTTPS listener drops a connection idle for 30 s (connectionTimeout), a held long-poll included.
   if (maxWaitSeconds < 1 || maxWaitSeconds > 25) throw new SigilError('config.invalid', 'verifier config: /longPoll/maxWait must be between 1s and 25s');
-  if (c.mallocMmapThreshold !== 0 && c.mallocMmapThreshold < MIN_MMAP_THRESHOLD) {
-    throw new SigilError('config.invalid', `verifier config: /mallocMmapThreshold must be 0 (the C library decides) or at least ${MIN_MMAP_THRESHOLD} bytes: below that every small allocation would be a system call`);
-  }
   const listen = listenAddressFrom(c.listen, 'verifier config: /listen', { allowPortZero: true });
   const caps = typeof c.listen === 'string' ? { maxConnections: LISTEN_DEFAULTS.maxConnections, maxConnectionsPerAddress: LISTEN_DEFAULTS.maxConnectionsPerAddress } : c.listen;
   const federation = federationConfigFrom(c.federation, trustDomain, configDir);
@@ -240,7 +237,7 @@ export function verifierConfigFrom(raw: unknown, configDir: string): VerifierCon
     },
     longPoll: { maxWaitSeconds, maxWaiters: c.longPoll.maxWaiters, maxWaitersPerAgent: c.longPoll.maxWaitersPerAgent },
     federation,
-    mallocMmapThreshold: c.mallocMmapThreshold,
+    mallocMmapThreshold: checkMmapThreshold(c.mallocMmapThreshold, 'verifier config'),
     configDir,
   };
 }

@@ -31,7 +31,7 @@ import type { VerifierConfig } from './config.js';
 import type { VerifierCore } from './core.js';
 import { verifierId } from './entries.js';
 import { Fastify, RefusalLog, baseOptions, installErrorHandling, installJsonParser, instrument } from './http-common.js';
-import { applyMallocMmapThreshold } from './malloc-tuning.js';
+import { applyMallocMmapThreshold } from '../native/malloc-tuning.js';
 import { createMetrics } from './metrics.js';
 import { joinTokenServices } from './tokens.js';
 import { registerFederationAdminRoutes } from '../federation/admin-routes.js';
