@@ -7,8 +7,6 @@
 import { pino, type Logger } from 'pino';
 import { SigilError, errorFields } from '../errors.js';
 import { preparePrivateDir } from '../util/private-dir.js';
-import { applyMallocMmapThreshold } from '../native/malloc-tuning.js';
-import { loadSys } from '../native/sys.js';
 import { loadNodeAttestorAgents, loadWorkloadAttestors } from '../catalog.js';
 import type { AgentPluginDeps, NodeAttestorAgent } from '../plugins/types.js';
 import type { BackoffOptions } from './backoff.js';
@@ -66,8 +64,6 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   // 0700 and ours (tightened when ours and wider, refused when another user owns it), writable —
   // a pseudo filesystem such as /proc fails here, at once (util/private-dir.ts).
   for (const t of preparePrivateDir(config.dataDir, { area: 'agent' }).tightened) logger.warn({ path: t.path, mode: t.mode.toString(8) }, 'dataDir was open to other users; made it 0700');
-  const mmap = applyMallocMmapThreshold(config.mallocMmapThreshold, process.env, loadSys);
-  logger[mmap.level]({ mallocMmapThreshold: config.mallocMmapThreshold, applied: mmap.applied }, mmap.message);
   const closers: (() => Promise<void> | void)[] = [];
   /** Set as soon as the agent starts to stop (readiness turns false before anything closes). */
   let shuttingDown = false;

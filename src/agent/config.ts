@@ -9,7 +9,6 @@ import { parseTrustDomain } from '../spiffe/id.js';
 import { readConfigFile } from '../util/config-file.js';
 import { durationSchema, parseDuration } from '../util/duration.js';
 import { listenAddressFrom } from '../util/listen.js';
-import { checkMmapThreshold, mmapThresholdSchema } from '../native/malloc-tuning.js';
 
 export interface AgentConfig {
   trustDomain: string;
@@ -25,8 +24,6 @@ export interface AgentConfig {
   /** Third-party plugins: name → module specifier or path (relative to the config file). */
   plugins: Record<string, string>;
   logLevel: string;
-  /** glibc's mmap threshold for this process, bytes; 0 leaves the C library's own (docs/agent.md). */
-  mallocMmapThreshold: number;
   /** Fraction of an X.509-SVID's lifetime after which it is rotated (± 10 % jitter). */
   x509SvidRotation: number;
   /** How often authorized entries and the bundle are fetched, in seconds. */
@@ -64,7 +61,6 @@ const schema = {
     workloadAttestors: { type: 'object', additionalProperties: { type: ['object', 'null'] }, default: { unix: {} } },
     plugins: { type: 'object', additionalProperties: { type: 'string', minLength: 1 }, default: {} },
     logLevel: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
-    mallocMmapThreshold: mmapThresholdSchema,
     x509SvidRotation: { type: 'number', exclusiveMinimum: 0, maximum: 0.9, default: 0.5 },
     syncInterval: { ...durationSchema, default: '2s' },
     metrics: {
@@ -89,7 +85,6 @@ interface RawConfig {
   workloadAttestors: Record<string, unknown>;
   plugins: Record<string, string>;
   logLevel: string;
-  mallocMmapThreshold: number;
   x509SvidRotation: number;
   syncInterval: string | number;
   metrics?: { listen: string };
@@ -135,7 +130,6 @@ export function agentConfigFrom(raw: unknown, configDir: string): AgentConfig {
     workloadAttestors: nullToEmpty(c.workloadAttestors),
     plugins: c.plugins,
     logLevel: c.logLevel,
-    mallocMmapThreshold: checkMmapThreshold(c.mallocMmapThreshold, 'agent config'),
     x509SvidRotation: c.x509SvidRotation,
     syncIntervalSeconds,
     configDir,

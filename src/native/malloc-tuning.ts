@@ -1,12 +1,12 @@
 /**
- * The one C-library allocator setting of the verifier and the agent (`mallocMmapThreshold`,
- * docs/api.md "Memory per connection"). Node's TLS layer gives every connection a 64 KiB read buffer from malloc on its first
+ * The verifier's one C-library allocator setting (`mallocMmapThreshold`, docs/api.md "Memory per
+ * connection"). Node's TLS layer gives every connection a 64 KiB read buffer from malloc on its first
  * read and keeps it for the connection's life, though a connection carrying small requests touches a
  * few KiB of it. Out of glibc's heap those buffers reuse pages that earlier allocations touched, so
  * most of each is resident; served by a mapping of its own, only the pages written are. glibc maps
  * an allocation of its own when it is at or above the mmap threshold and no free heap chunk fits it
  * (where the heap would otherwise grow). Its own threshold starts at 128 KiB and rises as large
- * blocks are freed, so it never covers these buffers; both processes set it to 64 KiB by default.
+ * blocks are freed, so it never covers these buffers; the verifier sets it to 64 KiB by default.
  * Larger blocks freed by the process's own work (SQLite's, on a verifier) are then unmapped rather
  * than left as touched free pages in the heap.
  */
@@ -20,7 +20,7 @@ export const MIN_MMAP_THRESHOLD = 16_384;
 /** Some glibc versions refuse thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit). */
 export const MAX_MMAP_THRESHOLD = 33_554_432;
 
-/** The config key's JSON Schema (the same in the verifier's and the agent's config). */
+/** The config key's JSON Schema. */
 export const mmapThresholdSchema = { type: 'integer', minimum: 0, maximum: MAX_MMAP_THRESHOLD, default: DEFAULT_MMAP_THRESHOLD } as const;
 
 /** `value` as validated by mmapThresholdSchema, or config.invalid naming `where` (e.g. "verifier config"). */

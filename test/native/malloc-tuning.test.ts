@@ -1,5 +1,5 @@
 /**
- * `mallocMmapThreshold` of the verifier and the agent (issue 15, the fleet's RSS): a valgrind massif profile of a bare node:tls
+ * `mallocMmapThreshold` (issue 15, the fleet's RSS): a valgrind massif profile of a bare node:tls
  * server showed 64 KiB per connection allocated by Node's TLS layer for its read buffer
  * (NodeBIO::PeekWritable from TLSWrap::OnStreamAlloc) and kept for the connection's life. The verifier
  * sets glibc's mmap threshold to 64 KiB so that such a buffer, when the heap has no free chunk for
@@ -11,7 +11,6 @@ import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SigilError } from '../../src/errors.js';
 import { loadSys } from '../../src/native/sys.js';
-import { agentConfigFrom } from '../../src/agent/config.js';
 import { verifierConfigFrom } from '../../src/verifier/config.js';
 import { DEFAULT_MMAP_THRESHOLD, applyMallocMmapThreshold } from '../../src/native/malloc-tuning.js';
 import { startTestVerifier, type TestVerifier } from '../support/verifier.js';
@@ -30,16 +29,6 @@ describe('mallocMmapThreshold: the config key', () => {
     expect(() => verifierConfigFrom({ ...base, mallocMmapThreshold: 64 * 1024 * 1024 }, '/tmp')).toThrow(/mallocMmapThreshold/);
     expect(() => verifierConfigFrom({ ...base, mallocMmapThreshold: 65536.5 }, '/tmp')).toThrow(/mallocMmapThreshold/);
     expect(() => verifierConfigFrom({ ...base, mallocMmapThreshold: '64k' }, '/tmp')).toThrow(/mallocMmapThreshold/);
-  });
-});
-
-describe('mallocMmapThreshold: the agent has the same key', () => {
-  const agent = { trustDomain: 'example.org', verifier: { address: '127.0.0.1' }, trustBundle: '/tmp/b.pem', dataDir: '/tmp/a', nodeAttestors: { join_token: {} } };
-  it('defaults to 64 KiB, takes 0, refuses what the verifier refuses', () => {
-    expect(agentConfigFrom(agent, '/tmp').mallocMmapThreshold).toBe(65_536);
-    expect(agentConfigFrom({ ...agent, mallocMmapThreshold: 0 }, '/tmp').mallocMmapThreshold).toBe(0);
-    expect(() => agentConfigFrom({ ...agent, mallocMmapThreshold: 1024 }, '/tmp')).toThrow(/agent config: \/mallocMmapThreshold must be 0 \(the C library decides\) or at least 16384/);
-    expect(() => agentConfigFrom({ ...agent, mallocMmapThreshold: 2 ** 31 }, '/tmp')).toThrow(/mallocMmapThreshold/);
   });
 });
 
