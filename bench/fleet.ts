@@ -26,7 +26,8 @@
  * Phases: attestation; first sync of every agent (each computes and sends a full set); --seconds of
  * steady state (measured: verifier CPU per sync from /proc/<pid>/stat, sync latency, change
  * propagation, verifier RSS); then --saturate seconds of back-to-back syncs (no interval, no push,
- * no trickle): the syncs per second the verifier(s) answer.
+ * no trickle): the syncs per second the verifier(s) answer. With --verifiers 2 that phase runs twice,
+ * first with verifier 0's agents alone, then with all (see --cpu-quota).
  *
  * Push mode's sync latency is printed twice: as this load generator sees each 304 (request written
  * to answer read, minus the wait: its own event-loop delays included, with ten thousand agents on one
