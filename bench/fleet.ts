@@ -36,7 +36,8 @@
  *
  *   npx tsx bench/fleet.ts [--agents 1000] [--entries 100000] [--group 10] [--seconds 20] [--rate 50]
  *                          [--interval 2] [--store sqlite|postgres] [--verifiers 1|2] [--poll [--no-push]]
- *                          [--saturate 8] [--pin 1] [--threads 1] [--cpu-quota F] [--malloc-mmap-threshold B]
+ *                          [--saturate 8] [--pin 1] [--threads 1] [--client node|native] [--cpu-quota F]
+ *                          [--malloc-mmap-threshold B]
  *
  * --threads K (push mode, --saturate 0): the simulated agents' connections and long-polls run in K
  * worker threads of the load generator (agent i in thread i mod K; bench/support/fleet-worker.ts),
@@ -46,6 +47,14 @@
  * on the 2-core development machine (all of them on one core) they did not help, and four made the
  * verifier's own tail worse (docs/benchmarks.md, "A threaded load generator"); use them where each
  * thread gets a core of its own.
+ *
+ * --client native (push mode, --saturate 0): the simulated agents' connections and long-polls run in
+ * bench/support/fleet-agents.c, compiled here with `cc` against OpenSSL (Debian: gcc libssl-dev): one
+ * epoll loop holding every agent's mutual-TLS connection (its own node SVID, its own source address),
+ * doing what the Node.js client does, and reporting 304 lateness and change arrivals on CLOCK_MONOTONIC.
+ * Ten thousand agents in this Node.js process put its own event-loop delays (p99 20-30 ms) into every
+ * latency measured; the C client's share is the time it takes to read a socket (its loop iterations'
+ * p99 is printed). Attestation and the entry changes stay in this process.
  *
  * --seconds: the verifier makes a major garbage collection every one to two minutes at 10,000 agents
  * (its held long-polls' objects are promoted and die old); a 30-s window often has none and then
@@ -88,6 +97,7 @@ import { freePort } from '../test/agent/harness.js';
 import { startPostgres, type PostgresHandle } from '../test/support/postgres.js';
 import { createCpuQuotaGroup, inGroup, type CpuQuotaGroup } from './support/cpu-quota.js';
 import { FleetConn } from './support/fleet-client.js';
+import { buildNativeClient, monoNow, NativeAgents } from './support/fleet-native.js';
 import type { FleetWorkerData, FromWorker, ToWorker, WindowStats, WorkerAgent } from './support/fleet-worker.js';
 import { pct } from './support/load.js';
 import { errorMessage } from '../src/errors.js';
@@ -130,6 +140,11 @@ const THREADS = opt('--threads', 1);
 if (!Number.isInteger(THREADS) || THREADS < 1 || THREADS > 64) throw new Error('--threads must be an integer from 1 to 64');
 if (THREADS > 1 && POLL) throw new Error('--threads runs push mode only (not with --poll)');
 if (THREADS > 1 && SATURATE > 0) throw new Error('--threads needs --saturate 0 (the saturation phase runs in one thread)');
+/** --client native: the simulated agents run in bench/support/fleet-agents.c (one epoll loop, OpenSSL) instead of this process. */
+const CLIENT = optS('--client', 'node');
+if (CLIENT !== 'node' && CLIENT !== 'native') throw new Error('--client must be node or native');
+const NATIVE = CLIENT === 'native';
+if (NATIVE && (POLL || SATURATE > 0 || THREADS > 1)) throw new Error('--client native runs push mode with --saturate 0 and one load-generator thread');
 if (PIN !== '' && !/^[0-9]+(?:[-,][0-9]+)*$/.test(PIN)) throw new Error('--pin takes a taskset CPU list such as 1 or 1-3');
 /** --cpu-quota F: each verifier in its own control group limited to F of one CPU (0: no limit). */
 const QUOTA = opt('--cpu-quota', 0);
@@ -440,7 +455,7 @@ async function main(): Promise<void> {
   let pg: PostgresHandle | null = null;
   const agents: SimAgent[] = [];
   const infos: AgentInfo[] = [];
-  let threads: Threads | undefined;
+  let threads: Threads | NativeAgents | undefined;
   /** --cpu-quota: each verifier's control group. */
   const quotaGroups: CpuQuotaGroup[] = [];
   try {
@@ -553,7 +568,7 @@ async function main(): Promise<void> {
           const localAddress = `127.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
           infos[i] = { i, agentId: tok.agentId, group: i % groups, worker: { i, port: ports[v] as number, localAddress, tls } };
           // --threads: the connections are the worker threads' (made there).
-          if (THREADS > 1) continue;
+          if (THREADS > 1 || NATIVE) continue;
           const conn = (): FleetConn => new FleetConn({ host: '127.0.0.1', port: ports[v] as number, ca: caPem, ...tls, serverId: VID, localAddress });
           const main = conn();
           agents[i] = { i, v, agentId: tok.agentId, group: i % groups, tls, poll: main, push: POLL ? conn() : main, fresh: conn, etag: '', bundleEtag: '' };
@@ -698,16 +713,21 @@ async function main(): Promise<void> {
     const pushLoops: Promise<void>[] = [];
     /** --threads: changes not yet seen by every affected agent, by ID. */
     const opsById = new Map<string, Op>();
-    if (THREADS > 1) {
-      threads = new Threads(THREADS, infos, caPem, VID, WAIT, (id, i, at) => {
-        const op = opsById.get(id);
-        if (!op || !op.remaining.delete(i)) return;
-        op.latest = Math.max(op.latest ?? 0, at);
-        if (op.remaining.size === 0) {
-          propagation.push(op.latest - op.t0);
-          opsById.delete(id);
-        }
-      });
+    /** --threads, --client native: an agent reported holding the set a change made. */
+    const onSeen = (id: string, i: number, at: number): void => {
+      const op = opsById.get(id);
+      if (!op || !op.remaining.delete(i)) return;
+      op.latest = Math.max(op.latest ?? 0, at);
+      if (op.remaining.size === 0) {
+        propagation.push(op.latest - op.t0);
+        opsById.delete(id);
+      }
+    };
+    if (NATIVE) {
+      threads = new NativeAgents(buildNativeClient(buildDir), dir, infos.map((a) => a.worker), caPem, VID, WAIT, onSeen);
+      bytes = await threads.start();
+    } else if (THREADS > 1) {
+      threads = new Threads(THREADS, infos, caPem, VID, WAIT, onSeen);
       bytes = await threads.start();
     } else await Promise.all(
       Array.from({ length: 16 }, async () => {
@@ -752,7 +772,8 @@ async function main(): Promise<void> {
         let op: Op;
         let affected: number[];
         const t = performance.now();
-        const tAbs = absNow();
+        // The time a change is made, on the clock the agent threads (or the native client) report arrivals on.
+        const tAbs = NATIVE ? monoNow() : absNow();
         try {
         if (create) {
           const underAlias = k % 4 < 2;
@@ -931,7 +952,10 @@ async function main(): Promise<void> {
       `load generator ${windows.length > 0 ? 'main thread (the entry changes) ' : ''}event-loop delay: p99 ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms, max ${(loopDelay.max / 1e6).toFixed(1)} ms; its GC pauses in the window: ${gcSorted.length}` +
         (gcSorted.length > 0 ? ` (p50 ${ms(pct(gcSorted, 50))}, max ${ms(gcSorted[gcSorted.length - 1] as number)}, ${ms(gcSorted.reduce((x, y) => x + y, 0))} in all)` : ''),
     );
-    if (windows.length > 0) {
+    if (NATIVE) {
+      const x = windows[0];
+      console.log(`native load generator (bench/support/fleet-agents.c): loop iteration (its longest delay before reading an answer) p99 ${x ? x.loopP99.toFixed(2) : '?'} ms, max ${x ? x.loopMax.toFixed(2) : '?'} ms`);
+    } else if (windows.length > 0) {
       const gcs = windows.flatMap((x) => x.gc).sort((x, y) => x - y);
       console.log(
         `load generator's ${windows.length} agent threads: event-loop delay p99 ${windows.map((x) => x.loopP99.toFixed(1)).join(', ')} ms, max ${windows.map((x) => x.loopMax.toFixed(1)).join(', ')} ms; their GC pauses in the window: ${gcs.length}` +

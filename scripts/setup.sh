@@ -5,12 +5,13 @@
 #   python3-grpcio python3-protobuf            Workload API interop test with a client Sigil did not write
 #   openssl util-linux                         openssl verify in tests; setpriv for the other-uid test
 #   postgresql                                 the PostgreSQL datastore tests start a private server
+#   libssl-dev                                 bench/fleet.ts --client native (a C load generator, built with cc)
 #   podman containerd runc busybox-static      container attestation tests run real containers (podman's
 #                                              Docker Engine API, containerd's gRPC API) from a local busybox image
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(swtpm swtpm-tools tpm2-tools libtss2-dev python3-grpcio python3-protobuf openssl util-linux ca-certificates postgresql podman containerd runc busybox-static)
+PKGS=(swtpm swtpm-tools tpm2-tools libtss2-dev python3-grpcio python3-protobuf openssl util-linux ca-certificates postgresql libssl-dev podman containerd runc busybox-static)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
