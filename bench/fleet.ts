@@ -340,13 +340,13 @@ class Threads {
   private readonly waiters = new Map<string, ((m: FromWorker) => void)[]>();
   failure: string | undefined;
 
-  constructor(k: number, infos: AgentInfo[], ca: string, serverId: string, wait: number, onSeen: (id: string, i: number, at: number) => void) {
+  constructor(k: number, infos: AgentInfo[], ca: string, serverId: string, wait: number, onSeen: (id: string, create: boolean, i: number, at: number) => void) {
     const entry = new URL('./support/fleet-worker.ts', import.meta.url).href;
     for (let w = 0; w < k; w++) {
       const data: FleetWorkerData = { entry, agents: infos.filter((a) => a.i % k === w).map((a) => a.worker), ca, serverId, wait, concurrency: Math.max(1, Math.ceil(16 / k)) };
       const worker = new Worker(new URL('./support/ts-worker.mjs', import.meta.url), { workerData: data });
       worker.on('message', (m: FromWorker) => {
-        if (m.t === 'seen') onSeen(m.id, m.i, m.at);
+        if (m.t === 'seen') onSeen(m.id, m.create, m.i, m.at);
         else if (m.t === 'failed') this.failure ??= `load-generator thread ${w}: ${m.message}`;
         else this.waiters.get(`${w}:${m.t}`)?.shift()?.(m);
       });
@@ -711,16 +711,22 @@ async function main(): Promise<void> {
     next = 0;
     const loops: Promise<void>[] = [];
     const pushLoops: Promise<void>[] = [];
-    /** --threads: changes not yet seen by every affected agent, by ID. */
+    /** --threads, --client native: changes not yet seen by every affected agent, by kind and ID. */
     const opsById = new Map<string, Op>();
-    /** --threads, --client native: an agent reported holding the set a change made. */
-    const onSeen = (id: string, i: number, at: number): void => {
-      const op = opsById.get(id);
+    /**
+     * --threads, --client native: an agent reported holding the set a change made. Changes are kept
+     * by kind and entry ID: an entry's delete comes ~2 s after its create, and an agent still
+     * missing the create then must not have its late arrival counted for the delete.
+     */
+    const opKey = (id: string, create: boolean): string => `${create ? '+' : '-'}${id}`;
+    const onSeen = (id: string, create: boolean, i: number, at: number): void => {
+      const key = opKey(id, create);
+      const op = opsById.get(key);
       if (!op || !op.remaining.delete(i)) return;
       op.latest = Math.max(op.latest ?? 0, at);
       if (op.remaining.size === 0) {
         propagation.push(op.latest - op.t0);
-        opsById.delete(id);
+        opsById.delete(key);
       }
     };
     if (NATIVE) {
@@ -792,7 +798,7 @@ async function main(): Promise<void> {
         if (measuring && threads) {
           changes++;
           // The threads check the sets their agents hold already (see below) and report each arrival.
-          opsById.set(op.id, { ...op, t0: tAbs });
+          opsById.set(opKey(op.id, op.create), { ...op, t0: tAbs });
           threads.op(op.id, op.create, tAbs, affected);
         } else if (measuring) {
           changes++;
@@ -954,7 +960,7 @@ async function main(): Promise<void> {
     );
     if (NATIVE) {
       const x = windows[0];
-      console.log(`native load generator (bench/support/fleet-agents.c): loop iteration (its longest delay before reading an answer) p99 ${x ? x.loopP99.toFixed(2) : '?'} ms, max ${x ? x.loopMax.toFixed(2) : '?'} ms`);
+      console.log(`native load generator (bench/support/fleet-agents.c): how long each answer waited in its loop pass before it was read, p99 ${x ? x.loopP99.toFixed(2) : '?'} ms, max ${x ? x.loopMax.toFixed(2) : '?'} ms`);
     } else if (windows.length > 0) {
       const gcs = windows.flatMap((x) => x.gc).sort((x, y) => x - y);
       console.log(

@@ -25,9 +25,10 @@
  *     op <id> <0|1> <t0> <i,...>  an entry change made at t0 (CLOCK_MONOTONIC ms): report each listed
  *                                 agent once it holds a set with (1) or without (0) the entry
  *     stop                        close every connection and exit
- *   Lines on standard output:
+ *   Lines on standard output (the window's loopP99/loopMax: how long each answer read in the window
+ *   waited in its loop pass, from epoll_wait's return to its reading):
  *     started <bytes of the first sets>
- *     seen <id> <agent index> <CLOCK_MONOTONIC ms>
+ *     seen <id> <0|1> <agent index> <CLOCK_MONOTONIC ms>   (0|1: the op's, a delete or a create)
  *     window <JSON object, the fields of WindowStats in fleet-worker.ts>
  *     stopped
  *     failed <message>            (then exit status 1)
@@ -190,6 +191,8 @@ static long long first_bytes = 0;
 /* the measuring window */
 static long w_syncs, w_pushed, w_bundles, w_requests, w_connects0;
 static dvec w_late, w_iter;
+/* When the loop pass under way began (epoll_wait returned). */
+static double pass_start;
 
 static const char *ssl_error_text(void) {
   static char text[256];
@@ -312,12 +315,19 @@ static void conn_close(agent *a) {
   a->len = 0;
 }
 
+/* Opens the agent's connection; on failure a->cs stays C_NONE and errno says why. */
 static void conn_open(agent *a) {
   a->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (a->fd < 0) die("socket: %s", strerror(errno));
+  if (a->fd < 0) return;
   int one = 1;
   setsockopt(a->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (bind(a->fd, (struct sockaddr *)&a->local, sizeof a->local) != 0) die("agent %d: bind: %s", a->i, strerror(errno));
+  if (bind(a->fd, (struct sockaddr *)&a->local, sizeof a->local) != 0) {
+    int e = errno;
+    close(a->fd);
+    a->fd = -1;
+    errno = e;
+    return;
+  }
   struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a->port)};
   to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a->connects++;
@@ -384,8 +394,8 @@ static void fail_request(agent *a, const char *why) {
   if (!a->started) die("agent %d: first sync: %s", a->i, why);
   if (stopping) return;
   count_error(why);
+  if (a->wake_at == 0) sleepers++;
   a->wake_at = now_ms() + 1000;
-  sleepers++;
 }
 
 static void start_next_first(void);
@@ -407,7 +417,7 @@ static void seen(agent *a, const char *body, size_t len) {
   while (*pp) {
     pending_op *o = *pp;
     if (body_has(body, len, o->id) == o->create) {
-      printf("seen %s %d %.3f\n", o->id, a->i, at);
+      printf("seen %s %d %d %.3f\n", o->id, o->create, a->i, at);
       *pp = o->next;
       free(o);
     } else pp = &o->next;
@@ -444,7 +454,10 @@ static size_t on_answer(agent *a, size_t head_len, size_t body_len, int status, 
   char etag[MAX_ETAG] = "", bundle[MAX_ETAG] = "";
   int has_etag = header_value(head, head_len, "etag", etag, sizeof etag) == 1;
   int has_bundle = header_value(head, head_len, "sigil-bundle-etag", bundle, sizeof bundle) == 1;
-  double held = now_ms() - a->sent_at;
+  double t_now = now_ms();
+  double held = t_now - a->sent_at;
+  /* How long this answer waited in the loop pass before it was read (other answers read first). */
+  if (measuring) dpush(&w_iter, t_now - pass_start);
   a->busy = 0;
   enum req_kind kind = a->kind;
   int wait = a->wait;
@@ -545,8 +558,10 @@ static int parse(agent *a) {
 
 /* The connection ended (the server closed it, or an error). */
 static void conn_lost(agent *a, const char *why) {
-  if (!a->busy) { /* an idle kept-alive connection the server closed: the next request opens another */
-    conn_close(a);
+  if (!a->busy) {
+    /* No request in flight: an agent always has one once started, so this is a connection closed
+       between two requests. Counted, and the agent goes on after the pause, as after any error. */
+    fail_request(a, "connection closed with no request in flight");
     return;
   }
   if (a->reused && !a->answered && !a->retried && !stopping) {
@@ -569,6 +584,7 @@ static void conn_lost(agent *a, const char *why) {
 /* Advance the connection as far as it goes without blocking. */
 static void drive(agent *a) {
   if (a->cs == C_CONNECTING) return; /* EPOLLOUT says when */
+  ERR_clear_error();
   if (a->cs == C_HANDSHAKE) {
     int r = SSL_do_handshake(a->ssl);
     if (r != 1) {
@@ -608,6 +624,7 @@ static void drive(agent *a) {
       return;
     }
     if (e == SSL_ERROR_WANT_READ) return;
+    ERR_clear_error();
     conn_lost(a, "connection closed");
     return;
   }
@@ -623,8 +640,7 @@ static void drive(agent *a) {
     int r = SSL_read(a->ssl, a->buf + a->len, (int)(a->cap - a->len));
     if (r > 0) {
       if (!a->busy) { /* bytes nobody asked for */
-        conn_close(a);
-        count_error("bytes from the verifier with no request in flight");
+        fail_request(a, "bytes from the verifier with no request in flight");
         return;
       }
       a->answered = 1;
@@ -636,6 +652,7 @@ static void drive(agent *a) {
     int e = SSL_get_error(a->ssl, r);
     if (e == SSL_ERROR_WANT_READ) return;
     if (e == SSL_ERROR_WANT_WRITE) {
+      a->want_write = 1;
       ep_set(a, EPOLLIN | EPOLLOUT, 0);
       return;
     }
@@ -754,7 +771,7 @@ static void command(char *line) {
       if (e == p) die("bad agent list: %.200s", line);
       agent *a = by_index((int)i);
       if (a) {
-        if (a->last_at >= t0 && body_has(a->last_body, a->last_len, id) == create) printf("seen %s %d %.3f\n", id, a->i, a->last_at);
+        if (a->last_at >= t0 && body_has(a->last_body, a->last_len, id) == create) printf("seen %s %d %d %.3f\n", id, create, a->i, a->last_at);
         else {
           pending_op *o = xrealloc(NULL, sizeof *o);
           snprintf(o->id, sizeof o->id, "%s", id);
@@ -822,6 +839,7 @@ int main(int argc, char **argv) {
       die("epoll_wait: %s", strerror(errno));
     }
     double t = now_ms();
+    pass_start = t;
     for (int k = 0; k < n; k++) {
       if (evs[k].data.ptr == &stdin_tag) read_commands();
       else on_event((agent *)evs[k].data.ptr, evs[k].events);
@@ -836,6 +854,5 @@ int main(int argc, char **argv) {
         }
       }
     fflush(stdout);
-    if (measuring && n > 0) dpush(&w_iter, now_ms() - t);
   }
 }

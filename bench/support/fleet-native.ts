@@ -39,7 +39,7 @@ export class NativeAgents {
   private readonly waiters = new Map<string, ((rest: string) => void)[]>();
   private readonly exited: Promise<void>;
 
-  constructor(binary: string, dir: string, agents: WorkerAgent[], ca: string, serverId: string, wait: number, onSeen: (id: string, i: number, at: number) => void) {
+  constructor(binary: string, dir: string, agents: WorkerAgent[], ca: string, serverId: string, wait: number, onSeen: (id: string, create: boolean, i: number, at: number) => void) {
     const keys = join(dir, 'native-agents');
     mkdirSync(keys, { recursive: true, mode: 0o700 });
     writeFileSync(join(keys, 'ca.pem'), ca);
@@ -51,22 +51,31 @@ export class NativeAgents {
     }
     writeFileSync(join(keys, 'agents.txt'), lines.join('\n') + '\n');
     this.child = spawn(binary, [join(keys, 'agents.txt')], { stdio: ['pipe', 'pipe', 'inherit'] });
-    this.exited = new Promise((resolve) =>
-      this.child.once('exit', (code, signal) => {
+    // 'close' (not 'exit'): it comes after the child's output has been read, so a `failed` line it
+    // printed is the failure reported. A child that could not be started has 'error' and no 'close'.
+    const release = (): void => {
+      for (const list of this.waiters.values()) for (const w of list.splice(0)) w('');
+    };
+    this.exited = new Promise((resolve) => {
+      this.child.once('close', (code, signal) => {
         if (code !== 0) this.failure ??= `native load generator exited (${signal ?? `status ${String(code)}`})`;
-        for (const list of this.waiters.values()) for (const w of list.splice(0)) w('');
+        release();
         resolve();
-      }),
-    );
-    this.child.once('error', (e) => (this.failure ??= `native load generator: ${e.message}`));
+      });
+      this.child.once('error', (e) => {
+        this.failure ??= `native load generator: ${e.message}`;
+        release();
+        if (this.child.pid === undefined) resolve(); // never started: no 'close' follows
+      });
+    });
     const rl = createInterface({ input: this.child.stdout as NodeJS.ReadableStream });
     rl.on('line', (line) => {
       const sp = line.indexOf(' ');
       const kind = sp < 0 ? line : line.slice(0, sp);
       const rest = sp < 0 ? '' : line.slice(sp + 1);
       if (kind === 'seen') {
-        const [id, i, at] = rest.split(' ');
-        onSeen(id as string, Number(i), Number(at));
+        const [id, create, i, at] = rest.split(' ');
+        onSeen(id as string, create === '1', Number(i), Number(at));
       } else if (kind === 'failed') this.failure ??= `native load generator: ${rest}`;
       else this.waiters.get(kind)?.shift()?.(rest);
     });

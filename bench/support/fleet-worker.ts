@@ -55,7 +55,7 @@ export interface WindowStats {
 /** Worker → main thread. */
 export type FromWorker =
   | { t: 'started'; bytes: number }
-  | { t: 'seen'; id: string; i: number; at: number }
+  | { t: 'seen'; id: string; create: boolean; i: number; at: number }
   | { t: 'window'; stats: WindowStats }
   | { t: 'stopped' }
   | { t: 'failed'; message: string };
@@ -112,7 +112,7 @@ function run(data: FleetWorkerData): void {
     for (const op of ops) {
       if (body.includes(`"id":"${op.id}"`) !== op.create) continue;
       ops.delete(op);
-      send({ t: 'seen', id: op.id, i: a.i, at });
+      send({ t: 'seen', id: op.id, create: op.create, i: a.i, at });
     }
     if (ops.size === 0) waiting.delete(a.i);
   };
@@ -215,7 +215,7 @@ function run(data: FleetWorkerData): void {
       if (!a) continue;
       const last = a.lastSet;
       if (last && last.at >= m.t0 && last.body.includes(`"id":"${m.id}"`) === m.create) {
-        send({ t: 'seen', id: m.id, i, at: last.at });
+        send({ t: 'seen', id: m.id, create: m.create, i, at: last.at });
         continue;
       }
       let s = waiting.get(i);

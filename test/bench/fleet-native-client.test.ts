@@ -48,8 +48,8 @@ async function until(what: string, ok: () => boolean, ms = 8000): Promise<void> 
 
 describe('the fleet benchmark native client', () => {
   it('syncs every agent, measures 304s after their wait, and reports a change when the affected agent holds it', async () => {
-    const seen: { id: string; i: number; at: number }[] = [];
-    const native = new NativeAgents(binary, join(dir, 'run1'), agents, caPem, VID, 1, (id, i, at) => seen.push({ id, i, at }));
+    const seen: { id: string; create: boolean; i: number; at: number }[] = [];
+    const native = new NativeAgents(binary, join(dir, 'run1'), agents, caPem, VID, 1, (id, create, i, at) => seen.push({ id, create, i, at }));
     try {
       expect(await native.start()).toBeGreaterThan(0); // three first sets (bytes)
       native.measure();
@@ -60,6 +60,7 @@ describe('the fleet benchmark native client', () => {
       await until('the change to reach agent 1', () => seen.some((s) => s.id === e.id));
       const s = seen.find((x) => x.id === e.id);
       expect(s?.i).toBe(1);
+      expect(s?.create).toBe(true);
       expect(s?.at).toBeGreaterThanOrEqual(t0);
       expect(s?.at).toBeLessThan(monoNow() + 1);
       // Agents 0 and 2 do not hold the entry: a change reported for them must not be seen.
@@ -81,6 +82,10 @@ describe('the fleet benchmark native client', () => {
       await adminCall(tv.adminSocket, 'DELETE', `/v1/admin/entries/${e.id}`);
       native.op(e.id, false, t1, [1]);
       await until('the delete to reach agent 1', () => seen.filter((x) => x.id === e.id).length === 2);
+      expect(seen.filter((x) => x.id === e.id).map((x) => [x.i, x.create])).toEqual([
+        [1, true],
+        [1, false],
+      ]);
     } finally {
       await native.stop();
     }
