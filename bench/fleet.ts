@@ -53,8 +53,8 @@
  * epoll loop holding every agent's mutual-TLS connection (its own node SVID, its own source address),
  * doing what the Node.js client does, and reporting 304 lateness and change arrivals on CLOCK_MONOTONIC.
  * Ten thousand agents in this Node.js process put its own event-loop delays (p99 20-30 ms) into every
- * latency measured; the C client's share is the time it takes to read a socket (its loop iterations'
- * p99 is printed). Attestation and the entry changes stay in this process.
+ * latency measured; the C client's share is the time it takes to read a socket (how long its answers
+ * waited in its loop before being read is printed). Attestation and the entry changes stay in this process.
  *
  * --seconds: the verifier makes a major garbage collection every one to two minutes at 10,000 agents
  * (its held long-polls' objects are promoted and die old); a 30-s window often has none and then
