@@ -33,6 +33,7 @@ import { adminCall } from '../src/cli/admin-client.js';
 import { freePort } from '../test/agent/harness.js';
 import { closedLoop, connectLoadClient, type BenchClient, fetchJwt, fetchX509, launcherNodeFlags, openLoop, pct, rawEs256PerSec, relaunchAsLoadGenerator, type LoadClientKind } from './support/load.js';
 import { grpcFirstMessage } from './support/floor-server.js';
+import { ATTESTATIONS_PER_CALL, callerCheckCost } from './support/caller-checks.js';
 import { workloadCodecs } from '../src/agent/workload-api/proto.js';
 
 const args = process.argv.slice(2);
@@ -135,6 +136,8 @@ async function main(): Promise<void> {
   console.log('done');
   if (pin) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
   const es256 = rawEs256PerSec();
+  // Measured here, before any process of the run starts (see bench/support/caller-checks.ts).
+  const checks = await callerCheckCost();
 
   const dir = mkdtempSync(join(tmpdir(), 'sigil-bench-agent-'));
   chmodSync(dir, 0o755);
@@ -347,6 +350,12 @@ async function main(): Promise<void> {
     console.log(detail(xo.floor, `; ${netRatio(xo.agent, xo.floor)}`));
     console.log(row('open FetchJWTSVID', jo.floor, vs(jo.agent, jo.floor)));
     console.log(detail(jo.floor, `; ${netRatio(jo.agent, jo.floor)}`));
+    const share = (floor: Side): string => (checks.perCall / (floor.cpu / floor.lat.length)).toFixed(2);
+    console.log(
+      `  caller checks alone (this process, before the run; bench/support/caller-checks.ts): ${checks.cachedCall.toFixed(1)} µs per call from cached selectors + ` +
+        `${ATTESTATIONS_PER_CALL} × ${checks.attestation.toFixed(1)} µs per attestation = ${checks.perCall.toFixed(1)} µs per call, ` +
+        `${share(xo.floor)} / ${share(jo.floor)} of the floor's open-loop CPU per call (X.509 / JWT); the goal leaves 0.3 for all the agent does beyond the floor`,
+    );
     console.log(row('closed FetchX509SVID', fx, `${perSec(fx, t.fx)}${vs(x, fx)}`));
     console.log(detail(fx, `; ${netRatio(x, fx)}`));
     console.log(row('closed FetchJWTSVID', fj, `${perSec(fj, t.fj)}${vs(j, fj)}`));

@@ -40,6 +40,7 @@ import { closedLoop, connectLoadClient, fetchJwt, fetchX509, launcherNodeFlags, 
 import { createContainerAttestor } from '../src/workload/container.js';
 import { createUnixAttestor } from '../src/workload/unix.js';
 import { makePki, TD } from '../test/workload-api/support.js';
+import { ATTESTATIONS_PER_CALL, callerCheckCost } from './support/caller-checks.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: number): number => {
@@ -260,6 +261,12 @@ async function attestationCost(): Promise<void> {
   console.log(`  unix, exe hash uncached   ${miss.toFixed(0).padStart(8)} µs/attestation  (hashing ${(size / 1e6).toFixed(1)} MB: ${((size / 1e6) / (miss / 1e6)).toFixed(0)} MB/s)`);
   console.log(`  unix, hashBinaries=false  ${nh.toFixed(0).padStart(8)} µs/attestation`);
   console.log(`  container                 ${c.toFixed(0).padStart(8)} µs/attestation`);
+
+  const checks = await callerCheckCost();
+  console.log(`caller checks on a held connection record (this process, measured alone; bench/support/caller-checks.ts):`);
+  console.log(`  call from cached selectors (exe stat, status read, compare) ${checks.cachedCall.toFixed(1).padStart(6)} µs`);
+  console.log(`  attestation (status, unix + container, the check after)     ${checks.attestation.toFixed(1).padStart(6)} µs`);
+  console.log(`  per call at ${ATTESTATIONS_PER_CALL} attestations per call                      ${checks.perCall.toFixed(1).padStart(6)} µs`);
 }
 
 async function main(): Promise<void> {
