@@ -13,7 +13,8 @@
  *   bodies:  every agent's 200 answer made once (sets.body: the entries' JSON, made once per entry);
  *   waiters: one held long-poll per agent (waitForChange), as in push mode.
  * The agents' connections and HTTP request objects are not part of it (Node's own, measured by
- * bench/fleet.ts as RSS).
+ * bench/fleet.ts as RSS, and their floor by bench/tls-floor.ts). At the end it prints how long one
+ * full collection of the whole state takes (the median of seven forced ones).
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
