@@ -15,7 +15,8 @@
  * `mallocMmapThreshold` does with mallopt); the clients run in this process. RSS is read from /proc after three full collections in the server
  * (bench/support/tls-floor-server.mjs).
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
@@ -108,6 +109,24 @@ async function measure(mutual: boolean, n: number, threshold: number | undefined
   }
 }
 
+/**
+ * Each connection is a descriptor at both ends (this process, and the server, which inherits this
+ * limit): raise the open-file limit to what N needs when the soft limit is lower, as far as the hard
+ * limit allows (beyond it needs CAP_SYS_RESOURCE), or say what to do.
+ */
+function ensureOpenFiles(n: number): void {
+  const want = n + 256;
+  const m = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+  const soft = m ? (m[1] === 'unlimited' ? Infinity : Number(m[1])) : 0;
+  if (soft >= want) return;
+  try {
+    execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${want}:${want}`], { stdio: 'pipe' });
+  } catch {
+    const hard = m?.[2] ?? 'unknown';
+    throw new Error(`--connections ${n} needs an open-file limit of at least ${want}; this process has ${soft} (hard limit ${hard}) and could not raise it: raise it (ulimit -n) or ask for fewer connections`);
+  }
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const opt = (name: string): string | undefined => {
@@ -121,6 +140,7 @@ async function main(): Promise<void> {
   const t = opt('--malloc-mmap-threshold');
   const threshold = t === undefined ? undefined : Number(t);
   if (threshold !== undefined && (!Number.isInteger(threshold) || threshold < 0 || threshold > 32 * 2 ** 20)) throw new Error('--malloc-mmap-threshold must be a whole number of bytes up to 32 MiB');
+  ensureOpenFiles(n);
 
   const now = new Date();
   const notAfter = new Date(now.getTime() + 3_600_000);

@@ -9,9 +9,11 @@ import { describe, expect, it } from 'vitest';
 
 const BENCH = fileURLToPath(new URL('../../bench/tls-floor.ts', import.meta.url));
 
-function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
+function run(args: string[], nofile?: number): Promise<{ code: number; out: string; err: string }> {
+  const argv = [process.execPath, '--import', 'tsx', BENCH, ...args];
+  const cmd = nofile === undefined ? argv : ['prlimit', `--nofile=${nofile}:${nofile}`, '--', ...argv];
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', BENCH, ...args], { timeout: 60_000 }, (e, out, err) => {
+    execFile(cmd[0] as string, cmd.slice(1), { timeout: 60_000 }, (e, out, err) => {
       resolve({ code: e ? (typeof e.code === 'number' ? e.code : 1) : 0, out, err });
     });
   });
@@ -39,5 +41,12 @@ describe('bench/tls-floor.ts', () => {
     const m = await run(['--mode', 'tls13']);
     expect(m.code).toBe(1);
     expect(m.err).toMatch(/--mode must be mutual, server or both/);
+  }, 60_000);
+
+  it('says what open-file limit it needs when it cannot have it, before opening anything', async () => {
+    const r = await run(['--connections', '1000'], 400);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/--connections 1000 needs an open-file limit of at least 1256; this process has 400 \(hard limit 400\)/);
+    expect(r.out).toBe('');
   }, 60_000);
 });
